@@ -1,0 +1,64 @@
+//! Typed errors. A command that returns an error has changed nothing in the
+//! table (STYLE.md rule 4); callers map [`CommandError::InvalidArgument`] to a
+//! gRPC `InvalidArgument` naming [`InvalidArgument::field`].
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Bad input: which field, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidArgument {
+    /// The field as it is spelled in the protocol's JSON, with a path for
+    /// nested fields, e.g. `resource_requirements.cpu_cores`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl InvalidArgument {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Why a command was refused. The table is unchanged after any of these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    InvalidArgument(#[from] InvalidArgument),
+    #[error("unknown provider {provider_id}")]
+    UnknownProvider { provider_id: String },
+    #[error("no request or allocation with id {id}")]
+    NotFound { id: Uuid },
+    #[error("request_id {request_id} was already used for a different request")]
+    RequestIdReused { request_id: Uuid },
+    #[error("resource {resource_id} of provider {provider_id} is held by an allocation and cannot be {change}")]
+    ResourceInUse { provider_id: String, resource_id: String, change: String },
+    #[error("allocation {allocation_id} is not active (it is {state}); only an active allocation can be renewed or confirmed")]
+    NotActive { allocation_id: Uuid, state: String },
+    #[error("allocation {allocation_id} has no lease to renew")]
+    NoLease { allocation_id: Uuid },
+    #[error("allocation {allocation_id} is placed on {actual}, not {claimed}")]
+    WrongProvider { allocation_id: Uuid, claimed: String, actual: String },
+}
+
+impl CommandError {
+    /// The protocol field to name in an `InvalidArgument` status, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CommandError::InvalidArgument(invalid) => Some(&invalid.field),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot could not be decoded: {0}")]
+    Decode(String),
+    #[error("snapshot has format version {found}, this build reads {expected}")]
+    Version { found: u32, expected: u32 },
+    #[error("snapshot has {trailing} trailing bytes")]
+    Trailing { trailing: usize },
+}

@@ -1,0 +1,115 @@
+//! Events: what changed, numbered by a revision that only grows.
+//!
+//! Watchers resume from a revision; the table keeps the most recent
+//! [`TableConfig::event_history_max`](crate::TableConfig) events, in the
+//! snapshot too, so any replica can serve a resume after a failover.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::record::{UnitGrant, EVENT_ID_NAMESPACE};
+
+/// The protocol's `resource_status.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceState {
+    Available,
+    Allocated,
+    Failed,
+}
+
+impl ResourceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceState::Available => "available",
+            ResourceState::Allocated => "allocated",
+            ResourceState::Failed => "failed",
+        }
+    }
+}
+
+/// One change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Strictly increasing across the table's whole life, never reused.
+    pub revision: u64,
+    /// Name-based uuid of the revision: the same on every replica.
+    pub event_id: Uuid,
+    /// The leader's time stamped on the command that caused it.
+    pub at_ms: u64,
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn new(revision: u64, at_ms: u64, kind: EventKind) -> Event {
+        Event { revision, event_id: Uuid::new_v5(&EVENT_ID_NAMESPACE, &revision.to_be_bytes()), at_ms, kind }
+    }
+
+    /// The namespace an event belongs to, for per-namespace watches; `None`
+    /// for provider-level events, which every watcher may see.
+    pub fn namespace(&self) -> Option<&str> {
+        match &self.kind {
+            EventKind::AllocationGranted { namespace, .. }
+            | EventKind::RequestQueued { namespace, .. }
+            | EventKind::RequestRejected { namespace, .. }
+            | EventKind::RequestCancelled { namespace, .. }
+            | EventKind::AllocationReleased { namespace, .. }
+            | EventKind::AllocationExpired { namespace, .. }
+            | EventKind::AllocationMoved { namespace, .. }
+            | EventKind::AllocationConfirmed { namespace, .. }
+            | EventKind::DeallocationConfirmed { namespace, .. }
+            | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
+            _ => None,
+        }
+    }
+
+    /// The event's type as a stable snake_case name.
+    pub fn type_name(&self) -> &'static str {
+        match &self.kind {
+            EventKind::ResourceStatus { .. } => "resource_status",
+            EventKind::ProviderRegistered { .. } => "provider_registered",
+            EventKind::ProviderUpdated { .. } => "provider_updated",
+            EventKind::ProviderDeregistered { .. } => "provider_deregistered",
+            EventKind::ProviderFailed { .. } => "provider_failed",
+            EventKind::ProviderRecovered { .. } => "provider_recovered",
+            EventKind::AllocationGranted { .. } => "allocation_granted",
+            EventKind::RequestQueued { .. } => "request_queued",
+            EventKind::RequestRejected { .. } => "request_rejected",
+            EventKind::RequestCancelled { .. } => "request_cancelled",
+            EventKind::AllocationReleased { .. } => "allocation_released",
+            EventKind::AllocationExpired { .. } => "allocation_expired",
+            EventKind::AllocationMoved { .. } => "allocation_moved",
+            EventKind::AllocationConfirmed { .. } => "allocation_confirmed",
+            EventKind::DeallocationConfirmed { .. } => "deallocation_confirmed",
+            EventKind::LeaseRenewed { .. } => "lease_renewed",
+            EventKind::LeasesRefreshed { .. } => "leases_refreshed",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The protocol's `resource_status` event: a unit became available,
+    /// allocated or failed. `used`/`capacity` give its utilization.
+    ResourceStatus { provider_id: String, resource_id: String, kind: String, status: ResourceState, used: u64, capacity: u64 },
+    ProviderRegistered { provider_id: String, resources: u64 },
+    ProviderUpdated { provider_id: String, resources: u64 },
+    ProviderDeregistered { provider_id: String },
+    ProviderFailed { provider_id: String },
+    ProviderRecovered { provider_id: String },
+    AllocationGranted { request_id: Uuid, allocation_id: Uuid, requester_id: String, namespace: String, provider_id: String, grants: Vec<UnitGrant> },
+    RequestQueued { request_id: Uuid, requester_id: String, namespace: String, reason: String },
+    RequestRejected { request_id: Uuid, requester_id: String, namespace: String, reason: String },
+    RequestCancelled { request_id: Uuid, namespace: String },
+    AllocationReleased { request_id: Uuid, allocation_id: Uuid, namespace: String, provider_id: String },
+    AllocationExpired { request_id: Uuid, allocation_id: Uuid, namespace: String, provider_id: String },
+    /// Re-placed off a failed or deregistered provider (`resource_failure →
+    /// reallocate_resources`).
+    AllocationMoved { request_id: Uuid, allocation_id: Uuid, namespace: String, from_provider: String, to_provider: String, grants: Vec<UnitGrant> },
+    AllocationConfirmed { allocation_id: Uuid, namespace: String, provider_id: String },
+    DeallocationConfirmed { allocation_id: Uuid, namespace: String, provider_id: String },
+    LeaseRenewed { allocation_id: Uuid, namespace: String, expires_at_ms: u64 },
+    /// A new leader gave every lease a fresh window.
+    LeasesRefreshed { leases: u64 },
+}

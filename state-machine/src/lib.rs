@@ -1,0 +1,68 @@
+//! # qm-state-machine: the allocation table
+//!
+//! The heart of Quartermaster: who holds which units of which provider. Every
+//! manager replica applies the same Raft log to an [`AllocationTable`] and gets
+//! the same table, so this crate is pure: no IO, no clock, no randomness, no
+//! async, no `HashMap` iteration, no floating point in decisions. Time enters
+//! only as the `now_ms` the leader stamps on each [`StampedCommand`].
+//!
+//! ```text
+//!  ResourceRequest (JSON) ──validate──▶ AllocationRequest ──▶ Command::Allocate
+//!                                                                │ (Raft log)
+//!  StampedCommand { now_ms, command } ──▶ AllocationTable::apply ──▶ Applied { result, events }
+//!                                            │
+//!                     providers ─ units ─ queue ─ leases ─ event history
+//! ```
+//!
+//! # Layout
+//!
+//! * [`protocol`]: the protocol's JSON messages (`resource_request`,
+//!   `allocation_response`, `resource_status`) and their validation.
+//! * [`request`]: a validated [`AllocationRequest`], constraints, placement policy.
+//! * [`provider`]: providers, units, exclusive and divisible sharing.
+//! * [`record`]: what the table keeps per request; the protocol's states.
+//! * [`command`]: [`Command`], [`StampedCommand`], [`CommandResponse`].
+//! * [`event`]: [`Event`]s with a revision that only grows.
+//! * [`table`]: [`AllocationTable`]: apply, placement, queue, leases,
+//!   provider failure, queries, snapshot.
+//! * [`error`]: typed errors; a failed command changes nothing.
+//! * [`limits`]: every bound, named.
+//! * [`time`]: RFC 3339 without a clock.
+//!
+//! # Rules of the table
+//!
+//! * **Placement**: all of a request goes to one provider. Best fit by
+//!   default (the provider with the least free of the request's scarcest kind
+//!   that still fits), `spread` on request; ties go to the lower provider id,
+//!   then the lower resource id. The search is bounded (see [`table`]).
+//! * **Queue**: priority (higher first), then arrival. Freed capacity
+//!   re-examines the head of the queue; smaller requests may backfill past a
+//!   larger one that does not fit yet.
+//! * **Idempotency**: `request_id` is the key. The same request again returns
+//!   its record and allocates nothing more; a different request under the same
+//!   id is refused. Finished requests are remembered for
+//!   [`TableConfig::dedupe_window_ms`] (10 minutes by default) and at most
+//!   [`TableConfig::finished_requests_max`] of them (100,000), oldest first out.
+//! * **Time**: deadlines reject queued requests and leases expire only when a
+//!   [`Command::Tick`] carries a `now_ms` past them.
+
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod limits;
+pub mod protocol;
+pub mod provider;
+pub mod record;
+pub mod request;
+pub mod table;
+pub mod time;
+
+pub use command::{Applied, ApplyResult, Command, CommandResponse, StampedCommand};
+pub use error::{CommandError, InvalidArgument, SnapshotError};
+pub use event::{Event, EventKind, ResourceState};
+pub use limits::TableConfig;
+pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
+pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Sharing};
+pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
+pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
+pub use table::{AllocationTable, EventsError, KindUsage, ListFilter, ProviderUsage, Usage};

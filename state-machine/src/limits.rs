@@ -1,0 +1,73 @@
+//! Every limit of the allocation table, named and bounded (STYLE.md rule 7).
+//!
+//! The input limits are constants: they are part of the wire contract and every
+//! replica must agree on them. The behaviour limits live in [`TableConfig`],
+//! which is carried in snapshots so that a restored table behaves exactly like
+//! the one it was taken from.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest identifier (provider, resource, requester, namespace, kind, label key).
+pub const ID_LEN_MAX: usize = 128;
+/// Longest label value.
+pub const LABEL_VALUE_LEN_MAX: usize = 256;
+/// Labels on one provider, one resource or one constraint.
+pub const LABELS_MAX: usize = 32;
+/// Resources one provider may register. A 256-core machine with memory in
+/// 1 GiB blocks fits; a registration past this is refused with the field named.
+pub const RESOURCES_PER_PROVIDER_MAX: usize = 4096;
+/// Distinct kinds in one request's `resource_requirements`.
+pub const REQUIREMENT_KINDS_MAX: usize = 16;
+/// Largest quantity of one kind in one request or one resource's capacity
+/// (2^40: a petabyte counted in GB, with room to spare). Anything above is a typo.
+pub const QUANTITY_MAX: u64 = 1 << 40;
+/// Units a request may pin with `constraints.resource_ids`.
+pub const PINNED_UNITS_MAX: usize = 256;
+/// Longest lease a request may ask for: 7 days.
+pub const LEASE_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Shortest lease: below this a lease would expire between two leader ticks.
+pub const LEASE_TTL_MS_MIN: u64 = 1000;
+
+/// Tunable behaviour of the table. Every replica must use the same values,
+/// which is why they travel inside the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableConfig {
+    /// How long a finished request (released, expired, rejected) is remembered
+    /// for idempotent retries. A retry arriving later is treated as new.
+    pub dedupe_window_ms: u64,
+    /// At most this many finished requests are remembered; the oldest are
+    /// forgotten first even inside the window, so memory stays bounded.
+    pub finished_requests_max: usize,
+    /// Finished requests forgotten per applied command, so eviction work is
+    /// spread out and one command never stalls the log.
+    pub evictions_per_command_max: usize,
+    /// Best-fit candidates examined for one placement decision before the
+    /// request is queued; bounds the decision's cost at any cluster size.
+    pub placement_candidates_max: usize,
+    /// Queued requests re-examined each time capacity frees.
+    pub queue_examined_per_free_max: usize,
+    /// Requests that may wait in the queue at once; past this, new requests
+    /// that cannot be placed are rejected with `queue_full`.
+    pub queue_len_max: usize,
+    /// Lease expiries and deadline rejections handled by one tick; the rest
+    /// wait for the next tick.
+    pub expirations_per_tick_max: usize,
+    /// Events kept for watchers resuming from a revision; older revisions are
+    /// compacted, as etcd's watch history is.
+    pub event_history_max: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            dedupe_window_ms: 10 * 60 * 1000,
+            finished_requests_max: 100_000,
+            evictions_per_command_max: 16,
+            placement_candidates_max: 256,
+            queue_examined_per_free_max: 64,
+            queue_len_max: 100_000,
+            expirations_per_tick_max: 4096,
+            event_history_max: 10_000,
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Providers and the units they offer.
+//!
+//! # Units: exclusive or divisible
+//!
+//! Every resource a provider registers is one *unit* with a kind and a capacity.
+//! Its [`Sharing`] says how allocations use it:
+//!
+//! * **exclusive**: one allocation holds the whole unit (a CPU core, a GPU, a
+//!   memory block). A request for 2 `cpu_cores` gets two exclusive units of
+//!   capacity 1; a unit of capacity 4 counts as 4 towards the request and is
+//!   held whole even if the request asked for less.
+//! * **divisible**: allocations carve amounts out of its capacity until it is
+//!   full (a storage volume carved into GB).
+//!
+//! When a registration does not say, a unit of capacity 1 is exclusive and a
+//! larger one divisible, which matches the protocol's examples (`cpu_1`,
+//! `block_1`, `vol_1`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::InvalidArgument;
+use crate::limits::RESOURCES_PER_PROVIDER_MAX;
+use crate::record::UnitGrant;
+use crate::request::{check_id, check_labels, check_quantity, PlacementPolicy};
+
+/// How allocations share one unit; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    Exclusive,
+    Divisible,
+}
+
+/// One resource in a registration document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    pub resource_id: String,
+    pub kind: String,
+    /// Signed so that a negative capacity is reported as such, naming the field.
+    pub capacity: i64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Absent: exclusive when the capacity is 1, divisible otherwise.
+    #[serde(default)]
+    pub sharing: Option<Sharing>,
+}
+
+/// The registration document: `{"provider_id", "labels", "resources": [...]}`.
+/// Also the log command's payload once [`ProviderRegistration::validate`] has
+/// normalised it (sharing resolved, resources sorted by id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRegistration {
+    pub provider_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub resources: Vec<ResourceSpec>,
+    /// The provider runs an agent that confirms each allocation and release
+    /// (the protocol's AllocationConfirmed / DeallocationConfirmed). Without
+    /// one, grants go straight to `monitoring` and releases to `idle`.
+    #[serde(default)]
+    pub confirms_allocations: bool,
+}
+
+impl ProviderRegistration {
+    /// Checks every field and returns the normalised registration.
+    pub fn validate(mut self) -> Result<ProviderRegistration, InvalidArgument> {
+        check_id("provider_id", &self.provider_id)?;
+        check_labels("labels", &self.labels)?;
+        if self.resources.is_empty() {
+            return Err(InvalidArgument::new("resources", "must list at least one resource"));
+        }
+        if self.resources.len() > RESOURCES_PER_PROVIDER_MAX {
+            return Err(InvalidArgument::new(
+                "resources",
+                format!("has {} resources, at most {RESOURCES_PER_PROVIDER_MAX} are allowed", self.resources.len()),
+            ));
+        }
+        for (position, resource) in self.resources.iter_mut().enumerate() {
+            let field = format!("resources[{position}]");
+            check_id(&format!("{field}.resource_id"), &resource.resource_id)?;
+            check_id(&format!("{field}.kind"), &resource.kind)?;
+            check_quantity(&format!("{field}.capacity"), resource.capacity as i128)?;
+            check_labels(&format!("{field}.labels"), &resource.labels)?;
+            resource.sharing.get_or_insert(if resource.capacity == 1 { Sharing::Exclusive } else { Sharing::Divisible });
+        }
+        self.resources.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        if let Some(pair) = self.resources.windows(2).find(|pair| pair[0].resource_id == pair[1].resource_id) {
+            return Err(InvalidArgument::new("resources", format!("resource_id {} appears twice", pair[0].resource_id)));
+        }
+        Ok(self)
+    }
+}
+
+/// Whether a provider's units can be placed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderStatus {
+    Active,
+    /// Stopped heartbeating (or was declared failed); its units are offered to
+    /// nobody until it comes back.
+    Failed,
+}
+
+/// One unit as the table tracks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub resource_id: String,
+    pub kind: String,
+    pub capacity: u64,
+    pub labels: BTreeMap<String, String>,
+    pub sharing: Sharing,
+    /// Amount held by each allocation on this unit. An exclusive unit has at
+    /// most one holder, holding its whole capacity.
+    pub holders: BTreeMap<Uuid, u64>,
+}
+
+impl Resource {
+    pub fn used(&self) -> u64 {
+        self.holders.values().sum()
+    }
+
+    /// What a new allocation could still take from this unit.
+    pub fn free(&self) -> u64 {
+        match self.sharing {
+            Sharing::Exclusive if self.holders.is_empty() => self.capacity,
+            Sharing::Exclusive => 0,
+            Sharing::Divisible => self.capacity - self.used(),
+        }
+    }
+}
+
+/// Capacity and free amount of one kind on one provider. Derived from the
+/// units, kept so a placement check is a map look-up, not a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub capacity: u64,
+    pub free: u64,
+    /// The provider's units of this kind, by id.
+    pub resource_ids: Vec<String>,
+}
+
+/// A registered provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provider {
+    pub provider_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: ProviderStatus,
+    pub confirms_allocations: bool,
+    pub resources: BTreeMap<String, Resource>,
+    pub registered_at_ms: u64,
+    /// Derived from `resources`; rebuilt after a snapshot is restored.
+    #[serde(skip)]
+    pub kinds: BTreeMap<String, KindTotals>,
+}
+
+impl Provider {
+    pub fn new(registration: &ProviderRegistration, now_ms: u64) -> Provider {
+        let mut provider = Provider {
+            provider_id: registration.provider_id.clone(),
+            labels: registration.labels.clone(),
+            status: ProviderStatus::Active,
+            confirms_allocations: registration.confirms_allocations,
+            resources: BTreeMap::new(),
+            registered_at_ms: now_ms,
+            kinds: BTreeMap::new(),
+        };
+        provider.resources = registration.resources.iter().map(|spec| (spec.resource_id.clone(), Resource::from_spec(spec))).collect();
+        provider.rebuild_kinds();
+        provider
+    }
+
+    /// Recomputes [`Provider::kinds`] from the units.
+    pub fn rebuild_kinds(&mut self) {
+        self.kinds.clear();
+        for resource in self.resources.values() {
+            let totals = self.kinds.entry(resource.kind.clone()).or_default();
+            totals.capacity += resource.capacity;
+            totals.free += resource.free();
+            totals.resource_ids.push(resource.resource_id.clone());
+        }
+    }
+
+    pub fn free_of(&self, kind: &str) -> u64 {
+        self.kinds.get(kind).map_or(0, |totals| totals.free)
+    }
+
+    pub fn capacity_of(&self, kind: &str) -> u64 {
+        self.kinds.get(kind).map_or(0, |totals| totals.capacity)
+    }
+
+    pub fn has_labels(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(key, value)| self.labels.get(key) == Some(value))
+    }
+
+    /// Picks units for `quantity` of `kind`, only among `allowed` when it is
+    /// non-empty. Best fit within the provider: the single unit that fits most
+    /// tightly, else the largest free units first so the allocation spans as
+    /// few units as possible. Ties go to the lower resource id.
+    pub fn pick_units(&self, kind: &str, quantity: u64, allowed: &[String], policy: PlacementPolicy) -> Option<Vec<UnitGrant>> {
+        let totals = self.kinds.get(kind)?;
+        let mut candidates: Vec<&Resource> = totals
+            .resource_ids
+            .iter()
+            .filter(|id| allowed.is_empty() || allowed.contains(id))
+            .map(|id| &self.resources[id])
+            .filter(|resource| resource.free() > 0)
+            .collect();
+        let single = match policy {
+            PlacementPolicy::BestFit => candidates.iter().filter(|r| r.free() >= quantity).min_by_key(|r| r.free()),
+            PlacementPolicy::Spread => candidates.iter().filter(|r| r.free() >= quantity).max_by_key(|r| r.free()),
+        };
+        if let Some(resource) = single {
+            return Some(vec![UnitGrant::take(resource, quantity)]);
+        }
+        // Stable sort: equal free amounts keep resource-id order.
+        candidates.sort_by(|a, b| b.free().cmp(&a.free()));
+        let mut grants = Vec::new();
+        let mut remaining = quantity;
+        for resource in candidates {
+            let grant = UnitGrant::take(resource, remaining);
+            remaining = remaining.saturating_sub(grant.amount);
+            grants.push(grant);
+            if remaining == 0 {
+                grants.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+                return Some(grants);
+            }
+        }
+        None
+    }
+
+    /// Records `grants` as held by `allocation_id`. Returns the kinds whose
+    /// free amount changed, with the amount before, for the caller's indexes.
+    pub fn hold(&mut self, allocation_id: Uuid, grants: &[UnitGrant]) -> Vec<(String, u64)> {
+        self.change_units(grants, |resource, grant| {
+            assert!(resource.free() >= grant.amount, "over-commit of {}: {} free, {} granted", resource.resource_id, resource.free(), grant.amount);
+            let previous = resource.holders.insert(allocation_id, grant.amount);
+            assert!(previous.is_none(), "allocation {allocation_id} holds {} twice", resource.resource_id);
+        })
+    }
+
+    /// Frees what `allocation_id` holds under `grants`.
+    pub fn unhold(&mut self, allocation_id: Uuid, grants: &[UnitGrant]) -> Vec<(String, u64)> {
+        self.change_units(grants, |resource, grant| {
+            let held = resource.holders.remove(&allocation_id);
+            assert_eq!(held, Some(grant.amount), "allocation {allocation_id} did not hold {}", resource.resource_id);
+        })
+    }
+
+    fn change_units(&mut self, grants: &[UnitGrant], mut change: impl FnMut(&mut Resource, &UnitGrant)) -> Vec<(String, u64)> {
+        let mut before: Vec<(String, u64)> = Vec::new();
+        for grant in grants {
+            if !before.iter().any(|(kind, _)| *kind == grant.kind) {
+                before.push((grant.kind.clone(), self.free_of(&grant.kind)));
+            }
+            let resource = self.resources.get_mut(&grant.resource_id).expect("grant names a unit of this provider");
+            let free_before = resource.free();
+            change(resource, grant);
+            let free_after = resource.free();
+            let totals = self.kinds.get_mut(&grant.kind).expect("kind totals exist for every unit");
+            totals.free = totals.free + free_after - free_before;
+        }
+        before
+    }
+}
+
+impl Resource {
+    fn from_spec(spec: &ResourceSpec) -> Resource {
+        Resource {
+            resource_id: spec.resource_id.clone(),
+            kind: spec.kind.clone(),
+            capacity: spec.capacity as u64,
+            labels: spec.labels.clone(),
+            sharing: spec.sharing.expect("validated registrations resolve sharing"),
+            holders: BTreeMap::new(),
+        }
+    }
+}

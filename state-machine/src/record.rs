@@ -1,0 +1,138 @@
+//! What the table remembers about one request, and the protocol states.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::provider::{Resource, Sharing};
+use crate::request::AllocationRequest;
+
+/// The protocol's request states. `request_processing` and `optimization`
+/// are passed through inside a single apply, so a request is never seen in
+/// them; the others are where a request rests between commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Waiting for capacity, in the queue.
+    Queued,
+    /// Units are reserved; the provider's agent has not confirmed yet.
+    Allocation,
+    /// Held and in use.
+    Monitoring,
+    /// Released; the provider's agent has not confirmed the release yet.
+    /// The units are already free for others.
+    Deallocation,
+    /// Released, expired or cancelled: nothing is held.
+    Idle,
+    /// Rejected: it will never be placed.
+    Error,
+}
+
+impl RequestState {
+    /// The protocol's name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Queued => "queued",
+            RequestState::Allocation => "allocation",
+            RequestState::Monitoring => "monitoring",
+            RequestState::Deallocation => "deallocation",
+            RequestState::Idle => "idle",
+            RequestState::Error => "error",
+        }
+    }
+
+    /// Holds units now.
+    pub fn is_active(self) -> bool {
+        matches!(self, RequestState::Allocation | RequestState::Monitoring)
+    }
+
+    /// Will never hold units again; eligible to be forgotten after the dedupe window.
+    pub fn is_finished(self) -> bool {
+        matches!(self, RequestState::Deallocation | RequestState::Idle | RequestState::Error)
+    }
+}
+
+/// The protocol's `allocation_response.status`: the decision on the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationStatus {
+    Allocated,
+    Queued,
+    Rejected,
+}
+
+impl AllocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationStatus::Allocated => "allocated",
+            AllocationStatus::Queued => "queued",
+            AllocationStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// An amount of one unit held by an allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UnitGrant {
+    pub resource_id: String,
+    pub kind: String,
+    pub amount: u64,
+}
+
+impl UnitGrant {
+    /// What an allocation wanting `wanted` more gets from `resource`: an
+    /// exclusive unit whole, a divisible one up to its free amount.
+    pub fn take(resource: &Resource, wanted: u64) -> UnitGrant {
+        let amount = match resource.sharing {
+            Sharing::Exclusive => resource.capacity,
+            Sharing::Divisible => wanted.min(resource.free()),
+        };
+        UnitGrant { resource_id: resource.resource_id.clone(), kind: resource.kind.clone(), amount }
+    }
+}
+
+/// Where an allocation sits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    pub provider_id: String,
+    /// Sorted by resource id.
+    pub grants: Vec<UnitGrant>,
+    pub granted_at_ms: u64,
+}
+
+/// Everything known about one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub request: AllocationRequest,
+    /// Derived from the request id, so every replica answers with the same id.
+    pub response_id: Uuid,
+    /// Derived from the request id; release and renew accept either id.
+    pub allocation_id: Uuid,
+    pub state: RequestState,
+    pub status: AllocationStatus,
+    /// Current placement while active; the last one after release or expiry.
+    pub placement: Option<Placement>,
+    pub lease_expires_at_ms: Option<u64>,
+    /// Why it was queued, rejected, or ended (`released`, `lease_expired`, ...).
+    pub reason: Option<String>,
+    /// Order among requests of the same priority in the queue.
+    pub arrival_seq: u64,
+    pub submitted_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Set once the request is finished; the dedupe window counts from here.
+    pub finished_at_ms: Option<u64>,
+}
+
+/// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.
+pub(crate) const RESPONSE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0001);
+pub(crate) const ALLOCATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0002);
+pub(crate) const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0003);
+
+/// The allocation id a request gets: a name-based (v5) uuid of the request id.
+pub fn allocation_id_for(request_id: Uuid) -> Uuid {
+    Uuid::new_v5(&ALLOCATION_ID_NAMESPACE, request_id.as_bytes())
+}
+
+/// The response id a request gets.
+pub fn response_id_for(request_id: Uuid) -> Uuid {
+    Uuid::new_v5(&RESPONSE_ID_NAMESPACE, request_id.as_bytes())
+}

@@ -1,0 +1,170 @@
+//! A validated allocation request: what the log carries and the table places.
+//!
+//! [`crate::protocol::ResourceRequest`] is the protocol's lenient JSON shape;
+//! [`ResourceRequest::validate`](crate::protocol::ResourceRequest::validate)
+//! turns it into an [`AllocationRequest`] or an [`InvalidArgument`] naming the
+//! field. Only validated requests reach the log, and apply checks them again so
+//! that a replica never trusts its input.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::InvalidArgument;
+use crate::limits::*;
+use crate::time::UnixMillis;
+
+/// The namespace a request lands in when it names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// How a request chooses among providers that can hold it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementPolicy {
+    /// The provider with the least free capacity that still fits (of the
+    /// request's scarcest kind): packs providers tightly, leaves big holes free.
+    #[default]
+    BestFit,
+    /// The provider with the most free capacity: spreads load.
+    Spread,
+}
+
+/// One kind and how much of it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Requirement {
+    pub kind: String,
+    pub quantity: u64,
+}
+
+/// Where a request may be placed. All given conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Constraints {
+    /// Only this provider.
+    pub provider_id: Option<String>,
+    /// The provider must carry every one of these labels with these values.
+    pub labels: BTreeMap<String, String>,
+    /// Only these units of the provider may be used (needs `provider_id`).
+    /// Pinning one unit makes it a lock-like register: the fault-injection
+    /// suite's `register` workload is built on this.
+    pub resource_ids: Vec<String>,
+}
+
+/// A request that passed validation. Requirements are sorted by kind and
+/// unique, so equal requests compare and encode equal.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AllocationRequest {
+    pub request_id: Uuid,
+    pub requester_id: String,
+    pub namespace: String,
+    pub requirements: Vec<Requirement>,
+    /// Higher is more urgent.
+    pub priority: i64,
+    /// A queued request still waiting at this time is rejected.
+    pub deadline_ms: Option<UnixMillis>,
+    /// An allocation not renewed within this many milliseconds expires.
+    pub lease_ttl_ms: Option<u64>,
+    pub constraints: Constraints,
+    pub placement: PlacementPolicy,
+}
+
+impl AllocationRequest {
+    /// Checks every field against the limits; the same check the API runs
+    /// before proposing, repeated at apply time.
+    pub fn check(&self) -> Result<(), InvalidArgument> {
+        check_id("requester_id", &self.requester_id)?;
+        check_id("namespace", &self.namespace)?;
+        if self.requirements.is_empty() {
+            return Err(InvalidArgument::new("resource_requirements", "must name at least one kind"));
+        }
+        if self.requirements.len() > REQUIREMENT_KINDS_MAX {
+            return Err(InvalidArgument::new(
+                "resource_requirements",
+                format!("has {} kinds, at most {REQUIREMENT_KINDS_MAX} are allowed", self.requirements.len()),
+            ));
+        }
+        for pair in self.requirements.windows(2) {
+            if pair[0].kind >= pair[1].kind {
+                return Err(InvalidArgument::new("resource_requirements", "kinds must be sorted and unique"));
+            }
+        }
+        for requirement in &self.requirements {
+            let field = format!("resource_requirements.{}", requirement.kind);
+            check_id(&field, &requirement.kind)?;
+            check_quantity(&field, requirement.quantity as i128)?;
+        }
+        if let Some(ttl) = self.lease_ttl_ms {
+            if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&ttl) {
+                return Err(InvalidArgument::new(
+                    "lease_ttl_ms",
+                    format!("must be between {LEASE_TTL_MS_MIN} and {LEASE_TTL_MS_MAX}"),
+                ));
+            }
+        }
+        self.constraints.check()
+    }
+}
+
+impl Constraints {
+    fn check(&self) -> Result<(), InvalidArgument> {
+        if let Some(provider_id) = &self.provider_id {
+            check_id("constraints.provider_id", provider_id)?;
+        }
+        check_labels("constraints.labels", &self.labels)?;
+        if !self.resource_ids.is_empty() && self.provider_id.is_none() {
+            return Err(InvalidArgument::new("constraints.resource_ids", "needs constraints.provider_id"));
+        }
+        if self.resource_ids.len() > PINNED_UNITS_MAX {
+            return Err(InvalidArgument::new(
+                "constraints.resource_ids",
+                format!("pins {} units, at most {PINNED_UNITS_MAX} are allowed", self.resource_ids.len()),
+            ));
+        }
+        for resource_id in &self.resource_ids {
+            check_id("constraints.resource_ids", resource_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// An identifier: non-empty, at most [`ID_LEN_MAX`] bytes, printable, no spaces.
+pub fn check_id(field: &str, value: &str) -> Result<(), InvalidArgument> {
+    if value.is_empty() {
+        return Err(InvalidArgument::new(field, "is required and must not be empty"));
+    }
+    if value.len() > ID_LEN_MAX {
+        return Err(InvalidArgument::new(field, format!("is {} bytes long, at most {ID_LEN_MAX} are allowed", value.len())));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InvalidArgument::new(field, "must not contain spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// A quantity or capacity: a whole number from 1 to [`QUANTITY_MAX`].
+pub fn check_quantity(field: &str, value: i128) -> Result<u64, InvalidArgument> {
+    if value <= 0 {
+        return Err(InvalidArgument::new(field, format!("must be positive, got {value}")));
+    }
+    if value > QUANTITY_MAX as i128 {
+        return Err(InvalidArgument::new(field, format!("is {value}, at most {QUANTITY_MAX} is allowed")));
+    }
+    Ok(value as u64)
+}
+
+/// Labels: at most [`LABELS_MAX`], keys are identifiers, values bounded.
+pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), InvalidArgument> {
+    if labels.len() > LABELS_MAX {
+        return Err(InvalidArgument::new(field, format!("has {} labels, at most {LABELS_MAX} are allowed", labels.len())));
+    }
+    for (key, value) in labels {
+        check_id(&format!("{field}.{key}"), key)?;
+        if value.len() > LABEL_VALUE_LEN_MAX {
+            return Err(InvalidArgument::new(
+                format!("{field}.{key}"),
+                format!("value is {} bytes long, at most {LABEL_VALUE_LEN_MAX} are allowed", value.len()),
+            ));
+        }
+    }
+    Ok(())
+}

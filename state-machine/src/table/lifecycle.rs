@@ -1,0 +1,325 @@
+//! A request's life: allocate, queue, grant, renew, release, expire.
+
+use uuid::Uuid;
+
+use super::AllocationTable;
+use crate::command::{ApplyResult, CommandResponse};
+use crate::error::{CommandError, InvalidArgument};
+use crate::event::{EventKind, ResourceState};
+use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
+use crate::request::AllocationRequest;
+
+/// How a grant came about, for the event it emits.
+pub(super) enum GrantCause {
+    /// First placement of a new or queued request.
+    New,
+    /// Re-placement off a failed or deregistered provider.
+    MovedFrom(String),
+}
+
+impl AllocationTable {
+    pub(super) fn allocate(&mut self, request: &AllocationRequest) -> ApplyResult {
+        request.check()?;
+        if let Some(existing) = self.requests.get(&request.request_id) {
+            // The idempotency key: a retry gets the request's current record.
+            return match existing.request == *request {
+                true => Ok(CommandResponse::Request(Box::new(existing.clone()))),
+                false => Err(CommandError::RequestIdReused { request_id: request.request_id }),
+            };
+        }
+        if let Some(provider_id) = &request.constraints.provider_id {
+            let Some(provider) = self.providers.get(provider_id) else {
+                return Err(InvalidArgument::new("constraints.provider_id", format!("unknown provider {provider_id}")).into());
+            };
+            if let Some(missing) = request.constraints.resource_ids.iter().find(|id| !provider.resources.contains_key(*id)) {
+                return Err(InvalidArgument::new("constraints.resource_ids", format!("provider {provider_id} has no resource {missing}")).into());
+            }
+        }
+        let request_id = request.request_id;
+        let mut record = RequestRecord {
+            request: request.clone(),
+            response_id: response_id_for(request_id),
+            allocation_id: allocation_id_for(request_id),
+            state: RequestState::Queued,
+            status: AllocationStatus::Queued,
+            placement: None,
+            lease_expires_at_ms: None,
+            reason: None,
+            arrival_seq: self.next_arrival_seq,
+            submitted_at_ms: self.clock_ms,
+            updated_at_ms: self.clock_ms,
+            finished_at_ms: None,
+        };
+        self.next_arrival_seq += 1;
+        let rejection = self.never_placeable(request);
+        if let Some(reason) = rejection {
+            self.reject(&mut record, reason);
+        } else if let Some(placement) = self.find_placement(request) {
+            self.grant(&mut record, placement, GrantCause::New);
+        } else if self.index.queue.len() >= self.config.queue_len_max {
+            self.reject(&mut record, format!("queue_full: {} requests are already waiting", self.index.queue.len()));
+        } else {
+            self.enqueue(&mut record, "insufficient_resources: no provider has enough free now".to_owned());
+        }
+        self.put_record(record);
+        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+    }
+
+    pub(super) fn release(&mut self, id: Uuid) -> ApplyResult {
+        let request_id = self.resolve(id)?;
+        let mut record = match self.requests[&request_id].state {
+            RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
+            // Released, expired or rejected already: releasing is idempotent.
+            _ => return Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone()))),
+        };
+        let request = &record.request;
+        if record.state == RequestState::Queued {
+            self.emit(EventKind::RequestCancelled { request_id, namespace: request.namespace.clone() });
+            record.state = RequestState::Idle;
+            record.reason = Some("cancelled".to_owned());
+        } else {
+            let placement = self.free_placement(&record);
+            let confirms = self.providers[&placement.provider_id].confirms_allocations;
+            self.emit(EventKind::AllocationReleased {
+                request_id,
+                allocation_id: record.allocation_id,
+                namespace: request.namespace.clone(),
+                provider_id: placement.provider_id,
+            });
+            record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
+            record.reason = Some("released".to_owned());
+            record.lease_expires_at_ms = None;
+        }
+        self.put_record(record);
+        self.examine_queue();
+        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+    }
+
+    pub(super) fn renew_lease(&mut self, id: Uuid) -> ApplyResult {
+        let request_id = self.resolve(id)?;
+        let record = &self.requests[&request_id];
+        if !record.state.is_active() {
+            return Err(CommandError::NotActive { allocation_id: record.allocation_id, state: record.state.as_str().to_owned() });
+        }
+        let Some(ttl) = record.request.lease_ttl_ms else {
+            return Err(CommandError::NoLease { allocation_id: record.allocation_id });
+        };
+        let mut record = self.take_record(request_id);
+        let expires_at_ms = self.clock_ms + ttl;
+        record.lease_expires_at_ms = Some(expires_at_ms);
+        self.emit(EventKind::LeaseRenewed { allocation_id: record.allocation_id, namespace: record.request.namespace.clone(), expires_at_ms });
+        self.put_record(record);
+        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+    }
+
+    /// Expires leases and rejects queued requests whose deadline passed, at
+    /// most `expirations_per_tick_max` of them together.
+    pub(super) fn tick(&mut self) -> ApplyResult {
+        let budget = self.config.expirations_per_tick_max;
+        let expired: Vec<Uuid> = self.index.leases.range(..=(self.clock_ms, Uuid::max())).take(budget).map(|(_, id)| *id).collect();
+        for &request_id in &expired {
+            let mut record = self.take_record(request_id);
+            let placement = self.free_placement(&record);
+            self.emit(EventKind::AllocationExpired {
+                request_id,
+                allocation_id: record.allocation_id,
+                namespace: record.request.namespace.clone(),
+                provider_id: placement.provider_id,
+            });
+            record.state = RequestState::Idle;
+            record.reason = Some("lease_expired".to_owned());
+            record.lease_expires_at_ms = None;
+            self.put_record(record);
+        }
+        let overdue: Vec<Uuid> =
+            self.index.deadlines.range(..=(self.clock_ms, Uuid::max())).take(budget - expired.len()).map(|(_, id)| *id).collect();
+        for &request_id in &overdue {
+            let mut record = self.take_record(request_id);
+            self.reject(&mut record, "deadline_exceeded: still queued when the deadline passed".to_owned());
+            self.put_record(record);
+        }
+        if !expired.is_empty() {
+            self.examine_queue();
+        }
+        Ok(CommandResponse::Ticked { expired: expired.len() as u64, rejected: overdue.len() as u64 })
+    }
+
+    /// Gives every lease a full TTL from now (a new leader's fresh window).
+    pub(super) fn refresh_leases(&mut self) -> ApplyResult {
+        let leased: Vec<(u64, Uuid)> = self.index.leases.iter().copied().collect();
+        for &(expires, request_id) in &leased {
+            let ttl = self.requests[&request_id].request.lease_ttl_ms.expect("indexed leases have a ttl");
+            let fresh = expires.max(self.clock_ms + ttl);
+            if fresh != expires {
+                let mut record = self.take_record(request_id);
+                record.lease_expires_at_ms = Some(fresh);
+                self.put_record(record);
+            }
+        }
+        self.emit(EventKind::LeasesRefreshed { leases: leased.len() as u64 });
+        Ok(CommandResponse::LeasesRefreshed { leases: leased.len() as u64 })
+    }
+
+    pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        self.confirm(id, provider_id, RequestState::Allocation, RequestState::Monitoring)
+    }
+
+    pub(super) fn confirm_deallocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle)
+    }
+
+    /// A provider's confirmation moves `from` to `to`; confirming again is a no-op.
+    fn confirm(&mut self, id: Uuid, provider_id: &str, from: RequestState, to: RequestState) -> ApplyResult {
+        let request_id = self.resolve(id)?;
+        let record = &self.requests[&request_id];
+        let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
+        if placed_on != Some(provider_id) {
+            return Err(CommandError::WrongProvider {
+                allocation_id: record.allocation_id,
+                claimed: provider_id.to_owned(),
+                actual: placed_on.unwrap_or("no provider").to_owned(),
+            });
+        }
+        if record.state == to {
+            return Ok(CommandResponse::Request(Box::new(record.clone())));
+        }
+        if record.state != from {
+            return Err(CommandError::NotActive { allocation_id: record.allocation_id, state: record.state.as_str().to_owned() });
+        }
+        let mut record = self.take_record(request_id);
+        record.state = to;
+        let (allocation_id, namespace, provider_id) = (record.allocation_id, record.request.namespace.clone(), provider_id.to_owned());
+        self.emit(match to {
+            RequestState::Monitoring => EventKind::AllocationConfirmed { allocation_id, namespace, provider_id },
+            _ => EventKind::DeallocationConfirmed { allocation_id, namespace, provider_id },
+        });
+        self.put_record(record);
+        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+    }
+
+    /// Places queued requests that fit now, in queue order. A smaller request
+    /// further back may be placed ahead of a larger one that still does not
+    /// fit (backfill): capacity is never left idle for a request that cannot
+    /// use it, at the price that a large request can wait behind a stream of
+    /// small ones until its deadline.
+    pub(super) fn examine_queue(&mut self) {
+        let waiting: Vec<Uuid> = self.index.queue.iter().take(self.config.queue_examined_per_free_max).map(|(_, _, id)| *id).collect();
+        for request_id in waiting {
+            if let Some(placement) = self.find_placement(&self.requests[&request_id].request) {
+                let mut record = self.take_record(request_id);
+                self.grant(&mut record, placement, GrantCause::New);
+                self.put_record(record);
+            }
+        }
+    }
+
+    /// Holds `placement`'s units for `record` (taken out of the table).
+    pub(super) fn grant(&mut self, record: &mut RequestRecord, placement: Placement, cause: GrantCause) {
+        let provider = self.providers.get_mut(&placement.provider_id).expect("placements name registered providers");
+        let changed = provider.hold(record.allocation_id, &placement.grants);
+        let confirms = provider.confirms_allocations;
+        for (kind, before) in changed {
+            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+        }
+        self.emit_unit_statuses(&placement);
+        let request = &record.request;
+        let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id, request.namespace.clone());
+        self.emit(match cause {
+            GrantCause::New => EventKind::AllocationGranted {
+                request_id,
+                allocation_id,
+                requester_id: request.requester_id.clone(),
+                namespace,
+                provider_id: placement.provider_id.clone(),
+                grants: placement.grants.clone(),
+            },
+            GrantCause::MovedFrom(from_provider) => EventKind::AllocationMoved {
+                request_id,
+                allocation_id,
+                namespace,
+                from_provider,
+                to_provider: placement.provider_id.clone(),
+                grants: placement.grants.clone(),
+            },
+        });
+        if record.lease_expires_at_ms.is_none() {
+            record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl);
+        }
+        record.state = if confirms { RequestState::Allocation } else { RequestState::Monitoring };
+        record.status = AllocationStatus::Allocated;
+        record.placement = Some(placement);
+        record.reason = None;
+    }
+
+    pub(super) fn enqueue(&mut self, record: &mut RequestRecord, reason: String) {
+        let request = &record.request;
+        self.emit(EventKind::RequestQueued {
+            request_id: request.request_id,
+            requester_id: request.requester_id.clone(),
+            namespace: request.namespace.clone(),
+            reason: reason.clone(),
+        });
+        record.state = RequestState::Queued;
+        record.status = AllocationStatus::Queued;
+        record.lease_expires_at_ms = None;
+        record.reason = Some(reason);
+    }
+
+    fn reject(&mut self, record: &mut RequestRecord, reason: String) {
+        let request = &record.request;
+        self.emit(EventKind::RequestRejected {
+            request_id: request.request_id,
+            requester_id: request.requester_id.clone(),
+            namespace: request.namespace.clone(),
+            reason: reason.clone(),
+        });
+        record.state = RequestState::Error;
+        record.status = AllocationStatus::Rejected;
+        record.reason = Some(reason);
+    }
+
+    /// Lets go of the units an active `record` (taken out of the table) holds;
+    /// the record keeps its placement as history. Returns that placement.
+    pub(super) fn free_placement(&mut self, record: &RequestRecord) -> Placement {
+        let placement = record.placement.clone().expect("an active request has a placement");
+        let provider = self.providers.get_mut(&placement.provider_id).expect("placements name registered providers");
+        let changed = provider.unhold(record.allocation_id, &placement.grants);
+        for (kind, before) in changed {
+            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+        }
+        self.emit_unit_statuses(&placement);
+        placement
+    }
+
+    /// A `resource_status` event for each unit of `placement` as it is now.
+    fn emit_unit_statuses(&mut self, placement: &Placement) {
+        let provider = &self.providers[&placement.provider_id];
+        let statuses: Vec<EventKind> = placement
+            .grants
+            .iter()
+            .map(|grant| {
+                let resource = &provider.resources[&grant.resource_id];
+                let used = resource.used();
+                EventKind::ResourceStatus {
+                    provider_id: provider.provider_id.clone(),
+                    resource_id: resource.resource_id.clone(),
+                    kind: resource.kind.clone(),
+                    status: if used == 0 { ResourceState::Available } else { ResourceState::Allocated },
+                    used,
+                    capacity: resource.capacity,
+                }
+            })
+            .collect();
+        for status in statuses {
+            self.emit(status);
+        }
+    }
+
+    /// The request id behind a request id or an allocation id.
+    pub(super) fn resolve(&self, id: Uuid) -> Result<Uuid, CommandError> {
+        if self.requests.contains_key(&id) {
+            return Ok(id);
+        }
+        self.index.allocation_to_request.get(&id).copied().ok_or(CommandError::NotFound { id })
+    }
+}

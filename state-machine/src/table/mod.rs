@@ -1,0 +1,167 @@
+//! The allocation table: providers, requests, the queue and the event history.
+//!
+//! Only `config`, the counters, `providers`, `requests` and `history` are
+//! state; everything in [`Indexes`] is derived from them, skipped by the
+//! snapshot and rebuilt on restore. Every mutation of a request goes through
+//! [`AllocationTable::take_record`] / [`AllocationTable::put_record`], which
+//! keep the indexes in step with the record's state.
+
+mod indexes;
+mod lifecycle;
+mod placement;
+mod providers;
+mod queries;
+mod snapshot;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::{Applied, ApplyResult, Command, StampedCommand};
+use crate::event::{Event, EventKind};
+use crate::limits::TableConfig;
+use crate::provider::Provider;
+use crate::record::RequestRecord;
+
+pub use indexes::Indexes;
+pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
+pub use snapshot::SNAPSHOT_FORMAT_VERSION;
+
+/// The replicated allocation table. Apply the same commands in the same order
+/// and two tables are equal, down to their snapshot bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationTable {
+    config: TableConfig,
+    /// The largest `now_ms` of any applied command: the table's clock.
+    clock_ms: u64,
+    /// The revision of the newest event.
+    revision: u64,
+    /// Arrival order of requests, for first-come-first-served within a priority.
+    next_arrival_seq: u64,
+    providers: BTreeMap<String, Provider>,
+    requests: BTreeMap<Uuid, RequestRecord>,
+    /// The newest events, at most `config.event_history_max`.
+    history: VecDeque<Event>,
+    #[serde(skip)]
+    index: Indexes,
+    /// Events of the command being applied; drained at the end of `apply`.
+    #[serde(skip)]
+    pending_events: Vec<Event>,
+}
+
+impl Default for AllocationTable {
+    fn default() -> Self {
+        AllocationTable::new(TableConfig::default())
+    }
+}
+
+impl AllocationTable {
+    pub fn new(config: TableConfig) -> Self {
+        AllocationTable {
+            config,
+            clock_ms: 0,
+            revision: 0,
+            next_arrival_seq: 0,
+            providers: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            history: VecDeque::new(),
+            index: Indexes::default(),
+            pending_events: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// Applies one command. On error nothing has changed, not even the clock.
+    pub fn apply(&mut self, entry: &StampedCommand) -> Applied {
+        debug_assert!(self.pending_events.is_empty());
+        let clock_before = self.clock_ms;
+        self.clock_ms = self.clock_ms.max(entry.now_ms);
+        let result = self.dispatch(&entry.command);
+        match &result {
+            Ok(_) => self.evict_finished(),
+            Err(_) => {
+                assert!(self.pending_events.is_empty(), "a failed {} emitted events", entry.command.operation_type());
+                self.clock_ms = clock_before;
+            }
+        }
+        let events = std::mem::take(&mut self.pending_events);
+        for event in &events {
+            if self.history.len() == self.config.event_history_max {
+                self.history.pop_front();
+            }
+            self.history.push_back(event.clone());
+        }
+        Applied { result, events }
+    }
+
+    fn dispatch(&mut self, command: &Command) -> ApplyResult {
+        match command {
+            Command::RegisterProvider(registration) => self.register_provider(registration),
+            Command::DeregisterProvider { provider_id } => self.deregister_provider(provider_id),
+            Command::Allocate(request) => self.allocate(request),
+            Command::Release { id } => self.release(*id),
+            Command::RenewLease { id } => self.renew_lease(*id),
+            Command::Tick => self.tick(),
+            Command::ProviderFailed { provider_id } => self.provider_failed(provider_id),
+            Command::ProviderRecovered { provider_id } => self.provider_recovered(provider_id),
+            Command::RefreshLeases => self.refresh_leases(),
+            Command::ConfirmAllocation { allocation_id, provider_id } => self.confirm_allocation(*allocation_id, provider_id),
+            Command::ConfirmDeallocation { allocation_id, provider_id } => self.confirm_deallocation(*allocation_id, provider_id),
+        }
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        self.revision += 1;
+        self.pending_events.push(Event::new(self.revision, self.clock_ms, kind));
+    }
+
+    /// Removes a request from the table and its indexes, to be changed and
+    /// put back with [`Self::put_record`].
+    fn take_record(&mut self, request_id: Uuid) -> RequestRecord {
+        let record = self.requests.remove(&request_id).expect("take_record is called with a known request id");
+        self.index.remove_record(&record);
+        record
+    }
+
+    fn put_record(&mut self, mut record: RequestRecord) {
+        record.updated_at_ms = self.clock_ms;
+        if record.state.is_finished() && record.finished_at_ms.is_none() {
+            record.finished_at_ms = Some(self.clock_ms);
+        }
+        self.index.add_record(&record);
+        let previous = self.requests.insert(record.request.request_id, record);
+        assert!(previous.is_none(), "put_record over a record that was not taken");
+    }
+
+    /// Forgets finished requests past the dedupe window or over the count
+    /// limit, a bounded number per command.
+    fn evict_finished(&mut self) {
+        for _ in 0..self.config.evictions_per_command_max {
+            let Some(&(finished_at, request_id)) = self.index.finished.first() else { break };
+            let over_count = self.index.finished.len() > self.config.finished_requests_max;
+            let past_window = finished_at.saturating_add(self.config.dedupe_window_ms) <= self.clock_ms;
+            if !(over_count || past_window) {
+                break;
+            }
+            self.take_record(request_id);
+        }
+    }
+
+    /// Rebuilds every derived structure from the state; used after restore.
+    fn rebuild_indexes(&mut self) {
+        self.index = Indexes::default();
+        for provider in self.providers.values_mut() {
+            provider.rebuild_kinds();
+        }
+        for provider in self.providers.values() {
+            self.index.add_provider(provider);
+        }
+        for record in self.requests.values() {
+            self.index.add_record(record);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Providers joining, changing, failing, coming back and leaving.
+
+use uuid::Uuid;
+
+use super::lifecycle::GrantCause;
+use super::AllocationTable;
+use crate::command::{ApplyResult, CommandResponse};
+use crate::error::CommandError;
+use crate::event::{EventKind, ResourceState};
+use crate::provider::{Provider, ProviderRegistration, ProviderStatus};
+
+impl AllocationTable {
+    pub(super) fn register_provider(&mut self, registration: &ProviderRegistration) -> ApplyResult {
+        let registration = registration.clone().validate()?;
+        let provider_id = registration.provider_id.clone();
+        let resources = registration.resources.len() as u64;
+        match self.providers.get(&provider_id) {
+            None => {
+                let provider = Provider::new(&registration, self.clock_ms);
+                self.index.add_provider(&provider);
+                self.providers.insert(provider_id.clone(), provider);
+                self.emit(EventKind::ProviderRegistered { provider_id: provider_id.clone(), resources });
+            }
+            Some(existing) => {
+                let updated = updated_provider(existing, &registration)?;
+                let was_failed = existing.status == ProviderStatus::Failed;
+                let old = self.providers.insert(provider_id.clone(), updated).expect("just looked up");
+                self.index.remove_provider(&old);
+                self.index.add_provider(&self.providers[&provider_id]);
+                self.emit(EventKind::ProviderUpdated { provider_id: provider_id.clone(), resources });
+                if was_failed {
+                    self.emit(EventKind::ProviderRecovered { provider_id: provider_id.clone() });
+                }
+            }
+        }
+        self.emit_provider_statuses(&provider_id);
+        self.examine_queue();
+        Ok(self.provider_response(&provider_id))
+    }
+
+    pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
+        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        // Failed first, so that evacuation cannot pick it again.
+        provider.status = ProviderStatus::Failed;
+        let snapshot = provider.clone();
+        self.index.remove_free(&snapshot);
+        self.evacuate(provider_id, "provider_deregistered");
+        let provider = self.providers.remove(provider_id).expect("still registered");
+        self.index.remove_provider(&provider);
+        self.emit(EventKind::ProviderDeregistered { provider_id: provider_id.to_owned() });
+        Ok(CommandResponse::ProviderRemoved { provider_id: provider_id.to_owned() })
+    }
+
+    pub(super) fn provider_failed(&mut self, provider_id: &str) -> ApplyResult {
+        let provider = self.providers.get(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        if provider.status == ProviderStatus::Failed {
+            return Ok(self.provider_response(provider_id));
+        }
+        let snapshot = provider.clone();
+        self.index.remove_free(&snapshot);
+        self.providers.get_mut(provider_id).expect("looked up").status = ProviderStatus::Failed;
+        self.emit(EventKind::ProviderFailed { provider_id: provider_id.to_owned() });
+        self.emit_provider_statuses(provider_id);
+        self.evacuate(provider_id, "provider_failed");
+        Ok(self.provider_response(provider_id))
+    }
+
+    pub(super) fn provider_recovered(&mut self, provider_id: &str) -> ApplyResult {
+        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        if provider.status == ProviderStatus::Active {
+            return Ok(self.provider_response(provider_id));
+        }
+        provider.status = ProviderStatus::Active;
+        self.index.add_free(&self.providers[provider_id]);
+        self.emit(EventKind::ProviderRecovered { provider_id: provider_id.to_owned() });
+        self.emit_provider_statuses(provider_id);
+        self.examine_queue();
+        Ok(self.provider_response(provider_id))
+    }
+
+    /// Moves every allocation off `provider_id` (already marked failed) to
+    /// other providers, oldest first, or back into the queue where none fits.
+    /// Evacuated requests enter the queue even past `queue_len_max`: an
+    /// acknowledged allocation is never dropped for lack of queue room.
+    fn evacuate(&mut self, provider_id: &str, reason: &str) {
+        let mut placed: Vec<(u64, Uuid)> = self
+            .index
+            .by_provider
+            .get(provider_id)
+            .map(|ids| ids.iter().map(|id| (self.requests[id].arrival_seq, *id)).collect())
+            .unwrap_or_default();
+        placed.sort_unstable();
+        for (_, request_id) in placed {
+            let mut record = self.take_record(request_id);
+            let old = record.placement.take().expect("an active request has a placement");
+            let provider = self.providers.get_mut(provider_id).expect("evacuated provider is registered");
+            provider.unhold(record.allocation_id, &old.grants);
+            match self.find_placement(&record.request) {
+                Some(placement) => self.grant(&mut record, placement, GrantCause::MovedFrom(provider_id.to_owned())),
+                None => self.enqueue(&mut record, format!("{reason}: {provider_id} failed and no other provider fits")),
+            }
+            self.put_record(record);
+        }
+    }
+
+    /// A `resource_status` event for each unit of the provider.
+    fn emit_provider_statuses(&mut self, provider_id: &str) {
+        let provider = &self.providers[provider_id];
+        let statuses: Vec<EventKind> = provider
+            .resources
+            .values()
+            .map(|resource| {
+                let used = resource.used();
+                let status = match (provider.status, used) {
+                    (ProviderStatus::Failed, _) => ResourceState::Failed,
+                    (ProviderStatus::Active, 0) => ResourceState::Available,
+                    (ProviderStatus::Active, _) => ResourceState::Allocated,
+                };
+                EventKind::ResourceStatus {
+                    provider_id: provider_id.to_owned(),
+                    resource_id: resource.resource_id.clone(),
+                    kind: resource.kind.clone(),
+                    status,
+                    used,
+                    capacity: resource.capacity,
+                }
+            })
+            .collect();
+        for status in statuses {
+            self.emit(status);
+        }
+    }
+
+    fn provider_response(&self, provider_id: &str) -> CommandResponse {
+        let provider = &self.providers[provider_id];
+        CommandResponse::Provider {
+            provider_id: provider_id.to_owned(),
+            status: provider.status,
+            resources: provider.resources.len() as u64,
+        }
+    }
+}
+
+/// The provider as `registration` changes it, or why it cannot: a unit held
+/// by an allocation must stay, with the same kind and sharing, and at least
+/// the capacity already held.
+fn updated_provider(existing: &Provider, registration: &ProviderRegistration) -> Result<Provider, CommandError> {
+    let mut updated = Provider::new(registration, existing.registered_at_ms);
+    for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
+        let in_use = |change: &str| CommandError::ResourceInUse {
+            provider_id: existing.provider_id.clone(),
+            resource_id: resource_id.clone(),
+            change: change.to_owned(),
+        };
+        let Some(next) = updated.resources.get_mut(resource_id) else { return Err(in_use("removed")) };
+        if next.kind != held.kind || next.sharing != held.sharing {
+            return Err(in_use("changed in kind or sharing"));
+        }
+        if next.capacity < held.used() {
+            return Err(in_use("shrunk below what is held"));
+        }
+        next.holders = held.holders.clone();
+    }
+    updated.rebuild_kinds();
+    Ok(updated)
+}

@@ -1,0 +1,225 @@
+//! Read-only questions the API and the monitor ask of the table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AllocationTable;
+use crate::event::Event;
+use crate::provider::{Provider, ProviderStatus};
+use crate::record::{RequestRecord, RequestState};
+
+/// Which requests `list` returns. Empty fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListFilter {
+    pub namespace: Option<String>,
+    /// Needs `namespace`: requester ids are scoped by namespace.
+    pub requester_id: Option<String>,
+    /// Only requests actively placed on this provider.
+    pub provider_id: Option<String>,
+    pub state: Option<RequestState>,
+    /// Start after this request id (for paging).
+    pub after: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// Capacity, use and free amount of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindUsage {
+    /// On active providers.
+    pub capacity: u64,
+    pub used: u64,
+    /// What new allocations could still get (exclusive units count whole).
+    pub free: u64,
+    /// On failed providers: offered to nobody until they return.
+    pub failed_capacity: u64,
+}
+
+/// One provider's use, per kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderUsage {
+    pub provider_id: String,
+    pub status: ProviderStatus,
+    pub allocations: u64,
+    pub kinds: BTreeMap<String, KindUsage>,
+}
+
+/// The monitor's view of the whole table (the protocol's SystemState).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub by_kind: BTreeMap<String, KindUsage>,
+    pub providers: Vec<ProviderUsage>,
+    pub queue_len: u64,
+    pub active_allocations: u64,
+    pub failed_providers: Vec<String>,
+    pub revision: u64,
+}
+
+/// A watcher asked for history the table no longer keeps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EventsError {
+    #[error("revision {requested} is compacted; the oldest kept is {oldest}")]
+    Compacted { requested: u64, oldest: u64 },
+}
+
+impl AllocationTable {
+    /// A request by its request id or allocation id.
+    pub fn get(&self, id: Uuid) -> Option<&RequestRecord> {
+        self.resolve(id).ok().map(|request_id| &self.requests[&request_id])
+    }
+
+    pub fn list(&self, filter: &ListFilter) -> Vec<&RequestRecord> {
+        let matches = |record: &&RequestRecord| {
+            filter.state.is_none_or(|state| record.state == state)
+                && filter.after.is_none_or(|after| record.request.request_id > after)
+                && filter.namespace.as_ref().is_none_or(|ns| record.request.namespace == *ns)
+                && filter.requester_id.as_ref().is_none_or(|requester| record.request.requester_id == *requester)
+        };
+        let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
+        let ids: Box<dyn Iterator<Item = Uuid> + '_> = match (&filter.provider_id, &filter.namespace) {
+            (Some(provider_id), _) => Box::new(self.index.by_provider.get(provider_id).into_iter().flatten().copied()),
+            (None, Some(namespace)) => Box::new(
+                self.index
+                    .by_owner
+                    .range((namespace.clone(), String::new(), Uuid::nil())..)
+                    .take_while(move |(ns, _, _)| ns == namespace)
+                    .map(|(_, _, id)| *id),
+            ),
+            (None, None) => Box::new(self.requests.keys().copied()),
+        };
+        let mut found: Vec<&RequestRecord> = ids.map(|id| &self.requests[&id]).filter(matches).collect();
+        found.sort_by_key(|record| record.request.request_id);
+        found.truncate(limit);
+        found
+    }
+
+    pub fn provider(&self, provider_id: &str) -> Option<&Provider> {
+        self.providers.get(provider_id)
+    }
+
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.values()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.index.queue.len()
+    }
+
+    /// Queued request ids, head first.
+    pub fn queue(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.index.queue.iter().map(|(_, _, id)| *id)
+    }
+
+    pub fn active_allocations(&self) -> usize {
+        self.index.by_provider.values().map(|ids| ids.len()).sum()
+    }
+
+    /// Requests remembered, live and finished.
+    pub fn requests_len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn usage(&self) -> Usage {
+        let mut by_kind: BTreeMap<String, KindUsage> = BTreeMap::new();
+        let mut providers = Vec::new();
+        for provider in self.providers.values() {
+            let mut kinds = BTreeMap::new();
+            for resource in provider.resources.values() {
+                let usage: &mut KindUsage = kinds.entry(resource.kind.clone()).or_default();
+                match provider.status {
+                    ProviderStatus::Active => {
+                        usage.capacity += resource.capacity;
+                        usage.used += resource.used();
+                        usage.free += resource.free();
+                    }
+                    ProviderStatus::Failed => usage.failed_capacity += resource.capacity,
+                }
+            }
+            for (kind, usage) in &kinds {
+                let total = by_kind.entry(kind.clone()).or_default();
+                total.capacity += usage.capacity;
+                total.used += usage.used;
+                total.free += usage.free;
+                total.failed_capacity += usage.failed_capacity;
+            }
+            let allocations = self.index.by_provider.get(&provider.provider_id).map_or(0, |ids| ids.len() as u64);
+            providers.push(ProviderUsage { provider_id: provider.provider_id.clone(), status: provider.status, allocations, kinds });
+        }
+        Usage {
+            by_kind,
+            providers,
+            queue_len: self.index.queue.len() as u64,
+            active_allocations: self.active_allocations() as u64,
+            failed_providers: self.providers.values().filter(|p| p.status == ProviderStatus::Failed).map(|p| p.provider_id.clone()).collect(),
+            revision: self.revision,
+        }
+    }
+
+    /// The newest event's revision (0 before any event).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The table's clock: the largest `now_ms` applied.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Events with a revision of at least `from`, oldest first.
+    pub fn events_from(&self, from: u64) -> Result<impl Iterator<Item = &Event>, EventsError> {
+        let oldest = self.history.front().map_or(self.revision + 1, |event| event.revision);
+        if from < oldest && from <= self.revision {
+            return Err(EventsError::Compacted { requested: from, oldest });
+        }
+        let skip = from.saturating_sub(oldest) as usize;
+        Ok(self.history.iter().skip(skip))
+    }
+
+    /// When the next tick has work: the earliest lease expiry or deadline.
+    /// The leader proposes a `Tick` once its clock reaches this.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        let lease = self.index.leases.first().map(|(at, _)| *at);
+        let deadline = self.index.deadlines.first().map(|(at, _)| *at);
+        lease.into_iter().chain(deadline).min()
+    }
+
+    /// Checks every invariant of the table; panics with the first broken one.
+    /// Tests call it after every step; it walks everything, so it is not for
+    /// the apply path.
+    pub fn assert_invariants(&self) {
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_indexes();
+        assert_eq!(rebuilt.index, self.index, "indexes drifted from the state");
+        for provider in self.providers.values() {
+            for resource in provider.resources.values() {
+                assert!(resource.used() <= resource.capacity, "{}/{} over capacity", provider.provider_id, resource.resource_id);
+                if resource.sharing == crate::provider::Sharing::Exclusive {
+                    assert!(resource.holders.len() <= 1, "exclusive {}/{} has {} holders", provider.provider_id, resource.resource_id, resource.holders.len());
+                }
+                for allocation_id in resource.holders.keys() {
+                    let record = self.get(*allocation_id).expect("holders are known allocations");
+                    assert!(record.state.is_active(), "{allocation_id} holds units while {}", record.state.as_str());
+                    assert_eq!(record.placement.as_ref().map(|p| p.provider_id.as_str()), Some(provider.provider_id.as_str()));
+                }
+                if provider.status == ProviderStatus::Failed {
+                    assert!(resource.holders.is_empty(), "failed provider {} still holds allocations", provider.provider_id);
+                }
+            }
+        }
+        for record in self.requests.values() {
+            if record.state.is_active() {
+                let placement = record.placement.as_ref().expect("active requests are placed");
+                let provider = &self.providers[&placement.provider_id];
+                assert_eq!(provider.status, ProviderStatus::Active, "{} is placed on failed {}", record.request.request_id, provider.provider_id);
+                for grant in &placement.grants {
+                    assert_eq!(provider.resources[&grant.resource_id].holders.get(&record.allocation_id), Some(&grant.amount));
+                }
+                for requirement in &record.request.requirements {
+                    let granted: u64 = placement.grants.iter().filter(|g| g.kind == requirement.kind).map(|g| g.amount).sum();
+                    assert!(granted >= requirement.quantity, "{} got {granted} of {} {}", record.request.request_id, requirement.quantity, requirement.kind);
+                }
+            }
+        }
+    }
+}
