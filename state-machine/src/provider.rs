@@ -16,6 +16,7 @@
 //! larger one divisible, which matches the protocol's examples (`cpu_1`,
 //! `block_1`, `vol_1`).
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -210,13 +211,14 @@ impl Provider {
             .collect();
         let single = match policy {
             PlacementPolicy::BestFit => candidates.iter().filter(|r| r.free() >= quantity).min_by_key(|r| r.free()),
-            PlacementPolicy::Spread => candidates.iter().filter(|r| r.free() >= quantity).max_by_key(|r| r.free()),
+            // `max_by_key` keeps the last of equal maxima; reversing the id keeps the lower id.
+            PlacementPolicy::Spread => candidates.iter().filter(|r| r.free() >= quantity).max_by_key(|r| (r.free(), Reverse(&r.resource_id))),
         };
         if let Some(resource) = single {
             return Some(vec![UnitGrant::take(resource, quantity)]);
         }
         // Stable sort: equal free amounts keep resource-id order.
-        candidates.sort_by(|a, b| b.free().cmp(&a.free()));
+        candidates.sort_by_key(|resource| Reverse(resource.free()));
         let mut grants = Vec::new();
         let mut remaining = quantity;
         for resource in candidates {

@@ -197,7 +197,8 @@ impl AllocationTable {
         Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
     }
 
-    /// Places queued requests that fit now, in queue order. A smaller request
+    /// Places queued requests that fit now, in queue order, skipping those
+    /// past their deadline (the next tick rejects them). A smaller request
     /// further back may be placed ahead of a larger one that still does not
     /// fit (backfill): capacity is never left idle for a request that cannot
     /// use it, at the price that a large request can wait behind a stream of
@@ -205,7 +206,13 @@ impl AllocationTable {
     pub(super) fn examine_queue(&mut self) {
         let waiting: Vec<Uuid> = self.index.queue.iter().take(self.config.queue_examined_per_free_max).map(|(_, _, id)| *id).collect();
         for request_id in waiting {
-            if let Some(placement) = self.find_placement(&self.requests[&request_id].request) {
+            let request = &self.requests[&request_id].request;
+            // Past its deadline the requester has given up: the next tick
+            // rejects it, and the units go to someone still waiting.
+            if request.deadline_ms.is_some_and(|deadline| deadline <= self.clock_ms) {
+                continue;
+            }
+            if let Some(placement) = self.find_placement(request) {
                 let mut record = self.take_record(request_id);
                 self.grant(&mut record, placement, GrantCause::New);
                 self.put_record(record);

@@ -89,11 +89,11 @@ impl AllocationTable {
             }
         }
         let events = std::mem::take(&mut self.pending_events);
-        for event in &events {
-            if self.history.len() == self.config.event_history_max {
-                self.history.pop_front();
-            }
-            self.history.push_back(event.clone());
+        self.history.extend(events.iter().cloned());
+        // `>` and a loop, not `==` once: with a limit of 0 a single check
+        // before each push would let the history grow without bound.
+        while self.history.len() > self.config.event_history_max {
+            self.history.pop_front();
         }
         Applied { result, events }
     }

@@ -8,6 +8,8 @@
 //! [`TableConfig::placement_candidates_max`](crate::TableConfig) providers are
 //! examined; if none fits, the request waits in the queue.
 
+use std::collections::BTreeSet;
+
 use super::AllocationTable;
 use crate::provider::{Provider, ProviderStatus};
 use crate::record::Placement;
@@ -26,7 +28,7 @@ impl AllocationTable {
         let free = self.index.free_by_kind.get(&anchor.kind)?;
         let candidates: Box<dyn Iterator<Item = &(u64, String)>> = match request.placement {
             PlacementPolicy::BestFit => Box::new(free.range((anchor.quantity, String::new())..)),
-            PlacementPolicy::Spread => Box::new(free.iter().rev().take_while(|(amount, _)| *amount >= anchor.quantity)),
+            PlacementPolicy::Spread => Box::new(most_free_first(free, anchor.quantity)),
         };
         candidates
             .take(self.config.placement_candidates_max)
@@ -99,4 +101,16 @@ impl AllocationTable {
         }
         None
     }
+}
+
+/// The entries of a kind's free index with at least `wanted` free, the most
+/// free first and, among equal amounts, the lower provider id first. A plain
+/// reverse walk would break ties towards the higher id, against the rule.
+fn most_free_first(free: &BTreeSet<(u64, String)>, wanted: u64) -> impl Iterator<Item = &(u64, String)> {
+    let amounts = std::iter::successors(free.last().map(|(amount, _)| *amount), move |&amount| {
+        free.range(..(amount, String::new())).next_back().map(|(below, _)| *below)
+    });
+    amounts
+        .take_while(move |&amount| amount >= wanted)
+        .flat_map(move |amount| free.range((amount, String::new())..).take_while(move |(same, _)| *same == amount))
 }

@@ -166,10 +166,12 @@ impl AllocationTable {
         self.clock_ms
     }
 
-    /// Events with a revision of at least `from`, oldest first.
+    /// Events with a revision of at least `from`, oldest first. Revisions
+    /// start at 1, so `from` 0 and 1 both mean "everything", and are refused
+    /// only once revision 1 has been compacted away.
     pub fn events_from(&self, from: u64) -> Result<impl Iterator<Item = &Event>, EventsError> {
         let oldest = self.history.front().map_or(self.revision + 1, |event| event.revision);
-        if from < oldest && from <= self.revision {
+        if from.max(1) < oldest {
             return Err(EventsError::Compacted { requested: from, oldest });
         }
         let skip = from.saturating_sub(oldest) as usize;
@@ -188,9 +190,17 @@ impl AllocationTable {
     /// Tests call it after every step; it walks everything, so it is not for
     /// the apply path.
     pub fn assert_invariants(&self) {
+        assert!(self.pending_events.is_empty(), "events left pending between commands");
         let mut rebuilt = self.clone();
         rebuilt.rebuild_indexes();
+        // The index and each provider's kind totals are derived: both must match a rebuild.
         assert_eq!(rebuilt.index, self.index, "indexes drifted from the state");
+        for (provider_id, provider) in &self.providers {
+            assert_eq!(rebuilt.providers[provider_id].kinds, provider.kinds, "kind totals of {provider_id} drifted from its units");
+        }
+        assert!(self.history.len() <= self.config.event_history_max, "history holds {} events", self.history.len());
+        assert!(self.history.iter().zip(self.history.iter().skip(1)).all(|(a, b)| a.revision + 1 == b.revision), "history has gaps");
+        assert!(self.history.back().is_none_or(|event| event.revision == self.revision), "history does not end at the revision");
         for provider in self.providers.values() {
             for resource in provider.resources.values() {
                 assert!(resource.used() <= resource.capacity, "{}/{} over capacity", provider.provider_id, resource.resource_id);
@@ -208,6 +218,11 @@ impl AllocationTable {
             }
         }
         for record in self.requests.values() {
+            assert!(record.arrival_seq < self.next_arrival_seq, "{} arrived in the future", record.request.request_id);
+            if record.state == RequestState::Queued {
+                assert!(record.placement.is_none(), "queued {} has a placement", record.request.request_id);
+            }
+            assert_eq!(record.state.is_finished(), record.finished_at_ms.is_some(), "{} finish time vs state", record.request.request_id);
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];

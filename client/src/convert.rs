@@ -1,0 +1,412 @@
+//! Conversions between the wire types ([`crate::proto::api`]) and the
+//! allocation table's types ([`qm_state_machine`]).
+//!
+//! Pure functions, used by the server (raft-node) to answer and by the client
+//! to print the protocol's JSON. The wire's proto3 strings cannot be absent,
+//! so an empty string means "not given": it becomes `None` on the way in, so
+//! that [`ResourceRequest::validate`] names the missing field, and `None`
+//! becomes an empty string on the way out. Maps are sorted on the way in
+//! (`HashMap` → `BTreeMap`) and lists are emitted in the table's order, so the
+//! same table always converts to the same message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use qm_state_machine::protocol::ConstraintsDocument;
+use qm_state_machine::provider::Provider;
+use qm_state_machine::time::format_rfc3339;
+use qm_state_machine::{
+    event_to_json, AllocationResponse, AllocationStatus, Event, InvalidArgument, KindUsage, PlacementPolicy, ProviderRegistration, ProviderStatus,
+    ProviderUsage, RequestRecord, RequestState, ResourceRequest, ResourceSpec, Sharing, UnitGrant, Usage,
+};
+use serde_json::{Number, Value};
+use uuid::Uuid;
+
+use crate::proto::api;
+
+/// A reply from a replica that does not decode into the table's types: a
+/// server bug or a version mismatch, never bad user input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("reply field {field} is {value:?}, expected {expected}")]
+    Malformed { field: String, value: String, expected: &'static str },
+}
+
+impl ConvertError {
+    fn malformed(field: impl Into<String>, value: &str, expected: &'static str) -> ConvertError {
+        ConvertError::Malformed { field: field.into(), value: value.to_owned(), expected }
+    }
+}
+
+// --- requests
+
+/// The protocol's `resource_request` as a wire message. Total: `None` becomes
+/// the empty value. Quantities and the priority should be whole `i64`s (the
+/// client validates before it sends); a number that is not is clamped
+/// (`1e30` → `i64::MAX`) or truncated (`1.5` → `1`), so call
+/// [`ResourceRequest::validate`] first when the input is untrusted.
+pub fn request_to_proto(request: &ResourceRequest) -> api::ResourceRequest {
+    api::ResourceRequest {
+        request_id: request.request_id.clone().unwrap_or_default(),
+        requester_id: request.requester_id.clone().unwrap_or_default(),
+        resource_requirements: request
+            .resource_requirements
+            .iter()
+            .flatten()
+            .map(|(kind, quantity)| (kind.clone(), number_to_i64(quantity)))
+            .collect(),
+        priority: request.priority.as_ref().map_or(0, number_to_i64),
+        deadline: request.deadline.clone(),
+        namespace: request.namespace.clone().unwrap_or_default(),
+        lease_ttl_ms: request.lease_ttl_ms,
+        constraints: request.constraints.as_ref().map(|constraints| api::Constraints {
+            provider_id: constraints.provider_id.clone().unwrap_or_default(),
+            labels: to_hash_map(&constraints.labels),
+            resource_ids: constraints.resource_ids.clone(),
+        }),
+        placement: request.placement.map_or_else(String::new, |placement| placement_name(placement).to_owned()),
+    }
+}
+
+/// A wire request in the protocol's lenient shape; the caller then calls
+/// [`ResourceRequest::validate`], which names any missing or bad field. Empty
+/// strings become `None`. Only `placement` is checked here, because the
+/// lenient type cannot hold an unknown policy.
+pub fn request_from_proto(request: &api::ResourceRequest) -> Result<ResourceRequest, InvalidArgument> {
+    let constraints = request.constraints.as_ref().map(|constraints| ConstraintsDocument {
+        provider_id: non_empty(&constraints.provider_id),
+        labels: to_btree_map(&constraints.labels),
+        resource_ids: constraints.resource_ids.clone(),
+    });
+    Ok(ResourceRequest {
+        request_id: non_empty(&request.request_id),
+        requester_id: non_empty(&request.requester_id),
+        resource_requirements: Some(request.resource_requirements.iter().map(|(kind, quantity)| (kind.clone(), Number::from(*quantity))).collect()),
+        priority: Some(Number::from(request.priority)),
+        deadline: request.deadline.as_deref().and_then(non_empty),
+        namespace: non_empty(&request.namespace),
+        lease_ttl_ms: request.lease_ttl_ms,
+        constraints: constraints.filter(|constraints| constraints != &ConstraintsDocument::default()),
+        placement: placement_from_name(&request.placement)?,
+    })
+}
+
+/// The wire name of a placement policy.
+pub fn placement_name(placement: PlacementPolicy) -> &'static str {
+    match placement {
+        PlacementPolicy::BestFit => "best_fit",
+        PlacementPolicy::Spread => "spread",
+    }
+}
+
+/// `""` → `None` (the default policy); an unknown name is bad input.
+pub fn placement_from_name(name: &str) -> Result<Option<PlacementPolicy>, InvalidArgument> {
+    match name {
+        "" => Ok(None),
+        "best_fit" => Ok(Some(PlacementPolicy::BestFit)),
+        "spread" => Ok(Some(PlacementPolicy::Spread)),
+        other => Err(InvalidArgument::new("placement", format!("{other:?} is not a placement policy; use best_fit or spread"))),
+    }
+}
+
+fn number_to_i64(number: &Number) -> i64 {
+    match (number.as_i64(), number.as_u64(), number.as_f64()) {
+        (Some(whole), _, _) => whole,
+        (None, Some(_), _) => i64::MAX,
+        // `as` saturates at the i64 bounds and truncates the fraction.
+        (None, None, Some(float)) => float as i64,
+        (None, None, None) => 0,
+    }
+}
+
+// --- allocation replies
+
+/// A request's record as the wire's `AllocationReply`. Like
+/// [`AllocationResponse::from`], the provider and the grants are filled only
+/// while the allocation is active (holds units).
+pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
+    let active = record.placement.as_ref().filter(|_| record.state.is_active());
+    api::AllocationReply {
+        response_id: record.response_id.to_string(),
+        request_id: record.request.request_id.to_string(),
+        status: record.status.as_str().to_owned(),
+        state: record.state.as_str().to_owned(),
+        allocation_id: record.allocation_id.to_string(),
+        provider_id: active.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
+        grants: active.map(|placement| placement.grants.iter().map(grant_to_proto).collect()).unwrap_or_default(),
+        reason: record.reason.clone().unwrap_or_default(),
+        lease_expires_at_ms: record.lease_expires_at_ms,
+        request: Some(request_to_proto(&ResourceRequest::from(&record.request))),
+        submitted_at_ms: record.submitted_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
+}
+
+/// A wire reply in the protocol's `allocation_response` JSON shape:
+/// `allocated_resources` maps each kind to the ids of the units held.
+pub fn response_from_reply(reply: &api::AllocationReply) -> Result<AllocationResponse, ConvertError> {
+    let grants: Vec<UnitGrant> = reply.grants.iter().map(grant_from_proto).collect();
+    let allocated_resources = (!grants.is_empty()).then(|| {
+        let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
+        for grant in &grants {
+            if let Value::Array(units) = by_kind.entry(grant.kind.clone()).or_insert_with(|| Value::Array(Vec::new())) {
+                units.push(Value::String(grant.resource_id.clone()));
+            }
+        }
+        by_kind
+    });
+    Ok(AllocationResponse {
+        response_id: parse_uuid("response_id", &reply.response_id)?,
+        request_id: parse_uuid("request_id", &reply.request_id)?,
+        status: status_from_name(&reply.status)?,
+        allocated_resources,
+        state: match reply.state.as_str() {
+            "" => None,
+            name => Some(state_from_name(name)?),
+        },
+        allocation_id: match reply.allocation_id.as_str() {
+            "" => None,
+            id => Some(parse_uuid("allocation_id", id)?),
+        },
+        provider_id: non_empty(&reply.provider_id),
+        grants: (!grants.is_empty()).then_some(grants),
+        reason: non_empty(&reply.reason),
+        lease_expires_at: reply.lease_expires_at_ms.map(format_rfc3339),
+    })
+}
+
+/// The protocol's status name (`allocated`, `queued`, `rejected`).
+pub fn status_from_name(name: &str) -> Result<AllocationStatus, ConvertError> {
+    [AllocationStatus::Allocated, AllocationStatus::Queued, AllocationStatus::Rejected]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+        .ok_or_else(|| ConvertError::malformed("status", name, "allocated, queued or rejected"))
+}
+
+/// The protocol's state name (`queued`, `allocation`, `monitoring`, ...).
+pub fn state_from_name(name: &str) -> Result<RequestState, ConvertError> {
+    [RequestState::Queued, RequestState::Allocation, RequestState::Monitoring, RequestState::Deallocation, RequestState::Idle, RequestState::Error]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+        .ok_or_else(|| ConvertError::malformed("state", name, "a protocol state (queued, allocation, monitoring, deallocation, idle, error)"))
+}
+
+fn grant_to_proto(grant: &UnitGrant) -> api::UnitGrant {
+    api::UnitGrant { resource_id: grant.resource_id.clone(), kind: grant.kind.clone(), amount: grant.amount }
+}
+
+fn grant_from_proto(grant: &api::UnitGrant) -> UnitGrant {
+    UnitGrant { resource_id: grant.resource_id.clone(), kind: grant.kind.clone(), amount: grant.amount }
+}
+
+fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ConvertError> {
+    Uuid::parse_str(text).map_err(|_| ConvertError::malformed(field, text, "a uuid"))
+}
+
+// --- providers
+
+/// A wire registration as the table's document; the caller then calls
+/// [`ProviderRegistration::validate`]. Only `sharing` is checked here: an
+/// empty string means "decide by capacity", an unknown name is bad input.
+pub fn registration_from_proto(registration: &api::RegisterProviderRequest) -> Result<ProviderRegistration, InvalidArgument> {
+    let resources = registration
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(position, resource)| {
+            Ok(ResourceSpec {
+                resource_id: resource.resource_id.clone(),
+                kind: resource.kind.clone(),
+                capacity: resource.capacity,
+                labels: to_btree_map(&resource.labels),
+                sharing: sharing_from_name(&format!("resources[{position}].sharing"), &resource.sharing)?,
+            })
+        })
+        .collect::<Result<Vec<_>, InvalidArgument>>()?;
+    Ok(ProviderRegistration {
+        provider_id: registration.provider_id.clone(),
+        labels: to_btree_map(&registration.labels),
+        resources,
+        confirms_allocations: registration.confirms_allocations,
+    })
+}
+
+/// The table's registration document as a wire request.
+pub fn registration_to_proto(registration: &ProviderRegistration) -> api::RegisterProviderRequest {
+    api::RegisterProviderRequest {
+        provider_id: registration.provider_id.clone(),
+        labels: to_hash_map(&registration.labels),
+        resources: registration
+            .resources
+            .iter()
+            .map(|resource| api::ResourceSpec {
+                resource_id: resource.resource_id.clone(),
+                kind: resource.kind.clone(),
+                capacity: resource.capacity,
+                labels: to_hash_map(&resource.labels),
+                sharing: resource.sharing.map_or_else(String::new, |sharing| sharing_name(sharing).to_owned()),
+            })
+            .collect(),
+        confirms_allocations: registration.confirms_allocations,
+    }
+}
+
+/// A provider as the wire's `ProviderInfo`. `used` comes from the units;
+/// metrics and `last_heartbeat_ms` live in the leader's memory, not in the
+/// table, so they are left empty for the server to fill.
+pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
+    let allocations: BTreeSet<Uuid> = provider.resources.values().flat_map(|resource| resource.holders.keys().copied()).collect();
+    api::ProviderInfo {
+        provider_id: provider.provider_id.clone(),
+        status: provider_status_name(provider.status).to_owned(),
+        labels: to_hash_map(&provider.labels),
+        resources: provider
+            .resources
+            .values()
+            .map(|resource| api::ResourceInfo {
+                resource_id: resource.resource_id.clone(),
+                kind: resource.kind.clone(),
+                capacity: resource.capacity,
+                used: resource.used(),
+                sharing: sharing_name(resource.sharing).to_owned(),
+                labels: to_hash_map(&resource.labels),
+                metrics: HashMap::new(),
+            })
+            .collect(),
+        confirms_allocations: provider.confirms_allocations,
+        allocations: allocations.len() as u64,
+        last_heartbeat_ms: None,
+    }
+}
+
+/// The wire name of a sharing mode.
+pub fn sharing_name(sharing: Sharing) -> &'static str {
+    match sharing {
+        Sharing::Exclusive => "exclusive",
+        Sharing::Divisible => "divisible",
+    }
+}
+
+fn sharing_from_name(field: &str, name: &str) -> Result<Option<Sharing>, InvalidArgument> {
+    match name {
+        "" => Ok(None),
+        "exclusive" => Ok(Some(Sharing::Exclusive)),
+        "divisible" => Ok(Some(Sharing::Divisible)),
+        other => Err(InvalidArgument::new(field, format!("{other:?} is not a sharing mode; use exclusive or divisible"))),
+    }
+}
+
+/// The wire name of a provider status.
+pub fn provider_status_name(status: ProviderStatus) -> &'static str {
+    match status {
+        ProviderStatus::Active => "active",
+        ProviderStatus::Failed => "failed",
+    }
+}
+
+fn provider_status_from_name(field: &str, name: &str) -> Result<ProviderStatus, ConvertError> {
+    match name {
+        "active" => Ok(ProviderStatus::Active),
+        "failed" => Ok(ProviderStatus::Failed),
+        other => Err(ConvertError::malformed(field, other, "active or failed")),
+    }
+}
+
+// --- the monitor's view and events
+
+/// The table's usage as the wire's `SystemStateReply`, kinds sorted by name.
+pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
+    api::SystemStateReply {
+        by_kind: kinds_to_proto(&usage.by_kind),
+        providers: usage
+            .providers
+            .iter()
+            .map(|provider| api::ProviderUsage {
+                provider_id: provider.provider_id.clone(),
+                status: provider_status_name(provider.status).to_owned(),
+                allocations: provider.allocations,
+                kinds: kinds_to_proto(&provider.kinds),
+            })
+            .collect(),
+        queue_len: usage.queue_len,
+        active_allocations: usage.active_allocations,
+        failed_providers: usage.failed_providers.clone(),
+        revision: usage.revision,
+    }
+}
+
+/// The inverse of [`usage_to_proto`], for printing the table's JSON shape.
+pub fn usage_from_proto(reply: &api::SystemStateReply) -> Result<Usage, ConvertError> {
+    let providers = reply
+        .providers
+        .iter()
+        .enumerate()
+        .map(|(position, provider)| {
+            Ok(ProviderUsage {
+                provider_id: provider.provider_id.clone(),
+                status: provider_status_from_name(&format!("providers[{position}].status"), &provider.status)?,
+                allocations: provider.allocations,
+                kinds: kinds_from_proto(&provider.kinds),
+            })
+        })
+        .collect::<Result<Vec<_>, ConvertError>>()?;
+    Ok(Usage {
+        by_kind: kinds_from_proto(&reply.by_kind),
+        providers,
+        queue_len: reply.queue_len,
+        active_allocations: reply.active_allocations,
+        failed_providers: reply.failed_providers.clone(),
+        revision: reply.revision,
+    })
+}
+
+fn kinds_to_proto(kinds: &BTreeMap<String, KindUsage>) -> Vec<api::KindUsage> {
+    kinds
+        .iter()
+        .map(|(kind, usage)| api::KindUsage {
+            kind: kind.clone(),
+            capacity: usage.capacity,
+            used: usage.used,
+            free: usage.free,
+            failed_capacity: usage.failed_capacity,
+        })
+        .collect()
+}
+
+fn kinds_from_proto(kinds: &[api::KindUsage]) -> BTreeMap<String, KindUsage> {
+    kinds
+        .iter()
+        .map(|usage| {
+            let kind_usage = KindUsage { capacity: usage.capacity, used: usage.used, free: usage.free, failed_capacity: usage.failed_capacity };
+            (usage.kind.clone(), kind_usage)
+        })
+        .collect()
+}
+
+/// An event as the wire's `EventMessage`; `json` is [`event_to_json`].
+pub fn event_to_proto(event: &Event) -> api::EventMessage {
+    api::EventMessage {
+        revision: event.revision,
+        event_id: event.event_id.to_string(),
+        r#type: event.type_name().to_owned(),
+        at_ms: event.at_ms,
+        json: event_to_json(event).to_string(),
+    }
+}
+
+// --- small helpers
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn to_btree_map(map: &HashMap<String, String>) -> BTreeMap<String, String> {
+    map.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+}
+
+fn to_hash_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+}
+
+#[cfg(test)]
+#[path = "convert_test.rs"]
+mod tests;

@@ -1,0 +1,6 @@
+//! # qm-client
+//!
+//! (Docs completed as the library lands.)
+
+pub mod convert;
+pub mod proto;

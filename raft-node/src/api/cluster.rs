@@ -1,0 +1,96 @@
+//! Cluster status and membership: add a learner, promote it, remove a replica.
+//! Replacing a dead replica is remove, then add with a fresh data dir.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use qm_client::proto::api::{AddReplicaRequest, ClusterStatusReply, Member, RemoveReplicaRequest};
+use qm_state_machine::InvalidArgument;
+use tonic::Status;
+use tracing::info;
+
+use super::status::{invalid_argument, not_leader};
+use crate::node::Node;
+
+/// How long adding a replica may wait for the learner to catch up.
+pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
+
+pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
+    let metrics = node.raft.metrics().borrow().clone();
+    let commit_index = node.commit_index().await;
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, member)| {
+            let role = match (Some(*id) == metrics.current_leader, voters.contains(id)) {
+                (true, _) => "leader",
+                (false, true) => "follower",
+                (false, false) => "learner",
+            };
+            Member { id: *id, addr: member.addr.clone(), role: role.to_owned() }
+        })
+        .collect();
+    let leader_addr = metrics.current_leader.and_then(|leader| membership.get_node(&leader)).map(|node| node.addr.clone()).unwrap_or_default();
+    Ok(ClusterStatusReply {
+        node_id: node.id,
+        leader_id: metrics.current_leader,
+        leader_addr,
+        term: metrics.current_term,
+        commit_index,
+        applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+        members,
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+    })
+}
+
+pub async fn add_replica(node: &Node, call: AddReplicaRequest) -> Result<ClusterStatusReply, Status> {
+    if call.id == 0 {
+        return Err(invalid_argument(&InvalidArgument::new("id", "must be a positive integer")));
+    }
+    crate::config::parse_peers(&format!("{}={}", call.id, call.addr)).map_err(|e| invalid_argument(&InvalidArgument::new("addr", e.to_string())))?;
+    node.require_leader()?;
+    info!(operation_type = "add_replica", replica = call.id, addr = %call.addr, "adding a learner");
+    let add = node.raft.add_learner(call.id, BasicNode { addr: call.addr.clone() }, true);
+    match tokio::time::timeout(Duration::from_millis(LEARNER_CATCH_UP_TIMEOUT_MS), add).await {
+        Err(_) => return Err(Status::deadline_exceeded(format!("replica {} did not catch up within {LEARNER_CATCH_UP_TIMEOUT_MS} ms; it stays a learner", call.id))),
+        Ok(result) => result.map_err(membership_error)?,
+    };
+    if !call.learner_only {
+        info!(operation_type = "add_replica", replica = call.id, "promoting the learner to voter");
+        node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([call.id])), false).await.map_err(membership_error)?;
+    }
+    status(node).await
+}
+
+pub async fn remove_replica(node: &Node, call: RemoveReplicaRequest) -> Result<ClusterStatusReply, Status> {
+    node.require_leader()?;
+    let metrics = node.raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&call.id).is_none() {
+        return Err(Status::not_found(format!("replica {} is not a member", call.id)));
+    }
+    let is_voter = membership.voter_ids().any(|id| id == call.id);
+    info!(operation_type = "remove_replica", replica = call.id, "removing a replica");
+    let change = match is_voter {
+        true => ChangeMembers::RemoveVoters(BTreeSet::from([call.id])),
+        false => ChangeMembers::RemoveNodes(BTreeSet::from([call.id])),
+    };
+    node.raft.change_membership(change, false).await.map_err(membership_error)?;
+    if is_voter {
+        // Voters removed are demoted to learners; drop the learner too.
+        let _ = node.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([call.id])), false).await;
+    }
+    status(node).await
+}
+
+fn membership_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward.leader_id.zip(forward.leader_node.map(|n| n.addr))),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => Status::failed_precondition(change.to_string()),
+        RaftError::Fatal(fatal) => Status::unavailable(fatal.to_string()),
+    }
+}

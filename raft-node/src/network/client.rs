@@ -1,0 +1,119 @@
+//! The sending side of Raft traffic.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::BasicNode;
+use qm_client::proto::raft::raft_client::RaftClient;
+use qm_client::proto::raft::RaftMessage;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::types::{NodeId, TypeConfig};
+
+/// How long a peer connection attempt may take before the peer counts as unreachable.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// Builds one [`PeerClient`] per target; openraft calls it when replication starts.
+#[derive(Clone, Default)]
+pub struct PeerNetwork {}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { target, addr: node.addr.clone(), channel: None }
+    }
+}
+
+/// A lazily connected gRPC client for one peer.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    channel: Option<RaftClient<Channel>>,
+}
+
+/// Which RPC of the Raft service to call.
+#[derive(Clone, Copy)]
+enum RaftCall {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl PeerClient {
+    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        if let Some(client) = &self.channel {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            .tcp_nodelay(true);
+        let client = RaftClient::new(endpoint.connect_lazy()).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        self.channel = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends one request and decodes openraft's `Result` from the reply.
+    async fn call<Req, Resp, E>(&mut self, call: RaftCall, request: &Req, option: &RPCOption) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.client().map_err(RPCError::Unreachable)?;
+        let message = RaftMessage { payload: codec::encode(request) };
+        let sent = async {
+            match call {
+                RaftCall::AppendEntries => client.append_entries(message).await,
+                RaftCall::Vote => client.vote(message).await,
+                RaftCall::InstallSnapshot => client.install_snapshot(message).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(status)) => {
+                // A broken connection is re-established on the next call.
+                self.channel = None;
+                return Err(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&status)),
+                    _ => RPCError::Network(NetworkError::new(&status)),
+                });
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftCall::AppendEntries, &request, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>> {
+        self.call(RaftCall::InstallSnapshot, &request, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftCall::Vote, &request, &option).await
+    }
+}

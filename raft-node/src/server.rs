@@ -1,0 +1,225 @@
+//! [`run`]: start one replica on a bound listener and serve until `shutdown`.
+//!
+//! ```text
+//!  listener ─▶ tonic ─┬─ quartermaster.v1 (ApiService) ─▶ Node::propose / read_barrier
+//!                     ├─ quartermaster.raft.v1 (RaftRpcServer) ─▶ openraft
+//!                     ├─ grpc.health.v1 (SERVING while a leader is known)
+//!                     └─ grpc.reflection
+//!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
+//!  background: leader duties, bootstrap, health, Prometheus
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, SnapshotPolicy};
+use qm_client::proto::api::quartermaster_client::QuartermasterClient;
+use qm_client::proto::api::quartermaster_server::QuartermasterServer;
+use qm_client::proto::api::ClusterStatusRequest;
+use qm_client::proto::raft::raft_server::RaftServer;
+use qm_client::proto::FILE_DESCRIPTOR_SET;
+use qm_state_machine::TableConfig;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::api::ApiService;
+use crate::config::NodeConfig;
+use crate::leader::{self, HeartbeatBook};
+use crate::metrics::{self, Metrics, RaftSample, UtilizationSample};
+use crate::network::client::PeerNetwork;
+use crate::network::server::RaftRpcServer;
+use crate::node::Node;
+use crate::storage;
+use crate::types::Raft;
+
+/// How often an uninitialised replica probes its peers before bootstrapping.
+pub const BOOTSTRAP_PROBE_INTERVAL_MS: u64 = 200;
+/// How long a peer probe may take.
+pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
+
+/// Runs a replica on `listener` until `shutdown` completes.
+pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if config.unsafe_stale_reads {
+        warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
+    }
+    let (log_store, state_machine) = storage::open(&config.data_dir, TableConfig::default()).await?;
+    let state = state_machine.reader();
+    let raft_config = openraft::Config {
+        cluster_name: "quartermaster".to_owned(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: config.log_kept_behind_snapshot_entries,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::default(), log_store, state_machine)
+        .await
+        .context("starting raft")?;
+    let node = Arc::new(Node {
+        id: config.id,
+        config: config.clone(),
+        raft: raft.clone(),
+        state,
+        heartbeats: Arc::new(Mutex::new(HeartbeatBook::default())),
+        metrics: Metrics::default(),
+    });
+    info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "replica starting");
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    let mut background = vec![
+        tokio::spawn(leader::run_duties(node.clone(), node.heartbeats.clone())),
+        tokio::spawn(bootstrap(node.clone())),
+        tokio::spawn(report_health(node.clone(), health_reporter)),
+    ];
+    if let Some(metrics_addr) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(metrics_addr).await.with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+        let scraped = node.clone();
+        background.push(tokio::spawn(metrics::serve(metrics_listener, move || render_metrics(scraped.clone()))));
+    }
+
+    let api = QuartermasterServer::new(ApiService::new(node.clone()))
+        .max_decoding_message_size(config.message_size_max_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone())).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(api)
+        .add_service(raft_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    for task in background {
+        task.abort();
+    }
+    info!(node_id = config.id, "replica stopping");
+    raft.shutdown().await.ok();
+    served.context("gRPC server")
+}
+
+/// Initialises a fresh cluster once: the lowest-id replica of `--peers`, when
+/// it has no log of its own and every listed peer answers and has joined no
+/// cluster yet. A replica restarted with its data dir, or a blank one added
+/// to a running cluster, never initialises anything.
+async fn bootstrap(node: Arc<Node>) {
+    let peers: BTreeMap<u64, String> = node.config.peers.clone();
+    if peers.keys().next() != Some(&node.id) {
+        return;
+    }
+    loop {
+        match node.raft.is_initialized().await {
+            Ok(false) => {}
+            _ => return,
+        }
+        match probe_peers(&peers, node.id).await {
+            PeerProbe::AllFresh => {
+                let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+                match node.raft.initialize(members).await {
+                    Ok(()) => info!(node_id = node.id, replicas = peers.len(), "initialised a new cluster"),
+                    Err(error) => warn!(%error, "could not initialise the cluster"),
+                }
+                return;
+            }
+            PeerProbe::ClusterExists => {
+                info!("a peer already belongs to a cluster; waiting to be replicated to instead of initialising");
+                return;
+            }
+            PeerProbe::Unreachable => tokio::time::sleep(Duration::from_millis(BOOTSTRAP_PROBE_INTERVAL_MS)).await,
+        }
+    }
+}
+
+enum PeerProbe {
+    AllFresh,
+    ClusterExists,
+    Unreachable,
+}
+
+async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64) -> PeerProbe {
+    for (id, addr) in peers.iter().filter(|(id, _)| **id != own_id) {
+        let probe = async {
+            let mut client = QuartermasterClient::connect(format!("http://{addr}")).await.ok()?;
+            client.cluster_status(ClusterStatusRequest {}).await.ok().map(|reply| reply.into_inner())
+        };
+        match tokio::time::timeout(Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS), probe).await {
+            Ok(Some(status)) if !status.members.is_empty() || status.term > 0 => {
+                info!(peer = id, "peer is already a cluster member");
+                return PeerProbe::ClusterExists;
+            }
+            Ok(Some(_)) => {}
+            _ => return PeerProbe::Unreachable,
+        }
+    }
+    PeerProbe::AllFresh
+}
+
+/// `grpc.health.v1`: SERVING while this replica knows a leader.
+async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    let mut metrics = node.raft.metrics();
+    let mut serving = None;
+    loop {
+        let has_leader = metrics.borrow().current_leader.is_some();
+        if serving != Some(has_leader) {
+            serving = Some(has_leader);
+            if has_leader {
+                reporter.set_serving::<QuartermasterServer<ApiService>>().await;
+                reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+            } else {
+                reporter.set_not_serving::<QuartermasterServer<ApiService>>().await;
+                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn render_metrics(node: Arc<Node>) -> String {
+    let raft_metrics = node.raft.metrics().borrow().clone();
+    let commit_index = node.commit_index().await;
+    let raft = RaftSample {
+        node_id: node.id,
+        term: raft_metrics.current_term,
+        leader_id: raft_metrics.current_leader,
+        is_leader: raft_metrics.current_leader == Some(node.id),
+        commit_index,
+        applied_index: raft_metrics.last_applied.map_or(0, |log_id| log_id.index),
+        last_log_index: raft_metrics.last_log_index.unwrap_or(0),
+        snapshot_index: raft_metrics.snapshot.map_or(0, |log_id| log_id.index),
+    };
+    let utilization = node
+        .with_table(|table| {
+            let mut samples = Vec::new();
+            'providers: for provider in table.providers() {
+                for resource in provider.resources.values() {
+                    for (allocation_id, amount) in &resource.holders {
+                        if samples.len() == metrics::UTILIZATION_SERIES_MAX {
+                            break 'providers;
+                        }
+                        let consumer_id = table.get(*allocation_id).map(|record| record.request.requester_id.clone()).unwrap_or_default();
+                        samples.push(UtilizationSample {
+                            provider_id: provider.provider_id.clone(),
+                            resource_id: resource.resource_id.clone(),
+                            consumer_id,
+                            utilization: *amount as f64 / resource.capacity as f64,
+                        });
+                    }
+                }
+            }
+            samples
+        })
+        .await;
+    node.metrics.render(&raft, &utilization)
+}

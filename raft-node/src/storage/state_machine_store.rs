@@ -1,0 +1,259 @@
+//! [`StateMachineStore`]: openraft's `RaftStateMachine` and
+//! `RaftSnapshotBuilder` over the [`AllocationTable`].
+//!
+//! The table lives in memory as [`AppliedState`] behind a tokio `RwLock`;
+//! `apply` writes nothing to disk. Snapshots are durable
+//! ([`SnapshotStore`]), and on open the table is restored from the latest
+//! one; openraft then re-applies the log from there up to the saved committed
+//! index.
+//!
+//! The API reads the table through a [`StateReader`] and follows changes by
+//! subscribing to the events of every applied command (a tokio broadcast
+//! channel of [`EVENT_CHANNEL_CAPACITY`]).
+//!
+//! What watchers must know about the event stream:
+//!
+//! * After a restart, re-applied entries publish their events again, with the
+//!   same revisions: watchers skip revisions they have already seen.
+//! * Installing a snapshot replaces the table without events; the next event's
+//!   revision jumps. A watcher that sees a gap (or `RecvError::Lagged`) resumes
+//!   from the table's event history (`AllocationTable::events_from`).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use qm_state_machine::{AllocationTable, Event, TableConfig};
+use tokio::sync::{broadcast, RwLock, RwLockReadGuard};
+
+use super::durable::DurableFlush;
+use super::snapshot_store::{SaveOutcome, SnapshotStore};
+use super::{raft_error, RaftStorageError, StorageError};
+use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// Events a subscriber may fall behind by before it gets
+/// `RecvError::Lagged` and has to resume from the table's history. At a few
+/// events per command this is a few thousand commands of slack.
+pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
+
+/// The table and the log position it reflects.
+#[derive(Debug)]
+pub struct AppliedState {
+    table: AllocationTable,
+    /// The last entry applied to `table`; `None` before the first.
+    last_applied: Option<LogId>,
+    /// The membership of the last applied membership entry.
+    last_membership: StoredMembership,
+}
+
+impl AppliedState {
+    pub fn table(&self) -> &AllocationTable {
+        &self.table
+    }
+
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.last_applied
+    }
+
+    pub fn last_membership(&self) -> &StoredMembership {
+        &self.last_membership
+    }
+}
+
+/// Read-only access to the applied state and its events, for the API.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    state: Arc<RwLock<AppliedState>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl StateReader {
+    /// A consistent view of the table. Do not hold it across slow work:
+    /// applying entries waits for it.
+    pub async fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
+        self.state.read().await
+    }
+
+    /// Events of commands applied from now on, in log order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+/// The replica's state machine. Clones share the same table, channel and
+/// snapshot store (openraft clones it as the snapshot builder).
+#[derive(Clone)]
+pub struct StateMachineStore {
+    state: Arc<RwLock<AppliedState>>,
+    events: broadcast::Sender<Event>,
+    snapshots: SnapshotStore,
+}
+
+impl StateMachineStore {
+    /// Restores the table from the stored snapshot, or starts an empty one.
+    pub(crate) async fn open(
+        db: &sled::Db,
+        flush: DurableFlush,
+        table_config: TableConfig,
+    ) -> Result<StateMachineStore, StorageError> {
+        let snapshots = SnapshotStore::open(db, flush)?;
+        let state = match snapshots.load().await? {
+            Some(stored) => {
+                let table = tokio::task::spawn_blocking(move || AllocationTable::from_snapshot_bytes(&stored.data))
+                    .await??;
+                if table.config() != &table_config {
+                    // The snapshot's config wins: every replica must apply with
+                    // the same limits, and the snapshot carries the cluster's.
+                    tracing::warn!(
+                        stored = ?table.config(),
+                        given = ?table_config,
+                        "table config differs from the one in the stored snapshot; keeping the snapshot's"
+                    );
+                }
+                AppliedState {
+                    table,
+                    last_applied: stored.meta.last_log_id,
+                    last_membership: stored.meta.last_membership,
+                }
+            }
+            None => AppliedState {
+                table: AllocationTable::new(table_config),
+                last_applied: None,
+                last_membership: StoredMembership::default(),
+            },
+        };
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), events, snapshots })
+    }
+
+    /// A read-only handle for the API; take it before handing the store to
+    /// `Raft::new`.
+    pub fn reader(&self) -> StateReader {
+        StateReader { state: Arc::clone(&self.state), events: self.events.clone() }
+    }
+
+    /// Events of commands applied from now on (as [`StateReader::subscribe`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Applies one entry and says what it answers.
+    fn apply_entry(&self, state: &mut AppliedState, entry: Entry) -> AppResponse {
+        state.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => AppResponse::Blank,
+            EntryPayload::Normal(command) => {
+                let applied = state.table.apply(&command);
+                for event in applied.events {
+                    // An error only means nobody is subscribed right now.
+                    let _ = self.events.send(event);
+                }
+                AppResponse::Command(applied.result)
+            }
+            EntryPayload::Membership(membership) => {
+                state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                AppResponse::Membership
+            }
+        }
+    }
+}
+
+/// The same applied state always gives the same bytes, so the last applied
+/// log id identifies a snapshot.
+fn snapshot_id(last_applied: Option<LogId>) -> String {
+    match last_applied {
+        Some(log_id) => log_id.to_string(),
+        None => "empty".to_string(),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        // Copy under the lock, encode outside it: applying waits only for
+        // the copy.
+        let (table, meta) = {
+            let state = self.state.read().await;
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.last_membership.clone(),
+                snapshot_id: snapshot_id(state.last_applied),
+            };
+            (state.table.clone(), meta)
+        };
+        let data = tokio::task::spawn_blocking(move || table.to_snapshot_bytes())
+            .await
+            .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
+        let outcome = self
+            .snapshots
+            .save(meta.clone(), data.clone())
+            .await
+            .map_err(|error| raft_error(|source| StorageIOError::write_snapshot(Some(meta.signature()), source), &error))?;
+        if outcome == SaveOutcome::KeptNewer {
+            tracing::info!(snapshot = %meta, "built snapshot is not newer than the stored one; kept the stored one");
+        }
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let state = self.state.read().await;
+        Ok((state.last_applied, state.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<AppResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.state.write().await;
+        Ok(entries.into_iter().map(|entry| self.apply_entry(&mut state, entry)).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachineStore {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        // Decode before anything changes: a bad snapshot leaves the table and
+        // the stored snapshot as they were.
+        let read_error = |source| StorageIOError::read_snapshot(Some(meta.signature()), source);
+        let (table, data) = tokio::task::spawn_blocking(move || (AllocationTable::from_snapshot_bytes(&data), data))
+            .await
+            .map_err(|error| raft_error(read_error, &error))?;
+        let table = table.map_err(|error| raft_error(read_error, &error))?;
+        let outcome = self
+            .snapshots
+            .save(meta.clone(), data)
+            .await
+            .map_err(|error| raft_error(|source| StorageIOError::write_snapshot(Some(meta.signature()), source), &error))?;
+        if outcome == SaveOutcome::KeptNewer {
+            tracing::warn!(snapshot = %meta, "installed snapshot is not newer than the stored one; kept the stored one");
+        }
+        let mut state = self.state.write().await;
+        *state = AppliedState { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let stored = self
+            .snapshots
+            .load()
+            .await
+            .map_err(|error| raft_error(|source| StorageIOError::read_snapshot(None, source), &error))?;
+        Ok(stored.map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# A local Quartermaster cluster on 127.0.0.1, for demos, benchmarks and hands-on work.
+#
+#   scripts/cluster.sh up [--nodes 3|5]   build (release) if needed, start, wait for a leader
+#   scripts/cluster.sh down [--keep-data] stop every replica this script started; delete .cluster/ unless --keep-data
+#   scripts/cluster.sh status             pid, liveness and Raft role of each replica
+#   scripts/cluster.sh kill N             kill -9 replica N
+#   scripts/cluster.sh stop N | cont N    SIGSTOP / SIGCONT replica N
+#   scripts/cluster.sh start N            start replica N again with its data dir
+#
+# Replica N listens on 127.0.0.1:$((QM_BASE_PORT+N)) (7101, 7102, ...) and serves
+# Prometheus metrics on 127.0.0.1:$((QM_METRICS_BASE_PORT+N)) (7201, ...). Data,
+# logs and pids live in .cluster/N/ in the repository (git-ignored). Processes
+# are only ever signalled by the pid this script recorded for them.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CLUSTER_DIR=${QM_CLUSTER_DIR:-$ROOT/.cluster}
+BASE_PORT=${QM_BASE_PORT:-7100}
+METRICS_BASE_PORT=${QM_METRICS_BASE_PORT:-7200}
+PROFILE=${QM_PROFILE:-release}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+NODE_BIN=${QM_NODE_BIN:-$TARGET_DIR/$PROFILE/qm-node}
+QM_BIN=${QM_BIN:-$TARGET_DIR/$PROFILE/qm}
+LEADER_WAIT_S=${QM_LEADER_WAIT_S:-30}
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+node_count() { cat "$CLUSTER_DIR/nodes" 2>/dev/null || die "no cluster here (run: scripts/cluster.sh up)"; }
+addr() { echo "127.0.0.1:$((BASE_PORT + $1))"; }
+peers() {
+  local n=$1 list="" i
+  for ((i = 1; i <= n; i++)); do list+="${list:+,}$i=$(addr "$i")"; done
+  echo "$list"
+}
+endpoints() {
+  local n=$1 list="" i
+  for ((i = 1; i <= n; i++)); do list+="${list:+,}$(addr "$i")"; done
+  echo "$list"
+}
+pid_of() { cat "$CLUSTER_DIR/$1/pid" 2>/dev/null || true; }
+alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+check_id() {
+  local n; n=$(node_count)
+  [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$n" ] || die "replica id must be 1..$n, got '${1:-}'"
+}
+
+# GET a metrics page over bash's /dev/tcp (no curl needed).
+metric() {
+  local port=$((METRICS_BASE_PORT + $1)) name=$2 line
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  while IFS= read -r -t 2 line <&3; do
+    case "$line" in "$name{"*) echo "${line##* }" | tr -d '\r'; break ;; esac
+  done
+  exec 3<&- 3>&-
+}
+
+build() {
+  if [ -x "$NODE_BIN" ] && [ -x "$QM_BIN" ] && [ -z "${QM_REBUILD:-}" ]; then return; fi
+  echo "building qm-node and qm ($PROFILE)..." >&2
+  local flag=()
+  [ "$PROFILE" = release ] && flag=(--release)
+  (cd "$ROOT" && cargo build "${flag[@]}" -p qm-raft-node -p qm-client --bins) >&2
+}
+
+start_node() {
+  local i=$1 n; n=$(node_count)
+  alive "$i" && die "replica $i is already running (pid $(pid_of "$i"))"
+  mkdir -p "$CLUSTER_DIR/$i"
+  # setsid: the replica outlives this script and gets no terminal signals.
+  setsid "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
+    --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" \
+    "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
+  echo $! >"$CLUSTER_DIR/$i/pid"
+}
+
+wait_for_leader() {
+  local n=$1 deadline=$((SECONDS + LEADER_WAIT_S)) i leader
+  while [ $SECONDS -lt $deadline ]; do
+    for ((i = 1; i <= n; i++)); do
+      alive "$i" || continue
+      leader=$(metric "$i" raft_leader_id || true)
+      if [ -n "$leader" ] && [ "$leader" != 0 ]; then echo "$leader"; return 0; fi
+    done
+    sleep 0.2
+  done
+  return 1
+}
+
+cmd_up() {
+  local n=3
+  EXTRA_NODE_ARGS=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --nodes) n=${2:-}; shift 2 ;;
+      --) shift; EXTRA_NODE_ARGS=("$@"); break ;;
+      *) die "unknown option to up: $1 (usage: up [--nodes 3|5] [-- extra qm-node flags])" ;;
+    esac
+  done
+  [[ "$n" =~ ^[1-9]$ ]] || die "--nodes must be 1..9, got '$n'"
+  if [ -f "$CLUSTER_DIR/nodes" ]; then
+    local i
+    for ((i = 1; i <= $(node_count); i++)); do alive "$i" && die "a cluster is already up (run: scripts/cluster.sh down)"; done
+  fi
+  build
+  mkdir -p "$CLUSTER_DIR"
+  echo "$n" >"$CLUSTER_DIR/nodes"
+  printf '%s\n' "${EXTRA_NODE_ARGS[@]}" >"$CLUSTER_DIR/extra-args"
+  local i
+  for ((i = 1; i <= n; i++)); do start_node "$i"; done
+  local leader
+  leader=$(wait_for_leader "$n") || die "no leader within ${LEADER_WAIT_S}s; see $CLUSTER_DIR/*/node.log"
+  echo "cluster of $n replicas is up; replica $leader leads" >&2
+  echo "QM_ENDPOINTS=$(endpoints "$n")"
+}
+
+load_extra_args() {
+  EXTRA_NODE_ARGS=()
+  [ -s "$CLUSTER_DIR/extra-args" ] && mapfile -t EXTRA_NODE_ARGS <"$CLUSTER_DIR/extra-args"
+  return 0
+}
+
+cmd_down() {
+  local keep=no i pid n
+  [ "${1:-}" = --keep-data ] && keep=yes
+  [ -f "$CLUSTER_DIR/nodes" ] || { echo "no cluster here" >&2; return 0; }
+  n=$(node_count)
+  for ((i = 1; i <= n; i++)); do
+    pid=$(pid_of "$i")
+    [ -n "$pid" ] || continue
+    kill -CONT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for ((i = 1; i <= n; i++)); do
+    pid=$(pid_of "$i")
+    [ -n "$pid" ] || continue
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$CLUSTER_DIR/$i/pid"
+  done
+  if [ $keep = no ]; then rm -rf "$CLUSTER_DIR"; echo "cluster down; data removed" >&2; else echo "cluster down; data kept in $CLUSTER_DIR" >&2; fi
+}
+
+cmd_status() {
+  local n i role leader
+  n=$(node_count)
+  printf '%-8s %-8s %-9s %-10s %s\n' REPLICA PID STATE ROLE ADDRESS
+  for ((i = 1; i <= n; i++)); do
+    if alive "$i"; then
+      leader=$(metric "$i" raft_leader_id || true)
+      if [ "$(awk '{print $3}' "/proc/$(pid_of "$i")/stat" 2>/dev/null)" = T ]; then role=paused
+      elif [ "$leader" = "$i" ]; then role=leader
+      elif [ -n "$leader" ] && [ "$leader" != 0 ]; then role=follower
+      else role=unknown; fi
+      printf '%-8s %-8s %-9s %-10s %s\n' "$i" "$(pid_of "$i")" running "$role" "$(addr "$i")"
+    else
+      printf '%-8s %-8s %-9s %-10s %s\n' "$i" - down - "$(addr "$i")"
+    fi
+  done
+  echo "QM_ENDPOINTS=$(endpoints "$n")"
+}
+
+signal_node() {
+  check_id "$2"
+  alive "$2" || die "replica $2 is not running"
+  kill "-$1" "$(pid_of "$2")"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  status) cmd_status ;;
+  kill) signal_node KILL "${2:-}"; echo "replica $2 killed (-9)" >&2 ;;
+  stop) signal_node STOP "${2:-}"; echo "replica $2 paused" >&2 ;;
+  cont) signal_node CONT "${2:-}"; echo "replica $2 resumed" >&2 ;;
+  start) check_id "${2:-}"; build; load_extra_args; start_node "$2"; echo "replica $2 started (pid $(pid_of "$2"))" >&2 ;;
+  endpoints) endpoints "$(node_count)" ;;
+  leader) wait_for_leader "$(node_count)" ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
