@@ -15,8 +15,8 @@ use qm_state_machine::protocol::ConstraintsDocument;
 use qm_state_machine::provider::Provider;
 use qm_state_machine::time::format_rfc3339;
 use qm_state_machine::{
-    event_to_json, AllocationResponse, AllocationStatus, Event, InvalidArgument, KindUsage, PlacementPolicy, ProviderRegistration, ProviderStatus,
-    ProviderUsage, RequestRecord, RequestState, ResourceRequest, ResourceSpec, Sharing, UnitGrant, Usage,
+    event_to_json, AllocationResponse, AllocationStatus, Event, InvalidArgument, KindUsage, PlacementPolicy, ProviderRegistration,
+    ProviderStatus, ProviderUsage, RequestRecord, RequestState, ResourceRequest, ResourceSpec, Sharing, UnitGrant, Usage,
 };
 use serde_json::{Number, Value};
 use uuid::Uuid;
@@ -28,12 +28,20 @@ use crate::proto::api;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConvertError {
     #[error("reply field {field} is {value:?}, expected {expected}")]
-    Malformed { field: String, value: String, expected: &'static str },
+    Malformed {
+        field: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl ConvertError {
     fn malformed(field: impl Into<String>, value: &str, expected: &'static str) -> ConvertError {
-        ConvertError::Malformed { field: field.into(), value: value.to_owned(), expected }
+        ConvertError::Malformed {
+            field: field.into(),
+            value: value.to_owned(),
+            expected,
+        }
     }
 }
 
@@ -63,7 +71,9 @@ pub fn request_to_proto(request: &ResourceRequest) -> api::ResourceRequest {
             labels: to_hash_map(&constraints.labels),
             resource_ids: constraints.resource_ids.clone(),
         }),
-        placement: request.placement.map_or_else(String::new, |placement| placement_name(placement).to_owned()),
+        placement: request
+            .placement
+            .map_or_else(String::new, |placement| placement_name(placement).to_owned()),
     }
 }
 
@@ -80,7 +90,13 @@ pub fn request_from_proto(request: &api::ResourceRequest) -> Result<ResourceRequ
     Ok(ResourceRequest {
         request_id: non_empty(&request.request_id),
         requester_id: non_empty(&request.requester_id),
-        resource_requirements: Some(request.resource_requirements.iter().map(|(kind, quantity)| (kind.clone(), Number::from(*quantity))).collect()),
+        resource_requirements: Some(
+            request
+                .resource_requirements
+                .iter()
+                .map(|(kind, quantity)| (kind.clone(), Number::from(*quantity)))
+                .collect(),
+        ),
         priority: Some(Number::from(request.priority)),
         deadline: request.deadline.as_deref().and_then(non_empty),
         namespace: non_empty(&request.namespace),
@@ -104,7 +120,10 @@ pub fn placement_from_name(name: &str) -> Result<Option<PlacementPolicy>, Invali
         "" => Ok(None),
         "best_fit" => Ok(Some(PlacementPolicy::BestFit)),
         "spread" => Ok(Some(PlacementPolicy::Spread)),
-        other => Err(InvalidArgument::new("placement", format!("{other:?} is not a placement policy; use best_fit or spread"))),
+        other => Err(InvalidArgument::new(
+            "placement",
+            format!("{other:?} is not a placement policy; use best_fit or spread"),
+        )),
     }
 }
 
@@ -132,7 +151,9 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         state: record.state.as_str().to_owned(),
         allocation_id: record.allocation_id.to_string(),
         provider_id: active.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
-        grants: active.map(|placement| placement.grants.iter().map(grant_to_proto).collect()).unwrap_or_default(),
+        grants: active
+            .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
+            .unwrap_or_default(),
         reason: record.reason.clone().unwrap_or_default(),
         lease_expires_at_ms: record.lease_expires_at_ms,
         request: Some(request_to_proto(&ResourceRequest::from(&record.request))),
@@ -184,18 +205,39 @@ pub fn status_from_name(name: &str) -> Result<AllocationStatus, ConvertError> {
 
 /// The protocol's state name (`queued`, `allocation`, `monitoring`, ...).
 pub fn state_from_name(name: &str) -> Result<RequestState, ConvertError> {
-    [RequestState::Queued, RequestState::Allocation, RequestState::Monitoring, RequestState::Deallocation, RequestState::Idle, RequestState::Error]
-        .into_iter()
-        .find(|state| state.as_str() == name)
-        .ok_or_else(|| ConvertError::malformed("state", name, "a protocol state (queued, allocation, monitoring, deallocation, idle, error)"))
+    [
+        RequestState::Queued,
+        RequestState::Allocation,
+        RequestState::Monitoring,
+        RequestState::Deallocation,
+        RequestState::Idle,
+        RequestState::Error,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == name)
+    .ok_or_else(|| {
+        ConvertError::malformed(
+            "state",
+            name,
+            "a protocol state (queued, allocation, monitoring, deallocation, idle, error)",
+        )
+    })
 }
 
 fn grant_to_proto(grant: &UnitGrant) -> api::UnitGrant {
-    api::UnitGrant { resource_id: grant.resource_id.clone(), kind: grant.kind.clone(), amount: grant.amount }
+    api::UnitGrant {
+        resource_id: grant.resource_id.clone(),
+        kind: grant.kind.clone(),
+        amount: grant.amount,
+    }
 }
 
 fn grant_from_proto(grant: &api::UnitGrant) -> UnitGrant {
-    UnitGrant { resource_id: grant.resource_id.clone(), kind: grant.kind.clone(), amount: grant.amount }
+    UnitGrant {
+        resource_id: grant.resource_id.clone(),
+        kind: grant.kind.clone(),
+        amount: grant.amount,
+    }
 }
 
 fn parse_uuid(field: &str, text: &str) -> Result<Uuid, ConvertError> {
@@ -243,7 +285,9 @@ pub fn registration_to_proto(registration: &ProviderRegistration) -> api::Regist
                 kind: resource.kind.clone(),
                 capacity: resource.capacity,
                 labels: to_hash_map(&resource.labels),
-                sharing: resource.sharing.map_or_else(String::new, |sharing| sharing_name(sharing).to_owned()),
+                sharing: resource
+                    .sharing
+                    .map_or_else(String::new, |sharing| sharing_name(sharing).to_owned()),
             })
             .collect(),
         confirms_allocations: registration.confirms_allocations,
@@ -254,7 +298,11 @@ pub fn registration_to_proto(registration: &ProviderRegistration) -> api::Regist
 /// metrics and `last_heartbeat_ms` live in the leader's memory, not in the
 /// table, so they are left empty for the server to fill.
 pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
-    let allocations: BTreeSet<Uuid> = provider.resources.values().flat_map(|resource| resource.holders.keys().copied()).collect();
+    let allocations: BTreeSet<Uuid> = provider
+        .resources
+        .values()
+        .flat_map(|resource| resource.holders.keys().copied())
+        .collect();
     api::ProviderInfo {
         provider_id: provider.provider_id.clone(),
         status: provider_status_name(provider.status).to_owned(),
@@ -291,7 +339,10 @@ fn sharing_from_name(field: &str, name: &str) -> Result<Option<Sharing>, Invalid
         "" => Ok(None),
         "exclusive" => Ok(Some(Sharing::Exclusive)),
         "divisible" => Ok(Some(Sharing::Divisible)),
-        other => Err(InvalidArgument::new(field, format!("{other:?} is not a sharing mode; use exclusive or divisible"))),
+        other => Err(InvalidArgument::new(
+            field,
+            format!("{other:?} is not a sharing mode; use exclusive or divisible"),
+        )),
     }
 }
 
@@ -376,7 +427,12 @@ fn kinds_from_proto(kinds: &[api::KindUsage]) -> BTreeMap<String, KindUsage> {
     kinds
         .iter()
         .map(|usage| {
-            let kind_usage = KindUsage { capacity: usage.capacity, used: usage.used, free: usage.free, failed_capacity: usage.failed_capacity };
+            let kind_usage = KindUsage {
+                capacity: usage.capacity,
+                used: usage.used,
+                free: usage.free,
+                failed_capacity: usage.failed_capacity,
+            };
             (usage.kind.clone(), kind_usage)
         })
         .collect()

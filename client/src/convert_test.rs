@@ -38,7 +38,10 @@ fn registration() -> ProviderRegistration {
 fn table_with_allocation() -> (AllocationTable, RequestRecord) {
     let mut table = AllocationTable::default();
     let registration = registration().validate().unwrap();
-    table.apply(&StampedCommand::new(NOW_MS, Command::RegisterProvider(registration))).result.unwrap();
+    table
+        .apply(&StampedCommand::new(NOW_MS, Command::RegisterProvider(registration)))
+        .result
+        .unwrap();
     let request = ResourceRequest::from_json(PROTOCOL_EXAMPLE).unwrap().validate().unwrap();
     let applied = table.apply(&StampedCommand::new(NOW_MS + 1, Command::Allocate(request)));
     let record = applied.result.unwrap().request().unwrap().clone();
@@ -116,7 +119,10 @@ fn empty_wire_strings_become_absent_so_validate_names_the_field() {
 
 #[test]
 fn an_empty_wire_requester_is_reported_missing() {
-    let wire = api::ResourceRequest { request_id: "550e8400-e29b-41d4-a716-446655440000".into(), ..Default::default() };
+    let wire = api::ResourceRequest {
+        request_id: "550e8400-e29b-41d4-a716-446655440000".into(),
+        ..Default::default()
+    };
 
     let error = request_from_proto(&wire).unwrap().validate().unwrap_err();
 
@@ -125,7 +131,10 @@ fn an_empty_wire_requester_is_reported_missing() {
 
 #[test]
 fn an_unknown_placement_is_invalid_and_named() {
-    let wire = api::ResourceRequest { placement: "first_fit".into(), ..Default::default() };
+    let wire = api::ResourceRequest {
+        placement: "first_fit".into(),
+        ..Default::default()
+    };
 
     let error = request_from_proto(&wire).unwrap_err();
 
@@ -169,10 +178,26 @@ fn an_active_record_replies_with_its_provider_and_grants() {
         allocation_id: record.allocation_id.to_string(),
         provider_id: "node_1".into(),
         grants: vec![
-            api::UnitGrant { resource_id: "block_1".into(), kind: "memory_gb".into(), amount: 4 },
-            api::UnitGrant { resource_id: "cpu_1".into(), kind: "cpu_cores".into(), amount: 1 },
-            api::UnitGrant { resource_id: "cpu_2".into(), kind: "cpu_cores".into(), amount: 1 },
-            api::UnitGrant { resource_id: "vol_1".into(), kind: "storage_gb".into(), amount: 100 },
+            api::UnitGrant {
+                resource_id: "block_1".into(),
+                kind: "memory_gb".into(),
+                amount: 4,
+            },
+            api::UnitGrant {
+                resource_id: "cpu_1".into(),
+                kind: "cpu_cores".into(),
+                amount: 1,
+            },
+            api::UnitGrant {
+                resource_id: "cpu_2".into(),
+                kind: "cpu_cores".into(),
+                amount: 1,
+            },
+            api::UnitGrant {
+                resource_id: "vol_1".into(),
+                kind: "storage_gb".into(),
+                amount: 100,
+            },
         ],
         reason: String::new(),
         lease_expires_at_ms: None,
@@ -195,7 +220,10 @@ fn a_reply_converts_to_the_protocols_allocation_response() {
 
     assert_eq!(AllocationResponse::from(&record), response);
     let json = serde_json::to_value(&response).unwrap();
-    assert_eq!(json!({"cpu_cores": ["cpu_1", "cpu_2"], "memory_gb": ["block_1"], "storage_gb": ["vol_1"]}), json["allocated_resources"]);
+    assert_eq!(
+        json!({"cpu_cores": ["cpu_1", "cpu_2"], "memory_gb": ["block_1"], "storage_gb": ["vol_1"]}),
+        json["allocated_resources"]
+    );
     assert_eq!(json!("allocated"), json["status"]);
     assert_eq!(json!("550e8400-e29b-41d4-a716-446655440000"), json["request_id"]);
 }
@@ -208,7 +236,10 @@ fn a_released_record_replies_without_provider_or_grants() {
 
     let reply = reply_from_record(&released);
 
-    assert_eq!(("allocated", "idle", "released"), (reply.status.as_str(), reply.state.as_str(), reply.reason.as_str()));
+    assert_eq!(
+        ("allocated", "idle", "released"),
+        (reply.status.as_str(), reply.state.as_str(), reply.reason.as_str())
+    );
     assert_eq!(("", 0), (reply.provider_id.as_str(), reply.grants.len()));
     let response = response_from_reply(&reply).unwrap();
     assert_eq!(AllocationResponse::from(&released), response);
@@ -235,15 +266,35 @@ fn a_malformed_reply_names_the_field() {
     let (_, record) = table_with_allocation();
     let good = reply_from_record(&record);
 
-    let bad_status = api::AllocationReply { status: "granted".into(), ..good.clone() };
-    let bad_id = api::AllocationReply { request_id: "nope".into(), ..good.clone() };
-    let bad_state = api::AllocationReply { state: "sleeping".into(), ..good };
+    let bad_status = api::AllocationReply {
+        status: "granted".into(),
+        ..good.clone()
+    };
+    let bad_id = api::AllocationReply {
+        request_id: "nope".into(),
+        ..good.clone()
+    };
+    let bad_state = api::AllocationReply {
+        state: "sleeping".into(),
+        ..good
+    };
 
     assert_eq!(
-        Err(ConvertError::Malformed { field: "status".into(), value: "granted".into(), expected: "allocated, queued or rejected" }),
+        Err(ConvertError::Malformed {
+            field: "status".into(),
+            value: "granted".into(),
+            expected: "allocated, queued or rejected"
+        }),
         response_from_reply(&bad_status)
     );
-    assert_eq!(Err(ConvertError::Malformed { field: "request_id".into(), value: "nope".into(), expected: "a uuid" }), response_from_reply(&bad_id));
+    assert_eq!(
+        Err(ConvertError::Malformed {
+            field: "request_id".into(),
+            value: "nope".into(),
+            expected: "a uuid"
+        }),
+        response_from_reply(&bad_id)
+    );
     assert!(matches!(response_from_reply(&bad_state), Err(ConvertError::Malformed { field, .. }) if field == "state"));
 }
 
@@ -276,9 +327,20 @@ fn a_provider_reports_use_per_unit_and_its_allocations() {
 
     let info = provider_to_proto(table.provider("node_1").unwrap());
 
-    assert_eq!(("node_1", "active", 1, false), (info.provider_id.as_str(), info.status.as_str(), info.allocations, info.confirms_allocations));
-    let units: Vec<(&str, &str, u64, u64, &str)> =
-        info.resources.iter().map(|r| (r.resource_id.as_str(), r.kind.as_str(), r.capacity, r.used, r.sharing.as_str())).collect();
+    assert_eq!(
+        ("node_1", "active", 1, false),
+        (
+            info.provider_id.as_str(),
+            info.status.as_str(),
+            info.allocations,
+            info.confirms_allocations
+        )
+    );
+    let units: Vec<(&str, &str, u64, u64, &str)> = info
+        .resources
+        .iter()
+        .map(|r| (r.resource_id.as_str(), r.kind.as_str(), r.capacity, r.used, r.sharing.as_str()))
+        .collect();
     let expected = vec![
         ("block_1", "memory_gb", 4, 4, "divisible"),
         ("cpu_1", "cpu_cores", 1, 1, "exclusive"),
@@ -301,7 +363,10 @@ fn usage_goes_to_the_wire_and_back_unchanged() {
     let wire = usage_to_proto(&usage);
 
     let kinds: Vec<(&str, u64, u64, u64)> = wire.by_kind.iter().map(|k| (k.kind.as_str(), k.capacity, k.used, k.free)).collect();
-    assert_eq!(vec![("cpu_cores", 2, 2, 0), ("memory_gb", 4, 4, 0), ("storage_gb", 500, 100, 400)], kinds);
+    assert_eq!(
+        vec![("cpu_cores", 2, 2, 0), ("memory_gb", 4, 4, 0), ("storage_gb", 500, 100, 400)],
+        kinds
+    );
     assert_eq!((1, 0, usage.revision), (wire.active_allocations, wire.queue_len, wire.revision));
     assert_eq!("active", wire.providers[0].status);
     assert_eq!(Ok(usage), usage_from_proto(&wire));
@@ -310,16 +375,19 @@ fn usage_goes_to_the_wire_and_back_unchanged() {
 #[test]
 fn an_event_carries_its_type_revision_and_protocol_json() {
     let (table, _) = table_with_allocation();
-    let event = table.events_from(1).unwrap().find(|event| event.type_name() == "allocation_granted").unwrap().clone();
+    let event = table
+        .events_from(1)
+        .unwrap()
+        .find(|event| event.type_name() == "allocation_granted")
+        .unwrap()
+        .clone();
 
     let message = event_to_proto(&event);
 
-    assert_eq!((event.revision, event.event_id.to_string(), "allocation_granted", NOW_MS + 1), (
-        message.revision,
-        message.event_id.clone(),
-        message.r#type.as_str(),
-        message.at_ms
-    ));
+    assert_eq!(
+        (event.revision, event.event_id.to_string(), "allocation_granted", NOW_MS + 1),
+        (message.revision, message.event_id.clone(), message.r#type.as_str(), message.at_ms)
+    );
     let json: Value = serde_json::from_str(&message.json).unwrap();
     assert_eq!(event_to_json(&event), json);
     assert_eq!(json!("node_1"), json["provider_id"]);

@@ -16,7 +16,11 @@ use crate::types::NodeId;
 
 /// `qm-node`: one replica of the Quartermaster manager.
 #[derive(Parser, Debug, Default, Clone, Deserialize)]
-#[command(name = "qm-node", version, about = "One replica of the Quartermaster resource manager (Raft: openraft + sled + tonic).")]
+#[command(
+    name = "qm-node",
+    version,
+    about = "One replica of the Quartermaster resource manager (Raft: openraft + sled + tonic)."
+)]
 #[serde(deny_unknown_fields)]
 pub struct NodeArgs {
     /// A TOML file with any of these settings (names with underscores).
@@ -134,8 +138,14 @@ impl NodeArgs {
     /// Merges the TOML file named by `--config` under the flags.
     pub fn with_file(self) -> Result<NodeArgs, ConfigError> {
         let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
-        let file: NodeArgs = toml::from_str(&text).map_err(|e| ConfigError::File { path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let file: NodeArgs = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(NodeArgs {
             config: self.config,
             id: self.id.or(file.id),
@@ -194,7 +204,10 @@ impl NodeConfig {
             return invalid("peers", format!("must include this replica's id {}", self.id));
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms >= self.election_timeout_min_ms {
-            return invalid("heartbeat-interval-ms", "must be positive and below --election-timeout-min-ms".into());
+            return invalid(
+                "heartbeat-interval-ms",
+                "must be positive and below --election-timeout-min-ms".into(),
+            );
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return invalid("election-timeout-max-ms", "must be above --election-timeout-min-ms".into());
@@ -225,7 +238,9 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> 
     let invalid = |reason: String| ConfigError::Invalid { setting: "peers", reason };
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
-        let (id, addr) = item.split_once('=').ok_or_else(|| invalid(format!("{item:?} is not ID=HOST:PORT")))?;
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("{item:?} is not ID=HOST:PORT")))?;
         let id: NodeId = id.trim().parse().map_err(|_| invalid(format!("{id:?} is not a replica id")))?;
         let addr = addr.trim();
         if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
@@ -246,7 +261,17 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> NodeArgs {
-        let base = ["qm-node", "--id", "1", "--listen", "127.0.0.1:7101", "--data-dir", "/tmp/x", "--peers", "1=127.0.0.1:7101,2=127.0.0.1:7102"];
+        let base = [
+            "qm-node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7101",
+            "--data-dir",
+            "/tmp/x",
+            "--peers",
+            "1=127.0.0.1:7101,2=127.0.0.1:7102",
+        ];
         NodeArgs::try_parse_from(base.iter().chain(extra)).expect("parses")
     }
 
@@ -268,7 +293,11 @@ mod tests {
     fn refuses_peers_without_self() {
         let mut bad = args(&[]);
         bad.peers = Some("2=127.0.0.1:7102".into());
-        assert!(bad.into_config().unwrap_err().to_string().contains("must include this replica's id 1"));
+        assert!(bad
+            .into_config()
+            .unwrap_err()
+            .to_string()
+            .contains("must include this replica's id 1"));
     }
 
     #[test]

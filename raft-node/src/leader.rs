@@ -82,9 +82,16 @@ async fn take_over(node: &Node, book: &Mutex<HeartbeatBook>, term: u64) -> bool 
     }
     {
         let mut book = book.lock().expect("heartbeat book");
-        *book = HeartbeatBook { leadership: Some((term, now_ms())), ..HeartbeatBook::default() };
+        *book = HeartbeatBook {
+            leadership: Some((term, now_ms())),
+            ..HeartbeatBook::default()
+        };
     }
-    info!(term, operation_type = "take_over", "this replica leads; providers and leases get a fresh window");
+    info!(
+        term,
+        operation_type = "take_over",
+        "this replica leads; providers and leases get a fresh window"
+    );
     let has_leases = node.with_table(|table| table.next_due_ms().is_some()).await;
     if has_leases {
         if let Err(status) = node.propose(Command::RefreshLeases).await {
@@ -96,31 +103,32 @@ async fn take_over(node: &Node, book: &Mutex<HeartbeatBook>, term: u64) -> bool 
 
 async fn propose_due_work(node: &Node, book: &Mutex<HeartbeatBook>) {
     let now = now_ms();
-    let (tick_due, silent, returned) = node.with_table(|table| {
-        let book = book.lock().expect("heartbeat book");
-        let tick_due = table.next_due_ms().is_some_and(|due| due <= now);
-        let mut silent = Vec::new();
-        let mut returned = Vec::new();
-        for provider in table.providers() {
-            match provider.status {
-                ProviderStatus::Active => {
-                    let since = book.silent_since(&provider.provider_id).unwrap_or(now);
-                    if now.saturating_sub(since) > node.config.provider_failure_window_ms {
-                        silent.push(provider.provider_id.clone());
+    let (tick_due, silent, returned) = node
+        .with_table(|table| {
+            let book = book.lock().expect("heartbeat book");
+            let tick_due = table.next_due_ms().is_some_and(|due| due <= now);
+            let mut silent = Vec::new();
+            let mut returned = Vec::new();
+            for provider in table.providers() {
+                match provider.status {
+                    ProviderStatus::Active => {
+                        let since = book.silent_since(&provider.provider_id).unwrap_or(now);
+                        if now.saturating_sub(since) > node.config.provider_failure_window_ms {
+                            silent.push(provider.provider_id.clone());
+                        }
                     }
-                }
-                ProviderStatus::Failed => {
-                    // Heard from after it was declared failed: it is back.
-                    let heard = book.last_seen_ms(&provider.provider_id);
-                    if heard.is_some_and(|at| now.saturating_sub(at) <= node.config.provider_failure_window_ms) {
-                        returned.push(provider.provider_id.clone());
+                    ProviderStatus::Failed => {
+                        // Heard from after it was declared failed: it is back.
+                        let heard = book.last_seen_ms(&provider.provider_id);
+                        if heard.is_some_and(|at| now.saturating_sub(at) <= node.config.provider_failure_window_ms) {
+                            returned.push(provider.provider_id.clone());
+                        }
                     }
                 }
             }
-        }
-        (tick_due, silent, returned)
-    })
-    .await;
+            (tick_due, silent, returned)
+        })
+        .await;
     if tick_due {
         if let Err(status) = node.propose(Command::Tick).await {
             warn!(%status, operation_type = "tick", "tick not committed");
@@ -128,13 +136,23 @@ async fn propose_due_work(node: &Node, book: &Mutex<HeartbeatBook>) {
     }
     for provider_id in silent {
         warn!(resource_id = %provider_id, operation_type = "provider_failed", "no heartbeat within the failure window");
-        if let Err(status) = node.propose(Command::ProviderFailed { provider_id: provider_id.clone() }).await {
+        if let Err(status) = node
+            .propose(Command::ProviderFailed {
+                provider_id: provider_id.clone(),
+            })
+            .await
+        {
             warn!(%status, resource_id = %provider_id, "provider failure not committed");
         }
     }
     for provider_id in returned {
         info!(resource_id = %provider_id, operation_type = "provider_recovered", "failed provider heartbeats again");
-        if let Err(status) = node.propose(Command::ProviderRecovered { provider_id: provider_id.clone() }).await {
+        if let Err(status) = node
+            .propose(Command::ProviderRecovered {
+                provider_id: provider_id.clone(),
+            })
+            .await
+        {
             warn!(%status, resource_id = %provider_id, "provider recovery not committed");
         }
     }

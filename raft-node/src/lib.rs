@@ -20,6 +20,7 @@
 //! * [`server`]: [`run`]: storage, Raft, gRPC services, bootstrap, health, metrics.
 //! * [`node`]: [`node::Node`], the shared handle: propose, read barrier, leader redirect.
 //! * [`api`]: the public gRPC API.
+//! * [`local_cluster`]: real replicas on loopback, for tests and the fault-injection suite.
 //! * [`leader`]: the leader's duties: heartbeats, ticks, provider failure, fresh lease window.
 //! * [`network`]: Raft RPC between replicas.
 //! * [`storage`]: sled behind openraft's log and state-machine traits.
@@ -31,6 +32,7 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod leader;
+pub mod local_cluster;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -120,7 +120,11 @@ impl Metrics {
         let node = raft.node_id;
         let gauges: [(&str, &str, u64); 7] = [
             ("raft_term", "The current Raft term.", raft.term),
-            ("raft_leader_id", "The leader's replica id (0: none known).", raft.leader_id.unwrap_or(0)),
+            (
+                "raft_leader_id",
+                "The leader's replica id (0: none known).",
+                raft.leader_id.unwrap_or(0),
+            ),
             ("raft_is_leader", "1 on the leader.", u64::from(raft.is_leader)),
             ("raft_commit_index", "Highest log index known committed.", raft.commit_index),
             ("raft_applied_index", "Highest log index applied to the table.", raft.applied_index),
@@ -128,7 +132,10 @@ impl Metrics {
             ("raft_snapshot_index", "Log index of the latest snapshot.", raft.snapshot_index),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{node}\"}} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{node}\"}} {value}"
+            );
         }
         out
     }
@@ -189,13 +196,34 @@ mod tests {
     fn renders_the_protocol_metrics() {
         let metrics = Metrics::default();
         metrics.observe_allocation(&["cpu_cores".into()], 1, "agent_123", "allocated", 0.003);
-        let raft = RaftSample { node_id: 1, term: 2, leader_id: Some(1), is_leader: true, commit_index: 9, applied_index: 9, last_log_index: 9, snapshot_index: 0 };
-        let utilization =
-            [UtilizationSample { provider_id: "node_1".into(), resource_id: "cpu_1".into(), consumer_id: "agent_123".into(), utilization: 1.0 }];
+        let raft = RaftSample {
+            node_id: 1,
+            term: 2,
+            leader_id: Some(1),
+            is_leader: true,
+            commit_index: 9,
+            applied_index: 9,
+            last_log_index: 9,
+            snapshot_index: 0,
+        };
+        let utilization = [UtilizationSample {
+            provider_id: "node_1".into(),
+            resource_id: "cpu_1".into(),
+            consumer_id: "agent_123".into(),
+            utilization: 1.0,
+        }];
         let text = metrics.render(&raft, &utilization);
-        assert!(text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.002\"} 0"), "{text}");
-        assert!(text.contains("allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1"));
+        assert!(
+            text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.002\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1")
+        );
         assert!(text.contains("resource_utilization{provider_id=\"node_1\",resource_id=\"cpu_1\",consumer_id=\"agent_123\"} 1"));
         assert!(text.contains("raft_commit_index{node_id=\"1\"} 9"));
     }

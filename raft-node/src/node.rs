@@ -19,7 +19,9 @@ use crate::types::{NodeId, Raft};
 /// The wall clock in milliseconds since the epoch: the leader's stamp on
 /// commands. Only the leader's API and duties read it; the table never does.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 pub struct Node {
@@ -52,12 +54,16 @@ impl Node {
             ))),
             Ok(Ok(written)) => match written.data.into_command_result() {
                 Some(result) => result.map_err(|error| status::command_error(&error)),
-                None => Err(Status::internal(format!("{operation_type} was answered as a blank or membership entry"))),
+                None => Err(Status::internal(format!(
+                    "{operation_type} was answered as a blank or membership entry"
+                ))),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 Err(status::not_leader(forward.leader_id.zip(forward.leader_node.map(|node| node.addr))))
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => Err(Status::failed_precondition(error.to_string())),
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
+                Err(Status::failed_precondition(error.to_string()))
+            }
             Ok(Err(RaftError::Fatal(fatal))) => Err(Status::unavailable(format!("this replica is stopping: {fatal}"))),
         }
     }
@@ -74,7 +80,9 @@ impl Node {
             Err(_) => Err(Status::unavailable("could not confirm leadership with a quorum in time")),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => match error.forward_to_leader::<openraft::BasicNode>() {
-                Some(forward) => Err(status::not_leader(forward.leader_id.zip(forward.leader_node.clone().map(|node| node.addr)))),
+                Some(forward) => Err(status::not_leader(
+                    forward.leader_id.zip(forward.leader_node.clone().map(|node| node.addr)),
+                )),
                 None if error.fatal().is_some() => Err(Status::unavailable(format!("this replica is stopping: {error}"))),
                 None => Err(status::not_leader(self.leader())),
             },
@@ -93,13 +101,20 @@ impl Node {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader).map(|node| node.addr.clone())?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())?;
         Some((leader, addr))
     }
 
     /// The highest log index this replica knows to be committed.
     pub async fn commit_index(&self) -> u64 {
-        self.raft.with_raft_state(|state| state.committed.map_or(0, |log_id| log_id.index)).await.unwrap_or(0)
+        self.raft
+            .with_raft_state(|state| state.committed.map_or(0, |log_id| log_id.index))
+            .await
+            .unwrap_or(0)
     }
 
     /// The current term, if this replica is its leader.

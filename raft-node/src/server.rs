@@ -83,15 +83,21 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         tokio::spawn(report_health(node.clone(), health_reporter)),
     ];
     if let Some(metrics_addr) = config.metrics_listen {
-        let metrics_listener = TcpListener::bind(metrics_addr).await.with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
         let scraped = node.clone();
-        background.push(tokio::spawn(metrics::serve(metrics_listener, move || render_metrics(scraped.clone()))));
+        background.push(tokio::spawn(metrics::serve(metrics_listener, move || {
+            render_metrics(scraped.clone())
+        })));
     }
 
     let api = QuartermasterServer::new(ApiService::new(node.clone()))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
-    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone())).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone()))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -150,7 +156,11 @@ async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64) -> PeerProbe {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != own_id) {
         let probe = async {
             let mut client = QuartermasterClient::connect(format!("http://{addr}")).await.ok()?;
-            client.cluster_status(ClusterStatusRequest {}).await.ok().map(|reply| reply.into_inner())
+            client
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .ok()
+                .map(|reply| reply.into_inner())
         };
         match tokio::time::timeout(Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS), probe).await {
             Ok(Some(status)) if !status.members.is_empty() || status.term > 0 => {
@@ -208,7 +218,10 @@ async fn render_metrics(node: Arc<Node>) -> String {
                         if samples.len() == metrics::UTILIZATION_SERIES_MAX {
                             break 'providers;
                         }
-                        let consumer_id = table.get(*allocation_id).map(|record| record.request.requester_id.clone()).unwrap_or_default();
+                        let consumer_id = table
+                            .get(*allocation_id)
+                            .map(|record| record.request.requester_id.clone())
+                            .unwrap_or_default();
                         samples.push(UtilizationSample {
                             provider_id: provider.provider_id.clone(),
                             resource_id: resource.resource_id.clone(),

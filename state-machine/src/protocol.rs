@@ -18,7 +18,7 @@ use crate::error::InvalidArgument;
 use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::REQUIREMENT_KINDS_MAX;
 use crate::record::{AllocationStatus, RequestRecord, RequestState, UnitGrant};
-use crate::request::{check_quantity, AllocationRequest, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE};
+use crate::request::{check_key, check_quantity, AllocationRequest, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE};
 use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// The protocol's `resource_request`.
@@ -67,8 +67,10 @@ pub struct ConstraintsDocument {
 
 impl ResourceRequest {
     /// Parses the protocol's JSON; a syntax or shape error names what serde saw.
+    /// The reason is cut to [`PARSE_ERROR_LEN_MAX`] bytes: serde quotes a
+    /// mistyped string in full, and an error must not echo megabytes back.
     pub fn from_json(text: &str) -> Result<ResourceRequest, InvalidArgument> {
-        serde_json::from_str(text).map_err(|error| InvalidArgument::new("resource_request", error.to_string()))
+        serde_json::from_str(text).map_err(|error| InvalidArgument::new("resource_request", bounded(error.to_string())))
     }
 
     /// Checks every field; the error names the first bad one.
@@ -87,7 +89,7 @@ impl ResourceRequest {
         let requirements = requirements
             .iter()
             .map(|(kind, quantity)| {
-                let field = format!("resource_requirements.{kind}");
+                let field = check_key("resource_requirements", kind)?;
                 let whole = whole_number(&field, quantity)?;
                 Ok(Requirement { kind: kind.clone(), quantity: check_quantity(&field, whole as i128)? })
             })
@@ -135,6 +137,21 @@ impl From<&AllocationRequest> for ResourceRequest {
             placement: (request.placement != PlacementPolicy::default()).then_some(request.placement),
         }
     }
+}
+
+/// Longest parse error reason returned by [`ResourceRequest::from_json`].
+pub const PARSE_ERROR_LEN_MAX: usize = 512;
+
+fn bounded(mut reason: String) -> String {
+    if reason.len() > PARSE_ERROR_LEN_MAX {
+        let mut cut = PARSE_ERROR_LEN_MAX;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    reason
 }
 
 fn whole_number(field: &str, number: &Number) -> Result<i64, InvalidArgument> {

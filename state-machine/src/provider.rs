@@ -201,14 +201,22 @@ impl Provider {
     /// tightly, else the largest free units first so the allocation spans as
     /// few units as possible. Ties go to the lower resource id.
     pub fn pick_units(&self, kind: &str, quantity: u64, allowed: &[String], policy: PlacementPolicy) -> Option<Vec<UnitGrant>> {
-        let totals = self.kinds.get(kind)?;
-        let mut candidates: Vec<&Resource> = totals
-            .resource_ids
-            .iter()
-            .filter(|id| allowed.is_empty() || allowed.contains(id))
-            .map(|id| &self.resources[id])
-            .filter(|resource| resource.free() > 0)
-            .collect();
+        if !self.kinds.contains_key(kind) {
+            return None;
+        }
+        // In resource-id order either way, for the tie-breaks. One pass over
+        // the units, not a string-keyed look-up per unit: this runs inside
+        // every placement decision.
+        let mut candidates: Vec<&Resource> = match allowed.is_empty() {
+            true => self.resources.values().filter(|resource| resource.kind == kind).collect(),
+            false => {
+                let mut pinned: Vec<&Resource> = allowed.iter().filter_map(|id| self.resources.get(id)).filter(|r| r.kind == kind).collect();
+                pinned.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+                pinned.dedup_by(|a, b| a.resource_id == b.resource_id);
+                pinned
+            }
+        };
+        candidates.retain(|resource| resource.free() > 0);
         let single = match policy {
             PlacementPolicy::BestFit => candidates.iter().filter(|r| r.free() >= quantity).min_by_key(|r| r.free()),
             // `max_by_key` keeps the last of equal maxima; reversing the id keeps the lower id.

@@ -89,8 +89,7 @@ impl AllocationRequest {
             }
         }
         for requirement in &self.requirements {
-            let field = format!("resource_requirements.{}", requirement.kind);
-            check_id(&field, &requirement.kind)?;
+            let field = check_key("resource_requirements", &requirement.kind)?;
             check_quantity(&field, requirement.quantity as i128)?;
         }
         if let Some(ttl) = self.lease_ttl_ms {
@@ -123,6 +122,13 @@ impl Constraints {
         for resource_id in &self.resource_ids {
             check_id("constraints.resource_ids", resource_id)?;
         }
+        // A unit pinned twice would count twice towards what the pinned units
+        // could ever hold, and a request that can never fit would wait forever.
+        let mut sorted: Vec<&String> = self.resource_ids.iter().collect();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(InvalidArgument::new("constraints.resource_ids", format!("lists {} twice", pair[0])));
+        }
         Ok(())
     }
 }
@@ -139,6 +145,22 @@ pub fn check_id(field: &str, value: &str) -> Result<(), InvalidArgument> {
         return Err(InvalidArgument::new(field, "must not contain spaces or control characters"));
     }
     Ok(())
+}
+
+/// A map key that must be an identifier (a kind, a label key). Returns the
+/// entry's field path, `parent.key`. A bad key is reported against `parent`
+/// alone, so that an error never echoes megabytes of bad input back.
+pub fn check_key(parent: &str, key: &str) -> Result<String, InvalidArgument> {
+    let problem = if key.is_empty() {
+        "an empty key".to_owned()
+    } else if key.len() > ID_LEN_MAX {
+        format!("a key {} bytes long, at most {ID_LEN_MAX} are allowed", key.len())
+    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        format!("the key {key:?}, which contains spaces or control characters")
+    } else {
+        return Ok(format!("{parent}.{key}"));
+    };
+    Err(InvalidArgument::new(parent, format!("has {problem}")))
 }
 
 /// A quantity or capacity: a whole number from 1 to [`QUANTITY_MAX`].
@@ -158,10 +180,10 @@ pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()
         return Err(InvalidArgument::new(field, format!("has {} labels, at most {LABELS_MAX} are allowed", labels.len())));
     }
     for (key, value) in labels {
-        check_id(&format!("{field}.{key}"), key)?;
+        let key_field = check_key(field, key)?;
         if value.len() > LABEL_VALUE_LEN_MAX {
             return Err(InvalidArgument::new(
-                format!("{field}.{key}"),
+                key_field,
                 format!("value is {} bytes long, at most {LABEL_VALUE_LEN_MAX} are allowed", value.len()),
             ));
         }

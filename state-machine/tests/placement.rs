@@ -259,15 +259,28 @@ fn a_failed_providers_capacity_still_counts_as_possible() {
 
 #[test]
 fn placement_examines_a_bounded_number_of_candidates() {
-    let config = qm_state_machine::TableConfig { placement_candidates_max: 2, ..Default::default() };
-    let mut t = Table::with_config(config);
-    // Three providers with 1 core, only the last with memory.
-    t.register(provider("node_a", cores("a", 1)));
-    t.register(provider("node_b", cores("b", 1)));
-    t.register(provider("node_c", vec![unit("ccpu_1", "cpu_cores", 1), unit("cmem_1", "memory_gb", 4)]));
-    t.register(provider("node_d", vec![unit("dmem_1", "memory_gb", 4), unit("dmem_2", "memory_gb", 4)]));
+    // Cores on three providers, memory on four: cores are the scarcer kind, so
+    // the walk anchors on them and meets node_a and node_b before node_c.
+    let registrations = || {
+        vec![
+            provider("node_a", cores("a", 1)),
+            provider("node_b", cores("b", 1)),
+            provider("node_c", vec![unit("ccpu_1", "cpu_cores", 1), unit("cmem_1", "memory_gb", 4)]),
+            provider("node_d", vec![unit("dmem_1", "memory_gb", 4)]),
+            provider("node_e", vec![unit("emem_1", "memory_gb", 4)]),
+            provider("node_f", vec![unit("fmem_1", "memory_gb", 4)]),
+        ]
+    };
+    let wanted = request(1, &[("cpu_cores", 1), ("memory_gb", 1)]);
 
-    // --- memory is the scarcer kind (2 providers have it): the walk anchors on it and finds node_c
-    let record = t.allocate_record(&request(1, &[("cpu_cores", 1), ("memory_gb", 1)]));
-    assert_eq!("node_c", placed(&record).0);
+    // --- with room for three candidates, node_c is found
+    let mut roomy = Table::with_providers(registrations());
+    assert_eq!("node_c", placed(&roomy.allocate_record(&wanted)).0);
+
+    // --- with two, the search stops before node_c and the request waits: the price of a bounded decision
+    let mut bounded = Table::with_config(qm_state_machine::TableConfig { placement_candidates_max: 2, ..Default::default() });
+    for registration in registrations() {
+        bounded.register(registration);
+    }
+    assert_eq!(RequestState::Queued, bounded.allocate_record(&wanted).state);
 }

@@ -30,10 +30,18 @@ pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
                 (false, true) => "follower",
                 (false, false) => "learner",
             };
-            Member { id: *id, addr: member.addr.clone(), role: role.to_owned() }
+            Member {
+                id: *id,
+                addr: member.addr.clone(),
+                role: role.to_owned(),
+            }
         })
         .collect();
-    let leader_addr = metrics.current_leader.and_then(|leader| membership.get_node(&leader)).map(|node| node.addr.clone()).unwrap_or_default();
+    let leader_addr = metrics
+        .current_leader
+        .and_then(|leader| membership.get_node(&leader))
+        .map(|node| node.addr.clone())
+        .unwrap_or_default();
     Ok(ClusterStatusReply {
         node_id: node.id,
         leader_id: metrics.current_leader,
@@ -51,17 +59,26 @@ pub async fn add_replica(node: &Node, call: AddReplicaRequest) -> Result<Cluster
     if call.id == 0 {
         return Err(invalid_argument(&InvalidArgument::new("id", "must be a positive integer")));
     }
-    crate::config::parse_peers(&format!("{}={}", call.id, call.addr)).map_err(|e| invalid_argument(&InvalidArgument::new("addr", e.to_string())))?;
+    crate::config::parse_peers(&format!("{}={}", call.id, call.addr))
+        .map_err(|e| invalid_argument(&InvalidArgument::new("addr", e.to_string())))?;
     node.require_leader()?;
     info!(operation_type = "add_replica", replica = call.id, addr = %call.addr, "adding a learner");
     let add = node.raft.add_learner(call.id, BasicNode { addr: call.addr.clone() }, true);
     match tokio::time::timeout(Duration::from_millis(LEARNER_CATCH_UP_TIMEOUT_MS), add).await {
-        Err(_) => return Err(Status::deadline_exceeded(format!("replica {} did not catch up within {LEARNER_CATCH_UP_TIMEOUT_MS} ms; it stays a learner", call.id))),
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "replica {} did not catch up within {LEARNER_CATCH_UP_TIMEOUT_MS} ms; it stays a learner",
+                call.id
+            )))
+        }
         Ok(result) => result.map_err(membership_error)?,
     };
     if !call.learner_only {
         info!(operation_type = "add_replica", replica = call.id, "promoting the learner to voter");
-        node.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([call.id])), false).await.map_err(membership_error)?;
+        node.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([call.id])), false)
+            .await
+            .map_err(membership_error)?;
     }
     status(node).await
 }
@@ -82,14 +99,19 @@ pub async fn remove_replica(node: &Node, call: RemoveReplicaRequest) -> Result<C
     node.raft.change_membership(change, false).await.map_err(membership_error)?;
     if is_voter {
         // Voters removed are demoted to learners; drop the learner too.
-        let _ = node.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([call.id])), false).await;
+        let _ = node
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([call.id])), false)
+            .await;
     }
     status(node).await
 }
 
 fn membership_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward.leader_id.zip(forward.leader_node.map(|n| n.addr))),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            not_leader(forward.leader_id.zip(forward.leader_node.map(|n| n.addr)))
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => Status::failed_precondition(change.to_string()),
         RaftError::Fatal(fatal) => Status::unavailable(fatal.to_string()),
     }

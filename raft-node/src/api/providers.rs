@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use qm_client::convert;
 use qm_client::proto::api::{
-    ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest, ProviderReply,
-    RegisterProviderRequest, AllocationReply, SystemStateReply, SystemStateRequest,
+    AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
+    ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
 };
 use qm_state_machine::{Command, CommandResponse, InvalidArgument, ProviderStatus};
 use tonic::Status;
@@ -28,7 +28,10 @@ pub async fn register(node: &Node, call: RegisterProviderRequest) -> Result<Prov
     let provider_id = registration.provider_id.clone();
     let response = node.propose(Command::RegisterProvider(registration)).await?;
     // Registering counts as being heard from.
-    node.heartbeats.lock().expect("heartbeat book").record(&provider_id, now_ms(), ReportedMetrics::new());
+    node.heartbeats
+        .lock()
+        .expect("heartbeat book")
+        .record(&provider_id, now_ms(), ReportedMetrics::new());
     info!(resource_id = %provider_id, operation_type = "register_provider", status = "ok", "provider registered");
     provider_reply(response)
 }
@@ -36,7 +39,10 @@ pub async fn register(node: &Node, call: RegisterProviderRequest) -> Result<Prov
 pub async fn heartbeat(node: &Node, call: HeartbeatRequest) -> Result<HeartbeatReply, Status> {
     require_id("provider_id", &call.provider_id)?;
     if call.resources.len() > HEARTBEAT_RESOURCES_MAX {
-        return Err(invalid_argument(&InvalidArgument::new("resources", format!("at most {HEARTBEAT_RESOURCES_MAX} resources per heartbeat"))));
+        return Err(invalid_argument(&InvalidArgument::new(
+            "resources",
+            format!("at most {HEARTBEAT_RESOURCES_MAX} resources per heartbeat"),
+        )));
     }
     let mut metrics = ReportedMetrics::new();
     for (position, resource) in call.resources.into_iter().enumerate() {
@@ -47,25 +53,45 @@ pub async fn heartbeat(node: &Node, call: HeartbeatRequest) -> Result<HeartbeatR
             )));
         }
         if let Some((name, _)) = resource.metrics.iter().find(|(_, value)| !value.is_finite()) {
-            return Err(invalid_argument(&InvalidArgument::new(format!("resources[{position}].metrics.{name}"), "must be a finite number")));
+            return Err(invalid_argument(&InvalidArgument::new(
+                format!("resources[{position}].metrics.{name}"),
+                "must be a finite number",
+            )));
         }
         metrics.insert(resource.resource_id, resource.metrics.into_iter().collect::<BTreeMap<_, _>>());
     }
     // Heartbeats live in the leader's memory only: a follower redirects.
     node.require_leader()?;
-    let (status, revision) = node.with_table(|table| (table.provider(&call.provider_id).map(|provider| provider.status), table.revision())).await;
+    let (status, revision) = node
+        .with_table(|table| (table.provider(&call.provider_id).map(|provider| provider.status), table.revision()))
+        .await;
     let Some(status) = status else {
-        return Ok(HeartbeatReply { known: false, status: String::new(), revision });
+        return Ok(HeartbeatReply {
+            known: false,
+            status: String::new(),
+            revision,
+        });
     };
     // A failed provider that heartbeats again is proposed as recovered by the leader's duties.
-    node.heartbeats.lock().expect("heartbeat book").record(&call.provider_id, now_ms(), metrics);
-    Ok(HeartbeatReply { known: true, status: provider_status_name(status).to_owned(), revision })
+    node.heartbeats
+        .lock()
+        .expect("heartbeat book")
+        .record(&call.provider_id, now_ms(), metrics);
+    Ok(HeartbeatReply {
+        known: true,
+        status: provider_status_name(status).to_owned(),
+        revision,
+    })
 }
 
 pub async fn deregister(node: &Node, call: DeregisterProviderRequest) -> Result<ProviderReply, Status> {
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
-    let response = node.propose(Command::DeregisterProvider { provider_id: call.provider_id.clone() }).await?;
+    let response = node
+        .propose(Command::DeregisterProvider {
+            provider_id: call.provider_id.clone(),
+        })
+        .await?;
     node.heartbeats.lock().expect("heartbeat book").forget(&call.provider_id);
     info!(resource_id = %call.provider_id, operation_type = "deregister_provider", status = "ok", "provider deregistered");
     provider_reply(response)
@@ -75,24 +101,29 @@ pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvide
     node.read_barrier(call.stale).await?;
     let providers = node
         .with_table(|table| {
-        let book = node.heartbeats.lock().expect("heartbeat book");
-        table
-            .providers()
-            .map(|provider| {
-                let mut info = convert::provider_to_proto(provider);
-                info.allocations = table.list(&qm_state_machine::ListFilter { provider_id: Some(provider.provider_id.clone()), ..Default::default() }).len() as u64;
-                info.last_heartbeat_ms = book.last_seen_ms(&provider.provider_id);
-                if let Some(reported) = book.metrics(&provider.provider_id) {
-                    for resource in &mut info.resources {
-                        if let Some(metrics) = reported.get(&resource.resource_id) {
-                            resource.metrics = metrics.iter().map(|(name, value)| (name.clone(), *value)).collect();
+            let book = node.heartbeats.lock().expect("heartbeat book");
+            table
+                .providers()
+                .map(|provider| {
+                    let mut info = convert::provider_to_proto(provider);
+                    info.allocations = table
+                        .list(&qm_state_machine::ListFilter {
+                            provider_id: Some(provider.provider_id.clone()),
+                            ..Default::default()
+                        })
+                        .len() as u64;
+                    info.last_heartbeat_ms = book.last_seen_ms(&provider.provider_id);
+                    if let Some(reported) = book.metrics(&provider.provider_id) {
+                        for resource in &mut info.resources {
+                            if let Some(metrics) = reported.get(&resource.resource_id) {
+                                resource.metrics = metrics.iter().map(|(name, value)| (name.clone(), *value)).collect();
+                            }
                         }
                     }
-                }
-                info
-            })
-            .collect()
-    })
+                    info
+                })
+                .collect()
+        })
         .await;
     Ok(ListProvidersReply { providers })
 }
@@ -102,8 +133,14 @@ pub async fn confirm(node: &Node, call: ConfirmRequest) -> Result<AllocationRepl
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
     let command = match call.deallocation {
-        false => Command::ConfirmAllocation { allocation_id, provider_id: call.provider_id },
-        true => Command::ConfirmDeallocation { allocation_id, provider_id: call.provider_id },
+        false => Command::ConfirmAllocation {
+            allocation_id,
+            provider_id: call.provider_id,
+        },
+        true => Command::ConfirmDeallocation {
+            allocation_id,
+            provider_id: call.provider_id,
+        },
     };
     match node.propose(command).await? {
         CommandResponse::Request(record) => Ok(convert::reply_from_record(&record)),
@@ -118,10 +155,20 @@ pub async fn system_state(node: &Node, call: SystemStateRequest) -> Result<Syste
 
 fn provider_reply(response: CommandResponse) -> Result<ProviderReply, Status> {
     match response {
-        CommandResponse::Provider { provider_id, status, resources } => {
-            Ok(ProviderReply { provider_id, status: provider_status_name(status).to_owned(), resources })
-        }
-        CommandResponse::ProviderRemoved { provider_id } => Ok(ProviderReply { provider_id, status: "removed".to_owned(), resources: 0 }),
+        CommandResponse::Provider {
+            provider_id,
+            status,
+            resources,
+        } => Ok(ProviderReply {
+            provider_id,
+            status: provider_status_name(status).to_owned(),
+            resources,
+        }),
+        CommandResponse::ProviderRemoved { provider_id } => Ok(ProviderReply {
+            provider_id,
+            status: "removed".to_owned(),
+            resources: 0,
+        }),
         other => Err(Status::internal(format!("the table answered a provider command with {other:?}"))),
     }
 }

@@ -16,21 +16,32 @@ pub const LIST_LIMIT_MAX: usize = 10_000;
 
 pub async fn allocate(node: &Node, call: AllocateRequest) -> Result<AllocationReply, Status> {
     let started = Instant::now();
-    let wire = call.request.ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
-    let request = convert::request_from_proto(&wire).and_then(|request| request.validate()).map_err(|invalid| invalid_argument(&invalid))?;
+    let wire = call
+        .request
+        .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
+    let request = convert::request_from_proto(&wire)
+        .and_then(|request| request.validate())
+        .map_err(|invalid| invalid_argument(&invalid))?;
     node.require_leader()?;
     // Checks against the table as applied here, so that a request naming an
     // unknown provider is refused before it is logged; and a retry of a known
     // request is answered without a new log entry.
-    let known = node.with_table(|table| -> Result<Option<AllocationReply>, Status> {
-        if let Some(provider_id) = &request.constraints.provider_id {
-            if table.provider(provider_id).is_none() {
-                return Err(invalid_argument(&InvalidArgument::new("constraints.provider_id", format!("unknown provider {provider_id}"))));
+    let known = node
+        .with_table(|table| -> Result<Option<AllocationReply>, Status> {
+            if let Some(provider_id) = &request.constraints.provider_id {
+                if table.provider(provider_id).is_none() {
+                    return Err(invalid_argument(&InvalidArgument::new(
+                        "constraints.provider_id",
+                        format!("unknown provider {provider_id}"),
+                    )));
+                }
             }
-        }
-        Ok(table.get(request.request_id).filter(|record| record.request == request).map(convert::reply_from_record))
-    })
-    .await?;
+            Ok(table
+                .get(request.request_id)
+                .filter(|record| record.request == request)
+                .map(convert::reply_from_record))
+        })
+        .await?;
     if let Some(reply) = known {
         return Ok(reply);
     }
@@ -38,7 +49,8 @@ pub async fn allocate(node: &Node, call: AllocateRequest) -> Result<AllocationRe
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
     let record = expect_record(node.propose(Command::Allocate(request)).await?)?;
     let reply = convert::reply_from_record(&record);
-    node.metrics.observe_allocation(&kinds, priority, &requester_id, &reply.status, started.elapsed().as_secs_f64());
+    node.metrics
+        .observe_allocation(&kinds, priority, &requester_id, &reply.status, started.elapsed().as_secs_f64());
     info!(correlation_id = %request_id, resource_id = %reply.provider_id, operation_type = "allocate", status = %reply.status, "allocate answered");
     Ok(reply)
 }
@@ -69,7 +81,9 @@ pub async fn get(node: &Node, call: GetRequest) -> Result<AllocationReply, Statu
 pub async fn list(node: &Node, call: ListRequest) -> Result<ListReply, Status> {
     let filter = list_filter(&call)?;
     node.read_barrier(call.stale).await?;
-    let records = node.with_table(|table| table.list(&filter).into_iter().map(convert::reply_from_record).collect()).await;
+    let records = node
+        .with_table(|table| table.list(&filter).into_iter().map(convert::reply_from_record).collect())
+        .await;
     Ok(ListReply { records })
 }
 
@@ -78,7 +92,10 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
     let state = match call.state.as_str() {
         "" => None,
         name => Some(parse_state(name).ok_or_else(|| {
-            invalid_argument(&InvalidArgument::new("state", format!("{name:?} is not one of queued, allocation, monitoring, deallocation, idle, error")))
+            invalid_argument(&InvalidArgument::new(
+                "state",
+                format!("{name:?} is not one of queued, allocation, monitoring, deallocation, idle, error"),
+            ))
         })?),
     };
     let after = match call.after.as_str() {
@@ -86,7 +103,10 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
         text => Some(parse_uuid("after", text)?),
     };
     if !call.requester_id.is_empty() && call.namespace.is_empty() {
-        return Err(invalid_argument(&InvalidArgument::new("requester_id", "needs namespace: requester ids are scoped by namespace")));
+        return Err(invalid_argument(&InvalidArgument::new(
+            "requester_id",
+            "needs namespace: requester ids are scoped by namespace",
+        )));
     }
     let limit = match call.limit as usize {
         0 => LIST_LIMIT_MAX,
@@ -103,9 +123,16 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
 }
 
 fn parse_state(name: &str) -> Option<RequestState> {
-    [RequestState::Queued, RequestState::Allocation, RequestState::Monitoring, RequestState::Deallocation, RequestState::Idle, RequestState::Error]
-        .into_iter()
-        .find(|state| state.as_str() == name)
+    [
+        RequestState::Queued,
+        RequestState::Allocation,
+        RequestState::Monitoring,
+        RequestState::Deallocation,
+        RequestState::Idle,
+        RequestState::Error,
+    ]
+    .into_iter()
+    .find(|state| state.as_str() == name)
 }
 
 /// The record a request-level command answers with.
@@ -115,4 +142,3 @@ fn expect_record(response: CommandResponse) -> Result<qm_state_machine::RequestR
         other => Err(Status::internal(format!("the table answered a request command with {other:?}"))),
     }
 }
-

@@ -31,9 +31,10 @@ pub fn command_error(error: &CommandError) -> Status {
         CommandError::InvalidArgument(invalid) => invalid_argument(invalid),
         CommandError::NotFound { .. } | CommandError::UnknownProvider { .. } => Status::not_found(error.to_string()),
         CommandError::RequestIdReused { .. } => Status::already_exists(error.to_string()),
-        CommandError::ResourceInUse { .. } | CommandError::NotActive { .. } | CommandError::NoLease { .. } | CommandError::WrongProvider { .. } => {
-            Status::failed_precondition(error.to_string())
-        }
+        CommandError::ResourceInUse { .. }
+        | CommandError::NotActive { .. }
+        | CommandError::NoLease { .. }
+        | CommandError::WrongProvider { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 

@@ -26,7 +26,10 @@ pub const WATCH_BUFFER_EVENTS: usize = 1024;
 /// (covers snapshot installs, which replace the table without events).
 pub const WATCH_POLL_INTERVAL_MS: u64 = 500;
 
-pub fn watch(node: Arc<Node>, call: WatchRequest) -> Result<<ApiService as qm_client::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
+pub fn watch(
+    node: Arc<Node>,
+    call: WatchRequest,
+) -> Result<<ApiService as qm_client::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
     let namespace = (!call.namespace.is_empty()).then_some(call.namespace);
     let (sender, receiver) = mpsc::channel(WATCH_BUFFER_EVENTS);
     let mut changes = node.state.subscribe();
@@ -38,18 +41,19 @@ pub fn watch(node: Arc<Node>, call: WatchRequest) -> Result<<ApiService as qm_cl
         loop {
             // One read of the table: the events to send and the last revision
             // looked at (filtered-out ones included), so nothing is skipped.
-            let batch: Result<(Vec<EventMessage>, Option<u64>), EventsError> = node.with_table(|table| {
-                let mut last_seen = None;
-                let mut messages = Vec::new();
-                for event in table.events_from(next)? {
-                    last_seen = Some(event.revision);
-                    if namespace.is_none() || event.namespace().is_none() || event.namespace() == namespace.as_deref() {
-                        messages.push(convert::event_to_proto(event));
+            let batch: Result<(Vec<EventMessage>, Option<u64>), EventsError> = node
+                .with_table(|table| {
+                    let mut last_seen = None;
+                    let mut messages = Vec::new();
+                    for event in table.events_from(next)? {
+                        last_seen = Some(event.revision);
+                        if namespace.is_none() || event.namespace().is_none() || event.namespace() == namespace.as_deref() {
+                            messages.push(convert::event_to_proto(event));
+                        }
                     }
-                }
-                Ok((messages, last_seen))
-            })
-            .await;
+                    Ok((messages, last_seen))
+                })
+                .await;
             match batch {
                 Err(compacted) => {
                     let _ = sender.send(Err(Status::out_of_range(compacted.to_string()))).await;

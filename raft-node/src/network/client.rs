@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::BasicNode;
 use qm_client::proto::raft::raft_client::RaftClient;
 use qm_client::proto::raft::RaftMessage;
@@ -26,7 +28,11 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), channel: None }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            channel: None,
+        }
     }
 }
 
@@ -54,20 +60,29 @@ impl PeerClient {
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true);
-        let client = RaftClient::new(endpoint.connect_lazy()).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+        let client = RaftClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         self.channel = Some(client.clone());
         Ok(client)
     }
 
     /// Sends one request and decodes openraft's `Result` from the reply.
-    async fn call<Req, Resp, E>(&mut self, call: RaftCall, request: &Req, option: &RPCOption) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        call: RaftCall,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let message = RaftMessage { payload: codec::encode(request) };
+        let message = RaftMessage {
+            payload: codec::encode(request),
+        };
         let sent = async {
             match call {
                 RaftCall::AppendEntries => client.append_entries(message).await,
@@ -87,7 +102,8 @@ impl PeerClient {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
     }
 }

@@ -24,7 +24,9 @@ fn decode_request<T: serde::de::DeserializeOwned>(request: Request<RaftMessage>)
 }
 
 fn reply<T: serde::Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
-    Ok(Response::new(RaftMessage { payload: codec::encode(result) }))
+    Ok(Response::new(RaftMessage {
+        payload: codec::encode(result),
+    }))
 }
 
 #[tonic::async_trait]

@@ -25,7 +25,10 @@ impl DurableFlush {
     /// its log in `<data_dir>/db`.
     pub(crate) fn new(db: sled::Db, data_dir: &Path) -> Result<DurableFlush, StorageError> {
         let data_file = File::open(data_dir.join("db")).map_err(StorageError::Sync)?;
-        Ok(DurableFlush { db, data_file: Arc::new(data_file) })
+        Ok(DurableFlush {
+            db,
+            data_file: Arc::new(data_file),
+        })
     }
 
     /// Makes every write made so far durable. Runs on the blocking pool:

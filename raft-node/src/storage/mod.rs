@@ -176,7 +176,10 @@ pub async fn open(data_dir: &Path, table_config: TableConfig) -> Result<(LogStor
 /// Opens sled with explicit flushing only; blocking (sled recovers the log on
 /// open).
 fn open_db(path: &Path) -> Result<(sled::Db, DurableFlush), StorageError> {
-    std::fs::create_dir_all(path).map_err(|source| StorageError::CreateDir { path: path.to_path_buf(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| StorageError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let db = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)
@@ -186,9 +189,15 @@ fn open_db(path: &Path) -> Result<(sled::Db, DurableFlush), StorageError> {
         .open()
         .map_err(|source| {
             if is_lock_conflict(&source) {
-                StorageError::DataDirInUse { path: path.to_path_buf(), source }
+                StorageError::DataDirInUse {
+                    path: path.to_path_buf(),
+                    source,
+                }
             } else {
-                StorageError::Open { path: path.to_path_buf(), source }
+                StorageError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
             }
         })?;
     check_layout_version(&db, path)?;

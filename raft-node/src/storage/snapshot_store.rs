@@ -59,7 +59,11 @@ pub(crate) struct SnapshotStore {
 
 impl SnapshotStore {
     pub(crate) fn open(db: &sled::Db, flush: DurableFlush) -> Result<SnapshotStore, StorageError> {
-        Ok(SnapshotStore { tree: db.open_tree(SNAPSHOT_TREE)?, flush, write_lock: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(SnapshotStore {
+            tree: db.open_tree(SNAPSHOT_TREE)?,
+            flush,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     /// The stored snapshot, if any.
@@ -93,7 +97,11 @@ impl SnapshotStore {
         for stale in chunk_count..stored.map_or(0, |stored| stored.chunks) {
             batch.remove(chunk_key(stale));
         }
-        let record = SnapshotRecord { meta, data_bytes: data.len() as u64, chunks: chunk_count };
+        let record = SnapshotRecord {
+            meta,
+            data_bytes: data.len() as u64,
+            chunks: chunk_count,
+        };
         batch.insert(KEY_META, codec::encode(&record));
         self.tree.apply_batch(batch)?;
         // openraft purges the log up to this snapshot as soon as we return.
@@ -117,7 +125,10 @@ fn load_blocking(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageErr
     let Some(record) = read_record(tree)? else {
         return Ok(None);
     };
-    let damaged = |reason: String| StorageError::Decode { what: "snapshot data", reason };
+    let damaged = |reason: String| StorageError::Decode {
+        what: "snapshot data",
+        reason,
+    };
     let mut data = Vec::with_capacity(usize::try_from(record.data_bytes).unwrap_or(0));
     let mut chunks = 0u32;
     // Big-endian chunk numbers: sled's key order is chunk order.

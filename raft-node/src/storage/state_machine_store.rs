@@ -91,18 +91,21 @@ pub struct StateMachineStore {
     snapshots: SnapshotStore,
 }
 
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("subscribers", &self.events.receiver_count())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StateMachineStore {
     /// Restores the table from the stored snapshot, or starts an empty one.
-    pub(crate) async fn open(
-        db: &sled::Db,
-        flush: DurableFlush,
-        table_config: TableConfig,
-    ) -> Result<StateMachineStore, StorageError> {
+    pub(crate) async fn open(db: &sled::Db, flush: DurableFlush, table_config: TableConfig) -> Result<StateMachineStore, StorageError> {
         let snapshots = SnapshotStore::open(db, flush)?;
         let state = match snapshots.load().await? {
             Some(stored) => {
-                let table = tokio::task::spawn_blocking(move || AllocationTable::from_snapshot_bytes(&stored.data))
-                    .await??;
+                let table = tokio::task::spawn_blocking(move || AllocationTable::from_snapshot_bytes(&stored.data)).await??;
                 if table.config() != &table_config {
                     // The snapshot's config wins: every replica must apply with
                     // the same limits, and the snapshot carries the cluster's.
@@ -125,13 +128,20 @@ impl StateMachineStore {
             },
         };
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        Ok(StateMachineStore { state: Arc::new(RwLock::new(state)), events, snapshots })
+        Ok(StateMachineStore {
+            state: Arc::new(RwLock::new(state)),
+            events,
+            snapshots,
+        })
     }
 
     /// A read-only handle for the API; take it before handing the store to
     /// `Raft::new`.
     pub fn reader(&self) -> StateReader {
-        StateReader { state: Arc::clone(&self.state), events: self.events.clone() }
+        StateReader {
+            state: Arc::clone(&self.state),
+            events: self.events.clone(),
+        }
     }
 
     /// Events of commands applied from now on (as [`StateReader::subscribe`]).
@@ -193,7 +203,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         if outcome == SaveOutcome::KeptNewer {
             tracing::info!(snapshot = %meta, "built snapshot is not newer than the stored one; kept the stored one");
         }
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -222,11 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), RaftStorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
         // Decode before anything changes: a bad snapshot leaves the table and
         // the stored snapshot as they were.
@@ -244,7 +253,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tracing::warn!(snapshot = %meta, "installed snapshot is not newer than the stored one; kept the stored one");
         }
         let mut state = self.state.write().await;
-        *state = AppliedState { table, last_applied: meta.last_log_id, last_membership: meta.last_membership.clone() };
+        *state = AppliedState {
+            table,
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+        };
         Ok(())
     }
 
@@ -254,6 +267,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .load()
             .await
             .map_err(|error| raft_error(|source| StorageIOError::read_snapshot(None, source), &error))?;
-        Ok(stored.map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(stored.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

@@ -40,6 +40,7 @@ pub struct AllocationTable {
     /// Arrival order of requests, for first-come-first-served within a priority.
     next_arrival_seq: u64,
     providers: BTreeMap<String, Provider>,
+    #[serde(deserialize_with = "snapshot::deserialize_map_in_bulk")]
     requests: BTreeMap<Uuid, RequestRecord>,
     /// The newest events, at most `config.event_history_max`.
     history: VecDeque<Event>,
@@ -153,15 +154,9 @@ impl AllocationTable {
 
     /// Rebuilds every derived structure from the state; used after restore.
     fn rebuild_indexes(&mut self) {
-        self.index = Indexes::default();
         for provider in self.providers.values_mut() {
             provider.rebuild_kinds();
         }
-        for provider in self.providers.values() {
-            self.index.add_provider(provider);
-        }
-        for record in self.requests.values() {
-            self.index.add_record(record);
-        }
+        self.index = Indexes::build(self.providers.values(), self.requests.values());
     }
 }

@@ -79,13 +79,11 @@ impl AllocationTable {
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
         let ids: Box<dyn Iterator<Item = Uuid> + '_> = match (&filter.provider_id, &filter.namespace) {
             (Some(provider_id), _) => Box::new(self.index.by_provider.get(provider_id).into_iter().flatten().copied()),
-            (None, Some(namespace)) => Box::new(
-                self.index
-                    .by_owner
-                    .range((namespace.clone(), String::new(), Uuid::nil())..)
-                    .take_while(move |(ns, _, _)| ns == namespace)
-                    .map(|(_, _, id)| *id),
-            ),
+            (None, Some(namespace)) => {
+                let requesters = self.index.by_owner.get(namespace).into_iter().flatten();
+                let wanted = filter.requester_id.as_ref();
+                Box::new(requesters.filter(move |(requester, _)| wanted.is_none_or(|wanted| wanted == *requester)).flat_map(|(_, ids)| ids.iter().copied()))
+            }
             (None, None) => Box::new(self.requests.keys().copied()),
         };
         let mut found: Vec<&RequestRecord> = ids.map(|id| &self.requests[&id]).filter(matches).collect();

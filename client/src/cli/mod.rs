@@ -1,0 +1,133 @@
+//! The `qm` command line: clap definitions and [`run`], which `main` and the
+//! tests call.
+//!
+//! Every command builds one [`Client`] from the global options, makes its
+//! calls, and prints the answer as a table (default) or as JSON
+//! (`--output json`: the protocol's shapes where it has one). An error is one
+//! line on stderr; the exit code is 2 for bad input, 1 otherwise.
+
+mod allocate;
+mod allocations;
+mod cluster;
+mod error;
+mod input;
+mod output;
+mod provider;
+mod state;
+mod table;
+mod watch;
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+
+pub use allocate::AllocateArgs;
+pub use allocations::ListArgs;
+pub use cluster::ClusterCommand;
+pub use error::CliError;
+pub use output::OutputFormat;
+pub use provider::ProviderCommand;
+pub use watch::WatchArgs;
+
+use crate::config::{ClientConfig, DEFAULT_ENDPOINTS};
+use crate::Client;
+
+/// Quartermaster's command line: allocate resources, manage providers and
+/// the replicas, watch the table.
+#[derive(Debug, Parser)]
+#[command(name = "qm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Replica addresses (host:port), comma-separated; any live one finds the leader.
+    #[arg(long, global = true, env = "QM_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: Vec<String>,
+
+    /// How to print answers.
+    #[arg(long, global = true, env = "QM_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Deadline of each call, across failovers and retries (ms).
+    #[arg(long, global = true, env = "QM_TIMEOUT_MS", default_value_t = ClientConfig::default().request_timeout_ms)]
+    pub timeout_ms: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The replicas: Raft status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Resource providers: register, list, deregister.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Ask for resources, from the protocol's resource_request JSON or from flags.
+    Allocate(AllocateArgs),
+    /// Release an allocation, or cancel a queued request (by allocation or request id).
+    Release {
+        /// Allocation id or request id.
+        id: String,
+    },
+    /// Renew an allocation's lease for another TTL.
+    Renew {
+        /// Allocation id or request id.
+        id: String,
+    },
+    /// Show one request or allocation (by allocation or request id).
+    Get {
+        /// Allocation id or request id.
+        id: String,
+        /// Answer from any replica's local state, which may lag the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List requests and allocations.
+    List(ListArgs),
+    /// Print the table's events as JSON lines, one per event, as they happen.
+    Watch(WatchArgs),
+    /// The monitor's view: capacity, use and free per kind and per provider.
+    State {
+        /// Answer from any replica's local state, which may lag the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+impl Cli {
+    /// The client configuration the global options describe.
+    pub fn client_config(&self) -> ClientConfig {
+        let defaults = ClientConfig::default();
+        ClientConfig {
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|endpoint| endpoint.trim().to_owned())
+                .filter(|endpoint| !endpoint.is_empty())
+                .collect(),
+            request_timeout_ms: self.timeout_ms,
+            attempt_timeout_ms: defaults.attempt_timeout_ms.min(self.timeout_ms),
+            ..defaults
+        }
+    }
+}
+
+/// Runs one parsed command line, printing answers to `out`.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let client = Client::new(cli.client_config())?;
+    let format = cli.output;
+    match cli.command {
+        Command::Cluster(command) => cluster::run(&client, command, format, out).await,
+        Command::Provider(command) => provider::run(&client, command, format, out).await,
+        Command::Allocate(args) => allocate::run(&client, args, format, out).await,
+        Command::Release { id } => allocations::release(&client, &id, format, out).await,
+        Command::Renew { id } => allocations::renew(&client, &id, format, out).await,
+        Command::Get { id, stale } => allocations::get(&client, &id, stale, format, out).await,
+        Command::List(args) => allocations::list(&client, args, format, out).await,
+        Command::Watch(args) => watch::run(&client, args, out).await,
+        Command::State { stale } => state::run(&client, stale, format, out).await,
+    }
+}
+
+#[cfg(test)]
+#[path = "cli_test.rs"]
+mod tests;

@@ -1,0 +1,150 @@
+//! The public API's contract: the protocol's example request gets an
+//! allocation_response of the protocol's shape; bad input gets
+//! INVALID_ARGUMENT naming the field and writes nothing to the log.
+
+mod support;
+
+use std::collections::HashMap;
+
+use qm_client::proto::api::*;
+use qm_state_machine::protocol::ResourceRequest as ProtocolRequest;
+use support::*;
+use tonic::Code;
+
+const PROTOCOL_EXAMPLE: &str = r#"{
+  "request_id": "550e8400-e29b-41d4-a716-446655440000",
+  "requester_id": "agent_123",
+  "resource_requirements": {
+    "cpu_cores": 2,
+    "memory_gb": 4,
+    "storage_gb": 100
+  },
+  "priority": 1,
+  "deadline": "2099-03-21T10:30:00Z"
+}"#;
+
+fn sample_provider() -> RegisterProviderRequest {
+    let mut provider = provider("node_1", 4);
+    provider.resources.push(ResourceSpec {
+        resource_id: "vol_1".into(),
+        kind: "storage_gb".into(),
+        capacity: 500,
+        ..Default::default()
+    });
+    provider
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_example_gets_a_protocol_response() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = start_cluster(3, &[]).await;
+        let (_, mut api) = leader_client(&cluster).await;
+        api.register_provider(sample_provider()).await.expect("register");
+
+        // --- the example, parsed as the protocol's JSON and sent as is
+        let example: ProtocolRequest = serde_json::from_str(PROTOCOL_EXAMPLE).expect("the example parses");
+        let wire = qm_client::convert::request_to_proto(&example);
+        let reply = api
+            .allocate(AllocateRequest {
+                request: Some(wire.clone()),
+            })
+            .await
+            .expect("allocate")
+            .into_inner();
+
+        // --- the protocol's allocation_response
+        let response = qm_client::convert::response_from_reply(&reply).expect("converts");
+        let json = serde_json::to_value(&response).expect("json");
+        assert_eq!(json["request_id"], "550e8400-e29b-41d4-a716-446655440000");
+        assert_eq!(json["status"], "allocated");
+        assert!(uuid::Uuid::parse_str(json["response_id"].as_str().expect("response_id")).is_ok());
+        assert_eq!(json["allocated_resources"]["cpu_cores"].as_array().expect("cores").len(), 2);
+        assert_eq!(json["allocated_resources"]["storage_gb"], serde_json::json!(["vol_1"]));
+        assert_eq!(json["allocated_resources"]["memory_gb"], serde_json::json!(["mem"]));
+
+        // --- sending it again is the same response, not a second allocation
+        let again = api
+            .allocate(AllocateRequest { request: Some(wire) })
+            .await
+            .expect("retry")
+            .into_inner();
+        assert_eq!(again, reply);
+        assert_eq!(list_all(&cluster).await.len(), 1);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_the_field_and_writes_nothing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = start_cluster(3, &[]).await;
+        let (leader, mut api) = leader_client(&cluster).await;
+        api.register_provider(sample_provider()).await.expect("register");
+        let before = cluster.status_of(leader).await.expect("status");
+
+        let mut missing_requester = request("x", 1);
+        missing_requester.requester_id.clear();
+        let mut negative = request("agent", 1);
+        negative.resource_requirements = HashMap::from([("cpu_cores".to_owned(), -2)]);
+        let mut unknown_provider = request("agent", 1);
+        unknown_provider.constraints = Some(Constraints {
+            provider_id: "nowhere".into(),
+            ..Default::default()
+        });
+        let mut bad_id = request("agent", 1);
+        bad_id.request_id = "not-a-uuid".into();
+        let mut bad_deadline = request("agent", 1);
+        bad_deadline.deadline = Some("tomorrow".into());
+        let mut huge = request("agent", 1);
+        huge.resource_requirements = (0..1_000).map(|i| (format!("kind_{i:08}"), 1)).collect();
+        let cases = [
+            (missing_requester, "requester_id"),
+            (negative, "resource_requirements.cpu_cores"),
+            (unknown_provider, "constraints.provider_id"),
+            (bad_id, "request_id"),
+            (bad_deadline, "deadline"),
+            (huge, "resource_requirements"),
+        ];
+        for (bad, field) in cases {
+            let status = api.allocate(AllocateRequest { request: Some(bad) }).await.expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            assert_eq!(
+                status.metadata().get("x-qm-field").and_then(|v| v.to_str().ok()),
+                Some(field),
+                "{status:?}"
+            );
+            assert!(status.message().contains(field), "{status:?}");
+        }
+
+        // --- a message over the size limit is refused before decoding
+        let mut oversize = request("agent", 1);
+        oversize.requester_id = "a".repeat(5 * 1024 * 1024);
+        let status = api
+            .allocate(AllocateRequest { request: Some(oversize) })
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument),
+            "{status:?}"
+        );
+
+        // --- bad provider documents too
+        let mut bad_provider = sample_provider();
+        bad_provider.resources[0].capacity = -1;
+        let status = api.register_provider(bad_provider).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("capacity"), "{status:?}");
+
+        // --- nothing reached the log
+        let after = cluster.status_of(leader).await.expect("status");
+        assert_eq!(
+            before.term, after.term,
+            "a leader change (it appends an entry) spoils this check; rerun"
+        );
+        assert_eq!(before.last_log_index, after.last_log_index, "refused calls were logged");
+        assert!(list_all(&cluster).await.is_empty());
+    })
+    .await
+    .expect("test finished in time");
+}
