@@ -5,9 +5,16 @@
 //! never collide), its own data dir under one temporary directory, and its
 //! output in `node.log` there. Replicas are signalled only through the pid
 //! this harness started; dropping the cluster kills every one of them.
+//!
+//! By default a replica listens on 127.0.0.1 and is reached there. The
+//! fault-injection suite lays replicas out itself ([`LocalCluster::configure_with`],
+//! [`ReplicaAddrs`]): replica N listens on its own loopback address
+//! (127.0.0.N+1, which is also where its outgoing Raft connections come from)
+//! and is advertised to the others at a proxy that forwards to it, so that the
+//! proxy can cut or delay single links.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,10 +25,34 @@ use qm_client::proto::api::{ClusterStatusReply, ClusterStatusRequest};
 /// How long one status probe of a replica may take.
 pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
 
+/// Where one replica listens and where the others and clients reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaAddrs {
+    /// What the process binds (`--listen`). Its IP is also the source of the
+    /// replica's outgoing Raft connections.
+    pub listen: String,
+    /// Its entry in `--peers`, hence in the membership: what peers and
+    /// clients dial. The listen address itself, or a proxy in front of it.
+    pub advertised: String,
+}
+
+impl ReplicaAddrs {
+    /// Reached where it listens, with no proxy in between.
+    pub fn direct(addr: String) -> ReplicaAddrs {
+        ReplicaAddrs {
+            listen: addr.clone(),
+            advertised: addr,
+        }
+    }
+}
+
 /// One replica of a [`LocalCluster`].
 pub struct LocalReplica {
     pub id: u64,
+    /// The advertised address: what peers and clients dial.
     pub addr: String,
+    /// The address the process binds; equal to `addr` unless a proxy sits in front.
+    pub listen: String,
     pub data_dir: PathBuf,
     process: Option<Child>,
     paused: bool,
@@ -34,6 +65,11 @@ impl LocalReplica {
 
     pub fn is_running(&self) -> bool {
         self.process.is_some()
+    }
+
+    /// Stopped with SIGSTOP and not resumed since.
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 }
 
@@ -60,26 +96,25 @@ impl LocalCluster {
 
     /// Lays out `count` replicas with free ports without starting them.
     pub fn configure(binary: &Path, count: u64, extra_args: &[&str]) -> anyhow::Result<LocalCluster> {
+        let layout = (1..=count)
+            .map(|id| Ok((id, ReplicaAddrs::direct(free_loopback_addr()?))))
+            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+        LocalCluster::configure_with(binary, layout, extra_args)
+    }
+
+    /// Lays out replicas at the given addresses without starting them.
+    pub fn configure_with(binary: &Path, layout: BTreeMap<u64, ReplicaAddrs>, extra_args: &[&str]) -> anyhow::Result<LocalCluster> {
         anyhow::ensure!(
             binary.exists(),
             "{} does not exist: build it first (cargo build -p qm-raft-node)",
             binary.display()
         );
+        anyhow::ensure!(!layout.is_empty(), "a cluster needs at least one replica");
         let dir = tempfile::Builder::new().prefix("qm-cluster-").tempdir()?;
-        let mut replicas = BTreeMap::new();
-        for id in 1..=count {
-            let addr = free_loopback_addr()?;
-            replicas.insert(
-                id,
-                LocalReplica {
-                    id,
-                    addr,
-                    data_dir: dir.path().join(format!("replica-{id}")),
-                    process: None,
-                    paused: false,
-                },
-            );
-        }
+        let replicas = layout
+            .into_iter()
+            .map(|(id, addrs)| (id, LocalReplica::laid_out(id, addrs, dir.path())))
+            .collect();
         Ok(LocalCluster {
             binary: binary.to_owned(),
             dir,
@@ -114,14 +149,12 @@ impl LocalCluster {
     /// Starts (or restarts) replica `id` with its data dir.
     pub fn start_replica(&mut self, id: u64) -> anyhow::Result<()> {
         let peers = self.peers();
+        let log_path = self.log_path(id);
         let replica = self.replicas.get_mut(&id).ok_or_else(|| anyhow::anyhow!("no replica {id}"))?;
         anyhow::ensure!(replica.process.is_none(), "replica {id} is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("replica-{id}.log")))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
         let child = Command::new(&self.binary)
-            .args(["--id", &id.to_string(), "--listen", &replica.addr, "--peers", &peers])
+            .args(["--id", &id.to_string(), "--listen", &replica.listen, "--peers", &peers])
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(&self.extra_args)
@@ -141,20 +174,16 @@ impl LocalCluster {
     /// Adds a replica that is not in the initial members (for membership
     /// changes): it starts blank and waits to be added through the API.
     pub fn add_blank_replica(&mut self, id: u64) -> anyhow::Result<String> {
+        let addrs = ReplicaAddrs::direct(free_loopback_addr()?);
+        self.add_blank_replica_at(id, addrs.clone())?;
+        Ok(addrs.advertised)
+    }
+
+    /// [`LocalCluster::add_blank_replica`] at the given addresses.
+    pub fn add_blank_replica_at(&mut self, id: u64, addrs: ReplicaAddrs) -> anyhow::Result<()> {
         anyhow::ensure!(!self.replicas.contains_key(&id), "replica {id} exists");
-        let addr = free_loopback_addr()?;
-        self.replicas.insert(
-            id,
-            LocalReplica {
-                id,
-                addr: addr.clone(),
-                data_dir: self.dir.path().join(format!("replica-{id}")),
-                process: None,
-                paused: false,
-            },
-        );
-        self.start_replica(id)?;
-        Ok(addr)
+        self.replicas.insert(id, LocalReplica::laid_out(id, addrs, self.dir.path()));
+        self.start_replica(id)
     }
 
     /// kill -9.
@@ -248,12 +277,17 @@ impl LocalCluster {
         }
     }
 
+    /// Where replica `id`'s output goes.
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}.log"))
+    }
+
     /// The text each replica logged, for test failure messages.
     pub fn logs(&self) -> String {
         self.replicas
             .keys()
             .map(|id| {
-                let text = std::fs::read_to_string(self.dir.path().join(format!("replica-{id}.log"))).unwrap_or_default();
+                let text = std::fs::read_to_string(self.log_path(*id)).unwrap_or_default();
                 format!("--- replica {id}\n{text}")
             })
             .collect()
@@ -276,8 +310,28 @@ impl Drop for LocalCluster {
     }
 }
 
+impl LocalReplica {
+    fn laid_out(id: u64, addrs: ReplicaAddrs, cluster_dir: &Path) -> LocalReplica {
+        LocalReplica {
+            id,
+            addr: addrs.advertised,
+            listen: addrs.listen,
+            data_dir: cluster_dir.join(format!("replica-{id}")),
+            process: None,
+            paused: false,
+        }
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to 0, then let go).
 pub fn free_loopback_addr() -> std::io::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    free_addr_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port on `ip` that was free a moment ago (bound to 0, then let go). On
+/// Linux every address of 127.0.0.0/8 is local, so replicas can each have
+/// their own without any setup.
+pub fn free_addr_on(ip: IpAddr) -> std::io::Result<String> {
+    let listener = TcpListener::bind((ip, 0))?;
     Ok(listener.local_addr()?.to_string())
 }

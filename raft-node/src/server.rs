@@ -59,7 +59,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     }
     .validate()
     .context("raft configuration")?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::default(), log_store, state_machine)
+    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::new(config.listen), log_store, state_machine)
         .await
         .context("starting raft")?;
     let node = Arc::new(Node {

@@ -18,11 +18,11 @@ use openraft::testing::log_id;
 use openraft::{BasicNode, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, Snapshot};
 use qm_raft_node::storage::{self, LogStore, StateMachineStore, StorageError};
 use qm_raft_node::types::{Entry, TypeConfig, Vote};
-use tempfile::TempDir;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement,
-    ResourceSpec, StampedCommand, TableConfig,
+    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement, ResourceSpec,
+    StampedCommand, TableConfig,
 };
+use tempfile::TempDir;
 use uuid::Uuid;
 
 /// Set in a child process to the data dir it must use.
@@ -66,7 +66,10 @@ fn allocate(request: u128, cores: u64) -> Command {
         request_id: Uuid::from_u128(request),
         requester_id: "requester".to_string(),
         namespace: "default".to_string(),
-        requirements: vec![Requirement { kind: "cpu_cores".to_string(), quantity: cores }],
+        requirements: vec![Requirement {
+            kind: "cpu_cores".to_string(),
+            quantity: cores,
+        }],
         priority: 0,
         deadline_ms: None,
         lease_ttl_ms: None,
@@ -89,7 +92,10 @@ fn commands() -> Vec<Command> {
 }
 
 fn normal(index: u64, command: Command) -> Entry {
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Normal(StampedCommand::new(1_000 + index, command)) }
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Normal(StampedCommand::new(1_000 + index, command)),
+    }
 }
 
 /// `commands()` as log entries from index `first` on.
@@ -99,9 +105,14 @@ fn command_entries(first: u64) -> Vec<Entry> {
 
 fn membership(index: u64) -> Entry {
     let voters = BTreeSet::from([1, 2, 3]);
-    let nodes: BTreeMap<u64, BasicNode> =
-        voters.iter().map(|&id| (id, BasicNode::new(format!("127.0.0.1:{}", 7000 + id)))).collect();
-    Entry { log_id: log_id(1, 1, index), payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)) }
+    let nodes: BTreeMap<u64, BasicNode> = voters
+        .iter()
+        .map(|&id| (id, BasicNode::new(format!("127.0.0.1:{}", 7000 + id))))
+        .collect();
+    Entry {
+        log_id: log_id(1, 1, index),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    }
 }
 
 /// The table after applying the normal entries among `entries`.
@@ -162,7 +173,11 @@ where
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let status = spawn_child(test_name, dir.path()).wait().expect("the child runs");
-    assert_eq!(Some(CHILD_CRASH_EXIT_CODE), status.code(), "the child crashes after its writes were acknowledged");
+    assert_eq!(
+        Some(CHILD_CRASH_EXIT_CODE),
+        status.code(),
+        "the child crashes after its writes were acknowledged"
+    );
     dir
 }
 
@@ -191,7 +206,10 @@ async fn log_vote_committed_and_purge_survive_reopen() {
     assert_eq!(Some(log_id(1, 1, 3)), state.last_purged_log_id);
     assert_eq!(Some(log_id(1, 1, 9)), state.last_log_id);
     assert_eq!(entries[3..9].to_vec(), all_entries(&mut log_store).await);
-    assert_eq!(entries[4..6].to_vec(), log_store.try_get_log_entries(5..7).await.expect("range reads"));
+    assert_eq!(
+        entries[4..6].to_vec(),
+        log_store.try_get_log_entries(5..7).await.expect("range reads")
+    );
     assert_eq!(Some(vote), log_store.read_vote().await.expect("read vote"));
     assert_eq!(Some(log_id(1, 1, 8)), log_store.read_committed().await.expect("read committed"));
 }
@@ -208,7 +226,11 @@ async fn purging_the_whole_log_keeps_the_last_log_id() {
     let (mut log_store, _state_machine) = open(dir.path()).await;
     let state = log_store.get_log_state().await.expect("log state");
     assert_eq!(Some(log_id(1, 1, 7)), state.last_purged_log_id);
-    assert_eq!(Some(log_id(1, 1, 7)), state.last_log_id, "an empty log's last log id is the last purged one");
+    assert_eq!(
+        Some(log_id(1, 1, 7)),
+        state.last_log_id,
+        "an empty log's last log id is the last purged one"
+    );
     assert!(all_entries(&mut log_store).await.is_empty());
 }
 
@@ -274,7 +296,10 @@ async fn built_snapshot_survives_a_crash() {
     let (_log_store, mut state_machine) = open(dir.path()).await;
     let (last_applied, _) = state_machine.applied_state().await.expect("applied state");
     assert_eq!(command_entries(1).last().map(|entry| entry.log_id), last_applied);
-    assert_eq!(table_after(&command_entries(1)).to_snapshot_bytes(), table_bytes(&state_machine).await);
+    assert_eq!(
+        table_after(&command_entries(1)).to_snapshot_bytes(),
+        table_bytes(&state_machine).await
+    );
 }
 
 #[tokio::test]
@@ -303,7 +328,11 @@ async fn snapshot_restores_the_table_after_reopen() {
     let (last_applied, last_membership) = state_machine.applied_state().await.expect("applied state");
     assert_eq!(built.meta.last_log_id, last_applied);
     assert_eq!(built.meta.last_membership, last_membership);
-    let current = state_machine.get_current_snapshot().await.expect("read snapshot").expect("a snapshot is stored");
+    let current = state_machine
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot is stored");
     assert_eq!(built.meta, current.meta);
     assert_eq!(snapshot_bytes(built), snapshot_bytes(current));
 }
@@ -331,8 +360,15 @@ async fn installed_snapshot_replaces_the_table_and_survives_reopen() {
     // --- after a reopen the follower still has it
     let (_log_store, mut follower) = open(follower_dir.path()).await;
     assert_eq!(table_bytes(&leader).await, table_bytes(&follower).await);
-    assert_eq!((meta.last_log_id, meta.last_membership.clone()), follower.applied_state().await.expect("applied state"));
-    let current = follower.get_current_snapshot().await.expect("read snapshot").expect("a snapshot is stored");
+    assert_eq!(
+        (meta.last_log_id, meta.last_membership.clone()),
+        follower.applied_state().await.expect("applied state")
+    );
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot is stored");
     assert_eq!(meta, current.meta);
 }
 
@@ -343,19 +379,32 @@ async fn a_snapshot_that_does_not_decode_changes_nothing() {
     let (_log_store, mut state_machine) = open(dir.path()).await;
     state_machine.apply(entries.clone()).await.expect("apply");
     let built = state_machine.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
-    let before = (state_machine.applied_state().await.expect("applied state"), table_bytes(&state_machine).await);
+    let before = (
+        state_machine.applied_state().await.expect("applied state"),
+        table_bytes(&state_machine).await,
+    );
 
     // --- install garbage claiming to be newer
     let mut bad_meta = built.meta.clone();
     bad_meta.last_log_id = Some(log_id(2, 1, 100));
     bad_meta.snapshot_id = "garbage".to_string();
     let garbage = Box::new(std::io::Cursor::new(vec![0xff; 64]));
-    state_machine.install_snapshot(&bad_meta, garbage).await.expect_err("garbage does not install");
+    state_machine
+        .install_snapshot(&bad_meta, garbage)
+        .await
+        .expect_err("garbage does not install");
 
     // --- the table and the stored snapshot are as they were
-    let after = (state_machine.applied_state().await.expect("applied state"), table_bytes(&state_machine).await);
+    let after = (
+        state_machine.applied_state().await.expect("applied state"),
+        table_bytes(&state_machine).await,
+    );
     assert_eq!(before, after);
-    let current = state_machine.get_current_snapshot().await.expect("read snapshot").expect("a snapshot is stored");
+    let current = state_machine
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot is stored");
     assert_eq!(built.meta, current.meta);
 }
 
@@ -384,7 +433,10 @@ async fn open_fails_while_another_process_holds_the_data_dir() {
     let error = storage::open(dir.path(), table_config()).await.expect_err("the data dir is held");
     assert!(matches!(error, StorageError::DataDirInUse { .. }), "got {error:?}");
     let message = error.to_string();
-    assert!(message.contains(&format!("data dir {} is in use by another qm-node", dir.path().display())), "{message}");
+    assert!(
+        message.contains(&format!("data dir {} is in use by another qm-node", dir.path().display())),
+        "{message}"
+    );
 
     // --- the child lets go; the dir opens again
     drop(child.stdin.take());
@@ -421,7 +473,10 @@ async fn committed_entries_are_reapplied_on_restart() {
     let (mut log_store, mut state_machine) = open(dir.path()).await;
     let (last_applied, _) = state_machine.applied_state().await.expect("applied state");
     assert_eq!(Some(log_id(1, 1, 2)), last_applied, "the reopened table is the snapshot's");
-    openraft::StorageHelper::new(&mut log_store, &mut state_machine).get_initial_state().await.expect("initial state");
+    openraft::StorageHelper::new(&mut log_store, &mut state_machine)
+        .get_initial_state()
+        .await
+        .expect("initial state");
     let (last_applied, _) = state_machine.applied_state().await.expect("applied state");
     assert_eq!(Some(log_id(1, 1, 5)), last_applied);
     assert_eq!(table_after(&entries[..=5]).to_snapshot_bytes(), table_bytes(&state_machine).await);
@@ -442,7 +497,11 @@ async fn limited_reads_return_a_nonempty_prefix() {
     while (read.len() as u64) < 64 {
         let start = read.len() as u64 + 1;
         let batch = reader.limited_get_log_entries(start, 65).await.expect("limited read");
-        assert_eq!(Some(start), batch.first().map(|entry| entry.log_id.index), "a batch starts where asked");
+        assert_eq!(
+            Some(start),
+            batch.first().map(|entry| entry.log_id.index),
+            "a batch starts where asked"
+        );
         read.extend(batch);
         batches += 1;
     }

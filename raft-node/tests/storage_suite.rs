@@ -14,17 +14,19 @@ struct SledStoreBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), openraft::StorageError<NodeId>> {
-        let to_raft_error = |error: &dyn std::fmt::Display| -> openraft::StorageError<NodeId> {
-            StorageIOError::write(AnyError::error(error)).into()
-        };
+        let to_raft_error =
+            |error: &dyn std::fmt::Display| -> openraft::StorageError<NodeId> { StorageIOError::write(AnyError::error(error)).into() };
         let dir = tempfile::tempdir().map_err(|error| to_raft_error(&error))?;
-        let (log_store, state_machine) =
-            storage::open(dir.path(), TableConfig::default()).await.map_err(|error| to_raft_error(&error))?;
+        let (log_store, state_machine) = storage::open(dir.path(), TableConfig::default())
+            .await
+            .map_err(|error| to_raft_error(&error))?;
         Ok((dir, log_store, state_machine))
     }
 }
 
 #[test]
-fn sled_stores_pass_the_openraft_storage_suite() -> Result<(), openraft::StorageError<NodeId>> {
-    Suite::test_all(SledStoreBuilder)
+fn sled_stores_pass_the_openraft_storage_suite() {
+    if let Err(error) = Suite::test_all(SledStoreBuilder) {
+        panic!("openraft's storage suite failed: {error}");
+    }
 }

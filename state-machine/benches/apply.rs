@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement, ResourceSpec, StampedCommand,
-    TableConfig,
+    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement, ResourceSpec,
+    StampedCommand, TableConfig,
 };
 use uuid::Uuid;
 
@@ -33,11 +33,28 @@ const T0: u64 = 1_710_481_600_000;
 
 fn registration(n: usize) -> ProviderRegistration {
     let mut resources: Vec<ResourceSpec> = (0..CORES_PER_PROVIDER)
-        .map(|core| ResourceSpec { resource_id: format!("cpu_{core:03}"), kind: "cpu_cores".into(), capacity: 1, labels: BTreeMap::new(), sharing: None })
+        .map(|core| ResourceSpec {
+            resource_id: format!("cpu_{core:03}"),
+            kind: "cpu_cores".into(),
+            capacity: 1,
+            labels: BTreeMap::new(),
+            sharing: None,
+        })
         .collect();
-    resources.push(ResourceSpec { resource_id: "mem_0".into(), kind: "memory_gb".into(), capacity: MEMORY_GB_PER_PROVIDER, labels: BTreeMap::new(), sharing: None });
+    resources.push(ResourceSpec {
+        resource_id: "mem_0".into(),
+        kind: "memory_gb".into(),
+        capacity: MEMORY_GB_PER_PROVIDER,
+        labels: BTreeMap::new(),
+        sharing: None,
+    });
     let labels = BTreeMap::from([("zone".to_owned(), format!("zone_{}", n % 8))]);
-    ProviderRegistration { provider_id: format!("node_{n:05}"), labels, resources, confirms_allocations: false }
+    ProviderRegistration {
+        provider_id: format!("node_{n:05}"),
+        labels,
+        resources,
+        confirms_allocations: false,
+    }
 }
 
 /// One core and 4 GB from requester `agent_{n % 1000}`, with a lease so the
@@ -47,7 +64,16 @@ fn allocation(n: u128) -> AllocationRequest {
         request_id: Uuid::from_u128(n),
         requester_id: format!("agent_{}", n % 1000),
         namespace: DEFAULT_NAMESPACE.to_owned(),
-        requirements: vec![Requirement { kind: "cpu_cores".into(), quantity: 1 }, Requirement { kind: "memory_gb".into(), quantity: 4 }],
+        requirements: vec![
+            Requirement {
+                kind: "cpu_cores".into(),
+                quantity: 1,
+            },
+            Requirement {
+                kind: "memory_gb".into(),
+                quantity: 4,
+            },
+        ],
         priority: 0,
         deadline_ms: None,
         lease_ttl_ms: Some(3_600_000),
@@ -65,11 +91,19 @@ fn build_table() -> AllocationTable {
     }
     for n in 0..ALLOCATIONS {
         let applied = table.apply(&StampedCommand::new(T0, Command::Allocate(allocation(n as u128))));
-        let placed = applied.result.as_ref().ok().and_then(|response| response.request()).is_some_and(|record| record.state.is_active());
+        let placed = applied
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|response| response.request())
+            .is_some_and(|record| record.state.is_active());
         assert!(placed, "allocation {n} was not placed: {:?}", applied.result);
     }
     assert_eq!(ALLOCATIONS, table.active_allocations());
-    eprintln!("built {PROVIDERS} providers and {ALLOCATIONS} allocations in {:.1?}", started.elapsed());
+    eprintln!(
+        "built {PROVIDERS} providers and {ALLOCATIONS} allocations in {:.1?}",
+        started.elapsed()
+    );
     table
 }
 
@@ -93,16 +127,28 @@ fn at_scale(c: &mut Criterion) {
     assert_eq!(ALLOCATIONS, table.active_allocations());
 
     let mut group = c.benchmark_group("snapshot_at_1m");
-    group.sample_size(10).sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(1));
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(1));
 
     // (b) Writing the snapshot.
     let bytes = table.to_snapshot_bytes();
-    eprintln!("snapshot: {} bytes ({:.1} MiB)", bytes.len(), bytes.len() as f64 / (1024.0 * 1024.0));
+    eprintln!(
+        "snapshot: {} bytes ({:.1} MiB)",
+        bytes.len(),
+        bytes.len() as f64 / (1024.0 * 1024.0)
+    );
     group.bench_function("to_snapshot_bytes", |b| b.iter_with_large_drop(|| table.to_snapshot_bytes()));
 
     // (c) Restoring it, indexes rebuilt; dropping the restored table is not counted.
     group.bench_function("from_snapshot_bytes", |b| {
-        b.iter_batched(|| (), |()| AllocationTable::from_snapshot_bytes(&bytes).expect("own snapshot decodes"), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| AllocationTable::from_snapshot_bytes(&bytes).expect("own snapshot decodes"),
+            BatchSize::PerIteration,
+        )
     });
     group.finish();
 }

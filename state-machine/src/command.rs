@@ -32,26 +32,42 @@ pub enum Command {
     /// registers again is back.
     RegisterProvider(ProviderRegistration),
     /// Move its allocations elsewhere (or queue them), then forget it.
-    DeregisterProvider { provider_id: String },
+    DeregisterProvider {
+        provider_id: String,
+    },
     Allocate(AllocationRequest),
     /// Release by allocation id or request id; cancels a queued request.
     /// Releasing again answers the same record.
-    Release { id: Uuid },
+    Release {
+        id: Uuid,
+    },
     /// Extend a lease by its TTL from now; takes either id.
-    RenewLease { id: Uuid },
+    RenewLease {
+        id: Uuid,
+    },
     /// Expire leases and reject queued requests whose deadlines passed.
     Tick,
     /// Proposed by the leader when a provider misses heartbeats.
-    ProviderFailed { provider_id: String },
+    ProviderFailed {
+        provider_id: String,
+    },
     /// Proposed by the leader when a failed provider heartbeats again.
-    ProviderRecovered { provider_id: String },
+    ProviderRecovered {
+        provider_id: String,
+    },
     /// Proposed once by a new leader: every lease gets a fresh full TTL, so
     /// renewals lost during the election do not expire anything.
     RefreshLeases,
     /// The provider's agent confirms an allocation placed on it.
-    ConfirmAllocation { allocation_id: Uuid, provider_id: String },
+    ConfirmAllocation {
+        allocation_id: Uuid,
+        provider_id: String,
+    },
     /// The provider's agent confirms it let go of a released allocation.
-    ConfirmDeallocation { allocation_id: Uuid, provider_id: String },
+    ConfirmDeallocation {
+        allocation_id: Uuid,
+        provider_id: String,
+    },
 }
 
 impl Command {
@@ -78,10 +94,21 @@ impl Command {
 pub enum CommandResponse {
     /// Allocate, release, renew and confirmations answer with the request's record.
     Request(Box<RequestRecord>),
-    Provider { provider_id: String, status: ProviderStatus, resources: u64 },
-    ProviderRemoved { provider_id: String },
-    Ticked { expired: u64, rejected: u64 },
-    LeasesRefreshed { leases: u64 },
+    Provider {
+        provider_id: String,
+        status: ProviderStatus,
+        resources: u64,
+    },
+    ProviderRemoved {
+        provider_id: String,
+    },
+    Ticked {
+        expired: u64,
+        rejected: u64,
+    },
+    LeasesRefreshed {
+        leases: u64,
+    },
 }
 
 impl CommandResponse {

@@ -17,7 +17,10 @@ pub struct InvalidArgument {
 
 impl InvalidArgument {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        InvalidArgument { field: field.into(), reason: reason.into() }
+        InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -33,13 +36,21 @@ pub enum CommandError {
     #[error("request_id {request_id} was already used for a different request")]
     RequestIdReused { request_id: Uuid },
     #[error("resource {resource_id} of provider {provider_id} is held by an allocation and cannot be {change}")]
-    ResourceInUse { provider_id: String, resource_id: String, change: String },
+    ResourceInUse {
+        provider_id: String,
+        resource_id: String,
+        change: String,
+    },
     #[error("allocation {allocation_id} is not active (it is {state}); only an active allocation can be renewed or confirmed")]
     NotActive { allocation_id: Uuid, state: String },
     #[error("allocation {allocation_id} has no lease to renew")]
     NoLease { allocation_id: Uuid },
     #[error("allocation {allocation_id} is placed on {actual}, not {claimed}")]
-    WrongProvider { allocation_id: Uuid, claimed: String, actual: String },
+    WrongProvider {
+        allocation_id: Uuid,
+        claimed: String,
+        actual: String,
+    },
 }
 
 impl CommandError {

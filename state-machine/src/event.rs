@@ -42,7 +42,12 @@ pub struct Event {
 
 impl Event {
     pub fn new(revision: u64, at_ms: u64, kind: EventKind) -> Event {
-        Event { revision, event_id: Uuid::new_v5(&EVENT_ID_NAMESPACE, &revision.to_be_bytes()), at_ms, kind }
+        Event {
+            revision,
+            event_id: Uuid::new_v5(&EVENT_ID_NAMESPACE, &revision.to_be_bytes()),
+            at_ms,
+            kind,
+        }
     }
 
     /// The namespace an event belongs to, for per-namespace watches; `None`
@@ -92,24 +97,94 @@ impl Event {
 pub enum EventKind {
     /// The protocol's `resource_status` event: a unit became available,
     /// allocated or failed. `used`/`capacity` give its utilization.
-    ResourceStatus { provider_id: String, resource_id: String, kind: String, status: ResourceState, used: u64, capacity: u64 },
-    ProviderRegistered { provider_id: String, resources: u64 },
-    ProviderUpdated { provider_id: String, resources: u64 },
-    ProviderDeregistered { provider_id: String },
-    ProviderFailed { provider_id: String },
-    ProviderRecovered { provider_id: String },
-    AllocationGranted { request_id: Uuid, allocation_id: Uuid, requester_id: String, namespace: String, provider_id: String, grants: Vec<UnitGrant> },
-    RequestQueued { request_id: Uuid, requester_id: String, namespace: String, reason: String },
-    RequestRejected { request_id: Uuid, requester_id: String, namespace: String, reason: String },
-    RequestCancelled { request_id: Uuid, namespace: String },
-    AllocationReleased { request_id: Uuid, allocation_id: Uuid, namespace: String, provider_id: String },
-    AllocationExpired { request_id: Uuid, allocation_id: Uuid, namespace: String, provider_id: String },
+    ResourceStatus {
+        provider_id: String,
+        resource_id: String,
+        kind: String,
+        status: ResourceState,
+        used: u64,
+        capacity: u64,
+    },
+    ProviderRegistered {
+        provider_id: String,
+        resources: u64,
+    },
+    ProviderUpdated {
+        provider_id: String,
+        resources: u64,
+    },
+    ProviderDeregistered {
+        provider_id: String,
+    },
+    ProviderFailed {
+        provider_id: String,
+    },
+    ProviderRecovered {
+        provider_id: String,
+    },
+    AllocationGranted {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        provider_id: String,
+        grants: Vec<UnitGrant>,
+    },
+    RequestQueued {
+        request_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        reason: String,
+    },
+    RequestRejected {
+        request_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        reason: String,
+    },
+    RequestCancelled {
+        request_id: Uuid,
+        namespace: String,
+    },
+    AllocationReleased {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    AllocationExpired {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
     /// Re-placed off a failed or deregistered provider (`resource_failure →
     /// reallocate_resources`).
-    AllocationMoved { request_id: Uuid, allocation_id: Uuid, namespace: String, from_provider: String, to_provider: String, grants: Vec<UnitGrant> },
-    AllocationConfirmed { allocation_id: Uuid, namespace: String, provider_id: String },
-    DeallocationConfirmed { allocation_id: Uuid, namespace: String, provider_id: String },
-    LeaseRenewed { allocation_id: Uuid, namespace: String, expires_at_ms: u64 },
+    AllocationMoved {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        grants: Vec<UnitGrant>,
+    },
+    AllocationConfirmed {
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    DeallocationConfirmed {
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    LeaseRenewed {
+        allocation_id: Uuid,
+        namespace: String,
+        expires_at_ms: u64,
+    },
     /// A new leader gave every lease a fresh window.
-    LeasesRefreshed { leases: u64 },
+    LeasesRefreshed {
+        leases: u64,
+    },
 }

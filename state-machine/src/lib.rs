@@ -37,7 +37,8 @@
 //!   then the lower resource id. The search is bounded (see [`table`]).
 //! * **Queue**: priority (higher first), then arrival. Freed capacity
 //!   re-examines the head of the queue; smaller requests may backfill past a
-//!   larger one that does not fit yet.
+//!   larger one that does not fit yet. A request past its deadline is never
+//!   granted; the next tick rejects it.
 //! * **Idempotency**: `request_id` is the key. The same request again returns
 //!   its record and allocates nothing more; a different request under the same
 //!   id is refused. Finished requests are remembered for

@@ -75,10 +75,20 @@ impl ResourceRequest {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<AllocationRequest, InvalidArgument> {
-        let request_id = self.request_id.as_deref().ok_or_else(|| InvalidArgument::new("request_id", "is required"))?;
-        let request_id = Uuid::parse_str(request_id).map_err(|_| InvalidArgument::new("request_id", format!("{request_id:?} is not a uuid")))?;
-        let requester_id = self.requester_id.clone().ok_or_else(|| InvalidArgument::new("requester_id", "is required"))?;
-        let requirements = self.resource_requirements.as_ref().ok_or_else(|| InvalidArgument::new("resource_requirements", "is required"))?;
+        let request_id = self
+            .request_id
+            .as_deref()
+            .ok_or_else(|| InvalidArgument::new("request_id", "is required"))?;
+        let request_id =
+            Uuid::parse_str(request_id).map_err(|_| InvalidArgument::new("request_id", format!("{request_id:?} is not a uuid")))?;
+        let requester_id = self
+            .requester_id
+            .clone()
+            .ok_or_else(|| InvalidArgument::new("requester_id", "is required"))?;
+        let requirements = self
+            .resource_requirements
+            .as_ref()
+            .ok_or_else(|| InvalidArgument::new("resource_requirements", "is required"))?;
         // Checked before looking at any entry, so a huge map costs nothing more.
         if requirements.len() > REQUIREMENT_KINDS_MAX {
             return Err(InvalidArgument::new(
@@ -91,14 +101,22 @@ impl ResourceRequest {
             .map(|(kind, quantity)| {
                 let field = check_key("resource_requirements", kind)?;
                 let whole = whole_number(&field, quantity)?;
-                Ok(Requirement { kind: kind.clone(), quantity: check_quantity(&field, whole as i128)? })
+                Ok(Requirement {
+                    kind: kind.clone(),
+                    quantity: check_quantity(&field, whole as i128)?,
+                })
             })
             .collect::<Result<Vec<_>, InvalidArgument>>()?;
-        let priority = self.priority.as_ref().ok_or_else(|| InvalidArgument::new("priority", "is required"))?;
+        let priority = self
+            .priority
+            .as_ref()
+            .ok_or_else(|| InvalidArgument::new("priority", "is required"))?;
         let priority = whole_number("priority", priority)?;
         let deadline_ms = match &self.deadline {
             None => None,
-            Some(text) => Some(parse_rfc3339(text).ok_or_else(|| InvalidArgument::new("deadline", format!("{text:?} is not an RFC 3339 datetime")))?),
+            Some(text) => {
+                Some(parse_rfc3339(text).ok_or_else(|| InvalidArgument::new("deadline", format!("{text:?} is not an RFC 3339 datetime")))?)
+            }
         };
         let constraints = self.constraints.clone().unwrap_or_default();
         let request = AllocationRequest {
@@ -109,7 +127,11 @@ impl ResourceRequest {
             priority,
             deadline_ms,
             lease_ttl_ms: self.lease_ttl_ms,
-            constraints: Constraints { provider_id: constraints.provider_id, labels: constraints.labels, resource_ids: constraints.resource_ids },
+            constraints: Constraints {
+                provider_id: constraints.provider_id,
+                labels: constraints.labels,
+                resource_ids: constraints.resource_ids,
+            },
             placement: self.placement.unwrap_or_default(),
         };
         request.check()?;
@@ -124,7 +146,13 @@ impl From<&AllocationRequest> for ResourceRequest {
         ResourceRequest {
             request_id: Some(request.request_id.to_string()),
             requester_id: Some(request.requester_id.clone()),
-            resource_requirements: Some(request.requirements.iter().map(|r| (r.kind.clone(), Number::from(r.quantity))).collect()),
+            resource_requirements: Some(
+                request
+                    .requirements
+                    .iter()
+                    .map(|r| (r.kind.clone(), Number::from(r.quantity)))
+                    .collect(),
+            ),
             priority: Some(Number::from(request.priority)),
             deadline: request.deadline_ms.map(format_rfc3339),
             namespace: (request.namespace != DEFAULT_NAMESPACE).then(|| request.namespace.clone()),
@@ -199,7 +227,10 @@ impl From<&RequestRecord> for AllocationResponse {
                 let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
                 for grant in &placement.grants {
                     let units = by_kind.entry(grant.kind.clone()).or_insert_with(|| Value::Array(Vec::new()));
-                    units.as_array_mut().expect("built as arrays").push(Value::String(grant.resource_id.clone()));
+                    units
+                        .as_array_mut()
+                        .expect("built as arrays")
+                        .push(Value::String(grant.resource_id.clone()));
                 }
                 by_kind
             }),
@@ -239,7 +270,14 @@ pub fn event_to_json(event: &Event) -> Value {
     object.insert("event_id".into(), event.event_id.to_string().into());
     object.insert("timestamp".into(), format_rfc3339(event.at_ms).into());
     match &event.kind {
-        EventKind::ResourceStatus { provider_id, resource_id, kind, status, used, capacity } => {
+        EventKind::ResourceStatus {
+            provider_id,
+            resource_id,
+            kind,
+            status,
+            used,
+            capacity,
+        } => {
             object.insert("resource_id".into(), resource_id.clone().into());
             object.insert("provider_id".into(), provider_id.clone().into());
             object.insert("kind".into(), kind.clone().into());

@@ -76,7 +76,10 @@ impl ProviderRegistration {
         if self.resources.len() > RESOURCES_PER_PROVIDER_MAX {
             return Err(InvalidArgument::new(
                 "resources",
-                format!("has {} resources, at most {RESOURCES_PER_PROVIDER_MAX} are allowed", self.resources.len()),
+                format!(
+                    "has {} resources, at most {RESOURCES_PER_PROVIDER_MAX} are allowed",
+                    self.resources.len()
+                ),
             ));
         }
         for (position, resource) in self.resources.iter_mut().enumerate() {
@@ -85,11 +88,18 @@ impl ProviderRegistration {
             check_id(&format!("{field}.kind"), &resource.kind)?;
             check_quantity(&format!("{field}.capacity"), resource.capacity as i128)?;
             check_labels(&format!("{field}.labels"), &resource.labels)?;
-            resource.sharing.get_or_insert(if resource.capacity == 1 { Sharing::Exclusive } else { Sharing::Divisible });
+            resource.sharing.get_or_insert(if resource.capacity == 1 {
+                Sharing::Exclusive
+            } else {
+                Sharing::Divisible
+            });
         }
         self.resources.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
         if let Some(pair) = self.resources.windows(2).find(|pair| pair[0].resource_id == pair[1].resource_id) {
-            return Err(InvalidArgument::new("resources", format!("resource_id {} appears twice", pair[0].resource_id)));
+            return Err(InvalidArgument::new(
+                "resources",
+                format!("resource_id {} appears twice", pair[0].resource_id),
+            ));
         }
         Ok(self)
     }
@@ -139,8 +149,6 @@ impl Resource {
 pub struct KindTotals {
     pub capacity: u64,
     pub free: u64,
-    /// The provider's units of this kind, by id.
-    pub resource_ids: Vec<String>,
 }
 
 /// A registered provider.
@@ -168,7 +176,11 @@ impl Provider {
             registered_at_ms: now_ms,
             kinds: BTreeMap::new(),
         };
-        provider.resources = registration.resources.iter().map(|spec| (spec.resource_id.clone(), Resource::from_spec(spec))).collect();
+        provider.resources = registration
+            .resources
+            .iter()
+            .map(|spec| (spec.resource_id.clone(), Resource::from_spec(spec)))
+            .collect();
         provider.rebuild_kinds();
         provider
     }
@@ -177,10 +189,13 @@ impl Provider {
     pub fn rebuild_kinds(&mut self) {
         self.kinds.clear();
         for resource in self.resources.values() {
-            let totals = self.kinds.entry(resource.kind.clone()).or_default();
+            // Look up before inserting: `entry` would clone the kind for every unit.
+            if !self.kinds.contains_key(&resource.kind) {
+                self.kinds.insert(resource.kind.clone(), KindTotals::default());
+            }
+            let totals = self.kinds.get_mut(&resource.kind).expect("just ensured");
             totals.capacity += resource.capacity;
             totals.free += resource.free();
-            totals.resource_ids.push(resource.resource_id.clone());
         }
     }
 
@@ -210,7 +225,11 @@ impl Provider {
         let mut candidates: Vec<&Resource> = match allowed.is_empty() {
             true => self.resources.values().filter(|resource| resource.kind == kind).collect(),
             false => {
-                let mut pinned: Vec<&Resource> = allowed.iter().filter_map(|id| self.resources.get(id)).filter(|r| r.kind == kind).collect();
+                let mut pinned: Vec<&Resource> = allowed
+                    .iter()
+                    .filter_map(|id| self.resources.get(id))
+                    .filter(|r| r.kind == kind)
+                    .collect();
                 pinned.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
                 pinned.dedup_by(|a, b| a.resource_id == b.resource_id);
                 pinned
@@ -220,7 +239,10 @@ impl Provider {
         let single = match policy {
             PlacementPolicy::BestFit => candidates.iter().filter(|r| r.free() >= quantity).min_by_key(|r| r.free()),
             // `max_by_key` keeps the last of equal maxima; reversing the id keeps the lower id.
-            PlacementPolicy::Spread => candidates.iter().filter(|r| r.free() >= quantity).max_by_key(|r| (r.free(), Reverse(&r.resource_id))),
+            PlacementPolicy::Spread => candidates
+                .iter()
+                .filter(|r| r.free() >= quantity)
+                .max_by_key(|r| (r.free(), Reverse(&r.resource_id))),
         };
         if let Some(resource) = single {
             return Some(vec![UnitGrant::take(resource, quantity)]);
@@ -245,9 +267,19 @@ impl Provider {
     /// free amount changed, with the amount before, for the caller's indexes.
     pub fn hold(&mut self, allocation_id: Uuid, grants: &[UnitGrant]) -> Vec<(String, u64)> {
         self.change_units(grants, |resource, grant| {
-            assert!(resource.free() >= grant.amount, "over-commit of {}: {} free, {} granted", resource.resource_id, resource.free(), grant.amount);
+            assert!(
+                resource.free() >= grant.amount,
+                "over-commit of {}: {} free, {} granted",
+                resource.resource_id,
+                resource.free(),
+                grant.amount
+            );
             let previous = resource.holders.insert(allocation_id, grant.amount);
-            assert!(previous.is_none(), "allocation {allocation_id} holds {} twice", resource.resource_id);
+            assert!(
+                previous.is_none(),
+                "allocation {allocation_id} holds {} twice",
+                resource.resource_id
+            );
         })
     }
 
@@ -255,7 +287,12 @@ impl Provider {
     pub fn unhold(&mut self, allocation_id: Uuid, grants: &[UnitGrant]) -> Vec<(String, u64)> {
         self.change_units(grants, |resource, grant| {
             let held = resource.holders.remove(&allocation_id);
-            assert_eq!(held, Some(grant.amount), "allocation {allocation_id} did not hold {}", resource.resource_id);
+            assert_eq!(
+                held,
+                Some(grant.amount),
+                "allocation {allocation_id} did not hold {}",
+                resource.resource_id
+            );
         })
     }
 
@@ -265,7 +302,10 @@ impl Provider {
             if !before.iter().any(|(kind, _)| *kind == grant.kind) {
                 before.push((grant.kind.clone(), self.free_of(&grant.kind)));
             }
-            let resource = self.resources.get_mut(&grant.resource_id).expect("grant names a unit of this provider");
+            let resource = self
+                .resources
+                .get_mut(&grant.resource_id)
+                .expect("grant names a unit of this provider");
             let free_before = resource.free();
             change(resource, grant);
             let free_after = resource.free();
@@ -288,3 +328,7 @@ impl Resource {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "provider_test.rs"]
+mod tests;

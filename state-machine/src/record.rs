@@ -86,7 +86,11 @@ impl UnitGrant {
             Sharing::Exclusive => resource.capacity,
             Sharing::Divisible => wanted.min(resource.free()),
         };
-        UnitGrant { resource_id: resource.resource_id.clone(), kind: resource.kind.clone(), amount }
+        UnitGrant {
+            resource_id: resource.resource_id.clone(),
+            kind: resource.kind.clone(),
+            amount,
+        }
     }
 }
 

@@ -139,7 +139,10 @@ pub fn check_id(field: &str, value: &str) -> Result<(), InvalidArgument> {
         return Err(InvalidArgument::new(field, "is required and must not be empty"));
     }
     if value.len() > ID_LEN_MAX {
-        return Err(InvalidArgument::new(field, format!("is {} bytes long, at most {ID_LEN_MAX} are allowed", value.len())));
+        return Err(InvalidArgument::new(
+            field,
+            format!("is {} bytes long, at most {ID_LEN_MAX} are allowed", value.len()),
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(InvalidArgument::new(field, "must not contain spaces or control characters"));
@@ -169,7 +172,10 @@ pub fn check_quantity(field: &str, value: i128) -> Result<u64, InvalidArgument> 
         return Err(InvalidArgument::new(field, format!("must be positive, got {value}")));
     }
     if value > QUANTITY_MAX as i128 {
-        return Err(InvalidArgument::new(field, format!("is {value}, at most {QUANTITY_MAX} is allowed")));
+        return Err(InvalidArgument::new(
+            field,
+            format!("is {value}, at most {QUANTITY_MAX} is allowed"),
+        ));
     }
     Ok(value as u64)
 }
@@ -177,7 +183,10 @@ pub fn check_quantity(field: &str, value: i128) -> Result<u64, InvalidArgument> 
 /// Labels: at most [`LABELS_MAX`], keys are identifiers, values bounded.
 pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), InvalidArgument> {
     if labels.len() > LABELS_MAX {
-        return Err(InvalidArgument::new(field, format!("has {} labels, at most {LABELS_MAX} are allowed", labels.len())));
+        return Err(InvalidArgument::new(
+            field,
+            format!("has {} labels, at most {LABELS_MAX} are allowed", labels.len()),
+        ));
     }
     for (key, value) in labels {
         let key_field = check_key(field, key)?;
@@ -189,4 +198,33 @@ pub fn check_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_key_names_the_entry_or_only_the_parent() {
+        assert_eq!(
+            Ok("resource_requirements.gpu".to_owned()),
+            check_key("resource_requirements", "gpu")
+        );
+        let long = "k".repeat(ID_LEN_MAX + 1);
+        let expected = InvalidArgument::new(
+            "labels",
+            format!("has a key {} bytes long, at most {ID_LEN_MAX} are allowed", ID_LEN_MAX + 1),
+        );
+        assert_eq!(Err(expected), check_key("labels", &long));
+        assert_eq!(Err(InvalidArgument::new("labels", "has an empty key")), check_key("labels", ""));
+    }
+
+    #[test]
+    fn check_quantity_accepts_one_to_the_limit() {
+        assert_eq!(Ok(1), check_quantity("q", 1));
+        assert_eq!(Ok(QUANTITY_MAX), check_quantity("q", QUANTITY_MAX as i128));
+        for bad in [0, -1, QUANTITY_MAX as i128 + 1] {
+            assert_eq!(Some("q".to_owned()), check_quantity("q", bad).err().map(|invalid| invalid.field));
+        }
+    }
 }

@@ -7,12 +7,17 @@ use std::fmt::Write;
 
 use common::*;
 use qm_state_machine::limits::{ID_LEN_MAX, QUANTITY_MAX, REQUIREMENT_KINDS_MAX};
-use qm_state_machine::{AllocationRequest, Command, CommandError, Constraints, InvalidArgument, ProviderRegistration, Requirement, ResourceRequest};
+use qm_state_machine::{
+    AllocationRequest, Command, CommandError, Constraints, InvalidArgument, ProviderRegistration, Requirement, ResourceRequest,
+};
 use serde_json::{json, Value};
 
 /// A table with some state, so "unchanged" means something.
 fn busy_table() -> Table {
-    let mut t = Table::with_providers(vec![provider("node_1", cores("", 2)), provider("node_2", vec![unit("vol_1", "storage_gb", 100)])]);
+    let mut t = Table::with_providers(vec![
+        provider("node_1", cores("", 2)),
+        provider("node_2", vec![unit("vol_1", "storage_gb", 100)]),
+    ]);
     t.allocate(&request(1, &[("cpu_cores", 1)]));
     t.allocate(&request(2, &[("cpu_cores", 2)]));
     t
@@ -67,7 +72,10 @@ fn a_request_without_requester_id_is_refused_naming_it() {
 
     // --- the same in a log entry (empty, as the wire's proto3 would carry it)
     let mut t = busy_table();
-    let command = Command::Allocate(AllocationRequest { requester_id: String::new(), ..request(9, &[("cpu_cores", 1)]) });
+    let command = Command::Allocate(AllocationRequest {
+        requester_id: String::new(),
+        ..request(9, &[("cpu_cores", 1)])
+    });
     assert_refused(&mut t, command, "requester_id");
 }
 
@@ -82,18 +90,31 @@ fn every_required_field_is_named_when_missing() {
 
 #[test]
 fn negative_and_zero_quantities_are_refused_naming_the_kind() {
-    let invalid = refused_document(example_with("resource_requirements", json!({ "cpu_cores": -2 })), "resource_requirements.cpu_cores");
+    let invalid = refused_document(
+        example_with("resource_requirements", json!({ "cpu_cores": -2 })),
+        "resource_requirements.cpu_cores",
+    );
     assert_eq!("must be positive, got -2", invalid.reason);
-    refused_document(example_with("resource_requirements", json!({ "cpu_cores": 0 })), "resource_requirements.cpu_cores");
+    refused_document(
+        example_with("resource_requirements", json!({ "cpu_cores": 0 })),
+        "resource_requirements.cpu_cores",
+    );
 
     // --- zero in a log entry (a u64 cannot be negative there)
     let mut t = busy_table();
-    assert_refused(&mut t, Command::Allocate(request(9, &[("cpu_cores", 0)])), "resource_requirements.cpu_cores");
+    assert_refused(
+        &mut t,
+        Command::Allocate(request(9, &[("cpu_cores", 0)])),
+        "resource_requirements.cpu_cores",
+    );
 }
 
 #[test]
 fn fractional_quantities_and_priorities_are_refused() {
-    let invalid = refused_document(example_with("resource_requirements", json!({ "cpu_cores": 1.5 })), "resource_requirements.cpu_cores");
+    let invalid = refused_document(
+        example_with("resource_requirements", json!({ "cpu_cores": 1.5 })),
+        "resource_requirements.cpu_cores",
+    );
     assert_eq!("must be a whole number, got 1.5", invalid.reason);
     refused_document(example_with("priority", json!(0.5)), "priority");
     refused_document(example_with("priority", json!(1e30)), "priority");
@@ -101,16 +122,28 @@ fn fractional_quantities_and_priorities_are_refused() {
 
 #[test]
 fn quantities_past_the_limit_are_refused() {
-    refused_document(example_with("resource_requirements", json!({ "cpu_cores": QUANTITY_MAX + 1 })), "resource_requirements.cpu_cores");
-    refused_document(example_with("resource_requirements", json!({ "cpu_cores": u64::MAX })), "resource_requirements.cpu_cores");
+    refused_document(
+        example_with("resource_requirements", json!({ "cpu_cores": QUANTITY_MAX + 1 })),
+        "resource_requirements.cpu_cores",
+    );
+    refused_document(
+        example_with("resource_requirements", json!({ "cpu_cores": u64::MAX })),
+        "resource_requirements.cpu_cores",
+    );
     let mut t = busy_table();
-    assert_refused(&mut t, Command::Allocate(request(9, &[("cpu_cores", QUANTITY_MAX + 1)])), "resource_requirements.cpu_cores");
+    assert_refused(
+        &mut t,
+        Command::Allocate(request(9, &[("cpu_cores", QUANTITY_MAX + 1)])),
+        "resource_requirements.cpu_cores",
+    );
 }
 
 #[test]
 fn a_ten_megabyte_requirements_map_is_refused_without_echoing_it() {
     // --- a ~10 MB document with hundreds of thousands of kinds
-    let mut document = String::from(r#"{"request_id": "550e8400-e29b-41d4-a716-446655440000", "requester_id": "agent_123", "priority": 1, "resource_requirements": {"#);
+    let mut document = String::from(
+        r#"{"request_id": "550e8400-e29b-41d4-a716-446655440000", "requester_id": "agent_123", "priority": 1, "resource_requirements": {"#,
+    );
     let mut kinds = 0;
     while document.len() < 10 * 1024 * 1024 {
         write!(document, r#""kind_{kinds:07}": 1,"#).unwrap();
@@ -122,22 +155,47 @@ fn a_ten_megabyte_requirements_map_is_refused_without_echoing_it() {
 
     let invalid = ResourceRequest::from_json(&document).unwrap().validate().unwrap_err();
     assert_eq!("resource_requirements", invalid.field);
-    assert_eq!(format!("has {kinds} kinds, at most {REQUIREMENT_KINDS_MAX} are allowed"), invalid.reason);
+    assert_eq!(
+        format!("has {kinds} kinds, at most {REQUIREMENT_KINDS_MAX} are allowed"),
+        invalid.reason
+    );
 
     // --- the same number of kinds in a log entry
     let mut t = busy_table();
-    let requirements = (0..kinds).map(|n| Requirement { kind: format!("kind_{n:07}"), quantity: 1 }).collect();
-    assert_refused(&mut t, Command::Allocate(AllocationRequest { requirements, ..request(9, &[]) }), "resource_requirements");
+    let requirements = (0..kinds)
+        .map(|n| Requirement {
+            kind: format!("kind_{n:07}"),
+            quantity: 1,
+        })
+        .collect();
+    assert_refused(
+        &mut t,
+        Command::Allocate(AllocationRequest {
+            requirements,
+            ..request(9, &[])
+        }),
+        "resource_requirements",
+    );
 }
 
 #[test]
 fn a_huge_kind_name_is_refused_without_echoing_it() {
     let kind = "k".repeat(10 * 1024 * 1024);
-    let invalid = refused_document(example_with("resource_requirements", json!({ kind.clone(): 1 })), "resource_requirements");
+    let invalid = refused_document(
+        example_with("resource_requirements", json!({ kind.clone(): 1 })),
+        "resource_requirements",
+    );
     assert!(invalid.reason.len() < 200, "{}", invalid.reason);
     let mut t = busy_table();
-    let invalid = assert_refused(&mut t, Command::Allocate(request(9, &[(kind.as_str(), 1)])), "resource_requirements");
-    assert_eq!(format!("has a key {} bytes long, at most {ID_LEN_MAX} are allowed", kind.len()), invalid.reason);
+    let invalid = assert_refused(
+        &mut t,
+        Command::Allocate(request(9, &[(kind.as_str(), 1)])),
+        "resource_requirements",
+    );
+    assert_eq!(
+        format!("has a key {} bytes long, at most {ID_LEN_MAX} are allowed", kind.len()),
+        invalid.reason
+    );
 }
 
 #[test]
@@ -159,9 +217,21 @@ fn other_malformed_fields_are_named() {
     refused_document(example_with("namespace", json!("has space")), "namespace");
     refused_document(example_with("lease_ttl_ms", json!(10)), "lease_ttl_ms");
     refused_document(example_with("resource_requirements", json!({})), "resource_requirements");
-    refused_document(example_with("constraints", json!({ "resource_ids": ["cpu_1"] })), "constraints.resource_ids");
-    refused_document(example_with("constraints", json!({ "provider_id": "node_1", "resource_ids": ["cpu_1", "cpu_1"] })), "constraints.resource_ids");
-    refused_document(example_with("constraints", json!({ "labels": { "zone": "x".repeat(300) } })), "constraints.labels.zone");
+    refused_document(
+        example_with("constraints", json!({ "resource_ids": ["cpu_1"] })),
+        "constraints.resource_ids",
+    );
+    refused_document(
+        example_with(
+            "constraints",
+            json!({ "provider_id": "node_1", "resource_ids": ["cpu_1", "cpu_1"] }),
+        ),
+        "constraints.resource_ids",
+    );
+    refused_document(
+        example_with("constraints", json!({ "labels": { "zone": "x".repeat(300) } })),
+        "constraints.labels.zone",
+    );
 }
 
 #[test]
@@ -169,13 +239,22 @@ fn an_unknown_provider_or_unit_in_a_constraint_is_refused() {
     let mut t = busy_table();
 
     // --- a provider nobody registered
-    let ghost = AllocationRequest { constraints: on_provider("ghost"), ..request(9, &[("cpu_cores", 1)]) };
+    let ghost = AllocationRequest {
+        constraints: on_provider("ghost"),
+        ..request(9, &[("cpu_cores", 1)])
+    };
     let invalid = assert_refused(&mut t, Command::Allocate(ghost), "constraints.provider_id");
     assert_eq!("unknown provider ghost", invalid.reason);
 
     // --- a unit the named provider does not have
-    let constraints = Constraints { resource_ids: vec!["cpu_9".into()], ..on_provider("node_1") };
-    let missing = AllocationRequest { constraints, ..request(9, &[("cpu_cores", 1)]) };
+    let constraints = Constraints {
+        resource_ids: vec!["cpu_9".into()],
+        ..on_provider("node_1")
+    };
+    let missing = AllocationRequest {
+        constraints,
+        ..request(9, &[("cpu_cores", 1)])
+    };
     assert_refused(&mut t, Command::Allocate(missing), "constraints.resource_ids");
 }
 
@@ -194,13 +273,25 @@ fn bad_registrations_are_refused_naming_the_field() {
     let with = |resources| provider("node_3", resources);
     let cases: Vec<(ProviderRegistration, &str)> = vec![
         (with(vec![unit("cpu_1", "cpu_cores", -1)]), "resources[0].capacity"),
-        (with(vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_2", "cpu_cores", 0)]), "resources[1].capacity"),
-        (with(vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_1", "cpu_cores", 1)]), "resources"),
+        (
+            with(vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_2", "cpu_cores", 0)]),
+            "resources[1].capacity",
+        ),
+        (
+            with(vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_1", "cpu_cores", 1)]),
+            "resources",
+        ),
         (with(vec![]), "resources"),
         (with(vec![unit("", "cpu_cores", 1)]), "resources[0].resource_id"),
         (with(vec![unit("cpu_1", "", 1)]), "resources[0].kind"),
         (provider("", cores("", 1)), "provider_id"),
-        (ProviderRegistration { labels: labels(&[("bad key", "x")]), ..with(cores("", 1)) }, "labels"),
+        (
+            ProviderRegistration {
+                labels: labels(&[("bad key", "x")]),
+                ..with(cores("", 1))
+            },
+            "labels",
+        ),
     ];
     for (registration, field) in cases {
         assert_refused(&mut t, Command::RegisterProvider(registration), field);

@@ -15,11 +15,18 @@ fn busy_table(config: TableConfig) -> Table {
     t.register(provider("node_1", cores("a", 2)));
     t.register(provider("node_2", cores("b", 1)));
     t.allocate(&request(1, &[("cpu_cores", 2)]));
-    t.allocate(&AllocationRequest { lease_ttl_ms: Some(1_000), ..request(2, &[("cpu_cores", 1)]) });
+    t.allocate(&AllocationRequest {
+        lease_ttl_ms: Some(1_000),
+        ..request(2, &[("cpu_cores", 1)])
+    });
     t.allocate(&request(3, &[("cpu_cores", 1)]));
-    t.apply(Command::ProviderFailed { provider_id: "node_1".into() });
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
     t.tick_at(T0 + 1_000);
-    t.apply(Command::ProviderRecovered { provider_id: "node_1".into() });
+    t.apply(Command::ProviderRecovered {
+        provider_id: "node_1".into(),
+    });
     t
 }
 
@@ -57,7 +64,10 @@ fn a_watcher_resumes_from_any_kept_revision() {
 
 #[test]
 fn compacted_revisions_are_refused_with_the_oldest_kept() {
-    let t = busy_table(TableConfig { event_history_max: 5, ..Default::default() });
+    let t = busy_table(TableConfig {
+        event_history_max: 5,
+        ..Default::default()
+    });
     let newest = t.table.revision();
     let oldest = newest - 4;
 
@@ -67,17 +77,29 @@ fn compacted_revisions_are_refused_with_the_oldest_kept() {
 
     // --- anything older is refused, naming where history starts now
     for requested in [0, 1, oldest - 1] {
-        assert_eq!(Some(EventsError::Compacted { requested, oldest }), t.table.events_from(requested).err());
+        assert_eq!(
+            Some(EventsError::Compacted { requested, oldest }),
+            t.table.events_from(requested).err()
+        );
     }
 }
 
 #[test]
 fn a_table_that_keeps_no_history_refuses_every_past_revision() {
-    let t = busy_table(TableConfig { event_history_max: 0, ..Default::default() });
+    let t = busy_table(TableConfig {
+        event_history_max: 0,
+        ..Default::default()
+    });
     let newest = t.table.revision();
 
     // --- nothing is kept (the bound holds even at zero), the future is still fine
-    assert_eq!(Some(EventsError::Compacted { requested: newest, oldest: newest + 1 }), t.table.events_from(newest).err());
+    assert_eq!(
+        Some(EventsError::Compacted {
+            requested: newest,
+            oldest: newest + 1
+        }),
+        t.table.events_from(newest).err()
+    );
     assert_eq!(0, t.table.events_from(newest + 1).unwrap().count());
 }
 
@@ -114,7 +136,14 @@ fn a_resource_status_event_carries_the_protocol_fields() {
 
 #[test]
 fn other_events_carry_their_fields_flat() {
-    let event = Event::new(2, T0, EventKind::RequestCancelled { request_id: id(1), namespace: "team_a".into() });
+    let event = Event::new(
+        2,
+        T0,
+        EventKind::RequestCancelled {
+            request_id: id(1),
+            namespace: "team_a".into(),
+        },
+    );
     let expected = json!({
         "type": "request_cancelled",
         "revision": 2,
@@ -125,5 +154,15 @@ fn other_events_carry_their_fields_flat() {
     });
     assert_eq!(expected, event_to_json(&event));
     assert_eq!(Some("team_a"), event.namespace());
-    assert_eq!(None, Event::new(3, T0, EventKind::ProviderFailed { provider_id: "node_1".into() }).namespace());
+    assert_eq!(
+        None,
+        Event::new(
+            3,
+            T0,
+            EventKind::ProviderFailed {
+                provider_id: "node_1".into()
+            }
+        )
+        .namespace()
+    );
 }

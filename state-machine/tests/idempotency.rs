@@ -46,14 +46,26 @@ fn a_different_request_under_a_used_id_is_refused() {
     t.allocate(&request(1, &[("cpu_cores", 1)]));
 
     // --- same id, other quantities or other priority: refused, the table unchanged
-    for changed in [request(1, &[("cpu_cores", 2)]), AllocationRequest { priority: 3, ..request(1, &[("cpu_cores", 1)]) }] {
-        assert_eq!(Err(CommandError::RequestIdReused { request_id: id(1) }), t.allocate(&changed).result);
+    for changed in [
+        request(1, &[("cpu_cores", 2)]),
+        AllocationRequest {
+            priority: 3,
+            ..request(1, &[("cpu_cores", 1)])
+        },
+    ] {
+        assert_eq!(
+            Err(CommandError::RequestIdReused { request_id: id(1) }),
+            t.allocate(&changed).result
+        );
     }
 }
 
 #[test]
 fn a_finished_request_is_remembered_for_the_dedupe_window() {
-    let mut t = Table::with_config(TableConfig { dedupe_window_ms: 10_000, ..Default::default() });
+    let mut t = Table::with_config(TableConfig {
+        dedupe_window_ms: 10_000,
+        ..Default::default()
+    });
     t.register(provider("node_1", cores("", 1)));
     let wanted = request(1, &[("cpu_cores", 1)]);
     t.allocate(&wanted);
@@ -64,7 +76,10 @@ fn a_finished_request_is_remembered_for_the_dedupe_window() {
     // --- a retry inside the window answers the released record; nothing is allocated again
     t.now_ms = T0 + 10_999;
     let retry = t.allocate(&wanted);
-    assert_eq!((Ok(CommandResponse::Request(Box::new(released))), vec![]), (retry.result, retry.events));
+    assert_eq!(
+        (Ok(CommandResponse::Request(Box::new(released))), vec![]),
+        (retry.result, retry.events)
+    );
     assert_eq!(0, t.table.active_allocations());
 
     // --- the first command at the window's end forgets it
@@ -80,7 +95,10 @@ fn a_finished_request_is_remembered_for_the_dedupe_window() {
 
 #[test]
 fn at_most_finished_requests_max_are_remembered_oldest_first_out() {
-    let mut t = Table::with_config(TableConfig { finished_requests_max: 2, ..Default::default() });
+    let mut t = Table::with_config(TableConfig {
+        finished_requests_max: 2,
+        ..Default::default()
+    });
     t.register(provider("node_1", cores("", 1)));
 
     // --- three rejected requests (nobody offers gpus): the oldest is forgotten, inside the window
@@ -88,12 +106,19 @@ fn at_most_finished_requests_max_are_remembered_oldest_first_out() {
         t.now_ms += 1;
         assert_eq!(RequestState::Error, t.allocate_record(&request(n, &[("gpu", 1)])).state);
     }
-    assert_eq!((None, true, true), (t.table.get(id(1)), t.table.get(id(2)).is_some(), t.table.get(id(3)).is_some()));
+    assert_eq!(
+        (None, true, true),
+        (t.table.get(id(1)), t.table.get(id(2)).is_some(), t.table.get(id(3)).is_some())
+    );
 }
 
 #[test]
 fn eviction_work_per_command_is_bounded() {
-    let config = TableConfig { dedupe_window_ms: 1_000, evictions_per_command_max: 2, ..Default::default() };
+    let config = TableConfig {
+        dedupe_window_ms: 1_000,
+        evictions_per_command_max: 2,
+        ..Default::default()
+    };
     let mut t = Table::with_config(config);
     t.register(provider("node_1", cores("", 1)));
     for n in 1..=5 {
@@ -109,7 +134,10 @@ fn eviction_work_per_command_is_bounded() {
 
 #[test]
 fn a_failed_command_evicts_nothing() {
-    let mut t = Table::with_config(TableConfig { dedupe_window_ms: 1_000, ..Default::default() });
+    let mut t = Table::with_config(TableConfig {
+        dedupe_window_ms: 1_000,
+        ..Default::default()
+    });
     t.register(provider("node_1", cores("", 1)));
     t.allocate(&request(1, &[("gpu", 1)]));
 

@@ -9,7 +9,10 @@ use qm_state_machine::ResourceState::Available;
 use qm_state_machine::{AllocationRequest, AllocationStatus, Command, CommandError, CommandResponse, EventKind, RequestState};
 
 fn leased(n: u128, ttl_ms: u64) -> AllocationRequest {
-    AllocationRequest { lease_ttl_ms: Some(ttl_ms), ..request(n, &[("cpu_cores", 1)]) }
+    AllocationRequest {
+        lease_ttl_ms: Some(ttl_ms),
+        ..request(n, &[("cpu_cores", 1)])
+    }
 }
 
 #[test]
@@ -26,10 +29,20 @@ fn a_lease_expires_on_the_first_tick_at_or_past_it() {
     t.now_ms = T0 + 5_000;
     let expected = t.expect(vec![core("node_1", "cpu_1", Available), expired(&held, "node_1")]);
     let applied = t.apply(Command::Tick);
-    assert_eq!((Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }), expected), (applied.result, applied.events));
+    assert_eq!(
+        (Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }), expected),
+        (applied.result, applied.events)
+    );
     let record = t.record(id(1));
-    assert_eq!((RequestState::Idle, Some("lease_expired"), None), (record.state, record.reason.as_deref(), record.lease_expires_at_ms));
-    assert_eq!(Some("node_1"), record.placement.as_ref().map(|p| p.provider_id.as_str()), "the last placement stays as history");
+    assert_eq!(
+        (RequestState::Idle, Some("lease_expired"), None),
+        (record.state, record.reason.as_deref(), record.lease_expires_at_ms)
+    );
+    assert_eq!(
+        Some("node_1"),
+        record.placement.as_ref().map(|p| p.provider_id.as_str()),
+        "the last placement stays as history"
+    );
 }
 
 #[test]
@@ -39,18 +52,34 @@ fn renewing_extends_a_lease_by_its_ttl_from_now() {
 
     // --- renew by request id at +4s: expires at +9s
     t.now_ms = T0 + 4_000;
-    let expected = t.expect(vec![EventKind::LeaseRenewed { allocation_id: allocation_id_for(id(1)), namespace: "default".into(), expires_at_ms: T0 + 9_000 }]);
+    let expected = t.expect(vec![EventKind::LeaseRenewed {
+        allocation_id: allocation_id_for(id(1)),
+        namespace: "default".into(),
+        expires_at_ms: T0 + 9_000,
+    }]);
     let applied = t.apply(Command::RenewLease { id: id(1) });
     assert_eq!(expected, applied.events);
     assert_eq!(Some(T0 + 9_000), record_of(applied).lease_expires_at_ms);
 
     // --- the old expiry passes harmlessly
-    assert_eq!(Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }), t.tick_at(T0 + 5_000).result);
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
+        t.tick_at(T0 + 5_000).result
+    );
 
     // --- renew by allocation id at +8s: expires at +13s
     t.now_ms = T0 + 8_000;
-    assert_eq!(Some(T0 + 13_000), record_of(t.apply(Command::RenewLease { id: allocation_id_for(id(1)) })).lease_expires_at_ms);
-    assert_eq!(Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }), t.tick_at(T0 + 13_000).result);
+    assert_eq!(
+        Some(T0 + 13_000),
+        record_of(t.apply(Command::RenewLease {
+            id: allocation_id_for(id(1))
+        }))
+        .lease_expires_at_ms
+    );
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }),
+        t.tick_at(T0 + 13_000).result
+    );
 }
 
 #[test]
@@ -61,10 +90,21 @@ fn renewing_is_refused_without_an_active_lease() {
     let (allocation_1, allocation_2) = (allocation_id_for(id(1)), allocation_id_for(id(2)));
 
     // --- no lease, queued, unknown: each refused with its own error, nothing changed
-    assert_eq!(Err(CommandError::NoLease { allocation_id: allocation_1 }), t.apply(Command::RenewLease { id: id(1) }).result);
-    let not_active = CommandError::NotActive { allocation_id: allocation_2, state: "queued".into() };
+    assert_eq!(
+        Err(CommandError::NoLease {
+            allocation_id: allocation_1
+        }),
+        t.apply(Command::RenewLease { id: id(1) }).result
+    );
+    let not_active = CommandError::NotActive {
+        allocation_id: allocation_2,
+        state: "queued".into(),
+    };
     assert_eq!(Err(not_active), t.apply(Command::RenewLease { id: id(2) }).result);
-    assert_eq!(Err(CommandError::NotFound { id: id(99) }), t.apply(Command::RenewLease { id: id(99) }).result);
+    assert_eq!(
+        Err(CommandError::NotFound { id: id(99) }),
+        t.apply(Command::RenewLease { id: id(99) }).result
+    );
 }
 
 #[test]
@@ -78,10 +118,16 @@ fn a_new_leader_gives_every_lease_a_fresh_window() {
     t.now_ms = T0 + 4_000;
     let expected = t.expect(vec![EventKind::LeasesRefreshed { leases: 2 }]);
     let applied = t.apply(Command::RefreshLeases);
-    assert_eq!((Ok(CommandResponse::LeasesRefreshed { leases: 2 }), expected), (applied.result, applied.events));
+    assert_eq!(
+        (Ok(CommandResponse::LeasesRefreshed { leases: 2 }), expected),
+        (applied.result, applied.events)
+    );
     assert_eq!(Some(T0 + 9_000), t.record(id(1)).lease_expires_at_ms);
     assert_eq!(Some(T0 + 64_000), t.record(id(2)).lease_expires_at_ms);
-    assert_eq!(Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }), t.tick_at(T0 + 5_000).result);
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
+        t.tick_at(T0 + 5_000).result
+    );
 }
 
 #[test]
@@ -109,12 +155,18 @@ fn release_by_either_id_is_idempotent() {
     let applied = t.release(id(1));
     assert_eq!(expected, applied.events);
     let record = record_of(applied);
-    assert_eq!((RequestState::Idle, AllocationStatus::Allocated, Some("released")), (record.state, record.status, record.reason.as_deref()));
+    assert_eq!(
+        (RequestState::Idle, AllocationStatus::Allocated, Some("released")),
+        (record.state, record.status, record.reason.as_deref())
+    );
 
     // --- again, by either id: the same record, no events
     for again in [id(1), allocation_id_for(id(1))] {
         let applied = t.release(again);
-        assert_eq!((Ok(CommandResponse::Request(Box::new(record.clone()))), vec![]), (applied.result, applied.events));
+        assert_eq!(
+            (Ok(CommandResponse::Request(Box::new(record.clone()))), vec![]),
+            (applied.result, applied.events)
+        );
     }
 
     // --- the second by its allocation id
@@ -136,31 +188,68 @@ fn a_confirming_provider_moves_allocations_through_every_protocol_state() {
     assert_eq!(RequestState::Allocation, t.allocate_record(&request(1, &[("cpu_cores", 1)])).state);
 
     // --- another provider cannot confirm it
-    let wrong = CommandError::WrongProvider { allocation_id, claimed: "node_2".into(), actual: "node_1".into() };
-    assert_eq!(Err(wrong), t.apply(Command::ConfirmAllocation { allocation_id, provider_id: "node_2".into() }).result);
+    let wrong = CommandError::WrongProvider {
+        allocation_id,
+        claimed: "node_2".into(),
+        actual: "node_1".into(),
+    };
+    assert_eq!(
+        Err(wrong),
+        t.apply(Command::ConfirmAllocation {
+            allocation_id,
+            provider_id: "node_2".into()
+        })
+        .result
+    );
 
     // --- confirmed: `monitoring`; confirming again is a no-op
-    let confirm = Command::ConfirmAllocation { allocation_id, provider_id: "node_1".into() };
-    let expected = t.expect(vec![EventKind::AllocationConfirmed { allocation_id, namespace: "default".into(), provider_id: "node_1".into() }]);
+    let confirm = Command::ConfirmAllocation {
+        allocation_id,
+        provider_id: "node_1".into(),
+    };
+    let expected = t.expect(vec![EventKind::AllocationConfirmed {
+        allocation_id,
+        namespace: "default".into(),
+        provider_id: "node_1".into(),
+    }]);
     let applied = t.apply(confirm.clone());
-    assert_eq!((RequestState::Monitoring, expected), (record_of(applied.clone()).state, applied.events));
+    assert_eq!(
+        (RequestState::Monitoring, expected),
+        (record_of(applied.clone()).state, applied.events)
+    );
     assert_eq!(Vec::<qm_state_machine::Event>::new(), t.apply(confirm.clone()).events);
 
     // --- a deallocation cannot be confirmed before the release
-    let confirm_release = Command::ConfirmDeallocation { allocation_id, provider_id: "node_1".into() };
-    let not_released = CommandError::NotActive { allocation_id, state: "monitoring".into() };
+    let confirm_release = Command::ConfirmDeallocation {
+        allocation_id,
+        provider_id: "node_1".into(),
+    };
+    let not_released = CommandError::NotActive {
+        allocation_id,
+        state: "monitoring".into(),
+    };
     assert_eq!(Err(not_released), t.apply(confirm_release.clone()).result);
 
     // --- released: `deallocation` (units already free) until confirmed, then `idle`
     assert_eq!(RequestState::Deallocation, record_of(t.release(id(1))).state);
     assert_eq!(1, t.table.usage().by_kind["cpu_cores"].free);
-    let expected = t.expect(vec![EventKind::DeallocationConfirmed { allocation_id, namespace: "default".into(), provider_id: "node_1".into() }]);
+    let expected = t.expect(vec![EventKind::DeallocationConfirmed {
+        allocation_id,
+        namespace: "default".into(),
+        provider_id: "node_1".into(),
+    }]);
     let applied = t.apply(confirm_release.clone());
     assert_eq!((RequestState::Idle, expected), (record_of(applied.clone()).state, applied.events));
     assert_eq!(Vec::<qm_state_machine::Event>::new(), t.apply(confirm_release).events);
 
     // --- confirming an allocation that is over is refused
-    assert_eq!(Err(CommandError::NotActive { allocation_id, state: "idle".into() }), t.apply(confirm).result);
+    assert_eq!(
+        Err(CommandError::NotActive {
+            allocation_id,
+            state: "idle".into()
+        }),
+        t.apply(confirm).result
+    );
 }
 
 #[test]
@@ -170,9 +259,23 @@ fn without_a_confirming_agent_grants_go_straight_to_monitoring_and_releases_to_i
     assert_eq!(RequestState::Monitoring, t.allocate_record(&request(1, &[("cpu_cores", 1)])).state);
 
     // --- late confirmations are harmless no-ops
-    assert_eq!(Vec::<qm_state_machine::Event>::new(), t.apply(Command::ConfirmAllocation { allocation_id, provider_id: "node_1".into() }).events);
+    assert_eq!(
+        Vec::<qm_state_machine::Event>::new(),
+        t.apply(Command::ConfirmAllocation {
+            allocation_id,
+            provider_id: "node_1".into()
+        })
+        .events
+    );
     assert_eq!(RequestState::Idle, record_of(t.release(id(1))).state);
-    assert_eq!(Vec::<qm_state_machine::Event>::new(), t.apply(Command::ConfirmDeallocation { allocation_id, provider_id: "node_1".into() }).events);
+    assert_eq!(
+        Vec::<qm_state_machine::Event>::new(),
+        t.apply(Command::ConfirmDeallocation {
+            allocation_id,
+            provider_id: "node_1".into()
+        })
+        .events
+    );
 }
 
 #[test]
@@ -191,7 +294,11 @@ fn protocol_state_names_read_back() {
         assert_eq!(serde_json::json!(name), serde_json::to_value(state).unwrap());
         assert_eq!(state, serde_json::from_value::<RequestState>(serde_json::json!(name)).unwrap());
     }
-    for (status, name) in [(AllocationStatus::Allocated, "allocated"), (AllocationStatus::Queued, "queued"), (AllocationStatus::Rejected, "rejected")] {
+    for (status, name) in [
+        (AllocationStatus::Allocated, "allocated"),
+        (AllocationStatus::Queued, "queued"),
+        (AllocationStatus::Rejected, "rejected"),
+    ] {
         assert_eq!(name, status.as_str());
         assert_eq!(status, serde_json::from_value::<AllocationStatus>(serde_json::json!(name)).unwrap());
     }

@@ -5,16 +5,24 @@ mod common;
 
 use common::*;
 use qm_state_machine::ResourceState::Allocated;
-use qm_state_machine::{AllocationRequest, AllocationStatus, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant};
+use qm_state_machine::{
+    AllocationRequest, AllocationStatus, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant,
+};
 
 /// Where a record sits: its provider and grants.
 fn placed(record: &RequestRecord) -> (String, Vec<UnitGrant>) {
-    let placement = record.placement.as_ref().unwrap_or_else(|| panic!("{} is {:?}, not placed", record.request.request_id, record.state));
+    let placement = record
+        .placement
+        .as_ref()
+        .unwrap_or_else(|| panic!("{} is {:?}, not placed", record.request.request_id, record.state));
     (placement.provider_id.clone(), placement.grants.clone())
 }
 
 fn spread(request: AllocationRequest) -> AllocationRequest {
-    AllocationRequest { placement: PlacementPolicy::Spread, ..request }
+    AllocationRequest {
+        placement: PlacementPolicy::Spread,
+        ..request
+    }
 }
 
 #[test]
@@ -26,11 +34,21 @@ fn exclusive_units_are_held_one_allocation_each() {
     let expected = t.expect(vec![
         core("node_1", "cpu_1", Allocated),
         core("node_1", "cpu_2", Allocated),
-        granted(&first, "node_1", vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_2", "cpu_cores", 1)]),
+        granted(
+            &first,
+            "node_1",
+            vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_2", "cpu_cores", 1)],
+        ),
     ]);
     assert_eq!(expected, t.allocate(&first).events);
     let second = t.allocate_record(&request(2, &[("cpu_cores", 2)]));
-    assert_eq!(("node_1".into(), vec![grant("cpu_3", "cpu_cores", 1), grant("cpu_4", "cpu_cores", 1)]), placed(&second));
+    assert_eq!(
+        (
+            "node_1".into(),
+            vec![grant("cpu_3", "cpu_cores", 1), grant("cpu_4", "cpu_cores", 1)]
+        ),
+        placed(&second)
+    );
 
     // --- no core left: the third waits
     let third = request(3, &[("cpu_cores", 1)]);
@@ -43,7 +61,10 @@ fn an_exclusive_unit_is_held_whole_even_when_less_is_asked() {
 
     // --- one of four: the whole unit is held
     let first = request(1, &[("gpu", 1)]);
-    let expected = t.expect(vec![status("gpu_node", "gpu_1", "gpu", Allocated, 4, 4), granted(&first, "gpu_node", vec![grant("gpu_1", "gpu", 4)])]);
+    let expected = t.expect(vec![
+        status("gpu_node", "gpu_1", "gpu", Allocated, 4, 4),
+        granted(&first, "gpu_node", vec![grant("gpu_1", "gpu", 4)]),
+    ]);
     assert_eq!(expected, t.allocate(&first).events);
 
     // --- nothing is left for a second
@@ -74,21 +95,41 @@ fn a_divisible_unit_is_carved_until_full() {
 fn an_amount_larger_than_any_unit_spans_units_largest_first() {
     let mut t = Table::with_providers(vec![provider(
         "node_1",
-        vec![unit("vol_1", "storage_gb", 100), unit("vol_2", "storage_gb", 100), unit("vol_3", "storage_gb", 40)],
+        vec![
+            unit("vol_1", "storage_gb", 100),
+            unit("vol_2", "storage_gb", 100),
+            unit("vol_3", "storage_gb", 40),
+        ],
     )]);
 
     // --- 150: vol_1 whole (equal to vol_2, lower id), then 50 of vol_2
     let record = t.allocate_record(&request(1, &[("storage_gb", 150)]));
-    assert_eq!(("node_1".into(), vec![grant("vol_1", "storage_gb", 100), grant("vol_2", "storage_gb", 50)]), placed(&record));
+    assert_eq!(
+        (
+            "node_1".into(),
+            vec![grant("vol_1", "storage_gb", 100), grant("vol_2", "storage_gb", 50)]
+        ),
+        placed(&record)
+    );
 
     // --- 60: vol_2 (50 free) and vol_3 (40) cannot fit it alone; largest first: vol_2 then 10 of vol_3
     let record = t.allocate_record(&request(2, &[("storage_gb", 60)]));
-    assert_eq!(("node_1".into(), vec![grant("vol_2", "storage_gb", 50), grant("vol_3", "storage_gb", 10)]), placed(&record));
+    assert_eq!(
+        (
+            "node_1".into(),
+            vec![grant("vol_2", "storage_gb", 50), grant("vol_3", "storage_gb", 10)]
+        ),
+        placed(&record)
+    );
 }
 
 #[test]
 fn within_a_provider_best_fit_takes_the_tightest_unit_and_spread_the_roomiest() {
-    let units = vec![unit("vol_a", "storage_gb", 100), unit("vol_b", "storage_gb", 50), unit("vol_c", "storage_gb", 50)];
+    let units = vec![
+        unit("vol_a", "storage_gb", 100),
+        unit("vol_b", "storage_gb", 50),
+        unit("vol_c", "storage_gb", 50),
+    ];
     let mut t = Table::with_providers(vec![provider("node_1", units)]);
 
     // --- best fit: 40 goes to a 50 unit, the lower id of the two
@@ -102,10 +143,19 @@ fn within_a_provider_best_fit_takes_the_tightest_unit_and_spread_the_roomiest() 
 
 #[test]
 fn spread_breaks_ties_between_units_towards_the_lower_id() {
-    let mut t = Table::with_providers(vec![provider("node_1", vec![unit("vol_a", "storage_gb", 50), unit("vol_b", "storage_gb", 50)])]);
+    let mut t = Table::with_providers(vec![provider(
+        "node_1",
+        vec![unit("vol_a", "storage_gb", 50), unit("vol_b", "storage_gb", 50)],
+    )]);
 
     // --- equal free amounts: vol_a, then vol_b (now the roomier), then vol_a again
-    let picks: Vec<String> = (1..=3).map(|n| placed(&t.allocate_record(&spread(request(n, &[("storage_gb", 10)])))).1[0].resource_id.clone()).collect();
+    let picks: Vec<String> = (1..=3)
+        .map(|n| {
+            placed(&t.allocate_record(&spread(request(n, &[("storage_gb", 10)])))).1[0]
+                .resource_id
+                .clone()
+        })
+        .collect();
     assert_eq!(vec!["vol_a", "vol_b", "vol_a"], picks);
 }
 
@@ -137,15 +187,32 @@ fn spread_picks_the_provider_with_the_most_free_and_the_lower_id_on_ties() {
     ]);
 
     // --- node_b and node_c both have 3: node_b; then node_c has the most; then all have 2: node_a
-    let picks: Vec<String> = (1..=3).map(|n| placed(&t.allocate_record(&spread(request(n, &[("cpu_cores", 1)])))).0).collect();
+    let picks: Vec<String> = (1..=3)
+        .map(|n| placed(&t.allocate_record(&spread(request(n, &[("cpu_cores", 1)])))).0)
+        .collect();
     assert_eq!(vec!["node_b", "node_c", "node_a"], picks);
 }
 
 #[test]
 fn all_kinds_of_a_request_go_to_one_provider() {
     let mut t = Table::with_providers(vec![
-        provider("node_a", vec![unit("acpu_1", "cpu_cores", 1), unit("acpu_2", "cpu_cores", 1), unit("amem_1", "memory_gb", 2)]),
-        provider("node_b", vec![unit("bcpu_1", "cpu_cores", 1), unit("bcpu_2", "cpu_cores", 1), unit("bcpu_3", "cpu_cores", 1), unit("bmem_1", "memory_gb", 8)]),
+        provider(
+            "node_a",
+            vec![
+                unit("acpu_1", "cpu_cores", 1),
+                unit("acpu_2", "cpu_cores", 1),
+                unit("amem_1", "memory_gb", 2),
+            ],
+        ),
+        provider(
+            "node_b",
+            vec![
+                unit("bcpu_1", "cpu_cores", 1),
+                unit("bcpu_2", "cpu_cores", 1),
+                unit("bcpu_3", "cpu_cores", 1),
+                unit("bmem_1", "memory_gb", 8),
+            ],
+        ),
     ]);
 
     // --- node_a is the best fit for cores but lacks memory; node_b holds both
@@ -154,7 +221,15 @@ fn all_kinds_of_a_request_go_to_one_provider() {
         core("node_b", "bcpu_1", Allocated),
         core("node_b", "bcpu_2", Allocated),
         status("node_b", "bmem_1", "memory_gb", Allocated, 4, 8),
-        granted(&wanted, "node_b", vec![grant("bcpu_1", "cpu_cores", 1), grant("bcpu_2", "cpu_cores", 1), grant("bmem_1", "memory_gb", 4)]),
+        granted(
+            &wanted,
+            "node_b",
+            vec![
+                grant("bcpu_1", "cpu_cores", 1),
+                grant("bcpu_2", "cpu_cores", 1),
+                grant("bmem_1", "memory_gb", 4),
+            ],
+        ),
     ]);
     assert_eq!(expected, t.allocate(&wanted).events);
 }
@@ -164,14 +239,26 @@ fn a_provider_constraint_overrides_best_fit() {
     let mut t = Table::with_providers(vec![provider("node_a", cores("a", 1)), provider("node_b", cores("b", 4))]);
 
     // --- node_a would fit tighter, but the request names node_b
-    let pinned = AllocationRequest { constraints: on_provider("node_b"), ..request(1, &[("cpu_cores", 1)]) };
+    let pinned = AllocationRequest {
+        constraints: on_provider("node_b"),
+        ..request(1, &[("cpu_cores", 1)])
+    };
     assert_eq!("node_b", placed(&t.allocate_record(&pinned)).0);
 
     // --- a constraint on a failed provider waits for it, even with room elsewhere
-    t.apply(qm_state_machine::Command::ProviderFailed { provider_id: "node_b".into() });
-    let waiting = AllocationRequest { constraints: on_provider("node_b"), ..request(2, &[("cpu_cores", 1)]) };
+    t.apply(qm_state_machine::Command::ProviderFailed {
+        provider_id: "node_b".into(),
+    });
+    let waiting = AllocationRequest {
+        constraints: on_provider("node_b"),
+        ..request(2, &[("cpu_cores", 1)])
+    };
     assert_eq!(RequestState::Queued, t.allocate_record(&waiting).state);
-    assert_eq!(RequestState::Queued, t.record(id(1)).state, "an allocation pinned to a failed provider can only queue");
+    assert_eq!(
+        RequestState::Queued,
+        t.record(id(1)).state,
+        "an allocation pinned to a failed provider can only queue"
+    );
 }
 
 #[test]
@@ -181,11 +268,23 @@ fn label_constraints_select_providers_and_wait_for_one() {
     let mut t = Table::with_providers(vec![provider("node_a", cores("a", 1)), gpu_zone]);
 
     // --- only node_b carries zone=eu
-    let in_eu = AllocationRequest { constraints: Constraints { labels: labels(&[("zone", "eu")]), ..Constraints::default() }, ..request(1, &[("cpu_cores", 1)]) };
+    let in_eu = AllocationRequest {
+        constraints: Constraints {
+            labels: labels(&[("zone", "eu")]),
+            ..Constraints::default()
+        },
+        ..request(1, &[("cpu_cores", 1)])
+    };
     assert_eq!("node_b", placed(&t.allocate_record(&in_eu)).0);
 
     // --- nobody carries zone=us: the request waits rather than being rejected
-    let in_us = AllocationRequest { constraints: Constraints { labels: labels(&[("zone", "us")]), ..Constraints::default() }, ..request(2, &[("cpu_cores", 1)]) };
+    let in_us = AllocationRequest {
+        constraints: Constraints {
+            labels: labels(&[("zone", "us")]),
+            ..Constraints::default()
+        },
+        ..request(2, &[("cpu_cores", 1)])
+    };
     assert_eq!(t.expect(vec![queued(&in_us, INSUFFICIENT)]), t.allocate(&in_us).events);
 
     // --- a provider with the label arrives and takes it
@@ -199,12 +298,18 @@ fn label_constraints_select_providers_and_wait_for_one() {
 fn pinned_units_act_as_a_lock() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 4))]);
     let lock = |n: u128| AllocationRequest {
-        constraints: Constraints { resource_ids: vec!["cpu_3".into()], ..on_provider("node_1") },
+        constraints: Constraints {
+            resource_ids: vec!["cpu_3".into()],
+            ..on_provider("node_1")
+        },
         ..request(n, &[("cpu_cores", 1)])
     };
 
     // --- the first holder gets exactly cpu_3, though cpu_1 is free
-    assert_eq!(("node_1".into(), vec![grant("cpu_3", "cpu_cores", 1)]), placed(&t.allocate_record(&lock(1))));
+    assert_eq!(
+        ("node_1".into(), vec![grant("cpu_3", "cpu_cores", 1)]),
+        placed(&t.allocate_record(&lock(1)))
+    );
 
     // --- the second waits for it
     assert_eq!(RequestState::Queued, t.allocate_record(&lock(2)).state);
@@ -225,7 +330,10 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
 
     // --- a kind nobody offers
     let gpu = request(1, &[("gpu", 1)]);
-    assert_eq!(t.expect(vec![rejected(&gpu, "unknown_kind: no provider offers gpu")]), t.allocate(&gpu).events);
+    assert_eq!(
+        t.expect(vec![rejected(&gpu, "unknown_kind: no provider offers gpu")]),
+        t.allocate(&gpu).events
+    );
     let record = t.record(id(1));
     assert_eq!((RequestState::Error, AllocationStatus::Rejected), (record.state, record.status));
 
@@ -235,13 +343,19 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
     assert_eq!(t.expect(vec![rejected(&huge, reason)]), t.allocate(&huge).events);
 
     // --- more than the named provider has
-    let named = AllocationRequest { constraints: on_provider("node_1"), ..request(3, &[("cpu_cores", 3)]) };
+    let named = AllocationRequest {
+        constraints: on_provider("node_1"),
+        ..request(3, &[("cpu_cores", 3)])
+    };
     let reason = "insufficient_capacity: provider node_1 can never hold 3 cpu_cores (it has 2 in the allowed units)";
     assert_eq!(t.expect(vec![rejected(&named, reason)]), t.allocate(&named).events);
 
     // --- more than the pinned units hold
     let pinned = AllocationRequest {
-        constraints: Constraints { resource_ids: vec!["cpu_1".into()], ..on_provider("node_1") },
+        constraints: Constraints {
+            resource_ids: vec!["cpu_1".into()],
+            ..on_provider("node_1")
+        },
         ..request(4, &[("cpu_cores", 2)])
     };
     let reason = "insufficient_capacity: provider node_1 can never hold 2 cpu_cores (it has 1 in the allowed units)";
@@ -251,7 +365,9 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
 #[test]
 fn a_failed_providers_capacity_still_counts_as_possible() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 4))]);
-    t.apply(qm_state_machine::Command::ProviderFailed { provider_id: "node_1".into() });
+    t.apply(qm_state_machine::Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
 
     // --- 4 cores could fit once node_1 is back: queued, not rejected
     assert_eq!(RequestState::Queued, t.allocate_record(&request(1, &[("cpu_cores", 4)])).state);
@@ -278,7 +394,10 @@ fn placement_examines_a_bounded_number_of_candidates() {
     assert_eq!("node_c", placed(&roomy.allocate_record(&wanted)).0);
 
     // --- with two, the search stops before node_c and the request waits: the price of a bounded decision
-    let mut bounded = Table::with_config(qm_state_machine::TableConfig { placement_candidates_max: 2, ..Default::default() });
+    let mut bounded = Table::with_config(qm_state_machine::TableConfig {
+        placement_candidates_max: 2,
+        ..Default::default()
+    });
     for registration in registrations() {
         bounded.register(registration);
     }

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, Constraints, Event, ListFilter, PlacementPolicy, ProviderRegistration, ProviderStatus,
-    RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
+    AllocationRequest, AllocationTable, Applied, Command, Constraints, Event, ListFilter, PlacementPolicy, ProviderRegistration,
+    ProviderStatus, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
 };
 use uuid::Uuid;
 
@@ -29,19 +29,52 @@ const REQUEST_IDS: u8 = 16;
 /// [`UNKNOWN_TARGET`] or more names a request that is likely unknown.
 #[derive(Clone, Debug)]
 enum Op {
-    Register { provider: u8, cores: u8, memory_gb: u8, gpu: bool, confirms: bool },
-    Allocate { request: u8, cores: u8, memory_gb: u8, gpus: u8, priority: i8, lease: bool, deadline_ms: Option<u16>, pin: Option<u8>, spread: bool },
+    Register {
+        provider: u8,
+        cores: u8,
+        memory_gb: u8,
+        gpu: bool,
+        confirms: bool,
+    },
+    Allocate {
+        request: u8,
+        cores: u8,
+        memory_gb: u8,
+        gpus: u8,
+        priority: i8,
+        lease: bool,
+        deadline_ms: Option<u16>,
+        pin: Option<u8>,
+        spread: bool,
+    },
     /// The remembered request sent again, unchanged: a client's retry.
-    Retry { target: u8 },
-    Release { target: u8, by_allocation_id: bool },
-    Renew { target: u8 },
+    Retry {
+        target: u8,
+    },
+    Release {
+        target: u8,
+        by_allocation_id: bool,
+    },
+    Renew {
+        target: u8,
+    },
     Tick,
-    Fail { provider: u8 },
-    Recover { provider: u8 },
-    Deregister { provider: u8 },
+    Fail {
+        provider: u8,
+    },
+    Recover {
+        provider: u8,
+    },
+    Deregister {
+        provider: u8,
+    },
     RefreshLeases,
     /// From the provider the allocation is on, or (`right_provider` false) from another.
-    Confirm { target: u8, right_provider: bool, deallocation: bool },
+    Confirm {
+        target: u8,
+        right_provider: bool,
+        deallocation: bool,
+    },
 }
 
 const UNKNOWN_TARGET: u8 = 240;
@@ -68,7 +101,13 @@ impl Op {
     /// table, so replicas with equal tables derive equal commands.
     fn command(&self, table: &AllocationTable) -> Command {
         match *self {
-            Op::Register { provider, cores, memory_gb, gpu, confirms } => {
+            Op::Register {
+                provider,
+                cores,
+                memory_gb,
+                gpu,
+                confirms,
+            } => {
                 let mut resources: Vec<ResourceSpec> = (0..cores).map(|n| spec(&format!("cpu_{n}"), "cpu_cores", 1, None)).collect();
                 if memory_gb > 0 {
                     resources.push(spec("mem_0", "memory_gb", memory_gb as i64, None));
@@ -80,22 +119,49 @@ impl Op {
                     resources.push(spec("cpu_0", "cpu_cores", 1, None));
                 }
                 let labels = BTreeMap::from([("parity".to_owned(), (provider % 2).to_string())]);
-                Command::RegisterProvider(ProviderRegistration { provider_id: provider_id(provider), labels, resources, confirms_allocations: confirms })
+                Command::RegisterProvider(ProviderRegistration {
+                    provider_id: provider_id(provider),
+                    labels,
+                    resources,
+                    confirms_allocations: confirms,
+                })
             }
-            Op::Allocate { request, cores, memory_gb, gpus, priority, lease, deadline_ms, pin, spread } => {
+            Op::Allocate {
+                request,
+                cores,
+                memory_gb,
+                gpus,
+                priority,
+                lease,
+                deadline_ms,
+                pin,
+                spread,
+            } => {
                 let mut requirements = Vec::new();
                 for (kind, quantity) in [("cpu_cores", cores), ("gpu", gpus), ("memory_gb", memory_gb)] {
                     if quantity > 0 {
-                        requirements.push(Requirement { kind: kind.to_owned(), quantity: quantity as u64 });
+                        requirements.push(Requirement {
+                            kind: kind.to_owned(),
+                            quantity: quantity as u64,
+                        });
                     }
                 }
                 if requirements.is_empty() {
-                    requirements.push(Requirement { kind: "cpu_cores".to_owned(), quantity: 1 });
+                    requirements.push(Requirement {
+                        kind: "cpu_cores".to_owned(),
+                        quantity: 1,
+                    });
                 }
                 let constraints = match pin {
                     None => Constraints::default(),
-                    Some(provider) if provider % 2 == 0 => Constraints { provider_id: Some(provider_id(provider)), ..Constraints::default() },
-                    Some(provider) => Constraints { labels: BTreeMap::from([("parity".to_owned(), (provider % 2).to_string())]), ..Constraints::default() },
+                    Some(provider) if provider % 2 == 0 => Constraints {
+                        provider_id: Some(provider_id(provider)),
+                        ..Constraints::default()
+                    },
+                    Some(provider) => Constraints {
+                        labels: BTreeMap::from([("parity".to_owned(), (provider % 2).to_string())]),
+                        ..Constraints::default()
+                    },
                 };
                 Command::Allocate(AllocationRequest {
                     request_id: request_id(request),
@@ -107,7 +173,11 @@ impl Op {
                     deadline_ms: deadline_ms.map(|offset| T0 + offset as u64 * 10),
                     lease_ttl_ms: lease.then_some(2_000),
                     constraints,
-                    placement: if spread { PlacementPolicy::Spread } else { PlacementPolicy::BestFit },
+                    placement: if spread {
+                        PlacementPolicy::Spread
+                    } else {
+                        PlacementPolicy::BestFit
+                    },
                 })
             }
             Op::Retry { target } => match table.get(target_id(table, target)) {
@@ -116,25 +186,48 @@ impl Op {
             },
             Op::Release { target, by_allocation_id } => {
                 let id = target_id(table, target);
-                Command::Release { id: if by_allocation_id { allocation_id_for(id) } else { id } }
+                Command::Release {
+                    id: if by_allocation_id { allocation_id_for(id) } else { id },
+                }
             }
-            Op::Renew { target } => Command::RenewLease { id: target_id(table, target) },
+            Op::Renew { target } => Command::RenewLease {
+                id: target_id(table, target),
+            },
             Op::Tick => Command::Tick,
-            Op::Fail { provider } => Command::ProviderFailed { provider_id: provider_id(provider) },
-            Op::Recover { provider } => Command::ProviderRecovered { provider_id: provider_id(provider) },
-            Op::Deregister { provider } => Command::DeregisterProvider { provider_id: provider_id(provider) },
+            Op::Fail { provider } => Command::ProviderFailed {
+                provider_id: provider_id(provider),
+            },
+            Op::Recover { provider } => Command::ProviderRecovered {
+                provider_id: provider_id(provider),
+            },
+            Op::Deregister { provider } => Command::DeregisterProvider {
+                provider_id: provider_id(provider),
+            },
             Op::RefreshLeases => Command::RefreshLeases,
-            Op::Confirm { target, right_provider, deallocation } => {
+            Op::Confirm {
+                target,
+                right_provider,
+                deallocation,
+            } => {
                 let id = target_id(table, target);
-                let placed_on = table.get(id).and_then(|record| record.placement.as_ref()).map(|placement| placement.provider_id.clone());
+                let placed_on = table
+                    .get(id)
+                    .and_then(|record| record.placement.as_ref())
+                    .map(|placement| placement.provider_id.clone());
                 let provider_id = match (right_provider, placed_on) {
                     (true, Some(provider_id)) => provider_id,
                     _ => provider_id(target % PROVIDERS),
                 };
                 let allocation_id = allocation_id_for(id);
                 match deallocation {
-                    false => Command::ConfirmAllocation { allocation_id, provider_id },
-                    true => Command::ConfirmDeallocation { allocation_id, provider_id },
+                    false => Command::ConfirmAllocation {
+                        allocation_id,
+                        provider_id,
+                    },
+                    true => Command::ConfirmDeallocation {
+                        allocation_id,
+                        provider_id,
+                    },
                 }
             }
         }
@@ -142,12 +235,25 @@ impl Op {
 }
 
 fn spec(resource_id: &str, kind: &str, capacity: i64, sharing: Option<Sharing>) -> ResourceSpec {
-    ResourceSpec { resource_id: resource_id.to_owned(), kind: kind.to_owned(), capacity, labels: BTreeMap::new(), sharing }
+    ResourceSpec {
+        resource_id: resource_id.to_owned(),
+        kind: kind.to_owned(),
+        capacity,
+        labels: BTreeMap::new(),
+        sharing,
+    }
 }
 
 fn register() -> impl Strategy<Value = Op> {
-    (0..PROVIDERS, 0..4u8, 0..9u8, prop::bool::weighted(0.3), prop::bool::weighted(0.3))
-        .prop_map(|(provider, cores, memory_gb, gpu, confirms)| Op::Register { provider, cores, memory_gb, gpu, confirms })
+    (0..PROVIDERS, 0..4u8, 0..9u8, prop::bool::weighted(0.3), prop::bool::weighted(0.3)).prop_map(
+        |(provider, cores, memory_gb, gpu, confirms)| Op::Register {
+            provider,
+            cores,
+            memory_gb,
+            gpu,
+            confirms,
+        },
+    )
 }
 
 fn allocate() -> impl Strategy<Value = Op> {
@@ -160,17 +266,19 @@ fn allocate() -> impl Strategy<Value = Op> {
         prop::option::weighted(0.2, 0..PROVIDERS),
         prop::bool::weighted(0.3),
     )
-        .prop_map(|(request, (cores, memory_gb, gpus), priority, lease, deadline_ms, pin, spread)| Op::Allocate {
-            request,
-            cores,
-            memory_gb,
-            gpus,
-            priority,
-            lease,
-            deadline_ms,
-            pin,
-            spread,
-        })
+        .prop_map(
+            |(request, (cores, memory_gb, gpus), priority, lease, deadline_ms, pin, spread)| Op::Allocate {
+                request,
+                cores,
+                memory_gb,
+                gpus,
+                priority,
+                lease,
+                deadline_ms,
+                pin,
+                spread,
+            },
+        )
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -197,10 +305,14 @@ fn op() -> impl Strategy<Value = Op> {
 /// sometimes backwards: a new leader with a slower clock.
 fn history() -> impl Strategy<Value = Vec<(i16, Op)>> {
     let step = || (prop_oneof![6 => 0..700i16, 1 => -300..0i16], op());
-    (prop::collection::vec((Just(0i16), register()), 1..4), prop::collection::vec(step(), 1..80)).prop_map(|(mut start, rest)| {
-        start.extend(rest);
-        start
-    })
+    (
+        prop::collection::vec((Just(0i16), register()), 1..4),
+        prop::collection::vec(step(), 1..80),
+    )
+        .prop_map(|(mut start, rest)| {
+            start.extend(rest);
+            start
+        })
 }
 
 /// Tight bounds, so eviction, compaction, queue limits and bounded searches
@@ -253,12 +365,27 @@ fn check_units(table: &AllocationTable) {
     for provider in table.providers() {
         for resource in provider.resources.values() {
             let used: u64 = resource.holders.values().sum();
-            assert!(used <= resource.capacity, "{}/{} holds {used} of {}", provider.provider_id, resource.resource_id, resource.capacity);
+            assert!(
+                used <= resource.capacity,
+                "{}/{} holds {used} of {}",
+                provider.provider_id,
+                resource.resource_id,
+                resource.capacity
+            );
             if resource.sharing == Sharing::Exclusive {
-                assert!(resource.holders.len() <= 1, "exclusive {}/{} is in {} allocations", provider.provider_id, resource.resource_id, resource.holders.len());
+                assert!(
+                    resource.holders.len() <= 1,
+                    "exclusive {}/{} is in {} allocations",
+                    provider.provider_id,
+                    resource.resource_id,
+                    resource.holders.len()
+                );
             }
             for (allocation_id, amount) in &resource.holders {
-                holdings.entry(*allocation_id).or_default().push((provider.provider_id.clone(), resource.resource_id.clone(), *amount));
+                holdings
+                    .entry(*allocation_id)
+                    .or_default()
+                    .push((provider.provider_id.clone(), resource.resource_id.clone(), *amount));
             }
         }
     }
@@ -270,9 +397,18 @@ fn check_units(table: &AllocationTable) {
                 active += 1;
                 let placement = record.placement.as_ref().expect("an active allocation has a placement");
                 let provider = table.provider(&placement.provider_id).expect("placed on a registered provider");
-                assert_eq!(ProviderStatus::Active, provider.status, "{} is on failed {}", record.request.request_id, provider.provider_id);
-                let granted: Vec<(String, String, u64)> =
-                    placement.grants.iter().map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount)).collect();
+                assert_eq!(
+                    ProviderStatus::Active,
+                    provider.status,
+                    "{} is on failed {}",
+                    record.request.request_id,
+                    provider.provider_id
+                );
+                let granted: Vec<(String, String, u64)> = placement
+                    .grants
+                    .iter()
+                    .map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount))
+                    .collect();
                 assert_eq!(granted, held, "{}: grants and units disagree", record.request.request_id);
             }
             RequestState::Queued => {
@@ -300,20 +436,32 @@ fn check_events(revision_before: u64, events: &[Event], table: &AllocationTable)
 /// by offering the same request under a fresh id to a copy of the table.
 fn check_work_conserving(table: &AllocationTable) {
     let fresh_id = Uuid::from_u128(u128::MAX);
-    for record in table.list(&ListFilter { state: Some(RequestState::Queued), ..ListFilter::default() }) {
+    for record in table.list(&ListFilter {
+        state: Some(RequestState::Queued),
+        ..ListFilter::default()
+    }) {
         if record.request.deadline_ms.is_some_and(|deadline| deadline <= table.clock_ms()) {
             continue; // the next tick rejects it
         }
         let mut copy = table.clone();
-        let probe = AllocationRequest { request_id: fresh_id, ..record.request.clone() };
+        let probe = AllocationRequest {
+            request_id: fresh_id,
+            ..record.request.clone()
+        };
         let applied = copy.apply(&StampedCommand::new(table.clock_ms(), Command::Allocate(probe)));
-        let placed = applied.result.ok().and_then(|response| response.request().map(|probe| probe.state.is_active()));
+        let placed = applied
+            .result
+            .ok()
+            .and_then(|response| response.request().map(|probe| probe.state.is_active()));
         assert_ne!(Some(true), placed, "queued {} would fit now", record.request.request_id);
     }
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(96)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(96)
 }
 
 proptest! {

@@ -31,7 +31,11 @@ fn assert_round_trips<T: serde::Serialize>(text: &str, parsed: &T) {
 #[test]
 fn the_resource_request_example_parses_as_written() {
     let parsed = ResourceRequest::from_json(RESOURCE_REQUEST).unwrap();
-    let requirements = BTreeMap::from([("cpu_cores".to_owned(), Number::from(2)), ("memory_gb".into(), 4.into()), ("storage_gb".into(), 100.into())]);
+    let requirements = BTreeMap::from([
+        ("cpu_cores".to_owned(), Number::from(2)),
+        ("memory_gb".into(), 4.into()),
+        ("storage_gb".into(), 100.into()),
+    ]);
     let expected = ResourceRequest {
         request_id: Some("550e8400-e29b-41d4-a716-446655440000".into()),
         requester_id: Some("agent_123".into()),
@@ -52,9 +56,18 @@ fn the_resource_request_example_validates() {
         requester_id: "agent_123".into(),
         namespace: "default".into(),
         requirements: vec![
-            Requirement { kind: "cpu_cores".into(), quantity: 2 },
-            Requirement { kind: "memory_gb".into(), quantity: 4 },
-            Requirement { kind: "storage_gb".into(), quantity: 100 },
+            Requirement {
+                kind: "cpu_cores".into(),
+                quantity: 2,
+            },
+            Requirement {
+                kind: "memory_gb".into(),
+                quantity: 4,
+            },
+            Requirement {
+                kind: "storage_gb".into(),
+                quantity: 100,
+            },
         ],
         priority: 1,
         deadline_ms: Some(1_711_017_000_000),
@@ -66,7 +79,11 @@ fn the_resource_request_example_validates() {
 
     // --- back to the protocol's shape: the same document
     let printed = ResourceRequest::from(&validated);
-    assert_eq!(json!("2024-03-21T10:30:00.000Z"), json!(printed.deadline), "deadlines print with milliseconds");
+    assert_eq!(
+        json!("2024-03-21T10:30:00.000Z"),
+        json!(printed.deadline),
+        "deadlines print with milliseconds"
+    );
     assert_eq!(validated, printed.validate().unwrap());
 }
 
@@ -113,7 +130,14 @@ fn the_resource_status_example_parses_as_written() {
 #[test]
 fn a_registration_in_the_issue_shape_registers_a_provider() {
     let registration: ProviderRegistration = serde_json::from_str(PROVIDER_REGISTRATION).unwrap();
-    assert_eq!(("node_1", 5, false), (registration.provider_id.as_str(), registration.resources.len(), registration.confirms_allocations));
+    assert_eq!(
+        ("node_1", 5, false),
+        (
+            registration.provider_id.as_str(),
+            registration.resources.len(),
+            registration.confirms_allocations
+        )
+    );
     assert_eq!(labels(&[("rack", "r12"), ("zone", "eu-west-1a")]), registration.labels);
     assert_eq!(labels(&[("model", "epyc-7763")]), registration.resources[0].labels);
 
@@ -121,7 +145,16 @@ fn a_registration_in_the_issue_shape_registers_a_provider() {
     let normalised = registration.clone().validate().unwrap();
     let units: Vec<(&str, Option<Sharing>)> = normalised.resources.iter().map(|r| (r.resource_id.as_str(), r.sharing)).collect();
     let (exclusive, divisible) = (Some(Sharing::Exclusive), Some(Sharing::Divisible));
-    assert_eq!(vec![("block_1", divisible), ("block_2", divisible), ("cpu_1", exclusive), ("cpu_2", exclusive), ("vol_1", divisible)], units);
+    assert_eq!(
+        vec![
+            ("block_1", divisible),
+            ("block_2", divisible),
+            ("cpu_1", exclusive),
+            ("cpu_2", exclusive),
+            ("vol_1", divisible)
+        ],
+        units
+    );
 
     // --- registered, it holds the protocol's example request
     let mut t = Table::new();
@@ -134,8 +167,18 @@ fn a_registration_in_the_issue_shape_registers_a_provider() {
     let response = serde_json::to_value(AllocationResponse::from(&record)).unwrap();
     let expected_resources = json!({ "cpu_cores": ["cpu_1", "cpu_2"], "memory_gb": ["block_1", "block_2"], "storage_gb": ["vol_1"] });
     assert_eq!(
-        (&json!(record.response_id.to_string()), &json!("550e8400-e29b-41d4-a716-446655440000"), &json!("allocated"), &expected_resources),
-        (&response["response_id"], &response["request_id"], &response["status"], &response["allocated_resources"])
+        (
+            &json!(record.response_id.to_string()),
+            &json!("550e8400-e29b-41d4-a716-446655440000"),
+            &json!("allocated"),
+            &expected_resources
+        ),
+        (
+            &response["response_id"],
+            &response["request_id"],
+            &response["status"],
+            &response["allocated_resources"]
+        )
     );
     assert_eq!(json!("monitoring"), response["state"]);
 }
@@ -154,8 +197,20 @@ fn extensions_round_trip_through_the_protocol_shape() {
     }"#;
     let parsed = ResourceRequest::from_json(text).unwrap();
     let validated = parsed.validate().unwrap();
-    assert_eq!((-3, "team_a", Some(30_000), PlacementPolicy::Spread), (validated.priority, validated.namespace.as_str(), validated.lease_ttl_ms, validated.placement));
-    let constraints = ConstraintsDocument { provider_id: Some("node_1".into()), labels: labels(&[("zone", "eu")]), resource_ids: vec!["gpu_0".into()] };
+    assert_eq!(
+        (-3, "team_a", Some(30_000), PlacementPolicy::Spread),
+        (
+            validated.priority,
+            validated.namespace.as_str(),
+            validated.lease_ttl_ms,
+            validated.placement
+        )
+    );
+    let constraints = ConstraintsDocument {
+        provider_id: Some("node_1".into()),
+        labels: labels(&[("zone", "eu")]),
+        resource_ids: vec!["gpu_0".into()],
+    };
     assert_eq!(Some(constraints), parsed.constraints);
     assert_eq!(parsed, ResourceRequest::from(&validated));
 }

@@ -12,9 +12,19 @@ fn registering_a_provider_offers_its_units() {
     let mut t = Table::new();
 
     // --- register one provider with two cores and a memory unit
-    let registration = provider("node_1", vec![unit("mem_1", "memory_gb", 16), unit("cpu_2", "cpu_cores", 1), unit("cpu_1", "cpu_cores", 1)]);
+    let registration = provider(
+        "node_1",
+        vec![
+            unit("mem_1", "memory_gb", 16),
+            unit("cpu_2", "cpu_cores", 1),
+            unit("cpu_1", "cpu_cores", 1),
+        ],
+    );
     let expected = t.expect(vec![
-        EventKind::ProviderRegistered { provider_id: "node_1".into(), resources: 3 },
+        EventKind::ProviderRegistered {
+            provider_id: "node_1".into(),
+            resources: 3,
+        },
         core("node_1", "cpu_1", Available),
         core("node_1", "cpu_2", Available),
         status("node_1", "mem_1", "memory_gb", Available, 0, 16),
@@ -22,11 +32,25 @@ fn registering_a_provider_offers_its_units() {
     let applied = t.register(registration);
 
     // --- the answer, the events, and the units as the table keeps them
-    assert_eq!(Ok(CommandResponse::Provider { provider_id: "node_1".into(), status: ProviderStatus::Active, resources: 3 }), applied.result);
+    assert_eq!(
+        Ok(CommandResponse::Provider {
+            provider_id: "node_1".into(),
+            status: ProviderStatus::Active,
+            resources: 3
+        }),
+        applied.result
+    );
     assert_eq!(expected, applied.events);
     let node = t.table.provider("node_1").unwrap();
     let sharing: Vec<(&str, Sharing)> = node.resources.values().map(|r| (r.resource_id.as_str(), r.sharing)).collect();
-    assert_eq!(vec![("cpu_1", Sharing::Exclusive), ("cpu_2", Sharing::Exclusive), ("mem_1", Sharing::Divisible)], sharing);
+    assert_eq!(
+        vec![
+            ("cpu_1", Sharing::Exclusive),
+            ("cpu_2", Sharing::Exclusive),
+            ("mem_1", Sharing::Divisible)
+        ],
+        sharing
+    );
     assert_eq!(T0, node.registered_at_ms);
 }
 
@@ -39,7 +63,10 @@ fn registering_again_updates_labels_and_units() {
     let mut update = provider("node_1", cores("", 2));
     update.labels = labels(&[("zone", "a")]);
     let expected = t.expect(vec![
-        EventKind::ProviderUpdated { provider_id: "node_1".into(), resources: 2 },
+        EventKind::ProviderUpdated {
+            provider_id: "node_1".into(),
+            resources: 2,
+        },
         core("node_1", "cpu_1", Available),
         core("node_1", "cpu_2", Available),
     ]);
@@ -54,12 +81,22 @@ fn registering_again_updates_labels_and_units() {
 
 #[test]
 fn an_update_keeps_held_units_and_may_drop_free_ones() {
-    let mut t = Table::with_providers(vec![provider("node_1", vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_2", "cpu_cores", 1), unit("vol_1", "storage_gb", 100)])]);
+    let mut t = Table::with_providers(vec![provider(
+        "node_1",
+        vec![
+            unit("cpu_1", "cpu_cores", 1),
+            unit("cpu_2", "cpu_cores", 1),
+            unit("vol_1", "storage_gb", 100),
+        ],
+    )]);
     let held = request(1, &[("cpu_cores", 1), ("storage_gb", 60)]);
     t.allocate(&held);
 
     // --- dropping the free core is fine; the holders of the others stay
-    t.register(provider("node_1", vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 80)]));
+    t.register(provider(
+        "node_1",
+        vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 80)],
+    ));
     let node = t.table.provider("node_1").unwrap();
     assert_eq!(vec!["cpu_1", "vol_1"], node.resources.keys().collect::<Vec<_>>());
     assert_eq!(60, node.resources["vol_1"].used());
@@ -67,14 +104,24 @@ fn an_update_keeps_held_units_and_may_drop_free_ones() {
 
     // --- removing, re-kinding or shrinking a held unit is refused, naming it
     let in_use = |resource: &str, change: &str| {
-        Err(CommandError::ResourceInUse { provider_id: "node_1".into(), resource_id: resource.into(), change: change.into() })
+        Err(CommandError::ResourceInUse {
+            provider_id: "node_1".into(),
+            resource_id: resource.into(),
+            change: change.into(),
+        })
     };
     let removed = provider("node_1", vec![unit("vol_1", "storage_gb", 100)]);
     assert_eq!(in_use("cpu_1", "removed"), t.apply(Command::RegisterProvider(removed)).result);
     let rekinded = provider("node_1", vec![unit("cpu_1", "gpu", 1), unit("vol_1", "storage_gb", 100)]);
-    assert_eq!(in_use("cpu_1", "changed in kind or sharing"), t.apply(Command::RegisterProvider(rekinded)).result);
+    assert_eq!(
+        in_use("cpu_1", "changed in kind or sharing"),
+        t.apply(Command::RegisterProvider(rekinded)).result
+    );
     let shrunk = provider("node_1", vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 59)]);
-    assert_eq!(in_use("vol_1", "shrunk below what is held"), t.apply(Command::RegisterProvider(shrunk)).result);
+    assert_eq!(
+        in_use("vol_1", "shrunk below what is held"),
+        t.apply(Command::RegisterProvider(shrunk)).result
+    );
 }
 
 #[test]
@@ -82,7 +129,10 @@ fn deregistering_moves_allocations_to_another_provider() {
     // node_1 is the tighter fit, so the request lands there first.
     let mut t = Table::with_providers(vec![provider("node_1", cores("a", 2)), provider("node_2", cores("b", 4))]);
     let held = request(1, &[("cpu_cores", 2)]);
-    assert_eq!(Some("node_1"), t.allocate_record(&held).placement.as_ref().map(|p| p.provider_id.as_str()));
+    assert_eq!(
+        Some("node_1"),
+        t.allocate_record(&held).placement.as_ref().map(|p| p.provider_id.as_str())
+    );
 
     // --- deregister node_1: the allocation moves to node_2, then node_1 is gone
     let grants = vec![grant("bcpu_1", "cpu_cores", 1), grant("bcpu_2", "cpu_cores", 1)];
@@ -90,16 +140,28 @@ fn deregistering_moves_allocations_to_another_provider() {
         core("node_2", "bcpu_1", Allocated),
         core("node_2", "bcpu_2", Allocated),
         moved(&held, "node_1", "node_2", grants.clone()),
-        EventKind::ProviderDeregistered { provider_id: "node_1".into() },
+        EventKind::ProviderDeregistered {
+            provider_id: "node_1".into(),
+        },
     ]);
-    let applied = t.apply(Command::DeregisterProvider { provider_id: "node_1".into() });
-    assert_eq!(Ok(CommandResponse::ProviderRemoved { provider_id: "node_1".into() }), applied.result);
+    let applied = t.apply(Command::DeregisterProvider {
+        provider_id: "node_1".into(),
+    });
+    assert_eq!(
+        Ok(CommandResponse::ProviderRemoved {
+            provider_id: "node_1".into()
+        }),
+        applied.result
+    );
     assert_eq!(expected, applied.events);
 
     // --- the record follows, still active, still the same allocation
     let record = t.record(id(1));
     assert_eq!(RequestState::Monitoring, record.state);
-    assert_eq!(("node_2", &grants), record.placement.as_ref().map(|p| (p.provider_id.as_str(), &p.grants)).unwrap());
+    assert_eq!(
+        ("node_2", &grants),
+        record.placement.as_ref().map(|p| (p.provider_id.as_str(), &p.grants)).unwrap()
+    );
     assert!(t.table.provider("node_1").is_none());
     assert_eq!(1, t.table.active_allocations());
 }
@@ -108,11 +170,22 @@ fn deregistering_moves_allocations_to_another_provider() {
 fn unknown_providers_are_refused() {
     let mut t = Table::new();
     for command in [
-        Command::DeregisterProvider { provider_id: "ghost".into() },
-        Command::ProviderFailed { provider_id: "ghost".into() },
-        Command::ProviderRecovered { provider_id: "ghost".into() },
+        Command::DeregisterProvider {
+            provider_id: "ghost".into(),
+        },
+        Command::ProviderFailed {
+            provider_id: "ghost".into(),
+        },
+        Command::ProviderRecovered {
+            provider_id: "ghost".into(),
+        },
     ] {
-        assert_eq!(Err(CommandError::UnknownProvider { provider_id: "ghost".into() }), t.apply(command).result);
+        assert_eq!(
+            Err(CommandError::UnknownProvider {
+                provider_id: "ghost".into()
+            }),
+            t.apply(command).result
+        );
     }
 }
 
@@ -127,31 +200,54 @@ fn a_failed_provider_has_its_allocations_moved_or_queued() {
     // --- node_1 fails: its units show failed, the allocation cannot move (node_2 has 1 free) and queues
     let reason = "provider_failed: node_1 failed and no other provider fits";
     let expected = t.expect(vec![
-        EventKind::ProviderFailed { provider_id: "node_1".into() },
+        EventKind::ProviderFailed {
+            provider_id: "node_1".into(),
+        },
         core("node_1", "acpu_1", Failed).with_used(1),
         core("node_1", "acpu_2", Failed).with_used(1),
         queued(&first, reason),
     ]);
-    let applied = t.apply(Command::ProviderFailed { provider_id: "node_1".into() });
-    assert_eq!(Ok(CommandResponse::Provider { provider_id: "node_1".into(), status: ProviderStatus::Failed, resources: 2 }), applied.result);
+    let applied = t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
+    assert_eq!(
+        Ok(CommandResponse::Provider {
+            provider_id: "node_1".into(),
+            status: ProviderStatus::Failed,
+            resources: 2
+        }),
+        applied.result
+    );
     assert_eq!(expected, applied.events);
     let record = t.record(id(1));
-    assert_eq!((RequestState::Queued, None, Some(reason)), (record.state, record.placement.as_ref(), record.reason.as_deref()));
+    assert_eq!(
+        (RequestState::Queued, None, Some(reason)),
+        (record.state, record.placement.as_ref(), record.reason.as_deref())
+    );
     assert_eq!(ProviderStatus::Failed, t.provider_status("node_1"));
 
     // --- failing it again changes nothing
-    let applied = t.apply(Command::ProviderFailed { provider_id: "node_1".into() });
+    let applied = t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
     assert!(applied.result.is_ok());
     assert_eq!(Vec::<qm_state_machine::Event>::new(), applied.events);
 
     // --- a new provider with room takes the queued allocation at once
     let expected = t.expect(vec![
-        EventKind::ProviderRegistered { provider_id: "node_3".into(), resources: 2 },
+        EventKind::ProviderRegistered {
+            provider_id: "node_3".into(),
+            resources: 2,
+        },
         core("node_3", "ccpu_1", Available),
         core("node_3", "ccpu_2", Available),
         core("node_3", "ccpu_1", Allocated),
         core("node_3", "ccpu_2", Allocated),
-        granted(&first, "node_3", vec![grant("ccpu_1", "cpu_cores", 1), grant("ccpu_2", "cpu_cores", 1)]),
+        granted(
+            &first,
+            "node_3",
+            vec![grant("ccpu_1", "cpu_cores", 1), grant("ccpu_2", "cpu_cores", 1)],
+        ),
     ]);
     assert_eq!(expected, t.register(provider("node_3", cores("c", 2))).events);
 }
@@ -164,28 +260,50 @@ fn a_failed_provider_has_its_allocations_moved_where_they_fit() {
     t.allocate(&second); // node_2
 
     // --- node_2 fails: node_1 is full, so its allocation queues
-    t.apply(Command::ProviderFailed { provider_id: "node_2".into() });
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_2".into(),
+    });
     assert_eq!(RequestState::Queued, t.record(id(2)).state);
 
     // --- node_2 recovers and takes it back from the queue
-    t.apply(Command::ProviderRecovered { provider_id: "node_2".into() });
+    t.apply(Command::ProviderRecovered {
+        provider_id: "node_2".into(),
+    });
     assert_eq!(RequestState::Monitoring, t.record(id(2)).state);
 
     // --- node_1 fails: its allocation moves to node_2's next free core
     let expected = t.expect(vec![
-        EventKind::ProviderFailed { provider_id: "node_1".into() },
+        EventKind::ProviderFailed {
+            provider_id: "node_1".into(),
+        },
         core("node_1", "acpu_1", Failed).with_used(1),
         core("node_2", "bcpu_2", Allocated),
         moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)]),
     ]);
-    assert_eq!(expected, t.apply(Command::ProviderFailed { provider_id: "node_1".into() }).events);
-    assert_eq!(2, t.table.list(&qm_state_machine::ListFilter { provider_id: Some("node_2".into()), ..Default::default() }).len());
+    assert_eq!(
+        expected,
+        t.apply(Command::ProviderFailed {
+            provider_id: "node_1".into()
+        })
+        .events
+    );
+    assert_eq!(
+        2,
+        t.table
+            .list(&qm_state_machine::ListFilter {
+                provider_id: Some("node_2".into()),
+                ..Default::default()
+            })
+            .len()
+    );
 }
 
 #[test]
 fn a_recovered_provider_offers_its_units_again() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
-    t.apply(Command::ProviderFailed { provider_id: "node_1".into() });
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
 
     // --- while failed, its units are offered to nobody
     let waiting = request(1, &[("cpu_cores", 1)]);
@@ -193,30 +311,54 @@ fn a_recovered_provider_offers_its_units_again() {
 
     // --- it recovers: units available, then the queue is examined
     let expected = t.expect(vec![
-        EventKind::ProviderRecovered { provider_id: "node_1".into() },
+        EventKind::ProviderRecovered {
+            provider_id: "node_1".into(),
+        },
         core("node_1", "cpu_1", Available),
         core("node_1", "cpu_1", Allocated),
         granted(&waiting, "node_1", vec![grant("cpu_1", "cpu_cores", 1)]),
     ]);
-    let applied = t.apply(Command::ProviderRecovered { provider_id: "node_1".into() });
-    assert_eq!(Ok(CommandResponse::Provider { provider_id: "node_1".into(), status: ProviderStatus::Active, resources: 1 }), applied.result);
+    let applied = t.apply(Command::ProviderRecovered {
+        provider_id: "node_1".into(),
+    });
+    assert_eq!(
+        Ok(CommandResponse::Provider {
+            provider_id: "node_1".into(),
+            status: ProviderStatus::Active,
+            resources: 1
+        }),
+        applied.result
+    );
     assert_eq!(expected, applied.events);
 
     // --- recovering an active provider changes nothing
-    assert_eq!(Vec::<qm_state_machine::Event>::new(), t.apply(Command::ProviderRecovered { provider_id: "node_1".into() }).events);
+    assert_eq!(
+        Vec::<qm_state_machine::Event>::new(),
+        t.apply(Command::ProviderRecovered {
+            provider_id: "node_1".into()
+        })
+        .events
+    );
 }
 
 #[test]
 fn a_failed_provider_that_registers_again_is_back() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
-    t.apply(Command::ProviderFailed { provider_id: "node_1".into() });
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
     let waiting = request(1, &[("cpu_cores", 1)]);
     t.allocate(&waiting);
 
     // --- re-registration: updated, recovered, units available, queue examined
     let expected = t.expect(vec![
-        EventKind::ProviderUpdated { provider_id: "node_1".into(), resources: 1 },
-        EventKind::ProviderRecovered { provider_id: "node_1".into() },
+        EventKind::ProviderUpdated {
+            provider_id: "node_1".into(),
+            resources: 1,
+        },
+        EventKind::ProviderRecovered {
+            provider_id: "node_1".into(),
+        },
         core("node_1", "cpu_1", Available),
         core("node_1", "cpu_1", Allocated),
         granted(&waiting, "node_1", vec![grant("cpu_1", "cpu_cores", 1)]),
@@ -233,9 +375,21 @@ trait WithUsed {
 impl WithUsed for EventKind {
     fn with_used(self, new_used: u64) -> Self {
         match self {
-            EventKind::ResourceStatus { provider_id, resource_id, kind, status, capacity, .. } => {
-                EventKind::ResourceStatus { provider_id, resource_id, kind, status, used: new_used, capacity }
-            }
+            EventKind::ResourceStatus {
+                provider_id,
+                resource_id,
+                kind,
+                status,
+                capacity,
+                ..
+            } => EventKind::ResourceStatus {
+                provider_id,
+                resource_id,
+                kind,
+                status,
+                used: new_used,
+                capacity,
+            },
             other => other,
         }
     }

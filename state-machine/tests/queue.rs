@@ -20,7 +20,10 @@ fn the_queue_is_ordered_by_priority_then_arrival() {
     // --- four wait: priorities 0, 5, 5, 1 in that arrival order
     for (n, priority) in [(2, 0), (3, 5), (4, 5), (5, 1)] {
         let record = t.allocate_record(&with_priority(priority, request(n, &[("cpu_cores", 1)])));
-        assert_eq!((RequestState::Queued, AllocationStatus::Queued, Some(INSUFFICIENT)), (record.state, record.status, record.reason.as_deref()));
+        assert_eq!(
+            (RequestState::Queued, AllocationStatus::Queued, Some(INSUFFICIENT)),
+            (record.state, record.status, record.reason.as_deref())
+        );
     }
     assert_eq!(vec![id(3), id(4), id(5), id(2)], t.table.queue().collect::<Vec<_>>());
     assert_eq!(4, t.table.queue_len());
@@ -57,7 +60,11 @@ fn a_smaller_request_backfills_past_a_larger_one_that_does_not_fit() {
         released(&request(1, &[("cpu_cores", 2)]), "node_1"),
         core("node_1", "cpu_1", Allocated),
         core("node_1", "cpu_2", Allocated),
-        granted(&small, "node_1", vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_2", "cpu_cores", 1)]),
+        granted(
+            &small,
+            "node_1",
+            vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_2", "cpu_cores", 1)],
+        ),
     ]);
     assert_eq!(expected, t.release(id(1)).events);
     assert_eq!(vec![id(3)], t.table.queue().collect::<Vec<_>>());
@@ -79,7 +86,10 @@ fn new_capacity_from_an_updated_provider_is_offered_to_the_queue() {
 
     // --- node_1 re-registers with a second core: the waiter takes it
     let expected = t.expect(vec![
-        qm_state_machine::EventKind::ProviderUpdated { provider_id: "node_1".into(), resources: 2 },
+        qm_state_machine::EventKind::ProviderUpdated {
+            provider_id: "node_1".into(),
+            resources: 2,
+        },
         core("node_1", "cpu_1", Allocated),
         core("node_1", "cpu_2", Available),
         core("node_1", "cpu_2", Allocated),
@@ -91,7 +101,10 @@ fn new_capacity_from_an_updated_provider_is_offered_to_the_queue() {
 #[test]
 fn a_lease_expiry_frees_capacity_for_the_queue() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
-    let leased = AllocationRequest { lease_ttl_ms: Some(5_000), ..request(1, &[("cpu_cores", 1)]) };
+    let leased = AllocationRequest {
+        lease_ttl_ms: Some(5_000),
+        ..request(1, &[("cpu_cores", 1)])
+    };
     t.allocate(&leased);
     let waiting = request(2, &[("cpu_cores", 1)]);
     t.allocate(&waiting);
@@ -113,22 +126,34 @@ fn a_lease_expiry_frees_capacity_for_the_queue() {
 fn a_queued_request_is_rejected_by_the_first_tick_past_its_deadline() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     t.allocate(&request(1, &[("cpu_cores", 1)]));
-    let hurried = AllocationRequest { deadline_ms: Some(T0 + 1_000), ..request(2, &[("cpu_cores", 1)]) };
+    let hurried = AllocationRequest {
+        deadline_ms: Some(T0 + 1_000),
+        ..request(2, &[("cpu_cores", 1)])
+    };
     t.allocate(&hurried);
     assert_eq!(Some(T0 + 1_000), t.table.next_due_ms());
 
     // --- a tick before the deadline does nothing
     let applied = t.tick_at(T0 + 999);
-    assert_eq!((Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }), vec![]), (applied.result, applied.events));
+    assert_eq!(
+        (Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }), vec![]),
+        (applied.result, applied.events)
+    );
 
     // --- a tick at the deadline rejects it, with the reason
     let reason = "deadline_exceeded: still queued when the deadline passed";
     t.now_ms = T0 + 1_000;
     let expected = t.expect(vec![rejected(&hurried, reason)]);
     let applied = t.apply(Command::Tick);
-    assert_eq!((Ok(CommandResponse::Ticked { expired: 0, rejected: 1 }), expected), (applied.result, applied.events));
+    assert_eq!(
+        (Ok(CommandResponse::Ticked { expired: 0, rejected: 1 }), expected),
+        (applied.result, applied.events)
+    );
     let record = t.record(id(2));
-    assert_eq!((RequestState::Error, AllocationStatus::Rejected, Some(reason)), (record.state, record.status, record.reason.as_deref()));
+    assert_eq!(
+        (RequestState::Error, AllocationStatus::Rejected, Some(reason)),
+        (record.state, record.status, record.reason.as_deref())
+    );
     assert_eq!((0, None), (t.table.queue_len(), t.table.next_due_ms()));
 }
 
@@ -136,7 +161,13 @@ fn a_queued_request_is_rejected_by_the_first_tick_past_its_deadline() {
 fn a_request_whose_deadline_has_passed_is_not_granted_before_the_tick_rejects_it() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     t.allocate(&request(1, &[("cpu_cores", 1)]));
-    let hurried = with_priority(9, AllocationRequest { deadline_ms: Some(T0 + 1_000), ..request(2, &[("cpu_cores", 1)]) });
+    let hurried = with_priority(
+        9,
+        AllocationRequest {
+            deadline_ms: Some(T0 + 1_000),
+            ..request(2, &[("cpu_cores", 1)])
+        },
+    );
     let patient = request(3, &[("cpu_cores", 1)]);
     t.allocate(&hurried);
     t.allocate(&patient);
@@ -160,38 +191,62 @@ fn a_request_whose_deadline_has_passed_is_not_granted_before_the_tick_rejects_it
 #[test]
 fn a_request_arriving_past_its_deadline_is_rejected_at_once() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
-    let late = AllocationRequest { deadline_ms: Some(T0), ..request(1, &[("cpu_cores", 1)]) };
+    let late = AllocationRequest {
+        deadline_ms: Some(T0),
+        ..request(1, &[("cpu_cores", 1)])
+    };
 
     // --- even with a free core
-    let expected = t.expect(vec![rejected(&late, "deadline_exceeded: the deadline 2024-03-15T05:46:40.000Z has already passed")]);
+    let expected = t.expect(vec![rejected(
+        &late,
+        "deadline_exceeded: the deadline 2024-03-15T05:46:40.000Z has already passed",
+    )]);
     assert_eq!(expected, t.allocate(&late).events);
 }
 
 #[test]
 fn one_tick_handles_a_bounded_number_of_expirations() {
-    let config = TableConfig { expirations_per_tick_max: 2, ..Default::default() };
+    let config = TableConfig {
+        expirations_per_tick_max: 2,
+        ..Default::default()
+    };
     let mut t = Table::with_config(config);
     t.register(provider("node_1", cores("", 3)));
     for n in 1..=3 {
-        t.allocate(&AllocationRequest { lease_ttl_ms: Some(1_000), ..request(n, &[("cpu_cores", 1)]) });
+        t.allocate(&AllocationRequest {
+            lease_ttl_ms: Some(1_000),
+            ..request(n, &[("cpu_cores", 1)])
+        });
     }
 
     // --- three leases are due; the first tick expires two, the next the last
-    assert_eq!(Ok(CommandResponse::Ticked { expired: 2, rejected: 0 }), t.tick_at(T0 + 1_000).result);
-    assert_eq!(Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }), t.tick_at(T0 + 1_000).result);
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 2, rejected: 0 }),
+        t.tick_at(T0 + 1_000).result
+    );
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }),
+        t.tick_at(T0 + 1_000).result
+    );
     assert_eq!(0, t.table.active_allocations());
 }
 
 #[test]
 fn a_full_queue_rejects_new_requests() {
-    let mut t = Table::with_config(TableConfig { queue_len_max: 1, ..Default::default() });
+    let mut t = Table::with_config(TableConfig {
+        queue_len_max: 1,
+        ..Default::default()
+    });
     t.register(provider("node_1", cores("", 1)));
     t.allocate(&request(1, &[("cpu_cores", 1)]));
     t.allocate(&request(2, &[("cpu_cores", 1)]));
 
     // --- one is waiting already, so the next is turned away
     let third = request(3, &[("cpu_cores", 1)]);
-    assert_eq!(t.expect(vec![rejected(&third, "queue_full: 1 requests are already waiting")]), t.allocate(&third).events);
+    assert_eq!(
+        t.expect(vec![rejected(&third, "queue_full: 1 requests are already waiting")]),
+        t.allocate(&third).events
+    );
 }
 
 #[test]
@@ -201,10 +256,16 @@ fn releasing_a_queued_request_cancels_it() {
     t.allocate(&request(2, &[("cpu_cores", 1)]));
 
     // --- cancel it: it leaves the queue, idle, holding nothing
-    let expected = t.expect(vec![qm_state_machine::EventKind::RequestCancelled { request_id: id(2), namespace: "default".into() }]);
+    let expected = t.expect(vec![qm_state_machine::EventKind::RequestCancelled {
+        request_id: id(2),
+        namespace: "default".into(),
+    }]);
     let applied = t.release(id(2));
     assert_eq!(expected, applied.events);
     let record = record_of(applied);
-    assert_eq!((RequestState::Idle, None, Some("cancelled")), (record.state, record.placement, record.reason.as_deref()));
+    assert_eq!(
+        (RequestState::Idle, None, Some("cancelled")),
+        (record.state, record.placement, record.reason.as_deref())
+    );
     assert_eq!(0, t.table.queue_len());
 }

@@ -7,26 +7,49 @@ use std::collections::BTreeMap;
 use common::*;
 use qm_state_machine::table::SNAPSHOT_FORMAT_VERSION;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, KindUsage, ProviderStatus, ProviderUsage, SnapshotError, StampedCommand, TableConfig, Usage,
+    AllocationRequest, AllocationTable, Command, KindUsage, ProviderStatus, ProviderUsage, SnapshotError, StampedCommand, TableConfig,
+    Usage,
 };
 
 /// Every kind of state at once: active and failed providers, a confirming
 /// provider, leases, a queue with deadlines, finished requests, history.
 fn rich_table() -> Table {
-    let mut t = Table::with_config(TableConfig { event_history_max: 50, ..Default::default() });
-    let mut confirming = provider("node_1", vec![unit("cpu_1", "cpu_cores", 1), unit("cpu_2", "cpu_cores", 1), unit("mem_1", "memory_gb", 16)]);
+    let mut t = Table::with_config(TableConfig {
+        event_history_max: 50,
+        ..Default::default()
+    });
+    let mut confirming = provider(
+        "node_1",
+        vec![
+            unit("cpu_1", "cpu_cores", 1),
+            unit("cpu_2", "cpu_cores", 1),
+            unit("mem_1", "memory_gb", 16),
+        ],
+    );
     confirming.confirms_allocations = true;
     confirming.labels = labels(&[("zone", "a")]);
     t.register(confirming);
-    t.register(provider("node_2", vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 100)]));
-    t.allocate(&AllocationRequest { lease_ttl_ms: Some(60_000), ..request(1, &[("cpu_cores", 1), ("memory_gb", 4)]) });
+    t.register(provider(
+        "node_2",
+        vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 100)],
+    ));
+    t.allocate(&AllocationRequest {
+        lease_ttl_ms: Some(60_000),
+        ..request(1, &[("cpu_cores", 1), ("memory_gb", 4)])
+    });
     t.allocate(&request(2, &[("storage_gb", 30)]));
-    t.allocate(&AllocationRequest { deadline_ms: Some(T0 + 30_000), priority: 2, ..request(3, &[("cpu_cores", 2)]) });
+    t.allocate(&AllocationRequest {
+        deadline_ms: Some(T0 + 30_000),
+        priority: 2,
+        ..request(3, &[("cpu_cores", 2)])
+    });
     t.allocate(&request(4, &[("gpu", 1)]));
     t.now_ms += 500;
     t.allocate(&request(5, &[("cpu_cores", 1)]));
     t.release(id(5));
-    t.apply(Command::ProviderFailed { provider_id: "node_2".into() });
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_2".into(),
+    });
     t
 }
 
@@ -45,7 +68,12 @@ fn a_snapshot_restores_an_equal_table() {
     let mut original = t.table.clone();
     let mut copy = restored;
     for (now_ms, command) in [
-        (T0 + 1_000, Command::ProviderRecovered { provider_id: "node_2".into() }),
+        (
+            T0 + 1_000,
+            Command::ProviderRecovered {
+                provider_id: "node_2".into(),
+            },
+        ),
         (T0 + 2_000, Command::Allocate(request(6, &[("cpu_cores", 1)]))),
         (T0 + 31_000, Command::Tick),
         (T0 + 61_000, Command::Tick),
@@ -58,7 +86,11 @@ fn a_snapshot_restores_an_equal_table() {
 
 #[test]
 fn the_config_travels_inside_the_snapshot() {
-    let config = TableConfig { dedupe_window_ms: 5, queue_len_max: 7, ..Default::default() };
+    let config = TableConfig {
+        dedupe_window_ms: 5,
+        queue_len_max: 7,
+        ..Default::default()
+    };
     let restored = AllocationTable::from_snapshot_bytes(&AllocationTable::new(config.clone()).to_snapshot_bytes()).unwrap();
     assert_eq!(&config, restored.config());
 }
@@ -69,23 +101,40 @@ fn a_damaged_snapshot_is_refused_with_the_reason() {
 
     // --- another format version
     let mut other_version = bytes.clone();
-    assert_eq!(SNAPSHOT_FORMAT_VERSION as u8, other_version[0], "the version is the first byte while it is small");
+    assert_eq!(
+        SNAPSHOT_FORMAT_VERSION as u8, other_version[0],
+        "the version is the first byte while it is small"
+    );
     other_version[0] += 1;
     let error = AllocationTable::from_snapshot_bytes(&other_version).unwrap_err();
-    assert!(matches!(error, SnapshotError::Version { found, expected } if found == SNAPSHOT_FORMAT_VERSION + 1 && expected == SNAPSHOT_FORMAT_VERSION), "{error}");
+    assert!(
+        matches!(error, SnapshotError::Version { found, expected } if found == SNAPSHOT_FORMAT_VERSION + 1 && expected == SNAPSHOT_FORMAT_VERSION),
+        "{error}"
+    );
 
     // --- cut short, or with bytes after the end
-    assert!(matches!(AllocationTable::from_snapshot_bytes(&bytes[..bytes.len() / 2]), Err(SnapshotError::Decode(_))));
+    assert!(matches!(
+        AllocationTable::from_snapshot_bytes(&bytes[..bytes.len() / 2]),
+        Err(SnapshotError::Decode(_))
+    ));
     assert!(matches!(AllocationTable::from_snapshot_bytes(&[]), Err(SnapshotError::Decode(_))));
     let mut longer = bytes.clone();
     longer.extend_from_slice(&[0, 0, 0]);
-    assert!(matches!(AllocationTable::from_snapshot_bytes(&longer), Err(SnapshotError::Trailing { trailing: 3 })));
+    assert!(matches!(
+        AllocationTable::from_snapshot_bytes(&longer),
+        Err(SnapshotError::Trailing { trailing: 3 })
+    ));
 }
 
 #[test]
 fn usage_reports_capacity_use_and_failed_capacity() {
     let t = rich_table();
-    let kind = |capacity, used, free, failed_capacity| KindUsage { capacity, used, free, failed_capacity };
+    let kind = |capacity, used, free, failed_capacity| KindUsage {
+        capacity,
+        used,
+        free,
+        failed_capacity,
+    };
 
     // node_1 (active): cpu_1 held by request 1, cpu_2 free, 4 of mem_1's 16 held.
     // node_2 (failed): its storage allocation was queued; its capacity counts as failed.

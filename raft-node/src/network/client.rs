@@ -1,5 +1,6 @@
 //! The sending side of Raft traffic.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -22,7 +23,19 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 
 /// Builds one [`PeerClient`] per target; openraft calls it when replication starts.
 #[derive(Clone, Default)]
-pub struct PeerNetwork {}
+pub struct PeerNetwork {
+    /// The address peer connections originate from: this replica's listen
+    /// IP. On a host with one address per replica (127.0.0.N in the
+    /// fault-injection suite) a peer can then tell which replica a
+    /// connection comes from, which is what lets a proxy cut single links.
+    local_ip: Option<IpAddr>,
+}
+
+impl PeerNetwork {
+    pub fn new(listen: SocketAddr) -> Self {
+        PeerNetwork { local_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()) }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
@@ -31,6 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         PeerClient {
             target,
             addr: node.addr.clone(),
+            local_ip: self.local_ip,
             channel: None,
         }
     }
@@ -40,6 +54,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
+    local_ip: Option<IpAddr>,
     channel: Option<RaftClient<Channel>>,
 }
 
@@ -59,6 +74,7 @@ impl PeerClient {
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
             .map_err(|e| Unreachable::new(&e))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            .local_address(self.local_ip)
             .tcp_nodelay(true);
         let client = RaftClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(usize::MAX)

@@ -15,7 +15,7 @@ use openraft::{LogState, RaftLogReader, StorageIOError};
 use serde::de::DeserializeOwned;
 
 use super::durable::DurableFlush;
-use super::{codec, raft_error, RaftStorageError, StorageError, LOG_ENTRY_INLINE_BYTES_MAX, LOG_TREE, META_TREE};
+use super::{codec, raft_error, RaftStorageError, StorageError, LOG_TREE, META_TREE};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded bytes `limited_get_log_entries` returns at most (but always at
@@ -44,16 +44,17 @@ pub struct LogStore {
     flush: DurableFlush,
 }
 
-// By hand: sled's `Debug` for a tree prints every key and value.
+// By hand: sled's `Debug` for a tree prints every key and value (and its
+// `len` walks them all).
 impl Debug for LogReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogReader").field("entries", &self.log.len()).finish()
+        f.debug_struct("LogReader").finish_non_exhaustive()
     }
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("reader", &self.reader).finish_non_exhaustive()
+        f.debug_struct("LogStore").finish_non_exhaustive()
     }
 }
 
@@ -119,16 +120,6 @@ impl LogStore {
                 assert_eq!(index, previous + 1, "openraft appends consecutive entries");
             }
             let value = codec::encode(&entry);
-            if value.len() > LOG_ENTRY_INLINE_BYTES_MAX {
-                // sled stores it as a blob file it never fsyncs: durable
-                // against a process crash, not against a power loss.
-                tracing::warn!(
-                    index,
-                    bytes = value.len(),
-                    bytes_max = LOG_ENTRY_INLINE_BYTES_MAX,
-                    "log entry too large to be stored inline by sled"
-                );
-            }
             batch.insert(&index.to_be_bytes(), value);
             previous = Some(index);
         }
@@ -303,8 +294,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One flush for the whole call (group commit), and the callback only
         // after it: the callback tells the leader these entries count
         // towards a quorum, which a crash must not be able to undo.
-        callback.log_io_completed(Ok(())); // MUTATION: no flush
-        Ok(())
+        match self.flush.flush().await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                let raft_error = write_logs_error(&error);
+                callback.log_io_completed(Err(error));
+                Err(raft_error)
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {

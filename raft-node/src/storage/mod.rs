@@ -11,7 +11,7 @@
 //!  replication tasks ─ read entries ──────▶ LogReader ─┤  sled::Db   <data_dir>/db (+ conf, blobs/)
 //!  sm worker ─ apply/snapshot ─▶ StateMachineStore ────┘   ├─ raft_log        u64 BE index → bincode Entry
 //!                                  │                      ├─ raft_meta       vote, committed, last purged, layout
-//!        API reads ◀── StateReader ┤                      └─ table_snapshot  meta + table bytes in chunks
+//!        API reads ◀── StateReader ┤                      └─ table_snapshot  meta, table bytes
 //!        watchers  ◀── broadcast<Event>
 //! ```
 //!
@@ -20,10 +20,10 @@
 //! * [`log_store`]: [`LogStore`] and its [`LogReader`].
 //! * [`state_machine_store`]: [`StateMachineStore`], [`AppliedState`],
 //!   [`StateReader`].
-//! * [`snapshot_store`]: the latest snapshot, durable in sled, in chunks.
-//! * [`durable`]: [`DurableFlush`](durable::DurableFlush), the one way
+//! * `snapshot_store`: the latest snapshot, durable in sled.
+//! * [`durable`]: [`DurableFlush`], the one way
 //!   anything here becomes durable.
-//! * [`codec`]: bincode 2 (standard configuration) for every stored value.
+//! * `codec`: bincode 2 (standard configuration) for every stored value.
 //!
 //! # Durability rules, and why
 //!
@@ -61,17 +61,13 @@
 //! is restored from the latest snapshot, after which openraft re-applies the
 //! log up to the saved committed index.
 //!
-//! What sled 0.34.7's own `flush` does not cover, and what is done about it:
-//!
-//! * On Linux it syncs its data file with `sync_file_range`, which neither
-//!   persists the file's metadata (its length, as the log grows) nor flushes
-//!   the drive's write cache. [`DurableFlush`](durable::DurableFlush) follows
-//!   every sled flush with an `fdatasync` of the data file.
-//! * Values larger than a quarter of a segment (about 128 KiB with the default
-//!   512 KiB segments) go to separate blob files that sled never fsyncs.
-//!   Snapshots are therefore stored in chunks of [`SNAPSHOT_CHUNK_BYTES`], and
-//!   a log entry above [`LOG_ENTRY_INLINE_BYTES_MAX`] is logged as a warning:
-//!   it survives a process crash but not a power loss.
+//! What sled 0.34.7's own `flush` does not cover, which [`DurableFlush`]
+//! adds: on Linux sled syncs its data file with `sync_file_range`, which
+//! persists neither the file's length nor the drive's write cache (so every
+//! flush is followed by an `fdatasync`), and values or pages over about
+//! 128 KiB go to blob files that sled never fsyncs (so new blob files are
+//! fsynced before the log that points at them). See [`DurableFlush`] for the
+//! small window that remains.
 //!
 //! Only one process may use a data directory: sled takes an exclusive `flock`
 //! on `<data_dir>/db`, which [`open`] reports as [`StorageError::DataDirInUse`].
@@ -92,20 +88,18 @@ use durable::DurableFlush;
 pub use log_store::{LogReader, LogStore};
 pub use state_machine_store::{AppliedState, StateMachineStore, StateReader, EVENT_CHANNEL_CAPACITY};
 
-/// sled's cache for hot pages. The log tail, the vote and the recent
-/// snapshot chunks are what a replica reads; the table itself lives in memory,
-/// so sled's default of 1 GiB would mostly cache nothing useful.
+/// sled's cache for hot pages. The log tail and the vote are what a replica
+/// reads; the table itself lives in memory, so sled's default of 1 GiB would
+/// mostly cache nothing useful.
 pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Size of one chunk of a stored snapshot: kept well below sled 0.34's inline
-/// value limit (a quarter of its 512 KiB segment), so that snapshot data stays
-/// in the fsynced data file and never becomes an unsynced blob file.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Log entries encoded larger than this are stored by sled as blob files that
-/// it does not fsync; they are logged as a warning. The API should keep
-/// commands well below it.
-pub const LOG_ENTRY_INLINE_BYTES_MAX: usize = 120 * 1024;
+/// How often, and how far apart, [`open`] retries a data dir whose lock is
+/// held, before reporting [`StorageError::DataDirInUse`]. A Db dropped in this
+/// process keeps its lock until sled's IO threads let go of it, a few
+/// milliseconds; 25 × 20 ms covers that with a wide margin and still
+/// reports a real conflict within half a second.
+pub const DATA_DIR_LOCK_RETRIES: u32 = 25;
+pub const DATA_DIR_LOCK_RETRY_INTERVAL_MS: u64 = 20;
 
 /// The layout of the trees below. Bumped when it changes, so a build refuses
 /// a data dir it would misread.
@@ -147,7 +141,7 @@ pub enum StorageError {
     LayoutVersion { path: PathBuf, found: u32, expected: u32 },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
-    #[error("cannot fsync sled's data file: {0}")]
+    #[error("cannot fsync the data dir's files: {0}")]
     Sync(#[source] std::io::Error),
     /// A stored value did not decode: the data dir is damaged or foreign.
     #[error("stored {what} does not decode: {reason}")]
@@ -180,26 +174,37 @@ fn open_db(path: &Path) -> Result<(sled::Db, DurableFlush), StorageError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let db = sled::Config::new()
-        .path(path)
-        .mode(sled::Mode::HighThroughput)
-        .cache_capacity(SLED_CACHE_BYTES)
-        // Never rely on a timer for durability: every durable point flushes.
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| {
-            if is_lock_conflict(&source) {
-                StorageError::DataDirInUse {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            } else {
-                StorageError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                }
+    let mut lock_retries = 0;
+    let db = loop {
+        let config = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(SLED_CACHE_BYTES)
+            // Never rely on a timer for durability: every durable point flushes.
+            .flush_every_ms(None);
+        match config.open() {
+            Ok(db) => break db,
+            // sled's IO threads hold the lock for a moment after the last
+            // handle of a Db in this process is dropped; a real conflict
+            // with another process outlasts the retries.
+            Err(source) if is_lock_conflict(&source) && lock_retries < DATA_DIR_LOCK_RETRIES => {
+                lock_retries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(DATA_DIR_LOCK_RETRY_INTERVAL_MS));
             }
-        })?;
+            Err(source) if is_lock_conflict(&source) => {
+                return Err(StorageError::DataDirInUse {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+            Err(source) => {
+                return Err(StorageError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    };
     check_layout_version(&db, path)?;
     let flush = DurableFlush::new(db.clone(), path)?;
     Ok((db, flush))

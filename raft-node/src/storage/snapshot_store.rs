@@ -1,32 +1,28 @@
 //! [`SnapshotStore`]: the latest snapshot of the table, durable in sled.
 //!
 //! The `table_snapshot` tree holds one snapshot: key `meta` is a
-//! [`SnapshotRecord`] (openraft's meta, the data length, the chunk count) and
-//! keys `data` + chunk number (u32 big-endian) hold the table bytes in chunks
-//! of [`SNAPSHOT_CHUNK_BYTES`]. Chunks keep every value inline in sled's
-//! fsynced data file (sled 0.34 never fsyncs the blob files it uses for large
-//! values). A save is one atomic batch, so a reader sees the old snapshot or
-//! the new one, never a mix.
+//! [`SnapshotRecord`] (openraft's meta and the data's length) and key `data`
+//! the table bytes. A save writes both in one atomic batch, so a reader sees
+//! the old snapshot or the new one, never a mix.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::durable::DurableFlush;
-use super::{codec, StorageError, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_TREE};
+use super::{codec, StorageError, SNAPSHOT_TREE};
 use crate::types::SnapshotMeta;
 
 const KEY_META: &[u8] = b"meta";
-const CHUNK_KEY_PREFIX: &[u8] = b"data";
+const KEY_DATA: &[u8] = b"data";
 
 /// What the `meta` key holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotRecord {
     meta: SnapshotMeta,
-    /// Checked against the chunks read back, so a damaged tree is reported
+    /// Checked against the data read back, so a damaged tree is reported
     /// rather than restored into a wrong table.
     data_bytes: u64,
-    chunks: u32,
 }
 
 /// A snapshot read back from disk.
@@ -81,28 +77,18 @@ impl SnapshotStore {
     }
 
     fn save_blocking(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<SaveOutcome, StorageError> {
-        let stored = self.read_record()?;
-        if let Some(stored) = &stored {
+        if let Some(stored) = self.read_record()? {
             if stored.meta.last_log_id >= meta.last_log_id {
                 return Ok(SaveOutcome::KeptNewer);
             }
         }
-        let chunks = data.chunks(SNAPSHOT_CHUNK_BYTES);
-        let chunk_count = u32::try_from(chunks.len()).expect("a snapshot has fewer than 2^32 chunks");
-        let mut batch = sled::Batch::default();
-        for (number, chunk) in (0..chunk_count).zip(chunks) {
-            batch.insert(chunk_key(number), chunk);
-        }
-        // The previous snapshot may have had more chunks.
-        for stale in chunk_count..stored.map_or(0, |stored| stored.chunks) {
-            batch.remove(chunk_key(stale));
-        }
         let record = SnapshotRecord {
             meta,
             data_bytes: data.len() as u64,
-            chunks: chunk_count,
         };
+        let mut batch = sled::Batch::default();
         batch.insert(KEY_META, codec::encode(&record));
+        batch.insert(KEY_DATA, data);
         self.tree.apply_batch(batch)?;
         // openraft purges the log up to this snapshot as soon as we return.
         self.flush.flush_blocking().map_err(StorageError::Sync)?;
@@ -125,32 +111,50 @@ fn load_blocking(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageErr
     let Some(record) = read_record(tree)? else {
         return Ok(None);
     };
-    let damaged = |reason: String| StorageError::Decode {
-        what: "snapshot data",
-        reason,
-    };
-    let mut data = Vec::with_capacity(usize::try_from(record.data_bytes).unwrap_or(0));
-    let mut chunks = 0u32;
-    // Big-endian chunk numbers: sled's key order is chunk order.
-    for item in tree.scan_prefix(CHUNK_KEY_PREFIX) {
-        let (key, chunk) = item?;
-        if key.as_ref() != chunk_key(chunks).as_slice() {
-            return Err(damaged(format!("expected chunk {chunks}, found key {:?}", key.as_ref())));
-        }
-        data.extend_from_slice(&chunk);
-        chunks += 1;
-    }
-    if chunks != record.chunks || data.len() as u64 != record.data_bytes {
-        return Err(damaged(format!(
-            "{chunks} chunks of {} bytes stored, the record says {} chunks of {} bytes",
-            data.len(),
-            record.chunks,
-            record.data_bytes
-        )));
+    let data = tree.get(KEY_DATA)?.map(|data| data.to_vec()).unwrap_or_default();
+    if data.len() as u64 != record.data_bytes {
+        return Err(StorageError::Decode {
+            what: "snapshot data",
+            reason: format!("{} bytes stored, the record says {}", data.len(), record.data_bytes),
+        });
     }
     Ok(Some(StoredSnapshot { meta: record.meta, data }))
 }
 
-fn chunk_key(number: u32) -> Vec<u8> {
-    [CHUNK_KEY_PREFIX, &number.to_be_bytes()].concat()
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+
+    fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id(1, 1, index)),
+            last_membership: Default::default(),
+            snapshot_id: index.to_string(),
+        }
+    }
+
+    /// openraft builds snapshots concurrently with installing one, so a build
+    /// of an older state can finish last; it must not replace the newer one.
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let store = SnapshotStore::open(&db, flush).expect("snapshot tree opens");
+        let big = vec![10; 300 * 1024];
+
+        // --- a newer snapshot, large enough for sled to keep it as a blob file
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(10), big.clone()).await.expect("save"));
+
+        // --- an older one arriving later is refused, the newer one kept whole
+        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(5), vec![5; 10]).await.expect("save"));
+        let stored = store.load().await.expect("load").expect("a snapshot is stored");
+        assert_eq!((meta_at(10), big), (stored.meta, stored.data));
+
+        // --- a newer one replaces it
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(12), vec![12; 10]).await.expect("save"));
+        let stored = store.load().await.expect("load").expect("a snapshot is stored");
+        assert_eq!((meta_at(12), vec![12; 10]), (stored.meta, stored.data));
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! The table lives in memory as [`AppliedState`] behind a tokio `RwLock`;
 //! `apply` writes nothing to disk. Snapshots are durable
-//! ([`SnapshotStore`]), and on open the table is restored from the latest
+//! (`SnapshotStore`), and on open the table is restored from the latest
 //! one; openraft then re-applies the log from there up to the saved committed
 //! index.
 //!
@@ -250,7 +250,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|error| raft_error(|source| StorageIOError::write_snapshot(Some(meta.signature()), source), &error))?;
         if outcome == SaveOutcome::KeptNewer {
-            tracing::warn!(snapshot = %meta, "installed snapshot is not newer than the stored one; kept the stored one");
+            // openraft only installs snapshots past what was applied; an equal
+            // one is a re-sent copy with the same bytes.
+            tracing::info!(snapshot = %meta, "installed snapshot is not newer than the stored one; kept the stored one");
         }
         let mut state = self.state.write().await;
         *state = AppliedState {

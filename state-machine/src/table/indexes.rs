@@ -59,7 +59,12 @@ impl Indexes {
             let request = &record.request;
             let id = request.request_id;
             allocation_to_request.push((record.allocation_id, id));
-            owners.entry(request.namespace.as_str()).or_default().entry(request.requester_id.as_str()).or_default().push(id);
+            owners
+                .entry(request.namespace.as_str())
+                .or_default()
+                .entry(request.requester_id.as_str())
+                .or_default()
+                .push(id);
             match record.state {
                 RequestState::Queued => {
                     queue.push((Reverse(request.priority), record.arrival_seq, id));
@@ -84,10 +89,19 @@ impl Indexes {
         index.by_owner = owners
             .into_iter()
             .map(|(namespace, requesters)| {
-                (namespace.to_owned(), requesters.into_iter().map(|(requester, ids)| (requester.to_owned(), ids.into_iter().collect())).collect())
+                (
+                    namespace.to_owned(),
+                    requesters
+                        .into_iter()
+                        .map(|(requester, ids)| (requester.to_owned(), ids.into_iter().collect()))
+                        .collect(),
+                )
             })
             .collect();
-        index.by_provider = placed.into_iter().map(|(provider_id, ids)| (provider_id.to_owned(), ids.into_iter().collect())).collect();
+        index.by_provider = placed
+            .into_iter()
+            .map(|(provider_id, ids)| (provider_id.to_owned(), ids.into_iter().collect()))
+            .collect();
         index
     }
 
@@ -137,14 +151,18 @@ impl Indexes {
                     self.leases.remove(&(expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
-                let on_provider = self.by_provider.get_mut(&placement.provider_id).expect("placed requests are indexed by provider");
+                let on_provider = self
+                    .by_provider
+                    .get_mut(&placement.provider_id)
+                    .expect("placed requests are indexed by provider");
                 on_provider.remove(&id);
                 if on_provider.is_empty() {
                     self.by_provider.remove(&placement.provider_id);
                 }
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                self.finished.remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
+                self.finished
+                    .remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
             }
         }
     }
@@ -152,7 +170,10 @@ impl Indexes {
     /// Adds a provider's capacity, and its free amounts if it is active.
     pub fn add_provider(&mut self, provider: &Provider) {
         for (kind, totals) in &provider.kinds {
-            self.capacity_by_kind.entry(kind.clone()).or_default().insert((totals.capacity, provider.provider_id.clone()));
+            self.capacity_by_kind
+                .entry(kind.clone())
+                .or_default()
+                .insert((totals.capacity, provider.provider_id.clone()));
         }
         self.add_free(provider);
     }
@@ -171,7 +192,10 @@ impl Indexes {
         }
         for (kind, totals) in &provider.kinds {
             if totals.free > 0 {
-                self.free_by_kind.entry(kind.clone()).or_default().insert((totals.free, provider.provider_id.clone()));
+                self.free_by_kind
+                    .entry(kind.clone())
+                    .or_default()
+                    .insert((totals.free, provider.provider_id.clone()));
             }
         }
     }
@@ -193,14 +217,21 @@ impl Indexes {
         }
         remove_entry(&mut self.free_by_kind, kind, &(before, provider.provider_id.clone()));
         if now > 0 {
-            self.free_by_kind.entry(kind.to_owned()).or_default().insert((now, provider.provider_id.clone()));
+            self.free_by_kind
+                .entry(kind.to_owned())
+                .or_default()
+                .insert((now, provider.provider_id.clone()));
         }
     }
 }
 
 /// The set of `requester`'s requests in `namespace`, created if new; keys
 /// are cloned only when a namespace or requester first appears.
-fn owned_by<'a>(by_owner: &'a mut BTreeMap<String, BTreeMap<String, BTreeSet<Uuid>>>, namespace: &str, requester: &str) -> &'a mut BTreeSet<Uuid> {
+fn owned_by<'a>(
+    by_owner: &'a mut BTreeMap<String, BTreeMap<String, BTreeSet<Uuid>>>,
+    namespace: &str,
+    requester: &str,
+) -> &'a mut BTreeSet<Uuid> {
     if !by_owner.contains_key(namespace) {
         by_owner.insert(namespace.to_owned(), BTreeMap::new());
     }

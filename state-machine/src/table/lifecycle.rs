@@ -24,15 +24,26 @@ impl AllocationTable {
             // The idempotency key: a retry gets the request's current record.
             return match existing.request == *request {
                 true => Ok(CommandResponse::Request(Box::new(existing.clone()))),
-                false => Err(CommandError::RequestIdReused { request_id: request.request_id }),
+                false => Err(CommandError::RequestIdReused {
+                    request_id: request.request_id,
+                }),
             };
         }
         if let Some(provider_id) = &request.constraints.provider_id {
             let Some(provider) = self.providers.get(provider_id) else {
                 return Err(InvalidArgument::new("constraints.provider_id", format!("unknown provider {provider_id}")).into());
             };
-            if let Some(missing) = request.constraints.resource_ids.iter().find(|id| !provider.resources.contains_key(*id)) {
-                return Err(InvalidArgument::new("constraints.resource_ids", format!("provider {provider_id} has no resource {missing}")).into());
+            if let Some(missing) = request
+                .constraints
+                .resource_ids
+                .iter()
+                .find(|id| !provider.resources.contains_key(*id))
+            {
+                return Err(InvalidArgument::new(
+                    "constraints.resource_ids",
+                    format!("provider {provider_id} has no resource {missing}"),
+                )
+                .into());
             }
         }
         let request_id = request.request_id;
@@ -57,7 +68,10 @@ impl AllocationTable {
         } else if let Some(placement) = self.find_placement(request) {
             self.grant(&mut record, placement, GrantCause::New);
         } else if self.index.queue.len() >= self.config.queue_len_max {
-            self.reject(&mut record, format!("queue_full: {} requests are already waiting", self.index.queue.len()));
+            self.reject(
+                &mut record,
+                format!("queue_full: {} requests are already waiting", self.index.queue.len()),
+            );
         } else {
             self.enqueue(&mut record, "insufficient_resources: no provider has enough free now".to_owned());
         }
@@ -74,7 +88,10 @@ impl AllocationTable {
         };
         let request = &record.request;
         if record.state == RequestState::Queued {
-            self.emit(EventKind::RequestCancelled { request_id, namespace: request.namespace.clone() });
+            self.emit(EventKind::RequestCancelled {
+                request_id,
+                namespace: request.namespace.clone(),
+            });
             record.state = RequestState::Idle;
             record.reason = Some("cancelled".to_owned());
         } else {
@@ -99,15 +116,24 @@ impl AllocationTable {
         let request_id = self.resolve(id)?;
         let record = &self.requests[&request_id];
         if !record.state.is_active() {
-            return Err(CommandError::NotActive { allocation_id: record.allocation_id, state: record.state.as_str().to_owned() });
+            return Err(CommandError::NotActive {
+                allocation_id: record.allocation_id,
+                state: record.state.as_str().to_owned(),
+            });
         }
         let Some(ttl) = record.request.lease_ttl_ms else {
-            return Err(CommandError::NoLease { allocation_id: record.allocation_id });
+            return Err(CommandError::NoLease {
+                allocation_id: record.allocation_id,
+            });
         };
         let mut record = self.take_record(request_id);
         let expires_at_ms = self.clock_ms + ttl;
         record.lease_expires_at_ms = Some(expires_at_ms);
-        self.emit(EventKind::LeaseRenewed { allocation_id: record.allocation_id, namespace: record.request.namespace.clone(), expires_at_ms });
+        self.emit(EventKind::LeaseRenewed {
+            allocation_id: record.allocation_id,
+            namespace: record.request.namespace.clone(),
+            expires_at_ms,
+        });
         self.put_record(record);
         Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
     }
@@ -116,7 +142,13 @@ impl AllocationTable {
     /// most `expirations_per_tick_max` of them together.
     pub(super) fn tick(&mut self) -> ApplyResult {
         let budget = self.config.expirations_per_tick_max;
-        let expired: Vec<Uuid> = self.index.leases.range(..=(self.clock_ms, Uuid::max())).take(budget).map(|(_, id)| *id).collect();
+        let expired: Vec<Uuid> = self
+            .index
+            .leases
+            .range(..=(self.clock_ms, Uuid::max()))
+            .take(budget)
+            .map(|(_, id)| *id)
+            .collect();
         for &request_id in &expired {
             let mut record = self.take_record(request_id);
             let placement = self.free_placement(&record);
@@ -131,8 +163,13 @@ impl AllocationTable {
             record.lease_expires_at_ms = None;
             self.put_record(record);
         }
-        let overdue: Vec<Uuid> =
-            self.index.deadlines.range(..=(self.clock_ms, Uuid::max())).take(budget - expired.len()).map(|(_, id)| *id).collect();
+        let overdue: Vec<Uuid> = self
+            .index
+            .deadlines
+            .range(..=(self.clock_ms, Uuid::max()))
+            .take(budget - expired.len())
+            .map(|(_, id)| *id)
+            .collect();
         for &request_id in &overdue {
             let mut record = self.take_record(request_id);
             self.reject(&mut record, "deadline_exceeded: still queued when the deadline passed".to_owned());
@@ -141,7 +178,10 @@ impl AllocationTable {
         if !expired.is_empty() {
             self.examine_queue();
         }
-        Ok(CommandResponse::Ticked { expired: expired.len() as u64, rejected: overdue.len() as u64 })
+        Ok(CommandResponse::Ticked {
+            expired: expired.len() as u64,
+            rejected: overdue.len() as u64,
+        })
     }
 
     /// Gives every lease a full TTL from now (a new leader's fresh window).
@@ -156,8 +196,12 @@ impl AllocationTable {
                 self.put_record(record);
             }
         }
-        self.emit(EventKind::LeasesRefreshed { leases: leased.len() as u64 });
-        Ok(CommandResponse::LeasesRefreshed { leases: leased.len() as u64 })
+        self.emit(EventKind::LeasesRefreshed {
+            leases: leased.len() as u64,
+        });
+        Ok(CommandResponse::LeasesRefreshed {
+            leases: leased.len() as u64,
+        })
     }
 
     pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
@@ -184,14 +228,25 @@ impl AllocationTable {
             return Ok(CommandResponse::Request(Box::new(record.clone())));
         }
         if record.state != from {
-            return Err(CommandError::NotActive { allocation_id: record.allocation_id, state: record.state.as_str().to_owned() });
+            return Err(CommandError::NotActive {
+                allocation_id: record.allocation_id,
+                state: record.state.as_str().to_owned(),
+            });
         }
         let mut record = self.take_record(request_id);
         record.state = to;
         let (allocation_id, namespace, provider_id) = (record.allocation_id, record.request.namespace.clone(), provider_id.to_owned());
         self.emit(match to {
-            RequestState::Monitoring => EventKind::AllocationConfirmed { allocation_id, namespace, provider_id },
-            _ => EventKind::DeallocationConfirmed { allocation_id, namespace, provider_id },
+            RequestState::Monitoring => EventKind::AllocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            },
+            _ => EventKind::DeallocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            },
         });
         self.put_record(record);
         Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
@@ -204,7 +259,13 @@ impl AllocationTable {
     /// use it, at the price that a large request can wait behind a stream of
     /// small ones until its deadline.
     pub(super) fn examine_queue(&mut self) {
-        let waiting: Vec<Uuid> = self.index.queue.iter().take(self.config.queue_examined_per_free_max).map(|(_, _, id)| *id).collect();
+        let waiting: Vec<Uuid> = self
+            .index
+            .queue
+            .iter()
+            .take(self.config.queue_examined_per_free_max)
+            .map(|(_, _, id)| *id)
+            .collect();
         for request_id in waiting {
             let request = &self.requests[&request_id].request;
             // Past its deadline the requester has given up: the next tick
@@ -222,7 +283,10 @@ impl AllocationTable {
 
     /// Holds `placement`'s units for `record` (taken out of the table).
     pub(super) fn grant(&mut self, record: &mut RequestRecord, placement: Placement, cause: GrantCause) {
-        let provider = self.providers.get_mut(&placement.provider_id).expect("placements name registered providers");
+        let provider = self
+            .providers
+            .get_mut(&placement.provider_id)
+            .expect("placements name registered providers");
         let changed = provider.hold(record.allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
         for (kind, before) in changed {
@@ -252,7 +316,11 @@ impl AllocationTable {
         if record.lease_expires_at_ms.is_none() {
             record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl);
         }
-        record.state = if confirms { RequestState::Allocation } else { RequestState::Monitoring };
+        record.state = if confirms {
+            RequestState::Allocation
+        } else {
+            RequestState::Monitoring
+        };
         record.status = AllocationStatus::Allocated;
         record.placement = Some(placement);
         record.reason = None;
@@ -289,7 +357,10 @@ impl AllocationTable {
     /// the record keeps its placement as history. Returns that placement.
     pub(super) fn free_placement(&mut self, record: &RequestRecord) -> Placement {
         let placement = record.placement.clone().expect("an active request has a placement");
-        let provider = self.providers.get_mut(&placement.provider_id).expect("placements name registered providers");
+        let provider = self
+            .providers
+            .get_mut(&placement.provider_id)
+            .expect("placements name registered providers");
         let changed = provider.unhold(record.allocation_id, &placement.grants);
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
@@ -311,7 +382,11 @@ impl AllocationTable {
                     provider_id: provider.provider_id.clone(),
                     resource_id: resource.resource_id.clone(),
                     kind: resource.kind.clone(),
-                    status: if used == 0 { ResourceState::Available } else { ResourceState::Allocated },
+                    status: if used == 0 {
+                        ResourceState::Available
+                    } else {
+                        ResourceState::Allocated
+                    },
                     used,
                     capacity: resource.capacity,
                 }
@@ -327,6 +402,10 @@ impl AllocationTable {
         if self.requests.contains_key(&id) {
             return Ok(id);
         }
-        self.index.allocation_to_request.get(&id).copied().ok_or(CommandError::NotFound { id })
+        self.index
+            .allocation_to_request
+            .get(&id)
+            .copied()
+            .ok_or(CommandError::NotFound { id })
     }
 }

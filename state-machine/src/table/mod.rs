@@ -3,8 +3,15 @@
 //! Only `config`, the counters, `providers`, `requests` and `history` are
 //! state; everything in [`Indexes`] is derived from them, skipped by the
 //! snapshot and rebuilt on restore. Every mutation of a request goes through
-//! [`AllocationTable::take_record`] / [`AllocationTable::put_record`], which
+//! `AllocationTable::take_record` / `AllocationTable::put_record`, which
 //! keep the indexes in step with the record's state.
+//!
+//! Every decision is bounded, whatever the table's size: a placement examines
+//! at most [`TableConfig::placement_candidates_max`] providers, freed capacity
+//! re-examines at most [`TableConfig::queue_examined_per_free_max`] queued
+//! requests (skipping those past their deadline, which the next
+//! [`Command::Tick`] rejects), and a tick handles at most
+//! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
 
 mod indexes;
 mod lifecycle;
@@ -85,7 +92,11 @@ impl AllocationTable {
         match &result {
             Ok(_) => self.evict_finished(),
             Err(_) => {
-                assert!(self.pending_events.is_empty(), "a failed {} emitted events", entry.command.operation_type());
+                assert!(
+                    self.pending_events.is_empty(),
+                    "a failed {} emitted events",
+                    entry.command.operation_type()
+                );
                 self.clock_ms = clock_before;
             }
         }
@@ -110,8 +121,14 @@ impl AllocationTable {
             Command::ProviderFailed { provider_id } => self.provider_failed(provider_id),
             Command::ProviderRecovered { provider_id } => self.provider_recovered(provider_id),
             Command::RefreshLeases => self.refresh_leases(),
-            Command::ConfirmAllocation { allocation_id, provider_id } => self.confirm_allocation(*allocation_id, provider_id),
-            Command::ConfirmDeallocation { allocation_id, provider_id } => self.confirm_deallocation(*allocation_id, provider_id),
+            Command::ConfirmAllocation {
+                allocation_id,
+                provider_id,
+            } => self.confirm_allocation(*allocation_id, provider_id),
+            Command::ConfirmDeallocation {
+                allocation_id,
+                provider_id,
+            } => self.confirm_deallocation(*allocation_id, provider_id),
         }
     }
 
@@ -123,7 +140,10 @@ impl AllocationTable {
     /// Removes a request from the table and its indexes, to be changed and
     /// put back with [`Self::put_record`].
     fn take_record(&mut self, request_id: Uuid) -> RequestRecord {
-        let record = self.requests.remove(&request_id).expect("take_record is called with a known request id");
+        let record = self
+            .requests
+            .remove(&request_id)
+            .expect("take_record is called with a known request id");
         self.index.remove_record(&record);
         record
     }
@@ -142,7 +162,9 @@ impl AllocationTable {
     /// limit, a bounded number per command.
     fn evict_finished(&mut self) {
         for _ in 0..self.config.evictions_per_command_max {
-            let Some(&(finished_at, request_id)) = self.index.finished.first() else { break };
+            let Some(&(finished_at, request_id)) = self.index.finished.first() else {
+                break;
+            };
             let over_count = self.index.finished.len() > self.config.finished_requests_max;
             let past_window = finished_at.saturating_add(self.config.dedupe_window_ms) <= self.clock_ms;
             if !(over_count || past_window) {

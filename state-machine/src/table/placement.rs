@@ -40,15 +40,28 @@ impl AllocationTable {
         if provider.status != ProviderStatus::Active || !provider.has_labels(&request.constraints.labels) {
             return None;
         }
-        if request.requirements.iter().any(|requirement| provider.free_of(&requirement.kind) < requirement.quantity) {
+        if request
+            .requirements
+            .iter()
+            .any(|requirement| provider.free_of(&requirement.kind) < requirement.quantity)
+        {
             return None;
         }
         let mut grants = Vec::new();
         for requirement in &request.requirements {
-            grants.extend(provider.pick_units(&requirement.kind, requirement.quantity, &request.constraints.resource_ids, request.placement)?);
+            grants.extend(provider.pick_units(
+                &requirement.kind,
+                requirement.quantity,
+                &request.constraints.resource_ids,
+                request.placement,
+            )?);
         }
         grants.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
-        Some(Placement { provider_id: provider.provider_id.clone(), grants, granted_at_ms: self.clock_ms })
+        Some(Placement {
+            provider_id: provider.provider_id.clone(),
+            grants,
+            granted_at_ms: self.clock_ms,
+        })
     }
 
     /// Why `request` can never be placed, if so: its deadline has passed, or

@@ -19,7 +19,10 @@ impl AllocationTable {
                 let provider = Provider::new(&registration, self.clock_ms);
                 self.index.add_provider(&provider);
                 self.providers.insert(provider_id.clone(), provider);
-                self.emit(EventKind::ProviderRegistered { provider_id: provider_id.clone(), resources });
+                self.emit(EventKind::ProviderRegistered {
+                    provider_id: provider_id.clone(),
+                    resources,
+                });
             }
             Some(existing) => {
                 let updated = updated_provider(existing, &registration)?;
@@ -27,9 +30,14 @@ impl AllocationTable {
                 let old = self.providers.insert(provider_id.clone(), updated).expect("just looked up");
                 self.index.remove_provider(&old);
                 self.index.add_provider(&self.providers[&provider_id]);
-                self.emit(EventKind::ProviderUpdated { provider_id: provider_id.clone(), resources });
+                self.emit(EventKind::ProviderUpdated {
+                    provider_id: provider_id.clone(),
+                    resources,
+                });
                 if was_failed {
-                    self.emit(EventKind::ProviderRecovered { provider_id: provider_id.clone() });
+                    self.emit(EventKind::ProviderRecovered {
+                        provider_id: provider_id.clone(),
+                    });
                 }
             }
         }
@@ -39,7 +47,9 @@ impl AllocationTable {
     }
 
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider {
+            provider_id: provider_id.to_owned(),
+        })?;
         // Failed first, so that evacuation cannot pick it again.
         provider.status = ProviderStatus::Failed;
         let snapshot = provider.clone();
@@ -47,32 +57,44 @@ impl AllocationTable {
         self.evacuate(provider_id, "provider_deregistered");
         let provider = self.providers.remove(provider_id).expect("still registered");
         self.index.remove_provider(&provider);
-        self.emit(EventKind::ProviderDeregistered { provider_id: provider_id.to_owned() });
-        Ok(CommandResponse::ProviderRemoved { provider_id: provider_id.to_owned() })
+        self.emit(EventKind::ProviderDeregistered {
+            provider_id: provider_id.to_owned(),
+        });
+        Ok(CommandResponse::ProviderRemoved {
+            provider_id: provider_id.to_owned(),
+        })
     }
 
     pub(super) fn provider_failed(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        let provider = self.providers.get(provider_id).ok_or_else(|| CommandError::UnknownProvider {
+            provider_id: provider_id.to_owned(),
+        })?;
         if provider.status == ProviderStatus::Failed {
             return Ok(self.provider_response(provider_id));
         }
         let snapshot = provider.clone();
         self.index.remove_free(&snapshot);
         self.providers.get_mut(provider_id).expect("looked up").status = ProviderStatus::Failed;
-        self.emit(EventKind::ProviderFailed { provider_id: provider_id.to_owned() });
+        self.emit(EventKind::ProviderFailed {
+            provider_id: provider_id.to_owned(),
+        });
         self.emit_provider_statuses(provider_id);
         self.evacuate(provider_id, "provider_failed");
         Ok(self.provider_response(provider_id))
     }
 
     pub(super) fn provider_recovered(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider { provider_id: provider_id.to_owned() })?;
+        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider {
+            provider_id: provider_id.to_owned(),
+        })?;
         if provider.status == ProviderStatus::Active {
             return Ok(self.provider_response(provider_id));
         }
         provider.status = ProviderStatus::Active;
         self.index.add_free(&self.providers[provider_id]);
-        self.emit(EventKind::ProviderRecovered { provider_id: provider_id.to_owned() });
+        self.emit(EventKind::ProviderRecovered {
+            provider_id: provider_id.to_owned(),
+        });
         self.emit_provider_statuses(provider_id);
         self.examine_queue();
         Ok(self.provider_response(provider_id))
@@ -152,7 +174,9 @@ fn updated_provider(existing: &Provider, registration: &ProviderRegistration) ->
             resource_id: resource_id.clone(),
             change: change.to_owned(),
         };
-        let Some(next) = updated.resources.get_mut(resource_id) else { return Err(in_use("removed")) };
+        let Some(next) = updated.resources.get_mut(resource_id) else {
+            return Err(in_use("removed"));
+        };
         if next.kind != held.kind || next.sharing != held.sharing {
             return Err(in_use("changed in kind or sharing"));
         }

@@ -74,7 +74,10 @@ impl AllocationTable {
             filter.state.is_none_or(|state| record.state == state)
                 && filter.after.is_none_or(|after| record.request.request_id > after)
                 && filter.namespace.as_ref().is_none_or(|ns| record.request.namespace == *ns)
-                && filter.requester_id.as_ref().is_none_or(|requester| record.request.requester_id == *requester)
+                && filter
+                    .requester_id
+                    .as_ref()
+                    .is_none_or(|requester| record.request.requester_id == *requester)
         };
         let limit = if filter.limit == 0 { usize::MAX } else { filter.limit };
         let ids: Box<dyn Iterator<Item = Uuid> + '_> = match (&filter.provider_id, &filter.namespace) {
@@ -82,7 +85,11 @@ impl AllocationTable {
             (None, Some(namespace)) => {
                 let requesters = self.index.by_owner.get(namespace).into_iter().flatten();
                 let wanted = filter.requester_id.as_ref();
-                Box::new(requesters.filter(move |(requester, _)| wanted.is_none_or(|wanted| wanted == *requester)).flat_map(|(_, ids)| ids.iter().copied()))
+                Box::new(
+                    requesters
+                        .filter(move |(requester, _)| wanted.is_none_or(|wanted| wanted == *requester))
+                        .flat_map(|(_, ids)| ids.iter().copied()),
+                )
             }
             (None, None) => Box::new(self.requests.keys().copied()),
         };
@@ -142,14 +149,24 @@ impl AllocationTable {
                 total.failed_capacity += usage.failed_capacity;
             }
             let allocations = self.index.by_provider.get(&provider.provider_id).map_or(0, |ids| ids.len() as u64);
-            providers.push(ProviderUsage { provider_id: provider.provider_id.clone(), status: provider.status, allocations, kinds });
+            providers.push(ProviderUsage {
+                provider_id: provider.provider_id.clone(),
+                status: provider.status,
+                allocations,
+                kinds,
+            });
         }
         Usage {
             by_kind,
             providers,
             queue_len: self.index.queue.len() as u64,
             active_allocations: self.active_allocations() as u64,
-            failed_providers: self.providers.values().filter(|p| p.status == ProviderStatus::Failed).map(|p| p.provider_id.clone()).collect(),
+            failed_providers: self
+                .providers
+                .values()
+                .filter(|p| p.status == ProviderStatus::Failed)
+                .map(|p| p.provider_id.clone())
+                .collect(),
             revision: self.revision,
         }
     }
@@ -194,43 +211,110 @@ impl AllocationTable {
         // The index and each provider's kind totals are derived: both must match a rebuild.
         assert_eq!(rebuilt.index, self.index, "indexes drifted from the state");
         for (provider_id, provider) in &self.providers {
-            assert_eq!(rebuilt.providers[provider_id].kinds, provider.kinds, "kind totals of {provider_id} drifted from its units");
+            assert_eq!(
+                rebuilt.providers[provider_id].kinds, provider.kinds,
+                "kind totals of {provider_id} drifted from its units"
+            );
         }
-        assert!(self.history.len() <= self.config.event_history_max, "history holds {} events", self.history.len());
-        assert!(self.history.iter().zip(self.history.iter().skip(1)).all(|(a, b)| a.revision + 1 == b.revision), "history has gaps");
-        assert!(self.history.back().is_none_or(|event| event.revision == self.revision), "history does not end at the revision");
+        assert!(
+            self.history.len() <= self.config.event_history_max,
+            "history holds {} events",
+            self.history.len()
+        );
+        assert!(
+            self.history
+                .iter()
+                .zip(self.history.iter().skip(1))
+                .all(|(a, b)| a.revision + 1 == b.revision),
+            "history has gaps"
+        );
+        assert!(
+            self.history.back().is_none_or(|event| event.revision == self.revision),
+            "history does not end at the revision"
+        );
         for provider in self.providers.values() {
             for resource in provider.resources.values() {
-                assert!(resource.used() <= resource.capacity, "{}/{} over capacity", provider.provider_id, resource.resource_id);
+                assert!(
+                    resource.used() <= resource.capacity,
+                    "{}/{} over capacity",
+                    provider.provider_id,
+                    resource.resource_id
+                );
                 if resource.sharing == crate::provider::Sharing::Exclusive {
-                    assert!(resource.holders.len() <= 1, "exclusive {}/{} has {} holders", provider.provider_id, resource.resource_id, resource.holders.len());
+                    assert!(
+                        resource.holders.len() <= 1,
+                        "exclusive {}/{} has {} holders",
+                        provider.provider_id,
+                        resource.resource_id,
+                        resource.holders.len()
+                    );
                 }
                 for allocation_id in resource.holders.keys() {
                     let record = self.get(*allocation_id).expect("holders are known allocations");
-                    assert!(record.state.is_active(), "{allocation_id} holds units while {}", record.state.as_str());
-                    assert_eq!(record.placement.as_ref().map(|p| p.provider_id.as_str()), Some(provider.provider_id.as_str()));
+                    assert!(
+                        record.state.is_active(),
+                        "{allocation_id} holds units while {}",
+                        record.state.as_str()
+                    );
+                    assert_eq!(
+                        record.placement.as_ref().map(|p| p.provider_id.as_str()),
+                        Some(provider.provider_id.as_str())
+                    );
                 }
                 if provider.status == ProviderStatus::Failed {
-                    assert!(resource.holders.is_empty(), "failed provider {} still holds allocations", provider.provider_id);
+                    assert!(
+                        resource.holders.is_empty(),
+                        "failed provider {} still holds allocations",
+                        provider.provider_id
+                    );
                 }
             }
         }
         for record in self.requests.values() {
-            assert!(record.arrival_seq < self.next_arrival_seq, "{} arrived in the future", record.request.request_id);
+            assert!(
+                record.arrival_seq < self.next_arrival_seq,
+                "{} arrived in the future",
+                record.request.request_id
+            );
             if record.state == RequestState::Queued {
                 assert!(record.placement.is_none(), "queued {} has a placement", record.request.request_id);
             }
-            assert_eq!(record.state.is_finished(), record.finished_at_ms.is_some(), "{} finish time vs state", record.request.request_id);
+            assert_eq!(
+                record.state.is_finished(),
+                record.finished_at_ms.is_some(),
+                "{} finish time vs state",
+                record.request.request_id
+            );
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];
-                assert_eq!(provider.status, ProviderStatus::Active, "{} is placed on failed {}", record.request.request_id, provider.provider_id);
+                assert_eq!(
+                    provider.status,
+                    ProviderStatus::Active,
+                    "{} is placed on failed {}",
+                    record.request.request_id,
+                    provider.provider_id
+                );
                 for grant in &placement.grants {
-                    assert_eq!(provider.resources[&grant.resource_id].holders.get(&record.allocation_id), Some(&grant.amount));
+                    assert_eq!(
+                        provider.resources[&grant.resource_id].holders.get(&record.allocation_id),
+                        Some(&grant.amount)
+                    );
                 }
                 for requirement in &record.request.requirements {
-                    let granted: u64 = placement.grants.iter().filter(|g| g.kind == requirement.kind).map(|g| g.amount).sum();
-                    assert!(granted >= requirement.quantity, "{} got {granted} of {} {}", record.request.request_id, requirement.quantity, requirement.kind);
+                    let granted: u64 = placement
+                        .grants
+                        .iter()
+                        .filter(|g| g.kind == requirement.kind)
+                        .map(|g| g.amount)
+                        .sum();
+                    assert!(
+                        granted >= requirement.quantity,
+                        "{} got {granted} of {} {}",
+                        record.request.request_id,
+                        requirement.quantity,
+                        requirement.kind
+                    );
                 }
             }
         }

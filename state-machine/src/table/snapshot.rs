@@ -56,7 +56,10 @@ impl AllocationTable {
         // The version first, alone, so a snapshot of another layout is named as such.
         let (version, version_len): (u32, usize) = bincode::serde::decode_from_slice(bytes, config).map_err(decode_error)?;
         if version != SNAPSHOT_FORMAT_VERSION {
-            return Err(SnapshotError::Version { found: version, expected: SNAPSHOT_FORMAT_VERSION });
+            return Err(SnapshotError::Version {
+                found: version,
+                expected: SNAPSHOT_FORMAT_VERSION,
+            });
         }
         let (mut table, table_len): (AllocationTable, usize) =
             bincode::serde::decode_from_slice(&bytes[version_len..], config).map_err(decode_error)?;

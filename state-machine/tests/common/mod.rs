@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, Constraints, Event, EventKind, PlacementPolicy, ProviderRegistration,
-    ProviderStatus, RequestRecord, Requirement, ResourceSpec, ResourceState, Sharing, StampedCommand, TableConfig, UnitGrant,
+    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, Constraints, Event, EventKind, PlacementPolicy,
+    ProviderRegistration, ProviderStatus, RequestRecord, Requirement, ResourceSpec, ResourceState, Sharing, StampedCommand, TableConfig,
+    UnitGrant,
 };
 use uuid::Uuid;
 
@@ -25,12 +26,21 @@ pub fn id(n: u128) -> Uuid {
 /// One resource of a registration; sharing resolved by the table's default
 /// (capacity 1 exclusive, larger divisible).
 pub fn unit(resource_id: &str, kind: &str, capacity: i64) -> ResourceSpec {
-    ResourceSpec { resource_id: resource_id.to_owned(), kind: kind.to_owned(), capacity, labels: BTreeMap::new(), sharing: None }
+    ResourceSpec {
+        resource_id: resource_id.to_owned(),
+        kind: kind.to_owned(),
+        capacity,
+        labels: BTreeMap::new(),
+        sharing: None,
+    }
 }
 
 /// A unit with its sharing stated explicitly.
 pub fn shared(resource_id: &str, kind: &str, capacity: i64, sharing: Sharing) -> ResourceSpec {
-    ResourceSpec { sharing: Some(sharing), ..unit(resource_id, kind, capacity) }
+    ResourceSpec {
+        sharing: Some(sharing),
+        ..unit(resource_id, kind, capacity)
+    }
 }
 
 /// `count` exclusive CPU cores named `{prefix}cpu_1..`.
@@ -39,7 +49,12 @@ pub fn cores(prefix: &str, count: usize) -> Vec<ResourceSpec> {
 }
 
 pub fn provider(provider_id: &str, resources: Vec<ResourceSpec>) -> ProviderRegistration {
-    ProviderRegistration { provider_id: provider_id.to_owned(), labels: BTreeMap::new(), resources, confirms_allocations: false }
+    ProviderRegistration {
+        provider_id: provider_id.to_owned(),
+        labels: BTreeMap::new(),
+        resources,
+        confirms_allocations: false,
+    }
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -53,7 +68,13 @@ pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
         request_id: id(n),
         requester_id: "agent_1".to_owned(),
         namespace: DEFAULT_NAMESPACE.to_owned(),
-        requirements: requirements.iter().map(|(kind, quantity)| Requirement { kind: kind.to_string(), quantity: *quantity }).collect(),
+        requirements: requirements
+            .iter()
+            .map(|(kind, quantity)| Requirement {
+                kind: kind.to_string(),
+                quantity: *quantity,
+            })
+            .collect(),
         priority: 0,
         deadline_ms: None,
         lease_ttl_ms: None,
@@ -63,11 +84,18 @@ pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
 }
 
 pub fn on_provider(provider_id: &str) -> Constraints {
-    Constraints { provider_id: Some(provider_id.to_owned()), ..Constraints::default() }
+    Constraints {
+        provider_id: Some(provider_id.to_owned()),
+        ..Constraints::default()
+    }
 }
 
 pub fn grant(resource_id: &str, kind: &str, amount: u64) -> UnitGrant {
-    UnitGrant { resource_id: resource_id.to_owned(), kind: kind.to_owned(), amount }
+    UnitGrant {
+        resource_id: resource_id.to_owned(),
+        kind: kind.to_owned(),
+        amount,
+    }
 }
 
 // --- expected events
@@ -165,7 +193,10 @@ impl Table {
     }
 
     pub fn with_config(config: TableConfig) -> Table {
-        Table { table: AllocationTable::new(config), now_ms: T0 }
+        Table {
+            table: AllocationTable::new(config),
+            now_ms: T0,
+        }
     }
 
     /// Registers providers, asserting each registration succeeds.
@@ -184,7 +215,11 @@ impl Table {
         self.table.assert_invariants();
         if applied.result.is_err() {
             assert_eq!(before, self.table, "a failed command changed the table");
-            assert_eq!(snapshot_before, self.table.to_snapshot_bytes(), "a failed command changed the snapshot");
+            assert_eq!(
+                snapshot_before,
+                self.table.to_snapshot_bytes(),
+                "a failed command changed the snapshot"
+            );
             assert_eq!(Vec::<Event>::new(), applied.events, "a failed command emitted events");
         }
         applied
@@ -222,7 +257,11 @@ impl Table {
     pub fn expect(&self, kinds: Vec<EventKind>) -> Vec<Event> {
         let at_ms = self.now_ms.max(self.table.clock_ms());
         let first = self.table.revision() + 1;
-        kinds.into_iter().enumerate().map(|(offset, kind)| Event::new(first + offset as u64, at_ms, kind)).collect()
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(offset, kind)| Event::new(first + offset as u64, at_ms, kind))
+            .collect()
     }
 
     pub fn provider_status(&self, provider_id: &str) -> ProviderStatus {

@@ -1,0 +1,132 @@
+//! Unit tests of `provider.rs`: normalising registrations and picking units.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::*;
+
+fn spec(resource_id: &str, kind: &str, capacity: i64) -> ResourceSpec {
+    ResourceSpec {
+        resource_id: resource_id.into(),
+        kind: kind.into(),
+        capacity,
+        labels: BTreeMap::new(),
+        sharing: None,
+    }
+}
+
+fn provider_with(resources: Vec<ResourceSpec>) -> Provider {
+    let registration = ProviderRegistration {
+        provider_id: "node_1".into(),
+        labels: BTreeMap::new(),
+        resources,
+        confirms_allocations: false,
+    };
+    Provider::new(&registration.validate().unwrap(), 0)
+}
+
+fn picked(grants: Option<Vec<UnitGrant>>) -> Vec<(String, u64)> {
+    grants
+        .expect("fits")
+        .into_iter()
+        .map(|grant| (grant.resource_id, grant.amount))
+        .collect()
+}
+
+#[test]
+fn validate_sorts_units_and_resolves_sharing_from_capacity() {
+    let registration = ProviderRegistration {
+        provider_id: "node_1".into(),
+        labels: BTreeMap::new(),
+        resources: vec![spec("vol_1", "storage_gb", 500), spec("cpu_1", "cpu_cores", 1)],
+        confirms_allocations: false,
+    };
+    let resolved: Vec<(String, Option<Sharing>)> = registration
+        .validate()
+        .unwrap()
+        .resources
+        .into_iter()
+        .map(|r| (r.resource_id, r.sharing))
+        .collect();
+    assert_eq!(
+        vec![
+            ("cpu_1".into(), Some(Sharing::Exclusive)),
+            ("vol_1".into(), Some(Sharing::Divisible))
+        ],
+        resolved
+    );
+}
+
+#[test]
+fn kind_totals_follow_holds_and_releases() {
+    let mut provider = provider_with(vec![
+        spec("cpu_1", "cpu_cores", 1),
+        spec("cpu_2", "cpu_cores", 1),
+        spec("vol_1", "storage_gb", 100),
+    ]);
+    let allocation = Uuid::from_u128(1);
+    let grants = vec![
+        UnitGrant {
+            resource_id: "cpu_1".into(),
+            kind: "cpu_cores".into(),
+            amount: 1,
+        },
+        UnitGrant {
+            resource_id: "vol_1".into(),
+            kind: "storage_gb".into(),
+            amount: 30,
+        },
+    ];
+
+    // --- held: free drops, the amounts before are reported per kind
+    assert_eq!(
+        vec![("cpu_cores".to_owned(), 2), ("storage_gb".to_owned(), 100)],
+        provider.hold(allocation, &grants)
+    );
+    assert_eq!((1, 70), (provider.free_of("cpu_cores"), provider.free_of("storage_gb")));
+
+    // --- released: back to full, and equal to totals rebuilt from the units
+    provider.unhold(allocation, &grants);
+    let mut rebuilt = provider.clone();
+    rebuilt.rebuild_kinds();
+    assert_eq!(
+        (2, 100, &rebuilt.kinds),
+        (provider.free_of("cpu_cores"), provider.free_of("storage_gb"), &provider.kinds)
+    );
+}
+
+#[test]
+fn pick_units_prefers_one_unit_then_the_largest_free_first() {
+    let provider = provider_with(vec![
+        spec("vol_a", "storage_gb", 30),
+        spec("vol_b", "storage_gb", 80),
+        spec("vol_c", "storage_gb", 50),
+    ]);
+    let pick = |quantity, policy| picked(provider.pick_units("storage_gb", quantity, &[], policy));
+
+    assert_eq!(vec![("vol_c".to_owned(), 40)], pick(40, PlacementPolicy::BestFit));
+    assert_eq!(vec![("vol_b".to_owned(), 40)], pick(40, PlacementPolicy::Spread));
+    assert_eq!(
+        vec![("vol_b".to_owned(), 80), ("vol_c".to_owned(), 20)],
+        pick(100, PlacementPolicy::BestFit)
+    );
+    assert_eq!(None, provider.pick_units("storage_gb", 161, &[], PlacementPolicy::BestFit));
+    assert_eq!(None, provider.pick_units("gpu", 1, &[], PlacementPolicy::BestFit));
+}
+
+#[test]
+fn pick_units_stays_within_pinned_units_in_id_order() {
+    let provider = provider_with((1..=4).map(|n| spec(&format!("cpu_{n}"), "cpu_cores", 1)).collect());
+    let pinned = vec!["cpu_4".to_owned(), "cpu_2".to_owned(), "gpu_9".to_owned()];
+
+    assert_eq!(
+        vec![("cpu_2".to_owned(), 1)],
+        picked(provider.pick_units("cpu_cores", 1, &pinned, PlacementPolicy::BestFit))
+    );
+    assert_eq!(
+        vec![("cpu_2".to_owned(), 1), ("cpu_4".to_owned(), 1)],
+        picked(provider.pick_units("cpu_cores", 2, &pinned, PlacementPolicy::Spread))
+    );
+    assert_eq!(None, provider.pick_units("cpu_cores", 3, &pinned, PlacementPolicy::BestFit));
+}
