@@ -37,8 +37,10 @@
 //! * [`watch`]: [`WatchStream`], events across failovers.
 //! * [`lease`]: [`LeaseKeeper`], renews a lease in the background.
 //! * [`heartbeat`]: [`HeartbeatLoop`], a provider's heartbeats in the background.
+//! * [`bench`]: the load generator behind `qm bench`.
 //! * [`cli`]: the `qm` command line (`src/main.rs` only parses and runs it).
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

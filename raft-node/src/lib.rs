@@ -19,6 +19,7 @@
 //! * [`config`]: flags, TOML file, defaults, validation.
 //! * [`server`]: [`run`]: storage, Raft, gRPC services, bootstrap, health, metrics.
 //! * [`node`]: [`node::Node`], the shared handle: propose, read barrier, leader redirect.
+//! * [`proposer`]: batches concurrent commands into one log entry (group commit).
 //! * [`api`]: the public gRPC API.
 //! * [`local_cluster`]: real replicas on loopback, for tests and the fault-injection suite.
 //! * [`leader`]: the leader's duties: heartbeats, ticks, provider failure, fresh lease window.
@@ -36,6 +37,7 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod server;
 pub mod storage;
 pub mod types;

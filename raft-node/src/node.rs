@@ -4,15 +4,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
-use qm_state_machine::{AllocationTable, Command, CommandResponse, StampedCommand};
+use qm_state_machine::{AllocationTable, Command, CommandResponse};
 use tonic::Status;
 
 use crate::api::status;
 use crate::config::NodeConfig;
 use crate::leader::HeartbeatBook;
 use crate::metrics::Metrics;
+use crate::proposer::Proposer;
 use crate::storage::StateReader;
 use crate::types::{NodeId, Raft};
 
@@ -28,6 +28,7 @@ pub struct Node {
     pub id: NodeId,
     pub config: NodeConfig,
     pub raft: Raft,
+    pub proposer: Proposer,
     pub state: StateReader,
     pub heartbeats: Arc<Mutex<HeartbeatBook>>,
     pub metrics: Metrics,
@@ -39,33 +40,16 @@ impl Node {
         read(self.state.read().await.table())
     }
 
-    /// Stamps `command` with the leader's clock, replicates it to a majority's
-    /// disk, applies it and returns the table's answer. A follower answers
-    /// with the leader's address instead; a write not committed within
-    /// `request_timeout_ms` is reported as of unknown outcome.
+    /// Replicates `command` to a majority's disk (batched with whatever else
+    /// is being proposed), applies it and returns the table's answer. A
+    /// follower answers with the leader's address instead; a write not
+    /// committed within `request_timeout_ms` is reported as of unknown outcome.
     pub async fn propose(&self, command: Command) -> Result<CommandResponse, Status> {
+        let started = std::time::Instant::now();
         let operation_type = command.operation_type();
-        let entry = StampedCommand::new(now_ms(), command);
-        let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        match tokio::time::timeout(timeout, self.raft.client_write(entry)).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "{operation_type} was not committed within {} ms; its outcome is unknown (retry with the same request_id)",
-                self.config.request_timeout_ms
-            ))),
-            Ok(Ok(written)) => match written.data.into_command_result() {
-                Some(result) => result.map_err(|error| status::command_error(&error)),
-                None => Err(Status::internal(format!(
-                    "{operation_type} was answered as a blank or membership entry"
-                ))),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                Err(status::not_leader(forward.leader_id.zip(forward.leader_node.map(|node| node.addr))))
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => {
-                Err(Status::failed_precondition(error.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(Status::unavailable(format!("this replica is stopping: {fatal}"))),
-        }
+        let answered = self.proposer.propose(command).await;
+        tracing::debug!(operation_type, commit_us = started.elapsed().as_micros() as u64, "proposal answered");
+        answered?.map_err(|error| status::command_error(&error))
     }
 
     /// Makes the next local read linearizable: confirms leadership with a

@@ -23,7 +23,7 @@ use qm_client::proto::raft::raft_server::RaftServer;
 use qm_client::proto::FILE_DESCRIPTOR_SET;
 use qm_state_machine::TableConfig;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::api::ApiService;
@@ -33,6 +33,7 @@ use crate::metrics::{self, Metrics, RaftSample, UtilizationSample};
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
 use crate::node::Node;
+use crate::proposer::Proposer;
 use crate::storage;
 use crate::types::Raft;
 
@@ -66,6 +67,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         id: config.id,
         config: config.clone(),
         raft: raft.clone(),
+        proposer: Proposer::start(raft.clone(), Duration::from_millis(config.request_timeout_ms)),
         state,
         heartbeats: Arc::new(Mutex::new(HeartbeatBook::default())),
         metrics: Metrics::default(),
@@ -99,12 +101,14 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(api)
         .add_service(raft_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Nagle off on every accepted connection: with it, a reply written as
+        // headers then body waits for the peer's delayed ACK (~40 ms).
+        // (The builder's `tcp_nodelay` applies only to listeners it binds itself.)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await;
     for task in background {
         task.abort();

@@ -94,7 +94,7 @@ fn commands() -> Vec<Command> {
 fn normal(index: u64, command: Command) -> Entry {
     Entry {
         log_id: log_id(1, 1, index),
-        payload: EntryPayload::Normal(StampedCommand::new(1_000 + index, command)),
+        payload: EntryPayload::Normal(StampedCommand::new(1_000 + index, command).into()),
     }
 }
 
@@ -119,7 +119,8 @@ fn membership(index: u64) -> Entry {
 fn table_after(entries: &[Entry]) -> AllocationTable {
     let mut table = AllocationTable::new(table_config());
     for entry in entries {
-        if let EntryPayload::Normal(command) = &entry.payload {
+        if let EntryPayload::Normal(batch) = &entry.payload {
+            let command = &batch.commands[0];
             table.apply(command);
         }
     }

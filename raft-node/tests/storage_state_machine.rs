@@ -95,7 +95,7 @@ async fn apply_answers_every_entry_and_publishes_its_events() {
     ];
     entries.extend(commands.iter().map(|(index, command)| Entry {
         log_id: log_id(1, 1, *index),
-        payload: EntryPayload::Normal(stamped(*index, command.clone())),
+        payload: EntryPayload::Normal(stamped(*index, command.clone()).into()),
     }));
 
     // --- the same commands applied to a bare table say what to expect
@@ -105,10 +105,10 @@ async fn apply_answers_every_entry_and_publishes_its_events() {
         .map(|(index, command)| expected_table.apply(&stamped(*index, command.clone())))
         .collect();
     let mut expected_responses = vec![AppResponse::Blank, AppResponse::Membership];
-    expected_responses.extend(expected_applied.iter().map(|applied| AppResponse::Command(applied.result.clone())));
+    expected_responses.extend(expected_applied.iter().map(|applied| AppResponse::Commands(vec![applied.result.clone()])));
     let expected_events: Vec<_> = expected_applied.iter().flat_map(|applied| applied.events.clone()).collect();
     assert!(
-        matches!(expected_responses[5], AppResponse::Command(Err(_))),
+        matches!(&expected_responses[5], AppResponse::Commands(results) if matches!(results[..], [Err(_)])),
         "the fixture includes a refused command"
     );
 
@@ -145,7 +145,7 @@ async fn reader_subscribers_get_events_applied_after_they_subscribe() {
     let reader = state_machine.reader();
     let first = Entry {
         log_id: log_id(1, 1, 1),
-        payload: EntryPayload::Normal(stamped(1, provider("provider-a", 1))),
+        payload: EntryPayload::Normal(stamped(1, provider("provider-a", 1)).into()),
     };
     state_machine.apply([first]).await.expect("apply");
 
@@ -153,7 +153,7 @@ async fn reader_subscribers_get_events_applied_after_they_subscribe() {
     let mut events = reader.subscribe();
     let second = Entry {
         log_id: log_id(1, 1, 2),
-        payload: EntryPayload::Normal(stamped(2, allocate(1, 1))),
+        payload: EntryPayload::Normal(stamped(2, allocate(1, 1)).into()),
     };
     state_machine.apply([second]).await.expect("apply");
     let revision_after_first = {

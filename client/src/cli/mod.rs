@@ -8,6 +8,7 @@
 
 mod allocate;
 mod allocations;
+mod bench;
 mod cluster;
 mod error;
 mod input;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 pub use allocate::AllocateArgs;
 pub use allocations::ListArgs;
+pub use bench::BenchArgs;
 pub use cluster::ClusterCommand;
 pub use error::CliError;
 pub use output::OutputFormat;
@@ -91,6 +93,8 @@ pub enum Command {
         #[arg(long)]
         stale: bool,
     },
+    /// Load the cluster: throughput and latency percentiles per operation.
+    Bench(BenchArgs),
 }
 
 impl Cli {
@@ -125,6 +129,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::List(args) => allocations::list(&client, args, format, out).await,
         Command::Watch(args) => watch::run(&client, args, out).await,
         Command::State { stale } => state::run(&client, stale, format, out).await,
+        Command::Bench(args) => bench::run(&client, args, format, out).await,
     }
 }
 

@@ -111,8 +111,10 @@ impl LogStore {
     }
 
     /// Encodes the entries of one append into one atomic batch.
-    fn batch_of(entries: impl IntoIterator<Item = Entry>) -> sled::Batch {
+    /// The sled batch for `entries`, and how many there are.
+    fn batch_of(entries: impl IntoIterator<Item = Entry>) -> (sled::Batch, usize) {
         let mut batch = sled::Batch::default();
+        let mut count = 0;
         let mut previous: Option<u64> = None;
         for entry in entries {
             let index = entry.log_id.index;
@@ -122,8 +124,9 @@ impl LogStore {
             let value = codec::encode(&entry);
             batch.insert(&index.to_be_bytes(), value);
             previous = Some(index);
+            count += 1;
         }
-        batch
+        (batch, count)
     }
 }
 
@@ -285,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let batch = LogStore::batch_of(entries);
+        let (batch, entries) = LogStore::batch_of(entries);
         if let Err(error) = self.reader.log.apply_batch(batch) {
             let raft_error = write_logs_error(&error);
             callback.log_io_completed(Err(error.into()));
@@ -294,7 +297,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One flush for the whole call (group commit), and the callback only
         // after it: the callback tells the leader these entries count
         // towards a quorum, which a crash must not be able to undo.
-        match self.flush.flush().await {
+        let flush_started = std::time::Instant::now();
+        let flushed = self.flush.flush().await;
+        tracing::debug!(entries, flush_us = flush_started.elapsed().as_micros() as u64, "log append flushed");
+        match flushed {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -154,14 +154,20 @@ impl StateMachineStore {
         state.last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => AppResponse::Blank,
-            EntryPayload::Normal(command) => {
-                let applied = state.table.apply(&command);
-                for event in applied.events {
-                    // An error only means nobody is subscribed right now.
-                    let _ = self.events.send(event);
-                }
-                AppResponse::Command(applied.result)
-            }
+            EntryPayload::Normal(batch) => AppResponse::Commands(
+                batch
+                    .commands
+                    .iter()
+                    .map(|command| {
+                        let applied = state.table.apply(command);
+                        for event in applied.events {
+                            // An error only means nobody is subscribed right now.
+                            let _ = self.events.send(event);
+                        }
+                        applied.result
+                    })
+                    .collect(),
+            ),
             EntryPayload::Membership(membership) => {
                 state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                 AppResponse::Membership
