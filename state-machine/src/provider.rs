@@ -189,13 +189,22 @@ impl Provider {
     pub fn rebuild_kinds(&mut self) {
         self.kinds.clear();
         for resource in self.resources.values() {
-            // Look up before inserting: `entry` would clone the kind for every unit.
-            if !self.kinds.contains_key(&resource.kind) {
-                self.kinds.insert(resource.kind.clone(), KindTotals::default());
+            // Not `entry`: it would clone the kind for every unit.
+            match self.kinds.get_mut(&resource.kind) {
+                Some(totals) => {
+                    totals.capacity += resource.capacity;
+                    totals.free += resource.free();
+                }
+                None => {
+                    self.kinds.insert(
+                        resource.kind.clone(),
+                        KindTotals {
+                            capacity: resource.capacity,
+                            free: resource.free(),
+                        },
+                    );
+                }
             }
-            let totals = self.kinds.get_mut(&resource.kind).expect("just ensured");
-            totals.capacity += resource.capacity;
-            totals.free += resource.free();
         }
     }
 

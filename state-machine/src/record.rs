@@ -124,6 +124,11 @@ pub struct RequestRecord {
     pub updated_at_ms: u64,
     /// Set once the request is finished; the dedupe window counts from here.
     pub finished_at_ms: Option<u64>,
+    /// When the request was first granted. Its deadline binds only before
+    /// this: an allocation queued again because its provider failed met its
+    /// deadline already and waits to be re-placed, never rejected for it.
+    #[serde(default)]
+    pub first_granted_at_ms: Option<u64>,
 }
 
 /// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.
@@ -139,4 +144,11 @@ pub fn allocation_id_for(request_id: Uuid) -> Uuid {
 /// The response id a request gets.
 pub fn response_id_for(request_id: Uuid) -> Uuid {
     Uuid::new_v5(&RESPONSE_ID_NAMESPACE, request_id.as_bytes())
+}
+
+impl RequestRecord {
+    /// The deadline that still binds: the request's, until it is first granted.
+    pub fn pending_deadline_ms(&self) -> Option<u64> {
+        self.request.deadline_ms.filter(|_| self.first_granted_at_ms.is_none())
+    }
 }

@@ -440,7 +440,7 @@ fn check_work_conserving(table: &AllocationTable) {
         state: Some(RequestState::Queued),
         ..ListFilter::default()
     }) {
-        if record.request.deadline_ms.is_some_and(|deadline| deadline <= table.clock_ms()) {
+        if record.pending_deadline_ms().is_some_and(|deadline| deadline <= table.clock_ms()) {
             continue; // the next tick rejects it
         }
         let mut copy = table.clone();

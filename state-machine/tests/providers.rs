@@ -394,3 +394,31 @@ impl WithUsed for EventKind {
         }
     }
 }
+
+#[test]
+fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("a", 1))]);
+    let timed = qm_state_machine::AllocationRequest {
+        deadline_ms: Some(T0 + 1_000),
+        ..request(1, &[("cpu_cores", 1)])
+    };
+    assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms);
+
+    // --- long after the deadline, node_1 fails: the allocation waits in the queue
+    t.now_ms = T0 + 5_000;
+    t.apply(Command::ProviderFailed {
+        provider_id: "node_1".into(),
+    });
+    assert_eq!((RequestState::Queued, None), (t.record(id(1)).state, t.table.next_due_ms()));
+
+    // --- a tick does not reject it: it met its deadline when it was first granted
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
+        t.tick_at(T0 + 6_000).result
+    );
+
+    // --- a new provider takes it
+    t.register(provider("node_2", cores("b", 1)));
+    let record = t.record(id(1));
+    assert_eq!((RequestState::Monitoring, Some(T0)), (record.state, record.first_granted_at_ms));
+}

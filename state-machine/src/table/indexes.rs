@@ -21,7 +21,7 @@ pub struct Indexes {
     pub capacity_by_kind: BTreeMap<String, BTreeSet<(u64, String)>>,
     /// The queue: higher priority first, then arrival order.
     pub queue: BTreeSet<(Reverse<i64>, u64, Uuid)>,
-    /// Queued requests by deadline.
+    /// Queued requests by deadline, for those never granted yet.
     pub deadlines: BTreeSet<(u64, Uuid)>,
     /// Active allocations by lease expiry.
     pub leases: BTreeSet<(u64, Uuid)>,
@@ -51,29 +51,25 @@ impl Indexes {
         // Records come in request-id order, so each id list below is already
         // sorted; grouping through small maps keyed by borrowed strings
         // avoids sorting a million string tuples.
-        let mut owners: BTreeMap<&str, BTreeMap<&str, Vec<Uuid>>> = BTreeMap::new();
-        let mut placed: BTreeMap<&str, Vec<Uuid>> = BTreeMap::new();
+        let mut owners: BTreeMap<GroupKey, BTreeMap<GroupKey, Vec<Uuid>>> = BTreeMap::new();
+        let mut placed: BTreeMap<GroupKey, Vec<Uuid>> = BTreeMap::new();
         let mut allocation_to_request = Vec::new();
         let (mut queue, mut deadlines, mut leases, mut finished) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for record in records {
             let request = &record.request;
             let id = request.request_id;
             allocation_to_request.push((record.allocation_id, id));
-            owners
-                .entry(request.namespace.as_str())
-                .or_default()
-                .entry(request.requester_id.as_str())
-                .or_default()
-                .push(id);
+            let requesters = owners.entry(GroupKey::new(&request.namespace)).or_default();
+            requesters.entry(GroupKey::new(&request.requester_id)).or_default().push(id);
             match record.state {
                 RequestState::Queued => {
                     queue.push((Reverse(request.priority), record.arrival_seq, id));
-                    deadlines.extend(request.deadline_ms.map(|deadline| (deadline, id)));
+                    deadlines.extend(record.pending_deadline_ms().map(|deadline| (deadline, id)));
                 }
                 RequestState::Allocation | RequestState::Monitoring => {
                     leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
-                    placed.entry(placement.provider_id.as_str()).or_default().push(id);
+                    placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
                 }
                 RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
                     finished.push((record.finished_at_ms.expect("a finished request has a finish time"), id));
@@ -81,26 +77,32 @@ impl Indexes {
             }
         }
         // `collect` into a B-tree sorts first, then builds the tree bottom-up.
+        // Pre-sorting on the ids as integers (big-endian, so the same order as
+        // `Uuid`'s byte order) is much cheaper than a `memcmp` per comparison,
+        // and leaves `collect` a single sorted run to check.
+        allocation_to_request.sort_unstable_by_key(|(allocation_id, _)| allocation_id.as_u128());
+        leases.sort_unstable_by_key(|(expires, id): &(u64, Uuid)| (*expires, id.as_u128()));
         index.allocation_to_request = allocation_to_request.into_iter().collect();
         index.queue = queue.into_iter().collect();
         index.deadlines = deadlines.into_iter().collect();
         index.leases = leases.into_iter().collect();
         index.finished = finished.into_iter().collect();
+        let owned = |key: GroupKey| key.text.to_owned();
         index.by_owner = owners
             .into_iter()
             .map(|(namespace, requesters)| {
                 (
-                    namespace.to_owned(),
+                    owned(namespace),
                     requesters
                         .into_iter()
-                        .map(|(requester, ids)| (requester.to_owned(), ids.into_iter().collect()))
+                        .map(|(requester, ids)| (owned(requester), ids.into_iter().collect()))
                         .collect(),
                 )
             })
             .collect();
         index.by_provider = placed
             .into_iter()
-            .map(|(provider_id, ids)| (provider_id.to_owned(), ids.into_iter().collect()))
+            .map(|(provider_id, ids)| (owned(provider_id), ids.into_iter().collect()))
             .collect();
         index
     }
@@ -113,7 +115,7 @@ impl Indexes {
         match record.state {
             RequestState::Queued => {
                 self.queue.insert((Reverse(request.priority), record.arrival_seq, id));
-                if let Some(deadline) = request.deadline_ms {
+                if let Some(deadline) = record.pending_deadline_ms() {
                     self.deadlines.insert((deadline, id));
                 }
             }
@@ -142,7 +144,7 @@ impl Indexes {
         match record.state {
             RequestState::Queued => {
                 self.queue.remove(&(Reverse(request.priority), record.arrival_seq, id));
-                if let Some(deadline) = request.deadline_ms {
+                if let Some(deadline) = record.pending_deadline_ms() {
                     self.deadlines.remove(&(deadline, id));
                 }
             }
@@ -221,6 +223,31 @@ impl Indexes {
                 .entry(kind.to_owned())
                 .or_default()
                 .insert((now, provider.provider_id.clone()));
+        }
+    }
+}
+
+/// A borrowed string as a grouping key: its length and first 16 bytes
+/// compare as integers, the text itself only on a tie, so grouping a million
+/// records makes integer comparisons instead of `memcmp` calls. Its order is
+/// not string order, which does not matter: the groups are collected into the
+/// index's `String`-keyed maps, which sort them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey<'a> {
+    len: usize,
+    prefix: u128,
+    text: &'a str,
+}
+
+impl<'a> GroupKey<'a> {
+    fn new(text: &'a str) -> GroupKey<'a> {
+        let mut prefix = [0u8; 16];
+        let kept = text.len().min(prefix.len());
+        prefix[..kept].copy_from_slice(&text.as_bytes()[..kept]);
+        GroupKey {
+            len: text.len(),
+            prefix: u128::from_be_bytes(prefix),
+            text,
         }
     }
 }

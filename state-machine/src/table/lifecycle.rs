@@ -60,6 +60,7 @@ impl AllocationTable {
             submitted_at_ms: self.clock_ms,
             updated_at_ms: self.clock_ms,
             finished_at_ms: None,
+            first_granted_at_ms: None,
         };
         self.next_arrival_seq += 1;
         let rejection = self.never_placeable(request);
@@ -267,13 +268,13 @@ impl AllocationTable {
             .map(|(_, _, id)| *id)
             .collect();
         for request_id in waiting {
-            let request = &self.requests[&request_id].request;
+            let record = &self.requests[&request_id];
             // Past its deadline the requester has given up: the next tick
             // rejects it, and the units go to someone still waiting.
-            if request.deadline_ms.is_some_and(|deadline| deadline <= self.clock_ms) {
+            if record.pending_deadline_ms().is_some_and(|deadline| deadline <= self.clock_ms) {
                 continue;
             }
-            if let Some(placement) = self.find_placement(request) {
+            if let Some(placement) = self.find_placement(&record.request) {
                 let mut record = self.take_record(request_id);
                 self.grant(&mut record, placement, GrantCause::New);
                 self.put_record(record);
@@ -316,6 +317,7 @@ impl AllocationTable {
         if record.lease_expires_at_ms.is_none() {
             record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl);
         }
+        record.first_granted_at_ms.get_or_insert(self.clock_ms);
         record.state = if confirms {
             RequestState::Allocation
         } else {

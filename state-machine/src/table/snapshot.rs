@@ -15,7 +15,8 @@ use crate::error::SnapshotError;
 
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
 /// another version rather than misreading them.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version 2 added `RequestRecord::first_granted_at_ms`.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// Room reserved per remembered request when writing a snapshot; a request
 /// with a few grants encodes in about 300 bytes.
