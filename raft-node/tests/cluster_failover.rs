@@ -65,11 +65,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
 
         // --- every acknowledged allocation is in the table, each once
         let records = list_all(&cluster).await;
-        let present: BTreeSet<String> = records
-            .iter()
-            .filter(|r| r.state == "monitoring")
-            .map(|r| r.request_id.clone())
-            .collect();
+        let present = held(&records);
         assert_eq!(present, acknowledged, "acknowledged allocations and the table differ");
         let units: Vec<&String> = records.iter().flat_map(|r| r.grants.iter().map(|g| &g.resource_id)).collect();
         assert_eq!(units.len(), BTreeSet::from_iter(units.iter()).len(), "a unit is held twice");
@@ -91,11 +87,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
             .expect("stale list")
             .into_inner()
             .records;
-        let there: BTreeSet<String> = stale
-            .iter()
-            .filter(|r| r.state == "monitoring")
-            .map(|r| r.request_id.clone())
-            .collect();
+        let there = held(&stale);
         assert_eq!(there, acknowledged, "the restarted replica's table differs");
     })
     .await
@@ -122,13 +114,8 @@ async fn five_replicas_survive_two_failures() {
         assert_eq!(after.status, "allocated");
 
         // --- both allocations are held
-        let held: BTreeSet<String> = list_all(&cluster)
-            .await
-            .into_iter()
-            .filter(|r| r.state == "monitoring")
-            .map(|r| r.request_id)
-            .collect();
-        assert_eq!(held, BTreeSet::from([before.request_id, after.request_id]));
+        let holding = held(&list_all(&cluster).await);
+        assert_eq!(holding, BTreeSet::from([before.request_id, after.request_id]));
     })
     .await
     .expect("test finished in time");
@@ -159,13 +146,8 @@ async fn all_replicas_killed_and_restarted_keep_every_allocation() {
         }
 
         // --- nothing acknowledged is lost
-        let held: BTreeSet<String> = list_all(&cluster)
-            .await
-            .into_iter()
-            .filter(|r| r.state == "monitoring")
-            .map(|r| r.request_id)
-            .collect();
-        assert_eq!(held, acknowledged);
+        let holding = held(&list_all(&cluster).await);
+        assert_eq!(holding, acknowledged);
     })
     .await
     .expect("test finished in time");

@@ -109,16 +109,11 @@ async fn replicas_are_added_and_removed_under_load() {
         // --- the load went on; what it acknowledged is held
         let acknowledged: BTreeSet<String> = load.await.expect("load").into_iter().collect();
         assert!(!acknowledged.is_empty());
-        let held: BTreeSet<String> = list_all(&cluster)
-            .await
-            .into_iter()
-            .filter(|r| r.state == "monitoring")
-            .map(|r| r.request_id)
-            .collect();
+        let holding = held(&list_all(&cluster).await);
         assert!(
-            acknowledged.is_subset(&held),
+            acknowledged.is_subset(&holding),
             "lost: {:?}",
-            acknowledged.difference(&held).collect::<Vec<_>>()
+            acknowledged.difference(&holding).collect::<Vec<_>>()
         );
 
         // --- the new replica has the table too

@@ -105,7 +105,11 @@ async fn apply_answers_every_entry_and_publishes_its_events() {
         .map(|(index, command)| expected_table.apply(&stamped(*index, command.clone())))
         .collect();
     let mut expected_responses = vec![AppResponse::Blank, AppResponse::Membership];
-    expected_responses.extend(expected_applied.iter().map(|applied| AppResponse::Commands(vec![applied.result.clone()])));
+    expected_responses.extend(
+        expected_applied
+            .iter()
+            .map(|applied| AppResponse::Commands(vec![applied.result.clone()])),
+    );
     let expected_events: Vec<_> = expected_applied.iter().flat_map(|applied| applied.events.clone()).collect();
     assert!(
         matches!(&expected_responses[5], AppResponse::Commands(results) if matches!(results[..], [Err(_)])),

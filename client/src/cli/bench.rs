@@ -93,7 +93,7 @@ fn print_table(report: &BenchReport, out: &mut dyn Write) -> Result<(), CliError
     let mut latency = Table::new(["OPERATION", "COUNT", "P50_MS", "P90_MS", "P99_MS", "P999_MS", "MAX_MS"]);
     for (operation, summary) in &report.latency {
         latency.row([
-            &operation.to_string(),
+            operation,
             &summary.count.to_string(),
             &format!("{:.2}", summary.p50_ms),
             &format!("{:.2}", summary.p90_ms),

@@ -110,6 +110,15 @@ pub async fn allocate_anywhere(
     Err(last)
 }
 
+/// The request ids of `records` that hold units now (state `monitoring`).
+pub fn held(records: &[AllocationReply]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter(|r| r.state == "monitoring")
+        .map(|r| r.request_id.clone())
+        .collect()
+}
+
 /// Every record the leader has (linearizable list).
 pub async fn list_all(cluster: &LocalCluster) -> Vec<AllocationReply> {
     let (_, mut client) = leader_client(cluster).await;
