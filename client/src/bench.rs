@@ -76,7 +76,12 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     pub fn validate(&self) -> Result<(), Error> {
-        let invalid = |field: &str, reason: String| Err(Error::InvalidArgument { field: field.to_owned(), reason });
+        let invalid = |field: &str, reason: String| {
+            Err(Error::InvalidArgument {
+                field: field.to_owned(),
+                reason,
+            })
+        };
         if self.duration.is_zero() {
             return invalid("duration", "must be positive".into());
         }
@@ -90,7 +95,10 @@ impl BenchConfig {
             return invalid("units", format!("must be 1..={UNITS_MAX}"));
         }
         if self.workload != Workload::AllocOnly && self.units < self.concurrency as u64 {
-            return invalid("units", format!("must be at least --concurrency ({}) so no request queues", self.concurrency));
+            return invalid(
+                "units",
+                format!("must be at least --concurrency ({}) so no request queues", self.concurrency),
+            );
         }
         Ok(())
     }
@@ -199,7 +207,10 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         None => closed_loop(&client, &config, &recorder, &held, deadline).await,
         Some(rate) => open_loop(&client, &config, rate, &recorder, &held, deadline).await,
     }
-    let measured = deadline.saturating_duration_since(recorder.measuring_from).as_secs_f64().max(f64::EPSILON);
+    let measured = deadline
+        .saturating_duration_since(recorder.measuring_from)
+        .as_secs_f64()
+        .max(f64::EPSILON);
     heartbeats.abort();
     teardown(&client, &providers, &held).await;
     let latency = recorder
@@ -253,7 +264,14 @@ async fn closed_loop(client: &Client, config: &BenchConfig, recorder: &Arc<Recor
     }
 }
 
-async fn open_loop(client: &Client, config: &BenchConfig, rate: u64, recorder: &Arc<Recorder>, held: &Arc<Mutex<Vec<String>>>, deadline: Instant) {
+async fn open_loop(
+    client: &Client,
+    config: &BenchConfig,
+    rate: u64,
+    recorder: &Arc<Recorder>,
+    held: &Arc<Mutex<Vec<String>>>,
+    deadline: Instant,
+) {
     let in_flight = Arc::new(Semaphore::new(config.concurrency));
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();

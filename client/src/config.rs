@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::tls::TlsConfig;
+
 /// The replicas of a local three-replica cluster (`scripts/cluster.sh`),
 /// comma-separated as `qm --endpoints` and `QM_ENDPOINTS` take them.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
@@ -40,9 +42,11 @@ pub struct ClientConfig {
     pub backoff_base_ms: u64,
     /// The ceiling stops doubling here.
     pub backoff_max_ms: u64,
-    // Mutual TLS (rustls) will be configured here: the CA, this client's
-    // certificate and key. Replicas are then dialled over https; see
-    // `ReplicaSet::connect`.
+    /// Mutual TLS: the CA the replicas' certificates must chain to, this
+    /// client's certificate and key. With it replicas are dialled over
+    /// `https` and decide from the certificate what this client may do;
+    /// without it, plain `http` (a cluster started without TLS).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +59,7 @@ impl Default for ClientConfig {
             retries_max: 3,
             backoff_base_ms: 50,
             backoff_max_ms: 1_000,
+            tls: None,
         }
     }
 }
@@ -128,6 +133,9 @@ impl ClientConfig {
                 ),
             ));
         }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
     }
 
@@ -145,7 +153,7 @@ impl ClientConfig {
 }
 
 /// `host:port`, with a host name, an IPv4 address or a bracketed IPv6 address.
-/// The scheme is not part of an endpoint: TLS settings will decide it.
+/// The scheme is not part of an endpoint: the TLS settings decide it.
 pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), String> {
     if endpoint.contains("://") {
         return Err(format!("{endpoint:?} must be host:port, without a scheme"));
@@ -248,6 +256,16 @@ mod tests {
                     ..ClientConfig::default()
                 },
                 "connect_timeout_ms",
+            ),
+            (
+                ClientConfig {
+                    tls: Some(TlsConfig {
+                        key: Default::default(),
+                        ..TlsConfig::in_dir(std::path::Path::new("certs"), "admin")
+                    }),
+                    ..ClientConfig::default()
+                },
+                "tls.key",
             ),
         ];
         for (config, field) in cases {

@@ -144,13 +144,19 @@ fn number_to_i64(number: &Number) -> i64 {
 /// while the allocation is active (holds units).
 pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
     let active = record.placement.as_ref().filter(|_| record.state.is_active());
+    // Until its agent confirms the release, the provider is still named: the
+    // agent finds the releases it has to confirm by it.
+    let provider = record
+        .placement
+        .as_ref()
+        .filter(|_| record.state.is_active() || record.state == RequestState::Deallocation);
     api::AllocationReply {
         response_id: record.response_id.to_string(),
         request_id: record.request.request_id.to_string(),
         status: record.status.as_str().to_owned(),
         state: record.state.as_str().to_owned(),
         allocation_id: record.allocation_id.to_string(),
-        provider_id: active.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
+        provider_id: provider.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
         grants: active
             .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
             .unwrap_or_default(),

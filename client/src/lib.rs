@@ -35,11 +35,16 @@
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels and the believed leader.
 //! * [`watch`]: [`WatchStream`], events across failovers.
+//! * [`tls`]: mutual TLS: [`TlsConfig`], the certificate's [`tls::Identity`]
+//!   (role, name, namespace) and the CA behind `qm certs`.
 //! * [`lease`]: [`LeaseKeeper`], renews a lease in the background.
 //! * [`heartbeat`]: [`HeartbeatLoop`], a provider's heartbeats in the background.
-//! * [`bench`]: the load generator behind `qm bench`.
+//! * [`bench`](crate::bench): the load generator behind `qm bench`.
+//! * [`agent`]: a provider agent (`qm agent`): inventory, heartbeats with
+//!   usage metrics, confirmations of allocations and releases.
 //! * [`cli`]: the `qm` command line (`src/main.rs` only parses and runs it).
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -52,6 +57,7 @@ pub mod lease;
 pub mod proto;
 mod replicas;
 pub mod retry;
+pub mod tls;
 pub mod watch;
 
 pub use client::{Client, Confirmation, Consistency};
@@ -62,4 +68,5 @@ pub use failure::{FIELD_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER, NOT_LEADER
 pub use heartbeat::HeartbeatLoop;
 pub use lease::LeaseKeeper;
 pub use retry::Backoff;
+pub use tls::TlsConfig;
 pub use watch::WatchStream;

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::config::{check_endpoint, ClientConfig, ConfigError, REPLICAS_MAX};
 use crate::proto::api::quartermaster_client::QuartermasterClient;
+use crate::tls;
 
 /// One replica: its address and a channel that connects on first use and
 /// reconnects after failures.
@@ -39,6 +40,9 @@ pub const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 pub(crate) struct ReplicaSet {
     connect_timeout: Duration,
     keepalive_timeout: Duration,
+    /// The certificates every channel presents and trusts (read once, at
+    /// construction); `None`: plain http/2.
+    tls: Option<ClientTlsConfig>,
     replicas: Mutex<Vec<Replica>>,
     /// Index of the believed leader; `NO_LEADER` when unknown.
     leader: AtomicUsize,
@@ -53,6 +57,7 @@ impl ReplicaSet {
         let mut set = ReplicaSet {
             connect_timeout: config.connect_timeout(),
             keepalive_timeout: config.attempt_timeout(),
+            tls: config.tls.as_ref().map(tls::TlsConfig::load).transpose()?,
             replicas: Mutex::new(Vec::new()),
             leader: AtomicUsize::new(NO_LEADER),
         };
@@ -69,11 +74,11 @@ impl ReplicaSet {
         Ok(set)
     }
 
-    /// A lazy channel to `addr`. Plain http/2 for now; with TLS settings this
-    /// is where the `https` scheme and `Endpoint::tls_config` go.
+    /// A lazy channel to `addr`: `https` with this client's certificate when
+    /// TLS is configured, plain http/2 otherwise.
     fn connect(&self, addr: &str) -> Result<Replica, String> {
         check_endpoint(addr)?;
-        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|error| format!("{addr:?}: {error}"))?;
+        let endpoint = tls::endpoint(addr, self.tls.as_ref())?;
         let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)

@@ -167,7 +167,7 @@ fn misuse_is_a_usage_error() {
         "requester ids are per namespace"
     );
     assert_eq!(ErrorKind::InvalidValue, parse_error(&["state", "--output", "yaml"]));
-    assert_eq!(ErrorKind::InvalidSubcommand, parse_error(&["bench"]));
+    assert_eq!(ErrorKind::InvalidSubcommand, parse_error(&["benchmark"]));
 }
 
 // --- allocate: the protocol's JSON

@@ -19,6 +19,9 @@ pub enum CliError {
     /// Printing the answer failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// `qm certs`: a certificate could not be made, read or written.
+    #[error(transparent)]
+    Certs(#[from] crate::tls::CertError),
 }
 
 /// Exit code for bad input: the same command cannot succeed as typed.
@@ -31,7 +34,8 @@ impl CliError {
         match self {
             CliError::Client(error) if error.is_invalid_argument() => EXIT_BAD_INPUT,
             CliError::Config(_) | CliError::Input { .. } => EXIT_BAD_INPUT,
-            CliError::Client(_) | CliError::Output(_) => EXIT_FAILURE,
+            CliError::Certs(crate::tls::CertError::Identity(_) | crate::tls::CertError::Invalid { .. }) => EXIT_BAD_INPUT,
+            CliError::Client(_) | CliError::Output(_) | CliError::Certs(_) => EXIT_FAILURE,
         }
     }
 

@@ -6,9 +6,11 @@
 //! (`--output json`: the protocol's shapes where it has one). An error is one
 //! line on stderr; the exit code is 2 for bad input, 1 otherwise.
 
+mod agent;
 mod allocate;
 mod allocations;
 mod bench;
+mod certs;
 mod cluster;
 mod error;
 mod input;
@@ -16,22 +18,28 @@ mod output;
 mod provider;
 mod state;
 mod table;
+mod top;
 mod watch;
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use agent::AgentArgs;
 pub use allocate::AllocateArgs;
 pub use allocations::ListArgs;
 pub use bench::BenchArgs;
+pub use certs::CertsCommand;
 pub use cluster::ClusterCommand;
 pub use error::CliError;
 pub use output::OutputFormat;
 pub use provider::ProviderCommand;
+pub use top::TopArgs;
 pub use watch::WatchArgs;
 
 use crate::config::{ClientConfig, DEFAULT_ENDPOINTS};
+use crate::tls::TlsConfig;
 use crate::Client;
 
 /// Quartermaster's command line: allocate resources, manage providers and
@@ -50,6 +58,18 @@ pub struct Cli {
     /// Deadline of each call, across failovers and retries (ms).
     #[arg(long, global = true, env = "QM_TIMEOUT_MS", default_value_t = ClientConfig::default().request_timeout_ms)]
     pub timeout_ms: u64,
+
+    /// This client's certificate (PEM) for a cluster with mutual TLS; its role and namespace decide what it may do.
+    #[arg(long, global = true, env = "QM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, global = true, env = "QM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster's CA certificate (PEM): replicas must present a certificate it signed.
+    #[arg(long, global = true, env = "QM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -95,6 +115,14 @@ pub enum Command {
     },
     /// Load the cluster: throughput and latency percentiles per operation.
     Bench(BenchArgs),
+    /// Run a provider agent: offer this host (or a declared inventory),
+    /// heartbeat with usage metrics, confirm allocations and releases.
+    Agent(AgentArgs),
+    /// The monitor's view, live: capacity, use, measurements, queue, failures.
+    Top(TopArgs),
+    /// Certificates for mutual TLS: a CA, replicas, admins, providers, consumers.
+    #[command(subcommand)]
+    Certs(CertsCommand),
 }
 
 impl Cli {
@@ -110,16 +138,35 @@ impl Cli {
                 .collect(),
             request_timeout_ms: self.timeout_ms,
             attempt_timeout_ms: defaults.attempt_timeout_ms.min(self.timeout_ms),
+            tls: self.tls_config(),
             ..defaults
         }
+    }
+
+    /// TLS when any of `--tls-cert`, `--tls-key`, `--tls-ca` is given; a
+    /// missing one is then reported by `ClientConfig::validate`.
+    pub fn tls_config(&self) -> Option<TlsConfig> {
+        if self.tls_cert.is_none() && self.tls_key.is_none() && self.tls_ca.is_none() {
+            return None;
+        }
+        Some(TlsConfig {
+            ca: self.tls_ca.clone().unwrap_or_default(),
+            cert: self.tls_cert.clone().unwrap_or_default(),
+            key: self.tls_key.clone().unwrap_or_default(),
+        })
     }
 }
 
 /// Runs one parsed command line, printing answers to `out`.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let client = Client::new(cli.client_config())?;
     let format = cli.output;
+    let client = match cli.command {
+        // Files only: no client, no replica.
+        Command::Certs(command) => return certs::run(command, format, out),
+        _ => Client::new(cli.client_config())?,
+    };
     match cli.command {
+        Command::Certs(_) => unreachable!("answered without a client above"),
         Command::Cluster(command) => cluster::run(&client, command, format, out).await,
         Command::Provider(command) => provider::run(&client, command, format, out).await,
         Command::Allocate(args) => allocate::run(&client, args, format, out).await,
@@ -130,6 +177,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Watch(args) => watch::run(&client, args, out).await,
         Command::State { stale } => state::run(&client, stale, format, out).await,
         Command::Bench(args) => bench::run(&client, args, format, out).await,
+        Command::Agent(args) => agent::run(&client, args, format, out).await,
+        Command::Top(args) => top::run(&client, args, format, out).await,
     }
 }
 

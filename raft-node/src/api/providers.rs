@@ -7,11 +7,12 @@ use qm_client::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
     ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
 };
-use qm_state_machine::{Command, CommandResponse, InvalidArgument, ProviderStatus};
+use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, ProviderStatus, RequestState};
 use tonic::Status;
 use tracing::info;
+use uuid::Uuid;
 
-use super::status::{invalid_argument, parse_uuid, require_id};
+use super::status::{self, invalid_argument, parse_uuid, require_id};
 use crate::leader::ReportedMetrics;
 use crate::node::{now_ms, Node};
 
@@ -132,6 +133,12 @@ pub async fn confirm(node: &Node, call: ConfirmRequest) -> Result<AllocationRepl
     let allocation_id = parse_uuid("allocation_id", &call.allocation_id)?;
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
+    // Answered without a log entry when the table already shows the outcome:
+    // an agent retrying a confirmation, or probing records that may be
+    // another provider's, costs the log nothing.
+    if let Some(answer) = confirm_answered(node, allocation_id, &call).await {
+        return answer;
+    }
     let command = match call.deallocation {
         false => Command::ConfirmAllocation {
             allocation_id,
@@ -146,6 +153,49 @@ pub async fn confirm(node: &Node, call: ConfirmRequest) -> Result<AllocationRepl
         CommandResponse::Request(record) => Ok(convert::reply_from_record(&record)),
         other => Err(Status::internal(format!("the table answered a confirmation with {other:?}"))),
     }
+}
+
+/// The answer to a confirmation if the table already gives it: the record
+/// when it is in the confirmed state, the refusal when the allocation is
+/// unknown or placed on another provider; `None` when it must be proposed.
+/// A refusal is only given after a read barrier, so that an allocation moved
+/// to this provider by an entry the leader has committed but not applied yet
+/// is not refused.
+async fn confirm_answered(node: &Node, allocation_id: Uuid, call: &ConfirmRequest) -> Option<Result<AllocationReply, Status>> {
+    match node.with_table(|table| confirm_outcome(table, allocation_id, call)).await? {
+        Ok(reply) => return Some(Ok(reply)),
+        Err(_) => {
+            if let Err(status) = node.read_barrier(false).await {
+                return Some(Err(status));
+            }
+        }
+    }
+    match node.with_table(|table| confirm_outcome(table, allocation_id, call)).await? {
+        Ok(reply) => Some(Ok(reply)),
+        Err(refusal) => Some(Err(status::command_error(&refusal))),
+    }
+}
+
+/// What the table would answer a confirmation without changing, if anything;
+/// the same checks, in the same order, as the table's own.
+fn confirm_outcome(table: &AllocationTable, allocation_id: Uuid, call: &ConfirmRequest) -> Option<Result<AllocationReply, CommandError>> {
+    let Some(record) = table.get(allocation_id) else {
+        return Some(Err(CommandError::NotFound { id: allocation_id }));
+    };
+    let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
+    if placed_on != Some(call.provider_id.as_str()) {
+        return Some(Err(CommandError::WrongProvider {
+            allocation_id: record.allocation_id,
+            claimed: call.provider_id.clone(),
+            actual: placed_on.unwrap_or("no provider").to_owned(),
+        }));
+    }
+    let confirmed_state = if call.deallocation {
+        RequestState::Idle
+    } else {
+        RequestState::Monitoring
+    };
+    (record.state == confirmed_state).then(|| Ok(convert::reply_from_record(record)))
 }
 
 pub async fn system_state(node: &Node, call: SystemStateRequest) -> Result<SystemStateReply, Status> {
