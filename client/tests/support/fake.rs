@@ -1,14 +1,33 @@
-//! In-process fake replicas that answer the way `qm-node` does, for testing
-//! the client's failover without Raft.
+//! In-process fake replicas that answer the way `qm-node` does, kept only
+//! for what a real replica cannot be made to do on demand. Every other client
+//! test runs against real `qm-node` processes ([`super::TestCluster`]).
+//!
+//! Why each remaining fake test (`tests/fake_replicas.rs`) needs a fake:
+//!
+//! * `a_retry_after_a_lost_answer_allocates_once`: the leader must apply the
+//!   write and then lose the answer, exactly twice, so that the client's
+//!   third attempt (same `request_id`) finds the record. A real replica loses
+//!   an answer after applying only by accident of timing (a crash or a cut
+//!   link between commit and reply), which no test can place.
+//! * `a_write_that_applied_but_whose_answers_are_all_lost_is_unknown_not_failed`:
+//!   the write must *certainly* have applied while every answer is lost. A
+//!   real cluster shows a write whose outcome is unknown (a leader that
+//!   cannot commit: `cluster.rs`), but cannot promise it applied.
+//! * `a_refusal_caused_by_a_lost_earlier_attempt_is_unknown_not_failed`: the
+//!   deregistration must apply, its answer be lost, and the retry reach a
+//!   leader that applied it, so the retry is refused with NotFound; with real
+//!   replicas whether the first attempt commits is a race.
+//! * `a_watch_drops_events_a_replica_replays_after_a_failover`: `qm-node`
+//!   always resumes a watch exactly at the asked revision, so only a fake
+//!   can replay older revisions to show the client drops them.
 //!
 //! The replicas of a [`FakeCluster`] share one real [`AllocationTable`]
 //! (perfect replication), so idempotency and event revisions are the table's
 //! own. Each replica runs on its own Tokio runtime: [`FakeCluster::kill`]
 //! shuts that runtime down, which closes the listener and every connection
-//! at once, like `kill -9`; [`FakeCluster::restart`] serves the same port
-//! again. A replica's [`Role`] decides how it answers: as the leader, as a
-//! follower redirecting to a leader (or to none), or not at all (a paused
-//! process).
+//! at once, like `kill -9`. A replica's [`Role`] decides how it answers: as
+//! the leader, or as a follower redirecting to the leader. Only the calls
+//! those tests make are faked; the others answer `UNIMPLEMENTED`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -16,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
-use qm_client::convert::{event_to_proto, registration_from_proto, reply_from_record, request_from_proto, usage_to_proto};
+use qm_client::convert::{event_to_proto, reply_from_record, request_from_proto};
 use qm_client::proto::api;
 use qm_client::proto::api::quartermaster_server::{Quartermaster, QuartermasterServer};
 use qm_client::{FIELD_HEADER, LEADER_ADDR_HEADER, LEADER_ID_HEADER};
@@ -34,8 +53,6 @@ pub enum Role {
     Follower {
         leader: Option<usize>,
     },
-    /// Accepts connections and never answers: a SIGSTOPped process.
-    Paused,
 }
 
 /// What the replicas share: the table, and a feed of its events.
@@ -47,12 +64,11 @@ struct Shared {
 
 /// One replica's knobs and counters.
 struct Control {
-    id: usize,
     role: Mutex<Role>,
     /// Calls this replica received.
     calls: AtomicU64,
-    /// Writes still to apply and then answer `UNAVAILABLE` (commit outcome
-    /// unknown), as a leader that lost its quorum's acknowledgement would.
+    /// Writes still to apply and then answer `DEADLINE_EXCEEDED` (commit
+    /// outcome unknown), as a leader that lost its quorum's acknowledgement would.
     answers_to_lose: AtomicU32,
     /// Watches start this many revisions early: a sloppy replica that
     /// replays, so the client must drop duplicates.
@@ -88,7 +104,6 @@ impl FakeCluster {
                     Role::Follower { leader: Some(0) }
                 };
                 Arc::new(Control {
-                    id,
                     role: Mutex::new(role),
                     calls: AtomicU64::new(0),
                     answers_to_lose: AtomicU32::new(0),
@@ -126,10 +141,6 @@ impl FakeCluster {
         }
     }
 
-    pub fn set_role(&self, index: usize, role: Role) {
-        *self.controls[index].role.lock().unwrap() = role;
-    }
-
     pub fn calls(&self, index: usize) -> u64 {
         self.controls[index].calls.load(Ordering::SeqCst)
     }
@@ -155,13 +166,6 @@ impl FakeCluster {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("replica {index} at {addr} still accepts connections after being killed");
-    }
-
-    /// Serves the replica's port again.
-    pub fn restart(&mut self, index: usize) {
-        assert!(self.runtimes[index].is_none(), "replica {index} is running");
-        let listener = std::net::TcpListener::bind(self.shared.addrs[index].as_str()).unwrap();
-        self.serve(index, listener);
     }
 
     /// Reads the shared table.
@@ -252,8 +256,8 @@ struct FakeReplica {
 }
 
 impl FakeReplica {
-    /// Counts the call and answers as the role says: `Ok` to go on, a
-    /// redirect, or never (paused).
+    /// Counts the call and answers as the role says: `Ok` to go on, or a
+    /// redirect.
     async fn admit(&self, stale: bool) -> Result<(), Status> {
         self.control.calls.fetch_add(1, Ordering::SeqCst);
         let role = self.control.role.lock().unwrap().clone();
@@ -272,7 +276,6 @@ impl FakeReplica {
             Role::Follower { leader: None } => Err(Status::unavailable(
                 "no leader is known right now (election in progress or no quorum); retry shortly",
             )),
-            Role::Paused => std::future::pending().await,
         }
     }
 
@@ -285,7 +288,10 @@ impl FakeReplica {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
             .is_ok();
         if lose {
-            return Err(Status::unavailable("commit outcome unknown: no quorum acknowledgement in time"));
+            // What qm-node answers when a write was not seen committed in time.
+            return Err(Status::deadline_exceeded(
+                "the write was not committed in time; its outcome is unknown (retry with the same request_id)",
+            ));
         }
         Ok(response)
     }
@@ -304,16 +310,12 @@ impl Quartermaster for FakeReplica {
         Ok(Response::new(record_reply(self.write(Command::Allocate(request))?)))
     }
 
-    async fn release(&self, request: Request<api::ReleaseRequest>) -> Result<Response<api::AllocationReply>, Status> {
-        self.admit(false).await?;
-        let id = parse_id(&request.into_inner().id)?;
-        Ok(Response::new(record_reply(self.write(Command::Release { id })?)))
+    async fn release(&self, _: Request<api::ReleaseRequest>) -> Result<Response<api::AllocationReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
-    async fn renew_lease(&self, request: Request<api::RenewLeaseRequest>) -> Result<Response<api::AllocationReply>, Status> {
-        self.admit(false).await?;
-        let id = parse_id(&request.into_inner().id)?;
-        Ok(Response::new(record_reply(self.write(Command::RenewLease { id })?)))
+    async fn renew_lease(&self, _: Request<api::RenewLeaseRequest>) -> Result<Response<api::AllocationReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
     async fn get(&self, request: Request<api::GetRequest>) -> Result<Response<api::AllocationReply>, Status> {
@@ -327,24 +329,14 @@ impl Quartermaster for FakeReplica {
         Ok(Response::new(reply_from_record(record)))
     }
 
-    async fn list(&self, request: Request<api::ListRequest>) -> Result<Response<api::ListReply>, Status> {
-        self.admit(request.get_ref().stale).await?;
-        let table = self.shared.table.lock().unwrap();
-        let records = table
-            .list(&qm_state_machine::ListFilter::default())
-            .into_iter()
-            .map(reply_from_record)
-            .collect();
-        Ok(Response::new(api::ListReply { records }))
+    async fn list(&self, _: Request<api::ListRequest>) -> Result<Response<api::ListReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
     type WatchStream = EventStream;
 
     async fn watch(&self, request: Request<api::WatchRequest>) -> Result<Response<EventStream>, Status> {
         self.control.calls.fetch_add(1, Ordering::SeqCst);
-        if *self.control.role.lock().unwrap() == Role::Paused {
-            std::future::pending::<()>().await;
-        }
         let from = request
             .into_inner()
             .from_revision
@@ -382,37 +374,12 @@ impl Quartermaster for FakeReplica {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
 
-    async fn register_provider(&self, request: Request<api::RegisterProviderRequest>) -> Result<Response<api::ProviderReply>, Status> {
-        self.admit(false).await?;
-        let registration = registration_from_proto(request.get_ref())
-            .and_then(|r| r.validate())
-            .map_err(|invalid| invalid_argument(&invalid))?;
-        match self.write(Command::RegisterProvider(registration))? {
-            CommandResponse::Provider {
-                provider_id,
-                status,
-                resources,
-            } => Ok(Response::new(api::ProviderReply {
-                provider_id,
-                status: qm_client::convert::provider_status_name(status).into(),
-                resources,
-            })),
-            other => Err(Status::internal(format!("unexpected {other:?}"))),
-        }
+    async fn register_provider(&self, _: Request<api::RegisterProviderRequest>) -> Result<Response<api::ProviderReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
-    async fn heartbeat(&self, request: Request<api::HeartbeatRequest>) -> Result<Response<api::HeartbeatReply>, Status> {
-        self.admit(false).await?;
-        let table = self.shared.table.lock().unwrap();
-        let provider = table.provider(&request.get_ref().provider_id);
-        let status = provider
-            .map(|p| qm_client::convert::provider_status_name(p.status).to_owned())
-            .unwrap_or_default();
-        Ok(Response::new(api::HeartbeatReply {
-            known: provider.is_some(),
-            status,
-            revision: table.revision(),
-        }))
+    async fn heartbeat(&self, _: Request<api::HeartbeatRequest>) -> Result<Response<api::HeartbeatReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
     async fn deregister_provider(&self, request: Request<api::DeregisterProviderRequest>) -> Result<Response<api::ProviderReply>, Status> {
@@ -436,24 +403,12 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
-    async fn system_state(&self, request: Request<api::SystemStateRequest>) -> Result<Response<api::SystemStateReply>, Status> {
-        self.admit(request.get_ref().stale).await?;
-        Ok(Response::new(usage_to_proto(&self.shared.table.lock().unwrap().usage())))
+    async fn system_state(&self, _: Request<api::SystemStateRequest>) -> Result<Response<api::SystemStateReply>, Status> {
+        Err(Status::unimplemented("not faked"))
     }
 
     async fn cluster_status(&self, _: Request<api::ClusterStatusRequest>) -> Result<Response<api::ClusterStatusReply>, Status> {
-        self.admit(true).await?;
-        let leader = match &*self.control.role.lock().unwrap() {
-            Role::Leader => Some(self.control.id),
-            Role::Follower { leader } => *leader,
-            Role::Paused => None,
-        };
-        Ok(Response::new(api::ClusterStatusReply {
-            node_id: self.control.id as u64,
-            leader_id: leader.map(|id| id as u64),
-            leader_addr: leader.map(|id| self.shared.addrs[id].clone()).unwrap_or_default(),
-            ..Default::default()
-        }))
+        Err(Status::unimplemented("not faked"))
     }
 
     async fn add_replica(&self, _: Request<api::AddReplicaRequest>) -> Result<Response<api::ClusterStatusReply>, Status> {
@@ -462,17 +417,5 @@ impl Quartermaster for FakeReplica {
 
     async fn remove_replica(&self, _: Request<api::RemoveReplicaRequest>) -> Result<Response<api::ClusterStatusReply>, Status> {
         Err(Status::unimplemented("not faked"))
-    }
-}
-
-/// Waits until `condition` holds, polling; panics after `timeout`.
-pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -1,0 +1,151 @@
+//! What only a fake replica can do on demand, so these few tests run against
+//! the in-process fakes of `support/fake.rs` (its opening comment says why
+//! each one needs a fake): a leader that applies a write and then loses the
+//! answer, and a replica that replays events the watcher already has.
+//! Everything else the client does is tested against real `qm-node`
+//! replicas in `cluster.rs`, `calls.rs`, `watch.rs` and `cli.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use qm_client::{Client, ClientConfig, Consistency, Error};
+use qm_state_machine::Command;
+use support::fake::FakeCluster;
+use support::{bounded, registration, request};
+
+/// Quick backoff; attempt timeouts long enough that a loaded machine never
+/// turns a slow answer into a failover, which would change the call counts.
+fn client(cluster: &FakeCluster) -> Client {
+    let config = ClientConfig {
+        request_timeout_ms: 10_000,
+        attempt_timeout_ms: 3_000,
+        connect_timeout_ms: 1_000,
+        backoff_base_ms: 10,
+        backoff_max_ms: 50,
+        ..ClientConfig::with_endpoints(cluster.addrs())
+    };
+    Client::new(config).unwrap()
+}
+
+fn with_provider(cpus: u32) -> FakeCluster {
+    let cluster = FakeCluster::start(3);
+    cluster.apply(Command::RegisterProvider(registration("node_1", cpus).validate().unwrap()));
+    cluster
+}
+
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_allocates_once() {
+    bounded(async {
+        let cluster = with_provider(4);
+        let client = client(&cluster);
+        let mut wanted = request(2);
+        wanted.request_id = Some("550e8400-e29b-41d4-a716-446655440000".into());
+
+        // --- the leader applies the allocation but the answer is lost, twice
+        cluster.lose_answers(0, 2);
+        let reply = client.allocate(wanted).await.unwrap();
+
+        assert_eq!(
+            ("550e8400-e29b-41d4-a716-446655440000", "allocated"),
+            (reply.request_id.as_str(), reply.status.as_str())
+        );
+        assert_eq!(3, cluster.calls(0), "two lost answers, then the retry's");
+        assert_eq!(
+            1,
+            cluster.with_table(|table| table.active_allocations()),
+            "one allocation, not three"
+        );
+        assert_eq!(2, cluster.with_table(|table| table.usage().by_kind["cpu_cores"].used));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_write_that_applied_but_whose_answers_are_all_lost_is_unknown_not_failed() {
+    bounded(async {
+        let cluster = with_provider(4);
+        let client = client(&cluster);
+        cluster.lose_answers(0, u32::MAX);
+
+        let error = client.allocate(request(1)).await.unwrap_err();
+
+        let Error::Unknown {
+            request_id: Some(request_id),
+            ..
+        } = &error
+        else {
+            panic!("expected Unknown with the request id, got {error:?}")
+        };
+        assert_eq!(4, cluster.calls(0), "1 attempt + retries_max (3) retries");
+        // --- the caller resolves it by reading the request back
+        cluster.lose_answers(0, 0);
+        let record = client.get(request_id, Consistency::Linearizable).await.unwrap();
+        assert_eq!("allocated", record.status, "it had taken effect, once");
+        assert_eq!(1, cluster.with_table(|table| table.active_allocations()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_refusal_caused_by_a_lost_earlier_attempt_is_unknown_not_failed() {
+    bounded(async {
+        let cluster = with_provider(1);
+        let client = client(&cluster);
+
+        // --- the deregistration applies, its answer is lost, the retry finds no provider
+        cluster.lose_answers(0, 1);
+        let error = client.deregister_provider("node_1").await.unwrap_err();
+
+        assert!(
+            matches!(&error, Error::Unknown { last_cause, .. } if last_cause.starts_with("unknown provider node_1")),
+            "{error:?}"
+        );
+        assert!(cluster.with_table(|table| table.provider("node_1").is_none()));
+        // --- without a lost attempt, the same refusal is plain
+        let error = client.deregister_provider("node_1").await.unwrap_err();
+        assert!(matches!(error, Error::NotFound { .. }), "{error:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_watch_drops_events_a_replica_replays_after_a_failover() {
+    bounded(async {
+        let mut cluster = with_provider(8);
+        let client = client(&cluster);
+        for _ in 0..3 {
+            client.allocate(request(1)).await.unwrap();
+        }
+        let newest = cluster.with_table(|table| table.revision());
+
+        // --- watch from the beginning, served by replica 0
+        let mut events = client.watch(1, None);
+        let mut revisions = Vec::new();
+        while revisions.last() != Some(&newest) {
+            revisions.push(events.next().await.unwrap().unwrap().revision);
+        }
+
+        // --- kill replica 0; the others replay 3 revisions the watcher already has
+        cluster.kill(0);
+        cluster.elect(1);
+        cluster.replay_watches(1, 3);
+        cluster.replay_watches(2, 3);
+        for _ in 0..3 {
+            client.allocate(request(1)).await.unwrap();
+        }
+        let newest = cluster.with_table(|table| table.revision());
+        while revisions.last() != Some(&newest) {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .expect("the watch resumed")
+                .unwrap()
+                .unwrap();
+            revisions.push(event.revision);
+        }
+
+        assert_eq!((1..=newest).collect::<Vec<_>>(), revisions, "every revision once, in order");
+    })
+    .await
+}
