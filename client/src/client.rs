@@ -424,6 +424,10 @@ impl ClientInner {
         let mut target = self.replicas.first_target();
         let (mut attempts, mut redirects) = (0u32, 0u32);
         let mut maybe_applied = false;
+        // Set while re-trying a failed replica a follower names as leader:
+        // if it fails again, that is part of waiting for the election, not a
+        // retry of its own.
+        let mut retrying_hinted = false;
         let mut last_cause = String::from("the deadline passed before the first attempt");
         loop {
             let now = Instant::now();
@@ -450,16 +454,36 @@ impl ClientInner {
                 },
             };
             self.replicas.forget_leader(target);
+            let hinted_retry = std::mem::take(&mut retrying_hinted);
             let delay = match failure {
                 Failure::Final(error) => return Err(final_error(kind, maybe_applied, error)),
                 Failure::NotLeader { leader_addr, leader_id } => {
                     let hinted = leader_addr.as_deref().and_then(|addr| self.replicas.index_of_or_add(addr));
-                    match hinted.filter(|hinted| *hinted != target && !failed.contains(hinted)) {
-                        Some(hinted) if redirects < REDIRECTS_MAX => {
+                    match hinted.filter(|hinted| *hinted != target) {
+                        Some(hinted) if !failed.contains(&hinted) && redirects < REDIRECTS_MAX => {
                             redirects += 1;
                             debug!(call = name, from = %replica.addr, to = ?leader_addr, leader_id = ?leader_id, "following the leader hint");
                             self.replicas.set_leader(hinted);
                             target = hinted;
+                            continue;
+                        }
+                        // A follower names a replica that failed us earlier in
+                        // this call: either the followers have not noticed yet,
+                        // or it came back and won the election. Give the
+                        // election time, then that replica one more attempt.
+                        Some(hinted) if failed.contains(&hinted) => {
+                            last_cause = format!(
+                                "{} names {}, which failed earlier in this call",
+                                replica.addr,
+                                self.replicas.get(hinted).addr
+                            );
+                            let Some(delay) = leader_waits.next_delay(&mut rand::thread_rng()) else {
+                                break;
+                            };
+                            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            failed.retain(|replica| *replica != hinted);
+                            target = hinted;
+                            retrying_hinted = true;
                             continue;
                         }
                         // No leader yet, or one that already failed us: an
@@ -483,7 +507,10 @@ impl ClientInner {
                     if unreachable && !failed.contains(&target) {
                         failed.push(target);
                     }
-                    failures.next_delay(&mut rand::thread_rng())
+                    match hinted_retry {
+                        true => leader_waits.next_delay(&mut rand::thread_rng()),
+                        false => failures.next_delay(&mut rand::thread_rng()),
+                    }
                 }
             };
             let Some(delay) = delay else { break };
