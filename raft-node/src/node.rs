@@ -48,7 +48,11 @@ impl Node {
         let started = std::time::Instant::now();
         let operation_type = command.operation_type();
         let answered = self.proposer.propose(command).await;
-        tracing::debug!(operation_type, commit_us = started.elapsed().as_micros() as u64, "proposal answered");
+        tracing::debug!(
+            operation_type,
+            commit_us = started.elapsed().as_micros() as u64,
+            "proposal answered"
+        );
         answered?.map_err(|error| status::command_error(&error))
     }
 

@@ -58,13 +58,18 @@ impl Proposer {
     pub async fn propose(&self, command: Command) -> Result<ApplyResult, Status> {
         let operation_type = command.operation_type();
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Proposal { command, reply }).await.map_err(|_| Status::unavailable("this replica is stopping"))?;
+        self.queue
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| Status::unavailable("this replica is stopping"))?;
         match tokio::time::timeout(self.request_timeout, answer).await {
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "{operation_type} was not committed within {} ms; its outcome is unknown (retry with the same request_id)",
                 self.request_timeout.as_millis()
             ))),
-            Ok(Err(_)) => Err(Status::unavailable(format!("{operation_type}: the proposer stopped; its outcome is unknown"))),
+            Ok(Err(_)) => Err(Status::unavailable(format!(
+                "{operation_type}: the proposer stopped; its outcome is unknown"
+            ))),
             Ok(Ok(answer)) => answer,
         }
     }
@@ -73,7 +78,9 @@ impl Proposer {
 async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, request_timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     while let Some(first) = waiting.recv().await {
-        let Ok(slot) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(slot) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < PROPOSAL_BATCH_COMMANDS_MAX {
             match waiting.try_recv() {
@@ -92,14 +99,20 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, request_timeout:
 /// Writes one batch and answers each of its callers.
 async fn write_batch(raft: &Raft, batch: Vec<Proposal>, request_timeout: Duration) {
     let now = now_ms();
-    let commands = batch.iter().map(|proposal| StampedCommand::new(now, proposal.command.clone())).collect();
+    let commands = batch
+        .iter()
+        .map(|proposal| StampedCommand::new(now, proposal.command.clone()))
+        .collect();
     let written = tokio::time::timeout(request_timeout, raft.client_write(CommandBatch { commands })).await;
     let results: Result<Vec<ApplyResult>, Status> = match written {
         // The callers' own timeouts answer them; the batch may still commit.
         Err(_) => return,
         Ok(Ok(written)) => match written.data.into_command_results() {
             Some(results) if results.len() == batch.len() => Ok(results),
-            other => Err(Status::internal(format!("a batch of {} commands was answered with {other:?}", batch.len()))),
+            other => Err(Status::internal(format!(
+                "a batch of {} commands was answered with {other:?}",
+                batch.len()
+            ))),
         },
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
             Err(status::not_leader(forward.leader_id.zip(forward.leader_node.map(|node| node.addr))))
