@@ -147,6 +147,10 @@ struct Recorder {
     errors: Mutex<BTreeMap<String, u64>>,
     ops: AtomicU64,
     allocations: AtomicU64,
+    /// When the last counted operation finished, in µs after `measuring_from`:
+    /// an open loop that falls behind finishes after its deadline, and its
+    /// throughput is what it completed over that longer time.
+    last_finished_us: AtomicU64,
     progress: Arc<Progress>,
 }
 
@@ -157,6 +161,8 @@ impl Recorder {
             return;
         }
         self.ops.fetch_add(1, Ordering::Relaxed);
+        self.last_finished_us
+            .fetch_max((finished - self.measuring_from).as_micros() as u64, Ordering::Relaxed);
         match outcome {
             Ok(()) => {
                 let micros = (finished - started).as_micros().min(u128::from(LATENCY_RECORDED_MAX_US)) as u64;
@@ -199,6 +205,7 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         errors: Mutex::default(),
         ops: AtomicU64::new(0),
         allocations: AtomicU64::new(0),
+        last_finished_us: AtomicU64::new(0),
         progress,
     });
     let deadline = started + config.warmup + config.duration;
