@@ -67,7 +67,8 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Closed loop: workers. Open loop: operations in flight at most.
     pub concurrency: usize,
-    /// Operations per second (open loop); `None` is the closed loop.
+    /// Workload operations started per second (open loop; an alloc-release
+    /// pair is one operation of two calls); `None` is the closed loop.
     pub rate: Option<u64>,
     /// Units to register for the bench.
     pub units: u64,
@@ -123,6 +124,8 @@ pub struct BenchReport {
     pub mode: &'static str,
     pub concurrency: usize,
     pub rate: Option<u64>,
+    /// From the end of the warm-up to the last completion (at least the
+    /// configured duration).
     pub duration_s: f64,
     /// Operations completed in the measured window (each call counts once).
     pub ops: u64,
@@ -214,8 +217,10 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         None => closed_loop(&client, &config, &recorder, &held, deadline).await,
         Some(rate) => open_loop(&client, &config, rate, &recorder, &held, deadline).await,
     }
+    let last_finished = Duration::from_micros(recorder.last_finished_us.load(Ordering::Relaxed));
     let measured = deadline
         .saturating_duration_since(recorder.measuring_from)
+        .max(last_finished)
         .as_secs_f64()
         .max(f64::EPSILON);
     heartbeats.abort();

@@ -25,7 +25,8 @@ pub struct BenchArgs {
     /// Closed loop: concurrent workers. Open loop: operations in flight at most.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Open loop at this many operations per second (latency from the intended send time).
+    /// Open loop: start this many workload operations per second (an alloc-release pair is one),
+    /// latency measured from the intended send time.
     #[arg(long)]
     pub rate: Option<u64>,
     /// Units the bench registers (kind `bench_slot`) and removes afterwards.
