@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local Quartermaster cluster on 127.0.0.1, for demos, benchmarks and hands-on work.
 #
-#   scripts/cluster.sh up [--nodes 3|5]   build (release) if needed, start, wait for a leader
+#   scripts/cluster.sh up [--nodes 3|5] [--tls]
+#                                         build (release) if needed, start, wait for a leader; --tls: mutual TLS
+#                                         with certificates made by `qm certs init` in .cluster/certs
 #   scripts/cluster.sh down [--keep-data] stop every replica this script started; delete .cluster/ unless --keep-data
 #   scripts/cluster.sh status             pid, liveness and Raft role of each replica
 #   scripts/cluster.sh kill N             kill -9 replica N
@@ -12,6 +14,8 @@
 # Prometheus metrics on 127.0.0.1:$((QM_METRICS_BASE_PORT+N)) (7201, ...). Data,
 # logs and pids live in .cluster/N/ in the repository (git-ignored). Processes
 # are only ever signalled by the pid this script recorded for them.
+# With --tls, replica N serves with .cluster/certs/replica-N.crt, and the last
+# lines printed are the QM_TLS_* variables that make `qm` an admin.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,7 +43,23 @@ endpoints() {
   echo "$list"
 }
 pid_of() { cat "$CLUSTER_DIR/$1/pid" 2>/dev/null || true; }
-alive() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+CERTS_DIR=$CLUSTER_DIR/certs
+tls_on() { [ -f "$CLUSTER_DIR/tls" ]; }
+tls_args() {
+  tls_on || return 0
+  printf '%s\n' --tls-cert "$CERTS_DIR/replica-$1.crt" --tls-key "$CERTS_DIR/replica-$1.key" --tls-ca "$CERTS_DIR/ca.crt"
+}
+tls_env() {
+  tls_on || return 0
+  echo "QM_TLS_CA=$CERTS_DIR/ca.crt"
+  echo "QM_TLS_CERT=$CERTS_DIR/admin.crt"
+  echo "QM_TLS_KEY=$CERTS_DIR/admin.key"
+}
+# A killed replica can linger as a zombie until its (re)parent reaps it: that is not alive.
+alive() {
+  local pid; pid=$(pid_of "$1")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 check_id() {
   local n; n=$(node_count)
   [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$n" ] || die "replica id must be 1..$n, got '${1:-}'"
@@ -68,10 +88,12 @@ start_node() {
   local i=$1 n; n=$(node_count)
   alive "$i" && die "replica $i is already running (pid $(pid_of "$i"))"
   mkdir -p "$CLUSTER_DIR/$i"
+  local tls=()
+  mapfile -t tls < <(tls_args "$i")
   # setsid: the replica outlives this script and gets no terminal signals.
   setsid "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
     --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" \
-    "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
+    "${tls[@]}" "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
   echo $! >"$CLUSTER_DIR/$i/pid"
 }
 
@@ -89,13 +111,14 @@ wait_for_leader() {
 }
 
 cmd_up() {
-  local n=3
+  local n=3 tls=no r
   EXTRA_NODE_ARGS=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --nodes) n=${2:-}; shift 2 ;;
+      --tls) tls=yes; shift ;;
       --) shift; EXTRA_NODE_ARGS=("$@"); break ;;
-      *) die "unknown option to up: $1 (usage: up [--nodes 3|5] [-- extra qm-node flags])" ;;
+      *) die "unknown option to up: $1 (usage: up [--nodes 3|5] [--tls] [-- extra qm-node flags])" ;;
     esac
   done
   [[ "$n" =~ ^[1-9]$ ]] || die "--nodes must be 1..9, got '$n'"
@@ -106,13 +129,28 @@ cmd_up() {
   build
   mkdir -p "$CLUSTER_DIR"
   echo "$n" >"$CLUSTER_DIR/nodes"
-  printf '%s\n' "${EXTRA_NODE_ARGS[@]}" >"$CLUSTER_DIR/extra-args"
+  rm -f "$CLUSTER_DIR/tls"
+  if [ $tls = yes ]; then
+    # Certificates are made once and kept with the cluster's data (down removes both).
+    if [ ! -f "$CERTS_DIR/ca.key" ]; then
+      "$QM_BIN" certs init --dir "$CERTS_DIR" --replicas "$n" --hosts localhost,127.0.0.1 >&2 \
+        || die "qm certs init failed"
+    fi
+    for ((r = 1; r <= n; r++)); do
+      [ -f "$CERTS_DIR/replica-$r.crt" ] || die "$CERTS_DIR has no replica-$r.crt (made for fewer replicas?); run: scripts/cluster.sh down"
+    done
+    touch "$CLUSTER_DIR/tls"
+  fi
+  # One flag a line; no line at all without flags (an empty line would be an empty argument).
+  : >"$CLUSTER_DIR/extra-args"
+  if [ ${#EXTRA_NODE_ARGS[@]} -gt 0 ]; then printf '%s\n' "${EXTRA_NODE_ARGS[@]}" >"$CLUSTER_DIR/extra-args"; fi
   local i
   for ((i = 1; i <= n; i++)); do start_node "$i"; done
   local leader
   leader=$(wait_for_leader "$n") || die "no leader within ${LEADER_WAIT_S}s; see $CLUSTER_DIR/*/node.log"
-  echo "cluster of $n replicas is up; replica $leader leads" >&2
+  echo "cluster of $n replicas is up; replica $leader leads$(tls_on && echo ', mutual TLS on (certificates in '"$CERTS_DIR"')')" >&2
   echo "QM_ENDPOINTS=$(endpoints "$n")"
+  tls_env
 }
 
 load_extra_args() {
@@ -159,6 +197,7 @@ cmd_status() {
     fi
   done
   echo "QM_ENDPOINTS=$(endpoints "$n")"
+  tls_env
 }
 
 signal_node() {
@@ -177,5 +216,5 @@ case "${1:-}" in
   start) check_id "${2:-}"; build; load_extra_args; start_node "$2"; echo "replica $2 started (pid $(pid_of "$2"))" >&2 ;;
   endpoints) endpoints "$(node_count)" ;;
   leader) wait_for_leader "$(node_count)" ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

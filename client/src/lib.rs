@@ -39,7 +39,7 @@
 //!   (role, name, namespace) and the CA behind `qm certs`.
 //! * [`lease`]: [`LeaseKeeper`], renews a lease in the background.
 //! * [`heartbeat`]: [`HeartbeatLoop`], a provider's heartbeats in the background.
-//! * [`bench`](crate::bench): the load generator behind `qm bench`.
+//! * `bench`: the load generator behind `qm bench`.
 //! * [`agent`]: a provider agent (`qm agent`): inventory, heartbeats with
 //!   usage metrics, confirmations of allocations and releases.
 //! * [`cli`]: the `qm` command line (`src/main.rs` only parses and runs it).

@@ -72,6 +72,16 @@ pub struct NodeArgs {
     /// Largest gRPC message accepted from clients.
     #[arg(long)]
     pub message_size_max_bytes: Option<usize>,
+    /// This replica's certificate (PEM, role resource_manager). With --tls-key
+    /// and --tls-ca it turns on mutual TLS for Raft and client traffic.
+    #[arg(long, env = "QM_NODE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "QM_NODE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): peers and clients must present a certificate it signed.
+    #[arg(long, env = "QM_NODE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// TEST ONLY: answer reads from local state without the read index, so the
     /// fault-injection suite can show it catches stale reads. Never in production.
     #[arg(long, hide = true)]
@@ -106,7 +116,19 @@ pub struct NodeConfig {
     pub provider_failure_window_ms: u64,
     pub request_timeout_ms: u64,
     pub message_size_max_bytes: usize,
+    /// Mutual TLS; `None`: plain gRPC and every call allowed (development only).
+    pub tls: Option<TlsFiles>,
     pub unsafe_stale_reads: bool,
+}
+
+/// The PEM files of a replica with mutual TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This replica's certificate: it serves with it and presents it to peers.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA every peer's and client's certificate must chain to.
+    pub ca: PathBuf,
 }
 
 /// The defaults, chosen so that a killed leader is replaced well within 2 s:
@@ -163,6 +185,9 @@ impl NodeArgs {
             provider_failure_window_ms: self.provider_failure_window_ms.or(file.provider_failure_window_ms),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
             message_size_max_bytes: self.message_size_max_bytes.or(file.message_size_max_bytes),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            tls_ca: self.tls_ca.or(file.tls_ca),
             unsafe_stale_reads: self.unsafe_stale_reads || file.unsafe_stale_reads,
         })
     }
@@ -171,6 +196,7 @@ impl NodeArgs {
     pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
         use defaults::*;
         let peers = parse_peers(self.peers.as_deref().ok_or(ConfigError::Missing { setting: "peers" })?)?;
+        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_ca)?;
         let config = NodeConfig {
             id: self.id.ok_or(ConfigError::Missing { setting: "id" })?,
             listen: self.listen.ok_or(ConfigError::Missing { setting: "listen" })?,
@@ -187,6 +213,7 @@ impl NodeArgs {
             provider_failure_window_ms: self.provider_failure_window_ms.unwrap_or(PROVIDER_FAILURE_WINDOW_MS),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(REQUEST_TIMEOUT_MS),
             message_size_max_bytes: self.message_size_max_bytes.unwrap_or(MESSAGE_SIZE_MAX_BYTES),
+            tls,
             unsafe_stale_reads: self.unsafe_stale_reads,
         };
         config.validate()?;
@@ -230,6 +257,22 @@ impl NodeConfig {
     /// This replica's advertised address: its entry in `peers`.
     pub fn advertised_addr(&self) -> &str {
         &self.peers[&self.id]
+    }
+}
+
+/// All three TLS files, or none.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (cert, key, _) => Err(ConfigError::Invalid {
+            setting: match (cert, key) {
+                (None, _) => "tls-cert",
+                (_, None) => "tls-key",
+                _ => "tls-ca",
+            },
+            reason: "is missing: mutual TLS needs --tls-cert, --tls-key and --tls-ca together".into(),
+        }),
     }
 }
 
@@ -305,6 +348,17 @@ mod tests {
         for text in ["1", "x=127.0.0.1:1", "1=127.0.0.1", "1=a:1,1=b:2", ""] {
             assert!(parse_peers(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn tls_needs_all_three_files() {
+        assert_eq!(None, args(&[]).into_config().expect("valid").tls);
+        let config = args(&["--tls-cert", "r.crt", "--tls-key", "r.key", "--tls-ca", "ca.crt"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(Some(PathBuf::from("ca.crt")), config.tls.map(|tls| tls.ca));
+        let error = args(&["--tls-cert", "r.crt", "--tls-ca", "ca.crt"]).into_config().unwrap_err();
+        assert!(error.to_string().starts_with("--tls-key: is missing"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! * [`local_cluster`]: real replicas on loopback, for tests and the fault-injection suite.
 //! * [`leader`]: the leader's duties: heartbeats, ticks, provider failure, fresh lease window.
 //! * [`network`]: Raft RPC between replicas.
+//! * [`security`]: mutual TLS, and which certificate may make which call.
 //! * [`storage`]: sled behind openraft's log and state-machine traits.
 //! * [`metrics`]: Prometheus exposition.
 //! * [`codec`]: bincode for what replicas send each other.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod types;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::proto::api::{ClusterStatusReply, ClusterStatusRequest};
+use qm_client::tls::TlsConfig;
 
 /// How long one status probe of a replica may take.
 pub const STATUS_PROBE_TIMEOUT_MS: u64 = 1_000;
@@ -222,14 +223,30 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Asks replica `id` for its view of the cluster.
+    /// Asks replica `id` for its view of the cluster. On a TLS cluster
+    /// (`--tls-cert/--tls-key/--tls-ca` among the extra args) the probe
+    /// presents the replicas' own certificate: any role may read the status.
     pub async fn status_of(&self, id: u64) -> anyhow::Result<ClusterStatusReply> {
-        let addr = format!("http://{}", self.addr(id));
+        let tls = self.replica_tls().map(|tls| tls.load()).transpose()?;
+        let endpoint = qm_client::tls::endpoint(self.addr(id), tls.as_ref()).map_err(anyhow::Error::msg)?;
         let probe = async move {
-            let mut client = QuartermasterClient::connect(addr).await?;
+            let mut client = QuartermasterClient::new(endpoint.connect().await?);
             anyhow::Ok(client.cluster_status(ClusterStatusRequest {}).await?.into_inner())
         };
         tokio::time::timeout(Duration::from_millis(STATUS_PROBE_TIMEOUT_MS), probe).await?
+    }
+
+    /// The TLS files the replicas were given, if any.
+    pub fn replica_tls(&self) -> Option<TlsConfig> {
+        let flag = |name: &str| {
+            let at = self.extra_args.iter().position(|arg| arg == name)?;
+            self.extra_args.get(at + 1).map(PathBuf::from)
+        };
+        Some(TlsConfig {
+            cert: flag("--tls-cert")?,
+            key: flag("--tls-key")?,
+            ca: flag("--tls-ca")?,
+        })
     }
 
     /// The leader every running, unpaused replica agrees on, with its term.

@@ -1,10 +1,11 @@
 //! [`run`]: start one replica on a bound listener and serve until `shutdown`.
 //!
 //! ```text
-//!  listener ─▶ tonic ─┬─ quartermaster.v1 (ApiService) ─▶ Node::propose / read_barrier
-//!                     ├─ quartermaster.raft.v1 (RaftRpcServer) ─▶ openraft
-//!                     ├─ grpc.health.v1 (SERVING while a leader is known)
-//!                     └─ grpc.reflection
+//!  listener ─▶ [rustls, mutual TLS] ─▶ tonic ─┬─ quartermaster.v1 (ApiService) ─▶ Node::propose / read_barrier
+//!                                             ├─ quartermaster.raft.v1 (RaftRpcServer) ─▶ openraft
+//!                                             ├─ grpc.health.v1 (SERVING while a leader is known)
+//!                                             └─ grpc.reflection
+//!  every service admits each call through security::Guard (role, namespace, provider) first
 //!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
 //!  background: leader duties, bootstrap, health, Prometheus
 //! ```
@@ -23,7 +24,9 @@ use qm_client::proto::raft::raft_server::RaftServer;
 use qm_client::proto::FILE_DESCRIPTOR_SET;
 use qm_state_machine::TableConfig;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::ClientTlsConfig;
 use tracing::{info, warn};
 
 use crate::api::ApiService;
@@ -34,6 +37,7 @@ use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
 use crate::node::Node;
 use crate::proposer::Proposer;
+use crate::security::{Call, Guard, MutualTls};
 use crate::storage;
 use crate::types::Raft;
 
@@ -44,6 +48,8 @@ pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
 
 /// Runs a replica on `listener` until `shutdown` completes.
 pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (tls, guard) = secure(&config)?;
+    let peer_tls = tls.as_ref().map(|tls| tls.peer.clone());
     if config.unsafe_stale_reads {
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
     }
@@ -60,9 +66,15 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     }
     .validate()
     .context("raft configuration")?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), PeerNetwork::new(config.listen), log_store, state_machine)
-        .await
-        .context("starting raft")?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        PeerNetwork::new(config.listen, peer_tls.clone()),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
     let node = Arc::new(Node {
         id: config.id,
         config: config.clone(),
@@ -81,7 +93,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         .context("gRPC reflection")?;
     let mut background = vec![
         tokio::spawn(leader::run_duties(node.clone(), node.heartbeats.clone())),
-        tokio::spawn(bootstrap(node.clone())),
+        tokio::spawn(bootstrap(node.clone(), peer_tls)),
         tokio::spawn(report_health(node.clone(), health_reporter)),
     ];
     if let Some(metrics_addr) = config.metrics_listen {
@@ -94,15 +106,19 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         })));
     }
 
-    let api = QuartermasterServer::new(ApiService::new(node.clone()))
+    let api = QuartermasterServer::new(ApiService::new(node.clone(), guard))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
-    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone()))
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let served = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server.clone()).context("TLS configuration")?;
+    }
+    let served = builder
+        .add_service(InterceptedService::new(health_service, guard.interceptor(Call::Health)))
+        .add_service(InterceptedService::new(reflection, guard.interceptor(Call::Reflection)))
         .add_service(api)
         .add_service(raft_service)
         // Nagle off on every accepted connection: with it, a reply written as
@@ -118,11 +134,26 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     served.context("gRPC server")
 }
 
+/// Loads the TLS material and picks the guard: mutual TLS and per-call
+/// authorization, or (without the flags) everything allowed, said loudly.
+fn secure(config: &NodeConfig) -> anyhow::Result<(Option<MutualTls>, Guard)> {
+    let Some(files) = &config.tls else {
+        warn!("INSECURE: TLS is off (no --tls-cert/--tls-key/--tls-ca). Anyone who can reach this port can read and change the allocation table and join the Raft traffic; use this for development only");
+        return Ok((None, Guard::open()));
+    };
+    let tls = MutualTls::load(files)?;
+    info!(identity = %tls.identity, "mutual TLS on: peers and clients must present a certificate of the cluster's CA");
+    if tls.expires_soon() {
+        warn!(identity = %tls.identity, "this replica's certificate expires within {} days; issue a new one", crate::security::CERT_EXPIRY_WARNING_DAYS);
+    }
+    Ok((Some(tls), Guard::mutual_tls()))
+}
+
 /// Initialises a fresh cluster once: the lowest-id replica of `--peers`, when
 /// it has no log of its own and every listed peer answers and has joined no
 /// cluster yet. A replica restarted with its data dir, or a blank one added
 /// to a running cluster, never initialises anything.
-async fn bootstrap(node: Arc<Node>) {
+async fn bootstrap(node: Arc<Node>, peer_tls: Option<ClientTlsConfig>) {
     let peers: BTreeMap<u64, String> = node.config.peers.clone();
     if peers.keys().next() != Some(&node.id) {
         return;
@@ -132,7 +163,7 @@ async fn bootstrap(node: Arc<Node>) {
             Ok(false) => {}
             _ => return,
         }
-        match probe_peers(&peers, node.id).await {
+        match probe_peers(&peers, node.id, peer_tls.as_ref()).await {
             PeerProbe::AllFresh => {
                 let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
                 match node.raft.initialize(members).await {
@@ -156,10 +187,11 @@ enum PeerProbe {
     Unreachable,
 }
 
-async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64) -> PeerProbe {
+async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64, tls: Option<&ClientTlsConfig>) -> PeerProbe {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != own_id) {
         let probe = async {
-            let mut client = QuartermasterClient::connect(format!("http://{addr}")).await.ok()?;
+            let channel = qm_client::tls::endpoint(addr, tls).ok()?.connect().await.ok()?;
+            let mut client = QuartermasterClient::new(channel);
             client
                 .cluster_status(ClusterStatusRequest {})
                 .await

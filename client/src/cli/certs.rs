@@ -141,14 +141,15 @@ fn init(args: &InitArgs) -> Result<Vec<Written>, CertError> {
         let identity = Identity::new(Role::ResourceManager, format!("replica-{replica}"), None)?;
         specs.push((file_stem(&identity), CertSpec::new(identity).with_hosts(args.hosts.clone())));
     }
-    specs.push(("admin".to_owned(), CertSpec::new(Identity::new(Role::Admin, "admin", None)?)));
+    let admin = Identity::new(Role::Admin, "admin", None)?;
+    specs.push((file_stem(&admin), CertSpec::new(admin)));
     for provider in args.providers.iter().filter(|name| !name.is_empty()) {
         let identity = Identity::new(Role::ResourceProvider, provider.as_str(), None)?;
         specs.push((file_stem(&identity), CertSpec::new(identity)));
     }
     for namespace in args.namespaces.iter().filter(|name| !name.is_empty()) {
         let identity = Identity::new(Role::ResourceConsumer, format!("consumer-{namespace}"), Some(namespace.clone()))?;
-        specs.push((format!("consumer-{namespace}"), CertSpec::new(identity)));
+        specs.push((file_stem(&identity), CertSpec::new(identity)));
     }
     // Everything is checked before anything is written.
     std::fs::create_dir_all(&args.dir).map_err(|error| CertError::File {
@@ -208,4 +209,61 @@ fn print_written(dir: &Path, written: &[Written], format: OutputFormat, out: &mu
 
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("{text:?} is not one of resource_manager, resource_provider, resource_consumer, admin"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_issue_write_certificates_of_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let init_args = InitArgs {
+            dir: certs.clone(),
+            replicas: 2,
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            providers: vec!["node_1".into()],
+            namespaces: vec!["team-a".into()],
+            days: 1,
+            ca_days: 1,
+        };
+        let written = init(&init_args).unwrap();
+        let stems: Vec<String> = written
+            .iter()
+            .map(|file| file.cert.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(vec!["replica-1", "replica-2", "admin", "provider-node_1", "consumer-team-a"], stems);
+        let consumer = std::fs::read_to_string(certs.join("consumer-team-a.crt")).unwrap();
+        assert_eq!(
+            Identity::new(Role::ResourceConsumer, "consumer-team-a", Some("team-a".into())).unwrap(),
+            Identity::from_certificate_pem(&consumer).unwrap()
+        );
+        assert!(
+            matches!(init(&init_args), Err(CertError::File { .. })),
+            "a second init keeps the CA"
+        );
+
+        let issued = issue(&IssueArgs {
+            dir: certs.clone(),
+            role: Role::ResourceProvider,
+            name: "node_2".into(),
+            namespace: None,
+            hosts: Vec::new(),
+            days: 1,
+            out: None,
+        })
+        .unwrap();
+        assert_eq!(certs.join("provider-node_2.crt"), issued.cert);
+        let refused = issue(&IssueArgs {
+            dir: certs,
+            role: Role::ResourceConsumer,
+            name: "agent".into(),
+            namespace: None,
+            hosts: Vec::new(),
+            days: 1,
+            out: None,
+        });
+        assert!(matches!(refused, Err(CertError::Identity(_))), "a consumer needs a namespace");
+    }
 }

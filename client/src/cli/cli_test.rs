@@ -425,3 +425,21 @@ fn cluster_status_json_has_the_documented_shape() {
     });
     assert_eq!(expected, json);
 }
+
+#[test]
+fn tls_flags_make_the_client_config_tls() {
+    assert_eq!(None, parse(&["cluster", "status"]).client_config().tls);
+    let cli = parse(&[
+        "--tls-cert",
+        "c/admin.crt",
+        "--tls-key",
+        "c/admin.key",
+        "--tls-ca",
+        "c/ca.crt",
+        "cluster",
+        "status",
+    ]);
+    assert_eq!(Some(TlsConfig::in_dir(std::path::Path::new("c"), "admin")), cli.client_config().tls);
+    let partial = parse(&["--tls-cert", "c/admin.crt", "cluster", "status"]).client_config();
+    assert_eq!("tls.ca", partial.validate().unwrap_err().field, "a missing file is named");
+}

@@ -136,7 +136,11 @@ impl CertAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.into();
         params.serial_number = Some(random_serial());
@@ -177,7 +181,10 @@ impl CertAuthority {
     pub fn save(&self, dir: &Path) -> Result<(), CertError> {
         let key_path = dir.join(CA_KEY_FILE);
         if key_path.exists() {
-            return Err(CertError::file(&key_path, "exists already; a new CA would orphan every certificate it signed"));
+            return Err(CertError::file(
+                &key_path,
+                "exists already; a new CA would orphan every certificate it signed",
+            ));
         }
         write_file(&dir.join(CA_CERT_FILE), &self.cert_pem, false)?;
         write_file(&key_path, &self.issuer.key().serialize_pem(), true)
@@ -196,7 +203,10 @@ impl CertAuthority {
         if !serves && !spec.hosts.is_empty() {
             return Err(CertError::Invalid {
                 field: "hosts",
-                reason: format!("only a resource_manager certificate names hosts; this one is {}", spec.identity.role),
+                reason: format!(
+                    "only a resource_manager certificate names hosts; this one is {}",
+                    spec.identity.role
+                ),
             });
         }
         if spec.hosts.len() > HOSTS_MAX {
@@ -242,7 +252,8 @@ impl IssuedCert {
 }
 
 /// The file stem `qm certs` gives a certificate: `replica-<name>`,
-/// `provider-<name>`, `consumer-<name>` or `admin-<name>`.
+/// `provider-<name>`, `consumer-<name>` or `admin-<name>`, without
+/// doubling a prefix the name has already (`replica-1` stays `replica-1`).
 pub fn file_stem(identity: &Identity) -> String {
     let prefix = match identity.role {
         Role::ResourceManager => "replica",
@@ -250,7 +261,14 @@ pub fn file_stem(identity: &Identity) -> String {
         Role::ResourceConsumer => "consumer",
         Role::Admin => "admin",
     };
-    format!("{prefix}-{}", identity.name)
+    match identity
+        .name
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('-') || rest.is_empty())
+    {
+        true => identity.name.clone(),
+        false => format!("{prefix}-{}", identity.name),
+    }
 }
 
 fn distinguished_name(common_name: &str) -> DistinguishedName {
@@ -269,7 +287,9 @@ fn host_san(host: &str) -> Result<SanType, CertError> {
     if !valid_dns {
         return Err(invalid(format!("{host:?} is neither an IP address nor a DNS name")));
     }
-    Ok(SanType::DnsName(host.try_into().map_err(|error: rcgen::Error| invalid(error.to_string()))?))
+    Ok(SanType::DnsName(
+        host.try_into().map_err(|error: rcgen::Error| invalid(error.to_string()))?,
+    ))
 }
 
 fn uri_san(uri: &str) -> Result<SanType, CertError> {
@@ -286,10 +306,13 @@ fn random_serial() -> SerialNumber {
 }
 
 fn check_validity(validity: &Validity) -> Result<(), CertError> {
-    let span = validity.not_after.duration_since(validity.not_before).map_err(|_| CertError::Invalid {
-        field: "validity",
-        reason: "ends before it starts".into(),
-    })?;
+    let span = validity
+        .not_after
+        .duration_since(validity.not_before)
+        .map_err(|_| CertError::Invalid {
+            field: "validity",
+            reason: "ends before it starts".into(),
+        })?;
     if span > Duration::from_secs(VALIDITY_DAYS_MAX * 86_400) {
         return Err(CertError::Invalid {
             field: "validity",
@@ -343,14 +366,20 @@ mod tests {
         assert_eq!(ca.subject(), cert.issuer());
         cert.verify_signature(Some(ca.public_key())).expect("signed by the original CA key");
 
-        assert!(matches!(authority.save(dir.path()), Err(CertError::File { .. })), "never overwrites a CA key");
+        assert!(
+            matches!(authority.save(dir.path()), Err(CertError::File { .. })),
+            "never overwrites a CA key"
+        );
     }
 
     #[test]
     fn only_replicas_name_hosts() {
         let authority = CertAuthority::generate("test CA", Validity::days_from_now(1)).unwrap();
         let consumer_with_hosts = CertSpec::new(consumer()).with_hosts(["localhost"]);
-        assert!(matches!(authority.issue(&consumer_with_hosts), Err(CertError::Invalid { field: "hosts", .. })));
+        assert!(matches!(
+            authority.issue(&consumer_with_hosts),
+            Err(CertError::Invalid { field: "hosts", .. })
+        ));
 
         let replica = Identity::new(Role::ResourceManager, "replica-1", None).unwrap();
         let issued = authority
@@ -359,6 +388,17 @@ mod tests {
         assert_eq!(Ok(replica.clone()), Identity::from_certificate_pem(&issued.cert_pem));
         let bad_host = CertSpec::new(replica).with_hosts(["not a host"]);
         assert!(matches!(authority.issue(&bad_host), Err(CertError::Invalid { field: "hosts", .. })));
+    }
+
+    #[test]
+    fn file_stems_name_the_role_once() {
+        let stem = |role, name: &str, namespace: Option<&str>| file_stem(&Identity::new(role, name, namespace.map(Into::into)).unwrap());
+        assert_eq!("replica-1", stem(Role::ResourceManager, "replica-1", None));
+        assert_eq!("replica-4", stem(Role::ResourceManager, "4", None));
+        assert_eq!("provider-node_1", stem(Role::ResourceProvider, "node_1", None));
+        assert_eq!("consumer-agent_1", stem(Role::ResourceConsumer, "agent_1", Some("team-a")));
+        assert_eq!("admin", stem(Role::Admin, "admin", None));
+        assert_eq!("admin-replicaops", stem(Role::Admin, "replicaops", None));
     }
 
     #[test]

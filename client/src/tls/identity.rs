@@ -89,7 +89,11 @@ pub enum IdentityError {
     #[error("only a resource_consumer certificate names a namespace; this one is {role}")]
     NamespaceNotAllowed { role: Role },
     #[error("invalid {field} {value:?}: {reason}")]
-    InvalidValue { field: &'static str, value: String, reason: String },
+    InvalidValue {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 impl Identity {
@@ -118,10 +122,7 @@ impl Identity {
 
     /// The SAN URIs that state this identity in a certificate.
     pub fn san_uris(&self) -> Vec<String> {
-        let mut uris = vec![
-            format!("{ROLE_URI_PREFIX}{}", self.role),
-            format!("{NAME_URI_PREFIX}{}", self.name),
-        ];
+        let mut uris = vec![format!("{ROLE_URI_PREFIX}{}", self.role), format!("{NAME_URI_PREFIX}{}", self.name)];
         if let Some(namespace) = &self.namespace {
             uris.push(format!("{NAMESPACE_URI_PREFIX}{namespace}"));
         }
@@ -156,11 +157,16 @@ impl Identity {
     pub fn from_certificate_der(der: &[u8]) -> Result<Identity, IdentityError> {
         let unparsable = |reason: String| IdentityError::Unparsable { reason };
         let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|error| unparsable(error.to_string()))?;
-        let names = certificate.subject_alternative_name().map_err(|error| unparsable(error.to_string()))?;
-        let uris = names.into_iter().flat_map(|names| names.value.general_names.iter()).filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
+        let names = certificate
+            .subject_alternative_name()
+            .map_err(|error| unparsable(error.to_string()))?;
+        let uris = names
+            .into_iter()
+            .flat_map(|names| names.value.general_names.iter())
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
         Identity::from_san_uris(uris)
     }
 
@@ -224,12 +230,18 @@ mod tests {
         let cases: [(&[&str], IdentityError); 6] = [
             (&["qm://name/x"], IdentityError::MissingRole),
             (&["qm://role/admin"], IdentityError::MissingName),
-            (&["qm://role/root", "qm://name/x"], IdentityError::UnknownRole { role: "root".into() }),
+            (
+                &["qm://role/root", "qm://name/x"],
+                IdentityError::UnknownRole { role: "root".into() },
+            ),
             (
                 &["qm://role/admin", "qm://role/resource_consumer", "qm://name/x"],
                 IdentityError::Repeated { what: "role" },
             ),
-            (&["qm://role/resource_consumer", "qm://name/x"], IdentityError::ConsumerWithoutNamespace),
+            (
+                &["qm://role/resource_consumer", "qm://name/x"],
+                IdentityError::ConsumerWithoutNamespace,
+            ),
             (
                 &["qm://role/resource_provider", "qm://name/x", "qm://namespace/a"],
                 IdentityError::NamespaceNotAllowed {

@@ -57,7 +57,10 @@ impl TlsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (field, path) in [("tls.ca", &self.ca), ("tls.cert", &self.cert), ("tls.key", &self.key)] {
             if path.as_os_str().is_empty() {
-                return Err(ConfigError::new(field, "is required when TLS is on (give the CA, the certificate and its key)"));
+                return Err(ConfigError::new(
+                    field,
+                    "is required when TLS is on (give the CA, the certificate and its key)",
+                ));
             }
         }
         Ok(())

@@ -5,10 +5,15 @@
 //! * [`cluster`]: cluster status and membership changes.
 //! * [`watch`]: the event stream from a revision.
 //! * [`status`]: how errors become gRPC statuses (and leader redirects).
+//! * [`access`]: what a scoped caller may see of the table's records.
 //!
-//! Writes are validated here first: bad input gets `INVALID_ARGUMENT` naming
-//! the field and never reaches the log.
+//! Every call is first admitted by the [`Guard`] (its certificate's role may
+//! make it), then scoped by its [`Caller`] (a consumer's namespace, a
+//! provider's own id). Writes are validated next: bad input gets
+//! `INVALID_ARGUMENT` naming the field. A refused or invalid call never
+//! reaches the log.
 
+pub mod access;
 pub mod cluster;
 pub mod providers;
 pub mod requests;
@@ -24,15 +29,21 @@ use qm_client::proto::api::*;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::security::{Call, Caller, Guard};
 
 /// The service; one per replica, sharing the [`Node`].
 pub struct ApiService {
     node: Arc<Node>,
+    guard: Guard,
 }
 
 impl ApiService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ApiService { node }
+    pub fn new(node: Arc<Node>, guard: Guard) -> Self {
+        ApiService { node, guard }
+    }
+
+    fn admit<T>(&self, request: &Request<T>, call: Call) -> Result<Caller, Status> {
+        self.guard.admit(request, call)
     }
 }
 
@@ -41,64 +52,93 @@ type Reply<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Quartermaster for ApiService {
     async fn allocate(&self, request: Request<AllocateRequest>) -> Reply<AllocationReply> {
-        requests::allocate(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::Allocate)?;
+        requests::allocate(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Reply<AllocationReply> {
-        requests::release(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::Release)?;
+        requests::release(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn renew_lease(&self, request: Request<RenewLeaseRequest>) -> Reply<AllocationReply> {
-        requests::renew_lease(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::RenewLease)?;
+        requests::renew_lease(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Reply<AllocationReply> {
-        requests::get(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::Get)?;
+        requests::get(&self.node, &caller, request.into_inner()).await.map(Response::new)
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Reply<ListReply> {
-        requests::list(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::List)?;
+        requests::list(&self.node, &caller, request.into_inner()).await.map(Response::new)
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<EventMessage, Status>> + Send + 'static>>;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Reply<Self::WatchStream> {
-        watch::watch(self.node.clone(), request.into_inner()).map(Response::new)
+        let caller = self.admit(&request, Call::Watch)?;
+        watch::watch(self.node.clone(), caller, request.into_inner()).map(Response::new)
     }
 
     async fn register_provider(&self, request: Request<RegisterProviderRequest>) -> Reply<ProviderReply> {
-        providers::register(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::RegisterProvider)?;
+        providers::register(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Reply<HeartbeatReply> {
-        providers::heartbeat(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::Heartbeat)?;
+        providers::heartbeat(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn deregister_provider(&self, request: Request<DeregisterProviderRequest>) -> Reply<ProviderReply> {
-        providers::deregister(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::DeregisterProvider)?;
+        providers::deregister(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_providers(&self, request: Request<ListProvidersRequest>) -> Reply<ListProvidersReply> {
+        self.admit(&request, Call::ListProviders)?;
         providers::list(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn confirm(&self, request: Request<ConfirmRequest>) -> Reply<AllocationReply> {
-        providers::confirm(&self.node, request.into_inner()).await.map(Response::new)
+        let caller = self.admit(&request, Call::Confirm)?;
+        providers::confirm(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn system_state(&self, request: Request<SystemStateRequest>) -> Reply<SystemStateReply> {
+        self.admit(&request, Call::SystemState)?;
         providers::system_state(&self.node, request.into_inner()).await.map(Response::new)
     }
 
-    async fn cluster_status(&self, _request: Request<ClusterStatusRequest>) -> Reply<ClusterStatusReply> {
+    async fn cluster_status(&self, request: Request<ClusterStatusRequest>) -> Reply<ClusterStatusReply> {
+        self.admit(&request, Call::ClusterStatus)?;
         cluster::status(&self.node).await.map(Response::new)
     }
 
     async fn add_replica(&self, request: Request<AddReplicaRequest>) -> Reply<ClusterStatusReply> {
+        self.admit(&request, Call::AddReplica)?;
         cluster::add_replica(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn remove_replica(&self, request: Request<RemoveReplicaRequest>) -> Reply<ClusterStatusReply> {
+        self.admit(&request, Call::RemoveReplica)?;
         cluster::remove_replica(&self.node, request.into_inner()).await.map(Response::new)
     }
 }

@@ -1,4 +1,7 @@
 //! The provider's and the monitor's calls.
+//!
+//! With TLS a provider acts only as the provider its certificate names, and
+//! confirms only allocations placed on it.
 
 use std::collections::BTreeMap;
 
@@ -12,16 +15,19 @@ use tonic::Status;
 use tracing::info;
 use uuid::Uuid;
 
+use super::access::require_visible;
 use super::status::{self, invalid_argument, parse_uuid, require_id};
 use crate::leader::ReportedMetrics;
 use crate::node::{now_ms, Node};
+use crate::security::Caller;
 
 /// Resources a heartbeat may report metrics for; more is refused.
 pub const HEARTBEAT_RESOURCES_MAX: usize = qm_state_machine::limits::RESOURCES_PER_PROVIDER_MAX;
 /// Metrics per resource in one heartbeat.
 pub const HEARTBEAT_METRICS_PER_RESOURCE_MAX: usize = 16;
 
-pub async fn register(node: &Node, call: RegisterProviderRequest) -> Result<ProviderReply, Status> {
+pub async fn register(node: &Node, caller: &Caller, call: RegisterProviderRequest) -> Result<ProviderReply, Status> {
+    caller.act_as_provider(&call.provider_id)?;
     let registration = convert::registration_from_proto(&call)
         .and_then(|registration| registration.validate())
         .map_err(|invalid| invalid_argument(&invalid))?;
@@ -37,7 +43,8 @@ pub async fn register(node: &Node, call: RegisterProviderRequest) -> Result<Prov
     provider_reply(response)
 }
 
-pub async fn heartbeat(node: &Node, call: HeartbeatRequest) -> Result<HeartbeatReply, Status> {
+pub async fn heartbeat(node: &Node, caller: &Caller, call: HeartbeatRequest) -> Result<HeartbeatReply, Status> {
+    caller.act_as_provider(&call.provider_id)?;
     require_id("provider_id", &call.provider_id)?;
     if call.resources.len() > HEARTBEAT_RESOURCES_MAX {
         return Err(invalid_argument(&InvalidArgument::new(
@@ -85,7 +92,8 @@ pub async fn heartbeat(node: &Node, call: HeartbeatRequest) -> Result<HeartbeatR
     })
 }
 
-pub async fn deregister(node: &Node, call: DeregisterProviderRequest) -> Result<ProviderReply, Status> {
+pub async fn deregister(node: &Node, caller: &Caller, call: DeregisterProviderRequest) -> Result<ProviderReply, Status> {
+    caller.act_as_provider(&call.provider_id)?;
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
     let response = node
@@ -129,10 +137,14 @@ pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvide
     Ok(ListProvidersReply { providers })
 }
 
-pub async fn confirm(node: &Node, call: ConfirmRequest) -> Result<AllocationReply, Status> {
+pub async fn confirm(node: &Node, caller: &Caller, call: ConfirmRequest) -> Result<AllocationReply, Status> {
+    caller.act_as_provider(&call.provider_id)?;
     let allocation_id = parse_uuid("allocation_id", &call.allocation_id)?;
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
+    // Another provider's allocation is answered as unknown, not as placed
+    // elsewhere: a provider does not learn what it does not host.
+    require_visible(node, caller, allocation_id).await?;
     // Answered without a log entry when the table already shows the outcome:
     // an agent retrying a confirmation, or probing records that may be
     // another provider's, costs the log nothing.

@@ -1,4 +1,9 @@
 //! The requester's calls: allocate, release, renew, get, list.
+//!
+//! With TLS a consumer's calls are held to its namespace: an allocation
+//! lands in it whatever the request says (naming another is refused), and
+//! another namespace's records answer `NOT_FOUND`. A provider reads the
+//! records placed on it.
 
 use std::time::Instant;
 
@@ -8,17 +13,20 @@ use qm_state_machine::{Command, CommandResponse, InvalidArgument, ListFilter, Re
 use tonic::Status;
 use tracing::info;
 
+use super::access::require_visible;
 use super::status::{invalid_argument, parse_uuid};
 use crate::node::Node;
+use crate::security::Caller;
 
 /// Records returned by one `list` call at most.
 pub const LIST_LIMIT_MAX: usize = 10_000;
 
-pub async fn allocate(node: &Node, call: AllocateRequest) -> Result<AllocationReply, Status> {
+pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Result<AllocationReply, Status> {
     let started = Instant::now();
-    let wire = call
+    let mut wire = call
         .request
         .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
+    wire.namespace = caller.namespace_for(&wire.namespace)?;
     let request = convert::request_from_proto(&wire)
         .and_then(|request| request.validate())
         .map_err(|invalid| invalid_argument(&invalid))?;
@@ -55,34 +63,58 @@ pub async fn allocate(node: &Node, call: AllocateRequest) -> Result<AllocationRe
     Ok(reply)
 }
 
-pub async fn release(node: &Node, call: ReleaseRequest) -> Result<AllocationReply, Status> {
+pub async fn release(node: &Node, caller: &Caller, call: ReleaseRequest) -> Result<AllocationReply, Status> {
     let id = parse_uuid("id", &call.id)?;
     node.require_leader()?;
+    require_visible(node, caller, id).await?;
     let record = expect_record(node.propose(Command::Release { id }).await?)?;
     info!(correlation_id = %record.request.request_id, operation_type = "release", status = record.state.as_str(), "release answered");
     Ok(convert::reply_from_record(&record))
 }
 
-pub async fn renew_lease(node: &Node, call: RenewLeaseRequest) -> Result<AllocationReply, Status> {
+pub async fn renew_lease(node: &Node, caller: &Caller, call: RenewLeaseRequest) -> Result<AllocationReply, Status> {
     let id = parse_uuid("id", &call.id)?;
     node.require_leader()?;
+    require_visible(node, caller, id).await?;
     let record = expect_record(node.propose(Command::RenewLease { id }).await?)?;
     Ok(convert::reply_from_record(&record))
 }
 
-pub async fn get(node: &Node, call: GetRequest) -> Result<AllocationReply, Status> {
+pub async fn get(node: &Node, caller: &Caller, call: GetRequest) -> Result<AllocationReply, Status> {
     let id = parse_uuid("id", &call.id)?;
     node.read_barrier(call.stale).await?;
-    node.with_table(|table| table.get(id).map(convert::reply_from_record))
+    node.with_table(|table| table.get(id).filter(|record| caller.sees(record)).map(convert::reply_from_record))
         .await
         .ok_or_else(|| Status::not_found(format!("no request or allocation with id {id}")))
 }
 
-pub async fn list(node: &Node, call: ListRequest) -> Result<ListReply, Status> {
+pub async fn list(node: &Node, caller: &Caller, mut call: ListRequest) -> Result<ListReply, Status> {
+    call.namespace = caller.namespace_for(&call.namespace)?;
+    if !call.provider_id.is_empty() {
+        caller.act_as_provider(&call.provider_id)?;
+    }
     let filter = list_filter(&call)?;
     node.read_barrier(call.stale).await?;
     let records = node
-        .with_table(|table| table.list(&filter).into_iter().map(convert::reply_from_record).collect())
+        .with_table(|table| {
+            // A consumer's namespace is in the filter already.
+            if caller.provider().is_none() {
+                return table.list(&filter).into_iter().map(convert::reply_from_record).collect();
+            }
+            // The limit applies to what the provider may see: the table's own
+            // filter cannot express "placed on this provider, in any state".
+            let unlimited = ListFilter {
+                limit: 0,
+                ..filter.clone()
+            };
+            table
+                .list(&unlimited)
+                .into_iter()
+                .filter(|record| caller.sees(record))
+                .take(filter.limit)
+                .map(convert::reply_from_record)
+                .collect()
+        })
         .await;
     Ok(ListReply { records })
 }

@@ -6,6 +6,10 @@
 //! event: the stream continues from the last revision it sent. A watcher
 //! more than the history's length behind gets `OUT_OF_RANGE` (compacted),
 //! as etcd's watch does.
+//!
+//! With TLS a consumer watches its own namespace (whatever it asks for) and
+//! a provider the events about allocations placed on it; provider-level
+//! events are seen by every watcher, as `ListProviders` is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use tonic::Status;
 
 use crate::api::ApiService;
 use crate::node::Node;
+use crate::security::Caller;
 
 /// Events buffered per watcher before the sender waits for the client.
 pub const WATCH_BUFFER_EVENTS: usize = 1024;
@@ -28,9 +33,11 @@ pub const WATCH_POLL_INTERVAL_MS: u64 = 500;
 
 pub fn watch(
     node: Arc<Node>,
+    caller: Caller,
     call: WatchRequest,
 ) -> Result<<ApiService as qm_client::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
-    let namespace = (!call.namespace.is_empty()).then_some(call.namespace);
+    let namespace = caller.namespace_for(&call.namespace)?;
+    let namespace = (!namespace.is_empty()).then_some(namespace);
     let (sender, receiver) = mpsc::channel(WATCH_BUFFER_EVENTS);
     let mut changes = node.state.subscribe();
     tokio::spawn(async move {
@@ -47,7 +54,8 @@ pub fn watch(
                     let mut messages = Vec::new();
                     for event in table.events_from(next)? {
                         last_seen = Some(event.revision);
-                        if namespace.is_none() || event.namespace().is_none() || event.namespace() == namespace.as_deref() {
+                        let in_namespace = namespace.is_none() || event.namespace().is_none() || event.namespace() == namespace.as_deref();
+                        if in_namespace && caller.sees_event(event) {
                             messages.push(convert::event_to_proto(event));
                         }
                     }

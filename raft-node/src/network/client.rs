@@ -13,7 +13,7 @@ use qm_client::proto::raft::raft_client::RaftClient;
 use qm_client::proto::raft::RaftMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
@@ -29,11 +29,17 @@ pub struct PeerNetwork {
     /// fault-injection suite) a peer can then tell which replica a
     /// connection comes from, which is what lets a proxy cut single links.
     local_ip: Option<IpAddr>,
+    /// With mutual TLS: this replica's certificate, presented to peers, and
+    /// the CA their certificates must chain to. Peers are then dialled over https.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl PeerNetwork {
-    pub fn new(listen: SocketAddr) -> Self {
-        PeerNetwork { local_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()) }
+    pub fn new(listen: SocketAddr, tls: Option<ClientTlsConfig>) -> Self {
+        PeerNetwork {
+            local_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()),
+            tls,
+        }
     }
 }
 
@@ -45,6 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             local_ip: self.local_ip,
+            tls: self.tls.clone(),
             channel: None,
         }
     }
@@ -55,6 +62,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     local_ip: Option<IpAddr>,
+    tls: Option<ClientTlsConfig>,
     channel: Option<RaftClient<Channel>>,
 }
 
@@ -71,8 +79,8 @@ impl PeerClient {
         if let Some(client) = &self.channel {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| Unreachable::new(&e))?
+        let endpoint = qm_client::tls::endpoint(&self.addr, self.tls.as_ref())
+            .map_err(|e| Unreachable::new(&std::io::Error::other(e)))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .local_address(self.local_ip)
             .tcp_nodelay(true);

@@ -1,21 +1,26 @@
-//! The receiving side of Raft traffic: decode, hand to the local `Raft`,
-//! encode openraft's whole `Result` back.
+//! The receiving side of Raft traffic: admit (resource_manager certificates
+//! only, when TLS is on), decode, hand to the local `Raft`, encode openraft's
+//! whole `Result` back.
 
 use qm_client::proto::raft::raft_server::Raft as RaftService;
 use qm_client::proto::raft::RaftMessage;
 use tonic::{Request, Response, Status};
 
 use crate::codec;
+use crate::security::{Call, Guard};
 use crate::types::Raft;
 
 /// Serves `quartermaster.raft.v1.Raft` for one replica.
 pub struct RaftRpcServer {
     raft: Raft,
+    /// Only replicas may append, vote or install snapshots: anyone else
+    /// could rewrite the log.
+    guard: Guard,
 }
 
 impl RaftRpcServer {
-    pub fn new(raft: Raft) -> Self {
-        RaftRpcServer { raft }
+    pub fn new(raft: Raft, guard: Guard) -> Self {
+        RaftRpcServer { raft, guard }
     }
 }
 
@@ -32,16 +37,19 @@ fn reply<T: serde::Serialize>(result: &T) -> Result<Response<RaftMessage>, Statu
 #[tonic::async_trait]
 impl RaftService for RaftRpcServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.guard.admit(&request, Call::AppendEntries)?;
         let result = self.raft.append_entries(decode_request(request)?).await;
         reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.guard.admit(&request, Call::Vote)?;
         let result = self.raft.vote(decode_request(request)?).await;
         reply(&result)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.guard.admit(&request, Call::InstallSnapshot)?;
         let result = self.raft.install_snapshot(decode_request(request)?).await;
         reply(&result)
     }

@@ -1,0 +1,195 @@
+//! Security: mutual TLS between replicas and with clients, and
+//! capability-based authorization of every call (`SECURITY.md`).
+//!
+//! ```text
+//!  TCP ─▶ rustls handshake: the peer's certificate must chain to --tls-ca and be within its dates
+//!         (else the connection is dropped: the caller sees UNAVAILABLE / a transport error)
+//!      ─▶ tonic service ─▶ Guard::admit(request, Call)
+//!              │ the leaf's SAN URIs ─▶ Identity { role, name, namespace }   else UNAUTHENTICATED
+//!              │ policy: may this role make this call?                         else PERMISSION_DENIED
+//!              ▼
+//!          Caller ─▶ handler: a consumer's namespace forced and checked, a provider held to its own id,
+//!                    records it may not see answered NOT_FOUND ─▶ only then Node::propose / reads
+//! ```
+//!
+//! # Layout
+//!
+//! * [`policy`]: [`Call`] and which roles may make each.
+//! * [`guard`]: [`Guard`]: authentication and the role check, per call.
+//! * [`caller`]: [`Caller`]: namespace and provider scoping in the handlers.
+//! * [`MutualTls`] (here): the replica's certificates, loaded and checked at start.
+
+pub mod caller;
+pub mod guard;
+pub mod policy;
+
+use std::time::{Duration, SystemTime};
+
+use qm_client::tls::{Identity, Role, TlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+
+pub use caller::Caller;
+pub use guard::Guard;
+pub use policy::Call;
+
+use crate::config::TlsFiles;
+
+/// A TLS handshake on the replica's listener must finish within this; a
+/// connection that stalls it is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// A replica certificate expiring sooner than this is warned about at start.
+pub const CERT_EXPIRY_WARNING_DAYS: u64 = 30;
+
+/// A replica's TLS material: what it serves with, what it dials peers with.
+pub struct MutualTls {
+    /// The listener: this replica's certificate, clients' certificates
+    /// required and checked against the CA.
+    pub server: ServerTlsConfig,
+    /// Dialling peers (Raft and bootstrap probes): the same certificate
+    /// presented, peers' certificates checked against the CA.
+    pub peer: ClientTlsConfig,
+    /// What this replica's own certificate states.
+    pub identity: Identity,
+    /// When this replica's certificate expires.
+    pub not_after: SystemTime,
+}
+
+/// Why TLS could not be set up; the replica does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("--tls-{flag} {path}: {reason}")]
+    File { flag: &'static str, path: String, reason: String },
+    #[error("--tls-cert: {0}")]
+    Identity(#[from] qm_client::tls::IdentityError),
+    #[error("--tls-cert states {identity}; a replica needs a resource_manager certificate (qm certs issue --role resource_manager)")]
+    NotAReplica { identity: Identity },
+    #[error("--tls-cert expired; issue a new one (qm certs issue --role resource_manager)")]
+    Expired,
+}
+
+impl MutualTls {
+    /// Reads and checks the replica's certificate, key and CA.
+    pub fn load(files: &TlsFiles) -> Result<MutualTls, TlsSetupError> {
+        let read = |flag: &'static str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| TlsSetupError::File {
+                flag,
+                path: path.display().to_string(),
+                reason: error.to_string(),
+            })
+        };
+        let cert = read("cert", &files.cert)?;
+        let key = read("key", &files.key)?;
+        let ca = read("ca", &files.ca)?;
+        let (identity, not_after) = read_own_certificate(&cert).map_err(|reason| TlsSetupError::File {
+            flag: "cert",
+            path: files.cert.display().to_string(),
+            reason,
+        })?;
+        let identity = identity?;
+        if identity.role != Role::ResourceManager {
+            return Err(TlsSetupError::NotAReplica { identity });
+        }
+        if not_after <= SystemTime::now() {
+            return Err(TlsSetupError::Expired);
+        }
+        let server = ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&cert, &key))
+            .client_ca_root(Certificate::from_pem(&ca))
+            .timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS));
+        let peer = TlsConfig {
+            ca: files.ca.clone(),
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        }
+        .load()
+        .map_err(|error| TlsSetupError::File {
+            flag: "cert",
+            path: files.cert.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        Ok(MutualTls {
+            server,
+            peer,
+            identity,
+            not_after,
+        })
+    }
+
+    /// Whether the certificate expires within [`CERT_EXPIRY_WARNING_DAYS`].
+    pub fn expires_soon(&self) -> bool {
+        self.not_after
+            .duration_since(SystemTime::now())
+            .is_ok_and(|left| left < Duration::from_secs(CERT_EXPIRY_WARNING_DAYS * 86_400))
+    }
+}
+
+/// The identity and expiry of a PEM certificate.
+type OwnCertificate = (Result<Identity, qm_client::tls::IdentityError>, SystemTime);
+
+fn read_own_certificate(pem: &[u8]) -> Result<OwnCertificate, String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|error| format!("not a PEM certificate: {error}"))?;
+    let certificate = block.parse_x509().map_err(|error| format!("not an X.509 certificate: {error}"))?;
+    let not_after_secs = certificate.validity().not_after.timestamp();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after_secs.max(0) as u64);
+    Ok((Identity::from_certificate_der(&block.contents), not_after))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use qm_client::tls::{CertAuthority, CertSpec, Validity};
+
+    use super::*;
+
+    /// A CA in `dir` and one certificate `<stem>.crt/.key` for `identity`.
+    fn files(dir: &Path, identity: Identity, validity: Validity) -> TlsFiles {
+        let authority = CertAuthority::generate("test CA", Validity::days_from_now(1)).unwrap();
+        authority.save(dir).unwrap();
+        let spec = CertSpec::new(identity).with_validity(validity);
+        let (cert, key) = authority.issue(&spec).unwrap().save(dir, "holder").unwrap();
+        TlsFiles {
+            cert,
+            key,
+            ca: dir.join("ca.crt"),
+        }
+    }
+
+    #[test]
+    fn a_replica_certificate_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Identity::new(Role::ResourceManager, "replica-1", None).unwrap();
+        let tls = MutualTls::load(&files(dir.path(), replica.clone(), Validity::days_from_now(365))).unwrap();
+        assert_eq!(replica, tls.identity);
+        assert!(!tls.expires_soon());
+    }
+
+    #[test]
+    fn a_replica_refuses_to_start_with_another_role_or_an_expired_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Identity::new(Role::Admin, "admin", None).unwrap();
+        let refused = MutualTls::load(&files(dir.path(), admin, Validity::days_from_now(1)));
+        assert!(matches!(refused, Err(TlsSetupError::NotAReplica { .. })), "{:?}", refused.err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let expired = Validity {
+            not_before: now - Duration::from_secs(2 * 86_400),
+            not_after: now - Duration::from_secs(86_400),
+        };
+        let replica = Identity::new(Role::ResourceManager, "replica-1", None).unwrap();
+        let refused = MutualTls::load(&files(dir.path(), replica, expired));
+        assert!(matches!(refused, Err(TlsSetupError::Expired)), "{:?}", refused.err());
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let missing = TlsFiles {
+            cert: "/nonexistent/replica.crt".into(),
+            key: "/nonexistent/replica.key".into(),
+            ca: "/nonexistent/ca.crt".into(),
+        };
+        let error = MutualTls::load(&missing).err().unwrap().to_string();
+        assert!(error.starts_with("--tls-cert /nonexistent/replica.crt"), "{error}");
+    }
+}

@@ -1,0 +1,138 @@
+//! [`Call`]: every RPC a replica serves, and which roles may make it — the
+//! security model's table, as code (`SECURITY.md` shows the same table).
+//!
+//! A role being allowed a call is only the first check: a provider acts
+//! only as the provider its certificate names, a consumer only inside its
+//! namespace (see [`Caller`](super::Caller)).
+
+use qm_client::tls::Role;
+
+/// One RPC, as the authorization table names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Call {
+    // Raft, replica to replica.
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    // A provider's calls, for itself only.
+    RegisterProvider,
+    Heartbeat,
+    DeregisterProvider,
+    Confirm,
+    // A consumer's writes, in its namespace only.
+    Allocate,
+    Release,
+    RenewLease,
+    // Reads of requests and allocations: scoped for consumers and providers.
+    Get,
+    List,
+    Watch,
+    // Read-only views of the cluster and the providers: any authenticated role.
+    ClusterStatus,
+    SystemState,
+    ListProviders,
+    Health,
+    Reflection,
+    // Membership: admin only.
+    AddReplica,
+    RemoveReplica,
+}
+
+const EVERY_ROLE: &[Role] = &Role::ALL;
+
+impl Call {
+    pub const ALL: [Call; 20] = [
+        Call::AppendEntries,
+        Call::Vote,
+        Call::InstallSnapshot,
+        Call::RegisterProvider,
+        Call::Heartbeat,
+        Call::DeregisterProvider,
+        Call::Confirm,
+        Call::Allocate,
+        Call::Release,
+        Call::RenewLease,
+        Call::Get,
+        Call::List,
+        Call::Watch,
+        Call::ClusterStatus,
+        Call::SystemState,
+        Call::ListProviders,
+        Call::Health,
+        Call::Reflection,
+        Call::AddReplica,
+        Call::RemoveReplica,
+    ];
+
+    /// The roles that may make this call at all.
+    pub fn allowed_roles(self) -> &'static [Role] {
+        match self {
+            Call::AppendEntries | Call::Vote | Call::InstallSnapshot => &[Role::ResourceManager],
+            Call::RegisterProvider | Call::Heartbeat | Call::DeregisterProvider | Call::Confirm => &[Role::ResourceProvider],
+            Call::Allocate | Call::Release | Call::RenewLease => &[Role::ResourceConsumer],
+            // A provider's agent reads the allocations placed on it (to
+            // confirm them); an admin reads everything, to operate the cluster.
+            Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
+            Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
+            Call::AddReplica | Call::RemoveReplica => &[Role::Admin],
+        }
+    }
+
+    pub fn allows(self, role: Role) -> bool {
+        self.allowed_roles().contains(&role)
+    }
+
+    /// The RPC's name, for messages and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::AppendEntries => "AppendEntries",
+            Call::Vote => "Vote",
+            Call::InstallSnapshot => "InstallSnapshot",
+            Call::RegisterProvider => "RegisterProvider",
+            Call::Heartbeat => "Heartbeat",
+            Call::DeregisterProvider => "DeregisterProvider",
+            Call::Confirm => "Confirm",
+            Call::Allocate => "Allocate",
+            Call::Release => "Release",
+            Call::RenewLease => "RenewLease",
+            Call::Get => "Get",
+            Call::List => "List",
+            Call::Watch => "Watch",
+            Call::ClusterStatus => "ClusterStatus",
+            Call::SystemState => "SystemState",
+            Call::ListProviders => "ListProviders",
+            Call::Health => "grpc.health.v1",
+            Call::Reflection => "grpc.reflection",
+            Call::AddReplica => "AddReplica",
+            Call::RemoveReplica => "RemoveReplica",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table of SECURITY.md, row by row: the calls each role may make.
+    #[test]
+    fn each_role_makes_exactly_its_calls() {
+        use Call::*;
+        let allowed = |role: Role| Call::ALL.into_iter().filter(|call| call.allows(role)).collect::<Vec<_>>();
+        let read_only = [ClusterStatus, SystemState, ListProviders, Health, Reflection];
+        let with = |calls: &[Call]| {
+            let mut all: Vec<Call> = calls.iter().chain(&read_only).copied().collect();
+            all.sort();
+            all
+        };
+        assert_eq!(with(&[AppendEntries, Vote, InstallSnapshot]), allowed(Role::ResourceManager));
+        assert_eq!(
+            with(&[RegisterProvider, Heartbeat, DeregisterProvider, Confirm, Get, List, Watch]),
+            allowed(Role::ResourceProvider)
+        );
+        assert_eq!(
+            with(&[Allocate, Release, RenewLease, Get, List, Watch]),
+            allowed(Role::ResourceConsumer)
+        );
+        assert_eq!(with(&[Get, List, Watch, AddReplica, RemoveReplica]), allowed(Role::Admin));
+    }
+}
