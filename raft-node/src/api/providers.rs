@@ -10,7 +10,7 @@ use qm_client::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
     ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
 };
-use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, ProviderStatus, RequestState};
+use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
 use tonic::Status;
 use tracing::info;
 use uuid::Uuid;
@@ -87,7 +87,7 @@ pub async fn heartbeat(node: &Node, caller: &Caller, call: HeartbeatRequest) -> 
         .record(&call.provider_id, now_ms(), metrics);
     Ok(HeartbeatReply {
         known: true,
-        status: provider_status_name(status).to_owned(),
+        status: convert::provider_status_name(status).to_owned(),
         revision,
     })
 }
@@ -223,7 +223,7 @@ fn provider_reply(response: CommandResponse) -> Result<ProviderReply, Status> {
             resources,
         } => Ok(ProviderReply {
             provider_id,
-            status: provider_status_name(status).to_owned(),
+            status: convert::provider_status_name(status).to_owned(),
             resources,
         }),
         CommandResponse::ProviderRemoved { provider_id } => Ok(ProviderReply {
@@ -232,12 +232,5 @@ fn provider_reply(response: CommandResponse) -> Result<ProviderReply, Status> {
             resources: 0,
         }),
         other => Err(Status::internal(format!("the table answered a provider command with {other:?}"))),
-    }
-}
-
-fn provider_status_name(status: ProviderStatus) -> &'static str {
-    match status {
-        ProviderStatus::Active => "active",
-        ProviderStatus::Failed => "failed",
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use qm_client::convert;
 use qm_client::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
-use qm_state_machine::{Command, CommandResponse, InvalidArgument, ListFilter, RequestState};
+use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter};
 use tonic::Status;
 use tracing::info;
 
@@ -17,6 +17,26 @@ use super::access::require_visible;
 use super::status::{invalid_argument, parse_uuid};
 use crate::node::Node;
 use crate::security::Caller;
+
+/// What the table answers for `request` without proposing it, if anything:
+/// the record of a known request, or the refusal of an unknown provider.
+async fn answer_from_table(node: &Node, request: &AllocationRequest) -> Option<Result<AllocationReply, Status>> {
+    node.with_table(|table| {
+        if let Some(provider_id) = &request.constraints.provider_id {
+            if table.provider(provider_id).is_none() {
+                return Some(Err(invalid_argument(&InvalidArgument::new(
+                    "constraints.provider_id",
+                    format!("unknown provider {provider_id}"),
+                ))));
+            }
+        }
+        table
+            .get(request.request_id)
+            .filter(|record| record.request == *request)
+            .map(|record| Ok(convert::reply_from_record(record)))
+    })
+    .await
+}
 
 /// Records returned by one `list` call at most.
 pub const LIST_LIMIT_MAX: usize = 10_000;
@@ -31,27 +51,20 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
         .and_then(|request| request.validate())
         .map_err(|invalid| invalid_argument(&invalid))?;
     node.require_leader()?;
-    // Checks against the table as applied here, so that a request naming an
-    // unknown provider is refused before it is logged; and a retry of a known
-    // request is answered without a new log entry.
-    let known = node
-        .with_table(|table| -> Result<Option<AllocationReply>, Status> {
-            if let Some(provider_id) = &request.constraints.provider_id {
-                if table.provider(provider_id).is_none() {
-                    return Err(invalid_argument(&InvalidArgument::new(
-                        "constraints.provider_id",
-                        format!("unknown provider {provider_id}"),
-                    )));
-                }
-            }
-            Ok(table
-                .get(request.request_id)
-                .filter(|record| record.request == request)
-                .map(convert::reply_from_record))
-        })
-        .await?;
-    if let Some(reply) = known {
-        return Ok(reply);
+    // Answered from the table without a log entry: a retry of a known request
+    // (its current record) and a constraint naming an unknown provider (the
+    // refusal). Both are decided on this replica's applied table, which only
+    // a read barrier makes current: a leader cut off from the majority still
+    // believes it leads, and without the barrier it would answer a retry with
+    // an allocation the majority has since released (found by qm-jepsen,
+    // jepsen-like-tests/tests/stale_resend.rs). A new request that names a
+    // known provider is the common case and needs no barrier: the table
+    // checks it again when the entry is applied.
+    if answer_from_table(node, &request).await.is_some() {
+        node.read_barrier(false).await?;
+        if let Some(answer) = answer_from_table(node, &request).await {
+            return answer;
+        }
     }
     let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
@@ -123,7 +136,7 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
     let state = match call.state.as_str() {
         "" => None,
-        name => Some(parse_state(name).ok_or_else(|| {
+        name => Some(convert::state_from_name(name).map_err(|_| {
             invalid_argument(&InvalidArgument::new(
                 "state",
                 format!("{name:?} is not one of queued, allocation, monitoring, deallocation, idle, error"),
@@ -152,19 +165,6 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
         after,
         limit,
     })
-}
-
-fn parse_state(name: &str) -> Option<RequestState> {
-    [
-        RequestState::Queued,
-        RequestState::Allocation,
-        RequestState::Monitoring,
-        RequestState::Deallocation,
-        RequestState::Idle,
-        RequestState::Error,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == name)
 }
 
 /// The record a request-level command answers with.

@@ -1,0 +1,196 @@
+//! No exclusive unit is held by two allocations at once.
+//!
+//! Two kinds of evidence: a linearizable read (every read is one moment of
+//! the table) that lists two allocations on one exclusive unit; and two
+//! acknowledged allocations whose certain holds on one exclusive unit
+//! overlap in time (see [`super::holds::Hold`]).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::holds::{certain_holds, held_units, reads, UnitKey};
+use super::{AllocationHistory, CheckerResult, Violation};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DoubleAllocationViolation {
+    /// One read showed several allocations on one exclusive unit.
+    SharedInRead {
+        unit: UnitKey,
+        request_ids: Vec<String>,
+        read: Vec<u64>,
+    },
+    /// Two acknowledged allocations certainly held one exclusive unit at the same time.
+    OverlappingHolds {
+        unit: UnitKey,
+        first: String,
+        second: String,
+        /// When both certainly held it, nanoseconds since the run started.
+        overlap_from_ns: u64,
+        first_ops: Vec<u64>,
+        second_ops: Vec<u64>,
+    },
+}
+
+impl Violation for DoubleAllocationViolation {
+    fn describe(&self) -> String {
+        match self {
+            DoubleAllocationViolation::SharedInRead { unit, request_ids, .. } => {
+                format!(
+                    "exclusive unit {unit} held by {} allocations in one read: {}",
+                    request_ids.len(),
+                    request_ids.join(", ")
+                )
+            }
+            DoubleAllocationViolation::OverlappingHolds {
+                unit,
+                first,
+                second,
+                overlap_from_ns,
+                ..
+            } => format!(
+                "exclusive unit {unit} held by both {first} and {second} from {:.3} s (both acknowledged, neither released)",
+                *overlap_from_ns as f64 / 1e9
+            ),
+        }
+    }
+
+    fn ops(&self) -> Vec<u64> {
+        match self {
+            DoubleAllocationViolation::SharedInRead { read, .. } => read.clone(),
+            DoubleAllocationViolation::OverlappingHolds { first_ops, second_ops, .. } => {
+                first_ops.iter().chain(second_ops).copied().collect()
+            }
+        }
+    }
+}
+
+pub fn check(history: &AllocationHistory) -> CheckerResult {
+    let exclusive: BTreeMap<UnitKey, bool> = history
+        .units
+        .iter()
+        .map(|spec| {
+            (
+                UnitKey {
+                    provider_id: spec.provider_id.clone(),
+                    resource_id: spec.resource_id.clone(),
+                },
+                spec.exclusive,
+            )
+        })
+        .collect();
+    let is_exclusive = |unit: &UnitKey| exclusive.get(unit).copied().unwrap_or(false);
+    let mut violations = Vec::new();
+
+    let all_reads = reads(history.operations);
+    for (operation, records, _) in &all_reads {
+        let mut holders: BTreeMap<UnitKey, Vec<String>> = BTreeMap::new();
+        for record in records.iter() {
+            for (unit, _) in held_units(record) {
+                holders.entry(unit).or_default().push(record.request_id.clone());
+            }
+        }
+        for (unit, request_ids) in holders {
+            if is_exclusive(&unit) && request_ids.len() > 1 {
+                violations.push(DoubleAllocationViolation::SharedInRead {
+                    unit,
+                    request_ids,
+                    read: operation.indexes(),
+                });
+            }
+        }
+    }
+
+    let holds = certain_holds(history.operations);
+    let mut by_unit: BTreeMap<&UnitKey, Vec<usize>> = BTreeMap::new();
+    for (position, hold) in holds.iter().enumerate().filter(|(_, hold)| is_exclusive(&hold.unit)) {
+        by_unit.entry(&hold.unit).or_default().push(position);
+    }
+    for (unit, positions) in by_unit {
+        let mut reported: Vec<(&str, &str)> = Vec::new();
+        for (i, a) in positions.iter().map(|p| &holds[*p]).enumerate() {
+            for b in positions[i + 1..].iter().map(|p| &holds[*p]) {
+                let (first, second) = if a.request_id <= b.request_id { (a, b) } else { (b, a) };
+                let overlaps = a.from_ns.max(b.from_ns) < a.until_ns.min(b.until_ns);
+                if a.allocation_id == b.allocation_id || !overlaps || reported.contains(&(&first.request_id, &second.request_id)) {
+                    continue;
+                }
+                reported.push((&first.request_id, &second.request_id));
+                violations.push(DoubleAllocationViolation::OverlappingHolds {
+                    unit: unit.clone(),
+                    first: first.request_id.clone(),
+                    second: second.request_id.clone(),
+                    overlap_from_ns: a.from_ns.max(b.from_ns),
+                    first_ops: first.ops.clone(),
+                    second_ops: second.ops.clone(),
+                });
+            }
+        }
+    }
+    let notes = vec![format!(
+        "{} reads and {} acknowledged holds of exclusive units examined",
+        all_reads.len(),
+        holds.iter().filter(|hold| is_exclusive(&hold.unit)).count()
+    )];
+    CheckerResult::from_violations("no-double-allocation", &violations, notes, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::test_support::{allocate, free, read_records, record, HistoryBuilder};
+    use crate::checker::Validity;
+    use crate::workload::allocation::unit_specs;
+
+    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
+        let operations = history.operations();
+        check(&AllocationHistory {
+            operations: &operations,
+            units: &unit_specs(),
+        })
+    }
+
+    #[test]
+    fn a_unit_handed_on_after_a_release_is_fine() {
+        let mut history = HistoryBuilder::default();
+        let a = record("a", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        let b = record("b", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        history
+            .ok(0, 0, 10, allocate("a", false, Some(a.clone())))
+            .ok(2, 15, 18, read_records(vec![a], false))
+            .ok(0, 20, 30, free("a", Some("released")))
+            .ok(1, 40, 50, allocate("b", false, Some(b.clone())))
+            .ok(2, 60, 70, read_records(vec![b], true));
+        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+    }
+
+    #[test]
+    fn two_allocations_on_one_core_are_caught_in_a_read_and_by_their_acknowledgements() {
+        let mut history = HistoryBuilder::default();
+        let a = record("a", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        let b = record("b", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        history
+            .ok(0, 0, 10, allocate("a", false, Some(a.clone())))
+            .ok(1, 5, 15, allocate("b", false, Some(b.clone())))
+            .ok(2, 20, 30, read_records(vec![a, b], false));
+        let result = verdict(&mut history);
+        assert_eq!(Validity::INVALID, result.valid);
+        let kinds: Vec<&str> = result
+            .anomalies
+            .iter()
+            .map(|anomaly| anomaly.violation["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(vec!["shared-in-read", "overlapping-holds"], kinds);
+        assert!(result.anomalies[0].description.contains("jepsen-p0/cpu-0"));
+    }
+
+    #[test]
+    fn sharing_a_divisible_unit_is_not_a_double_allocation() {
+        let mut history = HistoryBuilder::default();
+        let a = record("a", "monitoring", "jepsen-p0", &[("mem", "memory_gb", 8)]);
+        let b = record("b", "monitoring", "jepsen-p0", &[("mem", "memory_gb", 8)]);
+        history.ok(2, 20, 30, read_records(vec![a, b], false));
+        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+    }
+}

@@ -1,0 +1,283 @@
+//! No acknowledged allocation is lost, and no acknowledged release is undone.
+//!
+//! Judged against the final read (every record the table remembers, read
+//! after the final heal when no client runs any more):
+//!
+//! * a request acknowledged as allocated, with no release attempted, must be
+//!   active at the end, on the same units;
+//! * a request acknowledged as queued, with no release attempted, must still
+//!   be live (queued, or granted since);
+//! * a request whose release was acknowledged (it found the record and
+//!   finished it) must not be live at the end.
+//!
+//! Without a successful final read the verdict is unknown.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::holds::reads;
+use super::{AllocationHistory, CheckerResult, Violation};
+use crate::history::{GrantView, OpType, Payload, RecordView};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LostAllocationViolation {
+    /// Acknowledged allocated, never released, not active at the end.
+    LostAllocation {
+        request_id: String,
+        /// The state the final read found it in; `None` when it was not there at all.
+        final_state: Option<String>,
+        acknowledged: Vec<u64>,
+        final_read: Vec<u64>,
+    },
+    /// Acknowledged allocated, never released, active at the end on other units.
+    PlacementChanged {
+        request_id: String,
+        acknowledged_grants: Vec<GrantView>,
+        final_grants: Vec<GrantView>,
+        acknowledged: Vec<u64>,
+        final_read: Vec<u64>,
+    },
+    /// Acknowledged queued, never released, gone at the end.
+    LostQueuedRequest {
+        request_id: String,
+        final_state: Option<String>,
+        acknowledged: Vec<u64>,
+        final_read: Vec<u64>,
+    },
+    /// Its release was acknowledged, yet it is live at the end.
+    ReleaseUndone {
+        request_id: String,
+        final_state: String,
+        release: Vec<u64>,
+        final_read: Vec<u64>,
+    },
+}
+
+impl Violation for LostAllocationViolation {
+    fn describe(&self) -> String {
+        let found = |state: &Option<String>| state.clone().map_or("absent".to_owned(), |state| format!("in state {state}"));
+        match self {
+            LostAllocationViolation::LostAllocation {
+                request_id, final_state, ..
+            } => {
+                format!(
+                    "acknowledged allocation {request_id} was never released but is {} at the end",
+                    found(final_state)
+                )
+            }
+            LostAllocationViolation::PlacementChanged {
+                request_id,
+                acknowledged_grants,
+                final_grants,
+                ..
+            } => format!("allocation {request_id} was acknowledged on {acknowledged_grants:?} but holds {final_grants:?} at the end"),
+            LostAllocationViolation::LostQueuedRequest {
+                request_id, final_state, ..
+            } => {
+                format!(
+                    "acknowledged queued request {request_id} was never cancelled but is {} at the end",
+                    found(final_state)
+                )
+            }
+            LostAllocationViolation::ReleaseUndone {
+                request_id, final_state, ..
+            } => format!("release of {request_id} was acknowledged, yet it is {final_state} at the end"),
+        }
+    }
+
+    fn ops(&self) -> Vec<u64> {
+        match self {
+            LostAllocationViolation::LostAllocation {
+                acknowledged, final_read, ..
+            }
+            | LostAllocationViolation::PlacementChanged {
+                acknowledged, final_read, ..
+            }
+            | LostAllocationViolation::LostQueuedRequest {
+                acknowledged, final_read, ..
+            } => acknowledged.iter().chain(final_read).copied().collect(),
+            LostAllocationViolation::ReleaseUndone { release, final_read, .. } => release.iter().chain(final_read).copied().collect(),
+        }
+    }
+}
+
+fn sorted(grants: &[GrantView]) -> Vec<GrantView> {
+    let mut grants = grants.to_vec();
+    grants.sort();
+    grants
+}
+
+pub fn check(history: &AllocationHistory) -> CheckerResult {
+    let Some((final_operation, final_records, _)) = reads(history.operations).into_iter().find(|(_, _, final_read)| *final_read) else {
+        return CheckerResult::from_violations::<LostAllocationViolation>(
+            "no-lost-allocation",
+            &[],
+            vec!["no successful final read: nothing to compare with".to_owned()],
+            true,
+        );
+    };
+    let final_ops = final_operation.indexes();
+    let at_end: BTreeMap<&str, &RecordView> = final_records.iter().map(|record| (record.request_id.as_str(), record)).collect();
+    // Requests whose release may have taken effect; and those acknowledged finished.
+    let mut release_attempted: BTreeSet<&str> = BTreeSet::new();
+    let mut released: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for operation in history.operations.iter().filter(|operation| operation.kind() != OpType::Fail) {
+        let Payload::Release(value) = operation.value() else { continue };
+        release_attempted.insert(&value.request_id);
+        if operation.is_ok() && matches!(value.outcome.as_deref(), Some("released" | "cancelled")) {
+            released.entry(&value.request_id).or_insert_with(|| operation.indexes());
+        }
+    }
+    // The latest acknowledgement of each request (a resend may show it granted since).
+    let mut acknowledged: BTreeMap<&str, (&RecordView, Vec<u64>)> = BTreeMap::new();
+    for operation in history.operations.iter().filter(|operation| operation.is_ok()) {
+        if let Payload::Allocate(value) = operation.value() {
+            if let Some(record) = &value.record {
+                acknowledged.insert(&record.request_id, (record, operation.indexes()));
+            }
+        }
+    }
+
+    let mut violations = Vec::new();
+    for (request_id, (record, ops)) in &acknowledged {
+        if release_attempted.contains(request_id) {
+            continue;
+        }
+        let found = at_end.get(request_id).copied();
+        let final_state = found.map(|record| record.state.clone());
+        if record.is_active() {
+            match found {
+                Some(end) if end.is_active() && sorted(&end.grants) != sorted(&record.grants) => {
+                    violations.push(LostAllocationViolation::PlacementChanged {
+                        request_id: request_id.to_string(),
+                        acknowledged_grants: sorted(&record.grants),
+                        final_grants: sorted(&end.grants),
+                        acknowledged: ops.clone(),
+                        final_read: final_ops.clone(),
+                    })
+                }
+                Some(end) if end.is_active() => {}
+                _ => violations.push(LostAllocationViolation::LostAllocation {
+                    request_id: request_id.to_string(),
+                    final_state,
+                    acknowledged: ops.clone(),
+                    final_read: final_ops.clone(),
+                }),
+            }
+        } else if record.state == "queued" && !found.is_some_and(RecordView::is_live) {
+            violations.push(LostAllocationViolation::LostQueuedRequest {
+                request_id: request_id.to_string(),
+                final_state,
+                acknowledged: ops.clone(),
+                final_read: final_ops.clone(),
+            });
+        }
+    }
+    for (request_id, release) in &released {
+        if let Some(end) = at_end.get(request_id).filter(|end| end.is_live()) {
+            violations.push(LostAllocationViolation::ReleaseUndone {
+                request_id: request_id.to_string(),
+                final_state: end.state.clone(),
+                release: release.clone(),
+                final_read: final_ops.clone(),
+            });
+        }
+    }
+    let notes = vec![format!(
+        "{} acknowledged requests and {} acknowledged releases compared with the final read of {} records",
+        acknowledged.len(),
+        released.len(),
+        final_records.len()
+    )];
+    CheckerResult::from_violations("no-lost-allocation", &violations, notes, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::test_support::{allocate, free, read_records, record, HistoryBuilder};
+    use crate::checker::Validity;
+    use crate::workload::allocation::unit_specs;
+
+    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
+        let operations = history.operations();
+        check(&AllocationHistory {
+            operations: &operations,
+            units: &unit_specs(),
+        })
+    }
+
+    fn core(request: &str, state: &str, core: &str) -> RecordView {
+        record(request, state, "jepsen-p0", &[(core, "cpu_cores", 1)])
+    }
+
+    #[test]
+    fn kept_and_released_allocations_end_as_acknowledged() {
+        let mut history = HistoryBuilder::default();
+        history
+            .ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))))
+            .ok(1, 0, 10, allocate("b", false, Some(core("b", "monitoring", "cpu-1"))))
+            .ok(1, 20, 30, free("b", Some("released")))
+            .ok(2, 0, 10, allocate("c", false, Some(record("c", "queued", "", &[]))))
+            .ok(
+                9,
+                100,
+                110,
+                read_records(
+                    vec![
+                        core("a", "monitoring", "cpu-0"),
+                        core("b", "idle", "cpu-1"),
+                        core("c", "monitoring", "cpu-1"),
+                    ],
+                    true,
+                ),
+            );
+        let result = verdict(&mut history);
+        assert_eq!(Validity::VALID, result.valid, "{result:#?}");
+    }
+
+    #[test]
+    fn a_lost_write_is_caught() {
+        let mut history = HistoryBuilder::default();
+        history
+            .ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))))
+            .ok(9, 100, 110, read_records(vec![], true));
+        let result = verdict(&mut history);
+        assert_eq!(Validity::INVALID, result.valid);
+        assert!(
+            result.anomalies[0].description.contains("never released but is absent"),
+            "{result:#?}"
+        );
+    }
+
+    #[test]
+    fn a_moved_allocation_and_an_undone_release_are_caught() {
+        let mut history = HistoryBuilder::default();
+        history
+            .ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))))
+            .ok(1, 0, 10, allocate("b", false, Some(core("b", "monitoring", "cpu-1"))))
+            .ok(1, 20, 30, free("b", Some("released")))
+            .ok(
+                9,
+                100,
+                110,
+                read_records(vec![core("a", "monitoring", "cpu-5"), core("b", "monitoring", "cpu-1")], true),
+            );
+        let result = verdict(&mut history);
+        let kinds: Vec<&str> = result
+            .anomalies
+            .iter()
+            .map(|anomaly| anomaly.violation["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(vec!["placement-changed", "release-undone"], kinds);
+    }
+
+    #[test]
+    fn without_a_final_read_the_verdict_is_unknown() {
+        let mut history = HistoryBuilder::default();
+        history.ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))));
+        assert_eq!(Validity::Unknown, verdict(&mut history).valid);
+    }
+}

@@ -1,0 +1,141 @@
+//! Hand-built histories for the checkers' tests: operations at chosen times.
+
+use std::collections::BTreeMap;
+
+use super::operations::{client_operations, Operation};
+use crate::history::{AcquireValue, AllocateValue, GrantView, Op, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue};
+
+/// Builds a history one event at a time, with explicit times.
+#[derive(Default)]
+pub struct HistoryBuilder {
+    pub ops: Vec<Op>,
+}
+
+impl HistoryBuilder {
+    pub fn event(&mut self, time_ns: u64, kind: OpType, process: u64, payload: Payload) -> &mut Self {
+        self.ops.push(Op {
+            index: self.ops.len() as u64,
+            kind,
+            process: Process::Client(process),
+            payload,
+            time_ns,
+            wall_ms: 0,
+            error: None,
+        });
+        self
+    }
+
+    /// An operation invoked at `from` and completed (`kind`) at `to`.
+    pub fn op(&mut self, process: u64, from: u64, to: u64, kind: OpType, invoked: Payload, completed: Payload) -> &mut Self {
+        self.event(from, OpType::Invoke, process, invoked)
+            .event(to, kind, process, completed)
+    }
+
+    pub fn ok(&mut self, process: u64, from: u64, to: u64, completed: Payload) -> &mut Self {
+        self.op(process, from, to, OpType::Ok, completed.clone(), completed)
+    }
+
+    pub fn info(&mut self, process: u64, from: u64, to: u64, invoked: Payload) -> &mut Self {
+        self.op(process, from, to, OpType::Info, invoked.clone(), invoked)
+    }
+
+    /// The events sorted by time (as a recorder would have written them).
+    pub fn operations(&mut self) -> Vec<Operation> {
+        self.ops.sort_by_key(|op| op.time_ns);
+        for (index, op) in self.ops.iter_mut().enumerate() {
+            op.index = index as u64;
+        }
+        client_operations(&self.ops)
+    }
+}
+
+pub fn acquire(unit: &str, request: &str, status: Option<&str>) -> Payload {
+    Payload::Acquire(AcquireValue {
+        unit: unit.into(),
+        request_id: request.into(),
+        resend: false,
+        status: status.map(Into::into),
+    })
+}
+
+pub fn resend(unit: &str, request: &str, status: Option<&str>) -> Payload {
+    Payload::Acquire(AcquireValue {
+        unit: unit.into(),
+        request_id: request.into(),
+        resend: true,
+        status: status.map(Into::into),
+    })
+}
+
+pub fn release(unit: &str, request: &str, outcome: Option<&str>) -> Payload {
+    Payload::Release(ReleaseValue {
+        request_id: request.into(),
+        unit: Some(unit.into()),
+        outcome: outcome.map(Into::into),
+        record: None,
+    })
+}
+
+pub fn read_units(holders: &[(&str, &[&str])]) -> Payload {
+    Payload::Read(ReadValue {
+        holders: Some(
+            holders
+                .iter()
+                .map(|(unit, requests)| (unit.to_string(), requests.iter().map(|request| request.to_string()).collect()))
+                .collect(),
+        ),
+        ..Default::default()
+    })
+}
+
+/// A record holding `grants` (provider, resource, amount) in state `state`.
+pub fn record(request: &str, state: &str, provider: &str, grants: &[(&str, &str, u64)]) -> RecordView {
+    RecordView {
+        request_id: request.into(),
+        allocation_id: format!("alloc-{request}"),
+        response_id: format!("resp-{request}"),
+        status: match state {
+            "queued" => "queued".into(),
+            "error" => "rejected".into(),
+            _ => "allocated".into(),
+        },
+        state: state.into(),
+        provider_id: provider.into(),
+        grants: grants
+            .iter()
+            .map(|(resource, kind, amount)| GrantView {
+                resource_id: resource.to_string(),
+                kind: kind.to_string(),
+                amount: *amount,
+            })
+            .collect(),
+        reason: String::new(),
+    }
+}
+
+pub fn allocate(request: &str, resend: bool, answer: Option<RecordView>) -> Payload {
+    Payload::Allocate(AllocateValue {
+        request_id: request.into(),
+        requirements: BTreeMap::from([("cpu_cores".to_owned(), 1)]),
+        priority: 0,
+        resend,
+        record: answer,
+    })
+}
+
+pub fn free(request: &str, outcome: Option<&str>) -> Payload {
+    Payload::Release(ReleaseValue {
+        request_id: request.into(),
+        unit: None,
+        outcome: outcome.map(Into::into),
+        record: None,
+    })
+}
+
+pub fn read_records(records: Vec<RecordView>, final_read: bool) -> Payload {
+    Payload::Read(ReadValue {
+        final_read,
+        records: Some(records),
+        ..Default::default()
+    })
+}

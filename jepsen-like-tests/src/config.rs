@@ -1,0 +1,480 @@
+//! The command line ([`Cli`]), one set of defaults, every limit named, and
+//! [`RunConfig`]: a validated run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::error::JepsenError;
+use crate::nemesis::partition::PartitionShape;
+
+/// Longest run accepted: one hour. Longer runs want a soak harness, not this.
+pub const TIME_LIMIT_SECS_MAX: u64 = 3_600;
+/// Shortest run: room for one fault, one heal and the final read.
+pub const TIME_LIMIT_SECS_MIN: u64 = 5;
+/// Client processes at most. The register workload leaves each process a few
+/// requests queued in the table, and the table re-examines only the first
+/// `queue_examined_per_free_max` (64) queued requests when a unit frees; past
+/// that the per-unit FIFO the model assumes would no longer hold.
+pub const CONCURRENCY_MAX: usize = 16;
+/// Highest total request rate, operations per second.
+pub const RATE_MAX: f64 = 1_000.0;
+/// Units (lock-like registers) in the register workload, at most.
+pub const UNITS_MAX: usize = 64;
+/// Operations one history may hold; the run refuses settings that could exceed it.
+pub const HISTORY_OPS_MAX: u64 = 2_000_000;
+/// Highest replica id the harness gives out: replica N listens on 127.0.0.(N+1).
+pub const REPLICA_ID_MAX: u64 = 250;
+
+/// Defaults, in one place.
+pub mod defaults {
+    pub const NODES: u64 = 3;
+    pub const TIME_LIMIT_SECS: u64 = 30;
+    pub const CONCURRENCY: usize = 6;
+    pub const RATE: f64 = 30.0;
+    pub const UNITS: usize = 4;
+    pub const FAULT_SECS: f64 = 4.0;
+    pub const HEAL_SECS: f64 = 3.0;
+    /// Quiet time before the first fault, so the run starts with a baseline.
+    pub const FIRST_FAULT_AFTER_SECS: f64 = 2.0;
+    /// Healed time before the end of the run, so that every run ends healthy.
+    pub const FINAL_HEALED_SECS: f64 = 3.0;
+    /// Small, so that runs of seconds take snapshots and restarted replicas
+    /// catch up by snapshot install, not only from the log.
+    pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
+    pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 50;
+    /// The harness heartbeats its providers, but a provider declared failed
+    /// would have its allocations moved, which the workloads do not model:
+    /// a window far longer than any fault keeps them alive through faults.
+    pub const PROVIDER_FAILURE_WINDOW_MS: u64 = 600_000;
+}
+
+/// `qm-jepsen`: Jepsen-style fault injection against real qm-node processes.
+#[derive(Parser, Debug)]
+#[command(
+    name = "qm-jepsen",
+    version,
+    about = "Fault-injection runs against real qm-node replicas: nemeses, histories, checkers, reports."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CliCommand {
+    /// Start a cluster, run a workload under a nemesis, check the history, write a report.
+    Run(RunArgs),
+    /// Check a recorded run again (its test.json and history.jsonl) and rewrite its report.
+    Check(CheckArgs),
+}
+
+/// The workload: what the clients do and which checkers judge it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// Each unit is a lock-like register (acquire, release, read); checked for linearizability per unit.
+    Register,
+    /// Free-form requests; checked for double allocation, capacity, lost acknowledged allocations, idempotent retries.
+    Allocation,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Register => "register",
+            WorkloadKind::Allocation => "allocation",
+        }
+    }
+}
+
+/// A fault the nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NemesisKind {
+    /// kill -9 one or more replicas (often the leader), then restart them.
+    Kill,
+    /// SIGSTOP one or more replicas (often the leader), then SIGCONT.
+    Pause,
+    /// Cut links through the proxies: halves, isolated leader, bridge, majorities ring, slow links.
+    Partition,
+    /// Add a fresh replica, then remove one (sometimes the leader).
+    Membership,
+}
+
+impl NemesisKind {
+    pub const ALL: [NemesisKind; 4] = [
+        NemesisKind::Kill,
+        NemesisKind::Pause,
+        NemesisKind::Partition,
+        NemesisKind::Membership,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NemesisKind::Kill => "kill",
+            NemesisKind::Pause => "pause",
+            NemesisKind::Partition => "partition",
+            NemesisKind::Membership => "membership",
+        }
+    }
+}
+
+/// Parses `kill,pause,partition,membership` or `none`.
+pub fn parse_nemeses(text: &str) -> Result<Vec<NemesisKind>, JepsenError> {
+    let invalid = |reason: String| JepsenError::InvalidConfig { flag: "nemesis", reason };
+    let mut kinds = Vec::new();
+    let names: Vec<&str> = text.split(',').map(str::trim).filter(|name| !name.is_empty()).collect();
+    if names.is_empty() {
+        return Err(invalid("name at least one of kill, pause, partition, membership, or none".into()));
+    }
+    for name in &names {
+        if *name == "none" {
+            if names.len() > 1 {
+                return Err(invalid("none cannot be combined with other nemeses".into()));
+            }
+            return Ok(Vec::new());
+        }
+        let kind = NemesisKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == *name)
+            .ok_or_else(|| invalid(format!("{name:?} is not one of kill, pause, partition, membership, none")))?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// Parses `halves,isolate-leader,...`.
+pub fn parse_partitions(text: &str) -> Result<Vec<PartitionShape>, JepsenError> {
+    let mut shapes = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        let shape = PartitionShape::ALL
+            .into_iter()
+            .find(|shape| shape.name() == name)
+            .ok_or_else(|| JepsenError::InvalidConfig {
+                flag: "partitions",
+                reason: format!("{name:?} is not one of halves, isolate-leader, bridge, majorities-ring, slow-links"),
+            })?;
+        if !shapes.contains(&shape) {
+            shapes.push(shape);
+        }
+    }
+    if shapes.is_empty() {
+        return Err(JepsenError::InvalidConfig {
+            flag: "partitions",
+            reason: "name at least one shape".into(),
+        });
+    }
+    Ok(shapes)
+}
+
+/// Flags of `qm-jepsen run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Replicas: 3 or 5.
+    #[arg(long, env = "QM_JEPSEN_NODES", default_value_t = defaults::NODES)]
+    pub nodes: u64,
+    /// How long clients run, in seconds (the final heal and read come after).
+    #[arg(long, env = "QM_JEPSEN_TIME_LIMIT", default_value_t = defaults::TIME_LIMIT_SECS)]
+    pub time_limit: u64,
+    /// Client processes running operations at once.
+    #[arg(long, env = "QM_JEPSEN_CONCURRENCY", default_value_t = defaults::CONCURRENCY)]
+    pub concurrency: usize,
+    /// Target operations per second, all clients together.
+    #[arg(long, env = "QM_JEPSEN_RATE", default_value_t = defaults::RATE)]
+    pub rate: f64,
+    /// `register` (linearizability per unit) or `allocation` (allocation invariants).
+    #[arg(long, env = "QM_JEPSEN_WORKLOAD", value_enum, default_value_t = WorkloadKind::Register)]
+    pub workload: WorkloadKind,
+    /// Comma-separated faults: kill, pause, partition, membership; or none.
+    #[arg(long, env = "QM_JEPSEN_NEMESIS", default_value = "kill,pause,partition")]
+    pub nemesis: String,
+    /// Seed of every random choice (operations, targets, schedules). Random when absent; always printed.
+    #[arg(long, env = "QM_JEPSEN_SEED")]
+    pub seed: Option<u64>,
+    /// Where the report goes. Default: `jepsen-store/<workload>-<nemesis>-<nodes>n-seed<seed>`.
+    #[arg(long, env = "QM_JEPSEN_OUT")]
+    pub out: Option<PathBuf>,
+    /// The qm-node binary. Default: `qm-node` next to this binary.
+    #[arg(long, env = "QM_JEPSEN_NODE_BINARY")]
+    pub node_binary: Option<PathBuf>,
+    /// TEST ONLY: start the replicas with --unsafe-stale-reads (reads skip the
+    /// read index), to show that the checkers catch stale reads.
+    #[arg(long)]
+    pub unsafe_stale_reads: bool,
+    /// Partition shapes the partition nemesis draws from: halves,
+    /// isolate-leader, bridge, majorities-ring, slow-links (default: all).
+    #[arg(long, default_value = "halves,isolate-leader,bridge,majorities-ring,slow-links")]
+    pub partitions: String,
+    /// Units (lock-like registers) of the register workload.
+    #[arg(long, default_value_t = defaults::UNITS)]
+    pub units: usize,
+    /// Mean length of one fault, in seconds.
+    #[arg(long, default_value_t = defaults::FAULT_SECS)]
+    pub fault_secs: f64,
+    /// Mean healed time between two faults, in seconds.
+    #[arg(long, default_value_t = defaults::HEAL_SECS)]
+    pub heal_secs: f64,
+    /// Replicas snapshot every this many applied entries (small, to exercise snapshots).
+    #[arg(long, default_value_t = defaults::SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every_entries: u64,
+    /// Extra flag for every qm-node (repeatable), e.g. --node-arg=--election-timeout-min-ms=300.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+}
+
+/// Flags of `qm-jepsen check`.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// A run's report directory (with test.json and history.jsonl).
+    pub dir: PathBuf,
+}
+
+/// A validated run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub nodes: u64,
+    pub time_limit_secs: u64,
+    pub concurrency: usize,
+    pub rate: f64,
+    pub workload: WorkloadKind,
+    pub nemeses: Vec<NemesisKind>,
+    pub partitions: Vec<PartitionShape>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub node_binary: PathBuf,
+    pub unsafe_stale_reads: bool,
+    pub units: usize,
+    pub fault_secs: f64,
+    pub heal_secs: f64,
+    pub snapshot_every_entries: u64,
+    pub node_args: Vec<String>,
+}
+
+impl RunArgs {
+    /// Applies the defaults that depend on other flags and validates.
+    pub fn into_config(self, random_seed: u64) -> Result<RunConfig, JepsenError> {
+        let nemeses = parse_nemeses(&self.nemesis)?;
+        let partitions = parse_partitions(&self.partitions)?;
+        let seed = self.seed.unwrap_or(random_seed);
+        let nemesis_name = match nemeses.is_empty() {
+            true => "none".to_owned(),
+            false => nemeses.iter().map(|kind| kind.name()).collect::<Vec<_>>().join("+"),
+        };
+        let out = self.out.unwrap_or_else(|| {
+            PathBuf::from("jepsen-store").join(format!("{}-{nemesis_name}-{}n-seed{seed}", self.workload.name(), self.nodes))
+        });
+        let node_binary = match self.node_binary {
+            Some(path) => path,
+            None => default_node_binary(),
+        };
+        let config = RunConfig {
+            nodes: self.nodes,
+            time_limit_secs: self.time_limit,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            workload: self.workload,
+            nemeses,
+            partitions,
+            seed,
+            out,
+            node_binary,
+            unsafe_stale_reads: self.unsafe_stale_reads,
+            units: self.units,
+            fault_secs: self.fault_secs,
+            heal_secs: self.heal_secs,
+            snapshot_every_entries: self.snapshot_every_entries,
+            node_args: self.node_args,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `qm-node` next to the running binary (`target/<profile>/`), or, for a test
+/// binary in `target/<profile>/deps/`, one directory up.
+pub fn default_node_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let beside = dir.join("qm-node");
+    if beside.exists() || dir.file_name().is_none_or(|name| name != "deps") {
+        return beside;
+    }
+    dir.parent().unwrap_or(dir).join("qm-node")
+}
+
+impl RunConfig {
+    pub fn validate(&self) -> Result<(), JepsenError> {
+        let invalid = |flag, reason: String| Err(JepsenError::InvalidConfig { flag, reason });
+        if self.nodes != 3 && self.nodes != 5 {
+            return invalid("nodes", format!("is {}; runs use 3 or 5 replicas", self.nodes));
+        }
+        if !(TIME_LIMIT_SECS_MIN..=TIME_LIMIT_SECS_MAX).contains(&self.time_limit_secs) {
+            return invalid(
+                "time-limit",
+                format!(
+                    "is {} s; must be between {TIME_LIMIT_SECS_MIN} and {TIME_LIMIT_SECS_MAX}",
+                    self.time_limit_secs
+                ),
+            );
+        }
+        if !(1..=CONCURRENCY_MAX).contains(&self.concurrency) {
+            return invalid(
+                "concurrency",
+                format!("is {}; must be between 1 and {CONCURRENCY_MAX}", self.concurrency),
+            );
+        }
+        if !(self.rate > 0.0 && self.rate <= RATE_MAX) {
+            return invalid("rate", format!("is {}; must be above 0 and at most {RATE_MAX}", self.rate));
+        }
+        if (self.rate * self.time_limit_secs as f64) * 2.0 > HISTORY_OPS_MAX as f64 {
+            return invalid(
+                "rate",
+                format!("with this --time-limit the history could exceed {HISTORY_OPS_MAX} operations"),
+            );
+        }
+        if !(1..=UNITS_MAX).contains(&self.units) {
+            return invalid("units", format!("is {}; must be between 1 and {UNITS_MAX}", self.units));
+        }
+        for (flag, secs) in [("fault-secs", self.fault_secs), ("heal-secs", self.heal_secs)] {
+            if !(0.5..=600.0).contains(&secs) {
+                return invalid(flag, format!("is {secs}; must be between 0.5 and 600"));
+            }
+        }
+        if self.snapshot_every_entries == 0 {
+            return invalid("snapshot-every-entries", "must be positive".into());
+        }
+        if !self.node_binary.exists() {
+            return Err(JepsenError::NodeBinaryMissing {
+                path: self.node_binary.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn time_limit(&self) -> Duration {
+        Duration::from_secs(self.time_limit_secs)
+    }
+
+    /// The nemeses as the command line spells them.
+    pub fn nemesis_flag(&self) -> String {
+        match self.nemeses.is_empty() {
+            true => "none".to_owned(),
+            false => self.nemeses.iter().map(|kind| kind.name()).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// A command that runs this test again, with the same seed.
+    pub fn reproduce_command(&self) -> String {
+        let mut command = format!(
+            "qm-jepsen run --nodes {} --time-limit {} --concurrency {} --rate {} --workload {} --nemesis {} --seed {} --units {} --fault-secs {} --heal-secs {} --snapshot-every-entries {} --out {}",
+            self.nodes,
+            self.time_limit_secs,
+            self.concurrency,
+            self.rate,
+            self.workload.name(),
+            self.nemesis_flag(),
+            self.seed,
+            self.units,
+            self.fault_secs,
+            self.heal_secs,
+            self.snapshot_every_entries,
+            self.out.display(),
+        );
+        if self.partitions != PartitionShape::ALL {
+            let names: Vec<&str> = self.partitions.iter().map(|shape| shape.name()).collect();
+            command.push_str(&format!(" --partitions {}", names.join(",")));
+        }
+        if self.unsafe_stale_reads {
+            command.push_str(" --unsafe-stale-reads");
+        }
+        for arg in &self.node_args {
+            command.push_str(&format!(" --node-arg={arg}"));
+        }
+        command
+    }
+
+    /// The flags every replica gets.
+    pub fn node_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--provider-failure-window-ms".to_owned(),
+            defaults::PROVIDER_FAILURE_WINDOW_MS.to_string(),
+            "--snapshot-every-entries".to_owned(),
+            self.snapshot_every_entries.to_string(),
+            "--log-kept-behind-snapshot-entries".to_owned(),
+            defaults::LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES
+                .min(self.snapshot_every_entries)
+                .to_string(),
+        ];
+        if self.unsafe_stale_reads {
+            flags.push("--unsafe-stale-reads".to_owned());
+        }
+        flags.extend(self.node_args.iter().cloned());
+        flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemeses_parse_and_none_stands_alone() {
+        assert_eq!(
+            vec![NemesisKind::Kill, NemesisKind::Partition],
+            parse_nemeses("kill, partition,kill").expect("parses")
+        );
+        assert_eq!(Vec::<NemesisKind>::new(), parse_nemeses("none").expect("parses"));
+        assert!(parse_nemeses("none,kill").is_err());
+        assert!(parse_nemeses("fire").unwrap_err().to_string().contains("\"fire\""));
+        assert!(parse_nemeses("").is_err());
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["qm-jepsen", "run", "--node-binary", "/bin/sh"].iter().chain(extra)).expect("parses");
+        match cli.command {
+            CliCommand::Run(args) => args,
+            CliCommand::Check(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_name_the_out_dir() {
+        let config = args(&["--seed", "7"]).into_config(1).expect("valid");
+        assert_eq!(7, config.seed);
+        assert_eq!(PathBuf::from("jepsen-store/register-kill+pause+partition-3n-seed7"), config.out);
+        assert!(config.reproduce_command().contains("--seed 7"), "{}", config.reproduce_command());
+    }
+
+    #[test]
+    fn bad_flags_are_named() {
+        for (extra, flag) in [
+            (vec!["--nodes", "4"], "--nodes"),
+            (vec!["--time-limit", "1"], "--time-limit"),
+            (vec!["--concurrency", "0"], "--concurrency"),
+            (vec!["--rate", "0"], "--rate"),
+            (vec!["--units", "0"], "--units"),
+            (vec!["--fault-secs", "0.1"], "--fault-secs"),
+        ] {
+            let error = args(&extra).into_config(1).unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+    }
+
+    #[test]
+    fn node_args_pass_through() {
+        let config = args(&["--node-arg=--election-timeout-min-ms=300", "--unsafe-stale-reads"])
+            .into_config(1)
+            .expect("valid");
+        let flags = config.node_flags();
+        assert!(flags.contains(&"--election-timeout-min-ms=300".to_owned()));
+        assert!(flags.contains(&"--unsafe-stale-reads".to_owned()));
+        assert!(config
+            .reproduce_command()
+            .ends_with("--unsafe-stale-reads --node-arg=--election-timeout-min-ms=300"));
+    }
+}

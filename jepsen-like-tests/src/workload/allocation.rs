@@ -1,0 +1,302 @@
+//! The allocation workload: free-form requests (cores, memory, GPUs) placed
+//! by the table on any of a few providers, released later, sometimes sent
+//! again unchanged (an idempotent retry on purpose), and linearizable reads
+//! of every active allocation.
+//!
+//! Judged by [`crate::checker::double_allocation`], [`crate::checker::capacity`],
+//! [`crate::checker::lost_allocation`] and [`crate::checker::idempotency`].
+
+use std::collections::BTreeMap;
+
+use qm_client::proto::api::ListRequest;
+use qm_client::{Client, Error};
+use qm_state_machine::{ProviderRegistration, ResourceRequest, ResourceSpec, Sharing};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+use uuid::Uuid;
+
+use super::{with_final_retries, write_failure, WorkerContext, FINAL_PROCESS};
+use crate::error::JepsenError;
+use crate::history::{AllocateValue, HistoryRecorder, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue, RELEASE_NOT_FOUND};
+use crate::workload::register::release_outcome;
+
+/// Providers registered for this workload.
+pub const PROVIDERS: usize = 3;
+/// Exclusive CPU cores per provider.
+pub const CORES_PER_PROVIDER: usize = 8;
+/// Exclusive GPUs per provider.
+pub const GPUS_PER_PROVIDER: usize = 2;
+/// GB of divisible memory per provider.
+pub const MEMORY_GB_PER_PROVIDER: i64 = 64;
+/// Live (not known finished) requests a worker keeps at most; past this it releases.
+pub const LIVE_REQUESTS_PER_WORKER_MAX: usize = 4;
+/// Requests a worker remembers for resends; the oldest are forgotten first.
+pub const REMEMBERED_REQUESTS_MAX: usize = 32;
+/// Records per page of the final read.
+pub const FINAL_READ_PAGE: u32 = 1_000;
+/// Pages of the final read at most (bounds it at 100,000 records).
+pub const FINAL_READ_PAGES_MAX: usize = 100;
+
+/// One unit as registered, for the checkers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSpec {
+    pub provider_id: String,
+    pub resource_id: String,
+    pub kind: String,
+    pub capacity: u64,
+    pub exclusive: bool,
+}
+
+/// The providers this workload registers.
+pub fn registrations() -> Vec<ProviderRegistration> {
+    (0..PROVIDERS)
+        .map(|provider| {
+            let exclusive = |resource_id: String, kind: &str| ResourceSpec {
+                resource_id,
+                kind: kind.to_owned(),
+                capacity: 1,
+                labels: BTreeMap::new(),
+                sharing: Some(Sharing::Exclusive),
+            };
+            let mut resources: Vec<ResourceSpec> = (0..CORES_PER_PROVIDER)
+                .map(|core| exclusive(format!("cpu-{core}"), "cpu_cores"))
+                .collect();
+            resources.extend((0..GPUS_PER_PROVIDER).map(|gpu| exclusive(format!("gpu-{gpu}"), "gpu")));
+            resources.push(ResourceSpec {
+                resource_id: "mem".to_owned(),
+                kind: "memory_gb".to_owned(),
+                capacity: MEMORY_GB_PER_PROVIDER,
+                labels: BTreeMap::new(),
+                sharing: Some(Sharing::Divisible),
+            });
+            ProviderRegistration {
+                provider_id: format!("jepsen-p{provider}"),
+                labels: BTreeMap::new(),
+                resources,
+                confirms_allocations: false,
+            }
+        })
+        .collect()
+}
+
+/// Every unit of [`registrations`].
+pub fn unit_specs() -> Vec<UnitSpec> {
+    registrations()
+        .iter()
+        .flat_map(|registration| {
+            registration.resources.iter().map(|resource| UnitSpec {
+                provider_id: registration.provider_id.clone(),
+                resource_id: resource.resource_id.clone(),
+                kind: resource.kind.clone(),
+                capacity: resource.capacity as u64,
+                exclusive: resource.sharing == Some(Sharing::Exclusive),
+            })
+        })
+        .collect()
+}
+
+/// A request this worker sent.
+struct OwnRequest {
+    request: ResourceRequest,
+    value: AllocateValue,
+    /// Not known to be finished: acknowledged allocated or queued, or of unknown outcome.
+    live: bool,
+}
+
+fn random_request(ctx: &mut WorkerContext) -> (ResourceRequest, AllocateValue) {
+    let mut requirements = BTreeMap::new();
+    if ctx.rng.gen_bool(0.7) {
+        requirements.insert("cpu_cores".to_owned(), ctx.rng.gen_range(1..=4u64));
+    }
+    if ctx.rng.gen_bool(0.5) {
+        requirements.insert("memory_gb".to_owned(), ctx.rng.gen_range(1..=24u64));
+    }
+    if requirements.is_empty() || ctx.rng.gen_bool(0.1) {
+        requirements.insert("gpu".to_owned(), 1);
+    }
+    let priority = ctx.rng.gen_range(0..=2i64);
+    let request_id = Uuid::new_v4().to_string();
+    let request = ResourceRequest {
+        request_id: Some(request_id.clone()),
+        requester_id: Some(format!("jepsen-worker-{}", ctx.worker)),
+        resource_requirements: Some(
+            requirements
+                .iter()
+                .map(|(kind, quantity)| (kind.clone(), Number::from(*quantity)))
+                .collect(),
+        ),
+        priority: Some(Number::from(priority)),
+        ..Default::default()
+    };
+    let value = AllocateValue {
+        request_id,
+        requirements,
+        priority,
+        resend: false,
+        record: None,
+    };
+    (request, value)
+}
+
+/// Runs one worker until the time limit.
+pub async fn run_worker(mut ctx: WorkerContext) {
+    let mut own: Vec<OwnRequest> = Vec::new();
+    while !ctx.done() {
+        let live: Vec<usize> = (0..own.len()).filter(|index| own[*index].live).collect();
+        let roll: f64 = ctx.rng.gen();
+        if live.len() >= LIVE_REQUESTS_PER_WORKER_MAX || (roll < 0.3 && !live.is_empty()) {
+            let index = *live.choose(&mut ctx.rng).expect("live requests");
+            release(&mut ctx, &mut own[index]).await;
+        } else if roll < 0.4 && !own.is_empty() {
+            let index = ctx.rng.gen_range(0..own.len());
+            allocate(&mut ctx, &mut own[index], true).await;
+        } else if roll < 0.75 {
+            let (request, value) = random_request(&mut ctx);
+            let mut fresh = OwnRequest {
+                request,
+                value,
+                live: false,
+            };
+            allocate(&mut ctx, &mut fresh, false).await;
+            own.push(fresh);
+            if own.len() > REMEMBERED_REQUESTS_MAX {
+                // Forget the oldest finished request; live ones are kept to be released.
+                if let Some(oldest) = own.iter().position(|request| !request.live) {
+                    own.remove(oldest);
+                }
+            }
+        } else {
+            read(&mut ctx).await;
+        }
+        ctx.pace().await;
+    }
+}
+
+async fn allocate(ctx: &mut WorkerContext, own: &mut OwnRequest, resend: bool) {
+    let mut value = AllocateValue {
+        resend,
+        ..own.value.clone()
+    };
+    ctx.invoke(Payload::Allocate(value.clone()));
+    match ctx.writer.allocate(own.request.clone()).await {
+        Ok(reply) => {
+            let record = RecordView::from_reply(&reply);
+            own.live = record.is_live();
+            value.record = Some(record);
+            ctx.complete(OpType::Ok, Payload::Allocate(value), None);
+        }
+        Err(error) => {
+            let kind = write_failure(&error);
+            // Maybe allocated: release it later to be sure.
+            own.live |= kind == OpType::Info;
+            ctx.complete(kind, Payload::Allocate(value), Some(error.to_string()));
+        }
+    }
+}
+
+async fn release(ctx: &mut WorkerContext, own: &mut OwnRequest) {
+    let mut value = ReleaseValue {
+        request_id: own.value.request_id.clone(),
+        ..Default::default()
+    };
+    ctx.invoke(Payload::Release(value.clone()));
+    let (kind, error) = match ctx.writer.release(&own.value.request_id).await {
+        Ok(reply) => {
+            value.outcome = Some(release_outcome(&reply.state, &reply.reason));
+            value.record = Some(RecordView::from_reply(&reply));
+            (OpType::Ok, None)
+        }
+        Err(Error::NotFound { message }) => {
+            value.outcome = Some(RELEASE_NOT_FOUND.to_owned());
+            (OpType::Ok, Some(message))
+        }
+        Err(error) => (write_failure(&error), Some(error.to_string())),
+    };
+    if kind == OpType::Ok {
+        own.live = false;
+    }
+    ctx.complete(kind, Payload::Release(value), error);
+}
+
+async fn read(ctx: &mut WorkerContext) {
+    ctx.invoke(Payload::Read(ReadValue::default()));
+    let listed = ctx
+        .reader
+        .list(ListRequest {
+            state: "monitoring".to_owned(),
+            ..Default::default()
+        })
+        .await;
+    match listed {
+        Ok(records) => ctx.complete(
+            OpType::Ok,
+            Payload::Read(ReadValue {
+                records: Some(records.iter().map(RecordView::from_reply).collect()),
+                ..Default::default()
+            }),
+            None,
+        ),
+        Err(error) => ctx.complete(OpType::Fail, Payload::Read(ReadValue::default()), Some(error.to_string())),
+    }
+}
+
+/// Every record the table remembers, page by page.
+async fn read_everything(client: &Client) -> Result<Vec<RecordView>, Error> {
+    let mut records: Vec<RecordView> = Vec::new();
+    for _ in 0..FINAL_READ_PAGES_MAX {
+        let page = client
+            .list(ListRequest {
+                after: records.last().map(|record| record.request_id.clone()).unwrap_or_default(),
+                limit: FINAL_READ_PAGE,
+                ..Default::default()
+            })
+            .await?;
+        let complete = (page.len() as u32) < FINAL_READ_PAGE;
+        records.extend(page.iter().map(RecordView::from_reply));
+        if complete {
+            return Ok(records);
+        }
+    }
+    Err(Error::Unavailable {
+        attempts: FINAL_READ_PAGES_MAX as u32,
+        last_cause: format!("more than {} records", FINAL_READ_PAGES_MAX as u32 * FINAL_READ_PAGE),
+    })
+}
+
+/// After the final heal: every record, read through `client`.
+pub async fn final_read(client: &Client, history: &HistoryRecorder) -> bool {
+    let process = Process::Client(FINAL_PROCESS);
+    let invoked = ReadValue {
+        final_read: true,
+        ..Default::default()
+    };
+    history.invoke(process, Payload::Read(invoked.clone()));
+    match with_final_retries(|| read_everything(client)).await {
+        Ok(records) => {
+            let value = ReadValue {
+                records: Some(records),
+                ..invoked
+            };
+            history.record(OpType::Ok, process, Payload::Read(value), None);
+            true
+        }
+        Err(error) => {
+            history.record(OpType::Fail, process, Payload::Read(invoked), Some(error.to_string()));
+            false
+        }
+    }
+}
+
+/// Registers the providers (retrying while the cluster settles).
+pub async fn setup(client: &Client) -> Result<(), JepsenError> {
+    for registration in registrations() {
+        with_final_retries(|| client.register_provider(&registration))
+            .await
+            .map_err(|error| JepsenError::Setup {
+                reason: format!("registering {}: {error}", registration.provider_id),
+            })?;
+    }
+    Ok(())
+}

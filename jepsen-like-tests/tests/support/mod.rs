@@ -1,0 +1,50 @@
+//! Shared by the integration tests: the qm-node binary and a run's config.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clap::Parser;
+use qm_jepsen::config::{default_node_binary, Cli, CliCommand, RunConfig};
+
+/// The whole-test bound: a run that has not finished by then fails the test.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// `qm-node` next to the test binaries, built first if it is missing or
+/// stale: a test of an old node binary would prove nothing. Cargo makes the
+/// build a no-op when it is fresh.
+pub fn node_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let binary = default_node_binary();
+        let release = binary
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|profile| profile == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "qm-raft-node", "--bin", "qm-node"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building qm-node failed");
+        assert!(binary.exists(), "no qm-node at {}", binary.display());
+        binary
+    })
+}
+
+/// A run configured as `qm-jepsen run <args>` would be, writing to `out`.
+pub fn config(args: &[&str], out: &Path) -> RunConfig {
+    let binary = node_binary().to_str().expect("utf-8 path").to_owned();
+    let out = out.to_str().expect("utf-8 path").to_owned();
+    let mut argv = vec!["qm-jepsen", "run", "--node-binary", &binary, "--out", &out];
+    argv.extend_from_slice(args);
+    let CliCommand::Run(run) = Cli::try_parse_from(argv).expect("flags parse").command else {
+        unreachable!("a run command")
+    };
+    run.into_config(0).expect("a valid config")
+}
