@@ -7,6 +7,8 @@
 //! acknowledging survives the crash, so that test fails if, e.g., the append
 //! callback fired before the flush.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -18,10 +20,8 @@ use openraft::testing::log_id;
 use openraft::{BasicNode, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, Snapshot};
 use qm_raft_node::storage::{self, LogStore, StateMachineStore, StorageError};
 use qm_raft_node::types::{Entry, TypeConfig, Vote};
-use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement, ResourceSpec,
-    StampedCommand, TableConfig,
-};
+use qm_state_machine::{AllocationTable, Command, StampedCommand, TableConfig};
+use support::commands::{allocate, provider};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -41,41 +41,6 @@ fn table_config() -> TableConfig {
 
 async fn open(dir: &Path) -> (LogStore, StateMachineStore) {
     storage::open(dir, table_config()).await.expect("storage opens")
-}
-
-fn provider(provider_id: &str, cores: usize) -> Command {
-    let registration = ProviderRegistration {
-        provider_id: provider_id.to_string(),
-        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
-        resources: (0..cores)
-            .map(|core| ResourceSpec {
-                resource_id: format!("cpu_{core}"),
-                kind: "cpu_cores".to_string(),
-                capacity: 1,
-                labels: BTreeMap::new(),
-                sharing: None,
-            })
-            .collect(),
-        confirms_allocations: false,
-    };
-    Command::RegisterProvider(registration.validate().expect("a valid registration"))
-}
-
-fn allocate(request: u128, cores: u64) -> Command {
-    Command::Allocate(AllocationRequest {
-        request_id: Uuid::from_u128(request),
-        requester_id: "requester".to_string(),
-        namespace: "default".to_string(),
-        requirements: vec![Requirement {
-            kind: "cpu_cores".to_string(),
-            quantity: cores,
-        }],
-        priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
-        constraints: Constraints::default(),
-        placement: PlacementPolicy::BestFit,
-    })
 }
 
 /// A workload that places, queues and releases: entries 1..=commands().len().

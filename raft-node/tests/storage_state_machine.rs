@@ -1,6 +1,8 @@
 //! What the state machine store answers for each entry, what it publishes,
 //! and what readers see.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::storage::RaftStateMachine;
@@ -8,49 +10,12 @@ use openraft::testing::log_id;
 use openraft::{BasicNode, EntryPayload, Membership, StoredMembership};
 use qm_raft_node::storage::{self, StateMachineStore};
 use qm_raft_node::types::{AppResponse, Entry};
-use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, Constraints, PlacementPolicy, ProviderRegistration, Requirement, ResourceSpec,
-    StampedCommand, TableConfig,
-};
+use qm_state_machine::{AllocationTable, Command, StampedCommand, TableConfig};
+use support::commands::{allocate, provider};
 use tokio::sync::broadcast::error::TryRecvError;
 use uuid::Uuid;
 
 // --- fixtures
-
-fn provider(provider_id: &str, cores: usize) -> Command {
-    let registration = ProviderRegistration {
-        provider_id: provider_id.to_string(),
-        labels: BTreeMap::new(),
-        resources: (0..cores)
-            .map(|core| ResourceSpec {
-                resource_id: format!("cpu_{core}"),
-                kind: "cpu_cores".to_string(),
-                capacity: 1,
-                labels: BTreeMap::new(),
-                sharing: None,
-            })
-            .collect(),
-        confirms_allocations: false,
-    };
-    Command::RegisterProvider(registration.validate().expect("a valid registration"))
-}
-
-fn allocate(request: u128, cores: u64) -> Command {
-    Command::Allocate(AllocationRequest {
-        request_id: Uuid::from_u128(request),
-        requester_id: "requester".to_string(),
-        namespace: "default".to_string(),
-        requirements: vec![Requirement {
-            kind: "cpu_cores".to_string(),
-            quantity: cores,
-        }],
-        priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
-        constraints: Constraints::default(),
-        placement: PlacementPolicy::BestFit,
-    })
-}
 
 fn stamped(index: u64, command: Command) -> StampedCommand {
     StampedCommand::new(1_000 + index, command)

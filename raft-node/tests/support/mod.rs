@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod commands;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
