@@ -13,17 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 /// The protocol's `resource_request` example, verbatim.
-const PROTOCOL_EXAMPLE: &str = r#"{
-    "request_id": "550e8400-e29b-41d4-a716-446655440000",
-    "requester_id": "agent_123",
-    "resource_requirements": {
-      "cpu_cores": 2,
-      "memory_gb": 4,
-      "storage_gb": 100
-    },
-    "priority": 1,
-    "deadline": "2024-03-21T10:30:00Z"
-  }"#;
+const PROTOCOL_EXAMPLE: &str = include_str!("../../state-machine/tests/fixtures/resource_request.json");
 
 /// The only provider of `cpu_cores`, `memory_gb` and `storage_gb` in the
 /// cluster these tests share (`qm watch`'s test registers GPUs only).

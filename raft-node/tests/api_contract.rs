@@ -11,17 +11,8 @@ use qm_state_machine::protocol::ResourceRequest as ProtocolRequest;
 use support::*;
 use tonic::Code;
 
-const PROTOCOL_EXAMPLE: &str = r#"{
-  "request_id": "550e8400-e29b-41d4-a716-446655440000",
-  "requester_id": "agent_123",
-  "resource_requirements": {
-    "cpu_cores": 2,
-    "memory_gb": 4,
-    "storage_gb": 100
-  },
-  "priority": 1,
-  "deadline": "2099-03-21T10:30:00Z"
-}"#;
+/// The protocol's `resource_request` example, verbatim.
+const PROTOCOL_EXAMPLE: &str = include_str!("../../state-machine/tests/fixtures/resource_request.json");
 
 fn sample_provider() -> RegisterProviderRequest {
     let mut provider = provider("node_1", 4);
@@ -42,7 +33,9 @@ async fn protocol_example_gets_a_protocol_response() {
         api.register_provider(sample_provider()).await.expect("register");
 
         // --- the example, parsed as the protocol's JSON and sent as is
-        let example: ProtocolRequest = serde_json::from_str(PROTOCOL_EXAMPLE).expect("the example parses");
+        // Its 2024 deadline has passed (it would be rejected); only that moves.
+        let example: ProtocolRequest =
+            serde_json::from_str(&PROTOCOL_EXAMPLE.replace("2024-03-21", "2099-03-21")).expect("the example parses");
         let wire = qm_client::convert::request_to_proto(&example);
         let reply = api
             .allocate(AllocateRequest {

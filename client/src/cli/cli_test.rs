@@ -9,17 +9,7 @@ use serde_json::Number;
 use super::*;
 
 /// The protocol's `resource_request` example, verbatim.
-const PROTOCOL_EXAMPLE: &str = r#"{
-    "request_id": "550e8400-e29b-41d4-a716-446655440000",
-    "requester_id": "agent_123",
-    "resource_requirements": {
-      "cpu_cores": 2,
-      "memory_gb": 4,
-      "storage_gb": 100
-    },
-    "priority": 1,
-    "deadline": "2024-03-21T10:30:00Z"
-  }"#;
+const PROTOCOL_EXAMPLE: &str = include_str!("../../../state-machine/tests/fixtures/resource_request.json");
 
 fn parse(args: &[&str]) -> Cli {
     Cli::try_parse_from(std::iter::once("qm").chain(args.iter().copied())).unwrap_or_else(|error| panic!("{args:?}: {error}"))
