@@ -172,16 +172,11 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, free, read_records, record, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, free, read_records, record, HistoryBuilder};
     use crate::checker::Validity;
-    use crate::workload::allocation::unit_specs;
 
     fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        let operations = history.operations();
-        check(&AllocationHistory {
-            operations: &operations,
-            units: &unit_specs(),
-        })
+        allocation_verdict(history, check)
     }
 
     #[test]

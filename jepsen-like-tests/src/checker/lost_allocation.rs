@@ -197,20 +197,11 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, free, read_records, record, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, core, free, read_records, record, HistoryBuilder};
     use crate::checker::Validity;
-    use crate::workload::allocation::unit_specs;
 
     fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        let operations = history.operations();
-        check(&AllocationHistory {
-            operations: &operations,
-            units: &unit_specs(),
-        })
-    }
-
-    fn core(request: &str, state: &str, core: &str) -> RecordView {
-        record(request, state, "jepsen-p0", &[(core, "cpu_cores", 1)])
+        allocation_verdict(history, check)
     }
 
     #[test]

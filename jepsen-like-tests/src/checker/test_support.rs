@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::operations::{client_operations, Operation};
+use super::{AllocationHistory, CheckerResult};
 use crate::history::{AcquireValue, AllocateValue, GrantView, Op, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue};
+use crate::workload::allocation::unit_specs;
 
 /// Builds a history one event at a time, with explicit times.
 #[derive(Default)]
@@ -138,4 +140,18 @@ pub fn read_records(records: Vec<RecordView>, final_read: bool) -> Payload {
         records: Some(records),
         ..Default::default()
     })
+}
+
+/// An allocation-workload checker's verdict on `history`, with the workload's units.
+pub fn allocation_verdict(history: &mut HistoryBuilder, check: fn(&AllocationHistory) -> CheckerResult) -> CheckerResult {
+    let operations = history.operations();
+    check(&AllocationHistory {
+        operations: &operations,
+        units: &unit_specs(),
+    })
+}
+
+/// A record holding one CPU core of provider `jepsen-p0`.
+pub fn core(request: &str, state: &str, core: &str) -> RecordView {
+    record(request, state, "jepsen-p0", &[(core, "cpu_cores", 1)])
 }
