@@ -31,17 +31,16 @@ async fn stale_reads_from_an_isolated_leader_are_caught() {
         ],
         &out,
     );
-    let reproduce = config.reproduce_command();
 
     // --- run it, bounded
-    let outcome = tokio::time::timeout(support::TEST_TIMEOUT, qm_jepsen::run(config))
-        .await
-        .unwrap_or_else(|_| panic!("the run did not finish within {:?}; reproduce: {reproduce}", support::TEST_TIMEOUT))
-        .unwrap_or_else(|error| panic!("the run failed: {error}; reproduce: {reproduce}"));
+    let support::FinishedRun {
+        outcome,
+        reproduce,
+        summary,
+    } = support::run_bounded(config).await;
     let results = &outcome.results;
 
     // --- caught: invalid, with a time-line page for a unit
-    let summary = std::fs::read_to_string(out.join("summary.txt")).expect("summary.txt");
     assert_eq!(
         Validity::INVALID,
         results.valid,

@@ -24,17 +24,16 @@ async fn a_short_run_with_kills_and_partitions_is_valid() {
         ],
         &out,
     );
-    let reproduce = config.reproduce_command();
 
     // --- run it, bounded
-    let outcome = tokio::time::timeout(support::TEST_TIMEOUT, qm_jepsen::run(config))
-        .await
-        .unwrap_or_else(|_| panic!("the run did not finish within {:?}; reproduce: {reproduce}", support::TEST_TIMEOUT))
-        .unwrap_or_else(|error| panic!("the run failed: {error}; reproduce: {reproduce}"));
+    let support::FinishedRun {
+        outcome,
+        reproduce,
+        summary,
+    } = support::run_bounded(config).await;
     let results = &outcome.results;
 
     // --- the verdict
-    let summary = std::fs::read_to_string(out.join("summary.txt")).expect("summary.txt");
     assert_eq!(
         Validity::VALID,
         results.valid,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use qm_jepsen::config::{default_node_binary, Cli, CliCommand, RunConfig};
+use qm_jepsen::RunOutcome;
 
 /// The whole-test bound: a run that has not finished by then fails the test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(150);
@@ -47,4 +48,28 @@ pub fn config(args: &[&str], out: &Path) -> RunConfig {
         unreachable!("a run command")
     };
     run.into_config(0).expect("a valid config")
+}
+
+/// A finished run: its outcome, the command that reproduces it, its summary.
+pub struct FinishedRun {
+    pub outcome: RunOutcome,
+    pub reproduce: String,
+    pub summary: String,
+}
+
+/// Runs `config` within [`TEST_TIMEOUT`]; panics with the reproduce command
+/// if it does not finish or fails to run.
+pub async fn run_bounded(config: RunConfig) -> FinishedRun {
+    let reproduce = config.reproduce_command();
+    let out = config.out.clone();
+    let outcome = tokio::time::timeout(TEST_TIMEOUT, qm_jepsen::run(config))
+        .await
+        .unwrap_or_else(|_| panic!("the run did not finish within {TEST_TIMEOUT:?}; reproduce: {reproduce}"))
+        .unwrap_or_else(|error| panic!("the run failed: {error}; reproduce: {reproduce}"));
+    let summary = std::fs::read_to_string(out.join("summary.txt")).expect("summary.txt");
+    FinishedRun {
+        outcome,
+        reproduce,
+        summary,
+    }
 }
