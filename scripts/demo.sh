@@ -14,7 +14,7 @@ cd "$ROOT"
 KEEP=no
 [ "${1:-}" = --keep ] && KEEP=yes
 
-QM="$ROOT/target/release/qm"
+QM="${CARGO_TARGET_DIR:-$ROOT/target}/release/qm"
 CLUSTER="$ROOT/scripts/cluster.sh"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
