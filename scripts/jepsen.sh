@@ -15,11 +15,27 @@
 #   PROFILE      cargo profile of the binaries       [dev]  (release: faster, closer to production)
 #   OUT          where the runs' reports go          [jepsen-store/matrix-<date>]
 #   EXTRA        more flags for every run, e.g. "--unsafe-stale-reads" to see the checkers fail
+#   TLS          1: every run on mutual TLS (= --tls)  [0]
+#
+# Options:
+#   --tls        every run on mutual TLS: a fresh CA and certificates per run (in
+#                its report's certs/); replicas, workers, providers and the
+#                membership nemesis each present their role's certificate
 #
 #   scripts/jepsen.sh                                     # the whole matrix (~40 min)
 #   NODES=3 NEMESES=kill SEEDS=1 scripts/jepsen.sh        # one run
+#   scripts/jepsen.sh --tls                               # the whole matrix on TLS clusters
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TLS=${TLS:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --tls) TLS=1 ;;
+    -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "jepsen.sh: unknown option $arg (see --help)" >&2; exit 3 ;;
+  esac
+done
 
 NODES=${NODES:-"3 5"}
 NEMESES=${NEMESES:-"none kill pause partition membership kill,pause,partition,membership"}
@@ -28,8 +44,13 @@ SEEDS=${SEEDS:-"1 2 3"}
 TIME_LIMIT=${TIME_LIMIT:-20}
 RATE=${RATE:-30}
 PROFILE=${PROFILE:-dev}
-OUT=${OUT:-jepsen-store/matrix-$(date +%Y%m%d-%H%M%S)}
 EXTRA=${EXTRA:-}
+transport=plain
+if [ "$TLS" = 1 ]; then
+  transport=tls
+  EXTRA="$EXTRA --tls"
+fi
+OUT=${OUT:-jepsen-store/matrix-$(date +%Y%m%d-%H%M%S)$([ "$TLS" = 1 ] && echo -tls)}
 
 case "$PROFILE" in
   dev) target_dir=debug ;;
@@ -43,6 +64,8 @@ mkdir -p "$OUT"
 runs=0 valid=0 invalid=0 other=0 ops_total=0 anomalies_total=0
 table="$OUT/matrix.md"
 {
+  echo "Transport: $transport."
+  echo
   echo "| workload | nodes | nemesis | seed | valid | ops | ok | info | anomalies | failover median (ms) |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
 } > "$table"
@@ -85,6 +108,6 @@ for workload in $WORKLOADS; do
 done
 
 echo
-echo "runs: $runs, valid: $valid, invalid: $invalid, unknown or failed: $other; $ops_total operations, $anomalies_total anomalies"
+echo "runs ($transport): $runs, valid: $valid, invalid: $invalid, unknown or failed: $other; $ops_total operations, $anomalies_total anomalies"
 echo "table: $table"
 [ "$valid" -eq "$runs" ]

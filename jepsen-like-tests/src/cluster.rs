@@ -1,7 +1,9 @@
 //! [`TestCluster`]: the replicas under test, each behind its proxy, and what
 //! the nemesis can do to them. Built on `qm_raft_node::local_cluster`, which
 //! starts real `qm-node` processes, signals only the pids it started and
-//! kills them all when dropped.
+//! kills them all when dropped. On a TLS run every replica gets the same
+//! `resource_manager` certificate (`LocalCluster` probes them with it too),
+//! and membership changes present the admin certificate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use qm_client::{Client, ClientConfig};
 use qm_raft_node::local_cluster::{free_addr_on, LocalCluster, ReplicaAddrs};
 
 use crate::config::{RunConfig, REPLICA_ID_MAX};
+use crate::credentials::Credentials;
 use crate::error::JepsenError;
 use crate::proxy::{replica_ip, LinkState, NetProxy};
 
@@ -32,7 +35,8 @@ pub struct TestCluster {
     killed: BTreeSet<u64>,
     /// Replicas the nemesis paused and has not resumed.
     paused: BTreeSet<u64>,
-    /// Membership calls go through this client, with a long deadline.
+    /// Membership calls go through this client, with a long deadline (and
+    /// the admin certificate on a TLS run: only admin may change membership).
     admin: Client,
     next_id: u64,
 }
@@ -42,14 +46,16 @@ fn cluster_error(context: &str) -> impl FnOnce(anyhow::Error) -> JepsenError + '
 }
 
 impl TestCluster {
-    /// Starts `config.nodes` replicas behind proxies and waits for a leader.
-    pub async fn start(config: &RunConfig) -> Result<TestCluster, JepsenError> {
+    /// Starts `config.nodes` replicas behind proxies, with the replica
+    /// certificate of `credentials` if it has one, and waits for a leader.
+    pub async fn start(config: &RunConfig, credentials: &Credentials) -> Result<TestCluster, JepsenError> {
         let proxy = NetProxy::new();
         let mut layout = BTreeMap::new();
         for id in 1..=config.nodes {
             layout.insert(id, laid_out(&proxy, id).await?);
         }
-        let flags = config.node_flags();
+        let mut flags = config.node_flags();
+        flags.extend(credentials.node_flags());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let mut local = LocalCluster::configure_with(&config.node_binary, layout, &flags).map_err(cluster_error("laying out"))?;
         for id in 1..=config.nodes {
@@ -63,6 +69,7 @@ impl TestCluster {
         let admin = Client::new(ClientConfig {
             request_timeout_ms: MEMBERSHIP_CALL_TIMEOUT_MS,
             attempt_timeout_ms: MEMBERSHIP_CALL_TIMEOUT_MS,
+            tls: credentials.admin(),
             ..ClientConfig::with_endpoints(endpoints)
         })
         .map_err(JepsenError::cluster)?;

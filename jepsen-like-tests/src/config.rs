@@ -225,6 +225,11 @@ pub struct RunArgs {
     /// Extra flag for every qm-node (repeatable), e.g. --node-arg=--election-timeout-min-ms=300.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// Mutual TLS: make a fresh CA and certificates in `<out>/certs`, start
+    /// the replicas with them, and give every client the certificate of its
+    /// role (workers: consumer, providers: their own, membership: admin).
+    #[arg(long, env = "QM_JEPSEN_TLS")]
+    pub tls: bool,
 }
 
 /// Flags of `qm-jepsen check`.
@@ -253,6 +258,10 @@ pub struct RunConfig {
     pub heal_secs: f64,
     pub snapshot_every_entries: u64,
     pub node_args: Vec<String>,
+    /// Replicas and clients on mutual TLS. Absent from the `test.json` of
+    /// runs made before the flag existed, which were all plain.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl RunArgs {
@@ -265,8 +274,15 @@ impl RunArgs {
             true => "none".to_owned(),
             false => nemeses.iter().map(|kind| kind.name()).collect::<Vec<_>>().join("+"),
         };
+        // A TLS run gets its own default directory, so that it never mixes
+        // with the plain run of the same seed.
+        let transport = if self.tls { "-tls" } else { "" };
         let out = self.out.unwrap_or_else(|| {
-            PathBuf::from("jepsen-store").join(format!("{}-{nemesis_name}-{}n-seed{seed}", self.workload.name(), self.nodes))
+            PathBuf::from("jepsen-store").join(format!(
+                "{}-{nemesis_name}-{}n-seed{seed}{transport}",
+                self.workload.name(),
+                self.nodes
+            ))
         });
         let node_binary = match self.node_binary {
             Some(path) => path,
@@ -289,6 +305,7 @@ impl RunArgs {
             heal_secs: self.heal_secs,
             snapshot_every_entries: self.snapshot_every_entries,
             node_args: self.node_args,
+            tls: self.tls,
         };
         config.validate()?;
         Ok(config)
@@ -392,13 +409,17 @@ impl RunConfig {
         if self.unsafe_stale_reads {
             command.push_str(" --unsafe-stale-reads");
         }
+        if self.tls {
+            command.push_str(" --tls");
+        }
         for arg in &self.node_args {
             command.push_str(&format!(" --node-arg={arg}"));
         }
         command
     }
 
-    /// The flags every replica gets.
+    /// The flags every replica gets, except the TLS ones (see
+    /// [`crate::credentials::Credentials::node_flags`]).
     pub fn node_flags(&self) -> Vec<String> {
         let mut flags = vec![
             "--provider-failure-window-ms".to_owned(),
@@ -476,5 +497,23 @@ mod tests {
         assert!(config
             .reproduce_command()
             .ends_with("--unsafe-stale-reads --node-arg=--election-timeout-min-ms=300"));
+    }
+
+    #[test]
+    fn tls_is_reproduced_and_has_its_own_out_dir() {
+        let config = args(&["--seed", "7", "--tls"]).into_config(1).expect("valid");
+        assert!(config.tls);
+        assert!(config.reproduce_command().contains(" --tls"), "{}", config.reproduce_command());
+        assert_eq!(PathBuf::from("jepsen-store/register-kill+pause+partition-3n-seed7-tls"), config.out);
+        assert!(!args(&[]).into_config(1).expect("valid").reproduce_command().contains("--tls"));
+    }
+
+    #[test]
+    fn a_test_json_without_tls_reads_as_plain() {
+        let config = args(&["--seed", "7"]).into_config(1).expect("valid");
+        let mut json = serde_json::to_value(&config).expect("serialises");
+        json.as_object_mut().expect("an object").remove("tls");
+        let read: RunConfig = serde_json::from_value(json).expect("parses");
+        assert!(!read.tls);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! A run that reaches its checkers never fails with an error: a broken
 //! cluster shows up as anomalies or unavailability in the verdict. These
-//! errors are for the harness itself (a bad flag, a binary that is missing, a
-//! cluster that never elects a first leader, an unwritable report).
+//! errors are for the harness itself (a bad flag, a binary that is missing,
+//! certificates that cannot be made, a cluster that never elects a first
+//! leader, an unwritable report).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,14 @@ pub enum JepsenError {
     /// The cluster, a proxy or a replica could not be started or changed.
     #[error("cluster: {reason}")]
     Cluster { reason: String },
+    /// Making the CA or a certificate of a `--tls` run failed.
+    #[error("certificate for {holder}: {source}")]
+    Certificate {
+        /// The role and name the certificate was for, e.g. `admin jepsen-admin`.
+        holder: String,
+        #[source]
+        source: qm_client::tls::CertError,
+    },
     /// The workload's setup (providers, units) failed.
     #[error("setup: {reason}")]
     Setup { reason: String },

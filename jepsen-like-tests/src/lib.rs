@@ -13,6 +13,11 @@
 //! The report has plots, a summary, and for a linearizability failure a
 //! page drawing the offending unit's operations on a time line.
 //!
+//! With `--tls` the same run goes over mutual TLS: a fresh CA, one
+//! certificate for the replicas, and each client presenting its role's
+//! (consumer workers, one provider certificate per provider, an admin for
+//! membership). The proxies forward the encrypted bytes untouched.
+//!
 //! The checkers are proven by putting known bugs back: unit tests feed them
 //! hand-built bad histories, and `--unsafe-stale-reads` starts replicas that
 //! answer reads from their own state, which the register workload catches
@@ -36,10 +41,12 @@
 //!
 //! * [`config`]: the command line ([`config::Cli`]), defaults, limits, [`config::RunConfig`].
 //! * [`run`](mod@run): [`run()`], one test from start to report.
+//! * [`credentials`]: [`credentials::Credentials`], the CA and certificates of a `--tls` run.
 //! * [`cluster`]: [`cluster::TestCluster`], replicas behind proxies, faults and membership.
 //! * [`proxy`]: [`proxy::NetProxy`], the per-replica TCP proxy that cuts and delays links.
 //! * [`nemesis`]: the fault schedule; [`nemesis::partition`] shapes, [`nemesis::targets`].
-//! * [`workload`]: client processes; [`workload::register`], [`workload::allocation`].
+//! * [`workload`]: client processes; [`workload::register`], [`workload::allocation`],
+//!   [`workload::providers`].
 //! * [`history`]: operations, the recorder, `history.jsonl`.
 //! * [`checker`]: one file per checker, each with its `Violation` enum; [`checker::wgl`] is the linearizability search.
 //! * [`report`]: `results.json`, `summary.txt`, [`report::plots`], [`report::timeline`].
@@ -48,6 +55,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod history;
 pub mod nemesis;

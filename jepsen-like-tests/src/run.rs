@@ -1,9 +1,10 @@
 //! [`run`]: one whole test, from starting the replicas to writing the report.
 //!
-//! Phases: lay out and start the cluster (behind proxies) → set up the
-//! workload's providers → clients and nemesis run until the time limit →
-//! clients drain → the nemesis heals everything → the final read → every
-//! replica is killed (by the pids started) and its log kept → check → report.
+//! Phases: with `--tls`, make the run's CA and certificates → lay out and
+//! start the cluster (behind proxies) → set up the workload's providers →
+//! clients and nemesis run until the time limit → clients drain → the
+//! nemesis heals everything → the final read → every replica is killed (by
+//! the pids started) and its log kept → check → report.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,11 +17,13 @@ use tracing::{info, warn};
 
 use crate::cluster::TestCluster;
 use crate::config::{defaults, RunConfig, WorkloadKind};
+use crate::credentials::Credentials;
 use crate::error::JepsenError;
 use crate::history::HistoryRecorder;
 use crate::nemesis::{Nemesis, NemesisSchedule};
 use crate::report::{self, Results, TestDescription};
-use crate::workload::{allocation, register, WorkerContext};
+use crate::workload::providers::ProviderClients;
+use crate::workload::{allocation, provider_ids, register, WorkerContext};
 
 /// How long clients may take to finish their last operation after the time
 /// limit (a call's deadline plus its backoff is well under this). An
@@ -43,11 +46,15 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, JepsenError> {
     let test = TestDescription::new(config.clone());
     report::write_test(&out, &test)?;
 
-    // --- start the cluster
-    info!(nodes = config.nodes, seed = config.seed, out = %out.display(), "starting the cluster");
-    let cluster = Arc::new(Mutex::new(TestCluster::start(&config).await?));
+    // --- certificates (a TLS run), then the cluster
+    let credentials = Credentials::for_run(&config)?;
+    if let Some(dir) = credentials.dir() {
+        info!(certs = %dir.display(), "mutual TLS: a fresh CA and certificates");
+    }
+    info!(nodes = config.nodes, seed = config.seed, tls = config.tls, out = %out.display(), "starting the cluster");
+    let cluster = Arc::new(Mutex::new(TestCluster::start(&config, &credentials).await?));
     let history = Arc::new(HistoryRecorder::create(&out.join("history.jsonl"))?);
-    let driven = drive(&config, &cluster, &history).await;
+    let driven = drive(&config, &credentials, &cluster, &history).await;
 
     // --- stop everything this run started, whatever happened
     cluster.lock().await.stop(&out.join("nodes"))?;
@@ -66,26 +73,30 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, JepsenError> {
 
 /// Sets the workload up, runs clients and nemesis, heals, reads the final
 /// state. Returns notes for the report.
-async fn drive(config: &RunConfig, cluster: &Arc<Mutex<TestCluster>>, history: &Arc<HistoryRecorder>) -> Result<Vec<String>, JepsenError> {
+async fn drive(
+    config: &RunConfig,
+    credentials: &Credentials,
+    cluster: &Arc<Mutex<TestCluster>>,
+    history: &Arc<HistoryRecorder>,
+) -> Result<Vec<String>, JepsenError> {
     let endpoints = cluster.lock().await.endpoints();
-    let setup = Client::new(ClientConfig::with_endpoints(endpoints.clone())).map_err(JepsenError::cluster)?;
-    let providers: Vec<String> = match config.workload {
-        WorkloadKind::Register => {
-            register::setup(&setup, config.units).await?;
-            vec![register::PROVIDER_ID.to_owned()]
-        }
-        WorkloadKind::Allocation => {
-            allocation::setup(&setup).await?;
-            allocation::registrations()
-                .into_iter()
-                .map(|registration| registration.provider_id)
-                .collect()
-        }
+    // --- providers: each registers and heartbeats through its own client
+    let providers = ProviderClients::new(
+        &provider_ids(config.workload),
+        &ClientConfig::with_endpoints(endpoints.clone()),
+        credentials,
+    )?;
+    match config.workload {
+        WorkloadKind::Register => register::setup(&providers, config.units).await?,
+        WorkloadKind::Allocation => allocation::setup(&providers).await?,
+    }
+    let heartbeats: Vec<HeartbeatLoop> = providers.heartbeat_loops(Duration::from_millis(PROVIDER_HEARTBEAT_INTERVAL_MS));
+    // The workers and the final read are consumers of namespace `default`.
+    let consumer = |endpoints: Vec<String>| ClientConfig {
+        tls: credentials.consumer(),
+        ..ClientConfig::with_endpoints(endpoints)
     };
-    let heartbeats: Vec<HeartbeatLoop> = providers
-        .iter()
-        .map(|provider| setup.heartbeat_loop(provider, Duration::from_millis(PROVIDER_HEARTBEAT_INTERVAL_MS)))
-        .collect();
+    let workers_config = consumer(endpoints);
 
     // --- clients and nemesis until the time limit
     let started = Instant::now();
@@ -96,7 +107,7 @@ async fn drive(config: &RunConfig, cluster: &Arc<Mutex<TestCluster>>, history: &
         let context = WorkerContext::new(
             worker,
             config.concurrency,
-            &endpoints,
+            &workers_config,
             history.clone(),
             config.seed,
             config.rate,
@@ -140,7 +151,7 @@ async fn drive(config: &RunConfig, cluster: &Arc<Mutex<TestCluster>>, history: &
     info!("healing the cluster");
     nemesis.heal_everything().await;
     let endpoints = cluster.lock().await.endpoints();
-    let reader = Client::new(ClientConfig::with_endpoints(endpoints)).map_err(JepsenError::cluster)?;
+    let reader = Client::new(consumer(endpoints)).map_err(JepsenError::cluster)?;
     info!("final read");
     let read = match config.workload {
         WorkloadKind::Register => register::final_read(&reader, history, config.units).await,

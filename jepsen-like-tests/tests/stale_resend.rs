@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use qm_client::{Client, ClientConfig};
 use qm_jepsen::cluster::TestCluster;
+use qm_jepsen::config::WorkloadKind;
+use qm_jepsen::credentials::Credentials;
 use qm_jepsen::nemesis::partition::{self, PartitionShape};
-use qm_jepsen::workload::register;
+use qm_jepsen::workload::providers::ProviderClients;
+use qm_jepsen::workload::{provider_ids, register};
 use qm_state_machine::protocol::ConstraintsDocument;
 use qm_state_machine::ResourceRequest;
 use rand::SeedableRng;
@@ -25,9 +28,16 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 async fn a_resend_to_a_deposed_leader_does_not_report_a_released_allocation_active() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = support::config(&["--nodes", "3", "--seed", "1"], &dir.path().join("report"));
-    let mut cluster = TestCluster::start(&config).await.expect("cluster starts");
+    let credentials = Credentials::plain();
+    let mut cluster = TestCluster::start(&config, &credentials).await.expect("cluster starts");
     let everyone = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
-    register::setup(&everyone, 1).await.expect("provider");
+    let provider = ProviderClients::new(
+        &provider_ids(WorkloadKind::Register),
+        &ClientConfig::with_endpoints(cluster.endpoints()),
+        &credentials,
+    )
+    .expect("provider client");
+    register::setup(&provider, 1).await.expect("provider");
 
     // --- allocate unit-0
     let request = ResourceRequest {

@@ -2,6 +2,7 @@
 //! the run's directory:
 //!
 //! * `test.json`: the run's settings and the units, so `qm-jepsen check` can redo this;
+//! * `certs/`: on a `--tls` run, the CA certificate and every certificate and key it issued;
 //! * `history.jsonl`: written while the run goes (see [`crate::history`]);
 //! * `results.json`: `valid`, each checker's verdict and anomalies, statistics;
 //! * `summary.txt`: the same for a person, ending with the verdict line;
@@ -58,6 +59,10 @@ pub struct Results {
     pub nemesis: String,
     pub nodes: u64,
     pub unsafe_stale_reads: bool,
+    /// Replicas and clients were on mutual TLS (`--tls`). Absent, hence
+    /// false, in the results of runs made before the flag existed.
+    #[serde(default)]
+    pub tls: bool,
     /// Client operations in the history.
     pub operations: usize,
     pub anomalies: usize,
@@ -107,6 +112,7 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
         nemesis: config.nemesis_flag(),
         nodes: config.nodes,
         unsafe_stale_reads: config.unsafe_stale_reads,
+        tls: config.tls,
         operations: operations.len(),
         anomalies: checkers.iter().map(|checker| checker.anomaly_count).sum(),
         checkers,
@@ -119,9 +125,10 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
 /// The last line a run prints: the verdict, the seed, and how to reproduce a failure.
 pub fn verdict_line(results: &Results) -> String {
     let what = format!(
-        "{}, {} nodes, nemesis {}, seed {}: {} ops, {} ok, {} info, {} anomalies",
+        "{}, {} nodes{}, nemesis {}, seed {}: {} ops, {} ok, {} info, {} anomalies",
         results.workload.name(),
         results.nodes,
+        if results.tls { ", TLS" } else { "" },
         results.nemesis,
         results.seed,
         results.operations,
@@ -150,6 +157,14 @@ pub fn summary(results: &Results) -> String {
             " (replicas with --unsafe-stale-reads)"
         } else {
             ""
+        }
+    );
+    let _ = writeln!(
+        text,
+        "transport: {}",
+        match results.tls {
+            true => "mutual TLS (--tls): replica, admin, consumer and per-provider certificates of a fresh CA",
+            false => "plain gRPC (no --tls)",
         }
     );
     let _ = writeln!(text, "reproduce: {}", results.reproduce);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use uuid::Uuid;
 
+use super::providers::ProviderClients;
 use super::{with_final_retries, write_failure, WorkerContext, FINAL_PROCESS};
 use crate::error::JepsenError;
 use crate::history::{AllocateValue, HistoryRecorder, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue, RELEASE_NOT_FOUND};
@@ -289,9 +290,12 @@ pub async fn final_read(client: &Client, history: &HistoryRecorder) -> bool {
     }
 }
 
-/// Registers the providers (retrying while the cluster settles).
-pub async fn setup(client: &Client) -> Result<(), JepsenError> {
+/// Registers the providers, each through its own client: on a TLS run a
+/// provider's certificate lets it register only itself (retrying while the
+/// cluster settles).
+pub async fn setup(providers: &ProviderClients) -> Result<(), JepsenError> {
     for registration in registrations() {
+        let client = providers.client(&registration.provider_id);
         with_final_retries(|| client.register_provider(&registration))
             .await
             .map_err(|error| JepsenError::Setup {

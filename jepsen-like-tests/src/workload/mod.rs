@@ -5,15 +5,19 @@
 //!
 //! * [`register`]: acquire / release / read of single units (lock-like registers).
 //! * [`allocation`]: free-form requests, releases, resends and reads.
+//! * [`providers`]: [`providers::ProviderClients`], one client per provider
+//!   for its registration and heartbeats.
 //!
 //! Every worker has two clients. Writes go through one that knows every
 //! replica and follows the leader. Reads go through one that starts at the
 //! worker's own replica (worker i: replica i mod n): in a healthy cluster that
 //! replica answers a linearizable read only if it is the leader (else it
 //! redirects), but with `--unsafe-stale-reads` it answers from its own state,
-//! which is what lets the planted-bug run catch a stale read.
+//! which is what lets the planted-bug run catch a stale read. On a TLS run
+//! both present the consumer certificate of namespace `default`.
 
 pub mod allocation;
+pub mod providers;
 pub mod register;
 
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::config::WorkloadKind;
 use crate::history::{HistoryRecorder, OpType, Payload, Process};
 
 /// Attempts of the final read before the run gives up on it.
@@ -32,6 +37,23 @@ pub const FINAL_READ_ATTEMPTS_MAX: u32 = 20;
 pub const FINAL_READ_RETRY_MS: u64 = 1_000;
 /// The final read's process id: far above any worker's.
 pub const FINAL_PROCESS: u64 = 1_000_000_000;
+/// gRPC status codes (fixed by the gRPC specification) of the refusals a
+/// TLS cluster answers. By number because this crate does not depend on
+/// tonic, whose `Code` the client's [`Error::Server`] carries.
+pub const GRPC_PERMISSION_DENIED: i32 = 7;
+pub const GRPC_UNAUTHENTICATED: i32 = 16;
+
+/// The providers `kind` registers, by id: each needs its own certificate on
+/// a TLS run, since a provider may register and heartbeat only as itself.
+pub fn provider_ids(kind: WorkloadKind) -> Vec<String> {
+    match kind {
+        WorkloadKind::Register => vec![register::PROVIDER_ID.to_owned()],
+        WorkloadKind::Allocation => allocation::registrations()
+            .into_iter()
+            .map(|registration| registration.provider_id)
+            .collect(),
+    }
+}
 
 /// One worker's clients, clock and process id.
 pub struct WorkerContext {
@@ -49,21 +71,27 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
-    /// `endpoints` are the replicas' addresses; `rate` the total target.
+    /// `clients` names the replicas' addresses and the certificate to present
+    /// (the consumer's, on a TLS run); `rate` is the total target.
     pub fn new(
         worker: usize,
         concurrency: usize,
-        endpoints: &[String],
+        clients: &ClientConfig,
         history: Arc<HistoryRecorder>,
         seed: u64,
         rate: f64,
         end: Instant,
     ) -> Result<WorkerContext, qm_client::ConfigError> {
         // Start at the worker's own replica, then the others in order.
-        let mut rotated = endpoints.to_vec();
-        rotated.rotate_left(worker % endpoints.len());
-        let writer = Client::new(ClientConfig::with_endpoints(rotated.clone()))?;
-        let reader = Client::new(ClientConfig::with_endpoints(rotated))?;
+        let mut rotated = clients.endpoints.clone();
+        let first = worker % rotated.len().max(1);
+        rotated.rotate_left(first);
+        let config = ClientConfig {
+            endpoints: rotated,
+            ..clients.clone()
+        };
+        let writer = Client::new(config.clone())?;
+        let reader = Client::new(config)?;
         Ok(WorkerContext {
             worker,
             concurrency,
@@ -108,8 +136,13 @@ impl WorkerContext {
 
 /// How a failed write is recorded: `info` when it may have taken effect,
 /// `fail` only when it certainly did not (STYLE.md rule 6).
+///
+/// A call refused by authentication or authorization (TLS runs) is `fail`
+/// even after earlier attempts: every replica decides it from the same
+/// certificate before anything reaches the log, so no attempt took effect.
 pub fn write_failure(error: &Error) -> OpType {
     match error {
+        Error::Server { code, .. } if [GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED].contains(&i32::from(*code)) => OpType::Fail,
         Error::Unknown { .. } | Error::Server { .. } | Error::MalformedReply(_) => OpType::Info,
         Error::InvalidArgument { .. }
         | Error::NotFound { .. }
@@ -137,5 +170,31 @@ where
                 tokio::time::sleep(Duration::from_millis(FINAL_READ_RETRY_MS)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_write_that_may_have_happened_is_info() {
+        let server = |code: i32| Error::Server {
+            code: code.into(),
+            message: String::new(),
+        };
+        let unknown = Error::Unknown {
+            request_id: None,
+            last_cause: String::new(),
+        };
+        let unavailable = Error::Unavailable {
+            attempts: 3,
+            last_cause: String::new(),
+        };
+        assert_eq!(OpType::Info, write_failure(&unknown));
+        assert_eq!(OpType::Info, write_failure(&server(13 /* INTERNAL: may have happened */)));
+        assert_eq!(OpType::Fail, write_failure(&unavailable));
+        assert_eq!(OpType::Fail, write_failure(&server(GRPC_PERMISSION_DENIED)));
+        assert_eq!(OpType::Fail, write_failure(&server(GRPC_UNAUTHENTICATED)));
     }
 }

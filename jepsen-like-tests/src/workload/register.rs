@@ -23,6 +23,7 @@ use rand::Rng;
 use serde_json::Number;
 use uuid::Uuid;
 
+use super::providers::ProviderClients;
 use super::{with_final_retries, write_failure, WorkerContext, FINAL_PROCESS};
 use crate::error::JepsenError;
 use crate::history::{AcquireValue, HistoryRecorder, OpType, Payload, Process, ReadValue, ReleaseValue, RELEASE_NOT_FOUND};
@@ -321,9 +322,10 @@ pub async fn final_read(client: &Client, history: &HistoryRecorder, units: usize
     }
 }
 
-/// Registers the provider (retrying while the cluster settles).
-pub async fn setup(client: &Client, units: usize) -> Result<(), JepsenError> {
+/// Registers the provider through its own client (retrying while the cluster settles).
+pub async fn setup(providers: &ProviderClients, units: usize) -> Result<(), JepsenError> {
     let registration = registration(units);
+    let client = providers.client(PROVIDER_ID);
     with_final_retries(|| client.register_provider(&registration))
         .await
         .map(|_| ())
