@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use qm_raft_node::config::{LogFormat, NodeArgs};
 
+/// mimalloc instead of glibc malloc: the table's churn (records, events,
+/// grants created and dropped per command, across threads) fragmented glibc's
+/// arenas, so resident memory crept up under steady load, and malloc/free were
+/// a quarter of a replica's CPU in the profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match NodeArgs::parse().with_file().and_then(NodeArgs::into_config) {

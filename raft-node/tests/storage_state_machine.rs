@@ -12,7 +12,6 @@ use qm_raft_node::storage::{self, StateMachineStore};
 use qm_raft_node::types::{AppResponse, Entry};
 use qm_state_machine::{AllocationTable, Command, StampedCommand, TableConfig};
 use support::commands::{allocate, provider};
-use tokio::sync::broadcast::error::TryRecvError;
 use uuid::Uuid;
 
 // --- fixtures
@@ -36,10 +35,10 @@ async fn open_store(dir: &std::path::Path) -> StateMachineStore {
 // --- tests
 
 #[tokio::test]
-async fn apply_answers_every_entry_and_publishes_its_events() {
+async fn apply_answers_every_entry_and_keeps_its_events() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut state_machine = open_store(dir.path()).await;
-    let mut events = state_machine.subscribe();
+    let mut revisions = state_machine.subscribe();
     let commands = [
         (3, provider("provider-a", 2)),
         (4, allocate(1, 2)),
@@ -85,17 +84,17 @@ async fn apply_answers_every_entry_and_publishes_its_events() {
     let responses = state_machine.apply(entries).await.expect("apply");
     assert_eq!(expected_responses, responses);
 
-    // --- every event of every command, in order, and nothing more
-    let mut published = Vec::new();
-    loop {
-        match events.try_recv() {
-            Ok(event) => published.push(event),
-            Err(TryRecvError::Empty) => break,
-            Err(error) => panic!("event channel: {error}"),
-        }
-    }
+    // --- watchers are told the new revision once; the history holds every
+    // event of every command, in order, and nothing more
+    assert!(revisions.has_changed().expect("store alive"), "the revision was published");
+    assert_eq!(expected_table.revision(), *revisions.borrow_and_update());
     assert!(!expected_events.is_empty());
-    assert_eq!(expected_events, published);
+    let history: Vec<_> = {
+        let reader = state_machine.reader();
+        let state = reader.read().await;
+        state.table().events_from(0).expect("history kept").cloned().collect()
+    };
+    assert_eq!(expected_events, history);
 
     // --- the applied position and membership, and the table readers see
     let (last_applied, last_membership) = state_machine.applied_state().await.expect("applied state");
@@ -108,7 +107,7 @@ async fn apply_answers_every_entry_and_publishes_its_events() {
 }
 
 #[tokio::test]
-async fn reader_subscribers_get_events_applied_after_they_subscribe() {
+async fn reader_subscribers_are_told_of_revisions_applied_after_they_subscribe() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut state_machine = open_store(dir.path()).await;
     let reader = state_machine.reader();
@@ -118,8 +117,9 @@ async fn reader_subscribers_get_events_applied_after_they_subscribe() {
     };
     state_machine.apply([first]).await.expect("apply");
 
-    // --- subscribe after the first command: only the second one's events arrive
-    let mut events = reader.subscribe();
+    // --- subscribe after the first command: told of the second one's revision
+    let mut revisions = reader.subscribe();
+    assert!(!revisions.has_changed().expect("store alive"));
     let second = Entry {
         log_id: log_id(1, 1, 2),
         payload: EntryPayload::Normal(stamped(2, allocate(1, 1)).into()),
@@ -130,6 +130,15 @@ async fn reader_subscribers_get_events_applied_after_they_subscribe() {
         table.apply(&stamped(1, provider("provider-a", 1)));
         table.revision()
     };
-    let event = events.try_recv().expect("an event of the second command");
-    assert_eq!(revision_after_first + 1, event.revision);
+    assert!(revisions.has_changed().expect("store alive"));
+    let revision = *revisions.borrow_and_update();
+    assert!(revision > revision_after_first, "{revision} after {revision_after_first}");
+    let state = reader.read().await;
+    let first_new = state
+        .table()
+        .events_from(revision_after_first + 1)
+        .expect("kept")
+        .next()
+        .expect("an event of the second command");
+    assert_eq!(revision_after_first + 1, first_new.revision);
 }

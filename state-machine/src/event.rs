@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::record::{UnitGrant, EVENT_ID_NAMESPACE};
+use crate::record::{UnitGrant, EVENT_ID_PREFIX};
 
 /// The protocol's `resource_status.status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -28,12 +28,26 @@ impl ResourceState {
     }
 }
 
+/// The event id of `revision`: a version 8 (custom) uuid whose first half is
+/// [`EVENT_ID_PREFIX`] and whose second half is the revision. Not a name-based
+/// (SHA-1) uuid: a revision is a counter no caller controls, so hashing it
+/// buys nothing, and hashing one per event was a sixth of a replica's apply
+/// time. The variant bits take the top two bits of the revision, which stay
+/// zero below 2^62 revisions.
+pub fn event_id_for(revision: u64) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&EVENT_ID_PREFIX.to_be_bytes());
+    bytes[8..].copy_from_slice(&revision.to_be_bytes());
+    Uuid::new_v8(bytes)
+}
+
 /// One change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Strictly increasing across the table's whole life, never reused.
     pub revision: u64,
-    /// Name-based uuid of the revision: the same on every replica.
+    /// A uuid made of a fixed prefix and the revision: the same on every
+    /// replica, different for every revision.
     pub event_id: Uuid,
     /// The leader's time stamped on the command that caused it.
     pub at_ms: u64,
@@ -44,7 +58,7 @@ impl Event {
     pub fn new(revision: u64, at_ms: u64, kind: EventKind) -> Event {
         Event {
             revision,
-            event_id: Uuid::new_v5(&EVENT_ID_NAMESPACE, &revision.to_be_bytes()),
+            event_id: event_id_for(revision),
             at_ms,
             kind,
         }

@@ -17,7 +17,7 @@
 //! `block_1`, `vol_1`).
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -149,6 +149,10 @@ impl Resource {
 pub struct KindTotals {
     pub capacity: u64,
     pub free: u64,
+    /// `(free amount, resource id)` of every unit of the kind with something
+    /// free, so picking a unit is a range query instead of a walk over all of
+    /// the provider's units (a provider may offer thousands of one kind).
+    pub free_units: BTreeSet<(u64, String)>,
 }
 
 /// A registered provider.
@@ -190,20 +194,15 @@ impl Provider {
         self.kinds.clear();
         for resource in self.resources.values() {
             // Not `entry`: it would clone the kind for every unit.
-            match self.kinds.get_mut(&resource.kind) {
-                Some(totals) => {
-                    totals.capacity += resource.capacity;
-                    totals.free += resource.free();
-                }
-                None => {
-                    self.kinds.insert(
-                        resource.kind.clone(),
-                        KindTotals {
-                            capacity: resource.capacity,
-                            free: resource.free(),
-                        },
-                    );
-                }
+            let totals = match self.kinds.get_mut(&resource.kind) {
+                Some(totals) => totals,
+                None => self.kinds.entry(resource.kind.clone()).or_default(),
+            };
+            let free = resource.free();
+            totals.capacity += resource.capacity;
+            totals.free += free;
+            if free > 0 {
+                totals.free_units.insert((free, resource.resource_id.clone()));
             }
         }
     }
@@ -225,26 +224,45 @@ impl Provider {
     /// tightly, else the largest free units first so the allocation spans as
     /// few units as possible. Ties go to the lower resource id.
     pub fn pick_units(&self, kind: &str, quantity: u64, allowed: &[String], policy: PlacementPolicy) -> Option<Vec<UnitGrant>> {
-        if !self.kinds.contains_key(kind) {
-            return None;
+        let totals = self.kinds.get(kind)?;
+        if !allowed.is_empty() {
+            return self.pick_pinned_units(kind, quantity, allowed, policy);
         }
-        // In resource-id order either way, for the tie-breaks. One pass over
-        // the units, not a string-keyed look-up per unit: this runs inside
-        // every placement decision.
-        let mut candidates: Vec<&Resource> = match allowed.is_empty() {
-            true => self.resources.values().filter(|resource| resource.kind == kind).collect(),
-            false => {
-                let mut pinned: Vec<&Resource> = allowed
-                    .iter()
-                    .filter_map(|id| self.resources.get(id))
-                    .filter(|r| r.kind == kind)
-                    .collect();
-                pinned.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
-                pinned.dedup_by(|a, b| a.resource_id == b.resource_id);
-                pinned
-            }
+        // `free_units` is ordered by (free, resource id): the first entry at
+        // or above `quantity` is the tightest fit with the lowest id among
+        // equals; for spread, the lowest id among the units with the most free.
+        let single = match policy {
+            PlacementPolicy::BestFit => totals.free_units.range((quantity, String::new())..).next(),
+            PlacementPolicy::Spread => totals
+                .free_units
+                .last()
+                .filter(|(most_free, _)| *most_free >= quantity)
+                .and_then(|(most_free, _)| totals.free_units.range((*most_free, String::new())..).next()),
         };
-        candidates.retain(|resource| resource.free() > 0);
+        if let Some((_, resource_id)) = single {
+            return Some(vec![UnitGrant::take(&self.resources[resource_id], quantity)]);
+        }
+        // No unit fits alone: the largest free units first, equal amounts in
+        // resource-id order, which is the order `free_units` keeps them in.
+        let mut candidates: Vec<&Resource> = totals
+            .free_units
+            .iter()
+            .map(|(_, resource_id)| &self.resources[resource_id])
+            .collect();
+        candidates.sort_by_key(|resource| Reverse(resource.free()));
+        Self::span_units(candidates, quantity)
+    }
+
+    /// [`Provider::pick_units`] among the units a request pins, the same rules
+    /// applied to the pinned units only (few, so a scan is fine).
+    fn pick_pinned_units(&self, kind: &str, quantity: u64, allowed: &[String], policy: PlacementPolicy) -> Option<Vec<UnitGrant>> {
+        let mut candidates: Vec<&Resource> = allowed
+            .iter()
+            .filter_map(|id| self.resources.get(id))
+            .filter(|resource| resource.kind == kind && resource.free() > 0)
+            .collect();
+        candidates.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
+        candidates.dedup_by(|a, b| a.resource_id == b.resource_id);
         let single = match policy {
             PlacementPolicy::BestFit => candidates.iter().filter(|r| r.free() >= quantity).min_by_key(|r| r.free()),
             // `max_by_key` keeps the last of equal maxima; reversing the id keeps the lower id.
@@ -258,6 +276,12 @@ impl Provider {
         }
         // Stable sort: equal free amounts keep resource-id order.
         candidates.sort_by_key(|resource| Reverse(resource.free()));
+        Self::span_units(candidates, quantity)
+    }
+
+    /// Takes from `candidates` in order until `quantity` is covered; the
+    /// grants in resource-id order, or `None` when they do not add up.
+    fn span_units(candidates: Vec<&Resource>, quantity: u64) -> Option<Vec<UnitGrant>> {
         let mut grants = Vec::new();
         let mut remaining = quantity;
         for resource in candidates {
@@ -320,6 +344,16 @@ impl Provider {
             let free_after = resource.free();
             let totals = self.kinds.get_mut(&grant.kind).expect("kind totals exist for every unit");
             totals.free = totals.free + free_after - free_before;
+            if free_before != free_after {
+                let mut entry = (free_before, grant.resource_id.clone());
+                if free_before > 0 {
+                    totals.free_units.remove(&entry);
+                }
+                if free_after > 0 {
+                    entry.0 = free_after;
+                    totals.free_units.insert(entry);
+                }
+            }
         }
         before
     }

@@ -130,3 +130,39 @@ fn pick_units_stays_within_pinned_units_in_id_order() {
     );
     assert_eq!(None, provider.pick_units("cpu_cores", 3, &pinned, PlacementPolicy::BestFit));
 }
+
+proptest::proptest! {
+    /// The indexed pick over `free_units` chooses exactly what a scan over
+    /// every unit of the kind chooses (the pinned path, given every unit),
+    /// whatever the units hold, and the index stays equal to one rebuilt
+    /// from the units.
+    #[test]
+    fn indexed_pick_matches_a_scan_of_every_unit(
+        capacities in proptest::collection::vec(1i64..6, 1..12),
+        holds in proptest::collection::vec((0usize..12, 1u64..6), 0..16),
+        quantity in 1u64..12,
+        spread in proptest::bool::ANY,
+    ) {
+        let mut provider = provider_with(
+            capacities.iter().enumerate().map(|(n, capacity)| spec(&format!("unit_{n:02}"), "slot", *capacity)).collect(),
+        );
+        for (n, (unit, wanted)) in holds.into_iter().enumerate() {
+            let Some(resource) = provider.resources.get(&format!("unit_{:02}", unit % capacities.len())) else { continue };
+            if resource.free() == 0 {
+                continue;
+            }
+            let grant = UnitGrant::take(resource, wanted);
+            provider.hold(Uuid::from_u128(n as u128 + 1), &[grant]);
+        }
+        let policy = if spread { PlacementPolicy::Spread } else { PlacementPolicy::BestFit };
+        let every_unit: Vec<String> = provider.resources.keys().cloned().collect();
+
+        proptest::prop_assert_eq!(
+            provider.pick_pinned_units("slot", quantity, &every_unit, policy),
+            provider.pick_units("slot", quantity, &[], policy)
+        );
+        let mut rebuilt = provider.clone();
+        rebuilt.rebuild_kinds();
+        proptest::prop_assert_eq!(&rebuilt.kinds, &provider.kinds);
+    }
+}

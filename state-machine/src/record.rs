@@ -134,7 +134,8 @@ pub struct RequestRecord {
 /// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.
 pub(crate) const RESPONSE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0001);
 pub(crate) const ALLOCATION_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0002);
-pub(crate) const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1b_7c0e_4f4d_4c55_9a1d_3e51_0000_0003);
+/// The first half of every event id (see [`crate::event::event_id_for`]).
+pub(crate) const EVENT_ID_PREFIX: u64 = 0x6a1b_7c0e_4f4d_8c55;
 
 /// The allocation id a request gets: a name-based (v5) uuid of the request id.
 pub fn allocation_id_for(request_id: Uuid) -> Uuid {

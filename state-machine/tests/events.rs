@@ -44,6 +44,15 @@ fn revisions_grow_by_one_and_event_ids_are_derived_from_them() {
     for event in events {
         assert_eq!(Event::new(event.revision, event.at_ms, event.kind.clone()), *event);
     }
+    // --- the id is a version 8 uuid that keeps the whole revision below 2^62
+    // (the top two bits of its second half are the uuid's variant)
+    let variant_bits = 0b11 << 62;
+    for revision in [1, 2, 255, 256, u32::MAX as u64 + 1, (1 << 62) - 1] {
+        let id = qm_state_machine::event::event_id_for(revision);
+        assert_eq!(8, id.get_version_num());
+        let second_half = u64::from_be_bytes(id.as_bytes()[8..].try_into().unwrap());
+        assert_eq!(revision, second_half & !variant_bits);
+    }
 }
 
 #[test]

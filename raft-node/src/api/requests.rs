@@ -11,7 +11,7 @@ use qm_client::convert;
 use qm_client::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
 use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter};
 use tonic::Status;
-use tracing::info;
+use tracing::debug;
 
 use super::access::require_visible;
 use super::status::{invalid_argument, parse_uuid};
@@ -72,7 +72,9 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
     let reply = convert::reply_from_record(&record);
     node.metrics
         .observe_allocation(&kinds, priority, &requester_id, &reply.status, started.elapsed().as_secs_f64());
-    info!(correlation_id = %request_id, resource_id = %reply.provider_id, operation_type = "allocate", status = %reply.status, "allocate answered");
+    // Debug, not info: one line per call on the hot path cost ~5% of the
+    // leader's CPU at full load (BENCHMARKS.md); `QM_LOG=debug` shows them.
+    debug!(correlation_id = %request_id, resource_id = %reply.provider_id, operation_type = "allocate", status = %reply.status, "allocate answered");
     Ok(reply)
 }
 
@@ -81,7 +83,7 @@ pub async fn release(node: &Node, caller: &Caller, call: ReleaseRequest) -> Resu
     node.require_leader()?;
     require_visible(node, caller, id).await?;
     let record = expect_record(node.propose(Command::Release { id }).await?)?;
-    info!(correlation_id = %record.request.request_id, operation_type = "release", status = record.state.as_str(), "release answered");
+    debug!(correlation_id = %record.request.request_id, operation_type = "release", status = record.state.as_str(), "release answered");
     Ok(convert::reply_from_record(&record))
 }
 

@@ -80,7 +80,7 @@ pub fn watch(
             }
             // Wait for a change (or the poll interval), whichever is first.
             tokio::select! {
-                _ = changes.recv() => {}
+                _ = changes.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(WATCH_POLL_INTERVAL_MS)) => {}
                 _ = sender.closed() => return,
             }

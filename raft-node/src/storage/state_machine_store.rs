@@ -7,35 +7,33 @@
 //! one; openraft then re-applies the log from there up to the saved committed
 //! index.
 //!
-//! The API reads the table through a [`StateReader`] and follows changes by
-//! subscribing to the events of every applied command (a tokio broadcast
-//! channel of [`EVENT_CHANNEL_CAPACITY`]).
+//! The API reads the table through a [`StateReader`]. Watchers follow
+//! changes by subscribing to the table's revision (a tokio `watch` channel,
+//! bumped once per applied batch and after a snapshot install) and then read
+//! the events themselves from the table's history
+//! (`AllocationTable::events_from`). The events are not copied into a channel:
+//! they are already in the history, and copying every event of every command
+//! for a handful of watchers cost more than the watchers did.
 //!
-//! What watchers must know about the event stream:
+//! What watchers must know:
 //!
-//! * After a restart, re-applied entries publish their events again, with the
-//!   same revisions: watchers skip revisions they have already seen.
-//! * Installing a snapshot replaces the table without events; the next event's
-//!   revision jumps. A watcher that sees a gap (or `RecvError::Lagged`) resumes
-//!   from the table's event history (`AllocationTable::events_from`).
+//! * After a restart, re-applied entries emit their events again, with the
+//!   same revisions: watchers resume from the revision after the last they sent.
+//! * Installing a snapshot replaces the table and its history; the revision
+//!   may jump, and a watcher too far behind the kept history is told so.
 
 use std::io::Cursor;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
-use qm_state_machine::{AllocationTable, Event, TableConfig};
-use tokio::sync::{broadcast, RwLock, RwLockReadGuard};
+use qm_state_machine::{AllocationTable, TableConfig};
+use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
 use super::durable::DurableFlush;
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
 use super::{raft_error, RaftStorageError, StorageError};
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-
-/// Events a subscriber may fall behind by before it gets
-/// `RecvError::Lagged` and has to resume from the table's history. At a few
-/// events per command this is a few thousand commands of slack.
-pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
 /// The table and the log position it reflects.
 #[derive(Debug)]
@@ -66,7 +64,7 @@ impl AppliedState {
 #[derive(Clone)]
 pub struct StateReader {
     state: Arc<RwLock<AppliedState>>,
-    events: broadcast::Sender<Event>,
+    revisions: watch::Sender<u64>,
 }
 
 impl StateReader {
@@ -76,9 +74,10 @@ impl StateReader {
         self.state.read().await
     }
 
-    /// Events of commands applied from now on, in log order.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// The table's revision, changed whenever applied commands (or an
+    /// installed snapshot) change it; read the events from the table.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revisions.subscribe()
     }
 }
 
@@ -87,14 +86,14 @@ impl StateReader {
 #[derive(Clone)]
 pub struct StateMachineStore {
     state: Arc<RwLock<AppliedState>>,
-    events: broadcast::Sender<Event>,
+    revisions: watch::Sender<u64>,
     snapshots: SnapshotStore,
 }
 
 impl std::fmt::Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMachineStore")
-            .field("subscribers", &self.events.receiver_count())
+            .field("subscribers", &self.revisions.receiver_count())
             .finish_non_exhaustive()
     }
 }
@@ -127,10 +126,10 @@ impl StateMachineStore {
                 last_membership: StoredMembership::default(),
             },
         };
-        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let revisions = watch::Sender::new(state.table.revision());
         Ok(StateMachineStore {
             state: Arc::new(RwLock::new(state)),
-            events,
+            revisions,
             snapshots,
         })
     }
@@ -140,13 +139,22 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             state: Arc::clone(&self.state),
-            events: self.events.clone(),
+            revisions: self.revisions.clone(),
         }
     }
 
-    /// Events of commands applied from now on (as [`StateReader::subscribe`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// The table's revision (as [`StateReader::subscribe`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revisions.subscribe()
+    }
+
+    /// Tells watchers the table's revision, if it moved.
+    fn publish_revision(&self, state: &AppliedState) {
+        self.revisions.send_if_modified(|revision| {
+            let moved = *revision != state.table.revision();
+            *revision = state.table.revision();
+            moved
+        });
     }
 
     /// Applies one entry and says what it answers.
@@ -158,14 +166,7 @@ impl StateMachineStore {
                 batch
                     .commands
                     .iter()
-                    .map(|command| {
-                        let applied = state.table.apply(command);
-                        for event in applied.events {
-                            // An error only means nobody is subscribed right now.
-                            let _ = self.events.send(event);
-                        }
-                        applied.result
-                    })
+                    .map(|command| state.table.apply_into_history(command))
                     .collect(),
             ),
             EntryPayload::Membership(membership) => {
@@ -230,7 +231,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut state = self.state.write().await;
-        Ok(entries.into_iter().map(|entry| self.apply_entry(&mut state, entry)).collect())
+        let responses = entries.into_iter().map(|entry| self.apply_entry(&mut state, entry)).collect();
+        self.publish_revision(&state);
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachineStore {
@@ -266,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
         };
+        self.publish_revision(&state);
         Ok(())
     }
 

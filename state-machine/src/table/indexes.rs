@@ -107,11 +107,27 @@ impl Indexes {
         index
     }
 
-    pub fn add_record(&mut self, record: &RequestRecord) {
+    /// Indexes what never changes in a record: its ids and its owner. Once,
+    /// when the table first takes the request in.
+    pub fn add_identity(&mut self, record: &RequestRecord) {
+        let request = &record.request;
+        self.allocation_to_request.insert(record.allocation_id, request.request_id);
+        owned_by(&mut self.by_owner, &request.namespace, &request.requester_id).insert(request.request_id);
+    }
+
+    /// Undoes [`Self::add_identity`], when the table forgets the request.
+    pub fn remove_identity(&mut self, record: &RequestRecord) {
+        let request = &record.request;
+        self.allocation_to_request.remove(&record.allocation_id);
+        disown(&mut self.by_owner, &request.namespace, &request.requester_id, request.request_id);
+    }
+
+    /// Indexes what depends on the record's state (queue, deadlines, leases,
+    /// placement, finish time). Taken out and put back around every change,
+    /// unlike the identity, so a state change touches only these trees.
+    pub fn add_state(&mut self, record: &RequestRecord) {
         let request = &record.request;
         let id = request.request_id;
-        self.allocation_to_request.insert(record.allocation_id, id);
-        owned_by(&mut self.by_owner, &request.namespace, &request.requester_id).insert(id);
         match record.state {
             RequestState::Queued => {
                 self.queue.insert((Reverse(request.priority), record.arrival_seq, id));
@@ -136,11 +152,10 @@ impl Indexes {
         }
     }
 
-    pub fn remove_record(&mut self, record: &RequestRecord) {
+    /// Undoes [`Self::add_state`].
+    pub fn remove_state(&mut self, record: &RequestRecord) {
         let request = &record.request;
         let id = request.request_id;
-        self.allocation_to_request.remove(&record.allocation_id);
-        disown(&mut self.by_owner, &request.namespace, &request.requester_id, id);
         match record.state {
             RequestState::Queued => {
                 self.queue.remove(&(Reverse(request.priority), record.arrival_seq, id));

@@ -76,7 +76,7 @@ impl AllocationTable {
         } else {
             self.enqueue(&mut record, "insufficient_resources: no provider has enough free now".to_owned());
         }
-        self.put_record(record);
+        self.insert_new_record(record);
         Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
     }
 
