@@ -149,3 +149,38 @@ async fn a_watch_drops_events_a_replica_replays_after_a_failover() {
     })
     .await
 }
+
+/// Regression: a replica that failed an attempt was never tried again in
+/// that call, even once the followers named it leader (it was only slow, or
+/// it came back and won the election), so the call bounced between
+/// followers until its deadline. It must get another attempt.
+#[tokio::test]
+async fn a_replica_that_failed_gets_another_attempt_once_followers_name_it_leader() {
+    bounded(async {
+        let cluster = with_provider(4);
+        let config = ClientConfig {
+            request_timeout_ms: 10_000,
+            // Short, so the stalled attempt fails fast; the other attempts
+            // are answered at once by in-process replicas.
+            attempt_timeout_ms: 500,
+            connect_timeout_ms: 1_000,
+            backoff_base_ms: 10,
+            backoff_max_ms: 50,
+            ..ClientConfig::with_endpoints(cluster.addrs())
+        };
+        let client = Client::new(config).unwrap();
+
+        // --- the leader (tried first) stalls once; the followers name it
+        cluster.stall_calls(0, 1);
+        let reply = client.allocate(request(1)).await.expect("the leader answers its second attempt");
+
+        assert_eq!("allocated", reply.status);
+        assert!(cluster.calls(0) >= 2, "the stalled attempt, then another: {}", cluster.calls(0));
+        assert!(
+            cluster.calls(1) + cluster.calls(2) >= 1,
+            "a follower was asked and named the leader"
+        );
+        assert_eq!(1, cluster.with_table(|table| table.active_allocations()));
+    })
+    .await
+}

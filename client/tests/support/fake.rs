@@ -20,6 +20,10 @@
 //! * `a_watch_drops_events_a_replica_replays_after_a_failover`: `qm-node`
 //!   always resumes a watch exactly at the asked revision, so only a fake
 //!   can replay older revisions to show the client drops them.
+//! * `a_replica_that_failed_gets_another_attempt_once_followers_name_it_leader`:
+//!   the replica that failed the client's attempt must be the one the
+//!   followers then name as leader. With real replicas, which one wins the
+//!   election after a pause or a restart is up to randomized timeouts.
 //!
 //! The replicas of a [`FakeCluster`] share one real [`AllocationTable`]
 //! (perfect replication), so idempotency and event revisions are the table's
@@ -73,6 +77,9 @@ struct Control {
     /// Watches start this many revisions early: a sloppy replica that
     /// replays, so the client must drop duplicates.
     watch_replay: AtomicU64,
+    /// Calls still to leave unanswered, doing nothing, until the client gives
+    /// up on them, as a paused (SIGSTOP) replica would.
+    calls_to_stall: AtomicU32,
 }
 
 pub struct FakeCluster {
@@ -108,6 +115,7 @@ impl FakeCluster {
                     calls: AtomicU64::new(0),
                     answers_to_lose: AtomicU32::new(0),
                     watch_replay: AtomicU64::new(0),
+                    calls_to_stall: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -147,6 +155,12 @@ impl FakeCluster {
 
     pub fn lose_answers(&self, index: usize, writes: u32) {
         self.controls[index].answers_to_lose.store(writes, Ordering::SeqCst);
+    }
+
+    /// The next `calls` calls to replica `index` get no answer before the
+    /// client's attempt timeout, and change nothing.
+    pub fn stall_calls(&self, index: usize, calls: u32) {
+        self.controls[index].calls_to_stall.store(calls, Ordering::SeqCst);
     }
 
     pub fn replay_watches(&self, index: usize, revisions: u64) {
@@ -210,6 +224,9 @@ impl Drop for FakeCluster {
     }
 }
 
+/// The longest a stalled call is held.
+const STALL_MAX: Duration = Duration::from_secs(30);
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -260,6 +277,18 @@ impl FakeReplica {
     /// redirect.
     async fn admit(&self, stale: bool) -> Result<(), Status> {
         self.control.calls.fetch_add(1, Ordering::SeqCst);
+        let stall = self
+            .control
+            .calls_to_stall
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .is_ok();
+        if stall {
+            // The client's timeout cancels the call, which drops this future
+            // before it gets past here; the sleep only bounds a client that
+            // never gives up.
+            tokio::time::sleep(STALL_MAX).await;
+            return Err(Status::unavailable("stalled"));
+        }
         let role = self.control.role.lock().unwrap().clone();
         match role {
             Role::Leader => Ok(()),
