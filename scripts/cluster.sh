@@ -16,6 +16,9 @@
 # are only ever signalled by the pid this script recorded for them.
 # With --tls, replica N serves with .cluster/certs/replica-N.crt, and the last
 # lines printed are the QM_TLS_* variables that make `qm` an admin.
+# Every replica here shares this machine's cores, so each runs one runtime
+# worker thread (QM_WORKER_THREADS to change it): measured, ~17% less CPU per
+# request than one worker per core each (BENCHMARKS.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +30,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NODE_BIN=${QM_NODE_BIN:-$TARGET_DIR/$PROFILE/qm-node}
 QM_BIN=${QM_BIN:-$TARGET_DIR/$PROFILE/qm}
 LEADER_WAIT_S=${QM_LEADER_WAIT_S:-30}
+WORKER_THREADS=${QM_WORKER_THREADS:-1}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -93,7 +97,7 @@ start_node() {
   # setsid: the replica outlives this script and gets no terminal signals.
   setsid "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
     --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" \
-    "${tls[@]}" "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
+    --worker-threads "$WORKER_THREADS" "${tls[@]}" "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
   echo $! >"$CLUSTER_DIR/$i/pid"
 }
 

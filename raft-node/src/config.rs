@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::types::NodeId;
 
+/// The most runtime worker threads a replica may ask for.
+pub const WORKER_THREADS_MAX: usize = 256;
+
 /// `qm-node`: one replica of the Quartermaster manager.
 #[derive(Parser, Debug, Default, Clone, Deserialize)]
 #[command(
@@ -82,6 +85,11 @@ pub struct NodeArgs {
     /// The cluster's CA certificate (PEM): peers and clients must present a certificate it signed.
     #[arg(long, env = "QM_NODE_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// Threads that run the replica's tasks (default: one per core). Replicas
+    /// that share a machine's cores (a local cluster) do better with 1: less
+    /// handing of each request from thread to thread.
+    #[arg(long, env = "QM_NODE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// TEST ONLY: answer reads from local state without the read index, so the
     /// fault-injection suite can show it catches stale reads. Never in production.
     #[arg(long, hide = true)]
@@ -118,6 +126,8 @@ pub struct NodeConfig {
     pub message_size_max_bytes: usize,
     /// Mutual TLS; `None`: plain gRPC and every call allowed (development only).
     pub tls: Option<TlsFiles>,
+    /// Runtime worker threads; `None`: one per core.
+    pub worker_threads: Option<usize>,
     pub unsafe_stale_reads: bool,
 }
 
@@ -188,6 +198,7 @@ impl NodeArgs {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
+            worker_threads: self.worker_threads.or(file.worker_threads),
             unsafe_stale_reads: self.unsafe_stale_reads || file.unsafe_stale_reads,
         })
     }
@@ -214,6 +225,7 @@ impl NodeArgs {
             request_timeout_ms: self.request_timeout_ms.unwrap_or(REQUEST_TIMEOUT_MS),
             message_size_max_bytes: self.message_size_max_bytes.unwrap_or(MESSAGE_SIZE_MAX_BYTES),
             tls,
+            worker_threads: self.worker_threads,
             unsafe_stale_reads: self.unsafe_stale_reads,
         };
         config.validate()?;
@@ -250,6 +262,12 @@ impl NodeConfig {
         }
         if self.message_size_max_bytes < 1024 {
             return invalid("message-size-max-bytes", "must be at least 1024".into());
+        }
+        if self
+            .worker_threads
+            .is_some_and(|threads| threads == 0 || threads > WORKER_THREADS_MAX)
+        {
+            return invalid("worker-threads", format!("must be 1..={WORKER_THREADS_MAX}"));
         }
         Ok(())
     }
@@ -359,6 +377,19 @@ mod tests {
         assert_eq!(Some(PathBuf::from("ca.crt")), config.tls.map(|tls| tls.ca));
         let error = args(&["--tls-cert", "r.crt", "--tls-ca", "ca.crt"]).into_config().unwrap_err();
         assert!(error.to_string().starts_with("--tls-key: is missing"), "{error}");
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        assert_eq!(None, args(&[]).into_config().expect("valid").worker_threads);
+        assert_eq!(
+            Some(1),
+            args(&["--worker-threads", "1"]).into_config().expect("valid").worker_threads
+        );
+        for bad in ["0", "257"] {
+            let error = args(&["--worker-threads", bad]).into_config().unwrap_err();
+            assert!(error.to_string().starts_with("--worker-threads: must be 1..=256"), "{error}");
+        }
     }
 
     #[test]
