@@ -334,8 +334,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.flush.flush().await.map_err(|error| write_logs_error(&error))?;
         // Not flushed: until the next flush, a crash only brings back entries
         // that open() removes again.
-        self.remove_up_to(log_id.index)
-            .map(|_| ())
-            .map_err(|error| write_logs_error(&error))
+        // On a blocking thread: removing tens of thousands of entries takes
+        // ~100 ms, which on a runtime worker would stall every other task of
+        // the replica (its API, its replies to the leader) for that long.
+        let started = std::time::Instant::now();
+        let store = self.clone();
+        let removed = tokio::task::spawn_blocking(move || store.remove_up_to(log_id.index))
+            .await
+            .map_err(|error| write_logs_error(&error))?
+            .map_err(|error| write_logs_error(&error))?;
+        tracing::info!(
+            up_to = log_id.index,
+            removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "log purged behind the snapshot"
+        );
+        Ok(())
     }
 }

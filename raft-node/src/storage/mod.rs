@@ -9,10 +9,12 @@
 //! ```text
 //!  RaftCore ─ append/vote/truncate/purge ─▶ LogStore ──┐
 //!  replication tasks ─ read entries ──────▶ LogReader ─┤  sled::Db   <data_dir>/db (+ conf, blobs/)
-//!  sm worker ─ apply/snapshot ─▶ StateMachineStore ────┘   ├─ raft_log        u64 BE index → bincode Entry
-//!                                  │                      ├─ raft_meta       vote, committed, last purged, layout
-//!        API reads ◀── StateReader ┤                      └─ table_snapshot  meta, table bytes
-//!        watchers  ◀── broadcast<Event>
+//!  sm worker ─ apply ─▶ StateMachineStore ─────────────┘   ├─ raft_log        u64 BE index → bincode Entry
+//!            snapshot ─┤   │                              ├─ raft_meta       vote, committed, last purged, layout
+//!                      │   │                              └─ table_snapshot  (legacy: snapshots before the file)
+//!                      └───┼──▶ <data_dir>/table.snapshot  meta, table bytes (written beside sled, not in it)
+//!        API reads ◀── StateReader
+//!        watchers  ◀── watch<revision>, then the table's event history
 //! ```
 //!
 //! # Layout
@@ -20,7 +22,7 @@
 //! * [`log_store`]: [`LogStore`] and its [`LogReader`].
 //! * [`state_machine_store`]: [`StateMachineStore`], [`AppliedState`],
 //!   [`StateReader`].
-//! * `snapshot_store`: the latest snapshot, durable in sled.
+//! * `snapshot_store`: the latest snapshot, durable in its own file.
 //! * [`durable`]: [`DurableFlush`], the one way
 //!   anything here becomes durable.
 //! * `codec`: bincode 2 (standard configuration) for every stored value.
@@ -52,10 +54,13 @@
 //!   carries it, and losing the newest value only means re-applying less and
 //!   learning the rest from the leader. An fsync per commit would double the
 //!   fsyncs of a busy leader.
-//! * **snapshots**: written (meta and data in one atomic batch) and flushed
-//!   before `build_snapshot`/`install_snapshot` return, because openraft purges
-//!   the log up to a snapshot right after; an older snapshot never replaces a
-//!   newer one (building runs concurrently with installing).
+//! * **snapshots**: written to a temporary file, fsynced, renamed over the
+//!   snapshot file and the directory fsynced before
+//!   `build_snapshot`/`install_snapshot` return, because openraft purges the
+//!   log up to a snapshot right after; an older snapshot never replaces a
+//!   newer one (building runs concurrently with installing). Not in sled:
+//!   its one log would make every append's flush wait for the snapshot's
+//!   megabytes (`snapshot_store`).
 //!
 //! `apply` itself writes nothing: the table lives in memory, and on restart it
 //! is restored from the latest snapshot, after which openraft re-applies the
@@ -162,8 +167,8 @@ pub enum StorageError {
 pub async fn open(data_dir: &Path, table_config: TableConfig) -> Result<(LogStore, StateMachineStore), StorageError> {
     let path = data_dir.to_path_buf();
     let (db, flush) = tokio::task::spawn_blocking(move || open_db(&path)).await??;
-    let log_store = LogStore::open(&db, flush.clone()).await?;
-    let state_machine = StateMachineStore::open(&db, flush, table_config).await?;
+    let log_store = LogStore::open(&db, flush).await?;
+    let state_machine = StateMachineStore::open(&db, data_dir, table_config).await?;
     Ok((log_store, state_machine))
 }
 

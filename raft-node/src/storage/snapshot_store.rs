@@ -1,26 +1,51 @@
-//! [`SnapshotStore`]: the latest snapshot of the table, durable in sled.
+//! [`SnapshotStore`]: the latest snapshot of the table, in a file of its own.
 //!
-//! The `table_snapshot` tree holds one snapshot: key `meta` is a
-//! [`SnapshotRecord`] (openraft's meta and the data's length) and key `data`
-//! the table bytes. A save writes both in one atomic batch, so a reader sees
-//! the old snapshot or the new one, never a mix.
+//! `<data_dir>/table.snapshot` holds [`SNAPSHOT_FILE_MAGIC`], the length of a
+//! bincode [`SnapshotRecord`] (openraft's meta and the data's length) as a
+//! little-endian `u64`, the record, then the table bytes. A save writes
+//! `table.snapshot.tmp`, fsyncs it, renames it over `table.snapshot` and
+//! fsyncs the directory, so a reader, or a restart after a crash at any
+//! point, sees the old snapshot or the new one, never a mix.
+//!
+//! Why not in sled, where snapshots were first kept: a snapshot is tens of
+//! megabytes, and sled has one log for all its trees, so every log append's
+//! flush queued behind the snapshot's write. Followers then missed the
+//! leader's 100 ms AppendEntries deadline, and writes stalled for most of a
+//! second at every snapshot (BENCHMARKS.md). A file of its own is written
+//! and fsynced beside the log, not in front of it.
+//!
+//! Data dirs written before kept their snapshot in sled's `table_snapshot`
+//! tree: it is read from there while no file exists, and cleared after the
+//! first save to a file.
 
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::durable::DurableFlush;
 use super::{codec, StorageError, SNAPSHOT_TREE};
 use crate::types::SnapshotMeta;
 
-const KEY_META: &[u8] = b"meta";
-const KEY_DATA: &[u8] = b"data";
+/// The first bytes of a snapshot file: what it is and its format's version.
+pub(crate) const SNAPSHOT_FILE_MAGIC: &[u8; 8] = b"QMSNAP01";
+/// The snapshot file, and the name it is written under before the rename.
+pub(crate) const SNAPSHOT_FILE: &str = "table.snapshot";
+const SNAPSHOT_TEMP_FILE: &str = "table.snapshot.tmp";
+/// A record is a log id, a membership and a length: anything past this is a
+/// damaged file, not a reason to allocate.
+const SNAPSHOT_RECORD_BYTES_MAX: u64 = 1024 * 1024;
 
-/// What the `meta` key holds.
+/// Keys of the legacy `table_snapshot` tree.
+const LEGACY_KEY_META: &[u8] = b"meta";
+const LEGACY_KEY_DATA: &[u8] = b"data";
+
+/// What precedes the table bytes.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotRecord {
     meta: SnapshotMeta,
-    /// Checked against the data read back, so a damaged tree is reported
+    /// Checked against the data read back, so a damaged file is reported
     /// rather than restored into a wrong table.
     data_bytes: u64,
 }
@@ -42,11 +67,11 @@ pub(crate) enum SaveOutcome {
     KeptNewer,
 }
 
-/// The latest snapshot on disk. Clones share the tree and the write lock.
+/// The latest snapshot on disk. Clones share the directory and the write lock.
 #[derive(Clone)]
 pub(crate) struct SnapshotStore {
-    tree: sled::Tree,
-    flush: DurableFlush,
+    dir: PathBuf,
+    legacy_tree: sled::Tree,
     /// Makes "is it newer than the stored one?" and the write one step:
     /// openraft builds snapshots in a spawned task, concurrently with
     /// installing one received from the leader.
@@ -54,21 +79,22 @@ pub(crate) struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    pub(crate) fn open(db: &sled::Db, flush: DurableFlush) -> Result<SnapshotStore, StorageError> {
+    /// The store of the data dir `dir`, whose sled database is `db`.
+    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<SnapshotStore, StorageError> {
         Ok(SnapshotStore {
-            tree: db.open_tree(SNAPSHOT_TREE)?,
-            flush,
+            dir: dir.to_path_buf(),
+            legacy_tree: db.open_tree(SNAPSHOT_TREE)?,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     /// The stored snapshot, if any.
     pub(crate) async fn load(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || load_blocking(&tree)).await?
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking()).await?
     }
 
-    /// Stores `data` as the latest snapshot and flushes, unless the stored one
+    /// Stores `data` as the latest snapshot, durably, unless the stored one
     /// is at least as new.
     pub(crate) async fn save(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<SaveOutcome, StorageError> {
         let _write = self.write_lock.lock().await;
@@ -82,42 +108,105 @@ impl SnapshotStore {
                 return Ok(SaveOutcome::KeptNewer);
             }
         }
-        let record = SnapshotRecord {
+        let record = codec::encode(&SnapshotRecord {
             meta,
             data_bytes: data.len() as u64,
+        });
+        // openraft purges the log up to this snapshot as soon as we return:
+        // the file, its name and the directory entry are all fsynced first.
+        let temp = self.dir.join(SNAPSHOT_TEMP_FILE);
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&temp)?;
+            file.write_all(SNAPSHOT_FILE_MAGIC)?;
+            file.write_all(&(record.len() as u64).to_le_bytes())?;
+            file.write_all(&record)?;
+            file.write_all(&data)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, self.dir.join(SNAPSHOT_FILE))?;
+            File::open(&self.dir)?.sync_all()
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_META, codec::encode(&record));
-        batch.insert(KEY_DATA, data);
-        self.tree.apply_batch(batch)?;
-        // openraft purges the log up to this snapshot as soon as we return.
-        self.flush.flush_blocking().map_err(StorageError::Sync)?;
+        write().map_err(StorageError::Sync)?;
+        // The file wins over the legacy tree from now on; clearing it only
+        // frees the space, so it needs no flush of its own.
+        if !self.legacy_tree.is_empty() {
+            self.legacy_tree.clear()?;
+        }
         Ok(SaveOutcome::Saved)
     }
 
+    /// The stored snapshot's record, without reading its data.
     fn read_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
-        read_record(&self.tree)
+        match self.open_file()? {
+            Some(mut file) => read_file_record(&mut file).map(Some),
+            None => legacy_record(&self.legacy_tree),
+        }
+    }
+
+    fn load_blocking(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let Some(mut file) = self.open_file()? else {
+            return legacy_load(&self.legacy_tree);
+        };
+        let record = read_file_record(&mut file)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(StorageError::Sync)?;
+        check_length(&record, &data)?;
+        Ok(Some(StoredSnapshot { meta: record.meta, data }))
+    }
+
+    fn open_file(&self) -> Result<Option<File>, StorageError> {
+        match File::open(self.dir.join(SNAPSHOT_FILE)) {
+            Ok(file) => Ok(Some(file)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(StorageError::Sync(error)),
+        }
     }
 }
 
-fn read_record(tree: &sled::Tree) -> Result<Option<SnapshotRecord>, StorageError> {
-    match tree.get(KEY_META)? {
-        Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot record")?)),
-        None => Ok(None),
-    }
-}
-
-fn load_blocking(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError> {
-    let Some(record) = read_record(tree)? else {
-        return Ok(None);
+/// Reads the magic and the record, leaving `file` at the table bytes.
+fn read_file_record(file: &mut File) -> Result<SnapshotRecord, StorageError> {
+    let damaged = |reason: String| StorageError::Decode {
+        what: "snapshot file",
+        reason,
     };
-    let data = tree.get(KEY_DATA)?.map(|data| data.to_vec()).unwrap_or_default();
+    let mut header = [0u8; 16];
+    file.read_exact(&mut header).map_err(|error| damaged(format!("header: {error}")))?;
+    if &header[..8] != SNAPSHOT_FILE_MAGIC {
+        return Err(damaged(format!("starts with {:?}, not {:?}", &header[..8], SNAPSHOT_FILE_MAGIC)));
+    }
+    let record_bytes = u64::from_le_bytes(header[8..].try_into().expect("8 bytes"));
+    if record_bytes > SNAPSHOT_RECORD_BYTES_MAX {
+        return Err(damaged(format!(
+            "a record of {record_bytes} bytes, at most {SNAPSHOT_RECORD_BYTES_MAX}"
+        )));
+    }
+    let mut record = vec![0u8; record_bytes as usize];
+    file.read_exact(&mut record).map_err(|error| damaged(format!("record: {error}")))?;
+    codec::decode(&record, "snapshot record")
+}
+
+fn check_length(record: &SnapshotRecord, data: &[u8]) -> Result<(), StorageError> {
     if data.len() as u64 != record.data_bytes {
         return Err(StorageError::Decode {
             what: "snapshot data",
             reason: format!("{} bytes stored, the record says {}", data.len(), record.data_bytes),
         });
     }
+    Ok(())
+}
+
+fn legacy_record(tree: &sled::Tree) -> Result<Option<SnapshotRecord>, StorageError> {
+    match tree.get(LEGACY_KEY_META)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot record")?)),
+        None => Ok(None),
+    }
+}
+
+fn legacy_load(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError> {
+    let Some(record) = legacy_record(tree)? else {
+        return Ok(None);
+    };
+    let data = tree.get(LEGACY_KEY_DATA)?.map(|data| data.to_vec()).unwrap_or_default();
+    check_length(&record, &data)?;
     Ok(Some(StoredSnapshot { meta: record.meta, data }))
 }
 
@@ -140,11 +229,11 @@ mod tests {
     #[tokio::test]
     async fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
-        let store = SnapshotStore::open(&db, flush).expect("snapshot tree opens");
+        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
         let big = vec![10; 300 * 1024];
 
-        // --- a newer snapshot, large enough for sled to keep it as a blob file
+        // --- a newer snapshot
         assert_eq!(SaveOutcome::Saved, store.save(meta_at(10), big.clone()).await.expect("save"));
 
         // --- an older one arriving later is refused, the newer one kept whole
@@ -156,5 +245,67 @@ mod tests {
         assert_eq!(SaveOutcome::Saved, store.save(meta_at(12), vec![12; 10]).await.expect("save"));
         let stored = store.load().await.expect("load").expect("a snapshot is stored");
         assert_eq!((meta_at(12), vec![12; 10]), (stored.meta, stored.data));
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use openraft::testing::log_id;
+
+    use super::*;
+
+    fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id(1, 1, index)),
+            last_membership: Default::default(),
+            snapshot_id: index.to_string(),
+        }
+    }
+
+    /// A data dir from before snapshot files: its snapshot in the sled tree
+    /// is still restored, and the first save moves it to the file.
+    #[tokio::test]
+    async fn a_snapshot_kept_in_sled_is_read_until_the_first_save_to_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let legacy = db.open_tree(SNAPSHOT_TREE).expect("tree");
+        let record = SnapshotRecord {
+            meta: meta_at(7),
+            data_bytes: 3,
+        };
+        legacy.insert(LEGACY_KEY_META, codec::encode(&record)).expect("insert");
+        legacy.insert(LEGACY_KEY_DATA, vec![7, 7, 7]).expect("insert");
+        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
+
+        let stored = store.load().await.expect("load").expect("the legacy snapshot");
+        assert_eq!((meta_at(7), vec![7, 7, 7]), (stored.meta, stored.data));
+        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(6), vec![6]).await.expect("save"));
+
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(9), vec![9; 4]).await.expect("save"));
+        assert!(legacy.is_empty(), "the legacy tree is cleared");
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        let stored = store.load().await.expect("load").expect("the file's snapshot");
+        assert_eq!((meta_at(9), vec![9; 4]), (stored.meta, stored.data));
+    }
+
+    /// A damaged file is an error naming it, not an empty or wrong table.
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
+        store.save(meta_at(3), vec![1; 100]).await.expect("save");
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).expect("read");
+
+        // --- cut short: the data is shorter than the record says
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("write");
+        let error = store.load().await.expect_err("damaged").to_string();
+        assert!(error.contains("snapshot data"), "{error}");
+
+        // --- another file altogether
+        std::fs::write(&path, b"not a snapshot at all").expect("write");
+        let error = store.load().await.expect_err("damaged").to_string();
+        assert!(error.contains("snapshot file"), "{error}");
     }
 }

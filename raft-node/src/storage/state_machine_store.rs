@@ -23,6 +23,7 @@
 //!   may jump, and a watcher too far behind the kept history is told so.
 
 use std::io::Cursor;
+use std::path::Path;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -30,7 +31,6 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use qm_state_machine::{AllocationTable, TableConfig};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
-use super::durable::DurableFlush;
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
 use super::{raft_error, RaftStorageError, StorageError};
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -100,8 +100,8 @@ impl std::fmt::Debug for StateMachineStore {
 
 impl StateMachineStore {
     /// Restores the table from the stored snapshot, or starts an empty one.
-    pub(crate) async fn open(db: &sled::Db, flush: DurableFlush, table_config: TableConfig) -> Result<StateMachineStore, StorageError> {
-        let snapshots = SnapshotStore::open(db, flush)?;
+    pub(crate) async fn open(db: &sled::Db, data_dir: &Path, table_config: TableConfig) -> Result<StateMachineStore, StorageError> {
+        let snapshots = SnapshotStore::open(db, data_dir)?;
         let state = match snapshots.load().await? {
             Some(stored) => {
                 let table = tokio::task::spawn_blocking(move || AllocationTable::from_snapshot_bytes(&stored.data)).await??;
@@ -188,20 +188,23 @@ fn snapshot_id(last_applied: Option<LogId>) -> String {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        // Copy under the lock, encode outside it: applying waits only for
-        // the copy.
-        let (table, meta) = {
-            let state = self.state.read().await;
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.last_membership.clone(),
-                snapshot_id: snapshot_id(state.last_applied),
-            };
-            (state.table.clone(), meta)
+        // Encode straight from the table under the read lock, on a blocking
+        // thread. Applying waits for the encoding, but only for that: a copy
+        // of the table first (then encoding the copy outside the lock) took
+        // twice as long as encoding, with its indexes, and ran on a runtime
+        // worker, which stalled the replica's replies to the leader for half
+        // a second at every snapshot (BENCHMARKS.md).
+        let started = std::time::Instant::now();
+        let state = Arc::clone(&self.state).read_owned().await;
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.last_membership.clone(),
+            snapshot_id: snapshot_id(state.last_applied),
         };
-        let data = tokio::task::spawn_blocking(move || table.to_snapshot_bytes())
+        let data = tokio::task::spawn_blocking(move || state.table.to_snapshot_bytes())
             .await
             .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
+        let encoded = started.elapsed();
         let outcome = self
             .snapshots
             .save(meta.clone(), data.clone())
@@ -210,6 +213,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         if outcome == SaveOutcome::KeptNewer {
             tracing::info!(snapshot = %meta, "built snapshot is not newer than the stored one; kept the stored one");
         }
+        tracing::info!(
+            snapshot = %meta,
+            bytes = data.len(),
+            encode_ms = encoded.as_millis() as u64,
+            save_ms = (started.elapsed() - encoded).as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
