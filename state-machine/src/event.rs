@@ -29,7 +29,7 @@ impl ResourceState {
 }
 
 /// The event id of `revision`: a version 8 (custom) uuid whose first half is
-/// [`EVENT_ID_PREFIX`] and whose second half is the revision. Not a name-based
+/// a fixed prefix (`EVENT_ID_PREFIX`) and whose second half is the revision. Not a name-based
 /// (SHA-1) uuid: a revision is a counter no caller controls, so hashing it
 /// buys nothing, and hashing one per event was a sixth of a replica's apply
 /// time. The variant bits take the top two bits of the revision, which stay
