@@ -73,3 +73,21 @@ pub async fn run_bounded(config: RunConfig) -> FinishedRun {
         summary,
     }
 }
+
+impl FinishedRun {
+    /// The run was judged valid, and `summary.txt` ends with that verdict;
+    /// on failure the message carries the seed and the reproduce command.
+    pub fn assert_valid(&self) {
+        let results = &self.outcome.results;
+        assert_eq!(
+            qm_jepsen::checker::Validity::VALID,
+            results.valid,
+            "seed {}; reproduce: {}\n{}",
+            results.seed,
+            self.reproduce,
+            self.summary
+        );
+        let verdict = qm_jepsen::report::verdict_line(results);
+        assert!(self.summary.trim_end().ends_with(&verdict), "{}", self.summary);
+    }
+}

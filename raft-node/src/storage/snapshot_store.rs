@@ -246,21 +246,6 @@ mod tests {
         let stored = store.load().await.expect("load").expect("a snapshot is stored");
         assert_eq!((meta_at(12), vec![12; 10]), (stored.meta, stored.data));
     }
-}
-
-#[cfg(test)]
-mod file_tests {
-    use openraft::testing::log_id;
-
-    use super::*;
-
-    fn meta_at(index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last_log_id: Some(log_id(1, 1, index)),
-            last_membership: Default::default(),
-            snapshot_id: index.to_string(),
-        }
-    }
 
     /// A data dir from before snapshot files: its snapshot in the sled tree
     /// is still restored, and the first save moves it to the file.
