@@ -241,7 +241,7 @@ async fn purge_point_survives_a_crash() {
     .await;
 
     // --- the purge point is durable; the purged entries, whose removal was
-    //     not flushed, are removed again on open
+    //     not flushed, stay hidden and are removed again after the open
     let (mut log_store, _state_machine) = open(dir.path()).await;
     let state = log_store.get_log_state().await.expect("log state");
     assert_eq!(Some(log_id(1, 1, 3)), state.last_purged_log_id);

@@ -45,8 +45,10 @@
 //!   forgotten after a crash lets a replica vote twice in one term.
 //! * **purge**: the new last-purged log id is flushed *before* any entry is
 //!   removed, so a crash never leaves a log whose first entry is unexplained
-//!   (a hole, from openraft's point of view). Entries a crash brings back below
-//!   the purge point are removed again on open.
+//!   (a hole, from openraft's point of view). Readers stop seeing the purged
+//!   entries at once; a background task removes them in small batches,
+//!   unflushed. Entries a crash brings back below the purge point stay
+//!   hidden and are removed again after the next open.
 //! * **truncate**: removed (atomically) and flushed before returning, so
 //!   conflicting entries the leader told us to drop cannot come back.
 //! * **committed**: written without a flush of its own. It is only a hint of
@@ -100,7 +102,8 @@ pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How often, and how far apart, [`open`] retries a data dir whose lock is
 /// held, before reporting [`StorageError::DataDirInUse`]. A Db dropped in this
-/// process keeps its lock until sled's IO threads let go of it, a few
+/// process keeps its lock until sled's IO threads (and the log's background
+/// purger, for the one batch it may be removing) let go of it, a few
 /// milliseconds; 25 × 20 ms covers that with a wide margin and still
 /// reports a real conflict within half a second.
 pub const DATA_DIR_LOCK_RETRIES: u32 = 25;
