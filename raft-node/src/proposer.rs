@@ -99,19 +99,20 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, request_timeout:
 /// Writes one batch and answers each of its callers.
 async fn write_batch(raft: &Raft, batch: Vec<Proposal>, request_timeout: Duration) {
     let now = now_ms();
-    let commands = batch
-        .iter()
-        .map(|proposal| StampedCommand::new(now, proposal.command.clone()))
-        .collect();
+    // The commands move into the entry; only the reply channels stay here.
+    let (commands, replies): (Vec<StampedCommand>, Vec<_>) = batch
+        .into_iter()
+        .map(|proposal| (StampedCommand::new(now, proposal.command), proposal.reply))
+        .unzip();
     let written = tokio::time::timeout(request_timeout, raft.client_write(CommandBatch { commands })).await;
     let results: Result<Vec<ApplyResult>, Status> = match written {
         // The callers' own timeouts answer them; the batch may still commit.
         Err(_) => return,
         Ok(Ok(written)) => match written.data.into_command_results() {
-            Some(results) if results.len() == batch.len() => Ok(results),
+            Some(results) if results.len() == replies.len() => Ok(results),
             other => Err(Status::internal(format!(
                 "a batch of {} commands was answered with {other:?}",
-                batch.len()
+                replies.len()
             ))),
         },
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
@@ -122,13 +123,13 @@ async fn write_batch(raft: &Raft, batch: Vec<Proposal>, request_timeout: Duratio
     };
     match results {
         Ok(results) => {
-            for (proposal, result) in batch.into_iter().zip(results) {
-                let _ = proposal.reply.send(Ok(result));
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
             }
         }
         Err(status) => {
-            for proposal in batch {
-                let _ = proposal.reply.send(Err(status.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(status.clone()));
             }
         }
     }

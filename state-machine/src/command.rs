@@ -1,5 +1,7 @@
 //! Commands: the log entries the table applies, and what they answer.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -93,7 +95,7 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResponse {
     /// Allocate, release, renew and confirmations answer with the request's record.
-    Request(Box<RequestRecord>),
+    Request(Arc<RequestRecord>),
     Provider {
         provider_id: String,
         status: ProviderStatus,

@@ -77,7 +77,7 @@ fn a_finished_request_is_remembered_for_the_dedupe_window() {
     t.now_ms = T0 + 10_999;
     let retry = t.allocate(&wanted);
     assert_eq!(
-        (Ok(CommandResponse::Request(Box::new(released))), vec![]),
+        (Ok(CommandResponse::Request(std::sync::Arc::new(released))), vec![]),
         (retry.result, retry.events)
     );
     assert_eq!(0, t.table.active_allocations());

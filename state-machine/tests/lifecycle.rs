@@ -164,7 +164,7 @@ fn release_by_either_id_is_idempotent() {
     for again in [id(1), allocation_id_for(id(1))] {
         let applied = t.release(again);
         assert_eq!(
-            (Ok(CommandResponse::Request(Box::new(record.clone()))), vec![]),
+            (Ok(CommandResponse::Request(std::sync::Arc::new(record.clone()))), vec![]),
             (applied.result, applied.events)
         );
     }

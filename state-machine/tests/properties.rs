@@ -494,6 +494,21 @@ proptest! {
         prop_assert_eq!(bytes, restored.to_snapshot_bytes());
     }
 
+    /// Replicas encode a snapshot from a copy while the table goes on
+    /// applying; the copy must stay the table as it was when copied.
+    #[test]
+    fn a_snapshot_copy_keeps_the_moment_it_was_taken(config in config(), history in history(), split in 0..84usize) {
+        let mut table = AllocationTable::new(config);
+        let split = split.min(history.len());
+        let (_, now_ms) = run_from(&mut table, T0, &history[..split]);
+        let bytes_when_copied = table.to_snapshot_bytes();
+        let copy = table.snapshot_copy();
+        run_from(&mut table, now_ms, &history[split..]);
+        prop_assert_eq!(&bytes_when_copied, &copy.to_snapshot_bytes());
+        let restored = AllocationTable::from_snapshot_bytes(&bytes_when_copied).unwrap();
+        prop_assert_eq!(bytes_when_copied, restored.to_snapshot_bytes());
+    }
+
     #[test]
     fn the_same_history_gives_byte_identical_tables(config in config(), history in history(), split in 0..84usize) {
         let mut first = AllocationTable::new(config.clone());

@@ -5,11 +5,12 @@
 //! another namespace's records answer `NOT_FOUND`. A provider reads the
 //! records placed on it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use qm_client::convert;
 use qm_client::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
-use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter};
+use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
 use tonic::Status;
 use tracing::debug;
 
@@ -169,10 +170,11 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
     })
 }
 
-/// The record a request-level command answers with.
-fn expect_record(response: CommandResponse) -> Result<qm_state_machine::RequestRecord, Status> {
+/// The record a request-level command answers with (shared with the table
+/// until the reply is built; not a copy).
+fn expect_record(response: CommandResponse) -> Result<Arc<RequestRecord>, Status> {
     match response {
-        CommandResponse::Request(record) => Ok(*record),
+        CommandResponse::Request(record) => Ok(record),
         other => Err(Status::internal(format!("the table answered a request command with {other:?}"))),
     }
 }

@@ -1,5 +1,7 @@
 //! A request's life: allocate, queue, grant, renew, release, expire.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::AllocationTable;
@@ -23,7 +25,7 @@ impl AllocationTable {
         if let Some(existing) = self.requests.get(&request.request_id) {
             // The idempotency key: a retry gets the request's current record.
             return match existing.request == *request {
-                true => Ok(CommandResponse::Request(Box::new(existing.clone()))),
+                true => Ok(CommandResponse::Request(Arc::clone(existing))),
                 false => Err(CommandError::RequestIdReused {
                     request_id: request.request_id,
                 }),
@@ -77,7 +79,7 @@ impl AllocationTable {
             self.enqueue(&mut record, "insufficient_resources: no provider has enough free now".to_owned());
         }
         self.insert_new_record(record);
-        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
 
     pub(super) fn release(&mut self, id: Uuid) -> ApplyResult {
@@ -85,7 +87,7 @@ impl AllocationTable {
         let mut record = match self.requests[&request_id].state {
             RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
             // Released, expired or rejected already: releasing is idempotent.
-            _ => return Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone()))),
+            _ => return Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id]))),
         };
         let request = &record.request;
         if record.state == RequestState::Queued {
@@ -110,7 +112,7 @@ impl AllocationTable {
         }
         self.put_record(record);
         self.examine_queue();
-        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
 
     pub(super) fn renew_lease(&mut self, id: Uuid) -> ApplyResult {
@@ -136,7 +138,7 @@ impl AllocationTable {
             expires_at_ms,
         });
         self.put_record(record);
-        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
 
     /// Expires leases and rejects queued requests whose deadline passed, at
@@ -226,7 +228,7 @@ impl AllocationTable {
             });
         }
         if record.state == to {
-            return Ok(CommandResponse::Request(Box::new(record.clone())));
+            return Ok(CommandResponse::Request(Arc::clone(record)));
         }
         if record.state != from {
             return Err(CommandError::NotActive {
@@ -250,7 +252,7 @@ impl AllocationTable {
             },
         });
         self.put_record(record);
-        Ok(CommandResponse::Request(Box::new(self.requests[&request_id].clone())))
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
 
     /// Places queued requests that fit now, in queue order, skipping those

@@ -23,6 +23,7 @@ mod queries;
 mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -49,8 +50,11 @@ pub struct AllocationTable {
     /// Arrival order of requests, for first-come-first-served within a priority.
     next_arrival_seq: u64,
     providers: BTreeMap<String, Provider>,
+    /// Shared, not owned, so that [`AllocationTable::snapshot_copy`] copies
+    /// pointers instead of every record; a record still shared when it
+    /// changes is copied then (copy on write). Encoded as plain records.
     #[serde(deserialize_with = "snapshot::deserialize_map_in_bulk")]
-    requests: BTreeMap<Uuid, RequestRecord>,
+    requests: BTreeMap<Uuid, Arc<RequestRecord>>,
     /// The newest events, at most `config.event_history_max`.
     history: VecDeque<Event>,
     #[serde(skip)]
@@ -170,7 +174,8 @@ impl AllocationTable {
             .remove(&request_id)
             .expect("take_record is called with a known request id");
         self.index.remove_state(&record);
-        record
+        // A copy only if a snapshot copy or an answer still holds it.
+        Arc::unwrap_or_clone(record)
     }
 
     /// Puts back a record taken with [`Self::take_record`].
@@ -180,7 +185,7 @@ impl AllocationTable {
             record.finished_at_ms = Some(self.clock_ms);
         }
         self.index.add_state(&record);
-        let previous = self.requests.insert(record.request.request_id, record);
+        let previous = self.requests.insert(record.request.request_id, Arc::new(record));
         assert!(previous.is_none(), "put_record over a record that was not taken");
     }
 
@@ -217,6 +222,6 @@ impl AllocationTable {
         for provider in self.providers.values_mut() {
             provider.rebuild_kinds();
         }
-        self.index = Indexes::build(self.providers.values(), self.requests.values());
+        self.index = Indexes::build(self.providers.values(), self.requests.values().map(Arc::as_ref));
     }
 }

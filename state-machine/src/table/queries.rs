@@ -66,7 +66,7 @@ pub enum EventsError {
 impl AllocationTable {
     /// A request by its request id or allocation id.
     pub fn get(&self, id: Uuid) -> Option<&RequestRecord> {
-        self.resolve(id).ok().map(|request_id| &self.requests[&request_id])
+        self.resolve(id).ok().map(|request_id| self.requests[&request_id].as_ref())
     }
 
     pub fn list(&self, filter: &ListFilter) -> Vec<&RequestRecord> {
@@ -93,7 +93,7 @@ impl AllocationTable {
             }
             (None, None) => Box::new(self.requests.keys().copied()),
         };
-        let mut found: Vec<&RequestRecord> = ids.map(|id| &self.requests[&id]).filter(matches).collect();
+        let mut found: Vec<&RequestRecord> = ids.map(|id| self.requests[&id].as_ref()).filter(matches).collect();
         found.sort_by_key(|record| record.request.request_id);
         found.truncate(limit);
         found

@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::AllocationTable;
+use super::{AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
@@ -37,6 +37,26 @@ impl bincode::enc::write::Writer for VecWriter {
 }
 
 impl AllocationTable {
+    /// The table's state without its indexes, to encode with
+    /// [`Self::to_snapshot_bytes`] once the original is free to change
+    /// again. Quick whatever the table's size: records are shared, not
+    /// copied (a record that changes while shared is copied then), so a
+    /// replica holds its table still for a copy of pointers rather than for
+    /// the whole encoding. The copy encodes to the same bytes as the table.
+    pub fn snapshot_copy(&self) -> AllocationTable {
+        AllocationTable {
+            config: self.config.clone(),
+            clock_ms: self.clock_ms,
+            revision: self.revision,
+            next_arrival_seq: self.next_arrival_seq,
+            providers: self.providers.clone(),
+            requests: self.requests.clone(),
+            history: self.history.clone(),
+            index: Indexes::default(),
+            pending_events: Vec::new(),
+        }
+    }
+
     pub fn to_snapshot_bytes(&self) -> Vec<u8> {
         // Reserved generously up front: a vector grown by doubling copied
         // hundreds of megabytes over and over for a large table. Pages never

@@ -271,7 +271,7 @@ impl Table {
 
 pub fn record_of(applied: Applied) -> RequestRecord {
     match applied.result {
-        Ok(CommandResponse::Request(record)) => *record,
+        Ok(CommandResponse::Request(record)) => std::sync::Arc::unwrap_or_clone(record),
         other => panic!("expected a request record, got {other:?}"),
     }
 }
