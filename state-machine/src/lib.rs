@@ -25,7 +25,8 @@
 //! * [`command`]: [`Command`], [`StampedCommand`], [`CommandResponse`].
 //! * [`event`]: [`Event`]s with a revision that only grows.
 //! * [`table`]: [`AllocationTable`]: apply, placement, queue, leases,
-//!   provider failure, queries, snapshot.
+//!   provider failure, queries, snapshot (and the cheap copy a snapshot is
+//!   encoded from).
 //! * [`error`]: typed errors; a failed command changes nothing.
 //! * [`limits`]: every bound, named.
 //! * [`time`]: RFC 3339 without a clock.

@@ -80,6 +80,7 @@
 //! on `<data_dir>/db`, which [`open`] reports as [`StorageError::DataDirInUse`].
 //! The kernel drops the lock when the process dies, even by `kill -9`.
 
+pub mod background;
 mod codec;
 pub mod durable;
 pub mod log_store;

@@ -31,6 +31,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use qm_state_machine::{AllocationTable, TableConfig};
 use tokio::sync::{watch, RwLock, RwLockReadGuard};
 
+use super::background;
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
 use super::{raft_error, RaftStorageError, StorageError};
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -188,24 +189,30 @@ fn snapshot_id(last_applied: Option<LogId>) -> String {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        // Under the read lock only for a snapshot copy (records shared, not
-        // copied), then encoded with the table free to change again. Encoding
-        // under the lock held apply still for 200-350 ms at every snapshot
-        // (100k remembered requests), and the leader's callers waited that
-        // long for their answers (BENCHMARKS.md). Both steps on a blocking
-        // thread, so the replica's other tasks never wait for them.
+        // Under the read lock only for a snapshot copy (a pointer per shard
+        // of requests and per provider), then encoded with the table free to
+        // change again. Encoding under the lock held apply still for 200-350
+        // ms at every snapshot (100k remembered requests), and copying every
+        // record and unit under it for 100-190 ms, and the leader's callers
+        // waited that long for their answers (BENCHMARKS.md). On a thread of
+        // its own, which takes the lock only once it runs (a thread waiting
+        // for a core must not hold it), and encodes at a lower priority, so
+        // it takes no CPU the replica's serving tasks need (`background`).
         let started = std::time::Instant::now();
-        let state = Arc::clone(&self.state).read_owned().await;
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.last_membership.clone(),
-            snapshot_id: snapshot_id(state.last_applied),
-        };
-        let (data, copied) = tokio::task::spawn_blocking(move || {
+        let state = Arc::clone(&self.state);
+        let (meta, data, copy_ms) = background::run_on_own_thread("qm-snapshot", move || {
+            let state = state.blocking_read();
+            let copy_started = std::time::Instant::now();
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.last_membership.clone(),
+                snapshot_id: snapshot_id(state.last_applied),
+            };
             let copy = state.table.snapshot_copy();
             drop(state);
-            let copied = started.elapsed();
-            (copy.to_snapshot_bytes(), copied)
+            let copy_ms = copy_started.elapsed().as_millis() as u64;
+            background::lower_this_thread_priority();
+            (meta, copy.to_snapshot_bytes(), copy_ms)
         })
         .await
         .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
@@ -221,8 +228,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         tracing::info!(
             snapshot = %meta,
             bytes = data.len(),
-            copy_ms = copied.as_millis() as u64,
-            encode_ms = (encoded - copied).as_millis() as u64,
+            copy_ms,
+            encode_ms = encoded.as_millis() as u64 - copy_ms,
             save_ms = (started.elapsed() - encoded).as_millis() as u64,
             "snapshot built"
         );

@@ -289,6 +289,7 @@ impl AllocationTable {
         let provider = self
             .providers
             .get_mut(&placement.provider_id)
+            .map(Arc::make_mut)
             .expect("placements name registered providers");
         let changed = provider.hold(record.allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
@@ -364,6 +365,7 @@ impl AllocationTable {
         let provider = self
             .providers
             .get_mut(&placement.provider_id)
+            .map(Arc::make_mut)
             .expect("placements name registered providers");
         let changed = provider.unhold(record.allocation_id, &placement.grants);
         for (kind, before) in changed {

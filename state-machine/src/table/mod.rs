@@ -8,6 +8,10 @@
 //! and owner are indexed once when it arrives (`insert_new_record`) and
 //! dropped when it is forgotten (`forget_record`).
 //!
+//! Requests (in the shards of a `RecordMap`) and providers are shared
+//! copy-on-write, so [`AllocationTable::snapshot_copy`] is a copy of
+//! pointers that a replica can take while apply waits, and encode after.
+//!
 //! Every decision is bounded, whatever the table's size: a placement examines
 //! at most [`TableConfig::placement_candidates_max`] providers, freed capacity
 //! re-examines at most [`TableConfig::queue_examined_per_free_max`] queued
@@ -20,6 +24,7 @@ mod lifecycle;
 mod placement;
 mod providers;
 mod queries;
+mod record_map;
 mod snapshot;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -33,6 +38,7 @@ use crate::event::{Event, EventKind};
 use crate::limits::TableConfig;
 use crate::provider::Provider;
 use crate::record::RequestRecord;
+use record_map::RecordMap;
 
 pub use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
@@ -49,12 +55,13 @@ pub struct AllocationTable {
     revision: u64,
     /// Arrival order of requests, for first-come-first-served within a priority.
     next_arrival_seq: u64,
-    providers: BTreeMap<String, Provider>,
-    /// Shared, not owned, so that [`AllocationTable::snapshot_copy`] copies
-    /// pointers instead of every record; a record still shared when it
-    /// changes is copied then (copy on write). Encoded as plain records.
-    #[serde(deserialize_with = "snapshot::deserialize_map_in_bulk")]
-    requests: BTreeMap<Uuid, Arc<RequestRecord>>,
+    /// Shared, as the requests' shards are: a snapshot copy copies a pointer
+    /// per provider, and a provider changed while a copy holds it is copied
+    /// then (its units, once per snapshot).
+    providers: BTreeMap<String, Arc<Provider>>,
+    /// Shared in shards, so that [`AllocationTable::snapshot_copy`] copies
+    /// a pointer per shard instead of every record (`record_map`).
+    requests: RecordMap,
     /// The newest events, at most `config.event_history_max`.
     history: VecDeque<Event>,
     #[serde(skip)]
@@ -78,7 +85,7 @@ impl AllocationTable {
             revision: 0,
             next_arrival_seq: 0,
             providers: BTreeMap::new(),
-            requests: BTreeMap::new(),
+            requests: RecordMap::default(),
             history: VecDeque::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
@@ -219,9 +226,9 @@ impl AllocationTable {
 
     /// Rebuilds every derived structure from the state; used after restore.
     fn rebuild_indexes(&mut self) {
-        for provider in self.providers.values_mut() {
+        for provider in self.providers.values_mut().map(Arc::make_mut) {
             provider.rebuild_kinds();
         }
-        self.index = Indexes::build(self.providers.values(), self.requests.values().map(Arc::as_ref));
+        self.index = Indexes::build(self.providers.values().map(Arc::as_ref), self.requests.values());
     }
 }

@@ -1,5 +1,7 @@
 //! Providers joining, changing, failing, coming back and leaving.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::lifecycle::GrantCause;
@@ -18,7 +20,7 @@ impl AllocationTable {
             None => {
                 let provider = Provider::new(&registration, self.clock_ms);
                 self.index.add_provider(&provider);
-                self.providers.insert(provider_id.clone(), provider);
+                self.providers.insert(provider_id.clone(), Arc::new(provider));
                 self.emit(EventKind::ProviderRegistered {
                     provider_id: provider_id.clone(),
                     resources,
@@ -27,7 +29,10 @@ impl AllocationTable {
             Some(existing) => {
                 let updated = updated_provider(existing, &registration)?;
                 let was_failed = existing.status == ProviderStatus::Failed;
-                let old = self.providers.insert(provider_id.clone(), updated).expect("just looked up");
+                let old = self
+                    .providers
+                    .insert(provider_id.clone(), Arc::new(updated))
+                    .expect("just looked up");
                 self.index.remove_provider(&old);
                 self.index.add_provider(&self.providers[&provider_id]);
                 self.emit(EventKind::ProviderUpdated {
@@ -47,9 +52,13 @@ impl AllocationTable {
     }
 
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider {
-            provider_id: provider_id.to_owned(),
-        })?;
+        let provider = self
+            .providers
+            .get_mut(provider_id)
+            .map(Arc::make_mut)
+            .ok_or_else(|| CommandError::UnknownProvider {
+                provider_id: provider_id.to_owned(),
+            })?;
         // Failed first, so that evacuation cannot pick it again.
         provider.status = ProviderStatus::Failed;
         let snapshot = provider.clone();
@@ -74,7 +83,7 @@ impl AllocationTable {
         }
         let snapshot = provider.clone();
         self.index.remove_free(&snapshot);
-        self.providers.get_mut(provider_id).expect("looked up").status = ProviderStatus::Failed;
+        self.providers.get_mut(provider_id).map(Arc::make_mut).expect("looked up").status = ProviderStatus::Failed;
         self.emit(EventKind::ProviderFailed {
             provider_id: provider_id.to_owned(),
         });
@@ -84,9 +93,13 @@ impl AllocationTable {
     }
 
     pub(super) fn provider_recovered(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get_mut(provider_id).ok_or_else(|| CommandError::UnknownProvider {
-            provider_id: provider_id.to_owned(),
-        })?;
+        let provider = self
+            .providers
+            .get_mut(provider_id)
+            .map(Arc::make_mut)
+            .ok_or_else(|| CommandError::UnknownProvider {
+                provider_id: provider_id.to_owned(),
+            })?;
         if provider.status == ProviderStatus::Active {
             return Ok(self.provider_response(provider_id));
         }
@@ -115,7 +128,11 @@ impl AllocationTable {
         for (_, request_id) in placed {
             let mut record = self.take_record(request_id);
             let old = record.placement.take().expect("an active request has a placement");
-            let provider = self.providers.get_mut(provider_id).expect("evacuated provider is registered");
+            let provider = self
+                .providers
+                .get_mut(provider_id)
+                .map(Arc::make_mut)
+                .expect("evacuated provider is registered");
             provider.unhold(record.allocation_id, &old.grants);
             match self.find_placement(&record.request) {
                 Some(placement) => self.grant(&mut record, placement, GrantCause::MovedFrom(provider_id.to_owned())),

@@ -1,6 +1,7 @@
 //! Read-only questions the API and the monitor ask of the table.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -100,11 +101,11 @@ impl AllocationTable {
     }
 
     pub fn provider(&self, provider_id: &str) -> Option<&Provider> {
-        self.providers.get(provider_id)
+        self.providers.get(provider_id).map(Arc::as_ref)
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Provider> {
-        self.providers.values()
+        self.providers.values().map(Arc::as_ref)
     }
 
     pub fn queue_len(&self) -> usize {

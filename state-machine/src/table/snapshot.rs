@@ -3,13 +3,6 @@
 //! Only the state is encoded; the indexes are rebuilt on restore, which keeps
 //! snapshots small and proves on every restore that they are derivable.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::marker::PhantomData;
-
-use serde::de::{MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-
 use super::{AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
@@ -92,38 +85,3 @@ impl AllocationTable {
         Ok(table)
     }
 }
-
-/// Reads a map's entries into a vector, then builds the tree at once: with a
-/// million requests, inserting them one by one cost a search and node splits
-/// each. Entries are written in key order, so the sort inside `collect` is a
-/// single pass; a repeated key keeps its last value, as inserting would.
-pub(super) fn deserialize_map_in_bulk<'de, D, K, V>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
-where
-    D: Deserializer<'de>,
-    K: Ord + Deserialize<'de>,
-    V: Deserialize<'de>,
-{
-    struct Entries<K, V>(PhantomData<(K, V)>);
-
-    impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for Entries<K, V> {
-        type Value = BTreeMap<K, V>;
-
-        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-            formatter.write_str("a map")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            // The length comes from the input: trust it only so far.
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(PREALLOCATED_ENTRIES_MAX));
-            while let Some(entry) = map.next_entry()? {
-                entries.push(entry);
-            }
-            Ok(entries.into_iter().collect())
-        }
-    }
-
-    deserializer.deserialize_map(Entries(PhantomData))
-}
-
-/// Entries reserved before reading a map, whatever length a snapshot claims.
-const PREALLOCATED_ENTRIES_MAX: usize = 1 << 16;
