@@ -61,6 +61,7 @@ if [ $WITH_ETCD = yes ]; then
   [ -x "$PEER/baseline.sh" ] || { echo "bench.sh: $PEER/baseline.sh not found" >&2; exit 1; }
   echo
   echo "etcd 3-member baseline on the same machine (allocate+release as two transactions):"
+  : >"$OUT_DIR/etcd.jsonl"  # the baseline appends; keep only this run
   DURATION=$DURATION OUT="$OUT_DIR/etcd.jsonl" "$PEER/baseline.sh" >/dev/null
   python3 - "$OUT_DIR/etcd.jsonl" <<'PY'
 import json, sys
