@@ -229,7 +229,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             snapshot = %meta,
             bytes = data.len(),
             copy_ms,
-            encode_ms = encoded.as_millis() as u64 - copy_ms,
+            encode_ms = (encoded.as_millis() as u64).saturating_sub(copy_ms),
             save_ms = (started.elapsed() - encoded).as_millis() as u64,
             "snapshot built"
         );
