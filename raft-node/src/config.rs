@@ -147,12 +147,15 @@ pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
     pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
     pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
-    /// etcd's `--snapshot-count` default (and its 5,000 catch-up entries
-    /// below). A snapshot costs each replica a few hundred milliseconds of
-    /// CPU and a write of the whole table (25 MB with 100k remembered
-    /// requests); at 20,000 it came every 10 s at 1,000 pairs/s. The price:
-    /// a restart re-applies up to this many entries (about a second).
-    pub const SNAPSHOT_EVERY_ENTRIES: u64 = 100_000;
+    /// An entry is a batch of up to 512 commands (`proposer`), so this is
+    /// not etcd's `--snapshot-count` of single requests: at 1,000 pairs/s
+    /// with one batch in flight, 20,000 entries are ~45 s of commands
+    /// (about etcd's 100,000 requests); under full load, with ~100 commands
+    /// an entry, about 2 million, a 200 MB log and a restart that re-applies
+    /// them. 100,000 entries was tried: fewer snapshots, but a log and a
+    /// restart five times that. A policy counting commands is the better
+    /// bound (BENCHMARKS.md).
+    pub const SNAPSHOT_EVERY_ENTRIES: u64 = 20_000;
     pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 5_000;
     pub const TICK_INTERVAL_MS: u64 = 100;
     pub const PROVIDER_FAILURE_WINDOW_MS: u64 = 5_000;
