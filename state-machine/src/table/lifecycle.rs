@@ -287,9 +287,7 @@ impl AllocationTable {
     /// Holds `placement`'s units for `record` (taken out of the table).
     pub(super) fn grant(&mut self, record: &mut RequestRecord, placement: Placement, cause: GrantCause) {
         let provider = self
-            .providers
-            .get_mut(&placement.provider_id)
-            .map(Arc::make_mut)
+            .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
         let changed = provider.hold(record.allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
@@ -363,9 +361,7 @@ impl AllocationTable {
     pub(super) fn free_placement(&mut self, record: &RequestRecord) -> Placement {
         let placement = record.placement.clone().expect("an active request has a placement");
         let provider = self
-            .providers
-            .get_mut(&placement.provider_id)
-            .map(Arc::make_mut)
+            .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
         let changed = provider.unhold(record.allocation_id, &placement.grants);
         for (kind, before) in changed {

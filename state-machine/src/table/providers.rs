@@ -12,6 +12,27 @@ use crate::event::{EventKind, ResourceState};
 use crate::provider::{Provider, ProviderRegistration, ProviderStatus};
 
 impl AllocationTable {
+    /// The registered provider `provider_id`.
+    fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
+        self.providers
+            .get(provider_id)
+            .map(Arc::as_ref)
+            .ok_or_else(|| CommandError::UnknownProvider {
+                provider_id: provider_id.to_owned(),
+            })
+    }
+
+    /// The registered provider `provider_id`, to change: copied first if a
+    /// snapshot copy still shares it (see `snapshot_copy`).
+    pub(super) fn provider_mut(&mut self, provider_id: &str) -> Result<&mut Provider, CommandError> {
+        self.providers
+            .get_mut(provider_id)
+            .map(Arc::make_mut)
+            .ok_or_else(|| CommandError::UnknownProvider {
+                provider_id: provider_id.to_owned(),
+            })
+    }
+
     pub(super) fn register_provider(&mut self, registration: &ProviderRegistration) -> ApplyResult {
         let registration = registration.clone().validate()?;
         let provider_id = registration.provider_id.clone();
@@ -52,17 +73,9 @@ impl AllocationTable {
     }
 
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self
-            .providers
-            .get_mut(provider_id)
-            .map(Arc::make_mut)
-            .ok_or_else(|| CommandError::UnknownProvider {
-                provider_id: provider_id.to_owned(),
-            })?;
         // Failed first, so that evacuation cannot pick it again.
-        provider.status = ProviderStatus::Failed;
-        let snapshot = provider.clone();
-        self.index.remove_free(&snapshot);
+        self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
+        self.index.remove_free(&self.providers[provider_id]);
         self.evacuate(provider_id, "provider_deregistered");
         let provider = self.providers.remove(provider_id).expect("still registered");
         self.index.remove_provider(&provider);
@@ -75,15 +88,11 @@ impl AllocationTable {
     }
 
     pub(super) fn provider_failed(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self.providers.get(provider_id).ok_or_else(|| CommandError::UnknownProvider {
-            provider_id: provider_id.to_owned(),
-        })?;
-        if provider.status == ProviderStatus::Failed {
+        if self.registered_provider(provider_id)?.status == ProviderStatus::Failed {
             return Ok(self.provider_response(provider_id));
         }
-        let snapshot = provider.clone();
-        self.index.remove_free(&snapshot);
-        self.providers.get_mut(provider_id).map(Arc::make_mut).expect("looked up").status = ProviderStatus::Failed;
+        self.index.remove_free(&self.providers[provider_id]);
+        self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.emit(EventKind::ProviderFailed {
             provider_id: provider_id.to_owned(),
         });
@@ -93,17 +102,12 @@ impl AllocationTable {
     }
 
     pub(super) fn provider_recovered(&mut self, provider_id: &str) -> ApplyResult {
-        let provider = self
-            .providers
-            .get_mut(provider_id)
-            .map(Arc::make_mut)
-            .ok_or_else(|| CommandError::UnknownProvider {
-                provider_id: provider_id.to_owned(),
-            })?;
-        if provider.status == ProviderStatus::Active {
+        // Looked at before it is changed: a provider that is already active
+        // is not copied away from a snapshot copy that shares it.
+        if self.registered_provider(provider_id)?.status == ProviderStatus::Active {
             return Ok(self.provider_response(provider_id));
         }
-        provider.status = ProviderStatus::Active;
+        self.provider_mut(provider_id)?.status = ProviderStatus::Active;
         self.index.add_free(&self.providers[provider_id]);
         self.emit(EventKind::ProviderRecovered {
             provider_id: provider_id.to_owned(),
@@ -128,11 +132,7 @@ impl AllocationTable {
         for (_, request_id) in placed {
             let mut record = self.take_record(request_id);
             let old = record.placement.take().expect("an active request has a placement");
-            let provider = self
-                .providers
-                .get_mut(provider_id)
-                .map(Arc::make_mut)
-                .expect("evacuated provider is registered");
+            let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
             provider.unhold(record.allocation_id, &old.grants);
             match self.find_placement(&record.request) {
                 Some(placement) => self.grant(&mut record, placement, GrantCause::MovedFrom(provider_id.to_owned())),
