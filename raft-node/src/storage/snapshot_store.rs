@@ -127,14 +127,16 @@ impl SnapshotStore {
     }
 
     /// Stores `data` as the latest snapshot, durably, unless the stored one
-    /// is at least as new.
-    pub(crate) async fn save(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<SaveOutcome, StorageError> {
+    /// is at least as new. Hands `data` back: the caller serves the same
+    /// bytes to openraft, and a table's snapshot is hundreds of megabytes
+    /// at a million allocations, too much to copy for the write.
+    pub(crate) async fn save(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(SaveOutcome, Vec<u8>), StorageError> {
         let _write = self.write_lock.lock().await;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.save_blocking(meta, data)).await?
+        tokio::task::spawn_blocking(move || this.save_blocking(meta, &data).map(|outcome| (outcome, data))).await?
     }
 
-    fn save_blocking(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<SaveOutcome, StorageError> {
+    fn save_blocking(&self, meta: SnapshotMeta, data: &[u8]) -> Result<SaveOutcome, StorageError> {
         if let Some(stored) = self.read_record()? {
             if stored.meta.last_log_id >= meta.last_log_id {
                 return Ok(SaveOutcome::KeptNewer);
@@ -273,15 +275,15 @@ mod tests {
         let big = vec![10; 300 * 1024];
 
         // --- a newer snapshot
-        assert_eq!(SaveOutcome::Saved, store.save(meta_at(10), big.clone()).await.expect("save"));
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(10), big.clone()).await.expect("save").0);
 
         // --- an older one arriving later is refused, the newer one kept whole
-        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(5), vec![5; 10]).await.expect("save"));
+        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(5), vec![5; 10]).await.expect("save").0);
         let stored = store.load().await.expect("load").expect("a snapshot is stored");
         assert_eq!((meta_at(10), big), (stored.meta, stored.data));
 
         // --- a newer one replaces it
-        assert_eq!(SaveOutcome::Saved, store.save(meta_at(12), vec![12; 10]).await.expect("save"));
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(12), vec![12; 10]).await.expect("save").0);
         let stored = store.load().await.expect("load").expect("a snapshot is stored");
         assert_eq!((meta_at(12), vec![12; 10]), (stored.meta, stored.data));
     }
@@ -303,9 +305,9 @@ mod tests {
 
         let stored = store.load().await.expect("load").expect("the legacy snapshot");
         assert_eq!((meta_at(7), vec![7, 7, 7]), (stored.meta, stored.data));
-        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(6), vec![6]).await.expect("save"));
+        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(6), vec![6]).await.expect("save").0);
 
-        assert_eq!(SaveOutcome::Saved, store.save(meta_at(9), vec![9; 4]).await.expect("save"));
+        assert_eq!(SaveOutcome::Saved, store.save(meta_at(9), vec![9; 4]).await.expect("save").0);
         assert!(legacy.is_empty(), "the legacy tree is cleared");
         assert!(dir.path().join(SNAPSHOT_FILE).exists());
         let stored = store.load().await.expect("load").expect("the file's snapshot");

@@ -217,9 +217,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         .await
         .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
         let encoded = started.elapsed();
-        let outcome = self
+        let (outcome, data) = self
             .snapshots
-            .save(meta.clone(), data.clone())
+            .save(meta.clone(), data)
             .await
             .map_err(|error| raft_error(|source| StorageIOError::write_snapshot(Some(meta.signature()), source), &error))?;
         if outcome == SaveOutcome::KeptNewer {
@@ -276,7 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|error| raft_error(read_error, &error))?;
         let table = table.map_err(|error| raft_error(read_error, &error))?;
-        let outcome = self
+        let (outcome, _) = self
             .snapshots
             .save(meta.clone(), data)
             .await
