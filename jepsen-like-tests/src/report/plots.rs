@@ -100,6 +100,32 @@ fn shade_faults<DB: DrawingBackend>(
     Ok(())
 }
 
+/// How a completion shows in the legends: anything neither ok nor fail is
+/// `info`, as in the history (it may or may not have taken effect).
+fn outcome_name(kind: OpType) -> &'static str {
+    match kind {
+        OpType::Ok => "ok",
+        OpType::Fail => "fail",
+        _ => "info",
+    }
+}
+
+/// The last step of every plot: the legend in the upper right, then the file written.
+fn draw_legend_and_present<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    area: &DrawingArea<BitMapBackend<'a>, Shift>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|error| error.to_string())?;
+    area.present().map_err(|error| error.to_string())
+}
+
 fn root(path: &Path) -> DrawingArea<BitMapBackend<'_>, Shift> {
     register_font();
     let area = BitMapBackend::new(path, PLOT_SIZE).into_drawing_area();
@@ -143,11 +169,7 @@ pub fn latency(path: &Path, title: &str, operations: &[Operation], windows: &[Fa
         shade_faults(&mut chart, windows, (bottom, top))?;
         let mut groups: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
         for (at, latency_ms, name, kind) in &points {
-            let outcome = match kind {
-                OpType::Ok => "ok",
-                OpType::Fail => "fail",
-                _ => "info",
-            };
+            let outcome = outcome_name(*kind);
             groups.entry((name, outcome)).or_default().push((*at, *latency_ms));
         }
         for ((name, outcome), points) in groups {
@@ -162,15 +184,7 @@ pub fn latency(path: &Path, title: &str, operations: &[Operation], windows: &[Fa
                 .label(format!("{name} {outcome}"))
                 .legend(move |(x, y)| Circle::new((x + 6, y), 4, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|error| error.to_string())?;
-        area.present().map_err(|error| error.to_string())
+        draw_legend_and_present(&mut chart, &area)
     };
     draw().map_err(plot_error("latency.png"))
 }
@@ -184,11 +198,7 @@ pub fn rate(path: &Path, title: &str, operations: &[Operation], windows: &[Fault
         let mut series: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
         for operation in operations {
             let Some(answered) = operation.answered_ns() else { continue };
-            let outcome = match operation.kind() {
-                OpType::Ok => "ok",
-                OpType::Fail => "fail",
-                _ => "info",
-            };
+            let outcome = outcome_name(operation.kind());
             let counts = series
                 .entry((operation.invoke.payload.name(), outcome))
                 .or_insert_with(|| vec![0.0; buckets]);
@@ -228,15 +238,7 @@ pub fn rate(path: &Path, title: &str, operations: &[Operation], windows: &[Fault
                 .label(format!("{name} {outcome}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|error| error.to_string())?;
-        area.present().map_err(|error| error.to_string())
+        draw_legend_and_present(&mut chart, &area)
     };
     draw().map_err(plot_error("rate.png"))
 }

@@ -18,9 +18,9 @@ use serde_json::Number;
 use uuid::Uuid;
 
 use super::providers::ProviderClients;
-use super::{with_final_retries, write_failure, WorkerContext, FINAL_PROCESS};
+use super::{record_final_read, with_final_retries, write_failure, WorkerContext};
 use crate::error::JepsenError;
-use crate::history::{AllocateValue, HistoryRecorder, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue, RELEASE_NOT_FOUND};
+use crate::history::{AllocateValue, HistoryRecorder, OpType, Payload, ReadValue, RecordView, ReleaseValue, RELEASE_NOT_FOUND};
 use crate::workload::register::release_outcome;
 
 /// Providers registered for this workload.
@@ -268,26 +268,15 @@ async fn read_everything(client: &Client) -> Result<Vec<RecordView>, Error> {
 
 /// After the final heal: every record, read through `client`.
 pub async fn final_read(client: &Client, history: &HistoryRecorder) -> bool {
-    let process = Process::Client(FINAL_PROCESS);
-    let invoked = ReadValue {
-        final_read: true,
-        ..Default::default()
-    };
-    history.invoke(process, Payload::Read(invoked.clone()));
-    match with_final_retries(|| read_everything(client)).await {
-        Ok(records) => {
-            let value = ReadValue {
-                records: Some(records),
-                ..invoked
-            };
-            history.record(OpType::Ok, process, Payload::Read(value), None);
-            true
-        }
-        Err(error) => {
-            history.record(OpType::Fail, process, Payload::Read(invoked), Some(error.to_string()));
-            false
-        }
-    }
+    record_final_read(
+        history,
+        || read_everything(client),
+        |invoked, records| ReadValue {
+            records: Some(records),
+            ..invoked
+        },
+    )
+    .await
 }
 
 /// Registers the providers, each through its own client: on a TLS run a

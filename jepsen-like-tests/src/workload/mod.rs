@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::config::WorkloadKind;
-use crate::history::{HistoryRecorder, OpType, Payload, Process};
+use crate::history::{HistoryRecorder, OpType, Payload, Process, ReadValue};
 
 /// Attempts of the final read before the run gives up on it.
 pub const FINAL_READ_ATTEMPTS_MAX: u32 = 20;
@@ -169,6 +169,33 @@ where
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(FINAL_READ_RETRY_MS)).await;
             }
+        }
+    }
+}
+
+/// The final read after the last heal, recorded as one operation of
+/// [`FINAL_PROCESS`]: `read` runs [`with_final_retries`], and `answered` puts
+/// what it returned into the invoked value. A read that never answered is
+/// `fail`: a read changes nothing. Returns whether it answered.
+pub async fn record_final_read<T, F, Fut>(history: &HistoryRecorder, read: F, answered: impl FnOnce(ReadValue, T) -> ReadValue) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let process = Process::Client(FINAL_PROCESS);
+    let invoked = ReadValue {
+        final_read: true,
+        ..Default::default()
+    };
+    history.invoke(process, Payload::Read(invoked.clone()));
+    match with_final_retries(read).await {
+        Ok(value) => {
+            history.record(OpType::Ok, process, Payload::Read(answered(invoked, value)), None);
+            true
+        }
+        Err(error) => {
+            history.record(OpType::Fail, process, Payload::Read(invoked), Some(error.to_string()));
+            false
         }
     }
 }

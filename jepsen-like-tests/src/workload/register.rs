@@ -24,9 +24,9 @@ use serde_json::Number;
 use uuid::Uuid;
 
 use super::providers::ProviderClients;
-use super::{with_final_retries, write_failure, WorkerContext, FINAL_PROCESS};
+use super::{record_final_read, with_final_retries, write_failure, WorkerContext};
 use crate::error::JepsenError;
-use crate::history::{AcquireValue, HistoryRecorder, OpType, Payload, Process, ReadValue, ReleaseValue, RELEASE_NOT_FOUND};
+use crate::history::{AcquireValue, HistoryRecorder, OpType, Payload, ReadValue, ReleaseValue, RELEASE_NOT_FOUND};
 
 /// The provider whose units are the registers.
 pub const PROVIDER_ID: &str = "jepsen-registers";
@@ -300,26 +300,15 @@ async fn read(ctx: &mut WorkerContext, units: usize) {
 
 /// After the final heal: who holds each unit, read through `client`.
 pub async fn final_read(client: &Client, history: &HistoryRecorder, units: usize) -> bool {
-    let process = Process::Client(FINAL_PROCESS);
-    let invoked = ReadValue {
-        final_read: true,
-        ..Default::default()
-    };
-    history.invoke(process, Payload::Read(invoked.clone()));
-    match with_final_retries(|| read_holders(client, units)).await {
-        Ok(holders) => {
-            let value = ReadValue {
-                holders: Some(holders),
-                ..invoked
-            };
-            history.record(OpType::Ok, process, Payload::Read(value), None);
-            true
-        }
-        Err(error) => {
-            history.record(OpType::Fail, process, Payload::Read(invoked), Some(error.to_string()));
-            false
-        }
-    }
+    record_final_read(
+        history,
+        || read_holders(client, units),
+        |invoked, holders| ReadValue {
+            holders: Some(holders),
+            ..invoked
+        },
+    )
+    .await
 }
 
 /// Registers the provider through its own client (retrying while the cluster settles).
