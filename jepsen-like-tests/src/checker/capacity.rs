@@ -172,12 +172,8 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, allocation_verdict, free, read_records, record, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, core, free, read_records, record, HistoryBuilder};
     use crate::checker::Validity;
-
-    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        allocation_verdict(history, check)
-    }
 
     #[test]
     fn memory_carved_within_its_capacity_is_fine() {
@@ -191,7 +187,7 @@ mod tests {
             .ok(2, 20, 30, read_records(vec![a, b], false))
             .ok(0, 40, 50, free("a", Some("released")))
             .ok(0, 60, 70, allocate("c", false, Some(c)));
-        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+        assert_eq!(Validity::VALID, allocation_verdict(&mut history, check).valid);
     }
 
     #[test]
@@ -203,7 +199,7 @@ mod tests {
             .ok(0, 0, 10, allocate("a", false, Some(a.clone())))
             .ok(1, 5, 15, allocate("b", false, Some(b.clone())))
             .ok(2, 20, 30, read_records(vec![a, b], false));
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
         assert_eq!(2, result.anomaly_count, "{:#?}", result.anomalies);
         assert!(result.anomalies[0].description.contains("holds 70 of its capacity 64"));
@@ -212,9 +208,9 @@ mod tests {
     #[test]
     fn a_grant_on_a_unit_nobody_registered_is_caught() {
         let mut history = HistoryBuilder::default();
-        let a = record("a", "monitoring", "jepsen-p0", &[("cpu-99", "cpu_cores", 1)]);
+        let a = core("a", "monitoring", "cpu-99");
         history.ok(2, 20, 30, read_records(vec![a], false));
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
         assert!(result.anomalies[0].description.contains("no provider registered"));
     }

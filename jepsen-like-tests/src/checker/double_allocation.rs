@@ -139,43 +139,35 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, allocation_verdict, free, read_records, record, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, anomaly_kinds, core, free, read_records, record, HistoryBuilder};
     use crate::checker::Validity;
-
-    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        allocation_verdict(history, check)
-    }
 
     #[test]
     fn a_unit_handed_on_after_a_release_is_fine() {
         let mut history = HistoryBuilder::default();
-        let a = record("a", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
-        let b = record("b", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        let a = core("a", "monitoring", "cpu-0");
+        let b = core("b", "monitoring", "cpu-0");
         history
             .ok(0, 0, 10, allocate("a", false, Some(a.clone())))
             .ok(2, 15, 18, read_records(vec![a], false))
             .ok(0, 20, 30, free("a", Some("released")))
             .ok(1, 40, 50, allocate("b", false, Some(b.clone())))
             .ok(2, 60, 70, read_records(vec![b], true));
-        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+        assert_eq!(Validity::VALID, allocation_verdict(&mut history, check).valid);
     }
 
     #[test]
     fn two_allocations_on_one_core_are_caught_in_a_read_and_by_their_acknowledgements() {
         let mut history = HistoryBuilder::default();
-        let a = record("a", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
-        let b = record("b", "monitoring", "jepsen-p0", &[("cpu-0", "cpu_cores", 1)]);
+        let a = core("a", "monitoring", "cpu-0");
+        let b = core("b", "monitoring", "cpu-0");
         history
             .ok(0, 0, 10, allocate("a", false, Some(a.clone())))
             .ok(1, 5, 15, allocate("b", false, Some(b.clone())))
             .ok(2, 20, 30, read_records(vec![a, b], false));
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
-        let kinds: Vec<&str> = result
-            .anomalies
-            .iter()
-            .map(|anomaly| anomaly.violation["kind"].as_str().unwrap())
-            .collect();
+        let kinds = anomaly_kinds(&result);
         assert_eq!(vec!["shared-in-read", "overlapping-holds"], kinds);
         assert!(result.anomalies[0].description.contains("jepsen-p0/cpu-0"));
     }
@@ -186,6 +178,6 @@ mod tests {
         let a = record("a", "monitoring", "jepsen-p0", &[("mem", "memory_gb", 8)]);
         let b = record("b", "monitoring", "jepsen-p0", &[("mem", "memory_gb", 8)]);
         history.ok(2, 20, 30, read_records(vec![a, b], false));
-        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+        assert_eq!(Validity::VALID, allocation_verdict(&mut history, check).valid);
     }
 }

@@ -188,12 +188,8 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, allocation_verdict, core, free, read_records, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, anomaly_kinds, core, free, read_records, HistoryBuilder};
     use crate::checker::Validity;
-
-    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        allocation_verdict(history, check)
-    }
 
     #[test]
     fn resends_answered_with_the_same_record_are_fine() {
@@ -204,7 +200,7 @@ mod tests {
             .ok(0, 40, 50, free("a", Some("released")))
             .ok(0, 60, 70, allocate("a", true, Some(core("a", "idle", "cpu-0"))))
             .ok(1, 80, 90, read_records(vec![], false));
-        assert_eq!(Validity::VALID, verdict(&mut history).valid);
+        assert_eq!(Validity::VALID, allocation_verdict(&mut history, check).valid);
     }
 
     #[test]
@@ -218,13 +214,9 @@ mod tests {
             .ok(0, 40, 50, free("a", Some("released")))
             .ok(0, 60, 70, allocate("a", true, Some(again.clone())))
             .ok(1, 80, 90, read_records(vec![again, core("a", "monitoring", "cpu-0")], false));
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
-        let kinds: Vec<&str> = result
-            .anomalies
-            .iter()
-            .map(|anomaly| anomaly.violation["kind"].as_str().unwrap())
-            .collect();
+        let kinds = anomaly_kinds(&result);
         assert_eq!(
             vec![
                 "duplicate-record",

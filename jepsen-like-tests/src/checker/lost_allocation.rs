@@ -197,12 +197,8 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::test_support::{allocate, allocation_verdict, core, free, read_records, record, HistoryBuilder};
+    use crate::checker::test_support::{allocate, allocation_verdict, anomaly_kinds, core, free, read_records, record, HistoryBuilder};
     use crate::checker::Validity;
-
-    fn verdict(history: &mut HistoryBuilder) -> CheckerResult {
-        allocation_verdict(history, check)
-    }
 
     #[test]
     fn kept_and_released_allocations_end_as_acknowledged() {
@@ -225,7 +221,7 @@ mod tests {
                     true,
                 ),
             );
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::VALID, result.valid, "{result:#?}");
     }
 
@@ -235,7 +231,7 @@ mod tests {
         history
             .ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))))
             .ok(9, 100, 110, read_records(vec![], true));
-        let result = verdict(&mut history);
+        let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
         assert!(
             result.anomalies[0].description.contains("never released but is absent"),
@@ -256,12 +252,8 @@ mod tests {
                 110,
                 read_records(vec![core("a", "monitoring", "cpu-5"), core("b", "monitoring", "cpu-1")], true),
             );
-        let result = verdict(&mut history);
-        let kinds: Vec<&str> = result
-            .anomalies
-            .iter()
-            .map(|anomaly| anomaly.violation["kind"].as_str().unwrap())
-            .collect();
+        let result = allocation_verdict(&mut history, check);
+        let kinds = anomaly_kinds(&result);
         assert_eq!(vec!["placement-changed", "release-undone"], kinds);
     }
 
@@ -269,6 +261,6 @@ mod tests {
     fn without_a_final_read_the_verdict_is_unknown() {
         let mut history = HistoryBuilder::default();
         history.ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))));
-        assert_eq!(Validity::Unknown, verdict(&mut history).valid);
+        assert_eq!(Validity::Unknown, allocation_verdict(&mut history, check).valid);
     }
 }

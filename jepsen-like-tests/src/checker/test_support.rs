@@ -155,3 +155,12 @@ pub fn allocation_verdict(history: &mut HistoryBuilder, check: fn(&AllocationHis
 pub fn core(request: &str, state: &str, core: &str) -> RecordView {
     record(request, state, "jepsen-p0", &[(core, "cpu_cores", 1)])
 }
+
+/// The `kind` of each reported anomaly, in report order: what the tests compare.
+pub fn anomaly_kinds(result: &CheckerResult) -> Vec<&str> {
+    result
+        .anomalies
+        .iter()
+        .map(|anomaly| anomaly.violation["kind"].as_str().expect("violations serialise with a kind"))
+        .collect()
+}
