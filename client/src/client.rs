@@ -37,6 +37,13 @@ use crate::watch::WatchStream;
 /// NotLeader hints followed in one call. Two replicas that name each other
 /// (during an election) would otherwise bounce a call until its deadline.
 pub const REDIRECTS_MAX: u32 = 8;
+
+/// What hyper reports when a client speaking plain HTTP/2 reads a TLS
+/// replica's handshake bytes as a frame header.
+const PLAINTEXT_AGAINST_TLS_SYMPTOM: &str = "frame with invalid size";
+/// Appended to the cause then, since the symptom alone does not say why.
+const PLAINTEXT_AGAINST_TLS_HINT: &str =
+    " (this client has no certificate: if the cluster runs mutual TLS, give --tls-cert/--tls-key/--tls-ca or QM_TLS_CERT/QM_TLS_KEY/QM_TLS_CA)";
 /// NotLeader answers without a usable hint waited on in one call (with the
 /// same backoff as retries). They mean an election is under way, which
 /// takes longer than `retries_max` quick retries would wait, so they do not
@@ -520,6 +527,9 @@ impl ClientInner {
             target = next;
         }
         debug!(call = name, attempts, maybe_applied, cause = %last_cause, "giving up");
+        if self.config.tls.is_none() && last_cause.contains(PLAINTEXT_AGAINST_TLS_SYMPTOM) {
+            last_cause.push_str(PLAINTEXT_AGAINST_TLS_HINT);
+        }
         match kind {
             CallKind::Write if maybe_applied => Err(Error::Unknown {
                 request_id: None,
