@@ -539,7 +539,10 @@ async fn the_client_library_works_over_tls_and_stops_at_a_refusal() {
         let stranger = client(None);
         let refused = stranger.cluster_status().await.expect_err("plain http is not served");
         assert!(matches!(refused, qm_client::Error::Unavailable { .. }), "{refused:?}");
-        assert!(refused.to_string().contains("--tls-cert"), "the error says what is missing: {refused}");
+        assert!(
+            refused.to_string().contains("--tls-cert"),
+            "the error says what is missing: {refused}"
+        );
         let admin = client(Some(pki.client("admin")));
         let listed = admin.list(ListRequest::default()).await.expect("the admin lists");
         assert_eq!(1, listed.len(), "{listed:?}");
