@@ -67,6 +67,22 @@ pub fn lower_this_thread_priority() {
     }
 }
 
+/// CPU time the calling thread has used so far (zero where the system
+/// cannot say). The difference of two readings is the CPU a piece of
+/// background work cost, which its wall time does not tell when the work
+/// waited for a core at its lowered priority.
+pub fn this_thread_cpu_time() -> std::time::Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes only into the timespec we pass.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0 {
+            return std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32);
+        }
+    }
+    std::time::Duration::ZERO
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +107,18 @@ mod tests {
             .await
             .expect_err("panicked");
         assert!(matches!(error, BackgroundError::Panicked { name: "qm-test-panic" }), "{error:?}");
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_counts_this_threads_work() {
+        let before = this_thread_cpu_time();
+        let mut sum = 0u64;
+        while this_thread_cpu_time() == before {
+            for i in 0..100_000u64 {
+                sum = sum.wrapping_add(std::hint::black_box(i));
+            }
+        }
+        assert!(this_thread_cpu_time() > before, "{sum}");
     }
 
     fn current_nice() -> i32 {

@@ -200,7 +200,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // it takes no CPU the replica's serving tasks need (`background`).
         let started = std::time::Instant::now();
         let state = Arc::clone(&self.state);
-        let (meta, data, copy_ms) = background::run_on_own_thread("qm-snapshot", move || {
+        let (meta, data, copy_ms, encode_cpu_ms) = background::run_on_own_thread("qm-snapshot", move || {
             let state = state.blocking_read();
             let copy_started = std::time::Instant::now();
             let meta = SnapshotMeta {
@@ -212,7 +212,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             drop(state);
             let copy_ms = copy_started.elapsed().as_millis() as u64;
             background::lower_this_thread_priority();
-            (meta, copy.to_snapshot_bytes(), copy_ms)
+            let cpu_before = background::this_thread_cpu_time();
+            let data = copy.to_snapshot_bytes();
+            let encode_cpu_ms = (background::this_thread_cpu_time().saturating_sub(cpu_before)).as_millis() as u64;
+            (meta, data, copy_ms, encode_cpu_ms)
         })
         .await
         .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
@@ -230,6 +233,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             bytes = data.len(),
             copy_ms,
             encode_ms = (encoded.as_millis() as u64).saturating_sub(copy_ms),
+            encode_cpu_ms,
             save_ms = (started.elapsed() - encoded).as_millis() as u64,
             "snapshot built"
         );
