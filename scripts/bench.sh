@@ -33,7 +33,7 @@ mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/results.jsonl"
 : >"$RESULTS"
 
-QM_REBUILD=1 scripts/cluster.sh up --nodes 3 >"$OUT_DIR/cluster-up.txt"
+QM_REBUILD=1 scripts/cluster.sh up --nodes 3 --same-session >"$OUT_DIR/cluster-up.txt"
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true' EXIT
 export QM_ENDPOINTS; QM_ENDPOINTS=$(tail -n 1 "$OUT_DIR/cluster-up.txt" | sed 's/^QM_ENDPOINTS=//')
 

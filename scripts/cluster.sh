@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A local Quartermaster cluster on 127.0.0.1, for demos, benchmarks and hands-on work.
 #
-#   scripts/cluster.sh up [--nodes 3|5] [--tls]
+#   scripts/cluster.sh up [--nodes 3|5] [--tls] [--same-session]
 #                                         build (release) if needed, start, wait for a leader; --tls: mutual TLS
-#                                         with certificates made by `qm certs init` in .cluster/certs
+#                                         with certificates made by `qm certs init` in .cluster/certs;
+#                                         --same-session: replicas stay in the caller's session (see below)
 #   scripts/cluster.sh down [--keep-data] stop every replica this script started; delete .cluster/ unless --keep-data
 #   scripts/cluster.sh status             pid, liveness and Raft role of each replica
 #   scripts/cluster.sh kill N             kill -9 replica N
@@ -19,6 +20,13 @@
 # Every replica here shares this machine's cores, so each runs one runtime
 # worker thread (QM_WORKER_THREADS to change it): measured, ~17% less CPU per
 # request than one worker per core each (BENCHMARKS.md).
+# Each replica normally gets a session of its own (setsid), so it outlives
+# the terminal. Linux's autogroup scheduling then gives every session an equal
+# share of the cores whatever its threads' nice values, so a replica encoding a
+# snapshot at nice 10 still takes CPU from the leader next to it. With
+# --same-session (what scripts/bench.sh uses) the replicas stay in the
+# caller's session and group, as services on a machine without autogroup do,
+# and background work yields to serving work across replicas (BENCHMARKS.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -94,8 +102,11 @@ start_node() {
   mkdir -p "$CLUSTER_DIR/$i"
   local tls=()
   mapfile -t tls < <(tls_args "$i")
-  # setsid: the replica outlives this script and gets no terminal signals.
-  setsid "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
+  # setsid: the replica outlives this script and gets no terminal signals
+  # (unless the cluster was started with --same-session).
+  local session=(setsid)
+  [ -f "$CLUSTER_DIR/same-session" ] && session=()
+  "${session[@]}" "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
     --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" \
     --worker-threads "$WORKER_THREADS" "${tls[@]}" "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
   echo $! >"$CLUSTER_DIR/$i/pid"
@@ -115,14 +126,15 @@ wait_for_leader() {
 }
 
 cmd_up() {
-  local n=3 tls=no r
+  local n=3 tls=no same_session=no r
   EXTRA_NODE_ARGS=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --nodes) n=${2:-}; shift 2 ;;
       --tls) tls=yes; shift ;;
+      --same-session) same_session=yes; shift ;;
       --) shift; EXTRA_NODE_ARGS=("$@"); break ;;
-      *) die "unknown option to up: $1 (usage: up [--nodes 3|5] [--tls] [-- extra qm-node flags])" ;;
+      *) die "unknown option to up: $1 (usage: up [--nodes 3|5] [--tls] [--same-session] [-- extra qm-node flags])" ;;
     esac
   done
   [[ "$n" =~ ^[1-9]$ ]] || die "--nodes must be 1..9, got '$n'"
@@ -133,7 +145,8 @@ cmd_up() {
   build
   mkdir -p "$CLUSTER_DIR"
   echo "$n" >"$CLUSTER_DIR/nodes"
-  rm -f "$CLUSTER_DIR/tls"
+  rm -f "$CLUSTER_DIR/tls" "$CLUSTER_DIR/same-session"
+  [ $same_session = yes ] && touch "$CLUSTER_DIR/same-session"
   if [ $tls = yes ]; then
     # Certificates are made once and kept with the cluster's data (down removes both).
     if [ ! -f "$CERTS_DIR/ca.key" ]; then
@@ -220,5 +233,5 @@ case "${1:-}" in
   start) check_id "${2:-}"; build; load_extra_args; start_node "$2"; echo "replica $2 started (pid $(pid_of "$2"))" >&2 ;;
   endpoints) endpoints "$(node_count)" ;;
   leader) wait_for_leader "$(node_count)" ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
