@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::ClientTlsConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
 use crate::config::NodeConfig;
@@ -38,7 +38,7 @@ use crate::network::server::RaftRpcServer;
 use crate::node::Node;
 use crate::proposer::Proposer;
 use crate::security::{Call, Guard, MutualTls};
-use crate::storage;
+use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
 
 /// How often an uninitialised replica probes its peers before bootstrapping.
@@ -55,6 +55,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     }
     let (log_store, state_machine) = storage::open(&config.data_dir, TableConfig::default()).await?;
     let state = state_machine.reader();
+    let snapshot_requests = state_machine.snapshot_requests(config.snapshot_every_commands);
     let raft_config = openraft::Config {
         cluster_name: "quartermaster".to_owned(),
         heartbeat_interval: config.heartbeat_interval_ms,
@@ -95,6 +96,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         tokio::spawn(leader::run_duties(node.clone(), node.heartbeats.clone())),
         tokio::spawn(bootstrap(node.clone(), peer_tls)),
         tokio::spawn(report_health(node.clone(), health_reporter)),
+        tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),
     ];
     if let Some(metrics_addr) = config.metrics_listen {
         let metrics_listener = TcpListener::bind(metrics_addr)
@@ -132,6 +134,18 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     info!(node_id = config.id, "replica stopping");
     raft.shutdown().await.ok();
     served.context("gRPC server")
+}
+
+/// Turns the state machine's requests ([`SnapshotRequests`]: enough commands
+/// since the last snapshot) into snapshots. openraft ignores a request while
+/// it builds one already.
+async fn take_snapshots_when_asked(raft: Raft, requests: SnapshotRequests) {
+    loop {
+        requests.wanted().await;
+        if let Err(error) = raft.trigger().snapshot().await {
+            debug!(%error, "snapshot request not taken");
+        }
+    }
 }
 
 /// Loads the TLS material and picks the guard: mutual TLS and per-call

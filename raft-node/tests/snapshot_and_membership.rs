@@ -63,6 +63,38 @@ async fn paused_follower_catches_up_by_snapshot_install() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_snapshots_after_enough_commands_whatever_the_entries() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // The entry count alone would not snapshot for 100,000 entries.
+        let cluster = start_cluster(3, &["--snapshot-every-entries", "100000", "--snapshot-every-commands", "200"]).await;
+        let (_leader, mut api) = leader_client(&cluster).await;
+        api.register_provider(provider("node_1", 8)).await.expect("register");
+        for round in 0..120 {
+            let reply = allocate_anywhere(&cluster, &request("agent_c", 1), Duration::from_secs(10))
+                .await
+                .expect("allocate");
+            assert_eq!(reply.status, "allocated", "round {round}: {reply:?}");
+            api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
+        }
+        // 241 commands in at most 241 entries: past 200 commands, far below the entries' bound.
+        for id in cluster.replicas.keys().copied().collect::<Vec<_>>() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let status = cluster.status_of(id).await.expect("status");
+                if status.snapshot_index > 0 {
+                    assert!(status.snapshot_index < 100_000, "{status:?}");
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "replica {id} took no snapshot: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_are_added_and_removed_under_load() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut cluster = start_cluster(3, &[]).await;

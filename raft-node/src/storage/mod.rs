@@ -94,7 +94,7 @@ use qm_state_machine::TableConfig;
 use crate::types::NodeId;
 use durable::DurableFlush;
 pub use log_store::{LogReader, LogStore};
-pub use state_machine_store::{AppliedState, StateMachineStore, StateReader};
+pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
 
 /// sled's cache for hot pages. The log tail and the vote are what a replica
 /// reads; the table itself lives in memory, so sled's default of 1 GiB would

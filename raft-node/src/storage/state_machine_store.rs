@@ -24,12 +24,13 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use qm_state_machine::{AllocationTable, TableConfig};
-use tokio::sync::{watch, RwLock, RwLockReadGuard};
+use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 
 use super::background;
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
@@ -82,6 +83,80 @@ impl StateReader {
     }
 }
 
+/// Asks for a snapshot once enough commands were applied since the last one.
+///
+/// openraft's own policy counts entries, and an entry is a batch of 1 to 512
+/// commands (`proposer`): counted in entries, a lightly loaded replica
+/// snapshots hundreds of times as often as a busy one for the same work, and
+/// a busy one lets its log and its restart grow that much longer. Counted in
+/// commands, the log behind the latest snapshot holds about the same work
+/// whatever the load. openraft still snapshots every
+/// `--snapshot-every-entries` as well; this asks through
+/// [`SnapshotRequests`], which the replica turns into
+/// `raft.trigger().snapshot()`.
+///
+/// Only the sm worker applies, so the counters have one writer each: apply
+/// moves `applied` (under the table's write lock), a snapshot build sets
+/// `applied_at_snapshot` to the count its copy reflects (under the read lock).
+#[derive(Debug)]
+struct SnapshotDue {
+    /// Commands per snapshot; `u64::MAX` until [`StateMachineStore::snapshot_requests`].
+    every_commands: AtomicU64,
+    /// Commands applied since the store was opened.
+    applied: AtomicU64,
+    /// `applied` as of the latest snapshot's copy (or install).
+    applied_at_snapshot: AtomicU64,
+    /// `applied` when a snapshot was last asked for.
+    asked_at: AtomicU64,
+    wanted: Notify,
+}
+
+impl SnapshotDue {
+    fn new() -> SnapshotDue {
+        SnapshotDue {
+            every_commands: AtomicU64::new(u64::MAX),
+            applied: AtomicU64::new(0),
+            applied_at_snapshot: AtomicU64::new(0),
+            asked_at: AtomicU64::new(0),
+            wanted: Notify::new(),
+        }
+    }
+
+    /// Counts applied commands and asks for a snapshot when they are due.
+    /// A request openraft ignores (one is being built already) is repeated
+    /// after another quarter of the interval, if the count is still due then.
+    fn count_applied(&self, commands: u64) {
+        let applied = self.applied.fetch_add(commands, Ordering::Relaxed) + commands;
+        let every = self.every_commands.load(Ordering::Relaxed);
+        let at_snapshot = self.applied_at_snapshot.load(Ordering::Relaxed);
+        let asked_at = self.asked_at.load(Ordering::Relaxed);
+        let due = applied - at_snapshot >= every;
+        let asked_since_snapshot = asked_at > at_snapshot;
+        if due && (!asked_since_snapshot || applied - asked_at >= (every / 4).max(1)) {
+            self.asked_at.store(applied, Ordering::Relaxed);
+            self.wanted.notify_one();
+        }
+    }
+
+    /// The table now reflects every command counted so far.
+    fn snapshot_taken(&self) {
+        self.applied_at_snapshot
+            .store(self.applied.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Waits for the state machine to want a snapshot ([`SnapshotDue`]).
+#[derive(Clone, Debug)]
+pub struct SnapshotRequests(Arc<SnapshotDue>);
+
+impl SnapshotRequests {
+    /// Returns when enough commands were applied since the last snapshot (or
+    /// at once, if that happened since the last call).
+    pub async fn wanted(&self) {
+        self.0.wanted.notified().await;
+    }
+}
+
 /// The replica's state machine. Clones share the same table, channel and
 /// snapshot store (openraft clones it as the snapshot builder).
 #[derive(Clone)]
@@ -89,6 +164,7 @@ pub struct StateMachineStore {
     state: Arc<RwLock<AppliedState>>,
     revisions: watch::Sender<u64>,
     snapshots: SnapshotStore,
+    snapshot_due: Arc<SnapshotDue>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -132,7 +208,17 @@ impl StateMachineStore {
             state: Arc::new(RwLock::new(state)),
             revisions,
             snapshots,
+            snapshot_due: Arc::new(SnapshotDue::new()),
         })
+    }
+
+    /// From now on, asks for a snapshot after every `every_commands` applied
+    /// commands (counted since the last snapshot); the caller turns each
+    /// request into `raft.trigger().snapshot()`. Take it before handing the
+    /// store to `Raft::new`.
+    pub fn snapshot_requests(&self, every_commands: u64) -> SnapshotRequests {
+        self.snapshot_due.every_commands.store(every_commands.max(1), Ordering::Relaxed);
+        SnapshotRequests(Arc::clone(&self.snapshot_due))
     }
 
     /// A read-only handle for the API; take it before handing the store to
@@ -161,6 +247,11 @@ impl StateMachineStore {
     /// Applies one entry and says what it answers.
     fn apply_entry(&self, state: &mut AppliedState, entry: Entry) -> AppResponse {
         state.last_applied = Some(entry.log_id);
+        let commands = match &entry.payload {
+            EntryPayload::Normal(batch) => batch.commands.len() as u64,
+            EntryPayload::Blank | EntryPayload::Membership(_) => 1,
+        };
+        self.snapshot_due.count_applied(commands);
         match entry.payload {
             EntryPayload::Blank => AppResponse::Blank,
             EntryPayload::Normal(batch) => AppResponse::Commands(
@@ -200,8 +291,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // it takes no CPU the replica's serving tasks need (`background`).
         let started = std::time::Instant::now();
         let state = Arc::clone(&self.state);
+        let snapshot_due = Arc::clone(&self.snapshot_due);
         let (meta, data, copy_ms, encode_cpu_ms) = background::run_on_own_thread("qm-snapshot", move || {
             let state = state.blocking_read();
+            snapshot_due.snapshot_taken();
             let copy_started = std::time::Instant::now();
             let meta = SnapshotMeta {
                 last_log_id: state.last_applied,
@@ -291,6 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tracing::info!(snapshot = %meta, "installed snapshot is not newer than the stored one; kept the stored one");
         }
         let mut state = self.state.write().await;
+        self.snapshot_due.snapshot_taken();
         *state = AppliedState {
             table,
             last_applied: meta.last_log_id,
@@ -310,5 +404,53 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due_every(commands: u64) -> SnapshotDue {
+        let due = SnapshotDue::new();
+        due.every_commands.store(commands, Ordering::Relaxed);
+        due
+    }
+
+    /// Whether a request is waiting (takes it).
+    fn asked(due: &SnapshotDue) -> bool {
+        use std::future::Future;
+        let notified = due.wanted.notified();
+        let mut notified = std::pin::pin!(notified);
+        let waker = std::task::Waker::noop();
+        notified.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    }
+
+    #[test]
+    fn a_snapshot_is_asked_for_once_enough_commands_were_applied() {
+        let due = due_every(100);
+        due.count_applied(60);
+        assert!(!asked(&due), "60 of 100");
+        due.count_applied(60);
+        assert!(asked(&due), "120 of 100");
+        // Not asked again for every batch while the snapshot is on its way...
+        due.count_applied(10);
+        assert!(!asked(&due), "asked at 120, now 130");
+        // ...but again if none came a quarter of the interval later.
+        due.count_applied(20);
+        assert!(asked(&due), "asked at 120, now 150");
+        // A snapshot starts the count again.
+        due.snapshot_taken();
+        due.count_applied(99);
+        assert!(!asked(&due), "99 since the snapshot");
+        due.count_applied(1);
+        assert!(asked(&due), "100 since the snapshot");
+    }
+
+    #[test]
+    fn without_an_interval_nothing_is_asked_for() {
+        let due = SnapshotDue::new();
+        due.count_applied(u64::MAX / 2);
+        assert!(!asked(&due));
     }
 }
