@@ -10,7 +10,8 @@
 //!  ResourceRequest (JSON) ──validate──▶ AllocationRequest ──▶ Command::Allocate
 //!                                                                │ (Raft log)
 //!  StampedCommand { now_ms, command } ──▶ AllocationTable::apply ──▶ Applied { result, events }
-//!                                      (apply_into_history: the result; events stay in the history)
+//!                                      (apply_into_history: the result; events stay in the history;
+//!                                       apply_owned_into_history: the same, taking the command)
 //!                                            │
 //!                     providers ─ units ─ queue ─ leases ─ event history
 //! ```

@@ -510,6 +510,21 @@ proptest! {
     }
 
     #[test]
+    fn applying_owned_commands_gives_the_same_results_and_table(config in config(), history in history()) {
+        let mut borrowing = AllocationTable::new(config.clone());
+        let mut owning = AllocationTable::new(config);
+        let mut now_ms = T0;
+        for (delta_ms, op) in &history {
+            now_ms = now_ms.saturating_add_signed(*delta_ms as i64);
+            let command = StampedCommand::new(now_ms, op.command(&borrowing));
+            let expected = borrowing.apply_into_history(&command);
+            prop_assert_eq!(expected, owning.apply_owned_into_history(command));
+        }
+        // The snapshot holds the records and the event history too.
+        prop_assert_eq!(borrowing.to_snapshot_bytes(), owning.to_snapshot_bytes());
+    }
+
+    #[test]
     fn the_same_history_gives_byte_identical_tables(config in config(), history in history(), split in 0..84usize) {
         let mut first = AllocationTable::new(config.clone());
         let mut second = AllocationTable::new(config);

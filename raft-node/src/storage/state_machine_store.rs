@@ -257,8 +257,8 @@ impl StateMachineStore {
             EntryPayload::Normal(batch) => AppResponse::Commands(
                 batch
                     .commands
-                    .iter()
-                    .map(|command| state.table.apply_into_history(command))
+                    .into_iter()
+                    .map(|command| state.table.apply_owned_into_history(command))
                     .collect(),
             ),
             EntryPayload::Membership(membership) => {

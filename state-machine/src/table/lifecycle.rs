@@ -1,5 +1,6 @@
 //! A request's life: allocate, queue, grant, renew, release, expire.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -20,7 +21,7 @@ pub(super) enum GrantCause {
 }
 
 impl AllocationTable {
-    pub(super) fn allocate(&mut self, request: &AllocationRequest) -> ApplyResult {
+    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>) -> ApplyResult {
         request.check()?;
         if let Some(existing) = self.requests.get(&request.request_id) {
             // The idempotency key: a retry gets the request's current record.
@@ -50,7 +51,8 @@ impl AllocationTable {
         }
         let request_id = request.request_id;
         let mut record = RequestRecord {
-            request: request.clone(),
+            // The command's own request when the caller gave it up, else a copy.
+            request: request.into_owned(),
             response_id: response_id_for(request_id),
             allocation_id: allocation_id_for(request_id),
             state: RequestState::Queued,
@@ -65,10 +67,10 @@ impl AllocationTable {
             first_granted_at_ms: None,
         };
         self.next_arrival_seq += 1;
-        let rejection = self.never_placeable(request);
+        let rejection = self.never_placeable(&record.request);
         if let Some(reason) = rejection {
             self.reject(&mut record, reason);
-        } else if let Some(placement) = self.find_placement(request) {
+        } else if let Some(placement) = self.find_placement(&record.request) {
             self.grant(&mut record, placement, GrantCause::New);
         } else if self.index.queue.len() >= self.config.queue_len_max {
             self.reject(
