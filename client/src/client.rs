@@ -38,9 +38,10 @@ use crate::watch::WatchStream;
 /// (during an election) would otherwise bounce a call until its deadline.
 pub const REDIRECTS_MAX: u32 = 8;
 
-/// What hyper reports when a client speaking plain HTTP/2 reads a TLS
-/// replica's handshake bytes as a frame header.
-const PLAINTEXT_AGAINST_TLS_SYMPTOM: &str = "frame with invalid size";
+/// What hyper reports when a client speaking plain HTTP/2 meets a TLS
+/// replica: it reads the replica's TLS alert as a frame header, or finds
+/// that the replica has already hung up on it (which, depends on timing).
+const PLAINTEXT_AGAINST_TLS_SYMPTOMS: [&str; 4] = ["frame with invalid size", "connection closed", "connection reset", "broken pipe"];
 /// Appended to the cause then, since the symptom alone does not say why.
 const PLAINTEXT_AGAINST_TLS_HINT: &str =
     " (this client has no certificate: if the cluster runs mutual TLS, give --tls-cert/--tls-key/--tls-ca or QM_TLS_CERT/QM_TLS_KEY/QM_TLS_CA)";
@@ -527,7 +528,9 @@ impl ClientInner {
             target = next;
         }
         debug!(call = name, attempts, maybe_applied, cause = %last_cause, "giving up");
-        if self.config.tls.is_none() && last_cause.contains(PLAINTEXT_AGAINST_TLS_SYMPTOM) {
+        // Every attempt has failed by now: on a plaintext cluster a replica
+        // that dies mid-call, with others answering, never brings us here.
+        if self.config.tls.is_none() && PLAINTEXT_AGAINST_TLS_SYMPTOMS.iter().any(|symptom| last_cause.contains(symptom)) {
             last_cause.push_str(PLAINTEXT_AGAINST_TLS_HINT);
         }
         match kind {
