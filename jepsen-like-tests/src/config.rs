@@ -44,6 +44,11 @@ pub mod defaults {
     /// Small, so that runs of seconds take snapshots and restarted replicas
     /// catch up by snapshot install, not only from the log.
     pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
+    /// Small too, and near the entries' bound at these rates (one to three
+    /// commands an entry), so that runs take snapshots by both of the
+    /// replica's triggers: openraft's entry count and the state machine's
+    /// command count.
+    pub const SNAPSHOT_EVERY_COMMANDS: u64 = 400;
     pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 50;
     /// The harness heartbeats its providers, but a provider declared failed
     /// would have its allocations moved, which the workloads do not model:
@@ -222,6 +227,9 @@ pub struct RunArgs {
     /// Replicas snapshot every this many applied entries (small, to exercise snapshots).
     #[arg(long, default_value_t = defaults::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every_entries: u64,
+    /// ... and every this many applied commands.
+    #[arg(long, default_value_t = defaults::SNAPSHOT_EVERY_COMMANDS)]
+    pub snapshot_every_commands: u64,
     /// Extra flag for every qm-node (repeatable), e.g. --node-arg=--election-timeout-min-ms=300.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -257,6 +265,10 @@ pub struct RunConfig {
     pub fault_secs: f64,
     pub heal_secs: f64,
     pub snapshot_every_entries: u64,
+    /// Absent from the `test.json` of runs made before the flag existed,
+    /// whose replicas snapshotted by entries only.
+    #[serde(default)]
+    pub snapshot_every_commands: Option<u64>,
     pub node_args: Vec<String>,
     /// Replicas and clients on mutual TLS. Absent from the `test.json` of
     /// runs made before the flag existed, which were all plain.
@@ -304,6 +316,7 @@ impl RunArgs {
             fault_secs: self.fault_secs,
             heal_secs: self.heal_secs,
             snapshot_every_entries: self.snapshot_every_entries,
+            snapshot_every_commands: Some(self.snapshot_every_commands),
             node_args: self.node_args,
             tls: self.tls,
         };
@@ -365,6 +378,9 @@ impl RunConfig {
         if self.snapshot_every_entries == 0 {
             return invalid("snapshot-every-entries", "must be positive".into());
         }
+        if self.snapshot_every_commands == Some(0) {
+            return invalid("snapshot-every-commands", "must be positive".into());
+        }
         if !self.node_binary.exists() {
             return Err(JepsenError::NodeBinaryMissing {
                 path: self.node_binary.clone(),
@@ -406,6 +422,9 @@ impl RunConfig {
             let names: Vec<&str> = self.partitions.iter().map(|shape| shape.name()).collect();
             command.push_str(&format!(" --partitions {}", names.join(",")));
         }
+        if let Some(commands) = self.snapshot_every_commands {
+            command.push_str(&format!(" --snapshot-every-commands {commands}"));
+        }
         if self.unsafe_stale_reads {
             command.push_str(" --unsafe-stale-reads");
         }
@@ -431,6 +450,9 @@ impl RunConfig {
                 .min(self.snapshot_every_entries)
                 .to_string(),
         ];
+        if let Some(commands) = self.snapshot_every_commands {
+            flags.extend(["--snapshot-every-commands".to_owned(), commands.to_string()]);
+        }
         if self.unsafe_stale_reads {
             flags.push("--unsafe-stale-reads".to_owned());
         }
@@ -480,6 +502,7 @@ mod tests {
             (vec!["--rate", "0"], "--rate"),
             (vec!["--units", "0"], "--units"),
             (vec!["--fault-secs", "0.1"], "--fault-secs"),
+            (vec!["--snapshot-every-commands", "0"], "--snapshot-every-commands"),
         ] {
             let error = args(&extra).into_config(1).unwrap_err().to_string();
             assert!(error.contains(flag), "{error}");
@@ -494,6 +517,12 @@ mod tests {
         let flags = config.node_flags();
         assert!(flags.contains(&"--election-timeout-min-ms=300".to_owned()));
         assert!(flags.contains(&"--unsafe-stale-reads".to_owned()));
+        let commands_flag = flags
+            .iter()
+            .position(|flag| flag == "--snapshot-every-commands")
+            .expect("both snapshot triggers are set");
+        assert_eq!(defaults::SNAPSHOT_EVERY_COMMANDS.to_string(), flags[commands_flag + 1]);
+        assert!(config.reproduce_command().contains(" --snapshot-every-commands 400 "));
         assert!(config
             .reproduce_command()
             .ends_with("--unsafe-stale-reads --node-arg=--election-timeout-min-ms=300"));
