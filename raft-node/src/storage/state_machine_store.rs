@@ -145,7 +145,8 @@ impl SnapshotDue {
     }
 }
 
-/// Waits for the state machine to want a snapshot ([`SnapshotDue`]).
+/// Waits for the state machine to want a snapshot: enough commands applied
+/// since the last one (see `StateMachineStore::snapshot_requests`).
 #[derive(Clone, Debug)]
 pub struct SnapshotRequests(Arc<SnapshotDue>);
 
