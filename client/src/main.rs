@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use qm_client::cli::{run, Cli};
 
+/// mimalloc instead of glibc malloc: a client with hundreds of calls in
+/// flight (`qm bench`, `qm agent`) allocates and frees per call, and glibc's
+/// bin consolidation was ~20% of the load generator's CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Failovers and retries are logged at debug: `QM_LOG=debug qm ...`.
