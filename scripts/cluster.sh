@@ -233,5 +233,5 @@ case "${1:-}" in
   start) check_id "${2:-}"; build; load_extra_args; start_node "$2"; echo "replica $2 started (pid $(pid_of "$2"))" >&2 ;;
   endpoints) endpoints "$(node_count)" ;;
   leader) wait_for_leader "$(node_count)" ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
