@@ -24,9 +24,16 @@ pub(crate) struct Replica {
     channel: Channel,
 }
 
+/// The largest reply the client decodes. tonic's default of 4 MiB is
+/// passed by whole-table answers of a large cluster (ListProviders at
+/// 120,000 units, SystemState, a long List), which then failed with
+/// `OUT_OF_RANGE` however healthy the cluster was. Replicas encode replies
+/// without a limit; this still bounds what a client holds for one message.
+pub const REPLY_SIZE_MAX_BYTES: usize = 256 * 1024 * 1024;
+
 impl Replica {
     pub(crate) fn client(&self) -> QuartermasterClient<Channel> {
-        QuartermasterClient::new(self.channel.clone())
+        QuartermasterClient::new(self.channel.clone()).max_decoding_message_size(REPLY_SIZE_MAX_BYTES)
     }
 }
 

@@ -250,3 +250,37 @@ async fn wait_for_state(client: &qm_client::Client, request_id: &str, state: &st
     }
     panic!("{request_id} did not become {state} within 10 s: {last:?}")
 }
+
+#[tokio::test]
+async fn a_reply_larger_than_grpcs_default_limit_is_received() {
+    use prost::Message;
+    use serde_json::json;
+
+    bounded(async {
+        // 60 providers of 2,000 units: ListProviders answers with 120,000
+        // units in one message, past the 4 MiB tonic refuses by default.
+        let cluster = TestCluster::start(1);
+        cluster.wait_for_leader().await;
+        let client = cluster.client();
+        for provider in 0..60 {
+            let resources: Vec<_> = (0..2_000)
+                .map(|unit| json!({"resource_id": format!("slot_{unit:05}"), "kind": "bulk_slot", "capacity": 1}))
+                .collect();
+            let registration =
+                serde_json::from_value(json!({"provider_id": format!("bulk_{provider:02}"), "resources": resources})).unwrap();
+            client.register_provider(&registration).await.expect("registered");
+        }
+        let providers = client
+            .list_providers(Consistency::Linearizable)
+            .await
+            .expect("the whole list in one reply");
+        let units: usize = providers.iter().map(|provider| provider.resources.len()).sum();
+        assert_eq!(120_000, units);
+        let encoded = qm_client::proto::api::ListProvidersReply { providers }.encoded_len();
+        assert!(
+            encoded > 4 * 1024 * 1024,
+            "the reply is {encoded} bytes: not past the default limit"
+        );
+    })
+    .await;
+}
