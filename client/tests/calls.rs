@@ -254,7 +254,6 @@ async fn wait_for_state(client: &qm_client::Client, request_id: &str, state: &st
 #[tokio::test]
 async fn a_reply_larger_than_grpcs_default_limit_is_received() {
     use prost::Message;
-    use serde_json::json;
 
     bounded(async {
         // 60 providers of 2,000 units: ListProviders answers with 120,000
@@ -263,11 +262,7 @@ async fn a_reply_larger_than_grpcs_default_limit_is_received() {
         cluster.wait_for_leader().await;
         let client = cluster.client();
         for provider in 0..60 {
-            let resources: Vec<_> = (0..2_000)
-                .map(|unit| json!({"resource_id": format!("slot_{unit:05}"), "kind": "bulk_slot", "capacity": 1}))
-                .collect();
-            let registration =
-                serde_json::from_value(json!({"provider_id": format!("bulk_{provider:02}"), "resources": resources})).unwrap();
+            let registration = registration(&format!("bulk_{provider:02}"), 2_000);
             client.register_provider(&registration).await.expect("registered");
         }
         let providers = client
