@@ -29,8 +29,9 @@ use crate::failure::Failure;
 use crate::heartbeat::HeartbeatLoop;
 use crate::lease::LeaseKeeper;
 use crate::proto::api;
+use crate::proto::api::pipelined_call::Call as PipelinedRequest;
 use crate::proto::api::quartermaster_client::QuartermasterClient;
-use crate::replicas::ReplicaSet;
+use crate::replicas::{Replica, ReplicaSet};
 use crate::retry::Backoff;
 use crate::watch::WatchStream;
 
@@ -142,8 +143,9 @@ impl Client {
         };
         let reply = self
             .inner
-            .call("allocate", CallKind::Write, message, |mut client, request| async move {
-                client.allocate(request).await
+            .call_on("allocate", CallKind::Write, message, |replica, request| async move {
+                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.allocate(request).await };
+                replica.write(request, PipelinedRequest::Allocate, unary).await
             })
             .await;
         reply.map_err(|error| match error {
@@ -203,8 +205,9 @@ impl Client {
     pub async fn release(&self, id: &str) -> Result<api::AllocationReply, Error> {
         let message = api::ReleaseRequest { id: checked_id("id", id)? };
         self.inner
-            .call("release", CallKind::Write, message, |mut client, request| async move {
-                client.release(request).await
+            .call_on("release", CallKind::Write, message, |replica, request| async move {
+                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.release(request).await };
+                replica.write(request, PipelinedRequest::Release, unary).await
             })
             .await
     }
@@ -213,8 +216,9 @@ impl Client {
     pub async fn renew_lease(&self, id: &str) -> Result<api::AllocationReply, Error> {
         let message = api::RenewLeaseRequest { id: checked_id("id", id)? };
         self.inner
-            .call("renew_lease", CallKind::Write, message, |mut client, request| async move {
-                client.renew_lease(request).await
+            .call_on("renew_lease", CallKind::Write, message, |replica, request| async move {
+                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.renew_lease(request).await };
+                replica.write(request, PipelinedRequest::RenewLease, unary).await
             })
             .await
     }
@@ -422,6 +426,24 @@ impl ClientInner {
         Send: Fn(QuartermasterClient<Channel>, tonic::Request<Message>) -> Answer,
         Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
     {
+        self.call_on(name, kind, message, |replica, request| send(replica.client(), request))
+            .await
+    }
+
+    /// [`Self::call`] for sends that need the whole replica (its pipeline),
+    /// not only a stub on its channel.
+    pub(crate) async fn call_on<Message, Reply, Send, Answer>(
+        &self,
+        name: &'static str,
+        kind: CallKind,
+        message: Message,
+        send: Send,
+    ) -> Result<Reply, Error>
+    where
+        Message: Clone,
+        Send: Fn(Replica, tonic::Request<Message>) -> Answer,
+        Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.config.request_timeout();
         let mut failures = Backoff::from_config(&self.config);
         let mut leader_waits = Backoff::new(self.config.backoff_base_ms, self.config.backoff_max_ms, LEADER_WAITS_MAX);
@@ -447,7 +469,7 @@ impl ClientInner {
             attempts += 1;
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(attempt_timeout);
-            let failure = match tokio::time::timeout(attempt_timeout, send(replica.client(), request)).await {
+            let failure = match tokio::time::timeout(attempt_timeout, send(replica.clone(), request)).await {
                 Ok(Ok(response)) => {
                     if kind.proves_leader() {
                         self.replicas.set_leader(target);

@@ -47,6 +47,11 @@ pub struct ClientConfig {
     /// `https` and decide from the certificate what this client may do;
     /// without it, plain `http` (a cluster started without TLS).
     pub tls: Option<TlsConfig>,
+    /// Send allocate, release and renew on one long-lived `Pipeline` stream
+    /// per replica rather than as a gRPC call each: the same answers for a
+    /// fraction of the CPU at high load. Off, or against a replica without
+    /// `Pipeline`, each is its own call.
+    pub pipeline_writes: bool,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +65,7 @@ impl Default for ClientConfig {
             backoff_base_ms: 50,
             backoff_max_ms: 1_000,
             tls: None,
+            pipeline_writes: true,
         }
     }
 }

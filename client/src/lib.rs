@@ -34,6 +34,8 @@
 //! * `failure`: how one failed attempt is classified (redirect, retry, final).
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels and the believed leader.
+//! * `pipeline`: allocate, release and renew multiplexed on one `Pipeline`
+//!   stream per replica (unary calls against a replica without it).
 //! * [`watch`]: [`WatchStream`], events across failovers.
 //! * [`tls`]: mutual TLS: [`TlsConfig`], the certificate's [`tls::Identity`]
 //!   (role, name, namespace) and the CA behind `qm certs`.
@@ -54,6 +56,7 @@ pub mod error;
 mod failure;
 pub mod heartbeat;
 pub mod lease;
+mod pipeline;
 pub mod proto;
 mod replicas;
 pub mod retry;

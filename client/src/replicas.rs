@@ -6,22 +6,29 @@
 //! up to [`REPLICAS_MAX`]. Locks are held only to read or change the list,
 //! never across an await.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::{Request, Response, Status};
 
 use crate::config::{check_endpoint, ClientConfig, ConfigError, REPLICAS_MAX};
+use crate::pipeline::PipelineSlot;
+use crate::proto::api::pipelined_call::Call as PipelinedRequest;
 use crate::proto::api::quartermaster_client::QuartermasterClient;
+use crate::proto::api::AllocationReply;
 use crate::tls;
 
-/// One replica: its address and a channel that connects on first use and
-/// reconnects after failures.
+/// One replica: its address, a channel that connects on first use and
+/// reconnects after failures, and the pipeline stream on that channel.
 #[derive(Clone, Debug)]
 pub(crate) struct Replica {
     pub(crate) addr: String,
     channel: Channel,
+    /// `None` when the client sends every write as its own call.
+    pipeline: Option<Arc<PipelineSlot>>,
 }
 
 /// The largest reply the client decodes. tonic's default of 4 MiB is
@@ -35,6 +42,25 @@ impl Replica {
     pub(crate) fn client(&self) -> QuartermasterClient<Channel> {
         QuartermasterClient::new(self.channel.clone()).max_decoding_message_size(REPLY_SIZE_MAX_BYTES)
     }
+
+    /// An allocate, release or renew: on the replica's pipeline stream when
+    /// this client pipelines and the replica supports it, else as `unary`.
+    pub(crate) async fn write<Message, Answer>(
+        &self,
+        request: Request<Message>,
+        pipelined: fn(Message) -> PipelinedRequest,
+        unary: impl FnOnce(QuartermasterClient<Channel>, Request<Message>) -> Answer,
+    ) -> Result<Response<AllocationReply>, Status>
+    where
+        Answer: Future<Output = Result<Response<AllocationReply>, Status>>,
+    {
+        if let Some(slot) = &self.pipeline {
+            if let Some(pipeline) = slot.get_or_open(self.client()).await? {
+                return pipeline.call(pipelined(request.into_inner())).await.map(Response::new);
+            }
+        }
+        unary(self.client(), request).await
+    }
 }
 
 /// HTTP/2 keepalive ping interval on a connection with calls in flight. A
@@ -47,6 +73,8 @@ pub const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 pub(crate) struct ReplicaSet {
     connect_timeout: Duration,
     keepalive_timeout: Duration,
+    /// Whether writes go on each replica's pipeline stream.
+    pipeline_writes: bool,
     /// The certificates every channel presents and trusts (read once, at
     /// construction); `None`: plain http/2.
     tls: Option<ClientTlsConfig>,
@@ -64,6 +92,7 @@ impl ReplicaSet {
         let mut set = ReplicaSet {
             connect_timeout: config.connect_timeout(),
             keepalive_timeout: config.attempt_timeout(),
+            pipeline_writes: config.pipeline_writes,
             tls: config.tls.as_ref().map(tls::TlsConfig::load).transpose()?,
             replicas: Mutex::new(Vec::new()),
             leader: AtomicUsize::new(NO_LEADER),
@@ -95,6 +124,7 @@ impl ReplicaSet {
         Ok(Replica {
             addr: addr.to_owned(),
             channel,
+            pipeline: self.pipeline_writes.then(Arc::default),
         })
     }
 

@@ -279,3 +279,78 @@ async fn a_reply_larger_than_grpcs_default_limit_is_received() {
     })
     .await;
 }
+
+/// Writes on the `Pipeline` stream (the default) and as unary calls get the
+/// same answers and the same typed refusals, server-side field names
+/// included; a pipelined write sent to a follower follows its leader hint.
+#[tokio::test]
+async fn pipelined_and_unary_writes_answer_alike() {
+    bounded(async {
+        let cluster = shared_cluster().await;
+        let leader = cluster.wait_for_leader().await;
+        let follower = cluster.ids().find(|id| *id != leader).expect("a follower");
+        // Each knows only a follower, so every write starts with a redirect.
+        let pipelined = cluster.node_client(follower);
+        assert!(pipelined.config().pipeline_writes, "pipelining is the default");
+        let unary = qm_client::Client::new(qm_client::ClientConfig {
+            pipeline_writes: false,
+            ..pipelined.config().clone()
+        })
+        .unwrap();
+        pipelined.register_provider(&registration("node_pipeline", 2)).await.unwrap();
+        let kind = |error: Error| match error {
+            Error::InvalidArgument { field, .. } => format!("invalid {field}"),
+            Error::NotFound { .. } => "not found".to_owned(),
+            Error::Conflict { kind, .. } => format!("{kind:?}"),
+            other => format!("unexpected {other:?}"),
+        };
+
+        let mut answers = Vec::new();
+        for client in [&pipelined, &unary] {
+            let first = request_on("node_pipeline", 1);
+            let granted = client.allocate(first.clone()).await.unwrap();
+            let retried = client.allocate(first).await.unwrap();
+            let no_lease = client.renew_lease(&granted.allocation_id).await.unwrap_err();
+            let nowhere = client.allocate(request_on("node_nowhere", 1)).await.unwrap_err();
+            let released = client.release(&granted.allocation_id).await.unwrap();
+            let released_again = client.release(&granted.request_id).await.unwrap();
+            // Before the refusal below: a refused call makes the client forget its leader.
+            let found_leader = client.leader_addr() == Some(cluster.node(leader).addr.clone());
+            let unknown = client.release(&Uuid::new_v4().to_string()).await.unwrap_err();
+            answers.push((
+                granted.status,
+                retried.allocation_id == granted.allocation_id,
+                kind(no_lease),
+                kind(nowhere),
+                released.state.clone(),
+                released_again.state == released.state,
+                kind(unknown),
+                found_leader,
+            ));
+        }
+
+        assert_eq!(answers[0], answers[1], "pipelined, then unary");
+        let (status, same_allocation, no_lease, nowhere, _, same_release, unknown, found_leader) = answers.remove(0);
+        assert_eq!(
+            (
+                "allocated",
+                true,
+                "FailedPrecondition",
+                "invalid constraints.provider_id",
+                true,
+                "not found",
+                true
+            ),
+            (
+                status.as_str(),
+                same_allocation,
+                no_lease.as_str(),
+                nowhere.as_str(),
+                same_release,
+                unknown.as_str(),
+                found_leader
+            )
+        );
+    })
+    .await
+}

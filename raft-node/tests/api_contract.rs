@@ -141,3 +141,156 @@ async fn bad_input_names_the_field_and_writes_nothing() {
     .await
     .expect("test finished in time");
 }
+
+/// The `Pipeline` stream answers each call with exactly what its unary twin
+/// answers, matched by `call_id`: a grant, a refusal with its code, message
+/// and field, a release; a call without a body is refused naming `call`; a
+/// follower redirects with the leader hint; closing the request side ends
+/// the stream once everything is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_answers_each_call_as_its_unary_twin() {
+    use qm_client::proto::api::pipelined_call::Call as Pipelined;
+    use qm_client::proto::api::pipelined_reply::Outcome;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = start_cluster(3, &[]).await;
+        let (leader, mut api) = leader_client(&cluster).await;
+        api.register_provider(sample_provider()).await.expect("register");
+        let (calls, queued) = tokio::sync::mpsc::channel(16);
+        let mut replies = api
+            .pipeline(ReceiverStream::new(queued))
+            .await
+            .expect("the stream opens")
+            .into_inner();
+        let mut next_reply = async || {
+            let reply = replies.message().await.expect("a reply").expect("the stream is open");
+            (reply.call_id, reply.outcome.expect("an outcome"))
+        };
+
+        // --- a grant, then its release, each as the unary call answers it
+        let granted_request = request("agent", 1);
+        let allocate = Pipelined::Allocate(AllocateRequest {
+            request: Some(granted_request.clone()),
+        });
+        calls
+            .send(PipelinedCall {
+                call_id: 7,
+                call: Some(allocate),
+            })
+            .await
+            .unwrap();
+        let (call_id, Outcome::Reply(granted)) = next_reply().await else {
+            panic!("allocate was refused")
+        };
+        assert_eq!((7, "allocated"), (call_id, granted.status.as_str()));
+        let unary = api
+            .get(GetRequest {
+                id: granted.request_id.clone(),
+                stale: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((unary.allocation_id, unary.state), (granted.allocation_id.clone(), granted.state));
+        let release = Pipelined::Release(ReleaseRequest {
+            id: granted.allocation_id.clone(),
+        });
+        calls
+            .send(PipelinedCall {
+                call_id: 8,
+                call: Some(release),
+            })
+            .await
+            .unwrap();
+        let (call_id, Outcome::Reply(released)) = next_reply().await else {
+            panic!("release was refused")
+        };
+        let unary = api
+            .get(GetRequest {
+                id: granted.request_id,
+                stale: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((8, unary.state), (call_id, released.state));
+
+        // --- refusals, several in flight at once, each under its own call_id
+        let mut negative = request("agent", 1);
+        negative.resource_requirements = HashMap::from([("cpu_cores".to_owned(), -2)]);
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let unary_negative = api
+            .allocate(AllocateRequest {
+                request: Some(negative.clone()),
+            })
+            .await
+            .expect_err("refused");
+        let unary_unknown = api.release(ReleaseRequest { id: unknown.clone() }).await.expect_err("refused");
+        let refused_calls = [
+            (10, Some(Pipelined::Allocate(AllocateRequest { request: Some(negative) }))),
+            (11, Some(Pipelined::Release(ReleaseRequest { id: unknown }))),
+            (12, None),
+        ];
+        for (call_id, call) in refused_calls {
+            calls.send(PipelinedCall { call_id, call }).await.unwrap();
+        }
+        let mut refusals = HashMap::new();
+        for _ in 0..3 {
+            let (call_id, Outcome::Status(status)) = next_reply().await else {
+                panic!("a bad call was answered")
+            };
+            refusals.insert(call_id, status);
+        }
+        for (call_id, unary) in [(10, &unary_negative), (11, &unary_unknown)] {
+            let sent = &refusals[&call_id];
+            assert_eq!(
+                (unary.code() as i32, unary.message()),
+                (sent.code, sent.message.as_str()),
+                "call {call_id}"
+            );
+        }
+        assert_eq!(
+            Some("resource_requirements.cpu_cores"),
+            refusals[&10].metadata.get("x-qm-field").map(String::as_str)
+        );
+        assert_eq!(
+            (Code::InvalidArgument as i32, Some("call")),
+            (refusals[&12].code, refusals[&12].metadata.get("x-qm-field").map(String::as_str))
+        );
+
+        // --- closing our side: the stream ends after the last answer
+        drop(calls);
+        assert!(replies.message().await.expect("a clean end").is_none());
+
+        // --- a follower's stream redirects every write to the leader
+        let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+        let (calls, queued) = tokio::sync::mpsc::channel(1);
+        let mut follower_api = client(cluster.addr(follower)).await;
+        let mut replies = follower_api
+            .pipeline(ReceiverStream::new(queued))
+            .await
+            .expect("opens")
+            .into_inner();
+        let allocate = Pipelined::Allocate(AllocateRequest {
+            request: Some(request("agent", 1)),
+        });
+        calls
+            .send(PipelinedCall {
+                call_id: 1,
+                call: Some(allocate),
+            })
+            .await
+            .unwrap();
+        let reply = replies.message().await.expect("a reply").expect("open");
+        let Some(Outcome::Status(redirect)) = reply.outcome else {
+            panic!("a follower granted a write: {reply:?}")
+        };
+        assert_eq!(
+            (Code::Unavailable as i32, Some(cluster.addr(leader))),
+            (redirect.code, redirect.metadata.get("x-qm-leader-addr").map(String::as_str))
+        );
+    })
+    .await
+    .expect("test finished in time");
+}

@@ -71,6 +71,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "QM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 
+    /// Send each allocate, release and renew as its own gRPC call instead of on the replica's shared Pipeline stream.
+    #[arg(long, global = true, env = "QM_NO_PIPELINE")]
+    pub no_pipeline: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -139,6 +143,7 @@ impl Cli {
             request_timeout_ms: self.timeout_ms,
             attempt_timeout_ms: defaults.attempt_timeout_ms.min(self.timeout_ms),
             tls: self.tls_config(),
+            pipeline_writes: !self.no_pipeline,
             ..defaults
         }
     }

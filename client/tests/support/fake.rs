@@ -362,6 +362,14 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    type PipelineStream = Pin<Box<dyn Stream<Item = Result<api::PipelinedReply, Status>> + Send>>;
+
+    /// Answered as a replica from before `Pipeline` would: the client then
+    /// sends its writes as unary calls, which these tests fake.
+    async fn pipeline(&self, _: Request<tonic::Streaming<api::PipelinedCall>>) -> Result<Response<Self::PipelineStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type WatchStream = EventStream;
 
     async fn watch(&self, request: Request<api::WatchRequest>) -> Result<Response<EventStream>, Status> {

@@ -4,6 +4,7 @@
 //! * [`providers`]: register, heartbeat, deregister, list, confirm, system state.
 //! * [`cluster`]: cluster status and membership changes.
 //! * [`watch`]: the event stream from a revision.
+//! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
 //! * [`status`]: how errors become gRPC statuses (and leader redirects).
 //! * [`access`]: what a scoped caller may see of the table's records.
 //!
@@ -15,6 +16,7 @@
 
 pub mod access;
 pub mod cluster;
+pub mod pipeline;
 pub mod providers;
 pub mod requests;
 pub mod status;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use futures::Stream;
 use qm_client::proto::api::quartermaster_server::Quartermaster;
 use qm_client::proto::api::*;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 use crate::security::{Call, Caller, Guard};
@@ -80,6 +82,18 @@ impl Quartermaster for ApiService {
     async fn list(&self, request: Request<ListRequest>) -> Reply<ListReply> {
         let caller = self.admit(&request, Call::List)?;
         requests::list(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    type PipelineStream = pipeline::PipelineStream;
+
+    async fn pipeline(&self, request: Request<Streaming<PipelinedCall>>) -> Reply<Self::PipelineStream> {
+        let caller = self.admit(&request, Call::Pipeline)?;
+        Ok(Response::new(pipeline::serve(
+            self.node.clone(),
+            self.guard,
+            caller,
+            request.into_inner(),
+        )))
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<EventMessage, Status>> + Send + 'static>>;

@@ -48,6 +48,18 @@ impl Guard {
                 "call refused"
             );
         })?;
+        let caller = Caller::Authenticated(identity);
+        self.authorize(&caller, call)?;
+        Ok(caller)
+    }
+
+    /// Whether an admitted caller's role may make `call`: for the calls
+    /// multiplexed on a stream admitted as a whole (`Pipeline`), checked one
+    /// by one. `PERMISSION_DENIED` if not.
+    pub fn authorize(&self, caller: &Caller, call: Call) -> Result<(), Status> {
+        let Caller::Authenticated(identity) = caller else {
+            return Ok(());
+        };
         if !call.allows(identity.role) {
             warn!(operation_type = call.name(), status = "permission_denied", caller = %identity, "call refused");
             let allowed: Vec<&str> = call.allowed_roles().iter().map(|role| role.as_str()).collect();
@@ -57,7 +69,7 @@ impl Guard {
                 allowed.join(", ")
             )));
         }
-        Ok(Caller::Authenticated(identity))
+        Ok(())
     }
 
     /// [`Guard::admit`] as a tonic interceptor, for services whose handlers

@@ -23,6 +23,9 @@ pub enum Call {
     Allocate,
     Release,
     RenewLease,
+    /// The stream that multiplexes Allocate, Release and RenewLease; each
+    /// call on it is checked again as itself.
+    Pipeline,
     // Reads of requests and allocations: scoped for consumers and providers.
     Get,
     List,
@@ -41,7 +44,7 @@ pub enum Call {
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 20] = [
+    pub const ALL: [Call; 21] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -52,6 +55,7 @@ impl Call {
         Call::Allocate,
         Call::Release,
         Call::RenewLease,
+        Call::Pipeline,
         Call::Get,
         Call::List,
         Call::Watch,
@@ -69,7 +73,7 @@ impl Call {
         match self {
             Call::AppendEntries | Call::Vote | Call::InstallSnapshot => &[Role::ResourceManager],
             Call::RegisterProvider | Call::Heartbeat | Call::DeregisterProvider | Call::Confirm => &[Role::ResourceProvider],
-            Call::Allocate | Call::Release | Call::RenewLease => &[Role::ResourceConsumer],
+            Call::Allocate | Call::Release | Call::RenewLease | Call::Pipeline => &[Role::ResourceConsumer],
             // A provider's agent reads the allocations placed on it (to
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
@@ -95,6 +99,7 @@ impl Call {
             Call::Allocate => "Allocate",
             Call::Release => "Release",
             Call::RenewLease => "RenewLease",
+            Call::Pipeline => "Pipeline",
             Call::Get => "Get",
             Call::List => "List",
             Call::Watch => "Watch",
@@ -130,7 +135,7 @@ mod tests {
             allowed(Role::ResourceProvider)
         );
         assert_eq!(
-            with(&[Allocate, Release, RenewLease, Get, List, Watch]),
+            with(&[Allocate, Release, RenewLease, Pipeline, Get, List, Watch]),
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(with(&[Get, List, Watch, AddReplica, RemoveReplica]), allowed(Role::Admin));
