@@ -143,7 +143,7 @@ impl Client {
         };
         let reply = self
             .inner
-            .call_on("allocate", CallKind::Write, message, |replica, request| async move {
+            .call("allocate", CallKind::Write, message, |replica, request| async move {
                 let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.allocate(request).await };
                 replica.write(request, PipelinedRequest::Allocate, unary).await
             })
@@ -205,7 +205,7 @@ impl Client {
     pub async fn release(&self, id: &str) -> Result<api::AllocationReply, Error> {
         let message = api::ReleaseRequest { id: checked_id("id", id)? };
         self.inner
-            .call_on("release", CallKind::Write, message, |replica, request| async move {
+            .call("release", CallKind::Write, message, |replica, request| async move {
                 let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.release(request).await };
                 replica.write(request, PipelinedRequest::Release, unary).await
             })
@@ -216,7 +216,7 @@ impl Client {
     pub async fn renew_lease(&self, id: &str) -> Result<api::AllocationReply, Error> {
         let message = api::RenewLeaseRequest { id: checked_id("id", id)? };
         self.inner
-            .call_on("renew_lease", CallKind::Write, message, |replica, request| async move {
+            .call("renew_lease", CallKind::Write, message, |replica, request| async move {
                 let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.renew_lease(request).await };
                 replica.write(request, PipelinedRequest::RenewLease, unary).await
             })
@@ -238,8 +238,8 @@ impl Client {
             stale: consistency.is_stale(),
         };
         self.inner
-            .call("get", CallKind::Read(consistency), message, |mut client, request| async move {
-                client.get(request).await
+            .call("get", CallKind::Read(consistency), message, |replica, request| async move {
+                replica.client().get(request).await
             })
             .await
     }
@@ -255,8 +255,8 @@ impl Client {
         };
         let reply = self
             .inner
-            .call("list", CallKind::Read(consistency), filter, |mut client, request| async move {
-                client.list(request).await
+            .call("list", CallKind::Read(consistency), filter, |replica, request| async move {
+                replica.client().list(request).await
             })
             .await?;
         Ok(reply.records)
@@ -278,8 +278,8 @@ impl Client {
         registration.clone().validate()?;
         let message = registration_to_proto(registration);
         self.inner
-            .call("register_provider", CallKind::Write, message, |mut client, request| async move {
-                client.register_provider(request).await
+            .call("register_provider", CallKind::Write, message, |replica, request| async move {
+                replica.client().register_provider(request).await
             })
             .await
     }
@@ -291,8 +291,8 @@ impl Client {
             resources,
         };
         self.inner
-            .call("heartbeat", CallKind::Write, message, |mut client, request| async move {
-                client.heartbeat(request).await
+            .call("heartbeat", CallKind::Write, message, |replica, request| async move {
+                replica.client().heartbeat(request).await
             })
             .await
     }
@@ -309,8 +309,8 @@ impl Client {
             provider_id: provider_id.to_owned(),
         };
         self.inner
-            .call("deregister_provider", CallKind::Write, message, |mut client, request| async move {
-                client.deregister_provider(request).await
+            .call("deregister_provider", CallKind::Write, message, |replica, request| async move {
+                replica.client().deregister_provider(request).await
             })
             .await
     }
@@ -325,7 +325,7 @@ impl Client {
                 "list_providers",
                 CallKind::Read(consistency),
                 message,
-                |mut client, request| async move { client.list_providers(request).await },
+                |replica, request| async move { replica.client().list_providers(request).await },
             )
             .await?;
         Ok(reply.providers)
@@ -340,8 +340,8 @@ impl Client {
             deallocation: confirmation == Confirmation::Deallocation,
         };
         self.inner
-            .call("confirm", CallKind::Write, message, |mut client, request| async move {
-                client.confirm(request).await
+            .call("confirm", CallKind::Write, message, |replica, request| async move {
+                replica.client().confirm(request).await
             })
             .await
     }
@@ -358,7 +358,7 @@ impl Client {
                 "system_state",
                 CallKind::Read(consistency),
                 message,
-                |mut client, request| async move { client.system_state(request).await },
+                |replica, request| async move { replica.client().system_state(request).await },
             )
             .await
     }
@@ -374,7 +374,7 @@ impl Client {
                 "cluster_status",
                 CallKind::Read(Consistency::Stale),
                 api::ClusterStatusRequest {},
-                |mut client, request| async move { client.cluster_status(request).await },
+                |replica, request| async move { replica.client().cluster_status(request).await },
             )
             .await?;
         self.inner.learn_leader(&status);
@@ -391,8 +391,8 @@ impl Client {
         };
         let status = self
             .inner
-            .call("add_replica", CallKind::Write, message, |mut client, request| async move {
-                client.add_replica(request).await
+            .call("add_replica", CallKind::Write, message, |replica, request| async move {
+                replica.client().add_replica(request).await
             })
             .await?;
         self.inner.learn_leader(&status);
@@ -403,8 +403,8 @@ impl Client {
         let message = api::RemoveReplicaRequest { id };
         let status = self
             .inner
-            .call("remove_replica", CallKind::Write, message, |mut client, request| async move {
-                client.remove_replica(request).await
+            .call("remove_replica", CallKind::Write, message, |replica, request| async move {
+                replica.client().remove_replica(request).await
             })
             .await?;
         self.inner.learn_leader(&status);
@@ -414,25 +414,9 @@ impl Client {
 
 impl ClientInner {
     /// Runs one call with redirects, failover and retries; see the module docs.
+    /// `send` gets the replica to try (a stub on its channel: `replica.client()`;
+    /// writes may use its pipeline) and the request.
     pub(crate) async fn call<Message, Reply, Send, Answer>(
-        &self,
-        name: &'static str,
-        kind: CallKind,
-        message: Message,
-        send: Send,
-    ) -> Result<Reply, Error>
-    where
-        Message: Clone,
-        Send: Fn(QuartermasterClient<Channel>, tonic::Request<Message>) -> Answer,
-        Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
-    {
-        self.call_on(name, kind, message, |replica, request| send(replica.client(), request))
-            .await
-    }
-
-    /// [`Self::call`] for sends that need the whole replica (its pipeline),
-    /// not only a stub on its channel.
-    pub(crate) async fn call_on<Message, Reply, Send, Answer>(
         &self,
         name: &'static str,
         kind: CallKind,

@@ -34,7 +34,8 @@ pub const PROPOSAL_BATCH_COMMANDS_MAX: usize = 512;
 /// on the leader's critical path rather than more parallelism. Measured
 /// against 4 (three interleaved rounds, 3 replicas on 2 cores): 17,000 vs
 /// 14,600 calls/s at 256 in flight, 11,300 vs 8,500 at 64, p99 7 vs 10 ms at
-/// 1,000 pairs/s (BENCHMARKS.md).
+/// 1,000 pairs/s (BENCHMARKS.md, finding 8). Two, after the Pipeline stream
+/// made calls cheaper: no difference (finding 16).
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch at most; past this, callers wait to enqueue.
 pub const PROPOSAL_QUEUE_COMMANDS_MAX: usize = 65_536;
