@@ -467,7 +467,12 @@ impl ClientInner {
                     cause: format!("no answer within {} ms", attempt_timeout.as_millis()),
                 },
             };
-            self.replicas.forget_leader(target);
+            // A final answer (bad input, not found, a conflict) says nothing
+            // about who leads, so the believed leader stays; any other failure
+            // means this replica did not serve the call as leader.
+            if !matches!(failure, Failure::Final(_)) {
+                self.replicas.forget_leader(target);
+            }
             let hinted_retry = std::mem::take(&mut retrying_hinted);
             let delay = match failure {
                 Failure::Final(error) => return Err(final_error(kind, maybe_applied, error)),

@@ -314,9 +314,9 @@ async fn pipelined_and_unary_writes_answer_alike() {
             let nowhere = client.allocate(request_on("node_nowhere", 1)).await.unwrap_err();
             let released = client.release(&granted.allocation_id).await.unwrap();
             let released_again = client.release(&granted.request_id).await.unwrap();
-            // Before the refusal below: a refused call makes the client forget its leader.
-            let found_leader = client.leader_addr() == Some(cluster.node(leader).addr.clone());
             let unknown = client.release(&Uuid::new_v4().to_string()).await.unwrap_err();
+            // Refusals say nothing about who leads: the leader is still known.
+            let found_leader = client.leader_addr() == Some(cluster.node(leader).addr.clone());
             answers.push((
                 granted.status,
                 retried.allocation_id == granted.allocation_id,
