@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use qm_state_machine::{ProviderRegistration, ResourceRequest};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tracing::debug;
 use uuid::Uuid;
 
@@ -30,7 +29,6 @@ use crate::heartbeat::HeartbeatLoop;
 use crate::lease::LeaseKeeper;
 use crate::proto::api;
 use crate::proto::api::pipelined_call::Call as PipelinedRequest;
-use crate::proto::api::quartermaster_client::QuartermasterClient;
 use crate::replicas::{Replica, ReplicaSet};
 use crate::retry::Backoff;
 use crate::watch::WatchStream;
@@ -138,14 +136,13 @@ impl Client {
     pub async fn allocate(&self, mut request: ResourceRequest) -> Result<api::AllocationReply, Error> {
         let request_id = request.request_id.get_or_insert_with(|| Uuid::new_v4().to_string()).clone();
         request.validate()?;
-        let message = api::AllocateRequest {
+        let message = PipelinedRequest::Allocate(api::AllocateRequest {
             request: Some(request_to_proto(&request)),
-        };
+        });
         let reply = self
             .inner
             .call("allocate", CallKind::Write, message, |replica, request| async move {
-                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.allocate(request).await };
-                replica.write(request, PipelinedRequest::Allocate, unary).await
+                replica.write(request).await
             })
             .await;
         reply.map_err(|error| match error {
@@ -203,22 +200,20 @@ impl Client {
     /// Releases an allocation (or cancels a queued request) by allocation id
     /// or request id. Releasing again answers the same record.
     pub async fn release(&self, id: &str) -> Result<api::AllocationReply, Error> {
-        let message = api::ReleaseRequest { id: checked_id("id", id)? };
+        let message = PipelinedRequest::Release(api::ReleaseRequest { id: checked_id("id", id)? });
         self.inner
             .call("release", CallKind::Write, message, |replica, request| async move {
-                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.release(request).await };
-                replica.write(request, PipelinedRequest::Release, unary).await
+                replica.write(request).await
             })
             .await
     }
 
     /// Extends an allocation's lease by its TTL from now.
     pub async fn renew_lease(&self, id: &str) -> Result<api::AllocationReply, Error> {
-        let message = api::RenewLeaseRequest { id: checked_id("id", id)? };
+        let message = PipelinedRequest::RenewLease(api::RenewLeaseRequest { id: checked_id("id", id)? });
         self.inner
             .call("renew_lease", CallKind::Write, message, |replica, request| async move {
-                let unary = |mut client: QuartermasterClient<Channel>, request| async move { client.renew_lease(request).await };
-                replica.write(request, PipelinedRequest::RenewLease, unary).await
+                replica.write(request).await
             })
             .await
     }

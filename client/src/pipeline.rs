@@ -65,7 +65,8 @@ impl PipelineSlot {
     /// The open pipeline, opening one if there is none (or the last broke).
     /// `Ok(None)`: the replica does not support it; use the unary call.
     /// `Err`: the stream could not be opened, as a unary call would fail.
-    pub(crate) async fn get_or_open(&self, client: QuartermasterClient<Channel>) -> Result<Option<Arc<Pipeline>>, Status> {
+    /// `client` makes the stub to open it on, only when one is opened.
+    pub(crate) async fn get_or_open(&self, client: impl FnOnce() -> QuartermasterClient<Channel>) -> Result<Option<Arc<Pipeline>>, Status> {
         if let Some(current) = self.current() {
             return Ok(current);
         }
@@ -73,7 +74,7 @@ impl PipelineSlot {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        match Pipeline::open(client).await {
+        match Pipeline::open(client()).await {
             Ok(pipeline) => {
                 *self.lock() = SlotState::Open(pipeline.clone());
                 Ok(Some(pipeline))

@@ -6,7 +6,6 @@
 //! up to [`REPLICAS_MAX`]. Locks are held only to read or change the list,
 //! never across an await.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,22 +43,21 @@ impl Replica {
     }
 
     /// An allocate, release or renew: on the replica's pipeline stream when
-    /// this client pipelines and the replica supports it, else as `unary`.
-    pub(crate) async fn write<Message, Answer>(
-        &self,
-        request: Request<Message>,
-        pipelined: fn(Message) -> PipelinedRequest,
-        unary: impl FnOnce(QuartermasterClient<Channel>, Request<Message>) -> Answer,
-    ) -> Result<Response<AllocationReply>, Status>
-    where
-        Answer: Future<Output = Result<Response<AllocationReply>, Status>>,
-    {
+    /// this client pipelines and the replica supports it, else as its own
+    /// call (with the request's metadata, its deadline among them).
+    pub(crate) async fn write(&self, request: Request<PipelinedRequest>) -> Result<Response<AllocationReply>, Status> {
         if let Some(slot) = &self.pipeline {
-            if let Some(pipeline) = slot.get_or_open(self.client()).await? {
-                return pipeline.call(pipelined(request.into_inner())).await.map(Response::new);
+            if let Some(pipeline) = slot.get_or_open(|| self.client()).await? {
+                return pipeline.call(request.into_inner()).await.map(Response::new);
             }
         }
-        unary(self.client(), request).await
+        let (metadata, extensions, call) = request.into_parts();
+        let mut client = self.client();
+        match call {
+            PipelinedRequest::Allocate(message) => client.allocate(Request::from_parts(metadata, extensions, message)).await,
+            PipelinedRequest::Release(message) => client.release(Request::from_parts(metadata, extensions, message)).await,
+            PipelinedRequest::RenewLease(message) => client.renew_lease(Request::from_parts(metadata, extensions, message)).await,
+        }
     }
 }
 

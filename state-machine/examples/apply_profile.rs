@@ -73,15 +73,15 @@ fn main() {
     for n in 0..pairs {
         // A millisecond per pair, as the clock moves in a real run.
         let now_ms = T0 + n as u64;
-        // `apply_owned_into_history`, as a replica applies its log.
-        let allocated = table.apply_owned_into_history(StampedCommand::new(now_ms, Command::Allocate(allocation(n))));
+        // `apply_into_history`, as a replica applies its log.
+        let allocated = table.apply_into_history(StampedCommand::new(now_ms, Command::Allocate(allocation(n))));
         let id = allocated
             .as_ref()
             .ok()
             .and_then(|response| response.request())
             .map(|record| record.allocation_id)
             .expect("placed");
-        let released = table.apply_owned_into_history(StampedCommand::new(now_ms, Command::Release { id }));
+        let released = table.apply_into_history(StampedCommand::new(now_ms, Command::Release { id }));
         assert!(released.is_ok(), "{released:?}");
     }
     let elapsed = started.elapsed();

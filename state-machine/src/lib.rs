@@ -10,8 +10,7 @@
 //!  ResourceRequest (JSON) ──validate──▶ AllocationRequest ──▶ Command::Allocate
 //!                                                                │ (Raft log)
 //!  StampedCommand { now_ms, command } ──▶ AllocationTable::apply ──▶ Applied { result, events }
-//!                                      (apply_into_history: the result; events stay in the history;
-//!                                       apply_owned_into_history: the same, taking the command)
+//!                                      (apply_into_history: the result, taking the command; events stay in the history)
 //!                                            │
 //!                     providers ─ units ─ queue ─ leases ─ event history
 //! ```

@@ -83,19 +83,8 @@ pub fn serve(node: Arc<Node>, guard: Guard, caller: Caller, mut calls: Streaming
 
 /// Runs one call as its unary twin would and wraps the outcome.
 async fn answer(node: &Node, guard: Guard, caller: &Caller, call: PipelinedCall) -> PipelinedReply {
-    let outcome: Result<AllocationReply, Status> = match call.call {
-        Some(PipelinedRequest::Allocate(request)) => match guard.authorize(caller, Call::Allocate) {
-            Ok(()) => requests::allocate(node, caller, request).await,
-            Err(refused) => Err(refused),
-        },
-        Some(PipelinedRequest::Release(request)) => match guard.authorize(caller, Call::Release) {
-            Ok(()) => requests::release(node, caller, request).await,
-            Err(refused) => Err(refused),
-        },
-        Some(PipelinedRequest::RenewLease(request)) => match guard.authorize(caller, Call::RenewLease) {
-            Ok(()) => requests::renew_lease(node, caller, request).await,
-            Err(refused) => Err(refused),
-        },
+    let outcome = match call.call {
+        Some(request) => run(node, guard, caller, request).await,
         None => Err(invalid_argument(&InvalidArgument::new(
             "call",
             "is required: one of allocate, release, renew_lease",
@@ -107,6 +96,24 @@ async fn answer(node: &Node, guard: Guard, caller: &Caller, call: PipelinedCall)
             Ok(reply) => Outcome::Reply(reply),
             Err(status) => Outcome::Status(call_status(&status)),
         }),
+    }
+}
+
+/// Authorizes the call as itself, then runs the unary call's function.
+async fn run(node: &Node, guard: Guard, caller: &Caller, request: PipelinedRequest) -> Result<AllocationReply, Status> {
+    match request {
+        PipelinedRequest::Allocate(request) => {
+            guard.authorize(caller, Call::Allocate)?;
+            requests::allocate(node, caller, request).await
+        }
+        PipelinedRequest::Release(request) => {
+            guard.authorize(caller, Call::Release)?;
+            requests::release(node, caller, request).await
+        }
+        PipelinedRequest::RenewLease(request) => {
+            guard.authorize(caller, Call::RenewLease)?;
+            requests::renew_lease(node, caller, request).await
+        }
     }
 }
 

@@ -259,7 +259,7 @@ impl StateMachineStore {
                 batch
                     .commands
                     .into_iter()
-                    .map(|command| state.table.apply_owned_into_history(command))
+                    .map(|command| state.table.apply_into_history(command))
                     .collect(),
             ),
             EntryPayload::Membership(membership) => {

@@ -106,23 +106,15 @@ impl AllocationTable {
         Applied { result, events }
     }
 
-    /// [`Self::apply`] without the copy of the events: they go to the history
-    /// only, where watchers read them ([`Self::events_from`]). What a replica
-    /// applies its log with: copying every event of every command only to
-    /// drop the copy was a measurable share of a replica's CPU.
-    pub fn apply_into_history(&mut self, entry: &StampedCommand) -> ApplyResult {
-        let result = self.run(entry.now_ms, Cow::Borrowed(&entry.command));
-        self.retire_pending_events();
-        result
-    }
-
-    /// [`Self::apply_into_history`] of a command the caller no longer needs,
-    /// as a replica's log entries are once applied: a new request's record
-    /// takes the request itself instead of a deep copy of it (its strings
-    /// and vectors, about half a dozen allocations per allocate on every
-    /// replica). The result and the table are exactly those of the borrowing
-    /// form.
-    pub fn apply_owned_into_history(&mut self, entry: StampedCommand) -> ApplyResult {
+    /// [`Self::apply`] as a replica applies its log: without the copy of the
+    /// events (they go to the history only, where watchers read them,
+    /// [`Self::events_from`]; copying every event of every command only to
+    /// drop the copy was a measurable share of a replica's CPU), and taking
+    /// the command, which the replica no longer needs once applied, so a new
+    /// request's record takes the request itself instead of a deep copy (its
+    /// strings and vectors, about half a dozen allocations per allocate). The
+    /// result and the table are exactly those of [`Self::apply`].
+    pub fn apply_into_history(&mut self, entry: StampedCommand) -> ApplyResult {
         let result = self.run(entry.now_ms, Cow::Owned(entry.command));
         self.retire_pending_events();
         result
