@@ -36,8 +36,10 @@
 //! So the background flusher is turned off (`flush_every_ms(None)`) and every
 //! durable point is explicit:
 //!
-//! * **append**: all entries of one call are written as one atomic sled batch,
-//!   then flushed once (group commit), and only then is openraft's
+//! * **append**: all entries of one call are written atomically (one entry:
+//!   one sled insert; several: one sled batch, see
+//!   [`log_store`](self::log_store) for why not always a batch), then flushed
+//!   once (group commit), and only then is openraft's
 //!   `LogFlushed` callback fired. Firing it before the flush (as some
 //!   published examples do) lets the leader count an entry towards a quorum
 //!   that a crash can still erase.
