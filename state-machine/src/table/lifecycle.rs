@@ -408,7 +408,7 @@ impl AllocationTable {
         }
         self.index
             .allocation_to_request
-            .get(&id)
+            .get(id)
             .copied()
             .ok_or(CommandError::NotFound { id })
     }

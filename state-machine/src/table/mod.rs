@@ -1,7 +1,7 @@
 //! The allocation table: providers, requests, the queue and the event history.
 //!
 //! Only `config`, the counters, `providers`, `requests` and `history` are
-//! state; everything in [`Indexes`] is derived from them, skipped by the
+//! state; everything in `Indexes` is derived from them, skipped by the
 //! snapshot and rebuilt on restore. Every mutation of a request goes through
 //! `AllocationTable::take_record` / `AllocationTable::put_record`, which
 //! keep the state indexes in step with the record's state; a request's ids
@@ -19,6 +19,8 @@
 //! [`Command::Tick`] rejects), and a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
 
+mod id_hash_map;
+mod id_key;
 mod indexes;
 mod lifecycle;
 mod placement;
@@ -41,7 +43,7 @@ use crate::provider::Provider;
 use crate::record::RequestRecord;
 use record_map::RecordMap;
 
-pub use indexes::Indexes;
+pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 

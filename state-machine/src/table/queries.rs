@@ -89,10 +89,10 @@ impl AllocationTable {
                 Box::new(
                     requesters
                         .filter(move |(requester, _)| wanted.is_none_or(|wanted| wanted == *requester))
-                        .flat_map(|(_, ids)| ids.iter().copied()),
+                        .flat_map(|(_, ids)| ids.iter().map(|id| id.uuid())),
                 )
             }
-            (None, None) => Box::new(self.requests.keys().copied()),
+            (None, None) => Box::new(self.requests.keys()),
         };
         let mut found: Vec<&RequestRecord> = ids.map(|id| self.requests[&id].as_ref()).filter(matches).collect();
         found.sort_by_key(|record| record.request.request_id);

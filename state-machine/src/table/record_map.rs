@@ -26,6 +26,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+use super::id_key::IdKey;
 use crate::record::RequestRecord;
 
 /// Ids are sharded by this many leading bits: 1,024 shards, so a shard of a
@@ -41,7 +42,13 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// Entries reserved before reading a map, whatever length a snapshot claims.
 const PREALLOCATED_ENTRIES_MAX: usize = 1 << 16;
 
-type Shard = BTreeMap<Uuid, Arc<RequestRecord>>;
+/// Keyed by [`IdKey`], which orders as the `Uuid` does (so the walk and the
+/// encoding are unchanged) with an integer comparison instead of `memcmp`:
+/// the ten or so look-ups, inserts and removes of an allocate+release pair
+/// (look up, take out, put back, answer, evict) cost 449 instructions more
+/// per pair with `Uuid` keys (30,939 against 30,490 in
+/// `examples/apply_profile.rs`, 100,000 requests remembered).
+type Shard = BTreeMap<IdKey, Arc<RequestRecord>>;
 
 /// Requests by id, ordered by id. Cloning copies one pointer per shard.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,8 +57,8 @@ pub(crate) struct RecordMap {
     len: usize,
 }
 
-fn shard_of(id: &Uuid) -> usize {
-    (id.as_u128() >> (128 - SHARD_BITS)) as usize
+fn shard_of(id: IdKey) -> usize {
+    id.leading_bits(SHARD_BITS)
 }
 
 impl Default for RecordMap {
@@ -72,20 +79,23 @@ impl RecordMap {
     }
 
     pub(crate) fn get(&self, id: &Uuid) -> Option<&Arc<RequestRecord>> {
-        self.shards[shard_of(id)].get(id)
+        let key = IdKey::from(*id);
+        self.shards[shard_of(key)].get(&key)
     }
 
     pub(crate) fn contains_key(&self, id: &Uuid) -> bool {
-        self.shards[shard_of(id)].contains_key(id)
+        let key = IdKey::from(*id);
+        self.shards[shard_of(key)].contains_key(&key)
     }
 
-    /// The shard of `id`, copied first if a snapshot copy still shares it.
-    fn shard_mut(&mut self, id: &Uuid) -> &mut Shard {
-        Arc::make_mut(&mut self.shards[shard_of(id)])
+    /// The shard of `key`, copied first if a snapshot copy still shares it.
+    fn shard_mut(&mut self, key: IdKey) -> &mut Shard {
+        Arc::make_mut(&mut self.shards[shard_of(key)])
     }
 
     pub(crate) fn insert(&mut self, id: Uuid, record: Arc<RequestRecord>) -> Option<Arc<RequestRecord>> {
-        let previous = self.shard_mut(&id).insert(id, record);
+        let key = IdKey::from(id);
+        let previous = self.shard_mut(key).insert(key, record);
         if previous.is_none() {
             self.len += 1;
         }
@@ -93,12 +103,13 @@ impl RecordMap {
     }
 
     pub(crate) fn remove(&mut self, id: &Uuid) -> Option<Arc<RequestRecord>> {
-        let shard = &mut self.shards[shard_of(id)];
+        let key = IdKey::from(*id);
+        let shard = &mut self.shards[shard_of(key)];
         // Shared with a copy: copied only if there is something to remove.
-        if Arc::get_mut(shard).is_none() && !shard.contains_key(id) {
+        if Arc::get_mut(shard).is_none() && !shard.contains_key(&key) {
             return None;
         }
-        let removed = Arc::make_mut(shard).remove(id);
+        let removed = Arc::make_mut(shard).remove(&key);
         if removed.is_some() {
             self.len -= 1;
         }
@@ -106,11 +117,13 @@ impl RecordMap {
     }
 
     /// Every entry, in id order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Uuid, &Arc<RequestRecord>)> + '_ {
-        self.shards.iter().flat_map(|shard| shard.iter())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Uuid, &Arc<RequestRecord>)> + '_ {
+        self.shards
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(id, record)| (id.uuid(), record)))
     }
 
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &Uuid> + '_ {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = Uuid> + '_ {
         self.iter().map(|(id, _)| id)
     }
 
@@ -122,13 +135,13 @@ impl RecordMap {
     /// them): each shard is built at once from its run of entries.
     fn from_sorted(entries: Vec<(Uuid, Arc<RequestRecord>)>) -> RecordMap {
         let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::new()).collect();
-        let mut entries = entries.into_iter().peekable();
+        let mut entries = entries.into_iter().map(|(id, record)| (IdKey::from(id), record)).peekable();
         while let Some(&(first, _)) = entries.peek() {
-            let shard = shard_of(&first);
+            let shard = shard_of(first);
             // Sorted input puts a shard's entries in one run; collecting a
             // sorted run builds the tree in one pass, and a repeated key
             // keeps its last value, as inserting would.
-            shards[shard] = std::iter::from_fn(|| entries.next_if(|(id, _)| shard_of(id) == shard)).collect();
+            shards[shard] = std::iter::from_fn(|| entries.next_if(|(id, _)| shard_of(*id) == shard)).collect();
         }
         let len = shards.iter().map(Shard::len).sum();
         RecordMap {
@@ -157,7 +170,7 @@ impl Serialize for RecordMap {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.len))?;
         for (id, record) in self.iter() {
-            map.serialize_entry(id, record)?;
+            map.serialize_entry(&id, record)?;
         }
         map.end()
     }
@@ -265,7 +278,7 @@ mod tests {
             map.insert(*id, record(n as u128));
             tree.insert(*id, record(n as u128));
         }
-        assert_eq!(tree.keys().collect::<Vec<_>>(), map.keys().collect::<Vec<_>>());
+        assert_eq!(tree.keys().copied().collect::<Vec<_>>(), map.keys().collect::<Vec<_>>());
 
         let config = bincode::config::standard();
         let bytes = bincode::serde::encode_to_vec(&map, config).unwrap();
