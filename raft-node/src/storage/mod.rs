@@ -38,7 +38,7 @@
 //!
 //! * **append**: all entries of one call are written atomically (one entry:
 //!   one sled insert; several: one sled batch, see
-//!   [`log_store`](self::log_store) for why not always a batch), then flushed
+//!   [`log_store`] for why not always a batch), then flushed
 //!   once (group commit), and only then is openraft's
 //!   `LogFlushed` callback fired. Firing it before the flush (as some
 //!   published examples do) lets the leader count an entry towards a quorum
