@@ -146,24 +146,26 @@ impl LogStore {
     /// (BENCHMARKS.md, finding 18): 2.8 writes per flush on a follower
     /// before, 2.0 after.
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry>) -> sled::Result<usize> {
-        let mut encoded: Vec<([u8; 8], Vec<u8>)> = Vec::new();
+        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            if let Some((previous, _)) = encoded.last() {
-                assert_eq!(index, u64::from_be_bytes(*previous) + 1, "openraft appends consecutive entries");
+            if let Some(&(previous, _)) = encoded.last() {
+                assert_eq!(index, previous + 1, "openraft appends consecutive entries");
             }
-            encoded.push((index.to_be_bytes(), codec::encode(&entry)));
+            encoded.push((index, codec::encode(&entry)));
         }
         let count = encoded.len();
-        if count == 1 {
-            let (key, value) = encoded.pop().expect("one entry");
-            self.reader.log.insert(key, value)?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, value) in encoded {
-                batch.insert(&key, value);
+        match <[_; 1]>::try_from(encoded) {
+            Ok([(index, value)]) => {
+                self.reader.log.insert(index.to_be_bytes(), value)?;
             }
-            self.reader.log.apply_batch(batch)?;
+            Err(several) => {
+                let mut batch = sled::Batch::default();
+                for (index, value) in several {
+                    batch.insert(&index.to_be_bytes(), value);
+                }
+                self.reader.log.apply_batch(batch)?;
+            }
         }
         Ok(count)
     }
