@@ -93,7 +93,7 @@ build() {
   echo "building qm-node and qm ($PROFILE)..." >&2
   local flag=()
   [ "$PROFILE" = release ] && flag=(--release)
-  (cd "$ROOT" && cargo build "${flag[@]}" -p qm-raft-node -p qm-client --bins) >&2
+  (cd "$ROOT" && cargo build "${flag[@]}" -p qm-raft-node -p qm-cli --bins) >&2
 }
 
 start_node() {

@@ -471,7 +471,12 @@ impl ClientInner {
             let hinted_retry = std::mem::take(&mut retrying_hinted);
             let delay = match failure {
                 Failure::Final(error) => return Err(final_error(kind, maybe_applied, error)),
-                Failure::NotLeader { leader_addr, leader_id } => {
+                Failure::NotLeader {
+                    leader_addr,
+                    leader_id,
+                    maybe_applied: maybe,
+                } => {
+                    maybe_applied |= maybe;
                     let hinted = leader_addr.as_deref().and_then(|addr| self.replicas.index_of_or_add(addr));
                     match hinted.filter(|hinted| *hinted != target) {
                         Some(hinted) if !failed.contains(&hinted) && redirects < REDIRECTS_MAX => {

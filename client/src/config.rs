@@ -78,6 +78,12 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl From<crate::tls::TlsConfigError> for ConfigError {
+    fn from(error: crate::tls::TlsConfigError) -> Self {
+        ConfigError::new(error.field, error.reason)
+    }
+}
+
 impl ConfigError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {

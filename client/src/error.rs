@@ -6,7 +6,8 @@
 //! allocation is resolved by sending the same request again (same
 //! `request_id`) or by reading it back with `get`.
 
-use crate::convert::ConvertError;
+use qm_api::wire::ConflictKind;
+use qm_api::ConvertError;
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +59,6 @@ pub enum Error {
     /// The server's answer does not decode: a bug or a version mismatch.
     #[error(transparent)]
     MalformedReply(#[from] ConvertError),
-}
-
-/// Which refusal a [`Error::Conflict`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConflictKind {
-    /// The `request_id` was already used for a different request.
-    AlreadyExists,
-    /// The resource is in use, the allocation is not active, has no lease,
-    /// or is placed on another provider.
-    FailedPrecondition,
 }
 
 impl Error {

@@ -1,39 +1,31 @@
 //! [`Failure`]: what a failed attempt on one replica means for the call.
 //!
-//! The server's conventions (see `proto/quartermaster.proto`): a follower
-//! answers a write or a linearizable read with `UNAVAILABLE`, message
-//! `not the leader ...` and the leader's address in `x-qm-leader-addr` when
-//! it knows one, `no leader is known ...` when it does not. Bad input is `INVALID_ARGUMENT` naming the field in
-//! `x-qm-field`. A write whose commit the server could not see in time is
-//! `DEADLINE_EXCEEDED` or `UNAVAILABLE`: its outcome is unknown.
+//! A replica's typed answers are decoded by `qm_api::wire` (a header names
+//! each, never the message text): `not-leader` (nothing happened; the leader
+//! when known), `outcome-unknown` (the write was in the replica's log when it
+//! stopped leading), bad input, not found, a conflict. Any other status (a
+//! deadline, a replica stopping, a broken connection) says nothing certain
+//! about a write behind it, except a connection that could not be opened.
 
 use std::error::Error as _;
 
+use qm_api::wire::{Leader, WireError};
 use tonic::{Code, Status};
 
-use crate::error::{ConflictKind, Error};
-
-/// Metadata key of the leader's `host:port` on a NotLeader answer.
-pub const LEADER_ADDR_HEADER: &str = "x-qm-leader-addr";
-/// Metadata key of the leader's node id on a NotLeader answer.
-pub const LEADER_ID_HEADER: &str = "x-qm-leader-id";
-/// Metadata key of the bad field on an `INVALID_ARGUMENT` answer.
-pub const FIELD_HEADER: &str = "x-qm-field";
-/// How a NotLeader answer's message starts: "not the leader ..." with a
-/// leader hint, "no leader is known ..." (qm-node) or "not the leader ..."
-/// without one. Such an answer means the call did nothing: the replica
-/// refused it before proposing, or (openraft's `ForwardToLeader` on a pending
-/// write) its entry was truncated by a new leader and can never commit.
-pub const NOT_LEADER_PREFIXES: [&str; 2] = ["not the leader", "no leader is known"];
+use crate::error::Error;
 
 /// One failed attempt, classified.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// A replica that is not the leader refused the call before doing
-    /// anything; the leader is at `leader_addr` if it knows one.
+    /// A replica that is not the leader did not carry the call out; the
+    /// leader is at `leader_addr` if it knows one. `maybe_applied` when the
+    /// write was already in its log as it stopped leading (the replica's
+    /// `outcome-unknown`): a replica that holds the entry may still commit
+    /// it. Without it, the replica refused the call before proposing it.
     NotLeader {
         leader_addr: Option<String>,
         leader_id: Option<String>,
+        maybe_applied: bool,
     },
     /// The replica or the path to it failed; another replica may serve the
     /// call. `maybe_applied` is false only when the call provably did not
@@ -52,23 +44,15 @@ pub(crate) enum Failure {
 
 impl Failure {
     pub(crate) fn from_status(status: &Status) -> Failure {
-        let message = status.message().to_owned();
+        if let Some(error) = WireError::from_status(status) {
+            return Failure::from_wire(error);
+        }
         match status.code() {
-            Code::Unavailable => {
-                let leader_addr = metadata(status, LEADER_ADDR_HEADER);
-                if leader_addr.is_some() || NOT_LEADER_PREFIXES.iter().any(|prefix| message.starts_with(prefix)) {
-                    return Failure::NotLeader {
-                        leader_addr,
-                        leader_id: metadata(status, LEADER_ID_HEADER),
-                    };
-                }
-                let maybe_applied = !is_connect_error(status);
-                Failure::Retryable {
-                    maybe_applied,
-                    unreachable: is_local(status),
-                    cause: describe(status),
-                }
-            }
+            Code::Unavailable => Failure::Retryable {
+                maybe_applied: !is_connect_error(status),
+                unreachable: is_local(status),
+                cause: describe(status),
+            },
             Code::DeadlineExceeded | Code::Cancelled => Failure::Retryable {
                 maybe_applied: true,
                 unreachable: is_local(status),
@@ -81,36 +65,30 @@ impl Failure {
                 unreachable: true,
                 cause: describe(status),
             },
-            Code::InvalidArgument => Failure::Final(invalid_argument(status)),
-            Code::NotFound => Failure::Final(Error::NotFound { message }),
-            Code::AlreadyExists => Failure::Final(Error::Conflict {
-                kind: ConflictKind::AlreadyExists,
-                message,
+            code => Failure::Final(Error::Server {
+                code,
+                message: status.message().to_owned(),
             }),
-            Code::FailedPrecondition => Failure::Final(Error::Conflict {
-                kind: ConflictKind::FailedPrecondition,
-                message,
-            }),
-            code => Failure::Final(Error::Server { code, message }),
         }
     }
-}
 
-/// `invalid <field>: <reason>`, with the field from `x-qm-field` when given.
-fn invalid_argument(status: &Status) -> Error {
-    let message = status.message();
-    let parsed = message.strip_prefix("invalid ").and_then(|rest| rest.split_once(": "));
-    match (metadata(status, FIELD_HEADER), parsed) {
-        (Some(field), Some((named, reason))) if named == field => Error::invalid(field, reason),
-        (Some(field), _) => Error::invalid(field, message),
-        (None, Some((field, reason))) => Error::invalid(field, reason),
-        (None, None) => Error::invalid("request", message),
+    fn from_wire(error: WireError) -> Failure {
+        let redirect = |leader: Option<Leader>, maybe_applied| {
+            let (leader_id, leader_addr) = leader.map(|leader| (leader.id.to_string(), leader.addr)).unzip();
+            Failure::NotLeader {
+                leader_addr,
+                leader_id,
+                maybe_applied,
+            }
+        };
+        match error {
+            WireError::NotLeader { leader } => redirect(leader, false),
+            WireError::OutcomeUnknown { leader, .. } => redirect(leader, true),
+            WireError::InvalidArgument { field, reason } => Failure::Final(Error::InvalidArgument { field, reason }),
+            WireError::NotFound { message } => Failure::Final(Error::NotFound { message }),
+            WireError::Conflict { kind, message } => Failure::Final(Error::Conflict { kind, message }),
+        }
     }
-}
-
-fn metadata(status: &Status, key: &str) -> Option<String> {
-    let value = status.metadata().get(key)?.to_str().ok()?.trim();
-    (!value.is_empty()).then(|| value.to_owned())
 }
 
 /// Made up by the client from a transport error, not sent by the server:
@@ -148,42 +126,38 @@ fn describe(status: &Status) -> String {
 
 #[cfg(test)]
 mod tests {
-    use tonic::metadata::MetadataValue;
-
     use super::*;
 
-    fn with_metadata(mut status: Status, entries: &[(&'static str, &str)]) -> Status {
-        for (key, value) in entries {
-            status.metadata_mut().insert(*key, MetadataValue::try_from(*value).unwrap());
-        }
-        status
+    fn leader_2() -> Option<Leader> {
+        Some(Leader {
+            id: 2,
+            addr: "127.0.0.1:7102".to_owned(),
+        })
     }
 
     #[test]
     fn a_redirect_names_the_leader() {
-        let status = with_metadata(
-            Status::unavailable("not the leader; the leader is node 2"),
-            &[(LEADER_ADDR_HEADER, "127.0.0.1:7102"), (LEADER_ID_HEADER, "2")],
-        );
+        let status = WireError::NotLeader { leader: leader_2() }.to_status();
 
         let failure = Failure::from_status(&status);
 
         assert!(
-            matches!(&failure, Failure::NotLeader { leader_addr: Some(addr), leader_id: Some(id) } if addr == "127.0.0.1:7102" && id == "2"),
+            matches!(&failure, Failure::NotLeader { leader_addr: Some(addr), leader_id: Some(id), maybe_applied: false } if addr == "127.0.0.1:7102" && id == "2"),
             "{failure:?}"
         );
     }
 
     #[test]
     fn no_known_leader_is_a_redirect_without_hint() {
-        let failure = Failure::from_status(&Status::unavailable("not the leader, and no leader is known"));
+        let failure = Failure::from_status(&WireError::NotLeader { leader: None }.to_status());
 
         assert!(
             matches!(
                 failure,
                 Failure::NotLeader {
                     leader_addr: None,
-                    leader_id: None
+                    leader_id: None,
+                    maybe_applied: false
                 }
             ),
             "{failure:?}"
@@ -191,21 +165,28 @@ mod tests {
     }
 
     #[test]
-    fn qm_nodes_no_leader_answer_is_a_redirect_without_hint() {
-        let status = Status::unavailable("no leader is known right now (election in progress or no quorum); retry shortly");
+    fn a_lost_leadership_is_a_redirect_after_which_the_write_may_have_happened() {
+        let status = WireError::OutcomeUnknown {
+            leader: leader_2(),
+            reason: "outcome unknown: in the log when leadership was lost".to_owned(),
+        }
+        .to_status();
 
         let failure = Failure::from_status(&status);
 
         assert!(
-            matches!(
-                failure,
-                Failure::NotLeader {
-                    leader_addr: None,
-                    leader_id: None
-                }
-            ),
+            matches!(&failure, Failure::NotLeader { leader_addr: Some(addr), maybe_applied: true, .. } if addr == "127.0.0.1:7102"),
             "{failure:?}"
         );
+    }
+
+    #[test]
+    fn a_not_leader_message_without_its_header_is_no_redirect() {
+        // Recognised by the header only: a reworded or foreign message must
+        // not be taken for "nothing happened".
+        let failure = Failure::from_status(&Status::unavailable("not the leader; the leader is node 2"));
+
+        assert!(matches!(failure, Failure::Retryable { maybe_applied: true, .. }), "{failure:?}");
     }
 
     #[test]
@@ -247,11 +228,8 @@ mod tests {
     }
 
     #[test]
-    fn invalid_argument_names_the_field_from_metadata() {
-        let status = with_metadata(
-            Status::invalid_argument("invalid resource_requirements.cpu_cores: must be positive, got -1"),
-            &[(FIELD_HEADER, "resource_requirements.cpu_cores")],
-        );
+    fn invalid_argument_names_the_field() {
+        let status = WireError::invalid("resource_requirements.cpu_cores", "must be positive, got -1").to_status();
 
         let Failure::Final(Error::InvalidArgument { field, reason }) = Failure::from_status(&status) else {
             panic!("not an InvalidArgument")
@@ -261,17 +239,6 @@ mod tests {
             ("resource_requirements.cpu_cores", "must be positive, got -1"),
             (field.as_str(), reason.as_str())
         );
-    }
-
-    #[test]
-    fn invalid_argument_without_metadata_parses_the_message() {
-        let Failure::Final(Error::InvalidArgument { field, reason }) =
-            Failure::from_status(&Status::invalid_argument("invalid priority: is required"))
-        else {
-            panic!("not an InvalidArgument")
-        };
-
-        assert_eq!(("priority", "is required"), (field.as_str(), reason.as_str()));
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! and the heartbeat loop. Tests that only add to the table share one
 //! cluster ([`shared_cluster`]), each under its own provider id.
 
-mod support;
-
 use std::time::Duration;
 
 use qm_client::{ConflictKind, Consistency, Error};
-use support::{bounded, client_for, dead_endpoints, eventually, registration, request, request_on, shared_cluster, TestCluster};
+use qm_testkit::test_cluster::{
+    bounded, client_for, dead_endpoints, eventually, registration, request, request_on, shared_cluster, TestCluster,
+};
 use uuid::Uuid;
 
 #[tokio::test]

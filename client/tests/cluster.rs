@@ -4,8 +4,6 @@
 //! tasks surviving a leader kill with nothing lost and nothing held twice.
 //! The binary comes from `cargo build --workspace --bins`.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant};
 use qm_client::proto::api::{self, AllocationReply};
 use qm_client::{Client, ClientConfig, Consistency, Error};
 use qm_state_machine::ResourceRequest;
-use support::{bounded, client_for, dead_endpoints, registration, request, TestCluster};
+use qm_testkit::test_cluster::{bounded, client_for, dead_endpoints, registration, request, TestCluster};
 
 #[tokio::test]
 async fn an_acknowledged_allocation_survives_killing_the_leader_and_the_next_call_waits_out_the_election() {
@@ -151,7 +149,7 @@ async fn no_leader_anywhere_is_unavailable_not_unknown_and_stale_reads_still_wor
 #[tokio::test]
 async fn a_write_the_leader_cannot_commit_is_unknown_and_a_retry_with_its_id_settles_it_once() {
     bounded(async {
-        let mut args = support::QUIET_PROVIDERS.to_vec();
+        let mut args = qm_testkit::test_cluster::QUIET_PROVIDERS.to_vec();
         args.extend(["--request-timeout-ms", "1000"]);
         let cluster = TestCluster::start_with(3, &args);
         let leader = cluster.wait_for_leader().await;
@@ -284,7 +282,7 @@ async fn allocations_from_several_tasks_survive_a_leader_kill_without_loss_or_do
             .collect();
 
         // --- kill -9 the leader in the middle of the stream
-        support::eventually(Duration::from_secs(30), "allocations before the kill", || {
+        qm_testkit::test_cluster::eventually(Duration::from_secs(30), "allocations before the kill", || {
             acknowledged.load(Ordering::SeqCst) >= ACKNOWLEDGED_BEFORE_KILL
         })
         .await;

@@ -5,15 +5,13 @@
 //! Everything else the client does is tested against real `qm-node`
 //! replicas in `cluster.rs`, `calls.rs`, `watch.rs` and `cli.rs`.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
 use qm_client::{Client, ClientConfig, Consistency, Error};
 use qm_state_machine::Command;
-use support::fake::FakeCluster;
-use support::{bounded, registration, request};
+use qm_testkit::fake::FakeCluster;
+use qm_testkit::test_cluster::{bounded, registration, request};
 
 /// Quick backoff; attempt timeouts long enough that a loaded machine never
 /// turns a slow answer into a failover, which would change the call counts.

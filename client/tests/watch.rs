@@ -2,15 +2,13 @@
 //! another replica when the one serving it is killed or paused, with every
 //! revision once and in order, the same events the table's history holds.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use qm_client::proto::api::EventMessage;
 use qm_client::{Client, ClientConfig, Consistency, Error, WatchStream};
 use qm_state_machine::ResourceRequest;
-use support::{bounded, dead_endpoints, registration, request, TestCluster};
+use qm_testkit::test_cluster::{bounded, dead_endpoints, registration, request, TestCluster};
 
 /// How long a watch may go without its next event while it fails over:
 /// keepalive notices a paused replica within about 1 s + attempt_timeout_ms,

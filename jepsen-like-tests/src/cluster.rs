@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use qm_client::{Client, ClientConfig};
-use qm_raft_node::local_cluster::{free_addr_on, LocalCluster, ReplicaAddrs};
+use qm_testkit::local_cluster::{free_addr_on, LocalCluster, ReplicaAddrs};
 
 use crate::config::{RunConfig, REPLICA_ID_MAX};
 use crate::credentials::Credentials;

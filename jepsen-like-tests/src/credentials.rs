@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use qm_client::tls::authority::{file_stem, CA_CERT_FILE, HOSTS_MAX};
-use qm_client::tls::{CertAuthority, CertError, CertSpec, Identity, Role, TlsConfig, Validity};
+use qm_ca::{file_stem, CertAuthority, CertError, CertSpec, Validity, HOSTS_MAX};
+use qm_client::tls::{Identity, Role, TlsConfig, CA_CERT_FILE};
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 
 use crate::config::{RunConfig, REPLICA_ID_MAX};

@@ -26,7 +26,7 @@ pub enum JepsenError {
         /// The role and name the certificate was for, e.g. `admin jepsen-admin`.
         holder: String,
         #[source]
-        source: qm_client::tls::CertError,
+        source: qm_ca::CertError,
     },
     /// The workload's setup (providers, units) failed.
     #[error("setup: {reason}")]

@@ -21,9 +21,8 @@
 //! * [`node`]: [`node::Node`], the shared handle: propose, read barrier, leader redirect.
 //! * [`proposer`]: batches concurrent commands into one log entry (group commit).
 //! * [`api`]: the public gRPC API.
-//! * [`local_cluster`]: real replicas on loopback, for tests and the fault-injection suite.
 //! * [`leader`]: the leader's duties: heartbeats, ticks, provider failure, fresh lease window.
-//! * [`network`]: Raft RPC between replicas.
+//! * [`network`]: Raft RPC between replicas; [`proto`]: its generated service.
 //! * [`security`]: mutual TLS, and which certificate may make which call.
 //! * [`storage`]: sled behind openraft's log and state-machine traits.
 //! * [`metrics`]: Prometheus exposition.
@@ -34,11 +33,11 @@ pub mod api;
 pub mod codec;
 pub mod config;
 pub mod leader;
-pub mod local_cluster;
 pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod proto;
 pub mod security;
 pub mod server;
 pub mod storage;

@@ -15,13 +15,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::proto::raft_server::RaftServer;
 use anyhow::Context;
 use openraft::{BasicNode, SnapshotPolicy};
-use qm_client::proto::api::quartermaster_client::QuartermasterClient;
-use qm_client::proto::api::quartermaster_server::QuartermasterServer;
-use qm_client::proto::api::ClusterStatusRequest;
-use qm_client::proto::raft::raft_server::RaftServer;
-use qm_client::proto::FILE_DESCRIPTOR_SET;
+use qm_api::proto::api::quartermaster_client::QuartermasterClient;
+use qm_api::proto::api::quartermaster_server::QuartermasterServer;
+use qm_api::proto::api::ClusterStatusRequest;
+use qm_api::proto::FILE_DESCRIPTOR_SET;
 use qm_state_machine::TableConfig;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -204,7 +204,7 @@ enum PeerProbe {
 async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64, tls: Option<&ClientTlsConfig>) -> PeerProbe {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != own_id) {
         let probe = async {
-            let channel = qm_client::tls::endpoint(addr, tls).ok()?.connect().await.ok()?;
+            let channel = qm_api::tls::endpoint(addr, tls).ok()?.connect().await.ok()?;
             let mut client = QuartermasterClient::new(channel);
             client
                 .cluster_status(ClusterStatusRequest {})

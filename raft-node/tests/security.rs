@@ -15,13 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, Vote};
+use qm_ca::{CertAuthority, CertSpec, Validity};
 use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::proto::api::*;
-use qm_client::proto::raft::raft_client::RaftClient;
-use qm_client::proto::raft::RaftMessage;
-use qm_client::tls::{CertAuthority, CertSpec, Identity, Role, TlsConfig, Validity};
-use qm_raft_node::local_cluster::LocalCluster;
+use qm_client::tls::{Identity, Role, TlsConfig};
+use qm_raft_node::proto::raft_client::RaftClient;
+use qm_raft_node::proto::RaftMessage;
 use qm_raft_node::types::TypeConfig;
+use qm_testkit::LocalCluster;
 use support::{node_binary, provider, request, QUIET_PROVIDERS, TEST_TIMEOUT};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
-use qm_client::proto::api::{AddReplicaRequest, ClusterStatusReply, Member, RemoveReplicaRequest};
+use qm_api::proto::api::{AddReplicaRequest, ClusterStatusReply, Member, RemoveReplicaRequest};
 use qm_state_machine::InvalidArgument;
 use tonic::Status;
 use tracing::info;

@@ -26,8 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use qm_client::proto::api::quartermaster_server::Quartermaster;
-use qm_client::proto::api::*;
+use qm_api::proto::api::quartermaster_server::Quartermaster;
+use qm_api::proto::api::*;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;

@@ -24,9 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use qm_client::proto::api::pipelined_call::Call as PipelinedRequest;
-use qm_client::proto::api::pipelined_reply::Outcome;
-use qm_client::proto::api::{AllocationReply, CallStatus, PipelinedCall, PipelinedReply};
+use qm_api::proto::api::pipelined_call::Call as PipelinedRequest;
+use qm_api::proto::api::pipelined_reply::Outcome;
+use qm_api::proto::api::{AllocationReply, CallStatus, PipelinedCall, PipelinedReply};
 use qm_state_machine::InvalidArgument;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use qm_client::convert;
-use qm_client::proto::api::{
+use qm_api::convert;
+use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
     ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
 };

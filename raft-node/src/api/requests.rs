@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use qm_client::convert;
-use qm_client::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
+use qm_api::convert;
+use qm_api::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
 use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
 use tonic::Status;
 use tracing::debug;

@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qm_client::convert;
-use qm_client::proto::api::{EventMessage, WatchRequest};
+use qm_api::convert;
+use qm_api::proto::api::{EventMessage, WatchRequest};
 use qm_state_machine::EventsError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,7 +35,7 @@ pub fn watch(
     node: Arc<Node>,
     caller: Caller,
     call: WatchRequest,
-) -> Result<<ApiService as qm_client::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
+) -> Result<<ApiService as qm_api::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
     let namespace = caller.namespace_for(&call.namespace)?;
     let namespace = (!namespace.is_empty()).then_some(namespace);
     let (sender, receiver) = mpsc::channel(WATCH_BUFFER_EVENTS);

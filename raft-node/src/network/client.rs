@@ -3,14 +3,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::proto::raft_client::RaftClient;
+use crate::proto::RaftMessage;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
-use qm_client::proto::raft::raft_client::RaftClient;
-use qm_client::proto::raft::RaftMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -79,7 +79,7 @@ impl PeerClient {
         if let Some(client) = &self.channel {
             return Ok(client.clone());
         }
-        let endpoint = qm_client::tls::endpoint(&self.addr, self.tls.as_ref())
+        let endpoint = qm_api::tls::endpoint(&self.addr, self.tls.as_ref())
             .map_err(|e| Unreachable::new(&std::io::Error::other(e)))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .local_address(self.local_ip)

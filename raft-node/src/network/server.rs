@@ -2,8 +2,8 @@
 //! only, when TLS is on), decode, hand to the local `Raft`, encode openraft's
 //! whole `Result` back.
 
-use qm_client::proto::raft::raft_server::Raft as RaftService;
-use qm_client::proto::raft::RaftMessage;
+use crate::proto::raft_server::Raft as RaftService;
+use crate::proto::RaftMessage;
 use tonic::{Request, Response, Status};
 
 use crate::codec;

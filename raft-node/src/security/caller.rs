@@ -7,7 +7,7 @@
 //! caller cannot learn that they do. Asking outright for another namespace
 //! or provider is `PERMISSION_DENIED`: the caller knows what it asked.
 
-use qm_client::tls::{Identity, Role};
+use qm_api::tls::{Identity, Role};
 use qm_state_machine::{Event, EventKind, RequestRecord};
 use tonic::Status;
 use tracing::warn;

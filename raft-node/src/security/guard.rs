@@ -2,7 +2,7 @@
 //! authorized (may that role make this call?), before any handler runs and
 //! long before anything could be proposed to the log.
 
-use qm_client::tls::Identity;
+use qm_api::tls::Identity;
 use tonic::{Request, Status};
 use tracing::warn;
 

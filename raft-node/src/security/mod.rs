@@ -25,7 +25,7 @@ pub mod policy;
 
 use std::time::{Duration, SystemTime};
 
-use qm_client::tls::{Identity, Role, TlsConfig};
+use qm_api::tls::{Identity, Role, TlsConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
 
 pub use caller::Caller;
@@ -60,7 +60,7 @@ pub enum TlsSetupError {
     #[error("--tls-{flag} {path}: {reason}")]
     File { flag: &'static str, path: String, reason: String },
     #[error("--tls-cert: {0}")]
-    Identity(#[from] qm_client::tls::IdentityError),
+    Identity(#[from] qm_api::tls::IdentityError),
     #[error("--tls-cert states {identity}; a replica needs a resource_manager certificate (qm certs issue --role resource_manager)")]
     NotAReplica { identity: Identity },
     #[error("--tls-cert expired; issue a new one (qm certs issue --role resource_manager)")]
@@ -124,7 +124,7 @@ impl MutualTls {
 }
 
 /// The identity and expiry of a PEM certificate.
-type OwnCertificate = (Result<Identity, qm_client::tls::IdentityError>, SystemTime);
+type OwnCertificate = (Result<Identity, qm_api::tls::IdentityError>, SystemTime);
 
 fn read_own_certificate(pem: &[u8]) -> Result<OwnCertificate, String> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|error| format!("not a PEM certificate: {error}"))?;
@@ -138,7 +138,7 @@ fn read_own_certificate(pem: &[u8]) -> Result<OwnCertificate, String> {
 mod tests {
     use std::path::Path;
 
-    use qm_client::tls::{CertAuthority, CertSpec, Validity};
+    use qm_ca::{CertAuthority, CertSpec, Validity};
 
     use super::*;
 

@@ -5,7 +5,7 @@
 //! only as the provider its certificate names, a consumer only inside its
 //! namespace (see [`Caller`](super::Caller)).
 
-use qm_client::tls::Role;
+use qm_api::tls::Role;
 
 /// One RPC, as the authorization table names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

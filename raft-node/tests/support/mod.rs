@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::proto::api::*;
-use qm_raft_node::local_cluster::LocalCluster;
+use qm_testkit::LocalCluster;
 use tonic::transport::Channel;
 use tonic::Code;
 

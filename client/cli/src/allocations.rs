@@ -1,0 +1,83 @@
+//! `qm release`, `qm renew`, `qm get`, `qm list`.
+
+use std::io::Write;
+
+use clap::{Args, ValueEnum};
+
+use super::error::CliError;
+use super::output::{print_allocation, print_allocations, OutputFormat};
+use qm_client::proto::api;
+use qm_client::{Client, Consistency};
+
+/// Which requests `qm list` shows; every filter given must match.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only this requester (requester ids are per namespace: give --namespace too).
+    #[arg(long, requires = "namespace")]
+    pub requester: Option<String>,
+    /// Only allocations placed on this provider now.
+    #[arg(long, value_name = "PROVIDER_ID")]
+    pub provider: Option<String>,
+    /// Only requests in this protocol state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateArg>,
+    /// At most this many (0: the server's maximum).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Start after this request id (paging).
+    #[arg(long, value_name = "REQUEST_ID")]
+    pub after: Option<String>,
+    /// Answer from any replica's local state, which may lag the leader.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+/// The protocol's request states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum StateArg {
+    Queued,
+    Allocation,
+    Monitoring,
+    Deallocation,
+    Idle,
+    Error,
+}
+
+impl ListArgs {
+    pub fn to_request(&self) -> api::ListRequest {
+        api::ListRequest {
+            namespace: self.namespace.clone().unwrap_or_default(),
+            requester_id: self.requester.clone().unwrap_or_default(),
+            provider_id: self.provider.clone().unwrap_or_default(),
+            state: self
+                .state
+                .and_then(|state| state.to_possible_value())
+                .map(|value| value.get_name().to_owned())
+                .unwrap_or_default(),
+            after: self.after.clone().unwrap_or_default(),
+            limit: self.limit,
+            stale: self.stale,
+        }
+    }
+}
+
+pub async fn release(client: &Client, id: &str, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    print_allocation(&client.release(id).await?, format, out)
+}
+
+pub async fn renew(client: &Client, id: &str, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    print_allocation(&client.renew_lease(id).await?, format, out)
+}
+
+pub async fn get(client: &Client, id: &str, stale: bool, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+    print_allocation(&client.get(id, consistency).await?, format, out)
+}
+
+pub async fn list(client: &Client, args: ListArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    print_allocations(&client.list(args.to_request()).await?, format, out)
+}

@@ -1,0 +1,171 @@
+//! `qm provider register|list|deregister`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use qm_state_machine::{InvalidArgument, ProviderRegistration};
+use serde::Serialize;
+
+use super::error::CliError;
+use super::input::read_document;
+use super::output::{print_json, OutputFormat};
+use super::table::Table;
+use qm_client::proto::api;
+use qm_client::{Client, Consistency};
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Register a provider (or update it) from its registration document:
+    /// {"provider_id": "node_1", "labels": {...}, "resources": [{"resource_id": "cpu_1", "kind": "cpu_cores", "capacity": 1}]}
+    Register {
+        /// The registration JSON; `-` reads it from stdin.
+        #[arg(long, short, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Every provider, its status and how much of each unit is used.
+    List {
+        /// Answer from any replica's local state, which may lag the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Remove a provider; its allocations are moved elsewhere or queued.
+    Deregister {
+        /// The provider's id.
+        provider_id: String,
+    },
+}
+
+/// `qm provider register|deregister --output json`.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct ProviderReplyJson {
+    pub provider_id: String,
+    pub status: String,
+    pub resources: u64,
+}
+
+/// One provider in `qm provider list --output json`.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct ProviderJson {
+    pub provider_id: String,
+    pub status: String,
+    pub labels: BTreeMap<String, String>,
+    pub confirms_allocations: bool,
+    pub allocations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms: Option<u64>,
+    pub resources: Vec<ResourceJson>,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+pub struct ResourceJson {
+    pub resource_id: String,
+    pub kind: String,
+    pub capacity: u64,
+    pub used: u64,
+    pub sharing: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl From<&api::ProviderInfo> for ProviderJson {
+    fn from(info: &api::ProviderInfo) -> Self {
+        ProviderJson {
+            provider_id: info.provider_id.clone(),
+            status: info.status.clone(),
+            labels: sorted(&info.labels),
+            confirms_allocations: info.confirms_allocations,
+            allocations: info.allocations,
+            last_heartbeat_ms: info.last_heartbeat_ms,
+            resources: info
+                .resources
+                .iter()
+                .map(|resource| ResourceJson {
+                    resource_id: resource.resource_id.clone(),
+                    kind: resource.kind.clone(),
+                    capacity: resource.capacity,
+                    used: resource.used,
+                    sharing: resource.sharing.clone(),
+                    labels: sorted(&resource.labels),
+                    metrics: resource.metrics.iter().map(|(name, value)| (name.clone(), *value)).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Parses a registration document, naming what is wrong with it.
+pub fn parse_registration(text: &str) -> Result<ProviderRegistration, InvalidArgument> {
+    serde_json::from_str(text).map_err(|error| InvalidArgument::new("registration", error.to_string()))
+}
+
+pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        ProviderCommand::Register { file } => {
+            let registration = parse_registration(&read_document(&file, &mut std::io::stdin())?)?;
+            print_reply(&client.register_provider(&registration).await?, format, out)
+        }
+        ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
+        ProviderCommand::List { stale } => {
+            let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
+            print_providers(&client.list_providers(consistency).await?, format, out)
+        }
+    }
+}
+
+fn print_reply(reply: &api::ProviderReply, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => print_json(
+            &ProviderReplyJson {
+                provider_id: reply.provider_id.clone(),
+                status: reply.status.clone(),
+                resources: reply.resources,
+            },
+            out,
+        ),
+        OutputFormat::Table => {
+            let mut table = Table::new(["PROVIDER", "STATUS", "RESOURCES"]);
+            table.row([&reply.provider_id, &reply.status, &reply.resources.to_string()]);
+            table.write(out)
+        }
+    }
+}
+
+fn print_providers(providers: &[api::ProviderInfo], format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    if format == OutputFormat::Json {
+        return print_json(&providers.iter().map(ProviderJson::from).collect::<Vec<_>>(), out);
+    }
+    let mut table = Table::new(["PROVIDER", "STATUS", "ALLOCATIONS", "USED/CAPACITY", "LABELS"]);
+    for provider in providers {
+        let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for resource in &provider.resources {
+            let (used, capacity) = by_kind.entry(&resource.kind).or_default();
+            *used += resource.used;
+            *capacity += resource.capacity;
+        }
+        let usage = by_kind
+            .iter()
+            .map(|(kind, (used, capacity))| format!("{kind} {used}/{capacity}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let labels = sorted(&provider.labels)
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        table.row([
+            &provider.provider_id,
+            &provider.status,
+            &provider.allocations.to_string(),
+            &usage,
+            if labels.is_empty() { "-" } else { &labels },
+        ]);
+    }
+    table.write(out)
+}
+
+fn sorted(labels: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+}

@@ -1,0 +1,392 @@
+//! Real processes for the agent tests: a `qm-node` cluster with a short
+//! provider failure window ([`Cluster`]), `qm agent` processes ([`AgentProcess`])
+//! and `qm watch` ([`WatchProcess`]), each reading its stdout into lines.
+//!
+//! Every process is started here and killed here, by its own pid (through
+//! its `Child` handle or `kill <pid>`), when the test drops it or when a
+//! watchdog finds the test still running after [`PROCESS_LIFETIME_MAX`].
+//! Traffic stays on 127.0.0.1.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qm_client::{Client, ClientConfig};
+use serde_json::Value;
+
+use crate::binaries::{cli_binary, node_binary};
+
+/// The failure window the test cluster runs with.
+pub const FAILURE_WINDOW_MS: u64 = 2_000;
+/// How often the leader checks for silent providers.
+pub const TICK_INTERVAL_MS: u64 = 100;
+/// The agents' heartbeat interval: several fit in the failure window.
+pub const AGENT_HEARTBEAT_MS: u64 = 300;
+/// Processes still running this long after they started are killed.
+pub const PROCESS_LIFETIME_MAX: Duration = Duration::from_secs(240);
+/// How long a fresh cluster may take to elect its first leader.
+pub const ELECTION_WAIT_MAX: Duration = Duration::from_secs(20);
+
+/// Processes shared with the watchdog: killed on drop or when the test hangs.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    children: Arc<Mutex<Vec<(String, Child)>>>,
+}
+
+impl Reaper {
+    pub fn new() -> Reaper {
+        let reaper = Reaper::default();
+        let children = Arc::downgrade(&reaper.children);
+        std::thread::spawn(move || {
+            std::thread::sleep(PROCESS_LIFETIME_MAX);
+            if let Some(children) = children.upgrade() {
+                eprintln!("test processes outlived {PROCESS_LIFETIME_MAX:?}; killing them");
+                kill_all(&children);
+            }
+        });
+        reaper
+    }
+
+    fn adopt(&self, name: &str, child: Child) {
+        self.children.lock().unwrap().push((name.to_owned(), child));
+    }
+
+    /// The pid of the running process called `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(named, _)| named == name)
+            .map(|(_, child)| child.id())
+    }
+
+    /// SIGKILL `name` and reap it.
+    pub fn kill(&self, name: &str) {
+        let child = self.take(name);
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM `name` (by its pid) and wait for it to exit, at most `wait`.
+    pub fn terminate(&self, name: &str, wait: Duration) -> Option<ExitStatus> {
+        let pid = self.pid(name)?;
+        let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + wait;
+        loop {
+            {
+                let mut children = self.children.lock().unwrap();
+                let position = children.iter().position(|(named, _)| named == name)?;
+                if let Some(status) = children[position].1.try_wait().unwrap() {
+                    children.remove(position);
+                    return Some(status);
+                }
+            }
+            if Instant::now() >= deadline {
+                self.kill(name);
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn take(&self, name: &str) -> Option<Child> {
+        let mut children = self.children.lock().unwrap();
+        let position = children.iter().position(|(named, _)| named == name)?;
+        Some(children.remove(position).1)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // Only the last handle kills: clones live in the cluster and agents.
+        if Arc::strong_count(&self.children) == 1 {
+            kill_all(&self.children);
+        }
+    }
+}
+
+fn kill_all(children: &Mutex<Vec<(String, Child)>>) {
+    let mut children = children.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (_, mut child) in children.drain(..) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A 3-replica cluster of real `qm-node` processes with a short failure window.
+pub struct Cluster {
+    pub reaper: Reaper,
+    pub addrs: Vec<String>,
+    /// Data, logs and inventories; kept when the test fails.
+    root: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    pub fn start(size: usize) -> Cluster {
+        let root = tempfile::Builder::new().prefix("qm-agent-test-").tempdir().unwrap();
+        let listeners: Vec<std::net::TcpListener> = (0..size).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        drop(listeners);
+        let cluster = Cluster {
+            reaper: Reaper::new(),
+            addrs,
+            root: Some(root),
+        };
+        for id in 1..=size as u64 {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.as_ref().expect("held until drop").path()
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    pub fn node_name(id: u64) -> String {
+        format!("node-{id}")
+    }
+
+    /// Starts (or restarts) replica `id` on its address and data directory.
+    pub fn start_node(&self, id: u64) {
+        let peers = self
+            .addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| format!("{}={addr}", index + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data_dir = self.root().join(Self::node_name(id));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.root().join(format!("{}.log", Self::node_name(id))))
+            .unwrap();
+        let mut command = Command::new(node_binary());
+        for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("QM_")) {
+            command.env_remove(name);
+        }
+        let child = command
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &self.addrs[(id - 1) as usize],
+                "--peers",
+                &peers,
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--provider-failure-window-ms", &FAILURE_WINDOW_MS.to_string()])
+            .args(["--tick-interval-ms", &TICK_INTERVAL_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.reaper.adopt(&Self::node_name(id), child);
+    }
+
+    pub fn kill_node(&self, id: u64) {
+        self.reaper.kill(&Self::node_name(id));
+    }
+
+    /// A client with test-sized timeouts.
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            request_timeout_ms: 5_000,
+            attempt_timeout_ms: 1_000,
+            connect_timeout_ms: 300,
+            ..ClientConfig::with_endpoints(self.addrs.clone())
+        })
+        .unwrap()
+    }
+
+    /// The leader's id, once there is one.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let client = self.client();
+        let deadline = Instant::now() + ELECTION_WAIT_MAX;
+        loop {
+            if let Ok(status) = client.cluster_status().await {
+                if let Some(leader) = status.leader_id {
+                    if client.system_state(qm_client::Consistency::Linearizable).await.is_ok() {
+                        return leader;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {ELECTION_WAIT_MAX:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes a registration document for `provider_id` with `cpus` CPU units.
+    pub fn inventory(&self, provider_id: &str, cpus: u32) -> PathBuf {
+        let resources: Vec<Value> = (1..=cpus)
+            .map(|cpu| serde_json::json!({"resource_id": format!("cpu_{cpu}"), "kind": "cpu_cores", "capacity": 1}))
+            .chain([serde_json::json!({"resource_id": "vol_1", "kind": "storage_gb", "capacity": 100})])
+            .collect();
+        let document = serde_json::json!({"labels": {"zone": provider_id}, "resources": resources});
+        let path = self.root().join(format!("{provider_id}.json"));
+        std::fs::write(&path, document.to_string()).unwrap();
+        path
+    }
+
+    /// Starts `qm agent` for `provider_id` with a declared inventory.
+    pub fn start_agent(&self, provider_id: &str, inventory: &Path) -> Lines {
+        self.spawn_qm(
+            &format!("agent-{provider_id}"),
+            &[
+                "--output",
+                "json",
+                "agent",
+                "--provider-id",
+                provider_id,
+                "--inventory",
+                &inventory.display().to_string(),
+                "--heartbeat-interval-ms",
+                &AGENT_HEARTBEAT_MS.to_string(),
+                "--confirm-retry-interval-ms",
+                "200",
+            ],
+        )
+    }
+
+    /// Starts `qm agent --from-host` for `provider_id`.
+    pub fn start_host_agent(&self, provider_id: &str) -> Lines {
+        self.spawn_qm(
+            &format!("agent-{provider_id}"),
+            &[
+                "--output",
+                "json",
+                "agent",
+                "--provider-id",
+                provider_id,
+                "--from-host",
+                "--heartbeat-interval-ms",
+                &AGENT_HEARTBEAT_MS.to_string(),
+            ],
+        )
+    }
+
+    /// Starts `qm watch --from REV`.
+    pub fn start_watch(&self, from_revision: u64) -> Lines {
+        self.spawn_qm("watch", &["watch", "--from", &from_revision.to_string()])
+    }
+
+    /// Runs `qm ARGS` to completion; returns its stdout.
+    pub fn qm(&self, args: &[&str]) -> String {
+        let output = self.qm_command(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "qm {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn qm_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(cli_binary());
+        for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("QM_")) {
+            command.env_remove(name);
+        }
+        command
+            .args(["--endpoints", &self.endpoints(), "--timeout-ms", "5000"])
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn spawn_qm(&self, name: &str, args: &[&str]) -> Lines {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.root().join(format!("{name}.log")))
+            .unwrap();
+        let mut child = self
+            .qm_command(args)
+            .env("QM_LOG", "qm_client=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let lines = Lines::read(child.stdout.take().unwrap());
+        self.reaper.adopt(name, child);
+        lines
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        kill_all(&self.reaper.children);
+        if std::thread::panicking() {
+            if let Some(root) = self.root.take() {
+                eprintln!("agent test logs and data kept in {}", root.keep().display());
+            }
+        }
+    }
+}
+
+/// A process's stdout, line by line, read by a thread as it comes.
+#[derive(Clone, Default)]
+pub struct Lines {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lines {
+    fn read(stdout: impl std::io::Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(line) => sink.lock().unwrap().push(line),
+                    Err(_) => return,
+                }
+            }
+        });
+        lines
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Every line that is a JSON object.
+    pub fn json(&self) -> Vec<Value> {
+        self.all().iter().filter_map(|line| serde_json::from_str(line).ok()).collect()
+    }
+
+    /// Waits until a JSON line matches `wanted`; returns it.
+    pub async fn wait_for(&self, what: &str, within: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) = self.json().into_iter().find(|line| wanted(line)) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {within:?}; lines so far:\n{}",
+                self.all().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs `test` with a time bound, so a hung test fails instead of hanging CI.
+pub async fn bounded<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
+    tokio::time::timeout(limit, test)
+        .await
+        .unwrap_or_else(|_| panic!("the test did not finish within {limit:?}"));
+}
