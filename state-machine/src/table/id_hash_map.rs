@@ -13,28 +13,12 @@ use super::id_key::IdKey;
 /// against iterating a `HashMap`), and what each call returns is what a
 /// `BTreeMap` would return, whatever the hasher.
 ///
-/// Why: `Indexes::allocation_to_request` holds one entry per remembered
-/// request (100,000 with a full dedupe window) and is only ever asked about
-/// one id at a time: an insert, a look-up and a remove per allocate+release
-/// pair. As a `BTreeMap<Uuid, Uuid>` that pair cost 30,939 instructions, as
-/// this map 29,058 (`examples/apply_profile.rs`). With the other indexes keyed
-/// by [`IdKey`], this map saves 1,652 instructions per pair over a B-tree
-/// keyed by `IdKey` and 846 over 1,024 such B-trees split by leading bits.
-///
-/// The price of a fixed hasher (the table has no randomness, so no
-/// `RandomState`): whoever chooses the keys can make them collide, and every
-/// insert, look-up or remove that meets a run of colliding keys walks it. So
-/// keys must be ids a client cannot pick. Allocation ids qualify: they are
-/// SHA-1 of the request id (uuid v5), so a client that wants one in a chosen
-/// bucket of a 2^18-bucket table (100,000 to 200,000 entries) must try about
-/// 2^18 request ids for it, some 0.1 s of SHA-1 per id and hours for
-/// 100,000. What that buys it is bounded by the dedupe window: the map never
-/// holds more than `finished_requests_max` (100,000) finished requests plus
-/// the live and queued ones. Measured with this hasher: inserting 100,000
-/// keys that share a bucket into a map of 100,000 others took 26 µs per
-/// insert on average, against well under a microsecond. A command that
-/// meets the crafted run slows down by about that much, on every replica
-/// alike, until the crafted requests leave the window; no answer changes.
+/// Why: `Indexes::allocation_to_request` is large and only ever asked about
+/// one id at a time, where a hash table beats a B-tree (BENCHMARKS.md, "The
+/// table's indexes"). A fixed hasher lets whoever picks the keys make them
+/// collide, so keys must be ids a client cannot pick: allocation ids are
+/// SHA-1 of the request id, and the dedupe window bounds what a crafted run
+/// of collisions could cost (measured there too).
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct IdHashMap<V> {
     entries: HashMap<IdKey, V, BuildHasherDefault<IdHasher>>,

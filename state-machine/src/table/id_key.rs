@@ -12,15 +12,9 @@ use uuid::Uuid;
 ///
 /// The key of the trees that hold as many ids as the table remembers
 /// requests and are searched by id on every command (the request map's
-/// shards, the owner sets), and of [`IdHashMap`](super::id_hash_map::IdHashMap).
-/// The sets that order by a time first (`finished`, `leases`, `deadlines`)
-/// or by priority and arrival (`queue`) compare ids only between entries of
-/// the same millisecond, and `by_provider` holds only live allocations: they
-/// keep `Uuid`, since keying them by `IdKey` too measured no better
-/// (`examples/apply_profile.rs`: 52 more instructions per allocate+release
-/// pair on top of the other changes; at earlier steps between 171 fewer and
-/// 107 more, depending on how many pairs share a millisecond: inside the
-/// noise that inlining changes make).
+/// shards, the owner sets), and of [`IdHashMap`](super::id_hash_map::IdHashMap);
+/// the time- and priority-ordered sets keep `Uuid`, where it measured no
+/// worse (BENCHMARKS.md, "The table's indexes").
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct IdKey(u128);
 

@@ -31,16 +31,10 @@ pub(crate) struct Indexes {
     pub leases: BTreeSet<(u64, Uuid)>,
     /// Finished requests by the time they finished, for dedupe eviction.
     pub finished: BTreeSet<(u64, Uuid)>,
-    /// Namespace → requester → every remembered request of theirs. Nested
-    /// rather than one set of `(namespace, requester, id)` tuples: with a
-    /// million requests, each insert into such a set compared heap strings
-    /// about twenty times, cache miss after cache miss; here the strings are
-    /// compared in two small maps and the ids inline. The ids are in a
-    /// B-tree because `list` walks them, keyed by [`IdKey`] because one
-    /// requester's set holds all of its remembered requests (100,000 in
-    /// `examples/apply_profile.rs`), and an insert and a remove in it per
-    /// allocate+release pair cost 411 instructions more with `Uuid` keys
-    /// (30,939 against 30,528).
+    /// Namespace → requester → every remembered request of theirs. Nested,
+    /// so that heap strings are compared in two small maps and the ids
+    /// inline; the ids in a B-tree because `list` walks them, keyed by
+    /// [`IdKey`] (BENCHMARKS.md, "The table's indexes").
     pub by_owner: BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>,
     /// Provider → requests actively placed on it.
     pub by_provider: BTreeMap<String, BTreeSet<Uuid>>,

@@ -1,17 +1,12 @@
 //! [`RecordMap`]: the table's requests by id, cheap to copy for a snapshot.
 //!
 //! A replica encodes its snapshot from a copy of the table, taken while
-//! apply waits. With every record in one `BTreeMap`, that copy touched each
-//! record (100k remembered requests: 9 ms in isolation, several times that
-//! on a long-running replica whose records are scattered over the heap, and
-//! every caller of the leader waited that long). Here the ids are split by
-//! their first [`SHARD_BITS`] bits into shards, each shared (`Arc`) between
-//! the table and its copies: a copy costs one pointer per shard, and a shard
-//! is copied only when the table changes it while a copy still holds it,
-//! a few hundred records at a time, spread over the commands applied while
-//! the snapshot is encoded. The records themselves are `Arc`s too, so a
-//! copied shard shares them, and a command can answer with its record
-//! without copying it.
+//! apply waits, so the copy must be cheap: the ids are split by their first
+//! [`SHARD_BITS`] bits into shards, each shared (`Arc`) between the table and
+//! its copies. A copy costs one pointer per shard, and a shard is copied only
+//! when the table changes it while a copy still holds it. The records are
+//! `Arc`s too, so a copied shard shares them. (Why and what it measured:
+//! BENCHMARKS.md, "The table's indexes".)
 //!
 //! Shards hold contiguous ranges of ids, so walking them in order walks
 //! the ids in order, and the map encodes exactly as a `BTreeMap` of the
@@ -43,11 +38,7 @@ const SHARDS: usize = 1 << SHARD_BITS;
 const PREALLOCATED_ENTRIES_MAX: usize = 1 << 16;
 
 /// Keyed by [`IdKey`], which orders as the `Uuid` does (so the walk and the
-/// encoding are unchanged) with an integer comparison instead of `memcmp`:
-/// the ten or so look-ups, inserts and removes of an allocate+release pair
-/// (look up, take out, put back, answer, evict) cost 449 instructions more
-/// per pair with `Uuid` keys (30,939 against 30,490 in
-/// `examples/apply_profile.rs`, 100,000 requests remembered).
+/// encoding are unchanged) with an integer comparison instead of `memcmp`.
 type Shard = BTreeMap<IdKey, Arc<RequestRecord>>;
 
 /// Requests by id, ordered by id. Cloning copies one pointer per shard.
