@@ -57,7 +57,7 @@ impl TestCluster {
         let mut flags = config.node_flags();
         flags.extend(credentials.node_flags());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let mut local = LocalCluster::configure_with(&config.node_binary, layout, &flags).map_err(cluster_error("laying out"))?;
+        let local = LocalCluster::configure_with(&config.node_binary, layout, &flags).map_err(cluster_error("laying out"))?;
         for id in 1..=config.nodes {
             local.start_replica(id).map_err(cluster_error("starting a replica"))?;
         }

@@ -13,7 +13,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_loses_no_acknowledged_allocation() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let mut cluster = start_cluster(3, &[]).await;
+        let cluster = start_cluster(3, &[]).await;
         let (leader, mut leader_api) = leader_client(&cluster).await;
         leader_api.register_provider(provider("node_1", 64)).await.expect("register");
 
@@ -97,7 +97,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_replicas_survive_two_failures() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let mut cluster = start_cluster(5, &[]).await;
+        let cluster = start_cluster(5, &[]).await;
         let (leader, mut api) = leader_client(&cluster).await;
         api.register_provider(provider("node_1", 16)).await.expect("register");
         let before = allocate_anywhere(&cluster, &request("agent_5", 2), Duration::from_secs(10))
@@ -124,7 +124,7 @@ async fn five_replicas_survive_two_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_replicas_killed_and_restarted_keep_every_allocation() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let mut cluster = start_cluster(3, &[]).await;
+        let cluster = start_cluster(3, &[]).await;
         let (_, mut api) = leader_client(&cluster).await;
         api.register_provider(provider("node_1", 32)).await.expect("register");
         let mut acknowledged = BTreeSet::new();

@@ -97,7 +97,7 @@ fn path_arg(path: &Path) -> String {
 async fn start_tls_cluster(pki: &Pki) -> (LocalCluster, String) {
     let args = pki.node_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cluster = LocalCluster::configure(node_binary(), 3, &args).expect("layout");
+    let cluster = LocalCluster::configure(node_binary(), 3, &args).expect("layout");
     for id in 1..=3 {
         cluster.start_replica(id).expect("start");
     }

@@ -12,7 +12,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_follower_catches_up_by_snapshot_install() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let mut cluster = start_cluster(3, &["--snapshot-every-entries", "50", "--log-kept-behind-snapshot-entries", "10"]).await;
+        let cluster = start_cluster(3, &["--snapshot-every-entries", "50", "--log-kept-behind-snapshot-entries", "10"]).await;
         let (leader, mut api) = leader_client(&cluster).await;
         api.register_provider(provider("node_1", 32)).await.expect("register");
 

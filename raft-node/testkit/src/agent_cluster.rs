@@ -1,6 +1,6 @@
 //! Real processes for the agent tests: a `qm-node` cluster with a short
-//! provider failure window ([`Cluster`]), `qm agent` processes ([`AgentProcess`])
-//! and `qm watch` ([`WatchProcess`]), each reading its stdout into lines.
+//! provider failure window ([`Cluster`], on [`LocalCluster`]), and `qm agent`
+//! and `qm watch` processes, each reading its stdout into [`Lines`].
 //!
 //! Every process is started here and killed here, by its own pid (through
 //! its `Child` handle or `kill <pid>`), when the test drops it or when a
@@ -18,6 +18,7 @@ use qm_client::{Client, ClientConfig};
 use serde_json::Value;
 
 use crate::binaries::{cli_binary, node_binary};
+use crate::local_cluster::LocalCluster;
 
 /// The failure window the test cluster runs with.
 pub const FAILURE_WINDOW_MS: u64 = 2_000;
@@ -120,86 +121,53 @@ fn kill_all(children: &Mutex<Vec<(String, Child)>>) {
     }
 }
 
-/// A 3-replica cluster of real `qm-node` processes with a short failure window.
+/// A cluster of real `qm-node` processes with a short failure window (a
+/// [`LocalCluster`]), and the `qm` processes a test starts against it.
 pub struct Cluster {
+    /// The `qm agent` and `qm watch` processes, by name.
     pub reaper: Reaper,
-    pub addrs: Vec<String>,
-    /// Data, logs and inventories; kept when the test fails.
+    local: LocalCluster,
+    /// Inventories and the `qm` processes' logs; kept when the test fails.
     root: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
-        let root = tempfile::Builder::new().prefix("qm-agent-test-").tempdir().unwrap();
-        let listeners: Vec<std::net::TcpListener> = (0..size).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        drop(listeners);
-        let cluster = Cluster {
-            reaper: Reaper::new(),
-            addrs,
-            root: Some(root),
-        };
+        let flags = [
+            "--provider-failure-window-ms".to_owned(),
+            FAILURE_WINDOW_MS.to_string(),
+            "--tick-interval-ms".to_owned(),
+            TICK_INTERVAL_MS.to_string(),
+        ];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let local = LocalCluster::configure(&node_binary(), size as u64, &flags).expect("a cluster laid out");
+        local.kill_after(PROCESS_LIFETIME_MAX);
         for id in 1..=size as u64 {
-            cluster.start_node(id);
+            local.start_replica(id).expect("a replica starts");
         }
-        cluster
+        Cluster {
+            reaper: Reaper::new(),
+            local,
+            root: Some(tempfile::Builder::new().prefix("qm-agent-test-").tempdir().unwrap()),
+        }
     }
 
     pub fn root(&self) -> &Path {
         self.root.as_ref().expect("held until drop").path()
     }
 
+    /// `addr,addr,...`, as `--endpoints` takes it.
     pub fn endpoints(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    pub fn node_name(id: u64) -> String {
-        format!("node-{id}")
+        self.local.endpoints().join(",")
     }
 
     /// Starts (or restarts) replica `id` on its address and data directory.
     pub fn start_node(&self, id: u64) {
-        let peers = self
-            .addrs
-            .iter()
-            .enumerate()
-            .map(|(index, addr)| format!("{}={addr}", index + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let data_dir = self.root().join(Self::node_name(id));
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.root().join(format!("{}.log", Self::node_name(id))))
-            .unwrap();
-        let mut command = Command::new(node_binary());
-        for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("QM_")) {
-            command.env_remove(name);
-        }
-        let child = command
-            .args([
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &self.addrs[(id - 1) as usize],
-                "--peers",
-                &peers,
-            ])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--provider-failure-window-ms", &FAILURE_WINDOW_MS.to_string()])
-            .args(["--tick-interval-ms", &TICK_INTERVAL_MS.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.reaper.adopt(&Self::node_name(id), child);
+        self.local.start_replica(id).unwrap_or_else(|error| panic!("start {id}: {error}"));
     }
 
     pub fn kill_node(&self, id: u64) {
-        self.reaper.kill(&Self::node_name(id));
+        self.local.kill(id).unwrap_or_else(|error| panic!("kill {id}: {error}"));
     }
 
     /// A client with test-sized timeouts.
@@ -208,7 +176,7 @@ impl Cluster {
             request_timeout_ms: 5_000,
             attempt_timeout_ms: 1_000,
             connect_timeout_ms: 300,
-            ..ClientConfig::with_endpoints(self.addrs.clone())
+            ..ClientConfig::with_endpoints(self.local.endpoints())
         })
         .unwrap()
     }
@@ -328,10 +296,13 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The agents first, while the replicas still answer their goodbyes
+        // or not: either way, no process outlives the test. The replicas die
+        // with `local`.
         kill_all(&self.reaper.children);
         if std::thread::panicking() {
             if let Some(root) = self.root.take() {
-                eprintln!("agent test logs and data kept in {}", root.keep().display());
+                eprintln!("agent test inventories and logs kept in {}", root.keep().display());
             }
         }
     }

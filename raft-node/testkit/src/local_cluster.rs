@@ -3,8 +3,11 @@
 //!
 //! Each replica gets a port picked by the kernel (so concurrent test binaries
 //! never collide), its own data dir under one temporary directory, and its
-//! output in `node.log` there. Replicas are signalled only through the pid
-//! this harness started; dropping the cluster kills every one of them.
+//! output in `replica-N.log` there. Replicas are signalled only through the
+//! pid this harness started; dropping the cluster kills every one of them,
+//! and so does a watchdog if a test hangs past its lifetime
+//! ([`LocalCluster::kill_after`]). Every method that starts or signals a
+//! replica takes `&self`, so a cluster can be shared between tasks.
 //!
 //! By default a replica listens on 127.0.0.1 and is reached there. The
 //! fault-injection suite lays replicas out itself ([`LocalCluster::configure_with`],
@@ -13,10 +16,11 @@
 //! and is advertised to the others at a proxy that forwards to it, so that the
 //! proxy can cut or delay single links.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use qm_api::proto::api::quartermaster_client::QuartermasterClient;
@@ -47,7 +51,8 @@ impl ReplicaAddrs {
     }
 }
 
-/// One replica of a [`LocalCluster`].
+/// One replica of a [`LocalCluster`]: where it is. Whether it runs is the
+/// cluster's to say ([`LocalCluster::is_answering`], [`LocalCluster::pid`]).
 pub struct LocalReplica {
     pub id: u64,
     /// The advertised address: what peers and clients dial.
@@ -55,30 +60,25 @@ pub struct LocalReplica {
     /// The address the process binds; equal to `addr` unless a proxy sits in front.
     pub listen: String,
     pub data_dir: PathBuf,
-    process: Option<Child>,
+}
+
+/// A replica's process as the cluster last left it.
+#[derive(Default)]
+struct Process {
+    /// `Some` while it runs, paused or not.
+    child: Option<Child>,
     paused: bool,
 }
 
-impl LocalReplica {
-    pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(Child::id)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.process.is_some()
-    }
-
-    /// Stopped with SIGSTOP and not resumed since.
-    pub fn is_paused(&self) -> bool {
-        self.paused
-    }
-}
+/// The processes by replica id, shared with the watchdog.
+type Processes = Arc<Mutex<BTreeMap<u64, Process>>>;
 
 /// A cluster of real replicas.
 pub struct LocalCluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
     pub replicas: BTreeMap<u64, LocalReplica>,
+    processes: Processes,
     /// Flags added to every replica's command line.
     extra_args: Vec<String>,
 }
@@ -87,7 +87,7 @@ impl LocalCluster {
     /// Starts `count` replicas of `binary` with `extra_args` and waits until
     /// they agree on a leader.
     pub async fn start(binary: &Path, count: u64, extra_args: &[&str]) -> anyhow::Result<LocalCluster> {
-        let mut cluster = LocalCluster::configure(binary, count, extra_args)?;
+        let cluster = LocalCluster::configure(binary, count, extra_args)?;
         for id in 1..=count {
             cluster.start_replica(id)?;
         }
@@ -120,6 +120,7 @@ impl LocalCluster {
             binary: binary.to_owned(),
             dir,
             replicas,
+            processes: Processes::default(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         })
     }
@@ -147,15 +148,35 @@ impl LocalCluster {
         self.dir.path()
     }
 
+    /// Kills every replica still running after `lifetime`, whatever the test
+    /// is doing: a hung test must not leave replicas behind. Harnesses whose
+    /// runs have no fixed length (the fault-injection suite) do not call it.
+    pub fn kill_after(&self, lifetime: Duration) {
+        let processes = Arc::downgrade(&self.processes);
+        std::thread::spawn(move || {
+            std::thread::sleep(lifetime);
+            if let Some(processes) = processes.upgrade() {
+                eprintln!("a test cluster outlived {lifetime:?}; killing its replicas");
+                kill_all(&processes);
+            }
+        });
+    }
+
     /// Starts (or restarts) replica `id` with its data dir.
-    pub fn start_replica(&mut self, id: u64) -> anyhow::Result<()> {
-        let peers = self.peers();
-        let log_path = self.log_path(id);
-        let replica = self.replicas.get_mut(&id).ok_or_else(|| anyhow::anyhow!("no replica {id}"))?;
-        anyhow::ensure!(replica.process.is_none(), "replica {id} is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
-        let child = Command::new(&self.binary)
-            .args(["--id", &id.to_string(), "--listen", &replica.listen, "--peers", &peers])
+    pub fn start_replica(&self, id: u64) -> anyhow::Result<()> {
+        let replica = self.replicas.get(&id).ok_or_else(|| anyhow::anyhow!("no replica {id}"))?;
+        let mut processes = self.processes();
+        let process = processes.entry(id).or_default();
+        anyhow::ensure!(process.child.is_none(), "replica {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
+        let mut command = Command::new(&self.binary);
+        // qm-node reads QM_NODE_* settings from the environment: none from the
+        // developer's shell may leak into a test cluster.
+        for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("QM_NODE_")) {
+            command.env_remove(name);
+        }
+        let child = command
+            .args(["--id", &id.to_string(), "--listen", &replica.listen, "--peers", &self.peers()])
             .arg("--data-dir")
             .arg(&replica.data_dir)
             .args(&self.extra_args)
@@ -166,9 +187,12 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()?;
-        replica.process = Some(child);
-        replica.paused = false;
+            .spawn()
+            .map_err(|error| anyhow::anyhow!("cannot start {}: {error}", self.binary.display()))?;
+        *process = Process {
+            child: Some(child),
+            paused: false,
+        };
         Ok(())
     }
 
@@ -187,40 +211,56 @@ impl LocalCluster {
         self.start_replica(id)
     }
 
-    /// kill -9.
-    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        let replica = self.replicas.get_mut(&id).ok_or_else(|| anyhow::anyhow!("no replica {id}"))?;
-        if let Some(mut child) = replica.process.take() {
+    /// kill -9, through the replica's own `Child` handle.
+    pub fn kill(&self, id: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.replicas.contains_key(&id), "no replica {id}");
+        let mut processes = self.processes();
+        let process = processes.entry(id).or_default();
+        if let Some(mut child) = process.child.take() {
             child.kill()?;
             child.wait()?;
         }
-        replica.paused = false;
+        process.paused = false;
         Ok(())
     }
 
-    /// SIGSTOP: the process stays, frozen.
-    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts
+    /// connections on them) but answers nothing.
+    pub fn pause(&self, id: u64) -> anyhow::Result<()> {
         self.signal(id, "STOP")?;
-        self.replicas.get_mut(&id).expect("signalled").paused = true;
+        self.processes().entry(id).or_default().paused = true;
         Ok(())
     }
 
-    /// SIGCONT.
-    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+    /// SIGCONT after [`LocalCluster::pause`].
+    pub fn resume(&self, id: u64) -> anyhow::Result<()> {
         self.signal(id, "CONT")?;
-        self.replicas.get_mut(&id).expect("signalled").paused = false;
+        self.processes().entry(id).or_default().paused = false;
         Ok(())
     }
 
-    fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
-        let pid = self
-            .replicas
+    /// The pid of replica `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.processes().get(&id)?.child.as_ref().map(Child::id)
+    }
+
+    /// Running and not paused.
+    pub fn is_answering(&self, id: u64) -> bool {
+        self.processes()
             .get(&id)
-            .and_then(LocalReplica::pid)
-            .ok_or_else(|| anyhow::anyhow!("replica {id} is not running"))?;
+            .is_some_and(|process| process.child.is_some() && !process.paused)
+    }
+
+    /// Sends a signal to exactly this replica's pid, with the `kill` utility.
+    fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(id).ok_or_else(|| anyhow::anyhow!("replica {id} is not running"))?;
         let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
         anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
         Ok(())
+    }
+
+    fn processes(&self) -> MutexGuard<'_, BTreeMap<u64, Process>> {
+        self.processes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks replica `id` for its view of the cluster. On a TLS cluster
@@ -252,8 +292,9 @@ impl LocalCluster {
     /// The leader every running, unpaused replica agrees on, with its term.
     pub async fn agreed_leader(&self) -> Option<(u64, u64)> {
         let mut agreed: Option<(u64, u64)> = None;
-        for replica in self.replicas.values().filter(|r| r.is_running() && !r.paused) {
-            let status = self.status_of(replica.id).await.ok()?;
+        let answering: Vec<u64> = self.replicas.keys().copied().filter(|id| self.is_answering(*id)).collect();
+        for id in answering {
+            let status = self.status_of(id).await.ok()?;
             let view = (status.leader_id?, status.term);
             if agreed.is_some_and(|seen| seen != view) {
                 return None;
@@ -262,8 +303,7 @@ impl LocalCluster {
         }
         let (leader, _) = agreed?;
         // The leader itself must be up and not paused.
-        self.replicas.get(&leader).filter(|r| r.is_running() && !r.paused)?;
-        agreed
+        self.is_answering(leader).then_some(agreed)?
     }
 
     /// Waits until the running replicas agree on a leader; returns its id.
@@ -311,16 +351,22 @@ impl LocalCluster {
     }
 }
 
+fn kill_all(processes: &Mutex<BTreeMap<u64, Process>>) {
+    let mut processes = processes.lock().unwrap_or_else(PoisonError::into_inner);
+    for process in processes.values_mut() {
+        if let Some(mut child) = process.child.take() {
+            // SIGKILL ends a stopped (paused) process too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for replica in self.replicas.values_mut() {
-            if let Some(mut child) = replica.process.take() {
-                // SIGKILL ends a stopped (paused) process too.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        if std::env::var_os("QM_KEEP_TEST_CLUSTER").is_some() {
+        kill_all(&self.processes);
+        // A failed test's logs are worth keeping; so are any, when asked.
+        if std::thread::panicking() || std::env::var_os("QM_KEEP_TEST_CLUSTER").is_some() {
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
             eprintln!("keeping test cluster files in {}", kept.keep().display());
         }
@@ -334,21 +380,39 @@ impl LocalReplica {
             addr: addrs.advertised,
             listen: addrs.listen,
             data_dir: cluster_dir.join(format!("replica-{id}")),
-            process: None,
-            paused: false,
         }
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to 0, then let go).
+/// Ports handed out in this process: never handed out twice, so clusters
+/// laid out at the same time cannot pick the same port between choosing it
+/// and binding it.
+static PORTS_HANDED_OUT: Mutex<BTreeSet<(IpAddr, u16)>> = Mutex::new(BTreeSet::new());
+/// Ports asked of the kernel for one fresh port, at most.
+const PORT_TRIES_MAX: usize = 100;
+
+/// A port on 127.0.0.1 that was free a moment ago and was not handed out
+/// before in this process.
 pub fn free_loopback_addr() -> std::io::Result<String> {
     free_addr_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// A port on `ip` that was free a moment ago (bound to 0, then let go). On
-/// Linux every address of 127.0.0.0/8 is local, so replicas can each have
-/// their own without any setup.
+/// A port on `ip` that was free a moment ago (bound to 0, then let go) and
+/// not handed out before in this process. On Linux every address of
+/// 127.0.0.0/8 is local, so replicas can each have their own without any
+/// setup. A process outside the tests could still take it before the
+/// replica binds it, which the replica then reports clearly.
 pub fn free_addr_on(ip: IpAddr) -> std::io::Result<String> {
-    let listener = TcpListener::bind((ip, 0))?;
-    Ok(listener.local_addr()?.to_string())
+    let mut handed_out = PORTS_HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    // Held until a fresh one is found, so the kernel does not offer them again.
+    let mut listeners = Vec::new();
+    for _ in 0..PORT_TRIES_MAX {
+        let listener = TcpListener::bind((ip, 0))?;
+        let addr = listener.local_addr()?;
+        if handed_out.insert((ip, addr.port())) {
+            return Ok(addr.to_string());
+        }
+        listeners.push(listener);
+    }
+    Err(std::io::Error::other(format!("no fresh port on {ip} in {PORT_TRIES_MAX} tries")))
 }

@@ -13,23 +13,19 @@
 //! past [`CLUSTER_LIFETIME_MAX`]. At most [`CLUSTERS_AT_ONCE_MAX`] clusters
 //! run at once in one test binary, however many test threads there are.
 
-use std::collections::BTreeSet;
-use std::fs::File;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use qm_client::proto::api;
-use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::{Client, ClientConfig};
 use qm_state_machine::{ProviderRegistration, ResourceRequest};
 use serde_json::json;
-use tonic::transport::Endpoint;
 use uuid::Uuid;
 
 use crate::binaries::node_binary;
+use crate::local_cluster::{LocalCluster, LocalReplica};
 
 /// A test cluster's processes are killed after this long, whatever the test is doing.
 pub const CLUSTER_LIFETIME_MAX: Duration = Duration::from_secs(300);
@@ -68,36 +64,6 @@ pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut
     }
 }
 
-/// Ports [`free_ports`] handed out in this test binary: never handed out
-/// twice, so clusters started at the same time cannot pick the same port
-/// between choosing it and binding it.
-static PORTS_HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-/// Ports [`free_ports`] asks the kernel for, per port wanted, at most.
-const PORT_TRIES_MAX: usize = 100;
-
-/// `count` distinct free loopback ports, none handed out before in this test
-/// binary. A process outside the tests could still take one between here
-/// and the node's bind, which the node then reports clearly.
-pub fn free_ports(count: usize) -> Vec<u16> {
-    let mut handed_out = PORTS_HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
-    // All held until all are picked, so the kernel gives each only once.
-    let mut listeners = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..count * PORT_TRIES_MAX {
-        if ports.len() == count {
-            return ports;
-        }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().unwrap().port();
-        if handed_out.insert(port) {
-            ports.push(port);
-        }
-        listeners.push(listener);
-    }
-    assert_eq!(count, ports.len(), "no {count} fresh ports in {} tries", count * PORT_TRIES_MAX);
-    ports
-}
-
 /// Loopback addresses that refuse every connection for as long as this
 /// lives: each port is bound (so nothing else gets it) but not listened on.
 pub struct DeadEndpoints {
@@ -132,31 +98,12 @@ pub fn client_for(endpoints: Vec<String>) -> Client {
     Client::new(config).expect("a valid client config")
 }
 
-/// One replica process.
-pub struct TestNode {
-    pub id: u64,
-    pub addr: String,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
-}
-
-/// A replica's process, as the cluster last left it.
-#[derive(Default)]
-struct Process {
-    /// `Some` while it runs (paused or not).
-    child: Option<Child>,
-    paused: bool,
-}
-
-/// A real cluster of `qm-node` processes on loopback.
+/// A real cluster of `qm-node` processes on loopback, for client tests: a
+/// [`LocalCluster`] that holds one of [`CLUSTERS_AT_ONCE_MAX`] slots, is
+/// killed by a watchdog after [`CLUSTER_LIFETIME_MAX`], and panics (with
+/// where its logs are) instead of returning errors.
 pub struct TestCluster {
-    binary: PathBuf,
-    nodes: Vec<TestNode>,
-    /// Flags every replica is started with, besides its identity.
-    extra_args: Vec<String>,
-    /// `processes[i]` is node `i + 1`'s; shared with the watchdog.
-    processes: Arc<Mutex<Vec<Process>>>,
-    root: Option<tempfile::TempDir>,
+    local: LocalCluster,
     _slot: ClusterSlot,
 }
 
@@ -169,70 +116,45 @@ impl TestCluster {
 
     /// Starts `size` replicas with exactly these extra `qm-node` flags.
     pub fn start_with(size: usize, extra_args: &[&str]) -> TestCluster {
-        let binary = node_binary();
         let slot = ClusterSlot::acquire();
-        let root = tempfile::Builder::new()
-            .prefix("qm-test-cluster-")
-            .tempdir()
-            .expect("a temporary directory");
-        let nodes: Vec<TestNode> = free_ports(size)
-            .into_iter()
-            .enumerate()
-            .map(|(index, port)| {
-                let id = index as u64 + 1;
-                let data_dir = root.path().join(format!("node-{id}"));
-                std::fs::create_dir_all(&data_dir).unwrap();
-                TestNode {
-                    id,
-                    addr: format!("127.0.0.1:{port}"),
-                    log_path: root.path().join(format!("node-{id}.log")),
-                    data_dir,
-                }
-            })
-            .collect();
-        let cluster = TestCluster {
-            binary,
-            nodes,
-            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            processes: Arc::new(Mutex::new((0..size).map(|_| Process::default()).collect())),
-            root: Some(root),
-            _slot: slot,
-        };
+        let local = LocalCluster::configure(&node_binary(), size as u64, extra_args).expect("a cluster laid out");
+        local.kill_after(CLUSTER_LIFETIME_MAX);
         for id in 1..=size as u64 {
-            cluster.spawn(id);
+            local.start_replica(id).expect("a replica starts");
         }
-        cluster.start_watchdog();
-        cluster
+        TestCluster { local, _slot: slot }
     }
 
-    pub fn node(&self, id: u64) -> &TestNode {
-        &self.nodes[(id - 1) as usize]
+    /// The process layer underneath, for what this wrapper does not offer.
+    pub fn local(&self) -> &LocalCluster {
+        &self.local
+    }
+
+    pub fn node(&self, id: u64) -> &LocalReplica {
+        &self.local.replicas[&id]
     }
 
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.nodes.iter().map(|node| node.id)
+        self.local.replicas.keys().copied()
     }
 
     /// The id of the replica at `addr`.
     pub fn id_of(&self, addr: &str) -> u64 {
-        self.nodes
-            .iter()
-            .find(|node| node.addr == addr)
+        self.local
+            .replicas
+            .values()
+            .find(|replica| replica.addr == addr)
             .unwrap_or_else(|| panic!("no replica at {addr}"))
             .id
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|node| node.addr.clone()).collect()
+        self.local.endpoints()
     }
 
     /// `1=127.0.0.1:p1,2=127.0.0.1:p2,...`
     pub fn peers(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|node| format!("{}={}", node.id, node.addr))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.local.peers()
     }
 
     /// A client for every replica ([`client_for`]).
@@ -248,49 +170,16 @@ impl TestCluster {
     /// Waits until every running, unpaused replica names the same leader and
     /// that leader is one of them; returns its id.
     pub async fn wait_for_leader(&self) -> u64 {
-        let deadline = tokio::time::Instant::now() + ELECTION_TIMEOUT_MAX;
-        loop {
-            if let Some(leader) = self.agreed_leader().await {
-                return leader;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no leader agreed on within {ELECTION_TIMEOUT_MAX:?}; logs in {}",
-                self.root_path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn agreed_leader(&self) -> Option<u64> {
-        let mut agreed = None;
-        for id in self.ids().filter(|id| self.is_answering(*id)) {
-            let status = self.ask_status(id).await?;
-            assert_eq!(id, status.node_id, "replica {id} answers as node {}", status.node_id);
-            let leader = status.leader_id?;
-            if agreed.is_some_and(|agreed| agreed != leader) {
-                return None;
-            }
-            agreed = Some(leader);
-        }
-        agreed.filter(|leader| self.is_answering(*leader))
+        self.local
+            .wait_for_leader(ELECTION_TIMEOUT_MAX)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// Replica `id`'s own cluster status: one plain gRPC call to it, without
     /// the client library (whose `cluster_status` moves on to the leader).
     pub async fn ask_status(&self, id: u64) -> Option<api::ClusterStatusReply> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.node(id).addr))
-            .unwrap()
-            .connect_timeout(STATUS_TIMEOUT)
-            .timeout(STATUS_TIMEOUT);
-        let ask = async {
-            let mut replica = QuartermasterClient::new(endpoint.connect().await.ok()?);
-            replica.cluster_status(api::ClusterStatusRequest {}).await.ok()
-        };
-        tokio::time::timeout(STATUS_TIMEOUT, ask)
-            .await
-            .ok()?
-            .map(tonic::Response::into_inner)
+        tokio::time::timeout(STATUS_TIMEOUT, self.local.status_of(id)).await.ok()?.ok()
     }
 
     /// Waits until replica `id` has applied everything the leader had
@@ -299,142 +188,55 @@ impl TestCluster {
     pub async fn wait_until_caught_up(&self, id: u64) {
         let leader = self.wait_for_leader().await;
         let deadline = tokio::time::Instant::now() + ELECTION_TIMEOUT_MAX;
-        let mut committed = None;
-        loop {
-            if committed.is_none() {
-                committed = self.ask_status(leader).await.map(|status| status.commit_index);
-            }
-            let applied = self.ask_status(id).await.map(|status| status.applied_index);
-            if let (Some(committed), Some(applied)) = (committed, applied) {
-                if applied >= committed {
-                    return;
-                }
+        let committed = loop {
+            if let Some(status) = self.ask_status(leader).await {
+                break status.commit_index;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "replica {id} did not catch up with the leader's commit index {committed:?} within {ELECTION_TIMEOUT_MAX:?}"
+                "leader {leader} did not tell its commit index within {ELECTION_TIMEOUT_MAX:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.local
+            .wait_for_applied(id, committed, remaining)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
     }
 
     /// Running and not paused.
     pub fn is_answering(&self, id: u64) -> bool {
-        let processes = self.processes();
-        let process = &processes[(id - 1) as usize];
-        process.child.is_some() && !process.paused
+        self.local.is_answering(id)
     }
 
     /// SIGKILL, through the node's own `Child` handle.
     pub fn kill(&self, id: u64) {
-        let mut processes = self.processes();
-        let process = &mut processes[(id - 1) as usize];
-        if let Some(mut child) = process.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        process.paused = false;
+        self.local.kill(id).unwrap_or_else(|error| panic!("kill {id}: {error}"));
     }
 
     /// Starts a killed node again on the same port and data directory.
     pub fn restart(&self, id: u64) {
-        assert!(self.processes()[(id - 1) as usize].child.is_none(), "node {id} is running");
-        self.spawn(id);
+        self.local.start_replica(id).unwrap_or_else(|error| panic!("restart {id}: {error}"));
     }
 
     /// SIGSTOP: the process keeps its sockets (the kernel still accepts
     /// connections on them) but answers nothing.
     pub fn pause(&self, id: u64) {
-        self.signal(id, "-STOP");
-        self.processes()[(id - 1) as usize].paused = true;
+        self.local.pause(id).unwrap_or_else(|error| panic!("pause {id}: {error}"));
     }
 
     /// SIGCONT after [`TestCluster::pause`].
     pub fn resume(&self, id: u64) {
-        self.signal(id, "-CONT");
-        self.processes()[(id - 1) as usize].paused = false;
+        self.local.resume(id).unwrap_or_else(|error| panic!("resume {id}: {error}"));
     }
 
     pub fn pid(&self, id: u64) -> Option<u32> {
-        self.processes()[(id - 1) as usize].child.as_ref().map(Child::id)
+        self.local.pid(id)
     }
 
     pub fn root_path(&self) -> &Path {
-        self.root.as_ref().expect("held until drop").path()
-    }
-
-    fn processes(&self) -> MutexGuard<'_, Vec<Process>> {
-        self.processes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn spawn(&self, id: u64) {
-        let node = self.node(id);
-        let log = File::options().create(true).append(true).open(&node.log_path).expect("a log file");
-        let mut command = Command::new(&self.binary);
-        // The node reads QM_NODE_* settings from the environment: none from the
-        // developer's shell may leak into a test cluster.
-        for (name, _) in std::env::vars_os().filter(|(name, _)| name.to_string_lossy().starts_with("QM_NODE_")) {
-            command.env_remove(name);
-        }
-        let child = command
-            .args(["--id", &id.to_string(), "--listen", &node.addr, "--peers", &self.peers()])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", self.binary.display()));
-        self.processes()[(id - 1) as usize] = Process {
-            child: Some(child),
-            paused: false,
-        };
-    }
-
-    /// Sends a signal to exactly this node's pid, with the `kill` utility.
-    fn signal(&self, id: u64, signal: &str) {
-        let pid = self.pid(id).unwrap_or_else(|| panic!("node {id} is not running"));
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("the kill utility");
-        assert!(status.success(), "kill {signal} {pid} failed");
-    }
-
-    /// Kills the cluster's processes if the test is still running after
-    /// [`CLUSTER_LIFETIME_MAX`]: a hung test must not leave replicas behind.
-    fn start_watchdog(&self) {
-        let processes = Arc::downgrade(&self.processes);
-        std::thread::spawn(move || {
-            std::thread::sleep(CLUSTER_LIFETIME_MAX);
-            if let Some(processes) = processes.upgrade() {
-                eprintln!("test cluster outlived {CLUSTER_LIFETIME_MAX:?}; killing its replicas");
-                kill_all(&processes);
-            }
-        });
-    }
-}
-
-fn kill_all(processes: &Mutex<Vec<Process>>) {
-    let mut processes = processes.lock().unwrap_or_else(PoisonError::into_inner);
-    for process in processes.iter_mut() {
-        if let Some(mut child) = process.child.take() {
-            // A paused process dies of SIGKILL too.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        kill_all(&self.processes);
-        if std::thread::panicking() {
-            if let Some(root) = self.root.take() {
-                eprintln!("test cluster logs and data kept in {}", root.keep().display());
-            }
-        }
+        self.local.dir()
     }
 }
 
