@@ -22,7 +22,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 use crate::config::{ClientConfig, ConfigError};
-use crate::convert::{registration_to_proto, request_to_proto};
+use crate::convert::{registration_to_proto, request_to_proto, state_name, status_name};
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::heartbeat::HeartbeatLoop;
@@ -164,12 +164,12 @@ impl Client {
         // Polls need no jitter to stay apart, only a bound on how often they come.
         let mut pause_ms = self.inner.config.backoff_base_ms.min(WAIT_POLL_MS_MAX);
         loop {
-            match (reply.status.as_str(), reply.state.as_str()) {
-                ("allocated", _) => return Ok(reply),
-                ("queued", "queued") => {}
+            match (reply.status(), reply.state()) {
+                (api::AllocationStatus::Allocated, _) => return Ok(reply),
+                (api::AllocationStatus::Queued, api::RequestState::Queued) => {}
                 _ => {
                     let reason = if reply.reason.is_empty() {
-                        format!("it is {} ({})", reply.state, reply.status)
+                        format!("it is {} ({})", state_name(&reply), status_name(&reply))
                     } else {
                         reply.reason
                     };

@@ -3,6 +3,7 @@
 //! and the heartbeat loop. Tests that only add to the table share one
 //! cluster ([`shared_cluster`]), each under its own provider id.
 
+use qm_client::convert::{state_name, status_name};
 use std::time::Duration;
 
 use qm_client::{ConflictKind, Consistency, Error};
@@ -85,7 +86,7 @@ async fn refusals_are_typed() {
         assert!(matches!(no_provider, Error::NotFound { .. }), "{no_provider:?}");
         // --- a refused call changed nothing: the first request still holds one core
         let record = client.get(&granted.request_id, Consistency::Linearizable).await.unwrap();
-        assert_eq!((granted.grants.len(), "monitoring"), (record.grants.len(), record.state.as_str()));
+        assert_eq!((granted.grants.len(), "monitoring"), (record.grants.len(), state_name(&record)));
     })
     .await
 }
@@ -97,7 +98,7 @@ async fn allocate_and_wait_returns_once_capacity_frees() {
         let client = cluster.client();
         client.register_provider(&registration("node_wait", 2)).await.unwrap();
         let holder = client.allocate(request_on("node_wait", 2)).await.unwrap();
-        assert_eq!("allocated", holder.status);
+        assert_eq!("allocated", status_name(&holder));
 
         // --- a second request queues, and waits
         let second = request_on("node_wait", 1);
@@ -114,7 +115,7 @@ async fn allocate_and_wait_returns_once_capacity_frees() {
         let granted = waiting.await.unwrap().unwrap();
         assert_eq!(
             (second_id.as_str(), "allocated", "monitoring"),
-            (granted.request_id.as_str(), granted.status.as_str(), granted.state.as_str())
+            (granted.request_id.as_str(), status_name(&granted), state_name(&granted))
         );
     })
     .await
@@ -174,7 +175,7 @@ async fn a_lease_keeper_renews_until_the_allocation_is_released() {
         })
         .await;
         let record = client.get(&granted.request_id, Consistency::Linearizable).await.unwrap();
-        assert_eq!("monitoring", record.state, "the lease never lapsed: {record:?}");
+        assert_eq!("monitoring", state_name(&record), "the lease never lapsed: {record:?}");
 
         // --- released: the next renewal is refused and the keeper stops, saying why
         client.release(&granted.allocation_id).await.unwrap();
@@ -240,7 +241,7 @@ async fn wait_for_state(client: &qm_client::Client, request_id: &str, state: &st
     let mut last = None;
     for _ in 0..100 {
         match client.get(request_id, Consistency::Linearizable).await {
-            Ok(record) if record.state == state => return,
+            Ok(record) if state_name(&record) == state => return,
             Ok(record) => last = Some(record),
             // Asked before the request was sent.
             Err(Error::NotFound { .. }) => {}
@@ -318,11 +319,11 @@ async fn pipelined_and_unary_writes_answer_alike() {
             // Refusals say nothing about who leads: the leader is still known.
             let found_leader = client.leader_addr() == Some(cluster.node(leader).addr.clone());
             answers.push((
-                granted.status,
+                status_name(&granted),
                 retried.allocation_id == granted.allocation_id,
                 kind(no_lease),
                 kind(nowhere),
-                released.state.clone(),
+                state_name(&released),
                 released_again.state == released.state,
                 kind(unknown),
                 found_leader,
@@ -342,7 +343,7 @@ async fn pipelined_and_unary_writes_answer_alike() {
                 true
             ),
             (
-                status.as_str(),
+                status,
                 same_allocation,
                 no_lease.as_str(),
                 nowhere.as_str(),

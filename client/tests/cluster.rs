@@ -4,6 +4,7 @@
 //! tasks surviving a leader kill with nothing lost and nothing held twice.
 //! The binary comes from `cargo build --workspace --bins`.
 
+use qm_client::convert::{state_name, status_name};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ async fn an_acknowledged_allocation_survives_killing_the_leader_and_the_next_cal
         let client = cluster.client();
         client.register_provider(&registration("node_1", 4)).await.unwrap();
         let granted = client.allocate(request(2)).await.unwrap();
-        assert_eq!("allocated", granted.status);
+        assert_eq!("allocated", status_name(&granted));
         assert_eq!(Some(cluster.node(leader).addr.clone()), client.leader_addr());
 
         // --- kill -9 the leader; at once, while the followers still name it, allocate
@@ -32,13 +33,13 @@ async fn an_acknowledged_allocation_survives_killing_the_leader_and_the_next_cal
         println!("the first allocation after the kill took {:?}", killed.elapsed());
 
         // --- the new leader has both, and the client found it
-        assert_eq!("allocated", second.status);
+        assert_eq!("allocated", status_name(&second));
         let new_leader = client.leader_addr().expect("a leader was found");
         assert_ne!(cluster.node(leader).addr, new_leader);
         let read = client.get(&granted.request_id, Consistency::Linearizable).await.unwrap();
         assert_eq!(
             (granted.allocation_id.as_str(), "allocated", &granted.grants),
-            (read.allocation_id.as_str(), read.status.as_str(), &read.grants)
+            (read.allocation_id.as_str(), status_name(&read), &read.grants)
         );
         assert_eq!(2, client.system_state(Consistency::Linearizable).await.unwrap().active_allocations);
     })
@@ -60,7 +61,7 @@ async fn a_follower_redirects_to_the_leader_which_the_client_did_not_know() {
         assert_eq!(Some(cluster.node(leader).addr.clone()), client.leader_addr());
         // --- the next call goes straight to the remembered leader
         let granted = client.allocate(request(1)).await.unwrap();
-        assert_eq!("allocated", granted.status);
+        assert_eq!("allocated", status_name(&granted));
     })
     .await
 }
@@ -79,7 +80,7 @@ async fn a_paused_leader_is_failed_over() {
         let reply = allocate_until_answered(&client, request(1)).await;
         println!("allocating past the paused leader took {:?}", paused.elapsed());
 
-        assert_eq!("allocated", reply.status);
+        assert_eq!("allocated", status_name(&reply));
         assert_ne!(Some(cluster.node(leader).addr.clone()), client.leader_addr());
         // --- resumed, the old leader steps down and follows the new one
         cluster.resume(leader);
@@ -110,7 +111,7 @@ async fn a_paused_follower_costs_one_attempt_not_the_whole_call() {
         cluster.resume(follower);
 
         println!("allocating past a paused follower took {took:?}");
-        assert_eq!("allocated", reply.status);
+        assert_eq!("allocated", status_name(&reply));
         // One attempt timeout (1 s) and a backoff, not the call's 5 s deadline.
         let attempt = Duration::from_millis(client.config().attempt_timeout_ms);
         assert!(took < attempt * 3, "took {took:?}");
@@ -180,7 +181,7 @@ async fn a_write_the_leader_cannot_commit_is_unknown_and_a_retry_with_its_id_set
         }
         cluster.wait_for_leader().await;
         let settled = allocate_until_answered(&client, wanted).await;
-        assert_eq!("allocated", settled.status);
+        assert_eq!("allocated", status_name(&settled));
         let state = client.system_state(Consistency::Linearizable).await.unwrap();
         assert_eq!((1, 1), (state.active_allocations, used(&state, "cpu_cores")));
     })
@@ -213,7 +214,7 @@ async fn a_restarted_replica_is_reachable_again_through_the_same_client() {
         let state = client.system_state(Consistency::Stale).await.unwrap();
         assert_eq!(1, state.providers.len(), "it has the table again");
         let reply = client.allocate(request(1)).await.unwrap();
-        assert_eq!("allocated", reply.status);
+        assert_eq!("allocated", status_name(&reply));
         assert_eq!(Some(cluster.node(leader).addr.clone()), client.leader_addr());
     })
     .await
@@ -354,7 +355,7 @@ async fn write_allocations(client: Client, acknowledged: Arc<AtomicUsize>) -> Le
         let wanted = request(1);
         match settle_allocation(&client, &wanted, &mut ledger).await {
             Some(reply) => {
-                assert_eq!("allocated", reply.status, "{reply:?}");
+                assert_eq!("allocated", status_name(&reply), "{reply:?}");
                 held.push_back(reply.allocation_id.clone());
                 ledger.acknowledged.push(reply);
                 acknowledged.fetch_add(1, Ordering::SeqCst);
@@ -396,7 +397,7 @@ async fn settle_release(client: &Client, allocation_id: &str, ledger: &mut Ledge
     for _ in 0..SETTLE_TRIES_MAX {
         match client.release(allocation_id).await {
             Ok(reply) => {
-                assert_eq!("idle", reply.state, "{reply:?}");
+                assert_eq!("idle", state_name(&reply), "{reply:?}");
                 return;
             }
             Err(Error::Unknown { .. }) => ledger.unknown_settled += 1,
@@ -419,7 +420,7 @@ fn check_ledgers(ledgers: &[Ledger], records: &BTreeMap<String, AllocationReply>
                 .unwrap_or_else(|| panic!("acknowledged allocation {} is lost", reply.request_id));
             assert_eq!(reply.allocation_id, record.allocation_id);
             if ledger.released.contains(&reply.allocation_id) {
-                assert_eq!("idle", record.state, "released {} is {record:?}", reply.request_id);
+                assert_eq!("idle", state_name(record), "released {} is {record:?}", reply.request_id);
             } else {
                 assert!(is_active(record), "held {} is {record:?}", reply.request_id);
                 assert_eq!(
@@ -443,7 +444,7 @@ fn check_ledgers(ledgers: &[Ledger], records: &BTreeMap<String, AllocationReply>
 }
 
 fn is_active(record: &AllocationReply) -> bool {
-    matches!(record.state.as_str(), "allocation" | "monitoring")
+    matches!(state_name(record), "allocation" | "monitoring")
 }
 
 fn used(state: &api::SystemStateReply, kind: &str) -> u64 {

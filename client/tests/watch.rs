@@ -2,6 +2,7 @@
 //! another replica when the one serving it is killed or paused, with every
 //! revision once and in order, the same events the table's history holds.
 
+use qm_client::convert::status_name;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -149,7 +150,7 @@ async fn allocate_many(client: Client, count: usize) {
 async fn allocate_until_answered(client: &Client, wanted: &ResourceRequest) {
     for _ in 0..10 {
         match client.allocate(wanted.clone()).await {
-            Ok(reply) => return assert_eq!("allocated", reply.status, "{reply:?}"),
+            Ok(reply) => return assert_eq!("allocated", status_name(&reply), "{reply:?}"),
             Err(Error::Unavailable { .. } | Error::Unknown { .. }) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(other) => panic!("allocate failed: {other}"),
         }

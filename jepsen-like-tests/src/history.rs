@@ -255,8 +255,8 @@ impl RecordView {
             request_id: reply.request_id.clone(),
             allocation_id: reply.allocation_id.clone(),
             response_id: reply.response_id.clone(),
-            status: reply.status.clone(),
-            state: reply.state.clone(),
+            status: qm_client::convert::status_name(reply).to_owned(),
+            state: qm_client::convert::state_name(reply).to_owned(),
             provider_id: reply.provider_id.clone(),
             grants: reply
                 .grants

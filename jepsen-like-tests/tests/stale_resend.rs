@@ -10,6 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use qm_client::convert::state_name;
 use qm_client::{Client, ClientConfig};
 use qm_jepsen::cluster::TestCluster;
 use qm_jepsen::config::WorkloadKind;
@@ -54,7 +55,7 @@ async fn a_resend_to_a_deposed_leader_does_not_report_a_released_allocation_acti
     };
     let request_id = request.request_id.clone().expect("set");
     let granted = everyone.allocate(request.clone()).await.expect("allocated");
-    assert_eq!("monitoring", granted.state);
+    assert_eq!("monitoring", state_name(&granted));
 
     // --- isolate the leader
     let leader = cluster.leader().await.expect("a leader");
@@ -82,7 +83,7 @@ async fn a_resend_to_a_deposed_leader_does_not_report_a_released_allocation_acti
             Err(error) => panic!("the majority never released: {error}"),
         }
     };
-    assert_eq!(("idle", "released"), (released.state.as_str(), released.reason.as_str()));
+    assert_eq!(("idle", "released"), (state_name(&released), released.reason.as_str()));
 
     // --- resend the same request to the old leader, which still believes it leads
     let old_leader = Client::new(ClientConfig::with_endpoints([cluster.addr(leader).to_owned()])).expect("client");
@@ -90,7 +91,8 @@ async fn a_resend_to_a_deposed_leader_does_not_report_a_released_allocation_acti
     cluster.stop(&dir.path().join("nodes")).expect("stopped");
     if let Ok(reply) = answer {
         assert_ne!(
-            "monitoring", reply.state,
+            "monitoring",
+            state_name(&reply),
             "replica {leader}, cut off from the others, answered a retry of {request_id} as active after the new leader \
              acknowledged its release: a stale answer"
         );

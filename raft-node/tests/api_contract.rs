@@ -4,6 +4,7 @@
 
 mod support;
 
+use qm_api::convert::status_name;
 use std::collections::HashMap;
 
 use qm_client::proto::api::*;
@@ -183,7 +184,7 @@ async fn the_pipeline_answers_each_call_as_its_unary_twin() {
         let (call_id, Outcome::Reply(granted)) = next_reply().await else {
             panic!("allocate was refused")
         };
-        assert_eq!((7, "allocated"), (call_id, granted.status.as_str()));
+        assert_eq!((7, "allocated"), (call_id, status_name(&granted)));
         let unary = api
             .get(GetRequest {
                 id: granted.request_id.clone(),

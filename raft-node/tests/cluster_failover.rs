@@ -41,7 +41,7 @@ async fn leader_kill_loses_no_acknowledged_allocation() {
             let reply = allocate_anywhere(&cluster, &request("agent_1", 1), Duration::from_secs(10))
                 .await
                 .expect("allocate");
-            assert_eq!(reply.status, "allocated");
+            assert_eq!(reply.status(), AllocationStatus::Allocated);
             acknowledged.insert(reply.request_id);
         }
 
@@ -111,7 +111,7 @@ async fn five_replicas_survive_two_failures() {
         let after = allocate_anywhere(&cluster, &request("agent_5", 2), Duration::from_secs(30))
             .await
             .expect("allocate with 3 of 5");
-        assert_eq!(after.status, "allocated");
+        assert_eq!(after.status(), AllocationStatus::Allocated);
 
         // --- both allocations are held
         let holding = held(&list_all(&cluster).await);

@@ -10,6 +10,7 @@
 
 mod support;
 
+use qm_api::convert::{state_name, status_name};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -336,7 +337,7 @@ async fn namespaces_and_providers_are_isolated() {
             .await
             .expect("team-a allocates")
             .into_inner();
-        assert_eq!("allocated", granted.status);
+        assert_eq!("allocated", status_name(&granted));
         assert_eq!("team-a", granted.request.as_ref().expect("request").namespace);
         let id = granted.allocation_id.clone();
 
@@ -455,7 +456,7 @@ async fn namespaces_and_providers_are_isolated() {
             "node_b confirms node_a's allocation",
         );
         let confirmed = provider_a.confirm(confirm("node_a")).await.expect("node_a confirms").into_inner();
-        assert_eq!("monitoring", confirmed.state);
+        assert_eq!("monitoring", state_name(&confirmed));
 
         // --- team-b's watch shows its own allocation and provider events, never team-a's
         let own = team_b
@@ -484,7 +485,7 @@ async fn namespaces_and_providers_are_isolated() {
             .await
             .expect("team-a releases")
             .into_inner();
-        assert!(["deallocation", "idle"].contains(&released.state.as_str()), "{released:?}");
+        assert!(["deallocation", "idle"].contains(&state_name(&released)), "{released:?}");
     })
     .await
     .expect("test finished in time");
@@ -520,7 +521,7 @@ async fn the_client_library_works_over_tls_and_stops_at_a_refusal() {
             serde_json::from_str(r#"{"requester_id": "agent_1", "resource_requirements": {"cpu_cores": 1}, "priority": 1}"#)
                 .expect("request");
         let granted = consumer.allocate(wanted.clone()).await.expect("team-a allocates");
-        assert_eq!("allocated", granted.status);
+        assert_eq!("allocated", status_name(&granted));
         assert_eq!(Some(leader.clone()), consumer.leader_addr(), "the client found the leader");
 
         // --- a refusal is final: not retried, nothing changed

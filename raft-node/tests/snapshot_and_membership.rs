@@ -24,7 +24,7 @@ async fn paused_follower_catches_up_by_snapshot_install() {
             let reply = allocate_anywhere(&cluster, &request("agent_s", 1), Duration::from_secs(10))
                 .await
                 .expect("allocate");
-            assert_eq!(reply.status, "allocated", "round {round}: {reply:?}");
+            assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
             if round % 10 == 0 {
                 kept.insert(reply.request_id.clone());
             } else {
@@ -45,7 +45,7 @@ async fn paused_follower_catches_up_by_snapshot_install() {
         let mut follower_api = client(cluster.addr(follower)).await;
         let held: BTreeSet<String> = follower_api
             .list(ListRequest {
-                state: "monitoring".into(),
+                state: RequestState::Monitoring as i32,
                 stale: true,
                 ..Default::default()
             })
@@ -73,7 +73,7 @@ async fn every_replica_snapshots_after_enough_commands_whatever_the_entries() {
             let reply = allocate_anywhere(&cluster, &request("agent_c", 1), Duration::from_secs(10))
                 .await
                 .expect("allocate");
-            assert_eq!(reply.status, "allocated", "round {round}: {reply:?}");
+            assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
             api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
         }
         // 241 commands in at most 241 entries: past 200 commands, far below the entries' bound.

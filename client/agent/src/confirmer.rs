@@ -105,7 +105,7 @@ impl Confirmer {
         let releasing: Vec<Uuid> = self
             .client
             .list(api::ListRequest {
-                state: "deallocation".to_owned(),
+                state: api::RequestState::Deallocation as i32,
                 limit: RESYNC_RELEASES_MAX,
                 ..Default::default()
             })

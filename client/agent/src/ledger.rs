@@ -144,7 +144,7 @@ impl Ledger {
                 continue;
             };
             seen.insert(allocation_id);
-            let confirmed = reply.state == "monitoring";
+            let confirmed = reply.state() == api::RequestState::Monitoring;
             if self.holdings.contains_key(&allocation_id) {
                 match confirmed {
                     true => notices.extend(self.mark_confirmed(allocation_id)),

@@ -54,11 +54,11 @@ fn released(allocation: u128) -> Value {
     })
 }
 
-fn reply(allocation: u128, state: &str) -> api::AllocationReply {
+fn reply(allocation: u128, state: api::RequestState) -> api::AllocationReply {
     api::AllocationReply {
         request_id: id(allocation + 100).to_string(),
         allocation_id: id(allocation).to_string(),
-        state: state.to_owned(),
+        state: state as i32,
         provider_id: US.to_owned(),
         grants: vec![api::UnitGrant {
             resource_id: "cpu_0".to_owned(),
@@ -194,7 +194,7 @@ fn our_provider_failing_and_recovering_is_told() {
 fn a_refusal_stops_the_confirmation_and_a_refused_probe_is_silent() {
     let mut ledger = Ledger::new(US);
     ledger.apply_event(&granted(1, US));
-    ledger.adopt(&[reply(1, "allocation")], &[id(9)]);
+    ledger.adopt(&[reply(1, api::RequestState::Allocation)], &[id(9)]);
 
     let refused = ledger.refused(id(1), Confirmation::Allocation, "placed on agent-b".to_owned());
     let probe = ledger.refused(id(9), Confirmation::Deallocation, "placed on agent-b".to_owned());
@@ -209,7 +209,10 @@ fn adopting_the_tables_view_adds_what_is_new_and_forgets_what_ended() {
     let mut ledger = Ledger::new(US);
     ledger.apply_event(&granted(1, US));
 
-    let notices = ledger.adopt(&[reply(2, "monitoring"), reply(3, "allocation")], &[id(4)]);
+    let notices = ledger.adopt(
+        &[reply(2, api::RequestState::Monitoring), reply(3, api::RequestState::Allocation)],
+        &[id(4)],
+    );
 
     assert!(matches!(&notices[0], Notice::Placed { allocation_id, .. } if *allocation_id == id(2)));
     assert!(matches!(&notices[1], Notice::Placed { allocation_id, .. } if *allocation_id == id(3)));
@@ -220,7 +223,12 @@ fn adopting_the_tables_view_adds_what_is_new_and_forgets_what_ended() {
     );
     assert!(ledger.holdings()[&id(2)].confirmed);
     assert!(
-        ledger.adopt(&[reply(2, "monitoring"), reply(3, "allocation")], &[id(4)]).is_empty(),
+        ledger
+            .adopt(
+                &[reply(2, api::RequestState::Monitoring), reply(3, api::RequestState::Allocation)],
+                &[id(4)]
+            )
+            .is_empty(),
         "the same view twice is no news"
     );
 }

@@ -153,8 +153,8 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
     api::AllocationReply {
         response_id: record.response_id.to_string(),
         request_id: record.request.request_id.to_string(),
-        status: record.status.as_str().to_owned(),
-        state: record.state.as_str().to_owned(),
+        status: status_to_wire(record.status) as i32,
+        state: state_to_wire(record.state) as i32,
         allocation_id: record.allocation_id.to_string(),
         provider_id: provider.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
         grants: active
@@ -184,12 +184,9 @@ pub fn response_from_reply(reply: &api::AllocationReply) -> Result<AllocationRes
     Ok(AllocationResponse {
         response_id: parse_uuid("response_id", &reply.response_id)?,
         request_id: parse_uuid("request_id", &reply.request_id)?,
-        status: status_from_name(&reply.status)?,
+        status: status_from_wire(reply.status)?,
         allocated_resources,
-        state: match reply.state.as_str() {
-            "" => None,
-            name => Some(state_from_name(name)?),
-        },
+        state: state_from_wire("state", reply.state)?,
         allocation_id: match reply.allocation_id.as_str() {
             "" => None,
             id => Some(parse_uuid("allocation_id", id)?),
@@ -201,12 +198,70 @@ pub fn response_from_reply(reply: &api::AllocationReply) -> Result<AllocationRes
     })
 }
 
-/// The protocol's status name (`allocated`, `queued`, `rejected`).
-pub fn status_from_name(name: &str) -> Result<AllocationStatus, ConvertError> {
-    [AllocationStatus::Allocated, AllocationStatus::Queued, AllocationStatus::Rejected]
-        .into_iter()
-        .find(|status| status.as_str() == name)
-        .ok_or_else(|| ConvertError::malformed("status", name, "allocated, queued or rejected"))
+/// The wire's enum of an allocation status.
+pub fn status_to_wire(status: AllocationStatus) -> api::AllocationStatus {
+    match status {
+        AllocationStatus::Allocated => api::AllocationStatus::Allocated,
+        AllocationStatus::Queued => api::AllocationStatus::Queued,
+        AllocationStatus::Rejected => api::AllocationStatus::Rejected,
+    }
+}
+
+/// An allocation status from the wire; unspecified or unknown numbers are malformed.
+pub fn status_from_wire(number: i32) -> Result<AllocationStatus, ConvertError> {
+    match api::AllocationStatus::try_from(number) {
+        Ok(api::AllocationStatus::Allocated) => Ok(AllocationStatus::Allocated),
+        Ok(api::AllocationStatus::Queued) => Ok(AllocationStatus::Queued),
+        Ok(api::AllocationStatus::Rejected) => Ok(AllocationStatus::Rejected),
+        Ok(api::AllocationStatus::Unspecified) | Err(_) => Err(ConvertError::malformed(
+            "status",
+            &number.to_string(),
+            "allocated, queued or rejected",
+        )),
+    }
+}
+
+/// The wire's enum of a request state.
+pub fn state_to_wire(state: RequestState) -> api::RequestState {
+    match state {
+        RequestState::Queued => api::RequestState::Queued,
+        RequestState::Allocation => api::RequestState::Allocation,
+        RequestState::Monitoring => api::RequestState::Monitoring,
+        RequestState::Deallocation => api::RequestState::Deallocation,
+        RequestState::Idle => api::RequestState::Idle,
+        RequestState::Error => api::RequestState::Error,
+    }
+}
+
+/// A request state from the wire `field`: `None` when unspecified (a list
+/// filter that takes any state); unknown numbers are malformed.
+pub fn state_from_wire(field: &str, number: i32) -> Result<Option<RequestState>, ConvertError> {
+    match api::RequestState::try_from(number) {
+        Ok(api::RequestState::Unspecified) => Ok(None),
+        Ok(api::RequestState::Queued) => Ok(Some(RequestState::Queued)),
+        Ok(api::RequestState::Allocation) => Ok(Some(RequestState::Allocation)),
+        Ok(api::RequestState::Monitoring) => Ok(Some(RequestState::Monitoring)),
+        Ok(api::RequestState::Deallocation) => Ok(Some(RequestState::Deallocation)),
+        Ok(api::RequestState::Idle) => Ok(Some(RequestState::Idle)),
+        Ok(api::RequestState::Error) => Ok(Some(RequestState::Error)),
+        Err(_) => Err(ConvertError::malformed(field, &number.to_string(), "a protocol state")),
+    }
+}
+
+/// A reply's status by its protocol name (`allocated`, `queued`,
+/// `rejected`), for printing and histories; `unspecified` for a number
+/// this build does not know.
+pub fn status_name(reply: &api::AllocationReply) -> &'static str {
+    status_from_wire(reply.status).map_or("unspecified", AllocationStatus::as_str)
+}
+
+/// A reply's state by its protocol name (`queued`, `allocation`,
+/// `monitoring`, ...); `unspecified` when it has none this build knows.
+pub fn state_name(reply: &api::AllocationReply) -> &'static str {
+    match state_from_wire("state", reply.state) {
+        Ok(Some(state)) => state.as_str(),
+        _ => "unspecified",
+    }
 }
 
 /// The protocol's state name (`queued`, `allocation`, `monitoring`, ...).

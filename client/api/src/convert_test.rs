@@ -163,8 +163,8 @@ fn an_active_record_replies_with_its_provider_and_grants() {
     let expected = api::AllocationReply {
         response_id: record.response_id.to_string(),
         request_id: "550e8400-e29b-41d4-a716-446655440000".into(),
-        status: "allocated".into(),
-        state: "monitoring".into(),
+        status: api::AllocationStatus::Allocated as i32,
+        state: api::RequestState::Monitoring as i32,
         allocation_id: record.allocation_id.to_string(),
         provider_id: "node_1".into(),
         grants: vec![
@@ -228,7 +228,7 @@ fn a_released_record_replies_without_provider_or_grants() {
 
     assert_eq!(
         ("allocated", "idle", "released"),
-        (reply.status.as_str(), reply.state.as_str(), reply.reason.as_str())
+        (status_name(&reply), state_name(&reply), reply.reason.as_str())
     );
     assert_eq!(("", 0), (reply.provider_id.as_str(), reply.grants.len()));
     let response = response_from_reply(&reply).unwrap();
@@ -247,7 +247,7 @@ fn a_queued_record_converts_both_ways() {
 
     let reply = reply_from_record(&queued);
 
-    assert_eq!(("queued", "queued"), (reply.status.as_str(), reply.state.as_str()));
+    assert_eq!(("queued", "queued"), (status_name(&reply), state_name(&reply)));
     assert_eq!(AllocationResponse::from(&queued), response_from_reply(&reply).unwrap());
 }
 
@@ -256,23 +256,17 @@ fn a_malformed_reply_names_the_field() {
     let (_, record) = table_with_allocation();
     let good = reply_from_record(&record);
 
-    let bad_status = api::AllocationReply {
-        status: "granted".into(),
-        ..good.clone()
-    };
+    let bad_status = api::AllocationReply { status: 9, ..good.clone() };
     let bad_id = api::AllocationReply {
         request_id: "nope".into(),
         ..good.clone()
     };
-    let bad_state = api::AllocationReply {
-        state: "sleeping".into(),
-        ..good
-    };
+    let bad_state = api::AllocationReply { state: 9, ..good };
 
     assert_eq!(
         Err(ConvertError::Malformed {
             field: "status".into(),
-            value: "granted".into(),
+            value: "9".into(),
             expected: "allocated, queued or rejected"
         }),
         response_from_reply(&bad_status)

@@ -47,17 +47,26 @@ pub enum StateArg {
     Error,
 }
 
+impl StateArg {
+    fn to_wire(self) -> api::RequestState {
+        match self {
+            StateArg::Queued => api::RequestState::Queued,
+            StateArg::Allocation => api::RequestState::Allocation,
+            StateArg::Monitoring => api::RequestState::Monitoring,
+            StateArg::Deallocation => api::RequestState::Deallocation,
+            StateArg::Idle => api::RequestState::Idle,
+            StateArg::Error => api::RequestState::Error,
+        }
+    }
+}
+
 impl ListArgs {
     pub fn to_request(&self) -> api::ListRequest {
         api::ListRequest {
             namespace: self.namespace.clone().unwrap_or_default(),
             requester_id: self.requester.clone().unwrap_or_default(),
             provider_id: self.provider.clone().unwrap_or_default(),
-            state: self
-                .state
-                .and_then(|state| state.to_possible_value())
-                .map(|value| value.get_name().to_owned())
-                .unwrap_or_default(),
+            state: self.state.map_or(api::RequestState::Unspecified, StateArg::to_wire) as i32,
             after: self.after.clone().unwrap_or_default(),
             limit: self.limit,
             stale: self.stale,

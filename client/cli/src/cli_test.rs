@@ -7,6 +7,7 @@ use qm_state_machine::{PlacementPolicy, ResourceRequest};
 use serde_json::Number;
 
 use super::*;
+use qm_client::proto::api;
 
 /// The protocol's `resource_request` example, verbatim.
 const PROTOCOL_EXAMPLE: &str = include_str!("../../../state-machine/tests/fixtures/resource_request.json");
@@ -338,11 +339,11 @@ fn list_flags_become_a_list_request() {
     let request = args.to_request();
 
     assert_eq!(
-        ("team_a", "agent_123", "monitoring", 10, false),
+        ("team_a", "agent_123", api::RequestState::Monitoring, 10, false),
         (
             request.namespace.as_str(),
             request.requester_id.as_str(),
-            request.state.as_str(),
+            request.state(),
             request.limit,
             request.stale
         )

@@ -24,6 +24,7 @@ use qm_state_machine::ResourceRequest;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use qm_client::proto::api;
 use qm_client::Error;
 use qm_client::{Client, Consistency};
 
@@ -314,7 +315,7 @@ async fn one_operation(client: &Client, workload: Workload, recorder: &Recorder,
     let reply = match allocated {
         Ok(reply) => {
             recorder.record("allocate", intended, finished, Ok(()));
-            if reply.status == "allocated" && intended >= recorder.measuring_from {
+            if reply.status() == api::AllocationStatus::Allocated && intended >= recorder.measuring_from {
                 recorder.allocations.fetch_add(1, Ordering::Relaxed);
             }
             reply
@@ -324,9 +325,9 @@ async fn one_operation(client: &Client, workload: Workload, recorder: &Recorder,
             return;
         }
     };
-    if reply.status != "allocated" {
+    if reply.status() != api::AllocationStatus::Allocated {
         // Queued (units ran out) or rejected: nothing to release but the request.
-        if reply.status == "queued" {
+        if reply.status() == api::AllocationStatus::Queued {
             let _ = client.release(&reply.request_id).await;
         }
         return;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::table::Table;
-use qm_client::convert::response_from_reply;
+use qm_client::convert::{response_from_reply, state_name, status_name};
 use qm_client::proto::api;
 use qm_client::Error;
 
@@ -35,8 +35,8 @@ pub fn print_allocation(reply: &api::AllocationReply, format: OutputFormat, out:
             let mut table = Table::new(["FIELD", "VALUE"]);
             table.row(["request_id", &reply.request_id]);
             table.row(["allocation_id", &reply.allocation_id]);
-            table.row(["status", &reply.status]);
-            table.row(["state", &reply.state]);
+            table.row(["status", status_name(reply)]);
+            table.row(["state", state_name(reply)]);
             table.row(["provider", or_dash(&reply.provider_id)]);
             table.row(["resources", &units_by_kind(&reply.grants)]);
             table.row(["reason", or_dash(&reply.reason)]);
@@ -71,8 +71,8 @@ pub fn print_allocations(replies: &[api::AllocationReply], format: OutputFormat,
                 table.row([
                     &reply.request_id,
                     or_dash(requester),
-                    &reply.status,
-                    &reply.state,
+                    status_name(reply),
+                    state_name(reply),
                     or_dash(&reply.provider_id),
                     &resources,
                     or_dash(&reply.reason),

@@ -5,6 +5,7 @@
 //!
 //! Timings are printed (`cargo test -p qm-client --test agent_failover -- --nocapture`).
 
+use qm_client::convert::{state_name, status_name};
 use std::time::{Duration, Instant};
 
 use qm_client::{Client, Confirmation, Consistency, Error};
@@ -72,7 +73,7 @@ async fn two_agents() -> Setup {
 /// for agent A's confirmation; returns the allocation id.
 async fn allocate_on_agent_a(setup: &Setup) -> String {
     let granted = setup.client.allocate(cpu_request("job_1", 1, None)).await.unwrap();
-    assert_eq!(("allocated", "agent-a"), (granted.status.as_str(), granted.provider_id.as_str()));
+    assert_eq!(("allocated", "agent-a"), (status_name(&granted), granted.provider_id.as_str()));
     let allocation_id = granted.allocation_id.clone();
     setup
         .agent_a
@@ -81,7 +82,7 @@ async fn allocate_on_agent_a(setup: &Setup) -> String {
         })
         .await;
     let record = setup.client.get(&allocation_id, Consistency::Linearizable).await.unwrap();
-    assert_eq!("monitoring", record.state, "the confirmation is visible to the requester");
+    assert_eq!("monitoring", state_name(&record), "the confirmation is visible to the requester");
     allocation_id
 }
 
@@ -97,7 +98,7 @@ async fn wait_until_on(
 ) -> Duration {
     loop {
         if let Ok(record) = client.get(allocation_id, Consistency::Linearizable).await {
-            if record.provider_id == provider && state.is_none_or(|state| record.state == state) {
+            if record.provider_id == provider && state.is_none_or(|state| state_name(&record) == state) {
                 return since.elapsed();
             }
         }
@@ -168,7 +169,7 @@ async fn a_killed_agents_allocation_moves_to_the_other_agent_and_its_units_retur
             .confirm(&allocation_id, "agent-b", Confirmation::Allocation)
             .await
             .unwrap_err();
-        assert_eq!("monitoring", again.state);
+        assert_eq!("monitoring", state_name(&again));
         assert!(matches!(misdirected, Error::Conflict { .. }), "{misdirected:?}");
         assert_eq!(commit_index, client.cluster_status().await.unwrap().commit_index);
 
@@ -217,7 +218,7 @@ async fn a_killed_agents_allocation_moves_to_the_other_agent_and_its_units_retur
         let state = client.system_state(Consistency::Linearizable).await.unwrap();
         assert!(state.failed_providers.is_empty(), "{state:?}");
         let pinned = client.allocate(cpu_request("job_2", 2, Some("agent-a"))).await.unwrap();
-        assert_eq!(("allocated", "agent-a"), (pinned.status.as_str(), pinned.provider_id.as_str()));
+        assert_eq!(("allocated", "agent-a"), (status_name(&pinned), pinned.provider_id.as_str()));
         agent_a
             .wait_for("the returned agent's confirmation", WAIT_MAX, |line| {
                 line["event"] == "confirmed" && line["allocation_id"] == pinned.allocation_id.as_str()
@@ -226,7 +227,7 @@ async fn a_killed_agents_allocation_moves_to_the_other_agent_and_its_units_retur
 
         // --- a release is confirmed by the agent too (deallocation → idle)
         let released = client.release(&pinned.allocation_id).await.unwrap();
-        assert!(["deallocation", "idle"].contains(&released.state.as_str()), "{released:?}");
+        assert!(["deallocation", "idle"].contains(&state_name(&released)), "{released:?}");
         agent_a
             .wait_for("the release confirmation", WAIT_MAX, |line| {
                 line["event"] == "release_confirmed" && line["allocation_id"] == pinned.allocation_id.as_str()
@@ -234,7 +235,7 @@ async fn a_killed_agents_allocation_moves_to_the_other_agent_and_its_units_retur
             .await;
         assert_eq!(
             "idle",
-            client.get(&pinned.allocation_id, Consistency::Linearizable).await.unwrap().state
+            state_name(&client.get(&pinned.allocation_id, Consistency::Linearizable).await.unwrap())
         );
 
         // --- SIGTERM agent B: it deregisters and its allocation moves back to A

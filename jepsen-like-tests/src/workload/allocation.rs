@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use qm_client::convert::state_name;
 use qm_client::proto::api::ListRequest;
 use qm_client::{Client, Error};
 use qm_state_machine::{ProviderRegistration, ResourceRequest, ResourceSpec, Sharing};
@@ -205,7 +206,7 @@ async fn release(ctx: &mut WorkerContext, own: &mut OwnRequest) {
     ctx.invoke(Payload::Release(value.clone()));
     let (kind, error) = match ctx.writer.release(&own.value.request_id).await {
         Ok(reply) => {
-            value.outcome = Some(release_outcome(&reply.state, &reply.reason));
+            value.outcome = Some(release_outcome(state_name(&reply), &reply.reason));
             value.record = Some(RecordView::from_reply(&reply));
             (OpType::Ok, None)
         }
@@ -226,7 +227,7 @@ async fn read(ctx: &mut WorkerContext) {
     let listed = ctx
         .reader
         .list(ListRequest {
-            state: "monitoring".to_owned(),
+            state: qm_client::proto::api::RequestState::Monitoring as i32,
             ..Default::default()
         })
         .await;

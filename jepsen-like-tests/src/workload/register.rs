@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use qm_client::convert::state_name;
 use qm_client::proto::api::ListRequest;
 use qm_client::{Client, Error};
 use qm_state_machine::protocol::ConstraintsDocument;
@@ -138,7 +139,7 @@ async fn acquire(ctx: &mut WorkerContext, holdings: &mut Holdings, unit: &str) {
     ctx.invoke(Payload::Acquire(value.clone()));
     match ctx.writer.allocate(acquire_request(ctx.worker, unit, &request_id)).await {
         Ok(reply) => {
-            let status = request_status(&reply.state, &reply.reason);
+            let status = request_status(state_name(&reply), &reply.reason);
             match status.as_str() {
                 "allocated" => {
                     holdings.held.insert(unit.to_owned(), request_id.clone());
@@ -182,7 +183,7 @@ async fn release(ctx: &mut WorkerContext, holdings: &mut Holdings, unit: &str, r
     ctx.invoke(Payload::Release(value.clone()));
     let (kind, error) = match ctx.writer.release(request_id).await {
         Ok(reply) => {
-            value.outcome = Some(release_outcome(&reply.state, &reply.reason));
+            value.outcome = Some(release_outcome(state_name(&reply), &reply.reason));
             (OpType::Ok, None)
         }
         Err(Error::NotFound { message }) => {
@@ -231,7 +232,7 @@ async fn resend(ctx: &mut WorkerContext, unit: &str, request_id: &str) {
     };
     match answer {
         Ok(reply) => {
-            value.status = Some(request_status(&reply.state, &reply.reason));
+            value.status = Some(request_status(state_name(&reply), &reply.reason));
             ctx.complete(OpType::Ok, Payload::Acquire(value), None);
         }
         Err(error) => ctx.complete(write_failure(&error), Payload::Acquire(value), Some(error.to_string())),
@@ -263,7 +264,7 @@ async fn read_holders(client: &Client, units: usize) -> Result<BTreeMap<String, 
     let records = client
         .list(ListRequest {
             provider_id: PROVIDER_ID.to_owned(),
-            state: "monitoring".to_owned(),
+            state: qm_client::proto::api::RequestState::Monitoring as i32,
             ..Default::default()
         })
         .await?;

@@ -70,12 +70,13 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
     let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
     let record = expect_record(node.propose(Command::Allocate(request)).await?)?;
+    let status = record.status.as_str();
     let reply = convert::reply_from_record(&record);
     node.metrics
-        .observe_allocation(&kinds, priority, &requester_id, &reply.status, started.elapsed().as_secs_f64());
+        .observe_allocation(&kinds, priority, &requester_id, status, started.elapsed().as_secs_f64());
     // Debug, not info: one line per call on the hot path cost ~5% of the
     // leader's CPU at full load (BENCHMARKS.md); `QM_LOG=debug` shows them.
-    debug!(correlation_id = %request_id, resource_id = %reply.provider_id, operation_type = "allocate", status = %reply.status, "allocate answered");
+    debug!(correlation_id = %request_id, resource_id = %reply.provider_id, operation_type = "allocate", status, "allocate answered");
     Ok(reply)
 }
 
@@ -137,15 +138,12 @@ pub async fn list(node: &Node, caller: &Caller, mut call: ListRequest) -> Result
 
 fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-    let state = match call.state.as_str() {
-        "" => None,
-        name => Some(convert::state_from_name(name).map_err(|_| {
-            invalid_argument(&InvalidArgument::new(
-                "state",
-                format!("{name:?} is not one of queued, allocation, monitoring, deallocation, idle, error"),
-            ))
-        })?),
-    };
+    let state = convert::state_from_wire("state", call.state).map_err(|_| {
+        invalid_argument(&InvalidArgument::new(
+            "state",
+            format!("{} is not one of the RequestState values", call.state),
+        ))
+    })?;
     let after = match call.after.as_str() {
         "" => None,
         text => Some(parse_uuid("after", text)?),

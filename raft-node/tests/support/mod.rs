@@ -116,7 +116,7 @@ pub async fn allocate_anywhere(
 pub fn held(records: &[AllocationReply]) -> std::collections::BTreeSet<String> {
     records
         .iter()
-        .filter(|r| r.state == "monitoring")
+        .filter(|r| r.state() == RequestState::Monitoring)
         .map(|r| r.request_id.clone())
         .collect()
 }
