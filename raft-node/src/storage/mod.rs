@@ -10,8 +10,7 @@
 //!  RaftCore ─ append/vote/truncate/purge ─▶ LogStore ──┐
 //!  replication tasks ─ read entries ──────▶ LogReader ─┤  sled::Db   <data_dir>/db (+ conf, blobs/)
 //!  sm worker ─ apply ─▶ StateMachineStore ─────────────┘   ├─ raft_log        u64 BE index → bincode Entry
-//!            snapshot ─┤   │                              ├─ raft_meta       vote, committed, last purged, layout
-//!                      │   │                              └─ table_snapshot  (legacy: snapshots before the file)
+//!            snapshot ─┤   │                              └─ raft_meta       vote, committed, last purged, layout
 //!                      └───┼──▶ <data_dir>/table.snapshot  meta, table bytes (written beside sled, not in it)
 //!        API reads ◀── StateReader
 //!        watchers  ◀── watch<revision>, then the table's event history
@@ -116,11 +115,9 @@ pub const DATA_DIR_LOCK_RETRY_INTERVAL_MS: u64 = 20;
 /// a data dir it would misread.
 pub const STORAGE_LAYOUT_VERSION: u32 = 1;
 
-/// Tree names. sled's own files include `snap.*` (its page table), hence the
-/// `table_` prefix on ours.
+/// Tree names.
 pub(crate) const LOG_TREE: &str = "raft_log";
 pub(crate) const META_TREE: &str = "raft_meta";
-pub(crate) const SNAPSHOT_TREE: &str = "table_snapshot";
 
 /// Keys of the meta tree.
 pub(crate) const KEY_LAYOUT_VERSION: &[u8] = b"layout_version";
@@ -174,7 +171,7 @@ pub async fn open(data_dir: &Path, table_config: TableConfig) -> Result<(LogStor
     let path = data_dir.to_path_buf();
     let (db, flush) = tokio::task::spawn_blocking(move || open_db(&path)).await??;
     let log_store = LogStore::open(&db, flush).await?;
-    let state_machine = StateMachineStore::open(&db, data_dir, table_config).await?;
+    let state_machine = StateMachineStore::open(data_dir, table_config).await?;
     Ok((log_store, state_machine))
 }
 
