@@ -51,7 +51,10 @@
 //!   unflushed. Entries a crash brings back below the purge point stay
 //!   hidden and are removed again after the next open.
 //! * **truncate**: removed (atomically) and flushed before returning, so
-//!   conflicting entries the leader told us to drop cannot come back.
+//!   conflicting entries the leader told us to drop cannot come back. Each
+//!   truncation that removed entries is counted ([`TruncationCount`]) before
+//!   it returns: the proposer reads the count to tell a write refused by a
+//!   follower from one appended here and then truncated.
 //! * **committed**: written without a flush of its own. It is only a hint of
 //!   how far to re-apply on restart; the next flush (the next append or vote)
 //!   carries it, and losing the newest value only means re-applying less and
@@ -94,7 +97,7 @@ use qm_state_machine::TableConfig;
 
 use crate::types::NodeId;
 use durable::DurableFlush;
-pub use log_store::{LogReader, LogStore};
+pub use log_store::{LogReader, LogStore, TruncationCount};
 pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
 
 /// sled's cache for hot pages. The log tail and the vote are what a replica
