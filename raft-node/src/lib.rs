@@ -30,13 +30,12 @@
 //! * [`types`]: the openraft type configuration.
 
 pub mod api;
+pub mod clock;
 pub mod codec;
 pub mod config;
-pub mod leader;
+pub mod consensus;
 pub mod metrics;
 pub mod network;
-pub mod node;
-pub mod proposer;
 pub mod proto;
 pub mod security;
 pub mod server;

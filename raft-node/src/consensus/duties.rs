@@ -1,159 +1,192 @@
-//! What only the leader does, outside the log: keep provider heartbeats in
-//! memory and turn silence into `ProviderFailed`, propose `Tick`s when a lease
-//! or deadline is due, and give every lease a fresh window when it takes over.
+//! What only the leader does, outside the log: turn providers' silence into
+//! `ProviderFailed` (and their return into `ProviderRecovered`), propose a
+//! `Tick` when a lease or deadline is due, and give every lease a fresh
+//! window when it takes over.
 //!
-//! Heartbeats never enter the log (they are high-frequency and carry no
-//! decision); only their consequences do. A new leader knows no heartbeat, so
-//! it counts every provider as last seen at the moment it took over: the
-//! fresh window the issue asks for.
+//! ```text
+//!  every tick_interval_ms:
+//!    round(leading term, book's term) ─▶ NotLeading: end the book's leadership
+//!                                     ├▶ TakeOver: read barrier, fresh book, take_over_work(table) ─▶ RefreshLeases?
+//!                                     └▶ Lead
+//!    due_work(table, book, now, window) ─▶ DueWork ─▶ Tick, ProviderFailed…, ProviderRecovered… ─▶ Node::propose
+//! ```
+//!
+//! Every decision is a pure function of the table, the heartbeat book and
+//! the time ([`round`], [`take_over_work`], [`due_work`]), tested for exact
+//! outputs in `duties_test.rs`; [`run_duties`] only drives them.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use qm_state_machine::{Command, ProviderStatus};
+use qm_state_machine::{AllocationTable, Command, ProviderStatus};
 use tracing::{info, warn};
 
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::consensus::heartbeats::HeartbeatBook;
+use crate::consensus::node::Node;
 
-/// Metrics a provider reported in its last heartbeat, per resource.
-pub type ReportedMetrics = BTreeMap<String, BTreeMap<String, f64>>;
-
-/// The leader's memory of providers. Cleared whenever leadership changes.
-#[derive(Default)]
-pub struct HeartbeatBook {
-    /// The term this book belongs to and when this replica became its leader.
-    leadership: Option<(u64, u64)>,
-    last_seen_ms: BTreeMap<String, u64>,
-    metrics: BTreeMap<String, ReportedMetrics>,
+/// How one round of the duties begins, given who leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Round {
+    /// This replica does not lead: the book's leadership ends, nothing is proposed.
+    NotLeading,
+    /// This replica leads a term the book does not belong to yet: take over first.
+    TakeOver { term: u64 },
+    /// The book belongs to the term this replica leads: propose the due work.
+    Lead,
 }
 
-impl HeartbeatBook {
-    pub fn record(&mut self, provider_id: &str, now_ms: u64, metrics: ReportedMetrics) {
-        self.last_seen_ms.insert(provider_id.to_owned(), now_ms);
-        self.metrics.insert(provider_id.to_owned(), metrics);
+/// The round for the term this replica leads (if any) and the book's term.
+pub fn round(leading_term: Option<u64>, book_term: Option<u64>) -> Round {
+    match leading_term {
+        None => Round::NotLeading,
+        Some(term) if book_term != Some(term) => Round::TakeOver { term },
+        Some(_) => Round::Lead,
     }
+}
 
-    pub fn last_seen_ms(&self, provider_id: &str) -> Option<u64> {
-        self.last_seen_ms.get(provider_id).copied()
-    }
+/// What a replica that has just taken over proposes before its first due work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TakeOverWork {
+    /// Something is due some day (a lease or a queued request's deadline):
+    /// propose `RefreshLeases`, so that renewals lost during the election
+    /// expire nothing.
+    pub refresh_leases: bool,
+}
 
-    pub fn metrics(&self, provider_id: &str) -> Option<&ReportedMetrics> {
-        self.metrics.get(provider_id)
+pub fn take_over_work(table: &AllocationTable) -> TakeOverWork {
+    TakeOverWork {
+        refresh_leases: table.next_due_ms().is_some(),
     }
+}
 
-    pub fn forget(&mut self, provider_id: &str) {
-        self.last_seen_ms.remove(provider_id);
-        self.metrics.remove(provider_id);
-    }
+/// What one round of the leader's duties proposes, in this order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DueWork {
+    /// A lease expiry or a queued request's deadline is at or before now.
+    pub tick: bool,
+    /// Active providers silent for longer than the failure window, by id.
+    pub failed_providers: Vec<String>,
+    /// Failed providers heard from within the failure window, by id.
+    pub recovered_providers: Vec<String>,
+}
 
-    /// When a silent provider is considered last seen: its heartbeat, or the
-    /// start of this leadership if it has not been heard from since.
-    fn silent_since(&self, provider_id: &str) -> Option<u64> {
-        let (_, since) = self.leadership?;
-        Some(self.last_seen_ms(provider_id).unwrap_or(since).max(since))
+impl DueWork {
+    /// The commands to propose, in order: `Tick`, then each
+    /// `ProviderFailed`, then each `ProviderRecovered`.
+    pub fn into_commands(self) -> Vec<Command> {
+        let tick = self.tick.then_some(Command::Tick);
+        let failed = self
+            .failed_providers
+            .into_iter()
+            .map(|provider_id| Command::ProviderFailed { provider_id });
+        let recovered = self
+            .recovered_providers
+            .into_iter()
+            .map(|provider_id| Command::ProviderRecovered { provider_id });
+        tick.into_iter().chain(failed).chain(recovered).collect()
     }
+}
+
+/// The work due at `now_ms`. A provider is silent when its last heartbeat
+/// (or the start of this leadership, whichever is later) is more than
+/// `window_ms` ago; a book without a leadership finds no one silent.
+pub fn due_work(table: &AllocationTable, heartbeats: &HeartbeatBook, now_ms: u64, window_ms: u64) -> DueWork {
+    let mut work = DueWork {
+        tick: table.next_due_ms().is_some_and(|due| due <= now_ms),
+        ..DueWork::default()
+    };
+    for provider in table.providers() {
+        let provider_id = &provider.provider_id;
+        match provider.status {
+            ProviderStatus::Active => {
+                let since = heartbeats.silent_since(provider_id).unwrap_or(now_ms);
+                if now_ms.saturating_sub(since) > window_ms {
+                    work.failed_providers.push(provider_id.clone());
+                }
+            }
+            ProviderStatus::Failed => {
+                // Heard from after it was declared failed: it is back.
+                let heard = heartbeats.last_seen_ms(provider_id);
+                if heard.is_some_and(|at| now_ms.saturating_sub(at) <= window_ms) {
+                    work.recovered_providers.push(provider_id.clone());
+                }
+            }
+        }
+    }
+    work
 }
 
 /// Runs the leader's duties every `tick_interval_ms` until the node stops.
-pub async fn run_duties(node: Arc<Node>, book: Arc<Mutex<HeartbeatBook>>) {
+pub async fn run_duties(node: Arc<Node>) {
     let mut interval = tokio::time::interval(Duration::from_millis(node.config.tick_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         interval.tick().await;
-        let Some(term) = node.leading_term() else {
-            book.lock().expect("heartbeat book").leadership = None;
-            continue;
-        };
-        let became_leader = book.lock().expect("heartbeat book").leadership.map(|(t, _)| t) != Some(term);
-        if became_leader && !take_over(&node, &book, term).await {
-            continue;
+        let book_term = node.heartbeats.lock().expect("heartbeat book").term();
+        match round(node.leading_term(), book_term) {
+            Round::NotLeading => {
+                node.heartbeats.lock().expect("heartbeat book").end_leadership();
+                continue;
+            }
+            Round::TakeOver { term } => {
+                if !take_over(&node, term).await {
+                    continue;
+                }
+            }
+            Round::Lead => {}
         }
-        propose_due_work(&node, &book).await;
+        let (now, window_ms) = (now_ms(), node.config.provider_failure_window_ms);
+        let work = node
+            .with_table(|table| due_work(table, &node.heartbeats.lock().expect("heartbeat book"), now, window_ms))
+            .await;
+        propose_all(&node, work.into_commands()).await;
     }
 }
 
 /// Starts a leadership: waits until every entry of earlier terms is applied
 /// (so the table is current), resets the heartbeat book, refreshes leases.
-async fn take_over(node: &Node, book: &Mutex<HeartbeatBook>, term: u64) -> bool {
+/// `false` if leadership is not confirmed yet (the next round tries again).
+async fn take_over(node: &Node, term: u64) -> bool {
     if let Err(error) = node.raft.ensure_linearizable().await {
         warn!(%error, "leadership not confirmed yet");
         return false;
     }
-    {
-        let mut book = book.lock().expect("heartbeat book");
-        *book = HeartbeatBook {
-            leadership: Some((term, now_ms())),
-            ..HeartbeatBook::default()
-        };
-    }
+    *node.heartbeats.lock().expect("heartbeat book") = HeartbeatBook::taken_over(term, now_ms());
     info!(
         term,
         operation_type = "take_over",
         "this replica leads; providers and leases get a fresh window"
     );
-    let has_leases = node.with_table(|table| table.next_due_ms().is_some()).await;
-    if has_leases {
-        if let Err(status) = node.propose(Command::RefreshLeases).await {
-            warn!(%status, "could not refresh leases");
-        }
+    let work = node.with_table(take_over_work).await;
+    if work.refresh_leases {
+        propose_all(node, vec![Command::RefreshLeases]).await;
     }
     true
 }
 
-async fn propose_due_work(node: &Node, book: &Mutex<HeartbeatBook>) {
-    let now = now_ms();
-    let (tick_due, silent, returned) = node
-        .with_table(|table| {
-            let book = book.lock().expect("heartbeat book");
-            let tick_due = table.next_due_ms().is_some_and(|due| due <= now);
-            let mut silent = Vec::new();
-            let mut returned = Vec::new();
-            for provider in table.providers() {
-                match provider.status {
-                    ProviderStatus::Active => {
-                        let since = book.silent_since(&provider.provider_id).unwrap_or(now);
-                        if now.saturating_sub(since) > node.config.provider_failure_window_ms {
-                            silent.push(provider.provider_id.clone());
-                        }
-                    }
-                    ProviderStatus::Failed => {
-                        // Heard from after it was declared failed: it is back.
-                        let heard = book.last_seen_ms(&provider.provider_id);
-                        if heard.is_some_and(|at| now.saturating_sub(at) <= node.config.provider_failure_window_ms) {
-                            returned.push(provider.provider_id.clone());
-                        }
-                    }
-                }
+/// Proposes each command in turn; one that is not committed is logged and
+/// left to the next round, which decides again from the table.
+async fn propose_all(node: &Node, commands: Vec<Command>) {
+    for command in commands {
+        let operation_type = command.operation_type();
+        let provider_id = match &command {
+            Command::ProviderFailed { provider_id } => {
+                warn!(resource_id = %provider_id, operation_type, "no heartbeat within the failure window");
+                Some(provider_id.clone())
             }
-            (tick_due, silent, returned)
-        })
-        .await;
-    if tick_due {
-        if let Err(status) = node.propose(Command::Tick).await {
-            warn!(%status, operation_type = "tick", "tick not committed");
-        }
-    }
-    for provider_id in silent {
-        warn!(resource_id = %provider_id, operation_type = "provider_failed", "no heartbeat within the failure window");
-        if let Err(status) = node
-            .propose(Command::ProviderFailed {
-                provider_id: provider_id.clone(),
-            })
-            .await
-        {
-            warn!(%status, resource_id = %provider_id, "provider failure not committed");
-        }
-    }
-    for provider_id in returned {
-        info!(resource_id = %provider_id, operation_type = "provider_recovered", "failed provider heartbeats again");
-        if let Err(status) = node
-            .propose(Command::ProviderRecovered {
-                provider_id: provider_id.clone(),
-            })
-            .await
-        {
-            warn!(%status, resource_id = %provider_id, "provider recovery not committed");
+            Command::ProviderRecovered { provider_id } => {
+                info!(resource_id = %provider_id, operation_type, "failed provider heartbeats again");
+                Some(provider_id.clone())
+            }
+            _ => None,
+        };
+        if let Err(error) = node.propose(command).await {
+            warn!(%error, operation_type, resource_id = provider_id.as_deref().unwrap_or(""), "leader duty not committed");
         }
     }
 }
+
+#[cfg(test)]
+#[path = "duties_test.rs"]
+mod tests;
