@@ -25,8 +25,10 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 use serde::de::DeserializeOwned;
 
+use super::codec;
+use super::db::{LOG_TREE, META_TREE};
 use super::durable::DurableFlush;
-use super::{codec, raft_error, RaftStorageError, StorageError, LOG_TREE, META_TREE};
+use super::error::{raft_error, RaftStorageError, StorageError};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded bytes `limited_get_log_entries` returns at most (but always at
@@ -523,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn truncations_that_remove_entries_are_counted() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
         let mut store = LogStore::open(&db, flush).await.expect("log store opens");
         let truncations = store.truncations();
         store.blocking_append(blank_entries(1..=5)).await.expect("append");
@@ -548,7 +550,7 @@ mod tests {
         let entries_total = 10 * PURGE_BATCH_ENTRIES as u64;
         let purge_point = entries_total - 100;
         {
-            let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+            let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
             let mut store = LogStore::open(&db, flush).await.expect("log store opens");
             store.blocking_append(blank_entries(1..=entries_total)).await.expect("append");
 
@@ -568,7 +570,7 @@ mod tests {
         }
 
         // --- purged entries a crash brought back are hidden, then removed
-        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
         let log = db.open_tree(LOG_TREE).expect("tree");
         log.apply_batch({
             let mut batch = sled::Batch::default();

@@ -25,7 +25,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{codec, StorageError};
+use super::codec;
+use super::error::StorageError;
 use crate::types::SnapshotMeta;
 
 /// Starts writing the chunk just written (`(offset, len)` of `file`) to

@@ -33,8 +33,8 @@ use qm_state_machine::{AllocationTable, TableConfig};
 use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 
 use super::background;
+use super::error::{raft_error, RaftStorageError, StorageError};
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
-use super::{raft_error, RaftStorageError, StorageError};
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The table and the log position it reflects.
