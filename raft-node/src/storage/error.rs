@@ -1,5 +1,5 @@
 //! The storage's errors: [`StorageError`] for opening and reading, and
-//! openraft's [`RaftStorageError`] that every trait method returns.
+//! openraft's `RaftStorageError` that every trait method returns.
 
 use std::path::PathBuf;
 
