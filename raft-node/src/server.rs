@@ -31,12 +31,12 @@ use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
 use crate::config::NodeConfig;
-use crate::leader::{self, HeartbeatBook};
+use crate::consensus::duties;
+use crate::consensus::raft_writer::RaftBatchWriter;
+use crate::consensus::{HeartbeatBook, Node, Proposer};
 use crate::metrics::{self, Metrics, RaftSample, UtilizationSample};
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
-use crate::node::Node;
-use crate::proposer::Proposer;
 use crate::security::{Call, Guard, MutualTls};
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
@@ -54,6 +54,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
     }
     let (log_store, state_machine) = storage::open(&config.data_dir, TableConfig::default()).await?;
+    let truncations = log_store.truncations();
     let state = state_machine.reader();
     let snapshot_requests = state_machine.snapshot_requests(config.snapshot_every_commands);
     let raft_config = openraft::Config {
@@ -80,7 +81,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         id: config.id,
         config: config.clone(),
         raft: raft.clone(),
-        proposer: Proposer::start(raft.clone(), Duration::from_millis(config.request_timeout_ms)),
+        proposer: Proposer::start(
+            RaftBatchWriter::new(raft.clone(), truncations),
+            Duration::from_millis(config.request_timeout_ms),
+        ),
         state,
         heartbeats: Arc::new(Mutex::new(HeartbeatBook::default())),
         metrics: Metrics::default(),
@@ -93,7 +97,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         .build_v1()
         .context("gRPC reflection")?;
     let mut background = vec![
-        tokio::spawn(leader::run_duties(node.clone(), node.heartbeats.clone())),
+        tokio::spawn(duties::run_duties(node.clone())),
         tokio::spawn(bootstrap(node.clone(), peer_tls)),
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),

@@ -7,7 +7,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::status;
-use crate::node::Node;
+use crate::consensus::Node;
 use crate::security::Caller;
 
 /// `Ok` if `caller` may see the record with `id` (a request or allocation

@@ -12,7 +12,7 @@ use tonic::Status;
 use tracing::info;
 
 use super::status::{invalid_argument, not_leader};
-use crate::node::Node;
+use crate::consensus::{Leader, Node};
 
 /// How long adding a replica may wait for the learner to catch up.
 pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
@@ -109,9 +109,12 @@ pub async fn remove_replica(node: &Node, call: RemoveReplicaRequest) -> Result<C
 
 fn membership_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            not_leader(forward.leader_id.zip(forward.leader_node.map(|n| n.addr)))
-        }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(
+            forward
+                .leader_id
+                .zip(forward.leader_node)
+                .map(|(id, node)| Leader { id, addr: node.addr }),
+        ),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => Status::failed_precondition(change.to_string()),
         RaftError::Fatal(fatal) => Status::unavailable(fatal.to_string()),
     }

@@ -5,7 +5,8 @@
 //! * [`cluster`]: cluster status and membership changes.
 //! * [`watch`]: the event stream from a revision.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
-//! * [`status`]: how errors become gRPC statuses (and leader redirects).
+//! * [`status`]: how typed errors (the table's, the consensus layer's)
+//!   become gRPC statuses and leader redirects: the only place that does.
 //! * [`access`]: what a scoped caller may see of the table's records.
 //!
 //! Every call is first admitted by the [`Guard`] (its certificate's role may
@@ -22,15 +23,13 @@ pub mod requests;
 pub mod status;
 pub mod watch;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use qm_api::proto::api::quartermaster_server::Quartermaster;
 use qm_api::proto::api::*;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::node::Node;
+use crate::consensus::Node;
 use crate::security::{Call, Caller, Guard};
 
 /// The service; one per replica, sharing the [`Node`].
@@ -96,7 +95,7 @@ impl Quartermaster for ApiService {
         )))
     }
 
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<EventMessage, Status>> + Send + 'static>>;
+    type WatchStream = watch::WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Reply<Self::WatchStream> {
         let caller = self.admit(&request, Call::Watch)?;

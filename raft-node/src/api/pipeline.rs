@@ -34,7 +34,7 @@ use tonic::{Status, Streaming};
 
 use crate::api::requests;
 use crate::api::status::invalid_argument;
-use crate::node::Node;
+use crate::consensus::Node;
 use crate::security::{Call, Caller, Guard};
 
 /// Calls of one stream running at once at most; also the answers buffered

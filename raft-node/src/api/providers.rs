@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use super::access::require_visible;
 use super::status::{self, invalid_argument, parse_uuid, require_id};
-use crate::leader::ReportedMetrics;
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::consensus::{Node, ReportedMetrics};
 use crate::security::Caller;
 
 /// Resources a heartbeat may report metrics for; more is refused.
@@ -177,8 +177,8 @@ async fn confirm_answered(node: &Node, allocation_id: Uuid, call: &ConfirmReques
     match node.with_table(|table| confirm_outcome(table, allocation_id, call)).await? {
         Ok(reply) => return Some(Ok(reply)),
         Err(_) => {
-            if let Err(status) = node.read_barrier(false).await {
-                return Some(Err(status));
+            if let Err(error) = node.read_barrier(false).await {
+                return Some(Err(error.into()));
             }
         }
     }

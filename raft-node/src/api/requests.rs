@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::access::require_visible;
 use super::status::{invalid_argument, parse_uuid};
-use crate::node::Node;
+use crate::consensus::Node;
 use crate::security::Caller;
 
 /// What the table answers for `request` without proposing it, if anything:

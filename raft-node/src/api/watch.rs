@@ -11,9 +11,11 @@
 //! a provider the events about allocations placed on it; provider-level
 //! events are seen by every watcher, as `ListProviders` is.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use qm_api::convert;
 use qm_api::proto::api::{EventMessage, WatchRequest};
 use qm_state_machine::EventsError;
@@ -21,8 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::api::ApiService;
-use crate::node::Node;
+use crate::consensus::Node;
 use crate::security::Caller;
 
 /// Events buffered per watcher before the sender waits for the client.
@@ -31,11 +32,9 @@ pub const WATCH_BUFFER_EVENTS: usize = 1024;
 /// (covers snapshot installs, which replace the table without events).
 pub const WATCH_POLL_INTERVAL_MS: u64 = 500;
 
-pub fn watch(
-    node: Arc<Node>,
-    caller: Caller,
-    call: WatchRequest,
-) -> Result<<ApiService as qm_api::proto::api::quartermaster_server::Quartermaster>::WatchStream, Status> {
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<EventMessage, Status>> + Send + 'static>>;
+
+pub fn watch(node: Arc<Node>, caller: Caller, call: WatchRequest) -> Result<WatchStream, Status> {
     let namespace = caller.namespace_for(&call.namespace)?;
     let namespace = (!namespace.is_empty()).then_some(namespace);
     let (sender, receiver) = mpsc::channel(WATCH_BUFFER_EVENTS);

@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::StorageError;
+use super::error::StorageError;
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     crate::codec::encode(value)

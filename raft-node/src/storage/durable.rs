@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// Makes every write made so far durable, covering what sled 0.34.7's own
 /// `flush` leaves out:
@@ -133,7 +133,7 @@ mod tests {
     #[tokio::test]
     async fn flush_syncs_the_blob_files_sled_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
         let big_value_bytes = 512 * 1024;
         db.insert(b"big", vec![7u8; big_value_bytes]).expect("insert");
 

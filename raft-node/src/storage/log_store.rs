@@ -25,8 +25,10 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError};
 use serde::de::DeserializeOwned;
 
+use super::codec;
+use super::db::{LOG_TREE, META_TREE};
 use super::durable::DurableFlush;
-use super::{codec, raft_error, RaftStorageError, StorageError, LOG_TREE, META_TREE};
+use super::error::{raft_error, RaftStorageError, StorageError};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// Encoded bytes `limited_get_log_entries` returns at most (but always at
@@ -62,6 +64,28 @@ pub struct LogStore {
     meta: sled::Tree,
     flush: DurableFlush,
     purger: Arc<Purger>,
+    truncations: TruncationCount,
+}
+
+/// How many truncations since this store was opened removed at least one
+/// entry. A truncation removes entries a newer leader does not have, which
+/// may include writes this replica appended as leader: the proposer compares
+/// the count before and after a write to tell "refused, nothing happened"
+/// from "appended, then truncated here, may still commit elsewhere"
+/// (`crate::consensus::raft_writer`). Cheap to clone; clones share the count.
+#[derive(Clone, Debug, Default)]
+pub struct TruncationCount(Arc<AtomicU64>);
+
+impl TruncationCount {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Counts one truncation; called before `truncate` returns, so before
+    /// openraft answers the truncated entries' writers.
+    fn record(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// What the background purger works on. Its task holds only a `Weak` to
@@ -111,7 +135,13 @@ impl LogStore {
             meta,
             flush,
             purger,
+            truncations: TruncationCount::default(),
         })
+    }
+
+    /// The count of truncations that removed entries, shared with the proposer.
+    pub fn truncations(&self) -> TruncationCount {
+        self.truncations.clone()
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>, StorageError> {
@@ -122,15 +152,18 @@ impl LogStore {
     }
 
     /// Removes every entry with an index at or above `index`, atomically, so
-    /// a crash cannot leave a hole in the middle of the log.
-    fn remove_from(&self, index: u64) -> Result<(), StorageError> {
+    /// a crash cannot leave a hole in the middle of the log. Returns how many
+    /// it removed.
+    fn remove_from(&self, index: u64) -> Result<usize, StorageError> {
         let mut batch = sled::Batch::default();
+        let mut removed = 0;
         for item in self.reader.log.range(index.to_be_bytes()..) {
             let (key, _) = item?;
             batch.remove(key);
+            removed += 1;
         }
         self.reader.log.apply_batch(batch)?;
-        Ok(())
+        Ok(removed)
     }
 
     /// Writes the entries of one append so that a crash keeps all of them or
@@ -426,7 +459,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        self.remove_from(log_id.index).map_err(|error| write_logs_error(&error))?;
+        let removed = self.remove_from(log_id.index).map_err(|error| write_logs_error(&error))?;
+        // Counted as soon as the entries are gone, before openraft answers
+        // their writers (it does so after `truncate` returns).
+        if removed > 0 {
+            self.truncations.record();
+        }
         self.flush.flush().await.map_err(|error| write_logs_error(&error))
     }
 
@@ -482,6 +520,27 @@ mod tests {
         }
     }
 
+    /// Only a truncation that removes entries is counted: a write appended
+    /// here can only have been removed by one of those.
+    #[tokio::test]
+    async fn truncations_that_remove_entries_are_counted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
+        let mut store = LogStore::open(&db, flush).await.expect("log store opens");
+        let truncations = store.truncations();
+        store.blocking_append(blank_entries(1..=5)).await.expect("append");
+        assert_eq!(0, truncations.get());
+
+        // --- entries 4 and 5 removed: counted
+        store.truncate(log_id(1, 1, 4)).await.expect("truncate");
+        assert_eq!(1, truncations.get());
+        assert_eq!(3, store.try_get_log_entries(..).await.expect("read").len());
+
+        // --- nothing at or above 10: not counted
+        store.truncate(log_id(1, 1, 10)).await.expect("truncate");
+        assert_eq!(1, truncations.get());
+    }
+
     /// `purge` hides the entries at once and the background purger removes
     /// them from disk, in many batches, while appends go on above them; a
     /// reopen finishes a purge that was cut short.
@@ -491,7 +550,7 @@ mod tests {
         let entries_total = 10 * PURGE_BATCH_ENTRIES as u64;
         let purge_point = entries_total - 100;
         {
-            let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+            let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
             let mut store = LogStore::open(&db, flush).await.expect("log store opens");
             store.blocking_append(blank_entries(1..=entries_total)).await.expect("append");
 
@@ -511,7 +570,7 @@ mod tests {
         }
 
         // --- purged entries a crash brought back are hidden, then removed
-        let (db, flush) = crate::storage::open_db(dir.path()).expect("sled opens");
+        let (db, flush) = crate::storage::db::open_db(dir.path()).expect("sled opens");
         let log = db.open_tree(LOG_TREE).expect("tree");
         log.apply_batch({
             let mut batch = sled::Batch::default();

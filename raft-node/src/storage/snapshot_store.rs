@@ -17,10 +17,6 @@
 //! most two chunks in the device's queue, rather than all at the final
 //! fsync: the log's own flushes, which callers wait for, then never queue
 //! behind tens of megabytes (they took up to 76 ms during a snapshot).
-//!
-//! Data dirs written before kept their snapshot in sled's `table_snapshot`
-//! tree: it is read from there while no file exists, and cleared after the
-//! first save to a file.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -29,7 +25,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{codec, StorageError, SNAPSHOT_TREE};
+use super::codec;
+use super::error::StorageError;
 use crate::types::SnapshotMeta;
 
 /// Starts writing the chunk just written (`(offset, len)` of `file`) to
@@ -69,10 +66,6 @@ const SNAPSHOT_RECORD_BYTES_MAX: u64 = 1024 * 1024;
 /// never holds more than two chunks of it.
 pub const SNAPSHOT_WRITEBACK_CHUNK_BYTES: usize = 1024 * 1024;
 
-/// Keys of the legacy `table_snapshot` tree.
-const LEGACY_KEY_META: &[u8] = b"meta";
-const LEGACY_KEY_DATA: &[u8] = b"data";
-
 /// What precedes the table bytes.
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotRecord {
@@ -103,7 +96,6 @@ pub(crate) enum SaveOutcome {
 #[derive(Clone)]
 pub(crate) struct SnapshotStore {
     dir: PathBuf,
-    legacy_tree: sled::Tree,
     /// Makes "is it newer than the stored one?" and the write one step:
     /// openraft builds snapshots in a spawned task, concurrently with
     /// installing one received from the leader.
@@ -111,13 +103,12 @@ pub(crate) struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// The store of the data dir `dir`, whose sled database is `db`.
-    pub(crate) fn open(db: &sled::Db, dir: &Path) -> Result<SnapshotStore, StorageError> {
-        Ok(SnapshotStore {
+    /// The store of the data dir `dir`.
+    pub(crate) fn open(dir: &Path) -> SnapshotStore {
+        SnapshotStore {
             dir: dir.to_path_buf(),
-            legacy_tree: db.open_tree(SNAPSHOT_TREE)?,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        }
     }
 
     /// The stored snapshot, if any.
@@ -167,11 +158,6 @@ impl SnapshotStore {
             File::open(&self.dir)?.sync_all()
         };
         write().map_err(StorageError::Sync)?;
-        // The file wins over the legacy tree from now on; clearing it only
-        // frees the space, so it needs no flush of its own.
-        if !self.legacy_tree.is_empty() {
-            self.legacy_tree.clear()?;
-        }
         Ok(SaveOutcome::Saved)
     }
 
@@ -179,13 +165,13 @@ impl SnapshotStore {
     fn read_record(&self) -> Result<Option<SnapshotRecord>, StorageError> {
         match self.open_file()? {
             Some(mut file) => read_file_record(&mut file).map(Some),
-            None => legacy_record(&self.legacy_tree),
+            None => Ok(None),
         }
     }
 
     fn load_blocking(&self) -> Result<Option<StoredSnapshot>, StorageError> {
         let Some(mut file) = self.open_file()? else {
-            return legacy_load(&self.legacy_tree);
+            return Ok(None);
         };
         let record = read_file_record(&mut file)?;
         let mut data = Vec::new();
@@ -235,22 +221,6 @@ fn check_length(record: &SnapshotRecord, data: &[u8]) -> Result<(), StorageError
     Ok(())
 }
 
-fn legacy_record(tree: &sled::Tree) -> Result<Option<SnapshotRecord>, StorageError> {
-    match tree.get(LEGACY_KEY_META)? {
-        Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot record")?)),
-        None => Ok(None),
-    }
-}
-
-fn legacy_load(tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StorageError> {
-    let Some(record) = legacy_record(tree)? else {
-        return Ok(None);
-    };
-    let data = tree.get(LEGACY_KEY_DATA)?.map(|data| data.to_vec()).unwrap_or_default();
-    check_length(&record, &data)?;
-    Ok(Some(StoredSnapshot { meta: record.meta, data }))
-}
-
 #[cfg(test)]
 mod tests {
     use openraft::testing::log_id;
@@ -270,8 +240,7 @@ mod tests {
     #[tokio::test]
     async fn an_older_snapshot_never_replaces_a_newer_one() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
-        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
+        let store = SnapshotStore::open(dir.path());
         let big = vec![10; 300 * 1024];
 
         // --- a newer snapshot
@@ -288,38 +257,11 @@ mod tests {
         assert_eq!((meta_at(12), vec![12; 10]), (stored.meta, stored.data));
     }
 
-    /// A data dir from before snapshot files: its snapshot in the sled tree
-    /// is still restored, and the first save moves it to the file.
-    #[tokio::test]
-    async fn a_snapshot_kept_in_sled_is_read_until_the_first_save_to_a_file() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
-        let legacy = db.open_tree(SNAPSHOT_TREE).expect("tree");
-        let record = SnapshotRecord {
-            meta: meta_at(7),
-            data_bytes: 3,
-        };
-        legacy.insert(LEGACY_KEY_META, codec::encode(&record)).expect("insert");
-        legacy.insert(LEGACY_KEY_DATA, vec![7, 7, 7]).expect("insert");
-        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
-
-        let stored = store.load().await.expect("load").expect("the legacy snapshot");
-        assert_eq!((meta_at(7), vec![7, 7, 7]), (stored.meta, stored.data));
-        assert_eq!(SaveOutcome::KeptNewer, store.save(meta_at(6), vec![6]).await.expect("save").0);
-
-        assert_eq!(SaveOutcome::Saved, store.save(meta_at(9), vec![9; 4]).await.expect("save").0);
-        assert!(legacy.is_empty(), "the legacy tree is cleared");
-        assert!(dir.path().join(SNAPSHOT_FILE).exists());
-        let stored = store.load().await.expect("load").expect("the file's snapshot");
-        assert_eq!((meta_at(9), vec![9; 4]), (stored.meta, stored.data));
-    }
-
     /// A damaged file is an error naming it, not an empty or wrong table.
     #[tokio::test]
     async fn a_damaged_snapshot_file_is_reported() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (db, _flush) = crate::storage::open_db(dir.path()).expect("sled opens");
-        let store = SnapshotStore::open(&db, dir.path()).expect("snapshot store opens");
+        let store = SnapshotStore::open(dir.path());
         store.save(meta_at(3), vec![1; 100]).await.expect("save");
         let path = dir.path().join(SNAPSHOT_FILE);
         let bytes = std::fs::read(&path).expect("read");

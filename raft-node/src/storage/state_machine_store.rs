@@ -33,8 +33,8 @@ use qm_state_machine::{AllocationTable, TableConfig};
 use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 
 use super::background;
+use super::error::{raft_error, RaftStorageError, StorageError};
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
-use super::{raft_error, RaftStorageError, StorageError};
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The table and the log position it reflects.
@@ -178,8 +178,8 @@ impl std::fmt::Debug for StateMachineStore {
 
 impl StateMachineStore {
     /// Restores the table from the stored snapshot, or starts an empty one.
-    pub(crate) async fn open(db: &sled::Db, data_dir: &Path, table_config: TableConfig) -> Result<StateMachineStore, StorageError> {
-        let snapshots = SnapshotStore::open(db, data_dir)?;
+    pub(crate) async fn open(data_dir: &Path, table_config: TableConfig) -> Result<StateMachineStore, StorageError> {
+        let snapshots = SnapshotStore::open(data_dir);
         let state = match snapshots.load().await? {
             Some(stored) => {
                 let table = tokio::task::spawn_blocking(move || AllocationTable::from_snapshot_bytes(&stored.data)).await??;

@@ -1,28 +1,19 @@
 //! [`Node`]: the handle every part of a replica shares: its Raft, its applied
-//! table, the clock it stamps commands with, and the leader's heartbeat book.
+//! table, its proposer, and the leader's heartbeat book.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use qm_state_machine::{AllocationTable, Command, CommandResponse};
-use tonic::Status;
 
-use crate::api::status;
 use crate::config::NodeConfig;
-use crate::leader::HeartbeatBook;
+use crate::consensus::error::{Leader, NotLeader, ProposeError, ReadError};
+use crate::consensus::heartbeats::HeartbeatBook;
+use crate::consensus::proposer::Proposer;
 use crate::metrics::Metrics;
-use crate::proposer::Proposer;
 use crate::storage::StateReader;
 use crate::types::{NodeId, Raft};
-
-/// The wall clock in milliseconds since the epoch: the leader's stamp on
-/// commands. Only the leader's API and duties read it; the table never does.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 pub struct Node {
     pub id: NodeId,
@@ -41,11 +32,11 @@ impl Node {
     }
 
     /// Replicates `command` to a majority's disk (batched with whatever else
-    /// is being proposed), applies it and returns the table's answer. A
-    /// follower answers with the leader's address instead; a write not
-    /// committed within `request_timeout_ms` is reported as of unknown outcome.
-    pub async fn propose(&self, command: Command) -> Result<CommandResponse, Status> {
-        let started = std::time::Instant::now();
+    /// is being proposed), applies it and returns the table's answer; a
+    /// refusal of the table is [`ProposeError::Rejected`]. See
+    /// [`ProposeError`] for which failures leave the outcome unknown.
+    pub async fn propose(&self, command: Command) -> Result<CommandResponse, ProposeError> {
+        let started = Instant::now();
         let operation_type = command.operation_type();
         let answered = self.proposer.propose(command).await;
         tracing::debug!(
@@ -53,48 +44,53 @@ impl Node {
             commit_us = started.elapsed().as_micros() as u64,
             "proposal answered"
         );
-        answered?.map_err(|error| status::command_error(&error))
+        answered?.map_err(ProposeError::Rejected)
     }
 
     /// Makes the next local read linearizable: confirms leadership with a
     /// quorum and waits until the table has applied everything committed
     /// before the read. `stale` skips that and reads whatever is applied here.
-    pub async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+    pub async fn read_barrier(&self, stale: bool) -> Result<(), ReadError> {
         if stale || self.config.unsafe_stale_reads {
             return Ok(());
         }
-        let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(Status::unavailable("could not confirm leadership with a quorum in time")),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => match error.forward_to_leader::<openraft::BasicNode>() {
-                Some(forward) => Err(status::not_leader(
-                    forward.leader_id.zip(forward.leader_node.clone().map(|node| node.addr)),
-                )),
-                None if error.fatal().is_some() => Err(Status::unavailable(format!("this replica is stopping: {error}"))),
-                None => Err(status::not_leader(self.leader())),
-            },
+        let timeout_ms = self.config.request_timeout_ms;
+        let confirmed = tokio::time::timeout(Duration::from_millis(timeout_ms), self.raft.ensure_linearizable()).await;
+        let Ok(confirmed) = confirmed else {
+            return Err(ReadError::QuorumUnconfirmed { timeout_ms });
+        };
+        let Err(error) = confirmed else {
+            return Ok(());
+        };
+        if let Some(forward) = error.forward_to_leader::<openraft::BasicNode>() {
+            let leader = forward
+                .leader_id
+                .zip(forward.leader_node.clone())
+                .map(|(id, node)| Leader { id, addr: node.addr });
+            return Err(ReadError::NotLeader { leader });
         }
+        if let Some(fatal) = error.fatal() {
+            return Err(ReadError::Stopping { reason: fatal.to_string() });
+        }
+        // Too few voters confirmed this leadership (QuorumNotEnough): send
+        // the caller to whichever leader this replica knows now.
+        Err(ReadError::NotLeader { leader: self.leader() })
     }
 
     /// Writes are only accepted by the leader; others redirect.
-    pub fn require_leader(&self) -> Result<(), Status> {
+    pub fn require_leader(&self) -> Result<(), NotLeader> {
         match self.leading_term() {
             Some(_) => Ok(()),
-            None => Err(status::not_leader(self.leader())),
+            None => Err(NotLeader { leader: self.leader() }),
         }
     }
 
     /// The leader this replica knows of, with its address.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
+    pub fn leader(&self) -> Option<Leader> {
         let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())?;
-        Some((leader, addr))
+        let id = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())?;
+        Some(Leader { id, addr })
     }
 
     /// The highest log index this replica knows to be committed.

@@ -4,7 +4,7 @@
 //!  API handlers ──(command, reply)──▶ queue ──▶ proposer loop
 //!                                                  │ wait for the batch in flight, then drain the queue
 //!                                                  ▼ (at most PROPOSAL_BATCH_COMMANDS_MAX)
-//!                                    one CommandBatch entry ──▶ Raft::client_write
+//!                                    one CommandBatch entry ──▶ BatchWriter::write (Raft::client_write)
 //!                                                  │ committed on a majority's disk, applied in order
 //!  API handlers ◀──── each its own ApplyResult ────┘
 //! ```
@@ -13,18 +13,22 @@
 //! form the next one, so batches grow with load; an idle leader sends each
 //! command alone and adds no delay. Each command is stamped with the
 //! leader's clock when its batch is formed.
+//!
+//! The proposer only batches, times out and answers; writing one batch is a
+//! [`BatchWriter`]'s job ([`RaftBatchWriter`](crate::consensus::raft_writer::RaftBatchWriter)
+//! in a replica, a scripted one in `proposer_test.rs`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use qm_state_machine::{ApplyResult, Command, StampedCommand};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tonic::Status;
+use tokio::task::JoinHandle;
 
-use crate::api::status;
-use crate::node::now_ms;
-use crate::types::{CommandBatch, Raft};
+use crate::clock::now_ms;
+use crate::consensus::error::{Leader, ProposeError};
+use crate::types::CommandBatch;
 
 /// Commands in one log entry at most.
 pub const PROPOSAL_BATCH_COMMANDS_MAX: usize = 512;
@@ -40,9 +44,41 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch at most; past this, callers wait to enqueue.
 pub const PROPOSAL_QUEUE_COMMANDS_MAX: usize = 65_536;
 
+/// Why a whole batch got no answers from the table: every command of it is
+/// answered with the same error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// Refused before it was appended: nothing happened.
+    NotLeader { leader: Option<Leader> },
+    /// Appended here, then truncated by a newer leader: it may still commit.
+    OutcomeUnknown { leader: Option<Leader> },
+    /// Raft is shutting down.
+    Stopping,
+    /// An answer a batch is never given (a bug).
+    Internal { reason: String },
+}
+
+impl BatchError {
+    /// This batch error as the answer to one of its commands.
+    pub fn for_command(self, operation_type: &'static str) -> ProposeError {
+        match self {
+            BatchError::NotLeader { leader } => ProposeError::NotLeader { leader, operation_type },
+            BatchError::OutcomeUnknown { leader } => ProposeError::OutcomeUnknown { leader, operation_type },
+            BatchError::Stopping => ProposeError::Stopping { operation_type },
+            BatchError::Internal { reason } => ProposeError::Internal { operation_type, reason },
+        }
+    }
+}
+
+/// Writes one batch as one log entry and answers the table's result of each
+/// of its commands, in order.
+pub trait BatchWriter: Send + Sync + 'static {
+    fn write(&self, batch: CommandBatch) -> impl Future<Output = Result<Vec<ApplyResult>, BatchError>> + Send;
+}
+
 struct Proposal {
     command: Command,
-    reply: oneshot::Sender<Result<ApplyResult, Status>>,
+    reply: oneshot::Sender<Result<ApplyResult, BatchError>>,
 }
 
 /// A handle to the proposer loop. Cheap to clone.
@@ -54,36 +90,40 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the loop; it ends when every handle is dropped.
-    pub fn start(raft: Raft, request_timeout: Duration) -> Proposer {
+    pub fn start(writer: impl BatchWriter, request_timeout: Duration) -> Proposer {
+        Proposer::spawn(writer, request_timeout).0
+    }
+
+    /// Starts the loop and returns its task too (tests stop it).
+    fn spawn(writer: impl BatchWriter, request_timeout: Duration) -> (Proposer, JoinHandle<()>) {
         let (queue, waiting) = mpsc::channel(PROPOSAL_QUEUE_COMMANDS_MAX);
-        tokio::spawn(run(raft, waiting, request_timeout));
-        Proposer { queue, request_timeout }
+        let task = tokio::spawn(run(Arc::new(writer), waiting, request_timeout));
+        (Proposer { queue, request_timeout }, task)
     }
 
     /// Replicates `command` in the next batch and returns the table's answer.
     /// A command not committed within the request timeout is answered
-    /// `DEADLINE_EXCEEDED`: its outcome is unknown.
-    pub async fn propose(&self, command: Command) -> Result<ApplyResult, Status> {
+    /// [`ProposeError::Timeout`]: its outcome is unknown.
+    pub async fn propose(&self, command: Command) -> Result<ApplyResult, ProposeError> {
         let operation_type = command.operation_type();
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Proposal { command, reply })
             .await
-            .map_err(|_| Status::unavailable("this replica is stopping"))?;
+            .map_err(|_| ProposeError::Stopping { operation_type })?;
         match tokio::time::timeout(self.request_timeout, answer).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "{operation_type} was not committed within {} ms; its outcome is unknown (retry with the same request_id)",
-                self.request_timeout.as_millis()
-            ))),
-            Ok(Err(_)) => Err(Status::unavailable(format!(
-                "{operation_type}: the proposer stopped; its outcome is unknown"
-            ))),
-            Ok(Ok(answer)) => answer,
+            Err(_) => Err(ProposeError::Timeout {
+                timeout_ms: self.request_timeout.as_millis() as u64,
+                operation_type,
+            }),
+            // The batch's task ended without answering: Raft or the runtime stopped.
+            Ok(Err(_)) => Err(ProposeError::Stopping { operation_type }),
+            Ok(Ok(answer)) => answer.map_err(|error| error.for_command(operation_type)),
         }
     }
 }
 
-async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, request_timeout: Duration) {
+async fn run<W: BatchWriter>(writer: Arc<W>, mut waiting: mpsc::Receiver<Proposal>, request_timeout: Duration) {
     let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     while let Some(first) = waiting.recv().await {
         let Ok(slot) = in_flight.clone().acquire_owned().await else {
@@ -96,38 +136,31 @@ async fn run(raft: Raft, mut waiting: mpsc::Receiver<Proposal>, request_timeout:
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
-            write_batch(&raft, batch, request_timeout).await;
+            write_batch(&*writer, batch, request_timeout).await;
             drop(slot);
         });
     }
 }
 
 /// Writes one batch and answers each of its callers.
-async fn write_batch(raft: &Raft, batch: Vec<Proposal>, request_timeout: Duration) {
+async fn write_batch(writer: &impl BatchWriter, batch: Vec<Proposal>, request_timeout: Duration) {
     let now = now_ms();
     // The commands move into the entry; only the reply channels stay here.
     let (commands, replies): (Vec<StampedCommand>, Vec<_>) = batch
         .into_iter()
         .map(|proposal| (StampedCommand::new(now, proposal.command), proposal.reply))
         .unzip();
-    let written = tokio::time::timeout(request_timeout, raft.client_write(CommandBatch { commands })).await;
-    let results: Result<Vec<ApplyResult>, Status> = match written {
+    let written = tokio::time::timeout(request_timeout, writer.write(CommandBatch { commands })).await;
+    let results = match written {
         // The callers' own timeouts answer them; the batch may still commit.
         Err(_) => return,
-        Ok(Ok(written)) => match written.data.into_command_results() {
-            Some(results) if results.len() == replies.len() => Ok(results),
-            other => Err(Status::internal(format!(
-                "a batch of {} commands was answered with {other:?}",
-                replies.len()
-            ))),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            Err(status::not_leader(forward.leader_id.zip(forward.leader_node.map(|node| node.addr))))
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error)))) => Err(Status::failed_precondition(error.to_string())),
-        Ok(Err(RaftError::Fatal(fatal))) => Err(Status::unavailable(format!("this replica is stopping: {fatal}"))),
+        Ok(Ok(results)) if results.len() == replies.len() => Ok(results),
+        Ok(Ok(results)) => Err(BatchError::Internal {
+            reason: format!("a batch of {} commands was answered with {} results", replies.len(), results.len()),
+        }),
+        Ok(Err(error)) => Err(error),
     };
     match results {
         Ok(results) => {
@@ -135,10 +168,14 @@ async fn write_batch(raft: &Raft, batch: Vec<Proposal>, request_timeout: Duratio
                 let _ = reply.send(Ok(result));
             }
         }
-        Err(status) => {
+        Err(error) => {
             for reply in replies {
-                let _ = reply.send(Err(status.clone()));
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }
 }
+
+#[cfg(test)]
+#[path = "proposer_test.rs"]
+mod tests;

@@ -1,0 +1,40 @@
+//! # The consensus layer: proposals, reads and the leader's duties
+//!
+//! Everything between the storage (below) and the API (above): the
+//! [`Node`] handle, the [`Proposer`] that batches commands into log entries,
+//! the [`RaftBatchWriter`](raft_writer::RaftBatchWriter) that writes them
+//! through openraft, and the leader's duties. It answers with plain typed
+//! errors ([`ProposeError`], [`ReadError`], [`NotLeader`]); it knows nothing
+//! of gRPC, and no file here imports `crate::api` or `crate::server`.
+//!
+//! ```text
+//!  api ──▶ Node::propose ──▶ Proposer ──batch──▶ RaftBatchWriter ──▶ openraft ──▶ storage
+//!      ──▶ Node::read_barrier ──────────────────────────────────────▶ openraft
+//!      ──▶ HeartbeatBook (record, forget, list)
+//!  duties::run_duties ── round / take_over_work / due_work (pure) ──▶ Node::propose
+//! ```
+//!
+//! # Layout
+//!
+//! * [`node`]: [`Node`], the handle every part of a replica shares.
+//! * [`proposer`]: [`Proposer`], group commit; [`BatchWriter`](proposer::BatchWriter).
+//! * [`raft_writer`]: one batch through `Raft::client_write`, and whether a
+//!   `ForwardToLeader` means "refused" or "outcome unknown".
+//! * [`duties`]: the leader's periodic work, as pure decisions and their driver.
+//! * [`heartbeats`]: [`HeartbeatBook`], the leader's memory of providers.
+//! * [`error`]: the typed errors.
+//!
+//! Within the layer, imports go one way: `error`, `heartbeats` ←
+//! `proposer` ← `raft_writer`, `node` ← `duties`.
+
+pub mod duties;
+pub mod error;
+pub mod heartbeats;
+pub mod node;
+pub mod proposer;
+pub mod raft_writer;
+
+pub use error::{Leader, NotLeader, ProposeError, ReadError};
+pub use heartbeats::{HeartbeatBook, ReportedMetrics};
+pub use node::Node;
+pub use proposer::Proposer;
