@@ -1,7 +1,8 @@
 //! [`Client`]: every call of the public API, with leader discovery, redirects
 //! and failover.
 //!
-//! Each call runs `ClientInner::call`: try the believed leader (else the
+//! Each call runs `ClientInner::call`, which sends and sleeps as the call's
+//! [`CallPlan`](crate::call_plan) decides: try the believed leader (else the
 //! first replica); on a NotLeader answer go straight to the replica it names;
 //! on a timeout, an unavailable replica or a connection error, back off and
 //! try the next replica that has not failed yet in this call, at most
@@ -18,55 +19,22 @@ use std::time::Duration;
 
 use qm_state_machine::{ProviderRegistration, ResourceRequest};
 use tokio::time::Instant;
-use tracing::debug;
 use uuid::Uuid;
 
+use crate::call_plan::{CallKind, CallPlan, Step};
 use crate::config::{ClientConfig, ConfigError};
+pub use crate::consistency::Consistency;
 use crate::convert::{registration_to_proto, request_to_proto, state_name, status_name};
 use crate::error::Error;
 use crate::failure::Failure;
-use crate::heartbeat::HeartbeatLoop;
-use crate::lease::LeaseKeeper;
 use crate::proto::api;
 use crate::proto::api::pipelined_call::Call as PipelinedRequest;
 use crate::replicas::{Replica, ReplicaSet};
-use crate::retry::Backoff;
-use crate::watch::WatchStream;
 
-/// NotLeader hints followed in one call. Two replicas that name each other
-/// (during an election) would otherwise bounce a call until its deadline.
-pub const REDIRECTS_MAX: u32 = 8;
+pub use crate::call_plan::{LEADER_WAITS_MAX, REDIRECTS_MAX};
 
-/// What hyper reports when a client speaking plain HTTP/2 meets a TLS
-/// replica: it reads the replica's TLS alert as a frame header, or finds
-/// that the replica has already hung up on it (which, depends on timing).
-const PLAINTEXT_AGAINST_TLS_SYMPTOMS: [&str; 4] = ["frame with invalid size", "connection closed", "connection reset", "broken pipe"];
-/// Appended to the cause then, since the symptom alone does not say why.
-const PLAINTEXT_AGAINST_TLS_HINT: &str =
-    " (this client has no certificate: if the cluster runs mutual TLS, give --tls-cert/--tls-key/--tls-ca or QM_TLS_CERT/QM_TLS_KEY/QM_TLS_CA)";
-/// NotLeader answers without a usable hint waited on in one call (with the
-/// same backoff as retries). They mean an election is under way, which
-/// takes longer than `retries_max` quick retries would wait, so they do not
-/// use up retries; the call's deadline bounds them too.
-pub const LEADER_WAITS_MAX: u32 = 16;
 /// Longest pause between two polls of a queued request in `allocate_and_wait`.
 pub const WAIT_POLL_MS_MAX: u64 = 1_000;
-
-/// Where a read is answered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Consistency {
-    /// Through the leader's read index: sees every write acknowledged before it.
-    #[default]
-    Linearizable,
-    /// From whichever replica answers, possibly behind; works without a leader.
-    Stale,
-}
-
-impl Consistency {
-    fn is_stale(self) -> bool {
-        self == Consistency::Stale
-    }
-}
 
 /// Which confirmation a provider's agent sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +49,7 @@ pub enum Confirmation {
 /// believed leader. Create it inside a Tokio runtime.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: Arc<ClientInner>,
+    pub(crate) inner: Arc<ClientInner>,
 }
 
 /// What clones of a [`Client`] and its background tasks share.
@@ -89,23 +57,6 @@ pub struct Client {
 pub(crate) struct ClientInner {
     pub(crate) config: ClientConfig,
     pub(crate) replicas: ReplicaSet,
-}
-
-/// How a call's failures are reported once retries run out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CallKind {
-    /// Changes the table: a lost answer makes the outcome unknown.
-    Write,
-    /// Changes nothing: a lost answer only means "unavailable".
-    Read(Consistency),
-}
-
-impl CallKind {
-    /// A successful answer proves the replica was the leader: followers
-    /// redirect writes and linearizable reads.
-    fn proves_leader(self) -> bool {
-        self != CallKind::Read(Consistency::Stale)
-    }
 }
 
 impl Client {
@@ -218,14 +169,6 @@ impl Client {
             .await
     }
 
-    /// Renews the lease of `id` every `interval` in the background until the
-    /// returned keeper is dropped, or until the allocation can no longer be
-    /// renewed (see [`LeaseKeeper::stopped`]). Pick an interval well under
-    /// the TTL: a renewal may need a failover.
-    pub fn keep_lease_alive(&self, id: &str, interval: Duration) -> LeaseKeeper {
-        LeaseKeeper::start(self.clone(), id.to_owned(), interval)
-    }
-
     /// A request's record, by request id or allocation id.
     pub async fn get(&self, id: &str, consistency: Consistency) -> Result<api::AllocationReply, Error> {
         let message = api::GetRequest {
@@ -257,14 +200,6 @@ impl Client {
         Ok(reply.records)
     }
 
-    /// Every event from `from_revision` on (0: only events from now on), then
-    /// live ones, from any replica; on failover it resumes on another replica
-    /// without gaps or duplicates. `namespace` limits allocation events to one
-    /// namespace (provider events are always included).
-    pub fn watch(&self, from_revision: u64, namespace: Option<&str>) -> WatchStream {
-        WatchStream::start(self.inner.clone(), from_revision, namespace.unwrap_or_default().to_owned())
-    }
-
     // --- providers
 
     /// Registers a provider, or updates one already registered. Validated here
@@ -290,12 +225,6 @@ impl Client {
                 replica.client().heartbeat(request).await
             })
             .await
-    }
-
-    /// Heartbeats for `provider_id` every `interval` in the background until
-    /// the returned handle is dropped.
-    pub fn heartbeat_loop(&self, provider_id: &str, interval: Duration) -> HeartbeatLoop {
-        HeartbeatLoop::start(self.clone(), provider_id.to_owned(), interval)
     }
 
     /// Removes a provider; its allocations are moved elsewhere or queued.
@@ -423,36 +352,25 @@ impl ClientInner {
         Send: Fn(Replica, tonic::Request<Message>) -> Answer,
         Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
     {
-        let deadline = Instant::now() + self.config.request_timeout();
-        let mut failures = Backoff::from_config(&self.config);
-        let mut leader_waits = Backoff::new(self.config.backoff_base_ms, self.config.backoff_max_ms, LEADER_WAITS_MAX);
-        // Replicas that could not be reached during this call: not tried
-        // again, and not followed when a follower still names one as its
-        // leader (until every replica has failed).
-        let mut failed: Vec<usize> = Vec::new();
-        let mut target = self.replicas.first_target();
-        let (mut attempts, mut redirects) = (0u32, 0u32);
-        let mut maybe_applied = false;
-        // Set while re-trying a failed replica a follower names as leader:
-        // if it fails again, that is part of waiting for the election, not a
-        // retry of its own.
-        let mut retrying_hinted = false;
-        let mut last_cause = String::from("the deadline passed before the first attempt");
+        let mut plan = CallPlan::new(name, kind, &self.config, self.replicas.first_target(), Instant::now());
+        let mut step = plan.start(Instant::now());
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let attempt_timeout = (deadline - now).min(self.config.attempt_timeout());
-            let replica = self.replicas.get(target);
-            attempts += 1;
+            let target = match step {
+                Step::Done(error) => return Err(error),
+                Step::Wait(delay, next) => {
+                    tracing::trace!(call = name, next = %self.replicas.get(next).addr, delay_ms = delay.as_millis() as u64, "waiting");
+                    tokio::time::sleep(delay).await;
+                    step = plan.resume(Instant::now());
+                    continue;
+                }
+                Step::Send(target) => target,
+            };
+            let attempt_timeout = plan.attempt_timeout(Instant::now());
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(attempt_timeout);
-            let failure = match tokio::time::timeout(attempt_timeout, send(replica.clone(), request)).await {
+            let failure = match tokio::time::timeout(attempt_timeout, send(self.replicas.get(target), request)).await {
                 Ok(Ok(response)) => {
-                    if kind.proves_leader() {
-                        self.replicas.set_leader(target);
-                    }
+                    plan.succeeded(&self.replicas);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => Failure::from_status(&status),
@@ -462,94 +380,7 @@ impl ClientInner {
                     cause: format!("no answer within {} ms", attempt_timeout.as_millis()),
                 },
             };
-            // A final answer (bad input, not found, a conflict) says nothing
-            // about who leads, so the believed leader stays; any other failure
-            // means this replica did not serve the call as leader.
-            if !matches!(failure, Failure::Final(_)) {
-                self.replicas.forget_leader(target);
-            }
-            let hinted_retry = std::mem::take(&mut retrying_hinted);
-            let delay = match failure {
-                Failure::Final(error) => return Err(final_error(kind, maybe_applied, error)),
-                Failure::NotLeader {
-                    leader_addr,
-                    leader_id,
-                    maybe_applied: maybe,
-                } => {
-                    maybe_applied |= maybe;
-                    let hinted = leader_addr.as_deref().and_then(|addr| self.replicas.index_of_or_add(addr));
-                    match hinted.filter(|hinted| *hinted != target) {
-                        Some(hinted) if !failed.contains(&hinted) && redirects < REDIRECTS_MAX => {
-                            redirects += 1;
-                            debug!(call = name, from = %replica.addr, to = ?leader_addr, leader_id = ?leader_id, "following the leader hint");
-                            self.replicas.set_leader(hinted);
-                            target = hinted;
-                            continue;
-                        }
-                        // A follower names a replica that failed us earlier in
-                        // this call: either the followers have not noticed yet,
-                        // or it came back and won the election. Give the
-                        // election time, then that replica one more attempt.
-                        Some(hinted) if failed.contains(&hinted) => {
-                            last_cause = format!(
-                                "{} names {}, which failed earlier in this call",
-                                replica.addr,
-                                self.replicas.get(hinted).addr
-                            );
-                            let Some(delay) = leader_waits.next_delay(&mut rand::thread_rng()) else {
-                                break;
-                            };
-                            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
-                            failed.retain(|replica| *replica != hinted);
-                            target = hinted;
-                            retrying_hinted = true;
-                            continue;
-                        }
-                        // No leader yet, or one that already failed us: an
-                        // election is under way; give it time.
-                        _ => {
-                            last_cause = match &leader_addr {
-                                Some(addr) => format!("{} is not the leader and names {addr}, which failed", replica.addr),
-                                None => format!("{} is not the leader and knows none", replica.addr),
-                            };
-                            leader_waits.next_delay(&mut rand::thread_rng())
-                        }
-                    }
-                }
-                Failure::Retryable {
-                    maybe_applied: maybe,
-                    unreachable,
-                    cause,
-                } => {
-                    maybe_applied |= maybe;
-                    last_cause = format!("{}: {cause}", replica.addr);
-                    if unreachable && !failed.contains(&target) {
-                        failed.push(target);
-                    }
-                    match hinted_retry {
-                        true => leader_waits.next_delay(&mut rand::thread_rng()),
-                        false => failures.next_delay(&mut rand::thread_rng()),
-                    }
-                }
-            };
-            let Some(delay) = delay else { break };
-            let next = self.replicas.next_avoiding(target, &failed);
-            debug!(call = name, attempt = attempts, cause = %last_cause, next = %self.replicas.get(next).addr, delay_ms = delay.as_millis() as u64, "failing over");
-            tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
-            target = next;
-        }
-        debug!(call = name, attempts, maybe_applied, cause = %last_cause, "giving up");
-        // Every attempt has failed by now: on a plaintext cluster a replica
-        // that dies mid-call, with others answering, never brings us here.
-        if self.config.tls.is_none() && PLAINTEXT_AGAINST_TLS_SYMPTOMS.iter().any(|symptom| last_cause.contains(symptom)) {
-            last_cause.push_str(PLAINTEXT_AGAINST_TLS_HINT);
-        }
-        match kind {
-            CallKind::Write if maybe_applied => Err(Error::Unknown {
-                request_id: None,
-                last_cause,
-            }),
-            _ => Err(Error::Unavailable { attempts, last_cause }),
+            step = plan.next(failure, Instant::now(), &mut rand::thread_rng(), &self.replicas);
         }
     }
 
@@ -560,20 +391,6 @@ impl ClientInner {
                 self.replicas.set_leader(index);
             }
         }
-    }
-}
-
-/// A definite refusal, unless an earlier attempt of the same write may have
-/// taken effect: then "not found" or "conflict" may be that attempt's own
-/// doing (a deregistration retried after its answer was lost finds the
-/// provider gone), so the outcome is unknown, not failed.
-fn final_error(kind: CallKind, maybe_applied: bool, error: Error) -> Error {
-    match error {
-        Error::NotFound { .. } | Error::Conflict { .. } if kind == CallKind::Write && maybe_applied => Error::Unknown {
-            request_id: None,
-            last_cause: format!("{error}, after an earlier attempt that may have taken effect"),
-        },
-        error => error,
     }
 }
 

@@ -83,3 +83,13 @@ async fn beat_until_refused(
         }
     }
 }
+
+// Defined here rather than in client.rs so that client.rs needs nothing of
+// this module: the dependency goes one way.
+impl Client {
+    /// Heartbeats for `provider_id` every `interval` in the background until
+    /// the returned handle is dropped.
+    pub fn heartbeat_loop(&self, provider_id: &str, interval: Duration) -> HeartbeatLoop {
+        HeartbeatLoop::start(self.clone(), provider_id.to_owned(), interval)
+    }
+}

@@ -81,3 +81,15 @@ async fn renew_until_refused(client: Client, id: String, interval: Duration, exp
         }
     }
 }
+
+// Defined here rather than in client.rs so that client.rs needs nothing of
+// this module: the dependency goes one way.
+impl Client {
+    /// Renews the lease of `id` every `interval` in the background until the
+    /// returned keeper is dropped, or until the allocation can no longer be
+    /// renewed (see [`LeaseKeeper::stopped`]). Pick an interval well under
+    /// the TTL: a renewal may need a failover.
+    pub fn keep_lease_alive(&self, id: &str, interval: Duration) -> LeaseKeeper {
+        LeaseKeeper::start(self.clone(), id.to_owned(), interval)
+    }
+}

@@ -30,8 +30,11 @@
 //! * [`config`]: [`ClientConfig`], its defaults and limits.
 //! * [`client`]: [`Client`]: every API call, leader discovery, redirects,
 //!   failover, retries with the same `request_id`.
+//! * `consistency`: [`Consistency`], linearizable or stale reads.
 //! * [`error`]: [`Error`], what a call ends in.
 //! * `failure`: how one failed attempt is classified (redirect, retry, final).
+//! * `call_plan`: what a call does after a failed attempt (send to the
+//!   hinted leader, wait and try another replica, or give up): a pure step.
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels and the believed leader.
 //! * `pipeline`: allocate, release and renew multiplexed on one `Pipeline`
@@ -40,8 +43,10 @@
 //! * [`lease`]: [`LeaseKeeper`], renews a lease in the background.
 //! * [`heartbeat`]: [`HeartbeatLoop`], a provider's heartbeats in the background.
 
+mod call_plan;
 pub mod client;
 pub mod config;
+mod consistency;
 pub mod error;
 mod failure;
 pub mod heartbeat;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Request, Response, Status};
 
+use crate::call_plan::ReplicaView;
 use crate::config::{check_endpoint, ClientConfig, ConfigError, REPLICAS_MAX};
 use crate::pipeline::PipelineSlot;
 use crate::proto::api::pipelined_call::Call as PipelinedRequest;
@@ -147,11 +148,7 @@ impl ReplicaSet {
     /// The next replica after `index` that is not in `avoid`; just the next
     /// one when every replica is to be avoided.
     pub(crate) fn next_avoiding(&self, index: usize, avoid: &[usize]) -> usize {
-        let len = self.len();
-        (1..=len)
-            .map(|step| (index + step) % len)
-            .find(|candidate| !avoid.contains(candidate))
-            .unwrap_or_else(|| self.next_after(index))
+        next_avoiding(self.len(), index, avoid)
     }
 
     pub(crate) fn leader_index(&self) -> Option<usize> {
@@ -193,6 +190,37 @@ impl ReplicaSet {
         // A panic while holding this lock cannot leave the list half-changed
         // (it is only pushed to), so a poisoned lock is still consistent.
         self.replicas.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Of `len` replicas, the next after `index` that is not in `avoid`; just
+/// the next one when every replica is to be avoided.
+pub(crate) fn next_avoiding(len: usize, index: usize, avoid: &[usize]) -> usize {
+    (1..=len)
+        .map(|step| (index + step) % len)
+        .find(|candidate| !avoid.contains(candidate))
+        .unwrap_or((index + 1) % len)
+}
+
+impl ReplicaView for ReplicaSet {
+    fn addr(&self, index: usize) -> String {
+        self.get(index).addr
+    }
+
+    fn index_of_or_add(&self, addr: &str) -> Option<usize> {
+        ReplicaSet::index_of_or_add(self, addr)
+    }
+
+    fn next_avoiding(&self, index: usize, avoid: &[usize]) -> usize {
+        ReplicaSet::next_avoiding(self, index, avoid)
+    }
+
+    fn set_leader(&self, index: usize) {
+        ReplicaSet::set_leader(self, index)
+    }
+
+    fn forget_leader(&self, index: usize) {
+        ReplicaSet::forget_leader(self, index)
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::client::ClientInner;
+use crate::client::{Client, ClientInner};
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::proto::api;
@@ -208,5 +208,17 @@ fn ended_by(status: &tonic::Status, addr: &str, progressed: bool) -> Ended {
             cause: format!("{addr}: {cause}"),
             progressed,
         },
+    }
+}
+
+// Defined here rather than in client.rs so that client.rs needs nothing of
+// this module: the dependency goes one way.
+impl Client {
+    /// Every event from `from_revision` on (0: only events from now on), then
+    /// live ones, from any replica; on failover it resumes on another replica
+    /// without gaps or duplicates. `namespace` limits allocation events to one
+    /// namespace (provider events are always included).
+    pub fn watch(&self, from_revision: u64, namespace: Option<&str>) -> WatchStream {
+        WatchStream::start(self.inner.clone(), from_revision, namespace.unwrap_or_default().to_owned())
     }
 }
