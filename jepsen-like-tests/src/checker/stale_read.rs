@@ -137,19 +137,24 @@ fn seconds(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The gap before a read, in milliseconds: a lagging follower is stale by less than one.
+fn millis(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
 impl Violation for StaleReadViolation {
     fn describe(&self) -> String {
         match self {
             StaleReadViolation::MissedAllocation { request_id, read, held } => format!(
                 "stale read: process {} read at {:.3}-{:.3} s did not list {request_id}, {} per the {} acknowledged at {:.3} s \
-                 ({:.3} s before the read began), with no release of it invoked before the read ended",
+                 ({:.1} ms before the read began), with no release of it invoked before the read ended",
                 read.process,
                 seconds(read.invoked_ns),
                 seconds(read.completed_ns),
                 held.state,
                 held.f,
                 seconds(held.acknowledged_ns),
-                seconds(read.invoked_ns - held.acknowledged_ns),
+                millis(read.invoked_ns - held.acknowledged_ns),
             ),
             StaleReadViolation::ShowedFinished {
                 request_id,
@@ -158,13 +163,13 @@ impl Violation for StaleReadViolation {
                 finished,
             } => format!(
                 "stale read: process {} read at {:.3}-{:.3} s listed {request_id} as {listed_state}, but the {} acknowledged at {:.3} s \
-                 ({:.3} s before the read began) showed it {}",
+                 ({:.1} ms before the read began) showed it {}",
                 read.process,
                 seconds(read.invoked_ns),
                 seconds(read.completed_ns),
                 finished.f,
                 seconds(finished.acknowledged_ns),
-                seconds(read.invoked_ns - finished.acknowledged_ns),
+                millis(read.invoked_ns - finished.acknowledged_ns),
                 finished.state,
             ),
         }

@@ -57,7 +57,7 @@ fn a_read_that_misses_an_acknowledged_allocation_is_caught() {
     );
     assert_eq!(
         "stale read: process 1 read at 1.500-1.510 s did not list a, monitoring per the allocate acknowledged at 1.200 s \
-         (0.300 s before the read began), with no release of it invoked before the read ended",
+         (300.0 ms before the read began), with no release of it invoked before the read ended",
         found[0].describe()
     );
     assert_eq!(vec![0, 1, 2, 3], found[0].ops());
