@@ -9,7 +9,8 @@
 //! final heal and a final read, checkers decide whether the history is one
 //! a correct system could have produced: linearizability per unit (register
 //! workload), or no double allocation, capacity never exceeded, no lost
-//! acknowledged allocation and idempotent retries (allocation workload).
+//! acknowledged allocation, idempotent retries and no stale read (allocation
+//! workload).
 //! The report has plots, a summary, and for a linearizability failure a
 //! page drawing the offending unit's operations on a time line.
 //!
@@ -20,8 +21,9 @@
 //!
 //! The checkers are proven by putting known bugs back: unit tests feed them
 //! hand-built bad histories, and `--unsafe-stale-reads` starts replicas that
-//! answer reads from their own state, which the register workload catches
-//! as stale reads.
+//! answer reads from their own state, which both workloads catch as stale
+//! reads: the register workload's linearizability checker, and the
+//! allocation workload's [`checker::stale_read`].
 //!
 //! ```text
 //!            qm-jepsen run ...                                       report (--out)
@@ -48,7 +50,9 @@
 //! * [`workload`]: client processes; [`workload::register`], [`workload::allocation`],
 //!   [`workload::providers`].
 //! * [`history`]: operations, the recorder, `history.jsonl`.
-//! * [`checker`]: one file per checker, each with its `Violation` enum; [`checker::wgl`] is the linearizability search.
+//! * [`checker`]: one file per checker, each with its `Violation` enum: [`checker::linearizability`] (register;
+//!   [`checker::wgl`] is its search), [`checker::double_allocation`], [`checker::capacity`],
+//!   [`checker::lost_allocation`], [`checker::idempotency`], [`checker::stale_read`] (allocation), [`checker::stats`].
 //! * [`report`]: `results.json`, `summary.txt`, [`report::plots`], [`report::timeline`].
 //! * [`error`]: the harness's typed errors, [`JepsenError`].
 

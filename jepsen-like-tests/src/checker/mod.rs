@@ -7,6 +7,7 @@
 //! * [`capacity`]: no unit holds more than its capacity.
 //! * [`lost_allocation`]: every acknowledged allocation not released survives; every acknowledged release sticks.
 //! * [`idempotency`]: one allocation per `request_id`, however often it is sent.
+//! * [`stale_read`]: no read misses an allocation, or lists a release, acknowledged before it began.
 //! * [`stats`]: counts, availability during faults, leader failover times (not a verdict).
 //! * [`operations`]: invocations paired with completions; fault windows.
 //! * [`holds`]: what the allocation checkers share: held units, certain holds, reads.
@@ -18,6 +19,7 @@ pub mod idempotency;
 pub mod linearizability;
 pub mod lost_allocation;
 pub mod operations;
+pub mod stale_read;
 pub mod stats;
 pub mod wgl;
 
@@ -146,7 +148,7 @@ impl CheckerResult {
     }
 }
 
-/// The allocation workload's history, as its four checkers need it.
+/// The allocation workload's history, as its five checkers need it.
 pub struct AllocationHistory<'a> {
     pub operations: &'a [Operation],
     pub units: &'a [UnitSpec],

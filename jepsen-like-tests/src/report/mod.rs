@@ -22,7 +22,7 @@ use crate::checker::linearizability::{self, UnitFailure};
 use crate::checker::operations::{client_operations, fault_windows, leader_faults};
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
-use crate::checker::{capacity, double_allocation, idempotency, lost_allocation, AllocationHistory, CheckerResult, Validity};
+use crate::checker::{capacity, double_allocation, idempotency, lost_allocation, stale_read, AllocationHistory, CheckerResult, Validity};
 use crate::config::{RunConfig, WorkloadKind};
 use crate::error::JepsenError;
 use crate::history::Op;
@@ -98,6 +98,7 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
                 capacity::check(&input),
                 lost_allocation::check(&input),
                 idempotency::check(&input),
+                stale_read::check(&input),
             ];
             (checkers, Vec::new())
         }

@@ -4,7 +4,9 @@
 //! of every active allocation.
 //!
 //! Judged by [`crate::checker::double_allocation`], [`crate::checker::capacity`],
-//! [`crate::checker::lost_allocation`] and [`crate::checker::idempotency`].
+//! [`crate::checker::lost_allocation`], [`crate::checker::idempotency`] and
+//! [`crate::checker::stale_read`] (every read against the writes
+//! acknowledged before it began).
 
 use std::collections::BTreeMap;
 
