@@ -27,6 +27,11 @@ pub const LEADER_ADDR_HEADER: &str = "x-qm-leader-addr";
 /// The bad field on an `INVALID_ARGUMENT` answer, as the protocol's JSON spells it.
 pub const FIELD_HEADER: &str = "x-qm-field";
 
+/// Records one `List` call returns at most: a `ListRequest` whose `limit` is
+/// 0 or larger gets this many, and a client that gets a full page must ask
+/// for the next one (`after`) to be sure it has seen everything.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+
 /// A replica that leads the cluster, as another replica names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leader {

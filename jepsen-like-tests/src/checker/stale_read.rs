@@ -65,7 +65,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use qm_raft_node::api::requests::LIST_LIMIT_MAX;
+use qm_client::wire::LIST_LIMIT_MAX;
 use qm_state_machine::TableConfig;
 use serde::Serialize;
 

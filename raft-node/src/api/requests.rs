@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use qm_api::convert;
 use qm_api::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
+use qm_api::wire::LIST_LIMIT_MAX;
 use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
 use tonic::Status;
 use tracing::debug;
@@ -38,9 +39,6 @@ async fn answer_from_table(node: &Node, request: &AllocationRequest) -> Option<R
     })
     .await
 }
-
-/// Records returned by one `list` call at most.
-pub const LIST_LIMIT_MAX: usize = 10_000;
 
 pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Result<AllocationReply, Status> {
     let started = Instant::now();
