@@ -2,7 +2,7 @@
 //! and failover.
 //!
 //! Each call runs `ClientInner::call`, which sends and sleeps as the call's
-//! [`CallPlan`](crate::call_plan) decides: try the believed leader (else the
+//! `CallPlan` (`call_plan.rs`) decides: try the believed leader (else the
 //! first replica); on a NotLeader answer go straight to the replica it names;
 //! on a timeout, an unavailable replica or a connection error, back off and
 //! try the next replica that has not failed yet in this call, at most
