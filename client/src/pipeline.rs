@@ -18,9 +18,9 @@
 //! The stream is opened on the first call to a replica and kept; when it
 //! breaks (the replica stops, the connection drops) every call waiting on
 //! it fails with the transport's error, exactly as unary calls in flight on
-//! that connection would, and the next call opens a new one. A replica that
-//! does not know `Pipeline` (UNIMPLEMENTED: an older version) is remembered,
-//! and calls to it go unary.
+//! that connection would, and the next call opens a new one. Every replica
+//! serves `Pipeline` (no version without it shipped); `pipeline_writes:
+//! false` (`qm --no-pipeline`) sends each write as its own call instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -57,16 +57,13 @@ enum SlotState {
     #[default]
     Closed,
     Open(Arc<Pipeline>),
-    /// The replica answered UNIMPLEMENTED: it predates `Pipeline`.
-    Unsupported,
 }
 
 impl PipelineSlot {
     /// The open pipeline, opening one if there is none (or the last broke).
-    /// `Ok(None)`: the replica does not support it; use the unary call.
     /// `Err`: the stream could not be opened, as a unary call would fail.
     /// `client` makes the stub to open it on, only when one is opened.
-    pub(crate) async fn get_or_open(&self, client: impl FnOnce() -> QuartermasterClient<Channel>) -> Result<Option<Arc<Pipeline>>, Status> {
+    pub(crate) async fn get_or_open(&self, client: impl FnOnce() -> QuartermasterClient<Channel>) -> Result<Arc<Pipeline>, Status> {
         if let Some(current) = self.current() {
             return Ok(current);
         }
@@ -74,25 +71,16 @@ impl PipelineSlot {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        match Pipeline::open(client()).await {
-            Ok(pipeline) => {
-                *self.lock() = SlotState::Open(pipeline.clone());
-                Ok(Some(pipeline))
-            }
-            Err(status) if status.code() == Code::Unimplemented => {
-                *self.lock() = SlotState::Unsupported;
-                Ok(None)
-            }
-            Err(status) => Err(status),
-        }
+        let pipeline = Pipeline::open(client()).await?;
+        *self.lock() = SlotState::Open(pipeline.clone());
+        Ok(pipeline)
     }
 
-    /// `Some` when there is nothing to open: a live pipeline, or none to be had.
-    fn current(&self) -> Option<Option<Arc<Pipeline>>> {
+    /// The live pipeline, if there is one.
+    fn current(&self) -> Option<Arc<Pipeline>> {
         match &*self.lock() {
-            SlotState::Open(pipeline) if !pipeline.is_broken() => Some(Some(pipeline.clone())),
+            SlotState::Open(pipeline) if !pipeline.is_broken() => Some(pipeline.clone()),
             SlotState::Open(_) | SlotState::Closed => None,
-            SlotState::Unsupported => Some(None),
         }
     }
 

@@ -44,13 +44,12 @@ impl Replica {
     }
 
     /// An allocate, release or renew: on the replica's pipeline stream when
-    /// this client pipelines and the replica supports it, else as its own
+    /// this client pipelines (`pipeline_writes`), else as its own
     /// call (with the request's metadata, its deadline among them).
     pub(crate) async fn write(&self, request: Request<PipelinedRequest>) -> Result<Response<AllocationReply>, Status> {
         if let Some(slot) = &self.pipeline {
-            if let Some(pipeline) = slot.get_or_open(|| self.client()).await? {
-                return pipeline.call(request.into_inner()).await.map(Response::new);
-            }
+            let pipeline = slot.get_or_open(|| self.client()).await?;
+            return pipeline.call(request.into_inner()).await.map(Response::new);
         }
         let (metadata, extensions, call) = request.into_parts();
         let mut client = self.client();
