@@ -16,8 +16,11 @@ use qm_testkit::test_cluster::{bounded, registration, request};
 
 /// Quick backoff; attempt timeouts long enough that a loaded machine never
 /// turns a slow answer into a failover, which would change the call counts.
+/// Unary writes: the fakes serve the unary calls only (the retry decisions
+/// are the same for both; the real-replica tests cover the pipeline).
 fn client(cluster: &FakeCluster) -> Client {
     let config = ClientConfig {
+        pipeline_writes: false,
         request_timeout_ms: 10_000,
         attempt_timeout_ms: 3_000,
         connect_timeout_ms: 1_000,
@@ -163,6 +166,7 @@ async fn a_replica_that_failed_gets_another_attempt_once_followers_name_it_leade
             // are answered at once by in-process replicas.
             attempt_timeout_ms: 500,
             connect_timeout_ms: 1_000,
+            pipeline_writes: false,
             backoff_base_ms: 10,
             backoff_max_ms: 50,
             ..ClientConfig::with_endpoints(cluster.addrs())
