@@ -1,5 +1,5 @@
 //! [`TestCluster`]: the replicas under test, each behind its proxy, and what
-//! the nemesis can do to them. Built on `qm_raft_node::local_cluster`, which
+//! the nemesis can do to them. Built on `qm_testkit::local_cluster`, which
 //! starts real `qm-node` processes, signals only the pids it started and
 //! kills them all when dropped. On a TLS run every replica gets the same
 //! `resource_manager` certificate (`LocalCluster` probes them with it too),
