@@ -50,6 +50,48 @@ pub fn config(args: &[&str], out: &Path) -> RunConfig {
     run.into_config(0).expect("a valid config")
 }
 
+/// The planted stale-read bug: 3 replicas answering reads from their own
+/// state (`--unsafe-stale-reads`), the leader isolated for 4 s of 12, seed 7.
+pub const PLANTED_STALE_READS: [&str; 15] = [
+    "--nodes",
+    "3",
+    "--time-limit",
+    "12",
+    "--nemesis",
+    "partition",
+    "--partitions",
+    "isolate-leader",
+    "--fault-secs",
+    "4",
+    "--seed",
+    "7",
+    "--unsafe-stale-reads",
+    "--workload",
+    "register",
+];
+
+/// Runs [`PLANTED_STALE_READS`] with `workload`, writing to `out`, and checks
+/// that the run as a whole was caught: invalid, with the reproduce command
+/// in its verdict.
+pub async fn run_planted_stale_reads(workload: &str, out: &Path) -> FinishedRun {
+    let mut args = PLANTED_STALE_READS;
+    args[PLANTED_STALE_READS.len() - 1] = workload;
+    let run = run_bounded(config(&args, out)).await;
+    let results = &run.outcome.results;
+    assert_eq!(
+        qm_jepsen::checker::Validity::INVALID,
+        results.valid,
+        "the planted stale reads were not caught; seed {}; reproduce: {}\n{}",
+        results.seed,
+        run.reproduce,
+        run.summary
+    );
+    let verdict = qm_jepsen::report::verdict_line(results);
+    assert!(verdict.starts_with("valid: false"), "{verdict}");
+    assert!(verdict.contains("--unsafe-stale-reads"), "the reproduce command: {verdict}");
+    run
+}
+
 /// A finished run: its outcome, the command that reproduces it, its summary.
 pub struct FinishedRun {
     pub outcome: RunOutcome,
