@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 
 use qm_client::convert::state_name;
 use qm_client::{Client, ClientConfig};
-use qm_jepsen::cluster::TestCluster;
-use qm_jepsen::config::WorkloadKind;
-use qm_jepsen::credentials::Credentials;
 use qm_jepsen::nemesis::partition::{self, PartitionShape};
-use qm_jepsen::workload::providers::ProviderClients;
-use qm_jepsen::workload::{provider_ids, register};
-use qm_state_machine::protocol::ConstraintsDocument;
-use qm_state_machine::ResourceRequest;
 use rand::SeedableRng;
 
 /// How long the release may take while the majority elects a new leader.
@@ -29,30 +22,10 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 async fn a_resend_to_a_deposed_leader_does_not_report_a_released_allocation_active() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = support::config(&["--nodes", "3", "--seed", "1"], &dir.path().join("report"));
-    let credentials = Credentials::plain();
-    let mut cluster = TestCluster::start(&config, &credentials).await.expect("cluster starts");
-    let everyone = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
-    let provider = ProviderClients::new(
-        &provider_ids(WorkloadKind::Register),
-        &ClientConfig::with_endpoints(cluster.endpoints()),
-        &credentials,
-    )
-    .expect("provider client");
-    register::setup(&provider, 1).await.expect("provider");
+    let (mut cluster, everyone) = support::register_cluster(&config, 1).await;
 
     // --- allocate unit-0
-    let request = ResourceRequest {
-        request_id: Some(uuid::Uuid::new_v4().to_string()),
-        requester_id: Some("stale-resend".into()),
-        resource_requirements: Some([(register::UNIT_KIND.to_owned(), serde_json::Number::from(1))].into()),
-        priority: Some(serde_json::Number::from(0)),
-        constraints: Some(ConstraintsDocument {
-            provider_id: Some(register::PROVIDER_ID.into()),
-            resource_ids: vec![register::unit_name(0)],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let request = support::unit_request("stale-resend", 0);
     let request_id = request.request_id.clone().expect("set");
     let granted = everyone.allocate(request.clone()).await.expect("allocated");
     assert_eq!("monitoring", state_name(&granted));

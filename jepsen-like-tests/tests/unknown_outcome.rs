@@ -24,13 +24,7 @@ use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::wire::WireError;
 use qm_client::{Client, ClientConfig, Consistency, Error};
 use qm_jepsen::cluster::TestCluster;
-use qm_jepsen::config::WorkloadKind;
-use qm_jepsen::credentials::Credentials;
 use qm_jepsen::proxy::LinkState;
-use qm_jepsen::workload::providers::ProviderClients;
-use qm_jepsen::workload::{provider_ids, register};
-use qm_state_machine::protocol::ConstraintsDocument;
-use qm_state_machine::ResourceRequest;
 
 /// The replicas answer a write they could not commit after this long.
 /// Long enough that the isolated leader of the second test is still waiting
@@ -58,33 +52,7 @@ async fn five_replicas(dir: &std::path::Path) -> (TestCluster, Client) {
         &["--nodes", "5", "--seed", "1", "--node-arg", &request_timeout],
         &dir.join("report"),
     );
-    let credentials = Credentials::plain();
-    let cluster = TestCluster::start(&config, &credentials).await.expect("cluster starts");
-    let everyone = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
-    let provider = ProviderClients::new(
-        &provider_ids(WorkloadKind::Register),
-        &ClientConfig::with_endpoints(cluster.endpoints()),
-        &credentials,
-    )
-    .expect("provider client");
-    register::setup(&provider, 2).await.expect("provider");
-    (cluster, everyone)
-}
-
-/// One unit of the register workload's provider, with a fresh request id.
-fn request_for(unit: usize) -> ResourceRequest {
-    ResourceRequest {
-        request_id: Some(uuid::Uuid::new_v4().to_string()),
-        requester_id: Some("unknown-outcome".into()),
-        resource_requirements: Some([(register::UNIT_KIND.to_owned(), serde_json::Number::from(1))].into()),
-        priority: Some(serde_json::Number::from(0)),
-        constraints: Some(ConstraintsDocument {
-            provider_id: Some(register::PROVIDER_ID.into()),
-            resource_ids: vec![register::unit_name(unit)],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    support::register_cluster(&config, 2).await
 }
 
 /// Every directed link between `leader` and the others, one way or both.
@@ -132,7 +100,7 @@ async fn a_write_whose_commit_the_leader_never_learned_is_unknown_then_found() {
             ..ClientConfig::with_endpoints([cluster.addr(leader).to_owned()])
         })
         .expect("client");
-        let request = request_for(0);
+        let request = support::unit_request("unknown-outcome", 0);
         let request_id = request.request_id.clone().expect("set");
         let write = tokio::spawn(async move { only_leader.allocate(request).await });
 
@@ -175,7 +143,7 @@ async fn a_write_truncated_from_the_old_leaders_log_is_outcome_unknown_not_not_l
         cluster.set_links(links_of(leader, &members, true, true));
         let endpoint = format!("http://{}", cluster.addr(leader));
         let mut old_leader = QuartermasterClient::connect(endpoint).await.expect("connects");
-        let request = qm_client::convert::request_to_proto(&request_for(1));
+        let request = qm_client::convert::request_to_proto(&support::unit_request("unknown-outcome", 1));
         let write = tokio::spawn(async move { old_leader.allocate(api::AllocateRequest { request: Some(request) }).await });
 
         // --- the majority elects a leader, whose log differs at that index; the old leader rejoins

@@ -130,6 +130,20 @@ async fn bad_input_names_the_field_and_writes_nothing() {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("capacity"), "{status:?}");
 
+        // --- a list filter with a state number the wire does not define
+        let status = api
+            .list(ListRequest {
+                state: 9,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (Code::InvalidArgument, Some("state")),
+            (status.code(), status.metadata().get("x-qm-field").and_then(|v| v.to_str().ok())),
+            "{status:?}"
+        );
+
         // --- nothing reached the log
         let after = cluster.status_of(leader).await.expect("status");
         assert_eq!(

@@ -264,27 +264,6 @@ pub fn state_name(reply: &api::AllocationReply) -> &'static str {
     }
 }
 
-/// The protocol's state name (`queued`, `allocation`, `monitoring`, ...).
-pub fn state_from_name(name: &str) -> Result<RequestState, ConvertError> {
-    [
-        RequestState::Queued,
-        RequestState::Allocation,
-        RequestState::Monitoring,
-        RequestState::Deallocation,
-        RequestState::Idle,
-        RequestState::Error,
-    ]
-    .into_iter()
-    .find(|state| state.as_str() == name)
-    .ok_or_else(|| {
-        ConvertError::malformed(
-            "state",
-            name,
-            "a protocol state (queued, allocation, monitoring, deallocation, idle, error)",
-        )
-    })
-}
-
 fn grant_to_proto(grant: &UnitGrant) -> api::UnitGrant {
     api::UnitGrant {
         resource_id: grant.resource_id.clone(),

@@ -1,4 +1,5 @@
-//! Shared by the integration tests: the qm-node binary and a run's config.
+//! Shared by the integration tests: the qm-node binary, a run's config, and
+//! a cluster with the register workload's provider for hand-driven tests.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
@@ -8,8 +9,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::Parser;
-use qm_jepsen::config::{default_node_binary, Cli, CliCommand, RunConfig};
+use qm_client::{Client, ClientConfig};
+use qm_jepsen::cluster::TestCluster;
+use qm_jepsen::config::{default_node_binary, Cli, CliCommand, RunConfig, WorkloadKind};
+use qm_jepsen::credentials::Credentials;
+use qm_jepsen::workload::providers::ProviderClients;
+use qm_jepsen::workload::{provider_ids, register};
 use qm_jepsen::RunOutcome;
+use qm_state_machine::protocol::ConstraintsDocument;
+use qm_state_machine::ResourceRequest;
 
 /// The whole-test bound: a run that has not finished by then fails the test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(150);
@@ -131,5 +139,39 @@ impl FinishedRun {
         );
         let verdict = qm_jepsen::report::verdict_line(results);
         assert!(self.summary.trim_end().ends_with(&verdict), "{}", self.summary);
+    }
+}
+
+/// A plaintext cluster laid out as `config` says, its replicas behind the
+/// fault-injection proxies, with the register workload's provider offering
+/// `units` units, and a client that knows every replica.
+pub async fn register_cluster(config: &RunConfig, units: usize) -> (TestCluster, Client) {
+    let credentials = Credentials::plain();
+    let cluster = TestCluster::start(config, &credentials).await.expect("cluster starts");
+    let everyone = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
+    let provider = ProviderClients::new(
+        &provider_ids(WorkloadKind::Register),
+        &ClientConfig::with_endpoints(cluster.endpoints()),
+        &credentials,
+    )
+    .expect("provider client");
+    register::setup(&provider, units).await.expect("provider");
+    (cluster, everyone)
+}
+
+/// A request by `requester` for unit `unit` of the register workload's
+/// provider, with a fresh request id.
+pub fn unit_request(requester: &str, unit: usize) -> ResourceRequest {
+    ResourceRequest {
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+        requester_id: Some(requester.into()),
+        resource_requirements: Some([(register::UNIT_KIND.to_owned(), serde_json::Number::from(1))].into()),
+        priority: Some(serde_json::Number::from(0)),
+        constraints: Some(ConstraintsDocument {
+            provider_id: Some(register::PROVIDER_ID.into()),
+            resource_ids: vec![register::unit_name(unit)],
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }

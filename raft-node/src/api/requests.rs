@@ -139,7 +139,10 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
     let state = convert::state_from_wire("state", call.state).map_err(|_| {
         invalid_argument(&InvalidArgument::new(
             "state",
-            format!("{} is not one of the RequestState values", call.state),
+            format!(
+                "{} is not a RequestState (0 for any state, 1-6 for queued, allocation, monitoring, deallocation, idle, error)",
+                call.state
+            ),
         ))
     })?;
     let after = match call.after.as_str() {
