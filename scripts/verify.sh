@@ -13,6 +13,9 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
+step "install the services the tests use (RabbitMQ, Prometheus, pika, py-consul)"
+scripts/install-services.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -25,11 +25,14 @@
 //! * [`agent_cluster`]: a cluster with a short provider failure window, and
 //!   `qm agent` / `qm watch` processes reading their output into lines.
 //! * [`fake`]: [`fake::FakeCluster`], in-process fake replicas.
+//! * [`services`]: installs RabbitMQ, Prometheus and the Python clients
+//!   (`scripts/install-services.sh`) when a test needs them.
 
 pub mod agent_cluster;
 pub mod binaries;
 pub mod fake;
 pub mod local_cluster;
+pub mod services;
 pub mod test_cluster;
 
 pub use binaries::{cli_binary, node_binary};
