@@ -10,6 +10,7 @@ use crate::event::Event;
 use crate::provider::{ProviderRegistration, ProviderStatus};
 use crate::record::RequestRecord;
 use crate::request::AllocationRequest;
+use crate::table::Cursor;
 
 /// A command with the leader's clock reading. Time enters the table only
 /// here; the table never goes backwards (it keeps the largest `now_ms` seen),
@@ -70,6 +71,16 @@ pub enum Command {
         allocation_id: Uuid,
         provider_id: String,
     },
+    /// A consumer of the event history (the broker bridge) takes or keeps
+    /// the named cursor and moves it up to `revision`; see
+    /// [`crate::table::Cursor`]. Appended last: entries already in a log
+    /// keep their encoding.
+    AdvanceCursor {
+        name: String,
+        holder: String,
+        revision: u64,
+        hold_ms: u64,
+    },
 }
 
 impl Command {
@@ -87,6 +98,7 @@ impl Command {
             Command::RefreshLeases => "refresh_leases",
             Command::ConfirmAllocation { .. } => "confirm_allocation",
             Command::ConfirmDeallocation { .. } => "confirm_deallocation",
+            Command::AdvanceCursor { .. } => "advance_cursor",
         }
     }
 }
@@ -111,6 +123,9 @@ pub enum CommandResponse {
     LeasesRefreshed {
         leases: u64,
     },
+    /// The cursor after an advance; held by someone else when its holder
+    /// is not the caller.
+    Cursor(Cursor),
 }
 
 impl CommandResponse {

@@ -68,4 +68,4 @@ pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceS
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Sharing};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-pub use table::{AllocationTable, EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
+pub use table::{AllocationTable, Cursor, EventsError, KindUsage, ListFilter, ProviderUsage, Usage};

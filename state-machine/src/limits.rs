@@ -25,6 +25,12 @@ pub const QUANTITY_MAX: u64 = 1 << 40;
 pub const PINNED_UNITS_MAX: usize = 256;
 /// Longest lease a request may ask for: 7 days.
 pub const LEASE_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Named cursors the table keeps ([`crate::table::Cursor`]); one per bridge
+/// deployment is the use, so a few dozen is plenty.
+pub const CURSORS_MAX: usize = 64;
+/// Longest hold of a cursor: a holder that vanishes blocks the others for
+/// at most this long.
+pub const CURSOR_HOLD_MS_MAX: u64 = 5 * 60 * 1000;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
 

@@ -1,6 +1,6 @@
 //! The allocation table: providers, requests, the queue and the event history.
 //!
-//! Only `config`, the counters, `providers`, `requests` and `history` are
+//! Only `config`, the counters, `providers`, `requests`, `history` and `cursors` are
 //! state; everything in `Indexes` is derived from them, skipped by the
 //! snapshot and rebuilt on restore. Every mutation of a request goes through
 //! `AllocationTable::take_record` / `AllocationTable::put_record`, which
@@ -19,6 +19,7 @@
 //! [`Command::Tick`] rejects), and a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
 
+mod cursors;
 mod id_hash_map;
 mod id_key;
 mod indexes;
@@ -43,6 +44,7 @@ use crate::provider::Provider;
 use crate::record::RequestRecord;
 use record_map::RecordMap;
 
+pub use cursors::Cursor;
 pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
@@ -67,6 +69,8 @@ pub struct AllocationTable {
     requests: RecordMap,
     /// The newest events, at most `config.event_history_max`.
     history: VecDeque<Event>,
+    /// Named cursors into the history, at most [`crate::limits::CURSORS_MAX`].
+    cursors: BTreeMap<String, Cursor>,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -90,6 +94,7 @@ impl AllocationTable {
             providers: BTreeMap::new(),
             requests: RecordMap::default(),
             history: VecDeque::new(),
+            cursors: BTreeMap::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -177,6 +182,12 @@ impl AllocationTable {
                 allocation_id,
                 provider_id,
             } => self.confirm_deallocation(*allocation_id, provider_id),
+            Command::AdvanceCursor {
+                name,
+                holder,
+                revision,
+                hold_ms,
+            } => self.advance_cursor(name, holder, *revision, *hold_ms),
         }
     }
 

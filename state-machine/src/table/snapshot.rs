@@ -8,8 +8,9 @@ use crate::error::SnapshotError;
 
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
 /// another version rather than misreading them.
-/// Version 2 added `RequestRecord::first_granted_at_ms`.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
+/// table's named cursors.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Room reserved per remembered request when writing a snapshot; a request
 /// with a few grants encodes in about 300 bytes.
@@ -45,6 +46,7 @@ impl AllocationTable {
             providers: self.providers.clone(),
             requests: self.requests.clone(),
             history: self.history.clone(),
+            cursors: self.cursors.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
