@@ -334,6 +334,26 @@ impl Client {
         self.inner.learn_leader(&status);
         Ok(status)
     }
+
+    // --- consumers of the event history
+
+    /// Takes or keeps the named cursor for `holder` for `hold` and moves it
+    /// up to `revision` (never down); `held_by_caller` in the answer says
+    /// whether `holder` holds it now. Safe to retry: a repeat changes
+    /// nothing more.
+    pub async fn advance_cursor(&self, name: &str, holder: &str, revision: u64, hold: Duration) -> Result<api::CursorReply, Error> {
+        let message = api::AdvanceCursorRequest {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            revision,
+            hold_ms: u64::try_from(hold.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.inner
+            .call("advance_cursor", CallKind::Write, message, |replica, request| async move {
+                replica.client().advance_cursor(request).await
+            })
+            .await
+    }
 }
 
 impl ClientInner {

@@ -3,6 +3,7 @@
 //! * [`requests`]: allocate, release, renew, get, list — the requester's calls.
 //! * [`providers`]: register, heartbeat, deregister, list, confirm, system state.
 //! * [`cluster`]: cluster status and membership changes.
+//! * [`cursors`]: named cursors into the event history (the broker bridge's).
 //! * [`watch`]: the event stream from a revision.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
 //! * [`status`]: how typed errors (the table's, the consensus layer's)
@@ -17,6 +18,7 @@
 
 pub mod access;
 pub mod cluster;
+pub mod cursors;
 pub mod pipeline;
 pub mod providers;
 pub mod requests;
@@ -153,5 +155,12 @@ impl Quartermaster for ApiService {
     async fn remove_replica(&self, request: Request<RemoveReplicaRequest>) -> Reply<ClusterStatusReply> {
         self.admit(&request, Call::RemoveReplica)?;
         cluster::remove_replica(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn advance_cursor(&self, request: Request<AdvanceCursorRequest>) -> Reply<CursorReply> {
+        let caller = self.admit(&request, Call::AdvanceCursor)?;
+        cursors::advance(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

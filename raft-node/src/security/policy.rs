@@ -39,12 +39,15 @@ pub enum Call {
     // Membership: admin only.
     AddReplica,
     RemoveReplica,
+    /// A bridge's cursor into the event history: consumers (in their
+    /// namespace) and admins.
+    AdvanceCursor,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 21] = [
+    pub const ALL: [Call; 22] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -66,6 +69,7 @@ impl Call {
         Call::Reflection,
         Call::AddReplica,
         Call::RemoveReplica,
+        Call::AdvanceCursor,
     ];
 
     /// The roles that may make this call at all.
@@ -79,6 +83,7 @@ impl Call {
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
             Call::AddReplica | Call::RemoveReplica => &[Role::Admin],
+            Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
         }
     }
 
@@ -110,6 +115,7 @@ impl Call {
             Call::Reflection => "grpc.reflection",
             Call::AddReplica => "AddReplica",
             Call::RemoveReplica => "RemoveReplica",
+            Call::AdvanceCursor => "AdvanceCursor",
         }
     }
 }
@@ -135,9 +141,9 @@ mod tests {
             allowed(Role::ResourceProvider)
         );
         assert_eq!(
-            with(&[Allocate, Release, RenewLease, Pipeline, Get, List, Watch]),
+            with(&[Allocate, Release, RenewLease, Pipeline, Get, List, Watch, AdvanceCursor]),
             allowed(Role::ResourceConsumer)
         );
-        assert_eq!(with(&[Get, List, Watch, AddReplica, RemoveReplica]), allowed(Role::Admin));
+        assert_eq!(with(&[Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]), allowed(Role::Admin));
     }
 }

@@ -441,4 +441,8 @@ impl Quartermaster for FakeReplica {
     async fn remove_replica(&self, _: Request<api::RemoveReplicaRequest>) -> Result<Response<api::ClusterStatusReply>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn advance_cursor(&self, _: Request<api::AdvanceCursorRequest>) -> Result<Response<api::CursorReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
