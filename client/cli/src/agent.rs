@@ -128,7 +128,7 @@ fn print_notice(notice: &Notice, format: OutputFormat, out: &mut dyn Write) -> R
 }
 
 /// Resolves at the first SIGTERM or SIGINT.
-async fn shutdown_requested() {
+pub(crate) async fn shutdown_requested() {
     match signal(SignalKind::terminate()) {
         Ok(mut terminate) => {
             tokio::select! {

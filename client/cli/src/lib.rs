@@ -17,7 +17,7 @@
 //!
 //! * one module per command group: `allocate`, `allocations` (get, list,
 //!   release, renew), `provider`, `cluster`, `state`, `watch`, `top`,
-//!   `agent`, `certs`, `bench`;
+//!   `agent`, `certs`, `bench`, `bridge`;
 //! * `load`: the load generator behind `qm bench`;
 //! * `input`, `output`, `table`: reading the protocol's JSON, printing answers;
 //! * `error`: [`CliError`] and the exit codes.
@@ -26,6 +26,7 @@ mod agent;
 mod allocate;
 mod allocations;
 mod bench;
+mod bridge;
 mod certs;
 mod cluster;
 mod error;
@@ -47,6 +48,7 @@ pub use agent::AgentArgs;
 pub use allocate::AllocateArgs;
 pub use allocations::ListArgs;
 pub use bench::BenchArgs;
+pub use bridge::{AmqpArgs, BridgeCommand};
 pub use certs::CertsCommand;
 pub use cluster::ClusterCommand;
 pub use error::CliError;
@@ -144,6 +146,9 @@ pub enum Command {
     /// Certificates for mutual TLS: a CA, replicas, admins, providers, consumers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Bridge a message broker to the cluster: `qm bridge amqp` (RabbitMQ).
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
 }
 
 impl Cli {
@@ -201,6 +206,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Bench(args) => bench::run(&client, args, format, out).await,
         Command::Agent(args) => agent::run(&client, args, format, out).await,
         Command::Top(args) => top::run(&client, args, format, out).await,
+        Command::Bridge(command) => bridge::run(client, command, cli.tls_cert.as_ref(), out).await,
     }
 }
 

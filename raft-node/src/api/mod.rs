@@ -159,8 +159,6 @@ impl Quartermaster for ApiService {
 
     async fn advance_cursor(&self, request: Request<AdvanceCursorRequest>) -> Reply<CursorReply> {
         let caller = self.admit(&request, Call::AdvanceCursor)?;
-        cursors::advance(&self.node, &caller, request.into_inner())
-            .await
-            .map(Response::new)
+        cursors::advance(&self.node, &caller, request.into_inner()).await.map(Response::new)
     }
 }

@@ -144,6 +144,9 @@ mod tests {
             with(&[Allocate, Release, RenewLease, Pipeline, Get, List, Watch, AdvanceCursor]),
             allowed(Role::ResourceConsumer)
         );
-        assert_eq!(with(&[Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]), allowed(Role::Admin));
+        assert_eq!(
+            with(&[Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]),
+            allowed(Role::Admin)
+        );
     }
 }

@@ -51,7 +51,8 @@ impl Reaper {
         reaper
     }
 
-    fn adopt(&self, name: &str, child: Child) {
+    /// Takes `child` into the reaper's care under `name`.
+    pub fn adopt(&self, name: &str, child: Child) {
         self.children.lock().unwrap().push((name.to_owned(), child));
     }
 

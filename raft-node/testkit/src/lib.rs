@@ -25,6 +25,8 @@
 //! * [`agent_cluster`]: a cluster with a short provider failure window, and
 //!   `qm agent` / `qm watch` processes reading their output into lines.
 //! * [`fake`]: [`fake::FakeCluster`], in-process fake replicas.
+//! * [`rabbitmq`]: [`rabbitmq::Broker`], a real RabbitMQ node per test on
+//!   its own ports and data, stopped, killed and restarted by pid.
 //! * [`services`]: installs RabbitMQ, Prometheus and the Python clients
 //!   (`scripts/install-services.sh`) when a test needs them.
 
@@ -32,6 +34,7 @@ pub mod agent_cluster;
 pub mod binaries;
 pub mod fake;
 pub mod local_cluster;
+pub mod rabbitmq;
 pub mod services;
 pub mod test_cluster;
 
