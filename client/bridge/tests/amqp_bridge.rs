@@ -81,11 +81,16 @@ impl Setup {
 
     /// Starts `qm bridge amqp` as `name` (also its holder name).
     fn start_bridge(&self, name: &str) {
+        self.start_bridge_with(name, &[]);
+    }
+
+    fn start_bridge_with(&self, name: &str, extra_args: &[&str]) {
         let log = std::fs::File::create(self.logs.path().join(format!("{name}.log"))).unwrap();
         let child = Command::new(cli_binary())
             .args(["--endpoints", &self.cluster.endpoints().join(",")])
             .args(["bridge", "amqp", "--amqp-url", &self.broker.url(), "--holder", name])
             .args(["--cursor-hold-ms", "2000", "--cursor-save-ms", "200"])
+            .args(extra_args)
             .env("QM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -249,7 +254,8 @@ async fn dead_letters(connection: &Connection) -> Vec<String> {
 async fn requests_are_answered_once_and_bad_input_is_dead_lettered() {
     bounded(async {
         let setup = Setup::start().await;
-        setup.start_bridge("b1");
+        let metrics_addr = qm_testkit::local_cluster::free_loopback_addr().unwrap();
+        setup.start_bridge_with("b1", &["--metrics-listen", &metrics_addr]);
         let connection = setup.amqp().await;
         wait_for_topology(&connection).await;
         let mut requester = Requester::new(&connection).await;
@@ -342,6 +348,36 @@ async fn requests_are_answered_once_and_bad_input_is_dead_lettered() {
             .replace("550e8400-e29b-41d4-a716-446655440000", &Uuid::new_v4().to_string());
         let refused = requester.call("resource_request.team-a", other.as_bytes()).await;
         assert_eq!(refused["field"], "namespace", "{refused}");
+
+        // --- the bridge's metrics, scraped by curl
+        let scrape = || {
+            let output = Command::new("curl")
+                .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+                .output()
+                .expect("curl runs");
+            assert!(output.status.success(), "curl failed: {output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        };
+        let value = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        let mut metrics = scrape();
+        for _ in 0..50 {
+            if value(&metrics, "qm_bridge_dead_lettered_total") >= 4.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            metrics = scrape();
+        }
+        assert_eq!(value(&metrics, "qm_bridge_dead_lettered_total"), 4.0, "{metrics}");
+        assert!(value(&metrics, "qm_bridge_events_confirmed_total") > 0.0, "{metrics}");
+        assert_eq!(value(&metrics, "qm_bridge_holds_cursor"), 1.0, "{metrics}");
+        assert!(
+            metrics.contains("qm_bridge_requests_total{action=\"request\",outcome=\"replied\"} 2"),
+            "{metrics}"
+        );
     })
     .await
 }
@@ -524,6 +560,47 @@ async fn events_are_contiguous_across_bridge_kill_leader_kill_and_broker_restart
         let b2 = std::fs::read_to_string(setup.logs.path().join("b2.log")).unwrap();
         assert!(b2.contains("holding the cursor"), "{b2}");
         assert!(b2.contains("reconnecting"), "{b2}");
+    })
+    .await
+}
+
+/// The README's Python agent (`examples/pika_agent.py`), with pika from
+/// PyPI: request, reply, the grant on `resource_events`, release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_with_pika_requests_sees_its_grant_and_releases() {
+    bounded(async {
+        let setup = Setup::start().await;
+        setup.start_bridge("b1");
+        let connection = setup.amqp().await;
+        wait_for_topology(&connection).await;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pika_agent.py");
+        let python = qm_testkit::services::venv_python();
+        let url = setup.broker.url();
+        let output = tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(url).output())
+            .await
+            .unwrap()
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            setup.bridge_logs()
+        );
+        let line = |prefix: &str| -> Value {
+            let line = stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} line in {stdout}"));
+            serde_json::from_str(line.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')).unwrap()
+        };
+        let response = line("allocation_response ");
+        assert_eq!(response["status"], "allocated", "{response}");
+        let event = line("event ");
+        assert_eq!(event["event_type"], "allocation_granted", "{event}");
+        assert_eq!(event["request_id"], response["request_id"]);
+        let released = line("released ");
+        assert_eq!(released["reason"], "released", "{released}");
     })
     .await
 }
