@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Deserialize;
 
+use qm_state_machine::TableConfig;
+
 use crate::types::NodeId;
 
 /// The most runtime worker threads a replica may ask for.
@@ -78,6 +80,10 @@ pub struct NodeArgs {
     /// Largest gRPC message accepted from clients.
     #[arg(long)]
     pub message_size_max_bytes: Option<usize>,
+    /// Events the table keeps for watchers resuming from a revision (older
+    /// ones are compacted). Part of the table: give every replica the same value.
+    #[arg(long)]
+    pub event_history_max: Option<usize>,
     /// This replica's certificate (PEM, role resource_manager). With --tls-key
     /// and --tls-ca it turns on mutual TLS for Raft and client traffic.
     #[arg(long, env = "QM_NODE_TLS_CERT")]
@@ -128,6 +134,7 @@ pub struct NodeConfig {
     pub provider_failure_window_ms: u64,
     pub request_timeout_ms: u64,
     pub message_size_max_bytes: usize,
+    pub event_history_max: usize,
     /// Mutual TLS; `None`: plain gRPC and every call allowed (development only).
     pub tls: Option<TlsFiles>,
     /// Runtime worker threads; `None`: one per core.
@@ -211,6 +218,7 @@ impl NodeArgs {
             provider_failure_window_ms: self.provider_failure_window_ms.or(file.provider_failure_window_ms),
             request_timeout_ms: self.request_timeout_ms.or(file.request_timeout_ms),
             message_size_max_bytes: self.message_size_max_bytes.or(file.message_size_max_bytes),
+            event_history_max: self.event_history_max.or(file.event_history_max),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
@@ -241,6 +249,7 @@ impl NodeArgs {
             provider_failure_window_ms: self.provider_failure_window_ms.unwrap_or(PROVIDER_FAILURE_WINDOW_MS),
             request_timeout_ms: self.request_timeout_ms.unwrap_or(REQUEST_TIMEOUT_MS),
             message_size_max_bytes: self.message_size_max_bytes.unwrap_or(MESSAGE_SIZE_MAX_BYTES),
+            event_history_max: self.event_history_max.unwrap_or(TableConfig::default().event_history_max),
             tls,
             worker_threads: self.worker_threads,
             unsafe_stale_reads: self.unsafe_stale_reads,

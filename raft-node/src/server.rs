@@ -53,7 +53,14 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     if config.unsafe_stale_reads {
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
     }
-    let (log_store, state_machine) = storage::open(&config.data_dir, TableConfig::default()).await?;
+    let (log_store, state_machine) = storage::open(
+        &config.data_dir,
+        TableConfig {
+            event_history_max: config.event_history_max,
+            ..TableConfig::default()
+        },
+    )
+    .await?;
     let truncations = log_store.truncations();
     let state = state_machine.reader();
     let snapshot_requests = state_machine.snapshot_requests(config.snapshot_every_commands);

@@ -56,8 +56,12 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_with(&QUIET_PROVIDERS).await
+    }
+
+    async fn start_with(node_args: &[&str]) -> Setup {
         let broker = Broker::start().expect("rabbitmq starts");
-        let cluster = TestCluster::start_with(3, &QUIET_PROVIDERS);
+        let cluster = TestCluster::start_with(3, node_args);
         cluster.wait_for_leader().await;
         let registration: ProviderRegistration = serde_json::from_value(json!({
             "provider_id": "node_1",
@@ -465,6 +469,66 @@ async fn a_python_agent_with_pika_requests_sees_its_grant_and_releases() {
         assert_eq!(event["request_id"], response["request_id"]);
         let released = line("released ");
         assert_eq!(released["reason"], "released", "{released}");
+    })
+    .await
+}
+
+/// Events the resync test's cluster keeps: fewer than its setup makes.
+const SHORT_HISTORY: &str = "50";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_behind_the_kept_history_gets_resync_required_then_contiguous_events() {
+    bounded(async {
+        let mut node_args = QUIET_PROVIDERS.to_vec();
+        node_args.extend(["--event-history-max", SHORT_HISTORY]);
+        let setup = Setup::start_with(&node_args).await;
+        let connection = setup.amqp().await;
+        subscribe_to_events(&connection).await;
+        let client = setup.client().await;
+        for _ in 0..40 {
+            client.allocate(request_on("node_1", 1)).await.unwrap();
+        }
+        let compacted_at = client.system_state(Consistency::Linearizable).await.unwrap().revision;
+        assert!(compacted_at > 50, "more events than the history keeps ({compacted_at})");
+
+        // --- a bridge starting from revision 0 cannot replay from 1: it says so
+        setup.start_bridge("b1");
+        let channel = connection.create_channel().await.unwrap();
+        let next = || {
+            let channel = channel.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + REPLY_WAIT_MAX;
+                loop {
+                    if let Some(message) = channel.basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+                        return (
+                            message.delivery.properties.kind().as_ref().map(|kind| kind.to_string()),
+                            serde_json::from_slice::<Value>(&message.delivery.data).unwrap(),
+                        );
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "no event message");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let (kind, resync) = next().await;
+        assert_eq!(kind.as_deref(), Some("resync_required"), "{resync}\n{}", setup.bridge_logs());
+        assert_eq!(resync["missed_from_revision"], 1);
+        assert!(resync["revision"].as_u64().unwrap() >= compacted_at, "{resync}");
+        assert_eq!(resync["system_state"]["active_allocations"], 40, "{resync}");
+
+        // --- then every later event, from the revision after the resync's
+        client.allocate(request_on("node_1", 1)).await.unwrap();
+        let after = client.system_state(Consistency::Linearizable).await.unwrap().revision;
+        let mut expected = resync["revision"].as_u64().unwrap() + 1;
+        while expected <= after {
+            let (_, event) = next().await;
+            let revision = event["revision"].as_u64().unwrap();
+            if revision < expected {
+                continue; // published twice: at least once
+            }
+            assert_eq!(revision, expected, "no gap after the resync: {event}");
+            expected += 1;
+        }
     })
     .await
 }
