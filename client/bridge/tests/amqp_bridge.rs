@@ -499,7 +499,11 @@ async fn a_cursor_behind_the_kept_history_gets_resync_required_then_contiguous_e
             async move {
                 let deadline = tokio::time::Instant::now() + REPLY_WAIT_MAX;
                 loop {
-                    if let Some(message) = channel.basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+                    if let Some(message) = channel
+                        .basic_get(EVENTS_QUEUE.into(), BasicGetOptions { no_ack: true })
+                        .await
+                        .unwrap()
+                    {
                         return (
                             message.delivery.properties.kind().as_ref().map(|kind| kind.to_string()),
                             serde_json::from_slice::<Value>(&message.delivery.data).unwrap(),
@@ -529,6 +533,47 @@ async fn a_cursor_behind_the_kept_history_gets_resync_required_then_contiguous_e
             assert_eq!(revision, expected, "no gap after the resync: {event}");
             expected += 1;
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_while_the_cluster_has_no_leader_waits_and_is_answered_once_it_has() {
+    bounded(async {
+        let setup = Setup::start().await;
+        let metrics_addr = qm_testkit::local_cluster::free_loopback_addr().unwrap();
+        setup.start_bridge_with("b1", &["--metrics-listen", &metrics_addr]);
+        let connection = setup.amqp().await;
+        wait_for_topology(&connection).await;
+        let mut requester = Requester::new(&connection).await;
+        assert_eq!(requester.call("resource_request", EXAMPLE.as_bytes()).await["status"], "allocated");
+
+        // --- two of three replicas down: no leader, so nothing can be answered
+        let leader = setup.cluster.wait_for_leader().await;
+        let others: Vec<u64> = setup.cluster.ids().filter(|id| *id != leader).collect();
+        setup.cluster.kill(leader);
+        setup.cluster.kill(others[0]);
+        let body = serde_json::to_vec(&request_on("node_1", 1)).unwrap();
+        requester.send("resource_request", &body, "waiting").await;
+        // Longer than a call's deadline (5 s): the bridge gives up on the call and requeues.
+        let early = tokio::time::timeout(Duration::from_secs(9), requester.reply()).await;
+        assert!(early.is_err(), "answered without a majority: {:?}", early.map(|(_, reply)| reply));
+
+        // --- the majority back: the same message, requeued meanwhile, is answered
+        setup.cluster.restart(leader);
+        let (correlation, reply) = requester.reply().await;
+        assert_eq!(correlation, "waiting");
+        assert_eq!(reply["status"], "allocated", "{reply}\n{}", setup.bridge_logs());
+        let output = Command::new("curl")
+            .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+            .output()
+            .expect("curl runs");
+        let metrics = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            metrics.contains("qm_bridge_requests_total{action=\"request\",outcome=\"requeued\"}"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("qm_bridge_dead_lettered_total 1"), "{metrics}");
     })
     .await
 }
