@@ -125,7 +125,7 @@ async fn requests_are_answered_once_and_bad_input_is_dead_lettered() {
         let metrics_addr = qm_testkit::local_cluster::free_loopback_addr().unwrap();
         setup.start_bridge_with("b1", &["--metrics-listen", &metrics_addr]);
         let connection = setup.amqp().await;
-        wait_for_topology(&connection).await;
+        wait_for_topology(&connection, || setup.bridge_logs()).await;
         let mut requester = Requester::new(&connection).await;
 
         // --- the protocol's example: allocated, with unit ids
@@ -257,7 +257,7 @@ async fn two_bridges_never_allocate_twice() {
         setup.start_bridge("b1");
         setup.start_bridge("b2");
         let connection = setup.amqp().await;
-        wait_for_topology(&connection).await;
+        wait_for_topology(&connection, || setup.bridge_logs()).await;
         let mut requester = Requester::new(&connection).await;
 
         // --- 40 requests, each sent twice at once: the bridges share the queue, so
@@ -440,7 +440,7 @@ async fn a_python_agent_with_pika_requests_sees_its_grant_and_releases() {
         let setup = Setup::start().await;
         setup.start_bridge("b1");
         let connection = setup.amqp().await;
-        wait_for_topology(&connection).await;
+        wait_for_topology(&connection, || setup.bridge_logs()).await;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pika_agent.py");
         let python = qm_testkit::services::venv_python();
         let url = setup.broker.url();
@@ -544,7 +544,7 @@ async fn a_request_while_the_cluster_has_no_leader_waits_and_is_answered_once_it
         let metrics_addr = qm_testkit::local_cluster::free_loopback_addr().unwrap();
         setup.start_bridge_with("b1", &["--metrics-listen", &metrics_addr]);
         let connection = setup.amqp().await;
-        wait_for_topology(&connection).await;
+        wait_for_topology(&connection, || setup.bridge_logs()).await;
         let mut requester = Requester::new(&connection).await;
         assert_eq!(requester.call("resource_request", EXAMPLE.as_bytes()).await["status"], "allocated");
 

@@ -1,7 +1,8 @@
-//! The bridge on a cluster with mutual TLS: it acts with its own consumer
-//! certificate, so requests routed to its namespace are allocated and
-//! those routed to another namespace are rejected and dead-lettered
-//! without reaching the table; its event cursor lives under its namespace.
+//! The bridge on a cluster with mutual TLS, reaching the broker over
+//! `amqps://`: it acts with its own consumer certificate, so requests
+//! routed to its namespace are allocated and those routed to another
+//! namespace are rejected and dead-lettered without reaching the table; its
+//! event cursor lives under its namespace.
 
 mod support;
 
@@ -13,7 +14,7 @@ use qm_ca::{CertAuthority, CertSpec, Validity};
 use qm_client::tls::{Identity, Role, TlsConfig};
 use qm_client::{Client, ClientConfig, Consistency};
 use qm_testkit::agent_cluster::Reaper;
-use qm_testkit::rabbitmq::Broker;
+use qm_testkit::rabbitmq::{Broker, BrokerTls};
 use qm_testkit::test_cluster::{registration, request_on, QUIET_PROVIDERS};
 use qm_testkit::{cli_binary, node_binary, LocalCluster};
 use support::*;
@@ -27,6 +28,10 @@ fn generate_pki(dir: &std::path::Path) {
     issue(
         "replica",
         CertSpec::new(Identity::new(Role::ResourceManager, "replica", None).unwrap()).with_hosts(["127.0.0.1", "localhost"]),
+    );
+    issue(
+        "broker",
+        CertSpec::new(Identity::new(Role::ResourceManager, "broker", None).unwrap()).with_hosts(["127.0.0.1", "localhost"]),
     );
     issue("admin", CertSpec::new(Identity::new(Role::Admin, "admin", None).unwrap()));
     issue(
@@ -75,7 +80,12 @@ async fn a_bridge_acts_for_its_certificates_namespace_only() {
             .await
             .expect("the provider registers itself");
 
-        let broker = Broker::start().expect("rabbitmq starts");
+        let broker = Broker::start_with(Some(&BrokerTls {
+            ca: pki.path().join("ca.crt"),
+            cert: pki.path().join("broker.crt"),
+            key: pki.path().join("broker.key"),
+        }))
+        .expect("rabbitmq starts");
         let reaper = Reaper::new();
         let logs = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(logs.path().join("bridge.log")).unwrap();
@@ -89,7 +99,14 @@ async fn a_bridge_acts_for_its_certificates_namespace_only() {
                 "--tls-ca",
                 &path("ca.crt"),
             ])
-            .args(["bridge", "amqp", "--amqp-url", &broker.url()])
+            .args([
+                "bridge",
+                "amqp",
+                "--amqp-url",
+                &broker.tls_url().unwrap(),
+                "--amqp-ca",
+                &path("ca.crt"),
+            ])
             .env("QM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -99,7 +116,7 @@ async fn a_bridge_acts_for_its_certificates_namespace_only() {
         reaper.adopt("bridge", bridge);
 
         let connection = Connection::connect(&broker.url(), ConnectionProperties::default()).await.unwrap();
-        wait_for_topology(&connection).await;
+        wait_for_topology(&connection, || logs_in(logs.path())).await;
         let mut requester = Requester::new(&connection).await;
         let body = |namespace: &str| {
             let mut request = request_on("node_1", 1);

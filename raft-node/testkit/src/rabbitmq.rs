@@ -28,10 +28,19 @@ pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the broker logs once it accepts connections.
 const STARTED_LINE: &str = "Server startup complete";
 
+/// PEM files for the broker's TLS listener (`amqps://`).
+pub struct BrokerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// One RabbitMQ node for one test.
 pub struct Broker {
     dir: tempfile::TempDir,
     amqp_port: u16,
+    /// The `amqps://` listener's port, when started with TLS.
+    amqps_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     epmd: Child,
@@ -47,6 +56,12 @@ impl Broker {
     /// Installs RabbitMQ if missing, starts a node and waits until it
     /// accepts connections.
     pub fn start() -> anyhow::Result<Broker> {
+        Broker::start_with(None)
+    }
+
+    /// [`Broker::start`], plus an `amqps://` listener with these files
+    /// (clients are not asked for certificates).
+    pub fn start_with(tls: Option<&BrokerTls>) -> anyhow::Result<Broker> {
         ensure_installed();
         let dir = tempfile::Builder::new().prefix("qm-rabbitmq-").tempdir()?;
         let epmd_port = port_of(&free_loopback_addr()?);
@@ -58,8 +73,24 @@ impl Broker {
             .spawn()?;
         std::fs::write(dir.path().join("enabled_plugins"), "[].\n")?;
         // Any user from any address of loopback; the tests connect as guest.
-        std::fs::write(dir.path().join("rabbitmq.conf"), "loopback_users = none\n")?;
+        let mut conf = "loopback_users = none\n".to_owned();
+        let amqps_port = match tls {
+            None => None,
+            Some(tls) => {
+                let port = port_of(&free_loopback_addr()?);
+                conf.push_str(&format!(
+                    "listeners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
+                     ssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                    tls.ca.display(),
+                    tls.cert.display(),
+                    tls.key.display()
+                ));
+                Some(port)
+            }
+        };
+        std::fs::write(dir.path().join("rabbitmq.conf"), conf)?;
         let mut broker = Broker {
+            amqps_port,
             amqp_port: port_of(&free_loopback_addr()?),
             dist_port: port_of(&free_loopback_addr()?),
             epmd_port,
@@ -75,6 +106,11 @@ impl Broker {
     /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:<port>/%2f`, when started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.amqps_port.map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
     }
 
     pub fn amqp_port(&self) -> u16 {

@@ -36,7 +36,8 @@ pub async fn bounded<T>(test: impl std::future::Future<Output = T>) -> T {
 
 /// Waits until a bridge has declared the request queue (a message published
 /// before would have no queue to go to).
-pub async fn wait_for_topology(connection: &Connection) {
+/// `logs` says what the bridges printed, should none declare it.
+pub async fn wait_for_topology(connection: &Connection, logs: impl Fn() -> String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let channel = connection.create_channel().await.unwrap();
@@ -51,7 +52,11 @@ pub async fn wait_for_topology(connection: &Connection) {
         {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no bridge declared the request queue");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no bridge declared the request queue:\n{}",
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
