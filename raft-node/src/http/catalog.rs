@@ -167,7 +167,7 @@ async fn settle(api: &HttpApi, params: &Params, uri: &Uri) -> Result<u64, HttpEr
         // Waits while nothing changed since the caller's answer. An index the
         // table is not at (a newer one from another replica, or one from
         // before a restore) is answered at once, and the caller starts over.
-        while revision().await == index {
+        while revision().await.max(1) == index {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(deadline) => break,

@@ -37,10 +37,14 @@ pub struct HttpCluster {
 impl HttpCluster {
     /// `size` replicas with [`QUIET_PROVIDERS`] and `extra` flags; waits for a leader.
     pub async fn start(size: u64, extra: &[&str]) -> HttpCluster {
+        HttpCluster::start_exactly(size, &[&QUIET_PROVIDERS[..], extra].concat()).await
+    }
+
+    /// `size` replicas with exactly the `extra` flags (and `--http-peers`).
+    pub async fn start_exactly(size: u64, extra: &[&str]) -> HttpCluster {
         let http: BTreeMap<u64, String> = (1..=size).map(|id| (id, free_loopback_addr().expect("a free port"))).collect();
         let peers = http.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",");
         let mut args = vec!["--http-peers", peers.as_str()];
-        args.extend(QUIET_PROVIDERS);
         args.extend(extra);
         let cluster = TestCluster::start_with(size as usize, &args);
         cluster.wait_for_leader().await;
@@ -129,4 +133,42 @@ pub fn post(url: &str, body: &str) -> Answer {
 
 pub fn get(url: &str) -> Answer {
     curl(&[url])
+}
+
+/// Runs `script` with the venv's Python (py-consul importable) and `args`;
+/// kills it (by its pid) if it has not finished within `limit`. Returns its
+/// stdout's lines parsed as JSON.
+pub async fn python(script: &str, args: &[&str], limit: std::time::Duration) -> Vec<Value> {
+    let mut child = Command::new(qm_testkit::services::venv_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "python did not finish within {limit:?}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().expect("output");
+    assert!(
+        output.status.success(),
+        "python failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect()
 }
