@@ -11,7 +11,8 @@
 //! Provider labels become tags (`key=value`) and meta. Endpoints:
 //! `/v1/catalog/services`, `/v1/catalog/service/{name}`,
 //! `/v1/health/service/{name}` (`passing`, `tag`), `/v1/agent/self`,
-//! `/v1/status/leader`, `/v1/status/peers`.
+//! `/v1/status/leader`, `/v1/status/peers`, and `/v1/sd/prometheus` (the same
+//! entries for Prometheus' `http_sd_configs`).
 //!
 //! **Consistency**: linearizable by default: a follower redirects (307) to
 //! the leader and the leader confirms its leadership with a quorum (read
@@ -302,6 +303,55 @@ pub async fn health_service(
         })
         .collect();
     Ok(consul_answer(&api, revision, Value::Array(body)))
+}
+
+/// `GET /v1/sd/prometheus[?service=NAME...][&stale]`: the catalog in
+/// Prometheus' HTTP service discovery format (`http_sd_configs`), one target
+/// group per entry, labelled as `consul_sd_configs` labels them
+/// (`__meta_consul_service`, `__meta_consul_tags`,
+/// `__meta_consul_service_metadata_*`, `__meta_consul_health`, ...), so the
+/// same relabelling works with either. Debian's Prometheus is built without
+/// Consul discovery; this is what it can use. Default: every service.
+pub async fn prometheus_sd(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::ListProviders)?;
+    let params = Params::parse(query.as_deref());
+    settle(&api, &params, &uri).await?;
+    let asked: Vec<&str> = params.all("service").collect();
+    let mut groups = Vec::new();
+    for service in SERVICES.into_iter().filter(|service| asked.is_empty() || asked.contains(service)) {
+        for entry in entries(&api, service).await {
+            groups.push(target_group(&api.node.config.datacenter, &entry));
+        }
+    }
+    Ok(Json(Value::Array(groups)).into_response())
+}
+
+/// One entry as an HTTP SD target group with Consul SD's labels.
+fn target_group(datacenter: &str, entry: &ServiceEntry) -> Value {
+    let mut labels = serde_json::Map::new();
+    let mut label = |name: String, value: String| {
+        labels.insert(name, Value::String(value));
+    };
+    label("__meta_consul_dc".into(), datacenter.to_owned());
+    label("__meta_consul_node".into(), entry.node.clone());
+    label("__meta_consul_address".into(), entry.address.clone());
+    label("__meta_consul_service".into(), entry.service.to_owned());
+    label("__meta_consul_service_id".into(), entry.service_id.clone());
+    label("__meta_consul_service_address".into(), entry.address.clone());
+    label("__meta_consul_service_port".into(), entry.port.to_string());
+    // Consul SD's own separator convention: the tags between commas, with one at each end.
+    label("__meta_consul_tags".into(), format!(",{},", entry.tags.join(",")));
+    label("__meta_consul_health".into(), entry.status.to_owned());
+    for (key, value) in &entry.meta {
+        let name: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        label(format!("__meta_consul_service_metadata_{name}"), value.clone());
+    }
+    json!({"targets": [format!("{}:{}", entry.address, entry.port)], "labels": labels})
 }
 
 /// `GET /v1/agent/self`: this replica as a Consul server agent (its datacenter).

@@ -98,6 +98,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/catalog/service/{name}", get(catalog::catalog_service)),
         route(Method::GET, "/v1/health/service/{name}", get(catalog::health_service)),
         route(Method::GET, "/v1/agent/self", get(catalog::agent_self)),
+        route(Method::GET, "/v1/sd/prometheus", get(catalog::prometheus_sd)),
         route(Method::GET, "/v1/status/leader", get(catalog::status_leader)),
         route(Method::GET, "/v1/status/peers", get(catalog::status_peers)),
         route(Method::GET, "/metrics", get(scrape::metrics)),

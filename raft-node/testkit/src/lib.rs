@@ -32,6 +32,7 @@ pub mod agent_cluster;
 pub mod binaries;
 pub mod fake;
 pub mod local_cluster;
+pub mod prometheus;
 pub mod services;
 pub mod test_cluster;
 
