@@ -3,8 +3,12 @@
 //!
 //! With TLS the listener uses the replica's own certificate and requires a
 //! client certificate chaining to `--tls-ca`, exactly as the gRPC listener
-//! does; a client without one never gets past the handshake. HTTP/1.1 and
-//! HTTP/2 (ALPN) are both served.
+//! does; a client without one never gets past the handshake. Over TLS only
+//! HTTP/1.1 is offered (ALPN): with HTTP/2, an answer sent before the
+//! request's body was read (a refused role, a body over the limit) ended
+//! the stream with a reset that curl reports as a framing error instead of
+//! the answer. Plain connections speak HTTP/1.1 (and HTTP/2 with prior
+//! knowledge).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +110,6 @@ pub fn tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>>
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .context("the replica's certificate and key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
