@@ -11,8 +11,10 @@
 #   scripts/cluster.sh stop N | cont N    SIGSTOP / SIGCONT replica N
 #   scripts/cluster.sh start N            start replica N again with its data dir
 #
-# Replica N listens on 127.0.0.1:$((QM_BASE_PORT+N)) (7101, 7102, ...) and serves
-# Prometheus metrics on 127.0.0.1:$((QM_METRICS_BASE_PORT+N)) (7201, ...). Data,
+# Replica N listens on 127.0.0.1:$((QM_BASE_PORT+N)) (7101, 7102, ...), serves
+# Prometheus metrics alone (plain HTTP) on 127.0.0.1:$((QM_METRICS_BASE_PORT+N))
+# (7201, ...) and the HTTP API (JSON, Consul-compatible catalog, /metrics; TLS
+# with --tls) on 127.0.0.1:$((QM_HTTP_BASE_PORT+10*N)) (7210, 7220, ...). Data,
 # logs and pids live in .cluster/N/ in the repository (git-ignored). Processes
 # are only ever signalled by the pid this script recorded for them.
 # With --tls, replica N serves with .cluster/certs/replica-N.crt, and the last
@@ -33,6 +35,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CLUSTER_DIR=${QM_CLUSTER_DIR:-$ROOT/.cluster}
 BASE_PORT=${QM_BASE_PORT:-7100}
 METRICS_BASE_PORT=${QM_METRICS_BASE_PORT:-7200}
+HTTP_BASE_PORT=${QM_HTTP_BASE_PORT:-$METRICS_BASE_PORT}
 PROFILE=${QM_PROFILE:-release}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 NODE_BIN=${QM_NODE_BIN:-$TARGET_DIR/$PROFILE/qm-node}
@@ -52,6 +55,18 @@ peers() {
 endpoints() {
   local n=$1 list="" i
   for ((i = 1; i <= n; i++)); do list+="${list:+,}$(addr "$i")"; done
+  echo "$list"
+}
+http_addr() { echo "127.0.0.1:$((HTTP_BASE_PORT + 10 * $1))"; }
+http_peers() {
+  local n=$1 list="" i
+  for ((i = 1; i <= n; i++)); do list+="${list:+,}$i=$(http_addr "$i")"; done
+  echo "$list"
+}
+http_endpoints() {
+  local n=$1 list="" i scheme=http
+  tls_on && scheme=https
+  for ((i = 1; i <= n; i++)); do list+="${list:+,}$scheme://$(http_addr "$i")"; done
   echo "$list"
 }
 pid_of() { cat "$CLUSTER_DIR/$1/pid" 2>/dev/null || true; }
@@ -107,7 +122,7 @@ start_node() {
   local session=(setsid)
   [ -f "$CLUSTER_DIR/same-session" ] && session=()
   "${session[@]}" "$NODE_BIN" --id "$i" --listen "$(addr "$i")" --data-dir "$CLUSTER_DIR/$i/data" \
-    --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" \
+    --peers "$(peers "$n")" --metrics-listen "127.0.0.1:$((METRICS_BASE_PORT + i))" --http-peers "$(http_peers "$n")" \
     --worker-threads "$WORKER_THREADS" "${tls[@]}" "${EXTRA_NODE_ARGS[@]}" >>"$CLUSTER_DIR/$i/node.log" 2>&1 </dev/null &
   echo $! >"$CLUSTER_DIR/$i/pid"
 }
@@ -166,6 +181,7 @@ cmd_up() {
   local leader
   leader=$(wait_for_leader "$n") || die "no leader within ${LEADER_WAIT_S}s; see $CLUSTER_DIR/*/node.log"
   echo "cluster of $n replicas is up; replica $leader leads$(tls_on && echo ', mutual TLS on (certificates in '"$CERTS_DIR"')')" >&2
+  echo "QM_HTTP_ENDPOINTS=$(http_endpoints "$n")"
   echo "QM_ENDPOINTS=$(endpoints "$n")"
   tls_env
 }
@@ -200,7 +216,7 @@ cmd_down() {
 cmd_status() {
   local n i role leader
   n=$(node_count)
-  printf '%-8s %-8s %-9s %-10s %s\n' REPLICA PID STATE ROLE ADDRESS
+  printf '%-8s %-8s %-9s %-10s %-16s %s\n' REPLICA PID STATE ROLE ADDRESS HTTP
   for ((i = 1; i <= n; i++)); do
     if alive "$i"; then
       leader=$(metric "$i" raft_leader_id || true)
@@ -208,9 +224,9 @@ cmd_status() {
       elif [ "$leader" = "$i" ]; then role=leader
       elif [ -n "$leader" ] && [ "$leader" != 0 ]; then role=follower
       else role=unknown; fi
-      printf '%-8s %-8s %-9s %-10s %s\n' "$i" "$(pid_of "$i")" running "$role" "$(addr "$i")"
+      printf '%-8s %-8s %-9s %-10s %-16s %s\n' "$i" "$(pid_of "$i")" running "$role" "$(addr "$i")" "$(http_addr "$i")"
     else
-      printf '%-8s %-8s %-9s %-10s %s\n' "$i" - down - "$(addr "$i")"
+      printf '%-8s %-8s %-9s %-10s %-16s %s\n' "$i" - down - "$(addr "$i")" "$(http_addr "$i")"
     fi
   done
   echo "QM_ENDPOINTS=$(endpoints "$n")"

@@ -45,9 +45,24 @@ pub struct NodeArgs {
     /// this replica included. A fresh cluster initialises itself once all are reachable.
     #[arg(long, env = "QM_NODE_PEERS")]
     pub peers: Option<String>,
-    /// Serve Prometheus metrics on this address (`/metrics`).
+    /// Serve Prometheus metrics alone on this address (`/metrics`, plain
+    /// HTTP). `/metrics` is also on --http-listen, with the rest of the HTTP API.
     #[arg(long, env = "QM_NODE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the HTTP API on this address: the protocol's JSON (`/v1/...`),
+    /// the Consul-compatible catalog, `/metrics` and `/v1/openapi.json`. With
+    /// mutual TLS on, over the same TLS and role checks as gRPC. Default:
+    /// this replica's entry in --http-peers, else off.
+    #[arg(long, env = "QM_NODE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Every replica's HTTP address, `1=127.0.0.1:7201,2=127.0.0.1:7202,...`:
+    /// where a follower sends callers to the leader (307) and what the
+    /// Consul-compatible catalog lists as the replicas' metrics endpoints.
+    #[arg(long, env = "QM_NODE_HTTP_PEERS")]
+    pub http_peers: Option<String>,
+    /// The datacenter name the Consul-compatible catalog answers with.
+    #[arg(long, env = "QM_NODE_DATACENTER")]
+    pub datacenter: Option<String>,
     /// `text` or `json`.
     #[arg(long, env = "QM_NODE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -123,6 +138,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub peers: BTreeMap<NodeId, String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the HTTP API listens; `None`: no HTTP API.
+    pub http_listen: Option<SocketAddr>,
+    /// Every replica's advertised HTTP address (`host:port`), by replica id.
+    pub http_peers: BTreeMap<NodeId, String>,
+    /// The Consul-compatible catalog's datacenter name.
+    pub datacenter: String,
     pub log_format: LogFormat,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -175,6 +196,8 @@ pub mod defaults {
     pub const PROVIDER_FAILURE_WINDOW_MS: u64 = 5_000;
     pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
     pub const MESSAGE_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
+    /// Consul's own default datacenter name, which Consul clients expect.
+    pub const DATACENTER: &str = "dc1";
 }
 
 /// What is wrong with a configuration: the setting and why.
@@ -207,6 +230,9 @@ impl NodeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             peers: self.peers.or(file.peers),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            http_listen: self.http_listen.or(file.http_listen),
+            http_peers: self.http_peers.or(file.http_peers),
+            datacenter: self.datacenter.or(file.datacenter),
             log_format: self.log_format.or(file.log_format),
             heartbeat_interval_ms: self.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
             election_timeout_min_ms: self.election_timeout_min_ms.or(file.election_timeout_min_ms),
@@ -232,12 +258,28 @@ impl NodeArgs {
         use defaults::*;
         let peers = parse_peers(self.peers.as_deref().ok_or(ConfigError::Missing { setting: "peers" })?)?;
         let tls = tls_files(self.tls_cert, self.tls_key, self.tls_ca)?;
+        let id = self.id.ok_or(ConfigError::Missing { setting: "id" })?;
+        let http_peers = match self.http_peers.as_deref() {
+            None => BTreeMap::new(),
+            Some(text) => parse_addrs("http-peers", text)?,
+        };
+        let http_listen = match (self.http_listen, http_peers.get(&id)) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(own)) => Some(own.parse().map_err(|_| ConfigError::Invalid {
+                setting: "http-peers",
+                reason: format!("this replica's entry {own:?} is not IP:PORT; give --http-listen"),
+            })?),
+            (None, None) => None,
+        };
         let config = NodeConfig {
-            id: self.id.ok_or(ConfigError::Missing { setting: "id" })?,
+            id,
             listen: self.listen.ok_or(ConfigError::Missing { setting: "listen" })?,
             data_dir: self.data_dir.ok_or(ConfigError::Missing { setting: "data-dir" })?,
             peers,
             metrics_listen: self.metrics_listen,
+            http_listen,
+            http_peers,
+            datacenter: self.datacenter.unwrap_or_else(|| DATACENTER.to_owned()),
             log_format: self.log_format.unwrap_or_default(),
             heartbeat_interval_ms: self.heartbeat_interval_ms.unwrap_or(HEARTBEAT_INTERVAL_MS),
             election_timeout_min_ms: self.election_timeout_min_ms.unwrap_or(ELECTION_TIMEOUT_MIN_MS),
@@ -292,6 +334,9 @@ impl NodeConfig {
         if self.message_size_max_bytes < 1024 {
             return invalid("message-size-max-bytes", "must be at least 1024".into());
         }
+        if self.datacenter.is_empty() || !self.datacenter.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return invalid("datacenter", "must be letters, digits, '-' or '_'".into());
+        }
         if self
             .worker_threads
             .is_some_and(|threads| threads == 0 || threads > WORKER_THREADS_MAX)
@@ -325,7 +370,12 @@ fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -
 
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid { setting: "peers", reason };
+    parse_addrs("peers", text)
+}
+
+/// Parses `1=host:port,2=host:port` given as `--{setting}`.
+fn parse_addrs(setting: &'static str, text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { setting, reason };
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let (id, addr) = item
@@ -406,6 +456,24 @@ mod tests {
         assert_eq!(Some(PathBuf::from("ca.crt")), config.tls.map(|tls| tls.ca));
         let error = args(&["--tls-cert", "r.crt", "--tls-ca", "ca.crt"]).into_config().unwrap_err();
         assert!(error.to_string().starts_with("--tls-key: is missing"), "{error}");
+    }
+
+    #[test]
+    fn http_listens_on_its_own_entry_of_http_peers_unless_told() {
+        assert_eq!(None, args(&[]).into_config().expect("valid").http_listen);
+        let peers = ["--http-peers", "1=127.0.0.1:7201,2=127.0.0.1:7202"];
+        let config = args(&peers).into_config().expect("valid");
+        assert_eq!(Some("127.0.0.1:7201".parse().unwrap()), config.http_listen);
+        assert_eq!("127.0.0.1:7202", config.http_peers[&2]);
+        assert_eq!(defaults::DATACENTER, config.datacenter);
+        let told = args(&[&peers[..], &["--http-listen", "0.0.0.0:8500"]].concat())
+            .into_config()
+            .expect("valid");
+        assert_eq!(Some("0.0.0.0:8500".parse().unwrap()), told.http_listen);
+        let error = args(&["--http-peers", "1=localhost:7201"]).into_config().unwrap_err();
+        assert!(error.to_string().starts_with("--http-peers: this replica's entry"), "{error}");
+        let error = args(&["--datacenter", "a b"]).into_config().unwrap_err();
+        assert!(error.to_string().starts_with("--datacenter"), "{error}");
     }
 
     #[test]

@@ -43,6 +43,8 @@
 //! * [`server`]: [`run`]: wires the layers together and serves until shutdown.
 //! * [`api`]: the public gRPC API; [`api::status`] is the one mapping of
 //!   typed errors to statuses.
+//! * [`http`]: the HTTP port: the protocol's JSON, a Consul-compatible
+//!   catalog, `/metrics`, OpenAPI; it calls the [`api`] handlers.
 //! * [`consensus`]: [`consensus::Node`] (propose, read barrier, leader
 //!   redirect), the proposer's batching, the Raft batch writer, the
 //!   leader's duties and heartbeat book, and their typed errors.
@@ -60,6 +62,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod consensus;
+pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod proto;

@@ -1,14 +1,26 @@
 //! Prometheus metrics: the protocol's (`allocation_latency`,
 //! `resource_utilization`, `allocation_success_rate`) and Raft's (term,
-//! leader, commit and applied indexes), in the text exposition format on
-//! `--metrics-listen` at `/metrics`.
+//! leader, commit and applied indexes), encoded by the `prometheus-client`
+//! library in the OpenMetrics text format and served at `/metrics` on the
+//! replica's HTTP port (`--http-listen`, see `crate::http`) and on
+//! `--metrics-listen`.
 //!
 //! Counters and histograms are kept here as the API serves calls; gauges are
 //! read from the table and from openraft when scraped, so nothing is stale.
+//!
+//! ```text
+//!  api::requests::allocate ─▶ Metrics::observe_allocation ─▶ Family<labels, Histogram | Counter> (shared)
+//!  scrape ─▶ server::render_metrics (RaftSample, UtilizationSample) ─▶ Metrics::render ─▶ one Registry per scrape
+//! ```
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
@@ -17,21 +29,63 @@ const LATENCY_BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0
 pub const LABEL_SETS_MAX: usize = 10_000;
 /// `resource_utilization` series rendered per scrape.
 pub const UTILIZATION_SERIES_MAX: usize = 10_000;
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The label value that stands for every label set past [`LABEL_SETS_MAX`].
+const OVERFLOW_LABEL: &str = "other";
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS_S.len()],
-    count: u64,
-    sum_s: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    resource_type: String,
+    priority: String,
 }
 
-/// What the API records as it serves calls.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    resource_type: String,
+    requester_id: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UtilizationLabels {
+    provider_id: String,
+    resource_id: String,
+    consumer_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node_id: String,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_S)
+}
+
+/// What the API records as it serves calls. The families share their
+/// state with every registry they are registered in (they are `Arc`s inside).
 pub struct Metrics {
     /// (resource_type, priority) → latency of allocate calls answered by this replica.
-    allocation_latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    allocation_latency: LatencyFamily,
     /// (resource_type, requester_id, status) → allocate outcomes.
-    allocation_outcomes: Mutex<BTreeMap<(String, String, String), u64>>,
+    allocation_outcomes: Family<OutcomeLabels, Counter>,
+    /// Label sets created in each family so far, for [`LABEL_SETS_MAX`].
+    latency_label_sets: AtomicUsize,
+    outcome_label_sets: AtomicUsize,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            allocation_latency: LatencyFamily::new_with_constructor(latency_histogram),
+            allocation_outcomes: Family::default(),
+            latency_label_sets: AtomicUsize::new(0),
+            outcome_label_sets: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// A sample of one unit's use, for `resource_utilization`.
@@ -57,134 +111,101 @@ pub struct RaftSample {
 impl Metrics {
     pub fn observe_allocation(&self, resource_types: &[String], priority: i64, requester_id: &str, status: &str, seconds: f64) {
         let priority = priority.to_string();
-        {
-            let mut latency = self.allocation_latency.lock().expect("metrics lock");
-            for kind in resource_types {
-                let key = bounded_key(&latency, (kind.clone(), priority.clone()), || ("other".into(), "other".into()));
-                let histogram = latency.entry(key).or_default();
-                histogram.count += 1;
-                histogram.sum_s += seconds;
-                for (bucket, bound) in histogram.buckets.iter_mut().zip(LATENCY_BUCKETS_S) {
-                    if seconds <= bound {
-                        *bucket += 1;
-                    }
-                }
-            }
-        }
-        let mut outcomes = self.allocation_outcomes.lock().expect("metrics lock");
         for kind in resource_types {
-            let key = bounded_key(&outcomes, (kind.clone(), requester_id.to_owned(), status.to_owned()), || {
-                ("other".into(), "other".into(), status.to_owned())
+            let labels = LatencyLabels {
+                resource_type: kind.clone(),
+                priority: priority.clone(),
+            };
+            let labels = bounded(&self.allocation_latency, labels, &self.latency_label_sets, || LatencyLabels {
+                resource_type: OVERFLOW_LABEL.into(),
+                priority: OVERFLOW_LABEL.into(),
             });
-            *outcomes.entry(key).or_default() += 1;
+            self.allocation_latency.get_or_create(&labels).observe(seconds);
+            let labels = OutcomeLabels {
+                resource_type: kind.clone(),
+                requester_id: requester_id.to_owned(),
+                status: status.to_owned(),
+            };
+            let labels = bounded(&self.allocation_outcomes, labels, &self.outcome_label_sets, || OutcomeLabels {
+                resource_type: OVERFLOW_LABEL.into(),
+                requester_id: OVERFLOW_LABEL.into(),
+                status: status.to_owned(),
+            });
+            self.allocation_outcomes.get_or_create(&labels).inc();
         }
     }
 
-    /// The whole exposition.
+    /// The whole exposition (OpenMetrics text, [`CONTENT_TYPE`]).
     pub fn render(&self, raft: &RaftSample, utilization: &[UtilizationSample]) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP allocation_latency Time from receiving an allocate call to answering it, in seconds.\n");
-        out.push_str("# TYPE allocation_latency histogram\n");
-        for ((kind, priority), histogram) in self.allocation_latency.lock().expect("metrics lock").iter() {
-            let labels = format!("resource_type=\"{}\",priority=\"{}\"", escape(kind), escape(priority));
-            for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS_S) {
-                let _ = writeln!(out, "allocation_latency_bucket{{{labels},le=\"{bound}\"}} {bucket}");
-            }
-            let _ = writeln!(out, "allocation_latency_bucket{{{labels},le=\"+Inf\"}} {}", histogram.count);
-            let _ = writeln!(out, "allocation_latency_sum{{{labels}}} {}", histogram.sum_s);
-            let _ = writeln!(out, "allocation_latency_count{{{labels}}} {}", histogram.count);
-        }
-        out.push_str("# HELP allocation_success_rate Allocate outcomes by status (allocated, queued, rejected); the success rate is allocated over all.\n");
-        out.push_str("# TYPE allocation_success_rate counter\n");
-        for ((kind, requester, status), count) in self.allocation_outcomes.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "allocation_success_rate_total{{resource_type=\"{}\",requester_id=\"{}\",status=\"{}\"}} {count}",
-                escape(kind),
-                escape(requester),
-                escape(status)
-            );
-        }
-        out.push_str("# HELP resource_utilization Share of a unit's capacity held by a consumer (0..1).\n");
-        out.push_str("# TYPE resource_utilization gauge\n");
+        let mut registry = Registry::default();
+        registry.register(
+            "allocation_latency",
+            "Time from receiving an allocate call to answering it, in seconds",
+            self.allocation_latency.clone(),
+        );
+        registry.register(
+            "allocation_success_rate",
+            "Allocate outcomes by status (allocated, queued, rejected); the success rate is allocated over all",
+            self.allocation_outcomes.clone(),
+        );
+        let utilization_family = Family::<UtilizationLabels, Gauge<f64, AtomicU64>>::default();
         for sample in utilization.iter().take(UTILIZATION_SERIES_MAX) {
-            let _ = writeln!(
-                out,
-                "resource_utilization{{provider_id=\"{}\",resource_id=\"{}\",consumer_id=\"{}\"}} {}",
-                escape(&sample.provider_id),
-                escape(&sample.resource_id),
-                escape(&sample.consumer_id),
-                sample.utilization
-            );
+            utilization_family
+                .get_or_create(&UtilizationLabels {
+                    provider_id: sample.provider_id.clone(),
+                    resource_id: sample.resource_id.clone(),
+                    consumer_id: sample.consumer_id.clone(),
+                })
+                .set(sample.utilization);
         }
-        let node = raft.node_id;
+        registry.register(
+            "resource_utilization",
+            "Share of a unit's capacity held by a consumer (0..1)",
+            utilization_family,
+        );
+        let node = NodeLabels {
+            node_id: raft.node_id.to_string(),
+        };
         let gauges: [(&str, &str, u64); 7] = [
-            ("raft_term", "The current Raft term.", raft.term),
+            ("raft_term", "The current Raft term", raft.term),
             (
                 "raft_leader_id",
-                "The leader's replica id (0: none known).",
+                "The leader's replica id (0: none known)",
                 raft.leader_id.unwrap_or(0),
             ),
-            ("raft_is_leader", "1 on the leader.", u64::from(raft.is_leader)),
-            ("raft_commit_index", "Highest log index known committed.", raft.commit_index),
-            ("raft_applied_index", "Highest log index applied to the table.", raft.applied_index),
-            ("raft_last_log_index", "Highest log index stored.", raft.last_log_index),
-            ("raft_snapshot_index", "Log index of the latest snapshot.", raft.snapshot_index),
+            ("raft_is_leader", "1 on the leader", u64::from(raft.is_leader)),
+            ("raft_commit_index", "Highest log index known committed", raft.commit_index),
+            ("raft_applied_index", "Highest log index applied to the table", raft.applied_index),
+            ("raft_last_log_index", "Highest log index stored", raft.last_log_index),
+            ("raft_snapshot_index", "Log index of the latest snapshot", raft.snapshot_index),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{node}\"}} {value}"
-            );
+            let family = Family::<NodeLabels, Gauge>::default();
+            family.get_or_create(&node).set(i64::try_from(value).unwrap_or(i64::MAX));
+            registry.register(name, help, family);
         }
-        out
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encoding into a String cannot fail");
+        text
     }
 }
 
-/// `key` if it is known or there is room for it, else the overflow key.
-fn bounded_key<K: Ord, V>(map: &BTreeMap<K, V>, key: K, overflow: impl FnOnce() -> K) -> K {
-    if map.contains_key(&key) || map.len() < LABEL_SETS_MAX {
-        key
-    } else {
-        overflow()
-    }
-}
-
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Serves `GET /metrics` on `listener` with whatever `render` returns, until
-/// the task is dropped. A minimal HTTP/1.0-style responder: Prometheus needs
-/// nothing more, and it keeps a web framework out of the replica.
-pub async fn serve<Render, Rendered>(listener: tokio::net::TcpListener, render: Render)
+/// `labels` if the family has them or room for them, else the overflow set.
+/// (Two calls racing on one new set may both count it: the bound is
+/// approximate by that much, never exceeded by more.)
+fn bounded<S, M, C>(family: &Family<S, M, C>, labels: S, created: &AtomicUsize, overflow: impl FnOnce() -> S) -> S
 where
-    Render: Fn() -> Rendered + Send + Sync + 'static,
-    Rendered: std::future::Future<Output = String> + Send,
+    S: Clone + std::hash::Hash + Eq,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let render = std::sync::Arc::new(render);
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 2048];
-            let read = match tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await {
-                Ok(Ok(read)) => read,
-                _ => return,
-            };
-            let line = String::from_utf8_lossy(&request[..read]);
-            let (status, body) = if line.starts_with("GET /metrics") {
-                ("200 OK", render().await)
-            } else {
-                ("404 Not Found", "only /metrics is served here\n".to_owned())
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
+    if family.get(&labels).is_some() {
+        return labels;
+    }
+    if created.fetch_add(1, Ordering::Relaxed) < LABEL_SETS_MAX {
+        labels
+    } else {
+        created.fetch_sub(1, Ordering::Relaxed);
+        overflow()
     }
 }
 
@@ -213,19 +234,18 @@ mod tests {
             utilization: 1.0,
         }];
         let text = metrics.render(&raft, &utilization);
-        assert!(
-            text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.005\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("allocation_latency_bucket{resource_type=\"cpu_cores\",priority=\"1\",le=\"0.002\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1")
-        );
-        assert!(text.contains("resource_utilization{provider_id=\"node_1\",resource_id=\"cpu_1\",consumer_id=\"agent_123\"} 1"));
-        assert!(text.contains("raft_commit_index{node_id=\"1\"} 9"));
+        for expected in [
+            "# TYPE allocation_latency histogram",
+            "allocation_latency_bucket{le=\"0.005\",resource_type=\"cpu_cores\",priority=\"1\"} 1",
+            "allocation_latency_bucket{le=\"0.002\",resource_type=\"cpu_cores\",priority=\"1\"} 0",
+            "allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1",
+            "resource_utilization{provider_id=\"node_1\",resource_id=\"cpu_1\",consumer_id=\"agent_123\"} 1.0",
+            "raft_commit_index{node_id=\"1\"} 9",
+            "raft_leader_id{node_id=\"1\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(expected), "{expected} is missing from\n{text}");
+        }
     }
 
     #[test]
@@ -234,8 +254,12 @@ mod tests {
         for requester in 0..LABEL_SETS_MAX + 10 {
             metrics.observe_allocation(&["gpu".into()], 0, &requester.to_string(), "allocated", 0.001);
         }
-        let outcomes = metrics.allocation_outcomes.lock().expect("lock");
-        assert_eq!(outcomes.len(), LABEL_SETS_MAX + 1);
-        assert_eq!(outcomes[&("other".to_owned(), "other".to_owned(), "allocated".to_owned())], 10);
+        assert_eq!(LABEL_SETS_MAX, metrics.outcome_label_sets.load(Ordering::Relaxed));
+        let overflow = OutcomeLabels {
+            resource_type: OVERFLOW_LABEL.into(),
+            requester_id: OVERFLOW_LABEL.into(),
+            status: "allocated".into(),
+        };
+        assert_eq!(metrics.allocation_outcomes.get(&overflow).map(|counter| counter.get()), Some(10));
     }
 }

@@ -7,7 +7,9 @@
 //!                                             └─ grpc.reflection
 //!  every service admits each call through security::Guard (role, namespace, provider) first
 //!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
-//!  background: leader duties, bootstrap, health, Prometheus
+//!  background: leader duties, bootstrap, health
+//!  --http-listen ─▶ [rustls, mutual TLS] ─▶ axum (crate::http): JSON API, Consul catalog, /metrics ─▶ the same api handlers
+//!  --metrics-listen ─▶ axum: /metrics only, plain HTTP
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,7 +36,8 @@ use crate::config::NodeConfig;
 use crate::consensus::duties;
 use crate::consensus::raft_writer::RaftBatchWriter;
 use crate::consensus::{HeartbeatBook, Node, Proposer};
-use crate::metrics::{self, Metrics, RaftSample, UtilizationSample};
+use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
+use crate::metrics::Metrics;
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
 use crate::security::{Call, Guard, MutualTls};
@@ -103,21 +106,14 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
+    let peer_tls_for_http = peer_tls.clone();
     let mut background = vec![
         tokio::spawn(duties::run_duties(node.clone())),
         tokio::spawn(bootstrap(node.clone(), peer_tls)),
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),
     ];
-    if let Some(metrics_addr) = config.metrics_listen {
-        let metrics_listener = TcpListener::bind(metrics_addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {metrics_addr}"))?;
-        let scraped = node.clone();
-        background.push(tokio::spawn(metrics::serve(metrics_listener, move || {
-            render_metrics(scraped.clone())
-        })));
-    }
+    background.extend(start_http(&config, &node, guard, tls.is_some(), peer_tls_for_http).await?);
 
     let api = QuartermasterServer::new(ApiService::new(node.clone(), guard))
         .max_decoding_message_size(config.message_size_max_bytes)
@@ -257,43 +253,44 @@ async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthRe
     }
 }
 
-async fn render_metrics(node: Arc<Node>) -> String {
-    let raft_metrics = node.raft.metrics().borrow().clone();
-    let commit_index = node.commit_index().await;
-    let raft = RaftSample {
-        node_id: node.id,
-        term: raft_metrics.current_term,
-        leader_id: raft_metrics.current_leader,
-        is_leader: raft_metrics.current_leader == Some(node.id),
-        commit_index,
-        applied_index: raft_metrics.last_applied.map_or(0, |log_id| log_id.index),
-        last_log_index: raft_metrics.last_log_index.unwrap_or(0),
-        snapshot_index: raft_metrics.snapshot.map_or(0, |log_id| log_id.index),
-    };
-    let utilization = node
-        .with_table(|table| {
-            let mut samples = Vec::new();
-            'providers: for provider in table.providers() {
-                for resource in provider.resources.values() {
-                    for (allocation_id, amount) in &resource.holders {
-                        if samples.len() == metrics::UTILIZATION_SERIES_MAX {
-                            break 'providers;
-                        }
-                        let consumer_id = table
-                            .get(*allocation_id)
-                            .map(|record| record.request.requester_id.clone())
-                            .unwrap_or_default();
-                        samples.push(UtilizationSample {
-                            provider_id: provider.provider_id.clone(),
-                            resource_id: resource.resource_id.clone(),
-                            consumer_id,
-                            utilization: *amount as f64 / resource.capacity as f64,
-                        });
-                    }
-                }
-            }
-            samples
+/// The HTTP API on `--http-listen` (with the replica's TLS and guard), and
+/// `/metrics` alone on `--metrics-listen` (plain HTTP, no certificate
+/// asked, as before the HTTP API existed). Returns their tasks.
+async fn start_http(
+    config: &NodeConfig,
+    node: &Arc<Node>,
+    guard: Guard,
+    tls_on: bool,
+    peer_tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let api = |guard| {
+        Arc::new(HttpApi {
+            node: node.clone(),
+            guard,
+            scheme: if tls_on { "https" } else { "http" },
+            replica_health: ReplicaHealth::default(),
         })
-        .await;
-    node.metrics.render(&raft, &utilization)
+    };
+    if let Some(addr) = config.http_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+        let http_tls = config.tls.as_ref().map(http::serve::tls_config).transpose()?;
+        let api = api(guard);
+        tasks.push(tokio::spawn(api.replica_health.clone().probe_forever(node.clone(), peer_tls)));
+        tasks.push(tokio::spawn(http::serve::serve(listener, http::router(api), http_tls)));
+        info!(node_id = config.id, http = %addr, tls = tls_on, "HTTP API listening");
+    }
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tasks.push(tokio::spawn(http::serve::serve(
+            listener,
+            http::metrics_router(api(Guard::open())),
+            None,
+        )));
+    }
+    Ok(tasks)
 }

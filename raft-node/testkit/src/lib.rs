@@ -27,6 +27,8 @@
 //! * [`fake`]: [`fake::FakeCluster`], in-process fake replicas.
 //! * [`rabbitmq`]: [`rabbitmq::Broker`], a real RabbitMQ node per test on
 //!   its own ports and data, stopped, killed and restarted by pid.
+//! * [`prometheus`]: Debian's Prometheus on a free port and its own data
+//!   directory, scraping what a test points it at, killed by its child.
 //! * [`services`]: installs RabbitMQ, Prometheus and the Python clients
 //!   (`scripts/install-services.sh`) when a test needs them.
 
@@ -34,6 +36,7 @@ pub mod agent_cluster;
 pub mod binaries;
 pub mod fake;
 pub mod local_cluster;
+pub mod prometheus;
 pub mod rabbitmq;
 pub mod services;
 pub mod test_cluster;

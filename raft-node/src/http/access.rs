@@ -1,0 +1,48 @@
+//! Who makes an HTTP call: the identity in the client's certificate, checked
+//! by the same [`Guard`](crate::security::Guard) and [`Call`] table as gRPC.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use qm_api::tls::Identity;
+use serde_json::json;
+use tracing::warn;
+
+use super::error::HttpError;
+use super::HttpApi;
+use crate::security::{Call, Caller};
+
+/// The DER leaf certificate the client presented on this connection (none
+/// on a plain connection); put on every request by [`super::serve`].
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificate(pub Option<Arc<Vec<u8>>>);
+
+/// The caller of `call`, if its certificate's role may make it: `401`
+/// without a certificate stating an identity, `403` for another role.
+pub fn admit(api: &HttpApi, peer: &PeerCertificate, call: Call) -> Result<Caller, HttpError> {
+    if api.guard.is_open() {
+        return Ok(Caller::Anyone);
+    }
+    let unauthenticated = |message: String| {
+        warn!(operation_type = call.name(), status = "unauthenticated", reason = %message, "HTTP call refused");
+        HttpError {
+            status: StatusCode::UNAUTHORIZED,
+            body: json!({"error": "unauthenticated", "message": message}),
+            location: None,
+            retry_after: false,
+        }
+    };
+    let leaf = peer
+        .0
+        .as_ref()
+        .ok_or_else(|| unauthenticated("no client certificate: this cluster requires mutual TLS".to_owned()))?;
+    let identity = Identity::from_certificate_der(leaf).map_err(|error| unauthenticated(format!("client certificate refused: {error}")))?;
+    let caller = Caller::Authenticated(identity);
+    api.guard.authorize(&caller, call).map_err(|status| HttpError {
+        status: StatusCode::FORBIDDEN,
+        body: json!({"error": "permission_denied", "message": status.message()}),
+        location: None,
+        retry_after: false,
+    })?;
+    Ok(caller)
+}

@@ -1,0 +1,159 @@
+//! The provider's and the monitor's calls in JSON: `GET /v1/providers`
+//! (paged), `POST /v1/providers` (the registration document), `GET /v1/state`
+//! (the monitor's SystemState), and `GET /v1/cluster`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use qm_api::convert;
+use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SystemStateRequest};
+use qm_state_machine::ProviderRegistration;
+use serde_json::{json, Value};
+
+use super::access::{admit, PeerCertificate};
+use super::error::HttpError;
+use super::params::{read_body, utf8, Params};
+use super::requests::bounded;
+use super::Shared;
+use crate::api::{cluster, providers};
+use crate::security::Call;
+
+/// Providers per page of `GET /v1/providers` when `limit` is not given.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
+/// Providers per page at most.
+pub const PAGE_LIMIT_MAX: usize = 10_000;
+
+/// `GET /v1/providers?limit=&next=[&stale]`: `{"providers": [...], "next": ID}`,
+/// by provider id; `next` is the last id of a full page.
+pub async fn list(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::ListProviders)?;
+    let params = Params::parse(query.as_deref());
+    let limit = params.number("limit")?.map_or(PAGE_LIMIT_DEFAULT, |limit| limit as usize);
+    if limit == 0 || limit > PAGE_LIMIT_MAX {
+        return Err(HttpError::invalid("limit", format!("must be 1..={PAGE_LIMIT_MAX}")));
+    }
+    let after = params.non_empty("next").map(str::to_owned);
+    let call = ListProvidersRequest {
+        stale: params.flag("stale"),
+    };
+    let mut all = providers::list(&api.node, call)
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?
+        .providers;
+    all.sort_by(|a, b| a.provider_id.cmp(&b.provider_id));
+    let page: Vec<&ProviderInfo> = all
+        .iter()
+        .filter(|provider| after.as_ref().is_none_or(|after| provider.provider_id.as_str() > after.as_str()))
+        .take(limit)
+        .collect();
+    let next = (page.len() == limit).then(|| page.last().map(|provider| provider.provider_id.clone()));
+    let providers: Vec<Value> = page.into_iter().map(provider_json).collect();
+    Ok(Json(json!({"providers": providers, "next": next.flatten()})).into_response())
+}
+
+/// One provider as JSON, maps sorted by key.
+fn provider_json(provider: &ProviderInfo) -> Value {
+    fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<&String, &String> {
+        map.iter().collect()
+    }
+    let resources: Vec<Value> = provider
+        .resources
+        .iter()
+        .map(|resource| {
+            json!({
+                "resource_id": resource.resource_id,
+                "kind": resource.kind,
+                "capacity": resource.capacity,
+                "used": resource.used,
+                "sharing": resource.sharing,
+                "labels": sorted(&resource.labels),
+                "metrics": resource.metrics.iter().collect::<BTreeMap<_, _>>(),
+            })
+        })
+        .collect();
+    json!({
+        "provider_id": provider.provider_id,
+        "status": provider.status,
+        "labels": sorted(&provider.labels),
+        "resources": resources,
+        "confirms_allocations": provider.confirms_allocations,
+        "allocations": provider.allocations,
+        "last_heartbeat_ms": provider.last_heartbeat_ms,
+    })
+}
+
+/// `POST /v1/providers`: the registration document
+/// `{"provider_id", "labels", "resources": [...], "confirms_allocations"}`.
+pub async fn register(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let caller = admit(&api, &peer, Call::RegisterProvider)?;
+    let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
+    let document: ProviderRegistration = serde_json::from_str(utf8("registration", &body)?)
+        .map_err(|error| HttpError::invalid("registration", bounded(error.to_string())))?;
+    // Validated here too, so that bad input is a 400 naming the field before
+    // any leader check.
+    document.clone().validate().map_err(HttpError::from_invalid)?;
+    let reply = providers::register(&api.node, &caller, convert::registration_to_proto(&document))
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    Ok(Json(json!({"provider_id": reply.provider_id, "status": reply.status, "resources": reply.resources})).into_response())
+}
+
+/// `GET /v1/state[?stale]`: capacity, use and free amount per kind and
+/// provider, the queue, failed providers, the revision.
+pub async fn system_state(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::SystemState)?;
+    let stale = Params::parse(query.as_deref()).flag("stale");
+    let reply = providers::system_state(&api.node, SystemStateRequest { stale })
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let usage = convert::usage_from_proto(&reply).map_err(|error| HttpError::internal(error.to_string()))?;
+    Ok(Json(usage).into_response())
+}
+
+/// `GET /v1/cluster`: this replica's view: members (with their HTTP
+/// addresses), leader, term, commit, applied, last log and snapshot indexes.
+pub async fn cluster(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::ClusterStatus)?;
+    let status = cluster::status(&api.node)
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let http = |id: u64| api.node.config.http_peers.get(&id).cloned();
+    let members: Vec<Value> = status
+        .members
+        .iter()
+        .map(|member| json!({"id": member.id, "addr": member.addr, "role": member.role, "http_addr": http(member.id)}))
+        .collect();
+    Ok(Json(json!({
+        "node_id": status.node_id,
+        "leader_id": status.leader_id,
+        "leader_addr": (!status.leader_addr.is_empty()).then_some(&status.leader_addr),
+        "leader_http_addr": status.leader_id.and_then(http),
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_log_index": status.last_log_index,
+        "snapshot_index": status.snapshot_index,
+        "members": members,
+    }))
+    .into_response())
+}

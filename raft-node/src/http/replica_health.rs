@@ -1,0 +1,81 @@
+//! [`ReplicaHealth`]: whether each replica knows a leader, the health check
+//! of the catalog's `resource_manager` and `system_monitor` entries.
+//!
+//! A replica knows its own state; the others' it learns by asking each one
+//! its gRPC `ClusterStatus` every [`REPLICA_PROBE_INTERVAL_MS`] (with its own
+//! certificate when TLS is on, as the bootstrap probe does). A replica that
+//! does not answer within [`REPLICA_PROBE_TIMEOUT_MS`] is critical.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qm_api::proto::api::quartermaster_client::QuartermasterClient;
+use qm_api::proto::api::ClusterStatusRequest;
+use tonic::transport::{Channel, ClientTlsConfig};
+
+use crate::consensus::Node;
+use crate::types::NodeId;
+
+/// How often the other replicas are asked whether they know a leader.
+pub const REPLICA_PROBE_INTERVAL_MS: u64 = 1_000;
+/// How long one probe may take.
+pub const REPLICA_PROBE_TIMEOUT_MS: u64 = 500;
+
+/// The last probe's answer per replica: `true` if it knew a leader.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaHealth(Arc<Mutex<BTreeMap<NodeId, bool>>>);
+
+impl ReplicaHealth {
+    /// Whether replica `id` knows a leader (this replica: right now; another:
+    /// at its last probe; one never probed: no).
+    pub fn knows_leader(&self, node: &Node, id: NodeId) -> bool {
+        if id == node.id {
+            return node.raft.metrics().borrow().current_leader.is_some();
+        }
+        self.0.lock().expect("replica health").get(&id).copied().unwrap_or(false)
+    }
+
+    /// Probes the members (other than this replica) forever.
+    pub async fn probe_forever(self, node: Arc<Node>, tls: Option<ClientTlsConfig>) {
+        let mut clients: BTreeMap<String, QuartermasterClient<Channel>> = BTreeMap::new();
+        loop {
+            let members: Vec<(NodeId, String)> = {
+                let metrics = node.raft.metrics().borrow().clone();
+                let membership = metrics.membership_config.membership();
+                membership
+                    .nodes()
+                    .filter(|(id, _)| **id != node.id)
+                    .map(|(id, member)| (*id, member.addr.clone()))
+                    .collect()
+            };
+            let mut answers = BTreeMap::new();
+            for (id, addr) in members {
+                let client = match clients.get(&addr) {
+                    Some(client) => Some(client.clone()),
+                    None => qm_api::tls::endpoint(&addr, tls.as_ref()).ok().map(|endpoint| {
+                        let channel = endpoint
+                            .connect_timeout(Duration::from_millis(REPLICA_PROBE_TIMEOUT_MS))
+                            .connect_lazy();
+                        let client = QuartermasterClient::new(channel);
+                        clients.insert(addr.clone(), client.clone());
+                        client
+                    }),
+                };
+                let knows_leader = match client {
+                    None => false,
+                    Some(mut client) => {
+                        let probe = client.cluster_status(ClusterStatusRequest {});
+                        match tokio::time::timeout(Duration::from_millis(REPLICA_PROBE_TIMEOUT_MS), probe).await {
+                            Ok(Ok(reply)) => reply.into_inner().leader_id.is_some(),
+                            _ => false,
+                        }
+                    }
+                };
+                answers.insert(id, knows_leader);
+            }
+            *self.0.lock().expect("replica health") = answers;
+            tokio::time::sleep(Duration::from_millis(REPLICA_PROBE_INTERVAL_MS)).await;
+        }
+    }
+}

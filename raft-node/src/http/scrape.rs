@@ -1,0 +1,63 @@
+//! `GET /metrics`: the replica's Prometheus metrics ([`crate::metrics`]),
+//! sampled from openraft and the table at scrape time. With mutual TLS any
+//! role may scrape (as any role may read the cluster status).
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use super::access::{admit, PeerCertificate};
+use super::error::HttpError;
+use super::Shared;
+use crate::consensus::Node;
+use crate::metrics::{self, RaftSample, UtilizationSample};
+use crate::security::Call;
+
+pub async fn metrics(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::ClusterStatus)?;
+    let text = render(&api.node).await;
+    Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// The exposition: Raft's state now, each unit's use now, the counters so far.
+pub async fn render(node: &Node) -> String {
+    let raft_metrics = node.raft.metrics().borrow().clone();
+    let commit_index = node.commit_index().await;
+    let raft = RaftSample {
+        node_id: node.id,
+        term: raft_metrics.current_term,
+        leader_id: raft_metrics.current_leader,
+        is_leader: raft_metrics.current_leader == Some(node.id),
+        commit_index,
+        applied_index: raft_metrics.last_applied.map_or(0, |log_id| log_id.index),
+        last_log_index: raft_metrics.last_log_index.unwrap_or(0),
+        snapshot_index: raft_metrics.snapshot.map_or(0, |log_id| log_id.index),
+    };
+    let utilization = node
+        .with_table(|table| {
+            let mut samples = Vec::new();
+            'providers: for provider in table.providers() {
+                for resource in provider.resources.values() {
+                    for (allocation_id, amount) in &resource.holders {
+                        if samples.len() == metrics::UTILIZATION_SERIES_MAX {
+                            break 'providers;
+                        }
+                        let consumer_id = table
+                            .get(*allocation_id)
+                            .map(|record| record.request.requester_id.clone())
+                            .unwrap_or_default();
+                        samples.push(UtilizationSample {
+                            provider_id: provider.provider_id.clone(),
+                            resource_id: resource.resource_id.clone(),
+                            consumer_id,
+                            utilization: *amount as f64 / resource.capacity as f64,
+                        });
+                    }
+                }
+            }
+            samples
+        })
+        .await;
+    node.metrics.render(&raft, &utilization)
+}
