@@ -80,6 +80,12 @@ async fn curl_allocates_the_protocol_example_and_bad_input_changes_nothing() {
         assert_eq!((400, json!("allocation_id")), (refused.status, refused.json()["field"].clone()));
         let refused = curl(&[&url("/v1/requests?state=sleeping")]);
         assert_eq!((400, json!("state")), (refused.status, refused.json()["field"].clone()));
+        for (change, field) in [(json!({"port": 9100}), "port"), (json!({"address": "a b", "port": 1}), "address")] {
+            let mut registration: Value = serde_json::from_str(DEMO_PROVIDER).unwrap();
+            registration.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
+            let refused = post(&url("/v1/providers"), &registration.to_string());
+            assert_eq!((400, json!(field)), (refused.status, refused.json()["field"].clone()), "{registration}");
+        }
 
         // --- a 10 MB body is refused before it is read whole
         let big = dir.path().join("big.json");

@@ -59,7 +59,11 @@ async fn py_consul_lists_the_three_services_and_wakes_when_a_provider_fails() {
         let cluster = HttpCluster::start_exactly(3, &["--provider-failure-window-ms", "8000", "--tick-interval-ms", "100"]).await;
         let leader = cluster.leader().await;
         let follower = cluster.follower(leader);
-        assert_eq!(200, post(&cluster.url(leader, "/v1/providers"), DEMO_PROVIDER).status);
+        // Registered with where it is reached, which the catalog lists.
+        let mut registration: Value = serde_json::from_str(DEMO_PROVIDER).unwrap();
+        registration["address"] = json!("127.0.0.1");
+        registration["port"] = json!(9100);
+        assert_eq!(200, post(&cluster.url(leader, "/v1/providers"), &registration.to_string()).status);
         // The replicas probe each other every second; wait until all three pass.
         for _ in 0..100 {
             let passing = get(&cluster.url(leader, "/v1/health/service/resource_manager?passing")).json();
@@ -118,6 +122,13 @@ async fn py_consul_lists_the_three_services_and_wakes_when_a_provider_fails() {
         assert_eq!(vec!["node_1"], ids(providers));
         assert_eq!("passing", providers[0]["Checks"][0]["Status"], "{providers}");
         assert_eq!("a", providers[0]["Service"]["Meta"]["zone"]);
+        assert_eq!(
+            ("127.0.0.1", 9100),
+            (
+                providers[0]["Service"]["Address"].as_str().unwrap(),
+                providers[0]["Service"]["Port"].as_u64().unwrap()
+            )
+        );
 
         // --- the blocking query woke when the provider failed
         let woke = step("woke");

@@ -77,7 +77,10 @@ async fn prometheus_discovers_replicas_and_providers_through_consul_sd_and_scrap
     bounded(async {
         let cluster = HttpCluster::start(3, &[]).await;
         let leader = cluster.leader().await;
-        assert_eq!(200, post(&cluster.url(leader, "/v1/providers"), DEMO_PROVIDER).status);
+        let mut registration: serde_json::Value = serde_json::from_str(DEMO_PROVIDER).unwrap();
+        registration["address"] = "127.0.0.1".into();
+        registration["port"] = 9100.into();
+        assert_eq!(200, post(&cluster.url(leader, "/v1/providers"), &registration.to_string()).status);
         let follower = cluster.follower(leader);
 
         // --- Prometheus with http_sd_configs pointed at a follower
@@ -114,6 +117,7 @@ async fn prometheus_discovers_replicas_and_providers_through_consul_sd_and_scrap
             .find(|target| target["labels"]["job"] == "providers")
             .unwrap_or_else(|| panic!("no provider target: {active:#?}"));
         assert_eq!("node_1", provider["discoveredLabels"]["__meta_consul_service_id"]);
+        assert_eq!("127.0.0.1:9100", provider["discoveredLabels"]["__address__"], "{provider:#}");
         assert_eq!(",zone=a,", provider["discoveredLabels"]["__meta_consul_tags"]);
 
         // --- and what it scraped: every replica's raft_term, the protocol's metrics

@@ -54,6 +54,8 @@ fn registration(n: usize) -> ProviderRegistration {
         labels,
         resources,
         confirms_allocations: false,
+        address: None,
+        port: None,
     }
 }
 

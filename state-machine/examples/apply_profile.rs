@@ -59,6 +59,8 @@ fn registration(n: usize) -> ProviderRegistration {
             })
             .collect(),
         confirms_allocations: false,
+        address: None,
+        port: None,
     }
 }
 

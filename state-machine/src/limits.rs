@@ -13,6 +13,8 @@ pub const ID_LEN_MAX: usize = 128;
 pub const LABEL_VALUE_LEN_MAX: usize = 256;
 /// Labels on one provider, one resource or one constraint.
 pub const LABELS_MAX: usize = 32;
+/// Longest provider address: a DNS name's limit, which any IP address fits.
+pub const PROVIDER_ADDRESS_LEN_MAX: usize = 253;
 /// Resources one provider may register. A 256-core machine with memory in
 /// 1 GiB blocks fits; a registration past this is refused with the field named.
 pub const RESOURCES_PER_PROVIDER_MAX: usize = 4096;

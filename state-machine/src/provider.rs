@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::InvalidArgument;
-use crate::limits::RESOURCES_PER_PROVIDER_MAX;
+use crate::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
 use crate::record::UnitGrant;
 use crate::request::{check_id, check_labels, check_quantity, PlacementPolicy};
 
@@ -49,7 +49,8 @@ pub struct ResourceSpec {
     pub sharing: Option<Sharing>,
 }
 
-/// The registration document: `{"provider_id", "labels", "resources": [...]}`.
+/// The registration document: `{"provider_id", "labels", "resources": [...]}`,
+/// optionally with `"address"` and `"port"`.
 /// Also the log command's payload once [`ProviderRegistration::validate`] has
 /// normalised it (sharing resolved, resources sorted by id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +64,14 @@ pub struct ProviderRegistration {
     /// one, grants go straight to `monitoring` and releases to `idle`.
     #[serde(default)]
     pub confirms_allocations: bool,
+    /// Where the provider's host is reached (a host name or an IP address),
+    /// for the service catalog (`resource_providers`' ServiceAddress); the
+    /// table never dials it.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// With `address`: the port that goes with it in the catalog.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 impl ProviderRegistration {
@@ -70,6 +79,14 @@ impl ProviderRegistration {
     pub fn validate(mut self) -> Result<ProviderRegistration, InvalidArgument> {
         check_id("provider_id", &self.provider_id)?;
         check_labels("labels", &self.labels)?;
+        if let Some(address) = &self.address {
+            check_address("address", address)?;
+        }
+        match self.port {
+            Some(0) => return Err(InvalidArgument::new("port", "must be between 1 and 65535")),
+            Some(_) if self.address.is_none() => return Err(InvalidArgument::new("port", "needs an address to go with it")),
+            _ => {}
+        }
         if self.resources.is_empty() {
             return Err(InvalidArgument::new("resources", "must list at least one resource"));
         }
@@ -103,6 +120,31 @@ impl ProviderRegistration {
         }
         Ok(self)
     }
+}
+
+/// A host name or an IP address (v4 or v6, without brackets): at most
+/// [`PROVIDER_ADDRESS_LEN_MAX`] bytes of letters, digits, `.`, `-`, `_` and
+/// `:`, so that it can be printed and put in a URL as it is.
+fn check_address(field: &str, address: &str) -> Result<(), InvalidArgument> {
+    if address.is_empty() {
+        return Err(InvalidArgument::new(field, "must not be empty (leave it out instead)"));
+    }
+    if address.len() > PROVIDER_ADDRESS_LEN_MAX {
+        return Err(InvalidArgument::new(
+            field,
+            format!("is {} bytes long, at most {PROVIDER_ADDRESS_LEN_MAX} are allowed", address.len()),
+        ));
+    }
+    if !address
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return Err(InvalidArgument::new(
+            field,
+            "must be a host name or an IP address (letters, digits, '.', '-', '_', ':')",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a provider's units can be placed on.
@@ -164,6 +206,9 @@ pub struct Provider {
     pub confirms_allocations: bool,
     pub resources: BTreeMap<String, Resource>,
     pub registered_at_ms: u64,
+    /// As registered; see [`ProviderRegistration::address`].
+    pub address: Option<String>,
+    pub port: Option<u16>,
     /// Derived from `resources`; rebuilt after a snapshot is restored.
     #[serde(skip)]
     pub kinds: BTreeMap<String, KindTotals>,
@@ -178,6 +223,8 @@ impl Provider {
             confirms_allocations: registration.confirms_allocations,
             resources: BTreeMap::new(),
             registered_at_ms: now_ms,
+            address: registration.address.clone(),
+            port: registration.port,
             kinds: BTreeMap::new(),
         };
         provider.resources = registration

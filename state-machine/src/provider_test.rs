@@ -22,6 +22,8 @@ fn provider_with(resources: Vec<ResourceSpec>) -> Provider {
         labels: BTreeMap::new(),
         resources,
         confirms_allocations: false,
+        address: None,
+        port: None,
     };
     Provider::new(&registration.validate().unwrap(), 0)
 }
@@ -41,6 +43,8 @@ fn validate_sorts_units_and_resolves_sharing_from_capacity() {
         labels: BTreeMap::new(),
         resources: vec![spec("vol_1", "storage_gb", 500), spec("cpu_1", "cpu_cores", 1)],
         confirms_allocations: false,
+        address: None,
+        port: None,
     };
     let resolved: Vec<(String, Option<Sharing>)> = registration
         .validate()
@@ -56,6 +60,31 @@ fn validate_sorts_units_and_resolves_sharing_from_capacity() {
         ],
         resolved
     );
+}
+
+#[test]
+fn an_address_and_port_are_checked_and_a_port_needs_an_address() {
+    let with = |address: Option<&str>, port: Option<u16>| {
+        ProviderRegistration {
+            provider_id: "node_1".into(),
+            labels: BTreeMap::new(),
+            resources: vec![spec("cpu_1", "cpu_cores", 1)],
+            confirms_allocations: false,
+            address: address.map(str::to_owned),
+            port,
+        }
+        .validate()
+        .map_err(|error| error.field)
+    };
+    assert!(with(Some("node-1.example.org"), Some(9100)).is_ok());
+    assert!(with(Some("fd00::1"), None).is_ok());
+    assert!(with(None, None).is_ok());
+    assert_eq!(Err("port".to_owned()), with(None, Some(9100)));
+    assert_eq!(Err("port".to_owned()), with(Some("10.0.0.1"), Some(0)));
+    assert_eq!(Err("address".to_owned()), with(Some(""), None));
+    assert_eq!(Err("address".to_owned()), with(Some("a b"), None));
+    assert_eq!(Err("address".to_owned()), with(Some("http://x/"), None));
+    assert_eq!(Err("address".to_owned()), with(Some(&"a".repeat(254)), None));
 }
 
 #[test]

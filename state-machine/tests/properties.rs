@@ -124,6 +124,8 @@ impl Op {
                     labels,
                     resources,
                     confirms_allocations: confirms,
+                    address: None,
+                    port: None,
                 })
             }
             Op::Allocate {

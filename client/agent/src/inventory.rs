@@ -14,12 +14,16 @@
 //!
 //! From a file (`--inventory FILE`): the registration document as written,
 //! with `confirms_allocations` set, since the agent confirms.
+//!
+//! The provider's `address` (for the service catalog) is the host name from
+//! the host, what the document says from a file, and either way what
+//! [`Inventory::with_endpoint`] sets (`qm agent --address/--port`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use qm_state_machine::limits::RESOURCES_PER_PROVIDER_MAX;
+use qm_state_machine::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
 use qm_state_machine::{InvalidArgument, ProviderRegistration, ResourceSpec, Sharing};
 use serde_json::Value;
 
@@ -171,8 +175,9 @@ impl Inventory {
             .into());
         }
         let mut labels = options.labels.clone();
-        if let Some(hostname) = paths.hostname() {
-            labels.entry("host".to_owned()).or_insert(hostname);
+        let hostname = paths.hostname();
+        if let Some(hostname) = &hostname {
+            labels.entry("host".to_owned()).or_insert(hostname.clone());
         }
         labels.insert("inventory".to_owned(), "host".to_owned());
         let registration = ProviderRegistration {
@@ -180,6 +185,12 @@ impl Inventory {
             labels,
             resources,
             confirms_allocations: true,
+            // A host name the catalog can list as it is; anything else is
+            // left out rather than refusing to start.
+            address: hostname.filter(|name| {
+                name.len() <= PROVIDER_ADDRESS_LEN_MAX && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            }),
+            port: None,
         }
         .validate()?;
         Ok(Inventory {
@@ -234,6 +245,23 @@ impl Inventory {
             sources,
             origin: "document".to_owned(),
         })
+    }
+
+    /// Sets where the provider is reached, over what the inventory said:
+    /// `address` replaces it when given; `port` replaces it when given and is
+    /// dropped when the address changes without one.
+    pub fn with_endpoint(mut self, address: Option<String>, port: Option<u16>) -> Result<Inventory, InventoryError> {
+        if let Some(address) = address {
+            if self.registration.address.as_ref() != Some(&address) {
+                self.registration.port = None;
+            }
+            self.registration.address = Some(address);
+        }
+        if port.is_some() {
+            self.registration.port = port;
+        }
+        self.registration = self.registration.validate()?;
+        Ok(self)
     }
 
     /// Capacity per kind, for summaries.
@@ -329,6 +357,7 @@ mod tests {
         assert_eq!(expected, ids);
         assert!(inventory.registration.confirms_allocations);
         assert_eq!(Some("host-a"), inventory.registration.labels.get("host").map(String::as_str));
+        assert_eq!(Some("host-a"), inventory.registration.address.as_deref());
         assert_eq!(Some(&MetricSource::Cpu(2)), inventory.sources.get("cpu_2"));
         assert_eq!(Some(&MetricSource::Memory), inventory.sources.get("block_4"));
         assert_eq!(Some(Sharing::Exclusive), inventory.unit("block_1").unwrap().sharing);
@@ -386,5 +415,34 @@ mod tests {
                 "{field}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn the_address_and_port_given_replace_the_inventorys_and_are_checked() {
+        let text = r#"{"address": "10.0.0.7", "port": 9100,
+            "resources": [{"resource_id": "gpu_1", "kind": "gpu", "capacity": 1}]}"#;
+        let endpoint = |address: Option<&str>, port: Option<u16>| {
+            Inventory::from_document("agent-c", text)
+                .unwrap()
+                .with_endpoint(address.map(str::to_owned), port)
+                .map(|inventory| (inventory.registration.address, inventory.registration.port))
+        };
+
+        assert_eq!(Some(Some(9100)), endpoint(None, None).ok().map(|(_, port)| port));
+        assert_eq!(Some(Some(9100)), endpoint(Some("10.0.0.7"), None).ok().map(|(_, port)| port));
+        assert_eq!(
+            (Some("gpu-host".to_owned()), None),
+            endpoint(Some("gpu-host"), None).unwrap(),
+            "another address drops the document's port"
+        );
+        assert_eq!(
+            (Some("gpu-host".to_owned()), Some(80)),
+            endpoint(Some("gpu-host"), Some(80)).unwrap()
+        );
+        let error = endpoint(Some("not a host"), None).unwrap_err();
+        assert!(
+            matches!(&error, InventoryError::Invalid(invalid) if invalid.field == "address"),
+            "{error}"
+        );
     }
 }

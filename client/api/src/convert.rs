@@ -304,11 +304,17 @@ pub fn registration_from_proto(registration: &api::RegisterProviderRequest) -> R
             })
         })
         .collect::<Result<Vec<_>, InvalidArgument>>()?;
+    let port = match registration.port {
+        0 => None,
+        port => Some(u16::try_from(port).map_err(|_| InvalidArgument::new("port", format!("is {port}, at most 65535")))?),
+    };
     Ok(ProviderRegistration {
         provider_id: registration.provider_id.clone(),
         labels: to_btree_map(&registration.labels),
         resources,
         confirms_allocations: registration.confirms_allocations,
+        address: Some(registration.address.clone()).filter(|address| !address.is_empty()),
+        port,
     })
 }
 
@@ -331,6 +337,8 @@ pub fn registration_to_proto(registration: &ProviderRegistration) -> api::Regist
             })
             .collect(),
         confirms_allocations: registration.confirms_allocations,
+        address: registration.address.clone().unwrap_or_default(),
+        port: registration.port.map_or(0, u32::from),
     }
 }
 
@@ -363,6 +371,8 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         confirms_allocations: provider.confirms_allocations,
         allocations: allocations.len() as u64,
         last_heartbeat_ms: None,
+        address: provider.address.clone().unwrap_or_default(),
+        port: provider.port.map_or(0, u32::from),
     }
 }
 

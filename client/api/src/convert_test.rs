@@ -292,7 +292,24 @@ fn a_registration_goes_to_the_wire_and_back_unchanged() {
 
     assert_eq!("divisible", wire.resources[3].sharing);
     assert_eq!("", wire.resources[0].sharing, "absent sharing stays absent");
-    assert_eq!(Ok(registration), registration_from_proto(&wire));
+    assert_eq!(Ok(registration.clone()), registration_from_proto(&wire));
+    let mut reached = ProviderRegistration {
+        address: Some("10.0.0.7".into()),
+        port: Some(9100),
+        ..registration.clone()
+    };
+    assert_eq!(Ok(reached.clone()), registration_from_proto(&registration_to_proto(&reached)));
+    reached.port = None;
+    assert_eq!(Ok(reached.clone()), registration_from_proto(&registration_to_proto(&reached)));
+}
+
+#[test]
+fn a_port_past_65535_is_invalid_and_named() {
+    let mut wire = registration_to_proto(&registration());
+    wire.address = "10.0.0.7".into();
+    wire.port = 70_000;
+
+    assert_eq!("port", registration_from_proto(&wire).unwrap_err().field);
 }
 
 #[test]

@@ -43,6 +43,14 @@ pub struct AgentArgs {
     /// With --from-host: a provider label, KEY=VALUE. Repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, conflicts_with = "inventory")]
     pub labels: Vec<(String, String)>,
+    /// Where this provider's host is reached, listed in the cluster's service
+    /// catalog (`resource_providers`); default: the host name with
+    /// --from-host, the inventory's `address` otherwise.
+    #[arg(long, env = "QM_PROVIDER_ADDRESS", value_name = "HOST")]
+    pub address: Option<String>,
+    /// The port listed with the address (1-65535).
+    #[arg(long, env = "QM_PROVIDER_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
     /// Between two heartbeats; keep it well under the cluster's failure window.
     #[arg(long, env = "QM_AGENT_HEARTBEAT_INTERVAL_MS", default_value_t = AgentConfig::default().heartbeat_interval_ms)]
     pub heartbeat_interval_ms: u64,
@@ -64,6 +72,10 @@ impl AgentArgs {
     }
 
     fn inventory(&self) -> Result<Inventory, InventoryError> {
+        self.offered()?.with_endpoint(self.address.clone(), self.port)
+    }
+
+    fn offered(&self) -> Result<Inventory, InventoryError> {
         match &self.inventory {
             Some(path) => Inventory::from_file(&self.provider_id, path),
             None => {

@@ -381,6 +381,8 @@ async fn register_providers(client: &Client, run_id: &str, units: u64) -> Result
                 })
                 .collect(),
             confirms_allocations: false,
+            address: None,
+            port: None,
         };
         client.register_provider(&registration).await?;
         providers.push(provider_id);

@@ -55,6 +55,11 @@ pub struct ProviderJson {
     pub allocations: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms: Option<u64>,
+    /// Where the provider is reached, as it registered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
     pub resources: Vec<ResourceJson>,
 }
 
@@ -79,6 +84,8 @@ impl From<&api::ProviderInfo> for ProviderJson {
             confirms_allocations: info.confirms_allocations,
             allocations: info.allocations,
             last_heartbeat_ms: info.last_heartbeat_ms,
+            address: Some(info.address.clone()).filter(|address| !address.is_empty()),
+            port: Some(info.port).filter(|port| *port != 0),
             resources: info
                 .resources
                 .iter()

@@ -80,6 +80,8 @@ pub fn registrations() -> Vec<ProviderRegistration> {
                 labels: BTreeMap::new(),
                 resources,
                 confirms_allocations: false,
+                address: None,
+                port: None,
             }
         })
         .collect()

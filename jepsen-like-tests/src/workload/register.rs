@@ -68,6 +68,8 @@ pub fn registration(units: usize) -> ProviderRegistration {
             })
             .collect(),
         confirms_allocations: false,
+        address: None,
+        port: None,
     }
 }
 

@@ -24,6 +24,8 @@ fn registration(provider_id: &str) -> ProviderRegistration {
             sharing: None,
         }],
         confirms_allocations: false,
+        address: None,
+        port: None,
     }
     .validate()
     .expect("a valid registration")

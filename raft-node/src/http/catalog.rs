@@ -87,8 +87,8 @@ pub fn provider_entries(table: &AllocationTable) -> Vec<ServiceEntry> {
                 service_id: provider.provider_id.clone(),
                 service: RESOURCE_PROVIDERS,
                 tags: provider.labels.iter().map(|(key, value)| format!("{key}={value}")).collect(),
-                address: provider.provider_id.clone(),
-                port: 0,
+                address: provider.address.clone().unwrap_or_else(|| provider.provider_id.clone()),
+                port: provider.port.unwrap_or(0),
                 meta,
                 status: if active { "passing" } else { "critical" },
                 output: format!("provider {} is {}", provider.provider_id, if active { "active" } else { "failed" }),
@@ -410,6 +410,8 @@ mod tests {
                 sharing: None,
             }],
             confirms_allocations: false,
+            address: None,
+            port: None,
         };
         table.apply(&StampedCommand::new(1, Command::RegisterProvider(registration.validate().unwrap())));
         let entries = provider_entries(&table);
@@ -424,6 +426,31 @@ mod tests {
             },
         ));
         assert_eq!("critical", provider_entries(&table)[0].status);
+    }
+
+    #[test]
+    fn a_provider_is_listed_at_the_address_and_port_it_registered_else_at_its_id() {
+        let mut table = AllocationTable::new(TableConfig::default());
+        for (provider_id, address, port) in [("node_1", None, None), ("node_2", Some("10.1.2.3"), Some(9100))] {
+            let registration = ProviderRegistration {
+                provider_id: provider_id.into(),
+                labels: BTreeMap::new(),
+                resources: vec![ResourceSpec {
+                    resource_id: "cpu_1".into(),
+                    kind: "cpu_cores".into(),
+                    capacity: 1,
+                    labels: BTreeMap::new(),
+                    sharing: None,
+                }],
+                confirms_allocations: false,
+                address: address.map(str::to_owned),
+                port,
+            };
+            table.apply(&StampedCommand::new(1, Command::RegisterProvider(registration.validate().unwrap())));
+        }
+        let entries = provider_entries(&table);
+        assert_eq!(("node_1", 0), (entries[0].address.as_str(), entries[0].port));
+        assert_eq!(("10.1.2.3", 9100), (entries[1].address.as_str(), entries[1].port));
     }
 
     #[test]

@@ -88,11 +88,14 @@ fn provider_json(provider: &ProviderInfo) -> Value {
         "confirms_allocations": provider.confirms_allocations,
         "allocations": provider.allocations,
         "last_heartbeat_ms": provider.last_heartbeat_ms,
+        "address": Some(&provider.address).filter(|address| !address.is_empty()),
+        "port": Some(provider.port).filter(|port| *port != 0),
     })
 }
 
 /// `POST /v1/providers`: the registration document
-/// `{"provider_id", "labels", "resources": [...], "confirms_allocations"}`.
+/// `{"provider_id", "labels", "resources": [...], "confirms_allocations",
+/// "address", "port"}`.
 pub async fn register(
     State(api): State<Shared>,
     Extension(peer): Extension<PeerCertificate>,

@@ -20,6 +20,8 @@ pub fn provider(provider_id: &str, cores: usize) -> Command {
             })
             .collect(),
         confirms_allocations: false,
+        address: None,
+        port: None,
     };
     Command::RegisterProvider(registration.validate().expect("a valid registration"))
 }

@@ -9,8 +9,8 @@ use crate::error::SnapshotError;
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
 /// another version rather than misreading them.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
-/// table's named cursors.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// table's named cursors; version 4 the providers' address and port.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
 /// Room reserved per remembered request when writing a snapshot; a request
 /// with a few grants encodes in about 300 bytes.

@@ -54,6 +54,8 @@ pub fn provider(provider_id: &str, resources: Vec<ResourceSpec>) -> ProviderRegi
         labels: BTreeMap::new(),
         resources,
         confirms_allocations: false,
+        address: None,
+        port: None,
     }
 }
 
