@@ -73,7 +73,7 @@ fn targets(prometheus: &Prometheus) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn prometheus_discovers_replicas_and_providers_through_consul_sd_and_scrapes_metrics() {
+async fn prometheus_discovers_replicas_and_providers_through_http_sd_and_scrapes_metrics() {
     bounded(async {
         let cluster = HttpCluster::start(3, &[]).await;
         let leader = cluster.leader().await;
