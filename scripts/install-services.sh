@@ -2,7 +2,9 @@
 # Installs the real services the tests and the demo talk to, when missing:
 #   Debian's rabbitmq-server (the protocol's message broker) and prometheus
 #   (scrapes /metrics, discovers targets through the Consul-compatible API),
-#   and a Python venv with the independent clients pika and py-consul.
+#   and a Python venv with the independent clients pika, py-consul and
+#   grpcio (with grpcio-tools to generate stubs from the .proto, and
+#   grpcio-reflection).
 # Installs only; it starts nothing. Each test starts its own broker or
 # Prometheus on its own port and data dir and stops it by pid.
 # Safe to run concurrently (one flock) and quick when all is there.
@@ -34,11 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     { as_root apt-get update -q >&2 && as_root apt-get install -y -q "${missing[@]}" >&2; }
 fi
 
-python_packages=(pika py-consul)
-if [ ! -f "$venv/.complete" ]; then
+python_packages=(pika py-consul grpcio grpcio-tools grpcio-reflection)
+# The marker holds the package list, so that a venv made before a package
+# was added is made again.
+if [ "$(cat "$venv/.complete" 2>/dev/null)" != "${python_packages[*]}" ]; then
   echo "install-services: venv $venv with ${python_packages[*]}" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "${python_packages[@]}" >&2
-  touch "$venv/.complete"
+  echo "${python_packages[*]}" > "$venv/.complete"
 fi

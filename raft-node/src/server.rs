@@ -4,7 +4,7 @@
 //!  listener ─▶ [rustls, mutual TLS] ─▶ tonic ─┬─ quartermaster.v1 (ApiService) ─▶ Node::propose / read_barrier
 //!                                             ├─ quartermaster.raft.v1 (RaftRpcServer) ─▶ openraft
 //!                                             ├─ grpc.health.v1 (SERVING while a leader is known)
-//!                                             └─ grpc.reflection
+//!                                             └─ grpc.reflection (v1 and v1alpha)
 //!  every service admits each call through security::Guard (role, namespace, provider) first
 //!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
 //!  background: leader duties, bootstrap, health
@@ -35,12 +35,12 @@ use crate::api::ApiService;
 use crate::config::NodeConfig;
 use crate::consensus::duties;
 use crate::consensus::raft_writer::RaftBatchWriter;
-use crate::consensus::{HeartbeatBook, Node, Proposer};
+use crate::consensus::{HeartbeatBook, LeaderContact, Node, Proposer};
 use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
 use crate::metrics::Metrics;
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
-use crate::security::{Call, Guard, MutualTls};
+use crate::security::{handshakes, Call, Guard, MutualTls};
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
 
@@ -87,6 +87,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     )
     .await
     .context("starting raft")?;
+    let leader_contact = Arc::new(LeaderContact::default());
     let node = Arc::new(Node {
         id: config.id,
         config: config.clone(),
@@ -98,14 +99,21 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         state,
         heartbeats: Arc::new(Mutex::new(HeartbeatBook::default())),
         metrics: Metrics::default(),
+        leader_contact: leader_contact.clone(),
     });
     info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "replica starting");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Both reflection versions: grpcurl and newer clients speak v1, Python's
+    // grpcio-reflection and other older clients v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("gRPC reflection (v1alpha)")?;
     let peer_tls_for_http = peer_tls.clone();
     let mut background = vec![
         tokio::spawn(duties::run_duties(node.clone())),
@@ -118,23 +126,28 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let api = QuartermasterServer::new(ApiService::new(node.clone(), guard))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
-    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard))
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard, leader_contact))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &tls {
-        builder = builder.tls_config(tls.server.clone()).context("TLS configuration")?;
-    }
-    let served = builder
+    let router = tonic::transport::Server::builder()
         .add_service(InterceptedService::new(health_service, guard.interceptor(Call::Health)))
         .add_service(InterceptedService::new(reflection, guard.interceptor(Call::Reflection)))
+        .add_service(InterceptedService::new(reflection_v1alpha, guard.interceptor(Call::Reflection)))
         .add_service(api)
-        .add_service(raft_service)
-        // Nagle off on every accepted connection: with it, a reply written as
-        // headers then body waits for the peer's delayed ACK (~40 ms).
-        // (The builder's `tcp_nodelay` applies only to listeners it binds itself.)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await;
+        .add_service(raft_service);
+    // Nagle off on every accepted connection: with it, a reply written as
+    // headers then body waits for the peer's delayed ACK (~40 ms).
+    // (The builder's `tcp_nodelay` applies only to listeners it binds itself.)
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = match &tls {
+        // The handshakes are ours, so that a refused one is logged with its peer.
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(handshakes::tls_incoming(incoming, tls.server.clone()), shutdown)
+                .await
+        }
+        None => router.serve_with_incoming_shutdown(incoming, shutdown).await,
+    };
     for task in background {
         task.abort();
     }
@@ -235,8 +248,10 @@ async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64, tls: Option<&Cl
 async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
     let mut metrics = node.raft.metrics();
     let mut serving = None;
+    // A leader that falls silent changes no metric: look again this often.
+    let recheck = Duration::from_millis(node.config.heartbeat_interval_ms);
     loop {
-        let has_leader = metrics.borrow().current_leader.is_some();
+        let has_leader = node.leader().is_some();
         if serving != Some(has_leader) {
             serving = Some(has_leader);
             if has_leader {
@@ -247,7 +262,11 @@ async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthRe
                 reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             }
         }
-        if metrics.changed().await.is_err() {
+        let changed = tokio::select! {
+            changed = metrics.changed() => changed,
+            _ = tokio::time::sleep(recheck) => Ok(()),
+        };
+        if changed.is_err() {
             return;
         }
     }

@@ -173,7 +173,7 @@ fn assert_code<T: std::fmt::Debug>(expected: Code, result: Result<tonic::Respons
 async fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let pki = Pki::generate();
-        let (_cluster, leader) = start_tls_cluster(&pki).await;
+        let (cluster, leader) = start_tls_cluster(&pki).await;
         let before = applied_index(&leader, &pki).await;
         let allocate = || AllocateRequest {
             request: Some(request("agent_1", 1)),
@@ -210,6 +210,16 @@ async fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
                 other => panic!("{stem}: the call was not refused: {other:?}"),
             }
         }
+
+        // --- and the replica says so in its log, naming the peer
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cluster.logs().contains("TLS handshake refused") {
+            assert!(std::time::Instant::now() < deadline, "no refused handshake logged: {}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let logged = cluster.logs();
+        let line = logged.lines().find(|line| line.contains("TLS handshake refused")).expect("the line");
+        assert!(line.contains("remote=127.0.0.1:") && line.contains("listener=\"gRPC\""), "{line}");
 
         // --- the wrong role for the call: PERMISSION_DENIED, naming who may
         let mut consumer = as_holder(&leader, &pki, "team-a").await;

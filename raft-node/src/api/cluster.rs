@@ -20,12 +20,14 @@ pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
 pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
     let metrics = node.raft.metrics().borrow().clone();
     let commit_index = node.commit_index().await;
+    // Only a leader this replica has heard from lately (Node::leader).
+    let leader_id = node.leader().map(|leader| leader.id);
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
     let members = membership
         .nodes()
         .map(|(id, member)| {
-            let role = match (Some(*id) == metrics.current_leader, voters.contains(id)) {
+            let role = match (Some(*id) == leader_id, voters.contains(id)) {
                 (true, _) => "leader",
                 (false, true) => "follower",
                 (false, false) => "learner",
@@ -37,14 +39,13 @@ pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
             }
         })
         .collect();
-    let leader_addr = metrics
-        .current_leader
+    let leader_addr = leader_id
         .and_then(|leader| membership.get_node(&leader))
         .map(|node| node.addr.clone())
         .unwrap_or_default();
     Ok(ClusterStatusReply {
         node_id: node.id,
-        leader_id: metrics.current_leader,
+        leader_id,
         leader_addr,
         term: metrics.current_term,
         commit_index,

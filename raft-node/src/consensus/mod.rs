@@ -22,19 +22,23 @@
 //!   `ForwardToLeader` means "refused" or "outcome unknown".
 //! * [`duties`]: the leader's periodic work, as pure decisions and their driver.
 //! * [`heartbeats`]: [`HeartbeatBook`], the leader's memory of providers.
+//! * [`leader_contact`]: [`LeaderContact`], when a leader was last heard
+//!   from, so that a follower never hints a leader that may be gone.
 //! * [`error`]: the typed errors.
 //!
-//! Within the layer, imports go one way: `error`, `heartbeats` ←
+//! Within the layer, imports go one way: `error`, `heartbeats`, `leader_contact` ←
 //! `proposer` ← `raft_writer`, `node` ← `duties`.
 
 pub mod duties;
 pub mod error;
 pub mod heartbeats;
+pub mod leader_contact;
 pub mod node;
 pub mod proposer;
 pub mod raft_writer;
 
 pub use error::{Leader, NotLeader, ProposeError, ReadError};
 pub use heartbeats::{HeartbeatBook, ReportedMetrics};
+pub use leader_contact::LeaderContact;
 pub use node::Node;
 pub use proposer::Proposer;

@@ -10,6 +10,7 @@ use qm_state_machine::{AllocationTable, Command, CommandResponse};
 use crate::config::NodeConfig;
 use crate::consensus::error::{Leader, NotLeader, ProposeError, ReadError};
 use crate::consensus::heartbeats::HeartbeatBook;
+use crate::consensus::leader_contact::LeaderContact;
 use crate::consensus::proposer::Proposer;
 use crate::metrics::Metrics;
 use crate::storage::StateReader;
@@ -23,6 +24,8 @@ pub struct Node {
     pub state: StateReader,
     pub heartbeats: Arc<Mutex<HeartbeatBook>>,
     pub metrics: Metrics,
+    /// Recorded by the Raft RPC server; see [`Node::leader`].
+    pub leader_contact: Arc<LeaderContact>,
 }
 
 impl Node {
@@ -44,7 +47,13 @@ impl Node {
             commit_us = started.elapsed().as_micros() as u64,
             "proposal answered"
         );
-        answered?.map_err(ProposeError::Rejected)
+        match answered {
+            Err(ProposeError::NotLeader { leader, operation_type }) => Err(ProposeError::NotLeader {
+                leader: self.live(leader),
+                operation_type,
+            }),
+            answered => answered?.map_err(ProposeError::Rejected),
+        }
     }
 
     /// Makes the next local read linearizable: confirms leadership with a
@@ -67,7 +76,7 @@ impl Node {
                 .leader_id
                 .zip(forward.leader_node.clone())
                 .map(|(id, node)| Leader { id, addr: node.addr });
-            return Err(ReadError::NotLeader { leader });
+            return Err(ReadError::NotLeader { leader: self.live(leader) });
         }
         if let Some(fatal) = error.fatal() {
             return Err(ReadError::Stopping { reason: fatal.to_string() });
@@ -85,12 +94,21 @@ impl Node {
         }
     }
 
-    /// The leader this replica knows of, with its address.
+    /// The leader this replica knows of, with its address: itself, or one
+    /// it has heard from within the longest election timeout
+    /// ([`LeaderContact`]), never one that may be gone.
     pub fn leader(&self) -> Option<Leader> {
         let metrics = self.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())?;
-        Some(Leader { id, addr })
+        self.live(Some(Leader { id, addr }))
+    }
+
+    /// `leader` if it is this replica or was heard from recently enough;
+    /// every hint a client gets passes through here.
+    fn live(&self, leader: Option<Leader>) -> Option<Leader> {
+        let window = Duration::from_millis(self.config.election_timeout_max_ms);
+        leader.filter(|leader| leader.id == self.id || self.leader_contact.heard_within(window, Instant::now()))
     }
 
     /// The highest log index this replica knows to be committed.

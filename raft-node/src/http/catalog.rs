@@ -182,10 +182,16 @@ async fn settle(api: &HttpApi, params: &Params, uri: &Uri) -> Result<u64, HttpEr
 /// An answer with Consul's headers.
 fn consul_answer(api: &HttpApi, revision: u64, body: Value) -> Response {
     let metrics = api.node.raft.metrics().borrow().clone();
-    let known_leader = metrics.current_leader.is_some();
+    let known_leader = api.node.leader().is_some();
+    // Consul's meaning: 0 on the leader, else how long since the leader was
+    // last heard from (openraft's own figure exists on the leader only).
     let last_contact_ms = match metrics.current_leader {
         Some(leader) if leader == api.node.id => 0,
-        _ => metrics.millis_since_quorum_ack.unwrap_or(0),
+        _ => api
+            .node
+            .leader_contact
+            .since(std::time::Instant::now())
+            .map_or(0, |since| since.as_millis() as u64),
     };
     let mut response = Json(body).into_response();
     let headers = response.headers_mut();

@@ -31,7 +31,7 @@ impl ReplicaHealth {
     /// at its last probe; one never probed: no).
     pub fn knows_leader(&self, node: &Node, id: NodeId) -> bool {
         if id == node.id {
-            return node.raft.metrics().borrow().current_leader.is_some();
+            return node.leader().is_some();
         }
         self.0.lock().expect("replica health").get(&id).copied().unwrap_or(false)
     }

@@ -11,15 +11,11 @@
 //! knowledge).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -28,6 +24,7 @@ use tracing::{debug, warn};
 
 use super::access::PeerCertificate;
 use crate::config::TlsFiles;
+use crate::security::handshakes::RefusedHandshakes;
 use crate::security::TLS_HANDSHAKE_TIMEOUT_MS;
 
 /// After a failed `accept` (out of file descriptors, say), wait this long
@@ -37,6 +34,7 @@ pub const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 /// Serves `router` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let refused = Arc::new(RefusedHandshakes::new("HTTP"));
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -47,7 +45,7 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls
             }
         };
         let _ = stream.set_nodelay(true);
-        let (router, acceptor) = (router.clone(), acceptor.clone());
+        let (router, acceptor, refused) = (router.clone(), acceptor.clone(), refused.clone());
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
                 return serve_connection(stream, router, PeerCertificate(None)).await;
@@ -63,8 +61,8 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls
                         .map(|leaf| Arc::new(leaf.as_ref().to_vec()));
                     serve_connection(stream, router, PeerCertificate(leaf)).await
                 }
-                Ok(Err(error)) => debug!(%remote, %error, "HTTP TLS handshake failed"),
-                Err(_) => debug!(%remote, "HTTP TLS handshake timed out"),
+                Ok(Err(error)) => refused.record(Some(remote), &error.to_string(), Instant::now()),
+                Err(_) => refused.record(Some(remote), "timed out", Instant::now()),
             }
         });
     }
@@ -87,29 +85,8 @@ where
     }
 }
 
-/// The listener's rustls configuration: this replica's certificate, client
-/// certificates required and checked against the CA.
+/// The listener's rustls configuration: the replica's (see
+/// [`crate::security::rustls_server_config`]), offering HTTP/1.1 only.
 pub fn tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert {}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("--tls-key {}", files.key.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&files.ca).with_context(|| format!("--tls-ca {}", files.ca.display()))? {
-        roots
-            .add(ca.with_context(|| format!("--tls-ca {}", files.ca.display()))?)
-            .context("--tls-ca")?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("client certificate verifier")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .context("the replica's certificate and key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::security::rustls_server_config(files, b"http/1.1")
 }

@@ -6,7 +6,12 @@ use crate::proto::raft_server::Raft as RaftService;
 use crate::proto::RaftMessage;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use openraft::raft::AppendEntriesResponse;
+
 use crate::codec;
+use crate::consensus::LeaderContact;
 use crate::security::{Call, Guard};
 use crate::types::Raft;
 
@@ -16,11 +21,18 @@ pub struct RaftRpcServer {
     /// Only replicas may append, vote or install snapshots: anyone else
     /// could rewrite the log.
     guard: Guard,
+    /// Told of every AppendEntries and InstallSnapshot accepted from a
+    /// leader (a sender whose vote this replica did not refuse).
+    leader_contact: Arc<LeaderContact>,
 }
 
 impl RaftRpcServer {
-    pub fn new(raft: Raft, guard: Guard) -> Self {
-        RaftRpcServer { raft, guard }
+    pub fn new(raft: Raft, guard: Guard, leader_contact: Arc<LeaderContact>) -> Self {
+        RaftRpcServer {
+            raft,
+            guard,
+            leader_contact,
+        }
     }
 }
 
@@ -39,6 +51,9 @@ impl RaftService for RaftRpcServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.guard.admit(&request, Call::AppendEntries)?;
         let result = self.raft.append_entries(decode_request(request)?).await;
+        if matches!(result, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict)) {
+            self.leader_contact.heard();
+        }
         reply(&result)
     }
 
@@ -50,7 +65,13 @@ impl RaftService for RaftRpcServer {
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.guard.admit(&request, Call::InstallSnapshot)?;
-        let result = self.raft.install_snapshot(decode_request(request)?).await;
+        let snapshot: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> = decode_request(request)?;
+        let leader_vote = snapshot.vote;
+        let result = self.raft.install_snapshot(snapshot).await;
+        // Accepted: this replica's vote is now the sender's.
+        if result.as_ref().is_ok_and(|response| response.vote == leader_vote) {
+            self.leader_contact.heard();
+        }
         reply(&result)
     }
 }

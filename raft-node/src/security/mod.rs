@@ -17,16 +17,25 @@
 //! * [`policy`]: [`Call`] and which roles may make each.
 //! * [`guard`]: [`Guard`]: authentication and the role check, per call.
 //! * [`caller`]: [`Caller`]: namespace and provider scoping in the handlers.
-//! * [`MutualTls`] (here): the replica's certificates, loaded and checked at start.
+//! * [`handshakes`]: the gRPC listener's TLS handshakes, refusals logged
+//!   with the peer's address (rate-limited).
+//! * [`MutualTls`] (here): the replica's certificates, loaded and checked at
+//!   start; [`rustls_server_config`], the listeners' rustls configuration.
 
 pub mod caller;
 pub mod guard;
+pub mod handshakes;
 pub mod policy;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use qm_api::tls::{Identity, Role, TlsConfig};
-use tonic::transport::{Certificate, ClientTlsConfig, ServerTlsConfig};
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::ClientTlsConfig;
 
 pub use caller::Caller;
 pub use guard::Guard;
@@ -42,9 +51,9 @@ pub const CERT_EXPIRY_WARNING_DAYS: u64 = 30;
 
 /// A replica's TLS material: what it serves with, what it dials peers with.
 pub struct MutualTls {
-    /// The listener: this replica's certificate, clients' certificates
-    /// required and checked against the CA.
-    pub server: ServerTlsConfig,
+    /// The gRPC listener: this replica's certificate, clients' certificates
+    /// required and checked against the CA, HTTP/2 (ALPN `h2`).
+    pub server: Arc<rustls::ServerConfig>,
     /// Dialling peers (Raft and bootstrap probes): the same certificate
     /// presented, peers' certificates checked against the CA.
     pub peer: ClientTlsConfig,
@@ -92,10 +101,11 @@ impl MutualTls {
         if not_after <= SystemTime::now() {
             return Err(TlsSetupError::Expired);
         }
-        let server = ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(&cert, &key))
-            .client_ca_root(Certificate::from_pem(&ca))
-            .timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS));
+        let server = rustls_server_config(files, b"h2").map_err(|error| TlsSetupError::File {
+            flag: "cert",
+            path: files.cert.display().to_string(),
+            reason: format!("{error:#}"),
+        })?;
         let peer = TlsConfig {
             ca: files.ca.clone(),
             cert: files.cert.clone(),
@@ -121,6 +131,33 @@ impl MutualTls {
             .duration_since(SystemTime::now())
             .is_ok_and(|left| left < Duration::from_secs(CERT_EXPIRY_WARNING_DAYS * 86_400))
     }
+}
+
+/// A listener's rustls configuration: this replica's certificate, client
+/// certificates required and checked against the CA, offering `alpn`.
+pub fn rustls_server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--tls-cert {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("--tls-key {}", files.key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca).with_context(|| format!("--tls-ca {}", files.ca.display()))? {
+        roots
+            .add(ca.with_context(|| format!("--tls-ca {}", files.ca.display()))?)
+            .context("--tls-ca")?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("the replica's certificate and key")?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The identity and expiry of a PEM certificate.
