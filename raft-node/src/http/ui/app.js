@@ -632,8 +632,9 @@
 
   async function start() {
     try {
-      state.identity = await api('/v1/identity');
-      await refreshCluster();
+      // Independent reads, at once: the first view waits for all three.
+      const [identity] = await Promise.all([api('/v1/identity'), refreshCluster()]);
+      state.identity = identity;
       await refreshUsage();
       renderHeader();
     } catch (error) {
