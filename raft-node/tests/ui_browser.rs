@@ -328,10 +328,78 @@ async fn under_tls_a_consumers_page_shows_its_namespace_and_an_admin_releases() 
         assert_eq!(201, status, "{body}");
         requests.insert(namespace, body["request_id"].as_str().unwrap().to_owned());
     }
-    // The same rule through the UI's own API call, by curl: a consumer's list is its namespace.
+    // The same rule through the UI's own API calls, by curl: a consumer's
+    // list is its namespace, another namespace's history is not found.
     let (status, listed) = tls_call(pki.path(), "team-a", "GET", &url("/v1/requests?limit=50"), None);
     assert_eq!(200, status);
     assert_eq!(1, listed["requests"].as_array().unwrap().len(), "{listed}");
+    let (status, _) = tls_call(
+        pki.path(),
+        "team-a",
+        "GET",
+        &url(&format!("/v1/requests/{}/history", requests["team-b"])),
+        None,
+    );
+    assert_eq!(404, status);
+    let (status, history) = tls_call(
+        pki.path(),
+        "team-a",
+        "GET",
+        &url(&format!("/v1/requests/{}/history", requests["team-a"])),
+        None,
+    );
+    assert_eq!(
+        (200, json!(["request_processing", "allocation", "monitoring"])),
+        (status, history["steps"][0]["states"].clone()),
+        "{history}"
+    );
+    let (status, identity) = tls_call(pki.path(), "team-a", "GET", &url("/v1/identity"), None);
+    assert_eq!(
+        (200, json!("team-a"), json!(true)),
+        (status, identity["namespace"].clone(), identity["may_release"].clone())
+    );
+
+    // --- a write from a page of another origin is refused, and changes nothing
+    let release = json!({"request_id": requests["team-b"]}).to_string();
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let cross_origin = Command::new(CURL)
+        .args([
+            "-sS",
+            "--max-time",
+            &CURL_TIME_MAX_S.to_string(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "--cacert",
+            &file("ca.crt"),
+            "--cert",
+            &file("admin.crt"),
+            "--key",
+            &file("admin.key"),
+        ])
+        .args([
+            "-H",
+            "Origin: https://elsewhere.example",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &release,
+        ])
+        .arg(url("/v1/release"))
+        .output()
+        .expect("curl runs");
+    assert_eq!("403", String::from_utf8_lossy(&cross_origin.stdout));
+    let (_, still) = tls_call(
+        pki.path(),
+        "team-b",
+        "GET",
+        &url(&format!("/v1/requests/{}", requests["team-b"])),
+        None,
+    );
+    assert_eq!("monitoring", still["state"], "{still}");
 
     // --- the browser, with each certificate
     let certs: BTreeMap<&str, Value> = ["team-a", "admin"]
