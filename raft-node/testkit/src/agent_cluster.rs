@@ -134,13 +134,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
-        let flags = [
-            "--provider-failure-window-ms".to_owned(),
-            FAILURE_WINDOW_MS.to_string(),
-            "--tick-interval-ms".to_owned(),
-            TICK_INTERVAL_MS.to_string(),
-        ];
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Cluster::start_with(size, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` `qm-node` flags (`--http-peers`, say).
+    pub fn start_with(size: usize, extra: &[&str]) -> Cluster {
+        let failure_window = FAILURE_WINDOW_MS.to_string();
+        let tick = TICK_INTERVAL_MS.to_string();
+        let mut flags = vec!["--provider-failure-window-ms", &failure_window, "--tick-interval-ms", &tick];
+        flags.extend(extra);
         let local = LocalCluster::configure(&node_binary(), size as u64, &flags).expect("a cluster laid out");
         local.kill_after(PROCESS_LIFETIME_MAX);
         for id in 1..=size as u64 {
