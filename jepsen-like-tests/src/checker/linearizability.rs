@@ -428,12 +428,16 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
     let mut notes = Vec::new();
     let mut unknown = false;
     let units = split_by_unit(operations);
+    let mut orders = Vec::new();
     for history in units.iter().cloned() {
         let model = UnitLock {
             requests: history.request_ids.len(),
         };
         match wgl::check(&model, &history.calls, limits) {
-            Linearization::Linearizable { .. } => notes.push(format!("{}: {} calls, linearizable", history.unit, history.calls.len())),
+            Linearization::Linearizable { order } => {
+                notes.push(format!("{}: {} calls, linearizable", history.unit, history.calls.len()));
+                orders.push(order);
+            }
             Linearization::Unknown { steps, states } => {
                 unknown = true;
                 notes.push(format!(
@@ -488,7 +492,7 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
     // A unit that fits no order is a verdict for the table too; so is one
     // the search gave up on (the table's search would give up sooner).
     if violations.is_empty() && !unknown {
-        unknown = check_whole_table(&units, limits, &mut violations, &mut notes);
+        unknown = check_whole_table(&units, &orders, limits, &mut violations, &mut notes);
     }
     LinearizabilityReport {
         result: CheckerResult::from_violations("linearizability", &violations, notes, unknown),
@@ -500,6 +504,7 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
 /// the search stopped at its bound (the verdict is then unknown).
 fn check_whole_table(
     units: &[UnitHistory],
+    orders: &[Vec<usize>],
     limits: SearchLimits,
     violations: &mut Vec<LinearizabilityViolation>,
     notes: &mut Vec<String>,
@@ -509,6 +514,13 @@ fn check_whole_table(
         return false;
     }
     let calls = table.calls.len();
+    if whole_read::merge_linearizations(units, orders) {
+        notes.push(format!(
+            "whole table: {calls} calls, {} reads of several units, linearizable (the units' linearizations put on one time line)",
+            table.multi_unit_reads
+        ));
+        return false;
+    }
     match whole_read::check(units, &table, limits) {
         Linearization::Linearizable { .. } => {
             notes.push(format!(

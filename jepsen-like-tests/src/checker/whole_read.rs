@@ -189,3 +189,48 @@ pub fn describe(units: &[UnitHistory], state: &[Arc<LockState>]) -> String {
         false => busy.join("; "),
     }
 }
+
+/// The fast path: the units' own linearizations (`orders`: each unit's call
+/// positions in order), put together on one time line. Every call gets a
+/// point within its interval, increasing along its unit's order, and every
+/// read of several units the same point in each (the latest of its
+/// earliest points in each unit). If that works, sorting all calls by
+/// their points is a linearization of the whole table, so it is valid;
+/// if not, nothing is decided (the search decides).
+pub fn merge_linearizations(units: &[UnitHistory], orders: &[Vec<usize>]) -> bool {
+    assert_eq!(units.len(), orders.len(), "one linearization per unit");
+    // A read's point: the latest of its earliest points over its units.
+    let mut read_points: BTreeMap<&[u64], u64> = BTreeMap::new();
+    for (unit, order) in units.iter().zip(orders) {
+        let mut previous: Option<u64> = None;
+        for position in order {
+            let call = &unit.calls[*position];
+            let point = earliest_after(previous, call.invoke_ns);
+            if let LockInput::Read = call.input {
+                let slot = read_points.entry(&unit.origins[*position].ops).or_insert(0);
+                *slot = (*slot).max(point);
+            }
+            previous = Some(point);
+        }
+    }
+    // Every unit's order with the reads pinned there.
+    units.iter().zip(orders).all(|(unit, order)| {
+        let mut previous: Option<u64> = None;
+        order.iter().all(|position| {
+            let call = &unit.calls[*position];
+            let latest = call.complete_ns.unwrap_or(u64::MAX);
+            let point = match call.input {
+                LockInput::Read => read_points[unit.origins[*position].ops.as_slice()],
+                _ => earliest_after(previous, call.invoke_ns),
+            };
+            let fits = point >= call.invoke_ns && point <= latest && previous.is_none_or(|previous| point > previous);
+            previous = Some(point);
+            fits
+        })
+    })
+}
+
+/// The earliest point after `previous` at or after `invoke_ns`.
+fn earliest_after(previous: Option<u64>, invoke_ns: u64) -> u64 {
+    previous.map_or(invoke_ns, |previous| invoke_ns.max(previous + 1))
+}
