@@ -107,6 +107,14 @@ struct Entry {
 }
 
 impl Entry {
+    /// A seed that left the membership and stopped answering: kept, but
+    /// out of the calls' rotation (each attempt on it would use up a retry,
+    /// during an election too) while any other replica is in it. A
+    /// membership read that lists it, or an answer, brings it back.
+    fn dormant(&self) -> bool {
+        self.seed && !self.member && self.unreachable
+    }
+
     /// Where it goes in the rotation (lower first); `None` when retired.
     fn rank(&self) -> Option<u8> {
         match (self.retired, self.seed, self.member) {
@@ -129,16 +137,31 @@ struct Known {
 
 impl Known {
     fn reorder(&mut self) {
-        let mut order: Vec<(u8, usize)> = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(index, entry)| entry.rank().map(|rank| (rank, index)))
-            .collect();
-        // Stable by slot within a rank: seeds keep the configured order.
-        order.sort_unstable();
-        self.order = order.into_iter().map(|(_, index)| index).collect();
+        let ranked = |skip_dormant: bool| {
+            let mut order: Vec<(u8, usize)> = self
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, entry)| !(skip_dormant && entry.dormant()))
+                .filter_map(|(index, entry)| entry.rank().map(|rank| (rank, index)))
+                .collect();
+            // Stable by slot within a rank: seeds keep the configured order.
+            order.sort_unstable();
+            order.into_iter().map(|(_, index)| index).collect::<Vec<usize>>()
+        };
+        self.order = ranked(true);
+        if self.order.is_empty() {
+            // Nothing but dormant seeds left: try them.
+            self.order = ranked(false);
+        }
         assert!(!self.order.is_empty(), "the seeds are never retired, and there is at least one");
+    }
+
+    /// The dormant seeds: out of the rotation, asked only by a refresh.
+    fn dormant(&self) -> Vec<usize> {
+        (0..self.entries.len())
+            .filter(|index| self.entries[*index].dormant() && !self.order.contains(index))
+            .collect()
     }
 
     fn position(&self, addr: &str) -> Option<usize> {
@@ -273,7 +296,10 @@ impl ReplicaSet {
     /// Every replica in the rotation, the believed leader first: whom a
     /// membership refresh asks, in turn.
     pub(crate) fn refresh_candidates(&self) -> Vec<usize> {
-        let mut candidates = self.lock().order.clone();
+        let known = self.lock();
+        let mut candidates = known.order.clone();
+        candidates.extend(known.dormant());
+        drop(known);
         if let Some(leader) = self.leader_index() {
             candidates.retain(|index| *index != leader);
             candidates.insert(0, leader);
@@ -404,17 +430,25 @@ impl ReplicaSet {
     pub(crate) fn note_unreachable(&self, index: usize) {
         let mut known = self.lock();
         let entry = &mut known.entries[index];
+        let was_dormant = entry.dormant();
         entry.unreachable = true;
         if !entry.seed && !entry.member && !entry.retired {
             entry.retired = true;
             self.forget_leader(index);
+        }
+        if entry.retired || entry.dormant() != was_dormant {
             known.reorder();
         }
     }
 
     /// The replica at `index` answered (anything at all).
     pub(crate) fn mark_answered(&self, index: usize) {
-        self.lock().entries[index].unreachable = false;
+        let mut known = self.lock();
+        let was_dormant = known.entries[index].dormant();
+        known.entries[index].unreachable = false;
+        if was_dormant {
+            known.reorder();
+        }
     }
 
     /// Asks the refresh task to read the membership now (it spaces its
@@ -427,12 +461,17 @@ impl ReplicaSet {
         self.refresh_wanted.clone()
     }
 
-    /// The replicas in the rotation, as `qm cluster status --verbose` shows them.
+    /// The replicas in the rotation, then the dormant seeds, as `qm cluster
+    /// status --verbose` shows them.
     pub(crate) fn known(&self) -> Vec<KnownReplica> {
         let leader = self.leader_index();
         let known = self.lock();
         known
             .order
+            .iter()
+            .copied()
+            .chain(known.dormant())
+            .collect::<Vec<usize>>()
             .iter()
             .map(|index| {
                 let entry = &known.entries[*index];
@@ -599,9 +638,14 @@ mod tests {
         replicas.mark_unreachable(slot_of_four);
         replicas.mark_unreachable(0);
         assert_eq!(
-            vec!["127.0.0.1:7103", "127.0.0.1:7105", "127.0.0.1:7101", "127.0.0.1:7102"],
-            addrs(&replicas)
+            vec!["127.0.0.1:7103", "127.0.0.1:7105", "127.0.0.1:7102", "127.0.0.1:7101"],
+            addrs(&replicas),
+            "4 is gone; seed 1, out of the membership and silent, is shown last"
         );
+        assert_eq!(3, replicas.len(), "and is out of the calls' rotation");
+        assert_eq!(vec![2, 4, 1, 0], replicas.refresh_candidates(), "but a refresh still asks it, last");
+        replicas.mark_answered(0);
+        assert_eq!(4, replicas.len(), "it answered: back in the rotation");
 
         // --- the next replica takes the dropped one's slot
         assert_eq!((1, 0), replicas.apply_membership(&["127.0.0.1:7106".to_owned(), five]));
