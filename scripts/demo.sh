@@ -28,9 +28,12 @@ trap cleanup EXIT
 say "Build and start a 3-replica cluster"
 # No provider agents run in this demo (they would heartbeat); a long failure
 # window keeps the leader from declaring the sample providers failed.
-QM_REBUILD=${QM_REBUILD:-1} "$CLUSTER" up --nodes 3 -- --provider-failure-window-ms 3600000 | tail -n 1 >/tmp/qm-demo-endpoints.$$
-export QM_ENDPOINTS; QM_ENDPOINTS=$(sed 's/^QM_ENDPOINTS=//' /tmp/qm-demo-endpoints.$$); rm -f /tmp/qm-demo-endpoints.$$
+QM_REBUILD=${QM_REBUILD:-1} "$CLUSTER" up --nodes 3 -- --provider-failure-window-ms 3600000 | tail -n 2 >/tmp/qm-demo-endpoints.$$
+export QM_ENDPOINTS; QM_ENDPOINTS=$(sed -n 's/^QM_ENDPOINTS=//p' /tmp/qm-demo-endpoints.$$)
+QM_HTTP_ENDPOINTS=$(sed -n 's/^QM_HTTP_ENDPOINTS=//p' /tmp/qm-demo-endpoints.$$); rm -f /tmp/qm-demo-endpoints.$$
 echo "QM_ENDPOINTS=$QM_ENDPOINTS"
+echo "QM_HTTP_ENDPOINTS=$QM_HTTP_ENDPOINTS"
+echo "Web UI: ${QM_HTTP_ENDPOINTS%%,*}/ui/ (every replica serves it)"
 run "$QM" cluster status
 
 say "Two providers register their units"
@@ -82,7 +85,7 @@ sleep 1
 run "$CLUSTER" status
 
 if [ $KEEP = yes ]; then
-  say "The cluster stays up (--keep): QM_ENDPOINTS=$QM_ENDPOINTS; stop it with scripts/cluster.sh down"
+  say "The cluster stays up (--keep): QM_ENDPOINTS=$QM_ENDPOINTS, web UI ${QM_HTTP_ENDPOINTS%%,*}/ui/; stop it with scripts/cluster.sh down"
 else
   say "Tear down"
 fi

@@ -10,7 +10,8 @@
 #   NEMESES      nemesis sets, space-separated       ["none kill pause partition membership kill,pause,partition,membership"]
 #   WORKLOADS    workloads                           ["register allocation"]
 #   SEEDS        seeds                               ["1 2 3"]
-#   TIME_LIMIT   seconds per run                     [20]
+#   TIME_LIMIT   seconds per run, at least           [20]  (a run is lengthened to 5 + 14 s per nemesis
+#                in its set, so that each fires twice at the default 4 s faults and 3 s heals)
 #   RATE         operations per second per run       [30]
 #   PROFILE      cargo profile of the binaries       [dev]  (release: faster, closer to production)
 #   OUT          where the runs' reports go          [jepsen-store/matrix-<date>]
@@ -76,9 +77,14 @@ for workload in $WORKLOADS; do
       for seed in $SEEDS; do
         dir="$OUT/$workload-${nemesis//,/+}-${nodes}n-seed$seed"
         started=$SECONDS
+        # qm-jepsen refuses a run too short for every nemesis to fire twice
+        # (2 s quiet + 2 x (4 + 3) s per nemesis + 3 s healed).
+        kinds=$(tr ',' '\n' <<< "$nemesis" | grep -vc '^none$')
+        time_limit=$((5 + 14 * kinds))
+        [ "$TIME_LIMIT" -gt "$time_limit" ] && time_limit=$TIME_LIMIT
         # shellcheck disable=SC2086 # EXTRA is a list of flags
         "$BIN" run --workload "$workload" --nodes "$nodes" --nemesis "$nemesis" --seed "$seed" \
-          --time-limit "$TIME_LIMIT" --rate "$RATE" --out "$dir" $EXTRA > "$dir.stdout" 2> "$dir.stderr"
+          --time-limit "$time_limit" --rate "$RATE" --out "$dir" $EXTRA > "$dir.stdout" 2> "$dir.stderr"
         status=$?
         elapsed=$((SECONDS - started))
         verdict=$(tail -n 1 "$dir.stdout")

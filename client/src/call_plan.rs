@@ -85,6 +85,14 @@ pub(crate) trait ReplicaView {
     fn set_leader(&self, index: usize);
     /// Forgets `index` as the believed leader, if it is.
     fn forget_leader(&self, index: usize);
+    /// The attempt at `index` found nobody there: a replica that left the
+    /// membership is dropped, and the membership is read again.
+    fn unreachable(&self, index: usize);
+    /// The replica at `index` answered something.
+    fn answered(&self, index: usize);
+    /// A replica said it is not the leader: the membership may have
+    /// changed, so it is read again (whether or not a leader was named).
+    fn redirected(&self);
 }
 
 /// One call's retry state; a new call makes a new plan.
@@ -151,6 +159,15 @@ impl CallPlan {
         Step::Send(self.target)
     }
 
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Attempts sent so far (a redirect to the named leader is an attempt too).
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
     /// How long the attempt starting `now` may take.
     pub(crate) fn attempt_timeout(&self, now: Instant) -> Duration {
         self.deadline.saturating_duration_since(now).min(self.attempt_timeout)
@@ -158,6 +175,7 @@ impl CallPlan {
 
     /// The attempt at `target` was answered.
     pub(crate) fn succeeded(&self, replicas: &impl ReplicaView) {
+        replicas.answered(self.target);
         if self.kind.proves_leader() {
             replicas.set_leader(self.target);
         }
@@ -170,6 +188,14 @@ impl CallPlan {
         // means this replica did not serve the call as leader.
         if !matches!(failure, Failure::Final(_)) {
             replicas.forget_leader(self.target);
+        }
+        match &failure {
+            Failure::Retryable { unreachable: true, .. } => replicas.unreachable(self.target),
+            Failure::NotLeader { .. } => {
+                replicas.answered(self.target);
+                replicas.redirected();
+            }
+            _ => replicas.answered(self.target),
         }
         let hinted_retry = std::mem::take(&mut self.retrying_hinted);
         let delay = match failure {

@@ -14,6 +14,8 @@ use crate::replicas::next_avoiding;
 struct Replicas {
     addrs: RefCell<Vec<String>>,
     leader: Cell<Option<usize>>,
+    /// What the plan told the set about the membership, in order.
+    events: RefCell<Vec<String>>,
 }
 
 impl Replicas {
@@ -21,6 +23,7 @@ impl Replicas {
         Replicas {
             addrs: RefCell::new(vec!["r0:1".into(), "r1:1".into(), "r2:1".into()]),
             leader: Cell::new(None),
+            events: RefCell::new(Vec::new()),
         }
     }
 }
@@ -50,6 +53,16 @@ impl ReplicaView for Replicas {
         if self.leader.get() == Some(index) {
             self.leader.set(None);
         }
+    }
+
+    fn unreachable(&self, index: usize) {
+        self.events.borrow_mut().push(format!("unreachable {index}"));
+    }
+
+    fn answered(&self, _: usize) {}
+
+    fn redirected(&self) {
+        self.events.borrow_mut().push("refresh".to_owned());
     }
 }
 
@@ -140,6 +153,11 @@ fn a_hint_naming_an_unknown_replica_adds_it() {
 
     assert_eq!("send 3", shape(&step));
     assert_eq!("r3:1", replicas.addr(3));
+    assert_eq!(
+        vec!["refresh"],
+        *replicas.events.borrow(),
+        "a redirect has the membership read again"
+    );
 }
 
 #[test]
@@ -243,6 +261,11 @@ fn refused_connections_everywhere_are_unavailable_after_retries_max() {
 
     assert_eq!(vec![0, 1, 2, 0], sent, "each replica once, then round again");
     assert_eq!("done: unavailable after 4", shape(&step), "a refused connection applied nothing");
+    assert_eq!(
+        vec!["unreachable 0", "unreachable 1", "unreachable 2", "unreachable 0"],
+        *replicas.events.borrow(),
+        "every replica found gone is reported to the set"
+    );
 }
 
 #[test]

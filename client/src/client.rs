@@ -13,8 +13,9 @@
 //! allocation carries the same `request_id` and the table answers it with
 //! the first attempt's record instead of allocating again.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use qm_state_machine::{ProviderRegistration, ResourceRequest};
@@ -27,9 +28,10 @@ pub use crate::consistency::Consistency;
 use crate::convert::{registration_to_proto, request_to_proto, state_name, status_name};
 use crate::error::Error;
 use crate::failure::Failure;
+use crate::membership::{self, MembershipChange, MembershipError};
 use crate::proto::api;
 use crate::proto::api::pipelined_call::Call as PipelinedRequest;
-use crate::replicas::{Replica, ReplicaSet};
+use crate::replicas::{KnownReplica, Replica, ReplicaSet};
 
 pub use crate::call_plan::{LEADER_WAITS_MAX, REDIRECTS_MAX};
 
@@ -57,16 +59,53 @@ pub struct Client {
 pub(crate) struct ClientInner {
     pub(crate) config: ClientConfig,
     pub(crate) replicas: ReplicaSet,
+    /// The membership refresh task (`membership.rs`), stopped with the client.
+    refresh_task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        if let Some(task) = self.refresh_task.get() {
+            task.abort();
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Attempts of the calls made inside [`counting_attempts`].
+    static CALL_ATTEMPTS: Cell<u32>;
+}
+
+/// Runs `calls` and counts the attempts its calls sent to replicas (a
+/// redirect to the named leader is an attempt too). A history checker
+/// reads one attempt as "the answer describes the moment the call took
+/// effect"; more may mean a retry answered from a later state.
+pub async fn counting_attempts<F: Future>(calls: F) -> (F::Output, u32) {
+    CALL_ATTEMPTS
+        .scope(Cell::new(0), async {
+            let output = calls.await;
+            (output, CALL_ATTEMPTS.with(Cell::get))
+        })
+        .await
 }
 
 impl Client {
     /// A client for `config`'s replicas; connects lazily, on the first call.
+    /// Starts the membership refresh, which reads the members at once and
+    /// then every `membership_refresh_interval_ms`.
     pub fn new(config: ClientConfig) -> Result<Client, ConfigError> {
         config.validate()?;
         let replicas = ReplicaSet::new(&config)?;
-        Ok(Client {
-            inner: Arc::new(ClientInner { config, replicas }),
-        })
+        let inner = Arc::new(ClientInner {
+            config,
+            replicas,
+            refresh_task: OnceLock::new(),
+        });
+        if inner.config.follow_membership {
+            let task = membership::spawn(&inner);
+            inner.refresh_task.set(task).expect("set once, here");
+        }
+        Ok(Client { inner })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -76,6 +115,19 @@ impl Client {
     /// The replica the client last saw acting as leader, if any.
     pub fn leader_addr(&self) -> Option<String> {
         self.inner.replicas.leader_addr()
+    }
+
+    /// The replicas this client knows, in the order its calls try them:
+    /// its seeds (the configured endpoints) and the members it has read.
+    pub fn known_replicas(&self) -> Vec<KnownReplica> {
+        self.inner.replicas.known()
+    }
+
+    /// Reads the cluster's membership now and follows it (the refresh task
+    /// does this on its own; this is for a caller that wants it done first).
+    /// Done even when `follow_membership` is off: asked for, it is done.
+    pub async fn refresh_membership(&self) -> Result<MembershipChange, MembershipError> {
+        membership::refresh(&self.inner).await
     }
 
     // --- requesters
@@ -373,6 +425,19 @@ impl ClientInner {
         Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
     {
         let mut plan = CallPlan::new(name, kind, &self.config, self.replicas.first_target(), Instant::now());
+        let result = self.run_plan(&mut plan, message, send).await;
+        let _ = CALL_ATTEMPTS.try_with(|attempts| attempts.set(attempts.get() + plan.attempts()));
+        result
+    }
+
+    /// Sends and sleeps as `plan` decides until the call is over.
+    async fn run_plan<Message, Reply, Send, Answer>(&self, plan: &mut CallPlan, message: Message, send: Send) -> Result<Reply, Error>
+    where
+        Message: Clone,
+        Send: Fn(Replica, tonic::Request<Message>) -> Answer,
+        Answer: Future<Output = Result<tonic::Response<Reply>, tonic::Status>>,
+    {
+        let name = plan.name();
         let mut step = plan.start(Instant::now());
         loop {
             let target = match step {
@@ -404,8 +469,12 @@ impl ClientInner {
         }
     }
 
-    /// Believes the leader a cluster status names.
+    /// Believes the leader a cluster status names, and follows its
+    /// membership (a status is a membership read like any other).
     fn learn_leader(&self, status: &api::ClusterStatusReply) {
+        if self.config.follow_membership {
+            let _ = membership::apply(self, status, "a cluster status reply");
+        }
         if status.leader_id.is_some() && !status.leader_addr.is_empty() {
             if let Some(index) = self.replicas.index_of_or_add(&status.leader_addr) {
                 self.replicas.set_leader(index);

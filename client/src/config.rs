@@ -9,10 +9,25 @@ use crate::tls::TlsConfig;
 /// comma-separated as `qm --endpoints` and `QM_ENDPOINTS` take them.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
 
-/// Replicas a client knows at most: the configured endpoints plus leaders
-/// named by NotLeader hints. Five replicas is a large cluster; this leaves
-/// room for membership changes without letting hints grow the list forever.
+/// Replicas a client knows at most: the configured endpoints (its seeds),
+/// the members its membership refreshes read and leaders named by NotLeader
+/// hints. Five replicas is a large cluster; this leaves room for a rolling
+/// replacement of every member without letting the list grow forever
+/// (replicas that left the membership and stopped answering are dropped).
 pub const REPLICAS_MAX: usize = 16;
+/// The same bound under the name the membership refresh uses for it.
+pub const ENDPOINTS_MAX: usize = REPLICAS_MAX;
+/// How often a client reads the cluster's membership (`ClusterStatus`) when
+/// nothing else made it do so: the longest a client may go without
+/// learning of a replica added since. A rolling replacement that keeps each
+/// old replica up for longer than this never strands an idle client. It
+/// also refreshes at once on start, after every redirect and whenever a
+/// replica stops answering.
+pub const MEMBERSHIP_REFRESH_INTERVAL_MS: u64 = 5_000;
+/// Smallest `membership_refresh_interval_ms` accepted, and the least time
+/// between two refreshes however many redirects ask for one: a storm of
+/// redirects during an election costs at most this many status reads.
+pub const MEMBERSHIP_REFRESH_INTERVAL_MS_MIN: u64 = 100;
 /// Largest `retries_max`: past this a caller wants a longer deadline, not more tries.
 pub const RETRIES_LIMIT: u32 = 16;
 /// Largest timeout or backoff accepted: one hour.
@@ -52,6 +67,17 @@ pub struct ClientConfig {
     /// fraction of the CPU at high load. Off, or against a replica without
     /// `Pipeline`, each is its own call.
     pub pipeline_writes: bool,
+    /// How often the client reads the membership to follow replicas added
+    /// and removed since it started ([`MEMBERSHIP_REFRESH_INTERVAL_MS`] by
+    /// default, at least [`MEMBERSHIP_REFRESH_INTERVAL_MS_MIN`]). The
+    /// configured endpoints stay known whatever the membership says: they
+    /// are the seeds a client falls back to.
+    pub membership_refresh_interval_ms: u64,
+    /// Follow the cluster's membership (on by default). Off, the client
+    /// knows only its endpoints and the leaders NotLeader hints name, and
+    /// reads no membership: for a client pinned to one replica on purpose
+    /// (a diagnostic stale read of that replica, a test of one replica).
+    pub follow_membership: bool,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +92,8 @@ impl Default for ClientConfig {
             backoff_max_ms: 1_000,
             tls: None,
             pipeline_writes: true,
+            membership_refresh_interval_ms: MEMBERSHIP_REFRESH_INTERVAL_MS,
+            follow_membership: true,
         }
     }
 }
@@ -145,6 +173,16 @@ impl ClientConfig {
                 ),
             ));
         }
+        check_duration("membership_refresh_interval_ms", self.membership_refresh_interval_ms)?;
+        if self.membership_refresh_interval_ms < MEMBERSHIP_REFRESH_INTERVAL_MS_MIN {
+            return Err(ConfigError::new(
+                "membership_refresh_interval_ms",
+                format!(
+                    "is {} ms, at least {MEMBERSHIP_REFRESH_INTERVAL_MS_MIN} ms is required",
+                    self.membership_refresh_interval_ms
+                ),
+            ));
+        }
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -161,6 +199,10 @@ impl ClientConfig {
 
     pub fn attempt_timeout(&self) -> Duration {
         Duration::from_millis(self.attempt_timeout_ms)
+    }
+
+    pub fn membership_refresh_interval(&self) -> Duration {
+        Duration::from_millis(self.membership_refresh_interval_ms)
     }
 }
 
@@ -261,6 +303,13 @@ mod tests {
                     ..ClientConfig::default()
                 },
                 "backoff_base_ms",
+            ),
+            (
+                ClientConfig {
+                    membership_refresh_interval_ms: MEMBERSHIP_REFRESH_INTERVAL_MS_MIN - 1,
+                    ..ClientConfig::default()
+                },
+                "membership_refresh_interval_ms",
             ),
             (
                 ClientConfig {

@@ -21,6 +21,8 @@
 //!        ▼
 //!  Error: InvalidArgument | NotFound | Conflict | Unavailable (nothing happened) | Unknown (a write may have happened)
 //!
+//!  refresh task ──ClusterStatus (on start, every interval, after redirects)──▶ members ──▶ ReplicaSet
+//!
 //!  Client::watch ──▶ any replica ──events──▶ dedupe by revision ──▶ WatchStream
 //!                      ✗ ──▶ next replica, from last_seen_revision + 1
 //! ```
@@ -36,7 +38,11 @@
 //! * `call_plan`: what a call does after a failed attempt (send to the
 //!   hinted leader, wait and try another replica, or give up): a pure step.
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
-//! * `replicas`: the replicas' channels and the believed leader.
+//! * `replicas`: the replicas' channels, the believed leader, and the
+//!   rotation calls go round: the seeds and the members read since.
+//! * [`membership`]: the refresh that reads the cluster's membership on
+//!   start, every `membership_refresh_interval_ms`, and after redirects and
+//!   replicas found gone, so a client follows replicas added and removed.
 //! * `pipeline`: allocate, release and renew multiplexed on one `Pipeline`
 //!   stream per replica.
 //! * [`watch`]: [`WatchStream`], events across failovers.
@@ -51,6 +57,7 @@ pub mod error;
 mod failure;
 pub mod heartbeat;
 pub mod lease;
+pub mod membership;
 mod pipeline;
 mod replicas;
 pub mod retry;
@@ -58,13 +65,15 @@ pub mod watch;
 
 pub use qm_api::{convert, proto, tls, wire};
 
-pub use client::{Client, Confirmation, Consistency};
+pub use client::{counting_attempts, Client, Confirmation, Consistency};
 pub use config::{ClientConfig, ConfigError};
 pub use error::Error;
 pub use heartbeat::HeartbeatLoop;
 pub use lease::LeaseKeeper;
+pub use membership::{MembershipChange, MembershipError};
 pub use qm_api::wire::ConflictKind;
 pub use qm_api::ConvertError;
+pub use replicas::KnownReplica;
 pub use retry::Backoff;
 pub use tls::TlsConfig;
 pub use watch::WatchStream;

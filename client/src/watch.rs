@@ -111,6 +111,8 @@ impl Watcher {
                     cause
                 }
             };
+            // The replica may have left the cluster: read the membership again.
+            self.inner.replicas.want_refresh();
             let Some(delay) = backoff.next_delay(&mut rand::thread_rng()) else {
                 let attempts = backoff.retries() + 1;
                 let _ = self

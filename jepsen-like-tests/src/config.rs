@@ -28,10 +28,16 @@ pub const HISTORY_OPS_MAX: u64 = 2_000_000;
 /// Highest replica id the harness gives out: replica N listens on 127.0.0.(N+1).
 pub const REPLICA_ID_MAX: u64 = 250;
 
+/// Faults each nemesis named in a run injects at least: one firing can be
+/// luck (a kill that hit a follower); a run too short for two is refused.
+pub const NEMESIS_FIRINGS_MIN: u64 = 2;
+
 /// Defaults, in one place.
 pub mod defaults {
     pub const NODES: u64 = 3;
-    pub const TIME_LIMIT_SECS: u64 = 30;
+    /// Long enough for the default nemeses (three) to fire twice each at
+    /// the default fault and heal lengths: 2 + 3 × 2 × (4 + 3) + 3 = 47 s.
+    pub const TIME_LIMIT_SECS: u64 = 50;
     pub const CONCURRENCY: usize = 6;
     pub const RATE: f64 = 30.0;
     pub const UNITS: usize = 4;
@@ -375,6 +381,24 @@ impl RunConfig {
                 return invalid(flag, format!("is {secs}; must be between 0.5 and 600"));
             }
         }
+        let needed = self.schedule_secs_min();
+        if (self.time_limit_secs as f64) < needed {
+            return invalid(
+                "time-limit",
+                format!(
+                    "is {} s, too short for every nemesis named ({}) to fire {NEMESIS_FIRINGS_MIN} times: at --fault-secs {} and --heal-secs {} that takes {} s ({} s quiet, {} cycles, {} s healed at the end); give --time-limit {} or shorter faults",
+                    self.time_limit_secs,
+                    self.nemesis_flag(),
+                    self.fault_secs,
+                    self.heal_secs,
+                    needed,
+                    defaults::FIRST_FAULT_AFTER_SECS,
+                    NEMESIS_FIRINGS_MIN * self.nemeses.len() as u64,
+                    defaults::FINAL_HEALED_SECS,
+                    needed.ceil()
+                ),
+            );
+        }
         if self.snapshot_every_entries == 0 {
             return invalid("snapshot-every-entries", "must be positive".into());
         }
@@ -391,6 +415,17 @@ impl RunConfig {
 
     pub fn time_limit(&self) -> Duration {
         Duration::from_secs(self.time_limit_secs)
+    }
+
+    /// The shortest `--time-limit` in which every nemesis named fires
+    /// [`NEMESIS_FIRINGS_MIN`] times at the mean fault and heal lengths
+    /// (the schedule shortens cycles to fit, never below the means' share).
+    pub fn schedule_secs_min(&self) -> f64 {
+        if self.nemeses.is_empty() {
+            return 0.0;
+        }
+        let cycles = (NEMESIS_FIRINGS_MIN * self.nemeses.len() as u64) as f64;
+        defaults::FIRST_FAULT_AFTER_SECS + cycles * (self.fault_secs + self.heal_secs) + defaults::FINAL_HEALED_SECS
     }
 
     /// The nemeses as the command line spells them.
@@ -507,6 +542,16 @@ mod tests {
             let error = args(&extra).into_config(1).unwrap_err().to_string();
             assert!(error.contains(flag), "{error}");
         }
+    }
+
+    #[test]
+    fn a_run_too_short_for_every_nemesis_to_fire_twice_is_refused() {
+        // 2 s quiet + 2 × 2 cycles of (4 + 3) s + 3 s healed = 33 s.
+        let short = args(&["--nemesis", "kill,partition", "--time-limit", "32"]).into_config(1);
+        let error = short.unwrap_err().to_string();
+        assert!(error.contains("--time-limit") && error.contains("give --time-limit 33"), "{error}");
+        assert!(args(&["--nemesis", "kill,partition", "--time-limit", "33"]).into_config(1).is_ok());
+        assert!(args(&["--nemesis", "none", "--time-limit", "5"]).into_config(1).is_ok());
     }
 
     #[test]

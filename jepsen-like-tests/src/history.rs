@@ -159,6 +159,12 @@ pub struct AcquireValue {
     /// (active), `queued`, `released`, `cancelled`, or the record's state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Attempts the client sent for this call (a redirect to the named
+    /// leader counts); absent in histories recorded before it was kept. One
+    /// attempt means the answer describes the moment the call took effect,
+    /// so the checker may use the strict single-step model for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// `allocate`: a free-form request.
@@ -174,6 +180,12 @@ pub struct AllocateValue {
     /// On `ok`: the record the reply carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordView>,
+    /// Attempts the client sent for this call (a redirect to the named
+    /// leader counts); absent in histories recorded before it was kept. One
+    /// attempt means the answer describes the moment the call took effect,
+    /// so the checker may use the strict single-step model for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// `release`: by request id.
@@ -189,6 +201,12 @@ pub struct ReleaseValue {
     /// On `ok`: the record the reply carried (absent for `not-found`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordView>,
+    /// Attempts the client sent for this call (a redirect to the named
+    /// leader counts); absent in histories recorded before it was kept. One
+    /// attempt means the answer describes the moment the call took effect,
+    /// so the checker may use the strict single-step model for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// The outcome of a release that found no such request.
@@ -207,6 +225,12 @@ pub struct ReadValue {
     /// Allocation workload, on `ok`: the records read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub records: Option<Vec<RecordView>>,
+    /// Attempts the client sent for this call (a redirect to the named
+    /// leader counts); absent in histories recorded before it was kept. One
+    /// attempt means the answer describes the moment the call took effect,
+    /// so the checker may use the strict single-step model for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// A nemesis operation: which replicas, and what exactly.
@@ -455,11 +479,13 @@ mod tests {
                 request_id: "r".into(),
                 resend: false,
                 status: Some("allocated".into()),
+                attempts: Some(1),
             }),
             None,
         );
         let line = serde_json::to_string(&op).expect("serialises");
         assert!(line.contains(r#""type":"ok""#), "{line}");
+        assert!(line.contains(r#""attempts":1"#), "{line}");
         assert!(line.contains(r#""f":"acquire""#), "{line}");
         assert!(line.contains(r#""process":3"#), "{line}");
         assert_eq!(op, serde_json::from_str::<Op>(&line).expect("parses"));

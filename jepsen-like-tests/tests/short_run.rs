@@ -19,6 +19,11 @@ async fn a_short_run_with_kills_and_partitions_is_valid() {
             "20261121",
             "--rate",
             "25",
+            // Cycles short enough for each nemesis to fire twice in 30 s.
+            "--fault-secs",
+            "3.5",
+            "--heal-secs",
+            "2.5",
         ],
         &out,
     );

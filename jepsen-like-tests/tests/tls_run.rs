@@ -28,7 +28,7 @@ async fn a_short_tls_run_with_kills_partitions_and_membership_is_valid() {
             "--nodes",
             "3",
             "--time-limit",
-            "20",
+            "26",
             "--workload",
             "allocation",
             "--nemesis",
@@ -37,11 +37,11 @@ async fn a_short_tls_run_with_kills_partitions_and_membership_is_valid() {
             "20261122",
             "--rate",
             "25",
-            // Shorter cycles than the defaults, so that 20 s hold a fault of each kind.
+            // Shorter cycles than the defaults, so that 26 s hold two faults of each kind.
             "--fault-secs",
-            "3",
-            "--heal-secs",
             "2",
+            "--heal-secs",
+            "1.5",
         ],
         &out,
     );

@@ -18,8 +18,8 @@ use super::error::CliError;
 
 #[derive(Debug, Subcommand)]
 pub enum BridgeCommand {
-    /// RabbitMQ: requests from `resource_management` (resource_request.<namespace>,
-    /// resource_release.<namespace>), replies to `reply_to`, every event to `resource_events`.
+    /// RabbitMQ: requests from `resource_management` (`resource_request.NAMESPACE`,
+    /// `resource_release.NAMESPACE`), replies to `reply_to`, every event to `resource_events`.
     Amqp(AmqpArgs),
 }
 

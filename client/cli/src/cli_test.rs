@@ -78,6 +78,7 @@ fn every_command_parses() {
     let id = "550e8400-e29b-41d4-a716-446655440000";
     let lines: Vec<Vec<&str>> = vec![
         vec!["cluster", "status"],
+        vec!["cluster", "status", "--verbose"],
         vec!["cluster", "add", "--id", "4", "--addr", "127.0.0.1:7104", "--learner-only"],
         vec!["cluster", "remove", "--id", "4"],
         vec!["provider", "register", "--file", "node_1.json"],
@@ -415,6 +416,30 @@ fn cluster_status_json_has_the_documented_shape() {
         "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "leader"}]
     });
     assert_eq!(expected, json);
+
+    let mut verbose = cluster::ClusterStatusJson::from(&status);
+    verbose.client = Some(vec![cluster::KnownReplicaJson {
+        addr: "127.0.0.1:7101".into(),
+        seed: true,
+        member: true,
+        leader: true,
+        unreachable: false,
+    }]);
+    assert_eq!(
+        serde_json::json!([{"addr": "127.0.0.1:7101", "seed": true, "member": true, "leader": true, "unreachable": false}]),
+        serde_json::to_value(verbose).unwrap()["client"],
+        "--verbose adds the client's view"
+    );
+}
+
+#[test]
+fn the_membership_refresh_interval_is_a_flag() {
+    assert_eq!(
+        qm_client::config::MEMBERSHIP_REFRESH_INTERVAL_MS,
+        parse(&["cluster", "status"]).client_config().membership_refresh_interval_ms
+    );
+    let config = parse(&["--membership-refresh-interval-ms", "500", "watch"]).client_config();
+    assert_eq!(500, config.membership_refresh_interval_ms);
 }
 
 #[test]

@@ -9,12 +9,18 @@ use super::error::CliError;
 use super::output::{or_dash, print_json, OutputFormat};
 use super::table::Table;
 use qm_client::proto::api;
-use qm_client::Client;
+use qm_client::{Client, KnownReplica};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Leader, term, commit and apply indexes, and the members with their roles.
-    Status,
+    Status {
+        /// Also show this client's view: the replicas it knows (its seeds,
+        /// the configured endpoints, and the members it read), in the order
+        /// it tries them, and which it believes leads.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Add a replica: it joins as a learner, catches up, then becomes a voter.
     Add {
         /// The new replica's node id.
@@ -43,6 +49,35 @@ pub struct ClusterStatusJson {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<MemberJson>,
+    /// With `--verbose`: the replicas this client knows, in the order it tries them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Vec<KnownReplicaJson>>,
+}
+
+/// One replica as the client knows it (`qm cluster status --verbose`).
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct KnownReplicaJson {
+    pub addr: String,
+    /// A configured endpoint (`--endpoints`): kept whatever the membership says.
+    pub seed: bool,
+    /// In the membership the client read last.
+    pub member: bool,
+    /// The replica the client believes leads.
+    pub leader: bool,
+    /// Its last attempt found nobody there.
+    pub unreachable: bool,
+}
+
+impl From<&KnownReplica> for KnownReplicaJson {
+    fn from(known: &KnownReplica) -> Self {
+        KnownReplicaJson {
+            addr: known.addr.clone(),
+            seed: known.seed,
+            member: known.member,
+            leader: known.leader,
+            unreachable: known.unreachable,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -68,22 +103,32 @@ impl From<&api::ClusterStatusReply> for ClusterStatusJson {
                     role: member.role.clone(),
                 })
                 .collect(),
+            client: None,
         }
     }
 }
 
 pub async fn run(client: &Client, command: ClusterCommand, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
-    let status = match command {
-        ClusterCommand::Status => client.cluster_status().await?,
-        ClusterCommand::Add { id, addr, learner_only } => client.add_replica(id, &addr, learner_only).await?,
-        ClusterCommand::Remove { id } => client.remove_replica(id).await?,
+    let (status, verbose) = match command {
+        ClusterCommand::Status { verbose } => (client.cluster_status().await?, verbose),
+        ClusterCommand::Add { id, addr, learner_only } => (client.add_replica(id, &addr, learner_only).await?, false),
+        ClusterCommand::Remove { id } => (client.remove_replica(id).await?, false),
     };
-    print_status(&status, format, out)
+    // The status just read is a membership read: the view already follows it.
+    let view = verbose.then(|| client.known_replicas());
+    print_status(&status, view.as_deref(), format, out)
 }
 
-fn print_status(status: &api::ClusterStatusReply, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+fn print_status(
+    status: &api::ClusterStatusReply,
+    view: Option<&[KnownReplica]>,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     if format == OutputFormat::Json {
-        return print_json(&ClusterStatusJson::from(status), out);
+        let mut json = ClusterStatusJson::from(status);
+        json.client = view.map(|view| view.iter().map(KnownReplicaJson::from).collect());
+        return print_json(&json, out);
     }
     let leader = status
         .leader_id
@@ -102,5 +147,22 @@ fn print_status(status: &api::ClusterStatusReply, format: OutputFormat, out: &mu
     for member in &status.members {
         members.row([&member.id.to_string(), &member.addr, &member.role]);
     }
-    members.write(out)
+    members.write(out)?;
+    if let Some(view) = view {
+        writeln!(out)?;
+        writeln!(out, "this client's replicas, in the order it tries them:")?;
+        let mut known = Table::new(["ADDR", "SEED", "MEMBER", "LEADER", "REACHABLE"]);
+        let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+        for replica in view {
+            known.row([
+                replica.addr.as_str(),
+                yes_no(replica.seed),
+                yes_no(replica.member),
+                yes_no(replica.leader),
+                yes_no(!replica.unreachable),
+            ]);
+        }
+        known.write(out)?;
+    }
+    Ok(())
 }

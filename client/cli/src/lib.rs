@@ -94,6 +94,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "QM_NO_PIPELINE")]
     pub no_pipeline: bool,
 
+    /// How often the client reads the cluster's membership to follow replicas added and removed (ms); also after every redirect.
+    #[arg(long, global = true, env = "QM_MEMBERSHIP_REFRESH_INTERVAL_MS", default_value_t = ClientConfig::default().membership_refresh_interval_ms)]
+    pub membership_refresh_interval_ms: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -166,6 +170,7 @@ impl Cli {
             attempt_timeout_ms: defaults.attempt_timeout_ms.min(self.timeout_ms),
             tls: self.tls_config(),
             pipeline_writes: !self.no_pipeline,
+            membership_refresh_interval_ms: self.membership_refresh_interval_ms,
             ..defaults
         }
     }

@@ -1,16 +1,24 @@
-//! Linearizability of the register workload, unit by unit.
+//! Linearizability of the register workload: unit by unit, then, when that
+//! cannot decide, as a whole table.
 //!
-//! Every request pins one unit, so the history splits into one independent
-//! history per unit (as Knossos's `independent` checker splits by key). Each
-//! is searched ([`super::wgl`]) against [`UnitLock`]: a lock with a FIFO
-//! queue, which is what the table does with single-unit requests of equal
-//! priority.
+//! Every request pins one unit, so the history splits into one history per
+//! unit (as Knossos's `independent` checker splits by key). Each is searched
+//! ([`super::wgl`]) against [`UnitLock`]: a lock with a FIFO queue, which is
+//! what the table does with single-unit requests of equal priority. A unit
+//! that fits no order makes the whole history fit none, so that is a
+//! verdict. But a read returns every unit at one instant, and its per-unit
+//! parts fitting their units does not make it fit as a whole; so when every
+//! unit passes and a read spans several units, the units are searched
+//! together ([`super::whole_read`]), each read one call.
 //!
 //! * `acquire(r)` takes effect once (r enters: holder if the unit is free,
 //!   else queued) and answers r's status at some moment after that within
 //!   the call. A retried allocate returns the record as it is now (queued
 //!   then granted: "allocated"), so the effect and the observation are two
-//!   calls of the model spanning the same interval. A deliberate resend of
+//!   calls of the model spanning the same interval. When the client sent
+//!   the call once (`attempts: 1` in the history), the answer is the
+//!   effect's own, and the two are one call ([`LockInput::EnterAndObserve`]):
+//!   the strict model. A deliberate resend of
 //!   an acknowledged request changes nothing and answers the request's
 //!   status: `allocated`, `queued`, `released` or `cancelled`.
 //! * `release(r)`: the holder's release hands the unit to the first queued
@@ -24,6 +32,7 @@ use serde::Serialize;
 
 use super::operations::Operation;
 use super::wgl::{self, Call, Linearization, Model, SearchLimits};
+use super::whole_read;
 use super::{CheckerResult, Violation};
 use crate::history::{OpType, Payload, RELEASE_NOT_FOUND};
 
@@ -56,6 +65,10 @@ pub enum LockInput {
     EnterIfNew(u32),
     /// What an acquire answered about its request.
     Observe(u32),
+    /// An acquire sent once: it enters, and answers its status at that moment.
+    EnterAndObserve(u32),
+    /// A resend sent once: enters if new, and answers its status at that moment.
+    EnterIfNewAndObserve(u32),
     Release(u32),
     Read,
 }
@@ -124,6 +137,14 @@ impl Model for UnitLock {
                 };
                 matches!(output, Some(LockOutput::Status(status)) if status == expected).then(|| state.clone())
             }
+            LockInput::EnterAndObserve(request) => {
+                let entered = self.step(state, &LockInput::Enter(*request), None)?;
+                self.step(&entered, &LockInput::Observe(*request), output)
+            }
+            LockInput::EnterIfNewAndObserve(request) => {
+                let entered = self.step(state, &LockInput::EnterIfNew(*request), None)?;
+                self.step(&entered, &LockInput::Observe(*request), output)
+            }
             LockInput::Release(request) => {
                 let request = *request as usize;
                 let mut next = state.clone();
@@ -162,6 +183,7 @@ impl Model for UnitLock {
 }
 
 /// One unit's calls, with what the report needs to show them.
+#[derive(Clone)]
 pub struct UnitHistory {
     pub unit: String,
     pub calls: Vec<Call<LockInput, LockOutput>>,
@@ -245,6 +267,15 @@ pub fn split_by_unit(operations: &[Operation]) -> Vec<UnitHistory> {
                     true => (LockInput::EnterIfNew(request), "resend"),
                     false => (LockInput::Enter(request), "acquire"),
                 };
+                if operation.is_ok() && value.attempts == Some(1) {
+                    let input = match value.resend {
+                        true => LockInput::EnterIfNewAndObserve(request),
+                        false => LockInput::EnterAndObserve(request),
+                    };
+                    let label = format!("{verb} {name} -> {status} (one attempt)");
+                    history.push(operation, input, Some(LockOutput::Status(status)), label);
+                    continue;
+                }
                 history.push(operation, enter, Some(LockOutput::Entered), format!("{verb} {name} (takes effect)"));
                 if operation.is_ok() {
                     history.push(
@@ -320,6 +351,20 @@ pub enum LinearizabilityViolation {
         /// The request ids behind the `rN` names used above.
         requests: BTreeMap<String, String>,
     },
+    /// Every unit fits an order of its own, but the table does not: some
+    /// read (or write) fits after no prefix of the units' calls together,
+    /// typically a read showing one unit before a write and another after
+    /// a later one.
+    NotLinearizableAsAWhole {
+        /// The completed operation that could not be placed, with its units (`unit-0: acquire r3 ...`).
+        blocking: CallOrigin,
+        /// Each unit's state after the longest linearizable prefix.
+        state_after_prefix: String,
+        longest_prefix: usize,
+        calls: usize,
+        /// Completed operations overlapping `blocking`.
+        concurrent: Vec<CallOrigin>,
+    },
 }
 
 impl Violation for LinearizabilityViolation {
@@ -336,12 +381,23 @@ impl Violation for LinearizabilityViolation {
                 "{unit}: not linearizable: `{}` (process {}) fits nowhere; the longest linearizable prefix is {longest_prefix} of {calls} calls, leaving the unit {state_after_prefix}",
                 blocking.label, blocking.process
             ),
+            LinearizabilityViolation::NotLinearizableAsAWhole {
+                blocking,
+                state_after_prefix,
+                longest_prefix,
+                calls,
+                ..
+            } => format!(
+                "the table as a whole: not linearizable although every unit is: `{}` (process {}) fits nowhere; the longest linearizable prefix is {longest_prefix} of {calls} calls, leaving {state_after_prefix}",
+                blocking.label, blocking.process
+            ),
         }
     }
 
     fn ops(&self) -> Vec<u64> {
         match self {
-            LinearizabilityViolation::NotLinearizable { blocking, concurrent, .. } => blocking
+            LinearizabilityViolation::NotLinearizable { blocking, concurrent, .. }
+            | LinearizabilityViolation::NotLinearizableAsAWhole { blocking, concurrent, .. } => blocking
                 .ops
                 .iter()
                 .chain(concurrent.iter().flat_map(|origin| &origin.ops))
@@ -371,12 +427,17 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
     let mut failures = Vec::new();
     let mut notes = Vec::new();
     let mut unknown = false;
-    for history in split_by_unit(operations) {
+    let units = split_by_unit(operations);
+    let mut orders = Vec::new();
+    for history in units.iter().cloned() {
         let model = UnitLock {
             requests: history.request_ids.len(),
         };
         match wgl::check(&model, &history.calls, limits) {
-            Linearization::Linearizable { .. } => notes.push(format!("{}: {} calls, linearizable", history.unit, history.calls.len())),
+            Linearization::Linearizable { order } => {
+                notes.push(format!("{}: {} calls, linearizable", history.unit, history.calls.len()));
+                orders.push(order);
+            }
             Linearization::Unknown { steps, states } => {
                 unknown = true;
                 notes.push(format!(
@@ -428,9 +489,81 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
             }
         }
     }
+    // A unit that fits no order is a verdict for the table too; so is one
+    // the search gave up on (the table's search would give up sooner).
+    if violations.is_empty() && !unknown {
+        unknown = check_whole_table(&units, &orders, limits, &mut violations, &mut notes);
+    }
     LinearizabilityReport {
         result: CheckerResult::from_violations("linearizability", &violations, notes, unknown),
         failures,
+    }
+}
+
+/// The units searched together when reads span several of them; whether
+/// the search stopped at its bound (the verdict is then unknown).
+fn check_whole_table(
+    units: &[UnitHistory],
+    orders: &[Vec<usize>],
+    limits: SearchLimits,
+    violations: &mut Vec<LinearizabilityViolation>,
+    notes: &mut Vec<String>,
+) -> bool {
+    let table = whole_read::table_history(units);
+    if table.multi_unit_reads == 0 {
+        return false;
+    }
+    let calls = table.calls.len();
+    if whole_read::merge_linearizations(units, orders) {
+        notes.push(format!(
+            "whole table: {calls} calls, {} reads of several units, linearizable (the units' linearizations put on one time line)",
+            table.multi_unit_reads
+        ));
+        return false;
+    }
+    match whole_read::check(units, &table, limits) {
+        Linearization::Linearizable { .. } => {
+            notes.push(format!(
+                "whole table: {calls} calls, {} reads of several units, linearizable",
+                table.multi_unit_reads
+            ));
+            false
+        }
+        Linearization::Unknown { steps, states } => {
+            notes.push(format!(
+                "whole table: {calls} calls, search stopped at its limits ({steps} steps, {states} states): unknown"
+            ));
+            true
+        }
+        Linearization::NotLinearizable { longest, blocking } => {
+            let blocking_call = &table.calls[blocking];
+            let end = blocking_call.complete_ns.unwrap_or(u64::MAX);
+            let concurrent: Vec<CallOrigin> = table
+                .calls
+                .iter()
+                .enumerate()
+                .filter(|(position, call)| {
+                    *position != blocking
+                        && call.complete_ns.is_some()
+                        && call.invoke_ns <= end
+                        && call.complete_ns >= Some(blocking_call.invoke_ns)
+                })
+                .map(|(position, _)| table.origins[position].clone())
+                .collect();
+            let state_after_prefix = match longest.last() {
+                Some((_, state)) => whole_read::describe(units, state),
+                None => "every unit free".to_owned(),
+            };
+            notes.push(format!("whole table: {calls} calls, NOT linearizable"));
+            violations.push(LinearizabilityViolation::NotLinearizableAsAWhole {
+                blocking: table.origins[blocking].clone(),
+                state_after_prefix,
+                longest_prefix: longest.len(),
+                calls,
+                concurrent,
+            });
+            false
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! anomalies it found and the operations involved. One file per checker,
 //! each with its own `Violation` enum (STYLE.md rule 12).
 //!
-//! * [`linearizability`]: the register workload, per unit, against a lock-with-queue model ([`wgl`] is the search).
+//! * [`linearizability`]: the register workload, per unit, against a lock-with-queue model ([`wgl`] is the search),
+//!   then as a whole table when reads span several units ([`whole_read`]).
 //! * [`double_allocation`]: no exclusive unit held by two allocations at once.
 //! * [`capacity`]: no unit holds more than its capacity.
 //! * [`lost_allocation`]: every acknowledged allocation not released survives; every acknowledged release sticks.
@@ -22,6 +23,7 @@ pub mod operations;
 pub mod stale_read;
 pub mod stats;
 pub mod wgl;
+pub mod whole_read;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

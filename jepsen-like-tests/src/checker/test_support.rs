@@ -57,6 +57,18 @@ pub fn acquire(unit: &str, request: &str, status: Option<&str>) -> Payload {
         request_id: request.into(),
         resend: false,
         status: status.map(Into::into),
+        attempts: None,
+    })
+}
+
+/// An acquire the client sent once: its answer is from the moment it took effect.
+pub fn acquire_once(unit: &str, request: &str, status: Option<&str>) -> Payload {
+    Payload::Acquire(AcquireValue {
+        unit: unit.into(),
+        request_id: request.into(),
+        resend: false,
+        status: status.map(Into::into),
+        attempts: Some(1),
     })
 }
 
@@ -66,6 +78,7 @@ pub fn resend(unit: &str, request: &str, status: Option<&str>) -> Payload {
         request_id: request.into(),
         resend: true,
         status: status.map(Into::into),
+        attempts: None,
     })
 }
 
@@ -75,6 +88,7 @@ pub fn release(unit: &str, request: &str, outcome: Option<&str>) -> Payload {
         unit: Some(unit.into()),
         outcome: outcome.map(Into::into),
         record: None,
+        attempts: None,
     })
 }
 
@@ -122,6 +136,7 @@ pub fn allocate(request: &str, resend: bool, answer: Option<RecordView>) -> Payl
         priority: 0,
         resend,
         record: answer,
+        attempts: None,
     })
 }
 
@@ -131,6 +146,7 @@ pub fn free(request: &str, outcome: Option<&str>) -> Payload {
         unit: None,
         outcome: outcome.map(Into::into),
         record: None,
+        attempts: None,
     })
 }
 

@@ -13,7 +13,13 @@
 //! | `kill`       | kill -9 the leader, one replica or a minority | restart them (same data dir) |
 //! | `pause`      | SIGSTOP, chosen the same way                | SIGCONT                       |
 //! | `partition`  | halves, isolated leader, bridge, majorities ring or slow links | every link whole again |
-//! | `membership` | add a blank replica as a voter (n+1)        | remove a voter, sometimes the leader (n) |
+//! | `membership` | add a blank replica as a voter (n+1)        | remove a voter: an original while any is left (the leader a third of the time, if it is one), so enough cycles replace them all (n) |
+//!
+//! Every nemesis named fires at least [`NEMESIS_FIRINGS_MIN`] times: the
+//! run is refused when its time limit cannot hold that many cycles at the
+//! mean lengths ([`crate::config::RunConfig::schedule_secs_min`]), and the
+//! schedule shortens the cycles it still owes so that they fit whatever
+//! the jitter drew.
 
 pub mod partition;
 pub mod targets;
@@ -28,7 +34,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::cluster::TestCluster;
-use crate::config::NemesisKind;
+use crate::config::{NemesisKind, NEMESIS_FIRINGS_MIN};
 use crate::history::{HistoryRecorder, NemesisValue, OpType, Payload, Process};
 use partition::PartitionShape;
 
@@ -98,14 +104,18 @@ impl Nemesis {
         }
         tokio::time::sleep_until(started + schedule.first_fault_after).await;
         let mut order: Vec<NemesisKind> = Vec::new();
+        // Cycles owed so that every kind fires NEMESIS_FIRINGS_MIN times
+        // (each round of `order` holds every kind once).
+        let mut owed = NEMESIS_FIRINGS_MIN as u32 * schedule.kinds.len() as u32;
         loop {
             // A fault cut short to leave the final healed stretch whole.
             let room = end.saturating_duration_since(Instant::now() + schedule.final_healed);
-            let fault_for = self.jitter(schedule.fault_mean).min(room);
-            let heal_for = self.jitter(schedule.heal_mean);
+            let (fault_for, heal_for) = self.cycle(schedule, room, owed);
+            let fault_for = fault_for.min(room);
             if fault_for < Duration::from_millis(FAULT_MS_MIN) {
                 return;
             }
+            owed = owed.saturating_sub(1);
             if order.is_empty() {
                 order = schedule.kinds.clone();
                 order.shuffle(&mut self.rng);
@@ -118,6 +128,20 @@ impl Nemesis {
             }
             tokio::time::sleep_until((Instant::now() + heal_for).min(end)).await;
         }
+    }
+
+    /// A fault's and the following heal's lengths, jittered; while cycles
+    /// are `owed`, shrunk together so that each owed cycle gets an equal
+    /// share of `room` at most.
+    fn cycle(&mut self, schedule: &NemesisSchedule, room: Duration, owed: u32) -> (Duration, Duration) {
+        let (fault_for, heal_for) = (self.jitter(schedule.fault_mean), self.jitter(schedule.heal_mean));
+        let share = room / owed.max(1);
+        let drawn = fault_for + heal_for;
+        if owed == 0 || drawn <= share {
+            return (fault_for, heal_for);
+        }
+        let scale = share.as_secs_f64() / drawn.as_secs_f64();
+        (fault_for.mul_f64(scale), heal_for.mul_f64(scale))
     }
 
     fn jitter(&mut self, mean: Duration) -> Duration {
@@ -261,8 +285,11 @@ impl Nemesis {
         ActiveFault::Added
     }
 
-    /// Removes `victim`, or a voter chosen at random (the leader a third of
-    /// the time), while more than `nodes` voters remain.
+    /// Removes `victim`, or else the oldest voter, or the leader a third of
+    /// the time (while replicas the run started with are left, only if the
+    /// leader is one of them: so that every original is replaced once
+    /// there have been as many membership cycles as replicas), while more
+    /// than `nodes` voters remain.
     async fn remove_replica(&mut self, victim: Option<u64>) {
         let mut cluster = self.cluster.lock().await;
         cluster.learn_membership().await;
@@ -271,9 +298,11 @@ impl Nemesis {
         }
         let leader = cluster.leader().await;
         let members: Vec<u64> = cluster.members().iter().copied().collect();
+        let oldest = *members.first().expect("members");
+        let originals_left = oldest <= self.nodes;
         let victim = victim.unwrap_or_else(|| match leader {
-            Some(leader) if self.rng.gen_range(0..3) == 0 => leader,
-            _ => *members.choose(&mut self.rng).expect("members"),
+            Some(leader) if self.rng.gen_range(0..3) == 0 && (!originals_left || leader <= self.nodes) => leader,
+            _ => oldest,
         });
         let mut value = NemesisValue {
             nodes: vec![victim],

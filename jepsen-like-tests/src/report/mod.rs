@@ -13,6 +13,7 @@
 pub mod plots;
 pub mod timeline;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -23,9 +24,9 @@ use crate::checker::operations::{client_operations, fault_windows, leader_faults
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
 use crate::checker::{capacity, double_allocation, idempotency, lost_allocation, stale_read, AllocationHistory, CheckerResult, Validity};
-use crate::config::{RunConfig, WorkloadKind};
+use crate::config::{RunConfig, WorkloadKind, NEMESIS_FIRINGS_MIN};
 use crate::error::JepsenError;
-use crate::history::Op;
+use crate::history::{Op, OpType, Payload};
 use crate::workload::allocation::{unit_specs, UnitSpec};
 
 /// Anomaly descriptions printed per checker in `summary.txt`.
@@ -71,6 +72,39 @@ pub struct Results {
     /// Things the run or the report wants a reader to know (a failed plot, a missing final read).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Faults injected per nemesis named in the run (`kill`, `pause`,
+    /// `partition`, `membership`), each at least
+    /// [`crate::config::NEMESIS_FIRINGS_MIN`] in a run long enough.
+    #[serde(default)]
+    pub nemesis_fired: BTreeMap<String, u64>,
+    /// Replicas the run started with that the membership nemesis removed.
+    #[serde(default)]
+    pub originals_removed: Vec<u64>,
+}
+
+/// Faults per nemesis, and the original replicas removed, from the history.
+fn nemesis_record(history: &[Op], config: &RunConfig) -> (BTreeMap<String, u64>, Vec<u64>) {
+    let mut fired: BTreeMap<String, u64> = config.nemeses.iter().map(|kind| (kind.name().to_owned(), 0)).collect();
+    let mut removed = Vec::new();
+    for op in history.iter().filter(|op| op.process.is_nemesis()) {
+        let kind = match &op.payload {
+            Payload::Kill(_) => "kill",
+            Payload::Pause(_) => "pause",
+            Payload::Partition(_) => "partition",
+            Payload::AddReplica(_) => "membership",
+            Payload::RemoveReplica(value) if op.kind == OpType::Info && value.detail.is_empty() => {
+                removed.extend(value.nodes.iter().copied().filter(|id| *id <= config.nodes));
+                continue;
+            }
+            _ => continue,
+        };
+        if op.kind == OpType::Invoke {
+            *fired.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    removed.sort_unstable();
+    removed.dedup();
+    (fired, removed)
 }
 
 /// The verdict, and what the time-line pages need.
@@ -105,6 +139,13 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
     };
     let valid = checkers.iter().fold(Validity::VALID, |valid, checker| valid.and(checker.valid));
     let config = &test.config;
+    let (nemesis_fired, originals_removed) = nemesis_record(history, config);
+    let mut notes = notes;
+    for (name, fired) in nemesis_fired.iter().filter(|(_, fired)| **fired < NEMESIS_FIRINGS_MIN) {
+        notes.push(format!(
+            "nemesis {name} fired {fired} times, fewer than {NEMESIS_FIRINGS_MIN}: the faults did not repeat; give a longer --time-limit"
+        ));
+    }
     let results = Results {
         valid,
         seed: config.seed,
@@ -119,6 +160,8 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
         checkers,
         stats: stats::compute(&operations, &windows, &leader_faults(history)),
         notes,
+        nemesis_fired,
+        originals_removed,
     };
     Checked { results, failures }
 }
@@ -204,6 +247,36 @@ pub fn summary(results: &Results) -> String {
         fraction(&stats.healthy),
         stats.healthy.total()
     );
+    if !results.nemesis_fired.is_empty() {
+        let fired: Vec<String> = results
+            .nemesis_fired
+            .iter()
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect();
+        let every = results.nemesis_fired.values().all(|count| *count >= NEMESIS_FIRINGS_MIN);
+        let _ = writeln!(
+            text,
+            "nemesis fired: {} ({})",
+            fired.join(", "),
+            match every {
+                true => format!("each at least {NEMESIS_FIRINGS_MIN} times"),
+                false => format!("NOT each {NEMESIS_FIRINGS_MIN} times: see the notes"),
+            }
+        );
+    }
+    if results.nemesis_fired.contains_key("membership") {
+        let removed: Vec<String> = results.originals_removed.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            text,
+            "original replicas removed: {} of {}{}",
+            removed.len(),
+            results.nodes,
+            match removed.is_empty() {
+                true => String::new(),
+                false => format!(" ({})", removed.join(", ")),
+            }
+        );
+    }
     match &stats.failover_ms {
         Some(spread) => {
             let _ = writeln!(

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use qm_client::convert::state_name;
 use qm_client::proto::api::ListRequest;
-use qm_client::{Client, Error};
+use qm_client::{counting_attempts, Client, Error};
 use qm_state_machine::{ProviderRegistration, ResourceRequest, ResourceSpec, Sharing};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -142,6 +142,7 @@ fn random_request(ctx: &mut WorkerContext) -> (ResourceRequest, AllocateValue) {
         priority,
         resend: false,
         record: None,
+        attempts: None,
     };
     (request, value)
 }
@@ -186,7 +187,9 @@ async fn allocate(ctx: &mut WorkerContext, own: &mut OwnRequest, resend: bool) {
         ..own.value.clone()
     };
     ctx.invoke(Payload::Allocate(value.clone()));
-    match ctx.writer.allocate(own.request.clone()).await {
+    let (answer, attempts) = counting_attempts(ctx.writer.allocate(own.request.clone())).await;
+    value.attempts = Some(attempts);
+    match answer {
         Ok(reply) => {
             let record = RecordView::from_reply(&reply);
             own.live = record.is_live();
@@ -208,7 +211,9 @@ async fn release(ctx: &mut WorkerContext, own: &mut OwnRequest) {
         ..Default::default()
     };
     ctx.invoke(Payload::Release(value.clone()));
-    let (kind, error) = match ctx.writer.release(&own.value.request_id).await {
+    let (answer, attempts) = counting_attempts(ctx.writer.release(&own.value.request_id)).await;
+    value.attempts = Some(attempts);
+    let (kind, error) = match answer {
         Ok(reply) => {
             value.outcome = Some(release_outcome(state_name(&reply), &reply.reason));
             value.record = Some(RecordView::from_reply(&reply));

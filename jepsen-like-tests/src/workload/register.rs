@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use qm_client::convert::state_name;
 use qm_client::proto::api::ListRequest;
-use qm_client::{Client, Error};
+use qm_client::{counting_attempts, Client, Error};
 use qm_state_machine::protocol::ConstraintsDocument;
 use qm_state_machine::{ProviderRegistration, ResourceRequest, ResourceSpec, Sharing};
 use rand::Rng;
@@ -137,9 +137,12 @@ async fn acquire(ctx: &mut WorkerContext, holdings: &mut Holdings, unit: &str) {
         request_id: request_id.clone(),
         resend: false,
         status: None,
+        attempts: None,
     };
     ctx.invoke(Payload::Acquire(value.clone()));
-    match ctx.writer.allocate(acquire_request(ctx.worker, unit, &request_id)).await {
+    let (answer, attempts) = counting_attempts(ctx.writer.allocate(acquire_request(ctx.worker, unit, &request_id))).await;
+    value.attempts = Some(attempts);
+    match answer {
         Ok(reply) => {
             let status = request_status(state_name(&reply), &reply.reason);
             match status.as_str() {
@@ -181,9 +184,12 @@ async fn release(ctx: &mut WorkerContext, holdings: &mut Holdings, unit: &str, r
         unit: Some(unit.to_owned()),
         outcome: None,
         record: None,
+        attempts: None,
     };
     ctx.invoke(Payload::Release(value.clone()));
-    let (kind, error) = match ctx.writer.release(request_id).await {
+    let (answer, attempts) = counting_attempts(ctx.writer.release(request_id)).await;
+    value.attempts = Some(attempts);
+    let (kind, error) = match answer {
         Ok(reply) => {
             value.outcome = Some(release_outcome(state_name(&reply), &reply.reason));
             (OpType::Ok, None)
@@ -225,13 +231,16 @@ async fn resend(ctx: &mut WorkerContext, unit: &str, request_id: &str) {
         request_id: request_id.to_owned(),
         resend: true,
         status: None,
+        attempts: None,
     };
     ctx.invoke(Payload::Acquire(value.clone()));
     let request = acquire_request(ctx.worker, unit, request_id);
-    let answer = match ctx.rng.gen_bool(0.5) {
-        true => ctx.reader.allocate(request).await,
-        false => ctx.writer.allocate(request).await,
+    let client = match ctx.rng.gen_bool(0.5) {
+        true => &ctx.reader,
+        false => &ctx.writer,
     };
+    let (answer, attempts) = counting_attempts(client.allocate(request)).await;
+    value.attempts = Some(attempts);
     match answer {
         Ok(reply) => {
             value.status = Some(request_status(state_name(&reply), &reply.reason));
@@ -287,11 +296,13 @@ async fn read_holders(client: &Client, units: usize) -> Result<BTreeMap<String, 
 
 async fn read(ctx: &mut WorkerContext, units: usize) {
     ctx.invoke(Payload::Read(ReadValue::default()));
-    match read_holders(&ctx.reader, units).await {
+    let (answer, attempts) = counting_attempts(read_holders(&ctx.reader, units)).await;
+    match answer {
         Ok(holders) => ctx.complete(
             OpType::Ok,
             Payload::Read(ReadValue {
                 holders: Some(holders),
+                attempts: Some(attempts),
                 ..Default::default()
             }),
             None,

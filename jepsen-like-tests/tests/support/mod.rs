@@ -60,17 +60,19 @@ pub fn config(args: &[&str], out: &Path) -> RunConfig {
 
 /// The planted stale-read bug: 3 replicas answering reads from their own
 /// state (`--unsafe-stale-reads`), the leader isolated for 4 s of 12, seed 7.
-pub const PLANTED_STALE_READS: [&str; 15] = [
+pub const PLANTED_STALE_READS: [&str; 17] = [
     "--nodes",
     "3",
     "--time-limit",
-    "12",
+    "15",
     "--nemesis",
     "partition",
     "--partitions",
     "isolate-leader",
     "--fault-secs",
     "4",
+    "--heal-secs",
+    "1",
     "--seed",
     "7",
     "--unsafe-stale-reads",

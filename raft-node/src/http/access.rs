@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::StatusCode;
-use qm_api::tls::Identity;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use qm_api::tls::{Identity, Role};
 use serde_json::json;
 use tracing::warn;
 
 use super::error::HttpError;
-use super::HttpApi;
+use super::{HttpApi, Shared};
 use crate::security::{Call, Caller};
 
 /// The DER leaf certificate the client presented on this connection (none
@@ -45,4 +48,33 @@ pub fn admit(api: &HttpApi, peer: &PeerCertificate, call: Call) -> Result<Caller
         retry_after: false,
     })?;
     Ok(caller)
+}
+
+/// `GET /v1/identity`: who this replica takes the caller to be, from its
+/// certificate (any role may ask), and which of the operator's writes that
+/// identity may make: the web UI shows the caller, and offers only the
+/// actions the replica would allow.
+pub async fn identity(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>) -> Result<Response, HttpError> {
+    let caller = admit(&api, &peer, Call::ClusterStatus)?;
+    let may = |call: Call| match &caller {
+        Caller::Anyone => true,
+        Caller::Authenticated(identity) => call.allows(identity.role),
+    };
+    let (role, name, namespace) = match &caller {
+        Caller::Anyone => (None, None, None),
+        Caller::Authenticated(identity) => (
+            Some(identity.role.as_str()),
+            Some(identity.name.as_str()),
+            identity.namespace.as_deref().filter(|_| identity.role == Role::ResourceConsumer),
+        ),
+    };
+    Ok(Json(json!({
+        "tls": !api.guard.is_open(),
+        "role": role,
+        "name": name,
+        "namespace": namespace,
+        "may_release": may(Call::Release),
+        "may_allocate": may(Call::Allocate),
+    }))
+    .into_response())
 }

@@ -22,22 +22,25 @@
 //! # Layout
 //!
 //! * [`routes`] (here): every route, in one table the OpenAPI test reads.
-//! * [`access`]: the caller's certificate → [`Caller`](crate::security::Caller).
+//! * [`access`]: the caller's certificate → [`Caller`](crate::security::Caller); `GET /v1/identity`.
 //! * [`error`]: [`HttpError`](error::HttpError), the one mapping of statuses to HTTP answers.
 //! * [`params`]: query strings, durations, bodies (the named body limit).
 //! * [`requests`]: allocate, release, get, list.
 //! * [`providers`]: list, register, the monitor's system state, the cluster.
+//! * [`history`]: one request's way through the protocol's states, from the events.
 //! * [`events`]: the event stream as Server-Sent Events.
 //! * [`catalog`]: the Consul-compatible catalog, health and status endpoints.
 //! * [`replica_health`]: which replicas know a leader, probed in the background.
 //! * [`scrape`]: the `/metrics` handler.
 //! * [`openapi`]: the document served at `/v1/openapi.json`.
 //! * [`serve`]: accepting connections, plain or mutual TLS.
+//! * [`ui`]: the operators' web UI at `/ui/`, built into the binary.
 
 pub mod access;
 pub mod catalog;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod openapi;
 pub mod params;
 pub mod providers;
@@ -45,6 +48,7 @@ pub mod replica_health;
 pub mod requests;
 pub mod scrape;
 pub mod serve;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -88,10 +92,12 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/v1/release", post(requests::release)),
         route(Method::GET, "/v1/requests", get(requests::list)),
         route(Method::GET, "/v1/requests/{id}", get(requests::get)),
+        route(Method::GET, "/v1/requests/{id}/history", get(history::history)),
         route(Method::GET, "/v1/providers", get(providers::list)),
         route(Method::POST, "/v1/providers", post(providers::register)),
         route(Method::GET, "/v1/state", get(providers::system_state)),
         route(Method::GET, "/v1/cluster", get(providers::cluster)),
+        route(Method::GET, "/v1/identity", get(access::identity)),
         route(Method::GET, "/v1/events", get(events::events)),
         route(Method::GET, "/v1/openapi.json", get(openapi::document)),
         route(Method::GET, "/v1/catalog/services", get(catalog::services)),
@@ -105,12 +111,16 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, and the web UI under `/ui/` ([`ui`]: pages, not
+/// API, so not in [`routes`] nor in the OpenAPI document). Writes from a
+/// browser page of another origin are refused ([`ui::same_origin_writes`]).
 pub fn router(api: Shared) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |router, route| router.route(route.path, route.handler))
+        .merge(ui::router())
         .fallback(error::no_route)
+        .layer(axum::middleware::from_fn(ui::same_origin_writes))
         .with_state(api)
 }
 

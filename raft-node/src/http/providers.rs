@@ -1,6 +1,7 @@
 //! The provider's and the monitor's calls in JSON: `GET /v1/providers`
 //! (paged), `POST /v1/providers` (the registration document), `GET /v1/state`
-//! (the monitor's SystemState), and `GET /v1/cluster`.
+//! (the monitor's SystemState), and `GET /v1/cluster` (with every replica's
+//! term and indexes as it last told them).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 use super::access::{admit, PeerCertificate};
 use super::error::HttpError;
 use super::params::{read_body, utf8, Params};
+use super::replica_health::ReplicaView;
 use super::requests::bounded;
 use super::Shared;
 use crate::api::{cluster, providers};
@@ -56,12 +58,15 @@ pub async fn list(
         .take(limit)
         .collect();
     let next = (page.len() == limit).then(|| page.last().map(|provider| provider.provider_id.clone()));
-    let providers: Vec<Value> = page.into_iter().map(provider_json).collect();
+    let now_ms = crate::clock::now_ms();
+    let providers: Vec<Value> = page.into_iter().map(|provider| provider_json(provider, now_ms)).collect();
     Ok(Json(json!({"providers": providers, "next": next.flatten()})).into_response())
 }
 
-/// One provider as JSON, maps sorted by key.
-fn provider_json(provider: &ProviderInfo) -> Value {
+/// One provider as JSON, maps sorted by key. `heartbeat_age_ms` is this
+/// replica's clock minus the last heartbeat it saw: heartbeats reach the
+/// leader only, so a follower has none to show (`null`).
+fn provider_json(provider: &ProviderInfo, now_ms: u64) -> Value {
     fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<&String, &String> {
         map.iter().collect()
     }
@@ -90,6 +95,7 @@ fn provider_json(provider: &ProviderInfo) -> Value {
         "last_heartbeat_ms": provider.last_heartbeat_ms,
         "address": Some(&provider.address).filter(|address| !address.is_empty()),
         "port": Some(provider.port).filter(|port| *port != 0),
+        "heartbeat_age_ms": provider.last_heartbeat_ms.map(|at| now_ms.saturating_sub(at)),
     })
 }
 
@@ -134,7 +140,10 @@ pub async fn system_state(
 }
 
 /// `GET /v1/cluster`: this replica's view: members (with their HTTP
-/// addresses), leader, term, commit, applied, last log and snapshot indexes.
+/// addresses), leader, term, commit, applied, last log and snapshot indexes,
+/// and `replicas`: each member's own term, indexes and whether it knows a
+/// leader, as it answered this replica's last probe (at most a second old;
+/// `reachable: false` if it did not answer).
 pub async fn cluster(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri) -> Result<Response, HttpError> {
     admit(&api, &peer, Call::ClusterStatus)?;
     let status = cluster::status(&api.node)
@@ -145,6 +154,32 @@ pub async fn cluster(State(api): State<Shared>, Extension(peer): Extension<PeerC
         .members
         .iter()
         .map(|member| json!({"id": member.id, "addr": member.addr, "role": member.role, "http_addr": http(member.id)}))
+        .collect();
+    let replicas: Vec<Value> = status
+        .members
+        .iter()
+        .map(|member| {
+            let view = match member.id == status.node_id {
+                true => Some(ReplicaView {
+                    leader_id: status.leader_id,
+                    term: status.term,
+                    commit_index: status.commit_index,
+                    applied_index: status.applied_index,
+                }),
+                false => api.replica_health.view(member.id),
+            };
+            json!({
+                "id": member.id,
+                "role": member.role,
+                "http_addr": http(member.id),
+                "reachable": view.is_some(),
+                "knows_leader": view.is_some_and(|view| view.leader_id.is_some()),
+                "leader_id": view.and_then(|view| view.leader_id),
+                "term": view.map(|view| view.term),
+                "commit_index": view.map(|view| view.commit_index),
+                "applied_index": view.map(|view| view.applied_index),
+            })
+        })
         .collect();
     Ok(Json(json!({
         "node_id": status.node_id,
@@ -157,6 +192,7 @@ pub async fn cluster(State(api): State<Shared>, Extension(peer): Extension<PeerC
         "last_log_index": status.last_log_index,
         "snapshot_index": status.snapshot_index,
         "members": members,
+        "replicas": replicas,
     }))
     .into_response())
 }

@@ -1,5 +1,7 @@
 //! [`ReplicaHealth`]: whether each replica knows a leader, the health check
-//! of the catalog's `resource_manager` and `system_monitor` entries.
+//! of the catalog's `resource_manager` and `system_monitor` entries, and
+//! each replica's own term and indexes as it last told them (the web UI's
+//! replica table, through `GET /v1/cluster`).
 //!
 //! A replica knows its own state; the others' it learns by asking each one
 //! its gRPC `ClusterStatus` every [`REPLICA_PROBE_INTERVAL_MS`] (with its own
@@ -22,9 +24,18 @@ pub const REPLICA_PROBE_INTERVAL_MS: u64 = 1_000;
 /// How long one probe may take.
 pub const REPLICA_PROBE_TIMEOUT_MS: u64 = 500;
 
-/// The last probe's answer per replica: `true` if it knew a leader.
+/// What a replica said of itself at its last probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+/// The last probe's answer per replica: `None` if it did not answer in time.
 #[derive(Clone, Debug, Default)]
-pub struct ReplicaHealth(Arc<Mutex<BTreeMap<NodeId, bool>>>);
+pub struct ReplicaHealth(Arc<Mutex<BTreeMap<NodeId, Option<ReplicaView>>>>);
 
 impl ReplicaHealth {
     /// Whether replica `id` knows a leader (this replica: right now; another:
@@ -33,7 +44,14 @@ impl ReplicaHealth {
         if id == node.id {
             return node.leader().is_some();
         }
-        self.0.lock().expect("replica health").get(&id).copied().unwrap_or(false)
+        self.view(id).is_some_and(|view| view.leader_id.is_some())
+    }
+
+    /// Replica `id`'s answer to the last probe; `None` if it did not answer
+    /// or was never probed. This replica is not probed: its own metrics are
+    /// current.
+    pub fn view(&self, id: NodeId) -> Option<ReplicaView> {
+        self.0.lock().expect("replica health").get(&id).copied().flatten()
     }
 
     /// Probes the members (other than this replica) forever.
@@ -62,17 +80,25 @@ impl ReplicaHealth {
                         client
                     }),
                 };
-                let knows_leader = match client {
-                    None => false,
+                let view = match client {
+                    None => None,
                     Some(mut client) => {
                         let probe = client.cluster_status(ClusterStatusRequest {});
                         match tokio::time::timeout(Duration::from_millis(REPLICA_PROBE_TIMEOUT_MS), probe).await {
-                            Ok(Ok(reply)) => reply.into_inner().leader_id.is_some(),
-                            _ => false,
+                            Ok(Ok(reply)) => {
+                                let reply = reply.into_inner();
+                                Some(ReplicaView {
+                                    leader_id: reply.leader_id,
+                                    term: reply.term,
+                                    commit_index: reply.commit_index,
+                                    applied_index: reply.applied_index,
+                                })
+                            }
+                            _ => None,
                         }
                     }
                 };
-                answers.insert(id, knows_leader);
+                answers.insert(id, view);
             }
             *self.0.lock().expect("replica health") = answers;
             tokio::time::sleep(Duration::from_millis(REPLICA_PROBE_INTERVAL_MS)).await;

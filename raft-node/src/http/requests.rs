@@ -136,7 +136,7 @@ pub async fn get(
     let reply = requests::get(&api.node, &caller, GetRequest { id, stale })
         .await
         .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
-    Ok(Json(response(&reply)?).into_response())
+    Ok(Json(record_json(&reply)?).into_response())
 }
 
 /// `GET /v1/requests?namespace=&requester=&provider=&state=&limit=&next=[&stale]`:
@@ -180,13 +180,35 @@ pub async fn list(
         .map_err(|status| HttpError::from_status(&api, &status, &uri))?
         .records;
     let next = (records.len() == limit).then(|| records.last().map(|record| record.request_id.clone()));
-    let requests = records.iter().map(response).collect::<Result<Vec<_>, _>>()?;
+    let requests = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({"requests": requests, "next": next.flatten()})).into_response())
 }
 
 /// A reply in the protocol's `allocation_response` shape.
 fn response(reply: &AllocationReply) -> Result<AllocationResponse, HttpError> {
     convert::response_from_reply(reply).map_err(|error| HttpError::internal(error.to_string()))
+}
+
+/// A record as `GET /v1/requests` answers it: the protocol's
+/// `allocation_response`, plus who asked, in which namespace, for what, at
+/// which priority and when (the web UI's allocation table shows them).
+fn record_json(reply: &AllocationReply) -> Result<Value, HttpError> {
+    let mut value = serde_json::to_value(response(reply)?).map_err(|error| HttpError::internal(error.to_string()))?;
+    if let (Value::Object(object), Some(request)) = (&mut value, &reply.request) {
+        let namespace = if request.namespace.is_empty() {
+            "default"
+        } else {
+            &request.namespace
+        };
+        object.insert("requester_id".into(), request.requester_id.clone().into());
+        object.insert("namespace".into(), namespace.into());
+        object.insert("priority".into(), request.priority.into());
+        let requirements: std::collections::BTreeMap<&String, &i64> = request.resource_requirements.iter().collect();
+        object.insert("resource_requirements".into(), json!(requirements));
+        object.insert("submitted_at_ms".into(), reply.submitted_at_ms.into());
+        object.insert("updated_at_ms".into(), reply.updated_at_ms.into());
+    }
+    Ok(value)
 }
 
 /// A parser's message, cut so that a huge bad value is not echoed back whole.

@@ -19,7 +19,7 @@ pub enum Call {
     Heartbeat,
     DeregisterProvider,
     Confirm,
-    // A consumer's writes, in its namespace only.
+    // A consumer's writes, in its namespace only (and an admin's release, in any).
     Allocate,
     Release,
     RenewLease,
@@ -77,7 +77,11 @@ impl Call {
         match self {
             Call::AppendEntries | Call::Vote | Call::InstallSnapshot => &[Role::ResourceManager],
             Call::RegisterProvider | Call::Heartbeat | Call::DeregisterProvider | Call::Confirm => &[Role::ResourceProvider],
-            Call::Allocate | Call::Release | Call::RenewLease | Call::Pipeline => &[Role::ResourceConsumer],
+            Call::Allocate | Call::RenewLease | Call::Pipeline => &[Role::ResourceConsumer],
+            // An operator frees what a stuck or departed holder keeps (the
+            // web UI's release action), in any namespace; it still neither
+            // allocates nor renews.
+            Call::Release => &[Role::ResourceConsumer, Role::Admin],
             // A provider's agent reads the allocations placed on it (to
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
@@ -145,7 +149,7 @@ mod tests {
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(
-            with(&[Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]),
+            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]),
             allowed(Role::Admin)
         );
     }

@@ -30,6 +30,10 @@ pub const AGENT_HEARTBEAT_MS: u64 = 300;
 pub const PROCESS_LIFETIME_MAX: Duration = Duration::from_secs(240);
 /// How long a fresh cluster may take to elect its first leader.
 pub const ELECTION_WAIT_MAX: Duration = Duration::from_secs(20);
+/// The membership refresh interval of the `qm` processes and clients
+/// started here: short, so that a test replacing replicas need not wait
+/// the default interval for each of them to learn the new ones.
+pub const MEMBERSHIP_REFRESH_MS: u64 = 500;
 
 /// Processes shared with the watchdog: killed on drop or when the test hangs.
 #[derive(Clone, Default)]
@@ -127,6 +131,8 @@ fn kill_all(children: &Mutex<Vec<(String, Child)>>) {
 pub struct Cluster {
     /// The `qm agent` and `qm watch` processes, by name.
     pub reaper: Reaper,
+    /// The replicas the cluster started with: every `qm` process's `--endpoints`.
+    seeds: Vec<String>,
     local: LocalCluster,
     /// Inventories and the `qm` processes' logs; kept when the test fails.
     root: Option<tempfile::TempDir>,
@@ -134,13 +140,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(size: usize) -> Cluster {
-        let flags = [
-            "--provider-failure-window-ms".to_owned(),
-            FAILURE_WINDOW_MS.to_string(),
-            "--tick-interval-ms".to_owned(),
-            TICK_INTERVAL_MS.to_string(),
-        ];
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Cluster::start_with(size, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` `qm-node` flags (`--http-peers`, say).
+    pub fn start_with(size: usize, extra: &[&str]) -> Cluster {
+        let failure_window = FAILURE_WINDOW_MS.to_string();
+        let tick = TICK_INTERVAL_MS.to_string();
+        let mut flags = vec!["--provider-failure-window-ms", &failure_window, "--tick-interval-ms", &tick];
+        flags.extend(extra);
         let local = LocalCluster::configure(&node_binary(), size as u64, &flags).expect("a cluster laid out");
         local.kill_after(PROCESS_LIFETIME_MAX);
         for id in 1..=size as u64 {
@@ -148,6 +156,7 @@ impl Cluster {
         }
         Cluster {
             reaper: Reaper::new(),
+            seeds: local.endpoints(),
             local,
             root: Some(tempfile::Builder::new().prefix("qm-agent-test-").tempdir().unwrap()),
         }
@@ -157,9 +166,10 @@ impl Cluster {
         self.root.as_ref().expect("held until drop").path()
     }
 
-    /// `addr,addr,...`, as `--endpoints` takes it.
+    /// `addr,addr,...`, as `--endpoints` takes it: the replicas laid out
+    /// when the cluster started.
     pub fn endpoints(&self) -> String {
-        self.local.endpoints().join(",")
+        self.seeds.join(",")
     }
 
     /// Starts (or restarts) replica `id` on its address and data directory.
@@ -171,13 +181,28 @@ impl Cluster {
         self.local.kill(id).unwrap_or_else(|error| panic!("kill {id}: {error}"));
     }
 
-    /// A client with test-sized timeouts.
+    /// Starts a blank replica `id` on a free port, to be added through the
+    /// API; returns its address. The `qm` processes started before it do
+    /// not have it in their `--endpoints`.
+    pub fn start_blank_node(&mut self, id: u64) -> String {
+        self.local
+            .add_blank_replica(id)
+            .unwrap_or_else(|error| panic!("start blank replica {id}: {error}"))
+    }
+
+    /// What the `qm` process called `name` logged on stderr so far.
+    pub fn qm_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// A client with test-sized timeouts, configured with the replicas the cluster started with.
     pub fn client(&self) -> Client {
         Client::new(ClientConfig {
             request_timeout_ms: 5_000,
             attempt_timeout_ms: 1_000,
             connect_timeout_ms: 300,
-            ..ClientConfig::with_endpoints(self.local.endpoints())
+            membership_refresh_interval_ms: MEMBERSHIP_REFRESH_MS,
+            ..ClientConfig::with_endpoints(self.seeds.clone())
         })
         .unwrap()
     }
@@ -271,6 +296,7 @@ impl Cluster {
         }
         command
             .args(["--endpoints", &self.endpoints(), "--timeout-ms", "5000"])
+            .args(["--membership-refresh-interval-ms", &MEMBERSHIP_REFRESH_MS.to_string()])
             .args(args)
             .stdin(Stdio::null());
         command

@@ -160,9 +160,15 @@ impl TestCluster {
         client_for(self.endpoints())
     }
 
-    /// A client that knows only replica `id` (and leaders it is told of).
+    /// A client that knows only replica `id` (and leaders it is told of):
+    /// it does not follow the membership, so every answer it gets comes
+    /// from that replica or a leader named to it.
     pub fn node_client(&self, id: u64) -> Client {
-        client_for(vec![self.node(id).addr.clone()])
+        let config = ClientConfig {
+            follow_membership: false,
+            ..client_for(vec![self.node(id).addr.clone()]).config().clone()
+        };
+        Client::new(config).expect("a valid client config")
     }
 
     /// Waits until every running, unpaused replica names the same leader and
