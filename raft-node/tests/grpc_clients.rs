@@ -58,7 +58,11 @@ fn run_python_client(dir: &Path, endpoints: &[String]) -> Vec<Value> {
     }
     let output = child.wait_with_output().expect("output");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "the Python client failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the Python client failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     stdout
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
@@ -88,7 +92,12 @@ async fn a_python_client_from_generated_stubs_allocates_follows_the_leader_and_r
         // --- reflection: both versions list the API
         let reflection = step("reflection");
         for version in ["v1alpha", "v1"] {
-            let services: Vec<&str> = reflection[version].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+            let services: Vec<&str> = reflection[version]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect();
             assert!(services.contains(&"quartermaster.v1.Quartermaster"), "{version}: {services:?}");
         }
 
@@ -102,7 +111,10 @@ async fn a_python_client_from_generated_stubs_allocates_follows_the_leader_and_r
 
         // --- allocated, and a retry with the same request_id is the same record
         let allocated = step("allocated");
-        assert_eq!(("ALLOCATION_STATUS_ALLOCATED", "REQUEST_STATE_MONITORING"), (allocated["status"].as_str().unwrap(), allocated["state"].as_str().unwrap()));
+        assert_eq!(
+            ("ALLOCATION_STATUS_ALLOCATED", "REQUEST_STATE_MONITORING"),
+            (allocated["status"].as_str().unwrap(), allocated["state"].as_str().unwrap())
+        );
         assert_eq!("py_node", allocated["provider_id"]);
         let retried = step("retried");
         assert_eq!(allocated["allocation_id"], retried["allocation_id"]);
@@ -110,11 +122,18 @@ async fn a_python_client_from_generated_stubs_allocates_follows_the_leader_and_r
 
         // --- bad input: INVALID_ARGUMENT with x-qm-field
         let bad = step("bad_input");
-        assert_eq!(("INVALID_ARGUMENT", "resource_requirements.cpu_cores"), (bad["code"].as_str().unwrap(), bad["field"].as_str().unwrap()), "{bad}");
+        assert_eq!(
+            ("INVALID_ARGUMENT", "resource_requirements.cpu_cores"),
+            (bad["code"].as_str().unwrap(), bad["field"].as_str().unwrap()),
+            "{bad}"
+        );
 
         // --- released: the state says so (status stays the placement decision)
         let released = step("released");
-        assert_eq!(("REQUEST_STATE_IDLE", "released"), (released["state"].as_str().unwrap(), released["reason"].as_str().unwrap()));
+        assert_eq!(
+            ("REQUEST_STATE_IDLE", "released"),
+            (released["state"].as_str().unwrap(), released["reason"].as_str().unwrap())
+        );
         assert_eq!("ALLOCATION_STATUS_ALLOCATED", released["status"]);
 
         // --- a heartbeat of an unknown provider: known is false
@@ -170,7 +189,12 @@ async fn no_replica_names_a_dead_leader_after_the_election_timeout() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(asked >= 5, "asked {asked} times");
-        let status = client(&survivor).await.cluster_status(ClusterStatusRequest {}).await.expect("status").into_inner();
+        let status = client(&survivor)
+            .await
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
         assert_eq!((None, String::new()), (status.leader_id, status.leader_addr));
         assert!(status.members.iter().all(|member| member.role != "leader"), "{:?}", status.members);
     })

@@ -214,11 +214,18 @@ async fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
         // --- and the replica says so in its log, naming the peer
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !cluster.logs().contains("TLS handshake refused") {
-            assert!(std::time::Instant::now() < deadline, "no refused handshake logged: {}", cluster.logs());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refused handshake logged: {}",
+                cluster.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let logged = cluster.logs();
-        let line = logged.lines().find(|line| line.contains("TLS handshake refused")).expect("the line");
+        let logged = without_colours(&cluster.logs());
+        let line = logged
+            .lines()
+            .find(|line| line.contains("TLS handshake refused"))
+            .expect("the line");
         assert!(line.contains("remote=127.0.0.1:") && line.contains("listener=\"gRPC\""), "{line}");
 
         // --- the wrong role for the call: PERMISSION_DENIED, naming who may
@@ -612,4 +619,23 @@ async fn a_replica_without_tls_says_it_is_insecure() {
 fn trusting_only(ca: &Path) -> tonic::transport::ClientTlsConfig {
     let pem = std::fs::read(ca).expect("ca.crt");
     tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem))
+}
+
+/// `text` without the terminal colour codes the replicas' log lines carry.
+fn without_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for code in chars.by_ref() {
+                if code == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }

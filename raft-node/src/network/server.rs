@@ -51,7 +51,10 @@ impl RaftService for RaftRpcServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.guard.admit(&request, Call::AppendEntries)?;
         let result = self.raft.append_entries(decode_request(request)?).await;
-        if matches!(result, Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict)) {
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict)
+        ) {
             self.leader_contact.heard();
         }
         reply(&result)

@@ -39,10 +39,7 @@ const ACCEPTED_QUEUE: usize = 64;
 
 /// The connections of `incoming` that completed a mutual TLS handshake
 /// with `config`, as tonic's `serve_with_incoming` takes them.
-pub fn tls_incoming(
-    mut incoming: TcpIncoming,
-    config: Arc<rustls::ServerConfig>,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+pub fn tls_incoming(mut incoming: TcpIncoming, config: Arc<rustls::ServerConfig>) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (accepted, stream) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
     let acceptor = TlsAcceptor::from(config);
     let refused = Arc::new(RefusedHandshakes::new("gRPC"));
@@ -113,7 +110,7 @@ impl RefusedHandshakes {
                         "{left_out_before} more refused TLS handshakes in the last window were not logged one by one"
                     );
                 }
-                warn!(listener, %remote, reason, "TLS handshake refused: a client needs a certificate of this cluster's CA (SECURITY.md)");
+                warn!(listener, %remote, reason, "TLS handshake refused: a client needs TLS and a certificate of this cluster's CA (SECURITY.md)");
             }
             Admit::Count => {}
         }
@@ -122,7 +119,10 @@ impl RefusedHandshakes {
     fn admit(&self, now: Instant) -> Admit {
         let mut window = self.window.lock().expect("refused handshakes lock");
         let mut left_out_before = 0;
-        if window.started.is_none_or(|started| now.saturating_duration_since(started) >= REFUSED_HANDSHAKE_WINDOW) {
+        if window
+            .started
+            .is_none_or(|started| now.saturating_duration_since(started) >= REFUSED_HANDSHAKE_WINDOW)
+        {
             left_out_before = window.left_out;
             *window = Window {
                 started: Some(now),
@@ -162,13 +162,7 @@ mod tests {
         assert_eq!(Admit::Count, refused.admit(start + Duration::from_secs(1)));
         assert_eq!(Admit::Count, refused.admit(start + Duration::from_secs(2)));
         // The next window logs again, first saying how many were left out.
-        assert_eq!(
-            Admit::Log { left_out_before: 2 },
-            refused.admit(start + REFUSED_HANDSHAKE_WINDOW)
-        );
-        assert_eq!(
-            Admit::Log { left_out_before: 0 },
-            refused.admit(start + REFUSED_HANDSHAKE_WINDOW)
-        );
+        assert_eq!(Admit::Log { left_out_before: 2 }, refused.admit(start + REFUSED_HANDSHAKE_WINDOW));
+        assert_eq!(Admit::Log { left_out_before: 0 }, refused.admit(start + REFUSED_HANDSHAKE_WINDOW));
     }
 }

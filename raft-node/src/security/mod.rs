@@ -87,8 +87,10 @@ impl MutualTls {
             })
         };
         let cert = read("cert", &files.cert)?;
-        let key = read("key", &files.key)?;
-        let ca = read("ca", &files.ca)?;
+        // Read here too, so that a missing file is named by its own flag
+        // before rustls parses them all.
+        read("key", &files.key)?;
+        read("ca", &files.ca)?;
         let (identity, not_after) = read_own_certificate(&cert).map_err(|reason| TlsSetupError::File {
             flag: "cert",
             path: files.cert.display().to_string(),
