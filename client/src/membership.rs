@@ -10,7 +10,7 @@
 //! stranded with a healthy cluster next to it (the 56 failed calls at the
 //! end of qm-jepsen's membership run, issue 24). A refresh reads the
 //! membership (`ClusterStatus`, which every role may call) and adds the
-//! members to the [`ReplicaSet`](crate::replicas::ReplicaSet):
+//! members to the client's `ReplicaSet` (`replicas.rs`):
 //!
 //! ```text
 //!  Client::new ──spawn──▶ refresh task ──▶ ask the believed leader, else each known replica in turn
