@@ -13,7 +13,7 @@ if command -v rustup >/dev/null 2>&1; then
   done
 fi
 
-step "install the services the tests use (RabbitMQ, Prometheus, pika, py-consul)"
+step "install the services the tests use (RabbitMQ, Prometheus, Chromium with Playwright, a Python venv with pika, py-consul and grpcio)"
 scripts/install-services.sh
 
 step "cargo fmt --check"
