@@ -164,3 +164,31 @@ fn usage_reports_capacity_use_and_failed_capacity() {
     };
     assert_eq!(expected, t.table.usage());
 }
+
+#[test]
+fn a_snapshot_claiming_a_string_past_the_limit_is_refused_not_allocated() {
+    use qm_state_machine::table::SNAPSHOT_DECODED_BYTES_MAX;
+    let mut t = Table::new();
+    t.register(provider("node_with_a_long_name", cores("cpu", 2)));
+    let bytes = t.table.to_snapshot_bytes();
+    // The provider id as encoded (its length, then its bytes), and the
+    // same place claiming 2^60 bytes instead (bincode's varint: 0xFD, u64).
+    let id = b"node_with_a_long_name";
+    let mut encoded_id = vec![id.len() as u8];
+    encoded_id.extend_from_slice(id);
+    let at = bytes
+        .windows(encoded_id.len())
+        .position(|window| window == encoded_id)
+        .expect("the id is in the snapshot");
+    let mut corrupt = bytes[..at].to_vec();
+    corrupt.push(0xFD);
+    corrupt.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    corrupt.extend_from_slice(&bytes[at + 1..]);
+    const _: () = assert!((1usize << 60) > SNAPSHOT_DECODED_BYTES_MAX);
+
+    // Without the limit the allocation aborts the process.
+    assert!(matches!(
+        AllocationTable::from_snapshot_bytes(&corrupt),
+        Err(SnapshotError::Decode(_))
+    ));
+}

@@ -47,7 +47,7 @@ use record_map::RecordMap;
 pub use cursors::Cursor;
 pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
-pub use snapshot::SNAPSHOT_FORMAT_VERSION;
+pub use snapshot::{SNAPSHOT_DECODED_BYTES_MAX, SNAPSHOT_FORMAT_VERSION};
 
 /// The replicated allocation table. Apply the same commands in the same order
 /// and two tables are equal, down to their snapshot bytes.

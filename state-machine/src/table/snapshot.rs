@@ -12,6 +12,15 @@ use crate::error::SnapshotError;
 /// table's named cursors; version 4 the providers' address and port.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 
+/// The string contents one snapshot decode may claim, in total. bincode
+/// allocates a string's claimed length before reading it, so a corrupt
+/// snapshot claiming 2^60 bytes would abort the replica instead of being
+/// refused (found by fuzzing: `fuzz/corpus/snapshot`). A genuine snapshot's
+/// strings are smaller than the snapshot itself; 4 GiB leaves room for ten
+/// million allocations. A claim below it is reserved (virtual memory, not
+/// touched) until the read past the end of the bytes fails.
+pub const SNAPSHOT_DECODED_BYTES_MAX: usize = 4 << 30;
+
 /// Room reserved per remembered request when writing a snapshot; a request
 /// with a few grants encodes in about 300 bytes.
 const SNAPSHOT_BYTES_PER_REQUEST_ESTIMATE: usize = 512;
@@ -67,7 +76,7 @@ impl AllocationTable {
     }
 
     pub fn from_snapshot_bytes(bytes: &[u8]) -> Result<AllocationTable, SnapshotError> {
-        let config = bincode::config::standard();
+        let config = bincode::config::standard().with_limit::<SNAPSHOT_DECODED_BYTES_MAX>();
         let decode_error = |error: bincode::error::DecodeError| SnapshotError::Decode(error.to_string());
         // The version first, alone, so a snapshot of another layout is named as such.
         let (version, version_len): (u32, usize) = bincode::serde::decode_from_slice(bytes, config).map_err(decode_error)?;
