@@ -33,6 +33,16 @@ pub const CURSORS_MAX: usize = 64;
 /// Longest hold of a cursor: a holder that vanishes blocks the others for
 /// at most this long.
 pub const CURSOR_HOLD_MS_MAX: u64 = 5 * 60 * 1000;
+/// Requests one bulk release ([`crate::Command::ReleaseMatching`]) releases
+/// or cancels in one log entry; the rest wait for the next entry, which
+/// continues after the last id this one reached. About a millisecond of
+/// apply per entry, so heartbeats and elections never wait behind a
+/// million releases.
+pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
+/// Records one bulk release entry looks at (matching or not) before it
+/// stops and names where the next entry continues: a filter that matches
+/// few of many records still costs a bounded apply.
+pub const BULK_RELEASE_EXAMINED_PER_COMMAND_MAX: usize = 16 * 1024;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
 

@@ -12,6 +12,15 @@ use crate::event::{EventKind, ResourceState};
 use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
 
+/// What releasing a live request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Released {
+    /// An active allocation let go of its units.
+    Released,
+    /// A queued request left the queue.
+    Cancelled,
+}
+
 /// How a grant came about, for the event it emits.
 pub(super) enum GrantCause {
     /// First placement of a new or queued request.
@@ -86,19 +95,30 @@ impl AllocationTable {
 
     pub(super) fn release(&mut self, id: Uuid) -> ApplyResult {
         let request_id = self.resolve(id)?;
+        if self.release_live(request_id).is_some() {
+            self.examine_queue();
+        }
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
+    }
+
+    /// Releases the active allocation or cancels the queued request
+    /// `request_id`, without re-examining the queue (the caller does, once).
+    /// `None` if it was finished already (releasing is idempotent).
+    pub(super) fn release_live(&mut self, request_id: Uuid) -> Option<Released> {
         let mut record = match self.requests[&request_id].state {
             RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
-            // Released, expired or rejected already: releasing is idempotent.
-            _ => return Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id]))),
+            // Released, expired or rejected already.
+            _ => return None,
         };
         let request = &record.request;
-        if record.state == RequestState::Queued {
+        let released = if record.state == RequestState::Queued {
             self.emit(EventKind::RequestCancelled {
                 request_id,
                 namespace: request.namespace.clone(),
             });
             record.state = RequestState::Idle;
             record.reason = Some("cancelled".to_owned());
+            Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
             let confirms = self.providers[&placement.provider_id].confirms_allocations;
@@ -111,10 +131,10 @@ impl AllocationTable {
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
             record.reason = Some("released".to_owned());
             record.lease_expires_at_ms = None;
-        }
+            Released::Released
+        };
         self.put_record(record);
-        self.examine_queue();
-        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
+        Some(released)
     }
 
     pub(super) fn renew_lease(&mut self, id: Uuid) -> ApplyResult {

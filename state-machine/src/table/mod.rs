@@ -19,6 +19,7 @@
 //! [`Command::Tick`] rejects), and a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
 
+mod bulk_release;
 mod cursors;
 mod id_hash_map;
 mod id_key;
@@ -188,6 +189,7 @@ impl AllocationTable {
                 revision,
                 hold_ms,
             } => self.advance_cursor(name, holder, *revision, *hold_ms),
+            Command::ReleaseMatching { filter, after } => self.release_matching(filter, *after),
         }
     }
 
