@@ -73,6 +73,11 @@ pub struct TableConfig {
     /// Events kept for watchers resuming from a revision; older revisions are
     /// compacted, as etcd's watch history is.
     pub event_history_max: usize,
+    /// Allocations moved off failed providers per applied command. A
+    /// `ProviderFailed` moves this many at most; the rest move in the
+    /// commands after it (the leader proposes ticks while any are left), so
+    /// a hundred providers failing at once never hold apply for seconds.
+    pub evacuations_per_command_max: usize,
 }
 
 impl Default for TableConfig {
@@ -86,6 +91,7 @@ impl Default for TableConfig {
             queue_len_max: 100_000,
             expirations_per_tick_max: 4096,
             event_history_max: 10_000,
+            evacuations_per_command_max: 1024,
         }
     }
 }

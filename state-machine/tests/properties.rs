@@ -329,6 +329,7 @@ fn tight_config() -> TableConfig {
         queue_len_max: 5,
         expirations_per_tick_max: 2,
         event_history_max: 24,
+        evacuations_per_command_max: 2,
     }
 }
 

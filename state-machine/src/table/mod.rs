@@ -16,8 +16,10 @@
 //! at most [`TableConfig::placement_candidates_max`] providers, freed capacity
 //! re-examines at most [`TableConfig::queue_examined_per_free_max`] queued
 //! requests (skipping those past their deadline, which the next
-//! [`Command::Tick`] rejects), and a tick handles at most
-//! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
+//! [`Command::Tick`] rejects), a tick handles at most
+//! [`TableConfig::expirations_per_tick_max`] expiries and rejections, and a
+//! command moves at most [`TableConfig::evacuations_per_command_max`]
+//! allocations off failed providers (the rest in the commands after it).
 
 mod bulk_release;
 mod cursors;
@@ -72,6 +74,11 @@ pub struct AllocationTable {
     history: VecDeque<Event>,
     /// Named cursors into the history, at most [`crate::limits::CURSORS_MAX`].
     cursors: BTreeMap<String, Cursor>,
+    /// Failed providers whose allocations are still being moved, with the
+    /// reason their queued ones get: at most
+    /// [`TableConfig::evacuations_per_command_max`] move per command, in
+    /// provider-id order, each provider's oldest first.
+    evacuating: BTreeMap<String, String>,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -96,6 +103,7 @@ impl AllocationTable {
             requests: RecordMap::default(),
             history: VecDeque::new(),
             cursors: BTreeMap::new(),
+            evacuating: BTreeMap::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -136,7 +144,12 @@ impl AllocationTable {
         let operation_type = command.operation_type();
         let result = self.dispatch(command);
         match &result {
-            Ok(_) => self.evict_finished(),
+            Ok(_) => {
+                // Every successful command carries on with a bounded share
+                // of a pending evacuation, after its own work.
+                self.continue_evacuations();
+                self.evict_finished();
+            }
             Err(_) => {
                 assert!(self.pending_events.is_empty(), "a failed {operation_type} emitted events");
                 self.clock_ms = clock_before;

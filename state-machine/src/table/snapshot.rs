@@ -9,8 +9,10 @@ use crate::error::SnapshotError;
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
 /// another version rather than misreading them.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
-/// table's named cursors; version 4 the providers' address and port.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+/// table's named cursors; version 4 the providers' address and port;
+/// version 5 the failed providers still being evacuated and
+/// `TableConfig::evacuations_per_command_max` (bounded evacuation).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 
 /// Room reserved per remembered request when writing a snapshot; a request
 /// with a few grants encodes in about 300 bytes.
@@ -47,6 +49,7 @@ impl AllocationTable {
             requests: self.requests.clone(),
             history: self.history.clone(),
             cursors: self.cursors.clone(),
+            evacuating: self.evacuating.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
