@@ -83,6 +83,7 @@ fn every_command_parses() {
         vec!["cluster", "remove", "--id", "4"],
         vec!["provider", "register", "--file", "node_1.json"],
         vec!["provider", "list", "--stale"],
+        vec!["provider", "list", "--all"],
         vec!["provider", "deregister", "node_1"],
         vec!["allocate", "--file", "-"],
         vec!["allocate", "--requester", "agent_123", "--cpu-cores", "2"],

@@ -35,6 +35,7 @@ mod load;
 mod output;
 mod provider;
 mod state;
+mod summary;
 mod table;
 mod top;
 mod watch;
