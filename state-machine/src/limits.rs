@@ -35,9 +35,9 @@ pub const CURSORS_MAX: usize = 64;
 pub const CURSOR_HOLD_MS_MAX: u64 = 5 * 60 * 1000;
 /// Requests one bulk release ([`crate::Command::ReleaseMatching`]) releases
 /// or cancels in one log entry; the rest wait for the next entry, which
-/// continues after the last id this one reached. About a millisecond of
-/// apply per entry, so heartbeats and elections never wait behind a
-/// million releases.
+/// continues after the last id this one reached. A few milliseconds of
+/// apply per entry (`examples/mass_failure.rs`), so heartbeats and
+/// elections never wait behind a million releases.
 pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
 /// Records one bulk release entry looks at (matching or not) before it
 /// stops and names where the next entry continues: a filter that matches
