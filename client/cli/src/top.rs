@@ -206,8 +206,13 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
     let failed = list_cell(&state.failed_providers, TOP_SEE_ALL);
     writeln!(
         out,
-        "queue {} · active allocations {} · failed providers: {failed}",
-        state.queue_len, state.active_allocations
+        "queue {} · active allocations {} · failed providers: {failed}{}",
+        state.queue_len,
+        state.active_allocations,
+        match state.evacuations_pending {
+            0 => String::new(),
+            pending => format!(" · {pending} allocations still to move"),
+        }
     )?;
     Ok(String::from_utf8(out).expect("written from strings"))
 }
@@ -341,6 +346,7 @@ mod tests {
                 active_allocations: 1,
                 failed_providers: vec!["agent-a".to_owned()],
                 revision: 42,
+                evacuations_pending: 0,
             },
             providers: vec![api::ProviderInfo {
                 provider_id: "agent-b".to_owned(),

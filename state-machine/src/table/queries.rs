@@ -55,6 +55,10 @@ pub struct Usage {
     pub active_allocations: u64,
     pub failed_providers: Vec<String>,
     pub revision: u64,
+    /// Allocations still on failed providers, to be moved by the next
+    /// commands (bounded evacuation); 0 once every move is done.
+    #[serde(default)]
+    pub evacuations_pending: u64,
 }
 
 /// A watcher asked for history the table no longer keeps.
@@ -158,6 +162,7 @@ impl AllocationTable {
             });
         }
         Usage {
+            evacuations_pending: self.evacuations_pending() as u64,
             by_kind,
             providers,
             queue_len: self.index.queue.len() as u64,
