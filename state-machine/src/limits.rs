@@ -78,6 +78,10 @@ pub struct TableConfig {
     /// commands after it (the leader proposes ticks while any are left), so
     /// a hundred providers failing at once never hold apply for seconds.
     pub evacuations_per_command_max: usize,
+    /// Leases a new leader's `RefreshLeases` gives a fresh window per
+    /// applied command; the rest in the commands after it, during which no
+    /// lease expires.
+    pub lease_refreshes_per_command_max: usize,
 }
 
 impl Default for TableConfig {
@@ -92,6 +96,7 @@ impl Default for TableConfig {
             expirations_per_tick_max: 4096,
             event_history_max: 10_000,
             evacuations_per_command_max: 1024,
+            lease_refreshes_per_command_max: 4096,
         }
     }
 }

@@ -149,3 +149,47 @@ fn a_snapshot_taken_mid_evacuation_carries_on_identically() {
     assert_eq!(t.table.to_snapshot_bytes(), restored.table.to_snapshot_bytes());
     assert_eq!(0, restored.table.evacuations_pending());
 }
+
+#[test]
+fn a_lease_refresh_goes_on_across_commands_and_nothing_expires_meanwhile() {
+    // --- five leases of 5 s taken at T0, two refreshed per command
+    let mut t = Table::with_config(TableConfig {
+        lease_refreshes_per_command_max: 2,
+        ..TableConfig::default()
+    });
+    t.register(provider("node_a", cores("a", 5)));
+    for n in 1..=5 {
+        t.allocate(&qm_state_machine::AllocationRequest {
+            lease_ttl_ms: Some(5_000),
+            ..request(n, &[("cpu_cores", 1)])
+        });
+    }
+
+    // --- a new leader refreshes at +4 s: two now, the rest after
+    t.now_ms = T0 + 4_000;
+    let applied = t.apply(Command::RefreshLeases);
+    assert_eq!(Ok(CommandResponse::LeasesRefreshed { leases: 5 }), applied.result);
+    assert!(t.table.lease_refresh_pending());
+    assert_eq!(Some(T0 + 4_000), t.table.next_due_ms());
+
+    // --- a tick past the old expiry expires nothing while the refresh goes on
+    t.now_ms = T0 + 6_000;
+    assert_eq!(
+        Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
+        t.apply(Command::Tick).result
+    );
+    // Refreshed leases move later in the lease index and are met again,
+    // unchanged: the walk is at most twice the leases, plus one command.
+    let mut ticks = 1;
+    while t.table.lease_refresh_pending() {
+        assert_eq!(
+            Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
+            t.apply(Command::Tick).result
+        );
+        ticks += 1;
+    }
+    assert_eq!(5, ticks, "each lease met at most twice, two a command");
+    let expiries: Vec<Option<u64>> = (1..=5).map(|n| t.record(id(n)).lease_expires_at_ms).collect();
+    assert_eq!(vec![Some(T0 + 9_000); 5], expiries, "every lease a full TTL from the refresh");
+    assert!((1..=5).all(|n| t.record(id(n)).state == RequestState::Monitoring));
+}

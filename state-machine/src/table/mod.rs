@@ -52,6 +52,14 @@ pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 
+/// A lease refresh under way: every lease gets at least `from_ms` plus its
+/// TTL, walked in the lease index's order after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LeaseRefresh {
+    from_ms: u64,
+    after: Option<(u64, Uuid)>,
+}
+
 /// The replicated allocation table. Apply the same commands in the same order
 /// and two tables are equal, down to their snapshot bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +87,9 @@ pub struct AllocationTable {
     /// [`TableConfig::evacuations_per_command_max`] move per command, in
     /// provider-id order, each provider's oldest first.
     evacuating: BTreeMap<String, String>,
+    /// A new leader's lease refresh still under way: no lease expires
+    /// until it is done.
+    lease_refresh: Option<LeaseRefresh>,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -104,6 +115,7 @@ impl AllocationTable {
             history: VecDeque::new(),
             cursors: BTreeMap::new(),
             evacuating: BTreeMap::new(),
+            lease_refresh: None,
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -147,6 +159,7 @@ impl AllocationTable {
             Ok(_) => {
                 // Every successful command carries on with a bounded share
                 // of a pending evacuation, after its own work.
+                self.continue_lease_refresh();
                 self.continue_evacuations();
                 self.evict_finished();
             }

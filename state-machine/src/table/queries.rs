@@ -200,12 +200,13 @@ impl AllocationTable {
     }
 
     /// When the next tick has work: the earliest lease expiry or deadline,
-    /// or now while allocations are still to move off failed providers.
+    /// or now while allocations are still to move off failed providers or a
+    /// lease refresh is under way.
     /// The leader proposes a `Tick` once its clock reaches this.
     pub fn next_due_ms(&self) -> Option<u64> {
         let lease = self.index.leases.first().map(|(at, _)| *at);
         let deadline = self.index.deadlines.first().map(|(at, _)| *at);
-        let evacuation = (!self.evacuating.is_empty()).then_some(self.clock_ms);
+        let evacuation = (!self.evacuating.is_empty() || self.lease_refresh.is_some()).then_some(self.clock_ms);
         lease.into_iter().chain(deadline).chain(evacuation).min()
     }
 

@@ -10,8 +10,9 @@ use crate::error::SnapshotError;
 /// another version rather than misreading them.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
 /// table's named cursors; version 4 the providers' address and port;
-/// version 5 the failed providers still being evacuated and
-/// `TableConfig::evacuations_per_command_max` (bounded evacuation).
+/// version 5 the failed providers still being evacuated, a lease refresh
+/// in progress and their bounds in `TableConfig` (bounded evacuation and
+/// lease refresh).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 
 /// Room reserved per remembered request when writing a snapshot; a request
@@ -50,6 +51,7 @@ impl AllocationTable {
             history: self.history.clone(),
             cursors: self.cursors.clone(),
             evacuating: self.evacuating.clone(),
+            lease_refresh: self.lease_refresh.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
