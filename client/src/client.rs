@@ -38,6 +38,17 @@ pub use crate::call_plan::{LEADER_WAITS_MAX, REDIRECTS_MAX};
 /// Longest pause between two polls of a queued request in `allocate_and_wait`.
 pub const WAIT_POLL_MS_MAX: u64 = 1_000;
 
+/// Log entries one `ReleaseMatching` call of [`Client::release_matching`]
+/// asks for (at most 1,024 releases each): a few dozen commits, well inside
+/// the default attempt timeout of 2 s, so a million releases are some thirty
+/// calls that each finish, rather than one that a timeout cuts short.
+pub const RELEASE_MATCHING_ENTRIES_PER_CALL: u32 = 32;
+/// Calls [`Client::release_matching`] makes at most: each moves strictly
+/// forward in request-id order, so this is only a backstop against a
+/// namespace that keeps filling as fast as it is emptied (some four billion
+/// releases).
+pub const RELEASE_MATCHING_CALLS_MAX: usize = 131_072;
+
 /// Which confirmation a provider's agent sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Confirmation {
@@ -209,6 +220,44 @@ impl Client {
                 replica.write(request).await
             })
             .await
+    }
+
+    /// Releases every active allocation and cancels every queued request
+    /// matching all the non-empty fields (a requester needs its namespace),
+    /// in calls of [`RELEASE_MATCHING_ENTRIES_PER_CALL`] log entries, each
+    /// continuing where the last stopped, until none is left. Safe to retry:
+    /// a repeat releases what is left. Answers the totals.
+    pub async fn release_matching(
+        &self,
+        namespace: &str,
+        requester_id: &str,
+        provider_id: &str,
+    ) -> Result<api::ReleaseMatchingReply, Error> {
+        let mut total = api::ReleaseMatchingReply::default();
+        let mut after = String::new();
+        for _ in 0..RELEASE_MATCHING_CALLS_MAX {
+            let message = api::ReleaseMatchingRequest {
+                namespace: namespace.to_owned(),
+                requester_id: requester_id.to_owned(),
+                provider_id: provider_id.to_owned(),
+                after: after.clone(),
+                entries_max: RELEASE_MATCHING_ENTRIES_PER_CALL,
+            };
+            let reply = self
+                .inner
+                .call("release_matching", CallKind::Write, message, |replica, request| async move {
+                    replica.client().release_matching(request).await
+                })
+                .await?;
+            total.released += reply.released;
+            total.cancelled += reply.cancelled;
+            total.entries += reply.entries;
+            if reply.next.is_empty() {
+                break;
+            }
+            after = reply.next;
+        }
+        Ok(total)
     }
 
     /// Extends an allocation's lease by its TTL from now.

@@ -24,6 +24,43 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
+/// Upper bounds of the apply-duration histogram's buckets, in seconds: one
+/// command's apply is microseconds, a mass failure's used to be seconds.
+const APPLY_BUCKETS_S: [f64; 14] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// How long applying each command to the table took on this replica (every
+/// replica applies every command): a histogram and the longest so far.
+/// Clones share their state; the store observes, the scrape renders.
+#[derive(Clone, Debug)]
+pub struct ApplyDurations {
+    histogram: Histogram,
+    max_us: std::sync::Arc<AtomicU64>,
+}
+
+impl Default for ApplyDurations {
+    fn default() -> Self {
+        ApplyDurations {
+            histogram: Histogram::new(APPLY_BUCKETS_S),
+            max_us: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl ApplyDurations {
+    pub fn observe(&self, took: std::time::Duration) {
+        self.histogram.observe(took.as_secs_f64());
+        self.max_us
+            .fetch_max(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The longest apply of one command since the replica started, in µs.
+    pub fn max_us(&self) -> u64 {
+        self.max_us.load(Ordering::Relaxed)
+    }
+}
+
 /// Label sets kept per metric; past this, new label sets are counted under
 /// `other` so a flood of distinct requester ids cannot exhaust memory.
 pub const LABEL_SETS_MAX: usize = 10_000;
@@ -136,8 +173,20 @@ impl Metrics {
     }
 
     /// The whole exposition (OpenMetrics text, [`CONTENT_TYPE`]).
-    pub fn render(&self, raft: &RaftSample, utilization: &[UtilizationSample]) -> String {
+    pub fn render(&self, raft: &RaftSample, utilization: &[UtilizationSample], apply: &ApplyDurations) -> String {
         let mut registry = Registry::default();
+        registry.register(
+            "apply_duration_seconds",
+            "Time to apply one command to the table on this replica",
+            apply.histogram.clone(),
+        );
+        let longest = Gauge::<f64, AtomicU64>::default();
+        longest.set(apply.max_us() as f64 / 1e6);
+        registry.register(
+            "apply_duration_max_seconds",
+            "The longest apply of one command since this replica started",
+            longest,
+        );
         registry.register(
             "allocation_latency",
             "Time from receiving an allocate call to answering it, in seconds",
@@ -233,9 +282,14 @@ mod tests {
             consumer_id: "agent_123".into(),
             utilization: 1.0,
         }];
-        let text = metrics.render(&raft, &utilization);
+        let apply = ApplyDurations::default();
+        apply.observe(std::time::Duration::from_micros(300));
+        let text = metrics.render(&raft, &utilization, &apply);
         for expected in [
             "# TYPE allocation_latency histogram",
+            "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
+            "apply_duration_max_seconds 0.0003",
             "allocation_latency_bucket{le=\"0.005\",resource_type=\"cpu_cores\",priority=\"1\"} 1",
             "allocation_latency_bucket{le=\"0.002\",resource_type=\"cpu_cores\",priority=\"1\"} 0",
             "allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1",

@@ -1,6 +1,7 @@
 //! The protocol's JSON API over HTTP, driven by curl against real replicas:
 //! allocate (the protocol's example), idempotent retries, bad input that
 //! changes nothing, a 10 MB body, unknown ids, paging, `?wait`, release,
+//! bulk release,
 //! a follower's redirect, and the event stream as Server-Sent Events.
 
 mod http_support;
@@ -153,6 +154,22 @@ async fn curl_allocates_the_protocol_example_and_bad_input_changes_nothing() {
         let waited: Value = serde_json::from_slice(&waited.stdout).expect("the waiting call answers JSON");
         assert_eq!("monitoring", waited["state"], "{waited}");
         assert_eq!(queued["request_id"], waited["request_id"]);
+
+        // --- bulk release: an empty filter is a 400 naming it; agent_7's, then nothing left
+        for (body, field) in [("{}", "filter"), (r#"{"requester_id": "agent_7"}"#, "requester_id")] {
+            let refused = post(&url("/v1/release/matching"), body);
+            assert_eq!((400, json!(field)), (refused.status, refused.json()["field"].clone()), "{body}");
+        }
+        let bulk = r#"{"namespace": "default", "requester_id": "agent_7"}"#;
+        let released = post(&url("/v1/release/matching"), bulk);
+        assert_eq!(200, released.status, "{released:?}");
+        let answer = released.json();
+        assert!(answer["released"].as_u64().unwrap_or_default() >= 1, "{answer}");
+        assert_eq!(Value::Null, answer["next"], "{answer}");
+        let again = post(&url("/v1/release/matching"), bulk).json();
+        assert_eq!((json!(0), json!(0)), (again["released"].clone(), again["cancelled"].clone()), "{again}");
+        let after = get(&url(&format!("/v1/requests/{}", waited["request_id"].as_str().unwrap()))).json();
+        assert_eq!("idle", after["state"], "{after}");
     })
     .await;
 }

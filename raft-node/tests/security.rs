@@ -509,6 +509,90 @@ async fn namespaces_and_providers_are_isolated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_release_is_held_to_the_consumers_namespace_and_refused_to_providers() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::generate();
+        let (_cluster, leader) = start_tls_cluster(&pki).await;
+        let mut provider_a = as_holder(&leader, &pki, "node_a").await;
+        let mut team_a = as_holder(&leader, &pki, "team-a").await;
+        let mut team_b = as_holder(&leader, &pki, "team-b").await;
+        let mut admin = as_holder(&leader, &pki, "admin").await;
+        let matching = |namespace: &str, requester_id: &str, provider_id: &str| ReleaseMatchingRequest {
+            namespace: namespace.into(),
+            requester_id: requester_id.into(),
+            provider_id: provider_id.into(),
+            ..Default::default()
+        };
+
+        // --- team-a holds three (two of agent_1), team-b two
+        provider_a.register_provider(provider("node_a", 8)).await.expect("registers");
+        for (namespace, requester) in [
+            ("team-a", "agent_1"),
+            ("team-a", "agent_1"),
+            ("team-a", "agent_2"),
+            ("team-b", "agent_1"),
+            ("team-b", "agent_1"),
+        ] {
+            let client = if namespace == "team-a" { &mut team_a } else { &mut team_b };
+            let request = Some(request(requester, 1));
+            let granted = client.allocate(AllocateRequest { request }).await.expect("allocates").into_inner();
+            assert_eq!("allocated", status_name(&granted));
+        }
+
+        // --- refused: a provider (even for itself), team-a naming team-b, an empty filter; nothing logged
+        let before = applied_index(&leader, &pki).await;
+        assert_code(
+            Code::PermissionDenied,
+            provider_a.release_matching(matching("", "", "node_a")).await,
+            "a provider's bulk release",
+        );
+        assert_code(
+            Code::PermissionDenied,
+            team_a.release_matching(matching("team-b", "", "")).await,
+            "team-a releases team-b",
+        );
+        let refused = admin.release_matching(matching("", "", "")).await.expect_err("an empty filter");
+        assert_eq!(
+            (Code::InvalidArgument, Some("filter")),
+            (
+                refused.code(),
+                refused.metadata().get("x-qm-field").and_then(|field| field.to_str().ok())
+            )
+        );
+        assert_eq!(before, applied_index(&leader, &pki).await, "a refused call was logged");
+
+        // --- team-a by requester, then by provider (held to team-a): team-b keeps its two
+        let by_requester = team_a
+            .release_matching(matching("", "agent_1", ""))
+            .await
+            .expect("by requester")
+            .into_inner();
+        assert_eq!(
+            (2, 0, ""),
+            (by_requester.released, by_requester.cancelled, by_requester.next.as_str())
+        );
+        let by_provider = team_a
+            .release_matching(matching("", "", "node_a"))
+            .await
+            .expect("by provider")
+            .into_inner();
+        assert_eq!(1, by_provider.released, "only team-a's last one, though team-b's are on node_a too");
+
+        // --- an admin releases team-b's
+        let by_admin = admin
+            .release_matching(matching("team-b", "", ""))
+            .await
+            .expect("admin")
+            .into_inner();
+        assert_eq!(2, by_admin.released);
+        let state = admin.system_state(SystemStateRequest::default()).await.expect("state").into_inner();
+        assert_eq!(0, state.active_allocations);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_library_works_over_tls_and_stops_at_a_refusal() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let pki = Pki::generate();

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::error::CommandError;
+use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
+use crate::limits::ID_LEN_MAX;
 use crate::provider::{ProviderRegistration, ProviderStatus};
 use crate::record::RequestRecord;
 use crate::request::AllocationRequest;
@@ -81,6 +82,67 @@ pub enum Command {
         revision: u64,
         hold_ms: u64,
     },
+    /// Releases active allocations and cancels queued requests that match
+    /// `filter`, in request-id order after `after`, at most
+    /// [`crate::limits::BULK_RELEASE_PER_COMMAND_MAX`] of them; the answer's
+    /// `next` says where the following entry continues (`None`: done).
+    /// Appended last: entries already in a log keep their encoding.
+    ReleaseMatching {
+        filter: ReleaseFilter,
+        after: Option<Uuid>,
+    },
+}
+
+/// What a bulk release takes: every live (queued or active) request that
+/// matches all the fields given. At least one is required; a requester id
+/// needs its namespace (requester ids are scoped by namespace).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseFilter {
+    pub namespace: Option<String>,
+    pub requester_id: Option<String>,
+    /// Only allocations placed on this provider (queued requests are on none).
+    pub provider_id: Option<String>,
+}
+
+impl ReleaseFilter {
+    /// Refuses a filter that matches everything or names a bad id.
+    pub fn check(&self) -> Result<(), InvalidArgument> {
+        let fields = [
+            ("namespace", &self.namespace),
+            ("requester_id", &self.requester_id),
+            ("provider_id", &self.provider_id),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                if value.is_empty() || value.len() > ID_LEN_MAX {
+                    return Err(InvalidArgument::new(field, format!("must be 1..={ID_LEN_MAX} bytes when given")));
+                }
+            }
+        }
+        if self.namespace.is_none() && self.requester_id.is_none() && self.provider_id.is_none() {
+            return Err(InvalidArgument::new(
+                "filter",
+                "give namespace, requester_id (with namespace) or provider_id: a bulk release of everything is refused",
+            ));
+        }
+        if self.requester_id.is_some() && self.namespace.is_none() {
+            return Err(InvalidArgument::new(
+                "requester_id",
+                "needs namespace: requester ids are scoped by namespace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `record`'s request matches (its placement is not looked at).
+    pub(crate) fn matches_owner(&self, record: &RequestRecord) -> bool {
+        let request = &record.request;
+        self.namespace.as_ref().is_none_or(|namespace| request.namespace == *namespace)
+            && self
+                .requester_id
+                .as_ref()
+                .is_none_or(|requester| request.requester_id == *requester)
+    }
 }
 
 impl Command {
@@ -99,6 +161,7 @@ impl Command {
             Command::ConfirmAllocation { .. } => "confirm_allocation",
             Command::ConfirmDeallocation { .. } => "confirm_deallocation",
             Command::AdvanceCursor { .. } => "advance_cursor",
+            Command::ReleaseMatching { .. } => "release_matching",
         }
     }
 }
@@ -126,6 +189,13 @@ pub enum CommandResponse {
     /// The cursor after an advance; held by someone else when its holder
     /// is not the caller.
     Cursor(Cursor),
+    /// One entry of a bulk release: how many it released and cancelled,
+    /// and the request id the next entry continues after (`None`: done).
+    ReleasedMatching {
+        released: u64,
+        cancelled: u64,
+        next: Option<Uuid>,
+    },
 }
 
 impl CommandResponse {

@@ -78,6 +78,7 @@ impl Event {
             | EventKind::AllocationConfirmed { namespace, .. }
             | EventKind::DeallocationConfirmed { namespace, .. }
             | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
+            EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
             _ => None,
         }
     }
@@ -102,6 +103,7 @@ impl Event {
             EventKind::DeallocationConfirmed { .. } => "deallocation_confirmed",
             EventKind::LeaseRenewed { .. } => "lease_renewed",
             EventKind::LeasesRefreshed { .. } => "leases_refreshed",
+            EventKind::ReleasedMatching { .. } => "released_matching",
         }
     }
 }
@@ -200,5 +202,16 @@ pub enum EventKind {
     /// A new leader gave every lease a fresh window.
     LeasesRefreshed {
         leases: u64,
+    },
+    /// One entry of a bulk release ([`crate::Command::ReleaseMatching`]),
+    /// after the `allocation_released` and `request_cancelled` events of
+    /// each request it took; `next` is where the following entry continues.
+    ReleasedMatching {
+        namespace: Option<String>,
+        requester_id: Option<String>,
+        provider_id: Option<String>,
+        released: u64,
+        cancelled: u64,
+        next: Option<Uuid>,
     },
 }

@@ -33,6 +33,16 @@ pub const CURSORS_MAX: usize = 64;
 /// Longest hold of a cursor: a holder that vanishes blocks the others for
 /// at most this long.
 pub const CURSOR_HOLD_MS_MAX: u64 = 5 * 60 * 1000;
+/// Requests one bulk release ([`crate::Command::ReleaseMatching`]) releases
+/// or cancels in one log entry; the rest wait for the next entry, which
+/// continues after the last id this one reached. A few milliseconds of
+/// apply per entry (`examples/mass_failure.rs`), so heartbeats and
+/// elections never wait behind a million releases.
+pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
+/// Records one bulk release entry looks at (matching or not) before it
+/// stops and names where the next entry continues: a filter that matches
+/// few of many records still costs a bounded apply.
+pub const BULK_RELEASE_EXAMINED_PER_COMMAND_MAX: usize = 16 * 1024;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
 
@@ -63,6 +73,15 @@ pub struct TableConfig {
     /// Events kept for watchers resuming from a revision; older revisions are
     /// compacted, as etcd's watch history is.
     pub event_history_max: usize,
+    /// Allocations moved off failed providers per applied command. A
+    /// `ProviderFailed` moves this many at most; the rest move in the
+    /// commands after it (the leader proposes ticks while any are left), so
+    /// a hundred providers failing at once never hold apply for seconds.
+    pub evacuations_per_command_max: usize,
+    /// Leases a new leader's `RefreshLeases` gives a fresh window per
+    /// applied command; the rest in the commands after it, during which no
+    /// lease expires.
+    pub lease_refreshes_per_command_max: usize,
 }
 
 impl Default for TableConfig {
@@ -76,6 +95,8 @@ impl Default for TableConfig {
             queue_len_max: 100_000,
             expirations_per_tick_max: 4096,
             event_history_max: 10_000,
+            evacuations_per_command_max: 1024,
+            lease_refreshes_per_command_max: 4096,
         }
     }
 }

@@ -161,6 +161,7 @@ fn usage_reports_capacity_use_and_failed_capacity() {
         active_allocations: 1,
         failed_providers: vec!["node_2".into()],
         revision: t.table.revision(),
+        evacuations_pending: 0,
     };
     assert_eq!(expected, t.table.usage());
 }

@@ -432,6 +432,7 @@ pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
         active_allocations: usage.active_allocations,
         failed_providers: usage.failed_providers.clone(),
         revision: usage.revision,
+        evacuations_pending: usage.evacuations_pending,
     }
 }
 
@@ -457,6 +458,7 @@ pub fn usage_from_proto(reply: &api::SystemStateReply) -> Result<Usage, ConvertE
         active_allocations: reply.active_allocations,
         failed_providers: reply.failed_providers.clone(),
         revision: reply.revision,
+        evacuations_pending: reply.evacuations_pending,
     })
 }
 

@@ -31,6 +31,11 @@ pub const FIELD_HEADER: &str = "x-qm-field";
 /// 0 or larger gets this many, and a client that gets a full page must ask
 /// for the next one (`after`) to be sure it has seen everything.
 pub const LIST_LIMIT_MAX: usize = 10_000;
+/// Log entries one `ReleaseMatching` call proposes before it answers with
+/// `next` for the caller to continue: 4,096 entries of at most 1,024
+/// releases each cover four million allocations, and the bound keeps a
+/// call from running on for ever while new requests keep matching.
+pub const BULK_RELEASE_ENTRIES_PER_CALL_MAX: u64 = 4096;
 
 /// A replica that leads the cluster, as another replica names it.
 #[derive(Clone, Debug, PartialEq, Eq)]

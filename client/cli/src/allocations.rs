@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::{Args, ValueEnum};
 
 use super::error::CliError;
-use super::output::{print_allocation, print_allocations, OutputFormat};
+use super::output::{print_allocation, print_allocations, print_json, OutputFormat};
 use qm_client::proto::api;
 use qm_client::{Client, Consistency};
 
@@ -74,8 +74,51 @@ impl ListArgs {
     }
 }
 
-pub async fn release(client: &Client, id: &str, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
-    print_allocation(&client.release(id).await?, format, out)
+/// `qm release ID`, or `qm release --namespace/--requester/--provider`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Allocation id or request id.
+    #[arg(required_unless_present_any = ["namespace", "provider"], conflicts_with_all = ["namespace", "requester", "provider"])]
+    pub id: Option<String>,
+    /// Release everything of this namespace (with TLS, a consumer's own is used).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Release everything of this requester (needs --namespace).
+    #[arg(long, requires = "namespace")]
+    pub requester: Option<String>,
+    /// Release every allocation placed on this provider.
+    #[arg(long)]
+    pub provider: Option<String>,
+}
+
+pub async fn release(client: &Client, args: ReleaseArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    if let Some(id) = &args.id {
+        return print_allocation(&client.release(id).await?, format, out);
+    }
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let reply = client
+        .release_matching(&text(&args.namespace), &text(&args.requester), &text(&args.provider))
+        .await?;
+    print_bulk_release(&reply, format, out)
+}
+
+/// What a bulk release did: `{"released": N, "cancelled": N, "entries": N}`
+/// or one line.
+pub fn print_bulk_release(reply: &api::ReleaseMatchingReply, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => print_json(
+            &serde_json::json!({"released": reply.released, "cancelled": reply.cancelled, "entries": reply.entries}),
+            out,
+        ),
+        OutputFormat::Table => {
+            writeln!(
+                out,
+                "released {} allocations, cancelled {} queued requests ({} log entries)",
+                reply.released, reply.cancelled, reply.entries
+            )?;
+            Ok(())
+        }
+    }
 }
 
 pub async fn renew(client: &Client, id: &str, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {

@@ -83,10 +83,14 @@ fn every_command_parses() {
         vec!["cluster", "remove", "--id", "4"],
         vec!["provider", "register", "--file", "node_1.json"],
         vec!["provider", "list", "--stale"],
+        vec!["provider", "list", "--all"],
         vec!["provider", "deregister", "node_1"],
         vec!["allocate", "--file", "-"],
         vec!["allocate", "--requester", "agent_123", "--cpu-cores", "2"],
         vec!["release", id],
+        vec!["release", "--namespace", "team_a"],
+        vec!["release", "--namespace", "team_a", "--requester", "agent_123"],
+        vec!["release", "--provider", "node_1"],
         vec!["renew", id],
         vec!["get", id, "--stale"],
         vec![
@@ -156,6 +160,16 @@ fn misuse_is_a_usage_error() {
     assert_eq!(
         ErrorKind::MissingRequiredArgument,
         parse_error(&["list", "--requester", "agent_123"]),
+        "requester ids are per namespace"
+    );
+    assert_eq!(ErrorKind::MissingRequiredArgument, parse_error(&["release"]), "an id or a filter");
+    assert_eq!(
+        ErrorKind::ArgumentConflict,
+        parse_error(&["release", "550e8400-e29b-41d4-a716-446655440000", "--provider", "node_1"])
+    );
+    assert_eq!(
+        ErrorKind::MissingRequiredArgument,
+        parse_error(&["release", "--requester", "agent_123"]),
         "requester ids are per namespace"
     );
     assert_eq!(ErrorKind::InvalidValue, parse_error(&["state", "--output", "yaml"]));

@@ -35,6 +35,7 @@ mod load;
 mod output;
 mod provider;
 mod state;
+mod summary;
 mod table;
 mod top;
 mod watch;
@@ -46,7 +47,7 @@ use clap::{Parser, Subcommand};
 
 pub use agent::AgentArgs;
 pub use allocate::AllocateArgs;
-pub use allocations::ListArgs;
+pub use allocations::{ListArgs, ReleaseArgs};
 pub use bench::BenchArgs;
 pub use bridge::{AmqpArgs, BridgeCommand};
 pub use certs::CertsCommand;
@@ -112,11 +113,10 @@ pub enum Command {
     Provider(ProviderCommand),
     /// Ask for resources, from the protocol's resource_request JSON or from flags.
     Allocate(AllocateArgs),
-    /// Release an allocation, or cancel a queued request (by allocation or request id).
-    Release {
-        /// Allocation id or request id.
-        id: String,
-    },
+    /// Release an allocation, or cancel a queued request (by allocation or
+    /// request id); or release everything of a namespace, a requester or a
+    /// provider (--namespace, --requester with --namespace, --provider).
+    Release(ReleaseArgs),
     /// Renew an allocation's lease for another TTL.
     Renew {
         /// Allocation id or request id.
@@ -202,7 +202,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Cluster(command) => cluster::run(&client, command, format, out).await,
         Command::Provider(command) => provider::run(&client, command, format, out).await,
         Command::Allocate(args) => allocate::run(&client, args, format, out).await,
-        Command::Release { id } => allocations::release(&client, &id, format, out).await,
+        Command::Release(args) => allocations::release(&client, args, format, out).await,
         Command::Renew { id } => allocations::renew(&client, &id, format, out).await,
         Command::Get { id, stale } => allocations::get(&client, &id, stale, format, out).await,
         Command::List(args) => allocations::list(&client, args, format, out).await,

@@ -7,8 +7,17 @@
 //!  open loop:   a pacer schedules op i at t0 + i/R; up to C in flight        (latency from the
 //!               intended send time, so a stalled server cannot hide its queueing:
 //!               no coordinated omission)
-//!  teardown: release what is held, deregister the bench providers
+//!  teardown: one bulk release of the run's requester (its allocations and
+//!            queued requests), then deregister the bench providers, which
+//!            heartbeat until they are gone
 //! ```
+//!
+//! The cluster is left as the bench found it: every request of a run is made
+//! by the requester `qm-bench-<run id>` in namespace `qm-bench`, so the
+//! teardown is one `ReleaseMatching` of that requester (a thousand short log
+//! entries for a million allocations, not a million calls), and the
+//! providers keep heartbeating until deregistered, so none is declared
+//! failed and nothing is evacuated or re-queued behind the bench's back.
 //!
 //! Every acknowledged allocation is durable on a majority's disk before the
 //! server answers, so the figures include fsync and replication.
@@ -42,10 +51,12 @@ pub const CONCURRENCY_MAX: usize = 10_000;
 pub const RATE_MAX: u64 = 1_000_000;
 /// Latencies above this are recorded as this (the histogram's range).
 pub const LATENCY_RECORDED_MAX_US: u64 = 60_000_000;
-/// Releases in flight at once while tearing down.
+/// Deregistrations (and heartbeats) in flight at once.
 pub const TEARDOWN_CONCURRENCY: usize = 64;
 /// How often bench providers heartbeat.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// The namespace of every bench request.
+pub const BENCH_NAMESPACE: &str = "qm-bench";
 
 /// What each operation does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -213,10 +224,10 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         progress,
     });
     let deadline = started + config.warmup + config.duration;
-    let held = Arc::new(Mutex::new(Vec::new()));
+    let requester = format!("qm-bench-{run_id}");
     match config.rate {
-        None => closed_loop(&client, &config, &recorder, &held, deadline).await,
-        Some(rate) => open_loop(&client, &config, rate, &recorder, &held, deadline).await,
+        None => closed_loop(&client, &config, &requester, &recorder, deadline).await,
+        Some(rate) => open_loop(&client, &config, &requester, rate, &recorder, deadline).await,
     }
     let last_finished = Duration::from_micros(recorder.last_finished_us.load(Ordering::Relaxed));
     let measured = deadline
@@ -224,8 +235,11 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         .max(last_finished)
         .as_secs_f64()
         .max(f64::EPSILON);
+    let teardown_result = teardown(&client, &requester, &providers).await;
+    // Only now: a provider that stopped heartbeating while its allocations
+    // were still being released would be declared failed and evacuated.
     heartbeats.abort();
-    teardown(&client, &providers, &held).await;
+    teardown_result?;
     let latency = recorder
         .histograms
         .lock()
@@ -261,13 +275,14 @@ fn summarize(histogram: &Histogram<u64>) -> LatencySummary {
     }
 }
 
-async fn closed_loop(client: &Client, config: &BenchConfig, recorder: &Arc<Recorder>, held: &Arc<Mutex<Vec<String>>>, deadline: Instant) {
+async fn closed_loop(client: &Client, config: &BenchConfig, requester: &str, recorder: &Arc<Recorder>, deadline: Instant) {
     let workers: Vec<_> = (0..config.concurrency)
         .map(|_| {
-            let (client, recorder, held, workload) = (client.clone(), recorder.clone(), held.clone(), config.workload);
+            let (client, recorder, workload) = (client.clone(), recorder.clone(), config.workload);
+            let requester = requester.to_owned();
             tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    one_operation(&client, workload, &recorder, &held, Instant::now()).await;
+                    one_operation(&client, workload, &requester, &recorder, Instant::now()).await;
                 }
             })
         })
@@ -277,14 +292,7 @@ async fn closed_loop(client: &Client, config: &BenchConfig, recorder: &Arc<Recor
     }
 }
 
-async fn open_loop(
-    client: &Client,
-    config: &BenchConfig,
-    rate: u64,
-    recorder: &Arc<Recorder>,
-    held: &Arc<Mutex<Vec<String>>>,
-    deadline: Instant,
-) {
+async fn open_loop(client: &Client, config: &BenchConfig, requester: &str, rate: u64, recorder: &Arc<Recorder>, deadline: Instant) {
     let in_flight = Arc::new(Semaphore::new(config.concurrency));
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
@@ -297,9 +305,10 @@ async fn open_loop(
         tokio::time::sleep_until(intended.into()).await;
         // Waiting for a slot counts towards latency: it is measured from `intended`.
         let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
-        let (client, recorder, held, workload) = (client.clone(), recorder.clone(), held.clone(), config.workload);
+        let (client, recorder, workload) = (client.clone(), recorder.clone(), config.workload);
+        let requester = requester.to_owned();
         tasks.spawn(async move {
-            one_operation(&client, workload, &recorder, &held, intended).await;
+            one_operation(&client, workload, &requester, &recorder, intended).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -308,8 +317,8 @@ async fn open_loop(
 }
 
 /// One unit of work of the workload; the first call's latency counts from `intended`.
-async fn one_operation(client: &Client, workload: Workload, recorder: &Recorder, held: &Mutex<Vec<String>>, intended: Instant) {
-    let request = bench_request();
+async fn one_operation(client: &Client, workload: Workload, requester: &str, recorder: &Recorder, intended: Instant) {
+    let request = bench_request(requester);
     let allocated = client.allocate(request).await;
     let finished = Instant::now();
     let reply = match allocated {
@@ -338,7 +347,8 @@ async fn one_operation(client: &Client, workload: Workload, recorder: &Recorder,
         recorder.record("get", started, Instant::now(), read.as_ref().map(|_| ()));
     }
     match workload {
-        Workload::AllocOnly => held.lock().expect("held").push(reply.allocation_id),
+        // Kept until the teardown's bulk release of the run's requester.
+        Workload::AllocOnly => {}
         Workload::AllocRelease | Workload::Mixed => {
             let started = Instant::now();
             let released = client.release(&reply.allocation_id).await.map(drop);
@@ -347,13 +357,13 @@ async fn one_operation(client: &Client, workload: Workload, recorder: &Recorder,
     }
 }
 
-fn bench_request() -> ResourceRequest {
+fn bench_request(requester: &str) -> ResourceRequest {
     ResourceRequest {
         request_id: Some(uuid::Uuid::new_v4().to_string()),
-        requester_id: Some("qm-bench".into()),
+        requester_id: Some(requester.to_owned()),
         resource_requirements: Some(BTreeMap::from([(BENCH_KIND.to_owned(), 1.into())])),
         priority: Some(0.into()),
-        namespace: Some("qm-bench".into()),
+        namespace: Some(BENCH_NAMESPACE.into()),
         ..Default::default()
     }
 }
@@ -390,29 +400,37 @@ async fn register_providers(client: &Client, run_id: &str, units: u64) -> Result
     Ok(providers)
 }
 
-/// Keeps the bench providers alive: a silent provider would be declared failed.
+/// Keeps the bench providers alive: a silent provider would be declared
+/// failed. Concurrently, so that 500 providers each heartbeat within the
+/// interval even while the cluster is busy with the teardown.
 fn heartbeat_providers(client: Client, providers: Vec<String>) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         loop {
             interval.tick().await;
-            for provider_id in &providers {
-                let _ = client.heartbeat(provider_id, Vec::new()).await;
-            }
+            futures::stream::iter(&providers)
+                .for_each_concurrent(TEARDOWN_CONCURRENCY, |provider_id| {
+                    let client = &client;
+                    async move {
+                        let _ = client.heartbeat(provider_id, Vec::new()).await;
+                    }
+                })
+                .await;
         }
     })
 }
 
-/// Releases what the run still holds and removes the bench providers.
-async fn teardown(client: &Client, providers: &[String], held: &Mutex<Vec<String>>) {
+/// Releases everything the run's requester holds or waits for, in one bulk
+/// release, then removes the bench providers (empty by then, so nothing is
+/// evacuated).
+async fn teardown(client: &Client, requester: &str, providers: &[String]) -> Result<(), Error> {
     use futures::StreamExt;
-    let held: Vec<String> = std::mem::take(&mut *held.lock().expect("held"));
-    futures::stream::iter(held)
-        .for_each_concurrent(TEARDOWN_CONCURRENCY, |allocation_id| async move {
-            let _ = client.release(&allocation_id).await;
+    client.release_matching(BENCH_NAMESPACE, requester, "").await?;
+    futures::stream::iter(providers)
+        .for_each_concurrent(TEARDOWN_CONCURRENCY, |provider_id| async move {
+            let _ = client.deregister_provider(provider_id).await;
         })
         .await;
-    for provider_id in providers {
-        let _ = client.deregister_provider(provider_id).await;
-    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::error::CliError;
 use super::input::read_document;
 use super::output::{print_json, OutputFormat};
+use super::summary::{rows_left_out, PROVIDER_LIST_ROWS_SHOWN_MAX};
 use super::table::Table;
 use qm_client::proto::api;
 use qm_client::{Client, Consistency};
@@ -29,6 +30,10 @@ pub enum ProviderCommand {
         /// Answer from any replica's local state, which may lag the leader.
         #[arg(long)]
         stale: bool,
+        /// Every provider; without it the table shows the first 50 (failed
+        /// ones first) and says how many more there are. JSON is always complete.
+        #[arg(long)]
+        all: bool,
     },
     /// Remove a provider; its allocations are moved elsewhere or queued.
     Deregister {
@@ -115,9 +120,10 @@ pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat
             print_reply(&client.register_provider(&registration).await?, format, out)
         }
         ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
-        ProviderCommand::List { stale } => {
+        ProviderCommand::List { stale, all } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
-            print_providers(&client.list_providers(consistency).await?, format, out)
+            let rows_max = if all { usize::MAX } else { PROVIDER_LIST_ROWS_SHOWN_MAX };
+            print_providers(&client.list_providers(consistency).await?, rows_max, format, out)
         }
     }
 }
@@ -140,12 +146,21 @@ fn print_reply(reply: &api::ProviderReply, format: OutputFormat, out: &mut dyn W
     }
 }
 
-fn print_providers(providers: &[api::ProviderInfo], format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+/// The table shows at most `rows_max` providers, failed ones first; JSON all.
+pub(crate) fn print_providers(
+    providers: &[api::ProviderInfo],
+    rows_max: usize,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     if format == OutputFormat::Json {
         return print_json(&providers.iter().map(ProviderJson::from).collect::<Vec<_>>(), out);
     }
+    let mut shown: Vec<&api::ProviderInfo> = providers.iter().collect();
+    shown.sort_by_key(|provider| provider.status != "failed");
+    shown.truncate(rows_max);
     let mut table = Table::new(["PROVIDER", "STATUS", "ALLOCATIONS", "USED/CAPACITY", "LABELS"]);
-    for provider in providers {
+    for provider in shown.iter().copied() {
         let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for resource in &provider.resources {
             let (used, capacity) = by_kind.entry(&resource.kind).or_default();
@@ -170,7 +185,16 @@ fn print_providers(providers: &[api::ProviderInfo], format: OutputFormat, out: &
             if labels.is_empty() { "-" } else { &labels },
         ]);
     }
-    table.write(out)
+    table.write(out)?;
+    if let Some(line) = rows_left_out(
+        shown.len(),
+        providers.len(),
+        "providers",
+        "qm provider list --all, or --output json",
+    ) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 fn sorted(labels: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {

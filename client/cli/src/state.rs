@@ -4,6 +4,7 @@ use std::io::Write;
 
 use super::error::CliError;
 use super::output::{print_json, OutputFormat};
+use super::summary::{list_cell, rows_left_out, PROVIDER_ROWS_SHOWN_MAX};
 use super::table::Table;
 use qm_client::convert::usage_from_proto;
 use qm_client::proto::api;
@@ -19,7 +20,13 @@ pub async fn run(client: &Client, stale: bool, format: OutputFormat, out: &mut d
     }
 }
 
-fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) -> Result<(), CliError> {
+/// Where the whole state is, when the table shows part of it.
+const SEE_ALL: &str = "qm --output json state";
+
+/// At most [`PROVIDER_ROWS_SHOWN_MAX`] provider rows (failed ones first, as
+/// they are what an operator looks for) and [`crate::summary::LIST_SHOWN_MAX`]
+/// failed provider ids; the JSON output has everything.
+pub(crate) fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) -> Result<(), CliError> {
     let mut kinds = Table::new(["KIND", "CAPACITY", "USED", "FREE", "FAILED_CAPACITY"]);
     for kind in &state.by_kind {
         kinds.row([
@@ -33,7 +40,10 @@ fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) -> Result<(),
     kinds.write(out)?;
     writeln!(out)?;
     let mut providers = Table::new(["PROVIDER", "STATUS", "ALLOCATIONS", "USED/CAPACITY"]);
-    for provider in &state.providers {
+    let mut shown: Vec<&api::ProviderUsage> = state.providers.iter().collect();
+    shown.sort_by_key(|provider| provider.status != "failed");
+    shown.truncate(PROVIDER_ROWS_SHOWN_MAX);
+    for provider in &shown {
         let usage = provider
             .kinds
             .iter()
@@ -43,18 +53,60 @@ fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) -> Result<(),
         providers.row([&provider.provider_id, &provider.status, &provider.allocations.to_string(), &usage]);
     }
     providers.write(out)?;
+    if let Some(line) = rows_left_out(shown.len(), state.providers.len(), "providers", SEE_ALL) {
+        writeln!(out, "{line}")?;
+    }
     writeln!(out)?;
     let mut summary = Table::new(["FIELD", "VALUE"]);
     summary.row(["active_allocations", &state.active_allocations.to_string()]);
     summary.row(["queue_len", &state.queue_len.to_string()]);
-    summary.row([
-        "failed_providers",
-        &if state.failed_providers.is_empty() {
-            "-".to_owned()
-        } else {
-            state.failed_providers.join(", ")
-        },
-    ]);
+    summary.row(["failed_providers", &list_cell(&state.failed_providers, SEE_ALL)]);
+    summary.row(["evacuations_pending", &state.evacuations_pending.to_string()]);
     summary.row(["revision", &state.revision.to_string()]);
     summary.write(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 500 failed providers of 2,000 units each, as a mass failure leaves them.
+    fn mass_failure() -> api::SystemStateReply {
+        let ids: Vec<String> = (0..500).map(|n| format!("qm-bench-3f9a2c1d-{n}")).collect();
+        api::SystemStateReply {
+            providers: ids
+                .iter()
+                .map(|id| api::ProviderUsage {
+                    provider_id: id.clone(),
+                    status: "failed".to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            failed_providers: ids,
+            queue_len: 239_306,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn five_hundred_failed_providers_print_bounded_lines_that_say_how_to_see_all() {
+        let mut out = Vec::new();
+        print_table(&mass_failure(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let longest = text.lines().map(str::len).max().unwrap_or_default();
+        assert!(longest <= 200, "a line of {longest} characters:\n{text}");
+        assert!(text.lines().count() <= 40, "{} lines:\n{text}", text.lines().count());
+        let failed = text
+            .lines()
+            .find(|line| line.starts_with("failed_providers"))
+            .expect("the failed line");
+        assert!(
+            failed.contains("500: qm-bench-3f9a2c1d-0, ") && failed.contains("and 495 more (see all: qm --output json state)"),
+            "{failed}"
+        );
+        assert!(
+            text.contains("... and 480 more providers (see all: qm --output json state)"),
+            "{text}"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::output::OutputFormat;
+use super::summary::{list_cell, rows_left_out, PROVIDER_ROWS_SHOWN_MAX};
 use super::table::Table;
 use qm_agent::metrics::{METRIC_POWER, METRIC_TEMPERATURE, METRIC_UTILIZATION};
 use qm_client::convert::usage_from_proto;
@@ -113,6 +114,11 @@ pub fn render(frame: &Frame, format: OutputFormat) -> Result<String, CliError> {
     }
 }
 
+/// Where every provider is, when a frame shows part of them.
+const TOP_SEE_ALL: &str = "qm --output json top --once";
+
+/// At most [`PROVIDER_ROWS_SHOWN_MAX`] provider rows (failed ones first) and
+/// a few failed provider ids; the JSON frame has everything.
 fn render_table(frame: &Frame) -> Result<String, CliError> {
     let mut out: Vec<u8> = Vec::new();
     let state = &frame.state;
@@ -158,7 +164,10 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
         "USED/CAPACITY",
         "MEASURED",
     ]);
-    for provider in &state.providers {
+    let mut shown: Vec<&api::ProviderUsage> = state.providers.iter().collect();
+    shown.sort_by_key(|provider| provider.status != "failed");
+    shown.truncate(PROVIDER_ROWS_SHOWN_MAX);
+    for provider in shown.iter().copied() {
         let seen = measured.get(provider.provider_id.as_str()).cloned().unwrap_or_default();
         // A failed provider's units count as failed capacity, not capacity.
         let usage = provider
@@ -190,16 +199,20 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
         ]);
     }
     providers.write(&mut out)?;
+    if let Some(line) = rows_left_out(shown.len(), state.providers.len(), "providers", TOP_SEE_ALL) {
+        writeln!(out, "{line}")?;
+    }
     writeln!(out)?;
-    let failed = if state.failed_providers.is_empty() {
-        "-".to_owned()
-    } else {
-        state.failed_providers.join(", ")
-    };
+    let failed = list_cell(&state.failed_providers, TOP_SEE_ALL);
     writeln!(
         out,
-        "queue {} · active allocations {} · failed providers: {failed}",
-        state.queue_len, state.active_allocations
+        "queue {} · active allocations {} · failed providers: {failed}{}",
+        state.queue_len,
+        state.active_allocations,
+        match state.evacuations_pending {
+            0 => String::new(),
+            pending => format!(" · {pending} allocations still to move"),
+        }
     )?;
     Ok(String::from_utf8(out).expect("written from strings"))
 }
@@ -333,6 +346,7 @@ mod tests {
                 active_allocations: 1,
                 failed_providers: vec!["agent-a".to_owned()],
                 revision: 42,
+                evacuations_pending: 0,
             },
             providers: vec![api::ProviderInfo {
                 provider_id: "agent-b".to_owned(),

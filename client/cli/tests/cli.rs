@@ -215,3 +215,46 @@ async fn watch_prints_one_json_line_per_event() {
     })
     .await
 }
+
+#[tokio::test]
+async fn bench_leaves_the_cluster_as_it_found_it() {
+    bounded(async {
+        let cluster = shared_cluster().await;
+        let endpoints = cluster.endpoints().join(",");
+        let env = [("QM_ENDPOINTS", endpoints.as_str())];
+
+        // --- an alloc-only run on two bench providers (2,000 + 500 units)
+        let args = [
+            "bench",
+            "--workload",
+            "alloc-only",
+            "--units",
+            "2500",
+            "--concurrency",
+            "8",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--quiet",
+            "--output",
+            "json",
+        ];
+        let report = stdout_json(&qm(&args, &env, "").await);
+        assert!(report["ops"].as_u64().unwrap_or_default() > 0, "{report}");
+
+        // --- afterwards: no bench provider, failed or not, and nothing of the run live
+        let providers = stdout_json(&qm(&["provider", "list", "--output", "json"], &env, "").await);
+        let text = providers.to_string();
+        assert!(!text.contains("qm-bench-"), "bench providers left behind: {text}");
+        let records = stdout_json(&qm(&["list", "--namespace", "qm-bench", "--output", "json"], &env, "").await);
+        let records = records.as_array().expect("a list");
+        assert!(!records.is_empty(), "the run's released records are remembered");
+        let live: Vec<&Value> = records
+            .iter()
+            .filter(|record| ["queued", "allocation", "monitoring"].contains(&record["state"].as_str().unwrap_or_default()))
+            .collect();
+        assert!(live.is_empty(), "{} bench requests still live: {:?}", live.len(), live.first());
+    })
+    .await
+}

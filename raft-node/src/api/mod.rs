@@ -4,6 +4,7 @@
 //! * [`providers`]: register, heartbeat, deregister, list, confirm, system state.
 //! * [`cluster`]: cluster status and membership changes.
 //! * [`cursors`]: named cursors into the event history (the broker bridge's).
+//! * [`bulk_release`]: release by namespace, requester or provider, entry after entry.
 //! * [`watch`]: the event stream from a revision.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
 //! * [`status`]: how typed errors (the table's, the consensus layer's)
@@ -17,6 +18,7 @@
 //! reaches the log.
 
 pub mod access;
+pub mod bulk_release;
 pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
@@ -160,5 +162,12 @@ impl Quartermaster for ApiService {
     async fn advance_cursor(&self, request: Request<AdvanceCursorRequest>) -> Reply<CursorReply> {
         let caller = self.admit(&request, Call::AdvanceCursor)?;
         cursors::advance(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn release_matching(&self, request: Request<ReleaseMatchingRequest>) -> Reply<ReleaseMatchingReply> {
+        let caller = self.admit(&request, Call::ReleaseMatching)?;
+        bulk_release::release_matching(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -149,6 +149,7 @@ fn due_work_is_proposed_tick_first_then_failures_then_recoveries() {
         tick: true,
         failed_providers: ids(&["node_1", "node_2"]),
         recovered_providers: ids(&["node_3"]),
+        ..DueWork::default()
     };
 
     let expected = vec![
@@ -186,4 +187,24 @@ fn a_new_leader_refreshes_leases_only_when_something_is_due_some_day() {
         .result
         .expect("allocated");
     assert_eq!(TakeOverWork { refresh_leases: true }, take_over_work(&table));
+}
+
+#[test]
+fn an_evacuation_left_over_is_carried_on_by_up_to_sixteen_ticks_a_round() {
+    assert_eq!(
+        (0, 1, 1, 2, 16),
+        (
+            evacuation_ticks(0, 1024),
+            evacuation_ticks(1, 1024),
+            evacuation_ticks(1024, 1024),
+            evacuation_ticks(1025, 1024),
+            evacuation_ticks(1_000_000, 1024)
+        )
+    );
+    let work = DueWork {
+        tick: true,
+        evacuation_ticks: 3,
+        ..DueWork::default()
+    };
+    assert_eq!(vec![Command::Tick; 3], work.into_commands());
 }

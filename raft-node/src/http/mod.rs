@@ -90,6 +90,7 @@ pub fn routes() -> Vec<Route> {
     vec![
         route(Method::POST, "/v1/allocate", post(requests::allocate)),
         route(Method::POST, "/v1/release", post(requests::release)),
+        route(Method::POST, "/v1/release/matching", post(requests::release_matching)),
         route(Method::GET, "/v1/requests", get(requests::list)),
         route(Method::GET, "/v1/requests/{id}", get(requests::get)),
         route(Method::GET, "/v1/requests/{id}/history", get(history::history)),

@@ -123,6 +123,49 @@ pub async fn release(
     Ok(Json(response(&reply)?).into_response())
 }
 
+/// `POST /v1/release/matching` with `{"namespace", "requester_id",
+/// "provider_id", "after", "entries_max"}` (at least one filter field).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseMatchingDocument {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    requester_id: String,
+    #[serde(default)]
+    provider_id: String,
+    #[serde(default)]
+    after: String,
+    #[serde(default)]
+    entries_max: u32,
+}
+
+/// Answers `{"released": N, "cancelled": N, "entries": N, "next": ID|null}`.
+pub async fn release_matching(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let caller = admit(&api, &peer, Call::ReleaseMatching)?;
+    let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
+    let document: ReleaseMatchingDocument = serde_json::from_str(utf8("release_matching", &body)?)
+        .map_err(|error| HttpError::invalid("release_matching", bounded(error.to_string())))?;
+    let call = wire::ReleaseMatchingRequest {
+        namespace: document.namespace,
+        requester_id: document.requester_id,
+        provider_id: document.provider_id,
+        after: document.after,
+        entries_max: document.entries_max,
+    };
+    let reply = crate::api::bulk_release::release_matching(&api.node, &caller, call)
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let next = (!reply.next.is_empty()).then_some(reply.next);
+    Ok(Json(json!({"released": reply.released, "cancelled": reply.cancelled, "entries": reply.entries, "next": next})).into_response())
+}
+
 /// `GET /v1/requests/{id}[?stale]`: a request id or an allocation id.
 pub async fn get(
     State(api): State<Shared>,

@@ -59,5 +59,5 @@ pub async fn render(node: &Node) -> String {
             samples
         })
         .await;
-    node.metrics.render(&raft, &utilization)
+    node.metrics.render(&raft, &utilization, node.state.apply_durations())
 }

@@ -42,12 +42,17 @@ pub enum Call {
     /// A bridge's cursor into the event history: consumers (in their
     /// namespace) and admins.
     AdvanceCursor,
+    /// Bulk release by filter: consumers (in their namespace only) and
+    /// admins (anywhere). Not providers: a provider that wants its
+    /// allocations gone deregisters, which moves them elsewhere instead of
+    /// ending them.
+    ReleaseMatching,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 22] = [
+    pub const ALL: [Call; 23] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -70,6 +75,7 @@ impl Call {
         Call::AddReplica,
         Call::RemoveReplica,
         Call::AdvanceCursor,
+        Call::ReleaseMatching,
     ];
 
     /// The roles that may make this call at all.
@@ -88,6 +94,7 @@ impl Call {
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
             Call::AddReplica | Call::RemoveReplica => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
+            Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
         }
     }
 
@@ -120,6 +127,7 @@ impl Call {
             Call::AddReplica => "AddReplica",
             Call::RemoveReplica => "RemoveReplica",
             Call::AdvanceCursor => "AdvanceCursor",
+            Call::ReleaseMatching => "ReleaseMatching",
         }
     }
 }
@@ -145,11 +153,21 @@ mod tests {
             allowed(Role::ResourceProvider)
         );
         assert_eq!(
-            with(&[Allocate, Release, RenewLease, Pipeline, Get, List, Watch, AdvanceCursor]),
+            with(&[
+                Allocate,
+                Release,
+                RenewLease,
+                Pipeline,
+                Get,
+                List,
+                Watch,
+                AdvanceCursor,
+                ReleaseMatching
+            ]),
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(
-            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]),
+            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor, ReleaseMatching]),
             allowed(Role::Admin)
         );
     }

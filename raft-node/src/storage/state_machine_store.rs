@@ -35,6 +35,7 @@ use tokio::sync::{watch, Notify, RwLock, RwLockReadGuard};
 use super::background;
 use super::error::{raft_error, RaftStorageError, StorageError};
 use super::snapshot_store::{SaveOutcome, SnapshotStore};
+use crate::metrics::ApplyDurations;
 use crate::types::{AppResponse, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The table and the log position it reflects.
@@ -67,9 +68,15 @@ impl AppliedState {
 pub struct StateReader {
     state: Arc<RwLock<AppliedState>>,
     revisions: watch::Sender<u64>,
+    apply_durations: ApplyDurations,
 }
 
 impl StateReader {
+    /// How long each command took to apply here, for `/metrics`.
+    pub fn apply_durations(&self) -> &ApplyDurations {
+        &self.apply_durations
+    }
+
     /// A consistent view of the table. Do not hold it across slow work:
     /// applying entries waits for it.
     pub async fn read(&self) -> RwLockReadGuard<'_, AppliedState> {
@@ -166,6 +173,7 @@ pub struct StateMachineStore {
     revisions: watch::Sender<u64>,
     snapshots: SnapshotStore,
     snapshot_due: Arc<SnapshotDue>,
+    apply_durations: ApplyDurations,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -210,6 +218,7 @@ impl StateMachineStore {
             revisions,
             snapshots,
             snapshot_due: Arc::new(SnapshotDue::new()),
+            apply_durations: ApplyDurations::default(),
         })
     }
 
@@ -228,6 +237,7 @@ impl StateMachineStore {
         StateReader {
             state: Arc::clone(&self.state),
             revisions: self.revisions.clone(),
+            apply_durations: self.apply_durations.clone(),
         }
     }
 
@@ -259,7 +269,14 @@ impl StateMachineStore {
                 batch
                     .commands
                     .into_iter()
-                    .map(|command| state.table.apply_into_history(command))
+                    .map(|command| {
+                        // One clock reading per command: a few tens of
+                        // nanoseconds against microseconds of apply.
+                        let started = std::time::Instant::now();
+                        let result = state.table.apply_into_history(command);
+                        self.apply_durations.observe(started.elapsed());
+                        result
+                    })
                     .collect(),
             ),
             EntryPayload::Membership(membership) => {

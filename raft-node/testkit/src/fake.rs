@@ -445,4 +445,8 @@ impl Quartermaster for FakeReplica {
     async fn advance_cursor(&self, _: Request<api::AdvanceCursorRequest>) -> Result<Response<api::CursorReply>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    async fn release_matching(&self, _: Request<api::ReleaseMatchingRequest>) -> Result<Response<api::ReleaseMatchingReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }

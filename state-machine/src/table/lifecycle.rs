@@ -1,16 +1,26 @@
 //! A request's life: allocate, queue, grant, renew, release, expire.
 
 use std::borrow::Cow;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::AllocationTable;
+use super::{AllocationTable, LeaseRefresh};
 use crate::command::{ApplyResult, CommandResponse};
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::{EventKind, ResourceState};
 use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
+
+/// What releasing a live request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Released {
+    /// An active allocation let go of its units.
+    Released,
+    /// A queued request left the queue.
+    Cancelled,
+}
 
 /// How a grant came about, for the event it emits.
 pub(super) enum GrantCause {
@@ -86,19 +96,30 @@ impl AllocationTable {
 
     pub(super) fn release(&mut self, id: Uuid) -> ApplyResult {
         let request_id = self.resolve(id)?;
+        if self.release_live(request_id).is_some() {
+            self.examine_queue();
+        }
+        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
+    }
+
+    /// Releases the active allocation or cancels the queued request
+    /// `request_id`, without re-examining the queue (the caller does, once).
+    /// `None` if it was finished already (releasing is idempotent).
+    pub(super) fn release_live(&mut self, request_id: Uuid) -> Option<Released> {
         let mut record = match self.requests[&request_id].state {
             RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
-            // Released, expired or rejected already: releasing is idempotent.
-            _ => return Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id]))),
+            // Released, expired or rejected already.
+            _ => return None,
         };
         let request = &record.request;
-        if record.state == RequestState::Queued {
+        let released = if record.state == RequestState::Queued {
             self.emit(EventKind::RequestCancelled {
                 request_id,
                 namespace: request.namespace.clone(),
             });
             record.state = RequestState::Idle;
             record.reason = Some("cancelled".to_owned());
+            Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
             let confirms = self.providers[&placement.provider_id].confirms_allocations;
@@ -111,10 +132,10 @@ impl AllocationTable {
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
             record.reason = Some("released".to_owned());
             record.lease_expires_at_ms = None;
-        }
+            Released::Released
+        };
         self.put_record(record);
-        self.examine_queue();
-        Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
+        Some(released)
     }
 
     pub(super) fn renew_lease(&mut self, id: Uuid) -> ApplyResult {
@@ -147,11 +168,14 @@ impl AllocationTable {
     /// most `expirations_per_tick_max` of them together.
     pub(super) fn tick(&mut self) -> ApplyResult {
         let budget = self.config.expirations_per_tick_max;
+        // While a new leader's refresh is under way, a lease not reached
+        // yet may still carry its old expiry: none expires until it is done.
+        let expiring = if self.lease_refresh.is_some() { 0 } else { budget };
         let expired: Vec<Uuid> = self
             .index
             .leases
             .range(..=(self.clock_ms, Uuid::max()))
-            .take(budget)
+            .take(expiring)
             .map(|(_, id)| *id)
             .collect();
         for &request_id in &expired {
@@ -189,24 +213,47 @@ impl AllocationTable {
         })
     }
 
-    /// Gives every lease a full TTL from now (a new leader's fresh window).
+    /// Gives every lease a full TTL from now (a new leader's fresh window),
+    /// at most `lease_refreshes_per_command_max` per command: this one and
+    /// the ones after it ([`Self::continue_lease_refresh`]).
     pub(super) fn refresh_leases(&mut self) -> ApplyResult {
-        let leased: Vec<(u64, Uuid)> = self.index.leases.iter().copied().collect();
-        for &(expires, request_id) in &leased {
+        let leases = self.index.leases.len() as u64;
+        self.lease_refresh = Some(LeaseRefresh {
+            from_ms: self.clock_ms,
+            after: None,
+        });
+        self.emit(EventKind::LeasesRefreshed { leases });
+        Ok(CommandResponse::LeasesRefreshed { leases })
+    }
+
+    /// The next share of a lease refresh under way. A refreshed lease moves
+    /// later in the index and is met again further on, then left as it is;
+    /// the walk ends when it reaches the index's end.
+    pub(super) fn continue_lease_refresh(&mut self) {
+        let Some(refresh) = self.lease_refresh.clone() else {
+            return;
+        };
+        let budget = self.config.lease_refreshes_per_command_max.max(1);
+        let lower = refresh.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let batch: Vec<(u64, Uuid)> = self.index.leases.range((lower, Bound::Unbounded)).take(budget).copied().collect();
+        for &(expires, request_id) in &batch {
             let ttl = self.requests[&request_id].request.lease_ttl_ms.expect("indexed leases have a ttl");
-            let fresh = expires.max(self.clock_ms + ttl);
+            let fresh = expires.max(refresh.from_ms + ttl);
             if fresh != expires {
                 let mut record = self.take_record(request_id);
                 record.lease_expires_at_ms = Some(fresh);
                 self.put_record(record);
             }
         }
-        self.emit(EventKind::LeasesRefreshed {
-            leases: leased.len() as u64,
+        self.lease_refresh = (batch.len() == budget).then(|| LeaseRefresh {
+            after: batch.last().copied(),
+            ..refresh
         });
-        Ok(CommandResponse::LeasesRefreshed {
-            leases: leased.len() as u64,
-        })
+    }
+
+    /// Whether a lease refresh is still under way.
+    pub fn lease_refresh_pending(&self) -> bool {
+        self.lease_refresh.is_some()
     }
 
     pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {

@@ -16,9 +16,12 @@
 //! at most [`TableConfig::placement_candidates_max`] providers, freed capacity
 //! re-examines at most [`TableConfig::queue_examined_per_free_max`] queued
 //! requests (skipping those past their deadline, which the next
-//! [`Command::Tick`] rejects), and a tick handles at most
-//! [`TableConfig::expirations_per_tick_max`] expiries and rejections.
+//! [`Command::Tick`] rejects), a tick handles at most
+//! [`TableConfig::expirations_per_tick_max`] expiries and rejections, and a
+//! command moves at most [`TableConfig::evacuations_per_command_max`]
+//! allocations off failed providers (the rest in the commands after it).
 
+mod bulk_release;
 mod cursors;
 mod id_hash_map;
 mod id_key;
@@ -49,6 +52,14 @@ pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::{SNAPSHOT_DECODED_BYTES_MAX, SNAPSHOT_FORMAT_VERSION};
 
+/// A lease refresh under way: every lease gets at least `from_ms` plus its
+/// TTL, walked in the lease index's order after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LeaseRefresh {
+    from_ms: u64,
+    after: Option<(u64, Uuid)>,
+}
+
 /// The replicated allocation table. Apply the same commands in the same order
 /// and two tables are equal, down to their snapshot bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +82,14 @@ pub struct AllocationTable {
     history: VecDeque<Event>,
     /// Named cursors into the history, at most [`crate::limits::CURSORS_MAX`].
     cursors: BTreeMap<String, Cursor>,
+    /// Failed providers whose allocations are still being moved, with the
+    /// reason their queued ones get: at most
+    /// [`TableConfig::evacuations_per_command_max`] move per command, in
+    /// provider-id order, each provider's oldest first.
+    evacuating: BTreeMap<String, String>,
+    /// A new leader's lease refresh still under way: no lease expires
+    /// until it is done.
+    lease_refresh: Option<LeaseRefresh>,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -95,6 +114,8 @@ impl AllocationTable {
             requests: RecordMap::default(),
             history: VecDeque::new(),
             cursors: BTreeMap::new(),
+            evacuating: BTreeMap::new(),
+            lease_refresh: None,
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -135,7 +156,13 @@ impl AllocationTable {
         let operation_type = command.operation_type();
         let result = self.dispatch(command);
         match &result {
-            Ok(_) => self.evict_finished(),
+            Ok(_) => {
+                // Every successful command carries on with a bounded share
+                // of a pending evacuation, after its own work.
+                self.continue_lease_refresh();
+                self.continue_evacuations();
+                self.evict_finished();
+            }
             Err(_) => {
                 assert!(self.pending_events.is_empty(), "a failed {operation_type} emitted events");
                 self.clock_ms = clock_before;
@@ -188,6 +215,7 @@ impl AllocationTable {
                 revision,
                 hold_ms,
             } => self.advance_cursor(name, holder, *revision, *hold_ms),
+            Command::ReleaseMatching { filter, after } => self.release_matching(filter, *after),
         }
     }
 

@@ -61,6 +61,8 @@ impl AllocationTable {
                     resources,
                 });
                 if was_failed {
+                    // What was not moved yet stays where it is.
+                    self.evacuating.remove(&provider_id);
                     self.emit(EventKind::ProviderRecovered {
                         provider_id: provider_id.clone(),
                     });
@@ -76,7 +78,10 @@ impl AllocationTable {
         // Failed first, so that evacuation cannot pick it again.
         self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.index.remove_free(&self.providers[provider_id]);
-        self.evacuate(provider_id, "provider_deregistered");
+        // All at once: the provider is forgotten right after. An operator's
+        // command, one provider at a time, unlike a mass failure.
+        self.evacuating.remove(provider_id);
+        self.evacuate(provider_id, "provider_deregistered", usize::MAX);
         let provider = self.providers.remove(provider_id).expect("still registered");
         self.index.remove_provider(&provider);
         self.emit(EventKind::ProviderDeregistered {
@@ -97,7 +102,9 @@ impl AllocationTable {
             provider_id: provider_id.to_owned(),
         });
         self.emit_provider_statuses(provider_id);
-        self.evacuate(provider_id, "provider_failed");
+        // Moved by `continue_evacuations`, a bounded number per command,
+        // starting right after this one's own events.
+        self.evacuating.insert(provider_id.to_owned(), "provider_failed".to_owned());
         Ok(self.provider_response(provider_id))
     }
 
@@ -108,6 +115,8 @@ impl AllocationTable {
             return Ok(self.provider_response(provider_id));
         }
         self.provider_mut(provider_id)?.status = ProviderStatus::Active;
+        // What was not moved yet stays where it is.
+        self.evacuating.remove(provider_id);
         self.index.add_free(&self.providers[provider_id]);
         self.emit(EventKind::ProviderRecovered {
             provider_id: provider_id.to_owned(),
@@ -117,18 +126,49 @@ impl AllocationTable {
         Ok(self.provider_response(provider_id))
     }
 
-    /// Moves every allocation off `provider_id` (already marked failed) to
-    /// other providers, oldest first, or back into the queue where none fits.
-    /// Evacuated requests enter the queue even past `queue_len_max`: an
-    /// acknowledged allocation is never dropped for lack of queue room.
-    fn evacuate(&mut self, provider_id: &str, reason: &str) {
+    /// Moves at most `evacuations_per_command_max` allocations off the
+    /// providers in `evacuating`, in provider-id order; a provider left with
+    /// none leaves `evacuating`.
+    pub(super) fn continue_evacuations(&mut self) {
+        let mut budget = self.config.evacuations_per_command_max.max(1);
+        while budget > 0 {
+            let Some((provider_id, reason)) = self.evacuating.first_key_value().map(|(id, reason)| (id.clone(), reason.clone())) else {
+                break;
+            };
+            budget -= self.evacuate(&provider_id, &reason, budget);
+            if self.index.by_provider.get(&provider_id).is_none_or(|ids| ids.is_empty()) {
+                self.evacuating.remove(&provider_id);
+            }
+        }
+    }
+
+    /// Allocations still to move off failed providers.
+    pub fn evacuations_pending(&self) -> usize {
+        self.evacuating
+            .keys()
+            .map(|provider_id| self.index.by_provider.get(provider_id).map_or(0, |ids| ids.len()))
+            .sum()
+    }
+
+    /// Moves the `limit` oldest allocations off `provider_id` (already
+    /// marked failed) to other providers, or back into the queue where none
+    /// fits; returns how many it moved. Evacuated requests enter the queue
+    /// even past `queue_len_max`: an acknowledged allocation is never
+    /// dropped for lack of queue room.
+    fn evacuate(&mut self, provider_id: &str, reason: &str, limit: usize) -> usize {
         let mut placed: Vec<(u64, Uuid)> = self
             .index
             .by_provider
             .get(provider_id)
             .map(|ids| ids.iter().map(|id| (self.requests[id].arrival_seq, *id)).collect())
             .unwrap_or_default();
+        if placed.len() > limit {
+            // The oldest `limit` in linear time, then only those sorted.
+            placed.select_nth_unstable(limit);
+            placed.truncate(limit);
+        }
         placed.sort_unstable();
+        let moved = placed.len();
         for (_, request_id) in placed {
             let mut record = self.take_record(request_id);
             let old = record.placement.take().expect("an active request has a placement");
@@ -140,6 +180,7 @@ impl AllocationTable {
             }
             self.put_record(record);
         }
+        moved
     }
 
     /// A `resource_status` event for each unit of the provider.

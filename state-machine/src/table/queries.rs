@@ -55,6 +55,10 @@ pub struct Usage {
     pub active_allocations: u64,
     pub failed_providers: Vec<String>,
     pub revision: u64,
+    /// Allocations still on failed providers, to be moved by the next
+    /// commands (bounded evacuation); 0 once every move is done.
+    #[serde(default)]
+    pub evacuations_pending: u64,
 }
 
 /// A watcher asked for history the table no longer keeps.
@@ -158,6 +162,7 @@ impl AllocationTable {
             });
         }
         Usage {
+            evacuations_pending: self.evacuations_pending() as u64,
             by_kind,
             providers,
             queue_len: self.index.queue.len() as u64,
@@ -194,12 +199,15 @@ impl AllocationTable {
         Ok(self.history.iter().skip(skip))
     }
 
-    /// When the next tick has work: the earliest lease expiry or deadline.
+    /// When the next tick has work: the earliest lease expiry or deadline,
+    /// or now while allocations are still to move off failed providers or a
+    /// lease refresh is under way.
     /// The leader proposes a `Tick` once its clock reaches this.
     pub fn next_due_ms(&self) -> Option<u64> {
         let lease = self.index.leases.first().map(|(at, _)| *at);
         let deadline = self.index.deadlines.first().map(|(at, _)| *at);
-        lease.into_iter().chain(deadline).min()
+        let evacuation = (!self.evacuating.is_empty() || self.lease_refresh.is_some()).then_some(self.clock_ms);
+        lease.into_iter().chain(deadline).chain(evacuation).min()
     }
 
     /// Checks every invariant of the table; panics with the first broken one.
@@ -215,6 +223,18 @@ impl AllocationTable {
             assert_eq!(
                 rebuilt.providers[provider_id].kinds, provider.kinds,
                 "kind totals of {provider_id} drifted from its units"
+            );
+        }
+        for provider_id in self.evacuating.keys() {
+            let status = self.providers.get(provider_id).map(|provider| provider.status);
+            assert_eq!(
+                Some(ProviderStatus::Failed),
+                status,
+                "{provider_id} is evacuated but not a failed provider"
+            );
+            assert!(
+                self.index.by_provider.get(provider_id).is_some_and(|ids| !ids.is_empty()),
+                "{provider_id} is evacuated but holds nothing"
             );
         }
         assert!(
@@ -262,10 +282,11 @@ impl AllocationTable {
                         Some(provider.provider_id.as_str())
                     );
                 }
-                if provider.status == ProviderStatus::Failed {
+                // Only while its evacuation goes on, a bounded share per command.
+                if provider.status == ProviderStatus::Failed && !self.evacuating.contains_key(&provider.provider_id) {
                     assert!(
                         resource.holders.is_empty(),
-                        "failed provider {} still holds allocations",
+                        "failed provider {} still holds allocations and is not being evacuated",
                         provider.provider_id
                     );
                 }
@@ -289,9 +310,14 @@ impl AllocationTable {
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];
+                let evacuating = self.evacuating.contains_key(&provider.provider_id);
                 assert_eq!(
                     provider.status,
-                    ProviderStatus::Active,
+                    if evacuating {
+                        ProviderStatus::Failed
+                    } else {
+                        ProviderStatus::Active
+                    },
                     "{} is placed on failed {}",
                     record.request.request_id,
                     provider.provider_id

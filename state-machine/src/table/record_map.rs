@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use serde::de::{MapAccess, Visitor};
@@ -112,6 +113,17 @@ impl RecordMap {
         self.shards
             .iter()
             .flat_map(|shard| shard.iter().map(|(id, record)| (id.uuid(), record)))
+    }
+
+    /// The ids after `after` (all of them for `None`), in id order.
+    pub(crate) fn keys_after(&self, after: Option<Uuid>) -> impl Iterator<Item = Uuid> + '_ {
+        let after = after.map(IdKey::from);
+        let first_shard = after.map_or(0, shard_of);
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.shards[first_shard..].iter().enumerate().flat_map(move |(offset, shard)| {
+            let lower = if offset == 0 { lower } else { Bound::Unbounded };
+            shard.range((lower, Bound::Unbounded)).map(|(id, _)| id.uuid())
+        })
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = Uuid> + '_ {

@@ -9,8 +9,11 @@ use crate::error::SnapshotError;
 /// Bumped whenever the encoded layout changes; a build refuses snapshots of
 /// another version rather than misreading them.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
-/// table's named cursors; version 4 the providers' address and port.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+/// table's named cursors; version 4 the providers' address and port;
+/// version 5 the failed providers still being evacuated, a lease refresh
+/// in progress and their bounds in `TableConfig` (bounded evacuation and
+/// lease refresh).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 
 /// The string contents one snapshot decode may claim, in total. bincode
 /// allocates a string's claimed length before reading it, so a corrupt
@@ -56,6 +59,8 @@ impl AllocationTable {
             requests: self.requests.clone(),
             history: self.history.clone(),
             cursors: self.cursors.clone(),
+            evacuating: self.evacuating.clone(),
+            lease_refresh: self.lease_refresh.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
