@@ -387,6 +387,48 @@ impl Client {
         Ok(status)
     }
 
+    /// A backup of the whole table from the leader (`SnapshotSave`, admin
+    /// only under TLS): the bytes of one backup file, not yet checked (read
+    /// them with [`qm_api::backup::decode`]). The call finds the leader with
+    /// the usual redirects; the stream itself is not retried: a backup
+    /// broken off is an error, and saving again is safe.
+    pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
+        let mut stream = self
+            .inner
+            .call(
+                "snapshot_save",
+                CallKind::Read(Consistency::Linearizable),
+                api::SnapshotSaveRequest {},
+                |replica, request| async move { replica.client().snapshot_save(request).await },
+            )
+            .await?;
+        let mut file = Vec::new();
+        let broken = |received: usize, status: tonic::Status| Error::Transport {
+            message: format!("the backup stream broke off after {received} bytes: {}", status.message()),
+        };
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(status) => return Err(broken(file.len(), status)),
+            };
+            if chunk.total_bytes > qm_api::backup::BACKUP_FILE_BYTES_MAX {
+                return Err(Error::Transport {
+                    message: format!(
+                        "the leader offers a backup of {} bytes, at most {}",
+                        chunk.total_bytes,
+                        qm_api::backup::BACKUP_FILE_BYTES_MAX
+                    ),
+                });
+            }
+            if file.is_empty() {
+                file.reserve_exact(chunk.total_bytes as usize);
+            }
+            file.extend_from_slice(&chunk.data);
+        }
+        Ok(file)
+    }
+
     // --- consumers of the event history
 
     /// Takes or keeps the named cursor for `holder` for `hold` and moves it

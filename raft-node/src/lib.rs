@@ -52,6 +52,7 @@
 //! * [`network`]: Raft RPC between replicas; [`proto`]: its generated service.
 //! * [`security`]: mutual TLS, and which certificate may make which call.
 //! * [`config`]: flags, TOML file, defaults, validation.
+//! * [`restore`]: `qm-node restore`: a new replica's data dir from a backup file.
 //! * [`metrics`]: Prometheus exposition.
 //! * [`clock`]: the wall clock, read in one place.
 //! * [`codec`]: bincode for what replicas send each other and store.
@@ -66,6 +67,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod proto;
+pub mod restore;
 pub mod security;
 pub mod server;
 pub mod storage;

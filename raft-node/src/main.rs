@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use qm_raft_node::config::{LogFormat, NodeArgs};
+use qm_raft_node::restore::RestoreArgs;
 
 /// mimalloc instead of glibc malloc: the table's churn (records, events,
 /// grants created and dropped per command, across threads) fragmented glibc's
@@ -13,6 +14,11 @@ use qm_raft_node::config::{LogFormat, NodeArgs};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `qm-node restore ...`: seed a data dir from a backup, then exit. The
+    // replica's own flags take no subcommand, so the word is looked at first.
+    if std::env::args().nth(1).as_deref() == Some("restore") {
+        return restore(RestoreArgs::parse_from(std::env::args().skip(1)));
+    }
     let config = match NodeArgs::parse().with_file().and_then(NodeArgs::into_config) {
         Ok(config) => config,
         Err(error) => {
@@ -67,5 +73,34 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+/// `qm-node restore`: one line on success (what was restored), one on refusal.
+fn restore(args: RestoreArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("qm-node restore: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(qm_raft_node::restore::restore(&args)) {
+        Ok(restored) => {
+            let members: Vec<String> = restored.members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+            println!(
+                "restored revision {} (applied index {}) into {} as replica {} of {}",
+                restored.header.revision,
+                restored.header.applied_index,
+                args.data_dir.display(),
+                args.id,
+                members.join(",")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("qm-node restore: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

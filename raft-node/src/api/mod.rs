@@ -3,6 +3,7 @@
 //! * [`requests`]: allocate, release, renew, get, list — the requester's calls.
 //! * [`providers`]: register, heartbeat, deregister, list, confirm, system state.
 //! * [`cluster`]: cluster status and membership changes.
+//! * [`backup`]: `SnapshotSave`, a backup of the table from the leader.
 //! * [`cursors`]: named cursors into the event history (the broker bridge's).
 //! * [`watch`]: the event stream from a revision.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
@@ -17,6 +18,7 @@
 //! reaches the log.
 
 pub mod access;
+pub mod backup;
 pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
@@ -155,6 +157,13 @@ impl Quartermaster for ApiService {
     async fn remove_replica(&self, request: Request<RemoveReplicaRequest>) -> Reply<ClusterStatusReply> {
         self.admit(&request, Call::RemoveReplica)?;
         cluster::remove_replica(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    type SnapshotSaveStream = backup::SnapshotSaveStream;
+
+    async fn snapshot_save(&self, request: Request<SnapshotSaveRequest>) -> Reply<Self::SnapshotSaveStream> {
+        self.admit(&request, Call::SnapshotSave)?;
+        backup::save(&self.node).await.map(Response::new)
     }
 
     async fn advance_cursor(&self, request: Request<AdvanceCursorRequest>) -> Reply<CursorReply> {

@@ -42,12 +42,14 @@ pub enum Call {
     /// A bridge's cursor into the event history: consumers (in their
     /// namespace) and admins.
     AdvanceCursor,
+    /// A backup of the whole table (every namespace): admin only.
+    SnapshotSave,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 22] = [
+    pub const ALL: [Call; 23] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -70,6 +72,7 @@ impl Call {
         Call::AddReplica,
         Call::RemoveReplica,
         Call::AdvanceCursor,
+        Call::SnapshotSave,
     ];
 
     /// The roles that may make this call at all.
@@ -86,7 +89,7 @@ impl Call {
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
-            Call::AddReplica | Call::RemoveReplica => &[Role::Admin],
+            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
         }
     }
@@ -120,6 +123,7 @@ impl Call {
             Call::AddReplica => "AddReplica",
             Call::RemoveReplica => "RemoveReplica",
             Call::AdvanceCursor => "AdvanceCursor",
+            Call::SnapshotSave => "SnapshotSave",
         }
     }
 }
@@ -149,7 +153,7 @@ mod tests {
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(
-            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor]),
+            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor, SnapshotSave]),
             allowed(Role::Admin)
         );
     }

@@ -445,4 +445,10 @@ impl Quartermaster for FakeReplica {
     async fn advance_cursor(&self, _: Request<api::AdvanceCursorRequest>) -> Result<Response<api::CursorReply>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
