@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use qm_raft_node::config::{LogFormat, NodeArgs};
+use qm_raft_node::recover::RecoverArgs;
 use qm_raft_node::restore::RestoreArgs;
 
 /// mimalloc instead of glibc malloc: the table's churn (records, events,
@@ -18,6 +19,9 @@ fn main() -> ExitCode {
     // replica's own flags take no subcommand, so the word is looked at first.
     if std::env::args().nth(1).as_deref() == Some("restore") {
         return restore(RestoreArgs::parse_from(std::env::args().skip(1)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("recover") {
+        return recover(RecoverArgs::parse_from(std::env::args().skip(1)));
     }
     let config = match NodeArgs::parse().with_file().and_then(NodeArgs::into_config) {
         Ok(config) => config,
@@ -100,6 +104,35 @@ fn restore(args: RestoreArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("qm-node restore: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `qm-node recover`: one line on success (what was kept), one on refusal.
+fn recover(args: RecoverArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("qm-node recover: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(qm_raft_node::recover::recover(&args)) {
+        Ok(recovered) => {
+            let last = recovered.last_log_id.map_or("none".to_owned(), |log_id| log_id.to_string());
+            println!(
+                "recovered revision {} (last log entry {last}) in {} as a one-replica cluster: {}={}; the old data dir is {}",
+                recovered.revision,
+                args.data_dir.display(),
+                args.id,
+                recovered.addr,
+                recovered.kept.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("qm-node recover: {error}");
             ExitCode::FAILURE
         }
     }

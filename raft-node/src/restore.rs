@@ -28,8 +28,10 @@ use qm_api::backup::{self, BackupError, BackupHeader, BACKUP_FILE_BYTES_MAX};
 use qm_state_machine::AllocationTable;
 
 use crate::config::{parse_peers, ConfigError};
-use crate::storage::{db, StorageError};
-use crate::types::{LogId, NodeId, SnapshotMeta, StoredMembership};
+use openraft::storage::RaftLogStorage;
+
+use crate::storage::StorageError;
+use crate::types::{LogId, NodeId, SnapshotMeta, StoredMembership, Vote};
 
 /// `qm-node restore`: seed a new cluster's replica from a backup file.
 #[derive(Parser, Debug, Clone)]
@@ -87,27 +89,45 @@ pub async fn restore(args: &RestoreArgs) -> Result<Restored, RestoreError> {
         return Err(RestoreError::IdNotInPeers { id: args.id });
     }
     require_empty(&args.data_dir)?;
-
-    let path = args.data_dir.clone();
-    let (sled_db, _flush) = tokio::task::spawn_blocking(move || db::open_db(&path))
-        .await
-        .map_err(StorageError::from)??;
-    sled_db.flush_async().await.map_err(StorageError::from)?;
-    drop(sled_db);
-
     let log_id = LogId::new(CommittedLeaderId::new(0, 0), backup.header.applied_index);
+    seed(&args.data_dir, log_id, &members, None, backup.table).await?;
+    Ok(Restored {
+        header: backup.header,
+        members,
+    })
+}
+
+/// Writes a new data dir: sled stamped with its layout version (and
+/// `vote`, if given), and `table` as the stored snapshot at `log_id` with
+/// every one of `members` a voter. The log is empty: openraft starts from
+/// the snapshot.
+pub(crate) async fn seed(
+    data_dir: &Path,
+    log_id: LogId,
+    members: &BTreeMap<NodeId, String>,
+    vote: Option<Vote>,
+    table: Vec<u8>,
+) -> Result<(), StorageError> {
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     let nodes: BTreeMap<NodeId, BasicNode> = members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
     let meta = SnapshotMeta {
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(Some(log_id), Membership::new(vec![voters], nodes)),
-        snapshot_id: format!("restored-{}", backup.header.applied_index),
+        snapshot_id: format!("seeded-{}", log_id.index),
     };
-    crate::storage::save_restored_snapshot(&args.data_dir, meta, backup.table).await?;
-    Ok(Restored {
-        header: backup.header,
-        members,
-    })
+    std::fs::create_dir_all(data_dir).map_err(|source| StorageError::CreateDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    crate::storage::save_restored_snapshot(data_dir, meta, table).await?;
+    let (mut log_store, _) = crate::storage::open(data_dir, qm_state_machine::TableConfig::default()).await?;
+    if let Some(vote) = vote {
+        log_store.save_vote(&vote).await.map_err(|error| StorageError::Decode {
+            what: "vote",
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Reads and checks a backup file as a restore needs it: whole, of a
