@@ -31,6 +31,8 @@ pub const FIELD_HEADER: &str = "x-qm-field";
 /// 0 or larger gets this many, and a client that gets a full page must ask
 /// for the next one (`after`) to be sure it has seen everything.
 pub const LIST_LIMIT_MAX: usize = 10_000;
+/// The most providers one ListProviders page holds (a larger or zero `limit` gets this many).
+pub const PROVIDERS_PAGE_MAX: usize = 10_000;
 
 /// A replica that leads the cluster, as another replica names it.
 #[derive(Clone, Debug, PartialEq, Eq)]

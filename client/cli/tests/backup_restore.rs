@@ -121,7 +121,10 @@ async fn served_by(addr: &str) -> (Vec<api::AllocationReply>, Vec<api::ProviderI
         .into_inner()
         .records;
     let providers = api
-        .list_providers(api::ListProvidersRequest { stale: true })
+        .list_providers(api::ListProvidersRequest {
+            stale: true,
+            ..Default::default()
+        })
         .await
         .expect("providers")
         .into_inner()
