@@ -10,6 +10,9 @@
 #   scripts/cluster.sh kill N             kill -9 replica N
 #   scripts/cluster.sh stop N | cont N    SIGSTOP / SIGCONT replica N
 #   scripts/cluster.sh start N            start replica N again with its data dir
+#   scripts/cluster.sh rolling-restart    restart every replica, one at a time, the leader last: SIGTERM, wait for
+#                                         it to exit, start it (a new binary, if rebuilt), wait until it has applied
+#                                         what the leader had committed and a leader is known, then the next
 #
 # Replica N listens on 127.0.0.1:$((QM_BASE_PORT+N)) (7101, 7102, ...), serves
 # Prometheus metrics alone (plain HTTP) on 127.0.0.1:$((QM_METRICS_BASE_PORT+N))
@@ -192,6 +195,59 @@ load_extra_args() {
   return 0
 }
 
+# How long a replica may take to exit on SIGTERM, and to catch up after a restart.
+STOP_WAIT_S=${QM_STOP_WAIT_S:-30}
+CATCH_UP_WAIT_S=${QM_CATCH_UP_WAIT_S:-60}
+
+# Stops replica $1 with SIGTERM (it finishes in-flight calls), then its pid is gone.
+stop_node() {
+  local i=$1 pid deadline=$((SECONDS + STOP_WAIT_S))
+  pid=$(pid_of "$i")
+  alive "$i" || return 0
+  kill -CONT "$pid" 2>/dev/null || true
+  kill -TERM "$pid"
+  while alive "$i"; do
+    [ $SECONDS -lt $deadline ] || die "replica $i (pid $pid) did not exit within ${STOP_WAIT_S}s of SIGTERM"
+    sleep 0.1
+  done
+  rm -f "$CLUSTER_DIR/$i/pid"
+}
+
+# Waits until replica $1 answers, a leader is known, and $1 has applied at least $2.
+wait_caught_up() {
+  local i=$1 index=$2 deadline=$((SECONDS + CATCH_UP_WAIT_S)) applied leader
+  while [ $SECONDS -lt $deadline ]; do
+    applied=$(metric "$i" raft_applied_index || true)
+    leader=$(metric "$i" raft_leader_id || true)
+    if [ -n "$applied" ] && [ "$applied" -ge "$index" ] && [ -n "$leader" ] && [ "$leader" != 0 ]; then return 0; fi
+    sleep 0.2
+  done
+  die "replica $i did not catch up to index $index with a leader within ${CATCH_UP_WAIT_S}s; see $CLUSTER_DIR/$i/node.log"
+}
+
+cmd_rolling_restart() {
+  local n i leader commit order=()
+  n=$(node_count)
+  for ((i = 1; i <= n; i++)); do alive "$i" || die "replica $i is not running: start it first"; done
+  build
+  load_extra_args
+  leader=$(wait_for_leader "$n") || die "no leader: not restarting anything"
+  # Followers first, the leader last: one election, not one per replica.
+  for ((i = 1; i <= n; i++)); do [ "$i" = "$leader" ] || order+=("$i"); done
+  order+=("$leader")
+  for i in "${order[@]}"; do
+    leader=$(wait_for_leader "$n") || die "no leader before restarting replica $i"
+    commit=$(metric "$leader" raft_commit_index || echo 0)
+    echo "restarting replica $i (leader $leader, commit index $commit)" >&2
+    stop_node "$i"
+    start_node "$i"
+    wait_caught_up "$i" "$commit"
+    echo "replica $i is back (pid $(pid_of "$i")) and caught up" >&2
+  done
+  leader=$(wait_for_leader "$n") || die "no leader after the restart"
+  echo "rolling restart done; replica $leader leads" >&2
+}
+
 cmd_down() {
   local keep=no i pid n
   [ "${1:-}" = --keep-data ] && keep=yes
@@ -247,6 +303,7 @@ case "${1:-}" in
   stop) signal_node STOP "${2:-}"; echo "replica $2 paused" >&2 ;;
   cont) signal_node CONT "${2:-}"; echo "replica $2 resumed" >&2 ;;
   start) check_id "${2:-}"; build; load_extra_args; start_node "$2"; echo "replica $2 started (pid $(pid_of "$2"))" >&2 ;;
+  rolling-restart) cmd_rolling_restart ;;
   endpoints) endpoints "$(node_count)" ;;
   leader) wait_for_leader "$(node_count)" ;;
   *) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2 ;;

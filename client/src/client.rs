@@ -301,6 +301,33 @@ impl Client {
         Ok(reply.records)
     }
 
+    /// Every request matching `filter`, paging with its continuation token
+    /// (`filter.limit` records a page, 0: the server's maximum) from
+    /// `filter.after`. Each record comes once, in request id order; a
+    /// linearizable read is linearizable per page, not across pages.
+    pub async fn list_all(&self, mut filter: api::ListRequest) -> Result<Vec<api::AllocationReply>, Error> {
+        let consistency = if filter.stale {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
+        let mut records = Vec::new();
+        for _ in 0..LIST_PAGES_MAX {
+            let reply = self
+                .inner
+                .call("list", CallKind::Read(consistency), filter.clone(), |replica, request| async move {
+                    replica.client().list(request).await
+                })
+                .await?;
+            records.extend(reply.records);
+            if reply.next_after.is_empty() {
+                return Ok(records);
+            }
+            filter.after = reply.next_after;
+        }
+        Err(too_many_pages())
+    }
+
     // --- providers
 
     /// Registers a provider, or updates one already registered. Validated here
@@ -340,20 +367,33 @@ impl Client {
             .await
     }
 
+    /// Every provider, in provider id order, read a page
+    /// ([`qm_api::wire::PROVIDERS_PAGE_MAX`]) at a time.
     pub async fn list_providers(&self, consistency: Consistency) -> Result<Vec<api::ProviderInfo>, Error> {
-        let message = api::ListProvidersRequest {
-            stale: consistency.is_stale(),
-        };
-        let reply = self
-            .inner
-            .call(
-                "list_providers",
-                CallKind::Read(consistency),
-                message,
-                |replica, request| async move { replica.client().list_providers(request).await },
-            )
-            .await?;
-        Ok(reply.providers)
+        let mut providers = Vec::new();
+        let mut after = String::new();
+        for _ in 0..LIST_PAGES_MAX {
+            let message = api::ListProvidersRequest {
+                stale: consistency.is_stale(),
+                after: after.clone(),
+                limit: 0,
+            };
+            let reply = self
+                .inner
+                .call(
+                    "list_providers",
+                    CallKind::Read(consistency),
+                    message,
+                    |replica, request| async move { replica.client().list_providers(request).await },
+                )
+                .await?;
+            providers.extend(reply.providers);
+            if reply.next_after.is_empty() {
+                return Ok(providers);
+            }
+            after = reply.next_after;
+        }
+        Err(too_many_pages())
     }
 
     /// A provider's agent confirms it handed over (or took back) the units of
@@ -436,6 +476,48 @@ impl Client {
         Ok(status)
     }
 
+    /// A backup of the whole table from the leader (`SnapshotSave`, admin
+    /// only under TLS): the bytes of one backup file, not yet checked (read
+    /// them with [`qm_api::backup::decode`]). The call finds the leader with
+    /// the usual redirects; the stream itself is not retried: a backup
+    /// broken off is an error, and saving again is safe.
+    pub async fn snapshot_save(&self) -> Result<Vec<u8>, Error> {
+        let mut stream = self
+            .inner
+            .call(
+                "snapshot_save",
+                CallKind::Read(Consistency::Linearizable),
+                api::SnapshotSaveRequest {},
+                |replica, request| async move { replica.client().snapshot_save(request).await },
+            )
+            .await?;
+        let mut file = Vec::new();
+        let broken = |received: usize, status: tonic::Status| Error::Transport {
+            message: format!("the backup stream broke off after {received} bytes: {}", status.message()),
+        };
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(status) => return Err(broken(file.len(), status)),
+            };
+            if chunk.total_bytes > qm_api::backup::BACKUP_FILE_BYTES_MAX {
+                return Err(Error::Transport {
+                    message: format!(
+                        "the leader offers a backup of {} bytes, at most {}",
+                        chunk.total_bytes,
+                        qm_api::backup::BACKUP_FILE_BYTES_MAX
+                    ),
+                });
+            }
+            if file.is_empty() {
+                file.reserve_exact(chunk.total_bytes as usize);
+            }
+            file.extend_from_slice(&chunk.data);
+        }
+        Ok(file)
+    }
+
     // --- consumers of the event history
 
     /// Takes or keeps the named cursor for `holder` for `hold` and moves it
@@ -454,6 +536,17 @@ impl Client {
                 replica.client().advance_cursor(request).await
             })
             .await
+    }
+}
+
+/// The most pages [`Client::list_all`] and [`Client::list_providers`] read:
+/// at the servers' maximum page size, a billion records.
+pub const LIST_PAGES_MAX: usize = 100_000;
+
+fn too_many_pages() -> Error {
+    Error::Server {
+        code: tonic::Code::OutOfRange,
+        message: format!("more than {LIST_PAGES_MAX} pages"),
     }
 }
 

@@ -63,7 +63,7 @@ mod replicas;
 pub mod retry;
 pub mod watch;
 
-pub use qm_api::{convert, proto, tls, wire};
+pub use qm_api::{backup, convert, proto, tls, wire};
 
 pub use client::{counting_attempts, Client, Confirmation, Consistency};
 pub use config::{ClientConfig, ConfigError};

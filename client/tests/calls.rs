@@ -272,7 +272,11 @@ async fn a_reply_larger_than_grpcs_default_limit_is_received() {
             .expect("the whole list in one reply");
         let units: usize = providers.iter().map(|provider| provider.resources.len()).sum();
         assert_eq!(120_000, units);
-        let encoded = qm_client::proto::api::ListProvidersReply { providers }.encoded_len();
+        let encoded = qm_client::proto::api::ListProvidersReply {
+            providers,
+            next_after: String::new(),
+        }
+        .encoded_len();
         assert!(
             encoded > 4 * 1024 * 1024,
             "the reply is {encoded} bytes: not past the default limit"

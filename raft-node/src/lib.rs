@@ -52,6 +52,8 @@
 //! * [`network`]: Raft RPC between replicas; [`proto`]: its generated service.
 //! * [`security`]: mutual TLS, and which certificate may make which call.
 //! * [`config`]: flags, TOML file, defaults, validation.
+//! * [`recover`]: `qm-node recover`: a one-replica cluster from the survivor of a lost majority.
+//! * [`restore`]: `qm-node restore`: a new replica's data dir from a backup file.
 //! * [`metrics`]: Prometheus exposition.
 //! * [`clock`]: the wall clock, read in one place.
 //! * [`codec`]: bincode for what replicas send each other and store.
@@ -66,6 +68,8 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod proto;
+pub mod recover;
+pub mod restore;
 pub mod security;
 pub mod server;
 pub mod storage;

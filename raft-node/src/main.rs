@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use qm_raft_node::config::{LogFormat, NodeArgs};
+use qm_raft_node::recover::RecoverArgs;
+use qm_raft_node::restore::RestoreArgs;
 
 /// mimalloc instead of glibc malloc: the table's churn (records, events,
 /// grants created and dropped per command, across threads) fragmented glibc's
@@ -14,6 +16,14 @@ use qm_raft_node::config::{LogFormat, NodeArgs};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `qm-node restore ...`: seed a data dir from a backup, then exit. The
+    // replica's own flags take no subcommand, so the word is looked at first.
+    if std::env::args().nth(1).as_deref() == Some("restore") {
+        return restore(RestoreArgs::parse_from(std::env::args().skip(1)));
+    }
+    if std::env::args().nth(1).as_deref() == Some("recover") {
+        return recover(RecoverArgs::parse_from(std::env::args().skip(1)));
+    }
     let config = match NodeArgs::parse().with_file().and_then(NodeArgs::into_config) {
         Ok(config) => config,
         Err(error) => {
@@ -73,5 +83,63 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+/// `qm-node restore`: one line on success (what was restored), one on refusal.
+fn restore(args: RestoreArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("qm-node restore: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(qm_raft_node::restore::restore(&args)) {
+        Ok(restored) => {
+            let members: Vec<String> = restored.members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+            println!(
+                "restored revision {} (applied index {}) into {} as replica {} of {}",
+                restored.header.revision,
+                restored.header.applied_index,
+                args.data_dir.display(),
+                args.id,
+                members.join(",")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("qm-node restore: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `qm-node recover`: one line on success (what was kept), one on refusal.
+fn recover(args: RecoverArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("qm-node recover: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(qm_raft_node::recover::recover(&args)) {
+        Ok(recovered) => {
+            let last = recovered.last_log_id.map_or("none".to_owned(), |log_id| log_id.to_string());
+            println!(
+                "recovered revision {} (last log entry {last}) in {} as a one-replica cluster: {}={}; the old data dir is {}",
+                recovered.revision,
+                args.data_dir.display(),
+                args.id,
+                recovered.addr,
+                recovered.kept.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("qm-node recover: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

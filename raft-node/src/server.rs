@@ -44,6 +44,11 @@ use crate::security::{handshakes, Call, Guard, MutualTls};
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
 
+/// How long a stopping replica lets open calls and streams finish after
+/// SIGTERM before it closes them: in-flight unary calls take well under the
+/// request timeout's worth; a client's stream is reopened elsewhere.
+pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
+
 /// How often an uninitialised replica probes its peers before bootstrapping.
 pub const BOOTSTRAP_PROBE_INTERVAL_MS: u64 = 200;
 /// How long a peer probe may take.
@@ -139,14 +144,35 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     // headers then body waits for the peer's delayed ACK (~40 ms).
     // (The builder's `tcp_nodelay` applies only to listeners it binds itself.)
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = match &tls {
-        // The handshakes are ours, so that a refused one is logged with its peer.
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(handshakes::tls_incoming(incoming, tls.server.clone()), shutdown)
-                .await
+    // Graceful, but bounded: a client's long-lived stream (the Pipeline, a
+    // Watch) would otherwise hold a stopping replica up forever, and a
+    // rolling restart waits for each replica to exit.
+    let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = signalled.send(true);
+    };
+    let serve = async {
+        match &tls {
+            // The handshakes are ours, so that a refused one is logged with its peer.
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(handshakes::tls_incoming(incoming, tls.server.clone()), signal)
+                    .await
+            }
+            None => router.serve_with_incoming_shutdown(incoming, signal).await,
         }
-        None => router.serve_with_incoming_shutdown(incoming, shutdown).await,
+    };
+    let grace_over = async {
+        let _ = signal_seen.wait_for(|seen| *seen).await;
+        tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+    };
+    let served = tokio::select! {
+        served = serve => served,
+        () = grace_over => {
+            warn!(grace_ms = SHUTDOWN_GRACE_MS, "calls still open after the shutdown grace; closing them");
+            Ok(())
+        }
     };
     for task in background {
         task.abort();

@@ -254,6 +254,30 @@ async fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
         let mut replica = as_holder(&leader, &pki, "replica").await;
         assert_code(Code::PermissionDenied, replica.allocate(allocate()).await, "replica allocates");
 
+        // --- a backup holds every namespace: admins only
+        for (holder, who) in [
+            (&mut consumer, "consumer"),
+            (&mut provider_a, "provider"),
+            (&mut replica, "replica"),
+        ] {
+            let message = assert_code(
+                Code::PermissionDenied,
+                holder.snapshot_save(SnapshotSaveRequest {}).await,
+                &format!("{who} saves a backup"),
+            );
+            assert!(message.contains("admin"), "{message}");
+        }
+        let mut chunks = admin
+            .snapshot_save(SnapshotSaveRequest {})
+            .await
+            .expect("admin saves a backup")
+            .into_inner();
+        let mut file = Vec::new();
+        while let Some(chunk) = chunks.message().await.expect("the backup streams") {
+            file.extend_from_slice(&chunk.data);
+        }
+        qm_client::backup::decode(&file).expect("a whole backup");
+
         // --- read-only views are open to every role
         consumer
             .cluster_status(ClusterStatusRequest {})

@@ -68,8 +68,12 @@ impl CommandError {
 pub enum SnapshotError {
     #[error("snapshot could not be decoded: {0}")]
     Decode(String),
+    /// Written by an older build whose layout this one does not read.
     #[error("snapshot has format version {found}, this build reads {expected}")]
     Version { found: u32, expected: u32 },
+    /// Written by a newer build: refused rather than misread.
+    #[error("snapshot has format version {found}, newer than this build reads ({expected}): upgrade this replica")]
+    NewerVersion { found: u32, expected: u32 },
     #[error("snapshot has {trailing} trailing bytes")]
     Trailing { trailing: usize },
 }

@@ -108,7 +108,7 @@ fn a_damaged_snapshot_is_refused_with_the_reason() {
     other_version[0] += 1;
     let error = AllocationTable::from_snapshot_bytes(&other_version).unwrap_err();
     assert!(
-        matches!(error, SnapshotError::Version { found, expected } if found == SNAPSHOT_FORMAT_VERSION + 1 && expected == SNAPSHOT_FORMAT_VERSION),
+        matches!(error, SnapshotError::NewerVersion { found, expected } if found == SNAPSHOT_FORMAT_VERSION + 1 && expected == SNAPSHOT_FORMAT_VERSION),
         "{error}"
     );
 

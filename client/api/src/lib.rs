@@ -17,6 +17,8 @@
 //!
 //! # Layout
 //!
+//! * [`backup`]: the backup file (`qm snapshot save`, `qm-node restore`):
+//!   its layout, version, checksum, and why a file is refused.
 //! * [`proto`]: the generated wire types and stubs (client and server).
 //! * [`convert`]: wire types ⇄ the table's types (`qm_state_machine`), and
 //!   the protocol's JSON shapes.
@@ -26,6 +28,7 @@
 //!   ([`tls::TlsConfig`]) and the certificate's [`tls::Identity`] (role,
 //!   name, namespace).
 
+pub mod backup;
 pub mod convert;
 pub mod proto;
 pub mod tls;

@@ -36,6 +36,8 @@ pub const LIST_LIMIT_MAX: usize = 10_000;
 /// releases each cover four million allocations, and the bound keeps a
 /// call from running on for ever while new requests keep matching.
 pub const BULK_RELEASE_ENTRIES_PER_CALL_MAX: u64 = 4096;
+/// The most providers one ListProviders page holds (a larger or zero `limit` gets this many).
+pub const PROVIDERS_PAGE_MAX: usize = 10_000;
 
 /// A replica that leads the cluster, as another replica names it.
 #[derive(Clone, Debug, PartialEq, Eq)]

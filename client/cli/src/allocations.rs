@@ -24,7 +24,7 @@ pub struct ListArgs {
     /// Only requests in this protocol state.
     #[arg(long, value_enum)]
     pub state: Option<StateArg>,
-    /// At most this many (0: the server's maximum).
+    /// One page of at most this many (0: every page, each of the server's maximum).
     #[arg(long, default_value_t = 0)]
     pub limit: u32,
     /// Start after this request id (paging).
@@ -130,6 +130,12 @@ pub async fn get(client: &Client, id: &str, stale: bool, format: OutputFormat, o
     print_allocation(&client.get(id, consistency).await?, format, out)
 }
 
+/// One page with `--limit` or `--after`; else every page.
 pub async fn list(client: &Client, args: ListArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
-    print_allocations(&client.list(args.to_request()).await?, format, out)
+    let records = if args.limit == 0 && args.after.is_none() {
+        client.list_all(args.to_request()).await?
+    } else {
+        client.list(args.to_request()).await?
+    };
+    print_allocations(&records, format, out)
 }

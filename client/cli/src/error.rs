@@ -16,6 +16,9 @@ pub enum CliError {
     /// An input file could not be read.
     #[error("cannot read {path}: {reason}")]
     Input { path: String, reason: String },
+    /// A backup file is damaged, of another version, or could not be written.
+    #[error("{path}: {reason}")]
+    Backup { path: String, reason: String },
     /// Printing the answer failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -35,7 +38,7 @@ impl CliError {
             CliError::Client(error) if error.is_invalid_argument() => EXIT_BAD_INPUT,
             CliError::Config(_) | CliError::Input { .. } => EXIT_BAD_INPUT,
             CliError::Certs(qm_ca::CertError::Identity(_) | qm_ca::CertError::Invalid { .. }) => EXIT_BAD_INPUT,
-            CliError::Client(_) | CliError::Output(_) | CliError::Certs(_) => EXIT_FAILURE,
+            CliError::Client(_) | CliError::Output(_) | CliError::Certs(_) | CliError::Backup { .. } => EXIT_FAILURE,
         }
     }
 

@@ -17,7 +17,7 @@
 //!
 //! * one module per command group: `allocate`, `allocations` (get, list,
 //!   release, renew), `provider`, `cluster`, `state`, `watch`, `top`,
-//!   `agent`, `certs`, `bench`, `bridge`;
+//!   `agent`, `certs`, `bench`, `bridge`, `snapshot` (backups);
 //! * `load`: the load generator behind `qm bench`;
 //! * `input`, `output`, `table`: reading the protocol's JSON, printing answers;
 //! * `error`: [`CliError`] and the exit codes.
@@ -34,6 +34,7 @@ mod input;
 mod load;
 mod output;
 mod provider;
+mod snapshot;
 mod state;
 mod summary;
 mod table;
@@ -55,6 +56,7 @@ pub use cluster::ClusterCommand;
 pub use error::CliError;
 pub use output::OutputFormat;
 pub use provider::ProviderCommand;
+pub use snapshot::{BackupSummary, SnapshotCommand};
 pub use top::TopArgs;
 pub use watch::WatchArgs;
 
@@ -153,6 +155,9 @@ pub enum Command {
     /// Bridge a message broker to the cluster: `qm bridge amqp` (RabbitMQ).
     #[command(subcommand)]
     Bridge(BridgeCommand),
+    /// Backups: save one from the leader, inspect one (checksum, contents).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
 }
 
 impl Cli {
@@ -195,10 +200,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let client = match cli.command {
         // Files only: no client, no replica.
         Command::Certs(command) => return certs::run(command, format, out),
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => return snapshot::inspect(&file, format, out),
         _ => Client::new(cli.client_config())?,
     };
     match cli.command {
-        Command::Certs(_) => unreachable!("answered without a client above"),
+        Command::Certs(_) | Command::Snapshot(SnapshotCommand::Inspect { .. }) => unreachable!("answered without a client above"),
+        Command::Snapshot(SnapshotCommand::Save { file }) => snapshot::save(&client, &file, format, out).await,
         Command::Cluster(command) => cluster::run(&client, command, format, out).await,
         Command::Provider(command) => provider::run(&client, command, format, out).await,
         Command::Allocate(args) => allocate::run(&client, args, format, out).await,

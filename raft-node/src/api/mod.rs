@@ -3,6 +3,7 @@
 //! * [`requests`]: allocate, release, renew, get, list — the requester's calls.
 //! * [`providers`]: register, heartbeat, deregister, list, confirm, system state.
 //! * [`cluster`]: cluster status and membership changes.
+//! * [`backup`]: `SnapshotSave`, a backup of the table from the leader.
 //! * [`cursors`]: named cursors into the event history (the broker bridge's).
 //! * [`bulk_release`]: release by namespace, requester or provider, entry after entry.
 //! * [`watch`]: the event stream from a revision.
@@ -19,6 +20,7 @@
 
 pub mod access;
 pub mod bulk_release;
+pub mod backup;
 pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
@@ -157,6 +159,13 @@ impl Quartermaster for ApiService {
     async fn remove_replica(&self, request: Request<RemoveReplicaRequest>) -> Reply<ClusterStatusReply> {
         self.admit(&request, Call::RemoveReplica)?;
         cluster::remove_replica(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    type SnapshotSaveStream = backup::SnapshotSaveStream;
+
+    async fn snapshot_save(&self, request: Request<SnapshotSaveRequest>) -> Reply<Self::SnapshotSaveStream> {
+        self.admit(&request, Call::SnapshotSave)?;
+        backup::save(&self.node).await.map(Response::new)
     }
 
     async fn advance_cursor(&self, request: Request<AdvanceCursorRequest>) -> Reply<CursorReply> {

@@ -10,6 +10,7 @@ use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
     ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
 };
+use qm_api::wire::PROVIDERS_PAGE_MAX;
 use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
 use tonic::Status;
 use tracing::info;
@@ -107,12 +108,18 @@ pub async fn deregister(node: &Node, caller: &Caller, call: DeregisterProviderRe
 }
 
 pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvidersReply, Status> {
+    let limit = match call.limit as usize {
+        0 => PROVIDERS_PAGE_MAX,
+        limit => limit.min(PROVIDERS_PAGE_MAX),
+    };
     node.read_barrier(call.stale).await?;
-    let providers = node
+    let providers: Vec<qm_api::proto::api::ProviderInfo> = node
         .with_table(|table| {
             let book = node.heartbeats.lock().expect("heartbeat book");
             table
                 .providers()
+                .filter(|provider| call.after.is_empty() || provider.provider_id > call.after)
+                .take(limit)
                 .map(|provider| {
                     let mut info = convert::provider_to_proto(provider);
                     info.allocations = table
@@ -134,7 +141,11 @@ pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvide
                 .collect()
         })
         .await;
-    Ok(ListProvidersReply { providers })
+    let next_after = match providers.last() {
+        Some(last) if providers.len() == limit => last.provider_id.clone(),
+        _ => String::new(),
+    };
+    Ok(ListProvidersReply { providers, next_after })
 }
 
 pub async fn confirm(node: &Node, caller: &Caller, call: ConfirmRequest) -> Result<AllocationReply, Status> {

@@ -110,7 +110,7 @@ pub async fn list(node: &Node, caller: &Caller, mut call: ListRequest) -> Result
     }
     let filter = list_filter(&call)?;
     node.read_barrier(call.stale).await?;
-    let records = node
+    let records: Vec<AllocationReply> = node
         .with_table(|table| {
             // A consumer's namespace is in the filter already.
             if caller.provider().is_none() {
@@ -131,7 +131,11 @@ pub async fn list(node: &Node, caller: &Caller, mut call: ListRequest) -> Result
                 .collect()
         })
         .await;
-    Ok(ListReply { records })
+    let next_after = match records.last() {
+        Some(last) if records.len() == filter.limit => last.request_id.clone(),
+        _ => String::new(),
+    };
+    Ok(ListReply { records, next_after })
 }
 
 fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {

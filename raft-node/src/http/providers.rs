@@ -46,6 +46,8 @@ pub async fn list(
     let after = params.non_empty("next").map(str::to_owned);
     let call = ListProvidersRequest {
         stale: params.flag("stale"),
+        after: after.clone().unwrap_or_default(),
+        limit: limit as u32,
     };
     let mut all = providers::list(&api.node, call)
         .await

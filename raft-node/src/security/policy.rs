@@ -47,6 +47,8 @@ pub enum Call {
     /// allocations gone deregisters, which moves them elsewhere instead of
     /// ending them.
     ReleaseMatching,
+    /// A backup of the whole table (every namespace): admin only.
+    SnapshotSave,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
@@ -76,6 +78,7 @@ impl Call {
         Call::RemoveReplica,
         Call::AdvanceCursor,
         Call::ReleaseMatching,
+        Call::SnapshotSave,
     ];
 
     /// The roles that may make this call at all.
@@ -92,7 +95,7 @@ impl Call {
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
-            Call::AddReplica | Call::RemoveReplica => &[Role::Admin],
+            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
         }
@@ -128,6 +131,7 @@ impl Call {
             Call::RemoveReplica => "RemoveReplica",
             Call::AdvanceCursor => "AdvanceCursor",
             Call::ReleaseMatching => "ReleaseMatching",
+            Call::SnapshotSave => "SnapshotSave",
         }
     }
 }
@@ -167,7 +171,7 @@ mod tests {
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(
-            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor, ReleaseMatching]),
+            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor, ReleaseMatching, SnapshotSave]),
             allowed(Role::Admin)
         );
     }

@@ -91,6 +91,14 @@ fn check_layout_version(db: &sled::Db, path: &Path) -> Result<(), StorageError> 
     match meta.get(KEY_LAYOUT_VERSION)? {
         Some(stored) => {
             let found: u32 = codec::decode(&stored, "storage layout version")?;
+            if found > STORAGE_LAYOUT_VERSION {
+                return Err(StorageError::NewerLayoutVersion {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: STORAGE_LAYOUT_VERSION,
+                });
+            }
+            // No older layout exists yet; when one does, it is migrated here.
             if found != STORAGE_LAYOUT_VERSION {
                 return Err(StorageError::LayoutVersion {
                     path: path.to_path_buf(),

@@ -30,6 +30,9 @@ pub enum StorageError {
     /// The data dir was written by a build with another layout.
     #[error("data dir {} has storage layout version {found}, this build reads {expected}", .path.display())]
     LayoutVersion { path: PathBuf, found: u32, expected: u32 },
+    /// The data dir was written by a newer build: refused, never misread.
+    #[error("data dir {} has storage layout version {found}, newer than this build reads ({expected}): run a newer qm-node, or restore a backup into a new data dir", .path.display())]
+    NewerLayoutVersion { path: PathBuf, found: u32, expected: u32 },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot fsync the data dir's files: {0}")]

@@ -109,6 +109,13 @@ pub use error::StorageError;
 pub use log_store::{LogReader, LogStore, TruncationCount};
 pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
 
+/// Stores `table` (snapshot bytes) as the data dir's snapshot at `meta`,
+/// durably: how `qm-node restore` seeds a new replica.
+pub async fn save_restored_snapshot(data_dir: &Path, meta: crate::types::SnapshotMeta, table: Vec<u8>) -> Result<(), StorageError> {
+    snapshot_store::SnapshotStore::open(data_dir).save(meta, table).await?;
+    Ok(())
+}
+
 /// Opens (creating if needed) the storage of one replica in `data_dir`.
 ///
 /// Restores the table from the latest stored snapshot, or starts an empty

@@ -197,6 +197,13 @@ fn read_file_record(file: &mut File) -> Result<SnapshotRecord, StorageError> {
     };
     let mut header = [0u8; 16];
     file.read_exact(&mut header).map_err(|error| damaged(format!("header: {error}")))?;
+    if header[..6] == SNAPSHOT_FILE_MAGIC[..6] && header[..8] != SNAPSHOT_FILE_MAGIC[..] {
+        return Err(damaged(format!(
+            "snapshot file format {}, this build reads {}: written by another version of qm-node",
+            String::from_utf8_lossy(&header[6..8]),
+            String::from_utf8_lossy(&SNAPSHOT_FILE_MAGIC[6..])
+        )));
+    }
     if &header[..8] != SNAPSHOT_FILE_MAGIC {
         return Err(damaged(format!("starts with {:?}, not {:?}", &header[..8], SNAPSHOT_FILE_MAGIC)));
     }

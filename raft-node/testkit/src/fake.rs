@@ -449,4 +449,10 @@ impl Quartermaster for FakeReplica {
     async fn release_matching(&self, _: Request<api::ReleaseMatchingRequest>) -> Result<Response<api::ReleaseMatchingReply>, Status> {
         Err(Status::unimplemented("not faked"))
     }
+
+    type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
+
+    async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }

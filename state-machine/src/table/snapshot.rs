@@ -85,6 +85,12 @@ impl AllocationTable {
         let decode_error = |error: bincode::error::DecodeError| SnapshotError::Decode(error.to_string());
         // The version first, alone, so a snapshot of another layout is named as such.
         let (version, version_len): (u32, usize) = bincode::serde::decode_from_slice(bytes, config).map_err(decode_error)?;
+        if version > SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::NewerVersion {
+                found: version,
+                expected: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
         if version != SNAPSHOT_FORMAT_VERSION {
             return Err(SnapshotError::Version {
                 found: version,

@@ -1,0 +1,193 @@
+//! Data written by earlier versions still opens: the fixtures under
+//! `tests/fixtures/v<N>/` (a backup file and a replica's data dir, written
+//! by the build whose formats they name) are opened by this build, and
+//! data of a newer version is refused with a message that says so.
+//!
+//! When a format version changes, add a new `v<N>` directory with
+//! `regenerate_fixtures` (ignored; run it by name) and keep the old ones:
+//! every later build must still open them (README, *Compatibility*).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qm_client::convert::{provider_to_proto, reply_from_record, usage_to_proto};
+use qm_client::proto::api::{self, ListRequest};
+use qm_raft_node::restore::read_backup;
+use qm_raft_node::storage::{self, StorageError};
+use qm_state_machine::{AllocationTable, ListFilter, TableConfig};
+use qm_testkit::LocalCluster;
+use support::*;
+
+/// The fixtures of the current formats (backup 1, storage layout 1, snapshot 4).
+const FIXTURE_VERSION: &str = "v1";
+
+fn fixtures(version: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// What a replica serves of its table, read locally, without the leader's
+/// heartbeat book.
+async fn served_by(addr: &str) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
+    let mut api = client(addr).await;
+    let records = api
+        .list(ListRequest {
+            stale: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .records;
+    let providers = api
+        .list_providers(api::ListProvidersRequest {
+            stale: true,
+            ..Default::default()
+        })
+        .await
+        .expect("providers")
+        .into_inner()
+        .providers
+        .into_iter()
+        .map(without_liveness)
+        .collect();
+    let state = api
+        .system_state(api::SystemStateRequest { stale: true })
+        .await
+        .expect("state")
+        .into_inner();
+    (records, providers, state)
+}
+
+fn without_liveness(provider: api::ProviderInfo) -> api::ProviderInfo {
+    api::ProviderInfo {
+        allocations: 0,
+        last_heartbeat_ms: None,
+        ..provider
+    }
+}
+
+fn expected_from(table: &AllocationTable) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
+    let records = table.list(&ListFilter::default()).into_iter().map(reply_from_record).collect();
+    let providers = table.providers().map(provider_to_proto).map(without_liveness).collect();
+    (records, providers, usage_to_proto(&table.usage()))
+}
+
+#[test]
+fn the_backup_fixture_of_every_version_opens() {
+    let backup = read_backup(&fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("the fixture backup opens");
+    let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("its table decodes");
+    assert!(
+        table.active_allocations() > 0 && table.queue_len() > 0,
+        "the fixture holds allocations and a queue"
+    );
+    assert_eq!(backup.header.revision, table.revision());
+}
+
+/// The fixture data dir (one replica, a snapshot and log entries after
+/// it) opens in a real replica, which serves the same table as the backup
+/// taken from it when it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_fixture_of_every_version_opens() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let backup = read_backup(&fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("backup");
+        let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("table");
+        let cluster = LocalCluster::configure(node_binary(), 1, &QUIET_PROVIDERS).expect("lay out");
+        cluster.kill_after(TEST_TIMEOUT);
+        copy_dir(&fixtures(FIXTURE_VERSION).join("data-dir"), &cluster.replicas[&1].data_dir);
+        cluster.start_replica(1).expect("start");
+        cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
+        let status = cluster.status_of(1).await.expect("status");
+        cluster
+            .wait_for_applied(1, status.commit_index, Duration::from_secs(30))
+            .await
+            .expect("applied");
+        let expected = expected_from(&table);
+        let served = served_by(cluster.addr(1)).await;
+        assert_eq!(expected, served);
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+/// A data dir, a snapshot or a backup of a newer version is refused with a
+/// message that says so, never misread.
+#[tokio::test]
+async fn data_of_a_newer_version_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // --- a data dir stamped with a newer storage layout
+    let data_dir = dir.path().join("data");
+    copy_dir(&fixtures(FIXTURE_VERSION).join("data-dir"), &data_dir);
+    {
+        let db = sled::open(&data_dir).expect("sled opens");
+        let meta = db.open_tree("raft_meta").expect("meta tree");
+        let newer = bincode::serde::encode_to_vec(storage::STORAGE_LAYOUT_VERSION + 1, bincode::config::standard()).expect("encode");
+        meta.insert("layout_version", newer).expect("insert");
+        db.flush().expect("flush");
+    }
+    let error = storage::open(&data_dir, TableConfig::default()).await.expect_err("a newer layout");
+    assert!(matches!(error, StorageError::NewerLayoutVersion { .. }), "{error}");
+    assert!(error.to_string().contains("newer than this build reads"), "{error}");
+
+    // --- a backup of a newer format
+    let mut bytes = std::fs::read(fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("read");
+    bytes[8] = bytes[8].wrapping_add(1);
+    let newer = dir.path().join("newer.qmb");
+    std::fs::write(&newer, &bytes).expect("write");
+    let error = read_backup(&newer).expect_err("a newer backup").to_string();
+    assert!(error.contains("newer than this build reads"), "{error}");
+}
+
+/// Writes `tests/fixtures/v<N>/` from a one-replica cluster of this build:
+/// `cargo test -p qm-raft-node --test format_fixtures -- --ignored regenerate_fixtures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes the fixtures; run by hand when a format version changes"]
+async fn regenerate_fixtures() {
+    let out = fixtures(FIXTURE_VERSION);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let cluster = start_cluster(1, &["--snapshot-every-entries", "20", "--log-kept-behind-snapshot-entries", "5"]).await;
+    let (_, mut api) = leader_client(&cluster).await;
+    api.register_provider(provider("node_1", 4)).await.expect("register");
+    let mut previous = None;
+    for round in 0..30 {
+        let reply = api
+            .allocate(api::AllocateRequest {
+                request: Some(request("fixture", 1)),
+            })
+            .await
+            .expect("allocate")
+            .into_inner();
+        if round % 3 == 2 {
+            if let Some(id) = previous.take() {
+                api.release(api::ReleaseRequest { id }).await.expect("release");
+            }
+        }
+        previous = Some(reply.allocation_id);
+    }
+    let client = qm_client::Client::new(qm_client::ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
+    let backup = client.snapshot_save().await.expect("backup");
+    std::fs::write(out.join("backup.qmb"), backup).expect("write backup");
+    let status = cluster.status_of(1).await.expect("status");
+    assert!(
+        status.snapshot_index > 0 && status.last_log_index > status.snapshot_index,
+        "{status:?}"
+    );
+    cluster.kill(1).expect("kill");
+    copy_dir(&cluster.replicas[&1].data_dir, &out.join("data-dir"));
+}
