@@ -20,7 +20,8 @@ use qm_state_machine::{AllocationTable, ListFilter, TableConfig};
 use qm_testkit::LocalCluster;
 use support::*;
 
-/// The fixtures of the current formats (backup 1, storage layout 1, snapshot 4).
+/// The fixtures of the current formats (backup 1, storage layout 1, snapshot 5;
+/// written again in place when snapshot 4 became 5 before any release).
 const FIXTURE_VERSION: &str = "v1";
 
 fn fixtures(version: &str) -> PathBuf {

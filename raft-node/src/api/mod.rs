@@ -19,8 +19,8 @@
 //! reaches the log.
 
 pub mod access;
-pub mod bulk_release;
 pub mod backup;
+pub mod bulk_release;
 pub mod cluster;
 pub mod cursors;
 pub mod pipeline;

@@ -54,7 +54,7 @@ pub enum Call {
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 23] = [
+    pub const ALL: [Call; 24] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -171,7 +171,17 @@ mod tests {
             allowed(Role::ResourceConsumer)
         );
         assert_eq!(
-            with(&[Release, Get, List, Watch, AddReplica, RemoveReplica, AdvanceCursor, ReleaseMatching, SnapshotSave]),
+            with(&[
+                Release,
+                Get,
+                List,
+                Watch,
+                AddReplica,
+                RemoveReplica,
+                AdvanceCursor,
+                ReleaseMatching,
+                SnapshotSave
+            ]),
             allowed(Role::Admin)
         );
     }
