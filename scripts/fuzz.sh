@@ -59,8 +59,10 @@ for target in "${TARGETS[@]}"; do
   printf '%-18s %12s executions %6ss  %s\n' "$target" "${execs:-?}" "$seconds" "$outcome" | tee -a "$REPORT"
   if $SAVE && [ "$outcome" = ok ]; then
     (cd fuzz && cargo +nightly fuzz cmin "$target" "$corpus" >> "$log" 2>&1)
-    rm -f fuzz/corpus/"$target"/*
-    cp "$corpus"/* fuzz/corpus/"$target"/
+    # The regression inputs (crashes found earlier) and the named seeds
+    # stay; the rest is replaced by the minimized corpus.
+    find fuzz/corpus/"$target" -type f -regex '.*/[0-9a-f]\{40\}' -delete
+    cp -n "$corpus"/* fuzz/corpus/"$target"/
   fi
 done
 echo "report: $REPORT" >&2

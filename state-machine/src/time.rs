@@ -11,6 +11,12 @@ pub type UnixMillis = u64;
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `None` if malformed or
 /// before the epoch.
 pub fn parse_rfc3339(text: &str) -> Option<UnixMillis> {
+    // ASCII only, so that every slice below falls on a character boundary
+    // (a multi-byte character there made the slicing panic: found by
+    // fuzzing, `fuzz/corpus/protocol_request`).
+    if !text.is_ascii() {
+        return None;
+    }
     let bytes = text.as_bytes();
     if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[13] != b':' {
         return None;
@@ -124,6 +130,19 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_multi_byte_character_anywhere_is_malformed_not_a_panic() {
+        // 'Н' is two bytes: it straddles the byte offsets the parser slices at.
+        for text in [
+            "2024-03-21T12:00:0Н",
+            "2024-03-21T12:Н0:00Z",
+            "2024-03-21T12:00:00.1Н",
+            "Н2024-03-21T12:00:00Z",
+        ] {
+            assert_eq!(None, parse_rfc3339(text), "{text}");
+        }
+    }
 
     #[test]
     fn parses_the_protocol_example_deadline() {
