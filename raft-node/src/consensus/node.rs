@@ -52,6 +52,10 @@ impl Node {
                 leader: self.live(leader),
                 operation_type,
             }),
+            Err(ProposeError::OutcomeUnknown { leader, operation_type }) => Err(ProposeError::OutcomeUnknown {
+                leader: self.live(leader),
+                operation_type,
+            }),
             answered => answered?.map_err(ProposeError::Rejected),
         }
     }
