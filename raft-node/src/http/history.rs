@@ -16,17 +16,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use qm_api::proto::api::GetRequest;
 use qm_state_machine::{event_to_json, AllocationTable, Event, EventKind};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::access::{admit, PeerCertificate};
+use super::access::PeerCertificate;
 use super::error::HttpError;
-use super::params::Params;
-use super::Shared;
-use crate::api::requests;
-use crate::security::Call;
+use super::{requests, Shared};
 
 /// Steps returned at most, the newest kept (a lease renewed every second
 /// for a day would otherwise make a huge answer).
@@ -133,11 +129,7 @@ pub async fn history(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    let caller = admit(&api, &peer, Call::Get)?;
-    let stale = Params::parse(query.as_deref()).flag("stale");
-    let reply = requests::get(&api.node, &caller, GetRequest { id, stale })
-        .await
-        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = requests::get_record(&api, &peer, &uri, id, query.as_deref()).await?;
     let parse = |text: &str| Uuid::parse_str(text).map_err(|error| HttpError::internal(error.to_string()));
     let (request_id, allocation_id) = (parse(&reply.request_id)?, parse(&reply.allocation_id)?);
     let (steps, oldest) = api.node.with_table(|table| request_history(table, request_id, allocation_id)).await;

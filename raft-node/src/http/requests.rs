@@ -174,12 +174,24 @@ pub async fn get(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    let caller = admit(&api, &peer, Call::Get)?;
-    let stale = Params::parse(query.as_deref()).flag("stale");
-    let reply = requests::get(&api.node, &caller, GetRequest { id, stale })
-        .await
-        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = get_record(&api, &peer, &uri, id, query.as_deref()).await?;
     Ok(Json(record_json(&reply)?).into_response())
+}
+
+/// One request's record by request or allocation id, as `Get` answers it
+/// to this caller (`?stale` read locally); shared with its history.
+pub(super) async fn get_record(
+    api: &HttpApi,
+    peer: &PeerCertificate,
+    uri: &Uri,
+    id: String,
+    query: Option<&str>,
+) -> Result<AllocationReply, HttpError> {
+    let caller = admit(api, peer, Call::Get)?;
+    let stale = Params::parse(query).flag("stale");
+    requests::get(&api.node, &caller, GetRequest { id, stale })
+        .await
+        .map_err(|status| HttpError::from_status(api, &status, uri))
 }
 
 /// `GET /v1/requests?namespace=&requester=&provider=&state=&limit=&next=[&stale]`:
