@@ -9,14 +9,14 @@
 
 mod support;
 
+use qm_testkit::table_view::{expected_from, served_by};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qm_client::convert::{provider_to_proto, reply_from_record, usage_to_proto};
-use qm_client::proto::api::{self, ListRequest};
+use qm_client::proto::api;
 use qm_raft_node::restore::read_backup;
 use qm_raft_node::storage::{self, StorageError};
-use qm_state_machine::{AllocationTable, ListFilter, TableConfig};
+use qm_state_machine::{AllocationTable, TableConfig};
 use qm_testkit::LocalCluster;
 use support::*;
 
@@ -39,53 +39,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
     }
-}
-
-/// What a replica serves of its table, read locally, without the leader's
-/// heartbeat book.
-async fn served_by(addr: &str) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
-    let mut api = client(addr).await;
-    let records = api
-        .list(ListRequest {
-            stale: true,
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .records;
-    let providers = api
-        .list_providers(api::ListProvidersRequest {
-            stale: true,
-            ..Default::default()
-        })
-        .await
-        .expect("providers")
-        .into_inner()
-        .providers
-        .into_iter()
-        .map(without_liveness)
-        .collect();
-    let state = api
-        .system_state(api::SystemStateRequest { stale: true })
-        .await
-        .expect("state")
-        .into_inner();
-    (records, providers, state)
-}
-
-fn without_liveness(provider: api::ProviderInfo) -> api::ProviderInfo {
-    api::ProviderInfo {
-        allocations: 0,
-        last_heartbeat_ms: None,
-        ..provider
-    }
-}
-
-fn expected_from(table: &AllocationTable) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
-    let records = table.list(&ListFilter::default()).into_iter().map(reply_from_record).collect();
-    let providers = table.providers().map(provider_to_proto).map(without_liveness).collect();
-    (records, providers, usage_to_proto(&table.usage()))
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! tables then equal the backup's (every allocation, provider, queue entry
 //! and the revision) on every replica.
 
+use qm_testkit::table_view::{expected_from, served_by};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Output;
@@ -11,11 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qm_client::convert::{provider_to_proto, reply_from_record, request_from_proto, usage_to_proto};
-use qm_client::proto::api::quartermaster_client::QuartermasterClient;
-use qm_client::proto::api::{self, ListRequest};
+use qm_client::convert::request_from_proto;
+use qm_client::proto::api;
 use qm_client::{Client, ClientConfig};
-use qm_state_machine::{AllocationTable, ListFilter};
+use qm_state_machine::AllocationTable;
 use qm_testkit::{node_binary, LocalCluster};
 use serde_json::Value;
 
@@ -105,54 +105,6 @@ fn start_load(client: Client, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String
 fn table_of(file: &Path) -> AllocationTable {
     let backup = qm_client::backup::decode(&std::fs::read(file).expect("read")).expect("a whole backup");
     AllocationTable::from_snapshot_bytes(&backup.table).expect("its table decodes")
-}
-
-/// What a replica serves of its table, read locally: every record, the
-/// providers (without the leader's heartbeat book) and the monitor's view.
-async fn served_by(addr: &str) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
-    let mut api = QuartermasterClient::connect(format!("http://{addr}")).await.expect("connect");
-    let records = api
-        .list(ListRequest {
-            stale: true,
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .records;
-    let providers = api
-        .list_providers(api::ListProvidersRequest {
-            stale: true,
-            ..Default::default()
-        })
-        .await
-        .expect("providers")
-        .into_inner()
-        .providers
-        .into_iter()
-        .map(without_liveness)
-        .collect();
-    let state = api
-        .system_state(api::SystemStateRequest { stale: true })
-        .await
-        .expect("state")
-        .into_inner();
-    (records, providers, state)
-}
-
-/// A provider's static view: what the table holds, not the leader's memory.
-fn without_liveness(provider: api::ProviderInfo) -> api::ProviderInfo {
-    api::ProviderInfo {
-        allocations: 0,
-        last_heartbeat_ms: None,
-        ..provider
-    }
-}
-
-fn expected_from(table: &AllocationTable) -> (Vec<api::AllocationReply>, Vec<api::ProviderInfo>, api::SystemStateReply) {
-    let records = table.list(&ListFilter::default()).into_iter().map(reply_from_record).collect();
-    let providers = table.providers().map(provider_to_proto).map(without_liveness).collect();
-    (records, providers, usage_to_proto(&table.usage()))
 }
 
 fn stderr_line(output: &Output) -> String {

@@ -29,6 +29,8 @@
 //!   its own ports and data, stopped, killed and restarted by pid.
 //! * [`prometheus`]: Debian's Prometheus on a free port and its own data
 //!   directory, scraping what a test points it at, killed by its child.
+//! * [`table_view`]: a table as a replica serves it and as one in memory
+//!   would, for comparing after a restore.
 //! * [`services`]: installs RabbitMQ, Prometheus and the Python clients
 //!   (`scripts/install-services.sh`) when a test needs them.
 
@@ -39,6 +41,7 @@ pub mod local_cluster;
 pub mod prometheus;
 pub mod rabbitmq;
 pub mod services;
+pub mod table_view;
 pub mod test_cluster;
 
 pub use binaries::{cli_binary, node_binary};
