@@ -447,20 +447,7 @@ pub fn check(operations: &[Operation], limits: SearchLimits) -> LinearizabilityR
                 ));
             }
             Linearization::NotLinearizable { longest, blocking } => {
-                let blocking_call = &history.calls[blocking];
-                let end = blocking_call.complete_ns.unwrap_or(u64::MAX);
-                let concurrent: Vec<CallOrigin> = history
-                    .calls
-                    .iter()
-                    .enumerate()
-                    .filter(|(position, call)| {
-                        *position != blocking
-                            && call.complete_ns.is_some()
-                            && call.invoke_ns <= end
-                            && call.complete_ns >= Some(blocking_call.invoke_ns)
-                    })
-                    .map(|(position, _)| history.origins[position].clone())
-                    .collect();
+                let concurrent = concurrent_with(&history.calls, &history.origins, blocking);
                 let state_after_prefix = longest
                     .last()
                     .map_or_else(|| UnitHistory::describe(&model.init()), |(_, state)| UnitHistory::describe(state));
@@ -536,20 +523,7 @@ fn check_whole_table(
             true
         }
         Linearization::NotLinearizable { longest, blocking } => {
-            let blocking_call = &table.calls[blocking];
-            let end = blocking_call.complete_ns.unwrap_or(u64::MAX);
-            let concurrent: Vec<CallOrigin> = table
-                .calls
-                .iter()
-                .enumerate()
-                .filter(|(position, call)| {
-                    *position != blocking
-                        && call.complete_ns.is_some()
-                        && call.invoke_ns <= end
-                        && call.complete_ns >= Some(blocking_call.invoke_ns)
-                })
-                .map(|(position, _)| table.origins[position].clone())
-                .collect();
+            let concurrent = concurrent_with(&table.calls, &table.origins, blocking);
             let state_after_prefix = match longest.last() {
                 Some((_, state)) => whole_read::describe(units, state),
                 None => "every unit free".to_owned(),
@@ -579,6 +553,24 @@ fn named_requests<'a>(history: &UnitHistory, texts: impl Iterator<Item = &'a Str
         }
     }
     named
+}
+
+/// The completed calls whose span overlaps the blocking call's: the ones a
+/// reader of a violation should look at beside it.
+fn concurrent_with<I, O>(calls: &[Call<I, O>], origins: &[CallOrigin], blocking: usize) -> Vec<CallOrigin> {
+    let blocking_call = &calls[blocking];
+    let end = blocking_call.complete_ns.unwrap_or(u64::MAX);
+    calls
+        .iter()
+        .enumerate()
+        .filter(|(position, call)| {
+            *position != blocking
+                && call.complete_ns.is_some()
+                && call.invoke_ns <= end
+                && call.complete_ns >= Some(blocking_call.invoke_ns)
+        })
+        .map(|(position, _)| origins[position].clone())
+        .collect()
 }
 
 #[cfg(test)]
