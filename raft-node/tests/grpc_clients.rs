@@ -18,6 +18,8 @@ use tonic::Code;
 /// The default `--election-timeout-max-ms`: a follower that has not heard
 /// from its leader for this long stops naming it.
 const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
+/// How many times the survivor is asked for a hint after the timeout.
+const SURVIVOR_ASKED: usize = 20;
 /// Bound on the Python client's whole run.
 const PYTHON_LIMIT: Duration = Duration::from_secs(60);
 
@@ -180,15 +182,12 @@ async fn no_replica_names_a_dead_leader_after_the_election_timeout() {
         let survivor = cluster.addr(followers[0]).to_owned();
         tokio::time::sleep(ELECTION_TIMEOUT_MAX + Duration::from_millis(100)).await;
 
-        // For the next few seconds: no hint, "no leader known", and the
-        // cluster status names no leader.
-        let mut asked = 0;
-        while killed.elapsed() < ELECTION_TIMEOUT_MAX + Duration::from_secs(3) {
+        // Asked again and again from then on: no hint, "no leader known",
+        // and the cluster status names no leader.
+        for _ in 0..SURVIVOR_ASKED {
             assert_eq!(Ok(None), hinted_leader(&survivor).await, "{:?} after the kill", killed.elapsed());
-            asked += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(asked >= 5, "asked {asked} times");
         let status = client(&survivor)
             .await
             .cluster_status(ClusterStatusRequest {})
