@@ -20,9 +20,12 @@ use qm_state_machine::{AllocationTable, TableConfig};
 use qm_testkit::LocalCluster;
 use support::*;
 
-/// The fixtures of the current formats (backup 1, storage layout 1, snapshot 5;
-/// written again in place when snapshot 4 became 5 before any release).
-const FIXTURE_VERSION: &str = "v1";
+/// Every fixture kept, oldest first: `v1` has backup 1, storage layout 1,
+/// snapshot 5 (written again in place when snapshot 4 became 5, before any
+/// release). Every build must open all of them.
+const FIXTURE_VERSIONS: &[&str] = &["v1"];
+/// The one `regenerate_fixtures` writes: this build's formats.
+const NEWEST_FIXTURE: &str = "v1";
 
 fn fixtures(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
@@ -43,13 +46,15 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn the_backup_fixture_of_every_version_opens() {
-    let backup = read_backup(&fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("the fixture backup opens");
-    let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("its table decodes");
-    assert!(
-        table.active_allocations() > 0 && table.queue_len() > 0,
-        "the fixture holds allocations and a queue"
-    );
-    assert_eq!(backup.header.revision, table.revision());
+    for version in FIXTURE_VERSIONS {
+        let backup = read_backup(&fixtures(version).join("backup.qmb")).expect("the fixture backup opens");
+        let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("its table decodes");
+        assert!(
+            table.active_allocations() > 0 && table.queue_len() > 0,
+            "the fixture {version} holds allocations and a queue"
+        );
+        assert_eq!(backup.header.revision, table.revision(), "{version}");
+    }
 }
 
 /// The fixture data dir (one replica, a snapshot and log entries after
@@ -57,25 +62,27 @@ fn the_backup_fixture_of_every_version_opens() {
 /// taken from it when it was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_dir_fixture_of_every_version_opens() {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let backup = read_backup(&fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("backup");
-        let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("table");
-        let cluster = LocalCluster::configure(node_binary(), 1, &QUIET_PROVIDERS).expect("lay out");
-        cluster.kill_after(TEST_TIMEOUT);
-        copy_dir(&fixtures(FIXTURE_VERSION).join("data-dir"), &cluster.replicas[&1].data_dir);
-        cluster.start_replica(1).expect("start");
-        cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
-        let status = cluster.status_of(1).await.expect("status");
-        cluster
-            .wait_for_applied(1, status.commit_index, Duration::from_secs(30))
-            .await
-            .expect("applied");
-        let expected = expected_from(&table);
-        let served = served_by(cluster.addr(1)).await;
-        assert_eq!(expected, served);
-    })
-    .await
-    .expect("the test finished in time");
+    for version in FIXTURE_VERSIONS {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let backup = read_backup(&fixtures(version).join("backup.qmb")).expect("backup");
+            let table = AllocationTable::from_snapshot_bytes(&backup.table).expect("table");
+            let cluster = LocalCluster::configure(node_binary(), 1, &QUIET_PROVIDERS).expect("lay out");
+            cluster.kill_after(TEST_TIMEOUT);
+            copy_dir(&fixtures(version).join("data-dir"), &cluster.replicas[&1].data_dir);
+            cluster.start_replica(1).expect("start");
+            cluster.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
+            let status = cluster.status_of(1).await.expect("status");
+            cluster
+                .wait_for_applied(1, status.commit_index, Duration::from_secs(30))
+                .await
+                .expect("applied");
+            let expected = expected_from(&table);
+            let served = served_by(cluster.addr(1)).await;
+            assert_eq!(expected, served, "the data dir of {version}");
+        })
+        .await
+        .expect("the test finished in time");
+    }
 }
 
 /// A data dir, a snapshot or a backup of a newer version is refused with a
@@ -86,7 +93,7 @@ async fn data_of_a_newer_version_is_refused_clearly() {
 
     // --- a data dir stamped with a newer storage layout
     let data_dir = dir.path().join("data");
-    copy_dir(&fixtures(FIXTURE_VERSION).join("data-dir"), &data_dir);
+    copy_dir(&fixtures(NEWEST_FIXTURE).join("data-dir"), &data_dir);
     {
         let db = sled::open(&data_dir).expect("sled opens");
         let meta = db.open_tree("raft_meta").expect("meta tree");
@@ -99,7 +106,7 @@ async fn data_of_a_newer_version_is_refused_clearly() {
     assert!(error.to_string().contains("newer than this build reads"), "{error}");
 
     // --- a backup of a newer format
-    let mut bytes = std::fs::read(fixtures(FIXTURE_VERSION).join("backup.qmb")).expect("read");
+    let mut bytes = std::fs::read(fixtures(NEWEST_FIXTURE).join("backup.qmb")).expect("read");
     bytes[8] = bytes[8].wrapping_add(1);
     let newer = dir.path().join("newer.qmb");
     std::fs::write(&newer, &bytes).expect("write");
@@ -112,7 +119,7 @@ async fn data_of_a_newer_version_is_refused_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes the fixtures; run by hand when a format version changes"]
 async fn regenerate_fixtures() {
-    let out = fixtures(FIXTURE_VERSION);
+    let out = fixtures(NEWEST_FIXTURE);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("mkdir");
     let cluster = start_cluster(1, &["--snapshot-every-entries", "20", "--log-kept-behind-snapshot-entries", "5"]).await;

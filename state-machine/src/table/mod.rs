@@ -32,6 +32,7 @@ mod providers;
 mod queries;
 mod record_map;
 mod snapshot;
+mod snapshot_v5;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};

@@ -136,7 +136,7 @@ impl RecordMap {
 
     /// Builds the map from entries already in id order (as a snapshot holds
     /// them): each shard is built at once from its run of entries.
-    fn from_sorted(entries: Vec<(Uuid, Arc<RequestRecord>)>) -> RecordMap {
+    pub(super) fn from_sorted(entries: Vec<(Uuid, Arc<RequestRecord>)>) -> RecordMap {
         let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::new()).collect();
         let mut entries = entries.into_iter().map(|(id, record)| (IdKey::from(id), record)).peekable();
         while let Some(&(first, _)) = entries.peek() {

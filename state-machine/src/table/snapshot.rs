@@ -3,11 +3,12 @@
 //! Only the state is encoded; the indexes are rebuilt on restore, which keeps
 //! snapshots small and proves on every restore that they are derivable.
 
-use super::{AllocationTable, Indexes};
+use super::{snapshot_v5, AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
-/// Bumped whenever the encoded layout changes; a build refuses snapshots of
-/// another version rather than misreading them.
+/// Bumped whenever the encoded layout changes. A build reads its own version
+/// and version 5 (through the frozen types of `snapshot_v5`), and refuses
+/// any other rather than misreading it.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
 /// table's named cursors; version 4 the providers' address and port;
 /// version 5 the failed providers still being evacuated, a lease refresh
@@ -91,14 +92,19 @@ impl AllocationTable {
                 expected: SNAPSHOT_FORMAT_VERSION,
             });
         }
-        if version != SNAPSHOT_FORMAT_VERSION {
+        let rest = &bytes[version_len..];
+        let (mut table, table_len): (AllocationTable, usize) = if version == SNAPSHOT_FORMAT_VERSION {
+            bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?
+        } else if version == snapshot_v5::VERSION {
+            let (old, len): (snapshot_v5::AllocationTableV5, usize) =
+                bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
+            (old.into(), len)
+        } else {
             return Err(SnapshotError::Version {
                 found: version,
                 expected: SNAPSHOT_FORMAT_VERSION,
             });
-        }
-        let (mut table, table_len): (AllocationTable, usize) =
-            bincode::serde::decode_from_slice(&bytes[version_len..], config).map_err(decode_error)?;
+        };
         let trailing = bytes.len() - version_len - table_len;
         if trailing != 0 {
             return Err(SnapshotError::Trailing { trailing });
