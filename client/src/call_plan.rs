@@ -29,11 +29,18 @@ use crate::retry::Backoff;
 /// NotLeader hints followed in one call. Two replicas that name each other
 /// (during an election) would otherwise bounce a call until its deadline.
 pub const REDIRECTS_MAX: u32 = 8;
-/// NotLeader answers without a usable hint waited on in one call (with the
-/// same backoff as retries). They mean an election is under way, which
-/// takes longer than `retries_max` quick retries would wait, so they do not
-/// use up retries; the call's deadline bounds them too.
-pub const LEADER_WAITS_MAX: u32 = 16;
+/// NotLeader answers without a usable hint waited on in one call. They mean
+/// an election is under way, which takes longer than `retries_max` quick
+/// retries would wait, so they do not use up retries; the call's deadline
+/// bounds them too (64 waits of 0-100 ms: about 3 s).
+pub const LEADER_WAITS_MAX: u32 = 64;
+/// The longest wait (full jitter below it, not doubling) before asking the
+/// next replica while none knows a leader. Followers learn a new leader
+/// from its first AppendEntries, so asking every 0-100 ms finds it within
+/// 100 ms of its election, where a doubling backoff slept up to 800 ms past
+/// it (a third of a failover, measured by `scripts/failover.sh`). A refusal
+/// costs a follower microseconds.
+pub const LEADER_WAIT_MS_MAX: u64 = 100;
 
 /// What hyper reports when a client speaking plain HTTP/2 meets a TLS
 /// replica: it reads the replica's TLS alert as a frame header, or finds
@@ -132,7 +139,10 @@ impl CallPlan {
             deadline: now + config.request_timeout(),
             attempt_timeout: config.attempt_timeout(),
             failures: Backoff::from_config(config),
-            leader_waits: Backoff::new(config.backoff_base_ms, config.backoff_max_ms, LEADER_WAITS_MAX),
+            leader_waits: {
+                let ceiling_ms = LEADER_WAIT_MS_MAX.min(config.backoff_max_ms);
+                Backoff::new(ceiling_ms, ceiling_ms, LEADER_WAITS_MAX)
+            },
             failed: Vec::new(),
             target: first_target,
             attempts: 0,
@@ -161,6 +171,12 @@ impl CallPlan {
 
     pub(crate) fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Only the leader may answer this call (a write or a linearizable
+    /// read): a leader elsewhere means the attempt's replica is not it.
+    pub(crate) fn needs_leader(&self) -> bool {
+        self.kind.proves_leader()
     }
 
     /// Attempts sent so far (a redirect to the named leader is an attempt too).

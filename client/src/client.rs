@@ -8,8 +8,8 @@
 //! try the next replica that has not failed yet in this call, at most
 //! `retries_max` times. A NotLeader answer that names no leader, or names
 //! one that already failed (followers name a dead leader until they elect
-//! another), means an election is under way: back off and ask the next
-//! replica, at most [`LEADER_WAITS_MAX`] times. All within `request_timeout_ms`. Every attempt sends the same message, so a retried
+//! another), means an election is under way: wait 0-[`LEADER_WAIT_MS_MAX`] ms and ask
+//! the next replica, at most [`LEADER_WAITS_MAX`] times. All within `request_timeout_ms`. Every attempt sends the same message, so a retried
 //! allocation carries the same `request_id` and the table answers it with
 //! the first attempt's record instead of allocating again.
 
@@ -28,12 +28,13 @@ pub use crate::consistency::Consistency;
 use crate::convert::{registration_to_proto, request_to_proto, state_name, status_name};
 use crate::error::Error;
 use crate::failure::Failure;
+use crate::leader_check;
 use crate::membership::{self, MembershipChange, MembershipError};
 use crate::proto::api;
 use crate::proto::api::pipelined_call::Call as PipelinedRequest;
 use crate::replicas::{KnownReplica, Replica, ReplicaSet};
 
-pub use crate::call_plan::{LEADER_WAITS_MAX, REDIRECTS_MAX};
+pub use crate::call_plan::{LEADER_WAITS_MAX, LEADER_WAIT_MS_MAX, REDIRECTS_MAX};
 
 /// Longest pause between two polls of a queued request in `allocate_and_wait`.
 pub const WAIT_POLL_MS_MAX: u64 = 1_000;
@@ -595,17 +596,36 @@ impl ClientInner {
             let attempt_timeout = plan.attempt_timeout(Instant::now());
             let mut request = tonic::Request::new(message.clone());
             request.set_timeout(attempt_timeout);
-            let failure = match tokio::time::timeout(attempt_timeout, send(self.replicas.get(target), request)).await {
-                Ok(Ok(response)) => {
-                    plan.succeeded(&self.replicas);
-                    return Ok(response.into_inner());
+            let attempt = tokio::time::timeout(attempt_timeout, send(self.replicas.get(target), request));
+            // Only where the leader must answer: a stale read is served by anyone.
+            let check = async {
+                match plan.needs_leader() {
+                    true => leader_check::another_leader(self, target).await,
+                    false => std::future::pending().await,
                 }
-                Ok(Err(status)) => Failure::from_status(&status),
-                Err(_elapsed) => Failure::Retryable {
-                    maybe_applied: true,
-                    unreachable: true,
-                    cause: format!("no answer within {} ms", attempt_timeout.as_millis()),
+            };
+            let failure = tokio::select! {
+                answer = attempt => match answer {
+                    Ok(Ok(response)) => {
+                        plan.succeeded(&self.replicas);
+                        return Ok(response.into_inner());
+                    }
+                    Ok(Err(status)) => Failure::from_status(&status),
+                    Err(_elapsed) => Failure::Retryable {
+                        maybe_applied: true,
+                        unreachable: true,
+                        cause: format!("no answer within {} ms", attempt_timeout.as_millis()),
+                    },
                 },
+                (leader_addr, leader_id) = check => {
+                    tracing::debug!(call = name, waited_on = %self.replicas.get(target).addr, leader = %leader_addr, "another replica names a new leader; leaving the unanswered attempt");
+                    Failure::NotLeader {
+                        leader_addr: Some(leader_addr),
+                        leader_id: leader_id.map(|id| id.to_string()),
+                        // The attempt left unanswered may still apply.
+                        maybe_applied: true,
+                    }
+                }
             };
             step = plan.next(failure, Instant::now(), &mut rand::thread_rng(), &self.replicas);
         }

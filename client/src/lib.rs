@@ -37,6 +37,8 @@
 //! * `failure`: how one failed attempt is classified (redirect, retry, final).
 //! * `call_plan`: what a call does after a failed attempt (send to the
 //!   hinted leader, wait and try another replica, or give up): a pure step.
+//! * `leader_check`: while an attempt on the believed leader goes
+//!   unanswered, the other replicas are asked who leads (a paused leader).
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels, the believed leader, and the
 //!   rotation calls go round: the seeds and the members read since.
@@ -56,6 +58,7 @@ mod consistency;
 pub mod error;
 mod failure;
 pub mod heartbeat;
+mod leader_check;
 pub mod lease;
 pub mod membership;
 mod pipeline;

@@ -101,6 +101,27 @@ impl WorkloadKind {
     }
 }
 
+/// Which replicas a kill or a pause hits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessTargets {
+    /// The leader half the time, otherwise a random replica or minority.
+    #[default]
+    Mixed,
+    /// The leader every time (one replica): every kill or pause is a
+    /// failover, for measuring failover times.
+    Leader,
+}
+
+impl ProcessTargets {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessTargets::Mixed => "mixed",
+            ProcessTargets::Leader => "leader",
+        }
+    }
+}
+
 /// A fault the nemesis can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -244,6 +265,11 @@ pub struct RunArgs {
     /// role (workers: consumer, providers: their own, membership: admin).
     #[arg(long, env = "QM_JEPSEN_TLS")]
     pub tls: bool,
+    /// Which replicas kill and pause hit: `mixed` (the leader half the
+    /// time, else a random replica or minority) or `leader` (always the
+    /// leader: every fault is a failover, as `scripts/failover.sh` uses).
+    #[arg(long, value_enum, default_value_t = ProcessTargets::Mixed)]
+    pub targets: ProcessTargets,
 }
 
 /// Flags of `qm-jepsen check`.
@@ -280,6 +306,10 @@ pub struct RunConfig {
     /// runs made before the flag existed, which were all plain.
     #[serde(default)]
     pub tls: bool,
+    /// Absent from the `test.json` of runs made before the flag existed,
+    /// which all used the mixed targets.
+    #[serde(default)]
+    pub targets: ProcessTargets,
 }
 
 impl RunArgs {
@@ -325,6 +355,7 @@ impl RunArgs {
             snapshot_every_commands: Some(self.snapshot_every_commands),
             node_args: self.node_args,
             tls: self.tls,
+            targets: self.targets,
         };
         config.validate()?;
         Ok(config)
@@ -465,6 +496,9 @@ impl RunConfig {
         }
         if self.tls {
             command.push_str(" --tls");
+        }
+        if self.targets != ProcessTargets::Mixed {
+            command.push_str(&format!(" --targets {}", self.targets.name()));
         }
         for arg in &self.node_args {
             command.push_str(&format!(" --node-arg={arg}"));

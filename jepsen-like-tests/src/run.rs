@@ -127,7 +127,7 @@ async fn drive(
         heal_mean: Duration::from_secs_f64(config.heal_secs),
         final_healed: Duration::from_secs_f64(defaults::FINAL_HEALED_SECS),
     };
-    let mut nemesis = Nemesis::new(cluster.clone(), history.clone(), config.seed, config.nodes);
+    let mut nemesis = Nemesis::new(cluster.clone(), history.clone(), config.seed, config.nodes).with_targets(config.targets);
     let nemesis_task = tokio::spawn(async move {
         nemesis.run(&schedule, started, end).await;
         nemesis

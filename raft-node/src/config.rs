@@ -173,12 +173,17 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
-/// The defaults, chosen so that a killed leader is replaced well within 2 s:
-/// followers notice within 400-800 ms, an election takes a round trip.
+/// The defaults. openraft 0.9 makes the longest election timeout the
+/// voters' leader lease: a follower campaigns after `max + [min, max)` of
+/// silence (750-1000 ms here), or, when its leader's process is gone, after
+/// `max` plus a heartbeat or two (`consensus::prompt_election`), so a
+/// killed leader is replaced about 600 ms after it last sent a heartbeat.
+/// Shorter timeouts would depose a leader for a disk stall
+/// (`scripts/term-stability.sh` checks a cluster under load keeps its term).
 pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
-    pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
-    pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+    pub const ELECTION_TIMEOUT_MIN_MS: u64 = 250;
+    pub const ELECTION_TIMEOUT_MAX_MS: u64 = 500;
     /// A snapshot after this many applied commands bounds the log behind
     /// it (~100 MB) and what a restart re-applies (~3 s of apply) whatever
     /// the load. Under full load (19k calls/s) that is a snapshot a minute;

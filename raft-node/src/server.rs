@@ -7,7 +7,7 @@
 //!                                             └─ grpc.reflection (v1 and v1alpha)
 //!  every service admits each call through security::Guard (role, namespace, provider) first
 //!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
-//!  background: leader duties, bootstrap, health
+//!  background: leader duties, prompt elections, bootstrap, health
 //!  --http-listen ─▶ [rustls, mutual TLS] ─▶ axum (crate::http): JSON API, Consul catalog, /metrics ─▶ the same api handlers
 //!  --metrics-listen ─▶ axum: /metrics only, plain HTTP
 //! ```
@@ -33,8 +33,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
 use crate::config::NodeConfig;
-use crate::consensus::duties;
 use crate::consensus::raft_writer::RaftBatchWriter;
+use crate::consensus::{duties, prompt_election};
 use crate::consensus::{HeartbeatBook, LeaderContact, Node, Proposer};
 use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
 use crate::metrics::Metrics;
@@ -122,6 +122,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let peer_tls_for_http = peer_tls.clone();
     let mut background = vec![
         tokio::spawn(duties::run_duties(node.clone())),
+        tokio::spawn(prompt_election::run_prompt_elections(node.clone())),
         tokio::spawn(bootstrap(node.clone(), peer_tls)),
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),

@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::cluster::TestCluster;
-use crate::config::{NemesisKind, NEMESIS_FIRINGS_MIN};
+use crate::config::{NemesisKind, ProcessTargets, NEMESIS_FIRINGS_MIN};
 use crate::history::{HistoryRecorder, NemesisValue, OpType, Payload, Process};
 use partition::PartitionShape;
 
@@ -83,6 +83,8 @@ pub struct Nemesis {
     rng: StdRng,
     /// The cluster's size when whole.
     nodes: u64,
+    /// Which replicas kills and pauses hit.
+    targets: ProcessTargets,
 }
 
 type MakePayload = fn(NemesisValue) -> Payload;
@@ -94,7 +96,14 @@ impl Nemesis {
             history,
             rng: StdRng::seed_from_u64(seed ^ NEMESIS_SEED_SALT),
             nodes,
+            targets: ProcessTargets::default(),
         }
+    }
+
+    /// Kills and pauses hit `targets` instead of the mixed default.
+    pub fn with_targets(mut self, targets: ProcessTargets) -> Nemesis {
+        self.targets = targets;
+        self
     }
 
     /// Runs the schedule until `end`; every fault it injects is healed before it returns.
@@ -178,7 +187,13 @@ impl Nemesis {
         };
         let mut cluster = self.cluster.lock().await;
         let leader = cluster.leader().await;
-        let nodes = targets::pick(&cluster.healthy_members(), cluster.members().len(), leader, &mut self.rng);
+        let nodes = targets::pick(
+            self.targets,
+            &cluster.healthy_members(),
+            cluster.members().len(),
+            leader,
+            &mut self.rng,
+        );
         if nodes.is_empty() {
             return None;
         }

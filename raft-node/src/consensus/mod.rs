@@ -24,16 +24,19 @@
 //! * [`heartbeats`]: [`HeartbeatBook`], the leader's memory of providers.
 //! * [`leader_contact`]: [`LeaderContact`], when a leader was last heard
 //!   from, so that a follower never hints a leader that may be gone.
+//! * [`prompt_election`]: a follower whose leader's process is gone
+//!   campaigns as soon as the leader lease runs out (pure [`prompt_election::decide`]).
 //! * [`error`]: the typed errors.
 //!
 //! Within the layer, imports go one way: `error`, `heartbeats`, `leader_contact` ←
-//! `proposer` ← `raft_writer`, `node` ← `duties`.
+//! `proposer` ← `raft_writer`, `node` ← `duties`, `prompt_election`.
 
 pub mod duties;
 pub mod error;
 pub mod heartbeats;
 pub mod leader_contact;
 pub mod node;
+pub mod prompt_election;
 pub mod proposer;
 pub mod raft_writer;
 
