@@ -40,6 +40,7 @@ use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
 use crate::metrics::Metrics;
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
+use crate::security::audit::AuditLog;
 use crate::security::{handshakes, Call, Guard, MutualTls};
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
@@ -57,6 +58,14 @@ pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
 /// Runs a replica on `listener` until `shutdown` completes.
 pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (tls, guard) = secure(&config)?;
+    let audit = Arc::new(match &config.audit {
+        Some(destination) => {
+            let audit = AuditLog::start(config.id, destination).context("--audit-log")?;
+            info!(?destination, "audit trail on");
+            audit
+        }
+        None => AuditLog::off(),
+    });
     let peer_tls = tls.as_ref().map(|tls| tls.peer.clone());
     if config.unsafe_stale_reads {
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
@@ -126,9 +135,9 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),
     ];
-    background.extend(start_http(&config, &node, guard, tls.is_some(), peer_tls_for_http).await?);
+    background.extend(start_http(&config, &node, guard, &audit, tls.is_some(), peer_tls_for_http).await?);
 
-    let api = QuartermasterServer::new(ApiService::new(node.clone(), guard))
+    let api = QuartermasterServer::new(ApiService::new(node.clone(), guard, audit.clone()))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
     let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard, leader_contact))
@@ -305,6 +314,7 @@ async fn start_http(
     config: &NodeConfig,
     node: &Arc<Node>,
     guard: Guard,
+    audit: &Arc<AuditLog>,
     tls_on: bool,
     peer_tls: Option<ClientTlsConfig>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -313,6 +323,7 @@ async fn start_http(
         Arc::new(HttpApi {
             node: node.clone(),
             guard,
+            audit: audit.clone(),
             scheme: if tls_on { "https" } else { "http" },
             replica_health: ReplicaHealth::default(),
         })

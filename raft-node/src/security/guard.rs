@@ -80,7 +80,7 @@ impl Guard {
 }
 
 /// The identity the peer's leaf certificate states.
-fn identify<T>(request: &Request<T>) -> Result<Identity, Status> {
+pub fn identify<T>(request: &Request<T>) -> Result<Identity, Status> {
     let certificates = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("no client certificate: this cluster requires mutual TLS (give --tls-cert, --tls-key, --tls-ca)")
     })?;

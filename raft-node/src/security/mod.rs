@@ -15,6 +15,7 @@
 //! # Layout
 //!
 //! * [`policy`]: [`Call`] and which roles may make each.
+//! * [`audit`]: the audit trail: a JSON line per write, admin read and refusal.
 //! * [`guard`]: [`Guard`]: authentication and the role check, per call.
 //! * [`caller`]: [`Caller`]: namespace and provider scoping in the handlers.
 //! * [`handshakes`]: the gRPC listener's TLS handshakes, refusals logged
@@ -22,6 +23,7 @@
 //! * [`MutualTls`] (here): the replica's certificates, loaded and checked at
 //!   start; [`rustls_server_config`], the listeners' rustls configuration.
 
+pub mod audit;
 pub mod caller;
 pub mod guard;
 pub mod handshakes;
@@ -191,6 +193,7 @@ mod tests {
             cert,
             key,
             ca: dir.join("ca.crt"),
+            crl: None,
         }
     }
 
@@ -227,6 +230,7 @@ mod tests {
             cert: "/nonexistent/replica.crt".into(),
             key: "/nonexistent/replica.key".into(),
             ca: "/nonexistent/ca.crt".into(),
+            crl: None,
         };
         let error = MutualTls::load(&missing).err().unwrap().to_string();
         assert!(error.starts_with("--tls-cert /nonexistent/replica.crt"), "{error}");
