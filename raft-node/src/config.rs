@@ -52,6 +52,13 @@ pub struct NodeArgs {
     /// HTTP). `/metrics` is also on --http-listen, with the rest of the HTTP API.
     #[arg(long, env = "QM_NODE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve --metrics-listen over plain HTTP without a certificate even
+    /// when mutual TLS is on (a scraper on a closed monitoring network that
+    /// has no client certificate). Without it, a TLS replica serves
+    /// metrics over the same mutual TLS as everything else.
+    #[arg(long, env = "QM_NODE_METRICS_PLAIN_HTTP")]
+    #[serde(default)]
+    pub metrics_plain_http: bool,
     /// Serve the HTTP API on this address: the protocol's JSON (`/v1/...`),
     /// the Consul-compatible catalog, `/metrics` and `/v1/openapi.json`. With
     /// mutual TLS on, over the same TLS and role checks as gRPC. Default:
@@ -162,6 +169,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub peers: BTreeMap<NodeId, String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// `--metrics-listen` stays plain HTTP with TLS on.
+    pub metrics_plain_http: bool,
     /// Where the HTTP API listens; `None`: no HTTP API.
     pub http_listen: Option<SocketAddr>,
     /// Every replica's advertised HTTP address (`host:port`), by replica id.
@@ -263,6 +272,7 @@ impl NodeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             peers: self.peers.or(file.peers),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            metrics_plain_http: self.metrics_plain_http || file.metrics_plain_http,
             http_listen: self.http_listen.or(file.http_listen),
             http_peers: self.http_peers.or(file.http_peers),
             datacenter: self.datacenter.or(file.datacenter),
@@ -316,6 +326,7 @@ impl NodeArgs {
             data_dir: self.data_dir.ok_or(ConfigError::Missing { setting: "data-dir" })?,
             peers,
             metrics_listen: self.metrics_listen,
+            metrics_plain_http: self.metrics_plain_http,
             http_listen,
             http_peers,
             datacenter: self.datacenter.unwrap_or_else(|| DATACENTER.to_owned()),

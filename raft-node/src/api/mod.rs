@@ -173,7 +173,7 @@ impl Quartermaster for ApiService {
         })?;
         Ok(Response::new(pipeline::serve(
             self.node.clone(),
-            self.guard,
+            self.guard.clone(),
             self.audit.clone(),
             caller,
             request.into_inner(),

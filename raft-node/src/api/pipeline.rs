@@ -64,9 +64,10 @@ pub fn serve(node: Arc<Node>, guard: Guard, audit: Arc<AuditLog>, caller: Caller
             };
             match next {
                 Ok(Some(call)) => {
-                    let (node, audit, caller, answers) = (node.clone(), audit.clone(), caller.clone(), answers.clone());
+                    let (node, guard, audit, caller, answers) =
+                        (node.clone(), guard.clone(), audit.clone(), caller.clone(), answers.clone());
                     tokio::spawn(async move {
-                        let answer = answer(&node, guard, &audit, &caller, call).await;
+                        let answer = answer(&node, &guard, &audit, &caller, call).await;
                         let _ = answers.send(Ok(answer)).await;
                         drop(permit);
                     });
@@ -84,7 +85,7 @@ pub fn serve(node: Arc<Node>, guard: Guard, audit: Arc<AuditLog>, caller: Caller
 }
 
 /// Runs one call as its unary twin would and wraps the outcome.
-async fn answer(node: &Node, guard: Guard, audit: &AuditLog, caller: &Caller, call: PipelinedCall) -> PipelinedReply {
+async fn answer(node: &Node, guard: &Guard, audit: &AuditLog, caller: &Caller, call: PipelinedCall) -> PipelinedReply {
     let outcome = match call.call {
         Some(request) => {
             let (audited_call, ids) = match &request {
@@ -111,7 +112,7 @@ async fn answer(node: &Node, guard: Guard, audit: &AuditLog, caller: &Caller, ca
 }
 
 /// Authorizes the call as itself, then runs the unary call's function.
-async fn run(node: &Node, guard: Guard, caller: &Caller, request: PipelinedRequest) -> Result<AllocationReply, Status> {
+async fn run(node: &Node, guard: &Guard, caller: &Caller, request: PipelinedRequest) -> Result<AllocationReply, Status> {
     match request {
         PipelinedRequest::Allocate(request) => {
             guard.authorize(caller, Call::Allocate)?;

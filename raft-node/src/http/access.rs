@@ -53,6 +53,11 @@ pub fn admit(api: &HttpApi, peer: &PeerCertificate, call: Call) -> Result<Caller
         .as_ref()
         .ok_or_else(|| unauthenticated("no client certificate: this cluster requires mutual TLS".to_owned()))?;
     let identity = Identity::from_certificate_der(leaf).map_err(|error| unauthenticated(format!("client certificate refused: {error}")))?;
+    if api.guard.is_revoked(leaf) {
+        return Err(unauthenticated(format!(
+            "the certificate of {identity} is revoked (the cluster's CRL lists it)"
+        )));
+    }
     let caller = Caller::Authenticated(identity);
     api.guard.authorize(&caller, call).map_err(|status| {
         audited::record_refusal(
