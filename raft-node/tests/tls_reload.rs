@@ -54,9 +54,31 @@ async fn a_revoked_certificate_is_refused_once_the_crl_is_reloaded_while_the_clu
     tokio::time::timeout(TEST_TIMEOUT, async {
         let pki = Pki::generate();
         revoke_nothing(&pki);
-        let args = crl_args(&pki);
+        // Each replica's metrics port on its own loopback address: the flags are shared.
+        let metrics_port = qm_testkit::local_cluster::free_loopback_addr().expect("a port");
+        let metrics_port = metrics_port.rsplit_once(':').expect("host:port").1.to_owned();
+        let mut args = crl_args(&pki);
+        args.extend(["--metrics-listen".to_owned(), format!("127.0.{{id}}.1:{metrics_port}")]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (cluster, leader) = start_tls_cluster(&pki, &args).await;
+        let metrics = format!("127.0.1.1:{metrics_port}");
+
+        // --- the metrics port speaks the same mutual TLS: any role scrapes, plain HTTP gets nothing
+        let scraped = scrape(&metrics, &pki, "team-a").await.expect("a consumer scrapes");
+        assert!(scraped.starts_with("HTTP/1.0 200") && scraped.contains("raft_term"), "{scraped}");
+        let plain = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(&metrics).await.ok()?;
+            tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut answer = String::new();
+            tokio::time::timeout(CALL_TIMEOUT, tcp.read_to_string(&mut answer))
+                .await
+                .ok()?
+                .ok()?;
+            Some(answer)
+        };
+        let plain = plain.await.unwrap_or_default();
+        assert!(!plain.contains("raft_term"), "metrics served over plain HTTP: {plain}");
 
         // --- before: team-a allocates on a connection it keeps open
         let mut node_a = as_holder(&leader, &pki, "node_a").await;
@@ -82,6 +104,9 @@ async fn a_revoked_certificate_is_refused_once_the_crl_is_reloaded_while_the_clu
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+
+        assert_eq!(None, scrape(&metrics, &pki, "team-a").await, "the metrics port refuses it too");
+        assert!(scrape(&metrics, &pki, "team-b").await.is_some());
 
         // --- the connection opened before the revocation carries no more calls, and nothing reaches the log
         let mut admin = as_holder(&leader, &pki, "admin").await;
@@ -121,18 +146,19 @@ fn revoke_nothing(pki: &Pki) {
     pki.authority().revoke(&pki.path("ca.crl"), &[]).expect("empty CRL");
 }
 
-/// The serial number of the certificate `addr` serves, from a handshake
-/// presenting the admin's certificate.
-async fn served_serial(addr: &str, pki: &Pki) -> Option<Vec<u8>> {
+/// A TLS connection to `addr` presenting `<stem>.crt`, if the handshake
+/// goes through (TLS 1.3: a refusal of the client's certificate may only
+/// show at the first read, which the callers make).
+async fn tls_stream(addr: &str, pki: &Pki, stem: &str) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(pki.path("ca.crt")).ok()? {
         roots.add(ca.ok()?).ok()?;
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("admin.crt"))
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path(&format!("{stem}.crt")))
         .ok()?
         .collect::<Result<_, _>>()
         .ok()?;
-    let key = PrivateKeyDer::from_pem_file(pki.path("admin.key")).ok()?;
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{stem}.key"))).ok()?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .ok()?
@@ -142,7 +168,27 @@ async fn served_serial(addr: &str, pki: &Pki) -> Option<Vec<u8>> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = ServerName::try_from("127.0.0.1").ok()?.to_owned();
-    let stream = tokio::time::timeout(CALL_TIMEOUT, connector.connect(name, tcp)).await.ok()?.ok()?;
+    tokio::time::timeout(CALL_TIMEOUT, connector.connect(name, tcp)).await.ok()?.ok()
+}
+
+/// The answer to `GET /metrics` on `addr` over mutual TLS presenting
+/// `<stem>.crt`; `None` if the connection is refused.
+async fn scrape(addr: &str, pki: &Pki, stem: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tls_stream(addr, pki, stem).await?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut answer = String::new();
+    tokio::time::timeout(CALL_TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// The serial number of the certificate `addr` serves, from a handshake
+/// presenting the admin's certificate.
+async fn served_serial(addr: &str, pki: &Pki) -> Option<Vec<u8>> {
+    let stream = tls_stream(addr, pki, "admin").await?;
     let leaf = stream.get_ref().1.peer_certificates()?.first()?.clone();
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     Some(parsed.raw_serial().to_vec())

@@ -493,7 +493,7 @@ mod tests {
         let second = authority.issue(&CertSpec::new(consumer())).unwrap();
 
         assert!(authority.revoke(&crl, &[]).unwrap().is_empty(), "an empty list to start from");
-        let listed = authority.revoke(&crl, &[first.cert_pem.clone()]).unwrap();
+        let listed = authority.revoke(&crl, std::slice::from_ref(&first.cert_pem)).unwrap();
         assert_eq!(1, listed.len());
         let listed = authority.revoke(&crl, &[first.cert_pem.clone(), second.cert_pem.clone()]).unwrap();
         assert_eq!(2, listed.len(), "the first is not listed twice");

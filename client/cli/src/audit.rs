@@ -132,6 +132,11 @@ pub fn follow(
     let mut pending = String::new();
     loop {
         let now = file_identity(file);
+        if now.is_none() {
+            // Between the replica's rename and its new file: wait for the new one.
+            std::thread::sleep(Duration::from_millis(FOLLOW_POLL_INTERVAL_MS));
+            continue;
+        }
         let length = std::fs::metadata(file).map(|meta| meta.len()).unwrap_or(0);
         if now != identity || length < offset {
             // Rotated: what was left unread of the old file is in `PATH.1`;
@@ -234,4 +239,82 @@ pub fn summary(record: &Value) -> String {
     )
     .trim_end()
     .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(call: &str, outcome: &str, n: u32) -> String {
+        format!(
+            r#"{{"time":"2026-12-07T06:00:00.000Z","replica":1,"transport":"grpc","call":"{call}","caller":{{"tls":true,"name":"agent","role":"resource_consumer","namespace":"team-a"}},"ids":{{"n":"{n}"}},"outcome":"{outcome}","code":"ok"}}"#
+        )
+    }
+
+    fn append(path: &Path, lines: &[String]) {
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        for line in lines {
+            writeln!(file, "{line}").unwrap();
+        }
+    }
+
+    #[test]
+    fn tail_prints_the_last_records_the_filter_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        append(
+            &path,
+            &[
+                line("Allocate", "ok", 1),
+                line("AddReplica", "denied", 2),
+                line("Allocate", "ok", 3),
+            ],
+        );
+        // A line still being written is not printed.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"call\":")
+            .unwrap();
+        let mut out = Vec::new();
+        let filter = AuditFilter {
+            call: Some("Allocate".into()),
+            outcome: None,
+        };
+        let offset = tail(&path, 1, &filter, OutputFormat::Table, &mut out).unwrap();
+        assert_eq!(
+            "2026-12-07T06:00:00.000Z r1 grpc Allocate ok resource_consumer/agent ns=team-a n=3\n",
+            String::from_utf8(out).unwrap()
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len() - b"{\"call\":".len() as u64, offset);
+    }
+
+    #[test]
+    fn follow_reads_on_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        append(&path, &[line("Allocate", "ok", 1)]);
+        let offset = tail(&path, 0, &AuditFilter::default(), OutputFormat::Json, &mut Vec::new()).unwrap();
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(FOLLOW_POLL_INTERVAL_MS));
+                append(&path, &[line("Release", "ok", 2)]);
+                // The replica rotates: the file becomes audit.log.1 and a new one starts.
+                std::fs::rename(&path, rotated(&path)).unwrap();
+                append(&path, &[line("Allocate", "error", 3)]);
+            })
+        };
+        let mut out = Vec::new();
+        follow(&path, offset, &AuditFilter::default(), OutputFormat::Json, &mut out, Some(2)).unwrap();
+        writer.join().unwrap();
+        let printed: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let numbers: Vec<&str> = printed.iter().map(|record| record["ids"]["n"].as_str().unwrap()).collect();
+        assert_eq!(vec!["2", "3"], numbers, "the old file's last line, then the new file's");
+    }
 }
