@@ -1,5 +1,5 @@
 //! What the audit trail ([`crate::security::audit`]) records of each call:
-//! the ids a call names ([`call_ids`]) and those its answer adds
+//! the ids a call names ([`CallIds`]) and those its answer adds
 //! ([`AuditedReply`]), and [`record`], which both the gRPC service and the
 //! HTTP handlers call once a call has its outcome.
 //!
