@@ -305,3 +305,38 @@ fn revoke_serial(pki: &Pki, serial: &[u8]) {
     std::fs::write(&staging, pem).expect("write");
     std::fs::rename(&staging, pki.path("ca.crl")).expect("rename");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_at_once_when_polling_is_off() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::generate();
+        let (cluster, _) = start_tls_cluster(&pki, &["--tls-reload-interval-ms", "0"]).await;
+        let addr = cluster.addr(1).to_owned();
+        let old_serial = served_serial(&addr, &pki).await.expect("a handshake");
+
+        // --- new files alone change nothing without polling
+        pki.issue("replica", Identity::new(Role::ResourceManager, "replica", None).unwrap());
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert_eq!(
+            Some(old_serial.clone()),
+            served_serial(&addr, &pki).await,
+            "reloaded without being asked"
+        );
+
+        // --- SIGHUP: the replica serves the new certificate
+        let pid = cluster.pid(1).expect("replica 1 runs");
+        // SAFETY: a plain kill(2) of the replica this test started.
+        assert_eq!(0, unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) });
+        let deadline = Instant::now() + RELOAD_WAIT;
+        while served_serial(&addr, &pki).await == Some(old_serial.clone()) {
+            assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            served_on_a_new_connection(&addr, &pki, "admin").await,
+            "the replica still serves calls after SIGHUP"
+        );
+    })
+    .await
+    .expect("test timed out");
+}

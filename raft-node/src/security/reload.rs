@@ -159,3 +159,102 @@ fn stamps(files: &TlsFiles) -> Vec<FileStamp> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use qm_api::tls::{Identity, Role};
+    use qm_ca::{CertAuthority, CertSpec, Validity};
+
+    use super::*;
+
+    fn replica() -> Identity {
+        Identity::new(Role::ResourceManager, "replica-1", None).unwrap()
+    }
+
+    /// Issues `holder.crt/.key` in `dir` with the CA there.
+    fn issue(dir: &Path, identity: Identity) -> (Vec<u8>, Vec<u8>) {
+        let authority = CertAuthority::load(dir).unwrap();
+        let issued = authority.issue(&CertSpec::new(identity)).unwrap();
+        (issued.cert_pem.into_bytes(), issued.key_pem.into_bytes())
+    }
+
+    #[test]
+    fn a_reload_takes_a_valid_set_and_refuses_a_bad_one_keeping_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        CertAuthority::generate("test CA", Validity::days_from_now(1))
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("holder.crt"),
+            key: dir.path().join("holder.key"),
+            ca: dir.path().join("ca.crt"),
+            crl: None,
+        };
+        let (cert, key) = issue(dir.path(), replica());
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        let tls = ReloadableTls::load(&files).unwrap();
+        assert_eq!(0, tls.generation());
+        assert!(!tls.files_changed());
+
+        // --- a new certificate without its key: the pair does not match, the old set stays
+        let (new_cert, new_key) = issue(dir.path(), replica());
+        std::fs::write(&files.cert, &new_cert).unwrap();
+        assert!(tls.files_changed());
+        assert!(tls.reload().is_err(), "a certificate with another's key");
+        assert_eq!(0, tls.generation());
+
+        // --- its key too: taken
+        std::fs::write(&files.key, &new_key).unwrap();
+        tls.reload().unwrap();
+        assert_eq!(1, tls.generation());
+        assert!(!tls.files_changed());
+
+        // --- another role's certificate is refused as at start
+        let (admin_cert, admin_key) = issue(dir.path(), Identity::new(Role::Admin, "ops", None).unwrap());
+        std::fs::write(&files.cert, &admin_cert).unwrap();
+        std::fs::write(&files.key, &admin_key).unwrap();
+        assert!(matches!(tls.reload(), Err(TlsSetupError::NotAReplica { .. })));
+        assert_eq!(replica(), tls.current().identity);
+        assert_eq!(1, tls.generation());
+    }
+
+    #[test]
+    fn a_crl_in_force_marks_the_certificates_it_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = CertAuthority::generate("test CA", Validity::days_from_now(1)).unwrap();
+        authority.save(dir.path()).unwrap();
+        let (cert, key) = issue(dir.path(), replica());
+        let consumer = authority
+            .issue(&CertSpec::new(
+                Identity::new(Role::ResourceConsumer, "agent", Some("team-a".into())).unwrap(),
+            ))
+            .unwrap();
+        let crl = dir.path().join("ca.crl");
+        authority.revoke(&crl, &[]).unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("holder.crt"),
+            key: dir.path().join("holder.key"),
+            ca: dir.path().join("ca.crt"),
+            crl: Some(crl.clone()),
+        };
+        std::fs::write(&files.cert, &cert).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        let tls = ReloadableTls::load(&files).unwrap();
+        let der = |pem: &str| x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
+        assert!(!tls.revocations.is_revoked(&der(&consumer.cert_pem)));
+
+        authority.revoke(&crl, std::slice::from_ref(&consumer.cert_pem)).unwrap();
+        tls.reload().unwrap();
+        assert!(tls.revocations.is_revoked(&der(&consumer.cert_pem)));
+        assert!(!tls.revocations.is_revoked(&der(&String::from_utf8(cert).unwrap())));
+
+        // A file that is not a CRL is refused; the list in force stays.
+        std::fs::write(&crl, "not a CRL").unwrap();
+        assert!(matches!(tls.reload(), Err(TlsSetupError::Crl { .. })));
+        assert!(tls.revocations.is_revoked(&der(&consumer.cert_pem)));
+    }
+}
