@@ -283,6 +283,8 @@ mod tests {
             Identity::new(Role::ResourceConsumer, "consumer-team-a", Some("team-a".into())).unwrap(),
             Identity::from_certificate_pem(&consumer).unwrap()
         );
+        let crl = std::fs::read_to_string(certs.join(CRL_FILE)).unwrap();
+        assert_eq!(Ok(Vec::new()), qm_ca::read_revocation_list(&crl), "an empty CRL to start from");
         assert!(
             matches!(init(&init_args), Err(CertError::File { .. })),
             "a second init keeps the CA"
