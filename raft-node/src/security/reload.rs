@@ -134,13 +134,18 @@ impl ReloadableTls {
                 }
             }
             match self.reload() {
-                Ok(tls) => info!(
-                    identity = %tls.identity,
-                    revoked = self.revocations.len(),
-                    generation = self.generation(),
-                    on_signal = asked,
-                    "TLS certificate, key, CA and CRL reloaded; new connections use them"
-                ),
+                Ok(tls) => {
+                    info!(
+                        identity = %tls.identity,
+                        revoked = self.revocations.len(),
+                        generation = self.generation(),
+                        on_signal = asked,
+                        "TLS certificate, key, CA and CRL reloaded; new connections use them"
+                    );
+                    if tls.expires_soon() {
+                        warn!(identity = %tls.identity, "the reloaded certificate expires within {} days; issue a new one", super::CERT_EXPIRY_WARNING_DAYS);
+                    }
+                }
                 Err(error) => warn!(%error, "TLS reload refused; the previous certificate, key, CA and CRL stay in force"),
             }
         }
