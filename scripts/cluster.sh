@@ -15,7 +15,7 @@
 #                                         what the leader had committed and a leader is known, then the next
 #
 # Replica N listens on 127.0.0.1:$((QM_BASE_PORT+N)) (7101, 7102, ...), serves
-# Prometheus metrics alone (plain HTTP) on 127.0.0.1:$((QM_METRICS_BASE_PORT+N))
+# Prometheus metrics alone (plain HTTP, --metrics-plain-http with --tls) on 127.0.0.1:$((QM_METRICS_BASE_PORT+N))
 # (7201, ...) and the HTTP API (JSON, Consul-compatible catalog, /metrics; TLS
 # with --tls) on 127.0.0.1:$((QM_HTTP_BASE_PORT+10*N)) (7210, 7220, ...). Data,
 # logs and pids live in .cluster/N/ in the repository (git-ignored). Processes
@@ -78,6 +78,10 @@ tls_on() { [ -f "$CLUSTER_DIR/tls" ]; }
 tls_args() {
   tls_on || return 0
   printf '%s\n' --tls-cert "$CERTS_DIR/replica-$1.crt" --tls-key "$CERTS_DIR/replica-$1.key" --tls-ca "$CERTS_DIR/ca.crt"
+  # qm certs init writes an (empty) CRL: `qm certs revoke --dir .cluster/certs FILE` then takes effect without a restart.
+  [ -f "$CERTS_DIR/ca.crl" ] && printf '%s\n' --tls-crl "$CERTS_DIR/ca.crl"
+  # This script reads the leader from the metrics port over bash's /dev/tcp, without a certificate.
+  printf '%s\n' --metrics-plain-http
 }
 tls_env() {
   tls_on || return 0

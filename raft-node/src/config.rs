@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use qm_state_machine::TableConfig;
 
+use crate::security::audit::{
+    AuditDestination, AUDIT_FILES_KEPT_DEFAULT, AUDIT_FILES_KEPT_MAX, AUDIT_FILE_BYTES_MAX_DEFAULT, AUDIT_FILE_BYTES_MIN,
+};
 use crate::types::NodeId;
 
 /// The most runtime worker threads a replica may ask for.
@@ -49,6 +52,13 @@ pub struct NodeArgs {
     /// HTTP). `/metrics` is also on --http-listen, with the rest of the HTTP API.
     #[arg(long, env = "QM_NODE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve --metrics-listen over plain HTTP without a certificate even
+    /// when mutual TLS is on (a scraper on a closed monitoring network that
+    /// has no client certificate). Without it, a TLS replica serves
+    /// metrics over the same mutual TLS as everything else.
+    #[arg(long, env = "QM_NODE_METRICS_PLAIN_HTTP")]
+    #[serde(default)]
+    pub metrics_plain_http: bool,
     /// Serve the HTTP API on this address: the protocol's JSON (`/v1/...`),
     /// the Consul-compatible catalog, `/metrics` and `/v1/openapi.json`. With
     /// mutual TLS on, over the same TLS and role checks as gRPC. Default:
@@ -109,6 +119,27 @@ pub struct NodeArgs {
     /// The cluster's CA certificate (PEM): peers and clients must present a certificate it signed.
     #[arg(long, env = "QM_NODE_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// A certificate revocation list (PEM, from `qm certs revoke`): client,
+    /// provider and replica certificates it lists are refused at the
+    /// handshake and per call. Needs the other --tls-* flags.
+    #[arg(long, env = "QM_NODE_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
+    /// How often the replica looks at its certificate, key, CA and CRL
+    /// files for changes (their modification time and size) and reloads
+    /// them; SIGHUP reloads at once. 0 turns the polling off.
+    #[arg(long, env = "QM_NODE_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<u64>,
+    /// The audit trail: a JSON line per write, read of request records by an
+    /// admin, and refused call, to this file (rotated by size) or `-` for
+    /// standard output. Off by default.
+    #[arg(long, env = "QM_NODE_AUDIT_LOG")]
+    pub audit_log: Option<String>,
+    /// The audit file is rotated before it would grow past this.
+    #[arg(long, env = "QM_NODE_AUDIT_LOG_FILE_BYTES_MAX")]
+    pub audit_log_file_bytes_max: Option<u64>,
+    /// Rotated audit files kept (`PATH.1` newest ... `PATH.N`); older ones are deleted.
+    #[arg(long, env = "QM_NODE_AUDIT_LOG_FILES_KEPT")]
+    pub audit_log_files_kept: Option<u32>,
     /// Threads that run the replica's tasks (default: one per core). Replicas
     /// that share a machine's cores (a local cluster) do better with 1: less
     /// handing of each request from thread to thread.
@@ -138,6 +169,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub peers: BTreeMap<NodeId, String>,
     pub metrics_listen: Option<SocketAddr>,
+    /// `--metrics-listen` stays plain HTTP with TLS on.
+    pub metrics_plain_http: bool,
     /// Where the HTTP API listens; `None`: no HTTP API.
     pub http_listen: Option<SocketAddr>,
     /// Every replica's advertised HTTP address (`host:port`), by replica id.
@@ -158,6 +191,10 @@ pub struct NodeConfig {
     pub event_history_max: usize,
     /// Mutual TLS; `None`: plain gRPC and every call allowed (development only).
     pub tls: Option<TlsFiles>,
+    /// How often the TLS files are looked at for changes; 0: only on SIGHUP.
+    pub tls_reload_interval_ms: u64,
+    /// Where the audit trail goes; `None`: no audit trail.
+    pub audit: Option<AuditDestination>,
     /// Runtime worker threads; `None`: one per core.
     pub worker_threads: Option<usize>,
     pub unsafe_stale_reads: bool,
@@ -171,6 +208,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The CA every peer's and client's certificate must chain to.
     pub ca: PathBuf,
+    /// The CA's revocation list, if any.
+    pub crl: Option<PathBuf>,
 }
 
 /// The defaults. openraft 0.9 makes the longest election timeout the
@@ -203,6 +242,9 @@ pub mod defaults {
     pub const MESSAGE_SIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
     /// Consul's own default datacenter name, which Consul clients expect.
     pub const DATACENTER: &str = "dc1";
+    /// A rotated certificate (or a new CRL) is in use within this long of
+    /// being written, without a SIGHUP.
+    pub const TLS_RELOAD_INTERVAL_MS: u64 = 5_000;
 }
 
 /// What is wrong with a configuration: the setting and why.
@@ -235,6 +277,7 @@ impl NodeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             peers: self.peers.or(file.peers),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            metrics_plain_http: self.metrics_plain_http || file.metrics_plain_http,
             http_listen: self.http_listen.or(file.http_listen),
             http_peers: self.http_peers.or(file.http_peers),
             datacenter: self.datacenter.or(file.datacenter),
@@ -253,6 +296,11 @@ impl NodeArgs {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             tls_ca: self.tls_ca.or(file.tls_ca),
+            tls_crl: self.tls_crl.or(file.tls_crl),
+            tls_reload_interval_ms: self.tls_reload_interval_ms.or(file.tls_reload_interval_ms),
+            audit_log: self.audit_log.or(file.audit_log),
+            audit_log_file_bytes_max: self.audit_log_file_bytes_max.or(file.audit_log_file_bytes_max),
+            audit_log_files_kept: self.audit_log_files_kept.or(file.audit_log_files_kept),
             worker_threads: self.worker_threads.or(file.worker_threads),
             unsafe_stale_reads: self.unsafe_stale_reads || file.unsafe_stale_reads,
         })
@@ -262,7 +310,8 @@ impl NodeArgs {
     pub fn into_config(self) -> Result<NodeConfig, ConfigError> {
         use defaults::*;
         let peers = parse_peers(self.peers.as_deref().ok_or(ConfigError::Missing { setting: "peers" })?)?;
-        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_ca)?;
+        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_ca, self.tls_crl)?;
+        let audit = audit_destination(self.audit_log, self.audit_log_file_bytes_max, self.audit_log_files_kept)?;
         let id = self.id.ok_or(ConfigError::Missing { setting: "id" })?;
         let http_peers = match self.http_peers.as_deref() {
             None => BTreeMap::new(),
@@ -282,6 +331,7 @@ impl NodeArgs {
             data_dir: self.data_dir.ok_or(ConfigError::Missing { setting: "data-dir" })?,
             peers,
             metrics_listen: self.metrics_listen,
+            metrics_plain_http: self.metrics_plain_http,
             http_listen,
             http_peers,
             datacenter: self.datacenter.unwrap_or_else(|| DATACENTER.to_owned()),
@@ -298,6 +348,8 @@ impl NodeArgs {
             message_size_max_bytes: self.message_size_max_bytes.unwrap_or(MESSAGE_SIZE_MAX_BYTES),
             event_history_max: self.event_history_max.unwrap_or(TableConfig::default().event_history_max),
             tls,
+            tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(TLS_RELOAD_INTERVAL_MS),
+            audit,
             worker_threads: self.worker_threads,
             unsafe_stale_reads: self.unsafe_stale_reads,
         };
@@ -357,11 +409,65 @@ impl NodeConfig {
     }
 }
 
-/// All three TLS files, or none.
-fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+/// The audit trail's destination and limits, if `--audit-log` is given.
+fn audit_destination(
+    path: Option<String>,
+    file_bytes_max: Option<u64>,
+    files_kept: Option<u32>,
+) -> Result<Option<AuditDestination>, ConfigError> {
+    let Some(path) = path else {
+        if file_bytes_max.is_some() || files_kept.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "audit-log",
+                reason: "is missing: the rotation limits apply to an --audit-log file".into(),
+            });
+        }
+        return Ok(None);
+    };
+    if path == "-" {
+        return Ok(Some(AuditDestination::Stdout));
+    }
+    if path.is_empty() {
+        return Err(ConfigError::Invalid {
+            setting: "audit-log",
+            reason: "is empty: give a file or - for standard output".into(),
+        });
+    }
+    let file_bytes_max = file_bytes_max.unwrap_or(AUDIT_FILE_BYTES_MAX_DEFAULT);
+    if file_bytes_max < AUDIT_FILE_BYTES_MIN {
+        return Err(ConfigError::Invalid {
+            setting: "audit-log-file-bytes-max",
+            reason: format!("must be at least {AUDIT_FILE_BYTES_MIN}"),
+        });
+    }
+    let files_kept = files_kept.unwrap_or(AUDIT_FILES_KEPT_DEFAULT);
+    if files_kept == 0 || files_kept > AUDIT_FILES_KEPT_MAX {
+        return Err(ConfigError::Invalid {
+            setting: "audit-log-files-kept",
+            reason: format!("must be 1..={AUDIT_FILES_KEPT_MAX}"),
+        });
+    }
+    Ok(Some(AuditDestination::File {
+        path: PathBuf::from(path),
+        file_bytes_max,
+        files_kept,
+    }))
+}
+
+/// All three TLS files (and the optional CRL), or none.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key, ca) {
+        (None, None, None) if crl.is_some() => Err(ConfigError::Invalid {
+            setting: "tls-crl",
+            reason: "needs --tls-cert, --tls-key and --tls-ca: a CRL is checked by mutual TLS".into(),
+        }),
         (None, None, None) => Ok(None),
-        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca, crl })),
         (cert, key, _) => Err(ConfigError::Invalid {
             setting: match (cert, key) {
                 (None, _) => "tls-cert",
@@ -461,6 +567,34 @@ mod tests {
         assert_eq!(Some(PathBuf::from("ca.crt")), config.tls.map(|tls| tls.ca));
         let error = args(&["--tls-cert", "r.crt", "--tls-ca", "ca.crt"]).into_config().unwrap_err();
         assert!(error.to_string().starts_with("--tls-key: is missing"), "{error}");
+    }
+
+    #[test]
+    fn the_audit_log_is_a_file_with_named_limits_or_stdout() {
+        assert_eq!(None, args(&[]).into_config().expect("valid").audit);
+        assert_eq!(
+            Some(AuditDestination::Stdout),
+            args(&["--audit-log", "-"]).into_config().expect("valid").audit
+        );
+        let config = args(&["--audit-log", "/var/log/qm/audit.log", "--audit-log-files-kept", "3"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(
+            Some(AuditDestination::File {
+                path: "/var/log/qm/audit.log".into(),
+                file_bytes_max: AUDIT_FILE_BYTES_MAX_DEFAULT,
+                files_kept: 3,
+            }),
+            config.audit
+        );
+        let error = args(&["--audit-log", "a.log", "--audit-log-file-bytes-max", "100"])
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().starts_with("--audit-log-file-bytes-max"), "{error}");
+        let error = args(&["--audit-log-files-kept", "2"]).into_config().unwrap_err();
+        assert!(error.to_string().starts_with("--audit-log: is missing"), "{error}");
+        let error = args(&["--tls-crl", "ca.crl"]).into_config().unwrap_err();
+        assert!(error.to_string().starts_with("--tls-crl"), "{error}");
     }
 
     #[test]

@@ -50,7 +50,8 @@
 //!   leader's duties and heartbeat book, and their typed errors.
 //! * [`storage`]: sled behind openraft's log and state-machine traits.
 //! * [`network`]: Raft RPC between replicas; [`proto`]: its generated service.
-//! * [`security`]: mutual TLS, and which certificate may make which call.
+//! * [`security`]: mutual TLS (reloaded on SIGHUP or a file change, with a
+//!   CRL), which certificate may make which call, and the audit trail.
 //! * [`config`]: flags, TOML file, defaults, validation.
 //! * [`recover`]: `qm-node recover`: a one-replica cluster from the survivor of a lost majority.
 //! * [`restore`]: `qm-node restore`: a new replica's data dir from a backup file.

@@ -9,7 +9,8 @@
 //!  openraft ─▶ LogStore (sled, flushed per append) / StateMachineStore (AllocationTable)
 //!  background: leader duties, prompt elections, bootstrap, health
 //!  --http-listen ─▶ [rustls, mutual TLS] ─▶ axum (crate::http): JSON API, Consul catalog, /metrics ─▶ the same api handlers
-//!  --metrics-listen ─▶ axum: /metrics only, plain HTTP
+//!  --metrics-listen ─▶ [rustls, mutual TLS] ─▶ axum: /metrics only
+//!  with TLS: ReloadableTls reloads the certificate, key, CA and CRL on SIGHUP or a change of their files
 //! ```
 
 use std::collections::BTreeMap;
@@ -40,7 +41,9 @@ use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
 use crate::metrics::Metrics;
 use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
-use crate::security::{handshakes, Call, Guard, MutualTls};
+use crate::security::audit::AuditLog;
+use crate::security::reload::ReloadableTls;
+use crate::security::{handshakes, Call, Guard};
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
 
@@ -57,7 +60,14 @@ pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
 /// Runs a replica on `listener` until `shutdown` completes.
 pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (tls, guard) = secure(&config)?;
-    let peer_tls = tls.as_ref().map(|tls| tls.peer.clone());
+    let audit = Arc::new(match &config.audit {
+        Some(destination) => {
+            let audit = AuditLog::start(config.id, destination).context("--audit-log")?;
+            info!(?destination, "audit trail on");
+            audit
+        }
+        None => AuditLog::off(),
+    });
     if config.unsafe_stale_reads {
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
     }
@@ -86,7 +96,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        PeerNetwork::new(config.listen, peer_tls.clone()),
+        PeerNetwork::new(config.listen, tls.clone()),
         log_store,
         state_machine,
     )
@@ -119,25 +129,27 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .context("gRPC reflection (v1alpha)")?;
-    let peer_tls_for_http = peer_tls.clone();
     let mut background = vec![
         tokio::spawn(duties::run_duties(node.clone())),
         tokio::spawn(prompt_election::run_prompt_elections(node.clone())),
-        tokio::spawn(bootstrap(node.clone(), peer_tls)),
+        tokio::spawn(bootstrap(node.clone(), tls.clone())),
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),
     ];
-    background.extend(start_http(&config, &node, guard, tls.is_some(), peer_tls_for_http).await?);
+    if let Some(tls) = &tls {
+        background.push(tokio::spawn(tls.clone().reload_when_asked(config.tls_reload_interval_ms)));
+    }
+    background.extend(start_http(&config, &node, &guard, &audit, tls.clone()).await?);
 
-    let api = QuartermasterServer::new(ApiService::new(node.clone(), guard))
+    let api = QuartermasterServer::new(ApiService::new(node.clone(), guard.clone(), audit.clone()))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
-    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard, leader_contact))
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard.clone(), leader_contact))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let router = tonic::transport::Server::builder()
-        .add_service(InterceptedService::new(health_service, guard.interceptor(Call::Health)))
-        .add_service(InterceptedService::new(reflection, guard.interceptor(Call::Reflection)))
+        .add_service(InterceptedService::new(health_service, guard.clone().interceptor(Call::Health)))
+        .add_service(InterceptedService::new(reflection, guard.clone().interceptor(Call::Reflection)))
         .add_service(InterceptedService::new(reflection_v1alpha, guard.interceptor(Call::Reflection)))
         .add_service(api)
         .add_service(raft_service);
@@ -158,7 +170,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
             // The handshakes are ours, so that a refused one is logged with its peer.
             Some(tls) => {
                 router
-                    .serve_with_incoming_shutdown(handshakes::tls_incoming(incoming, tls.server.clone()), signal)
+                    .serve_with_incoming_shutdown(handshakes::tls_incoming(incoming, tls.clone()), signal)
                     .await
             }
             None => router.serve_with_incoming_shutdown(incoming, signal).await,
@@ -197,24 +209,26 @@ async fn take_snapshots_when_asked(raft: Raft, requests: SnapshotRequests) {
 
 /// Loads the TLS material and picks the guard: mutual TLS and per-call
 /// authorization, or (without the flags) everything allowed, said loudly.
-fn secure(config: &NodeConfig) -> anyhow::Result<(Option<MutualTls>, Guard)> {
+fn secure(config: &NodeConfig) -> anyhow::Result<(Option<Arc<ReloadableTls>>, Guard)> {
     let Some(files) = &config.tls else {
         warn!("INSECURE: TLS is off (no --tls-cert/--tls-key/--tls-ca). Anyone who can reach this port can read and change the allocation table and join the Raft traffic; use this for development only");
         return Ok((None, Guard::open()));
     };
-    let tls = MutualTls::load(files)?;
-    info!(identity = %tls.identity, "mutual TLS on: peers and clients must present a certificate of the cluster's CA");
-    if tls.expires_soon() {
-        warn!(identity = %tls.identity, "this replica's certificate expires within {} days; issue a new one", crate::security::CERT_EXPIRY_WARNING_DAYS);
+    let tls = ReloadableTls::load(files)?;
+    let current = tls.current();
+    info!(identity = %current.identity, crl = ?files.crl, revoked = tls.revocations.len(), "mutual TLS on: peers and clients must present a certificate of the cluster's CA");
+    if current.expires_soon() {
+        warn!(identity = %current.identity, "this replica's certificate expires within {} days; issue a new one", crate::security::CERT_EXPIRY_WARNING_DAYS);
     }
-    Ok((Some(tls), Guard::mutual_tls()))
+    let guard = Guard::mutual_tls(tls.revocations.clone());
+    Ok((Some(tls), guard))
 }
 
 /// Initialises a fresh cluster once: the lowest-id replica of `--peers`, when
 /// it has no log of its own and every listed peer answers and has joined no
 /// cluster yet. A replica restarted with its data dir, or a blank one added
 /// to a running cluster, never initialises anything.
-async fn bootstrap(node: Arc<Node>, peer_tls: Option<ClientTlsConfig>) {
+async fn bootstrap(node: Arc<Node>, tls: Option<Arc<ReloadableTls>>) {
     let peers: BTreeMap<u64, String> = node.config.peers.clone();
     if peers.keys().next() != Some(&node.id) {
         return;
@@ -224,6 +238,7 @@ async fn bootstrap(node: Arc<Node>, peer_tls: Option<ClientTlsConfig>) {
             Ok(false) => {}
             _ => return,
         }
+        let peer_tls = tls.as_ref().map(|tls| tls.current().peer.clone());
         match probe_peers(&peers, node.id, peer_tls.as_ref()).await {
             PeerProbe::AllFresh => {
                 let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -299,21 +314,24 @@ async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthRe
     }
 }
 
-/// The HTTP API on `--http-listen` (with the replica's TLS and guard), and
-/// `/metrics` alone on `--metrics-listen` (plain HTTP, no certificate
-/// asked, as before the HTTP API existed). Returns their tasks.
+/// The HTTP API on `--http-listen` and `/metrics` alone on
+/// `--metrics-listen`, both with the replica's mutual TLS and guard when
+/// TLS is on (any role may scrape; `--metrics-plain-http` keeps the
+/// metrics port plain), plain without. Returns their tasks.
 async fn start_http(
     config: &NodeConfig,
     node: &Arc<Node>,
-    guard: Guard,
-    tls_on: bool,
-    peer_tls: Option<ClientTlsConfig>,
+    guard: &Guard,
+    audit: &Arc<AuditLog>,
+    tls: Option<Arc<ReloadableTls>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
+    let tls_on = tls.is_some();
     let api = |guard| {
         Arc::new(HttpApi {
             node: node.clone(),
             guard,
+            audit: audit.clone(),
             scheme: if tls_on { "https" } else { "http" },
             replica_health: ReplicaHealth::default(),
         })
@@ -322,21 +340,29 @@ async fn start_http(
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
-        let http_tls = config.tls.as_ref().map(http::serve::tls_config).transpose()?;
-        let api = api(guard);
-        tasks.push(tokio::spawn(api.replica_health.clone().probe_forever(node.clone(), peer_tls)));
-        tasks.push(tokio::spawn(http::serve::serve(listener, http::router(api), http_tls)));
+        let api = api(guard.clone());
+        tasks.push(tokio::spawn(api.replica_health.clone().probe_forever(node.clone(), tls.clone())));
+        tasks.push(tokio::spawn(http::serve::serve(listener, http::router(api), tls.clone())));
         info!(node_id = config.id, http = %addr, tls = tls_on, "HTTP API listening");
     }
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let (metrics_guard, metrics_tls) = match config.metrics_plain_http {
+            true => (Guard::open(), None),
+            false => (guard.clone(), tls.clone()),
+        };
+        if tls_on && config.metrics_plain_http {
+            warn!(metrics = %addr, "--metrics-plain-http: metrics are served without TLS or a certificate; keep this port on a closed network");
+        }
+        let metrics_tls_on = metrics_tls.is_some();
         tasks.push(tokio::spawn(http::serve::serve(
             listener,
-            http::metrics_router(api(Guard::open())),
-            None,
+            http::metrics_router(api(metrics_guard)),
+            metrics_tls,
         )));
+        info!(node_id = config.id, metrics = %addr, tls = metrics_tls_on, "metrics listening");
     }
     Ok(tasks)
 }

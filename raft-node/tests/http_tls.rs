@@ -196,3 +196,68 @@ async fn each_role_makes_exactly_its_http_calls_and_strangers_never_get_in() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn http_calls_are_audited_as_grpc_calls_are() {
+    bounded(async {
+        let pki = Pki::generate();
+        let audit_log = format!("{}/audit-{{id}}.log", pki.dir.path().display());
+        let mut flags = pki.replica_flags();
+        flags.extend(["--audit-log".to_owned(), audit_log]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let cluster = HttpCluster::start(3, &flags).await;
+        let leader = cluster.leader().await;
+        let url = |path: &str| format!("https://{}{path}", cluster.http[&leader]);
+
+        // --- an accepted registration and allocation, a refused registration, an admin's list
+        assert_eq!(
+            200,
+            call(&pki, Some("node_a"), "POST", &url("/v1/providers"), Some(&registration("node_a"))).0
+        );
+        let allocation = request();
+        let request_id = serde_json::from_str::<Value>(&allocation).unwrap()["request_id"].clone();
+        assert_eq!(201, call(&pki, Some("team-a"), "POST", &url("/v1/allocate"), Some(&allocation)).0);
+        assert_eq!(
+            403,
+            call(&pki, Some("team-a"), "POST", &url("/v1/providers"), Some(&registration("node_b"))).0
+        );
+        assert_eq!(200, call(&pki, Some("admin"), "GET", &url("/v1/requests"), None).0);
+        // Cluster views are not recorded.
+        assert_eq!(200, call(&pki, Some("team-a"), "GET", &url("/v1/cluster"), None).0);
+
+        // --- the leader's trail: four records, transport http
+        let file = pki.dir.path().join(format!("audit-{leader}.log"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let records: Vec<Value> = loop {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let records: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+            if records.len() >= 4 || std::time::Instant::now() > deadline {
+                break records;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let calls: Vec<(&str, &str, &str)> = records
+            .iter()
+            .map(|record| {
+                (
+                    record["call"].as_str().unwrap(),
+                    record["outcome"].as_str().unwrap(),
+                    record["caller"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            vec![
+                ("RegisterProvider", "ok", "node_a"),
+                ("Allocate", "ok", "agent-team-a"),
+                ("RegisterProvider", "denied", "agent-team-a"),
+                ("List", "ok", "admin"),
+            ],
+            calls
+        );
+        assert!(records.iter().all(|record| record["transport"] == "http"), "{records:#?}");
+        assert_eq!(request_id, records[1]["correlation_id"]);
+        assert_eq!("node_a", records[1]["ids"]["provider_id"]);
+    })
+    .await;
+}

@@ -26,6 +26,10 @@ pub const LEADER_ID_HEADER: &str = "x-qm-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "x-qm-leader-addr";
 /// The bad field on an `INVALID_ARGUMENT` answer, as the protocol's JSON spells it.
 pub const FIELD_HEADER: &str = "x-qm-field";
+/// A caller's own correlation id for a call (gRPC metadata or HTTP header),
+/// carried into the replica's audit trail; without it the trail uses the
+/// request id the call is about.
+pub const CORRELATION_ID_HEADER: &str = "x-qm-correlation-id";
 
 /// Records one `List` call returns at most: a `ListRequest` whose `limit` is
 /// 0 or larger gets this many, and a client that gets a full page must ask

@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 
 use qm_api::tls::{Identity, IdentityError, Role, CA_CERT_FILE, CA_KEY_FILE};
@@ -42,6 +42,14 @@ pub const CLOCK_SKEW_ALLOWANCE_SECS: u64 = 300;
 pub const HOSTS_MAX: usize = 64;
 /// Serial numbers: 16 random bytes (RFC 5280 allows up to 20).
 const SERIAL_BYTES: usize = 16;
+/// The revocation list `qm certs revoke` writes beside `ca.crt`.
+pub const CRL_FILE: &str = "ca.crl";
+/// A CRL's `nextUpdate` is this far after its `thisUpdate`. Replicas do not
+/// refuse a CRL past it (a lapsed list must not lock everyone out); it is
+/// there for other readers, and `qm certs revoke` renews it.
+pub const CRL_VALIDITY_DAYS: u64 = 365;
+/// Certificates one CRL lists at most.
+pub const CRL_ENTRIES_MAX: usize = 100_000;
 
 /// When a certificate is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,6 +250,109 @@ impl CertAuthority {
     }
 }
 
+/// One certificate a CRL lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedCert {
+    /// The certificate's serial number, as its bytes.
+    pub serial: Vec<u8>,
+    /// When it was revoked (seconds since the epoch).
+    pub revoked_at_secs: i64,
+}
+
+impl CertAuthority {
+    /// A CRL signed by this CA listing `revoked`, numbered `number` (which
+    /// must grow from one list to the next), PEM.
+    pub fn revocation_list(&self, revoked: &[RevokedCert], number: u64) -> Result<String, CertError> {
+        if revoked.len() > CRL_ENTRIES_MAX {
+            return Err(CertError::Invalid {
+                field: "revoked",
+                reason: format!("{} certificates, at most {CRL_ENTRIES_MAX} in one list", revoked.len()),
+            });
+        }
+        let now = SystemTime::now();
+        let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let params = CertificateRevocationListParams {
+            this_update: (now - Duration::from_secs(CLOCK_SKEW_ALLOWANCE_SECS)).into(),
+            next_update: (now + Duration::from_secs(CRL_VALIDITY_DAYS * 86_400)).into(),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&cert.serial),
+                    revocation_time: at(cert.revoked_at_secs),
+                    reason_code: Some(RevocationReason::Unspecified),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// Adds the certificates `cert_pems` to the CRL at `crl_path` (a new one
+    /// if there is none) and writes it back, replaced whole by a rename so
+    /// that a replica never reads half a list. Returns every certificate the
+    /// list now holds. A certificate of another CA is refused.
+    pub fn revoke(&self, crl_path: &Path, cert_pems: &[String]) -> Result<Vec<RevokedCert>, CertError> {
+        let mut revoked = match std::fs::read_to_string(crl_path) {
+            Ok(pem) => read_revocation_list(&pem).map_err(|reason| CertError::file(crl_path, reason))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(CertError::file(crl_path, error)),
+        };
+        let now_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as i64);
+        for pem in cert_pems {
+            let serial = self.serial_of(pem)?;
+            if !revoked.iter().any(|known| known.serial == serial) {
+                revoked.push(RevokedCert {
+                    serial,
+                    revoked_at_secs: now_secs,
+                });
+            }
+        }
+        // Milliseconds since the epoch: a number that grows from one list to the next.
+        let number = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let pem = self.revocation_list(&revoked, number)?;
+        let staging = crl_path.with_extension("crl.new");
+        write_file(&staging, &pem, false)?;
+        std::fs::rename(&staging, crl_path).map_err(|error| CertError::file(crl_path, error))?;
+        Ok(revoked)
+    }
+
+    /// The serial number of `cert_pem`, if this CA issued it.
+    fn serial_of(&self, cert_pem: &str) -> Result<Vec<u8>, CertError> {
+        let invalid = |reason: String| CertError::Invalid {
+            field: "certificate",
+            reason,
+        };
+        let (_, block) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|error| invalid(format!("not PEM: {error}")))?;
+        let cert = block.parse_x509().map_err(|error| invalid(format!("not X.509: {error}")))?;
+        let (_, ca_block) = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes()).map_err(|error| invalid(error.to_string()))?;
+        let ca = ca_block.parse_x509().map_err(|error| invalid(error.to_string()))?;
+        if cert.verify_signature(Some(ca.public_key())).is_err() {
+            return Err(invalid(format!("{} was not issued by this CA", cert.subject())));
+        }
+        Ok(cert.raw_serial().to_vec())
+    }
+}
+
+/// The certificates a PEM CRL lists.
+pub fn read_revocation_list(pem: &str) -> Result<Vec<RevokedCert>, String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|error| format!("not a PEM CRL: {error}"))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&block.contents).map_err(|error| format!("not a CRL: {error}"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|cert| RevokedCert {
+            serial: cert.raw_serial().to_vec(),
+            revoked_at_secs: cert.revocation_date.timestamp(),
+        })
+        .collect())
+}
+
 impl IssuedCert {
     /// Writes `<stem>.crt` and `<stem>.key` (owner-only) into `dir`; returns their paths.
     pub fn save(&self, dir: &Path, stem: &str) -> Result<(PathBuf, PathBuf), CertError> {
@@ -371,6 +482,34 @@ mod tests {
             matches!(authority.save(dir.path()), Err(CertError::File { .. })),
             "never overwrites a CA key"
         );
+    }
+
+    #[test]
+    fn revoking_adds_to_the_list_once_and_only_for_this_cas_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let crl = dir.path().join(CRL_FILE);
+        let authority = CertAuthority::generate("test CA", Validity::days_from_now(1)).unwrap();
+        let first = authority.issue(&CertSpec::new(consumer())).unwrap();
+        let second = authority.issue(&CertSpec::new(consumer())).unwrap();
+
+        assert!(authority.revoke(&crl, &[]).unwrap().is_empty(), "an empty list to start from");
+        let listed = authority.revoke(&crl, std::slice::from_ref(&first.cert_pem)).unwrap();
+        assert_eq!(1, listed.len());
+        let listed = authority.revoke(&crl, &[first.cert_pem.clone(), second.cert_pem.clone()]).unwrap();
+        assert_eq!(2, listed.len(), "the first is not listed twice");
+        let read = read_revocation_list(&std::fs::read_to_string(&crl).unwrap()).unwrap();
+        assert_eq!(listed, read);
+
+        let (_, cert) = x509_parser::pem::parse_x509_pem(second.cert_pem.as_bytes()).unwrap();
+        assert_eq!(cert.parse_x509().unwrap().raw_serial(), read[1].serial.as_slice());
+
+        let stranger = CertAuthority::generate("another CA", Validity::days_from_now(1)).unwrap();
+        let foreign = stranger.issue(&CertSpec::new(consumer())).unwrap();
+        assert!(matches!(
+            authority.revoke(&crl, &[foreign.cert_pem]),
+            Err(CertError::Invalid { field: "certificate", .. })
+        ));
+        assert_eq!(2, read_revocation_list(&std::fs::read_to_string(&crl).unwrap()).unwrap().len());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!  qm certs init --dir DIR     ca.crt ca.key, replica-N, admin, provider-<id>, consumer-<namespace>
 //!  qm certs issue --dir DIR --role R --name N [--namespace NS] [--hosts H,..]
 //!  qm certs show FILE          the role, name and namespace a certificate states
+//!  qm certs revoke --dir DIR FILE..   add certificates to DIR/ca.crl (replicas reload it)
 //! ```
 //!
 //! No replica is contacted: these commands only read and write files.
@@ -18,7 +19,7 @@ use serde::Serialize;
 use super::error::CliError;
 use super::output::{print_json, OutputFormat};
 use super::table::Table;
-use qm_ca::{file_stem, CA_VALIDITY_DAYS, CERT_VALIDITY_DAYS};
+use qm_ca::{file_stem, CA_VALIDITY_DAYS, CERT_VALIDITY_DAYS, CRL_FILE};
 use qm_ca::{CertAuthority, CertError, CertSpec, Validity};
 use qm_client::tls::{Identity, Role};
 
@@ -35,6 +36,16 @@ pub enum CertsCommand {
     Show {
         /// A PEM certificate file.
         file: PathBuf,
+    },
+    /// Revoke certificates: add them to the CA's revocation list (DIR/ca.crl,
+    /// created if missing), which replicas started with --tls-crl reload and
+    /// check at every handshake and call. With no FILE, renews the list as is.
+    Revoke {
+        /// The directory `init` made (its ca.key signs the list).
+        #[arg(long)]
+        dir: PathBuf,
+        /// PEM certificate files issued by that CA.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -108,6 +119,30 @@ pub fn run(command: CertsCommand, format: OutputFormat, out: &mut dyn Write) -> 
             let written = issue(&args)?;
             print_written(&args.dir, &[written], format, out)
         }
+        CertsCommand::Revoke { dir, files } => {
+            let pems = files
+                .iter()
+                .map(|file| {
+                    std::fs::read_to_string(file).map_err(|error| CliError::Input {
+                        path: file.display().to_string(),
+                        reason: error.to_string(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let crl = dir.join(CRL_FILE);
+            let listed = CertAuthority::load(&dir)?.revoke(&crl, &pems)?;
+            let serials: Vec<String> = listed.iter().map(|cert| hex(&cert.serial)).collect();
+            match format {
+                OutputFormat::Json => print_json(&serde_json::json!({"crl": crl, "revoked_serials": serials}), out),
+                OutputFormat::Table => {
+                    writeln!(out, "{}: {} revoked certificate(s)", crl.display(), serials.len())?;
+                    for serial in serials {
+                        writeln!(out, "  {serial}")?;
+                    }
+                    Ok(())
+                }
+            }
+        }
         CertsCommand::Show { file } => {
             let pem = std::fs::read_to_string(&file).map_err(|error| CliError::Input {
                 path: file.display().to_string(),
@@ -159,6 +194,9 @@ fn init(args: &InitArgs) -> Result<Vec<Written>, CertError> {
     })?;
     let authority = CertAuthority::generate("Quartermaster cluster CA", Validity::days_from_now(args.ca_days))?;
     authority.save(&args.dir)?;
+    // An empty revocation list, so that replicas can be started with
+    // --tls-crl from the first day and a revocation needs no restart.
+    authority.revoke(&args.dir.join(CRL_FILE), &[])?;
     specs
         .into_iter()
         .map(|(stem, spec)| write(&authority, &args.dir, &stem, spec.with_validity(Validity::days_from_now(args.days))))
@@ -208,6 +246,11 @@ fn print_written(dir: &Path, written: &[Written], format: OutputFormat, out: &mu
     }
 }
 
+/// A serial number in hex, as `openssl x509 -noout -serial` prints it.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("{text:?} is not one of resource_manager, resource_provider, resource_consumer, admin"))
 }
@@ -240,6 +283,8 @@ mod tests {
             Identity::new(Role::ResourceConsumer, "consumer-team-a", Some("team-a".into())).unwrap(),
             Identity::from_certificate_pem(&consumer).unwrap()
         );
+        let crl = std::fs::read_to_string(certs.join(CRL_FILE)).unwrap();
+        assert_eq!(Ok(Vec::new()), qm_ca::read_revocation_list(&crl), "an empty CRL to start from");
         assert!(
             matches!(init(&init_args), Err(CertError::File { .. })),
             "a second init keeps the CA"

@@ -17,7 +17,8 @@
 //!
 //! * one module per command group: `allocate`, `allocations` (get, list,
 //!   release, renew), `provider`, `cluster`, `state`, `watch`, `top`,
-//!   `agent`, `certs`, `bench`, `bridge`, `snapshot` (backups);
+//!   `agent`, `certs`, `bench`, `bridge`, `snapshot` (backups), `audit`
+//!   (reading a replica's audit file);
 //! * `load`: the load generator behind `qm bench`;
 //! * `input`, `output`, `table`: reading the protocol's JSON, printing answers;
 //! * `error`: [`CliError`] and the exit codes.
@@ -25,6 +26,7 @@
 mod agent;
 mod allocate;
 mod allocations;
+mod audit;
 mod bench;
 mod bridge;
 mod certs;
@@ -49,6 +51,7 @@ use clap::{Parser, Subcommand};
 pub use agent::AgentArgs;
 pub use allocate::AllocateArgs;
 pub use allocations::{ListArgs, ReleaseArgs};
+pub use audit::AuditCommand;
 pub use bench::BenchArgs;
 pub use bridge::{AmqpArgs, BridgeCommand};
 pub use certs::CertsCommand;
@@ -152,6 +155,9 @@ pub enum Command {
     /// Certificates for mutual TLS: a CA, replicas, admins, providers, consumers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// A replica's audit trail (`qm-node --audit-log FILE`), read from its file.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Bridge a message broker to the cluster: `qm bridge amqp` (RabbitMQ).
     #[command(subcommand)]
     Bridge(BridgeCommand),
@@ -200,11 +206,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let client = match cli.command {
         // Files only: no client, no replica.
         Command::Certs(command) => return certs::run(command, format, out),
+        Command::Audit(command) => return audit::run(command, format, out),
         Command::Snapshot(SnapshotCommand::Inspect { file }) => return snapshot::inspect(&file, format, out),
         _ => Client::new(cli.client_config())?,
     };
     match cli.command {
-        Command::Certs(_) | Command::Snapshot(SnapshotCommand::Inspect { .. }) => unreachable!("answered without a client above"),
+        Command::Certs(_) | Command::Audit(_) | Command::Snapshot(SnapshotCommand::Inspect { .. }) => {
+            unreachable!("answered without a client above")
+        }
         Command::Snapshot(SnapshotCommand::Save { file }) => snapshot::save(&client, &file, format, out).await,
         Command::Cluster(command) => cluster::run(&client, command, format, out).await,
         Command::Provider(command) => provider::run(&client, command, format, out).await,

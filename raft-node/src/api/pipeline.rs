@@ -16,7 +16,7 @@
 //! metadata such as the leader hint), so the client treats both alike.
 //!
 //! The stream is admitted once (`Call::Pipeline`, consumers only) and each
-//! call on it is authorized again as itself. At most
+//! call on it is authorized again as itself, and audited as itself. At most
 //! [`PIPELINE_CALLS_IN_FLIGHT_MAX`] calls of one stream run at once; past
 //! that the stream is not read, and HTTP/2 flow control holds the client.
 
@@ -32,9 +32,11 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
+use crate::api::audited::{self, CallIds};
 use crate::api::requests;
 use crate::api::status::invalid_argument;
 use crate::consensus::Node;
+use crate::security::audit::{AuditLog, Transport};
 use crate::security::{Call, Caller, Guard};
 
 /// Calls of one stream running at once at most; also the answers buffered
@@ -45,7 +47,7 @@ pub type PipelineStream = Pin<Box<dyn Stream<Item = Result<PipelinedReply, Statu
 
 /// Serves one admitted stream until the client closes its side (then the
 /// calls still running are answered and the stream ends) or goes away.
-pub fn serve(node: Arc<Node>, guard: Guard, caller: Caller, mut calls: Streaming<PipelinedCall>) -> PipelineStream {
+pub fn serve(node: Arc<Node>, guard: Guard, audit: Arc<AuditLog>, caller: Caller, mut calls: Streaming<PipelinedCall>) -> PipelineStream {
     let (answers, answered) = mpsc::channel(PIPELINE_CALLS_IN_FLIGHT_MAX);
     let caller = Arc::new(caller);
     tokio::spawn(async move {
@@ -62,9 +64,10 @@ pub fn serve(node: Arc<Node>, guard: Guard, caller: Caller, mut calls: Streaming
             };
             match next {
                 Ok(Some(call)) => {
-                    let (node, caller, answers) = (node.clone(), caller.clone(), answers.clone());
+                    let (node, guard, audit, caller, answers) =
+                        (node.clone(), guard.clone(), audit.clone(), caller.clone(), answers.clone());
                     tokio::spawn(async move {
-                        let answer = answer(&node, guard, &caller, call).await;
+                        let answer = answer(&node, &guard, &audit, &caller, call).await;
                         let _ = answers.send(Ok(answer)).await;
                         drop(permit);
                     });
@@ -82,9 +85,18 @@ pub fn serve(node: Arc<Node>, guard: Guard, caller: Caller, mut calls: Streaming
 }
 
 /// Runs one call as its unary twin would and wraps the outcome.
-async fn answer(node: &Node, guard: Guard, caller: &Caller, call: PipelinedCall) -> PipelinedReply {
+async fn answer(node: &Node, guard: &Guard, audit: &AuditLog, caller: &Caller, call: PipelinedCall) -> PipelinedReply {
     let outcome = match call.call {
-        Some(request) => run(node, guard, caller, request).await,
+        Some(request) => {
+            let (audited_call, ids) = match &request {
+                PipelinedRequest::Allocate(request) => (Call::Allocate, request.call_ids()),
+                PipelinedRequest::Release(request) => (Call::Release, request.call_ids()),
+                PipelinedRequest::RenewLease(request) => (Call::RenewLease, request.call_ids()),
+            };
+            let outcome = run(node, guard, caller, request).await;
+            audited::record(audit, Transport::GrpcPipeline, audited_call, caller, None, ids, &outcome);
+            outcome
+        }
         None => Err(invalid_argument(&InvalidArgument::new(
             "call",
             "is required: one of allocate, release, renew_lease",
@@ -100,7 +112,7 @@ async fn answer(node: &Node, guard: Guard, caller: &Caller, call: PipelinedCall)
 }
 
 /// Authorizes the call as itself, then runs the unary call's function.
-async fn run(node: &Node, guard: Guard, caller: &Caller, request: PipelinedRequest) -> Result<AllocationReply, Status> {
+async fn run(node: &Node, guard: &Guard, caller: &Caller, request: PipelinedRequest) -> Result<AllocationReply, Status> {
     match request {
         PipelinedRequest::Allocate(request) => {
             guard.authorize(caller, Call::Allocate)?;

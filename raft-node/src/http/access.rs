@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::tls::{Identity, Role};
@@ -13,7 +13,10 @@ use tracing::warn;
 
 use super::error::HttpError;
 use super::{HttpApi, Shared};
+use crate::api::audited::{self, AuditedReply};
+use crate::security::audit::{AuditCaller, AuditIds, Transport};
 use crate::security::{Call, Caller};
+use qm_api::wire::CORRELATION_ID_HEADER;
 
 /// The DER leaf certificate the client presented on this connection (none
 /// on a plain connection); put on every request by [`super::serve`].
@@ -28,6 +31,16 @@ pub fn admit(api: &HttpApi, peer: &PeerCertificate, call: Call) -> Result<Caller
     }
     let unauthenticated = |message: String| {
         warn!(operation_type = call.name(), status = "unauthenticated", reason = %message, "HTTP call refused");
+        let refusal = tonic::Status::unauthenticated(message.clone());
+        audited::record_refusal(
+            &api.audit,
+            Transport::Http,
+            call,
+            AuditCaller::unidentified(true),
+            None,
+            AuditIds::new(),
+            &refusal,
+        );
         HttpError {
             status: StatusCode::UNAUTHORIZED,
             body: json!({"error": "unauthenticated", "message": message}),
@@ -40,14 +53,46 @@ pub fn admit(api: &HttpApi, peer: &PeerCertificate, call: Call) -> Result<Caller
         .as_ref()
         .ok_or_else(|| unauthenticated("no client certificate: this cluster requires mutual TLS".to_owned()))?;
     let identity = Identity::from_certificate_der(leaf).map_err(|error| unauthenticated(format!("client certificate refused: {error}")))?;
+    if api.guard.is_revoked(leaf) {
+        return Err(unauthenticated(format!(
+            "the certificate of {identity} is revoked (the cluster's CRL lists it)"
+        )));
+    }
     let caller = Caller::Authenticated(identity);
-    api.guard.authorize(&caller, call).map_err(|status| HttpError {
-        status: StatusCode::FORBIDDEN,
-        body: json!({"error": "permission_denied", "message": status.message()}),
-        location: None,
-        retry_after: false,
+    api.guard.authorize(&caller, call).map_err(|status| {
+        audited::record_refusal(
+            &api.audit,
+            Transport::Http,
+            call,
+            AuditCaller::of(&caller),
+            None,
+            AuditIds::new(),
+            &status,
+        );
+        HttpError {
+            status: StatusCode::FORBIDDEN,
+            body: json!({"error": "permission_denied", "message": status.message()}),
+            location: None,
+            retry_after: false,
+        }
     })?;
     Ok(caller)
+}
+
+/// Records an admitted HTTP call's outcome in the audit trail, as gRPC
+/// records its own (`x-qm-correlation-id` from `headers`, when given).
+pub fn audit<T: AuditedReply>(
+    api: &HttpApi,
+    call: Call,
+    caller: &Caller,
+    headers: Option<&HeaderMap>,
+    ids: AuditIds,
+    result: &Result<T, tonic::Status>,
+) {
+    let correlation_id = headers
+        .and_then(|headers| headers.get(CORRELATION_ID_HEADER))
+        .and_then(|value| value.to_str().ok());
+    audited::record(&api.audit, Transport::Http, call, caller, correlation_id, ids, result);
 }
 
 /// `GET /v1/identity`: who this replica takes the caller to be, from its

@@ -20,10 +20,11 @@ use futures::StreamExt;
 use qm_api::proto::api::WatchRequest;
 use serde_json::json;
 
-use super::access::{admit, PeerCertificate};
+use super::access::{admit, audit, PeerCertificate};
 use super::error::HttpError;
 use super::params::Params;
 use super::Shared;
+use crate::api::audited::CallIds;
 use crate::api::watch;
 use crate::security::Call;
 
@@ -54,7 +55,10 @@ pub async fn events(
         from_revision,
         namespace: params.get("namespace").unwrap_or_default().to_owned(),
     };
-    let stream = watch::watch(api.node.clone(), caller, call).map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let ids = call.call_ids();
+    let result = watch::watch(api.node.clone(), caller.clone(), call);
+    audit(&api, Call::Watch, &caller, Some(&headers), ids, &result);
+    let stream = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
     let messages = stream.map(|item| {
         Ok::<_, Infallible>(match item {
             Ok(message) => Event::default()

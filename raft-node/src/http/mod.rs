@@ -57,6 +57,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 use crate::consensus::Node;
+use crate::security::audit::AuditLog;
 use crate::security::Guard;
 use replica_health::ReplicaHealth;
 
@@ -64,6 +65,8 @@ use replica_health::ReplicaHealth;
 pub struct HttpApi {
     pub node: Arc<Node>,
     pub guard: Guard,
+    /// The replica's audit trail (shared with gRPC).
+    pub audit: Arc<AuditLog>,
     /// `https` with mutual TLS, else `http`: the scheme of redirect URLs.
     pub scheme: &'static str,
     /// Which replicas know a leader, for the catalog's health checks.

@@ -15,12 +15,13 @@ use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SystemStateRequest}
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
-use super::access::{admit, PeerCertificate};
+use super::access::{admit, audit, PeerCertificate};
 use super::error::HttpError;
 use super::params::{read_body, utf8, Params};
 use super::replica_health::ReplicaView;
 use super::requests::bounded;
 use super::Shared;
+use crate::api::audited::CallIds;
 use crate::api::{cluster, providers};
 use crate::security::Call;
 
@@ -118,9 +119,11 @@ pub async fn register(
     // Validated here too, so that bad input is a 400 naming the field before
     // any leader check.
     document.clone().validate().map_err(HttpError::from_invalid)?;
-    let reply = providers::register(&api.node, &caller, convert::registration_to_proto(&document))
-        .await
-        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let call = convert::registration_to_proto(&document);
+    let ids = call.call_ids();
+    let result = providers::register(&api.node, &caller, call).await;
+    audit(&api, Call::RegisterProvider, &caller, Some(&headers), ids, &result);
+    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
     Ok(Json(json!({"provider_id": reply.provider_id, "status": reply.status, "resources": reply.resources})).into_response())
 }
 

@@ -16,6 +16,8 @@ use qm_api::proto::api::quartermaster_client::QuartermasterClient;
 use qm_api::proto::api::ClusterStatusRequest;
 use tonic::transport::{Channel, ClientTlsConfig};
 
+use crate::security::reload::ReloadableTls;
+
 use crate::consensus::Node;
 use crate::types::NodeId;
 
@@ -55,9 +57,18 @@ impl ReplicaHealth {
     }
 
     /// Probes the members (other than this replica) forever.
-    pub async fn probe_forever(self, node: Arc<Node>, tls: Option<ClientTlsConfig>) {
+    pub async fn probe_forever(self, node: Arc<Node>, reloadable: Option<Arc<ReloadableTls>>) {
         let mut clients: BTreeMap<String, QuartermasterClient<Channel>> = BTreeMap::new();
+        let mut generation = None;
+        let mut tls: Option<ClientTlsConfig> = None;
         loop {
+            // After a reload, dial with the new certificate.
+            let now = reloadable.as_ref().map(|reloadable| reloadable.generation());
+            if now != generation {
+                generation = now;
+                tls = reloadable.as_ref().map(|reloadable| reloadable.current().peer.clone());
+                clients.clear();
+            }
             let members: Vec<(NodeId, String)> = {
                 let metrics = node.raft.metrics().borrow().clone();
                 let membership = metrics.membership_config.membership();

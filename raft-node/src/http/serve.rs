@@ -23,8 +23,8 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use super::access::PeerCertificate;
-use crate::config::TlsFiles;
 use crate::security::handshakes::RefusedHandshakes;
+use crate::security::reload::ReloadableTls;
 use crate::security::TLS_HANDSHAKE_TIMEOUT_MS;
 
 /// After a failed `accept` (out of file descriptors, say), wait this long
@@ -32,8 +32,7 @@ use crate::security::TLS_HANDSHAKE_TIMEOUT_MS;
 pub const ACCEPT_RETRY_DELAY_MS: u64 = 50;
 
 /// Serves `router` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls::ServerConfig>>) {
-    let acceptor = tls.map(TlsAcceptor::from);
+pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<ReloadableTls>>) {
     let refused = Arc::new(RefusedHandshakes::new("HTTP"));
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -45,7 +44,9 @@ pub async fn serve(listener: TcpListener, router: Router, tls: Option<Arc<rustls
             }
         };
         let _ = stream.set_nodelay(true);
-        let (router, acceptor, refused) = (router.clone(), acceptor.clone(), refused.clone());
+        // The material in force now: a reload applies from the next handshake.
+        let acceptor = tls.as_ref().map(|tls| TlsAcceptor::from(tls.current().http_server.clone()));
+        let (router, refused) = (router.clone(), refused.clone());
         tokio::spawn(async move {
             let Some(acceptor) = acceptor else {
                 return serve_connection(stream, router, PeerCertificate(None)).await;
@@ -83,10 +84,4 @@ where
     if let Err(error) = served {
         debug!(%error, "HTTP connection ended with an error");
     }
-}
-
-/// The listener's rustls configuration: the replica's (see
-/// [`crate::security::rustls_server_config`]), offering HTTP/1.1 only.
-pub fn tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    crate::security::rustls_server_config(files, b"http/1.1")
 }

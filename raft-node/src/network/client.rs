@@ -1,6 +1,7 @@
 //! The sending side of Raft traffic.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::raft_client::RaftClient;
@@ -13,9 +14,10 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
 use crate::codec;
+use crate::security::reload::ReloadableTls;
 use crate::types::{NodeId, TypeConfig};
 
 /// How long a peer connection attempt may take before the peer counts as unreachable.
@@ -30,12 +32,13 @@ pub struct PeerNetwork {
     /// connection comes from, which is what lets a proxy cut single links.
     local_ip: Option<IpAddr>,
     /// With mutual TLS: this replica's certificate, presented to peers, and
-    /// the CA their certificates must chain to. Peers are then dialled over https.
-    tls: Option<ClientTlsConfig>,
+    /// the CA their certificates must chain to, as last (re)loaded. Peers
+    /// are then dialled over https.
+    tls: Option<Arc<ReloadableTls>>,
 }
 
 impl PeerNetwork {
-    pub fn new(listen: SocketAddr, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(listen: SocketAddr, tls: Option<Arc<ReloadableTls>>) -> Self {
         PeerNetwork {
             local_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()),
             tls,
@@ -53,6 +56,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             local_ip: self.local_ip,
             tls: self.tls.clone(),
             channel: None,
+            generation: 0,
         }
     }
 }
@@ -62,8 +66,12 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     local_ip: Option<IpAddr>,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<Arc<ReloadableTls>>,
     channel: Option<RaftClient<Channel>>,
+    /// The TLS generation `channel` was dialled with: after a reload the
+    /// peer is dialled again with the new certificate, so that one revoked
+    /// or expired after a rotation is not presented for ever.
+    generation: u64,
 }
 
 /// Which RPC of the Raft service to call.
@@ -76,10 +84,13 @@ enum RaftCall {
 
 impl PeerClient {
     fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
-        if let Some(client) = &self.channel {
+        let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
+        if let Some(client) = self.channel.as_ref().filter(|_| generation == self.generation) {
             return Ok(client.clone());
         }
-        let endpoint = qm_api::tls::endpoint(&self.addr, self.tls.as_ref())
+        let tls = self.tls.as_ref().map(|tls| tls.current().peer.clone());
+        self.generation = generation;
+        let endpoint = qm_api::tls::endpoint(&self.addr, tls.as_ref())
             .map_err(|e| Unreachable::new(&std::io::Error::other(e)))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .local_address(self.local_ip)

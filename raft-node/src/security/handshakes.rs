@@ -28,6 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tracing::warn;
 
+use super::reload::ReloadableTls;
 use super::TLS_HANDSHAKE_TIMEOUT_MS;
 
 /// Refused handshakes logged one by one per window; the rest are counted.
@@ -38,10 +39,9 @@ pub const REFUSED_HANDSHAKE_WINDOW: Duration = Duration::from_secs(60);
 const ACCEPTED_QUEUE: usize = 64;
 
 /// The connections of `incoming` that completed a mutual TLS handshake
-/// with `config`, as tonic's `serve_with_incoming` takes them.
-pub fn tls_incoming(mut incoming: TcpIncoming, config: Arc<rustls::ServerConfig>) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+/// with the material `tls` has in force, as tonic's `serve_with_incoming` takes them.
+pub fn tls_incoming(mut incoming: TcpIncoming, tls: Arc<ReloadableTls>) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     let (accepted, stream) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
-    let acceptor = TlsAcceptor::from(config);
     let refused = Arc::new(RefusedHandshakes::new("gRPC"));
     tokio::spawn(async move {
         while let Some(connection) = incoming.next().await {
@@ -56,7 +56,9 @@ pub fn tls_incoming(mut incoming: TcpIncoming, config: Arc<rustls::ServerConfig>
                     continue;
                 }
             };
-            let (acceptor, accepted, refused) = (acceptor.clone(), accepted.clone(), refused.clone());
+            // The material in force now: a reload applies from the next handshake.
+            let acceptor = TlsAcceptor::from(tls.current().server.clone());
+            let (accepted, refused) = (accepted.clone(), refused.clone());
             tokio::spawn(async move {
                 let remote = tcp.peer_addr().ok();
                 let handshake = tokio::time::timeout(Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS), acceptor.accept(tcp)).await;

@@ -15,17 +15,25 @@
 //! # Layout
 //!
 //! * [`policy`]: [`Call`] and which roles may make each.
+//! * [`audit`]: the audit trail: a JSON line per write, admin read and refusal.
 //! * [`guard`]: [`Guard`]: authentication and the role check, per call.
 //! * [`caller`]: [`Caller`]: namespace and provider scoping in the handlers.
 //! * [`handshakes`]: the gRPC listener's TLS handshakes, refusals logged
 //!   with the peer's address (rate-limited).
-//! * [`MutualTls`] (here): the replica's certificates, loaded and checked at
-//!   start; [`rustls_server_config`], the listeners' rustls configuration.
+//! * [`reload`]: [`ReloadableTls`](reload::ReloadableTls): the certificate,
+//!   key, CA and CRL read again on SIGHUP or when their files change.
+//! * [`revocation`]: [`Revocations`](revocation::Revocations): the CRL's
+//!   certificates, refused per call too (connections opened before the list).
+//! * [`MutualTls`] (here): the replica's certificates, loaded and checked;
+//!   [`rustls_server_config`], the listeners' rustls configuration.
 
+pub mod audit;
 pub mod caller;
 pub mod guard;
 pub mod handshakes;
 pub mod policy;
+pub mod reload;
+pub mod revocation;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,12 +42,13 @@ use anyhow::Context;
 use qm_api::tls::{Identity, Role, TlsConfig};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tonic::transport::ClientTlsConfig;
 
 pub use caller::Caller;
 pub use guard::Guard;
 pub use policy::Call;
+pub use revocation::RevokedSet;
 
 use crate::config::TlsFiles;
 
@@ -52,8 +61,12 @@ pub const CERT_EXPIRY_WARNING_DAYS: u64 = 30;
 /// A replica's TLS material: what it serves with, what it dials peers with.
 pub struct MutualTls {
     /// The gRPC listener: this replica's certificate, clients' certificates
-    /// required and checked against the CA, HTTP/2 (ALPN `h2`).
+    /// required and checked against the CA and the CRL, HTTP/2 (ALPN `h2`).
     pub server: Arc<rustls::ServerConfig>,
+    /// The HTTP listeners (API and metrics): the same, HTTP/1.1 only.
+    pub http_server: Arc<rustls::ServerConfig>,
+    /// The certificates the CRL lists (empty without `--tls-crl`).
+    pub revoked: RevokedSet,
     /// Dialling peers (Raft and bootstrap probes): the same certificate
     /// presented, peers' certificates checked against the CA.
     pub peer: ClientTlsConfig,
@@ -74,6 +87,8 @@ pub enum TlsSetupError {
     NotAReplica { identity: Identity },
     #[error("--tls-cert expired; issue a new one (qm certs issue --role resource_manager)")]
     Expired,
+    #[error("--tls-crl {path}: {reason}")]
+    Crl { path: String, reason: String },
 }
 
 impl MutualTls {
@@ -91,6 +106,16 @@ impl MutualTls {
         // before rustls parses them all.
         read("key", &files.key)?;
         read("ca", &files.ca)?;
+        if let Some(crl) = &files.crl {
+            read("crl", crl)?;
+        }
+        let (crls, revoked) = match &files.crl {
+            None => (Vec::new(), RevokedSet::new()),
+            Some(path) => revocation::read_crl(path).map_err(|reason| TlsSetupError::Crl {
+                path: path.display().to_string(),
+                reason,
+            })?,
+        };
         let (identity, not_after) = read_own_certificate(&cert).map_err(|reason| TlsSetupError::File {
             flag: "cert",
             path: files.cert.display().to_string(),
@@ -103,11 +128,15 @@ impl MutualTls {
         if not_after <= SystemTime::now() {
             return Err(TlsSetupError::Expired);
         }
-        let server = rustls_server_config(files, b"h2").map_err(|error| TlsSetupError::File {
-            flag: "cert",
-            path: files.cert.display().to_string(),
-            reason: format!("{error:#}"),
-        })?;
+        let server_config = |alpn: &[u8]| {
+            rustls_server_config(files, &crls, alpn).map_err(|error| TlsSetupError::File {
+                flag: "cert",
+                path: files.cert.display().to_string(),
+                reason: format!("{error:#}"),
+            })
+        };
+        let server = server_config(b"h2")?;
+        let http_server = server_config(b"http/1.1")?;
         let peer = TlsConfig {
             ca: files.ca.clone(),
             cert: files.cert.clone(),
@@ -121,6 +150,8 @@ impl MutualTls {
         })?;
         Ok(MutualTls {
             server,
+            http_server,
+            revoked,
             peer,
             identity,
             not_after,
@@ -136,8 +167,16 @@ impl MutualTls {
 }
 
 /// A listener's rustls configuration: this replica's certificate, client
-/// certificates required and checked against the CA, offering `alpn`.
-pub fn rustls_server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// certificates required and checked against the CA and `crls`, offering `alpn`.
+///
+/// A certificate of a CA in the bundle that no CRL covers is accepted (its
+/// revocation status is unknown, not revoked): while a cluster moves to a new
+/// CA, the bundle holds both and the CRL is the old or the new CA's.
+pub fn rustls_server_config(
+    files: &TlsFiles,
+    crls: &[CertificateRevocationListDer<'static>],
+    alpn: &[u8],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -149,9 +188,14 @@ pub fn rustls_server_config(files: &TlsFiles, alpn: &[u8]) -> anyhow::Result<Arc
             .add(ca.with_context(|| format!("--tls-ca {}", files.ca.display()))?)
             .context("--tls-ca")?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("client certificate verifier")?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        verifier = verifier
+            .with_crls(crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = verifier.build().context("client certificate verifier (--tls-ca, --tls-crl)")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -191,6 +235,7 @@ mod tests {
             cert,
             key,
             ca: dir.join("ca.crt"),
+            crl: None,
         }
     }
 
@@ -227,6 +272,7 @@ mod tests {
             cert: "/nonexistent/replica.crt".into(),
             key: "/nonexistent/replica.key".into(),
             ca: "/nonexistent/ca.crt".into(),
+            crl: None,
         };
         let error = MutualTls::load(&missing).err().unwrap().to_string();
         assert!(error.starts_with("--tls-cert /nonexistent/replica.crt"), "{error}");

@@ -7,6 +7,8 @@
 
 use qm_api::tls::Role;
 
+use super::audit::AuditClass;
+
 /// One RPC, as the authorization table names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Call {
@@ -98,6 +100,34 @@ impl Call {
             Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
+        }
+    }
+
+    /// What the audit trail records of this call ([`AuditRecord::wanted`](super::audit::AuditRecord::wanted)).
+    pub fn audit_class(self) -> AuditClass {
+        match self {
+            Call::RegisterProvider
+            | Call::DeregisterProvider
+            | Call::Confirm
+            | Call::Allocate
+            | Call::Release
+            | Call::RenewLease
+            | Call::AddReplica
+            | Call::RemoveReplica
+            | Call::AdvanceCursor
+            | Call::ReleaseMatching => AuditClass::Write,
+            Call::Get | Call::List | Call::Watch | Call::SnapshotSave => AuditClass::RecordRead,
+            // The stream itself is not a write: each call on it is recorded as itself.
+            Call::Pipeline
+            | Call::AppendEntries
+            | Call::Vote
+            | Call::InstallSnapshot
+            | Call::Heartbeat
+            | Call::ClusterStatus
+            | Call::SystemState
+            | Call::ListProviders
+            | Call::Health
+            | Call::Reflection => AuditClass::RefusalsOnly,
         }
     }
 

@@ -73,13 +73,18 @@ struct Process {
 /// The processes by replica id, shared with the watchdog.
 type Processes = Arc<Mutex<BTreeMap<u64, Process>>>;
 
+/// In an extra flag, replaced by each replica's own id: a file of its own
+/// (`--audit-log /tmp/x/audit-{id}.log`) under flags every replica shares.
+pub const REPLICA_ID_PLACEHOLDER: &str = "{id}";
+
 /// A cluster of real replicas.
 pub struct LocalCluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
     pub replicas: BTreeMap<u64, LocalReplica>,
     processes: Processes,
-    /// Flags added to every replica's command line.
+    /// Flags added to every replica's command line ([`REPLICA_ID_PLACEHOLDER`]
+    /// in one becomes the replica's id).
     extra_args: Vec<String>,
 }
 
@@ -179,7 +184,11 @@ impl LocalCluster {
             .args(["--id", &id.to_string(), "--listen", &replica.listen, "--peers", &self.peers()])
             .arg("--data-dir")
             .arg(&replica.data_dir)
-            .args(&self.extra_args)
+            .args(
+                self.extra_args
+                    .iter()
+                    .map(|arg| arg.replace(REPLICA_ID_PLACEHOLDER, &id.to_string())),
+            )
             .env(
                 "QM_LOG",
                 std::env::var("QM_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod commands;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::path::Path;
