@@ -7,6 +7,7 @@
 //! * [`cursors`]: named cursors into the event history (the broker bridge's).
 //! * [`bulk_release`]: release by namespace, requester or provider, entry after entry.
 //! * [`watch`]: the event stream from a revision.
+//! * [`quotas`]: namespace quotas, preemption settings, the dry run of an allocate.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
 //! * [`status`]: how typed errors (the table's, the consensus layer's)
 //!   become gRPC statuses and leader redirects: the only place that does.
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
 pub mod providers;
+pub mod quotas;
 pub mod requests;
 pub mod status;
 pub mod watch;
@@ -178,5 +180,30 @@ impl Quartermaster for ApiService {
         bulk_release::release_matching(&self.node, &caller, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Reply<NamespacePolicyReply> {
+        let caller = self.admit(&request, Call::SetQuota)?;
+        quotas::set_quota(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete_quota(&self, request: Request<DeleteQuotaRequest>) -> Reply<NamespacePolicyReply> {
+        let caller = self.admit(&request, Call::DeleteQuota)?;
+        quotas::delete_quota(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_quotas(&self, request: Request<ListQuotasRequest>) -> Reply<ListQuotasReply> {
+        let caller = self.admit(&request, Call::ListQuotas)?;
+        quotas::list_quotas(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn set_preemption(&self, request: Request<SetPreemptionRequest>) -> Reply<NamespacePolicyReply> {
+        let caller = self.admit(&request, Call::SetPreemption)?;
+        quotas::set_preemption(&self.node, &caller, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn preview_allocate(&self, request: Request<AllocateRequest>) -> Reply<PreviewReply> {
+        let caller = self.admit(&request, Call::PreviewAllocate)?;
+        quotas::preview_allocate(&self.node, &caller, request.into_inner()).await.map(Response::new)
     }
 }
