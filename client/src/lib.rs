@@ -37,6 +37,7 @@
 //! * `failure`: how one failed attempt is classified (redirect, retry, final).
 //! * `call_plan`: what a call does after a failed attempt (send to the
 //!   hinted leader, wait and try another replica, or give up): a pure step.
+//! * [`quota`]: quotas, preemption settings and the allocate preview.
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels, the believed leader, and the
 //!   rotation calls go round: the seeds and the members read since.
@@ -59,6 +60,7 @@ pub mod heartbeat;
 pub mod lease;
 pub mod membership;
 mod pipeline;
+pub mod quota;
 mod replicas;
 pub mod retry;
 pub mod watch;
