@@ -307,8 +307,10 @@ impl AllocationTable {
             .unwrap_or_default()
     }
 
-    /// Whether some preemptor waits for this release.
-    pub(super) fn is_awaited(&self, allocation_id: Uuid, provider_id: &str) -> bool {
+    /// Whether some preemptor waits for `provider_id`'s agent to confirm
+    /// releasing `allocation_id` (a preempted allocation, which may be
+    /// queued or placed elsewhere by now).
+    pub fn is_awaited(&self, allocation_id: Uuid, provider_id: &str) -> bool {
         self.awaited_by.contains_key(&(allocation_id, provider_id.to_owned()))
     }
 
