@@ -100,6 +100,19 @@ pub async fn run_preemption(client: &Client, command: PreemptionCommand, format:
     print_namespaces(reply.namespace.as_slice(), reply.cluster_preemption.as_ref(), format, out)
 }
 
+/// The namespaces with a quota, for `qm state` and `qm top`; none when the
+/// caller's certificate may not read them (a provider's).
+pub(crate) async fn limited_namespaces(client: &Client, consistency: Consistency) -> Result<Vec<api::NamespaceQuota>, qm_client::Error> {
+    match client.list_quotas("", consistency).await {
+        Ok(reply) => Ok(reply.namespaces.into_iter().filter(|namespace| !namespace.quota.is_empty()).collect()),
+        Err(qm_client::Error::Server {
+            code: tonic::Code::PermissionDenied,
+            ..
+        }) => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+}
+
 fn consistency(stale: bool) -> Consistency {
     if stale {
         Consistency::Stale
