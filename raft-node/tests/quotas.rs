@@ -39,7 +39,10 @@ fn generate_pki(dir: &Path) {
     let replica = Identity::new(Role::ResourceManager, "replica", None).unwrap();
     issue("replica", CertSpec::new(replica).with_hosts(["127.0.0.1", "localhost"]));
     issue("admin", CertSpec::new(Identity::new(Role::Admin, "admin", None).unwrap()));
-    issue("node_a", CertSpec::new(Identity::new(Role::ResourceProvider, "node_a", None).unwrap()));
+    issue(
+        "node_a",
+        CertSpec::new(Identity::new(Role::ResourceProvider, "node_a", None).unwrap()),
+    );
     for namespace in ["team-a", "team-b"] {
         let consumer = Identity::new(Role::ResourceConsumer, format!("agent-{namespace}"), Some(namespace.into())).unwrap();
         issue(namespace, CertSpec::new(consumer));
@@ -84,7 +87,9 @@ fn namespace_line<'a>(reply: &'a api::ListQuotasReply, namespace: &str) -> &'a a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quota_holds_under_concurrent_load_and_preemption_waits_for_the_release() {
-    tokio::time::timeout(TEST_TIMEOUT, scenario()).await.expect("within the test's time");
+    tokio::time::timeout(TEST_TIMEOUT, scenario())
+        .await
+        .expect("within the test's time");
 }
 
 async fn scenario() {
@@ -156,7 +161,10 @@ async fn scenario() {
     let line = namespace_line(&quotas, "team-a");
     assert_eq!(Some(&TEAM_A_QUOTA), line.held.get("cpu_cores"), "{line:?}");
     assert_eq!((TEAM_A_REQUESTS as u64) - TEAM_A_QUOTA, line.queued);
-    assert_eq!(Some(&(TEAM_B_REQUESTS as u64)), namespace_line(&quotas, "team-b").held.get("cpu_cores"));
+    assert_eq!(
+        Some(&(TEAM_B_REQUESTS as u64)),
+        namespace_line(&quotas, "team-b").held.get("cpu_cores")
+    );
     let team_a_records = admin
         .list(api::ListRequest {
             namespace: "team-a".to_owned(),
@@ -164,7 +172,10 @@ async fn scenario() {
         })
         .await
         .expect("lists");
-    let holding = team_a_records.iter().filter(|record| !record.grants.is_empty() && record.reason.is_empty()).count();
+    let holding = team_a_records
+        .iter()
+        .filter(|record| !record.grants.is_empty() && record.reason.is_empty())
+        .count();
     assert_eq!(TEAM_A_QUOTA as usize, holding, "{team_a_records:?}");
     assert!(team_a_records
         .iter()
@@ -181,12 +192,18 @@ async fn scenario() {
     // The provider confirms every grant so far.
     for record in admin.list(api::ListRequest::default()).await.expect("lists") {
         if !record.grants.is_empty() {
-            provider.confirm(&record.allocation_id, "node_a", Confirmation::Allocation).await.expect("confirms");
+            provider
+                .confirm(&record.allocation_id, "node_a", Confirmation::Allocation)
+                .await
+                .expect("confirms");
         }
     }
 
     // --- preemption on from priority 10; team-b's urgent request previews two victims
-    admin.set_preemption(None, Some(PreemptionSetting::FromPriority(10)), false).await.expect("sets");
+    admin
+        .set_preemption(None, Some(PreemptionSetting::FromPriority(10)), false)
+        .await
+        .expect("sets");
     let mut urgent = one_core("team-b", 10);
     urgent.resource_requirements = Some(BTreeMap::from([("cpu_cores".to_owned(), Number::from(2))]));
     let preview = team_b.preview_allocate(urgent.clone()).await.expect("previews");

@@ -82,9 +82,9 @@ impl Event {
             | EventKind::DeallocationConfirmed { namespace, .. }
             | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
             EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
-            EventKind::AllocationPreempted { namespace, .. } | EventKind::QuotaSet { namespace, .. } | EventKind::QuotaDeleted { namespace } => {
-                Some(namespace)
-            }
+            EventKind::AllocationPreempted { namespace, .. }
+            | EventKind::QuotaSet { namespace, .. }
+            | EventKind::QuotaDeleted { namespace } => Some(namespace),
             EventKind::PreemptionSet { namespace, .. } => namespace.as_deref(),
             _ => None,
         }

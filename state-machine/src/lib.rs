@@ -80,4 +80,6 @@ pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-pub use table::{AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim};
+pub use table::{
+    AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,
+};

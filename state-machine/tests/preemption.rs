@@ -215,7 +215,10 @@ fn a_victim_asking_to_be_released_is_released_and_the_preemptor_waits_for_its_ag
     assert_eq!(expected, t.allocate(&urgent).events);
     let victim_record = t.record(victim.request_id);
     assert_eq!(
-        (RequestState::Deallocation, Some(format!("preempted: by request {}", urgent.request_id))),
+        (
+            RequestState::Deallocation,
+            Some(format!("preempted: by request {}", urgent.request_id))
+        ),
         (victim_record.state, victim_record.reason)
     );
     assert_eq!(RequestState::Allocation, t.record(urgent.request_id).state);

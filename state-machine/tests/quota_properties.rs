@@ -32,18 +32,54 @@ const REQUEST_IDS: u8 = 24;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Register { provider: u8, cores: u8, gpus: u8, confirms: bool },
-    Allocate { request: u8, namespace: u8, cores: u8, gpus: u8, priority: i8, lease: bool, release_on_preemption: bool },
-    Release { target: u8 },
+    Register {
+        provider: u8,
+        cores: u8,
+        gpus: u8,
+        confirms: bool,
+    },
+    Allocate {
+        request: u8,
+        namespace: u8,
+        cores: u8,
+        gpus: u8,
+        priority: i8,
+        lease: bool,
+        release_on_preemption: bool,
+    },
+    Release {
+        target: u8,
+    },
     Tick,
-    Fail { provider: u8 },
-    Recover { provider: u8 },
-    SetQuota { namespace: u8, cores: Option<u8>, gpus: Option<u8> },
-    DeleteQuota { namespace: u8 },
-    ClusterPreemption { from_priority: Option<i8> },
-    NamespacePreemption { namespace: u8, from_priority: Option<Option<i8>>, preemptible: bool },
-    Confirm { target: u8, deallocation: bool },
-    ReleaseNamespace { namespace: u8 },
+    Fail {
+        provider: u8,
+    },
+    Recover {
+        provider: u8,
+    },
+    SetQuota {
+        namespace: u8,
+        cores: Option<u8>,
+        gpus: Option<u8>,
+    },
+    DeleteQuota {
+        namespace: u8,
+    },
+    ClusterPreemption {
+        from_priority: Option<i8>,
+    },
+    NamespacePreemption {
+        namespace: u8,
+        from_priority: Option<Option<i8>>,
+        preemptible: bool,
+    },
+    Confirm {
+        target: u8,
+        deallocation: bool,
+    },
+    ReleaseNamespace {
+        namespace: u8,
+    },
 }
 
 fn namespace(n: u8) -> String {
@@ -69,7 +105,12 @@ fn setting(from_priority: Option<i8>) -> PreemptionSetting {
 impl Op {
     fn command(&self, table: &AllocationTable) -> Command {
         match self.clone() {
-            Op::Register { provider, cores, gpus, confirms } => {
+            Op::Register {
+                provider,
+                cores,
+                gpus,
+                confirms,
+            } => {
                 let mut resources: Vec<ResourceSpec> = (0..cores.max(1)).map(|n| spec(&format!("cpu_{n}"), "cpu_cores", 1)).collect();
                 resources.extend((0..gpus).map(|n| spec(&format!("gpu_{n}"), "gpu", 1)));
                 Command::RegisterProvider(ProviderRegistration {
@@ -81,7 +122,15 @@ impl Op {
                     port: None,
                 })
             }
-            Op::Allocate { request, namespace: ns, cores, gpus, priority, lease, release_on_preemption } => {
+            Op::Allocate {
+                request,
+                namespace: ns,
+                cores,
+                gpus,
+                priority,
+                lease,
+                release_on_preemption,
+            } => {
                 let mut requirements = vec![Requirement {
                     kind: "cpu_cores".to_owned(),
                     quantity: cores.max(1) as u64,
@@ -111,17 +160,30 @@ impl Op {
                     false => Command::Allocate(request),
                 }
             }
-            Op::Release { target } => Command::Release { id: target_id(table, target) },
+            Op::Release { target } => Command::Release {
+                id: target_id(table, target),
+            },
             Op::Tick => Command::Tick,
-            Op::Fail { provider } => Command::ProviderFailed { provider_id: provider_id(provider) },
-            Op::Recover { provider } => Command::ProviderRecovered { provider_id: provider_id(provider) },
-            Op::SetQuota { namespace: ns, cores, gpus } => {
+            Op::Fail { provider } => Command::ProviderFailed {
+                provider_id: provider_id(provider),
+            },
+            Op::Recover { provider } => Command::ProviderRecovered {
+                provider_id: provider_id(provider),
+            },
+            Op::SetQuota {
+                namespace: ns,
+                cores,
+                gpus,
+            } => {
                 let mut limits = BTreeMap::new();
                 limits.insert("cpu_cores".to_owned(), cores.unwrap_or(4) as u64);
                 if let Some(gpus) = gpus {
                     limits.insert("gpu".to_owned(), gpus as u64);
                 }
-                Command::SetQuota { namespace: namespace(ns), limits }
+                Command::SetQuota {
+                    namespace: namespace(ns),
+                    limits,
+                }
             }
             Op::DeleteQuota { namespace: ns } => Command::DeleteQuota { namespace: namespace(ns) },
             Op::ClusterPreemption { from_priority } => Command::SetPreemption {
@@ -129,7 +191,11 @@ impl Op {
                 setting: Some(setting(from_priority)),
                 preemptible: true,
             },
-            Op::NamespacePreemption { namespace: ns, from_priority, preemptible } => Command::SetPreemption {
+            Op::NamespacePreemption {
+                namespace: ns,
+                from_priority,
+                preemptible,
+            } => Command::SetPreemption {
                 namespace: Some(namespace(ns)),
                 setting: from_priority.map(setting),
                 preemptible,
@@ -142,8 +208,14 @@ impl Op {
                     .map_or_else(|| provider_id(target), |placement| placement.provider_id.clone());
                 let allocation_id = allocation_id_for(id);
                 match deallocation {
-                    true => Command::ConfirmDeallocation { allocation_id, provider_id },
-                    false => Command::ConfirmAllocation { allocation_id, provider_id },
+                    true => Command::ConfirmDeallocation {
+                        allocation_id,
+                        provider_id,
+                    },
+                    false => Command::ConfirmAllocation {
+                        allocation_id,
+                        provider_id,
+                    },
                 }
             }
             Op::ReleaseNamespace { namespace: ns } => Command::ReleaseMatching {
@@ -191,8 +263,17 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn history() -> impl Strategy<Value = Vec<(u16, Op)>> {
-    let register = (0..PROVIDERS, 2..6u8, 0..3u8, prop::bool::weighted(0.4))
-        .prop_map(|(provider, cores, gpus, confirms)| (0u16, Op::Register { provider, cores, gpus, confirms }));
+    let register = (0..PROVIDERS, 2..6u8, 0..3u8, prop::bool::weighted(0.4)).prop_map(|(provider, cores, gpus, confirms)| {
+        (
+            0u16,
+            Op::Register {
+                provider,
+                cores,
+                gpus,
+                confirms,
+            },
+        )
+    });
     (
         prop::collection::vec(register, 1..4),
         prop::collection::vec((0..800u16, op()), 1..90),
@@ -266,7 +347,10 @@ impl QuotaModel {
                             continue;
                         };
                         let held = self.held(namespace, kind);
-                        assert!(held <= *limit, "granting {request_id} took {namespace} to {held} {kind}, over its quota of {limit}");
+                        assert!(
+                            held <= *limit,
+                            "granting {request_id} took {namespace} to {held} {kind}, over its quota of {limit}"
+                        );
                     }
                 }
                 EventKind::AllocationPreempted {
@@ -281,8 +365,14 @@ impl QuotaModel {
                     assert_eq!(victim.priority, *priority);
                     let preemptor = table.get(*preemptor_request_id).expect("the preemptor is remembered");
                     assert_eq!(preemptor.request.priority, *preemptor_priority);
-                    assert!(priority < preemptor_priority, "{request_id} ({priority}) preempted by {preemptor_request_id} ({preemptor_priority})");
-                    assert!(table.policy(namespace).preemptible, "{request_id} preempted from protected {namespace}");
+                    assert!(
+                        priority < preemptor_priority,
+                        "{request_id} ({priority}) preempted by {preemptor_request_id} ({preemptor_priority})"
+                    );
+                    assert!(
+                        table.policy(namespace).preemptible,
+                        "{request_id} preempted from protected {namespace}"
+                    );
                 }
                 EventKind::AllocationReleased { request_id, .. } | EventKind::AllocationExpired { request_id, .. } => {
                     self.active.remove(request_id).expect("a released allocation was active");
@@ -313,8 +403,18 @@ fn check_units(table: &AllocationTable) {
     for provider in table.providers() {
         for resource in provider.resources.values() {
             let used: u64 = resource.holders.values().sum();
-            assert!(used <= resource.capacity, "{}/{} over capacity", provider.provider_id, resource.resource_id);
-            assert!(resource.holders.len() <= 1, "exclusive {}/{} in two allocations", provider.provider_id, resource.resource_id);
+            assert!(
+                used <= resource.capacity,
+                "{}/{} over capacity",
+                provider.provider_id,
+                resource.resource_id
+            );
+            assert!(
+                resource.holders.len() <= 1,
+                "exclusive {}/{} in two allocations",
+                provider.provider_id,
+                resource.resource_id
+            );
             for allocation_id in resource.holders.keys() {
                 if let Some(other) = holders_seen.insert(*allocation_id, provider.provider_id.clone()) {
                     assert_eq!(other, provider.provider_id, "{allocation_id} holds units on two providers");
@@ -325,7 +425,10 @@ fn check_units(table: &AllocationTable) {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(96)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(96)
 }
 
 proptest! {

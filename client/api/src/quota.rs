@@ -162,7 +162,13 @@ mod tests {
             parse_limits(["cpu_cores=64", "gpu=4"])
         );
         assert_eq!(Some("limits".to_owned()), parse_limits(["gpu"]).err().map(|invalid| invalid.field));
-        assert_eq!(Some("limits.gpu".to_owned()), parse_limits(["gpu=-1"]).err().map(|invalid| invalid.field));
-        assert_eq!(Some("limits.gpu".to_owned()), parse_limits(["gpu=1", "gpu=2"]).err().map(|invalid| invalid.field));
+        assert_eq!(
+            Some("limits.gpu".to_owned()),
+            parse_limits(["gpu=-1"]).err().map(|invalid| invalid.field)
+        );
+        assert_eq!(
+            Some("limits.gpu".to_owned()),
+            parse_limits(["gpu=1", "gpu=2"]).err().map(|invalid| invalid.field)
+        );
     }
 }

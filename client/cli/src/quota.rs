@@ -89,14 +89,21 @@ pub async fn run(client: &Client, command: QuotaCommand, format: OutputFormat, o
     }
 }
 
-pub async fn run_preemption(client: &Client, command: PreemptionCommand, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+pub async fn run_preemption(
+    client: &Client,
+    command: PreemptionCommand,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     let PreemptionCommand::Set(args) = command;
     let setting = match (args.from_priority, args.off) {
         (Some(priority), _) => Some(PreemptionSetting::FromPriority(priority)),
         (None, true) => Some(PreemptionSetting::Off),
         (None, false) => None,
     };
-    let reply = client.set_preemption(args.namespace.as_deref(), setting, args.never_preempted).await?;
+    let reply = client
+        .set_preemption(args.namespace.as_deref(), setting, args.never_preempted)
+        .await?;
     print_namespaces(reply.namespace.as_slice(), reply.cluster_preemption.as_ref(), format, out)
 }
 
@@ -104,7 +111,11 @@ pub async fn run_preemption(client: &Client, command: PreemptionCommand, format:
 /// caller's certificate may not read them (a provider's).
 pub(crate) async fn limited_namespaces(client: &Client, consistency: Consistency) -> Result<Vec<api::NamespaceQuota>, qm_client::Error> {
     match client.list_quotas("", consistency).await {
-        Ok(reply) => Ok(reply.namespaces.into_iter().filter(|namespace| !namespace.quota.is_empty()).collect()),
+        Ok(reply) => Ok(reply
+            .namespaces
+            .into_iter()
+            .filter(|namespace| !namespace.quota.is_empty())
+            .collect()),
         Err(qm_client::Error::Server {
             code: tonic::Code::PermissionDenied,
             ..
@@ -160,12 +171,28 @@ pub(crate) fn print_quota_table(namespaces: &[api::NamespaceQuota], out: &mut dy
         };
         let preemptible = if namespace.never_preempted { "no" } else { "yes" };
         if kinds.is_empty() {
-            table.row([&namespace.namespace, "-", "-", "-", &namespace.queued.to_string(), &preemption, preemptible]);
+            table.row([
+                &namespace.namespace,
+                "-",
+                "-",
+                "-",
+                &namespace.queued.to_string(),
+                &preemption,
+                preemptible,
+            ]);
         }
         for kind in kinds {
             let held = namespace.held.get(kind).copied().unwrap_or(0).to_string();
             let quota = namespace.quota.get(kind).map_or_else(|| "-".to_owned(), u64::to_string);
-            table.row([&namespace.namespace, kind, &held, &quota, &namespace.queued.to_string(), &preemption, preemptible]);
+            table.row([
+                &namespace.namespace,
+                kind,
+                &held,
+                &quota,
+                &namespace.queued.to_string(),
+                &preemption,
+                preemptible,
+            ]);
         }
     }
     table.write(out)
@@ -232,7 +259,11 @@ pub fn print_preview(reply: &api::PreviewReply, format: OutputFormat, out: &mut 
     summary.row(["status", &status]);
     summary.row(["reason", &reply.reason]);
     summary.row(["provider_id", &reply.provider_id]);
-    let units: Vec<String> = reply.grants.iter().map(|grant| format!("{} ({} {})", grant.resource_id, grant.amount, grant.kind)).collect();
+    let units: Vec<String> = reply
+        .grants
+        .iter()
+        .map(|grant| format!("{} ({} {})", grant.resource_id, grant.amount, grant.kind))
+        .collect();
     summary.row(["units", &units.join(", ")]);
     summary.write(out)?;
     writeln!(out)?;

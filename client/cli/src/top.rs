@@ -384,7 +384,10 @@ mod tests {
         let text = render(&frame(), OutputFormat::Table).unwrap();
         // Use against quota, for each namespace with one.
         let quota_row = text.lines().find(|line| line.starts_with("team-a")).expect("a quota row");
-        assert_eq!(vec!["team-a", "cpu_cores", "1", "4", "2", "cluster's", "yes"], quota_row.split_whitespace().collect::<Vec<_>>());
+        assert_eq!(
+            vec!["team-a", "cpu_cores", "1", "4", "2", "cluster's", "yes"],
+            quota_row.split_whitespace().collect::<Vec<_>>()
+        );
 
         assert!(
             text.starts_with("qm top · leader 2 (127.0.0.1:7102), term 3 · revision 42 · "),

@@ -27,7 +27,17 @@ fn json_of(output: &Output) -> Value {
 }
 
 fn allocate(endpoints: &str, namespace: &str, priority: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["allocate", "--requester", "worker", "--namespace", namespace, "--cpu-cores", "1", "--priority", priority];
+    let mut args = vec![
+        "allocate",
+        "--requester",
+        "worker",
+        "--namespace",
+        namespace,
+        "--cpu-cores",
+        "1",
+        "--priority",
+        priority,
+    ];
     args.extend_from_slice(extra);
     json_of(&qm(endpoints, &args))
 }
@@ -35,7 +45,9 @@ fn allocate(endpoints: &str, namespace: &str, priority: &str, extra: &[&str]) ->
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_preemption_and_the_dry_run_from_the_command_line() {
     bounded(async {
-        let cluster = LocalCluster::start(&node_binary(), 1, &QUIET_PROVIDERS).await.expect("cluster starts");
+        let cluster = LocalCluster::start(&node_binary(), 1, &QUIET_PROVIDERS)
+            .await
+            .expect("cluster starts");
         let endpoints = cluster.endpoints().join(",");
         let client = Client::new(ClientConfig {
             endpoints: cluster.endpoints(),
@@ -74,7 +86,15 @@ async fn quotas_preemption_and_the_dry_run_from_the_command_line() {
         // --- qm quota get: use against quota
         let got = json_of(&qm(&endpoints, &["quota", "get", "team-a"]));
         let line = &got["namespaces"][0];
-        assert_eq!((2, 2, 1), (line["held"]["cpu_cores"].as_u64().unwrap(), line["quota"]["cpu_cores"].as_u64().unwrap(), line["queued"].as_u64().unwrap()), "{got}");
+        assert_eq!(
+            (2, 2, 1),
+            (
+                line["held"]["cpu_cores"].as_u64().unwrap(),
+                line["quota"]["cpu_cores"].as_u64().unwrap(),
+                line["queued"].as_u64().unwrap()
+            ),
+            "{got}"
+        );
 
         // --- team-b fills the rest; preemption on from priority 5
         for _ in 0..2 {
@@ -88,16 +108,30 @@ async fn quotas_preemption_and_the_dry_run_from_the_command_line() {
         assert_eq!("allocated", preview["status"], "{preview}");
         let victims = preview["would_preempt"].as_array().expect("victims");
         assert_eq!(1, victims.len(), "{preview}");
-        assert_eq!(("team-b", 0), (victims[0]["namespace"].as_str().unwrap(), victims[0]["priority"].as_i64().unwrap()));
+        assert_eq!(
+            ("team-b", 0),
+            (victims[0]["namespace"].as_str().unwrap(), victims[0]["priority"].as_i64().unwrap())
+        );
         let list = json_of(&qm(&endpoints, &["quota", "list"]));
-        assert!(list["namespaces"].as_array().unwrap().iter().all(|line| line["namespace"] != "ops"), "{list}");
+        assert!(
+            list["namespaces"].as_array().unwrap().iter().all(|line| line["namespace"] != "ops"),
+            "{list}"
+        );
 
         // --- a bad limit is bad input (exit 2), naming the field; delete lifts the quota
         let bad = qm(&endpoints, &["quota", "set", "team-a", "cpu_cores=lots"]);
         assert_eq!(Some(2), bad.status.code());
-        assert!(String::from_utf8_lossy(&bad.stderr).contains("limits.cpu_cores"), "{}", String::from_utf8_lossy(&bad.stderr));
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains("limits.cpu_cores"),
+            "{}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
         let deleted = json_of(&qm(&endpoints, &["quota", "delete", "team-a"]));
-        assert_eq!(Some(true), deleted["namespaces"][0]["quota"].as_object().map(|quota| quota.is_empty()), "{deleted}");
+        assert_eq!(
+            Some(true),
+            deleted["namespaces"][0]["quota"].as_object().map(|quota| quota.is_empty()),
+            "{deleted}"
+        );
     })
     .await
 }

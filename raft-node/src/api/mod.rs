@@ -184,26 +184,36 @@ impl Quartermaster for ApiService {
 
     async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Reply<NamespacePolicyReply> {
         let caller = self.admit(&request, Call::SetQuota)?;
-        quotas::set_quota(&self.node, &caller, request.into_inner()).await.map(Response::new)
+        quotas::set_quota(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_quota(&self, request: Request<DeleteQuotaRequest>) -> Reply<NamespacePolicyReply> {
         let caller = self.admit(&request, Call::DeleteQuota)?;
-        quotas::delete_quota(&self.node, &caller, request.into_inner()).await.map(Response::new)
+        quotas::delete_quota(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn list_quotas(&self, request: Request<ListQuotasRequest>) -> Reply<ListQuotasReply> {
         let caller = self.admit(&request, Call::ListQuotas)?;
-        quotas::list_quotas(&self.node, &caller, request.into_inner()).await.map(Response::new)
+        quotas::list_quotas(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn set_preemption(&self, request: Request<SetPreemptionRequest>) -> Reply<NamespacePolicyReply> {
         let caller = self.admit(&request, Call::SetPreemption)?;
-        quotas::set_preemption(&self.node, &caller, request.into_inner()).await.map(Response::new)
+        quotas::set_preemption(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn preview_allocate(&self, request: Request<AllocateRequest>) -> Reply<PreviewReply> {
         let caller = self.admit(&request, Call::PreviewAllocate)?;
-        quotas::preview_allocate(&self.node, &caller, request.into_inner()).await.map(Response::new)
+        quotas::preview_allocate(&self.node, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -218,7 +218,10 @@ impl Indexes {
 
     /// Undoes [`Self::add_held`], dropping entries that reach zero.
     fn remove_held(&mut self, request: &AllocationRequest) {
-        let kinds = self.held.get_mut(&request.namespace).expect("active requests are counted by namespace");
+        let kinds = self
+            .held
+            .get_mut(&request.namespace)
+            .expect("active requests are counted by namespace");
         for requirement in &request.requirements {
             let held = kinds.get_mut(&requirement.kind).expect("active requests are counted by kind");
             *held = held

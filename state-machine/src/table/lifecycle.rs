@@ -10,9 +10,9 @@ use super::{AllocationTable, LeaseRefresh};
 use crate::command::{ApplyResult, CommandResponse};
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::{EventKind, ResourceState};
-use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::limits::NAMESPACES_EXAMINED_PER_FREE_MAX;
 use crate::quota::OnPreemption;
+use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
 
 /// What releasing a live request did.

@@ -32,7 +32,10 @@ pub(super) enum Decision {
     Reject(String),
     Place(Placement),
     /// Place after taking these allocations (request ids, in victim order).
-    Preempt { placement: Placement, victims: Vec<Uuid> },
+    Preempt {
+        placement: Placement,
+        victims: Vec<Uuid>,
+    },
     Queue(String),
 }
 
@@ -164,7 +167,11 @@ impl AllocationTable {
             let Some((placement, victims)) = self.preemption_on(provider, request) else {
                 continue;
             };
-            let highest = victims.iter().map(|id| self.requests[id].request.priority).max().expect("a preemption has victims");
+            let highest = victims
+                .iter()
+                .map(|id| self.requests[id].request.priority)
+                .max()
+                .expect("a preemption has victims");
             let units = victims.iter().map(|id| self.units_held(id)).sum();
             let cost = (highest, victims.len(), units, provider.provider_id.clone());
             if best.as_ref().is_none_or(|(best_cost, _, _)| cost < *best_cost) {
@@ -228,11 +235,19 @@ impl AllocationTable {
 
     fn victim_key(&self, record: &RequestRecord) -> VictimKey {
         let units = record.placement.as_ref().map_or(0, |placement| placement.grants.len());
-        (record.request.priority, units, Reverse(record.arrival_seq), record.request.request_id)
+        (
+            record.request.priority,
+            units,
+            Reverse(record.arrival_seq),
+            record.request.request_id,
+        )
     }
 
     fn units_held(&self, request_id: &Uuid) -> usize {
-        self.requests[request_id].placement.as_ref().map_or(0, |placement| placement.grants.len())
+        self.requests[request_id]
+            .placement
+            .as_ref()
+            .map_or(0, |placement| placement.grants.len())
     }
 
     /// Lets go of `request_id`'s units on a copy of its provider.
