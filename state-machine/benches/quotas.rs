@@ -89,7 +89,10 @@ fn build_full_table() -> AllocationTable {
         apply(&mut table, Command::Allocate(one_core(n as u128, "batch", 0)));
     }
     assert_eq!(ALLOCATIONS, table.active_allocations());
-    eprintln!("built {PROVIDERS} providers and {ALLOCATIONS} allocations in {:.1?}", started.elapsed());
+    eprintln!(
+        "built {PROVIDERS} providers and {ALLOCATIONS} allocations in {:.1?}",
+        started.elapsed()
+    );
     table
 }
 

@@ -317,3 +317,23 @@ fn a_dry_run_shows_the_victims_and_changes_nothing() {
         t.table.preview(&urgent).expect("a valid request")
     );
 }
+
+#[test]
+fn the_provider_with_the_cheapest_victims_is_chosen_not_the_first() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("", 2)), provider("node_2", cores("", 2))]);
+    cluster_preemption(&mut t, PreemptionSetting::FromPriority(10));
+    // node_1 (first in id order) holds priority 5 work, node_2 priority 0 and 1.
+    for (n, priority, node) in [(1, 5, "node_1"), (2, 5, "node_1"), (3, 0, "node_2"), (4, 1, "node_2")] {
+        let request = AllocationRequest {
+            constraints: on_provider(node),
+            ..at(priority, "batch", request(n, &[("cpu_cores", 1)]))
+        };
+        assert!(t.allocate_record(&request).state.is_active());
+    }
+    let urgent = at(10, "ops", request(9, &[("cpu_cores", 1)]));
+    assert_eq!("node_2", t.allocate_record(&urgent).placement.expect("placed").provider_id);
+    assert_eq!(RequestState::Queued, t.record(id(3)).state);
+    for spared in [1, 2, 4] {
+        assert_eq!(RequestState::Monitoring, t.record(id(spared)).state);
+    }
+}

@@ -54,7 +54,12 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
             .iter()
             .filter(|record| record.is_active())
             .map(|record| {
-                let held = record.grants.iter().filter(|grant| grant.kind == QUOTA_KIND).map(|grant| grant.amount).sum();
+                let held = record
+                    .grants
+                    .iter()
+                    .filter(|grant| grant.kind == QUOTA_KIND)
+                    .map(|grant| grant.amount)
+                    .sum();
                 (record.request_id.as_str(), held)
             })
             .filter(|(_, held)| *held > 0)
@@ -70,7 +75,10 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
             });
         }
     }
-    let notes = vec![format!("{} reads checked against a quota of {QUOTA_CPU_CORES} {QUOTA_KIND}", all_reads.len())];
+    let notes = vec![format!(
+        "{} reads checked against a quota of {QUOTA_CPU_CORES} {QUOTA_KIND}",
+        all_reads.len()
+    )];
     CheckerResult::from_violations("quota", &violations, notes, false)
 }
 
@@ -103,7 +111,9 @@ mod tests {
         let result = allocation_verdict(&mut history, check);
         assert_eq!(Validity::INVALID, result.valid);
         assert!(
-            result.anomalies[0].description.contains(&format!("holding {} cpu_cores", QUOTA_CPU_CORES + 1)),
+            result.anomalies[0]
+                .description
+                .contains(&format!("holding {} cpu_cores", QUOTA_CPU_CORES + 1)),
             "{:#?}",
             result.anomalies
         );

@@ -23,7 +23,9 @@ use crate::checker::linearizability::{self, UnitFailure};
 use crate::checker::operations::{client_operations, fault_windows, leader_faults};
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
-use crate::checker::{capacity, double_allocation, idempotency, lost_allocation, quota, stale_read, AllocationHistory, CheckerResult, Validity};
+use crate::checker::{
+    capacity, double_allocation, idempotency, lost_allocation, quota, stale_read, AllocationHistory, CheckerResult, Validity,
+};
 use crate::config::{RunConfig, WorkloadKind, NEMESIS_FIRINGS_MIN};
 use crate::error::JepsenError;
 use crate::history::{Op, OpType, Payload};

@@ -164,26 +164,28 @@ impl AllocationTable {
             .filter(|provider| could_ever_hold(provider, request))
             .take(PREEMPTION_PROVIDERS_EXAMINED_MAX);
         for provider in examined {
-            let Some((placement, victims)) = self.preemption_on(provider, request) else {
-                continue;
-            };
-            let highest = victims
-                .iter()
-                .map(|id| self.requests[id].request.priority)
-                .max()
-                .expect("a preemption has victims");
-            let units = victims.iter().map(|id| self.units_held(id)).sum();
-            let cost = (highest, victims.len(), units, provider.provider_id.clone());
-            if best.as_ref().is_none_or(|(best_cost, _, _)| cost < *best_cost) {
-                best = Some((cost, placement, victims));
+            let best_cost = best.as_ref().map(|(cost, _, _)| cost);
+            if let Some(found) = self.preemption_on(provider, request, best_cost) {
+                best = Some(found);
             }
         }
         best.map(|(_, placement, victims)| (placement, victims))
     }
 
     /// The fewest victims on `provider` that make room for `request`, in
-    /// victim order, and where the request would then go.
-    fn preemption_on(&self, provider: &Provider, request: &AllocationRequest) -> Option<(Placement, Vec<Uuid>)> {
+    /// victim order, where the request would then go, and what it costs;
+    /// `None` if it cannot be done there, if the request fits there without
+    /// victims (a placement the bounded search did not reach, not a reason
+    /// to preempt), or if it could not cost less than `best`: a lower bound
+    /// (the lowest eligible priority, one victim, the fewest units of one)
+    /// skips the work on most providers once a cheap preemption is found,
+    /// and skips only those that could not win.
+    fn preemption_on(
+        &self,
+        provider: &Provider,
+        request: &AllocationRequest,
+        best: Option<&PreemptionCost>,
+    ) -> Option<(PreemptionCost, Placement, Vec<Uuid>)> {
         let mut eligible: Vec<(VictimKey, Uuid)> = self
             .index
             .by_provider
@@ -193,44 +195,58 @@ impl AllocationTable {
             .filter(|record| record.request.priority < request.priority && self.policy(&record.request.namespace).preemptible)
             .map(|record| (self.victim_key(record), record.request.request_id))
             .collect();
-        if eligible.is_empty() {
-            return None;
-        }
         eligible.sort_unstable();
         eligible.truncate(PREEMPTION_VICTIMS_EXAMINED_MAX);
+        let lowest_priority = eligible.first()?.0 .0;
+        let fewest_units = eligible.iter().map(|(key, _)| key.1).min().expect("not empty");
+        let bound = (lowest_priority, 1, fewest_units, provider.provider_id.clone());
+        if best.is_some_and(|best| bound >= *best) || self.fit_on(provider, request).is_some() {
+            return None;
+        }
         // Take victims in order until the request fits.
         let mut freed = provider.clone();
         let mut chosen = Vec::new();
-        let mut fits = false;
+        let mut placement = None;
         for (_, id) in &eligible {
             self.unhold_on(&mut freed, id);
             chosen.push(*id);
-            if self.fit_on(&freed, request).is_some() {
-                fits = true;
+            placement = self.fit_on(&freed, request);
+            if placement.is_some() {
                 break;
             }
         }
-        if !fits {
-            return None;
-        }
-        // Give back every victim not needed, the least preferred first.
-        for index in (0..chosen.len()).rev() {
-            let mut without = provider.clone();
-            for (other, id) in chosen.iter().enumerate() {
-                if other != index {
-                    self.unhold_on(&mut without, id);
+        let mut placement = placement?;
+        // Give back every victim not needed, the least preferred first. A
+        // single victim is needed: the request does not fit without one.
+        if chosen.len() > 1 {
+            for index in (0..chosen.len()).rev() {
+                let mut without = provider.clone();
+                for (other, id) in chosen.iter().enumerate() {
+                    if other != index {
+                        self.unhold_on(&mut without, id);
+                    }
+                }
+                if self.fit_on(&without, request).is_some() {
+                    chosen.remove(index);
                 }
             }
-            if self.fit_on(&without, request).is_some() {
-                chosen.remove(index);
+            let mut freed = provider.clone();
+            for id in &chosen {
+                self.unhold_on(&mut freed, id);
             }
+            placement = self.fit_on(&freed, request).expect("the victims chosen make room");
         }
-        let mut freed = provider.clone();
-        for id in &chosen {
-            self.unhold_on(&mut freed, id);
+        let highest = chosen
+            .iter()
+            .map(|id| self.requests[id].request.priority)
+            .max()
+            .expect("a preemption has victims");
+        let units = chosen.iter().map(|id| self.units_held(id)).sum();
+        let cost = (highest, chosen.len(), units, provider.provider_id.clone());
+        if best.is_some_and(|best| cost >= *best) {
+            return None;
         }
-        let placement = self.fit_on(&freed, request).expect("the victims chosen make room");
-        Some((placement, chosen))
+        Some((cost, placement, chosen))
     }
 
     fn victim_key(&self, record: &RequestRecord) -> VictimKey {
