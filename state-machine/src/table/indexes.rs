@@ -46,6 +46,10 @@ pub(crate) struct Indexes {
     /// namespace's quota re-examines that namespace's queue even when the
     /// head of the whole queue is someone else's.
     pub queue_by_namespace: BTreeMap<String, BTreeSet<(Reverse<i64>, u64, Uuid)>>,
+    /// Priority → how many active allocations have it: the lowest is a
+    /// bound no preemption's victims can go below, so the victim search
+    /// stops as soon as it found victims that cheap.
+    pub active_priorities: BTreeMap<i64, u64>,
 }
 
 impl Indexes {
@@ -80,6 +84,7 @@ impl Indexes {
                 }
                 RequestState::Allocation | RequestState::Monitoring => {
                     index.add_held(request);
+                    *index.active_priorities.entry(request.priority).or_insert(0) += 1;
                     leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
@@ -150,6 +155,7 @@ impl Indexes {
             }
             RequestState::Allocation | RequestState::Monitoring => {
                 self.add_held(request);
+                *self.active_priorities.entry(request.priority).or_insert(0) += 1;
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.insert((expires, id));
                 }
@@ -180,6 +186,14 @@ impl Indexes {
             }
             RequestState::Allocation | RequestState::Monitoring => {
                 self.remove_held(request);
+                let count = self
+                    .active_priorities
+                    .get_mut(&request.priority)
+                    .expect("active requests are counted by priority");
+                *count -= 1;
+                if *count == 0 {
+                    self.active_priorities.remove(&request.priority);
+                }
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.remove(&(expires, id));
                 }

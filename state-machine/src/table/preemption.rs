@@ -163,7 +163,16 @@ impl AllocationTable {
             .filter_map(|provider_id| self.providers.get(provider_id))
             .filter(|provider| could_ever_hold(provider, request))
             .take(PREEMPTION_PROVIDERS_EXAMINED_MAX);
+        // No preemption costs less than one victim of the lowest priority
+        // any allocation has, holding one unit: found that, later providers
+        // (higher ids, which lose ties) cannot do better.
+        let cheapest = self.index.active_priorities.keys().next().map(|lowest| (*lowest, 1, 1));
         for provider in examined {
+            if let (Some((cost, _, _)), Some(cheapest)) = (&best, cheapest) {
+                if (cost.0, cost.1, cost.2) <= cheapest {
+                    break;
+                }
+            }
             let best_cost = best.as_ref().map(|(cost, _, _)| cost);
             if let Some(found) = self.preemption_on(provider, request, best_cost) {
                 best = Some(found);
