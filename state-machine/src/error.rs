@@ -45,16 +45,17 @@ pub enum CommandError {
     NotActive { allocation_id: Uuid, state: String },
     #[error("allocation {allocation_id} has no lease to renew")]
     NoLease { allocation_id: Uuid },
-    /// A preemptor's grant is confirmed only once the agents confirmed the
-    /// release of every allocation it took; the agent tries again then.
-    #[error("allocation {allocation_id} preempted others whose release is not confirmed yet: {waiting_for:?}")]
-    PreemptionUnconfirmed { allocation_id: Uuid, waiting_for: Vec<Uuid> },
     #[error("allocation {allocation_id} is placed on {actual}, not {claimed}")]
     WrongProvider {
         allocation_id: Uuid,
         claimed: String,
         actual: String,
     },
+    /// A preemptor's grant is confirmed only once its provider's agent
+    /// confirmed the release of every allocation it took (the agent sends
+    /// those first). Appended last, so the other variants keep their encoding.
+    #[error("allocation {allocation_id} preempted others whose release is not confirmed yet: {waiting_for:?}")]
+    PreemptionUnconfirmed { allocation_id: Uuid, waiting_for: Vec<Uuid> },
 }
 
 impl CommandError {
