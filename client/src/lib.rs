@@ -39,6 +39,7 @@
 //!   hinted leader, wait and try another replica, or give up): a pure step.
 //! * `leader_check`: while an attempt on the believed leader goes
 //!   unanswered, the other replicas are asked who leads (a paused leader).
+//! * [`quota`]: quotas, preemption settings and the allocate preview.
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels, the believed leader, and the
 //!   rotation calls go round: the seeds and the members read since.
@@ -62,6 +63,7 @@ mod leader_check;
 pub mod lease;
 pub mod membership;
 mod pipeline;
+pub mod quota;
 mod replicas;
 pub mod retry;
 pub mod watch;

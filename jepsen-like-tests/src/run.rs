@@ -88,7 +88,15 @@ async fn drive(
     )?;
     match config.workload {
         WorkloadKind::Register => register::setup(&providers, config.units).await?,
-        WorkloadKind::Allocation => allocation::setup(&providers).await?,
+        WorkloadKind::Allocation => {
+            allocation::setup(&providers).await?;
+            let admin = Client::new(ClientConfig {
+                tls: credentials.admin(),
+                ..ClientConfig::with_endpoints(endpoints.clone())
+            })
+            .map_err(JepsenError::cluster)?;
+            allocation::set_quota(&admin).await?;
+        }
     }
     let heartbeats: Vec<HeartbeatLoop> = providers.heartbeat_loops(Duration::from_millis(PROVIDER_HEARTBEAT_INTERVAL_MS));
     // The workers and the final read are consumers of namespace `default`.

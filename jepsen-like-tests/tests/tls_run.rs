@@ -75,6 +75,18 @@ async fn a_short_tls_run_with_kills_partitions_and_membership_is_valid() {
     }
     assert!(history.contains("\"final_read\":true"), "a final read");
 
+    // --- the namespace's quota (set with the admin certificate) bound, and held
+    let quota = results
+        .checkers
+        .iter()
+        .find(|checker| checker.name == "quota")
+        .expect("the quota checker ran");
+    assert!(quota.valid.is_valid(), "{quota:?}");
+    assert!(
+        history.contains("quota_exceeded"),
+        "no request waited for the quota; reproduce: {reproduce}"
+    );
+
     // --- the nemesis did its job, the membership changes with the admin certificate
     for fault in ["\"f\":\"kill\"", "\"f\":\"partition\"", "\"f\":\"add-replica\""] {
         assert!(history.contains(fault), "no {fault} in the history; reproduce: {reproduce}");

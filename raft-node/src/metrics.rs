@@ -66,6 +66,10 @@ impl ApplyDurations {
 pub const LABEL_SETS_MAX: usize = 10_000;
 /// `resource_utilization` series rendered per scrape.
 pub const UTILIZATION_SERIES_MAX: usize = 10_000;
+/// Namespace and kind pairs `namespace_quota_held` and
+/// `namespace_quota_limit` report at most, each: a tenant per team is the
+/// use, and a scrape stays bounded whatever the namespaces.
+pub const QUOTA_SERIES_MAX: usize = 4096;
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The label value that stands for every label set past [`LABEL_SETS_MAX`].
@@ -89,6 +93,12 @@ struct UtilizationLabels {
     provider_id: String,
     resource_id: String,
     consumer_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    namespace: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,7 +183,13 @@ impl Metrics {
     }
 
     /// The whole exposition (OpenMetrics text, [`CONTENT_TYPE`]).
-    pub fn render(&self, raft: &RaftSample, utilization: &[UtilizationSample], apply: &ApplyDurations) -> String {
+    pub fn render(
+        &self,
+        raft: &RaftSample,
+        utilization: &[UtilizationSample],
+        quotas: &[qm_state_machine::NamespaceUsage],
+        apply: &ApplyDurations,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register(
             "apply_duration_seconds",
@@ -212,6 +228,7 @@ impl Metrics {
             "Share of a unit's capacity held by a consumer (0..1)",
             utilization_family,
         );
+        register_quotas(&mut registry, quotas);
         let node = NodeLabels {
             node_id: raft.node_id.to_string(),
         };
@@ -237,6 +254,40 @@ impl Metrics {
         encode(&mut text, &registry).expect("encoding into a String cannot fail");
         text
     }
+}
+
+/// Each namespace's use against its quota, per kind: what it holds (every
+/// kind it holds or limits) and its limit (limited kinds only), at most
+/// [`QUOTA_SERIES_MAX`] series each.
+fn register_quotas(registry: &mut Registry, quotas: &[qm_state_machine::NamespaceUsage]) {
+    let held = Family::<QuotaLabels, Gauge>::default();
+    let limit = Family::<QuotaLabels, Gauge>::default();
+    let labels = |namespace: &str, kind: &str| QuotaLabels {
+        namespace: namespace.to_owned(),
+        kind: kind.to_owned(),
+    };
+    let pairs = quotas.iter().flat_map(|usage| {
+        let mut kinds: Vec<&String> = usage.held.keys().chain(usage.quota.keys()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds.into_iter().map(move |kind| (usage, kind))
+    });
+    for (usage, kind) in pairs.take(QUOTA_SERIES_MAX) {
+        let amount = usage.held.get(kind).copied().unwrap_or(0);
+        held.get_or_create(&labels(&usage.namespace, kind))
+            .set(i64::try_from(amount).unwrap_or(i64::MAX));
+        if let Some(quota) = usage.quota.get(kind) {
+            limit
+                .get_or_create(&labels(&usage.namespace, kind))
+                .set(i64::try_from(*quota).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "namespace_quota_held",
+        "What a namespace's active allocations ask for of a kind (what its quota bounds)",
+        held,
+    );
+    registry.register("namespace_quota_limit", "A namespace's quota of a kind", limit);
 }
 
 /// `labels` if the family has them or room for them, else the overflow set.
@@ -284,7 +335,13 @@ mod tests {
         }];
         let apply = ApplyDurations::default();
         apply.observe(std::time::Duration::from_micros(300));
-        let text = metrics.render(&raft, &utilization, &apply);
+        let quotas = [qm_state_machine::NamespaceUsage {
+            namespace: "team_a".into(),
+            held: [("gpu".to_owned(), 2)].into(),
+            quota: [("gpu".to_owned(), 4)].into(),
+            ..Default::default()
+        }];
+        let text = metrics.render(&raft, &utilization, &quotas, &apply);
         for expected in [
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
@@ -295,6 +352,8 @@ mod tests {
             "allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1",
             "resource_utilization{provider_id=\"node_1\",resource_id=\"cpu_1\",consumer_id=\"agent_123\"} 1.0",
             "raft_commit_index{node_id=\"1\"} 9",
+            "namespace_quota_held{namespace=\"team_a\",kind=\"gpu\"} 2",
+            "namespace_quota_limit{namespace=\"team_a\",kind=\"gpu\"} 4",
             "raft_leader_id{node_id=\"1\"} 1",
             "# EOF",
         ] {

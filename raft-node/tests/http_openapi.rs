@@ -26,7 +26,8 @@ async fn every_documented_path_answers_as_documented() {
         for (path, methods) in paths {
             let concrete = path
                 .replace("{id}", "550e8400-e29b-41d4-a716-446655440000")
-                .replace("{name}", "resource_providers");
+                .replace("{name}", "resource_providers")
+                .replace("{namespace}", "team-a");
             let url = cluster.url(leader, &concrete);
             for (method, operation) in methods.as_object().expect("methods") {
                 let answer = match method.as_str() {
@@ -34,6 +35,8 @@ async fn every_documented_path_answers_as_documented() {
                     "get" => get(&url),
                     // A body the document's schema does not allow: the route answers 400.
                     "post" => post(&url, "{}"),
+                    "put" => curl(&["-X", "PUT", "-H", "Content-Type: application/json", "--data-binary", "{}", &url]),
+                    "delete" => curl(&["-X", "DELETE", &url]),
                     other => panic!("{path}: an undocumented method {other}"),
                 };
                 let documented: Vec<&String> = operation["responses"].as_object().expect("responses").keys().collect();

@@ -1,5 +1,6 @@
 //! Commands: the log entries the table applies, and what they answer.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
 use crate::provider::{ProviderRegistration, ProviderStatus};
+use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::RequestRecord;
 use crate::request::AllocationRequest;
 use crate::table::Cursor;
@@ -91,6 +93,34 @@ pub enum Command {
         filter: ReleaseFilter,
         after: Option<Uuid>,
     },
+    /// Sets `namespace`'s quota: kind → the most its active allocations may
+    /// ask for. Replaces the whole quota (kinds not named are unbounded).
+    /// Appended last: entries already in a log keep their encoding.
+    SetQuota {
+        namespace: String,
+        limits: BTreeMap<String, u64>,
+    },
+    /// Lifts every limit of `namespace`'s quota; deleting none is a no-op.
+    DeleteQuota {
+        namespace: String,
+    },
+    /// Sets who may preempt: for the whole cluster (`namespace` `None`,
+    /// `setting` required), or for one namespace's requests (`setting`
+    /// `None`: follow the cluster's), along with whether the namespace's own
+    /// allocations may be preempted (`preemptible`, ignored for the cluster).
+    SetPreemption {
+        namespace: Option<String>,
+        setting: Option<PreemptionSetting>,
+        preemptible: bool,
+    },
+    /// [`Command::Allocate`] with what happens to the allocation if a
+    /// preemptor takes it (an `Allocate` requeues it). A separate command,
+    /// not a new request field, so that allocate entries already in a log
+    /// keep their encoding.
+    AllocateWith {
+        request: AllocationRequest,
+        on_preemption: OnPreemption,
+    },
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -162,6 +192,10 @@ impl Command {
             Command::ConfirmDeallocation { .. } => "confirm_deallocation",
             Command::AdvanceCursor { .. } => "advance_cursor",
             Command::ReleaseMatching { .. } => "release_matching",
+            Command::SetQuota { .. } => "set_quota",
+            Command::DeleteQuota { .. } => "delete_quota",
+            Command::SetPreemption { .. } => "set_preemption",
+            Command::AllocateWith { .. } => "allocate",
         }
     }
 }
@@ -195,6 +229,13 @@ pub enum CommandResponse {
         released: u64,
         cancelled: u64,
         next: Option<Uuid>,
+    },
+    /// A namespace's rules after a quota or preemption command (the
+    /// cluster's setting when `namespace` is `None`).
+    Policy {
+        namespace: Option<String>,
+        policy: NamespacePolicy,
+        cluster_preemption: PreemptionSetting,
     },
 }
 

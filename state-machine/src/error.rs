@@ -51,6 +51,11 @@ pub enum CommandError {
         claimed: String,
         actual: String,
     },
+    /// A preemptor's grant is confirmed only once its provider's agent
+    /// confirmed the release of every allocation it took (the agent sends
+    /// those first). Appended last, so the other variants keep their encoding.
+    #[error("allocation {allocation_id} preempted others whose release is not confirmed yet: {waiting_for:?}")]
+    PreemptionUnconfirmed { allocation_id: Uuid, waiting_for: Vec<Uuid> },
 }
 
 impl CommandError {

@@ -4,9 +4,12 @@
 //! [`TableConfig::event_history_max`](crate::TableConfig) events, in the
 //! snapshot too, so any replica can serve a resume after a failover.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::quota::PreemptionSetting;
 use crate::record::{UnitGrant, EVENT_ID_PREFIX};
 
 /// The protocol's `resource_status.status`.
@@ -79,6 +82,10 @@ impl Event {
             | EventKind::DeallocationConfirmed { namespace, .. }
             | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
             EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
+            EventKind::AllocationPreempted { namespace, .. }
+            | EventKind::QuotaSet { namespace, .. }
+            | EventKind::QuotaDeleted { namespace } => Some(namespace),
+            EventKind::PreemptionSet { namespace, .. } => namespace.as_deref(),
             _ => None,
         }
     }
@@ -104,6 +111,10 @@ impl Event {
             EventKind::LeaseRenewed { .. } => "lease_renewed",
             EventKind::LeasesRefreshed { .. } => "leases_refreshed",
             EventKind::ReleasedMatching { .. } => "released_matching",
+            EventKind::QuotaSet { .. } => "quota_set",
+            EventKind::QuotaDeleted { .. } => "quota_deleted",
+            EventKind::PreemptionSet { .. } => "preemption_set",
+            EventKind::AllocationPreempted { .. } => "allocation_preempted",
         }
     }
 }
@@ -213,5 +224,34 @@ pub enum EventKind {
         released: u64,
         cancelled: u64,
         next: Option<Uuid>,
+    },
+    /// A namespace's quota was set (appended last, as are the events after it).
+    QuotaSet {
+        namespace: String,
+        limits: BTreeMap<String, u64>,
+    },
+    QuotaDeleted {
+        namespace: String,
+    },
+    /// Who may preempt changed: the cluster's setting (`namespace` `None`)
+    /// or a namespace's override and protection.
+    PreemptionSet {
+        namespace: Option<String>,
+        setting: Option<PreemptionSetting>,
+        preemptible: bool,
+    },
+    /// A preemptor took this allocation's units: it was requeued or
+    /// released (`requeued`), after its own `resource_status` events and
+    /// before the preemptor's `allocation_granted`.
+    AllocationPreempted {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+        priority: i64,
+        preemptor_request_id: Uuid,
+        preemptor_namespace: String,
+        preemptor_priority: i64,
+        requeued: bool,
     },
 }

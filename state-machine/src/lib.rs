@@ -21,6 +21,7 @@
 //!   `allocation_response`, `resource_status`) and their validation.
 //! * [`request`]: a validated [`AllocationRequest`], constraints, placement policy.
 //! * [`provider`]: providers, units, exclusive and divisible sharing.
+//! * [`quota`]: namespace quotas and preemption settings.
 //! * [`record`]: what the table keeps per request; the protocol's states.
 //! * [`command`]: [`Command`], [`StampedCommand`], [`CommandResponse`].
 //! * [`event`]: [`Event`]s with a revision that only grows.
@@ -46,6 +47,15 @@
 //!   id is refused. Finished requests are remembered for
 //!   [`TableConfig::dedupe_window_ms`] (10 minutes by default) and at most
 //!   [`TableConfig::finished_requests_max`] of them (100,000), oldest first out.
+//! * **Quotas**: a namespace's active allocations never ask for more of a
+//!   kind than its quota. A request that would pass it waits with reason
+//!   `quota_exceeded` (is rejected if it alone is larger); lowering a quota
+//!   holds new grants and takes nothing away.
+//! * **Preemption** (off by default): a request allowed to preempt, that
+//!   fits its quota but no provider, takes the fewest allocations of
+//!   strictly lower priority it needs on one provider, lowest priority
+//!   first, then fewest units, then newest; never from a namespace that
+//!   forbids it. See `state-machine/README.md`.
 //! * **Time**: deadlines reject queued requests and leases expire only when a
 //!   [`Command::Tick`] carries a `now_ms` past them.
 
@@ -55,6 +65,7 @@ pub mod event;
 pub mod limits;
 pub mod protocol;
 pub mod provider;
+pub mod quota;
 pub mod record;
 pub mod request;
 pub mod table;
@@ -66,6 +77,9 @@ pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Sharing};
+pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-pub use table::{AllocationTable, Cursor, EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
+pub use table::{
+    AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,
+};

@@ -45,6 +45,23 @@ pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
 pub const BULK_RELEASE_EXAMINED_PER_COMMAND_MAX: usize = 16 * 1024;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
+/// Namespaces with rules of their own (a quota, a preemption override or
+/// protection from preemption); enough for every tenant of a shared cluster.
+pub const NAMESPACE_POLICIES_MAX: usize = 4096;
+/// Kinds one namespace's quota names.
+pub const QUOTA_KINDS_MAX: usize = 64;
+/// Largest quota of one kind: a thousand requests of the largest quantity.
+pub const QUOTA_MAX: u64 = QUANTITY_MAX << 10;
+/// Namespaces whose own queues one command re-examines after it freed
+/// their quota (each up to `queue_examined_per_free_max` requests): a tick
+/// expiring leases in thousands of namespaces stays a bounded apply.
+pub const NAMESPACES_EXAMINED_PER_FREE_MAX: usize = 16;
+/// Providers a preemption search looks at; bounds the cost of a request
+/// that may preempt at any cluster size.
+pub const PREEMPTION_PROVIDERS_EXAMINED_MAX: usize = 64;
+/// Allocations on one provider a preemption search considers as victims
+/// (the lowest priority first); a request needing more stays queued.
+pub const PREEMPTION_VICTIMS_EXAMINED_MAX: usize = 32;
 
 /// Tunable behaviour of the table. Every replica must use the same values,
 /// which is why they travel inside the snapshot.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::provider::{Resource, Sharing};
+use crate::quota::OnPreemption;
 use crate::request::AllocationRequest;
 
 /// The protocol's request states. `request_processing` and `optimization`
@@ -129,6 +130,9 @@ pub struct RequestRecord {
     /// deadline already and waits to be re-placed, never rejected for it.
     #[serde(default)]
     pub first_granted_at_ms: Option<u64>,
+    /// What happens to the allocation if a preemptor takes its units.
+    #[serde(default)]
+    pub on_preemption: OnPreemption,
 }
 
 /// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.

@@ -5,7 +5,7 @@
 //! ```text
 //!  allocation_granted / allocation_moved (to us) ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
 //!  confirm answered / allocation_confirmed        ──▶ holding, confirmed
-//!  allocation_released (ours)                      ──▶ not held ──▶ owe DeallocationConfirmed
+//!  allocation_released / allocation_preempted (ours) ──▶ not held ──▶ owe DeallocationConfirmed
 //!  allocation_moved (from us) / allocation_expired ──▶ not held, nothing owed
 //! ```
 //!
@@ -58,9 +58,12 @@ impl Ledger {
         &self.holdings
     }
 
-    /// Confirmations to send now.
+    /// Confirmations to send now: releases first, because a preemptor's
+    /// grant is confirmed only after the release of what it preempted.
     pub fn owed(&self) -> Vec<(Uuid, Confirmation)> {
-        self.owed.iter().map(|(id, confirmation)| (*id, *confirmation)).collect()
+        let mut owed: Vec<(Uuid, Confirmation)> = self.owed.iter().map(|(id, confirmation)| (*id, *confirmation)).collect();
+        owed.sort_by_key(|(id, confirmation)| (*confirmation != Confirmation::Deallocation, *id));
+        owed
     }
 
     /// Amount held per unit (resource id → amount).
@@ -105,7 +108,11 @@ impl Ledger {
                 })
                 .into_iter()
                 .collect(),
-            "allocation_released" if ours("provider_id") => id("allocation_id").map(|id| self.release(id)).into_iter().collect(),
+            // A preempted allocation is let go of like a released one, and
+            // its release confirmed, whether it was requeued or released.
+            "allocation_released" | "allocation_preempted" if ours("provider_id") => {
+                id("allocation_id").map(|id| self.release(id)).into_iter().collect()
+            }
             "allocation_expired" if ours("provider_id") => id("allocation_id")
                 .and_then(|allocation_id| self.drop_holding(allocation_id))
                 .map(|allocation_id| Notice::Expired { allocation_id })

@@ -217,8 +217,9 @@ fn adopting_the_tables_view_adds_what_is_new_and_forgets_what_ended() {
     assert!(matches!(&notices[0], Notice::Placed { allocation_id, .. } if *allocation_id == id(2)));
     assert!(matches!(&notices[1], Notice::Placed { allocation_id, .. } if *allocation_id == id(3)));
     assert_eq!(Notice::Gone { allocation_id: id(1) }, notices[2]);
+    // Releases first (a preemptor's grant waits for them), then grants.
     assert_eq!(
-        vec![(id(3), Confirmation::Allocation), (id(4), Confirmation::Deallocation)],
+        vec![(id(4), Confirmation::Deallocation), (id(3), Confirmation::Allocation)],
         ledger.owed()
     );
     assert!(ledger.holdings()[&id(2)].confirmed);
@@ -250,4 +251,31 @@ fn holds_sums_the_grants_per_kind() {
         },
         ledger.holds(&BTreeMap::from([("cpu_cores".to_owned(), 4)]))
     );
+}
+
+#[test]
+fn a_preempted_allocation_is_let_go_and_its_release_is_confirmed_before_the_preemptors_grant() {
+    let mut ledger = Ledger::new(US);
+    ledger.apply_event(&granted(9, US));
+    ledger.confirmed(id(9), Confirmation::Allocation);
+
+    // --- the table preempts 9 for 1 (a lower allocation id): the release is owed first
+    let preempted = json(EventKind::AllocationPreempted {
+        request_id: id(109),
+        allocation_id: id(9),
+        namespace: "default".to_owned(),
+        provider_id: US.to_owned(),
+        priority: 0,
+        preemptor_request_id: id(101),
+        preemptor_namespace: "default".to_owned(),
+        preemptor_priority: 10,
+        requeued: true,
+    });
+    assert_eq!(vec![Notice::Released { allocation_id: id(9) }], ledger.apply_event(&preempted));
+    ledger.apply_event(&granted(1, US));
+    assert_eq!(
+        vec![(id(9), Confirmation::Deallocation), (id(1), Confirmation::Allocation)],
+        ledger.owed()
+    );
+    assert!(!ledger.holdings().contains_key(&id(9)));
 }

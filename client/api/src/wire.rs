@@ -213,7 +213,8 @@ impl From<&qm_state_machine::CommandError> for WireError {
             CommandError::ResourceInUse { .. }
             | CommandError::NotActive { .. }
             | CommandError::NoLease { .. }
-            | CommandError::WrongProvider { .. } => WireError::Conflict {
+            | CommandError::WrongProvider { .. }
+            | CommandError::PreemptionUnconfirmed { .. } => WireError::Conflict {
                 kind: ConflictKind::FailedPrecondition,
                 message,
             },

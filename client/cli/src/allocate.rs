@@ -93,6 +93,11 @@ pub struct AllocateArgs {
     /// How long --wait waits (ms).
     #[arg(long, value_name = "MS", default_value_t = 60_000, requires = "wait")]
     pub wait_ms: u64,
+
+    /// Show what the request would get now (allocated, queued or rejected,
+    /// where, and which allocations it would preempt) without allocating.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,6 +155,10 @@ impl AllocateArgs {
 
 pub async fn run(client: &Client, args: AllocateArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
     let request = args.to_request(&mut std::io::stdin())?;
+    if args.dry_run {
+        let preview = client.preview_allocate(request).await?;
+        return super::quota::print_preview(&preview, format, out);
+    }
     let reply = if args.wait {
         client.allocate_and_wait(request, Duration::from_millis(args.wait_ms)).await?
     } else {

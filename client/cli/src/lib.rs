@@ -18,7 +18,8 @@
 //! * one module per command group: `allocate`, `allocations` (get, list,
 //!   release, renew), `provider`, `cluster`, `state`, `watch`, `top`,
 //!   `agent`, `certs`, `bench`, `bridge`, `snapshot` (backups), `audit`
-//!   (reading a replica's audit file);
+//!   (reading a replica's audit file), `quota`
+//!   (quotas, preemption settings, the `allocate --dry-run` preview);
 //! * `load`: the load generator behind `qm bench`;
 //! * `input`, `output`, `table`: reading the protocol's JSON, printing answers;
 //! * `error`: [`CliError`] and the exit codes.
@@ -36,6 +37,7 @@ mod input;
 mod load;
 mod output;
 mod provider;
+mod quota;
 mod snapshot;
 mod state;
 mod summary;
@@ -164,6 +166,12 @@ pub enum Command {
     /// Backups: save one from the leader, inspect one (checksum, contents).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Namespace quotas: set, get, list, delete (setting is admin only under TLS).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Who may preempt, cluster-wide or per namespace (admin only under TLS).
+    #[command(subcommand)]
+    Preemption(quota::PreemptionCommand),
 }
 
 impl Cli {
@@ -228,6 +236,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Agent(args) => agent::run(&client, args, format, out).await,
         Command::Top(args) => top::run(&client, args, format, out).await,
         Command::Bridge(command) => bridge::run(client, command, cli.tls_cert.as_ref(), out).await,
+        Command::Quota(command) => quota::run(&client, command, format, out).await,
+        Command::Preemption(command) => quota::run_preemption(&client, command, format, out).await,
     }
 }
 

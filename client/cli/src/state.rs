@@ -16,7 +16,16 @@ pub async fn run(client: &Client, stale: bool, format: OutputFormat, out: &mut d
     let state = client.system_state(consistency).await?;
     match format {
         OutputFormat::Json => print_json(&usage_from_proto(&state).map_err(Error::from)?, out),
-        OutputFormat::Table => print_table(&state, out),
+        OutputFormat::Table => {
+            print_table(&state, out)?;
+            // Use against quota, for the namespaces that have one (`qm quota list` shows all).
+            let quotas = crate::quota::limited_namespaces(client, consistency).await?;
+            if !quotas.is_empty() {
+                writeln!(out)?;
+                crate::quota::print_quota_table(&quotas, out)?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Frame {
     pub cluster: Option<api::ClusterStatusReply>,
     pub state: api::SystemStateReply,
     pub providers: Vec<api::ProviderInfo>,
+    /// Each namespace's use against its quota; empty when none has one (or
+    /// the caller's certificate may not read them).
+    pub quotas: Vec<api::NamespaceQuota>,
     /// This machine's clock when the frame was read.
     pub now_ms: u64,
 }
@@ -98,10 +101,12 @@ pub async fn read_frame(client: &Client) -> Result<Frame, Error> {
     let state = client.system_state(Consistency::Linearizable).await?;
     let providers = client.list_providers(Consistency::Linearizable).await?;
     let cluster = client.cluster_status().await.ok();
+    let quotas = crate::quota::limited_namespaces(client, Consistency::Linearizable).await?;
     Ok(Frame {
         cluster,
         state,
         providers,
+        quotas,
         now_ms: now_ms(),
     })
 }
@@ -203,6 +208,10 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
         writeln!(out, "{line}")?;
     }
     writeln!(out)?;
+    if !frame.quotas.is_empty() {
+        crate::quota::print_quota_table(&frame.quotas, &mut out)?;
+        writeln!(out)?;
+    }
     let failed = list_cell(&state.failed_providers, TOP_SEE_ALL);
     writeln!(
         out,
@@ -245,6 +254,7 @@ fn render_json(frame: &Frame) -> Result<String, CliError> {
         "term": frame.cluster.as_ref().map(|cluster| cluster.term),
         "state": usage,
         "providers": providers,
+        "quotas": frame.quotas.iter().map(qm_client::quota::usage_from_proto).collect::<Vec<_>>(),
     });
     Ok(format!("{json}\n"))
 }
@@ -358,6 +368,13 @@ mod tests {
                 last_heartbeat_ms: Some(1_000),
                 ..Default::default()
             }],
+            quotas: vec![api::NamespaceQuota {
+                namespace: "team-a".to_owned(),
+                quota: [("cpu_cores".to_owned(), 4)].into(),
+                held: [("cpu_cores".to_owned(), 1)].into(),
+                queued: 2,
+                ..Default::default()
+            }],
             now_ms: 1_500,
         }
     }
@@ -365,6 +382,12 @@ mod tests {
     #[test]
     fn a_frame_shows_kinds_providers_measurements_and_the_queue() {
         let text = render(&frame(), OutputFormat::Table).unwrap();
+        // Use against quota, for each namespace with one.
+        let quota_row = text.lines().find(|line| line.starts_with("team-a")).expect("a quota row");
+        assert_eq!(
+            vec!["team-a", "cpu_cores", "1", "4", "2", "cluster's", "yes"],
+            quota_row.split_whitespace().collect::<Vec<_>>()
+        );
 
         assert!(
             text.starts_with("qm top · leader 2 (127.0.0.1:7102), term 3 · revision 42 · "),

@@ -6,6 +6,7 @@
 //!   then as a whole table when reads span several units ([`whole_read`]).
 //! * [`double_allocation`]: no exclusive unit held by two allocations at once.
 //! * [`capacity`]: no unit holds more than its capacity.
+//! * [`quota`]: the workload's namespace never holds more than its quota.
 //! * [`lost_allocation`]: every acknowledged allocation not released survives; every acknowledged release sticks.
 //! * [`idempotency`]: one allocation per `request_id`, however often it is sent.
 //! * [`stale_read`]: no read misses an allocation, or lists a release, acknowledged before it began.
@@ -20,6 +21,7 @@ pub mod idempotency;
 pub mod linearizability;
 pub mod lost_allocation;
 pub mod operations;
+pub mod quota;
 pub mod stale_read;
 pub mod stats;
 pub mod wgl;

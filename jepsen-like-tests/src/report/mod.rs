@@ -23,7 +23,9 @@ use crate::checker::linearizability::{self, UnitFailure};
 use crate::checker::operations::{client_operations, fault_windows, leader_faults};
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
-use crate::checker::{capacity, double_allocation, idempotency, lost_allocation, stale_read, AllocationHistory, CheckerResult, Validity};
+use crate::checker::{
+    capacity, double_allocation, idempotency, lost_allocation, quota, stale_read, AllocationHistory, CheckerResult, Validity,
+};
 use crate::config::{RunConfig, WorkloadKind, NEMESIS_FIRINGS_MIN};
 use crate::error::JepsenError;
 use crate::history::{Op, OpType, Payload};
@@ -130,6 +132,7 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
             let checkers = vec![
                 double_allocation::check(&input),
                 capacity::check(&input),
+                quota::check(&input),
                 lost_allocation::check(&input),
                 idempotency::check(&input),
                 stale_read::check(&input),

@@ -3,7 +3,11 @@
 //! again unchanged (an idempotent retry on purpose), and linearizable reads
 //! of every active allocation.
 //!
+//! The namespace has a quota of [`QUOTA_CPU_CORES`] cores, below the
+//! providers' total, set at setup ([`set_quota`]).
+//!
 //! Judged by [`crate::checker::double_allocation`], [`crate::checker::capacity`],
+//! [`crate::checker::quota`],
 //! [`crate::checker::lost_allocation`], [`crate::checker::idempotency`] and
 //! [`crate::checker::stale_read`] (every read against the writes
 //! acknowledged before it began).
@@ -38,6 +42,14 @@ pub const MEMORY_GB_PER_PROVIDER: i64 = 64;
 pub const LIVE_REQUESTS_PER_WORKER_MAX: usize = 4;
 /// Requests a worker remembers for resends; the oldest are forgotten first.
 pub const REMEMBERED_REQUESTS_MAX: usize = 32;
+/// The namespace the workers allocate in (their certificates' on a TLS run).
+pub const QUOTA_NAMESPACE: &str = "default";
+/// The kind the namespace's quota bounds.
+pub const QUOTA_KIND: &str = "cpu_cores";
+/// The namespace's quota of [`QUOTA_KIND`], set by the admin at setup: two
+/// thirds of the providers' cores, so the quota (not capacity) is what
+/// binds first under load, and [`crate::checker::quota`] checks it holds.
+pub const QUOTA_CPU_CORES: u64 = (PROVIDERS * CORES_PER_PROVIDER) as u64 * 2 / 3;
 /// Records per page of the final read.
 pub const FINAL_READ_PAGE: u32 = 1_000;
 /// Pages of the final read at most (bounds it at 100,000 records).
@@ -287,6 +299,19 @@ pub async fn final_read(client: &Client, history: &HistoryRecorder) -> bool {
         },
     )
     .await
+}
+
+/// Sets the workers' namespace's quota ([`QUOTA_CPU_CORES`]) through the
+/// admin's client (an admin's call on a TLS run), retrying while the
+/// cluster settles.
+pub async fn set_quota(admin: &Client) -> Result<(), JepsenError> {
+    let limits = BTreeMap::from([(QUOTA_KIND.to_owned(), QUOTA_CPU_CORES)]);
+    with_final_retries(|| admin.set_quota(QUOTA_NAMESPACE, &limits))
+        .await
+        .map_err(|error| JepsenError::Setup {
+            reason: format!("setting the quota of {QUOTA_NAMESPACE}: {error}"),
+        })?;
+    Ok(())
 }
 
 /// Registers the providers, each through its own client: on a TLS run a

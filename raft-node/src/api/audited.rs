@@ -9,9 +9,10 @@
 
 use qm_api::proto::api::{
     AddReplicaRequest, AdvanceCursorRequest, AllocateRequest, AllocationReply, ClusterStatusReply, ClusterStatusRequest, ConfirmRequest,
-    CursorReply, DeregisterProviderRequest, GetRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
-    ListReply, ListRequest, ProviderReply, RegisterProviderRequest, ReleaseMatchingReply, ReleaseMatchingRequest, ReleaseRequest,
-    RemoveReplicaRequest, RenewLeaseRequest, SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
+    CursorReply, DeleteQuotaRequest, DeregisterProviderRequest, GetRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply,
+    ListProvidersRequest, ListQuotasReply, ListQuotasRequest, ListReply, ListRequest, NamespacePolicyReply, PreviewReply, ProviderReply,
+    RegisterProviderRequest, ReleaseMatchingReply, ReleaseMatchingRequest, ReleaseRequest, RemoveReplicaRequest, RenewLeaseRequest,
+    SetPreemptionRequest, SetQuotaRequest, SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
 };
 use tonic::Status;
 
@@ -145,6 +146,35 @@ impl CallIds for ReleaseMatchingRequest {
         ])
     }
 }
+
+impl CallIds for SetQuotaRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("namespace", &self.namespace)])
+    }
+}
+
+impl CallIds for DeleteQuotaRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("namespace", &self.namespace)])
+    }
+}
+
+impl CallIds for ListQuotasRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("namespace", &self.namespace)])
+    }
+}
+
+impl CallIds for SetPreemptionRequest {
+    fn call_ids(&self) -> AuditIds {
+        // "" is the cluster's setting.
+        ids_of(&[("namespace", &self.namespace)])
+    }
+}
+
+impl AuditedReply for NamespacePolicyReply {}
+impl AuditedReply for ListQuotasReply {}
+impl AuditedReply for PreviewReply {}
 
 impl AuditedReply for AllocationReply {
     fn add_ids(&self, ids: &mut AuditIds) {

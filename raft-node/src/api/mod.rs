@@ -7,6 +7,7 @@
 //! * [`cursors`]: named cursors into the event history (the broker bridge's).
 //! * [`bulk_release`]: release by namespace, requester or provider, entry after entry.
 //! * [`watch`]: the event stream from a revision.
+//! * [`quotas`]: namespace quotas, preemption settings, the dry run of an allocate.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
 //! * [`status`]: how typed errors (the table's, the consensus layer's)
 //!   become gRPC statuses and leader redirects: the only place that does.
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
 pub mod providers;
+pub mod quotas;
 pub mod requests;
 pub mod status;
 pub mod watch;
@@ -291,6 +293,61 @@ impl Quartermaster for ApiService {
             Call::ReleaseMatching,
             admitted,
             bulk_release::release_matching(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Reply<NamespacePolicyReply> {
+        let admitted = self.admit(&request, Call::SetQuota)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::SetQuota,
+            admitted,
+            quotas::set_quota(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn delete_quota(&self, request: Request<DeleteQuotaRequest>) -> Reply<NamespacePolicyReply> {
+        let admitted = self.admit(&request, Call::DeleteQuota)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::DeleteQuota,
+            admitted,
+            quotas::delete_quota(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn list_quotas(&self, request: Request<ListQuotasRequest>) -> Reply<ListQuotasReply> {
+        let admitted = self.admit(&request, Call::ListQuotas)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::ListQuotas,
+            admitted,
+            quotas::list_quotas(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn set_preemption(&self, request: Request<SetPreemptionRequest>) -> Reply<NamespacePolicyReply> {
+        let admitted = self.admit(&request, Call::SetPreemption)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::SetPreemption,
+            admitted,
+            quotas::set_preemption(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn preview_allocate(&self, request: Request<AllocateRequest>) -> Reply<PreviewReply> {
+        let admitted = self.admit(&request, Call::PreviewAllocate)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::PreviewAllocate,
+            admitted,
+            quotas::preview_allocate(&self.node, &caller, request.into_inner()),
         )
         .await
     }

@@ -153,14 +153,20 @@ pub async fn confirm(node: &Node, caller: &Caller, call: ConfirmRequest) -> Resu
     let allocation_id = parse_uuid("allocation_id", &call.allocation_id)?;
     require_id("provider_id", &call.provider_id)?;
     node.require_leader()?;
-    // Another provider's allocation is answered as unknown, not as placed
-    // elsewhere: a provider does not learn what it does not host.
-    require_visible(node, caller, allocation_id).await?;
-    // Answered without a log entry when the table already shows the outcome:
-    // an agent retrying a confirmation, or probing records that may be
-    // another provider's, costs the log nothing.
-    if let Some(answer) = confirm_answered(node, allocation_id, &call).await {
-        return answer;
+    // A preempted allocation's release is confirmed by the provider it was
+    // taken from, though it is queued or placed elsewhere by now: its
+    // preemptor waits for exactly this (the table checks it again).
+    let preempted_here = call.deallocation && node.with_table(|table| table.is_awaited(allocation_id, &call.provider_id)).await;
+    if !preempted_here {
+        // Another provider's allocation is answered as unknown, not as placed
+        // elsewhere: a provider does not learn what it does not host.
+        require_visible(node, caller, allocation_id).await?;
+        // Answered without a log entry when the table already shows the outcome:
+        // an agent retrying a confirmation, or probing records that may be
+        // another provider's, costs the log nothing.
+        if let Some(answer) = confirm_answered(node, allocation_id, &call).await {
+            return answer;
+        }
     }
     let command = match call.deallocation {
         false => Command::ConfirmAllocation {

@@ -27,6 +27,7 @@
 //! * [`params`]: query strings, durations, bodies (the named body limit).
 //! * [`requests`]: allocate, release, get, list.
 //! * [`providers`]: list, register, the monitor's system state, the cluster.
+//! * [`quotas`]: namespace quotas, preemption settings, the allocate preview.
 //! * [`history`]: one request's way through the protocol's states, from the events.
 //! * [`events`]: the event stream as Server-Sent Events.
 //! * [`catalog`]: the Consul-compatible catalog, health and status endpoints.
@@ -44,6 +45,7 @@ pub mod history;
 pub mod openapi;
 pub mod params;
 pub mod providers;
+pub mod quotas;
 pub mod replica_health;
 pub mod requests;
 pub mod scrape;
@@ -53,7 +55,7 @@ pub mod ui;
 use std::sync::Arc;
 
 use axum::http::Method;
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::consensus::Node;
@@ -97,6 +99,11 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/requests", get(requests::list)),
         route(Method::GET, "/v1/requests/{id}", get(requests::get)),
         route(Method::GET, "/v1/requests/{id}/history", get(history::history)),
+        route(Method::POST, "/v1/allocate/preview", post(quotas::preview)),
+        route(Method::GET, "/v1/quotas", get(quotas::list)),
+        route(Method::PUT, "/v1/quotas/{namespace}", put(quotas::set)),
+        route(Method::DELETE, "/v1/quotas/{namespace}", delete(quotas::delete)),
+        route(Method::POST, "/v1/preemption", post(quotas::set_preemption)),
         route(Method::GET, "/v1/providers", get(providers::list)),
         route(Method::POST, "/v1/providers", post(providers::register)),
         route(Method::GET, "/v1/state", get(providers::system_state)),

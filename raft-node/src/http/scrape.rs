@@ -20,7 +20,8 @@ pub async fn metrics(State(api): State<Shared>, Extension(peer): Extension<PeerC
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-/// The exposition: Raft's state now, each unit's use now, the counters so far.
+/// The exposition: Raft's state now, each unit's use now, each namespace's
+/// use against its quota now, the counters so far.
 pub async fn render(node: &Node) -> String {
     let raft_metrics = node.raft.metrics().borrow().clone();
     let commit_index = node.commit_index().await;
@@ -59,5 +60,6 @@ pub async fn render(node: &Node) -> String {
             samples
         })
         .await;
-    node.metrics.render(&raft, &utilization, node.state.apply_durations())
+    let quotas = node.with_table(|table| table.namespace_usage()).await;
+    node.metrics.render(&raft, &utilization, &quotas, node.state.apply_durations())
 }

@@ -111,7 +111,10 @@ fn event_providers(kind: &EventKind) -> Vec<&str> {
         | EventKind::AllocationReleased { provider_id, .. }
         | EventKind::AllocationExpired { provider_id, .. }
         | EventKind::AllocationConfirmed { provider_id, .. }
-        | EventKind::DeallocationConfirmed { provider_id, .. } => vec![provider_id],
+        | EventKind::DeallocationConfirmed { provider_id, .. }
+        // The provider an allocation was preempted off: its agent lets go
+        // of the units and confirms the release.
+        | EventKind::AllocationPreempted { provider_id, .. } => vec![provider_id],
         EventKind::AllocationMoved {
             from_provider,
             to_provider,
@@ -193,5 +196,24 @@ mod tests {
                 "{caller:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_preemption_is_seen_by_the_provider_it_happened_on() {
+        let preempted = event(EventKind::AllocationPreempted {
+            request_id: Uuid::nil(),
+            allocation_id: Uuid::nil(),
+            namespace: "team-a".into(),
+            provider_id: "node_1".into(),
+            priority: 0,
+            preemptor_request_id: Uuid::nil(),
+            preemptor_namespace: "ops".into(),
+            preemptor_priority: 10,
+            requeued: true,
+        });
+        assert!(provider("node_1").sees_event(&preempted));
+        assert!(!provider("node_2").sees_event(&preempted));
+        assert!(consumer("team-a").sees_event(&preempted));
+        assert!(!consumer("ops").sees_event(&preempted));
     }
 }

@@ -51,12 +51,22 @@ pub enum Call {
     ReleaseMatching,
     /// A backup of the whole table (every namespace): admin only.
     SnapshotSave,
+    /// Setting and lifting namespace quotas, and who may preempt: admin
+    /// only (a tenant must not raise its own limits).
+    SetQuota,
+    DeleteQuota,
+    SetPreemption,
+    /// Use against quota: consumers (their namespace only) and admins.
+    ListQuotas,
+    /// The dry run of an allocate (what it would preempt): consumers (in
+    /// their namespace) and admins, who may preview for any namespace.
+    PreviewAllocate,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 24] = [
+    pub const ALL: [Call; 29] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -81,6 +91,11 @@ impl Call {
         Call::AdvanceCursor,
         Call::ReleaseMatching,
         Call::SnapshotSave,
+        Call::SetQuota,
+        Call::DeleteQuota,
+        Call::SetPreemption,
+        Call::ListQuotas,
+        Call::PreviewAllocate,
     ];
 
     /// The roles that may make this call at all.
@@ -100,6 +115,8 @@ impl Call {
             Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
+            Call::SetQuota | Call::DeleteQuota | Call::SetPreemption => &[Role::Admin],
+            Call::ListQuotas | Call::PreviewAllocate => &[Role::ResourceConsumer, Role::Admin],
         }
     }
 
@@ -115,7 +132,10 @@ impl Call {
             | Call::AddReplica
             | Call::RemoveReplica
             | Call::AdvanceCursor
-            | Call::ReleaseMatching => AuditClass::Write,
+            | Call::ReleaseMatching
+            | Call::SetQuota
+            | Call::DeleteQuota
+            | Call::SetPreemption => AuditClass::Write,
             Call::Get | Call::List | Call::Watch | Call::SnapshotSave => AuditClass::RecordRead,
             // The stream itself is not a write: each call on it is recorded as itself.
             Call::Pipeline
@@ -127,7 +147,9 @@ impl Call {
             | Call::SystemState
             | Call::ListProviders
             | Call::Health
-            | Call::Reflection => AuditClass::RefusalsOnly,
+            | Call::Reflection
+            | Call::ListQuotas
+            | Call::PreviewAllocate => AuditClass::RefusalsOnly,
         }
     }
 
@@ -162,6 +184,11 @@ impl Call {
             Call::AdvanceCursor => "AdvanceCursor",
             Call::ReleaseMatching => "ReleaseMatching",
             Call::SnapshotSave => "SnapshotSave",
+            Call::SetQuota => "SetQuota",
+            Call::DeleteQuota => "DeleteQuota",
+            Call::SetPreemption => "SetPreemption",
+            Call::ListQuotas => "ListQuotas",
+            Call::PreviewAllocate => "PreviewAllocate",
         }
     }
 }
@@ -196,7 +223,9 @@ mod tests {
                 List,
                 Watch,
                 AdvanceCursor,
-                ReleaseMatching
+                ReleaseMatching,
+                ListQuotas,
+                PreviewAllocate
             ]),
             allowed(Role::ResourceConsumer)
         );
@@ -210,7 +239,12 @@ mod tests {
                 RemoveReplica,
                 AdvanceCursor,
                 ReleaseMatching,
-                SnapshotSave
+                SnapshotSave,
+                SetQuota,
+                DeleteQuota,
+                SetPreemption,
+                ListQuotas,
+                PreviewAllocate
             ]),
             allowed(Role::Admin)
         );

@@ -450,6 +450,26 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn set_quota(&self, _: Request<api::SetQuotaRequest>) -> Result<Response<api::NamespacePolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn delete_quota(&self, _: Request<api::DeleteQuotaRequest>) -> Result<Response<api::NamespacePolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_quotas(&self, _: Request<api::ListQuotasRequest>) -> Result<Response<api::ListQuotasReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_preemption(&self, _: Request<api::SetPreemptionRequest>) -> Result<Response<api::NamespacePolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn preview_allocate(&self, _: Request<api::AllocateRequest>) -> Result<Response<api::PreviewReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
 
     async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {

@@ -9,6 +9,7 @@ use super::id_hash_map::IdHashMap;
 use super::id_key::IdKey;
 use crate::provider::{Provider, ProviderStatus};
 use crate::record::{RequestRecord, RequestState};
+use crate::request::AllocationRequest;
 
 /// Everything here can be recomputed from providers and requests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +39,17 @@ pub(crate) struct Indexes {
     pub by_owner: BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>,
     /// Provider → requests actively placed on it.
     pub by_provider: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Namespace → kind → what its active allocations asked for in total:
+    /// what its quota bounds. No zero entries, so a rebuild compares equal.
+    pub held: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Namespace → its queued requests in queue order, so that freeing a
+    /// namespace's quota re-examines that namespace's queue even when the
+    /// head of the whole queue is someone else's.
+    pub queue_by_namespace: BTreeMap<String, BTreeSet<(Reverse<i64>, u64, Uuid)>>,
+    /// Priority → how many active allocations have it: the lowest is a
+    /// bound no preemption's victims can go below, so the victim search
+    /// stops as soon as it found victims that cheap.
+    pub active_priorities: BTreeMap<i64, u64>,
 }
 
 impl Indexes {
@@ -68,8 +80,11 @@ impl Indexes {
                 RequestState::Queued => {
                     queue.push((Reverse(request.priority), record.arrival_seq, id));
                     deadlines.extend(record.pending_deadline_ms().map(|deadline| (deadline, id)));
+                    index.add_namespace_queued(record);
                 }
                 RequestState::Allocation | RequestState::Monitoring => {
+                    index.add_held(request);
+                    *index.active_priorities.entry(request.priority).or_insert(0) += 1;
                     leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
@@ -136,8 +151,11 @@ impl Indexes {
                 if let Some(deadline) = record.pending_deadline_ms() {
                     self.deadlines.insert((deadline, id));
                 }
+                self.add_namespace_queued(record);
             }
             RequestState::Allocation | RequestState::Monitoring => {
+                self.add_held(request);
+                *self.active_priorities.entry(request.priority).or_insert(0) += 1;
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.insert((expires, id));
                 }
@@ -164,8 +182,18 @@ impl Indexes {
                 if let Some(deadline) = record.pending_deadline_ms() {
                     self.deadlines.remove(&(deadline, id));
                 }
+                self.remove_namespace_queued(record);
             }
             RequestState::Allocation | RequestState::Monitoring => {
+                self.remove_held(request);
+                let count = self
+                    .active_priorities
+                    .get_mut(&request.priority)
+                    .expect("active requests are counted by priority");
+                *count -= 1;
+                if *count == 0 {
+                    self.active_priorities.remove(&request.priority);
+                }
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.remove(&(expires, id));
                 }
@@ -183,6 +211,63 @@ impl Indexes {
                 self.finished
                     .remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
             }
+        }
+    }
+
+    /// Counts an active request's asks against its namespace.
+    fn add_held(&mut self, request: &AllocationRequest) {
+        if !self.held.contains_key(&request.namespace) {
+            self.held.insert(request.namespace.clone(), BTreeMap::new());
+        }
+        let kinds = self.held.get_mut(&request.namespace).expect("just ensured");
+        for requirement in &request.requirements {
+            match kinds.get_mut(&requirement.kind) {
+                Some(held) => *held += requirement.quantity,
+                None => {
+                    kinds.insert(requirement.kind.clone(), requirement.quantity);
+                }
+            }
+        }
+    }
+
+    /// Undoes [`Self::add_held`], dropping entries that reach zero.
+    fn remove_held(&mut self, request: &AllocationRequest) {
+        let kinds = self
+            .held
+            .get_mut(&request.namespace)
+            .expect("active requests are counted by namespace");
+        for requirement in &request.requirements {
+            let held = kinds.get_mut(&requirement.kind).expect("active requests are counted by kind");
+            *held = held
+                .checked_sub(requirement.quantity)
+                .expect("a namespace never holds less than one of its allocations asked");
+            if *held == 0 {
+                kinds.remove(&requirement.kind);
+            }
+        }
+        if kinds.is_empty() {
+            self.held.remove(&request.namespace);
+        }
+    }
+
+    fn add_namespace_queued(&mut self, record: &RequestRecord) {
+        let request = &record.request;
+        let entry = (Reverse(request.priority), record.arrival_seq, request.request_id);
+        match self.queue_by_namespace.get_mut(&request.namespace) {
+            Some(queue) => queue.insert(entry),
+            None => self.queue_by_namespace.entry(request.namespace.clone()).or_default().insert(entry),
+        };
+    }
+
+    fn remove_namespace_queued(&mut self, record: &RequestRecord) {
+        let request = &record.request;
+        let queue = self
+            .queue_by_namespace
+            .get_mut(&request.namespace)
+            .expect("queued requests are indexed by namespace");
+        queue.remove(&(Reverse(request.priority), record.arrival_seq, request.request_id));
+        if queue.is_empty() {
+            self.queue_by_namespace.remove(&request.namespace);
         }
     }
 

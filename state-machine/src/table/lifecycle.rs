@@ -10,6 +10,8 @@ use super::{AllocationTable, LeaseRefresh};
 use crate::command::{ApplyResult, CommandResponse};
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::{EventKind, ResourceState};
+use crate::limits::NAMESPACES_EXAMINED_PER_FREE_MAX;
+use crate::quota::OnPreemption;
 use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
 
@@ -31,11 +33,11 @@ pub(super) enum GrantCause {
 }
 
 impl AllocationTable {
-    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>) -> ApplyResult {
+    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>, on_preemption: OnPreemption) -> ApplyResult {
         request.check()?;
         if let Some(existing) = self.requests.get(&request.request_id) {
             // The idempotency key: a retry gets the request's current record.
-            return match existing.request == *request {
+            return match existing.request == *request && existing.on_preemption == on_preemption {
                 true => Ok(CommandResponse::Request(Arc::clone(existing))),
                 false => Err(CommandError::RequestIdReused {
                     request_id: request.request_id,
@@ -75,21 +77,11 @@ impl AllocationTable {
             updated_at_ms: self.clock_ms,
             finished_at_ms: None,
             first_granted_at_ms: None,
+            on_preemption,
         };
         self.next_arrival_seq += 1;
-        let rejection = self.never_placeable(&record.request);
-        if let Some(reason) = rejection {
-            self.reject(&mut record, reason);
-        } else if let Some(placement) = self.find_placement(&record.request) {
-            self.grant(&mut record, placement, GrantCause::New);
-        } else if self.index.queue.len() >= self.config.queue_len_max {
-            self.reject(
-                &mut record,
-                format!("queue_full: {} requests are already waiting", self.index.queue.len()),
-            );
-        } else {
-            self.enqueue(&mut record, "insufficient_resources: no provider has enough free now".to_owned());
-        }
+        let decision = self.decide(&record.request);
+        self.carry_out(&mut record, decision);
         self.insert_new_record(record);
         Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
@@ -123,6 +115,7 @@ impl AllocationTable {
         } else {
             let placement = self.free_placement(&record);
             let confirms = self.providers[&placement.provider_id].confirms_allocations;
+            self.note_quota_freed(&request.namespace);
             self.emit(EventKind::AllocationReleased {
                 request_id,
                 allocation_id: record.allocation_id,
@@ -181,6 +174,7 @@ impl AllocationTable {
         for &request_id in &expired {
             let mut record = self.take_record(request_id);
             let placement = self.free_placement(&record);
+            self.note_quota_freed(&record.request.namespace);
             self.emit(EventKind::AllocationExpired {
                 request_id,
                 allocation_id: record.allocation_id,
@@ -256,12 +250,43 @@ impl AllocationTable {
         self.lease_refresh.is_some()
     }
 
+    /// Refused while the allocation is a preemptor whose victims' agents
+    /// have not all confirmed letting go of their units.
     pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        let request_id = self.resolve(id)?;
+        let waiting_for = self.releases_awaited(request_id);
+        if !waiting_for.is_empty() && self.requests[&request_id].state == RequestState::Allocation {
+            return Err(CommandError::PreemptionUnconfirmed {
+                allocation_id: self.requests[&request_id].allocation_id,
+                waiting_for,
+            });
+        }
         self.confirm(id, provider_id, RequestState::Allocation, RequestState::Monitoring)
     }
 
+    /// A preempted allocation's release is confirmed by its old provider
+    /// even when the allocation has moved on (requeued, or placed again):
+    /// it settles what its preemptor waits for.
     pub(super) fn confirm_deallocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
-        self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle)
+        let request_id = self.resolve(id)?;
+        let record = &self.requests[&request_id];
+        let allocation_id = record.allocation_id;
+        if !self.is_awaited(allocation_id, provider_id) {
+            return self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle);
+        }
+        let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
+        let result = if record.state == RequestState::Deallocation && placed_on == Some(provider_id) {
+            self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle)
+        } else {
+            self.emit(EventKind::DeallocationConfirmed {
+                allocation_id,
+                namespace: record.request.namespace.clone(),
+                provider_id: provider_id.to_owned(),
+            });
+            Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
+        };
+        self.release_confirmed(allocation_id, provider_id);
+        result
     }
 
     /// A provider's confirmation moves `from` to `to`; confirming again is a no-op.
@@ -310,6 +335,11 @@ impl AllocationTable {
     /// fit (backfill): capacity is never left idle for a request that cannot
     /// use it, at the price that a large request can wait behind a stream of
     /// small ones until its deadline.
+    ///
+    /// Then, for each namespace whose quota the command freed (at most
+    /// [`NAMESPACES_EXAMINED_PER_FREE_MAX`]), the head of that namespace's
+    /// own queue: its requests may wait behind others' that still do not
+    /// fit, and quota freed in a namespace helps only that namespace.
     pub(super) fn examine_queue(&mut self) {
         let waiting: Vec<Uuid> = self
             .index
@@ -318,11 +348,37 @@ impl AllocationTable {
             .take(self.config.queue_examined_per_free_max)
             .map(|(_, _, id)| *id)
             .collect();
+        self.examine_waiting(waiting);
+        let freed = std::mem::take(&mut self.freed_namespaces);
+        for namespace in freed.iter().take(NAMESPACES_EXAMINED_PER_FREE_MAX) {
+            let waiting: Vec<Uuid> = self
+                .index
+                .queue_by_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .take(self.config.queue_examined_per_free_max)
+                .map(|(_, _, id)| *id)
+                .collect();
+            self.examine_waiting(waiting);
+        }
+    }
+
+    /// Grants each of `waiting` (queued request ids, in queue order) that
+    /// fits now, its quota and a provider.
+    fn examine_waiting(&mut self, waiting: Vec<Uuid>) {
         for request_id in waiting {
             let record = &self.requests[&request_id];
+            // Granted already by the walk of the whole queue.
+            if record.state != RequestState::Queued {
+                continue;
+            }
             // Past its deadline the requester has given up: the next tick
             // rejects it, and the units go to someone still waiting.
             if record.pending_deadline_ms().is_some_and(|deadline| deadline <= self.clock_ms) {
+                continue;
+            }
+            if self.quota_shortfall(&record.request).is_some() {
                 continue;
             }
             if let Some(placement) = self.find_placement(&record.request) {
@@ -346,6 +402,10 @@ impl AllocationTable {
         self.emit_unit_statuses(&placement);
         let request = &record.request;
         let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id, request.namespace.clone());
+        if matches!(cause, GrantCause::MovedFrom(_)) {
+            // Off its provider, a preemptor waits for no release there.
+            self.stop_awaiting(request_id);
+        }
         self.emit(match cause {
             GrantCause::New => EventKind::AllocationGranted {
                 request_id,
@@ -392,7 +452,7 @@ impl AllocationTable {
         record.reason = Some(reason);
     }
 
-    fn reject(&mut self, record: &mut RequestRecord, reason: String) {
+    pub(super) fn reject(&mut self, record: &mut RequestRecord, reason: String) {
         let request = &record.request;
         self.emit(EventKind::RequestRejected {
             request_id: request.request_id,

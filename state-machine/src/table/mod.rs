@@ -28,14 +28,16 @@ mod id_key;
 mod indexes;
 mod lifecycle;
 mod placement;
+mod preemption;
 mod providers;
 mod queries;
+mod quotas;
 mod record_map;
 mod snapshot;
 mod snapshot_v5;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -45,12 +47,15 @@ use crate::command::{Applied, ApplyResult, Command, StampedCommand};
 use crate::event::{Event, EventKind};
 use crate::limits::TableConfig;
 use crate::provider::Provider;
+use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::RequestRecord;
 use record_map::RecordMap;
 
 pub use cursors::Cursor;
 pub(crate) use indexes::Indexes;
+pub use preemption::{Preview, PreviewOutcome, Victim};
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
+pub use quotas::NamespaceUsage;
 pub use snapshot::{SNAPSHOT_DECODED_BYTES_MAX, SNAPSHOT_FORMAT_VERSION};
 
 /// A lease refresh under way: every lease gets at least `from_ms` plus its
@@ -91,6 +96,27 @@ pub struct AllocationTable {
     /// A new leader's lease refresh still under way: no lease expires
     /// until it is done.
     lease_refresh: Option<LeaseRefresh>,
+    /// Who may preempt, cluster-wide; a namespace may override it.
+    cluster_preemption: PreemptionSetting,
+    /// Namespaces with rules of their own (quota, preemption override or
+    /// protection), at most [`crate::limits::NAMESPACE_POLICIES_MAX`]; an
+    /// entry back at the defaults is dropped.
+    namespaces: BTreeMap<String, NamespacePolicy>,
+    /// Preemptor request id → the allocations it took, each with the
+    /// provider whose agent has yet to confirm letting go of it. The
+    /// preemptor's own grant is not confirmed while its list is non-empty;
+    /// the entry goes when the list empties or the preemptor leaves the
+    /// `allocation` state (confirmed, released, moved).
+    release_awaited: BTreeMap<Uuid, Vec<(Uuid, String)>>,
+    /// The reverse of `release_awaited`: (victim allocation, provider) →
+    /// the preemptors waiting for it. Derived, rebuilt on restore.
+    #[serde(skip)]
+    awaited_by: BTreeMap<(Uuid, String), BTreeSet<Uuid>>,
+    /// Namespaces whose quota this command freed, for
+    /// [`Self::examine_queue`] to re-examine their own queues; empty
+    /// between commands.
+    #[serde(skip)]
+    freed_namespaces: BTreeSet<String>,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -117,6 +143,11 @@ impl AllocationTable {
             cursors: BTreeMap::new(),
             evacuating: BTreeMap::new(),
             lease_refresh: None,
+            cluster_preemption: PreemptionSetting::Off,
+            namespaces: BTreeMap::new(),
+            release_awaited: BTreeMap::new(),
+            awaited_by: BTreeMap::new(),
+            freed_namespaces: BTreeSet::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -156,6 +187,7 @@ impl AllocationTable {
         self.clock_ms = self.clock_ms.max(now_ms);
         let operation_type = command.operation_type();
         let result = self.dispatch(command);
+        self.freed_namespaces.clear();
         match &result {
             Ok(_) => {
                 // Every successful command carries on with a bounded share
@@ -186,7 +218,8 @@ impl AllocationTable {
     /// new record's. Every other command is read in place.
     fn dispatch(&mut self, command: Cow<'_, Command>) -> ApplyResult {
         match command {
-            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request)),
+            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue),
+            Cow::Owned(Command::AllocateWith { request, on_preemption }) => self.allocate(Cow::Owned(request), on_preemption),
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -195,7 +228,7 @@ impl AllocationTable {
         match command {
             Command::RegisterProvider(registration) => self.register_provider(registration),
             Command::DeregisterProvider { provider_id } => self.deregister_provider(provider_id),
-            Command::Allocate(request) => self.allocate(Cow::Borrowed(request)),
+            Command::Allocate(request) => self.allocate(Cow::Borrowed(request), OnPreemption::Requeue),
             Command::Release { id } => self.release(*id),
             Command::RenewLease { id } => self.renew_lease(*id),
             Command::Tick => self.tick(),
@@ -217,6 +250,14 @@ impl AllocationTable {
                 hold_ms,
             } => self.advance_cursor(name, holder, *revision, *hold_ms),
             Command::ReleaseMatching { filter, after } => self.release_matching(filter, *after),
+            Command::SetQuota { namespace, limits } => self.set_quota(namespace, limits),
+            Command::DeleteQuota { namespace } => self.delete_quota(namespace),
+            Command::SetPreemption {
+                namespace,
+                setting,
+                preemptible,
+            } => self.set_preemption(namespace.as_deref(), *setting, *preemptible),
+            Command::AllocateWith { request, on_preemption } => self.allocate(Cow::Borrowed(request), *on_preemption),
         }
     }
 
@@ -241,6 +282,11 @@ impl AllocationTable {
     /// Puts back a record taken with [`Self::take_record`].
     fn put_record(&mut self, mut record: RequestRecord) {
         record.updated_at_ms = self.clock_ms;
+        // A preemptor no longer waiting for its grant's confirmation
+        // (released, moved, confirmed) waits for no victim either.
+        if !self.release_awaited.is_empty() && record.state != crate::record::RequestState::Allocation {
+            self.stop_awaiting(record.request.request_id);
+        }
         if record.state.is_finished() && record.finished_at_ms.is_none() {
             record.finished_at_ms = Some(self.clock_ms);
         }
@@ -283,5 +329,17 @@ impl AllocationTable {
             provider.rebuild_kinds();
         }
         self.index = Indexes::build(self.providers.values().map(Arc::as_ref), self.requests.values());
+        self.awaited_by = awaited_by(&self.release_awaited);
     }
+}
+
+/// The reverse of `release_awaited`: who waits for each victim's release.
+fn awaited_by(release_awaited: &BTreeMap<Uuid, Vec<(Uuid, String)>>) -> BTreeMap<(Uuid, String), BTreeSet<Uuid>> {
+    let mut reverse: BTreeMap<(Uuid, String), BTreeSet<Uuid>> = BTreeMap::new();
+    for (preemptor, victims) in release_awaited {
+        for victim in victims {
+            reverse.entry(victim.clone()).or_default().insert(*preemptor);
+        }
+    }
+    reverse
 }

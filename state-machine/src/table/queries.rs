@@ -225,6 +225,25 @@ impl AllocationTable {
                 "kind totals of {provider_id} drifted from its units"
             );
         }
+        assert!(self.freed_namespaces.is_empty(), "namespaces left to examine between commands");
+        assert_eq!(rebuilt.awaited_by, self.awaited_by, "awaited releases drifted from their reverse");
+        assert!(
+            self.namespaces.len() <= crate::limits::NAMESPACE_POLICIES_MAX,
+            "too many namespace rules"
+        );
+        for (namespace, policy) in &self.namespaces {
+            assert!(!policy.is_unset(), "{namespace} keeps an entry at the defaults");
+        }
+        for (preemptor, victims) in &self.release_awaited {
+            assert!(!victims.is_empty(), "{preemptor} awaits no release but keeps an entry");
+            let record = &self.requests[preemptor];
+            assert_eq!(
+                RequestState::Allocation,
+                record.state,
+                "{preemptor} awaits releases while {}",
+                record.state.as_str()
+            );
+        }
         for provider_id in self.evacuating.keys() {
             let status = self.providers.get(provider_id).map(|provider| provider.status);
             assert_eq!(

@@ -241,6 +241,7 @@ mod tests {
             updated_at_ms: 0,
             finished_at_ms: None,
             first_granted_at_ms: None,
+            on_preemption: Default::default(),
         })
     }
 

@@ -3,6 +3,8 @@
 //! Only the state is encoded; the indexes are rebuilt on restore, which keeps
 //! snapshots small and proves on every restore that they are derivable.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::{snapshot_v5, AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
@@ -13,8 +15,10 @@ use crate::error::SnapshotError;
 /// table's named cursors; version 4 the providers' address and port;
 /// version 5 the failed providers still being evacuated, a lease refresh
 /// in progress and their bounds in `TableConfig` (bounded evacuation and
-/// lease refresh).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+/// lease refresh); version 6 namespace quotas and preemption (the
+/// cluster's preemption setting, the namespaces' rules, the releases
+/// preemptors await, `RequestRecord::on_preemption`).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 
 /// The string contents one snapshot decode may claim, in total. bincode
 /// allocates a string's claimed length before reading it, so a corrupt
@@ -62,6 +66,11 @@ impl AllocationTable {
             cursors: self.cursors.clone(),
             evacuating: self.evacuating.clone(),
             lease_refresh: self.lease_refresh.clone(),
+            cluster_preemption: self.cluster_preemption,
+            namespaces: self.namespaces.clone(),
+            release_awaited: self.release_awaited.clone(),
+            awaited_by: BTreeMap::new(),
+            freed_namespaces: BTreeSet::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }

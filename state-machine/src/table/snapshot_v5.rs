@@ -13,7 +13,7 @@
 //! way in its own module, and keep this one: every earlier format stays
 //! readable (README, *Format versions and compatibility*).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -25,6 +25,7 @@ use super::{AllocationTable, Indexes, LeaseRefresh};
 use crate::event::Event;
 use crate::limits::TableConfig;
 use crate::provider::{Provider, ProviderStatus, Resource};
+use crate::quota::{OnPreemption, PreemptionSetting};
 use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
 use crate::time::UnixMillis;
@@ -125,6 +126,12 @@ impl From<AllocationTableV5> for AllocationTable {
             cursors: old.cursors,
             evacuating: old.evacuating,
             lease_refresh: old.lease_refresh,
+            // Version 5 had neither quotas nor preemption.
+            cluster_preemption: PreemptionSetting::Off,
+            namespaces: BTreeMap::new(),
+            release_awaited: BTreeMap::new(),
+            awaited_by: BTreeMap::new(),
+            freed_namespaces: BTreeSet::new(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -181,6 +188,8 @@ impl From<RequestRecordV5> for RequestRecord {
             updated_at_ms: old.updated_at_ms,
             finished_at_ms: old.finished_at_ms,
             first_granted_at_ms: old.first_granted_at_ms,
+            // What every allocation did before it could choose: back to the queue.
+            on_preemption: OnPreemption::Requeue,
         }
     }
 }
