@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
-use crate::provider::{ProviderRegistration, ProviderStatus};
+use crate::provider::{ProviderRegistration, ProviderStatus, Scheduling};
 use crate::record::RequestRecord;
 use crate::request::AllocationRequest;
 use crate::table::Cursor;
@@ -91,6 +91,13 @@ pub enum Command {
         filter: ReleaseFilter,
         after: Option<Uuid>,
     },
+    /// An operator cordons (`true`: no new placements, what is there stays)
+    /// or uncordons (`false`: open again, which also ends a drain) a
+    /// provider. Appended last: entries already in a log keep their encoding.
+    CordonProvider {
+        provider_id: String,
+        cordon: bool,
+    },
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -162,6 +169,8 @@ impl Command {
             Command::ConfirmDeallocation { .. } => "confirm_deallocation",
             Command::AdvanceCursor { .. } => "advance_cursor",
             Command::ReleaseMatching { .. } => "release_matching",
+            Command::CordonProvider { cordon: true, .. } => "cordon_provider",
+            Command::CordonProvider { cordon: false, .. } => "uncordon_provider",
         }
     }
 }
@@ -195,6 +204,11 @@ pub enum CommandResponse {
         released: u64,
         cancelled: u64,
         next: Option<Uuid>,
+    },
+    /// A provider's scheduling after a cordon, uncordon or drain.
+    Scheduling {
+        provider_id: String,
+        scheduling: Scheduling,
     },
 }
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::provider::Scheduling;
 use crate::record::{UnitGrant, EVENT_ID_PREFIX};
 
 /// The protocol's `resource_status.status`.
@@ -104,6 +105,7 @@ impl Event {
             EventKind::LeaseRenewed { .. } => "lease_renewed",
             EventKind::LeasesRefreshed { .. } => "leases_refreshed",
             EventKind::ReleasedMatching { .. } => "released_matching",
+            EventKind::ProviderScheduling { .. } => "provider_scheduling",
         }
     }
 }
@@ -213,5 +215,11 @@ pub enum EventKind {
         released: u64,
         cancelled: u64,
         next: Option<Uuid>,
+    },
+    /// A provider was cordoned, uncordoned or set draining. Appended last:
+    /// histories already encoded keep their layout.
+    ProviderScheduling {
+        provider_id: String,
+        scheduling: Scheduling,
     },
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::id_hash_map::IdHashMap;
 use super::id_key::IdKey;
-use crate::provider::{Provider, ProviderStatus};
+use crate::provider::Provider;
 use crate::record::{RequestRecord, RequestState};
 
 /// Everything here can be recomputed from providers and requests.
@@ -204,9 +204,9 @@ impl Indexes {
         self.remove_free(provider);
     }
 
-    /// Makes an active provider's free amounts placeable.
+    /// Makes an active, open provider's free amounts placeable.
     pub fn add_free(&mut self, provider: &Provider) {
-        if provider.status != ProviderStatus::Active {
+        if !provider.accepts_placements() {
             return;
         }
         for (kind, totals) in &provider.kinds {
@@ -225,9 +225,9 @@ impl Indexes {
         }
     }
 
-    /// Moves an active provider's entry for `kind` from `before` to its current free amount.
+    /// Moves an active, open provider's entry for `kind` from `before` to its current free amount.
     pub fn update_free(&mut self, provider: &Provider, kind: &str, before: u64) {
-        if provider.status != ProviderStatus::Active {
+        if !provider.accepts_placements() {
             return;
         }
         let now = provider.free_of(kind);

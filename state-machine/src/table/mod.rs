@@ -31,6 +31,7 @@ mod placement;
 mod providers;
 mod queries;
 mod record_map;
+mod scheduling;
 mod snapshot;
 
 use std::borrow::Cow;
@@ -216,6 +217,7 @@ impl AllocationTable {
                 hold_ms,
             } => self.advance_cursor(name, holder, *revision, *hold_ms),
             Command::ReleaseMatching { filter, after } => self.release_matching(filter, *after),
+            Command::CordonProvider { provider_id, cordon } => self.cordon_provider(provider_id, *cordon),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::provider::{Provider, ProviderRegistration, ProviderStatus};
 
 impl AllocationTable {
     /// The registered provider `provider_id`.
-    fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
+    pub(super) fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
         self.providers
             .get(provider_id)
             .map(Arc::as_ref)
@@ -184,7 +184,7 @@ impl AllocationTable {
     }
 
     /// A `resource_status` event for each unit of the provider.
-    fn emit_provider_statuses(&mut self, provider_id: &str) {
+    pub(super) fn emit_provider_statuses(&mut self, provider_id: &str) {
         let provider = &self.providers[provider_id];
         let statuses: Vec<EventKind> = provider
             .resources
@@ -226,6 +226,8 @@ impl AllocationTable {
 /// the capacity already held.
 fn updated_provider(existing: &Provider, registration: &ProviderRegistration) -> Result<Provider, CommandError> {
     let mut updated = Provider::new(registration, existing.registered_at_ms);
+    // A registration changes units and labels, never an operator's cordon.
+    updated.scheduling = existing.scheduling;
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
         let in_use = |change: &str| CommandError::ResourceInUse {
             provider_id: existing.provider_id.clone(),

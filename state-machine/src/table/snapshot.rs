@@ -12,8 +12,9 @@ use crate::error::SnapshotError;
 /// table's named cursors; version 4 the providers' address and port;
 /// version 5 the failed providers still being evacuated, a lease refresh
 /// in progress and their bounds in `TableConfig` (bounded evacuation and
-/// lease refresh).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
+/// lease refresh); version 6 the providers' scheduling (cordon, drain) and
+/// the `ProviderScheduling` event.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 
 /// The string contents one snapshot decode may claim, in total. bincode
 /// allocates a string's claimed length before reading it, so a corrupt
