@@ -367,6 +367,20 @@ impl Client {
             .await
     }
 
+    /// Cordons a provider (`cordon`: no new placements, what it holds
+    /// stays) or opens it again; an admin's call under TLS.
+    pub async fn set_provider_scheduling(&self, provider_id: &str, cordon: bool) -> Result<api::ProviderSchedulingReply, Error> {
+        let message = api::SetProviderSchedulingRequest {
+            provider_id: provider_id.to_owned(),
+            scheduling: if cordon { "cordoned" } else { "open" }.to_owned(),
+        };
+        self.inner
+            .call("set_provider_scheduling", CallKind::Write, message, |replica, request| async move {
+                replica.client().set_provider_scheduling(request).await
+            })
+            .await
+    }
+
     /// Every provider, in provider id order, read a page
     /// ([`qm_api::wire::PROVIDERS_PAGE_MAX`]) at a time.
     pub async fn list_providers(&self, consistency: Consistency) -> Result<Vec<api::ProviderInfo>, Error> {

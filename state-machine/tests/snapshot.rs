@@ -162,6 +162,7 @@ fn usage_reports_capacity_use_and_failed_capacity() {
         failed_providers: vec!["node_2".into()],
         revision: t.table.revision(),
         evacuations_pending: 0,
+        cordoned_providers: vec![],
     };
     assert_eq!(expected, t.table.usage());
 }

@@ -373,6 +373,7 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         last_heartbeat_ms: None,
         address: provider.address.clone().unwrap_or_default(),
         port: provider.port.map_or(0, u32::from),
+        scheduling: provider.scheduling.as_str().to_owned(),
     }
 }
 
@@ -433,6 +434,7 @@ pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
         failed_providers: usage.failed_providers.clone(),
         revision: usage.revision,
         evacuations_pending: usage.evacuations_pending,
+        cordoned_providers: usage.cordoned_providers.clone(),
     }
 }
 
@@ -459,6 +461,7 @@ pub fn usage_from_proto(reply: &api::SystemStateReply) -> Result<Usage, ConvertE
         failed_providers: reply.failed_providers.clone(),
         revision: reply.revision,
         evacuations_pending: reply.evacuations_pending,
+        cordoned_providers: reply.cordoned_providers.clone(),
     })
 }
 

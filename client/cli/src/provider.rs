@@ -1,4 +1,4 @@
-//! `qm provider register|list|deregister`.
+//! `qm provider register|list|deregister|cordon|uncordon`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +40,23 @@ pub enum ProviderCommand {
         /// The provider's id.
         provider_id: String,
     },
+    /// Stop new placements on a provider; what it holds stays (admin).
+    Cordon {
+        /// The provider's id.
+        provider_id: String,
+    },
+    /// Open a cordoned (or draining) provider to new placements again (admin).
+    Uncordon {
+        /// The provider's id.
+        provider_id: String,
+    },
+}
+
+/// `qm provider cordon|uncordon --output json`.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct SchedulingReplyJson {
+    pub provider_id: String,
+    pub scheduling: String,
 }
 
 /// `qm provider register|deregister --output json`.
@@ -58,6 +75,8 @@ pub struct ProviderJson {
     pub labels: BTreeMap<String, String>,
     pub confirms_allocations: bool,
     pub allocations: u64,
+    /// `open`, `cordoned` or `draining`.
+    pub scheduling: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms: Option<u64>,
     /// Where the provider is reached, as it registered.
@@ -88,6 +107,7 @@ impl From<&api::ProviderInfo> for ProviderJson {
             labels: sorted(&info.labels),
             confirms_allocations: info.confirms_allocations,
             allocations: info.allocations,
+            scheduling: scheduling_name(info).to_owned(),
             last_heartbeat_ms: info.last_heartbeat_ms,
             address: Some(info.address.clone()).filter(|address| !address.is_empty()),
             port: Some(info.port).filter(|port| *port != 0),
@@ -120,6 +140,10 @@ pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat
             print_reply(&client.register_provider(&registration).await?, format, out)
         }
         ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
+        ProviderCommand::Cordon { provider_id } => print_scheduling(&client.set_provider_scheduling(&provider_id, true).await?, format, out),
+        ProviderCommand::Uncordon { provider_id } => {
+            print_scheduling(&client.set_provider_scheduling(&provider_id, false).await?, format, out)
+        }
         ProviderCommand::List { stale, all } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             let rows_max = if all { usize::MAX } else { PROVIDER_LIST_ROWS_SHOWN_MAX };
@@ -143,6 +167,41 @@ fn print_reply(reply: &api::ProviderReply, format: OutputFormat, out: &mut dyn W
             table.row([&reply.provider_id, &reply.status, &reply.resources.to_string()]);
             table.write(out)
         }
+    }
+}
+
+fn print_scheduling(reply: &api::ProviderSchedulingReply, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => print_json(
+            &SchedulingReplyJson {
+                provider_id: reply.provider_id.clone(),
+                scheduling: reply.scheduling.clone(),
+            },
+            out,
+        ),
+        OutputFormat::Table => {
+            let mut table = Table::new(["PROVIDER", "SCHEDULING"]);
+            table.row([&reply.provider_id, &reply.scheduling]);
+            table.write(out)
+        }
+    }
+}
+
+/// A provider's scheduling; a replica of an older build sends none: open.
+fn scheduling_name(info: &api::ProviderInfo) -> &str {
+    if info.scheduling.is_empty() {
+        "open"
+    } else {
+        &info.scheduling
+    }
+}
+
+/// The STATUS column: the status, and the scheduling unless it is open
+/// (`active, cordoned`).
+fn status_cell(info: &api::ProviderInfo) -> String {
+    match scheduling_name(info) {
+        "open" => info.status.clone(),
+        scheduling => format!("{}, {scheduling}", info.status),
     }
 }
 
@@ -179,7 +238,7 @@ pub(crate) fn print_providers(
             .join(",");
         table.row([
             &provider.provider_id,
-            &provider.status,
+            &status_cell(provider),
             &provider.allocations.to_string(),
             &usage,
             if labels.is_empty() { "-" } else { &labels },

@@ -61,6 +61,7 @@ pub(crate) fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) ->
     summary.row(["active_allocations", &state.active_allocations.to_string()]);
     summary.row(["queue_len", &state.queue_len.to_string()]);
     summary.row(["failed_providers", &list_cell(&state.failed_providers, SEE_ALL)]);
+    summary.row(["cordoned_providers", &list_cell(&state.cordoned_providers, SEE_ALL)]);
     summary.row(["evacuations_pending", &state.evacuations_pending.to_string()]);
     summary.row(["revision", &state.revision.to_string()]);
     summary.write(out)

@@ -347,6 +347,7 @@ mod tests {
                 failed_providers: vec!["agent-a".to_owned()],
                 revision: 42,
                 evacuations_pending: 0,
+                cordoned_providers: vec![],
             },
             providers: vec![api::ProviderInfo {
                 provider_id: "agent-b".to_owned(),

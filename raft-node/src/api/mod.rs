@@ -129,6 +129,13 @@ impl Quartermaster for ApiService {
             .map(Response::new)
     }
 
+    async fn set_provider_scheduling(&self, request: Request<SetProviderSchedulingRequest>) -> Reply<ProviderSchedulingReply> {
+        self.admit(&request, Call::SetProviderScheduling)?;
+        providers::set_scheduling(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_providers(&self, request: Request<ListProvidersRequest>) -> Reply<ListProvidersReply> {
         self.admit(&request, Call::ListProviders)?;
         providers::list(&self.node, request.into_inner()).await.map(Response::new)

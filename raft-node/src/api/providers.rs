@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use qm_api::convert;
 use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
-    ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
+    ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest, SystemStateReply, SystemStateRequest,
 };
 use qm_api::wire::PROVIDERS_PAGE_MAX;
 use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
@@ -105,6 +105,36 @@ pub async fn deregister(node: &Node, caller: &Caller, call: DeregisterProviderRe
     node.heartbeats.lock().expect("heartbeat book").forget(&call.provider_id);
     info!(resource_id = %call.provider_id, operation_type = "deregister_provider", status = "ok", "provider deregistered");
     provider_reply(response)
+}
+
+/// Cordons or opens a provider through the log.
+pub async fn set_scheduling(node: &Node, call: SetProviderSchedulingRequest) -> Result<ProviderSchedulingReply, Status> {
+    require_id("provider_id", &call.provider_id)?;
+    let cordon = match call.scheduling.as_str() {
+        "cordoned" => true,
+        "open" => false,
+        other => {
+            return Err(invalid_argument(&InvalidArgument::new(
+                "scheduling",
+                format!("must be cordoned or open, not {other:?}"),
+            )))
+        }
+    };
+    node.require_leader()?;
+    let command = Command::CordonProvider {
+        provider_id: call.provider_id.clone(),
+        cordon,
+    };
+    match node.propose(command).await? {
+        CommandResponse::Scheduling { provider_id, scheduling } => {
+            info!(resource_id = %provider_id, operation_type = scheduling.as_str(), status = "ok", "provider scheduling set");
+            Ok(ProviderSchedulingReply {
+                provider_id,
+                scheduling: scheduling.as_str().to_owned(),
+            })
+        }
+        other => Err(Status::internal(format!("the table answered a cordon with {other:?}"))),
+    }
 }
 
 pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvidersReply, Status> {

@@ -96,6 +96,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/requests/{id}/history", get(history::history)),
         route(Method::GET, "/v1/providers", get(providers::list)),
         route(Method::POST, "/v1/providers", post(providers::register)),
+        route(Method::POST, "/v1/providers/{id}/cordon", post(providers::cordon)),
+        route(Method::POST, "/v1/providers/{id}/uncordon", post(providers::uncordon)),
         route(Method::GET, "/v1/state", get(providers::system_state)),
         route(Method::GET, "/v1/cluster", get(providers::cluster)),
         route(Method::GET, "/v1/identity", get(access::identity)),

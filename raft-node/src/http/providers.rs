@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::convert;
-use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SystemStateRequest};
+use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SetProviderSchedulingRequest, SystemStateRequest};
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
@@ -122,6 +122,31 @@ pub async fn register(
         .await
         .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
     Ok(Json(json!({"provider_id": reply.provider_id, "status": reply.status, "resources": reply.resources})).into_response())
+}
+
+/// `POST /v1/providers/{id}/cordon`: no new placements on the provider
+/// (what it holds stays); answers `{"provider_id", "scheduling"}`. Admin
+/// only under TLS. The body, if any, is not read.
+pub async fn cordon(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, Path(id): Path<String>) -> Result<Response, HttpError> {
+    set_scheduling(&api, &peer, &uri, id, "cordoned").await
+}
+
+/// `POST /v1/providers/{id}/uncordon`: open to new placements again (also
+/// ends a drain).
+pub async fn uncordon(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, Path(id): Path<String>) -> Result<Response, HttpError> {
+    set_scheduling(&api, &peer, &uri, id, "open").await
+}
+
+async fn set_scheduling(api: &Shared, peer: &PeerCertificate, uri: &Uri, provider_id: String, scheduling: &str) -> Result<Response, HttpError> {
+    admit(api, peer, Call::SetProviderScheduling)?;
+    let call = SetProviderSchedulingRequest {
+        provider_id,
+        scheduling: scheduling.to_owned(),
+    };
+    let reply = providers::set_scheduling(&api.node, call)
+        .await
+        .map_err(|status| HttpError::from_status(api, &status, uri))?;
+    Ok(Json(json!({"provider_id": reply.provider_id, "scheduling": reply.scheduling})).into_response())
 }
 
 /// `GET /v1/state[?stale]`: capacity, use and free amount per kind and

@@ -49,12 +49,15 @@ pub enum Call {
     ReleaseMatching,
     /// A backup of the whole table (every namespace): admin only.
     SnapshotSave,
+    /// Cordon or uncordon a provider: admin only (an operator's decision
+    /// about the whole cluster, not a provider's about itself).
+    SetProviderScheduling,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 24] = [
+    pub const ALL: [Call; 25] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -79,6 +82,7 @@ impl Call {
         Call::AdvanceCursor,
         Call::ReleaseMatching,
         Call::SnapshotSave,
+        Call::SetProviderScheduling,
     ];
 
     /// The roles that may make this call at all.
@@ -95,7 +99,7 @@ impl Call {
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
-            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
+            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave | Call::SetProviderScheduling => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
         }
@@ -132,6 +136,7 @@ impl Call {
             Call::AdvanceCursor => "AdvanceCursor",
             Call::ReleaseMatching => "ReleaseMatching",
             Call::SnapshotSave => "SnapshotSave",
+            Call::SetProviderScheduling => "SetProviderScheduling",
         }
     }
 }
@@ -180,7 +185,8 @@ mod tests {
                 RemoveReplica,
                 AdvanceCursor,
                 ReleaseMatching,
-                SnapshotSave
+                SnapshotSave,
+                SetProviderScheduling
             ]),
             allowed(Role::Admin)
         );

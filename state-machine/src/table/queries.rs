@@ -59,6 +59,9 @@ pub struct Usage {
     /// commands (bounded evacuation); 0 once every move is done.
     #[serde(default)]
     pub evacuations_pending: u64,
+    /// Providers an operator cordoned or is draining: no new placements.
+    #[serde(default)]
+    pub cordoned_providers: Vec<String>,
 }
 
 /// A watcher asked for history the table no longer keeps.
@@ -163,6 +166,12 @@ impl AllocationTable {
         }
         Usage {
             evacuations_pending: self.evacuations_pending() as u64,
+            cordoned_providers: self
+                .providers
+                .values()
+                .filter(|p| p.scheduling != crate::provider::Scheduling::Open)
+                .map(|p| p.provider_id.clone())
+                .collect(),
             by_kind,
             providers,
             queue_len: self.index.queue.len() as u64,
