@@ -90,6 +90,7 @@ fn provider_json(provider: &ProviderInfo, now_ms: u64) -> Value {
     json!({
         "provider_id": provider.provider_id,
         "status": provider.status,
+        "scheduling": provider.scheduling,
         "labels": sorted(&provider.labels),
         "resources": resources,
         "confirms_allocations": provider.confirms_allocations,
