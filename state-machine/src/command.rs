@@ -9,7 +9,7 @@ use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
 use crate::provider::{ProviderRegistration, ProviderStatus, Scheduling};
-use crate::record::RequestRecord;
+use crate::record::{RequestRecord, UnitGrant};
 use crate::request::AllocationRequest;
 use crate::table::Cursor;
 
@@ -98,6 +98,15 @@ pub enum Command {
         provider_id: String,
         cordon: bool,
     },
+    /// [`Command::Allocate`] for a request that allows its allocation to be
+    /// moved make-before-break (the request's `"movable": true`). A
+    /// variant of its own rather than a field of [`AllocationRequest`], so
+    /// that entries already in a log keep their encoding.
+    AllocateMovable(AllocationRequest),
+    /// An operator asks for an optimization plan now (`qm optimize`): it is
+    /// computed and its moves begin in this apply, whatever the plan
+    /// cooldown. Appended last.
+    Optimize,
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -171,8 +180,21 @@ impl Command {
             Command::ReleaseMatching { .. } => "release_matching",
             Command::CordonProvider { cordon: true, .. } => "cordon_provider",
             Command::CordonProvider { cordon: false, .. } => "uncordon_provider",
+            Command::AllocateMovable(_) => "allocate",
+            Command::Optimize => "optimize",
         }
     }
+}
+
+/// One move of an optimization plan: the allocation, from where, to which units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub request_id: Uuid,
+    pub allocation_id: Uuid,
+    pub namespace: String,
+    pub from_provider: String,
+    pub to_provider: String,
+    pub grants: Vec<UnitGrant>,
 }
 
 /// A successful command's answer.
@@ -205,6 +227,8 @@ pub enum CommandResponse {
         cancelled: u64,
         next: Option<Uuid>,
     },
+    /// The moves an optimization plan began (empty: nothing improves).
+    Plan(Vec<PlannedMove>),
     /// A provider's scheduling after a cordon, uncordon or drain.
     Scheduling {
         provider_id: String,

@@ -78,7 +78,9 @@ impl Event {
             | EventKind::AllocationMoved { namespace, .. }
             | EventKind::AllocationConfirmed { namespace, .. }
             | EventKind::DeallocationConfirmed { namespace, .. }
-            | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
+            | EventKind::LeaseRenewed { namespace, .. }
+            | EventKind::AllocationMoving { namespace, .. }
+            | EventKind::OptimizationFailed { namespace, .. } => Some(namespace),
             EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
             _ => None,
         }
@@ -106,6 +108,9 @@ impl Event {
             EventKind::LeasesRefreshed { .. } => "leases_refreshed",
             EventKind::ReleasedMatching { .. } => "released_matching",
             EventKind::ProviderScheduling { .. } => "provider_scheduling",
+            EventKind::OptimizationNeeded { .. } => "optimization_needed",
+            EventKind::AllocationMoving { .. } => "allocation_moving",
+            EventKind::OptimizationFailed { .. } => "optimization_failed",
         }
     }
 }
@@ -177,7 +182,9 @@ pub enum EventKind {
         provider_id: String,
     },
     /// Re-placed off a failed or deregistered provider (`resource_failure →
-    /// reallocate_resources`).
+    /// reallocate_resources`, reason `provider_failed` or
+    /// `provider_deregistered`), or a make-before-break move that ended
+    /// (reason `optimization`).
     AllocationMoved {
         request_id: Uuid,
         allocation_id: Uuid,
@@ -185,6 +192,7 @@ pub enum EventKind {
         from_provider: String,
         to_provider: String,
         grants: Vec<UnitGrant>,
+        reason: String,
     },
     AllocationConfirmed {
         allocation_id: Uuid,
@@ -221,5 +229,34 @@ pub enum EventKind {
     ProviderScheduling {
         provider_id: String,
         scheduling: Scheduling,
+    },
+    /// The protocol's `monitoring → optimization`: a plan began `moves`
+    /// moves; `trigger` is `operator`, `stranded_request` or
+    /// `fragmentation` (with the kind).
+    OptimizationNeeded {
+        trigger: String,
+        moves: u64,
+    },
+    /// A move began: `grants` on `to_provider` are reserved for the
+    /// allocation as well as its units on `from_provider`.
+    AllocationMoving {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        grants: Vec<UnitGrant>,
+        reason: String,
+    },
+    /// A move was rolled back: the allocation keeps its units on
+    /// `from_provider`; `reason` says why (the target did not confirm in
+    /// time, a provider failed, ...).
+    OptimizationFailed {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        reason: String,
     },
 }

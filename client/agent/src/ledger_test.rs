@@ -42,6 +42,7 @@ fn moved(allocation: u128, from: &str, to: &str) -> Value {
         from_provider: from.to_owned(),
         to_provider: to.to_owned(),
         grants: vec![cpu(1)],
+        reason: "provider_failed".to_owned(),
     })
 }
 

@@ -116,6 +116,16 @@ fn event_providers(kind: &EventKind) -> Vec<&str> {
             from_provider,
             to_provider,
             ..
+        }
+        | EventKind::AllocationMoving {
+            from_provider,
+            to_provider,
+            ..
+        }
+        | EventKind::OptimizationFailed {
+            from_provider,
+            to_provider,
+            ..
         } => vec![from_provider, to_provider],
         _ => Vec::new(),
     }
@@ -169,6 +179,7 @@ mod tests {
             from_provider: "node_1".into(),
             to_provider: "node_2".into(),
             grants: Vec::new(),
+            reason: "provider_failed".into(),
         });
         let queued = event(EventKind::RequestQueued {
             request_id: Uuid::nil(),

@@ -38,6 +38,11 @@ pub(crate) struct Indexes {
     pub by_owner: BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>,
     /// Provider → requests actively placed on it.
     pub by_provider: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Moves under way (records in `optimization`), by deadline.
+    pub moves: BTreeSet<(u64, Uuid)>,
+    /// Active allocations that allow moves: while there are none, no
+    /// tick is proposed to evaluate the optimization triggers.
+    pub movable_active: usize,
 }
 
 impl Indexes {
@@ -69,7 +74,8 @@ impl Indexes {
                     queue.push((Reverse(request.priority), record.arrival_seq, id));
                     deadlines.extend(record.pending_deadline_ms().map(|deadline| (deadline, id)));
                 }
-                RequestState::Allocation | RequestState::Monitoring => {
+                RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
+                    index.add_move_state(record);
                     leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
@@ -137,7 +143,8 @@ impl Indexes {
                     self.deadlines.insert((deadline, id));
                 }
             }
-            RequestState::Allocation | RequestState::Monitoring => {
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
+                self.add_move_state(record);
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.insert((expires, id));
                 }
@@ -165,7 +172,13 @@ impl Indexes {
                     self.deadlines.remove(&(deadline, id));
                 }
             }
-            RequestState::Allocation | RequestState::Monitoring => {
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
+                if record.movable {
+                    self.movable_active -= 1;
+                }
+                if let Some(moving) = &record.moving {
+                    self.moves.remove(&(moving.deadline_ms, id));
+                }
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.remove(&(expires, id));
                 }
@@ -183,6 +196,16 @@ impl Indexes {
                 self.finished
                     .remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
             }
+        }
+    }
+
+    /// The move and movability of an active record.
+    fn add_move_state(&mut self, record: &RequestRecord) {
+        if record.movable {
+            self.movable_active += 1;
+        }
+        if let Some(moving) = &record.moving {
+            self.moves.insert((moving.deadline_ms, record.request.request_id));
         }
     }
 

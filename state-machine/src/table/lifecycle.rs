@@ -26,16 +26,16 @@ pub(super) enum Released {
 pub(super) enum GrantCause {
     /// First placement of a new or queued request.
     New,
-    /// Re-placement off a failed or deregistered provider.
-    MovedFrom(String),
+    /// Re-placement off a failed or deregistered provider, for `reason`.
+    MovedFrom { from_provider: String, reason: String },
 }
 
 impl AllocationTable {
-    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>) -> ApplyResult {
+    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>, movable: bool) -> ApplyResult {
         request.check()?;
         if let Some(existing) = self.requests.get(&request.request_id) {
             // The idempotency key: a retry gets the request's current record.
-            return match existing.request == *request {
+            return match existing.request == *request && existing.movable == movable {
                 true => Ok(CommandResponse::Request(Arc::clone(existing))),
                 false => Err(CommandError::RequestIdReused {
                     request_id: request.request_id,
@@ -75,6 +75,9 @@ impl AllocationTable {
             updated_at_ms: self.clock_ms,
             finished_at_ms: None,
             first_granted_at_ms: None,
+            movable,
+            moving: None,
+            last_moved_at_ms: None,
         };
         self.next_arrival_seq += 1;
         let rejection = self.never_placeable(&record.request);
@@ -107,10 +110,15 @@ impl AllocationTable {
     /// `None` if it was finished already (releasing is idempotent).
     pub(super) fn release_live(&mut self, request_id: Uuid) -> Option<Released> {
         let mut record = match self.requests[&request_id].state {
-            RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
+            RequestState::Queued | RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
+                self.take_record(request_id)
+            }
             // Released, expired or rejected already.
             _ => return None,
         };
+        // A move under way ends first: rolled back, or finished if its
+        // target already holds it.
+        self.abandon_move(&mut record, "released");
         let request = &record.request;
         let released = if record.state == RequestState::Queued {
             self.emit(EventKind::RequestCancelled {
@@ -180,6 +188,7 @@ impl AllocationTable {
             .collect();
         for &request_id in &expired {
             let mut record = self.take_record(request_id);
+            self.abandon_move(&mut record, "lease_expired");
             let placement = self.free_placement(&record);
             self.emit(EventKind::AllocationExpired {
                 request_id,
@@ -204,9 +213,11 @@ impl AllocationTable {
             self.reject(&mut record, "deadline_exceeded: still queued when the deadline passed".to_owned());
             self.put_record(record);
         }
-        if !expired.is_empty() {
+        let ended_moves = self.end_overdue_moves();
+        if !expired.is_empty() || ended_moves > 0 {
             self.examine_queue();
         }
+        self.optimize_if_triggered();
         Ok(CommandResponse::Ticked {
             expired: expired.len() as u64,
             rejected: overdue.len() as u64,
@@ -257,10 +268,16 @@ impl AllocationTable {
     }
 
     pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        if let Some(answer) = self.confirm_move(id, provider_id, false) {
+            return answer;
+        }
         self.confirm(id, provider_id, RequestState::Allocation, RequestState::Monitoring)
     }
 
     pub(super) fn confirm_deallocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        if let Some(answer) = self.confirm_move(id, provider_id, true) {
+            return answer;
+        }
         self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle)
     }
 
@@ -355,13 +372,14 @@ impl AllocationTable {
                 provider_id: placement.provider_id.clone(),
                 grants: placement.grants.clone(),
             },
-            GrantCause::MovedFrom(from_provider) => EventKind::AllocationMoved {
+            GrantCause::MovedFrom { from_provider, reason } => EventKind::AllocationMoved {
                 request_id,
                 allocation_id,
                 namespace,
                 from_provider,
                 to_provider: placement.provider_id.clone(),
                 grants: placement.grants.clone(),
+                reason,
             },
         });
         if record.lease_expires_at_ms.is_none() {
@@ -421,7 +439,7 @@ impl AllocationTable {
     }
 
     /// A `resource_status` event for each unit of `placement` as it is now.
-    fn emit_unit_statuses(&mut self, placement: &Placement) {
+    pub(super) fn emit_unit_statuses(&mut self, placement: &Placement) {
         let provider = &self.providers[&placement.provider_id];
         let statuses: Vec<EventKind> = placement
             .grants

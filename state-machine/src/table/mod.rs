@@ -27,6 +27,8 @@ mod id_hash_map;
 mod id_key;
 mod indexes;
 mod lifecycle;
+mod moves;
+mod optimize;
 mod placement;
 mod providers;
 mod queries;
@@ -49,6 +51,7 @@ use crate::record::RequestRecord;
 use record_map::RecordMap;
 
 pub use cursors::Cursor;
+pub use moves::MoveCounts;
 pub(crate) use indexes::Indexes;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::{SNAPSHOT_DECODED_BYTES_MAX, SNAPSHOT_FORMAT_VERSION};
@@ -91,6 +94,11 @@ pub struct AllocationTable {
     /// A new leader's lease refresh still under way: no lease expires
     /// until it is done.
     lease_refresh: Option<LeaseRefresh>,
+    /// When the last optimization plan ran: automatic plans wait
+    /// `plan_cooldown_ms` after it.
+    last_plan_at_ms: Option<u64>,
+    /// Moves by outcome, for the measures (`qm state`, metrics).
+    move_counts: MoveCounts,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -117,6 +125,8 @@ impl AllocationTable {
             cursors: BTreeMap::new(),
             evacuating: BTreeMap::new(),
             lease_refresh: None,
+            last_plan_at_ms: None,
+            move_counts: MoveCounts::default(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -186,7 +196,8 @@ impl AllocationTable {
     /// new record's. Every other command is read in place.
     fn dispatch(&mut self, command: Cow<'_, Command>) -> ApplyResult {
         match command {
-            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request)),
+            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), false),
+            Cow::Owned(Command::AllocateMovable(request)) => self.allocate(Cow::Owned(request), true),
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -195,7 +206,7 @@ impl AllocationTable {
         match command {
             Command::RegisterProvider(registration) => self.register_provider(registration),
             Command::DeregisterProvider { provider_id } => self.deregister_provider(provider_id),
-            Command::Allocate(request) => self.allocate(Cow::Borrowed(request)),
+            Command::Allocate(request) => self.allocate(Cow::Borrowed(request), false),
             Command::Release { id } => self.release(*id),
             Command::RenewLease { id } => self.renew_lease(*id),
             Command::Tick => self.tick(),
@@ -218,6 +229,8 @@ impl AllocationTable {
             } => self.advance_cursor(name, holder, *revision, *hold_ms),
             Command::ReleaseMatching { filter, after } => self.release_matching(filter, *after),
             Command::CordonProvider { provider_id, cordon } => self.cordon_provider(provider_id, *cordon),
+            Command::AllocateMovable(request) => self.allocate(Cow::Borrowed(request), true),
+            Command::Optimize => self.optimize_now(),
         }
     }
 

@@ -36,7 +36,7 @@ impl AllocationTable {
     }
 
     /// The units `request` would get on `provider`, if it fits there.
-    fn fit_on(&self, provider: &Provider, request: &AllocationRequest) -> Option<Placement> {
+    pub(super) fn fit_on(&self, provider: &Provider, request: &AllocationRequest) -> Option<Placement> {
         if !provider.accepts_placements() || !provider.has_labels(&request.constraints.labels) {
             return None;
         }

@@ -75,6 +75,8 @@ impl AllocationTable {
     }
 
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
+        self.registered_provider(provider_id)?;
+        let moves_ended = self.end_moves_touching(provider_id, "provider_deregistered");
         // Failed first, so that evacuation cannot pick it again.
         self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.index.remove_free(&self.providers[provider_id]);
@@ -87,6 +89,9 @@ impl AllocationTable {
         self.emit(EventKind::ProviderDeregistered {
             provider_id: provider_id.to_owned(),
         });
+        if moves_ended > 0 {
+            self.examine_queue();
+        }
         Ok(CommandResponse::ProviderRemoved {
             provider_id: provider_id.to_owned(),
         })
@@ -96,6 +101,7 @@ impl AllocationTable {
         if self.registered_provider(provider_id)?.status == ProviderStatus::Failed {
             return Ok(self.provider_response(provider_id));
         }
+        let moves_ended = self.end_moves_touching(provider_id, "provider_failed");
         self.index.remove_free(&self.providers[provider_id]);
         self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.emit(EventKind::ProviderFailed {
@@ -105,6 +111,9 @@ impl AllocationTable {
         // Moved by `continue_evacuations`, a bounded number per command,
         // starting right after this one's own events.
         self.evacuating.insert(provider_id.to_owned(), "provider_failed".to_owned());
+        if moves_ended > 0 {
+            self.examine_queue();
+        }
         Ok(self.provider_response(provider_id))
     }
 
@@ -171,11 +180,21 @@ impl AllocationTable {
         let moved = placed.len();
         for (_, request_id) in placed {
             let mut record = self.take_record(request_id);
+            // Moves touching a failed or leaving provider ended first
+            // (`end_moves_touching`), so none is under way here.
+            assert!(record.moving.is_none(), "evacuating {request_id} in the middle of a move");
             let old = record.placement.take().expect("an active request has a placement");
             let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
             provider.unhold(record.allocation_id, &old.grants);
             match self.find_placement(&record.request) {
-                Some(placement) => self.grant(&mut record, placement, GrantCause::MovedFrom(provider_id.to_owned())),
+                Some(placement) => self.grant(
+                    &mut record,
+                    placement,
+                    GrantCause::MovedFrom {
+                        from_provider: provider_id.to_owned(),
+                        reason: reason.to_owned(),
+                    },
+                ),
                 None => self.enqueue(&mut record, format!("{reason}: {provider_id} failed and no other provider fits")),
             }
             self.put_record(record);

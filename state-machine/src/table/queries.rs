@@ -208,15 +208,18 @@ impl AllocationTable {
         Ok(self.history.iter().skip(skip))
     }
 
-    /// When the next tick has work: the earliest lease expiry or deadline,
-    /// or now while allocations are still to move off failed providers or a
+    /// When the next tick has work: the earliest lease expiry, deadline or
+    /// move deadline, the next evaluation of the optimization triggers, or
+    /// now while allocations are still to move off failed providers or a
     /// lease refresh is under way.
     /// The leader proposes a `Tick` once its clock reaches this.
     pub fn next_due_ms(&self) -> Option<u64> {
         let lease = self.index.leases.first().map(|(at, _)| *at);
         let deadline = self.index.deadlines.first().map(|(at, _)| *at);
         let evacuation = (!self.evacuating.is_empty() || self.lease_refresh.is_some()).then_some(self.clock_ms);
-        lease.into_iter().chain(deadline).chain(evacuation).min()
+        let move_deadline = self.index.moves.first().map(|(at, _)| *at);
+        let plan = self.plan_due_ms().map(|at| at.max(self.clock_ms));
+        lease.into_iter().chain(deadline).chain(evacuation).chain(move_deadline).chain(plan).min()
     }
 
     /// Checks every invariant of the table; panics with the first broken one.
@@ -286,9 +289,17 @@ impl AllocationTable {
                         "{allocation_id} holds units while {}",
                         record.state.as_str()
                     );
-                    assert_eq!(
-                        record.placement.as_ref().map(|p| p.provider_id.as_str()),
-                        Some(provider.provider_id.as_str())
+                    // A move's target before it confirms holds units too.
+                    let reserved_for_move = record
+                        .moving
+                        .as_ref()
+                        .filter(|moving| !moving.target_confirmed)
+                        .map(|moving| moving.to.provider_id.as_str());
+                    assert!(
+                        record.placement.as_ref().map(|p| p.provider_id.as_str()) == Some(provider.provider_id.as_str())
+                            || reserved_for_move == Some(provider.provider_id.as_str()),
+                        "{allocation_id} holds units of {} where it is neither placed nor moving",
+                        provider.provider_id
                     );
                 }
                 // Only while its evacuation goes on, a bounded share per command.
@@ -316,6 +327,25 @@ impl AllocationTable {
                 "{} finish time vs state",
                 record.request.request_id
             );
+            assert_eq!(
+                record.state == RequestState::Optimization,
+                record.moving.is_some(),
+                "{} is {} with move {:?}",
+                record.request.request_id,
+                record.state.as_str(),
+                record.moving
+            );
+            if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
+                let target = &self.providers[&moving.to.provider_id];
+                for grant in &moving.to.grants {
+                    assert_eq!(
+                        target.resources[&grant.resource_id].holders.get(&record.allocation_id),
+                        Some(&grant.amount),
+                        "move target of {} does not hold its units",
+                        record.request.request_id
+                    );
+                }
+            }
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];

@@ -241,6 +241,9 @@ mod tests {
             updated_at_ms: 0,
             finished_at_ms: None,
             first_granted_at_ms: None,
+            movable: false,
+            moving: None,
+            last_moved_at_ms: None,
         })
     }
 

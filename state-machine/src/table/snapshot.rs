@@ -62,6 +62,8 @@ impl AllocationTable {
             cursors: self.cursors.clone(),
             evacuating: self.evacuating.clone(),
             lease_refresh: self.lease_refresh.clone(),
+            last_plan_at_ms: self.last_plan_at_ms,
+            move_counts: self.move_counts.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
