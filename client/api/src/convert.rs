@@ -74,6 +74,7 @@ pub fn request_to_proto(request: &ResourceRequest) -> api::ResourceRequest {
         placement: request
             .placement
             .map_or_else(String::new, |placement| placement_name(placement).to_owned()),
+        movable: request.movable.unwrap_or(false),
     }
 }
 
@@ -103,6 +104,7 @@ pub fn request_from_proto(request: &api::ResourceRequest) -> Result<ResourceRequ
         lease_ttl_ms: request.lease_ttl_ms,
         constraints: constraints.filter(|constraints| constraints != &ConstraintsDocument::default()),
         placement: placement_from_name(&request.placement)?,
+        movable: request.movable.then_some(true),
     })
 }
 
@@ -230,6 +232,7 @@ pub fn state_to_wire(state: RequestState) -> api::RequestState {
         RequestState::Deallocation => api::RequestState::Deallocation,
         RequestState::Idle => api::RequestState::Idle,
         RequestState::Error => api::RequestState::Error,
+        RequestState::Optimization => api::RequestState::Optimization,
     }
 }
 
@@ -244,6 +247,7 @@ pub fn state_from_wire(field: &str, number: i32) -> Result<Option<RequestState>,
         Ok(api::RequestState::Deallocation) => Ok(Some(RequestState::Deallocation)),
         Ok(api::RequestState::Idle) => Ok(Some(RequestState::Idle)),
         Ok(api::RequestState::Error) => Ok(Some(RequestState::Error)),
+        Ok(api::RequestState::Optimization) => Ok(Some(RequestState::Optimization)),
         Err(_) => Err(ConvertError::malformed(field, &number.to_string(), "a protocol state")),
     }
 }

@@ -93,6 +93,11 @@ pub struct AllocateArgs {
     /// How long --wait waits (ms).
     #[arg(long, value_name = "MS", default_value_t = 60_000, requires = "wait")]
     pub wait_ms: u64,
+
+    /// Let the allocation be moved to another provider make-before-break
+    /// (`qm optimize`); without it the allocation stays where it is placed.
+    #[arg(long)]
+    pub movable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -144,6 +149,7 @@ impl AllocateArgs {
                 PlacementArg::BestFit => PlacementPolicy::BestFit,
                 PlacementArg::Spread => PlacementPolicy::Spread,
             }),
+            movable: self.movable.then_some(true),
         })
     }
 }
