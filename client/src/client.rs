@@ -381,6 +381,18 @@ impl Client {
             .await
     }
 
+    /// An optimization plan: begun (through the log), or with `dry_run`
+    /// only computed; an admin's call under TLS.
+    pub async fn optimize(&self, dry_run: bool) -> Result<api::OptimizeReply, Error> {
+        let message = api::OptimizeRequest { dry_run, stale: false };
+        let kind = if dry_run { CallKind::Read(Consistency::Linearizable) } else { CallKind::Write };
+        self.inner
+            .call("optimize", kind, message, |replica, request| async move {
+                replica.client().optimize(request).await
+            })
+            .await
+    }
+
     /// Every provider, in provider id order, read a page
     /// ([`qm_api::wire::PROVIDERS_PAGE_MAX`]) at a time.
     pub async fn list_providers(&self, consistency: Consistency) -> Result<Vec<api::ProviderInfo>, Error> {

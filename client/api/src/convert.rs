@@ -381,6 +381,26 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
     }
 }
 
+/// One move of an optimization plan on the wire.
+pub fn planned_move_to_proto(planned: &qm_state_machine::command::PlannedMove) -> api::PlannedMove {
+    api::PlannedMove {
+        request_id: planned.request_id.to_string(),
+        allocation_id: planned.allocation_id.to_string(),
+        namespace: planned.namespace.clone(),
+        from_provider: planned.from_provider.clone(),
+        to_provider: planned.to_provider.clone(),
+        grants: planned
+            .grants
+            .iter()
+            .map(|grant| api::UnitGrant {
+                resource_id: grant.resource_id.clone(),
+                kind: grant.kind.clone(),
+                amount: grant.amount,
+            })
+            .collect(),
+    }
+}
+
 /// The wire name of a sharing mode.
 pub fn sharing_name(sharing: Sharing) -> &'static str {
     match sharing {

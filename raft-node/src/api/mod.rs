@@ -136,6 +136,11 @@ impl Quartermaster for ApiService {
             .map(Response::new)
     }
 
+    async fn optimize(&self, request: Request<OptimizeRequest>) -> Reply<OptimizeReply> {
+        self.admit(&request, Call::Optimize)?;
+        providers::optimize(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
     async fn list_providers(&self, request: Request<ListProvidersRequest>) -> Reply<ListProvidersReply> {
         self.admit(&request, Call::ListProviders)?;
         providers::list(&self.node, request.into_inner()).await.map(Response::new)

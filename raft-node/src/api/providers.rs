@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use qm_api::convert;
 use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
-    ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest, SystemStateReply, SystemStateRequest,
+    OptimizeReply, OptimizeRequest, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest, SystemStateReply, SystemStateRequest,
 };
 use qm_api::wire::PROVIDERS_PAGE_MAX;
 use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
@@ -137,6 +137,26 @@ pub async fn set_scheduling(node: &Node, call: SetProviderSchedulingRequest) -> 
     }
 }
 
+/// An optimization plan through the log, or (`dry_run`) computed on this
+/// replica's table without a log entry.
+pub async fn optimize(node: &Node, call: OptimizeRequest) -> Result<OptimizeReply, Status> {
+    let moves = if call.dry_run {
+        node.read_barrier(call.stale).await?;
+        node.with_table(|table| table.optimization_plan_preview()).await
+    } else {
+        node.require_leader()?;
+        match node.propose(Command::Optimize).await? {
+            CommandResponse::Plan(moves) => moves,
+            other => return Err(Status::internal(format!("the table answered a plan with {other:?}"))),
+        }
+    };
+    info!(operation_type = "optimize", dry_run = call.dry_run, moves = moves.len(), status = "ok", "optimization plan");
+    Ok(OptimizeReply {
+        moves: moves.iter().map(convert::planned_move_to_proto).collect(),
+        dry_run: call.dry_run,
+    })
+}
+
 pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvidersReply, Status> {
     let limit = match call.limit as usize {
         0 => PROVIDERS_PAGE_MAX,
@@ -235,6 +255,11 @@ fn confirm_outcome(table: &AllocationTable, allocation_id: Uuid, call: &ConfirmR
     let Some(record) = table.get(allocation_id) else {
         return Some(Err(CommandError::NotFound { id: allocation_id }));
     };
+    // A move's confirmations come from its target and its source, not only
+    // from where it is placed: the table decides them.
+    if record.state == RequestState::Optimization {
+        return None;
+    }
     let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
     if placed_on != Some(call.provider_id.as_str()) {
         return Some(Err(CommandError::WrongProvider {

@@ -99,6 +99,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/v1/providers/{id}/cordon", post(providers::cordon)),
         route(Method::POST, "/v1/providers/{id}/uncordon", post(providers::uncordon)),
         route(Method::GET, "/v1/state", get(providers::system_state)),
+        route(Method::POST, "/v1/optimize", post(providers::optimize)),
         route(Method::GET, "/v1/cluster", get(providers::cluster)),
         route(Method::GET, "/v1/identity", get(access::identity)),
         route(Method::GET, "/v1/events", get(events::events)),

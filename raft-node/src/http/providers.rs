@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::convert;
-use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SetProviderSchedulingRequest, SystemStateRequest};
+use qm_api::proto::api::{ListProvidersRequest, OptimizeRequest, ProviderInfo, SetProviderSchedulingRequest, SystemStateRequest};
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
@@ -148,6 +148,37 @@ async fn set_scheduling(api: &Shared, peer: &PeerCertificate, uri: &Uri, provide
         .await
         .map_err(|status| HttpError::from_status(api, &status, uri))?;
     Ok(Json(json!({"provider_id": reply.provider_id, "scheduling": reply.scheduling})).into_response())
+}
+
+/// `POST /v1/optimize[?dry_run][&stale]`: an optimization plan, begun (through
+/// the log) or, with `dry_run`, only computed; answers `{"dry_run", "moves":
+/// [{"request_id", "allocation_id", "namespace", "from_provider",
+/// "to_provider", "resource_ids"}]}`. Admin only under TLS.
+pub async fn optimize(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, RawQuery(query): RawQuery) -> Result<Response, HttpError> {
+    admit(&api, &peer, Call::Optimize)?;
+    let params = Params::parse(query.as_deref());
+    let call = OptimizeRequest {
+        dry_run: params.flag("dry_run"),
+        stale: params.flag("stale"),
+    };
+    let reply = providers::optimize(&api.node, call)
+        .await
+        .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let moves: Vec<Value> = reply
+        .moves
+        .iter()
+        .map(|planned| {
+            json!({
+                "request_id": planned.request_id,
+                "allocation_id": planned.allocation_id,
+                "namespace": planned.namespace,
+                "from_provider": planned.from_provider,
+                "to_provider": planned.to_provider,
+                "resource_ids": planned.grants.iter().map(|grant| grant.resource_id.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dry_run": reply.dry_run, "moves": moves})).into_response())
 }
 
 /// `GET /v1/state[?stale]`: capacity, use and free amount per kind and

@@ -52,12 +52,14 @@ pub enum Call {
     /// Cordon or uncordon a provider: admin only (an operator's decision
     /// about the whole cluster, not a provider's about itself).
     SetProviderScheduling,
+    /// An optimization plan, or its dry run: admin only.
+    Optimize,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 25] = [
+    pub const ALL: [Call; 26] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -83,6 +85,7 @@ impl Call {
         Call::ReleaseMatching,
         Call::SnapshotSave,
         Call::SetProviderScheduling,
+        Call::Optimize,
     ];
 
     /// The roles that may make this call at all.
@@ -99,7 +102,7 @@ impl Call {
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
-            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave | Call::SetProviderScheduling => &[Role::Admin],
+            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave | Call::SetProviderScheduling | Call::Optimize => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
         }
@@ -137,6 +140,7 @@ impl Call {
             Call::ReleaseMatching => "ReleaseMatching",
             Call::SnapshotSave => "SnapshotSave",
             Call::SetProviderScheduling => "SetProviderScheduling",
+            Call::Optimize => "Optimize",
         }
     }
 }
@@ -186,7 +190,8 @@ mod tests {
                 AdvanceCursor,
                 ReleaseMatching,
                 SnapshotSave,
-                SetProviderScheduling
+                SetProviderScheduling,
+                Optimize
             ]),
             allowed(Role::Admin)
         );

@@ -450,6 +450,10 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn optimize(&self, _: Request<api::OptimizeRequest>) -> Result<Response<api::OptimizeReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn set_provider_scheduling(
         &self,
         _: Request<api::SetProviderSchedulingRequest>,
