@@ -214,6 +214,20 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
             pending => format!(" · {pending} allocations still to move"),
         }
     )?;
+    let mut fragmentation: Vec<String> = state
+        .fragmentation_permille
+        .iter()
+        .map(|(kind, permille)| format!("{kind} {:.3}", *permille as f64 / 1000.0))
+        .collect();
+    fragmentation.sort();
+    writeln!(
+        out,
+        "fragmentation: {} · moves {} started, {} completed, {} rolled back",
+        if fragmentation.is_empty() { "-".to_owned() } else { fragmentation.join(", ") },
+        state.moves_started,
+        state.moves_completed,
+        state.moves_rolled_back
+    )?;
     Ok(String::from_utf8(out).expect("written from strings"))
 }
 
@@ -348,6 +362,7 @@ mod tests {
                 revision: 42,
                 evacuations_pending: 0,
                 cordoned_providers: vec![],
+                ..Default::default()
             },
             providers: vec![api::ProviderInfo {
                 provider_id: "agent-b".to_owned(),

@@ -62,6 +62,22 @@ pub struct Usage {
     /// Providers an operator cordoned or is draining: no new placements.
     #[serde(default)]
     pub cordoned_providers: Vec<String>,
+    /// Per kind, in thousandths: 1 − largest free amount on one provider ÷
+    /// total free amount (0: all free capacity is on one provider).
+    #[serde(default)]
+    pub fragmentation_permille: BTreeMap<String, u64>,
+    /// Providers holding only movable allocations whose held amounts the
+    /// other open providers have free: a plan could empty each of them
+    /// (one at a time, not all at once).
+    #[serde(default)]
+    pub emptiable_providers: Vec<String>,
+    /// Moves by outcome since the table began.
+    #[serde(default)]
+    pub moves_started: u64,
+    #[serde(default)]
+    pub moves_completed: u64,
+    #[serde(default)]
+    pub moves_rolled_back: u64,
 }
 
 /// A watcher asked for history the table no longer keeps.
@@ -166,6 +182,11 @@ impl AllocationTable {
         }
         Usage {
             evacuations_pending: self.evacuations_pending() as u64,
+            fragmentation_permille: self.fragmentation_permille(),
+            emptiable_providers: self.emptiable_providers(),
+            moves_started: self.move_counts().started,
+            moves_completed: self.move_counts().completed,
+            moves_rolled_back: self.move_counts().rolled_back,
             cordoned_providers: self
                 .providers
                 .values()
@@ -184,6 +205,30 @@ impl AllocationTable {
                 .collect(),
             revision: self.revision,
         }
+    }
+
+    /// See [`Usage::emptiable_providers`]. Walks every provider holding
+    /// something: a monitor's query, not for the apply path.
+    pub fn emptiable_providers(&self) -> Vec<String> {
+        let free_total = |kind: &str| -> u64 {
+            self.index.free_by_kind.get(kind).map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
+        };
+        self.index
+            .by_provider
+            .iter()
+            .filter(|(provider_id, ids)| {
+                let provider = &self.providers[provider_id.as_str()];
+                if provider.status != ProviderStatus::Active || !ids.iter().all(|id| self.requests[id].movable) {
+                    return false;
+                }
+                provider.kinds.iter().all(|(kind, totals)| {
+                    let held = totals.capacity - provider.resources.values().filter(|r| &r.kind == kind).map(|r| r.free()).sum::<u64>();
+                    let own_free = if provider.accepts_placements() { totals.free } else { 0 };
+                    held == 0 || free_total(kind) - own_free >= held
+                })
+            })
+            .map(|(provider_id, _)| provider_id.clone())
+            .collect()
     }
 
     /// The newest event's revision (0 before any event).
