@@ -107,6 +107,14 @@ pub enum Command {
     /// computed and its moves begin in this apply, whatever the plan
     /// cooldown. Appended last.
     Optimize,
+    /// An operator drains a provider: no new placements, its movable
+    /// allocations move elsewhere make-before-break, and `deadline_after_ms`
+    /// from now whatever is left is moved as if the provider left (or
+    /// queued). Appended last.
+    DrainProvider {
+        provider_id: String,
+        deadline_after_ms: u64,
+    },
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -182,6 +190,7 @@ impl Command {
             Command::CordonProvider { cordon: false, .. } => "uncordon_provider",
             Command::AllocateMovable(_) => "allocate",
             Command::Optimize => "optimize",
+            Command::DrainProvider { .. } => "drain_provider",
         }
     }
 }
@@ -195,6 +204,13 @@ pub struct PlannedMove {
     pub from_provider: String,
     pub to_provider: String,
     pub grants: Vec<UnitGrant>,
+}
+
+/// An allocation a drain cannot move now, and why (`pinned`, `no_room`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmovable {
+    pub allocation_id: Uuid,
+    pub reason: String,
 }
 
 /// A successful command's answer.
@@ -229,6 +245,15 @@ pub enum CommandResponse {
     },
     /// The moves an optimization plan began (empty: nothing improves).
     Plan(Vec<PlannedMove>),
+    /// A drain began (or was asked again): the moves under way off the
+    /// provider, and what cannot move now and why (a full cluster says so
+    /// instead of waiting).
+    Drain {
+        provider_id: String,
+        deadline_ms: u64,
+        moving: Vec<PlannedMove>,
+        cannot_move: Vec<Unmovable>,
+    },
     /// A provider's scheduling after a cordon, uncordon or drain.
     Scheduling {
         provider_id: String,

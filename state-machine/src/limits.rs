@@ -43,6 +43,8 @@ pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
 /// stops and names where the next entry continues: a filter that matches
 /// few of many records still costs a bounded apply.
 pub const BULK_RELEASE_EXAMINED_PER_COMMAND_MAX: usize = 16 * 1024;
+/// Longest drain deadline an operator may give: a day.
+pub const DRAIN_DEADLINE_MS_MAX: u64 = 24 * 3600 * 1000;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
 

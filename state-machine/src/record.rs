@@ -116,12 +116,15 @@ pub enum MoveReason {
     /// A plan that packs allocations onto fewer providers (`qm optimize`,
     /// a stranded queued request, fragmentation past the mark).
     Optimization,
+    /// Its provider is being drained (`qm provider drain`).
+    Drain,
 }
 
 impl MoveReason {
     pub fn as_str(self) -> &'static str {
         match self {
             MoveReason::Optimization => "optimization",
+            MoveReason::Drain => "drain",
         }
     }
 }

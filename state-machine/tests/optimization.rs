@@ -268,3 +268,75 @@ fn fragmentation_is_one_minus_the_largest_free_share() {
     // One free core on each provider: 1 − 1/2.
     assert_eq!(Some(&500), t.table.fragmentation_permille().get("cpu_cores"));
 }
+
+#[test]
+fn a_drain_moves_movable_allocations_away_and_says_what_cannot_move() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("a", 2)), provider("node_2", cores("b", 2))]);
+    let mover = movable(1, 1);
+    let pinned = AllocationRequest {
+        placement: PlacementPolicy::Spread,
+        ..request(2, &[("cpu_cores", 1)])
+    };
+    record_of(t.apply(Command::AllocateMovable(mover.clone())));
+    t.allocate(&pinned);
+    // Spread: the movable one on node_1, the pinned one (not movable) on node_2.
+    assert_eq!("node_1", t.record(mover.request_id).placement.unwrap().provider_id);
+    let on_node_1_pinned = t.record(pinned.request_id).placement.unwrap().provider_id == "node_1";
+
+    // --- drain node_1: the movable allocation moves to node_2 at once (no agents)
+    let applied = t.apply(Command::DrainProvider {
+        provider_id: "node_1".into(),
+        deadline_after_ms: 600_000,
+    });
+    let Ok(CommandResponse::Drain { cannot_move, deadline_ms, .. }) = &applied.result else {
+        panic!("{:?}", applied.result)
+    };
+    assert_eq!(T0 + 600_000, *deadline_ms);
+    assert!(kinds(&applied.events).contains(&moved(&mover, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "drain")));
+    assert_eq!("node_2", t.record(mover.request_id).placement.unwrap().provider_id);
+    assert_eq!(usize::from(on_node_1_pinned), cannot_move.len(), "{cannot_move:?}");
+    assert_eq!(
+        Some(qm_state_machine::Scheduling::Draining { deadline_ms: T0 + 600_000 }),
+        t.table.provider("node_1").map(|p| p.scheduling)
+    );
+}
+
+#[test]
+fn a_drain_on_a_full_cluster_answers_what_cannot_move_and_the_deadline_moves_the_rest() {
+    let mut t = Table::with_providers(vec![agent(provider("node_1", cores("a", 1))), agent(provider("node_2", cores("b", 1)))]);
+    let (first, second) = (movable(1, 1), movable(2, 1));
+    for request in [&first, &second] {
+        let record = record_of(t.apply(Command::AllocateMovable(request.clone())));
+        let provider_id = record.placement.unwrap().provider_id;
+        t.apply(Command::ConfirmAllocation {
+            allocation_id: record.allocation_id,
+            provider_id,
+        });
+    }
+
+    // --- nowhere to go: the answer names the allocation and why, at once
+    let applied = t.apply(Command::DrainProvider {
+        provider_id: "node_1".into(),
+        deadline_after_ms: 60_000,
+    });
+    let Ok(CommandResponse::Drain { moving, cannot_move, .. }) = applied.result else {
+        panic!("{:?}", applied.result)
+    };
+    assert!(moving.is_empty());
+    assert_eq!(
+        vec![qm_state_machine::command::Unmovable {
+            allocation_id: allocation_id_for(first.request_id),
+            reason: "no_room: no other open provider fits it now".into(),
+        }],
+        cannot_move
+    );
+    assert_eq!(Some(T0 + 60_000), t.table.next_due_ms());
+
+    // --- at the deadline the rest is treated as the provider leaving: queued (nowhere fits), node_1 cordoned
+    let applied = t.tick_at(T0 + 60_000);
+    assert_eq!(RequestState::Queued, t.record(first.request_id).state, "{:?}", kinds(&applied.events));
+    assert_eq!(
+        Some(qm_state_machine::Scheduling::Cordoned),
+        t.table.provider("node_1").map(|p| p.scheduling)
+    );
+}

@@ -87,6 +87,10 @@ enum Op {
     },
     /// An operator's plan (`Command::Optimize`).
     Optimize,
+    Drain {
+        provider: u8,
+        deadline_ms: u16,
+    },
     Cordon {
         provider: u8,
         cordon: bool,
@@ -215,6 +219,10 @@ impl Op {
                 None => Command::Tick,
             },
             Op::Optimize => Command::Optimize,
+            Op::Drain { provider, deadline_ms } => Command::DrainProvider {
+                provider_id: provider_id(provider),
+                deadline_after_ms: u64::from(deadline_ms),
+            },
             Op::Cordon { provider, cordon } => Command::CordonProvider {
                 provider_id: provider_id(provider),
                 cordon,
@@ -369,6 +377,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (target(), prop::bool::weighted(0.8), any::<bool>())
             .prop_map(|(target, right_provider, deallocation)| Op::Confirm { target, right_provider, deallocation }),
         2 => Just(Op::Optimize),
+        1 => (0..PROVIDERS, 0..3000u16).prop_map(|(provider, deadline_ms)| Op::Drain { provider, deadline_ms }),
         1 => (0..PROVIDERS, prop::bool::weighted(0.6)).prop_map(|(provider, cordon)| Op::Cordon { provider, cordon }),
         3 => (target(), any::<bool>()).prop_map(|(target, deallocation)| Op::ConfirmMove { target, deallocation }),
     ]

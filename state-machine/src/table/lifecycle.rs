@@ -214,6 +214,7 @@ impl AllocationTable {
             self.put_record(record);
         }
         let ended_moves = self.end_overdue_moves();
+        self.continue_drains();
         if !expired.is_empty() || ended_moves > 0 {
             self.examine_queue();
         }

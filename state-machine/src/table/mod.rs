@@ -231,6 +231,10 @@ impl AllocationTable {
             Command::CordonProvider { provider_id, cordon } => self.cordon_provider(provider_id, *cordon),
             Command::AllocateMovable(request) => self.allocate(Cow::Borrowed(request), true),
             Command::Optimize => self.optimize_now(),
+            Command::DrainProvider {
+                provider_id,
+                deadline_after_ms,
+            } => self.drain_provider(provider_id, *deadline_after_ms),
         }
     }
 

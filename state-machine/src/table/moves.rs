@@ -222,6 +222,8 @@ impl AllocationTable {
                 });
                 self.finish_move(&mut record);
                 self.put_record(record);
+                // The budget has room again for a drain's next move.
+                self.continue_drains();
             }
             _ => return None,
         }

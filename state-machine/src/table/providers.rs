@@ -164,7 +164,7 @@ impl AllocationTable {
     /// fits; returns how many it moved. Evacuated requests enter the queue
     /// even past `queue_len_max`: an acknowledged allocation is never
     /// dropped for lack of queue room.
-    fn evacuate(&mut self, provider_id: &str, reason: &str, limit: usize) -> usize {
+    pub(super) fn evacuate(&mut self, provider_id: &str, reason: &str, limit: usize) -> usize {
         let mut placed: Vec<(u64, Uuid)> = self
             .index
             .by_provider

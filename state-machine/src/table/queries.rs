@@ -264,7 +264,15 @@ impl AllocationTable {
         let evacuation = (!self.evacuating.is_empty() || self.lease_refresh.is_some()).then_some(self.clock_ms);
         let move_deadline = self.index.moves.first().map(|(at, _)| *at);
         let plan = self.plan_due_ms().map(|at| at.max(self.clock_ms));
-        lease.into_iter().chain(deadline).chain(evacuation).chain(move_deadline).chain(plan).min()
+        let drain = self.next_drain_deadline_ms();
+        lease
+            .into_iter()
+            .chain(deadline)
+            .chain(evacuation)
+            .chain(move_deadline)
+            .chain(plan)
+            .chain(drain)
+            .min()
     }
 
     /// Checks every invariant of the table; panics with the first broken one.
