@@ -373,6 +373,23 @@ impl Client {
         let message = api::SetProviderSchedulingRequest {
             provider_id: provider_id.to_owned(),
             scheduling: if cordon { "cordoned" } else { "open" }.to_owned(),
+            drain_deadline_ms: 0,
+        };
+        self.inner
+            .call("set_provider_scheduling", CallKind::Write, message, |replica, request| async move {
+                replica.client().set_provider_scheduling(request).await
+            })
+            .await
+    }
+
+    /// Drains a provider: no new placements, its movable allocations move
+    /// elsewhere make-before-break, and after `deadline_ms` the rest move
+    /// as if it left. The answer says what cannot move now, and why.
+    pub async fn drain_provider(&self, provider_id: &str, deadline_ms: u64) -> Result<api::ProviderSchedulingReply, Error> {
+        let message = api::SetProviderSchedulingRequest {
+            provider_id: provider_id.to_owned(),
+            scheduling: "draining".to_owned(),
+            drain_deadline_ms: deadline_ms,
         };
         self.inner
             .call("set_provider_scheduling", CallKind::Write, message, |replica, request| async move {

@@ -297,7 +297,10 @@ async fn an_operator_cordons_and_uncordons_a_provider_over_http() {
         // --- cordon: the answer, the provider's view and the state say so
         let cordoned = post(&url("/v1/providers/node_c/cordon"), "");
         assert_eq!(200, cordoned.status, "{cordoned:?}");
-        assert_eq!(json!({"provider_id": "node_c", "scheduling": "cordoned"}), cordoned.json());
+        assert_eq!(
+            json!({"provider_id": "node_c", "scheduling": "cordoned", "moving": [], "cannot_move": []}),
+            cordoned.json()
+        );
         assert_eq!("cordoned", get(&url("/v1/providers")).json()["providers"][0]["scheduling"]);
         assert_eq!(json!(["node_c"]), get(&url("/v1/state")).json()["cordoned_providers"]);
 
@@ -305,9 +308,19 @@ async fn an_operator_cordons_and_uncordons_a_provider_over_http() {
         let queued = post(&url("/v1/allocate"), &small_request(1, "node_c"));
         assert_eq!("queued", queued.json()["status"], "{queued:?}");
         let opened = post(&url("/v1/providers/node_c/uncordon"), "");
-        assert_eq!(json!({"provider_id": "node_c", "scheduling": "open"}), opened.json());
+        assert_eq!("open", opened.json()["scheduling"]);
         let id = queued.json()["request_id"].as_str().unwrap().to_owned();
         assert_eq!("allocated", get(&url(&format!("/v1/requests/{id}"))).json()["status"]);
+
+        // --- a drain with nowhere to go answers at once with what cannot move, and why
+        let drained = post(&url("/v1/providers/node_c/drain?deadline_ms=60000"), "");
+        assert_eq!(200, drained.status, "{drained:?}");
+        let drained = drained.json();
+        assert_eq!("draining", drained["scheduling"]);
+        let cannot = drained["cannot_move"].as_array().unwrap();
+        assert_eq!(1, cannot.len(), "{drained}");
+        assert!(cannot[0].as_str().unwrap().ends_with("pinned: moves only when the drain deadline passes"), "{drained}");
+        assert_eq!(400, post(&url("/v1/providers/node_c/drain?deadline_ms=0"), "").status);
 
         // --- an unknown provider is 404; a follower redirects to the leader
         assert_eq!(404, post(&url("/v1/providers/node_none/cordon"), "").status);

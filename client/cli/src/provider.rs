@@ -45,6 +45,17 @@ pub enum ProviderCommand {
         /// The provider's id.
         provider_id: String,
     },
+    /// Drain a provider: no new placements, its movable allocations move
+    /// elsewhere make-before-break, and at the deadline the rest move as if
+    /// it left (admin). Says at once what cannot move now, and why.
+    Drain {
+        /// The provider's id.
+        provider_id: String,
+        /// How long movable allocations have to move before the rest are
+        /// moved as if the provider left: 500ms, 30s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_ms)]
+        deadline: u64,
+    },
     /// Open a cordoned (or draining) provider to new placements again (admin).
     Uncordon {
         /// The provider's id.
@@ -57,6 +68,27 @@ pub enum ProviderCommand {
 pub struct SchedulingReplyJson {
     pub provider_id: String,
     pub scheduling: String,
+    /// A drain's moves under way: allocation id → target provider.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moving: Vec<(String, String)>,
+    /// A drain: `ALLOCATION_ID: reason` for what cannot move now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cannot_move: Vec<String>,
+}
+
+/// `500ms`, `30s`, `10m`, `1h` (or a bare number of ms) in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s or 10m"))?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// `qm provider register|deregister --output json`.
@@ -141,6 +173,9 @@ pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat
         }
         ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
         ProviderCommand::Cordon { provider_id } => print_scheduling(&client.set_provider_scheduling(&provider_id, true).await?, format, out),
+        ProviderCommand::Drain { provider_id, deadline } => {
+            print_scheduling(&client.drain_provider(&provider_id, deadline).await?, format, out)
+        }
         ProviderCommand::Uncordon { provider_id } => {
             print_scheduling(&client.set_provider_scheduling(&provider_id, false).await?, format, out)
         }
@@ -176,13 +211,26 @@ fn print_scheduling(reply: &api::ProviderSchedulingReply, format: OutputFormat, 
             &SchedulingReplyJson {
                 provider_id: reply.provider_id.clone(),
                 scheduling: reply.scheduling.clone(),
+                moving: reply
+                    .moving
+                    .iter()
+                    .map(|planned| (planned.allocation_id.clone(), planned.to_provider.clone()))
+                    .collect(),
+                cannot_move: reply.cannot_move.clone(),
             },
             out,
         ),
         OutputFormat::Table => {
             let mut table = Table::new(["PROVIDER", "SCHEDULING"]);
             table.row([&reply.provider_id, &reply.scheduling]);
-            table.write(out)
+            table.write(out)?;
+            for planned in &reply.moving {
+                writeln!(out, "moving {} to {}", planned.allocation_id, planned.to_provider)?;
+            }
+            for line in &reply.cannot_move {
+                writeln!(out, "cannot move {line}")?;
+            }
+            Ok(())
         }
     }
 }

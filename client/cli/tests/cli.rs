@@ -302,6 +302,15 @@ async fn a_cordoned_provider_takes_nothing_new_until_uncordoned() {
         assert_eq!(json!("allocated"), got["status"], "{got}");
         assert_eq!(json!({"cordon_slots": ["slot_1"]}), got["allocated_resources"], "{got}");
 
+        // --- a drain: the pinned allocation cannot move now, and the reply says so at once
+        let drained = stdout_json(&qm(&["provider", "drain", "node_cordon", "--deadline", "1m", "--output", "json"], &env, "").await);
+        assert_eq!(json!("draining"), drained["scheduling"], "{drained}");
+        let cannot = drained["cannot_move"][0].as_str().unwrap_or_default();
+        assert!(cannot.starts_with(got["allocation_id"].as_str().unwrap()) && cannot.contains("pinned"), "{drained}");
+        let bad = qm(&["provider", "drain", "node_cordon", "--deadline", "10x"], &env, "").await;
+        assert!(!bad.status.success());
+        stdout_json(&qm(&["provider", "uncordon", "node_cordon", "--output", "json"], &env, "").await);
+
         // --- an unknown provider is an error naming it, exit 1
         let unknown = qm(&["provider", "cordon", "node_none"], &env, "").await;
         assert!(!unknown.status.success());

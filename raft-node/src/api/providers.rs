@@ -11,6 +11,7 @@ use qm_api::proto::api::{
     OptimizeReply, OptimizeRequest, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest, SystemStateReply, SystemStateRequest,
 };
 use qm_api::wire::PROVIDERS_PAGE_MAX;
+use qm_state_machine::limits::DRAIN_DEADLINE_MS_MAX;
 use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
 use tonic::Status;
 use tracing::info;
@@ -110,31 +111,56 @@ pub async fn deregister(node: &Node, caller: &Caller, call: DeregisterProviderRe
 /// Cordons or opens a provider through the log.
 pub async fn set_scheduling(node: &Node, call: SetProviderSchedulingRequest) -> Result<ProviderSchedulingReply, Status> {
     require_id("provider_id", &call.provider_id)?;
-    let cordon = match call.scheduling.as_str() {
-        "cordoned" => true,
-        "open" => false,
+    let provider_id = call.provider_id.clone();
+    let command = match call.scheduling.as_str() {
+        "cordoned" | "open" => Command::CordonProvider {
+            provider_id,
+            cordon: call.scheduling == "cordoned",
+        },
+        "draining" => {
+            if call.drain_deadline_ms == 0 || call.drain_deadline_ms > DRAIN_DEADLINE_MS_MAX {
+                return Err(invalid_argument(&InvalidArgument::new(
+                    "drain_deadline_ms",
+                    format!("must be 1..={DRAIN_DEADLINE_MS_MAX} ms"),
+                )));
+            }
+            Command::DrainProvider {
+                provider_id,
+                deadline_after_ms: call.drain_deadline_ms,
+            }
+        }
         other => {
             return Err(invalid_argument(&InvalidArgument::new(
                 "scheduling",
-                format!("must be cordoned or open, not {other:?}"),
+                format!("must be cordoned, draining or open, not {other:?}"),
             )))
         }
     };
     node.require_leader()?;
-    let command = Command::CordonProvider {
-        provider_id: call.provider_id.clone(),
-        cordon,
+    let reply = match node.propose(command).await? {
+        CommandResponse::Scheduling { provider_id, scheduling } => ProviderSchedulingReply {
+            provider_id,
+            scheduling: scheduling.as_str().to_owned(),
+            ..ProviderSchedulingReply::default()
+        },
+        CommandResponse::Drain {
+            provider_id,
+            moving,
+            cannot_move,
+            ..
+        } => ProviderSchedulingReply {
+            provider_id,
+            scheduling: "draining".to_owned(),
+            moving: moving.iter().map(convert::planned_move_to_proto).collect(),
+            cannot_move: cannot_move
+                .iter()
+                .map(|unmovable| format!("{}: {}", unmovable.allocation_id, unmovable.reason))
+                .collect(),
+        },
+        other => return Err(Status::internal(format!("the table answered a cordon with {other:?}"))),
     };
-    match node.propose(command).await? {
-        CommandResponse::Scheduling { provider_id, scheduling } => {
-            info!(resource_id = %provider_id, operation_type = scheduling.as_str(), status = "ok", "provider scheduling set");
-            Ok(ProviderSchedulingReply {
-                provider_id,
-                scheduling: scheduling.as_str().to_owned(),
-            })
-        }
-        other => Err(Status::internal(format!("the table answered a cordon with {other:?}"))),
-    }
+    info!(resource_id = %reply.provider_id, operation_type = reply.scheduling.as_str(), status = "ok", "provider scheduling set");
+    Ok(reply)
 }
 
 /// An optimization plan through the log, or (`dry_run`) computed on this

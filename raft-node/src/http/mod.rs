@@ -98,6 +98,7 @@ pub fn routes() -> Vec<Route> {
         route(Method::POST, "/v1/providers", post(providers::register)),
         route(Method::POST, "/v1/providers/{id}/cordon", post(providers::cordon)),
         route(Method::POST, "/v1/providers/{id}/uncordon", post(providers::uncordon)),
+        route(Method::POST, "/v1/providers/{id}/drain", post(providers::drain)),
         route(Method::GET, "/v1/state", get(providers::system_state)),
         route(Method::POST, "/v1/optimize", post(providers::optimize)),
         route(Method::GET, "/v1/cluster", get(providers::cluster)),

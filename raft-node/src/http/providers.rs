@@ -138,16 +138,57 @@ pub async fn uncordon(State(api): State<Shared>, Extension(peer): Extension<Peer
     set_scheduling(&api, &peer, &uri, id, "open").await
 }
 
+/// `POST /v1/providers/{id}/drain?deadline_ms=N`: no new placements, its
+/// movable allocations move elsewhere make-before-break, after `deadline_ms`
+/// (default 10 minutes) the rest move as if it left. Answers
+/// `{"provider_id", "scheduling", "moving": [...], "cannot_move": [...]}`.
+pub async fn drain(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let deadline_ms = Params::parse(query.as_deref()).number("deadline_ms")?.unwrap_or(DRAIN_DEADLINE_MS_DEFAULT);
+    set_scheduling_to(&api, &peer, &uri, id, "draining", deadline_ms).await
+}
+
+/// A drain's deadline when `deadline_ms` is not given: 10 minutes.
+pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
 async fn set_scheduling(api: &Shared, peer: &PeerCertificate, uri: &Uri, provider_id: String, scheduling: &str) -> Result<Response, HttpError> {
+    set_scheduling_to(api, peer, uri, provider_id, scheduling, 0).await
+}
+
+async fn set_scheduling_to(
+    api: &Shared,
+    peer: &PeerCertificate,
+    uri: &Uri,
+    provider_id: String,
+    scheduling: &str,
+    drain_deadline_ms: u64,
+) -> Result<Response, HttpError> {
     admit(api, peer, Call::SetProviderScheduling)?;
     let call = SetProviderSchedulingRequest {
         provider_id,
         scheduling: scheduling.to_owned(),
+        drain_deadline_ms,
     };
     let reply = providers::set_scheduling(&api.node, call)
         .await
         .map_err(|status| HttpError::from_status(api, &status, uri))?;
-    Ok(Json(json!({"provider_id": reply.provider_id, "scheduling": reply.scheduling})).into_response())
+    let moving: Vec<Value> = reply
+        .moving
+        .iter()
+        .map(|planned| json!({"allocation_id": planned.allocation_id, "to_provider": planned.to_provider}))
+        .collect();
+    Ok(Json(json!({
+        "provider_id": reply.provider_id,
+        "scheduling": reply.scheduling,
+        "moving": moving,
+        "cannot_move": reply.cannot_move,
+    }))
+    .into_response())
 }
 
 /// `POST /v1/optimize[?dry_run][&stale]`: an optimization plan, begun (through
