@@ -402,7 +402,11 @@ impl Client {
     /// only computed; an admin's call under TLS.
     pub async fn optimize(&self, dry_run: bool) -> Result<api::OptimizeReply, Error> {
         let message = api::OptimizeRequest { dry_run, stale: false };
-        let kind = if dry_run { CallKind::Read(Consistency::Linearizable) } else { CallKind::Write };
+        let kind = if dry_run {
+            CallKind::Read(Consistency::Linearizable)
+        } else {
+            CallKind::Write
+        };
         self.inner
             .call("optimize", kind, message, |replica, request| async move {
                 replica.client().optimize(request).await

@@ -194,7 +194,13 @@ impl Metrics {
     }
 
     /// The whole exposition (OpenMetrics text, [`CONTENT_TYPE`]).
-    pub fn render(&self, raft: &RaftSample, utilization: &[UtilizationSample], apply: &ApplyDurations, optimization: &OptimizationSample) -> String {
+    pub fn render(
+        &self,
+        raft: &RaftSample,
+        utilization: &[UtilizationSample],
+        apply: &ApplyDurations,
+        optimization: &OptimizationSample,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register(
             "apply_duration_seconds",

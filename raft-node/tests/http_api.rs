@@ -319,7 +319,13 @@ async fn an_operator_cordons_and_uncordons_a_provider_over_http() {
         assert_eq!("draining", drained["scheduling"]);
         let cannot = drained["cannot_move"].as_array().unwrap();
         assert_eq!(1, cannot.len(), "{drained}");
-        assert!(cannot[0].as_str().unwrap().ends_with("pinned: moves only when the drain deadline passes"), "{drained}");
+        assert!(
+            cannot[0]
+                .as_str()
+                .unwrap()
+                .ends_with("pinned: moves only when the drain deadline passes"),
+            "{drained}"
+        );
         assert_eq!(400, post(&url("/v1/providers/node_c/drain?deadline_ms=0"), "").status);
 
         // --- an unknown provider is 404; a follower redirects to the leader

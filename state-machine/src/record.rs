@@ -48,7 +48,10 @@ impl RequestState {
 
     /// Holds units now.
     pub fn is_active(self) -> bool {
-        matches!(self, RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization)
+        matches!(
+            self,
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization
+        )
     }
 
     /// Will never hold units again; eligible to be forgotten after the dedupe window.

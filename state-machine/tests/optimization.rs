@@ -56,7 +56,10 @@ fn needed(trigger: &str, moves: u64) -> EventKind {
 /// Two providers of two cores, one movable 1-core allocation on each (spread).
 fn two_halves(with_agents: bool) -> (Table, AllocationRequest, AllocationRequest) {
     let wrap = |registration| if with_agents { agent(registration) } else { registration };
-    let mut t = Table::with_providers(vec![wrap(provider("node_1", cores("a", 2))), wrap(provider("node_2", cores("b", 2)))]);
+    let mut t = Table::with_providers(vec![
+        wrap(provider("node_1", cores("a", 2))),
+        wrap(provider("node_2", cores("b", 2))),
+    ]);
     let (first, second) = (movable(1, 1), movable(2, 1));
     for (request, on) in [(&first, "node_1"), (&second, "node_2")] {
         let record = record_of(t.apply(Command::AllocateMovable(request.clone())));
@@ -86,18 +89,29 @@ fn a_plan_packs_the_less_loaded_provider_onto_the_more_loaded_one() {
     let applied = t.apply(Command::Optimize);
     assert_eq!(expected, applied.events);
     assert_eq!(
-        Ok(CommandResponse::Plan(vec![planned(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)])])),
+        Ok(CommandResponse::Plan(vec![planned(
+            &first,
+            "node_1",
+            "node_2",
+            vec![grant("bcpu_2", "cpu_cores", 1)]
+        )])),
         applied.result
     );
     let record = t.record(first.request_id);
-    assert_eq!((RequestState::Monitoring, "node_2"), (record.state, record.placement.unwrap().provider_id.as_str()));
+    assert_eq!(
+        (RequestState::Monitoring, "node_2"),
+        (record.state, record.placement.unwrap().provider_id.as_str())
+    );
     assert_eq!(1, t.table.move_counts().completed);
 
     // --- packed: nothing strictly improves the measure any more (node_2 to
     // an empty node_1 would undo it), so the next plan is empty
     let applied = t.apply(Command::Optimize);
     assert_eq!(Ok(CommandResponse::Plan(vec![])), applied.result);
-    assert_eq!(t.expect(vec![needed("operator", 0)]).last().map(|e| &e.kind), applied.events.last().map(|e| &e.kind));
+    assert_eq!(
+        t.expect(vec![needed("operator", 0)]).last().map(|e| &e.kind),
+        applied.events.last().map(|e| &e.kind)
+    );
 }
 
 #[test]
@@ -128,7 +142,10 @@ fn a_move_waits_for_the_target_then_the_source_agent() {
     });
     assert_eq!(expected, applied.events);
     let record = t.record(first.request_id);
-    assert_eq!((RequestState::Optimization, "node_2"), (record.state, record.placement.unwrap().provider_id.as_str()));
+    assert_eq!(
+        (RequestState::Optimization, "node_2"),
+        (record.state, record.placement.unwrap().provider_id.as_str())
+    );
 
     // --- node_1's agent confirms the release: allocation_moved, monitoring
     let expected = t.expect(vec![
@@ -155,7 +172,10 @@ fn a_target_that_does_not_confirm_in_time_is_rolled_back() {
 
     // --- a tick before the deadline changes nothing
     let applied = t.tick_at(T0 + timeout - 1);
-    assert!(applied.events.iter().all(|event| !matches!(event.kind, EventKind::OptimizationFailed { .. })));
+    assert!(applied
+        .events
+        .iter()
+        .all(|event| !matches!(event.kind, EventKind::OptimizationFailed { .. })));
 
     // --- at the deadline: the target's core is let go, the allocation stays on node_1
     t.now_ms = T0 + timeout;
@@ -172,14 +192,22 @@ fn a_target_that_does_not_confirm_in_time_is_rolled_back() {
     ]);
     assert_eq!(expected, t.apply(Command::Tick).events);
     let record = t.record(first.request_id);
-    assert_eq!((RequestState::Monitoring, "node_1"), (record.state, record.placement.unwrap().provider_id.as_str()));
+    assert_eq!(
+        (RequestState::Monitoring, "node_1"),
+        (record.state, record.placement.unwrap().provider_id.as_str())
+    );
     assert_eq!(1, t.table.move_counts().rolled_back);
 
     // --- the cooldown keeps it where it is: the next plan moves the other
     // allocation to node_1 instead of trying node_2 again
     let (_, second) = (first.clone(), movable(2, 1));
     assert_eq!(
-        Ok(CommandResponse::Plan(vec![planned(&second, "node_2", "node_1", vec![grant("acpu_2", "cpu_cores", 1)])])),
+        Ok(CommandResponse::Plan(vec![planned(
+            &second,
+            "node_2",
+            "node_1",
+            vec![grant("acpu_2", "cpu_cores", 1)]
+        )])),
         t.apply(Command::Optimize).result
     );
 }
@@ -201,7 +229,10 @@ fn a_target_failing_mid_move_rolls_the_move_back_through_the_failure_path() {
     assert_eq!(1, failed.len());
     assert!(matches!(failed[0], EventKind::OptimizationFailed { reason, .. } if reason == "provider_failed: node_2"));
     let record = t.record(first.request_id);
-    assert_eq!((RequestState::Monitoring, "node_1"), (record.state, record.placement.unwrap().provider_id.as_str()));
+    assert_eq!(
+        (RequestState::Monitoring, "node_1"),
+        (record.state, record.placement.unwrap().provider_id.as_str())
+    );
     assert_eq!(0, t.table.moves_in_flight());
 }
 
@@ -227,12 +258,24 @@ fn a_stranded_request_triggers_a_plan_on_a_tick_and_is_placed() {
     let applied = t.tick_at(T0 + 1);
     let kinds = kinds(&applied.events);
     assert!(kinds.contains(&needed("stranded_request", 1)), "{kinds:?}");
-    assert!(kinds.contains(&moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "optimization")));
+    assert!(kinds.contains(&moved(
+        &first,
+        "node_1",
+        "node_2",
+        vec![grant("bcpu_2", "cpu_cores", 1)],
+        "optimization"
+    )));
     let placed = t.record(big.request_id);
-    assert_eq!((RequestState::Monitoring, "node_1"), (placed.state, placed.placement.unwrap().provider_id.as_str()));
+    assert_eq!(
+        (RequestState::Monitoring, "node_1"),
+        (placed.state, placed.placement.unwrap().provider_id.as_str())
+    );
 
     // --- the plan cooldown: no plan on the next tick even with a stranded request
-    assert!(t.table.next_due_ms().is_none_or(|due| due >= T0 + 1 + TableConfig::default().plan_cooldown_ms));
+    assert!(t
+        .table
+        .next_due_ms()
+        .is_none_or(|due| due >= T0 + 1 + TableConfig::default().plan_cooldown_ms));
 }
 
 #[test]
@@ -241,7 +284,10 @@ fn the_dry_run_shows_the_plan_the_command_begins_and_changes_nothing() {
     let before = t.table.to_snapshot_bytes();
     let preview = t.table.optimization_plan_preview();
     assert_eq!(before, t.table.to_snapshot_bytes());
-    assert_eq!(vec![planned(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)])], preview);
+    assert_eq!(
+        vec![planned(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)])],
+        preview
+    );
     assert_eq!(Ok(CommandResponse::Plan(preview)), t.apply(Command::Optimize).result);
 }
 
@@ -288,7 +334,10 @@ fn a_drain_moves_movable_allocations_away_and_says_what_cannot_move() {
         provider_id: "node_1".into(),
         deadline_after_ms: 600_000,
     });
-    let Ok(CommandResponse::Drain { cannot_move, deadline_ms, .. }) = &applied.result else {
+    let Ok(CommandResponse::Drain {
+        cannot_move, deadline_ms, ..
+    }) = &applied.result
+    else {
         panic!("{:?}", applied.result)
     };
     assert_eq!(T0 + 600_000, *deadline_ms);
@@ -303,7 +352,10 @@ fn a_drain_moves_movable_allocations_away_and_says_what_cannot_move() {
 
 #[test]
 fn a_drain_on_a_full_cluster_answers_what_cannot_move_and_the_deadline_moves_the_rest() {
-    let mut t = Table::with_providers(vec![agent(provider("node_1", cores("a", 1))), agent(provider("node_2", cores("b", 1)))]);
+    let mut t = Table::with_providers(vec![
+        agent(provider("node_1", cores("a", 1))),
+        agent(provider("node_2", cores("b", 1))),
+    ]);
     let (first, second) = (movable(1, 1), movable(2, 1));
     for request in [&first, &second] {
         let record = record_of(t.apply(Command::AllocateMovable(request.clone())));
@@ -334,7 +386,12 @@ fn a_drain_on_a_full_cluster_answers_what_cannot_move_and_the_deadline_moves_the
 
     // --- at the deadline the rest is treated as the provider leaving: queued (nowhere fits), node_1 cordoned
     let applied = t.tick_at(T0 + 60_000);
-    assert_eq!(RequestState::Queued, t.record(first.request_id).state, "{:?}", kinds(&applied.events));
+    assert_eq!(
+        RequestState::Queued,
+        t.record(first.request_id).state,
+        "{:?}",
+        kinds(&applied.events)
+    );
     assert_eq!(
         Some(qm_state_machine::Scheduling::Cordoned),
         t.table.provider("node_1").map(|p| p.scheduling)

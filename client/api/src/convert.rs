@@ -459,7 +459,11 @@ pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
         revision: usage.revision,
         evacuations_pending: usage.evacuations_pending,
         cordoned_providers: usage.cordoned_providers.clone(),
-        fragmentation_permille: usage.fragmentation_permille.iter().map(|(kind, permille)| (kind.clone(), *permille)).collect(),
+        fragmentation_permille: usage
+            .fragmentation_permille
+            .iter()
+            .map(|(kind, permille)| (kind.clone(), *permille))
+            .collect(),
         emptiable_providers: usage.emptiable_providers.clone(),
         moves_started: usage.moves_started,
         moves_completed: usage.moves_completed,
@@ -491,7 +495,11 @@ pub fn usage_from_proto(reply: &api::SystemStateReply) -> Result<Usage, ConvertE
         revision: reply.revision,
         evacuations_pending: reply.evacuations_pending,
         cordoned_providers: reply.cordoned_providers.clone(),
-        fragmentation_permille: reply.fragmentation_permille.iter().map(|(kind, permille)| (kind.clone(), *permille)).collect(),
+        fragmentation_permille: reply
+            .fragmentation_permille
+            .iter()
+            .map(|(kind, permille)| (kind.clone(), *permille))
+            .collect(),
         emptiable_providers: reply.emptiable_providers.clone(),
         moves_started: reply.moves_started,
         moves_completed: reply.moves_completed,

@@ -172,7 +172,9 @@ pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat
             print_reply(&client.register_provider(&registration).await?, format, out)
         }
         ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
-        ProviderCommand::Cordon { provider_id } => print_scheduling(&client.set_provider_scheduling(&provider_id, true).await?, format, out),
+        ProviderCommand::Cordon { provider_id } => {
+            print_scheduling(&client.set_provider_scheduling(&provider_id, true).await?, format, out)
+        }
         ProviderCommand::Drain { provider_id, deadline } => {
             print_scheduling(&client.drain_provider(&provider_id, deadline).await?, format, out)
         }

@@ -1,7 +1,7 @@
 //! `qm state`: the monitor's view (the protocol's SystemState).
 
-use std::io::Write;
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use super::error::CliError;
 use super::output::{print_json, OutputFormat};

@@ -223,7 +223,11 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
     writeln!(
         out,
         "fragmentation: {} · moves {} started, {} completed, {} rolled back",
-        if fragmentation.is_empty() { "-".to_owned() } else { fragmentation.join(", ") },
+        if fragmentation.is_empty() {
+            "-".to_owned()
+        } else {
+            fragmentation.join(", ")
+        },
         state.moves_started,
         state.moves_completed,
         state.moves_rolled_back

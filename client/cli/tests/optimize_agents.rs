@@ -111,7 +111,11 @@ async fn a_stranded_request_is_placed_after_live_moves_confirmed_by_the_agents()
         let is_moved = |event: &Value| event["type"] == "allocation_moved" && event["reason"] == "optimization";
         let started = Instant::now();
         while watch.json().iter().filter(|event| is_moved(event)).count() < after.moves_completed as usize {
-            assert!(started.elapsed() < WAIT_MAX, "the watch did not show every move:\n{}", watch.all().join("\n"));
+            assert!(
+                started.elapsed() < WAIT_MAX,
+                "the watch did not show every move:\n{}",
+                watch.all().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let events = watch.json();
@@ -129,7 +133,11 @@ async fn a_stranded_request_is_placed_after_live_moves_confirmed_by_the_agents()
             assert!(events.iter().any(|e| e["type"] == "allocation_moving" && e["allocation_id"] == *id));
         }
         let needed: Vec<&Value> = events.iter().filter(|e| e["type"] == "optimization_needed").collect();
-        assert_eq!(Some(&json!("stranded_request")), needed.first().map(|e| &e["trigger"]), "{needed:?}");
+        assert_eq!(
+            Some(&json!("stranded_request")),
+            needed.first().map(|e| &e["trigger"]),
+            "{needed:?}"
+        );
 
         // --- an operator's plan: the dry run shows what the plan then begins
         let dry_run: Value = serde_json::from_str(&cluster.qm(&["--output", "json", "optimize", "--dry-run"])).unwrap();

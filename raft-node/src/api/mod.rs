@@ -131,9 +131,7 @@ impl Quartermaster for ApiService {
 
     async fn set_provider_scheduling(&self, request: Request<SetProviderSchedulingRequest>) -> Reply<ProviderSchedulingReply> {
         self.admit(&request, Call::SetProviderScheduling)?;
-        providers::set_scheduling(&self.node, request.into_inner())
-            .await
-            .map(Response::new)
+        providers::set_scheduling(&self.node, request.into_inner()).await.map(Response::new)
     }
 
     async fn optimize(&self, request: Request<OptimizeRequest>) -> Reply<OptimizeReply> {

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use qm_api::convert;
 use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
-    OptimizeReply, OptimizeRequest, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest, SystemStateReply, SystemStateRequest,
+    OptimizeReply, OptimizeRequest, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest,
+    SystemStateReply, SystemStateRequest,
 };
 use qm_api::wire::PROVIDERS_PAGE_MAX;
 use qm_state_machine::limits::DRAIN_DEADLINE_MS_MAX;
@@ -176,7 +177,13 @@ pub async fn optimize(node: &Node, call: OptimizeRequest) -> Result<OptimizeRepl
             other => return Err(Status::internal(format!("the table answered a plan with {other:?}"))),
         }
     };
-    info!(operation_type = "optimize", dry_run = call.dry_run, moves = moves.len(), status = "ok", "optimization plan");
+    info!(
+        operation_type = "optimize",
+        dry_run = call.dry_run,
+        moves = moves.len(),
+        status = "ok",
+        "optimization plan"
+    );
     Ok(OptimizeReply {
         moves: moves.iter().map(convert::planned_move_to_proto).collect(),
         dry_run: call.dry_run,

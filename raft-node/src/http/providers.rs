@@ -128,13 +128,23 @@ pub async fn register(
 /// `POST /v1/providers/{id}/cordon`: no new placements on the provider
 /// (what it holds stays); answers `{"provider_id", "scheduling"}`. Admin
 /// only under TLS. The body, if any, is not read.
-pub async fn cordon(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, Path(id): Path<String>) -> Result<Response, HttpError> {
+pub async fn cordon(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
     set_scheduling(&api, &peer, &uri, id, "cordoned").await
 }
 
 /// `POST /v1/providers/{id}/uncordon`: open to new placements again (also
 /// ends a drain).
-pub async fn uncordon(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, Path(id): Path<String>) -> Result<Response, HttpError> {
+pub async fn uncordon(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
     set_scheduling(&api, &peer, &uri, id, "open").await
 }
 
@@ -149,14 +159,22 @@ pub async fn drain(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, HttpError> {
-    let deadline_ms = Params::parse(query.as_deref()).number("deadline_ms")?.unwrap_or(DRAIN_DEADLINE_MS_DEFAULT);
+    let deadline_ms = Params::parse(query.as_deref())
+        .number("deadline_ms")?
+        .unwrap_or(DRAIN_DEADLINE_MS_DEFAULT);
     set_scheduling_to(&api, &peer, &uri, id, "draining", deadline_ms).await
 }
 
 /// A drain's deadline when `deadline_ms` is not given: 10 minutes.
 pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 10 * 60 * 1000;
 
-async fn set_scheduling(api: &Shared, peer: &PeerCertificate, uri: &Uri, provider_id: String, scheduling: &str) -> Result<Response, HttpError> {
+async fn set_scheduling(
+    api: &Shared,
+    peer: &PeerCertificate,
+    uri: &Uri,
+    provider_id: String,
+    scheduling: &str,
+) -> Result<Response, HttpError> {
     set_scheduling_to(api, peer, uri, provider_id, scheduling, 0).await
 }
 
@@ -195,7 +213,12 @@ async fn set_scheduling_to(
 /// the log) or, with `dry_run`, only computed; answers `{"dry_run", "moves":
 /// [{"request_id", "allocation_id", "namespace", "from_provider",
 /// "to_provider", "resource_ids"}]}`. Admin only under TLS.
-pub async fn optimize(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>, uri: Uri, RawQuery(query): RawQuery) -> Result<Response, HttpError> {
+pub async fn optimize(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
     admit(&api, &peer, Call::Optimize)?;
     let params = Params::parse(query.as_deref());
     let call = OptimizeRequest {

@@ -51,8 +51,8 @@ use crate::record::RequestRecord;
 use record_map::RecordMap;
 
 pub use cursors::Cursor;
-pub use moves::MoveCounts;
 pub(crate) use indexes::Indexes;
+pub use moves::MoveCounts;
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use snapshot::{SNAPSHOT_DECODED_BYTES_MAX, SNAPSHOT_FORMAT_VERSION};
 

@@ -130,7 +130,10 @@ impl AllocationTable {
 
     /// Free amount of `kind` on providers that accept placements.
     fn free_in_cluster(&self, kind: &str) -> u64 {
-        self.index.free_by_kind.get(kind).map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
+        self.index
+            .free_by_kind
+            .get(kind)
+            .map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
     }
 
     /// Per kind, in thousandths: 1 − (largest free amount on one provider ÷

@@ -211,7 +211,10 @@ impl AllocationTable {
     /// something: a monitor's query, not for the apply path.
     pub fn emptiable_providers(&self) -> Vec<String> {
         let free_total = |kind: &str| -> u64 {
-            self.index.free_by_kind.get(kind).map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
+            self.index
+                .free_by_kind
+                .get(kind)
+                .map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
         };
         self.index
             .by_provider
@@ -222,7 +225,13 @@ impl AllocationTable {
                     return false;
                 }
                 provider.kinds.iter().all(|(kind, totals)| {
-                    let held = totals.capacity - provider.resources.values().filter(|r| &r.kind == kind).map(|r| r.free()).sum::<u64>();
+                    let held = totals.capacity
+                        - provider
+                            .resources
+                            .values()
+                            .filter(|r| &r.kind == kind)
+                            .map(|r| r.free())
+                            .sum::<u64>();
                     let own_free = if provider.accepts_placements() { totals.free } else { 0 };
                     held == 0 || free_total(kind) - own_free >= held
                 })
