@@ -3,7 +3,9 @@
 //! them, and a 4-core request that no provider alone can hold. The plan
 //! (automatic, on the stranded request) packs allocations make-before-break,
 //! each agent confirming its side; the request is placed and fragmentation
-//! falls. `qm optimize --dry-run` and `qm optimize` answer afterwards.
+//! falls. `qm optimize --dry-run` and `qm optimize` answer afterwards. And
+//! a drain under load: movable allocations move off make-before-break, both
+//! agents confirming, the pinned one is named in the answer and stays.
 
 use std::time::{Duration, Instant};
 
@@ -151,6 +153,79 @@ async fn a_stranded_request_is_placed_after_live_moves_confirmed_by_the_agents()
             fragmentation_before,
             after.fragmentation_permille.get("cpu_cores").copied().unwrap_or(0),
             plan["moves"].as_array().map_or(0, Vec::len)
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_drain_under_load_moves_movable_allocations_off_with_both_agents_confirming() {
+    bounded(TEST_TIME_MAX, async {
+        let cluster = Cluster::start(3);
+        cluster.wait_for_leader().await;
+        let client = cluster.client();
+        let agents: Vec<_> = (1..=3)
+            .map(|n| {
+                let id = format!("agent-{n}");
+                cluster.start_agent(&id, &cluster.inventory(&id, CORES))
+            })
+            .collect();
+        for agent in &agents {
+            agent.wait_for("registration", WAIT_MAX, |line| line["event"] == "registered").await;
+        }
+
+        // --- six movable allocations spread two per provider, and one pinned to agent-1
+        let mut movable = Vec::new();
+        for _ in 0..6 {
+            movable.push(client.allocate(cpu_request(1, true)).await.unwrap().allocation_id);
+        }
+        let pinned: ResourceRequest = serde_json::from_value(json!({
+            "request_id": uuid::Uuid::new_v4().to_string(),
+            "requester_id": "packer",
+            "resource_requirements": {"cpu_cores": 1},
+            "priority": 1,
+            "constraints": {"provider_id": "agent-1"},
+        }))
+        .unwrap();
+        let pinned = client.allocate(pinned).await.unwrap().allocation_id;
+        for id in movable.iter().chain([&pinned]) {
+            wait_for_record(&client, id, "confirmed", |record| state_name(record) == "monitoring").await;
+        }
+        let on_agent_1: Vec<String> = {
+            let mut ids = Vec::new();
+            for id in &movable {
+                if client.get(id, Consistency::Linearizable).await.unwrap().provider_id == "agent-1" {
+                    ids.push(id.clone());
+                }
+            }
+            ids
+        };
+        assert_eq!(2, on_agent_1.len());
+
+        // --- drain agent-1: its movable allocations move at once, the pinned one is named
+        let reply = client.drain_provider("agent-1", 10 * 60 * 1000).await.unwrap();
+        assert_eq!("draining", reply.scheduling);
+        assert_eq!(2, reply.moving.len(), "{reply:?}");
+        assert_eq!(1, reply.cannot_move.len(), "{reply:?}");
+        assert!(
+            reply.cannot_move[0].starts_with(&pinned) && reply.cannot_move[0].contains("pinned"),
+            "{reply:?}"
+        );
+
+        // --- each ends on another provider, in monitoring, confirmed by both agents
+        for id in &on_agent_1 {
+            wait_for_record(&client, id, "moved off agent-1", |record| {
+                record.provider_id != "agent-1" && state_name(record) == "monitoring"
+            })
+            .await;
+        }
+        let state = client.system_state(Consistency::Linearizable).await.unwrap();
+        assert_eq!((2, 2, 0), (state.moves_started, state.moves_completed, state.moves_rolled_back));
+        assert_eq!(vec!["agent-1".to_owned()], state.cordoned_providers);
+        let pinned_now = client.get(&pinned, Consistency::Linearizable).await.unwrap();
+        assert_eq!(
+            ("agent-1", "monitoring"),
+            (pinned_now.provider_id.as_str(), state_name(&pinned_now))
         );
     })
     .await
