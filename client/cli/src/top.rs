@@ -366,6 +366,10 @@ mod tests {
                 revision: 42,
                 evacuations_pending: 0,
                 cordoned_providers: vec![],
+                fragmentation_permille: [("cpu_cores".to_owned(), 500)].into(),
+                moves_started: 3,
+                moves_completed: 2,
+                moves_rolled_back: 1,
                 ..Default::default()
             },
             providers: vec![api::ProviderInfo {
@@ -403,7 +407,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with("queue 0 · active allocations 1 · failed providers: agent-a\n"),
+            text.ends_with(
+                "queue 0 · active allocations 1 · failed providers: agent-a\n\
+                 fragmentation: cpu_cores 0.500 · moves 3 started, 2 completed, 1 rolled back\n"
+            ),
             "{text}"
         );
     }
