@@ -80,7 +80,8 @@ impl Event {
             | EventKind::DeallocationConfirmed { namespace, .. }
             | EventKind::LeaseRenewed { namespace, .. }
             | EventKind::AllocationMoving { namespace, .. }
-            | EventKind::OptimizationFailed { namespace, .. } => Some(namespace),
+            | EventKind::OptimizationFailed { namespace, .. }
+            | EventKind::MoveTargetReady { namespace, .. } => Some(namespace),
             EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
             _ => None,
         }
@@ -111,6 +112,7 @@ impl Event {
             EventKind::OptimizationNeeded { .. } => "optimization_needed",
             EventKind::AllocationMoving { .. } => "allocation_moving",
             EventKind::OptimizationFailed { .. } => "optimization_failed",
+            EventKind::MoveTargetReady { .. } => "move_target_ready",
         }
     }
 }
@@ -258,5 +260,16 @@ pub enum EventKind {
         from_provider: String,
         to_provider: String,
         reason: String,
+    },
+    /// A move's target holds the allocation (its agent confirmed, or it has
+    /// none): the units on `from_provider` are released now, and its agent
+    /// confirms the release. Names both providers, so that the source's
+    /// agent sees it under TLS too.
+    MoveTargetReady {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
     },
 }

@@ -35,6 +35,16 @@ fn moving(request: &AllocationRequest, from: &str, to: &str, grants: Vec<qm_stat
     }
 }
 
+fn target_ready(request: &AllocationRequest, from: &str, to: &str) -> EventKind {
+    EventKind::MoveTargetReady {
+        request_id: request.request_id,
+        allocation_id: allocation_id_for(request.request_id),
+        namespace: request.namespace.clone(),
+        from_provider: from.into(),
+        to_provider: to.into(),
+    }
+}
+
 fn planned(request: &AllocationRequest, from: &str, to: &str, grants: Vec<qm_state_machine::UnitGrant>) -> PlannedMove {
     PlannedMove {
         request_id: request.request_id,
@@ -82,6 +92,7 @@ fn a_plan_packs_the_less_loaded_provider_onto_the_more_loaded_one() {
     let expected = t.expect(vec![
         core("node_2", "bcpu_2", Allocated),
         moving(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)]),
+        target_ready(&first, "node_1", "node_2"),
         core("node_1", "acpu_1", Available),
         moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "optimization"),
         needed("operator", 1),
@@ -134,6 +145,7 @@ fn a_move_waits_for_the_target_then_the_source_agent() {
             namespace: first.namespace.clone(),
             provider_id: "node_2".into(),
         },
+        target_ready(&first, "node_1", "node_2"),
         core("node_1", "acpu_1", Available),
     ]);
     let applied = t.apply(Command::ConfirmAllocation {

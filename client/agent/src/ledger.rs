@@ -4,12 +4,12 @@
 //!
 //! ```text
 //!  allocation_granted / allocation_moved (to us) ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
-//!  confirm answered / allocation_confirmed        ──▶ holding, confirmed
-//!  allocation_released (ours)                      ──▶ not held ──▶ owe DeallocationConfirmed
-//!  allocation_moved (from us) / allocation_expired ──▶ not held, nothing owed
-//!  allocation_moving (to us: a live move)          ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
-//!  allocation_confirmed by the move's target       ──▶ not held ──▶ owe DeallocationConfirmed (the source's release)
-//!  optimization_failed (to us: rolled back)        ──▶ not held, nothing owed
+//!  confirm answered / allocation_confirmed       ──▶ holding, confirmed
+//!  allocation_released (ours)                    ──▶ not held ──▶ owe DeallocationConfirmed
+//!  allocation_moved (from us) / allocation_expired──▶ not held, nothing owed
+//!  allocation_moving (to us: a live move)        ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
+//!  move_target_ready (from us)                   ──▶ not held ──▶ owe DeallocationConfirmed (the source's release)
+//!  optimization_failed (to us: rolled back)      ──▶ not held, nothing owed
 //! ```
 //!
 //! Every step is idempotent: the same event twice, or an event replayed
@@ -101,7 +101,7 @@ impl Ledger {
             "allocation_granted" if ours("provider_id") => self.place(event, None),
             "allocation_moved" | "allocation_moving" if ours("to_provider") => self.place(event, text("from_provider").map(str::to_owned)),
             // A live move of one of ours: its target took it over, so we let go.
-            "allocation_confirmed" if !ours("provider_id") => id("allocation_id")
+            "move_target_ready" if ours("from_provider") => id("allocation_id")
                 .filter(|allocation_id| self.holdings.contains_key(allocation_id))
                 .map(|allocation_id| self.release(allocation_id))
                 .into_iter()

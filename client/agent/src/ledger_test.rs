@@ -275,13 +275,16 @@ fn a_live_move_is_confirmed_by_the_target_then_released_by_the_source() {
     assert_eq!(vec![(id(1), Confirmation::Allocation)], target.owed());
     assert_eq!(1, source.holdings().len());
 
-    // --- the target's confirmation tells the source to let go and confirm the release
-    let confirmed = json(EventKind::AllocationConfirmed {
+    // --- the target holding it tells the source to let go and confirm the release
+    let ready = json(EventKind::MoveTargetReady {
+        request_id: id(101),
         allocation_id: id(1),
         namespace: "default".to_owned(),
-        provider_id: OTHER.to_owned(),
+        from_provider: US.to_owned(),
+        to_provider: OTHER.to_owned(),
     });
-    assert_eq!(vec![Notice::Released { allocation_id: id(1) }], source.apply_event(&confirmed));
+    assert!(target.apply_event(&ready).is_empty());
+    assert_eq!(vec![Notice::Released { allocation_id: id(1) }], source.apply_event(&ready));
     assert_eq!(vec![(id(1), Confirmation::Deallocation)], source.owed());
     assert!(source.holdings().is_empty());
 

@@ -69,7 +69,8 @@ fn is_about(event: &Event, request_id: Uuid, allocation_id: Uuid) -> bool {
         | EventKind::AllocationExpired { request_id: id, .. }
         | EventKind::AllocationMoved { request_id: id, .. }
         | EventKind::AllocationMoving { request_id: id, .. }
-        | EventKind::OptimizationFailed { request_id: id, .. } => *id == request_id,
+        | EventKind::OptimizationFailed { request_id: id, .. }
+        | EventKind::MoveTargetReady { request_id: id, .. } => *id == request_id,
         EventKind::AllocationConfirmed { allocation_id: id, .. }
         | EventKind::DeallocationConfirmed { allocation_id: id, .. }
         | EventKind::LeaseRenewed { allocation_id: id, .. } => *id == allocation_id,

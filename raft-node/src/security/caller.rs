@@ -132,6 +132,11 @@ fn event_providers(kind: &EventKind) -> Vec<&str> {
             from_provider,
             to_provider,
             ..
+        }
+        | EventKind::MoveTargetReady {
+            from_provider,
+            to_provider,
+            ..
         } => vec![from_provider, to_provider],
         _ => Vec::new(),
     }

@@ -85,6 +85,13 @@ impl AllocationTable {
         moving.target_confirmed = true;
         moving.deadline_ms = self.clock_ms + self.config.move_confirm_timeout_ms;
         let (from, to) = (moving.from.clone(), moving.to.clone());
+        self.emit(EventKind::MoveTargetReady {
+            request_id: record.request.request_id,
+            allocation_id: record.allocation_id,
+            namespace: record.request.namespace.clone(),
+            from_provider: from.provider_id.clone(),
+            to_provider: to.provider_id.clone(),
+        });
         self.unhold_units(record.allocation_id, &from);
         record.placement = Some(to);
         let source_confirms = self
