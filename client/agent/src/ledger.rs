@@ -3,13 +3,13 @@
 //! out; the confirmer (`confirmer.rs`) does the talking.
 //!
 //! ```text
-//!  allocation_granted / allocation_moved (to us) ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
-//!  confirm answered / allocation_confirmed       ──▶ holding, confirmed
-//!  allocation_released (ours)                    ──▶ not held ──▶ owe DeallocationConfirmed
-//!  allocation_moved (from us) / allocation_expired──▶ not held, nothing owed
-//!  allocation_moving (to us: a live move)        ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
-//!  move_target_ready (from us)                   ──▶ not held ──▶ owe DeallocationConfirmed (the source's release)
-//!  optimization_failed (to us: rolled back)      ──▶ not held, nothing owed
+//!  allocation_granted / allocation_moved (to us)   ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
+//!  confirm answered / allocation_confirmed         ──▶ holding, confirmed
+//!  allocation_released (ours)                      ──▶ not held ──▶ owe DeallocationConfirmed
+//!  allocation_moved (from us) / allocation_expired ──▶ not held, nothing owed
+//!  allocation_moving (to us: a live move)          ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
+//!  move_target_ready (from us)                     ──▶ not held ──▶ owe DeallocationConfirmed (the source's release)
+//!  optimization_failed (to us: rolled back)        ──▶ not held, nothing owed
 //! ```
 //!
 //! Every step is idempotent: the same event twice, or an event replayed
