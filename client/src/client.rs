@@ -368,6 +368,53 @@ impl Client {
             .await
     }
 
+    /// Cordons a provider (`cordon`: no new placements, what it holds
+    /// stays) or opens it again; an admin's call under TLS.
+    pub async fn set_provider_scheduling(&self, provider_id: &str, cordon: bool) -> Result<api::ProviderSchedulingReply, Error> {
+        let message = api::SetProviderSchedulingRequest {
+            provider_id: provider_id.to_owned(),
+            scheduling: if cordon { "cordoned" } else { "open" }.to_owned(),
+            drain_deadline_ms: 0,
+        };
+        self.inner
+            .call("set_provider_scheduling", CallKind::Write, message, |replica, request| async move {
+                replica.client().set_provider_scheduling(request).await
+            })
+            .await
+    }
+
+    /// Drains a provider: no new placements, its movable allocations move
+    /// elsewhere make-before-break, and after `deadline_ms` the rest move
+    /// as if it left. The answer says what cannot move now, and why.
+    pub async fn drain_provider(&self, provider_id: &str, deadline_ms: u64) -> Result<api::ProviderSchedulingReply, Error> {
+        let message = api::SetProviderSchedulingRequest {
+            provider_id: provider_id.to_owned(),
+            scheduling: "draining".to_owned(),
+            drain_deadline_ms: deadline_ms,
+        };
+        self.inner
+            .call("set_provider_scheduling", CallKind::Write, message, |replica, request| async move {
+                replica.client().set_provider_scheduling(request).await
+            })
+            .await
+    }
+
+    /// An optimization plan: begun (through the log), or with `dry_run`
+    /// only computed; an admin's call under TLS.
+    pub async fn optimize(&self, dry_run: bool) -> Result<api::OptimizeReply, Error> {
+        let message = api::OptimizeRequest { dry_run, stale: false };
+        let kind = if dry_run {
+            CallKind::Read(Consistency::Linearizable)
+        } else {
+            CallKind::Write
+        };
+        self.inner
+            .call("optimize", kind, message, |replica, request| async move {
+                replica.client().optimize(request).await
+            })
+            .await
+    }
+
     /// Every provider, in provider id order, read a page
     /// ([`qm_api::wire::PROVIDERS_PAGE_MAX`]) at a time.
     pub async fn list_providers(&self, consistency: Consistency) -> Result<Vec<api::ProviderInfo>, Error> {

@@ -102,6 +102,27 @@ struct QuotaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MoveLabels {
+    outcome: String,
+}
+
+/// The optimization measures of the applied table, for `fragmentation`
+/// and `moves`.
+#[derive(Clone, Debug, Default)]
+pub struct OptimizationSample {
+    /// Kind → fragmentation in thousandths.
+    pub fragmentation_permille: std::collections::BTreeMap<String, u64>,
+    pub moves_started: u64,
+    pub moves_completed: u64,
+    pub moves_rolled_back: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabels {
     node_id: String,
 }
@@ -189,6 +210,7 @@ impl Metrics {
         utilization: &[UtilizationSample],
         quotas: &[qm_state_machine::NamespaceUsage],
         apply: &ApplyDurations,
+        optimization: &OptimizationSample,
     ) -> String {
         let mut registry = Registry::default();
         registry.register(
@@ -229,6 +251,28 @@ impl Metrics {
             utilization_family,
         );
         register_quotas(&mut registry, quotas);
+        let fragmentation = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        for (kind, permille) in &optimization.fragmentation_permille {
+            fragmentation
+                .get_or_create(&KindLabels { kind: kind.clone() })
+                .set(*permille as f64 / 1000.0);
+        }
+        registry.register(
+            "fragmentation",
+            "Per kind: 1 - the largest free amount on one provider / the total free amount (0..1)",
+            fragmentation,
+        );
+        let moves = Family::<MoveLabels, Gauge>::default();
+        for (outcome, count) in [
+            ("started", optimization.moves_started),
+            ("completed", optimization.moves_completed),
+            ("rolled_back", optimization.moves_rolled_back),
+        ] {
+            moves
+                .get_or_create(&MoveLabels { outcome: outcome.into() })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        registry.register("moves", "Live moves since the table began, by outcome", moves);
         let node = NodeLabels {
             node_id: raft.node_id.to_string(),
         };
@@ -341,12 +385,19 @@ mod tests {
             quota: [("gpu".to_owned(), 4)].into(),
             ..Default::default()
         }];
-        let text = metrics.render(&raft, &utilization, &quotas, &apply);
+        let optimization = OptimizationSample {
+            fragmentation_permille: [("cpu_cores".to_owned(), 500)].into(),
+            moves_completed: 3,
+            ..OptimizationSample::default()
+        };
+        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization);
         for expected in [
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
             "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
             "apply_duration_max_seconds 0.0003",
+            "fragmentation{kind=\"cpu_cores\"} 0.5",
+            "moves{outcome=\"completed\"} 3",
             "allocation_latency_bucket{le=\"0.005\",resource_type=\"cpu_cores\",priority=\"1\"} 1",
             "allocation_latency_bucket{le=\"0.002\",resource_type=\"cpu_cores\",priority=\"1\"} 0",
             "allocation_success_rate_total{resource_type=\"cpu_cores\",requester_id=\"agent_123\",status=\"allocated\"} 1",

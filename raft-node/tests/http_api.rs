@@ -285,3 +285,53 @@ async fn events_stream_as_server_sent_events_and_resume_after_the_last_event_id(
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_operator_cordons_and_uncordons_a_provider_over_http() {
+    bounded(async {
+        let cluster = HttpCluster::start(3, &[]).await;
+        let leader = cluster.leader().await;
+        let url = |path: &str| cluster.url(leader, path);
+        assert_eq!(200, post(&url("/v1/providers"), &cpus_provider("node_c", 2)).status);
+
+        // --- cordon: the answer, the provider's view and the state say so
+        let cordoned = post(&url("/v1/providers/node_c/cordon"), "");
+        assert_eq!(200, cordoned.status, "{cordoned:?}");
+        assert_eq!(
+            json!({"provider_id": "node_c", "scheduling": "cordoned", "moving": [], "cannot_move": []}),
+            cordoned.json()
+        );
+        assert_eq!("cordoned", get(&url("/v1/providers")).json()["providers"][0]["scheduling"]);
+        assert_eq!(json!(["node_c"]), get(&url("/v1/state")).json()["cordoned_providers"]);
+
+        // --- a request for it waits, and is placed once it is uncordoned
+        let queued = post(&url("/v1/allocate"), &small_request(1, "node_c"));
+        assert_eq!("queued", queued.json()["status"], "{queued:?}");
+        let opened = post(&url("/v1/providers/node_c/uncordon"), "");
+        assert_eq!("open", opened.json()["scheduling"]);
+        let id = queued.json()["request_id"].as_str().unwrap().to_owned();
+        assert_eq!("allocated", get(&url(&format!("/v1/requests/{id}"))).json()["status"]);
+
+        // --- a drain with nowhere to go answers at once with what cannot move, and why
+        let drained = post(&url("/v1/providers/node_c/drain?deadline_ms=60000"), "");
+        assert_eq!(200, drained.status, "{drained:?}");
+        let drained = drained.json();
+        assert_eq!("draining", drained["scheduling"]);
+        let cannot = drained["cannot_move"].as_array().unwrap();
+        assert_eq!(1, cannot.len(), "{drained}");
+        assert!(
+            cannot[0]
+                .as_str()
+                .unwrap()
+                .ends_with("pinned: moves only when the drain deadline passes"),
+            "{drained}"
+        );
+        assert_eq!(400, post(&url("/v1/providers/node_c/drain?deadline_ms=0"), "").status);
+
+        // --- an unknown provider is 404; a follower redirects to the leader
+        assert_eq!(404, post(&url("/v1/providers/node_none/cordon"), "").status);
+        let follower = cluster.follower(leader);
+        assert_eq!(307, post(&cluster.url(follower, "/v1/providers/node_c/cordon"), "").status);
+    })
+    .await
+}

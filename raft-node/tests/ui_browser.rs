@@ -215,6 +215,11 @@ async fn the_ui_follows_a_live_cluster_through_agent_and_leader_failures() {
         .await;
 
     // --- what the script saw
+    let drain = result(&results, "drain_answer").as_str().unwrap_or_default();
+    assert!(
+        drain.contains("node_3 is draining") && drain.contains("pinned"),
+        "the drain's answer on the page: {drain}"
+    );
     let failover = result(&results, "failover");
     assert_ne!(failover["killed"], failover["new_leader"], "{failover}");
     let load = result(&results, "page_load");

@@ -9,9 +9,9 @@ use uuid::Uuid;
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
-use crate::provider::{ProviderRegistration, ProviderStatus};
+use crate::provider::{ProviderRegistration, ProviderStatus, Scheduling};
 use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
-use crate::record::RequestRecord;
+use crate::record::{RequestRecord, UnitGrant};
 use crate::request::AllocationRequest;
 use crate::table::Cursor;
 
@@ -121,6 +121,30 @@ pub enum Command {
         request: AllocationRequest,
         on_preemption: OnPreemption,
     },
+    /// An operator cordons (`true`: no new placements, what is there stays)
+    /// or uncordons (`false`: open again, which also ends a drain) a
+    /// provider. Appended last: entries already in a log keep their encoding.
+    CordonProvider {
+        provider_id: String,
+        cordon: bool,
+    },
+    /// [`Command::Allocate`] for a request that allows its allocation to be
+    /// moved make-before-break (the request's `"movable": true`). A
+    /// variant of its own rather than a field of [`AllocationRequest`], so
+    /// that entries already in a log keep their encoding.
+    AllocateMovable(AllocationRequest),
+    /// An operator asks for an optimization plan now (`qm optimize`): it is
+    /// computed and its moves begin in this apply, whatever the plan
+    /// cooldown. Appended last.
+    Optimize,
+    /// An operator drains a provider: no new placements, its movable
+    /// allocations move elsewhere make-before-break, and `deadline_after_ms`
+    /// from now whatever is left is moved as if the provider left (or
+    /// queued). Appended last.
+    DrainProvider {
+        provider_id: String,
+        deadline_after_ms: u64,
+    },
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -196,8 +220,31 @@ impl Command {
             Command::DeleteQuota { .. } => "delete_quota",
             Command::SetPreemption { .. } => "set_preemption",
             Command::AllocateWith { .. } => "allocate",
+            Command::CordonProvider { cordon: true, .. } => "cordon_provider",
+            Command::CordonProvider { cordon: false, .. } => "uncordon_provider",
+            Command::AllocateMovable(_) => "allocate",
+            Command::Optimize => "optimize",
+            Command::DrainProvider { .. } => "drain_provider",
         }
     }
+}
+
+/// One move of an optimization plan: the allocation, from where, to which units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub request_id: Uuid,
+    pub allocation_id: Uuid,
+    pub namespace: String,
+    pub from_provider: String,
+    pub to_provider: String,
+    pub grants: Vec<UnitGrant>,
+}
+
+/// An allocation a drain cannot move now, and why (`pinned`, `no_room`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmovable {
+    pub allocation_id: Uuid,
+    pub reason: String,
 }
 
 /// A successful command's answer.
@@ -236,6 +283,22 @@ pub enum CommandResponse {
         namespace: Option<String>,
         policy: NamespacePolicy,
         cluster_preemption: PreemptionSetting,
+    },
+    /// The moves an optimization plan began (empty: nothing improves).
+    Plan(Vec<PlannedMove>),
+    /// A drain began (or was asked again): the moves under way off the
+    /// provider, and what cannot move now and why (a full cluster says so
+    /// instead of waiting).
+    Drain {
+        provider_id: String,
+        deadline_ms: u64,
+        moving: Vec<PlannedMove>,
+        cannot_move: Vec<Unmovable>,
+    },
+    /// A provider's scheduling after a cordon, uncordon or drain.
+    Scheduling {
+        provider_id: String,
+        scheduling: Scheduling,
     },
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::provider::Scheduling;
 use crate::quota::PreemptionSetting;
 use crate::record::{UnitGrant, EVENT_ID_PREFIX};
 
@@ -80,7 +81,10 @@ impl Event {
             | EventKind::AllocationMoved { namespace, .. }
             | EventKind::AllocationConfirmed { namespace, .. }
             | EventKind::DeallocationConfirmed { namespace, .. }
-            | EventKind::LeaseRenewed { namespace, .. } => Some(namespace),
+            | EventKind::LeaseRenewed { namespace, .. }
+            | EventKind::AllocationMoving { namespace, .. }
+            | EventKind::OptimizationFailed { namespace, .. }
+            | EventKind::MoveTargetReady { namespace, .. } => Some(namespace),
             EventKind::ReleasedMatching { namespace, .. } => namespace.as_deref(),
             EventKind::AllocationPreempted { namespace, .. }
             | EventKind::QuotaSet { namespace, .. }
@@ -115,6 +119,11 @@ impl Event {
             EventKind::QuotaDeleted { .. } => "quota_deleted",
             EventKind::PreemptionSet { .. } => "preemption_set",
             EventKind::AllocationPreempted { .. } => "allocation_preempted",
+            EventKind::ProviderScheduling { .. } => "provider_scheduling",
+            EventKind::OptimizationNeeded { .. } => "optimization_needed",
+            EventKind::AllocationMoving { .. } => "allocation_moving",
+            EventKind::OptimizationFailed { .. } => "optimization_failed",
+            EventKind::MoveTargetReady { .. } => "move_target_ready",
         }
     }
 }
@@ -186,7 +195,9 @@ pub enum EventKind {
         provider_id: String,
     },
     /// Re-placed off a failed or deregistered provider (`resource_failure →
-    /// reallocate_resources`).
+    /// reallocate_resources`, reason `provider_failed` or
+    /// `provider_deregistered`), or a make-before-break move that ended
+    /// (reason `optimization`).
     AllocationMoved {
         request_id: Uuid,
         allocation_id: Uuid,
@@ -194,6 +205,7 @@ pub enum EventKind {
         from_provider: String,
         to_provider: String,
         grants: Vec<UnitGrant>,
+        reason: String,
     },
     AllocationConfirmed {
         allocation_id: Uuid,
@@ -253,5 +265,51 @@ pub enum EventKind {
         preemptor_namespace: String,
         preemptor_priority: i64,
         requeued: bool,
+    },
+    /// A provider was cordoned, uncordoned or set draining. Appended last:
+    /// histories already encoded keep their layout.
+    ProviderScheduling {
+        provider_id: String,
+        scheduling: Scheduling,
+    },
+    /// The protocol's `monitoring → optimization`: a plan began `moves`
+    /// moves; `trigger` is `operator`, `stranded_request` or
+    /// `fragmentation` (with the kind).
+    OptimizationNeeded {
+        trigger: String,
+        moves: u64,
+    },
+    /// A move began: `grants` on `to_provider` are reserved for the
+    /// allocation as well as its units on `from_provider`.
+    AllocationMoving {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        grants: Vec<UnitGrant>,
+        reason: String,
+    },
+    /// A move was rolled back: the allocation keeps its units on
+    /// `from_provider`; `reason` says why (the target did not confirm in
+    /// time, a provider failed, ...).
+    OptimizationFailed {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        reason: String,
+    },
+    /// A move's target holds the allocation (its agent confirmed, or it has
+    /// none): the units on `from_provider` are released now, and its agent
+    /// confirms the release. Names both providers, so that the source's
+    /// agent sees it under TLS too.
+    MoveTargetReady {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
     },
 }

@@ -76,7 +76,7 @@ pub use error::{CommandError, InvalidArgument, SnapshotError};
 pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
-pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Sharing};
+pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};

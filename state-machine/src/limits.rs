@@ -43,6 +43,8 @@ pub const BULK_RELEASE_PER_COMMAND_MAX: usize = 1024;
 /// stops and names where the next entry continues: a filter that matches
 /// few of many records still costs a bounded apply.
 pub const BULK_RELEASE_EXAMINED_PER_COMMAND_MAX: usize = 16 * 1024;
+/// Longest drain deadline an operator may give: a day.
+pub const DRAIN_DEADLINE_MS_MAX: u64 = 24 * 3600 * 1000;
 /// Shortest lease: below this a lease would expire between two leader ticks.
 pub const LEASE_TTL_MS_MIN: u64 = 1000;
 /// Namespaces with rules of their own (a quota, a preemption override or
@@ -99,6 +101,24 @@ pub struct TableConfig {
     /// applied command; the rest in the commands after it, during which no
     /// lease expires.
     pub lease_refreshes_per_command_max: usize,
+    /// Moves one optimization plan begins at most (its move budget).
+    pub moves_per_plan_max: usize,
+    /// A move's target agent must confirm within this, else the move is
+    /// rolled back (`optimization_failed`); the source's release is waited
+    /// for as long again at most.
+    pub move_confirm_timeout_ms: u64,
+    /// An allocation that moved is not moved again within this.
+    pub move_cooldown_ms: u64,
+    /// No automatic plan within this of the last plan (an operator's
+    /// `qm optimize` is not held back).
+    pub plan_cooldown_ms: u64,
+    /// A kind whose fragmentation (1 − largest free on one provider ÷ total
+    /// free), in thousandths, is above this triggers a plan on a tick;
+    /// 1000 never does.
+    pub fragmentation_mark_permille: u64,
+    /// Providers looked at as sources, and as targets per allocation, by
+    /// one plan: its cost stays bounded at any cluster size.
+    pub plan_providers_examined_max: usize,
 }
 
 impl Default for TableConfig {
@@ -114,6 +134,12 @@ impl Default for TableConfig {
             event_history_max: 10_000,
             evacuations_per_command_max: 1024,
             lease_refreshes_per_command_max: 4096,
+            moves_per_plan_max: 4,
+            move_confirm_timeout_ms: 30_000,
+            move_cooldown_ms: 10 * 60 * 1000,
+            plan_cooldown_ms: 60_000,
+            fragmentation_mark_permille: 1000,
+            plan_providers_examined_max: 256,
         }
     }
 }

@@ -51,6 +51,11 @@ pub struct ResourceRequest {
     /// Extension: `best_fit` (default) or `spread`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementPolicy>,
+    /// Extension: `true` lets the allocation be moved to another provider
+    /// make-before-break (optimization); absent or `false`: pinned where
+    /// it is placed. Proposed as [`crate::Command::AllocateMovable`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub movable: Option<bool>,
 }
 
 /// `constraints` of a [`ResourceRequest`].
@@ -163,6 +168,8 @@ impl From<&AllocationRequest> for ResourceRequest {
                 resource_ids: constraints.resource_ids.clone(),
             }),
             placement: (request.placement != PlacementPolicy::default()).then_some(request.placement),
+            // Not part of the request the table keeps (a record's `movable`).
+            movable: None,
         }
     }
 }

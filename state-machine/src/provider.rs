@@ -157,6 +157,34 @@ pub enum ProviderStatus {
     Failed,
 }
 
+/// Whether new allocations may be placed on an active provider: an
+/// operator's `qm provider cordon` stops new placements (what is there
+/// stays), a drain also moves its movable allocations away. A failed
+/// provider keeps its scheduling, so it is still cordoned when it returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduling {
+    /// Placements welcome.
+    #[default]
+    Open,
+    /// No new placements; its allocations stay.
+    Cordoned,
+    /// No new placements; movable allocations move elsewhere make-before-break,
+    /// and at `deadline_ms` the rest are moved as if the provider left.
+    Draining { deadline_ms: u64 },
+}
+
+impl Scheduling {
+    /// The wire name: `open`, `cordoned` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduling::Open => "open",
+            Scheduling::Cordoned => "cordoned",
+            Scheduling::Draining { .. } => "draining",
+        }
+    }
+}
+
 /// One unit as the table tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
@@ -209,6 +237,8 @@ pub struct Provider {
     /// As registered; see [`ProviderRegistration::address`].
     pub address: Option<String>,
     pub port: Option<u16>,
+    /// Cordoned or draining providers take no new placements.
+    pub scheduling: Scheduling,
     /// Derived from `resources`; rebuilt after a snapshot is restored.
     #[serde(skip)]
     pub kinds: BTreeMap<String, KindTotals>,
@@ -225,6 +255,7 @@ impl Provider {
             registered_at_ms: now_ms,
             address: registration.address.clone(),
             port: registration.port,
+            scheduling: Scheduling::Open,
             kinds: BTreeMap::new(),
         };
         provider.resources = registration
@@ -252,6 +283,12 @@ impl Provider {
                 totals.free_units.insert((free, resource.resource_id.clone()));
             }
         }
+    }
+
+    /// Whether a new allocation (or a moved one) may be placed here: active
+    /// and neither cordoned nor draining.
+    pub fn accepts_placements(&self) -> bool {
+        self.status == ProviderStatus::Active && self.scheduling == Scheduling::Open
     }
 
     pub fn free_of(&self, kind: &str) -> u64 {

@@ -7,9 +7,9 @@ use crate::provider::{Resource, Sharing};
 use crate::quota::OnPreemption;
 use crate::request::AllocationRequest;
 
-/// The protocol's request states. `request_processing` and `optimization`
-/// are passed through inside a single apply, so a request is never seen in
-/// them; the others are where a request rests between commands.
+/// The protocol's request states. `request_processing` is passed through
+/// inside a single apply, so a request is never seen in it; the others are
+/// where a request rests between commands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
@@ -26,6 +26,11 @@ pub enum RequestState {
     Idle,
     /// Rejected: it will never be placed.
     Error,
+    /// Held and in use while it moves make-before-break to another provider
+    /// ([`Move`]): the target's units are reserved as well as the source's
+    /// until the target's agent confirms; then the source's are released.
+    /// Appended last: records already encoded keep their layout.
+    Optimization,
 }
 
 impl RequestState {
@@ -38,12 +43,16 @@ impl RequestState {
             RequestState::Deallocation => "deallocation",
             RequestState::Idle => "idle",
             RequestState::Error => "error",
+            RequestState::Optimization => "optimization",
         }
     }
 
     /// Holds units now.
     pub fn is_active(self) -> bool {
-        matches!(self, RequestState::Allocation | RequestState::Monitoring)
+        matches!(
+            self,
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization
+        )
     }
 
     /// Will never hold units again; eligible to be forgotten after the dedupe window.
@@ -104,6 +113,44 @@ pub struct Placement {
     pub granted_at_ms: u64,
 }
 
+/// Why an allocation moves make-before-break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// A plan that packs allocations onto fewer providers (`qm optimize`,
+    /// a stranded queued request, fragmentation past the mark).
+    Optimization,
+    /// Its provider is being drained (`qm provider drain`).
+    Drain,
+}
+
+impl MoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveReason::Optimization => "optimization",
+            MoveReason::Drain => "drain",
+        }
+    }
+}
+
+/// A move under way (the record is in [`RequestState::Optimization`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub reason: MoveReason,
+    /// Where it was when the move began.
+    pub from: Placement,
+    /// The units reserved for it on the target provider.
+    pub to: Placement,
+    /// Past this, a target that has not confirmed is given up (the move is
+    /// rolled back), and a source that has not confirmed its release is no
+    /// longer waited for (its units are free already).
+    pub deadline_ms: u64,
+    /// The target's agent confirmed: the record's placement is `to` now and
+    /// `from`'s units are free; the source's agent confirming the release
+    /// ends the move.
+    pub target_confirmed: bool,
+}
+
 /// Everything known about one request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestRecord {
@@ -133,6 +180,17 @@ pub struct RequestRecord {
     /// What happens to the allocation if a preemptor takes its units.
     #[serde(default)]
     pub on_preemption: OnPreemption,
+    /// The requester allows it to be moved to another provider
+    /// make-before-break (optimization, drain). Pinned (false) by default.
+    #[serde(default)]
+    pub movable: bool,
+    /// The move under way, in state `optimization`.
+    #[serde(default)]
+    pub moving: Option<Move>,
+    /// When its last move ended: it is not moved again within
+    /// [`crate::TableConfig::move_cooldown_ms`].
+    #[serde(default)]
+    pub last_moved_at_ms: Option<u64>,
 }
 
 /// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.

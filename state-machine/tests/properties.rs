@@ -1,5 +1,7 @@
 //! Property tests: random sequences of register / allocate / release / fail /
-//! recover / deregister / tick / renew / refresh / confirm. After every step
+//! recover / deregister / tick / renew / refresh / confirm / cordon /
+//! optimize, with movable allocations whose moves are confirmed, time out
+//! or meet failing providers. After every step
 //! the table's invariants hold; at the end a snapshot restores an equal table
 //! and a second table fed the same sequence has byte-identical snapshots.
 //!
@@ -46,6 +48,7 @@ enum Op {
         deadline_ms: Option<u16>,
         pin: Option<u8>,
         spread: bool,
+        movable: bool,
     },
     /// The remembered request sent again, unchanged: a client's retry.
     Retry {
@@ -80,6 +83,22 @@ enum Op {
     Confirm {
         target: u8,
         right_provider: bool,
+        deallocation: bool,
+    },
+    /// An operator's plan (`Command::Optimize`).
+    Optimize,
+    Drain {
+        provider: u8,
+        deadline_ms: u16,
+    },
+    Cordon {
+        provider: u8,
+        cordon: bool,
+    },
+    /// The agent of a move's target (or, `deallocation`, its source)
+    /// confirms; a plain confirmation when the request is not moving.
+    ConfirmMove {
+        target: u8,
         deallocation: bool,
     },
 }
@@ -145,6 +164,7 @@ impl Op {
                 deadline_ms,
                 pin,
                 spread,
+                movable,
             } => {
                 let mut requirements = Vec::new();
                 for (kind, quantity) in [("cpu_cores", cores), ("gpu", gpus), ("memory_gb", memory_gb)] {
@@ -172,7 +192,7 @@ impl Op {
                         ..Constraints::default()
                     },
                 };
-                Command::Allocate(AllocationRequest {
+                let request = AllocationRequest {
                     request_id: request_id(request),
                     requester_id: format!("agent_{}", request % 3),
                     namespace: DEFAULT_NAMESPACE.to_owned(),
@@ -187,12 +207,48 @@ impl Op {
                     } else {
                         PlacementPolicy::BestFit
                     },
-                })
+                };
+                match movable {
+                    true => Command::AllocateMovable(request),
+                    false => Command::Allocate(request),
+                }
             }
             Op::Retry { target } => match table.get(target_id(table, target)) {
+                Some(record) if record.movable => Command::AllocateMovable(record.request.clone()),
                 Some(record) => Command::Allocate(record.request.clone()),
                 None => Command::Tick,
             },
+            Op::Optimize => Command::Optimize,
+            Op::Drain { provider, deadline_ms } => Command::DrainProvider {
+                provider_id: provider_id(provider),
+                deadline_after_ms: u64::from(deadline_ms),
+            },
+            Op::Cordon { provider, cordon } => Command::CordonProvider {
+                provider_id: provider_id(provider),
+                cordon,
+            },
+            Op::ConfirmMove { target, deallocation } => {
+                let id = target_id(table, target);
+                let record = table.get(id);
+                let moving = record.and_then(|record| record.moving.as_ref());
+                let placed_on = record.and_then(|record| record.placement.as_ref()).map(|p| p.provider_id.clone());
+                let provider_id = match (moving, deallocation) {
+                    (Some(moving), false) => moving.to.provider_id.clone(),
+                    (Some(moving), true) => moving.from.provider_id.clone(),
+                    (None, _) => placed_on.unwrap_or_else(|| provider_id(target % PROVIDERS)),
+                };
+                let allocation_id = allocation_id_for(id);
+                match deallocation {
+                    false => Command::ConfirmAllocation {
+                        allocation_id,
+                        provider_id,
+                    },
+                    true => Command::ConfirmDeallocation {
+                        allocation_id,
+                        provider_id,
+                    },
+                }
+            }
             Op::Release { target, by_allocation_id } => {
                 let id = target_id(table, target);
                 Command::Release {
@@ -285,10 +341,10 @@ fn allocate() -> impl Strategy<Value = Op> {
         any::<bool>(),
         prop::option::weighted(0.3, 0..1000u16),
         prop::option::weighted(0.2, 0..PROVIDERS),
-        prop::bool::weighted(0.3),
+        (prop::bool::weighted(0.3), prop::bool::weighted(0.5)),
     )
         .prop_map(
-            |(request, (cores, memory_gb, gpus), priority, lease, deadline_ms, pin, spread)| Op::Allocate {
+            |(request, (cores, memory_gb, gpus), priority, lease, deadline_ms, pin, (spread, movable))| Op::Allocate {
                 request,
                 cores,
                 memory_gb,
@@ -298,6 +354,7 @@ fn allocate() -> impl Strategy<Value = Op> {
                 deadline_ms,
                 pin,
                 spread,
+                movable,
             },
         )
 }
@@ -319,6 +376,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<u8>(), prop::option::of(target())).prop_map(|(by, key, after)| Op::ReleaseMatching { by, key, after }),
         2 => (target(), prop::bool::weighted(0.8), any::<bool>())
             .prop_map(|(target, right_provider, deallocation)| Op::Confirm { target, right_provider, deallocation }),
+        2 => Just(Op::Optimize),
+        1 => (0..PROVIDERS, 0..3000u16).prop_map(|(provider, deadline_ms)| Op::Drain { provider, deadline_ms }),
+        1 => (0..PROVIDERS, prop::bool::weighted(0.6)).prop_map(|(provider, cordon)| Op::Cordon { provider, cordon }),
+        3 => (target(), any::<bool>()).prop_map(|(target, deallocation)| Op::ConfirmMove { target, deallocation }),
     ]
 }
 
@@ -351,6 +412,12 @@ fn tight_config() -> TableConfig {
         event_history_max: 24,
         evacuations_per_command_max: 2,
         lease_refreshes_per_command_max: 2,
+        moves_per_plan_max: 2,
+        move_confirm_timeout_ms: 1_500,
+        move_cooldown_ms: 1_000,
+        plan_cooldown_ms: 500,
+        fragmentation_mark_permille: 300,
+        plan_providers_examined_max: 2,
     }
 }
 
@@ -417,7 +484,7 @@ fn check_units(table: &AllocationTable) {
     for record in &records {
         let held = holdings.remove(&record.allocation_id).unwrap_or_default();
         match record.state {
-            RequestState::Allocation | RequestState::Monitoring => {
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
                 active += 1;
                 let placement = record.placement.as_ref().expect("an active allocation has a placement");
                 let provider = table.provider(&placement.provider_id).expect("placed on a registered provider");
@@ -428,11 +495,24 @@ fn check_units(table: &AllocationTable) {
                     record.request.request_id,
                     provider.provider_id
                 );
-                let granted: Vec<(String, String, u64)> = placement
+                let mut granted: Vec<(String, String, u64)> = placement
                     .grants
                     .iter()
                     .map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount))
                     .collect();
+                // A move's target holds its units too until it confirms.
+                if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
+                    granted.extend(
+                        moving
+                            .to
+                            .grants
+                            .iter()
+                            .map(|g| (moving.to.provider_id.clone(), g.resource_id.clone(), g.amount)),
+                    );
+                    granted.sort();
+                }
+                let mut held = held;
+                held.sort();
                 assert_eq!(granted, held, "{}: grants and units disagree", record.request.request_id);
             }
             RequestState::Queued => {
@@ -495,6 +575,31 @@ proptest! {
     fn invariants_hold_after_every_step(config in config(), history in history()) {
         let mut table = AllocationTable::new(config);
         run(&mut table, &history);
+    }
+
+    /// Every move ends: once no agent answers any more, ticks past the
+    /// confirmation timeout end each move still under way (rolled back, or
+    /// finished if its target had confirmed), a bounded number per tick.
+    #[test]
+    fn every_move_ends(config in config(), history in history()) {
+        let mut table = AllocationTable::new(config.clone());
+        let (_, mut now_ms) = run_from(&mut table, T0, &history);
+        let ticks = config.moves_per_plan_max.div_ceil(config.expirations_per_tick_max) + 1;
+        for _ in 0..ticks {
+            // Past every deadline, but not so far that a plan can begin new moves unseen:
+            // a plan begun here would be ended by the next ticks too.
+            now_ms += config.move_confirm_timeout_ms + 1;
+            run_from(&mut table, now_ms, &[(0, Op::Tick)]);
+        }
+        let started = table.move_counts().started;
+        let ended = table.move_counts().completed + table.move_counts().rolled_back;
+        prop_assert_eq!(started - ended, table.moves_in_flight() as u64);
+        let moving = table.list(&ListFilter { state: Some(RequestState::Optimization), ..ListFilter::default() });
+        prop_assert!(moving.len() <= config.moves_per_plan_max, "{} moves under way", moving.len());
+        for record in moving {
+            // Only a plan begun by the last tick may still be under way.
+            prop_assert!(record.moving.as_ref().unwrap().deadline_ms > now_ms - config.move_confirm_timeout_ms - 1);
+        }
     }
 
     #[test]

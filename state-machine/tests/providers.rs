@@ -139,7 +139,7 @@ fn deregistering_moves_allocations_to_another_provider() {
     let expected = t.expect(vec![
         core("node_2", "bcpu_1", Allocated),
         core("node_2", "bcpu_2", Allocated),
-        moved(&held, "node_1", "node_2", grants.clone()),
+        moved(&held, "node_1", "node_2", grants.clone(), "provider_deregistered"),
         EventKind::ProviderDeregistered {
             provider_id: "node_1".into(),
         },
@@ -278,7 +278,7 @@ fn a_failed_provider_has_its_allocations_moved_where_they_fit() {
         },
         core("node_1", "acpu_1", Failed).with_used(1),
         core("node_2", "bcpu_2", Allocated),
-        moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)]),
+        moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "provider_failed"),
     ]);
     assert_eq!(
         expected,

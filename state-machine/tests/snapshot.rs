@@ -162,6 +162,12 @@ fn usage_reports_capacity_use_and_failed_capacity() {
         failed_providers: vec!["node_2".into()],
         revision: t.table.revision(),
         evacuations_pending: 0,
+        cordoned_providers: vec![],
+        fragmentation_permille: t.table.fragmentation_permille(),
+        emptiable_providers: vec![],
+        moves_started: 0,
+        moves_completed: 0,
+        moves_rolled_back: 0,
     };
     assert_eq!(expected, t.table.usage());
 }

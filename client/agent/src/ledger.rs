@@ -3,10 +3,13 @@
 //! out; the confirmer (`confirmer.rs`) does the talking.
 //!
 //! ```text
-//!  allocation_granted / allocation_moved (to us) ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
-//!  confirm answered / allocation_confirmed        ──▶ holding, confirmed
-//!  allocation_released / allocation_preempted (ours) ──▶ not held ──▶ owe DeallocationConfirmed
+//!  allocation_granted / allocation_moved (to us)      ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
+//!  confirm answered / allocation_confirmed            ──▶ holding, confirmed
+//!  allocation_released / allocation_preempted (ours)  ──▶ not held ──▶ owe DeallocationConfirmed
 //!  allocation_moved (from us) / allocation_expired ──▶ not held, nothing owed
+//!  allocation_moving (to us: a live move)          ──▶ holding, unconfirmed ──▶ owe AllocationConfirmed
+//!  move_target_ready (from us)                     ──▶ not held ──▶ owe DeallocationConfirmed (the source's release)
+//!  optimization_failed (to us: rolled back)        ──▶ not held, nothing owed
 //! ```
 //!
 //! Every step is idempotent: the same event twice, or an event replayed
@@ -99,7 +102,21 @@ impl Ledger {
         };
         match kind {
             "allocation_granted" if ours("provider_id") => self.place(event, None),
-            "allocation_moved" if ours("to_provider") => self.place(event, text("from_provider").map(str::to_owned)),
+            "allocation_moved" | "allocation_moving" if ours("to_provider") => self.place(event, text("from_provider").map(str::to_owned)),
+            // A live move of one of ours: its target took it over, so we let go.
+            "move_target_ready" if ours("from_provider") => id("allocation_id")
+                .filter(|allocation_id| self.holdings.contains_key(allocation_id))
+                .map(|allocation_id| self.release(allocation_id))
+                .into_iter()
+                .collect(),
+            "optimization_failed" if ours("to_provider") => id("allocation_id")
+                .and_then(|allocation_id| self.drop_holding(allocation_id))
+                .map(|allocation_id| Notice::MovedAway {
+                    allocation_id,
+                    to_provider: text("from_provider").unwrap_or_default().to_owned(),
+                })
+                .into_iter()
+                .collect(),
             "allocation_moved" if ours("from_provider") => id("allocation_id")
                 .and_then(|allocation_id| self.drop_holding(allocation_id))
                 .map(|allocation_id| Notice::MovedAway {

@@ -42,6 +42,7 @@ fn moved(allocation: u128, from: &str, to: &str) -> Value {
         from_provider: from.to_owned(),
         to_provider: to.to_owned(),
         grants: vec![cpu(1)],
+        reason: "provider_failed".to_owned(),
     })
 }
 
@@ -278,4 +279,53 @@ fn a_preempted_allocation_is_let_go_and_its_release_is_confirmed_before_the_pree
         ledger.owed()
     );
     assert!(!ledger.holdings().contains_key(&id(9)));
+}
+
+#[test]
+fn a_live_move_is_confirmed_by_the_target_then_released_by_the_source() {
+    let mut source = Ledger::new(US);
+    let mut target = Ledger::new(OTHER);
+    source.apply_event(&granted(1, US));
+    source.confirmed(id(1), Confirmation::Allocation);
+    let moving = json(EventKind::AllocationMoving {
+        request_id: id(101),
+        allocation_id: id(1),
+        namespace: "default".to_owned(),
+        from_provider: US.to_owned(),
+        to_provider: OTHER.to_owned(),
+        grants: vec![cpu(2)],
+        reason: "optimization".to_owned(),
+    });
+
+    // --- the target holds it and owes its confirmation; the source keeps it meanwhile
+    assert!(source.apply_event(&moving).is_empty());
+    assert!(matches!(&target.apply_event(&moving)[..], [Notice::Placed { moved_from: Some(from), .. }] if from == US));
+    assert_eq!(vec![(id(1), Confirmation::Allocation)], target.owed());
+    assert_eq!(1, source.holdings().len());
+
+    // --- the target holding it tells the source to let go and confirm the release
+    let ready = json(EventKind::MoveTargetReady {
+        request_id: id(101),
+        allocation_id: id(1),
+        namespace: "default".to_owned(),
+        from_provider: US.to_owned(),
+        to_provider: OTHER.to_owned(),
+    });
+    assert!(target.apply_event(&ready).is_empty());
+    assert_eq!(vec![Notice::Released { allocation_id: id(1) }], source.apply_event(&ready));
+    assert_eq!(vec![(id(1), Confirmation::Deallocation)], source.owed());
+    assert!(source.holdings().is_empty());
+
+    // --- a rolled-back move leaves the target with nothing held or owed
+    let mut rolled_back = Ledger::new(OTHER);
+    rolled_back.apply_event(&moving);
+    rolled_back.apply_event(&json(EventKind::OptimizationFailed {
+        request_id: id(101),
+        allocation_id: id(1),
+        namespace: "default".to_owned(),
+        from_provider: US.to_owned(),
+        to_provider: OTHER.to_owned(),
+        reason: "target_unconfirmed".to_owned(),
+    }));
+    assert!(rolled_back.owed().is_empty() && rolled_back.holdings().is_empty());
 }

@@ -74,6 +74,7 @@ pub fn request_to_proto(request: &ResourceRequest) -> api::ResourceRequest {
         placement: request
             .placement
             .map_or_else(String::new, |placement| placement_name(placement).to_owned()),
+        movable: request.movable.unwrap_or(false),
     }
 }
 
@@ -103,6 +104,7 @@ pub fn request_from_proto(request: &api::ResourceRequest) -> Result<ResourceRequ
         lease_ttl_ms: request.lease_ttl_ms,
         constraints: constraints.filter(|constraints| constraints != &ConstraintsDocument::default()),
         placement: placement_from_name(&request.placement)?,
+        movable: request.movable.then_some(true),
     })
 }
 
@@ -230,6 +232,7 @@ pub fn state_to_wire(state: RequestState) -> api::RequestState {
         RequestState::Deallocation => api::RequestState::Deallocation,
         RequestState::Idle => api::RequestState::Idle,
         RequestState::Error => api::RequestState::Error,
+        RequestState::Optimization => api::RequestState::Optimization,
     }
 }
 
@@ -244,6 +247,7 @@ pub fn state_from_wire(field: &str, number: i32) -> Result<Option<RequestState>,
         Ok(api::RequestState::Deallocation) => Ok(Some(RequestState::Deallocation)),
         Ok(api::RequestState::Idle) => Ok(Some(RequestState::Idle)),
         Ok(api::RequestState::Error) => Ok(Some(RequestState::Error)),
+        Ok(api::RequestState::Optimization) => Ok(Some(RequestState::Optimization)),
         Err(_) => Err(ConvertError::malformed(field, &number.to_string(), "a protocol state")),
     }
 }
@@ -373,6 +377,27 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         last_heartbeat_ms: None,
         address: provider.address.clone().unwrap_or_default(),
         port: provider.port.map_or(0, u32::from),
+        scheduling: provider.scheduling.as_str().to_owned(),
+    }
+}
+
+/// One move of an optimization plan on the wire.
+pub fn planned_move_to_proto(planned: &qm_state_machine::command::PlannedMove) -> api::PlannedMove {
+    api::PlannedMove {
+        request_id: planned.request_id.to_string(),
+        allocation_id: planned.allocation_id.to_string(),
+        namespace: planned.namespace.clone(),
+        from_provider: planned.from_provider.clone(),
+        to_provider: planned.to_provider.clone(),
+        grants: planned
+            .grants
+            .iter()
+            .map(|grant| api::UnitGrant {
+                resource_id: grant.resource_id.clone(),
+                kind: grant.kind.clone(),
+                amount: grant.amount,
+            })
+            .collect(),
     }
 }
 
@@ -433,6 +458,16 @@ pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
         failed_providers: usage.failed_providers.clone(),
         revision: usage.revision,
         evacuations_pending: usage.evacuations_pending,
+        cordoned_providers: usage.cordoned_providers.clone(),
+        fragmentation_permille: usage
+            .fragmentation_permille
+            .iter()
+            .map(|(kind, permille)| (kind.clone(), *permille))
+            .collect(),
+        emptiable_providers: usage.emptiable_providers.clone(),
+        moves_started: usage.moves_started,
+        moves_completed: usage.moves_completed,
+        moves_rolled_back: usage.moves_rolled_back,
     }
 }
 
@@ -459,6 +494,16 @@ pub fn usage_from_proto(reply: &api::SystemStateReply) -> Result<Usage, ConvertE
         failed_providers: reply.failed_providers.clone(),
         revision: reply.revision,
         evacuations_pending: reply.evacuations_pending,
+        cordoned_providers: reply.cordoned_providers.clone(),
+        fragmentation_permille: reply
+            .fragmentation_permille
+            .iter()
+            .map(|(kind, permille)| (kind.clone(), *permille))
+            .collect(),
+        emptiable_providers: reply.emptiable_providers.clone(),
+        moves_started: reply.moves_started,
+        moves_completed: reply.moves_completed,
+        moves_rolled_back: reply.moves_rolled_back,
     })
 }
 

@@ -56,6 +56,7 @@ fn protocol_example_goes_to_the_wire_and_back_unchanged() {
         lease_ttl_ms: None,
         constraints: None,
         placement: String::new(),
+        movable: false,
     };
     assert_eq!(expected, wire);
     assert_eq!(Ok(request), request_from_proto(&wire));
@@ -77,10 +78,12 @@ fn extensions_go_to_the_wire_and_back_unchanged() {
             resource_ids: vec!["gpu_0".into()],
         }),
         placement: Some(PlacementPolicy::Spread),
+        movable: Some(true),
     };
 
     let wire = request_to_proto(&request);
 
+    assert!(wire.movable);
     assert_eq!("spread", wire.placement);
     assert_eq!("team_a", wire.namespace);
     assert_eq!(Ok(request), request_from_proto(&wire));

@@ -98,6 +98,10 @@ pub struct AllocateArgs {
     /// where, and which allocations it would preempt) without allocating.
     #[arg(long, conflicts_with = "wait")]
     pub dry_run: bool,
+    /// Let the allocation be moved to another provider make-before-break
+    /// (`qm optimize`); without it the allocation stays where it is placed.
+    #[arg(long)]
+    pub movable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -149,6 +153,7 @@ impl AllocateArgs {
                 PlacementArg::BestFit => PlacementPolicy::BestFit,
                 PlacementArg::Spread => PlacementPolicy::Spread,
             }),
+            movable: self.movable.then_some(true),
         })
     }
 }

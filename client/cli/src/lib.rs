@@ -35,6 +35,7 @@ mod cluster;
 mod error;
 mod input;
 mod load;
+mod optimize;
 mod output;
 mod provider;
 mod quota;
@@ -147,6 +148,13 @@ pub enum Command {
         #[arg(long)]
         stale: bool,
     },
+    /// An optimization plan: movable allocations move make-before-break
+    /// from less to more loaded providers (admin).
+    Optimize {
+        /// Show the plan without beginning it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load the cluster: throughput and latency percentiles per operation.
     Bench(BenchArgs),
     /// Run a provider agent: offer this host (or a declared inventory),
@@ -232,6 +240,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::List(args) => allocations::list(&client, args, format, out).await,
         Command::Watch(args) => watch::run(&client, args, out).await,
         Command::State { stale } => state::run(&client, stale, format, out).await,
+        Command::Optimize { dry_run } => optimize::run(&client, dry_run, format, out).await,
         Command::Bench(args) => bench::run(&client, args, format, out).await,
         Command::Agent(args) => agent::run(&client, args, format, out).await,
         Command::Top(args) => top::run(&client, args, format, out).await,

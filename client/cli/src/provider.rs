@@ -1,4 +1,4 @@
-//! `qm provider register|list|deregister`.
+//! `qm provider register|list|deregister|cordon|uncordon`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +40,55 @@ pub enum ProviderCommand {
         /// The provider's id.
         provider_id: String,
     },
+    /// Stop new placements on a provider; what it holds stays (admin).
+    Cordon {
+        /// The provider's id.
+        provider_id: String,
+    },
+    /// Drain a provider: no new placements, its movable allocations move
+    /// elsewhere make-before-break, and at the deadline the rest move as if
+    /// it left (admin). Says at once what cannot move now, and why.
+    Drain {
+        /// The provider's id.
+        provider_id: String,
+        /// How long movable allocations have to move before the rest are
+        /// moved as if the provider left: 500ms, 30s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_duration_ms)]
+        deadline: u64,
+    },
+    /// Open a cordoned (or draining) provider to new placements again (admin).
+    Uncordon {
+        /// The provider's id.
+        provider_id: String,
+    },
+}
+
+/// `qm provider cordon|uncordon --output json`.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct SchedulingReplyJson {
+    pub provider_id: String,
+    pub scheduling: String,
+    /// A drain's moves under way: allocation id → target provider.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moving: Vec<(String, String)>,
+    /// A drain: `ALLOCATION_ID: reason` for what cannot move now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cannot_move: Vec<String>,
+}
+
+/// `500ms`, `30s`, `10m`, `1h` (or a bare number of ms) in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s or 10m"))?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
 }
 
 /// `qm provider register|deregister --output json`.
@@ -58,6 +107,8 @@ pub struct ProviderJson {
     pub labels: BTreeMap<String, String>,
     pub confirms_allocations: bool,
     pub allocations: u64,
+    /// `open`, `cordoned` or `draining`.
+    pub scheduling: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms: Option<u64>,
     /// Where the provider is reached, as it registered.
@@ -88,6 +139,7 @@ impl From<&api::ProviderInfo> for ProviderJson {
             labels: sorted(&info.labels),
             confirms_allocations: info.confirms_allocations,
             allocations: info.allocations,
+            scheduling: scheduling_name(info).to_owned(),
             last_heartbeat_ms: info.last_heartbeat_ms,
             address: Some(info.address.clone()).filter(|address| !address.is_empty()),
             port: Some(info.port).filter(|port| *port != 0),
@@ -120,6 +172,15 @@ pub async fn run(client: &Client, command: ProviderCommand, format: OutputFormat
             print_reply(&client.register_provider(&registration).await?, format, out)
         }
         ProviderCommand::Deregister { provider_id } => print_reply(&client.deregister_provider(&provider_id).await?, format, out),
+        ProviderCommand::Cordon { provider_id } => {
+            print_scheduling(&client.set_provider_scheduling(&provider_id, true).await?, format, out)
+        }
+        ProviderCommand::Drain { provider_id, deadline } => {
+            print_scheduling(&client.drain_provider(&provider_id, deadline).await?, format, out)
+        }
+        ProviderCommand::Uncordon { provider_id } => {
+            print_scheduling(&client.set_provider_scheduling(&provider_id, false).await?, format, out)
+        }
         ProviderCommand::List { stale, all } => {
             let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
             let rows_max = if all { usize::MAX } else { PROVIDER_LIST_ROWS_SHOWN_MAX };
@@ -143,6 +204,54 @@ fn print_reply(reply: &api::ProviderReply, format: OutputFormat, out: &mut dyn W
             table.row([&reply.provider_id, &reply.status, &reply.resources.to_string()]);
             table.write(out)
         }
+    }
+}
+
+fn print_scheduling(reply: &api::ProviderSchedulingReply, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Json => print_json(
+            &SchedulingReplyJson {
+                provider_id: reply.provider_id.clone(),
+                scheduling: reply.scheduling.clone(),
+                moving: reply
+                    .moving
+                    .iter()
+                    .map(|planned| (planned.allocation_id.clone(), planned.to_provider.clone()))
+                    .collect(),
+                cannot_move: reply.cannot_move.clone(),
+            },
+            out,
+        ),
+        OutputFormat::Table => {
+            let mut table = Table::new(["PROVIDER", "SCHEDULING"]);
+            table.row([&reply.provider_id, &reply.scheduling]);
+            table.write(out)?;
+            for planned in &reply.moving {
+                writeln!(out, "moving {} to {}", planned.allocation_id, planned.to_provider)?;
+            }
+            for line in &reply.cannot_move {
+                writeln!(out, "cannot move {line}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A provider's scheduling; a replica of an older build sends none: open.
+fn scheduling_name(info: &api::ProviderInfo) -> &str {
+    if info.scheduling.is_empty() {
+        "open"
+    } else {
+        &info.scheduling
+    }
+}
+
+/// The STATUS column: the status, and the scheduling unless it is open
+/// (`active, cordoned`).
+fn status_cell(info: &api::ProviderInfo) -> String {
+    match scheduling_name(info) {
+        "open" => info.status.clone(),
+        scheduling => format!("{}, {scheduling}", info.status),
     }
 }
 
@@ -179,7 +288,7 @@ pub(crate) fn print_providers(
             .join(",");
         table.row([
             &provider.provider_id,
-            &provider.status,
+            &status_cell(provider),
             &provider.allocations.to_string(),
             &usage,
             if labels.is_empty() { "-" } else { &labels },

@@ -1,5 +1,6 @@
 //! `qm state`: the monitor's view (the protocol's SystemState).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use super::error::CliError;
@@ -70,7 +71,23 @@ pub(crate) fn print_table(state: &api::SystemStateReply, out: &mut dyn Write) ->
     summary.row(["active_allocations", &state.active_allocations.to_string()]);
     summary.row(["queue_len", &state.queue_len.to_string()]);
     summary.row(["failed_providers", &list_cell(&state.failed_providers, SEE_ALL)]);
+    summary.row(["cordoned_providers", &list_cell(&state.cordoned_providers, SEE_ALL)]);
     summary.row(["evacuations_pending", &state.evacuations_pending.to_string()]);
+    let fragmentation: BTreeMap<&String, &u64> = state.fragmentation_permille.iter().collect();
+    let fragmentation = fragmentation
+        .iter()
+        .map(|(kind, permille)| format!("{kind} {:.3}", **permille as f64 / 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    summary.row(["fragmentation", if fragmentation.is_empty() { "-" } else { &fragmentation }]);
+    summary.row(["emptiable_providers", &list_cell(&state.emptiable_providers, SEE_ALL)]);
+    summary.row([
+        "moves",
+        &format!(
+            "{} started, {} completed, {} rolled back",
+            state.moves_started, state.moves_completed, state.moves_rolled_back
+        ),
+    ]);
     summary.row(["revision", &state.revision.to_string()]);
     summary.write(out)
 }

@@ -223,6 +223,24 @@ fn render_table(frame: &Frame) -> Result<String, CliError> {
             pending => format!(" · {pending} allocations still to move"),
         }
     )?;
+    let mut fragmentation: Vec<String> = state
+        .fragmentation_permille
+        .iter()
+        .map(|(kind, permille)| format!("{kind} {:.3}", *permille as f64 / 1000.0))
+        .collect();
+    fragmentation.sort();
+    writeln!(
+        out,
+        "fragmentation: {} · moves {} started, {} completed, {} rolled back",
+        if fragmentation.is_empty() {
+            "-".to_owned()
+        } else {
+            fragmentation.join(", ")
+        },
+        state.moves_started,
+        state.moves_completed,
+        state.moves_rolled_back
+    )?;
     Ok(String::from_utf8(out).expect("written from strings"))
 }
 
@@ -357,6 +375,12 @@ mod tests {
                 failed_providers: vec!["agent-a".to_owned()],
                 revision: 42,
                 evacuations_pending: 0,
+                cordoned_providers: vec![],
+                fragmentation_permille: [("cpu_cores".to_owned(), 500)].into(),
+                moves_started: 3,
+                moves_completed: 2,
+                moves_rolled_back: 1,
+                ..Default::default()
             },
             providers: vec![api::ProviderInfo {
                 provider_id: "agent-b".to_owned(),
@@ -406,7 +430,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with("queue 0 · active allocations 1 · failed providers: agent-a\n"),
+            text.ends_with(
+                "queue 0 · active allocations 1 · failed providers: agent-a\n\
+                 fragmentation: cpu_cores 0.500 · moves 3 started, 2 completed, 1 rolled back\n"
+            ),
             "{text}"
         );
     }

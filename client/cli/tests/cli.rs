@@ -258,3 +258,93 @@ async fn bench_leaves_the_cluster_as_it_found_it() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_cordoned_provider_takes_nothing_new_until_uncordoned() {
+    bounded(async {
+        let cluster = shared_cluster().await;
+        let endpoints = cluster.endpoints().join(",");
+        let env = [("QM_ENDPOINTS", endpoints.as_str())];
+        // A kind of its own, so the other tests sharing the cluster never place on it.
+        let registration =
+            r#"{"provider_id": "node_cordon", "resources": [{"resource_id": "slot_1", "kind": "cordon_slots", "capacity": 1}]}"#;
+        stdout_json(&qm(&["provider", "register", "--file", "-", "--output", "json"], &env, registration).await);
+
+        // --- cordon: the reply, the provider list and qm state say so
+        let cordoned = stdout_json(&qm(&["provider", "cordon", "node_cordon", "--output", "json"], &env, "").await);
+        assert_eq!(json!({"provider_id": "node_cordon", "scheduling": "cordoned"}), cordoned);
+        let providers = stdout_json(&qm(&["provider", "list", "--output", "json"], &env, "").await);
+        let listed = providers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider_id"] == "node_cordon")
+            .unwrap()
+            .clone();
+        assert_eq!(json!("cordoned"), listed["scheduling"], "{listed}");
+        let state = stdout_json(&qm(&["state", "--output", "json"], &env, "").await);
+        assert!(
+            state["cordoned_providers"].as_array().unwrap().contains(&json!("node_cordon")),
+            "{state}"
+        );
+        let table = qm(&["provider", "list"], &env, "").await;
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            table
+                .lines()
+                .any(|line| line.starts_with("node_cordon") && line.contains("active, cordoned")),
+            "{table}"
+        );
+
+        // --- a request only it could hold waits in the queue
+        let asked = qm(
+            &[
+                "allocate",
+                "--requester",
+                "cordon_test",
+                "--kind",
+                "cordon_slots=1",
+                "--output",
+                "json",
+            ],
+            &env,
+            "",
+        )
+        .await;
+        let asked = stdout_json(&asked);
+        assert_eq!(json!("queued"), asked["status"], "{asked}");
+        let request_id = asked["request_id"].as_str().unwrap().to_owned();
+
+        // --- uncordon: the queued request is placed on it
+        let opened = stdout_json(&qm(&["provider", "uncordon", "node_cordon", "--output", "json"], &env, "").await);
+        assert_eq!(json!({"provider_id": "node_cordon", "scheduling": "open"}), opened);
+        let got = stdout_json(&qm(&["get", &request_id, "--output", "json"], &env, "").await);
+        assert_eq!(json!("allocated"), got["status"], "{got}");
+        assert_eq!(json!({"cordon_slots": ["slot_1"]}), got["allocated_resources"], "{got}");
+
+        // --- a drain: the pinned allocation cannot move now, and the reply says so at once
+        let drained = stdout_json(
+            &qm(
+                &["provider", "drain", "node_cordon", "--deadline", "1m", "--output", "json"],
+                &env,
+                "",
+            )
+            .await,
+        );
+        assert_eq!(json!("draining"), drained["scheduling"], "{drained}");
+        let cannot = drained["cannot_move"][0].as_str().unwrap_or_default();
+        assert!(
+            cannot.starts_with(got["allocation_id"].as_str().unwrap()) && cannot.contains("pinned"),
+            "{drained}"
+        );
+        let bad = qm(&["provider", "drain", "node_cordon", "--deadline", "10x"], &env, "").await;
+        assert!(!bad.status.success());
+        stdout_json(&qm(&["provider", "uncordon", "node_cordon", "--output", "json"], &env, "").await);
+
+        // --- an unknown provider is an error naming it, exit 1
+        let unknown = qm(&["provider", "cordon", "node_none"], &env, "").await;
+        assert!(!unknown.status.success());
+        assert!(stderr(&unknown).contains("node_none"), "{}", stderr(&unknown));
+    })
+    .await
+}

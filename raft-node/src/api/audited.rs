@@ -10,9 +10,10 @@
 use qm_api::proto::api::{
     AddReplicaRequest, AdvanceCursorRequest, AllocateRequest, AllocationReply, ClusterStatusReply, ClusterStatusRequest, ConfirmRequest,
     CursorReply, DeleteQuotaRequest, DeregisterProviderRequest, GetRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply,
-    ListProvidersRequest, ListQuotasReply, ListQuotasRequest, ListReply, ListRequest, NamespacePolicyReply, PreviewReply, ProviderReply,
-    RegisterProviderRequest, ReleaseMatchingReply, ReleaseMatchingRequest, ReleaseRequest, RemoveReplicaRequest, RenewLeaseRequest,
-    SetPreemptionRequest, SetQuotaRequest, SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
+    ListProvidersRequest, ListQuotasReply, ListQuotasRequest, ListReply, ListRequest, NamespacePolicyReply, OptimizeReply, OptimizeRequest,
+    PreviewReply, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, ReleaseMatchingReply, ReleaseMatchingRequest,
+    ReleaseRequest, RemoveReplicaRequest, RenewLeaseRequest, SetPreemptionRequest, SetProviderSchedulingRequest, SetQuotaRequest,
+    SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
 };
 use tonic::Status;
 
@@ -169,6 +170,31 @@ impl CallIds for SetPreemptionRequest {
     fn call_ids(&self) -> AuditIds {
         // "" is the cluster's setting.
         ids_of(&[("namespace", &self.namespace)])
+    }
+}
+
+impl CallIds for SetProviderSchedulingRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("provider_id", &self.provider_id), ("scheduling", &self.scheduling)])
+    }
+}
+
+impl CallIds for OptimizeRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("dry_run", if self.dry_run { "true" } else { "false" })])
+    }
+}
+
+impl AuditedReply for ProviderSchedulingReply {
+    fn add_ids(&self, ids: &mut AuditIds) {
+        put(ids, "moving", &self.moving.len().to_string());
+        put(ids, "cannot_move", &self.cannot_move.len().to_string());
+    }
+}
+
+impl AuditedReply for OptimizeReply {
+    fn add_ids(&self, ids: &mut AuditIds) {
+        put(ids, "moves", &self.moves.len().to_string());
     }
 }
 

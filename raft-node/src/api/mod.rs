@@ -226,6 +226,22 @@ impl Quartermaster for ApiService {
         .await
     }
 
+    async fn set_provider_scheduling(&self, request: Request<SetProviderSchedulingRequest>) -> Reply<ProviderSchedulingReply> {
+        let admitted = self.admit(&request, Call::SetProviderScheduling)?;
+        self.audited(
+            Call::SetProviderScheduling,
+            admitted,
+            providers::set_scheduling(&self.node, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn optimize(&self, request: Request<OptimizeRequest>) -> Reply<OptimizeReply> {
+        let admitted = self.admit(&request, Call::Optimize)?;
+        self.audited(Call::Optimize, admitted, providers::optimize(&self.node, request.into_inner()))
+            .await
+    }
+
     async fn list_providers(&self, request: Request<ListProvidersRequest>) -> Reply<ListProvidersReply> {
         self.admit(&request, Call::ListProviders)?;
         providers::list(&self.node, request.into_inner()).await.map(Response::new)

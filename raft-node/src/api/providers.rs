@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use qm_api::convert;
 use qm_api::proto::api::{
     AllocationReply, ConfirmRequest, DeregisterProviderRequest, HeartbeatReply, HeartbeatRequest, ListProvidersReply, ListProvidersRequest,
-    ProviderReply, RegisterProviderRequest, SystemStateReply, SystemStateRequest,
+    OptimizeReply, OptimizeRequest, ProviderReply, ProviderSchedulingReply, RegisterProviderRequest, SetProviderSchedulingRequest,
+    SystemStateReply, SystemStateRequest,
 };
 use qm_api::wire::PROVIDERS_PAGE_MAX;
+use qm_state_machine::limits::DRAIN_DEADLINE_MS_MAX;
 use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, RequestState};
 use tonic::Status;
 use tracing::info;
@@ -105,6 +107,87 @@ pub async fn deregister(node: &Node, caller: &Caller, call: DeregisterProviderRe
     node.heartbeats.lock().expect("heartbeat book").forget(&call.provider_id);
     info!(resource_id = %call.provider_id, operation_type = "deregister_provider", status = "ok", "provider deregistered");
     provider_reply(response)
+}
+
+/// Cordons or opens a provider through the log.
+pub async fn set_scheduling(node: &Node, call: SetProviderSchedulingRequest) -> Result<ProviderSchedulingReply, Status> {
+    require_id("provider_id", &call.provider_id)?;
+    let provider_id = call.provider_id.clone();
+    let command = match call.scheduling.as_str() {
+        "cordoned" | "open" => Command::CordonProvider {
+            provider_id,
+            cordon: call.scheduling == "cordoned",
+        },
+        "draining" => {
+            if call.drain_deadline_ms == 0 || call.drain_deadline_ms > DRAIN_DEADLINE_MS_MAX {
+                return Err(invalid_argument(&InvalidArgument::new(
+                    "drain_deadline_ms",
+                    format!("must be 1..={DRAIN_DEADLINE_MS_MAX} ms"),
+                )));
+            }
+            Command::DrainProvider {
+                provider_id,
+                deadline_after_ms: call.drain_deadline_ms,
+            }
+        }
+        other => {
+            return Err(invalid_argument(&InvalidArgument::new(
+                "scheduling",
+                format!("must be cordoned, draining or open, not {other:?}"),
+            )))
+        }
+    };
+    node.require_leader()?;
+    let reply = match node.propose(command).await? {
+        CommandResponse::Scheduling { provider_id, scheduling } => ProviderSchedulingReply {
+            provider_id,
+            scheduling: scheduling.as_str().to_owned(),
+            ..ProviderSchedulingReply::default()
+        },
+        CommandResponse::Drain {
+            provider_id,
+            moving,
+            cannot_move,
+            ..
+        } => ProviderSchedulingReply {
+            provider_id,
+            scheduling: "draining".to_owned(),
+            moving: moving.iter().map(convert::planned_move_to_proto).collect(),
+            cannot_move: cannot_move
+                .iter()
+                .map(|unmovable| format!("{}: {}", unmovable.allocation_id, unmovable.reason))
+                .collect(),
+        },
+        other => return Err(Status::internal(format!("the table answered a cordon with {other:?}"))),
+    };
+    info!(resource_id = %reply.provider_id, operation_type = reply.scheduling.as_str(), status = "ok", "provider scheduling set");
+    Ok(reply)
+}
+
+/// An optimization plan through the log, or (`dry_run`) computed on this
+/// replica's table without a log entry.
+pub async fn optimize(node: &Node, call: OptimizeRequest) -> Result<OptimizeReply, Status> {
+    let moves = if call.dry_run {
+        node.read_barrier(call.stale).await?;
+        node.with_table(|table| table.optimization_plan_preview()).await
+    } else {
+        node.require_leader()?;
+        match node.propose(Command::Optimize).await? {
+            CommandResponse::Plan(moves) => moves,
+            other => return Err(Status::internal(format!("the table answered a plan with {other:?}"))),
+        }
+    };
+    info!(
+        operation_type = "optimize",
+        dry_run = call.dry_run,
+        moves = moves.len(),
+        status = "ok",
+        "optimization plan"
+    );
+    Ok(OptimizeReply {
+        moves: moves.iter().map(convert::planned_move_to_proto).collect(),
+        dry_run: call.dry_run,
+    })
 }
 
 pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvidersReply, Status> {
@@ -211,6 +294,11 @@ fn confirm_outcome(table: &AllocationTable, allocation_id: Uuid, call: &ConfirmR
     let Some(record) = table.get(allocation_id) else {
         return Some(Err(CommandError::NotFound { id: allocation_id }));
     };
+    // A move's confirmations come from its target and its source, not only
+    // from where it is placed: the table decides them.
+    if record.state == RequestState::Optimization {
+        return None;
+    }
     let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
     if placed_on != Some(call.provider_id.as_str()) {
         return Some(Err(CommandError::WrongProvider {

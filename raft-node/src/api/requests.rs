@@ -46,6 +46,7 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
         .request
         .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
     wire.namespace = caller.namespace_for(&wire.namespace)?;
+    let movable = wire.movable;
     let request = convert::request_from_proto(&wire)
         .and_then(|request| request.validate())
         .map_err(|invalid| invalid_argument(&invalid))?;
@@ -67,7 +68,11 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
     }
     let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
-    let record = expect_record(node.propose(Command::Allocate(request)).await?)?;
+    let command = match movable {
+        true => Command::AllocateMovable(request),
+        false => Command::Allocate(request),
+    };
+    let record = expect_record(node.propose(command).await?)?;
     let status = record.status.as_str();
     let reply = convert::reply_from_record(&record);
     node.metrics

@@ -119,6 +119,7 @@ pub async fn identity(State(api): State<Shared>, Extension(peer): Extension<Peer
         "name": name,
         "namespace": namespace,
         "may_release": may(Call::Release),
+        "may_schedule_providers": may(Call::SetProviderScheduling),
         "may_allocate": may(Call::Allocate),
     }))
     .into_response())

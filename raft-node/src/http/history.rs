@@ -47,6 +47,8 @@ pub fn states_at(kind: &EventKind, confirms: bool) -> Vec<&'static str> {
         EventKind::RequestQueued { .. } => vec!["request_processing", "queued"],
         EventKind::AllocationGranted { .. } => [vec!["request_processing"], held].concat(),
         EventKind::AllocationMoved { .. } => [vec!["optimization"], held].concat(),
+        EventKind::AllocationMoving { .. } => vec!["optimization"],
+        EventKind::OptimizationFailed { .. } => vec!["monitoring"],
         EventKind::AllocationConfirmed { .. } => vec!["monitoring"],
         EventKind::AllocationReleased { .. } | EventKind::AllocationExpired { .. } => freed,
         EventKind::DeallocationConfirmed { .. } => vec!["idle"],
@@ -65,7 +67,10 @@ fn is_about(event: &Event, request_id: Uuid, allocation_id: Uuid) -> bool {
         | EventKind::RequestCancelled { request_id: id, .. }
         | EventKind::AllocationReleased { request_id: id, .. }
         | EventKind::AllocationExpired { request_id: id, .. }
-        | EventKind::AllocationMoved { request_id: id, .. } => *id == request_id,
+        | EventKind::AllocationMoved { request_id: id, .. }
+        | EventKind::AllocationMoving { request_id: id, .. }
+        | EventKind::OptimizationFailed { request_id: id, .. }
+        | EventKind::MoveTargetReady { request_id: id, .. } => *id == request_id,
         EventKind::AllocationConfirmed { allocation_id: id, .. }
         | EventKind::DeallocationConfirmed { allocation_id: id, .. }
         | EventKind::LeaseRenewed { allocation_id: id, .. } => *id == allocation_id,

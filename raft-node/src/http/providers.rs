@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::convert;
-use qm_api::proto::api::{ListProvidersRequest, ProviderInfo, SystemStateRequest};
+use qm_api::proto::api::{ListProvidersRequest, OptimizeRequest, ProviderInfo, SetProviderSchedulingRequest, SystemStateRequest};
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
@@ -91,6 +91,7 @@ fn provider_json(provider: &ProviderInfo, now_ms: u64) -> Value {
     json!({
         "provider_id": provider.provider_id,
         "status": provider.status,
+        "scheduling": provider.scheduling,
         "labels": sorted(&provider.labels),
         "resources": resources,
         "confirms_allocations": provider.confirms_allocations,
@@ -125,6 +126,128 @@ pub async fn register(
     audit(&api, Call::RegisterProvider, &caller, Some(&headers), ids, &result);
     let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
     Ok(Json(json!({"provider_id": reply.provider_id, "status": reply.status, "resources": reply.resources})).into_response())
+}
+
+/// `POST /v1/providers/{id}/cordon`: no new placements on the provider
+/// (what it holds stays); answers `{"provider_id", "scheduling"}`. Admin
+/// only under TLS. The body, if any, is not read.
+pub async fn cordon(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    set_scheduling(&api, &peer, &uri, id, "cordoned").await
+}
+
+/// `POST /v1/providers/{id}/uncordon`: open to new placements again (also
+/// ends a drain).
+pub async fn uncordon(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    set_scheduling(&api, &peer, &uri, id, "open").await
+}
+
+/// `POST /v1/providers/{id}/drain?deadline_ms=N`: no new placements, its
+/// movable allocations move elsewhere make-before-break, after `deadline_ms`
+/// (default 10 minutes) the rest move as if it left. Answers
+/// `{"provider_id", "scheduling", "moving": [...], "cannot_move": [...]}`.
+pub async fn drain(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let deadline_ms = Params::parse(query.as_deref())
+        .number("deadline_ms")?
+        .unwrap_or(DRAIN_DEADLINE_MS_DEFAULT);
+    set_scheduling_to(&api, &peer, &uri, id, "draining", deadline_ms).await
+}
+
+/// A drain's deadline when `deadline_ms` is not given: 10 minutes.
+pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 10 * 60 * 1000;
+
+async fn set_scheduling(
+    api: &Shared,
+    peer: &PeerCertificate,
+    uri: &Uri,
+    provider_id: String,
+    scheduling: &str,
+) -> Result<Response, HttpError> {
+    set_scheduling_to(api, peer, uri, provider_id, scheduling, 0).await
+}
+
+async fn set_scheduling_to(
+    api: &Shared,
+    peer: &PeerCertificate,
+    uri: &Uri,
+    provider_id: String,
+    scheduling: &str,
+    drain_deadline_ms: u64,
+) -> Result<Response, HttpError> {
+    let caller = admit(api, peer, Call::SetProviderScheduling)?;
+    let call = SetProviderSchedulingRequest {
+        provider_id,
+        scheduling: scheduling.to_owned(),
+        drain_deadline_ms,
+    };
+    let ids = call.call_ids();
+    let result = providers::set_scheduling(&api.node, call).await;
+    audit(api, Call::SetProviderScheduling, &caller, None, ids, &result);
+    let reply = result.map_err(|status| HttpError::from_status(api, &status, uri))?;
+    let moving: Vec<Value> = reply
+        .moving
+        .iter()
+        .map(|planned| json!({"allocation_id": planned.allocation_id, "to_provider": planned.to_provider}))
+        .collect();
+    Ok(Json(json!({
+        "provider_id": reply.provider_id,
+        "scheduling": reply.scheduling,
+        "moving": moving,
+        "cannot_move": reply.cannot_move,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/optimize[?dry_run][&stale]`: an optimization plan, begun (through
+/// the log) or, with `dry_run`, only computed; answers `{"dry_run", "moves":
+/// [{"request_id", "allocation_id", "namespace", "from_provider",
+/// "to_provider", "resource_ids"}]}`. Admin only under TLS.
+pub async fn optimize(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HttpError> {
+    let caller = admit(&api, &peer, Call::Optimize)?;
+    let params = Params::parse(query.as_deref());
+    let call = OptimizeRequest {
+        dry_run: params.flag("dry_run"),
+        stale: params.flag("stale"),
+    };
+    let ids = call.call_ids();
+    let result = providers::optimize(&api.node, call).await;
+    audit(&api, Call::Optimize, &caller, None, ids, &result);
+    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let moves: Vec<Value> = reply
+        .moves
+        .iter()
+        .map(|planned| {
+            json!({
+                "request_id": planned.request_id,
+                "allocation_id": planned.allocation_id,
+                "namespace": planned.namespace,
+                "from_provider": planned.from_provider,
+                "to_provider": planned.to_provider,
+                "resource_ids": planned.grants.iter().map(|grant| grant.resource_id.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dry_run": reply.dry_run, "moves": moves})).into_response())
 }
 
 /// `GET /v1/state[?stale]`: capacity, use and free amount per kind and

@@ -61,5 +61,14 @@ pub async fn render(node: &Node) -> String {
         })
         .await;
     let quotas = node.with_table(|table| table.namespace_usage()).await;
-    node.metrics.render(&raft, &utilization, &quotas, node.state.apply_durations())
+    let optimization = node
+        .with_table(|table| metrics::OptimizationSample {
+            fragmentation_permille: table.fragmentation_permille(),
+            moves_started: table.move_counts().started,
+            moves_completed: table.move_counts().completed,
+            moves_rolled_back: table.move_counts().rolled_back,
+        })
+        .await;
+    node.metrics
+        .render(&raft, &utilization, &quotas, node.state.apply_durations(), &optimization)
 }

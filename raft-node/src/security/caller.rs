@@ -63,13 +63,19 @@ impl Caller {
     }
 
     /// Whether this caller may see `record`: a consumer the records of its
-    /// namespace, a provider the records placed on it.
+    /// namespace, a provider the records placed on it and those moving to
+    /// or from it (whose target confirms the move, and whose source
+    /// confirms the release).
     pub fn sees(&self, record: &RequestRecord) -> bool {
         if let Some(namespace) = self.namespace() {
             return record.request.namespace == namespace;
         }
         if let Some(provider) = self.provider() {
-            return record.placement.as_ref().is_some_and(|placement| placement.provider_id == provider);
+            let moving = record
+                .moving
+                .as_ref()
+                .is_some_and(|moving| moving.from.provider_id == provider || moving.to.provider_id == provider);
+            return moving || record.placement.as_ref().is_some_and(|placement| placement.provider_id == provider);
         }
         true
     }
@@ -116,6 +122,21 @@ fn event_providers(kind: &EventKind) -> Vec<&str> {
         // of the units and confirms the release.
         | EventKind::AllocationPreempted { provider_id, .. } => vec![provider_id],
         EventKind::AllocationMoved {
+            from_provider,
+            to_provider,
+            ..
+        }
+        | EventKind::AllocationMoving {
+            from_provider,
+            to_provider,
+            ..
+        }
+        | EventKind::OptimizationFailed {
+            from_provider,
+            to_provider,
+            ..
+        }
+        | EventKind::MoveTargetReady {
             from_provider,
             to_provider,
             ..
@@ -172,6 +193,7 @@ mod tests {
             from_provider: "node_1".into(),
             to_provider: "node_2".into(),
             grants: Vec::new(),
+            reason: "provider_failed".into(),
         });
         let queued = event(EventKind::RequestQueued {
             request_id: Uuid::nil(),
@@ -215,5 +237,61 @@ mod tests {
         assert!(!provider("node_2").sees_event(&preempted));
         assert!(consumer("team-a").sees_event(&preempted));
         assert!(!consumer("ops").sees_event(&preempted));
+    }
+
+    /// A record moving from node_1 to node_2 (both with agents), in the table's own terms.
+    fn moving_record() -> RequestRecord {
+        use qm_state_machine::{AllocationTable, Command, ProviderRegistration, ResourceRequest, ResourceSpec, StampedCommand};
+        let mut table = AllocationTable::default();
+        let mut apply = |command| table.apply(&StampedCommand::new(1, command)).result.expect("applied");
+        for provider_id in ["node_1", "node_2"] {
+            apply(Command::RegisterProvider(ProviderRegistration {
+                provider_id: provider_id.into(),
+                labels: Default::default(),
+                resources: (1..=2)
+                    .map(|n| ResourceSpec {
+                        resource_id: format!("cpu_{n}"),
+                        kind: "cpu_cores".into(),
+                        capacity: 1,
+                        labels: Default::default(),
+                        sharing: None,
+                    })
+                    .collect(),
+                confirms_allocations: true,
+                address: None,
+                port: None,
+            }));
+        }
+        let mut allocation_ids = Vec::new();
+        for n in 1..=2u128 {
+            let request = ResourceRequest::from_json(&format!(
+                r#"{{"request_id": "{}", "requester_id": "agent", "resource_requirements": {{"cpu_cores": 1}}, "priority": 0, "placement": "spread"}}"#,
+                Uuid::from_u128(n)
+            ))
+            .unwrap()
+            .validate()
+            .unwrap();
+            let record = apply(Command::AllocateMovable(request));
+            let record = record.request().unwrap();
+            let provider_id = record.placement.as_ref().unwrap().provider_id.clone();
+            allocation_ids.push(record.allocation_id);
+            apply(Command::ConfirmAllocation {
+                allocation_id: record.allocation_id,
+                provider_id,
+            });
+        }
+        apply(Command::Optimize);
+        let record = table.get(allocation_ids[0]).unwrap().clone();
+        assert_eq!(qm_state_machine::RequestState::Optimization, record.state);
+        record
+    }
+
+    #[test]
+    fn a_provider_sees_a_record_moving_to_or_from_it() {
+        let record = moving_record();
+        assert_eq!("node_1", record.placement.as_ref().unwrap().provider_id);
+        assert!(provider("node_1").sees(&record), "the source");
+        assert!(provider("node_2").sees(&record), "the target, which confirms the move");
+        assert!(!provider("node_3").sees(&record));
     }
 }

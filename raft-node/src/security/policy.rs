@@ -61,12 +61,17 @@ pub enum Call {
     /// The dry run of an allocate (what it would preempt): consumers (in
     /// their namespace) and admins, who may preview for any namespace.
     PreviewAllocate,
+    /// Cordon or uncordon a provider: admin only (an operator's decision
+    /// about the whole cluster, not a provider's about itself).
+    SetProviderScheduling,
+    /// An optimization plan, or its dry run: admin only.
+    Optimize,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 29] = [
+    pub const ALL: [Call; 31] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -96,6 +101,8 @@ impl Call {
         Call::SetPreemption,
         Call::ListQuotas,
         Call::PreviewAllocate,
+        Call::SetProviderScheduling,
+        Call::Optimize,
     ];
 
     /// The roles that may make this call at all.
@@ -112,7 +119,7 @@ impl Call {
             // confirm them); an admin reads everything, to operate the cluster.
             Call::Get | Call::List | Call::Watch => &[Role::ResourceConsumer, Role::ResourceProvider, Role::Admin],
             Call::ClusterStatus | Call::SystemState | Call::ListProviders | Call::Health | Call::Reflection => EVERY_ROLE,
-            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave => &[Role::Admin],
+            Call::AddReplica | Call::RemoveReplica | Call::SnapshotSave | Call::SetProviderScheduling | Call::Optimize => &[Role::Admin],
             Call::AdvanceCursor => &[Role::ResourceConsumer, Role::Admin],
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
             Call::SetQuota | Call::DeleteQuota | Call::SetPreemption => &[Role::Admin],
@@ -135,7 +142,10 @@ impl Call {
             | Call::ReleaseMatching
             | Call::SetQuota
             | Call::DeleteQuota
-            | Call::SetPreemption => AuditClass::Write,
+            | Call::SetPreemption
+            | Call::SetProviderScheduling
+            // A dry run included: an admin's plan of moves is worth a record.
+            | Call::Optimize => AuditClass::Write,
             Call::Get | Call::List | Call::Watch | Call::SnapshotSave => AuditClass::RecordRead,
             // The stream itself is not a write: each call on it is recorded as itself.
             Call::Pipeline
@@ -189,6 +199,8 @@ impl Call {
             Call::SetPreemption => "SetPreemption",
             Call::ListQuotas => "ListQuotas",
             Call::PreviewAllocate => "PreviewAllocate",
+            Call::SetProviderScheduling => "SetProviderScheduling",
+            Call::Optimize => "Optimize",
         }
     }
 }
@@ -244,7 +256,9 @@ mod tests {
                 DeleteQuota,
                 SetPreemption,
                 ListQuotas,
-                PreviewAllocate
+                PreviewAllocate,
+                SetProviderScheduling,
+                Optimize
             ]),
             allowed(Role::Admin)
         );

@@ -470,6 +470,17 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn optimize(&self, _: Request<api::OptimizeRequest>) -> Result<Response<api::OptimizeReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_provider_scheduling(
+        &self,
+        _: Request<api::SetProviderSchedulingRequest>,
+    ) -> Result<Response<api::ProviderSchedulingReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
 
     async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {

@@ -158,6 +158,30 @@ async function clusterScenario(browser) {
   expect(filtered.length === 1 && filtered[0] === 'node_2', `filtered ${filtered}`);
   await page.getByLabel('Labels (key=value, comma separated)').fill('');
 
+  // --- an operator cordons node_3 after confirming (cancelling first changes nothing), then drains it
+  await page.click('button[data-action="cordon"][data-provider="node_3"]');
+  await until(page, 'the cordon confirmation', () => document.querySelector('#confirm').open);
+  await page.click('#confirm-cancel');
+  expect(await page.$('[data-provider="node_3"] [data-testid="provider-scheduling"]') === null, 'cancelling the dialog cordoned');
+  await page.click('button[data-action="cordon"][data-provider="node_3"]');
+  await until(page, 'the cordon confirmation again', () => document.querySelector('#confirm').open);
+  await page.click('#confirm-ok');
+  await until(page, 'node_3 cordoned', () => document.querySelector('[data-provider="node_3"] [data-testid="provider-scheduling"]')?.textContent === 'cordoned');
+  await page.click('button[data-action="drain"][data-provider="node_3"]');
+  await until(page, 'the drain confirmation', () => document.querySelector('#confirm').open);
+  await page.click('#confirm-ok');
+  await until(page, 'node_3 draining, saying what cannot move', () =>
+    document.querySelector('[data-provider="node_3"] [data-testid="provider-scheduling"]')?.textContent === 'draining' &&
+    /cannot move now/.test(document.querySelector('#provider-action-result').textContent));
+  const drainAnswer = await text(page, '#provider-action-result');
+  await shoot(page, 'providers-drain');
+  await page.click('button[data-action="uncordon"][data-provider="node_3"]');
+  await until(page, 'the uncordon confirmation', () => document.querySelector('#confirm').open);
+  await page.click('#confirm-ok');
+  await until(page, 'node_3 open again', () => document.querySelector('[data-provider="node_3"]') &&
+    document.querySelector('[data-provider="node_3"] [data-testid="provider-scheduling"]') === null);
+  result({ drain_answer: drainAnswer });
+
   // --- a killed agent's provider turns failed on the page
   await step('kill_agent', { provider: 'node_3' });
   await until(page, 'node_3 failed', () => document.querySelector('[data-provider="node_3"] [data-testid="provider-status"]')?.textContent === 'failed');

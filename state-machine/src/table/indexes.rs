@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::id_hash_map::IdHashMap;
 use super::id_key::IdKey;
-use crate::provider::{Provider, ProviderStatus};
+use crate::provider::Provider;
 use crate::record::{RequestRecord, RequestState};
 use crate::request::AllocationRequest;
 
@@ -50,6 +50,11 @@ pub(crate) struct Indexes {
     /// bound no preemption's victims can go below, so the victim search
     /// stops as soon as it found victims that cheap.
     pub active_priorities: BTreeMap<i64, u64>,
+    /// Moves under way (records in `optimization`), by deadline.
+    pub moves: BTreeSet<(u64, Uuid)>,
+    /// Active allocations that allow moves: while there are none, no
+    /// tick is proposed to evaluate the optimization triggers.
+    pub movable_active: usize,
 }
 
 impl Indexes {
@@ -82,9 +87,10 @@ impl Indexes {
                     deadlines.extend(record.pending_deadline_ms().map(|deadline| (deadline, id)));
                     index.add_namespace_queued(record);
                 }
-                RequestState::Allocation | RequestState::Monitoring => {
+                RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
                     index.add_held(request);
                     *index.active_priorities.entry(request.priority).or_insert(0) += 1;
+                    index.add_move_state(record);
                     leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
@@ -153,9 +159,10 @@ impl Indexes {
                 }
                 self.add_namespace_queued(record);
             }
-            RequestState::Allocation | RequestState::Monitoring => {
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
                 self.add_held(request);
                 *self.active_priorities.entry(request.priority).or_insert(0) += 1;
+                self.add_move_state(record);
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.insert((expires, id));
                 }
@@ -184,7 +191,7 @@ impl Indexes {
                 }
                 self.remove_namespace_queued(record);
             }
-            RequestState::Allocation | RequestState::Monitoring => {
+            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
                 self.remove_held(request);
                 let count = self
                     .active_priorities
@@ -193,6 +200,12 @@ impl Indexes {
                 *count -= 1;
                 if *count == 0 {
                     self.active_priorities.remove(&request.priority);
+                }
+                if record.movable {
+                    self.movable_active -= 1;
+                }
+                if let Some(moving) = &record.moving {
+                    self.moves.remove(&(moving.deadline_ms, id));
                 }
                 if let Some(expires) = record.lease_expires_at_ms {
                     self.leases.remove(&(expires, id));
@@ -271,6 +284,16 @@ impl Indexes {
         }
     }
 
+    /// The move and movability of an active record.
+    fn add_move_state(&mut self, record: &RequestRecord) {
+        if record.movable {
+            self.movable_active += 1;
+        }
+        if let Some(moving) = &record.moving {
+            self.moves.insert((moving.deadline_ms, record.request.request_id));
+        }
+    }
+
     /// Adds a provider's capacity, and its free amounts if it is active.
     pub fn add_provider(&mut self, provider: &Provider) {
         for (kind, totals) in &provider.kinds {
@@ -289,9 +312,9 @@ impl Indexes {
         self.remove_free(provider);
     }
 
-    /// Makes an active provider's free amounts placeable.
+    /// Makes an active, open provider's free amounts placeable.
     pub fn add_free(&mut self, provider: &Provider) {
-        if provider.status != ProviderStatus::Active {
+        if !provider.accepts_placements() {
             return;
         }
         for (kind, totals) in &provider.kinds {
@@ -310,9 +333,9 @@ impl Indexes {
         }
     }
 
-    /// Moves an active provider's entry for `kind` from `before` to its current free amount.
+    /// Moves an active, open provider's entry for `kind` from `before` to its current free amount.
     pub fn update_free(&mut self, provider: &Provider, kind: &str, before: u64) {
-        if provider.status != ProviderStatus::Active {
+        if !provider.accepts_placements() {
             return;
         }
         let now = provider.free_of(kind);

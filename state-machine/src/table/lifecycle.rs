@@ -28,16 +28,16 @@ pub(super) enum Released {
 pub(super) enum GrantCause {
     /// First placement of a new or queued request.
     New,
-    /// Re-placement off a failed or deregistered provider.
-    MovedFrom(String),
+    /// Re-placement off a failed or deregistered provider, for `reason`.
+    MovedFrom { from_provider: String, reason: String },
 }
 
 impl AllocationTable {
-    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>, on_preemption: OnPreemption) -> ApplyResult {
+    pub(super) fn allocate(&mut self, request: Cow<'_, AllocationRequest>, on_preemption: OnPreemption, movable: bool) -> ApplyResult {
         request.check()?;
         if let Some(existing) = self.requests.get(&request.request_id) {
             // The idempotency key: a retry gets the request's current record.
-            return match existing.request == *request && existing.on_preemption == on_preemption {
+            return match existing.request == *request && existing.on_preemption == on_preemption && existing.movable == movable {
                 true => Ok(CommandResponse::Request(Arc::clone(existing))),
                 false => Err(CommandError::RequestIdReused {
                     request_id: request.request_id,
@@ -78,6 +78,9 @@ impl AllocationTable {
             finished_at_ms: None,
             first_granted_at_ms: None,
             on_preemption,
+            movable,
+            moving: None,
+            last_moved_at_ms: None,
         };
         self.next_arrival_seq += 1;
         let decision = self.decide(&record.request);
@@ -99,10 +102,15 @@ impl AllocationTable {
     /// `None` if it was finished already (releasing is idempotent).
     pub(super) fn release_live(&mut self, request_id: Uuid) -> Option<Released> {
         let mut record = match self.requests[&request_id].state {
-            RequestState::Queued | RequestState::Allocation | RequestState::Monitoring => self.take_record(request_id),
+            RequestState::Queued | RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
+                self.take_record(request_id)
+            }
             // Released, expired or rejected already.
             _ => return None,
         };
+        // A move under way ends first: rolled back, or finished if its
+        // target already holds it.
+        self.abandon_move(&mut record, "released");
         let request = &record.request;
         let released = if record.state == RequestState::Queued {
             self.emit(EventKind::RequestCancelled {
@@ -173,6 +181,7 @@ impl AllocationTable {
             .collect();
         for &request_id in &expired {
             let mut record = self.take_record(request_id);
+            self.abandon_move(&mut record, "lease_expired");
             let placement = self.free_placement(&record);
             self.note_quota_freed(&record.request.namespace);
             self.emit(EventKind::AllocationExpired {
@@ -198,9 +207,12 @@ impl AllocationTable {
             self.reject(&mut record, "deadline_exceeded: still queued when the deadline passed".to_owned());
             self.put_record(record);
         }
-        if !expired.is_empty() {
+        let ended_moves = self.end_overdue_moves();
+        self.continue_drains();
+        if !expired.is_empty() || ended_moves > 0 {
             self.examine_queue();
         }
+        self.optimize_if_triggered();
         Ok(CommandResponse::Ticked {
             expired: expired.len() as u64,
             rejected: overdue.len() as u64,
@@ -253,6 +265,9 @@ impl AllocationTable {
     /// Refused while the allocation is a preemptor whose victims' agents
     /// have not all confirmed letting go of their units.
     pub(super) fn confirm_allocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        if let Some(answer) = self.confirm_move(id, provider_id, false) {
+            return answer;
+        }
         let request_id = self.resolve(id)?;
         let waiting_for = self.releases_awaited(request_id);
         if !waiting_for.is_empty() && self.requests[&request_id].state == RequestState::Allocation {
@@ -268,6 +283,9 @@ impl AllocationTable {
     /// even when the allocation has moved on (requeued, or placed again):
     /// it settles what its preemptor waits for.
     pub(super) fn confirm_deallocation(&mut self, id: Uuid, provider_id: &str) -> ApplyResult {
+        if let Some(answer) = self.confirm_move(id, provider_id, true) {
+            return answer;
+        }
         let request_id = self.resolve(id)?;
         let record = &self.requests[&request_id];
         let allocation_id = record.allocation_id;
@@ -402,7 +420,7 @@ impl AllocationTable {
         self.emit_unit_statuses(&placement);
         let request = &record.request;
         let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id, request.namespace.clone());
-        if matches!(cause, GrantCause::MovedFrom(_)) {
+        if matches!(cause, GrantCause::MovedFrom { .. }) {
             // Off its provider, a preemptor waits for no release there.
             self.stop_awaiting(request_id);
         }
@@ -415,13 +433,14 @@ impl AllocationTable {
                 provider_id: placement.provider_id.clone(),
                 grants: placement.grants.clone(),
             },
-            GrantCause::MovedFrom(from_provider) => EventKind::AllocationMoved {
+            GrantCause::MovedFrom { from_provider, reason } => EventKind::AllocationMoved {
                 request_id,
                 allocation_id,
                 namespace,
                 from_provider,
                 to_provider: placement.provider_id.clone(),
                 grants: placement.grants.clone(),
+                reason,
             },
         });
         if record.lease_expires_at_ms.is_none() {
@@ -481,7 +500,7 @@ impl AllocationTable {
     }
 
     /// A `resource_status` event for each unit of `placement` as it is now.
-    fn emit_unit_statuses(&mut self, placement: &Placement) {
+    pub(super) fn emit_unit_statuses(&mut self, placement: &Placement) {
         let provider = &self.providers[&placement.provider_id];
         let statuses: Vec<EventKind> = placement
             .grants

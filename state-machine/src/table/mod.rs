@@ -27,12 +27,15 @@ mod id_hash_map;
 mod id_key;
 mod indexes;
 mod lifecycle;
+mod moves;
+mod optimize;
 mod placement;
 mod preemption;
 mod providers;
 mod queries;
 mod quotas;
 mod record_map;
+mod scheduling;
 mod snapshot;
 mod snapshot_v5;
 
@@ -53,6 +56,7 @@ use record_map::RecordMap;
 
 pub use cursors::Cursor;
 pub(crate) use indexes::Indexes;
+pub use moves::MoveCounts;
 pub use preemption::{Preview, PreviewOutcome, Victim};
 pub use queries::{EventsError, KindUsage, ListFilter, ProviderUsage, Usage};
 pub use quotas::NamespaceUsage;
@@ -117,6 +121,11 @@ pub struct AllocationTable {
     /// between commands.
     #[serde(skip)]
     freed_namespaces: BTreeSet<String>,
+    /// When the last optimization plan ran: automatic plans wait
+    /// `plan_cooldown_ms` after it.
+    last_plan_at_ms: Option<u64>,
+    /// Moves by outcome, for the measures (`qm state`, metrics).
+    move_counts: MoveCounts,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -148,6 +157,8 @@ impl AllocationTable {
             release_awaited: BTreeMap::new(),
             awaited_by: BTreeMap::new(),
             freed_namespaces: BTreeSet::new(),
+            last_plan_at_ms: None,
+            move_counts: MoveCounts::default(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -218,8 +229,9 @@ impl AllocationTable {
     /// new record's. Every other command is read in place.
     fn dispatch(&mut self, command: Cow<'_, Command>) -> ApplyResult {
         match command {
-            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue),
-            Cow::Owned(Command::AllocateWith { request, on_preemption }) => self.allocate(Cow::Owned(request), on_preemption),
+            Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, false),
+            Cow::Owned(Command::AllocateWith { request, on_preemption }) => self.allocate(Cow::Owned(request), on_preemption, false),
+            Cow::Owned(Command::AllocateMovable(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, true),
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -228,7 +240,7 @@ impl AllocationTable {
         match command {
             Command::RegisterProvider(registration) => self.register_provider(registration),
             Command::DeregisterProvider { provider_id } => self.deregister_provider(provider_id),
-            Command::Allocate(request) => self.allocate(Cow::Borrowed(request), OnPreemption::Requeue),
+            Command::Allocate(request) => self.allocate(Cow::Borrowed(request), OnPreemption::Requeue, false),
             Command::Release { id } => self.release(*id),
             Command::RenewLease { id } => self.renew_lease(*id),
             Command::Tick => self.tick(),
@@ -257,7 +269,14 @@ impl AllocationTable {
                 setting,
                 preemptible,
             } => self.set_preemption(namespace.as_deref(), *setting, *preemptible),
-            Command::AllocateWith { request, on_preemption } => self.allocate(Cow::Borrowed(request), *on_preemption),
+            Command::AllocateWith { request, on_preemption } => self.allocate(Cow::Borrowed(request), *on_preemption, false),
+            Command::CordonProvider { provider_id, cordon } => self.cordon_provider(provider_id, *cordon),
+            Command::AllocateMovable(request) => self.allocate(Cow::Borrowed(request), OnPreemption::Requeue, true),
+            Command::Optimize => self.optimize_now(),
+            Command::DrainProvider {
+                provider_id,
+                deadline_after_ms,
+            } => self.drain_provider(provider_id, *deadline_after_ms),
         }
     }
 

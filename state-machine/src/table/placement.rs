@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use super::AllocationTable;
-use crate::provider::{Provider, ProviderStatus};
+use crate::provider::Provider;
 use crate::record::Placement;
 use crate::request::{AllocationRequest, PlacementPolicy};
 
@@ -37,7 +37,7 @@ impl AllocationTable {
 
     /// The units `request` would get on `provider`, if it fits there.
     pub(super) fn fit_on(&self, provider: &Provider, request: &AllocationRequest) -> Option<Placement> {
-        if provider.status != ProviderStatus::Active || !provider.has_labels(&request.constraints.labels) {
+        if !provider.accepts_placements() || !provider.has_labels(&request.constraints.labels) {
             return None;
         }
         if request

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::AllocationTable;
 use crate::event::EventKind;
 use crate::limits::{PREEMPTION_PROVIDERS_EXAMINED_MAX, PREEMPTION_VICTIMS_EXAMINED_MAX};
-use crate::provider::{Provider, ProviderStatus};
+use crate::provider::Provider;
 use crate::quota::OnPreemption;
 use crate::record::{Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
@@ -201,7 +201,11 @@ impl AllocationTable {
             .get(&provider.provider_id)?
             .iter()
             .map(|id| &self.requests[id])
-            .filter(|record| record.request.priority < request.priority && self.policy(&record.request.namespace).preemptible)
+            // A moving allocation holds units on two providers until its
+            // agents confirm; it is preempted neither half-way nor twice.
+            .filter(|record| {
+                record.request.priority < request.priority && record.moving.is_none() && self.policy(&record.request.namespace).preemptible
+            })
             .map(|record| (self.victim_key(record), record.request.request_id))
             .collect();
         eligible.sort_unstable();
@@ -414,9 +418,10 @@ impl AllocationTable {
     }
 }
 
-/// Whether `provider` could hold `request` with all its units free.
+/// Whether `provider` could hold `request` with all its units free (and
+/// takes placements: not failed, cordoned or draining).
 fn could_ever_hold(provider: &Provider, request: &AllocationRequest) -> bool {
-    provider.status == ProviderStatus::Active
+    provider.accepts_placements()
         && provider.has_labels(&request.constraints.labels)
         && request
             .requirements

@@ -13,7 +13,7 @@ use crate::provider::{Provider, ProviderRegistration, ProviderStatus};
 
 impl AllocationTable {
     /// The registered provider `provider_id`.
-    fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
+    pub(super) fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
         self.providers
             .get(provider_id)
             .map(Arc::as_ref)
@@ -75,6 +75,8 @@ impl AllocationTable {
     }
 
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
+        self.registered_provider(provider_id)?;
+        let moves_ended = self.end_moves_touching(provider_id, "provider_deregistered");
         // Failed first, so that evacuation cannot pick it again.
         self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.index.remove_free(&self.providers[provider_id]);
@@ -87,6 +89,9 @@ impl AllocationTable {
         self.emit(EventKind::ProviderDeregistered {
             provider_id: provider_id.to_owned(),
         });
+        if moves_ended > 0 {
+            self.examine_queue();
+        }
         Ok(CommandResponse::ProviderRemoved {
             provider_id: provider_id.to_owned(),
         })
@@ -96,6 +101,7 @@ impl AllocationTable {
         if self.registered_provider(provider_id)?.status == ProviderStatus::Failed {
             return Ok(self.provider_response(provider_id));
         }
+        let moves_ended = self.end_moves_touching(provider_id, "provider_failed");
         self.index.remove_free(&self.providers[provider_id]);
         self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.emit(EventKind::ProviderFailed {
@@ -105,6 +111,9 @@ impl AllocationTable {
         // Moved by `continue_evacuations`, a bounded number per command,
         // starting right after this one's own events.
         self.evacuating.insert(provider_id.to_owned(), "provider_failed".to_owned());
+        if moves_ended > 0 {
+            self.examine_queue();
+        }
         Ok(self.provider_response(provider_id))
     }
 
@@ -155,7 +164,7 @@ impl AllocationTable {
     /// fits; returns how many it moved. Evacuated requests enter the queue
     /// even past `queue_len_max`: an acknowledged allocation is never
     /// dropped for lack of queue room.
-    fn evacuate(&mut self, provider_id: &str, reason: &str, limit: usize) -> usize {
+    pub(super) fn evacuate(&mut self, provider_id: &str, reason: &str, limit: usize) -> usize {
         let mut placed: Vec<(u64, Uuid)> = self
             .index
             .by_provider
@@ -171,11 +180,21 @@ impl AllocationTable {
         let moved = placed.len();
         for (_, request_id) in placed {
             let mut record = self.take_record(request_id);
+            // Moves touching a failed or leaving provider ended first
+            // (`end_moves_touching`), so none is under way here.
+            assert!(record.moving.is_none(), "evacuating {request_id} in the middle of a move");
             let old = record.placement.take().expect("an active request has a placement");
             let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
             provider.unhold(record.allocation_id, &old.grants);
             match self.find_placement(&record.request) {
-                Some(placement) => self.grant(&mut record, placement, GrantCause::MovedFrom(provider_id.to_owned())),
+                Some(placement) => self.grant(
+                    &mut record,
+                    placement,
+                    GrantCause::MovedFrom {
+                        from_provider: provider_id.to_owned(),
+                        reason: reason.to_owned(),
+                    },
+                ),
                 None => self.enqueue(&mut record, format!("{reason}: {provider_id} failed and no other provider fits")),
             }
             self.put_record(record);
@@ -184,7 +203,7 @@ impl AllocationTable {
     }
 
     /// A `resource_status` event for each unit of the provider.
-    fn emit_provider_statuses(&mut self, provider_id: &str) {
+    pub(super) fn emit_provider_statuses(&mut self, provider_id: &str) {
         let provider = &self.providers[provider_id];
         let statuses: Vec<EventKind> = provider
             .resources
@@ -226,6 +245,8 @@ impl AllocationTable {
 /// the capacity already held.
 fn updated_provider(existing: &Provider, registration: &ProviderRegistration) -> Result<Provider, CommandError> {
     let mut updated = Provider::new(registration, existing.registered_at_ms);
+    // A registration changes units and labels, never an operator's cordon.
+    updated.scheduling = existing.scheduling;
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
         let in_use = |change: &str| CommandError::ResourceInUse {
             provider_id: existing.provider_id.clone(),

@@ -59,6 +59,25 @@ pub struct Usage {
     /// commands (bounded evacuation); 0 once every move is done.
     #[serde(default)]
     pub evacuations_pending: u64,
+    /// Providers an operator cordoned or is draining: no new placements.
+    #[serde(default)]
+    pub cordoned_providers: Vec<String>,
+    /// Per kind, in thousandths: 1 − largest free amount on one provider ÷
+    /// total free amount (0: all free capacity is on one provider).
+    #[serde(default)]
+    pub fragmentation_permille: BTreeMap<String, u64>,
+    /// Providers holding only movable allocations whose held amounts the
+    /// other open providers have free: a plan could empty each of them
+    /// (one at a time, not all at once).
+    #[serde(default)]
+    pub emptiable_providers: Vec<String>,
+    /// Moves by outcome since the table began.
+    #[serde(default)]
+    pub moves_started: u64,
+    #[serde(default)]
+    pub moves_completed: u64,
+    #[serde(default)]
+    pub moves_rolled_back: u64,
 }
 
 /// A watcher asked for history the table no longer keeps.
@@ -163,6 +182,17 @@ impl AllocationTable {
         }
         Usage {
             evacuations_pending: self.evacuations_pending() as u64,
+            fragmentation_permille: self.fragmentation_permille(),
+            emptiable_providers: self.emptiable_providers(),
+            moves_started: self.move_counts().started,
+            moves_completed: self.move_counts().completed,
+            moves_rolled_back: self.move_counts().rolled_back,
+            cordoned_providers: self
+                .providers
+                .values()
+                .filter(|p| p.scheduling != crate::provider::Scheduling::Open)
+                .map(|p| p.provider_id.clone())
+                .collect(),
             by_kind,
             providers,
             queue_len: self.index.queue.len() as u64,
@@ -175,6 +205,39 @@ impl AllocationTable {
                 .collect(),
             revision: self.revision,
         }
+    }
+
+    /// See [`Usage::emptiable_providers`]. Walks every provider holding
+    /// something: a monitor's query, not for the apply path.
+    pub fn emptiable_providers(&self) -> Vec<String> {
+        let free_total = |kind: &str| -> u64 {
+            self.index
+                .free_by_kind
+                .get(kind)
+                .map_or(0, |free| free.iter().map(|(amount, _)| amount).sum())
+        };
+        self.index
+            .by_provider
+            .iter()
+            .filter(|(provider_id, ids)| {
+                let provider = &self.providers[provider_id.as_str()];
+                if provider.status != ProviderStatus::Active || !ids.iter().all(|id| self.requests[id].movable) {
+                    return false;
+                }
+                provider.kinds.iter().all(|(kind, totals)| {
+                    let held = totals.capacity
+                        - provider
+                            .resources
+                            .values()
+                            .filter(|r| &r.kind == kind)
+                            .map(|r| r.free())
+                            .sum::<u64>();
+                    let own_free = if provider.accepts_placements() { totals.free } else { 0 };
+                    held == 0 || free_total(kind) - own_free >= held
+                })
+            })
+            .map(|(provider_id, _)| provider_id.clone())
+            .collect()
     }
 
     /// The newest event's revision (0 before any event).
@@ -199,15 +262,26 @@ impl AllocationTable {
         Ok(self.history.iter().skip(skip))
     }
 
-    /// When the next tick has work: the earliest lease expiry or deadline,
-    /// or now while allocations are still to move off failed providers or a
+    /// When the next tick has work: the earliest lease expiry, deadline or
+    /// move deadline, the next evaluation of the optimization triggers, or
+    /// now while allocations are still to move off failed providers or a
     /// lease refresh is under way.
     /// The leader proposes a `Tick` once its clock reaches this.
     pub fn next_due_ms(&self) -> Option<u64> {
         let lease = self.index.leases.first().map(|(at, _)| *at);
         let deadline = self.index.deadlines.first().map(|(at, _)| *at);
         let evacuation = (!self.evacuating.is_empty() || self.lease_refresh.is_some()).then_some(self.clock_ms);
-        lease.into_iter().chain(deadline).chain(evacuation).min()
+        let move_deadline = self.index.moves.first().map(|(at, _)| *at);
+        let plan = self.plan_due_ms().map(|at| at.max(self.clock_ms));
+        let drain = self.next_drain_deadline_ms();
+        lease
+            .into_iter()
+            .chain(deadline)
+            .chain(evacuation)
+            .chain(move_deadline)
+            .chain(plan)
+            .chain(drain)
+            .min()
     }
 
     /// Checks every invariant of the table; panics with the first broken one.
@@ -296,9 +370,17 @@ impl AllocationTable {
                         "{allocation_id} holds units while {}",
                         record.state.as_str()
                     );
-                    assert_eq!(
-                        record.placement.as_ref().map(|p| p.provider_id.as_str()),
-                        Some(provider.provider_id.as_str())
+                    // A move's target before it confirms holds units too.
+                    let reserved_for_move = record
+                        .moving
+                        .as_ref()
+                        .filter(|moving| !moving.target_confirmed)
+                        .map(|moving| moving.to.provider_id.as_str());
+                    assert!(
+                        record.placement.as_ref().map(|p| p.provider_id.as_str()) == Some(provider.provider_id.as_str())
+                            || reserved_for_move == Some(provider.provider_id.as_str()),
+                        "{allocation_id} holds units of {} where it is neither placed nor moving",
+                        provider.provider_id
                     );
                 }
                 // Only while its evacuation goes on, a bounded share per command.
@@ -326,6 +408,25 @@ impl AllocationTable {
                 "{} finish time vs state",
                 record.request.request_id
             );
+            assert_eq!(
+                record.state == RequestState::Optimization,
+                record.moving.is_some(),
+                "{} is {} with move {:?}",
+                record.request.request_id,
+                record.state.as_str(),
+                record.moving
+            );
+            if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
+                let target = &self.providers[&moving.to.provider_id];
+                for grant in &moving.to.grants {
+                    assert_eq!(
+                        target.resources[&grant.resource_id].holders.get(&record.allocation_id),
+                        Some(&grant.amount),
+                        "move target of {} does not hold its units",
+                        record.request.request_id
+                    );
+                }
+            }
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];

@@ -242,6 +242,9 @@ mod tests {
             finished_at_ms: None,
             first_granted_at_ms: None,
             on_preemption: Default::default(),
+            movable: false,
+            moving: None,
+            last_moved_at_ms: None,
         })
     }
 

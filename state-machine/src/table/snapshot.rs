@@ -17,7 +17,10 @@ use crate::error::SnapshotError;
 /// in progress and their bounds in `TableConfig` (bounded evacuation and
 /// lease refresh); version 6 namespace quotas and preemption (the
 /// cluster's preemption setting, the namespaces' rules, the releases
-/// preemptors await, `RequestRecord::on_preemption`).
+/// preemptors await, `RequestRecord::on_preemption`), and the providers'
+/// scheduling (cordon, drain), live moves (`RequestRecord::movable`,
+/// `moving`, `last_moved_at_ms`, the plan's clock and counts, their knobs
+/// in `TableConfig`) and the move's reason in `EventKind::AllocationMoved`.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
 
 /// The string contents one snapshot decode may claim, in total. bincode
@@ -71,6 +74,8 @@ impl AllocationTable {
             release_awaited: self.release_awaited.clone(),
             awaited_by: BTreeMap::new(),
             freed_namespaces: BTreeSet::new(),
+            last_plan_at_ms: self.last_plan_at_ms,
+            move_counts: self.move_counts.clone(),
             index: Indexes::default(),
             pending_events: Vec::new(),
         }

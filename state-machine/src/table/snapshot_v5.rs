@@ -20,13 +20,14 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::cursors::Cursor;
+use super::moves::MoveCounts;
 use super::record_map::RecordMap;
 use super::{AllocationTable, Indexes, LeaseRefresh};
-use crate::event::Event;
+use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::TableConfig;
-use crate::provider::{Provider, ProviderStatus, Resource};
+use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
 use crate::quota::{OnPreemption, PreemptionSetting};
-use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState};
+use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
 use crate::time::UnixMillis;
 
@@ -41,10 +42,119 @@ pub(super) struct AllocationTableV5 {
     next_arrival_seq: u64,
     providers: BTreeMap<String, ProviderV5>,
     requests: BTreeMap<Uuid, RequestRecordV5>,
-    history: VecDeque<Event>,
+    history: VecDeque<EventV5>,
     cursors: BTreeMap<String, Cursor>,
     evacuating: BTreeMap<String, String>,
     lease_refresh: Option<LeaseRefresh>,
+}
+
+/// Version 5's event; its `AllocationMoved` had no reason yet.
+#[derive(Deserialize)]
+struct EventV5 {
+    revision: u64,
+    event_id: Uuid,
+    at_ms: u64,
+    kind: EventKindV5,
+}
+
+/// Version 5's event kinds, in their order (the variant index is encoded).
+#[derive(Deserialize)]
+enum EventKindV5 {
+    ResourceStatus {
+        provider_id: String,
+        resource_id: String,
+        kind: String,
+        status: ResourceState,
+        used: u64,
+        capacity: u64,
+    },
+    ProviderRegistered {
+        provider_id: String,
+        resources: u64,
+    },
+    ProviderUpdated {
+        provider_id: String,
+        resources: u64,
+    },
+    ProviderDeregistered {
+        provider_id: String,
+    },
+    ProviderFailed {
+        provider_id: String,
+    },
+    ProviderRecovered {
+        provider_id: String,
+    },
+    AllocationGranted {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        provider_id: String,
+        grants: Vec<UnitGrant>,
+    },
+    RequestQueued {
+        request_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        reason: String,
+    },
+    RequestRejected {
+        request_id: Uuid,
+        requester_id: String,
+        namespace: String,
+        reason: String,
+    },
+    RequestCancelled {
+        request_id: Uuid,
+        namespace: String,
+    },
+    AllocationReleased {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    AllocationExpired {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    AllocationMoved {
+        request_id: Uuid,
+        allocation_id: Uuid,
+        namespace: String,
+        from_provider: String,
+        to_provider: String,
+        grants: Vec<UnitGrant>,
+    },
+    AllocationConfirmed {
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    DeallocationConfirmed {
+        allocation_id: Uuid,
+        namespace: String,
+        provider_id: String,
+    },
+    LeaseRenewed {
+        allocation_id: Uuid,
+        namespace: String,
+        expires_at_ms: u64,
+    },
+    LeasesRefreshed {
+        leases: u64,
+    },
+    ReleasedMatching {
+        namespace: Option<String>,
+        requester_id: Option<String>,
+        provider_id: Option<String>,
+        released: u64,
+        cancelled: u64,
+        next: Option<Uuid>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -122,11 +232,14 @@ impl From<AllocationTableV5> for AllocationTable {
                 .map(|(id, provider)| (id, Arc::new(Provider::from(provider))))
                 .collect(),
             requests: RecordMap::from_sorted(requests),
-            history: old.history,
+            history: old.history.into_iter().map(Event::from).collect(),
             cursors: old.cursors,
             evacuating: old.evacuating,
             lease_refresh: old.lease_refresh,
-            // Version 5 had neither quotas nor preemption.
+            // Version 5 had no live moves...
+            last_plan_at_ms: None,
+            move_counts: MoveCounts::default(),
+            // ... and neither quotas nor preemption.
             cluster_preemption: PreemptionSetting::Off,
             namespaces: BTreeMap::new(),
             release_awaited: BTreeMap::new(),
@@ -140,6 +253,7 @@ impl From<AllocationTableV5> for AllocationTable {
 
 impl From<TableConfigV5> for TableConfig {
     fn from(old: TableConfigV5) -> TableConfig {
+        let defaults = TableConfig::default();
         TableConfig {
             dedupe_window_ms: old.dedupe_window_ms,
             finished_requests_max: old.finished_requests_max,
@@ -151,6 +265,13 @@ impl From<TableConfigV5> for TableConfig {
             event_history_max: old.event_history_max,
             evacuations_per_command_max: old.evacuations_per_command_max,
             lease_refreshes_per_command_max: old.lease_refreshes_per_command_max,
+            // Knobs of live moves, which version 5 did not make: the defaults.
+            moves_per_plan_max: defaults.moves_per_plan_max,
+            move_confirm_timeout_ms: defaults.move_confirm_timeout_ms,
+            move_cooldown_ms: defaults.move_cooldown_ms,
+            plan_cooldown_ms: defaults.plan_cooldown_ms,
+            fragmentation_mark_permille: defaults.fragmentation_mark_permille,
+            plan_providers_examined_max: defaults.plan_providers_examined_max,
         }
     }
 }
@@ -166,6 +287,7 @@ impl From<ProviderV5> for Provider {
             registered_at_ms: old.registered_at_ms,
             address: old.address,
             port: old.port,
+            scheduling: Scheduling::Open,
             // Derived; rebuilt with the table's indexes.
             kinds: BTreeMap::new(),
         }
@@ -190,6 +312,10 @@ impl From<RequestRecordV5> for RequestRecord {
             first_granted_at_ms: old.first_granted_at_ms,
             // What every allocation did before it could choose: back to the queue.
             on_preemption: OnPreemption::Requeue,
+            // Version 5 moved nothing: every allocation pinned, none moving.
+            movable: false,
+            moving: None,
+            last_moved_at_ms: None,
         }
     }
 }
@@ -206,6 +332,165 @@ impl From<AllocationRequestV5> for AllocationRequest {
             lease_ttl_ms: old.lease_ttl_ms,
             constraints: old.constraints,
             placement: old.placement,
+        }
+    }
+}
+
+impl From<EventV5> for Event {
+    fn from(old: EventV5) -> Event {
+        Event {
+            revision: old.revision,
+            event_id: old.event_id,
+            at_ms: old.at_ms,
+            kind: old.kind.into(),
+        }
+    }
+}
+
+impl From<EventKindV5> for EventKind {
+    fn from(old: EventKindV5) -> EventKind {
+        match old {
+            EventKindV5::ResourceStatus {
+                provider_id,
+                resource_id,
+                kind,
+                status,
+                used,
+                capacity,
+            } => EventKind::ResourceStatus {
+                provider_id,
+                resource_id,
+                kind,
+                status,
+                used,
+                capacity,
+            },
+            EventKindV5::ProviderRegistered { provider_id, resources } => EventKind::ProviderRegistered { provider_id, resources },
+            EventKindV5::ProviderUpdated { provider_id, resources } => EventKind::ProviderUpdated { provider_id, resources },
+            EventKindV5::ProviderDeregistered { provider_id } => EventKind::ProviderDeregistered { provider_id },
+            EventKindV5::ProviderFailed { provider_id } => EventKind::ProviderFailed { provider_id },
+            EventKindV5::ProviderRecovered { provider_id } => EventKind::ProviderRecovered { provider_id },
+            EventKindV5::AllocationGranted {
+                request_id,
+                allocation_id,
+                requester_id,
+                namespace,
+                provider_id,
+                grants,
+            } => EventKind::AllocationGranted {
+                request_id,
+                allocation_id,
+                requester_id,
+                namespace,
+                provider_id,
+                grants,
+            },
+            EventKindV5::RequestQueued {
+                request_id,
+                requester_id,
+                namespace,
+                reason,
+            } => EventKind::RequestQueued {
+                request_id,
+                requester_id,
+                namespace,
+                reason,
+            },
+            EventKindV5::RequestRejected {
+                request_id,
+                requester_id,
+                namespace,
+                reason,
+            } => EventKind::RequestRejected {
+                request_id,
+                requester_id,
+                namespace,
+                reason,
+            },
+            EventKindV5::RequestCancelled { request_id, namespace } => EventKind::RequestCancelled { request_id, namespace },
+            EventKindV5::AllocationReleased {
+                request_id,
+                allocation_id,
+                namespace,
+                provider_id,
+            } => EventKind::AllocationReleased {
+                request_id,
+                allocation_id,
+                namespace,
+                provider_id,
+            },
+            EventKindV5::AllocationExpired {
+                request_id,
+                allocation_id,
+                namespace,
+                provider_id,
+            } => EventKind::AllocationExpired {
+                request_id,
+                allocation_id,
+                namespace,
+                provider_id,
+            },
+            EventKindV5::AllocationMoved {
+                request_id,
+                allocation_id,
+                namespace,
+                from_provider,
+                to_provider,
+                grants,
+            } => EventKind::AllocationMoved {
+                request_id,
+                allocation_id,
+                namespace,
+                from_provider,
+                to_provider,
+                grants,
+                // Version 5 moved allocations only off failed or
+                // deregistered providers and did not say which.
+                reason: "provider_failed".to_owned(),
+            },
+            EventKindV5::AllocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            } => EventKind::AllocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            },
+            EventKindV5::DeallocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            } => EventKind::DeallocationConfirmed {
+                allocation_id,
+                namespace,
+                provider_id,
+            },
+            EventKindV5::LeaseRenewed {
+                allocation_id,
+                namespace,
+                expires_at_ms,
+            } => EventKind::LeaseRenewed {
+                allocation_id,
+                namespace,
+                expires_at_ms,
+            },
+            EventKindV5::LeasesRefreshed { leases } => EventKind::LeasesRefreshed { leases },
+            EventKindV5::ReleasedMatching {
+                namespace,
+                requester_id,
+                provider_id,
+                released,
+                cancelled,
+                next,
+            } => EventKind::ReleasedMatching {
+                namespace,
+                requester_id,
+                provider_id,
+                released,
+                cancelled,
+                next,
+            },
         }
     }
 }

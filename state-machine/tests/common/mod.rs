@@ -130,7 +130,7 @@ pub fn granted(request: &AllocationRequest, provider_id: &str, grants: Vec<UnitG
     }
 }
 
-pub fn moved(request: &AllocationRequest, from: &str, to: &str, grants: Vec<UnitGrant>) -> EventKind {
+pub fn moved(request: &AllocationRequest, from: &str, to: &str, grants: Vec<UnitGrant>, reason: &str) -> EventKind {
     EventKind::AllocationMoved {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
@@ -138,6 +138,7 @@ pub fn moved(request: &AllocationRequest, from: &str, to: &str, grants: Vec<Unit
         from_provider: from.to_owned(),
         to_provider: to.to_owned(),
         grants,
+        reason: reason.to_owned(),
     }
 }
 

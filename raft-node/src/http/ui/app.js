@@ -358,10 +358,15 @@
           <label>Status<select id="filter-status" name="status"><option value="">any</option><option>active</option><option>failed</option></select></label>
         </form>
         <p class="muted" id="provider-count" role="status"></p>
+        <p id="provider-action-result" role="status" aria-live="polite"></p>
         <table id="provider-table"><thead><tr>${[['provider_id', 'provider'], ['status', 'status'], ['heartbeat_age_ms', 'heartbeat age'],
           ['allocations', 'allocations'], ['utilization', 'utilization per kind']].map(([key, label]) =>
           `<th scope="col" data-key="${key}"><button type="button" data-sort="${key}">${label}</button></th>`).join('')}
-          <th scope="col">measured metrics (mean over units)</th><th scope="col">labels</th></tr></thead><tbody id="provider-rows"></tbody></table>`;
+          <th scope="col">measured metrics (mean over units)</th><th scope="col">labels</th><th scope="col">actions</th></tr></thead><tbody id="provider-rows"></tbody></table>`;
+      $('#provider-rows').addEventListener('click', (e) => {
+        const button = e.target.closest('button[data-action]');
+        if (button) this.schedule(button.dataset.provider, button.dataset.action);
+      });
       $('#filter-status').value = params.get('status') || '';
       const form = $('#provider-filters');
       form.addEventListener('input', () => this.render());
@@ -411,13 +416,44 @@
         }).join('');
         const labelText = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(', ');
         return `<tr data-testid="provider-row" data-provider="${esc(p.provider_id)}"><th scope="row">${esc(p.provider_id)}</th>
-          <td>${statusSpan(p.status, 'provider-status')}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
+          <td>${statusSpan(p.status, 'provider-status')}${p.scheduling && p.scheduling !== 'open' ? ` ${statusSpan(p.scheduling, 'provider-scheduling')}` : ''}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
           <td class="num">${allocationsOf(p.provider_id, p.allocations)}</td><td>${kinds}</td>
-          <td>${esc(providerMetrics(p) || '—')}</td><td class="mono">${esc(labelText)}</td></tr>`;
+          <td>${esc(providerMetrics(p) || '—')}</td><td class="mono">${esc(labelText)}</td><td>${this.actions(p)}</td></tr>`;
       }).join('');
       $('#provider-count').textContent = `${shown.length} of ${state.providers.length} providers` +
         (state.stale ? ' (heartbeat ages are known to the leader only)' : '');
     },
+  };
+
+  /** An operator's buttons for one provider: cordon or uncordon, drain. */
+  providers.actions = function actions(p) {
+    if (!(state.identity && state.identity.may_schedule_providers) || state.stale) return '';
+    const id = esc(p.provider_id);
+    const open = !p.scheduling || p.scheduling === 'open';
+    return (open
+      ? `<button type="button" data-action="cordon" data-provider="${id}" aria-label="Cordon ${id}">Cordon</button>`
+      : `<button type="button" data-action="uncordon" data-provider="${id}" aria-label="Uncordon ${id}">Uncordon</button>`) +
+      (p.scheduling === 'draining' ? '' : ` <button type="button" class="danger" data-action="drain" data-provider="${id}" aria-label="Drain ${id}">Drain</button>`);
+  };
+
+  /** Cordons, uncordons or drains `providerId` after the operator confirms. */
+  providers.schedule = async function schedule(providerId, action) {
+    const what = {
+      cordon: `Cordon ${providerId}? Nothing new will be placed on it; what it holds stays.`,
+      uncordon: `Uncordon ${providerId}? It takes new placements again (a drain under way stops).`,
+      drain: `Drain ${providerId}? Its movable allocations move to other providers now; in 10 minutes whatever is left is moved as if it left.`,
+    }[action];
+    if (!(await confirmDialog(what))) return;
+    const result = $('#provider-action-result');
+    try {
+      const answer = await api(`/v1/providers/${encodeURIComponent(providerId)}/${action}`, { method: 'POST', headers: { Accept: 'application/json' } });
+      const cannot = (answer.cannot_move || []).length;
+      result.textContent = `${providerId} is ${answer.scheduling}` +
+        (action === 'drain' ? `: ${(answer.moving || []).length} moving, ${cannot} cannot move now${cannot ? ` (${answer.cannot_move.join('; ')})` : ''}.` : '.');
+    } catch (error) {
+      result.textContent = `Not done: ${error.message}`;
+    }
+    await this.update();
   };
 
   // --- allocations
