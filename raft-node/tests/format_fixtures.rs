@@ -22,10 +22,11 @@ use support::*;
 
 /// Every fixture kept, oldest first: `v1` has backup 1, storage layout 1,
 /// snapshot 5 (written again in place when snapshot 4 became 5, before any
-/// release). Every build must open all of them.
-const FIXTURE_VERSIONS: &[&str] = &["v1"];
+/// release); `v2` snapshot 6 (quotas, preemption, cordons and live moves),
+/// with a quota set and a cordoned provider. Every build must open all of them.
+const FIXTURE_VERSIONS: &[&str] = &["v1", "v2"];
 /// The one `regenerate_fixtures` writes: this build's formats.
-const NEWEST_FIXTURE: &str = "v1";
+const NEWEST_FIXTURE: &str = "v2";
 
 fn fixtures(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
@@ -142,6 +143,11 @@ async fn regenerate_fixtures() {
         previous = Some(reply.allocation_id);
     }
     let client = qm_client::Client::new(qm_client::ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
+    // State that format 6 added: a namespace's quota, a cordoned provider.
+    let quota = [("cpu_cores".to_owned(), 64)].into_iter().collect();
+    client.set_quota("default", &quota).await.expect("quota");
+    api.register_provider(provider("node_2", 2)).await.expect("register");
+    client.set_provider_scheduling("node_2", true).await.expect("cordon");
     let backup = client.snapshot_save().await.expect("backup");
     std::fs::write(out.join("backup.qmb"), backup).expect("write backup");
     let status = cluster.status_of(1).await.expect("status");
