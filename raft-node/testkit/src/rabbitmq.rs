@@ -27,6 +27,12 @@ pub const BROKER_START_TIMEOUT: Duration = Duration::from_secs(90);
 pub const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the broker logs once it accepts connections.
 const STARTED_LINE: &str = "Server startup complete";
+/// What the node logs when its Erlang distribution port was taken between
+/// our picking it free and its binding it: any outgoing connection of any
+/// process may get that ephemeral port meanwhile.
+const DIST_PORT_TAKEN: &str = "dist_port_already_used";
+/// Starts tried with a fresh distribution port after [`DIST_PORT_TAKEN`].
+const DIST_PORT_ATTEMPTS: u32 = 3;
 
 /// PEM files for the broker's TLS listener (`amqps://`).
 pub struct BrokerTls {
@@ -137,7 +143,28 @@ impl Broker {
             .join("\n")
     }
 
+    /// Starts the node; if its distribution port was taken meanwhile (not
+    /// a port clients use), again on a fresh one, a bounded number of times.
     fn start_server(&mut self) -> anyhow::Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.start_server_once() {
+                Err(_) if attempt < DIST_PORT_ATTEMPTS && self.last_log().contains(DIST_PORT_TAKEN) => {
+                    attempt += 1;
+                    self.dist_port = port_of(&free_loopback_addr()?);
+                    eprintln!("rabbitmq: the distribution port was taken while starting; again on {}", self.dist_port);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// The output of the latest start.
+    fn last_log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    fn start_server_once(&mut self) -> anyhow::Result<()> {
         anyhow::ensure!(self.server.is_none(), "the broker is already running");
         self.starts += 1;
         let log_path = self.log_path(self.starts);
