@@ -152,7 +152,10 @@ impl Broker {
                 Err(_) if attempt < DIST_PORT_ATTEMPTS && self.last_log().contains(DIST_PORT_TAKEN) => {
                     attempt += 1;
                     self.dist_port = port_of(&free_loopback_addr()?);
-                    eprintln!("rabbitmq: the distribution port was taken while starting; again on {}", self.dist_port);
+                    eprintln!(
+                        "rabbitmq: the distribution port was taken while starting; again on {}",
+                        self.dist_port
+                    );
                 }
                 result => return result,
             }
