@@ -92,11 +92,17 @@ async fn a_write_whose_commit_the_leader_never_learned_is_unknown_then_found() {
         // --- the followers stop answering the leader, which still reaches them
         cluster.set_links(links_of(leader, &members, true, false));
 
-        // --- a write to the leader alone: appended and replicated, never acknowledged to it
+        // --- a write to the leader alone: appended and replicated, never acknowledged to it.
+        // The client knows only the leader: one that followed the membership
+        // would ask the others who leads once the attempt went unanswered for
+        // `LEADER_CHECK_AFTER_MS`, resend to the new leader with the same
+        // request id and be answered `allocated` (the outcome resolved, not
+        // unknown), which is what a default client does.
         let only_leader = Client::new(ClientConfig {
             request_timeout_ms: 2 * NODE_REQUEST_TIMEOUT_MS,
             attempt_timeout_ms: 2 * NODE_REQUEST_TIMEOUT_MS,
             retries_max: 0,
+            follow_membership: false,
             ..ClientConfig::with_endpoints([cluster.addr(leader).to_owned()])
         })
         .expect("client");
