@@ -50,13 +50,7 @@ fn moved_to_b(n: u128, core_n: usize) -> Vec<EventKind> {
     let resource_id = format!("bcpu_{core_n}");
     vec![
         core("node_b", &resource_id, Allocated),
-        moved(
-            &one_core(n),
-            "node_a",
-            "node_b",
-            vec![grant(&resource_id, "cpu_cores", 1)],
-            LEAVING,
-        ),
+        moved(&one_core(n), "node_a", "node_b", vec![grant(&resource_id, "cpu_cores", 1)], LEAVING),
     ]
 }
 

@@ -186,10 +186,16 @@ impl AllocationTable {
     /// Ends the evacuation of a provider that holds nothing any more; a
     /// deregistered one is forgotten now.
     fn finish_evacuation(&mut self, provider_id: &str) {
-        assert!(self.holds_nothing(provider_id), "{provider_id} finished evacuating while it holds allocations");
+        assert!(
+            self.holds_nothing(provider_id),
+            "{provider_id} finished evacuating while it holds allocations"
+        );
         let reason = self.evacuating.remove(provider_id).expect("finishing an evacuation under way");
         if reason == DEREGISTERED {
-            let provider = self.providers.remove(provider_id).expect("a leaving provider stays registered until it is empty");
+            let provider = self
+                .providers
+                .remove(provider_id)
+                .expect("a leaving provider stays registered until it is empty");
             self.index.remove_provider(&provider);
             self.emit(EventKind::ProviderDeregistered {
                 provider_id: provider_id.to_owned(),
