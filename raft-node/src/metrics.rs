@@ -211,8 +211,20 @@ impl Metrics {
         quotas: &[qm_state_machine::NamespaceUsage],
         apply: &ApplyDurations,
         optimization: &OptimizationSample,
+        heartbeat_age_max_ms: Option<u64>,
     ) -> String {
         let mut registry = Registry::default();
+        // Only the leader hears heartbeats: elsewhere the gauge is absent
+        // rather than a misleading zero.
+        if let Some(age_ms) = heartbeat_age_max_ms {
+            let age = Gauge::<f64, AtomicU64>::default();
+            age.set(age_ms as f64 / 1e3);
+            registry.register(
+                "provider_heartbeat_age_max_seconds",
+                "On the leader: the longest time since an active provider's last heartbeat (or since this leadership began)",
+                age,
+            );
+        }
         registry.register(
             "apply_duration_seconds",
             "Time to apply one command to the table on this replica",
@@ -390,8 +402,10 @@ mod tests {
             moves_completed: 3,
             ..OptimizationSample::default()
         };
-        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization);
+        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, Some(4_250));
         for expected in [
+            "# TYPE provider_heartbeat_age_max_seconds gauge",
+            "provider_heartbeat_age_max_seconds 4.25",
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
             "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
@@ -410,6 +424,10 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} is missing from\n{text}");
         }
+
+        // --- a follower hears no heartbeat: no age at all
+        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, None);
+        assert!(!text.contains("provider_heartbeat_age"), "{text}");
     }
 
     #[test]

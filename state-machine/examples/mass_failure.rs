@@ -3,7 +3,7 @@
 //! release of everything left, all in one process (no Raft, no network).
 //!
 //! ```text
-//! cargo run -p qm-state-machine --example mass_failure -- [FULL] [SPARE] [FAILING]
+//! cargo run -p qm-state-machine --example mass_failure -- [FULL] [SPARE] [FAILING] [fail|deregister]
 //! ```
 //!
 //! `FULL` providers of 2,000 one-unit slots (default 100) are filled, then
@@ -14,7 +14,9 @@
 //! `evacuations_per_command_max` = unbounded and 1,024; then the longest
 //! entry and total time of a bulk release of the whole namespace. Run it in
 //! the release profile for figures comparable with BENCHMARKS.md; the dev
-//! profile is several times slower, though the ratio holds.
+//! profile is several times slower, though the ratio holds. With
+//! `deregister` the `FAILING` providers are deregistered instead of failing
+//! (unbounded is how a deregistration was applied before, all in one).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -106,8 +108,10 @@ fn filled(full: usize, spare: usize, evacuations_per_command_max: usize) -> Allo
 fn main() {
     let arg = |index: usize, default: usize| std::env::args().nth(index).and_then(|text| text.parse().ok()).unwrap_or(default);
     let (full, spare, failing) = (arg(1, 100), arg(2, 50), arg(3, 50));
+    let deregister = std::env::args().nth(4).is_some_and(|mode| mode == "deregister");
+    let leaving = if deregister { "deregistered" } else { "failing" };
     println!(
-        "{full} providers of {UNITS_PER_PROVIDER} slots filled ({} allocations), {spare} spare, {failing} failing at once",
+        "{full} providers of {UNITS_PER_PROVIDER} slots filled ({} allocations), {spare} spare, {failing} {leaving} at once",
         full * UNITS_PER_PROVIDER
     );
     for (label, budget) in [("unbounded", usize::MAX), ("1,024 per command", 1024)] {
@@ -117,7 +121,11 @@ fn main() {
         let mut failure = Applies::default();
         for n in 0..failing {
             let provider_id = registration(n).provider_id;
-            failure.apply(&mut table, Command::ProviderFailed { provider_id });
+            let command = match deregister {
+                true => Command::DeregisterProvider { provider_id },
+                false => Command::ProviderFailed { provider_id },
+            };
+            failure.apply(&mut table, command);
         }
         while table.evacuations_pending() > 0 {
             failure.apply(&mut table, Command::Tick);

@@ -77,7 +77,8 @@ pub struct DueWork {
     pub evacuation_ticks: usize,
     /// Active providers silent for longer than the failure window, by id.
     pub failed_providers: Vec<String>,
-    /// Failed providers heard from within the failure window, by id.
+    /// Failed providers heard from within the failure window, by id (not
+    /// a deregistered one still being evacuated: it is leaving).
     pub recovered_providers: Vec<String>,
 }
 
@@ -117,6 +118,8 @@ pub fn due_work(table: &AllocationTable, heartbeats: &HeartbeatBook, now_ms: u64
                     work.failed_providers.push(provider_id.clone());
                 }
             }
+            // Deregistered and still being evacuated: leaving, not coming back.
+            ProviderStatus::Failed if table.deregistering(provider_id) => {}
             ProviderStatus::Failed => {
                 // Heard from after it was declared failed: it is back.
                 let heard = heartbeats.last_seen_ms(provider_id);

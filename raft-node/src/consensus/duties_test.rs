@@ -114,6 +114,47 @@ fn a_failed_provider_heard_within_the_window_is_recovered() {
 }
 
 #[test]
+fn a_deregistered_provider_still_being_evacuated_is_not_recovered_by_a_heartbeat() {
+    // --- node_1 holds two allocations, leaves, and one is left to move (one a command)
+    let mut table = AllocationTable::new(TableConfig {
+        evacuations_per_command_max: 1,
+        ..TableConfig::default()
+    });
+    let mut two_units = registration("node_1");
+    two_units.resources.push(ResourceSpec {
+        resource_id: "cpu_2".to_owned(),
+        ..two_units.resources[0].clone()
+    });
+    let allocations = (1..=2).map(|n| {
+        Command::Allocate(AllocationRequest {
+            request_id: Uuid::from_u128(n),
+            lease_ttl_ms: None,
+            ..leased_request()
+        })
+    });
+    let deregister = Command::DeregisterProvider {
+        provider_id: "node_1".to_owned(),
+    };
+    for command in std::iter::once(Command::RegisterProvider(two_units))
+        .chain(allocations)
+        .chain([deregister])
+    {
+        table.apply(&StampedCommand::new(T0, command)).result.expect("applied");
+    }
+    assert!(table.deregistering("node_1"));
+
+    // --- its agent heartbeats on: only the evacuation's ticks are due
+    let mut book = HeartbeatBook::taken_over(2, T0);
+    book.record("node_1", T0 + 1_000, Default::default());
+    let expected = DueWork {
+        tick: true,
+        evacuation_ticks: 1,
+        ..DueWork::default()
+    };
+    assert_eq!(expected, due_work(&table, &book, T0 + 1_000, WINDOW_MS));
+}
+
+#[test]
 fn without_a_leadership_no_provider_is_silent() {
     let table = table(&["node_1"], &[]);
     let mut book = HeartbeatBook::taken_over(2, T0);

@@ -67,4 +67,37 @@ impl HeartbeatBook {
         let (_, since) = self.leadership?;
         Some(self.last_seen_ms(provider_id).unwrap_or(since).max(since))
     }
+
+    /// The longest silence at `now_ms` among `provider_ids` (the active
+    /// providers, those a silence fails), each measured as
+    /// [`Self::silent_since`] measures it: how close the nearest one is to
+    /// the failure window. `None` while this replica does not lead or when
+    /// there is no provider.
+    pub fn silence_max_ms<'a>(&self, provider_ids: impl IntoIterator<Item = &'a str>, now_ms: u64) -> Option<u64> {
+        provider_ids
+            .into_iter()
+            .filter_map(|provider_id| self.silent_since(provider_id))
+            .map(|since| now_ms.saturating_sub(since))
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_silence_counts_from_the_last_heartbeat_or_the_take_over() {
+        // --- a follower's book measures nothing
+        let mut book = HeartbeatBook::default();
+        book.record("node_1", 1_000, ReportedMetrics::new());
+        assert_eq!(None, book.silence_max_ms(["node_1"], 5_000));
+
+        // --- led since 2 s: node_1 heard at 3 s, node_2 never (counts from 2 s)
+        let mut book = HeartbeatBook::taken_over(7, 2_000);
+        book.record("node_1", 3_000, ReportedMetrics::new());
+        assert_eq!(Some(1_000), book.silence_max_ms(["node_1"], 4_000));
+        assert_eq!(Some(2_000), book.silence_max_ms(["node_1", "node_2"], 4_000));
+        assert_eq!(None, book.silence_max_ms([], 4_000));
+    }
 }

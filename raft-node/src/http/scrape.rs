@@ -21,7 +21,8 @@ pub async fn metrics(State(api): State<Shared>, Extension(peer): Extension<PeerC
 }
 
 /// The exposition: Raft's state now, each unit's use now, each namespace's
-/// use against its quota now, the counters so far.
+/// use against its quota now, the counters so far, and on the leader the
+/// longest silence of an active provider now.
 pub async fn render(node: &Node) -> String {
     let raft_metrics = node.raft.metrics().borrow().clone();
     let commit_index = node.commit_index().await;
@@ -69,6 +70,23 @@ pub async fn render(node: &Node) -> String {
             moves_rolled_back: table.move_counts().rolled_back,
         })
         .await;
-    node.metrics
-        .render(&raft, &utilization, &quotas, node.state.apply_durations(), &optimization)
+    // Read with the table and the book together, as the duties read them.
+    let now = crate::clock::now_ms();
+    let heartbeat_age_max_ms = node
+        .with_table(|table| {
+            let active = table
+                .providers()
+                .filter(|provider| provider.status == qm_state_machine::ProviderStatus::Active)
+                .map(|provider| provider.provider_id.as_str());
+            node.heartbeats.lock().expect("heartbeat book").silence_max_ms(active, now)
+        })
+        .await;
+    node.metrics.render(
+        &raft,
+        &utilization,
+        &quotas,
+        node.state.apply_durations(),
+        &optimization,
+        heartbeat_age_max_ms,
+    )
 }

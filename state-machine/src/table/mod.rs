@@ -19,7 +19,8 @@
 //! [`Command::Tick`] rejects), a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections, and a
 //! command moves at most [`TableConfig::evacuations_per_command_max`]
-//! allocations off failed providers (the rest in the commands after it).
+//! allocations off failed or deregistered providers (the rest in the
+//! commands after it; a deregistered provider is forgotten once empty).
 
 mod bulk_release;
 mod cursors;
@@ -95,7 +96,9 @@ pub struct AllocationTable {
     /// Failed providers whose allocations are still being moved, with the
     /// reason their queued ones get: at most
     /// [`TableConfig::evacuations_per_command_max`] move per command, in
-    /// provider-id order, each provider's oldest first.
+    /// provider-id order, each provider's oldest first. The reason
+    /// `provider_deregistered` marks a provider that is leaving: it stays
+    /// (failed) only until it holds nothing, then it is forgotten.
     evacuating: BTreeMap<String, String>,
     /// A new leader's lease refresh still under way: no lease expires
     /// until it is done.

@@ -11,6 +11,11 @@ use crate::error::CommandError;
 use crate::event::{EventKind, ResourceState};
 use crate::provider::{Provider, ProviderRegistration, ProviderStatus};
 
+/// The evacuation reason of a deregistered provider (in `evacuating`, and
+/// the reason its allocations move or queue with): it is leaving, not
+/// failed, so it never comes back on a heartbeat and is forgotten once empty.
+const DEREGISTERED: &str = "provider_deregistered";
+
 impl AllocationTable {
     /// The registered provider `provider_id`.
     pub(super) fn registered_provider(&self, provider_id: &str) -> Result<&Provider, CommandError> {
@@ -74,27 +79,40 @@ impl AllocationTable {
         Ok(self.provider_response(&provider_id))
     }
 
+    /// Marks the provider leaving: failed (nothing new is placed on it) and
+    /// evacuated like a failed provider, a bounded number per command by
+    /// [`Self::continue_evacuations`], which forgets it once it holds
+    /// nothing (`ProviderDeregistered`). Until then its record stays, so that
+    /// every allocation still placed on it points at a registered provider.
+    /// Deregistering it again changes nothing; registering it again stops
+    /// its departure as a failed provider's return would.
     pub(super) fn deregister_provider(&mut self, provider_id: &str) -> ApplyResult {
         self.registered_provider(provider_id)?;
-        let moves_ended = self.end_moves_touching(provider_id, "provider_deregistered");
+        let moves_ended = self.end_moves_touching(provider_id, DEREGISTERED);
         // Failed first, so that evacuation cannot pick it again.
-        self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
         self.index.remove_free(&self.providers[provider_id]);
-        // All at once: the provider is forgotten right after. An operator's
-        // command, one provider at a time, unlike a mass failure.
-        self.evacuating.remove(provider_id);
-        self.evacuate(provider_id, "provider_deregistered", usize::MAX);
-        let provider = self.providers.remove(provider_id).expect("still registered");
-        self.index.remove_provider(&provider);
-        self.emit(EventKind::ProviderDeregistered {
-            provider_id: provider_id.to_owned(),
-        });
+        if self.providers[provider_id].status != ProviderStatus::Failed {
+            self.provider_mut(provider_id)?.status = ProviderStatus::Failed;
+        }
+        // Replaces a failure's reason: what is left moves because it leaves.
+        self.evacuating.insert(provider_id.to_owned(), DEREGISTERED.to_owned());
+        if self.holds_nothing(provider_id) {
+            // Gone at once, before anything this command re-places.
+            self.finish_evacuation(provider_id);
+        }
         if moves_ended > 0 {
             self.examine_queue();
         }
         Ok(CommandResponse::ProviderRemoved {
             provider_id: provider_id.to_owned(),
         })
+    }
+
+    /// Whether `provider_id` is deregistered and still being evacuated: it
+    /// places nothing, does not come back on a heartbeat, and is forgotten
+    /// once it holds nothing.
+    pub fn deregistering(&self, provider_id: &str) -> bool {
+        self.evacuating.get(provider_id).is_some_and(|reason| reason == DEREGISTERED)
     }
 
     pub(super) fn provider_failed(&mut self, provider_id: &str) -> ApplyResult {
@@ -120,7 +138,8 @@ impl AllocationTable {
     pub(super) fn provider_recovered(&mut self, provider_id: &str) -> ApplyResult {
         // Looked at before it is changed: a provider that is already active
         // is not copied away from a snapshot copy that shares it.
-        if self.registered_provider(provider_id)?.status == ProviderStatus::Active {
+        // A leaving provider stays failed until it is gone, heartbeat or not.
+        if self.registered_provider(provider_id)?.status == ProviderStatus::Active || self.deregistering(provider_id) {
             return Ok(self.provider_response(provider_id));
         }
         self.provider_mut(provider_id)?.status = ProviderStatus::Active;
@@ -137,7 +156,7 @@ impl AllocationTable {
 
     /// Moves at most `evacuations_per_command_max` allocations off the
     /// providers in `evacuating`, in provider-id order; a provider left with
-    /// none leaves `evacuating`.
+    /// none leaves `evacuating` (and the table, if it was deregistered).
     pub(super) fn continue_evacuations(&mut self) {
         let mut budget = self.config.evacuations_per_command_max.max(1);
         while budget > 0 {
@@ -145,9 +164,42 @@ impl AllocationTable {
                 break;
             };
             budget -= self.evacuate(&provider_id, &reason, budget);
-            if self.index.by_provider.get(&provider_id).is_none_or(|ids| ids.is_empty()) {
-                self.evacuating.remove(&provider_id);
+            if self.holds_nothing(&provider_id) {
+                self.finish_evacuation(&provider_id);
             }
+        }
+        if budget == 0 {
+            // Releases may have emptied a provider after the one the budget
+            // ran out on; it finishes now rather than keep an empty entry
+            // (and a deregistered provider) until the budget reaches it.
+            let emptied: Vec<String> = self.evacuating.keys().filter(|id| self.holds_nothing(id)).cloned().collect();
+            for provider_id in emptied {
+                self.finish_evacuation(&provider_id);
+            }
+        }
+    }
+
+    fn holds_nothing(&self, provider_id: &str) -> bool {
+        self.index.by_provider.get(provider_id).is_none_or(|ids| ids.is_empty())
+    }
+
+    /// Ends the evacuation of a provider that holds nothing any more; a
+    /// deregistered one is forgotten now.
+    fn finish_evacuation(&mut self, provider_id: &str) {
+        assert!(
+            self.holds_nothing(provider_id),
+            "{provider_id} finished evacuating while it holds allocations"
+        );
+        let reason = self.evacuating.remove(provider_id).expect("finishing an evacuation under way");
+        if reason == DEREGISTERED {
+            let provider = self
+                .providers
+                .remove(provider_id)
+                .expect("a leaving provider stays registered until it is empty");
+            self.index.remove_provider(&provider);
+            self.emit(EventKind::ProviderDeregistered {
+                provider_id: provider_id.to_owned(),
+            });
         }
     }
 
