@@ -84,6 +84,13 @@ impl TestCluster {
         })
     }
 
+    /// The admin's client (long deadline; the admin certificate on a TLS
+    /// run): membership changes, and the optimize nemesis's plans, drains
+    /// and uncordons, which are admin calls too.
+    pub fn admin(&self) -> &Client {
+        &self.admin
+    }
+
     /// The voters' advertised (proxy) addresses, for clients.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|id| self.local.addr(*id).to_owned()).collect()

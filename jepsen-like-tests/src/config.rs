@@ -134,14 +134,18 @@ pub enum NemesisKind {
     Partition,
     /// Add a fresh replica, then remove one (sometimes the leader).
     Membership,
+    /// An optimization plan (live moves) and a drain of a random provider,
+    /// then uncordon it (allocation workload).
+    Optimize,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 4] = [
+    pub const ALL: [NemesisKind; 5] = [
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Partition,
         NemesisKind::Membership,
+        NemesisKind::Optimize,
     ];
 
     pub fn name(self) -> &'static str {
@@ -150,17 +154,20 @@ impl NemesisKind {
             NemesisKind::Pause => "pause",
             NemesisKind::Partition => "partition",
             NemesisKind::Membership => "membership",
+            NemesisKind::Optimize => "optimize",
         }
     }
 }
 
-/// Parses `kill,pause,partition,membership` or `none`.
+/// Parses `kill,pause,partition,membership,optimize` or `none`.
 pub fn parse_nemeses(text: &str) -> Result<Vec<NemesisKind>, JepsenError> {
     let invalid = |reason: String| JepsenError::InvalidConfig { flag: "nemesis", reason };
     let mut kinds = Vec::new();
     let names: Vec<&str> = text.split(',').map(str::trim).filter(|name| !name.is_empty()).collect();
     if names.is_empty() {
-        return Err(invalid("name at least one of kill, pause, partition, membership, or none".into()));
+        return Err(invalid(
+            "name at least one of kill, pause, partition, membership, optimize, or none".into(),
+        ));
     }
     for name in &names {
         if *name == "none" {
@@ -172,7 +179,7 @@ pub fn parse_nemeses(text: &str) -> Result<Vec<NemesisKind>, JepsenError> {
         let kind = NemesisKind::ALL
             .into_iter()
             .find(|kind| kind.name() == *name)
-            .ok_or_else(|| invalid(format!("{name:?} is not one of kill, pause, partition, membership, none")))?;
+            .ok_or_else(|| invalid(format!("{name:?} is not one of kill, pause, partition, membership, optimize, none")))?;
         if !kinds.contains(&kind) {
             kinds.push(kind);
         }
@@ -222,7 +229,7 @@ pub struct RunArgs {
     /// `register` (linearizability per unit) or `allocation` (allocation invariants).
     #[arg(long, env = "QM_JEPSEN_WORKLOAD", value_enum, default_value_t = WorkloadKind::Register)]
     pub workload: WorkloadKind,
-    /// Comma-separated faults: kill, pause, partition, membership; or none.
+    /// Comma-separated faults: kill, pause, partition, membership, optimize; or none.
     #[arg(long, env = "QM_JEPSEN_NEMESIS", default_value = "kill,pause,partition")]
     pub nemesis: String,
     /// Seed of every random choice (operations, targets, schedules). Random when absent; always printed.
@@ -407,6 +414,11 @@ impl RunConfig {
         if !(1..=UNITS_MAX).contains(&self.units) {
             return invalid("units", format!("is {}; must be between 1 and {UNITS_MAX}", self.units));
         }
+        if self.nemeses.contains(&NemesisKind::Optimize) && self.workload != WorkloadKind::Allocation {
+            // The register workload pins every request to its unit: nothing
+            // could move, and its linearizability model has no moves.
+            return invalid("nemesis", "optimize needs --workload allocation".to_owned());
+        }
         for (flag, secs) in [("fault-secs", self.fault_secs), ("heal-secs", self.heal_secs)] {
             if !(0.5..=600.0).contains(&secs) {
                 return invalid(flag, format!("is {secs}; must be between 0.5 and 600"));
@@ -544,6 +556,18 @@ mod tests {
         assert!(parse_nemeses("none,kill").is_err());
         assert!(parse_nemeses("fire").unwrap_err().to_string().contains("\"fire\""));
         assert!(parse_nemeses("").is_err());
+        assert_eq!(
+            vec![NemesisKind::Kill, NemesisKind::Optimize],
+            parse_nemeses("kill,optimize").expect("parses")
+        );
+    }
+
+    #[test]
+    fn the_optimize_nemesis_needs_the_allocation_workload() {
+        let register = args(&["--nemesis", "optimize", "--time-limit", "60"]).into_config(1);
+        assert!(register.unwrap_err().to_string().contains("--workload allocation"));
+        let allocation = args(&["--nemesis", "optimize", "--time-limit", "60", "--workload", "allocation"]);
+        allocation.into_config(1).expect("valid");
     }
 
     fn args(extra: &[&str]) -> RunArgs {

@@ -87,6 +87,10 @@ pub enum Payload {
     Heal(NemesisValue),
     AddReplica(NemesisValue),
     RemoveReplica(NemesisValue),
+    /// The optimize nemesis's fault: an optimization plan and a drain.
+    Optimize(NemesisValue),
+    /// Its heal: the drained provider open again.
+    Uncordon(NemesisValue),
 }
 
 impl Payload {
@@ -105,6 +109,8 @@ impl Payload {
             Payload::Heal(_) => "heal",
             Payload::AddReplica(_) => "add-replica",
             Payload::RemoveReplica(_) => "remove-replica",
+            Payload::Optimize(_) => "optimize",
+            Payload::Uncordon(_) => "uncordon",
         }
     }
 
@@ -132,7 +138,9 @@ impl Payload {
             | Payload::Partition(value)
             | Payload::Heal(value)
             | Payload::AddReplica(value)
-            | Payload::RemoveReplica(value) => Some(value),
+            | Payload::RemoveReplica(value)
+            | Payload::Optimize(value)
+            | Payload::Uncordon(value) => Some(value),
             _ => None,
         }
     }
@@ -141,7 +149,7 @@ impl Payload {
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
-            Payload::Kill(_) | Payload::Pause(_) | Payload::Partition(_) | Payload::AddReplica(_)
+            Payload::Kill(_) | Payload::Pause(_) | Payload::Partition(_) | Payload::AddReplica(_) | Payload::Optimize(_)
         )
     }
 }
@@ -177,6 +185,11 @@ pub struct AllocateValue {
     /// The harness sent a request it had sent before, unchanged, on purpose.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resend: bool,
+    /// The request allows live moves (`movable`): the table may move it to
+    /// other units at any time (an optimization plan or a drain), so the
+    /// checkers hold it to its units only at the instants they saw it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub movable: bool,
     /// On `ok`: the record the reply carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordView>,
@@ -245,6 +258,10 @@ pub struct NemesisValue {
     /// Human-readable detail: the partition's shape, the grudge, an error.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// The optimize nemesis's heal: live moves completed since the table
+    /// began, as the cluster's state said after the uncordon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves_completed: Option<u64>,
 }
 
 impl NemesisValue {
@@ -297,7 +314,8 @@ impl RecordView {
 
     /// Holds units now: granted and not released.
     pub fn is_active(&self) -> bool {
-        matches!(self.state.as_str(), "allocation" | "monitoring")
+        // `optimization`: a live move under way, holding its units (and the target's).
+        matches!(self.state.as_str(), "allocation" | "monitoring" | "optimization")
     }
 
     /// Not finished: active or still waiting in the queue.

@@ -4,7 +4,9 @@
 //! `qm-node` replicas on loopback (fresh data dirs), puts a TCP proxy in
 //! front of each so that links between replicas can be cut or slowed without
 //! root, drives client processes through `qm-client`, and lets a nemesis
-//! kill, pause, partition and reconfigure the cluster on a schedule. Every
+//! kill, pause, partition and reconfigure the cluster on a schedule (and,
+//! in the allocation workload, ask for optimization plans and drains, so
+//! that allocations move live under the faults). Every
 //! operation goes into a history (invoke, then ok / fail / info); after a
 //! final heal and a final read, checkers decide whether the history is one
 //! a correct system could have produced: linearizability per unit (register
@@ -34,7 +36,8 @@
 //!   │  invoke/ok/fail/info    ▲  links cut/delayed              ▲        ▲
 //!   │                         │                                 │        │
 //!   │                  nemesis: kill -9, SIGSTOP/CONT,          │        │
-//!   │                  partitions, add/remove replicas ─────────┼── records its ops too
+//!   │                  partitions, add/remove replicas,         │
+//!   │                  optimize + drain / uncordon ─────────────┼── records its ops too
 //!   └──────────────────────────────────────────────────────────▶ HistoryRecorder
 //!                    after the time limit: heal everything → final read → stop all pids
 //! ```
@@ -50,7 +53,8 @@
 //! * [`workload`]: client processes; [`workload::register`], [`workload::allocation`],
 //!   [`workload::providers`].
 //! * [`history`]: operations, the recorder, `history.jsonl`.
-//! * [`checker`]: one file per checker, each with its `Violation` enum: [`checker::linearizability`] (register;
+//! * [`checker`]: one file per checker (movable allocations may change
+//!   units: see [`checker::holds::movable_requests`]), each with its `Violation` enum: [`checker::linearizability`] (register;
 //!   [`checker::wgl`] is its search), [`checker::double_allocation`], [`checker::capacity`],
 //!   [`checker::lost_allocation`], [`checker::idempotency`], [`checker::stale_read`] (allocation), [`checker::stats`].
 //! * [`report`]: `results.json`, `summary.txt`, [`report::plots`], [`report::timeline`].

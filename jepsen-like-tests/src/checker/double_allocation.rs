@@ -3,7 +3,9 @@
 //! Two kinds of evidence: a linearizable read (every read is one moment of
 //! the table) that lists two allocations on one exclusive unit; and two
 //! acknowledged allocations whose certain holds on one exclusive unit
-//! overlap in time (see [`super::holds::Hold`]).
+//! overlap in time (see [`super::holds::Hold`]). A `movable` allocation may
+//! be moved live at any moment, so it has no certain hold: only the reads
+//! judge it.
 
 use std::collections::BTreeMap;
 

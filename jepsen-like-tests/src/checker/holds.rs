@@ -2,12 +2,12 @@
 //! intervals during which an acknowledged allocation certainly held them,
 //! and the reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use super::operations::Operation;
-use crate::history::{OpType, Payload, RecordView};
+use crate::history::{GrantView, OpType, Payload, RecordView};
 
 /// A unit: provider and resource.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -71,15 +71,46 @@ pub fn first_release_ns(operations: &[Operation]) -> BTreeMap<String, u64> {
     first
 }
 
-/// Every certain hold of every acknowledged active allocation.
+/// The requests sent `movable`: the table may move them to other units
+/// at any moment (a plan, automatic or asked for, or a drain), keeping
+/// their allocation id and what they hold of each kind.
+pub fn movable_requests(operations: &[Operation]) -> BTreeSet<&str> {
+    operations
+        .iter()
+        .filter_map(|operation| match &operation.invoke.payload {
+            Payload::Allocate(value) if value.movable => Some(value.request_id.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a record holds of each kind, whatever the units: the part of its
+/// grants a live move keeps (a move changes provider and units, never
+/// the amounts).
+pub fn held_amounts(record: &RecordView) -> BTreeMap<&str, u64> {
+    let mut amounts: BTreeMap<&str, u64> = BTreeMap::new();
+    for GrantView { kind, amount, .. } in &record.grants {
+        *amounts.entry(kind.as_str()).or_default() += amount;
+    }
+    amounts
+}
+
+/// Every certain hold of every acknowledged active allocation that
+/// cannot move. A movable one may move at any moment after its
+/// acknowledgement, so where it was says nothing about later instants:
+/// the reads (each one instant of the table) judge it instead.
 pub fn certain_holds(operations: &[Operation]) -> Vec<Hold> {
     let released = first_release_ns(operations);
+    let movable = movable_requests(operations);
     let mut holds = Vec::new();
     for operation in operations.iter().filter(|operation| operation.is_ok()) {
         let Payload::Allocate(value) = operation.value() else { continue };
         let (Some(record), Some(from_ns)) = (&value.record, operation.complete_ns()) else {
             continue;
         };
+        if movable.contains(record.request_id.as_str()) {
+            continue;
+        }
         let until_ns = released.get(&record.request_id).copied().unwrap_or(u64::MAX);
         if until_ns <= from_ns {
             continue;

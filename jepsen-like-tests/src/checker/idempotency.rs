@@ -3,8 +3,9 @@
 //! the workload resends old requests on purpose.
 //!
 //! * every answer for one `request_id` names the same allocation and response ids;
-//! * every active answer and every read of it shows the same units (nothing
-//!   moves allocations in these runs);
+//! * every active answer and every read of it shows the same units; a
+//!   `movable` request may be moved live to other units, so for it the same
+//!   amount of each kind (a move keeps the allocation and response ids too);
 //! * a resend after an acknowledged release does not allocate again;
 //! * no read lists one `request_id` twice, or one allocation under two requests.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::holds::reads;
+use super::holds::{held_amounts, movable_requests, reads};
 use super::{AllocationHistory, CheckerResult, Violation};
 use crate::history::{GrantView, Payload, RecordView};
 
@@ -87,6 +88,7 @@ fn unique(values: impl Iterator<Item = String>) -> Vec<String> {
 
 pub fn check(history: &AllocationHistory) -> CheckerResult {
     let mut violations = Vec::new();
+    let movable = movable_requests(history.operations);
     // Every record seen per request, from answers and reads, with where it was seen.
     let mut seen: BTreeMap<&str, Vec<(&RecordView, Vec<u64>)>> = BTreeMap::new();
     let mut answers = 0usize;
@@ -136,9 +138,15 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
                 ops: records.iter().flat_map(|(_, ops)| ops.clone()).collect(),
             });
         }
+        // A movable request changes units when it moves, never its amounts.
+        let may_move = movable.contains(request_id);
+        let differs = |first: &RecordView, second: &RecordView| match may_move {
+            true => held_amounts(first) != held_amounts(second),
+            false => sorted_grants(first) != sorted_grants(second),
+        };
         let mut active = records.iter().filter(|(record, _)| record.is_active());
         if let Some((first, first_ops)) = active.next() {
-            if let Some((second, second_ops)) = active.find(|(record, _)| sorted_grants(record) != sorted_grants(first)) {
+            if let Some((second, second_ops)) = active.find(|(record, _)| differs(record, first)) {
                 violations.push(IdempotencyViolation::DifferentUnits {
                     request_id: request_id.to_string(),
                     first: sorted_grants(first),

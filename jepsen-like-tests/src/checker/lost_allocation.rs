@@ -4,7 +4,8 @@
 //! after the final heal when no client runs any more):
 //!
 //! * a request acknowledged as allocated, with no release attempted, must be
-//!   active at the end, on the same units;
+//!   active at the end, on the same units (a `movable` one, which a live
+//!   move may have put elsewhere: with the same amount of each kind);
 //! * a request acknowledged as queued, with no release attempted, must still
 //!   be live (queued, or granted since);
 //! * a request whose release was acknowledged (it found the record and
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::holds::reads;
+use super::holds::{held_amounts, movable_requests, reads};
 use super::{AllocationHistory, CheckerResult, Violation};
 use crate::history::{GrantView, OpType, Payload, RecordView};
 
@@ -109,6 +110,15 @@ fn sorted(grants: &[GrantView]) -> Vec<GrantView> {
     grants
 }
 
+/// Where `end` holds what `acknowledged` held: the same units, or for a
+/// movable request (a live move changes its units) the same amounts.
+fn same_place(end: &RecordView, acknowledged: &RecordView, movable: bool) -> bool {
+    match movable {
+        true => held_amounts(end) == held_amounts(acknowledged),
+        false => sorted(&end.grants) == sorted(&acknowledged.grants),
+    }
+}
+
 pub fn check(history: &AllocationHistory) -> CheckerResult {
     let Some((final_operation, final_records, _)) = reads(history.operations).into_iter().find(|(_, _, final_read)| *final_read) else {
         return CheckerResult::from_violations::<LostAllocationViolation>(
@@ -140,6 +150,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         }
     }
 
+    let movable = movable_requests(history.operations);
     let mut violations = Vec::new();
     for (request_id, (record, ops)) in &acknowledged {
         if release_attempted.contains(request_id) {
@@ -149,7 +160,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         let final_state = found.map(|record| record.state.clone());
         if record.is_active() {
             match found {
-                Some(end) if end.is_active() && sorted(&end.grants) != sorted(&record.grants) => {
+                Some(end) if end.is_active() && !same_place(end, record, movable.contains(request_id)) => {
                     violations.push(LostAllocationViolation::PlacementChanged {
                         request_id: request_id.to_string(),
                         acknowledged_grants: sorted(&record.grants),

@@ -159,4 +159,6 @@ pub struct AllocationHistory<'a> {
 }
 
 #[cfg(test)]
+mod moves_test;
+#[cfg(test)]
 pub(crate) mod test_support;

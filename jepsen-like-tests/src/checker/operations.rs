@@ -117,6 +117,7 @@ pub fn fault_windows(history: &[Op]) -> Vec<FaultWindow> {
             Payload::Resume(_) => Some("pause"),
             Payload::Heal(_) => Some("partition"),
             Payload::RemoveReplica(_) => Some("add-replica"),
+            Payload::Uncordon(_) => Some("optimize"),
             _ => None,
         };
         if let Some(fault) = fault {
@@ -199,6 +200,7 @@ mod tests {
             nodes: vec![2],
             leader: Some(2),
             detail: String::new(),
+            ..Default::default()
         };
         for payload in [Payload::Kill(value.clone()), Payload::Start(value)] {
             recorder.invoke(Process::NEMESIS, payload.clone());

@@ -47,6 +47,10 @@
 //!   from its registration at the earliest, which comes after the history's
 //!   time zero. Reads completed later than that are not judged for misses
 //!   (only a run longer than ten minutes has any).
+//! * A live move (of a `movable` request) keeps its request id, which is all
+//!   this checker looks at, and the workload's providers confirm nothing, so
+//!   a move begins and ends in one log entry: no read finds a record in
+//!   `optimization` (which a `monitoring` read would not list).
 //! * A finished request is forgotten after the table's dedupe window, or
 //!   sooner when more than `finished_requests_max` requests are finished;
 //!   a resend of a forgotten request allocates it afresh. So a read is

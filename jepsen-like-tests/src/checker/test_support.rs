@@ -135,9 +135,18 @@ pub fn allocate(request: &str, resend: bool, answer: Option<RecordView>) -> Payl
         requirements: BTreeMap::from([("cpu_cores".to_owned(), 1)]),
         priority: 0,
         resend,
+        movable: false,
         record: answer,
         attempts: None,
     })
+}
+
+/// An allocate of a request that allows live moves (`movable`).
+pub fn allocate_movable(request: &str, resend: bool, answer: Option<RecordView>) -> Payload {
+    match allocate(request, resend, answer) {
+        Payload::Allocate(value) => Payload::Allocate(AllocateValue { movable: true, ..value }),
+        _ => unreachable!("allocate builds an allocate"),
+    }
 }
 
 pub fn free(request: &str, outcome: Option<&str>) -> Payload {

@@ -14,6 +14,7 @@
 //! | `pause`      | SIGSTOP, chosen the same way                | SIGCONT                       |
 //! | `partition`  | halves, isolated leader, bridge, majorities ring or slow links | every link whole again |
 //! | `membership` | add a blank replica as a voter (n+1)        | remove a voter: an original while any is left (the leader a third of the time, if it is one), so enough cycles replace them all (n) |
+//! | `optimize`   | an optimization plan (`Optimize`: live moves of movable allocations), then drain a random provider of the allocation workload | uncordon it (`open`), and note the moves completed so far |
 //!
 //! Every nemesis named fires at least [`NEMESIS_FIRINGS_MIN`] times: the
 //! run is refused when its time limit cannot hold that many cycles at the
@@ -36,7 +37,9 @@ use tokio::time::Instant;
 use crate::cluster::TestCluster;
 use crate::config::{NemesisKind, ProcessTargets, NEMESIS_FIRINGS_MIN};
 use crate::history::{HistoryRecorder, NemesisValue, OpType, Payload, Process};
+use crate::workload::{allocation, with_final_retries};
 use partition::PartitionShape;
+use qm_client::Consistency;
 
 /// Mixed into the run's seed so the nemesis's choices do not mirror the clients'.
 pub const NEMESIS_SEED_SALT: u64 = 0x6e65_6d65_7369_7321;
@@ -44,6 +47,11 @@ pub const NEMESIS_SEED_SALT: u64 = 0x6e65_6d65_7369_7321;
 pub const FAULT_MS_MIN: u64 = 500;
 /// How long the final heal may wait for a leader before the final read tries anyway.
 pub const HEALED_LEADER_TIMEOUT_MS: u64 = 30_000;
+/// The optimize nemesis's drain deadline, past the fault's end: short, yet
+/// later than the heal's uncordon, so that the deadline never passes and
+/// pinned (not movable) allocations never move; only movable ones do,
+/// which is what the checkers allow for.
+pub const DRAIN_DEADLINE_PAST_FAULT_MS: u64 = 30_000;
 
 /// When faults happen.
 #[derive(Clone, Debug)]
@@ -67,6 +75,8 @@ enum ActiveFault {
     Paused(Vec<u64>),
     Partitioned,
     Added,
+    /// The provider the optimize nemesis drains.
+    Draining(String),
 }
 
 /// The two faults that act on processes.
@@ -85,6 +95,8 @@ pub struct Nemesis {
     nodes: u64,
     /// Which replicas kills and pauses hit.
     targets: ProcessTargets,
+    /// Providers the optimize nemesis drained and has not yet opened again.
+    drained: Vec<String>,
 }
 
 type MakePayload = fn(NemesisValue) -> Payload;
@@ -97,6 +109,7 @@ impl Nemesis {
             rng: StdRng::seed_from_u64(seed ^ NEMESIS_SEED_SALT),
             nodes,
             targets: ProcessTargets::default(),
+            drained: Vec::new(),
         }
     }
 
@@ -130,7 +143,7 @@ impl Nemesis {
                 order.shuffle(&mut self.rng);
             }
             let kind = order.pop().expect("refilled above");
-            let fault = self.inject(kind, &schedule.partitions).await;
+            let fault = self.inject(kind, &schedule.partitions, fault_for).await;
             tokio::time::sleep(fault_for).await;
             if let Some(fault) = fault {
                 self.heal(fault).await;
@@ -161,12 +174,13 @@ impl Nemesis {
         self.history.record(kind, Process::NEMESIS, make(value), None);
     }
 
-    async fn inject(&mut self, kind: NemesisKind, shapes: &[PartitionShape]) -> Option<ActiveFault> {
+    async fn inject(&mut self, kind: NemesisKind, shapes: &[PartitionShape], fault_for: Duration) -> Option<ActiveFault> {
         match kind {
             NemesisKind::Kill => self.process_fault(ProcessFault::Kill).await.map(ActiveFault::Killed),
             NemesisKind::Pause => self.process_fault(ProcessFault::Pause).await.map(ActiveFault::Paused),
             NemesisKind::Partition => Some(self.partition(shapes).await),
             NemesisKind::Membership => Some(self.add_replica().await),
+            NemesisKind::Optimize => Some(self.optimize_and_drain(fault_for).await),
         }
     }
 
@@ -176,7 +190,67 @@ impl Nemesis {
             ActiveFault::Paused(nodes) => self.resume(nodes).await,
             ActiveFault::Partitioned => self.heal_network().await,
             ActiveFault::Added => self.remove_replica(None).await,
+            ActiveFault::Draining(provider) => self.uncordon(&provider).await,
         }
+    }
+
+    /// Asks for an optimization plan (live moves of movable allocations),
+    /// then drains a random provider of the allocation workload, with a
+    /// deadline [`DRAIN_DEADLINE_PAST_FAULT_MS`] after the fault's end.
+    /// Either call may fail under the other faults; the detail says so.
+    async fn optimize_and_drain(&mut self, fault_for: Duration) -> ActiveFault {
+        let providers: Vec<String> = allocation::registrations()
+            .into_iter()
+            .map(|registration| registration.provider_id)
+            .collect();
+        let provider = providers.choose(&mut self.rng).expect("the workload has providers").clone();
+        let cluster = self.cluster.lock().await;
+        let leader = cluster.leader().await;
+        let mut value = NemesisValue {
+            leader,
+            detail: format!("optimize, drain {provider}"),
+            ..Default::default()
+        };
+        self.record(Payload::Optimize, OpType::Invoke, value.clone());
+        let mut details = Vec::new();
+        match cluster.admin().optimize(false).await {
+            Ok(plan) => details.push(format!("optimize: {} moves planned", plan.moves.len())),
+            Err(error) => details.push(format!("optimize failed: {error}")),
+        }
+        let deadline_ms = fault_for.as_millis() as u64 + DRAIN_DEADLINE_PAST_FAULT_MS;
+        // Marked before the call: a drain whose answer was lost may still
+        // have taken effect, and the final heal must open it either way.
+        self.drained.push(provider.clone());
+        match cluster.admin().drain_provider(&provider, deadline_ms).await {
+            Ok(reply) => details.push(format!(
+                "drain {provider} (deadline {deadline_ms} ms): {} moving, {} cannot move",
+                reply.moving.len(),
+                reply.cannot_move.len()
+            )),
+            Err(error) => details.push(format!("drain {provider} failed: {error}")),
+        }
+        value.detail = details.join("; ");
+        self.record(Payload::Optimize, OpType::Info, value);
+        ActiveFault::Draining(provider)
+    }
+
+    /// Opens `provider` again (retrying while the cluster settles), and
+    /// notes the live moves completed since the table began.
+    async fn uncordon(&mut self, provider: &str) {
+        let cluster = self.cluster.lock().await;
+        let mut value = NemesisValue {
+            detail: format!("uncordon {provider}"),
+            ..Default::default()
+        };
+        self.record(Payload::Uncordon, OpType::Invoke, value.clone());
+        match with_final_retries(|| cluster.admin().set_provider_scheduling(provider, false)).await {
+            Ok(_) => self.drained.retain(|drained| drained != provider),
+            Err(error) => value.detail = format!("uncordon {provider} failed: {error}"),
+        }
+        if let Ok(state) = cluster.admin().system_state(Consistency::Linearizable).await {
+            value.moves_completed = Some(state.moves_completed);
+        }
+        self.record(Payload::Uncordon, OpType::Info, value);
     }
 
     /// Kills or pauses the replicas [`targets::pick`] chooses.
@@ -201,6 +275,7 @@ impl Nemesis {
             nodes: nodes.clone(),
             leader,
             detail: String::new(),
+            ..Default::default()
         };
         self.record(make, OpType::Invoke, value.clone());
         let errors: Vec<String> = nodes
@@ -267,6 +342,7 @@ impl Nemesis {
             nodes: drawn.cut_off.clone(),
             leader,
             detail: drawn.description.clone(),
+            ..Default::default()
         };
         self.record(Payload::Partition, OpType::Invoke, value.clone());
         cluster.set_links(drawn.links);
@@ -323,6 +399,7 @@ impl Nemesis {
             nodes: vec![victim],
             leader,
             detail: String::new(),
+            ..Default::default()
         };
         self.record(Payload::RemoveReplica, OpType::Invoke, value.clone());
         if let Err(error) = cluster.remove_replica(victim).await {
@@ -357,6 +434,9 @@ impl Nemesis {
         };
         if let Some(extra) = extra {
             self.remove_replica(Some(extra)).await;
+        }
+        for provider in self.drained.clone() {
+            self.uncordon(&provider).await;
         }
         let cluster = self.cluster.lock().await;
         let _ = cluster.wait_for_leader(Duration::from_millis(HEALED_LEADER_TIMEOUT_MS)).await;

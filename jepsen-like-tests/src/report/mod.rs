@@ -94,6 +94,7 @@ fn nemesis_record(history: &[Op], config: &RunConfig) -> (BTreeMap<String, u64>,
             Payload::Pause(_) => "pause",
             Payload::Partition(_) => "partition",
             Payload::AddReplica(_) => "membership",
+            Payload::Optimize(_) => "optimize",
             Payload::RemoveReplica(value) if op.kind == OpType::Info && value.detail.is_empty() => {
                 removed.extend(value.nodes.iter().copied().filter(|id| *id <= config.nodes));
                 continue;

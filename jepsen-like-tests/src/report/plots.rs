@@ -53,6 +53,7 @@ fn shade_of(fault: &str) -> RGBAColor {
         "kill" => RGBColor(214, 39, 40).mix(0.15),
         "pause" => RGBColor(255, 127, 14).mix(0.18),
         "partition" => RGBColor(23, 190, 207).mix(0.18),
+        "optimize" => RGBColor(148, 103, 189).mix(0.18),
         _ => RGBColor(188, 189, 34).mix(0.18),
     }
 }

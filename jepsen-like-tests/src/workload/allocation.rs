@@ -3,6 +3,10 @@
 //! again unchanged (an idempotent retry on purpose), and linearizable reads
 //! of every active allocation.
 //!
+//! About half the requests are `movable` ([`MOVABLE_SHARE`]): the table may
+//! move them live (the `optimize` nemesis asks for plans and drains), and
+//! the checkers hold them to their units only where they saw them.
+//!
 //! The namespace has a quota of [`QUOTA_CPU_CORES`] cores, below the
 //! providers' total, set at setup ([`set_quota`]).
 //!
@@ -50,6 +54,10 @@ pub const QUOTA_KIND: &str = "cpu_cores";
 /// thirds of the providers' cores, so the quota (not capacity) is what
 /// binds first under load, and [`crate::checker::quota`] checks it holds.
 pub const QUOTA_CPU_CORES: u64 = (PROVIDERS * CORES_PER_PROVIDER) as u64 * 2 / 3;
+/// Share of fresh requests that allow live moves (`movable`), drawn from
+/// the worker's seeded generator: about half, so that optimization plans
+/// and drains have allocations to move and pinned ones to leave alone.
+pub const MOVABLE_SHARE: f64 = 0.5;
 /// Records per page of the final read.
 pub const FINAL_READ_PAGE: u32 = 1_000;
 /// Pages of the final read at most (bounds it at 100,000 records).
@@ -135,6 +143,7 @@ fn random_request(ctx: &mut WorkerContext) -> (ResourceRequest, AllocateValue) {
         requirements.insert("gpu".to_owned(), 1);
     }
     let priority = ctx.rng.gen_range(0..=2i64);
+    let movable = ctx.rng.gen_bool(MOVABLE_SHARE);
     let request_id = Uuid::new_v4().to_string();
     let request = ResourceRequest {
         request_id: Some(request_id.clone()),
@@ -146,6 +155,7 @@ fn random_request(ctx: &mut WorkerContext) -> (ResourceRequest, AllocateValue) {
                 .collect(),
         ),
         priority: Some(Number::from(priority)),
+        movable: movable.then_some(true),
         ..Default::default()
     };
     let value = AllocateValue {
@@ -153,6 +163,7 @@ fn random_request(ctx: &mut WorkerContext) -> (ResourceRequest, AllocateValue) {
         requirements,
         priority,
         resend: false,
+        movable,
         record: None,
         attempts: None,
     };
