@@ -19,8 +19,9 @@
 //! [`Command::Tick`] rejects), a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections, and a
 //! command moves at most [`TableConfig::evacuations_per_command_max`]
-//! allocations off failed or deregistered providers (the rest in the
-//! commands after it; a deregistered provider is forgotten once empty).
+//! allocations off failed, deregistered or past-deadline drained providers
+//! (the rest in the commands after it; a deregistered provider is
+//! forgotten once empty).
 
 mod bulk_release;
 mod cursors;
@@ -98,7 +99,8 @@ pub struct AllocationTable {
     /// [`TableConfig::evacuations_per_command_max`] move per command, in
     /// provider-id order, each provider's oldest first. The reason
     /// `provider_deregistered` marks a provider that is leaving: it stays
-    /// (failed) only until it holds nothing, then it is forgotten.
+    /// (failed) only until it holds nothing, then it is forgotten;
+    /// `drain_deadline` one whose drain deadline passed (active, cordoned).
     evacuating: BTreeMap<String, String>,
     /// A new leader's lease refresh still under way: no lease expires
     /// until it is done.
@@ -235,6 +237,9 @@ impl AllocationTable {
             Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, false),
             Cow::Owned(Command::AllocateWith { request, on_preemption }) => self.allocate(Cow::Owned(request), on_preemption, false),
             Cow::Owned(Command::AllocateMovable(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, true),
+            Cow::Owned(Command::AllocateWithOptions { request, options }) => {
+                self.allocate(Cow::Owned(request), options.on_preemption, options.movable)
+            }
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -280,6 +285,9 @@ impl AllocationTable {
                 provider_id,
                 deadline_after_ms,
             } => self.drain_provider(provider_id, *deadline_after_ms),
+            Command::AllocateWithOptions { request, options } => {
+                self.allocate(Cow::Borrowed(request), options.on_preemption, options.movable)
+            }
         }
     }
 
