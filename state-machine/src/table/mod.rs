@@ -202,6 +202,7 @@ impl AllocationTable {
         let clock_before = self.clock_ms;
         self.clock_ms = self.clock_ms.max(now_ms);
         let operation_type = command.operation_type();
+        let moves_before = (self.index.moves.len(), self.move_counts.started);
         let result = self.dispatch(command);
         self.freed_namespaces.clear();
         match &result {
@@ -210,6 +211,7 @@ impl AllocationTable {
                 // of a pending evacuation, after its own work.
                 self.continue_lease_refresh();
                 self.continue_evacuations();
+                self.note_moves_settled(moves_before);
                 self.evict_finished();
             }
             Err(_) => {
