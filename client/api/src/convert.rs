@@ -394,6 +394,8 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         address: provider.address.clone().unwrap_or_default(),
         port: provider.port.map_or(0, u32::from),
         scheduling: provider.scheduling.as_str().to_owned(),
+        // Known to the table, not the provider: the server fills it.
+        leaving: false,
     }
 }
 

@@ -91,6 +91,7 @@ fn provider_json(provider: &ProviderInfo, now_ms: u64) -> Value {
         "provider_id": provider.provider_id,
         "status": provider.status,
         "scheduling": provider.scheduling,
+        "leaving": provider.leaving,
         "labels": sorted(&provider.labels),
         "resources": resources,
         "confirms_allocations": provider.confirms_allocations,

@@ -451,7 +451,7 @@
         }).join('');
         const labelText = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(', ');
         return `<tr data-testid="provider-row" data-provider="${esc(p.provider_id)}"><th scope="row">${esc(p.provider_id)}</th>
-          <td>${statusSpan(p.status, 'provider-status')}${p.scheduling && p.scheduling !== 'open' ? ` ${statusSpan(p.scheduling, 'provider-scheduling')}` : ''}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
+          <td>${statusSpan(p.status, 'provider-status')}${p.leaving ? ` ${statusSpan('leaving', 'provider-leaving')}` : ''}${p.scheduling && p.scheduling !== 'open' ? ` ${statusSpan(p.scheduling, 'provider-scheduling')}` : ''}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
           <td class="num">${allocationsOf(p.provider_id, p.allocations)}</td><td>${kinds}</td>
           <td>${esc(providerMetrics(p) || '—')}</td><td class="mono">${esc(labelText)}</td><td>${this.actions(p)}</td></tr>`;
       }).join('');
