@@ -22,24 +22,27 @@
 //! | [`grpc_register`] | a protobuf `RegisterProviderRequest` | gRPC `RegisterProvider` |
 //! | [`snapshot`] | a table snapshot | a snapshot installed from the leader, or read from disk at start |
 //! | [`raft_message`] | a Raft RPC payload (bincode) | `AppendEntries`, `Vote`, `InstallSnapshot` from another replica |
+//! | [`http_body`] | the body of an HTTP write (its first byte picks which) | `POST /v1/release`, `/v1/release/matching`, `/v1/preemption`, `PUT /v1/quotas/{ns}` |
 
 use qm_api::convert;
 use qm_api::proto::api;
 use qm_raft_node::codec;
+use qm_raft_node::http;
 use qm_raft_node::types::{Entry, TypeConfig};
-use qm_state_machine::{AllocationTable, ProviderRegistration, ResourceRequest};
+use qm_state_machine::{AllocationTable, ProviderRegistration, ReleaseFilter, ResourceRequest};
 
 /// One target: one input through a decoder, panicking if what must hold does not.
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("protocol_request", protocol_request),
     ("registration", registration),
     ("grpc_allocate", grpc_allocate),
     ("grpc_register", grpc_register),
     ("snapshot", snapshot),
     ("raft_message", raft_message),
+    ("http_body", http_body),
 ];
 
 /// The protocol's `resource_request` JSON. What validates goes to the wire
@@ -114,3 +117,48 @@ pub fn raft_message(data: &[u8]) {
     let _ = codec::decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(data);
     let _ = codec::decode::<Entry>(data);
 }
+
+/// The body of an HTTP write, after its first byte, which picks the
+/// document: parsed by the handler's own function, then checked as the
+/// call checks it. Bad input must be a `400` naming a field, never a panic
+/// or another status; the message stays bounded, whatever was sent.
+pub fn http_body(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    let refusal = match which % 4 {
+        0 => http::requests::release_call(body).err(),
+        1 => http::requests::release_matching_call(body)
+            .map(|call| {
+                let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+                let filter = ReleaseFilter {
+                    namespace: non_empty(&call.namespace),
+                    requester_id: non_empty(&call.requester_id),
+                    provider_id: non_empty(&call.provider_id),
+                };
+                let _ = filter.check();
+            })
+            .err(),
+        2 => http::quotas::set_quota_call("team".to_owned(), body)
+            .map(|call| {
+                let limits = qm_api::quota::limits_from_proto(&call.limits);
+                let _ = qm_state_machine::quota::check_quota(&call.namespace, &limits);
+            })
+            .err(),
+        _ => http::quotas::set_preemption_call(body).err(),
+    };
+    if let Some(refusal) = refusal {
+        assert_eq!(400, refusal.status.as_u16(), "{}", refusal.body);
+        assert!(refusal.body["field"].is_string(), "a refusal names no field: {}", refusal.body);
+        let message = refusal.body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.len() <= HTTP_MESSAGE_LEN_MAX,
+            "a refusal's message of {} bytes",
+            message.len()
+        );
+    }
+}
+
+/// The longest message a refusal may carry: the parser's bounded reason and
+/// the words around it.
+const HTTP_MESSAGE_LEN_MAX: usize = qm_state_machine::protocol::PARSE_ERROR_LEN_MAX + 256;

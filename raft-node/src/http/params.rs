@@ -7,6 +7,9 @@ use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::HeaderMap;
 
+use qm_state_machine::protocol::PARSE_ERROR_LEN_MAX;
+use serde::de::DeserializeOwned;
+
 use super::error::HttpError;
 
 /// The longest `?wait=` a call may ask for (Consul's own bound).
@@ -92,8 +95,28 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit_bytes: usize) -> R
 }
 
 /// The body as JSON text.
-pub fn utf8<'a>(field: &str, body: &'a Bytes) -> Result<&'a str, HttpError> {
+pub fn utf8<'a>(field: &str, body: &'a [u8]) -> Result<&'a str, HttpError> {
     std::str::from_utf8(body).map_err(|_| HttpError::invalid(field, "the body is not UTF-8 text"))
+}
+
+/// The body as the JSON document `T`; anything else is a `400` naming
+/// `field` with serde's reason, cut to a bounded length.
+pub fn json_document<T: DeserializeOwned>(field: &str, body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_str(utf8(field, body)?).map_err(|error| HttpError::invalid(field, bounded(error.to_string())))
+}
+
+/// A parser's message cut to [`PARSE_ERROR_LEN_MAX`] bytes: serde quotes
+/// the input it stopped at, which may be long.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > PARSE_ERROR_LEN_MAX {
+        let mut cut = PARSE_ERROR_LEN_MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
 }
 
 #[cfg(test)]

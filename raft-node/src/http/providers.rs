@@ -17,9 +17,8 @@ use serde_json::{json, Value};
 
 use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
-use super::params::{read_body, utf8, Params};
+use super::params::{json_document, read_body, Params};
 use super::replica_health::ReplicaView;
-use super::requests::bounded;
 use super::Shared;
 use crate::api::{cluster, providers};
 use crate::security::Call;
@@ -115,8 +114,7 @@ pub async fn register(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::RegisterProvider)?;
     let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
-    let document: ProviderRegistration = serde_json::from_str(utf8("registration", &body)?)
-        .map_err(|error| HttpError::invalid("registration", bounded(error.to_string())))?;
+    let document: ProviderRegistration = json_document("registration", &body)?;
     // Validated here too, so that bad input is a 400 naming the field before
     // any leader check.
     document.clone().validate().map_err(HttpError::from_invalid)?;

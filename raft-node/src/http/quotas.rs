@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
-use super::params::{read_body, utf8, Params};
-use super::requests::bounded;
+use super::params::{json_document, read_body, utf8, Params};
 use super::Shared;
 use crate::api::quotas;
 use crate::security::Call;
@@ -58,6 +57,16 @@ pub async fn list(
     Ok(document(&reply.namespaces, reply.cluster_preemption.as_ref()))
 }
 
+/// The `SetQuotaRequest` a `PUT /v1/quotas/{namespace}` body asks for; bad
+/// JSON is a `400` naming `limits` (the limits are checked by the call).
+pub fn set_quota_call(namespace: String, body: &[u8]) -> Result<wire::SetQuotaRequest, HttpError> {
+    let limits: BTreeMap<String, u64> = json_document("limits", body)?;
+    Ok(wire::SetQuotaRequest {
+        namespace,
+        limits: limits.into_iter().collect(),
+    })
+}
+
 /// `PUT /v1/quotas/{namespace}` with `{"cpu_cores": 64, "gpu": 4}`: sets
 /// the namespace's whole quota.
 pub async fn set(
@@ -70,12 +79,7 @@ pub async fn set(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::SetQuota)?;
     let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
-    let limits: BTreeMap<String, u64> =
-        serde_json::from_str(utf8("limits", &body)?).map_err(|error| HttpError::invalid("limits", bounded(error.to_string())))?;
-    let call = wire::SetQuotaRequest {
-        namespace,
-        limits: limits.into_iter().collect(),
-    };
+    let call = set_quota_call(namespace, &body)?;
     let reply = audited(&api, Call::SetQuota, &caller, Some(&headers), &uri, call, |call| {
         quotas::set_quota(&api.node, &caller, call)
     })
@@ -114,6 +118,17 @@ struct PreemptionDocument {
     never_preempted: bool,
 }
 
+/// The `SetPreemptionRequest` a `POST /v1/preemption` body asks for; bad
+/// JSON is a `400` naming `preemption`.
+pub fn set_preemption_call(body: &[u8]) -> Result<wire::SetPreemptionRequest, HttpError> {
+    let document: PreemptionDocument = json_document("preemption", body)?;
+    Ok(wire::SetPreemptionRequest {
+        namespace: document.namespace.unwrap_or_default(),
+        setting: document.setting.map(quota::setting_to_proto),
+        never_preempted: document.never_preempted,
+    })
+}
+
 /// `POST /v1/preemption`: who may preempt, cluster-wide or per namespace.
 pub async fn set_preemption(
     State(api): State<Shared>,
@@ -124,13 +139,7 @@ pub async fn set_preemption(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::SetPreemption)?;
     let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
-    let document_in: PreemptionDocument =
-        serde_json::from_str(utf8("preemption", &body)?).map_err(|error| HttpError::invalid("preemption", bounded(error.to_string())))?;
-    let call = wire::SetPreemptionRequest {
-        namespace: document_in.namespace.unwrap_or_default(),
-        setting: document_in.setting.map(quota::setting_to_proto),
-        never_preempted: document_in.never_preempted,
-    };
+    let call = set_preemption_call(&body)?;
     let reply = audited(&api, Call::SetPreemption, &caller, Some(&headers), &uri, call, |call| {
         quotas::set_preemption(&api.node, &caller, call)
     })

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
-use super::params::{read_body, utf8, Params};
+use super::params::{json_document, read_body, utf8, Params};
 use super::{HttpApi, Shared};
 use crate::api::requests;
 use crate::security::{Call, Caller};
@@ -99,6 +99,22 @@ struct ReleaseDocument {
     allocation_id: Option<String>,
 }
 
+/// The `ReleaseRequest` a `POST /v1/release` body asks for; bad input is a
+/// `400` naming the field.
+pub fn release_call(body: &[u8]) -> Result<ReleaseRequest, HttpError> {
+    let document: ReleaseDocument = json_document("release", body)?;
+    let (id, field) = match (document.request_id, document.allocation_id) {
+        (Some(id), None) => (id, "request_id"),
+        (None, Some(id)) => (id, "allocation_id"),
+        (Some(_), Some(_)) => return Err(HttpError::invalid("allocation_id", "give request_id or allocation_id, not both")),
+        (None, None) => return Err(HttpError::invalid("request_id", "is required (or allocation_id)")),
+    };
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(HttpError::invalid(field, format!("{id:?} is not a uuid")));
+    }
+    Ok(ReleaseRequest { id })
+}
+
 pub async fn release(
     State(api): State<Shared>,
     Extension(peer): Extension<PeerCertificate>,
@@ -108,19 +124,7 @@ pub async fn release(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::Release)?;
     let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
-    let document: ReleaseDocument =
-        serde_json::from_str(utf8("release", &body)?).map_err(|error| HttpError::invalid("release", bounded(error.to_string())))?;
-    let id = match (document.request_id, document.allocation_id) {
-        (Some(id), None) => (id, "request_id"),
-        (None, Some(id)) => (id, "allocation_id"),
-        (Some(_), Some(_)) => return Err(HttpError::invalid("allocation_id", "give request_id or allocation_id, not both")),
-        (None, None) => return Err(HttpError::invalid("request_id", "is required (or allocation_id)")),
-    };
-    let (id, field) = id;
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(HttpError::invalid(field, format!("{id:?} is not a uuid")));
-    }
-    let call = ReleaseRequest { id };
+    let call = release_call(&body)?;
     let reply = audited(&api, Call::Release, &caller, Some(&headers), &uri, call, |call| {
         requests::release(&api.node, &caller, call)
     })
@@ -145,6 +149,19 @@ struct ReleaseMatchingDocument {
     entries_max: u32,
 }
 
+/// The `ReleaseMatchingRequest` a `POST /v1/release/matching` body asks
+/// for; bad JSON is a `400` (the filter is checked by the call itself).
+pub fn release_matching_call(body: &[u8]) -> Result<wire::ReleaseMatchingRequest, HttpError> {
+    let document: ReleaseMatchingDocument = json_document("release_matching", body)?;
+    Ok(wire::ReleaseMatchingRequest {
+        namespace: document.namespace,
+        requester_id: document.requester_id,
+        provider_id: document.provider_id,
+        after: document.after,
+        entries_max: document.entries_max,
+    })
+}
+
 /// Answers `{"released": N, "cancelled": N, "entries": N, "next": ID|null}`.
 pub async fn release_matching(
     State(api): State<Shared>,
@@ -155,15 +172,7 @@ pub async fn release_matching(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::ReleaseMatching)?;
     let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
-    let document: ReleaseMatchingDocument = serde_json::from_str(utf8("release_matching", &body)?)
-        .map_err(|error| HttpError::invalid("release_matching", bounded(error.to_string())))?;
-    let call = wire::ReleaseMatchingRequest {
-        namespace: document.namespace,
-        requester_id: document.requester_id,
-        provider_id: document.provider_id,
-        after: document.after,
-        entries_max: document.entries_max,
-    };
+    let call = release_matching_call(&body)?;
     let reply = audited(&api, Call::ReleaseMatching, &caller, Some(&headers), &uri, call, |call| {
         crate::api::bulk_release::release_matching(&api.node, &caller, call)
     })
@@ -273,18 +282,4 @@ fn record_json(reply: &AllocationReply) -> Result<Value, HttpError> {
         object.insert("updated_at_ms".into(), reply.updated_at_ms.into());
     }
     Ok(value)
-}
-
-/// A parser's message, cut so that a huge bad value is not echoed back whole.
-pub fn bounded(mut message: String) -> String {
-    const MESSAGE_LEN_MAX: usize = qm_state_machine::protocol::PARSE_ERROR_LEN_MAX;
-    if message.len() > MESSAGE_LEN_MAX {
-        let mut cut = MESSAGE_LEN_MAX;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push_str("...");
-    }
-    message
 }
