@@ -10,12 +10,15 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
+use common::histories::{cases, check_units, spec};
 use proptest::prelude::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
     AllocationRequest, AllocationTable, Applied, Command, Constraints, Event, ListFilter, PlacementPolicy, ProviderRegistration,
-    ProviderStatus, ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
+    ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
 };
 use uuid::Uuid;
 
@@ -311,16 +314,6 @@ impl Op {
     }
 }
 
-fn spec(resource_id: &str, kind: &str, capacity: i64, sharing: Option<Sharing>) -> ResourceSpec {
-    ResourceSpec {
-        resource_id: resource_id.to_owned(),
-        kind: kind.to_owned(),
-        capacity,
-        labels: BTreeMap::new(),
-        sharing,
-    }
-}
-
 fn register() -> impl Strategy<Value = Op> {
     (0..PROVIDERS, 0..4u8, 0..9u8, prop::bool::weighted(0.3), prop::bool::weighted(0.3)).prop_map(
         |(provider, cores, memory_gb, gpu, confirms)| Op::Register {
@@ -450,82 +443,6 @@ fn run(table: &mut AllocationTable, history: &[(i16, Op)]) -> Vec<Applied> {
 
 /// The checks the issue names, from the outside (public API only), so they
 /// do not rely on `assert_invariants` being right.
-fn check_units(table: &AllocationTable) {
-    let records = table.list(&ListFilter::default());
-    let mut holdings: BTreeMap<Uuid, Vec<(String, String, u64)>> = BTreeMap::new();
-    for provider in table.providers() {
-        for resource in provider.resources.values() {
-            let used: u64 = resource.holders.values().sum();
-            assert!(
-                used <= resource.capacity,
-                "{}/{} holds {used} of {}",
-                provider.provider_id,
-                resource.resource_id,
-                resource.capacity
-            );
-            if resource.sharing == Sharing::Exclusive {
-                assert!(
-                    resource.holders.len() <= 1,
-                    "exclusive {}/{} is in {} allocations",
-                    provider.provider_id,
-                    resource.resource_id,
-                    resource.holders.len()
-                );
-            }
-            for (allocation_id, amount) in &resource.holders {
-                holdings
-                    .entry(*allocation_id)
-                    .or_default()
-                    .push((provider.provider_id.clone(), resource.resource_id.clone(), *amount));
-            }
-        }
-    }
-    let mut active = 0;
-    for record in &records {
-        let held = holdings.remove(&record.allocation_id).unwrap_or_default();
-        match record.state {
-            RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
-                active += 1;
-                let placement = record.placement.as_ref().expect("an active allocation has a placement");
-                let provider = table.provider(&placement.provider_id).expect("placed on a registered provider");
-                // On a failed provider only while its evacuation goes on.
-                assert!(
-                    provider.status == ProviderStatus::Active || table.evacuations_pending() > 0,
-                    "{} is on failed {} and nothing is being evacuated",
-                    record.request.request_id,
-                    provider.provider_id
-                );
-                let mut granted: Vec<(String, String, u64)> = placement
-                    .grants
-                    .iter()
-                    .map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount))
-                    .collect();
-                // A move's target holds its units too until it confirms.
-                if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
-                    granted.extend(
-                        moving
-                            .to
-                            .grants
-                            .iter()
-                            .map(|g| (moving.to.provider_id.clone(), g.resource_id.clone(), g.amount)),
-                    );
-                    granted.sort();
-                }
-                let mut held = held;
-                held.sort();
-                assert_eq!(granted, held, "{}: grants and units disagree", record.request.request_id);
-            }
-            RequestState::Queued => {
-                assert_eq!(None, record.placement, "queued {} has a placement", record.request.request_id);
-                assert!(held.is_empty(), "queued {} holds {held:?}", record.request.request_id);
-            }
-            _ => assert!(held.is_empty(), "finished {} holds {held:?}", record.request.request_id),
-        }
-    }
-    assert!(holdings.is_empty(), "units held by unknown allocations: {holdings:?}");
-    assert_eq!(active, table.active_allocations());
-}
-
 fn check_events(revision_before: u64, events: &[Event], table: &AllocationTable) {
     let revisions: Vec<u64> = events.iter().map(|event| event.revision).collect();
     let expected: Vec<u64> = (revision_before + 1..=table.revision()).collect();
@@ -559,13 +476,6 @@ fn check_work_conserving(table: &AllocationTable) {
             .and_then(|response| response.request().map(|probe| probe.state.is_active()));
         assert_ne!(Some(true), placed, "queued {} would fit now", record.request.request_id);
     }
-}
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(96)
 }
 
 proptest! {

@@ -17,6 +17,9 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
+use common::histories::{cases, check_units, spec};
 use proptest::prelude::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::{
@@ -111,8 +114,10 @@ impl Op {
                 gpus,
                 confirms,
             } => {
-                let mut resources: Vec<ResourceSpec> = (0..cores.max(1)).map(|n| spec(&format!("cpu_{n}"), "cpu_cores", 1)).collect();
-                resources.extend((0..gpus).map(|n| spec(&format!("gpu_{n}"), "gpu", 1)));
+                let mut resources: Vec<ResourceSpec> = (0..cores.max(1))
+                    .map(|n| spec(&format!("cpu_{n}"), "cpu_cores", 1, Some(Sharing::Exclusive)))
+                    .collect();
+                resources.extend((0..gpus).map(|n| spec(&format!("gpu_{n}"), "gpu", 1, Some(Sharing::Exclusive))));
                 Command::RegisterProvider(ProviderRegistration {
                     provider_id: provider_id(provider),
                     labels: BTreeMap::new(),
@@ -226,16 +231,6 @@ impl Op {
                 after: None,
             },
         }
-    }
-}
-
-fn spec(resource_id: &str, kind: &str, capacity: i64) -> ResourceSpec {
-    ResourceSpec {
-        resource_id: resource_id.to_owned(),
-        kind: kind.to_owned(),
-        capacity,
-        labels: BTreeMap::new(),
-        sharing: Some(Sharing::Exclusive),
     }
 }
 
@@ -396,39 +391,6 @@ impl QuotaModel {
         let modelled: u64 = self.active.values().flat_map(|held| &held.asks).map(|ask| ask.quantity).sum();
         assert_eq!(modelled, counted);
     }
-}
-
-fn check_units(table: &AllocationTable) {
-    let mut holders_seen: BTreeMap<Uuid, String> = BTreeMap::new();
-    for provider in table.providers() {
-        for resource in provider.resources.values() {
-            let used: u64 = resource.holders.values().sum();
-            assert!(
-                used <= resource.capacity,
-                "{}/{} over capacity",
-                provider.provider_id,
-                resource.resource_id
-            );
-            assert!(
-                resource.holders.len() <= 1,
-                "exclusive {}/{} in two allocations",
-                provider.provider_id,
-                resource.resource_id
-            );
-            for allocation_id in resource.holders.keys() {
-                if let Some(other) = holders_seen.insert(*allocation_id, provider.provider_id.clone()) {
-                    assert_eq!(other, provider.provider_id, "{allocation_id} holds units on two providers");
-                }
-            }
-        }
-    }
-}
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(96)
 }
 
 proptest! {

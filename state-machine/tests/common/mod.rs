@@ -15,6 +15,8 @@ use qm_state_machine::{
 };
 use uuid::Uuid;
 
+pub mod histories;
+
 /// 2024-03-15T05:46:40Z: an arbitrary leader clock reading to start from.
 pub const T0: u64 = 1_710_481_600_000;
 
