@@ -15,6 +15,10 @@ pub struct InvalidArgument {
     pub reason: String,
 }
 
+/// The most of a caller's bad value a reason quotes back: enough to
+/// recognize it, never the whole of a multi-megabyte value.
+pub const QUOTED_VALUE_LEN_MAX: usize = 64;
+
 impl InvalidArgument {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         InvalidArgument {
@@ -22,6 +26,24 @@ impl InvalidArgument {
             reason: reason.into(),
         }
     }
+
+    /// `text` given for `field` is not a uuid.
+    pub fn not_a_uuid(field: impl Into<String>, text: &str) -> Self {
+        InvalidArgument::new(field, format!("{} is not a uuid", quoted(text)))
+    }
+}
+
+/// `text` quoted for a reason, cut after [`QUOTED_VALUE_LEN_MAX`] bytes (at
+/// a character boundary) with `...` after the quotes.
+pub fn quoted(text: &str) -> String {
+    if text.len() <= QUOTED_VALUE_LEN_MAX {
+        return format!("{text:?}");
+    }
+    let mut cut = QUOTED_VALUE_LEN_MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{:?}...", &text[..cut])
 }
 
 /// Why a command was refused. The table is unchanged after any of these.
@@ -81,4 +103,18 @@ pub enum SnapshotError {
     NewerVersion { found: u32, expected: u32 },
     #[error("snapshot has {trailing} trailing bytes")]
     Trailing { trailing: usize },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_bad_value_is_quoted_cut_and_a_short_one_whole() {
+        assert_eq!("\"abc\" is not a uuid", InvalidArgument::not_a_uuid("id", "abc").reason);
+        let long = "é".repeat(100);
+        let reason = InvalidArgument::not_a_uuid("id", &long).reason;
+        assert!(reason.len() < QUOTED_VALUE_LEN_MAX + 32, "{reason}");
+        assert!(reason.starts_with("\"éé") && reason.ends_with("\"... is not a uuid"), "{reason}");
+    }
 }

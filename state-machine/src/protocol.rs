@@ -100,8 +100,7 @@ impl ResourceRequest {
             .request_id
             .as_deref()
             .ok_or_else(|| InvalidArgument::new("request_id", "is required"))?;
-        let request_id =
-            Uuid::parse_str(request_id).map_err(|_| InvalidArgument::new("request_id", format!("{request_id:?} is not a uuid")))?;
+        let request_id = Uuid::parse_str(request_id).map_err(|_| InvalidArgument::not_a_uuid("request_id", request_id))?;
         let requester_id = self
             .requester_id
             .clone()

@@ -79,7 +79,7 @@ pub fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, Status> {
     if text.is_empty() {
         return Err(invalid_argument(&InvalidArgument::new(field, "is required")));
     }
-    uuid::Uuid::parse_str(text).map_err(|_| invalid_argument(&InvalidArgument::new(field, format!("{text:?} is not a uuid"))))
+    uuid::Uuid::parse_str(text).map_err(|_| invalid_argument(&InvalidArgument::not_a_uuid(field, text)))
 }
 
 /// Checks a required identifier field of a request.

@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use qm_api::convert;
 use qm_api::proto::api::{self as wire, AllocateRequest, AllocationReply, GetRequest, ListRequest, ReleaseRequest};
 use qm_api::wire::LIST_LIMIT_MAX;
-use qm_state_machine::{AllocationResponse, RequestState, ResourceRequest};
+use qm_state_machine::{AllocationResponse, InvalidArgument, RequestState, ResourceRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -110,7 +110,7 @@ pub fn release_call(body: &[u8]) -> Result<ReleaseRequest, HttpError> {
         (None, None) => return Err(HttpError::invalid("request_id", "is required (or allocation_id)")),
     };
     if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(HttpError::invalid(field, format!("{id:?} is not a uuid")));
+        return Err(HttpError::from_invalid(InvalidArgument::not_a_uuid(field, &id)));
     }
     Ok(ReleaseRequest { id })
 }
