@@ -29,6 +29,18 @@ pub fn policy_to_proto(policy: &CapabilityPolicy) -> api::CapabilityPolicy {
 /// The policy a `SetPolicy` carries, its bindings checked for shape (the
 /// table checks the rest when applied, and the API before proposing).
 pub fn spec_from_proto(policy: &api::CapabilityPolicy) -> Result<PolicySpec, InvalidArgument> {
+    let policy = policy_from_proto(policy)?;
+    let spec = PolicySpec {
+        name: policy.name,
+        capability: policy.capability,
+        bindings: policy.bindings,
+    };
+    spec.check()?;
+    Ok(spec)
+}
+
+/// A policy as a replica answered it (not checked: for showing).
+pub fn policy_from_proto(policy: &api::CapabilityPolicy) -> Result<CapabilityPolicy, InvalidArgument> {
     let capability = Capability {
         kinds: policy.kinds_limited.then(|| policy.kinds.iter().cloned().collect()),
         providers: ProviderScope {
@@ -41,13 +53,12 @@ pub fn spec_from_proto(policy: &api::CapabilityPolicy) -> Result<PolicySpec, Inv
         may_preempt: policy.may_preempt,
     };
     let bindings = policy.bindings.iter().map(binding_from_proto).collect::<Result<_, _>>()?;
-    let spec = PolicySpec {
+    Ok(CapabilityPolicy {
         name: policy.name.clone(),
+        revision: policy.revision,
         capability,
         bindings,
-    };
-    spec.check()?;
-    Ok(spec)
+    })
 }
 
 fn binding_to_proto(binding: &Binding) -> api::PolicyBinding {
