@@ -50,9 +50,12 @@ impl Client {
             stale: consistency.is_stale(),
         };
         self.inner
-            .call("list_policies", CallKind::Read(consistency), message, |replica, request| async move {
-                replica.client().list_policies(request).await
-            })
+            .call(
+                "list_policies",
+                CallKind::Read(consistency),
+                message,
+                |replica, request| async move { replica.client().list_policies(request).await },
+            )
             .await
     }
 

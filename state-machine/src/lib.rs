@@ -78,9 +78,9 @@ pub use command::{Applied, ApplyResult, Command, CommandResponse, ReleaseFilter,
 pub use error::{CommandError, InvalidArgument, SnapshotError};
 pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;
+pub use policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec, ProviderScope};
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
-pub use policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec, ProviderScope};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};

@@ -135,17 +135,41 @@ pub struct PolicyGrant {
     pub may_preempt: bool,
 }
 
-/// A capability a request lacks: which, and why, for the caller's message.
+/// A capability a request lacks: which, what was asked, and the limit,
+/// for the caller's message (`capability kinds: gpu not allowed by policy
+/// "team-a"`; the API adds where the limit comes from).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Missing {
     /// `kinds`, `providers`, `max_per_request`, `max_held`, `priority_max`, `preempt`.
     pub capability: &'static str,
-    pub detail: String,
+    /// What the request asked that is not allowed.
+    pub asked: String,
+    /// The limit it passes, when there is one to name.
+    pub limit: Option<String>,
+}
+
+impl Missing {
+    fn new(capability: &'static str, asked: String, limit: Option<String>) -> Missing {
+        Missing { capability, asked, limit }
+    }
+
+    /// `capability C: ASKED not allowed by SOURCE (LIMIT)`.
+    pub fn message(&self, source: &str) -> String {
+        let mut message = format!("capability {}: {} not allowed", self.capability, self.asked);
+        if !source.is_empty() {
+            message.push(' ');
+            message.push_str(source);
+        }
+        if let Some(limit) = &self.limit {
+            message.push_str(&format!(" ({limit})"));
+        }
+        message
+    }
 }
 
 impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capability {}: {}", self.capability, self.detail)
+        f.write_str(&self.message(""))
     }
 }
 
@@ -200,27 +224,30 @@ impl Capability {
         for requirement in &request.requirements {
             if let Some(kinds) = &self.kinds {
                 if !kinds.contains(&requirement.kind) {
-                    return Err(Missing {
-                        capability: "kinds",
-                        detail: format!("{} not allowed", requirement.kind),
-                    });
+                    return Err(Missing::new(
+                        "kinds",
+                        requirement.kind.clone(),
+                        Some(format!("allowed: {}", join(kinds))),
+                    ));
                 }
             }
             if let Some(&cap) = self.max_per_request.get(&requirement.kind) {
                 if requirement.quantity > cap {
-                    return Err(Missing {
-                        capability: "max_per_request",
-                        detail: format!("{} {} asked, at most {cap} per request", requirement.quantity, requirement.kind),
-                    });
+                    return Err(Missing::new(
+                        "max_per_request",
+                        format!("{} {} in one request", requirement.quantity, requirement.kind),
+                        Some(format!("at most {cap}")),
+                    ));
                 }
             }
         }
         if let Some(ceiling) = self.priority_max {
             if request.priority > ceiling {
-                return Err(Missing {
-                    capability: "priority_max",
-                    detail: format!("priority {} asked, at most {ceiling}", request.priority),
-                });
+                return Err(Missing::new(
+                    "priority_max",
+                    format!("priority {}", request.priority),
+                    Some(format!("at most {ceiling}")),
+                ));
             }
         }
         Ok(())
@@ -237,34 +264,38 @@ impl Capability {
         if let Some(ids) = &scope.ids {
             match &request.constraints.provider_id {
                 Some(named) if !ids.contains(named) => {
-                    return Err(Missing {
-                        capability: "providers",
-                        detail: format!("provider {named} not allowed (allowed: {})", join(ids)),
-                    });
+                    return Err(Missing::new(
+                        "providers",
+                        format!("provider {named}"),
+                        Some(format!("allowed: {}", join(ids))),
+                    ));
                 }
                 Some(_) => {}
                 None if ids.len() == 1 => request.constraints.provider_id = ids.first().cloned(),
                 None if ids.is_empty() => {
-                    return Err(Missing {
-                        capability: "providers",
-                        detail: "no provider allowed".to_owned(),
-                    });
+                    return Err(Missing::new(
+                        "providers",
+                        "any provider".to_owned(),
+                        Some("none is allowed".to_owned()),
+                    ));
                 }
                 None => {
-                    return Err(Missing {
-                        capability: "providers",
-                        detail: format!("name one of {} in constraints.provider_id", join(ids)),
-                    });
+                    return Err(Missing::new(
+                        "providers",
+                        "a request naming no provider".to_owned(),
+                        Some(format!("name one of {} in constraints.provider_id", join(ids))),
+                    ));
                 }
             }
         }
         for (key, value) in &scope.labels {
             match request.constraints.labels.get(key) {
                 Some(asked) if asked != value => {
-                    return Err(Missing {
-                        capability: "providers",
-                        detail: format!("label {key}={asked} outside the selector {key}={value}"),
-                    });
+                    return Err(Missing::new(
+                        "providers",
+                        format!("label {key}={asked}"),
+                        Some(format!("the selector is {key}={value}")),
+                    ));
                 }
                 Some(_) => {}
                 None => {
@@ -273,10 +304,11 @@ impl Capability {
             }
         }
         if request.constraints.labels.len() > LABELS_MAX {
-            return Err(Missing {
-                capability: "providers",
-                detail: format!("the selector and the request's labels make more than {LABELS_MAX} labels"),
-            });
+            return Err(Missing::new(
+                "providers",
+                format!("{} labels with the selector's", request.constraints.labels.len()),
+                Some(format!("at most {LABELS_MAX}")),
+            ));
         }
         Ok(())
     }
@@ -359,7 +391,11 @@ impl Capability {
                 "max_per_request" => capability.max_per_request = numbers()?,
                 "max_held" => capability.max_held = numbers()?,
                 "priority_max" => {
-                    capability.priority_max = Some(value.parse().map_err(|_| invalid(format!("priority_max: {value:?} is not an integer")))?)
+                    capability.priority_max = Some(
+                        value
+                            .parse()
+                            .map_err(|_| invalid(format!("priority_max: {value:?} is not an integer")))?,
+                    )
                 }
                 "preempt" => {
                     capability.may_preempt = match value {
@@ -432,14 +468,19 @@ impl CapabilityPolicy {
 fn min_per_kind(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     let mut out = a.clone();
     for (kind, limit) in b {
-        out.entry(kind.clone()).and_modify(|mine| *mine = (*mine).min(*limit)).or_insert(*limit);
+        out.entry(kind.clone())
+            .and_modify(|mine| *mine = (*mine).min(*limit))
+            .or_insert(*limit);
     }
     out
 }
 
 fn check_count(field: &str, count: usize, max: usize) -> Result<(), InvalidArgument> {
     match count > max {
-        true => Err(InvalidArgument::new(field, format!("has {count} entries, at most {max} are allowed"))),
+        true => Err(InvalidArgument::new(
+            field,
+            format!("has {count} entries, at most {max} are allowed"),
+        )),
         false => Ok(()),
     }
 }
@@ -496,7 +537,13 @@ mod tests {
             },
             capability
         );
-        for bad in ["qm://x", "qm-capability:kinds", "qm-capability:colour=red", "qm-capability:preempt=maybe", "qm-capability:max_held=gpu:x"] {
+        for bad in [
+            "qm://x",
+            "qm-capability:kinds",
+            "qm-capability:colour=red",
+            "qm-capability:preempt=maybe",
+            "qm-capability:max_held=gpu:x",
+        ] {
             assert!(Capability::parse_uri(bad).is_err(), "{bad}");
         }
     }
@@ -510,10 +557,14 @@ mod tests {
             may_preempt: true,
             ..Capability::default()
         };
-        let uri = Capability::parse_uri("qm-capability:kinds=cpu_cores,memory_gb;max_per_request=cpu_cores:16,gpu:1;priority_max=20").unwrap();
+        let uri =
+            Capability::parse_uri("qm-capability:kinds=cpu_cores,memory_gb;max_per_request=cpu_cores:16,gpu:1;priority_max=20").unwrap();
         let effective = policy.intersect(&uri);
         assert_eq!(Some(["cpu_cores".to_owned()].into()), effective.kinds);
-        assert_eq!(BTreeMap::from([("cpu_cores".to_owned(), 8), ("gpu".to_owned(), 1)]), effective.max_per_request);
+        assert_eq!(
+            BTreeMap::from([("cpu_cores".to_owned(), 8), ("gpu".to_owned(), 1)]),
+            effective.max_per_request
+        );
         assert_eq!(Some(10), effective.priority_max);
         assert_eq!(effective, uri.intersect(&policy), "the same both ways");
         assert_eq!(policy, policy.intersect(&Capability::unrestricted()));
@@ -529,9 +580,15 @@ mod tests {
         };
         assert_eq!(Ok(()), capability.check_request(&request(&[("cpu_cores", 4)], 5)));
         let refused = |kinds: &[(&str, u64)], priority| capability.check_request(&request(kinds, priority)).unwrap_err().to_string();
-        assert_eq!("capability kinds: gpu not allowed", refused(&[("gpu", 1)], 0));
-        assert_eq!("capability max_per_request: 5 cpu_cores asked, at most 4 per request", refused(&[("cpu_cores", 5)], 0));
-        assert_eq!("capability priority_max: priority 6 asked, at most 5", refused(&[("cpu_cores", 1)], 6));
+        assert_eq!("capability kinds: gpu not allowed (allowed: cpu_cores)", refused(&[("gpu", 1)], 0));
+        assert_eq!(
+            "capability max_per_request: 5 cpu_cores in one request not allowed (at most 4)",
+            refused(&[("cpu_cores", 5)], 0)
+        );
+        assert_eq!(
+            "capability priority_max: priority 6 not allowed (at most 5)",
+            refused(&[("cpu_cores", 1)], 6)
+        );
     }
 
     #[test]
@@ -550,8 +607,8 @@ mod tests {
         let mut elsewhere = request(&[("cpu_cores", 1)], 0);
         elsewhere.constraints.provider_id = Some("node_2".into());
         assert_eq!(
-            "capability providers: provider node_2 not allowed (allowed: node_1)",
-            capability.scope_request(&mut elsewhere).unwrap_err().to_string()
+            "capability providers: provider node_2 not allowed by policy \"p\" (allowed: node_1)",
+            capability.scope_request(&mut elsewhere).unwrap_err().message("by policy \"p\"")
         );
     }
 

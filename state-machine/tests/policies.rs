@@ -100,8 +100,12 @@ fn a_binding_belongs_to_one_policy_and_the_most_specific_wins() {
         role: "resource_consumer".into(),
         namespace: None,
     };
-    t.apply(Command::SetPolicy(spec("team-a", &[], vec![consumers.clone()]))).result.unwrap();
-    t.apply(Command::SetPolicy(spec("everyone", &[], vec![any_consumer]))).result.unwrap();
+    t.apply(Command::SetPolicy(spec("team-a", &[], vec![consumers.clone()])))
+        .result
+        .unwrap();
+    t.apply(Command::SetPolicy(spec("everyone", &[], vec![any_consumer])))
+        .result
+        .unwrap();
     t.apply(Command::SetPolicy(spec("alice", &[], vec![cert("alice")]))).result.unwrap();
 
     // --- a binding already held is refused, and the table is unchanged (Table::apply checks)
@@ -144,7 +148,7 @@ fn apply_holds_a_holder_to_its_total_exactly() {
     assert_eq!(
         Err(CommandError::CapabilityDenied {
             capability: "max_held".to_owned(),
-            detail: "alice holds 4 cpu_cores of at most 4 and asks for 1 more".to_owned(),
+            detail: "alice holding 5 cpu_cores not allowed (at most 4; it holds 4 and asks for 1 more)".to_owned(),
         }),
         t.apply(under(&more, &alice)).result
     );
@@ -159,7 +163,10 @@ fn apply_holds_a_holder_to_its_total_exactly() {
     // --- a release gives back: alice may take one more
     t.release(id(2));
     assert_eq!(3, t.table.held_by("alice", "cpu_cores"));
-    assert_eq!(RequestState::Monitoring, record_of(t.apply(under(&request(4, &[("cpu_cores", 1)]), &alice))).state);
+    assert_eq!(
+        RequestState::Monitoring,
+        record_of(t.apply(under(&request(4, &[("cpu_cores", 1)]), &alice))).state
+    );
 
     // --- the totals survive a snapshot (derived again from the charges)
     let restored = AllocationTable::from_snapshot_bytes(&t.table.to_snapshot_bytes()).unwrap();

@@ -127,6 +127,9 @@ mod tests {
             .into(),
         };
         let spec = spec_from_proto(&policy_to_proto(&policy)).unwrap();
-        assert_eq!((&policy.name, &policy.capability, &policy.bindings), (&spec.name, &spec.capability, &spec.bindings));
+        assert_eq!(
+            (&policy.name, &policy.capability, &policy.bindings),
+            (&spec.name, &spec.capability, &spec.bindings)
+        );
     }
 }

@@ -202,7 +202,17 @@ fn print_policies(policies: &[api::CapabilityPolicy], format: OutputFormat, out:
     if format == OutputFormat::Json {
         return print_json(&policies, out);
     }
-    let mut table = Table::new(["POLICY", "REV", "KINDS", "PROVIDERS", "PER REQUEST", "HELD", "PRIORITY", "PREEMPT", "BOUND TO"]);
+    let mut table = Table::new([
+        "POLICY",
+        "REV",
+        "KINDS",
+        "PROVIDERS",
+        "PER REQUEST",
+        "HELD",
+        "PRIORITY",
+        "PREEMPT",
+        "BOUND TO",
+    ]);
     for policy in &policies {
         let capability = &policy.capability;
         let list = |items: &Option<BTreeSet<String>>| match items {

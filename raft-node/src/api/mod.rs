@@ -373,8 +373,12 @@ impl Quartermaster for ApiService {
     async fn set_policy(&self, request: Request<SetPolicyRequest>) -> Reply<PolicyReply> {
         let admitted = self.admit(&request, Call::SetPolicy)?;
         let caller = admitted.caller.clone();
-        self.audited(Call::SetPolicy, admitted, policies::set_policy(&self.node, &caller, request.into_inner()))
-            .await
+        self.audited(
+            Call::SetPolicy,
+            admitted,
+            policies::set_policy(&self.node, &caller, request.into_inner()),
+        )
+        .await
     }
 
     async fn get_policy(&self, request: Request<GetPolicyRequest>) -> Reply<PolicyReply> {
@@ -385,14 +389,22 @@ impl Quartermaster for ApiService {
 
     async fn list_policies(&self, request: Request<ListPoliciesRequest>) -> Reply<ListPoliciesReply> {
         let admitted = self.admit(&request, Call::ListPolicies)?;
-        self.audited(Call::ListPolicies, admitted, policies::list_policies(&self.node, request.into_inner()))
-            .await
+        self.audited(
+            Call::ListPolicies,
+            admitted,
+            policies::list_policies(&self.node, request.into_inner()),
+        )
+        .await
     }
 
     async fn delete_policy(&self, request: Request<DeletePolicyRequest>) -> Reply<DeletePolicyReply> {
         let admitted = self.admit(&request, Call::DeletePolicy)?;
         let caller = admitted.caller.clone();
-        self.audited(Call::DeletePolicy, admitted, policies::delete_policy(&self.node, &caller, request.into_inner()))
-            .await
+        self.audited(
+            Call::DeletePolicy,
+            admitted,
+            policies::delete_policy(&self.node, &caller, request.into_inner()),
+        )
+        .await
     }
 }

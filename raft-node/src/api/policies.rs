@@ -57,6 +57,8 @@ pub async fn get_policy(node: &Node, call: GetPolicyRequest) -> Result<PolicyRep
 
 pub async fn list_policies(node: &Node, call: ListPoliciesRequest) -> Result<ListPoliciesReply, Status> {
     node.read_barrier(call.stale).await?;
-    let policies = node.with_table(|table| table.policies().map(policy::policy_to_proto).collect()).await;
+    let policies = node
+        .with_table(|table| table.policies().map(policy::policy_to_proto).collect())
+        .await;
     Ok(ListPoliciesReply { policies })
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 use qm_api::convert;
 use qm_api::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
 use qm_api::wire::LIST_LIMIT_MAX;
-use qm_state_machine::{AllocationRequest, Command, CommandError, CommandResponse, InvalidArgument, ListFilter, OnPreemption, RequestRecord};
+use qm_state_machine::{
+    AllocationRequest, Command, CommandError, CommandResponse, InvalidArgument, ListFilter, OnPreemption, RequestRecord,
+};
 use tonic::Status;
 use tracing::debug;
 

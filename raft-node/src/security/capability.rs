@@ -51,7 +51,7 @@ impl Effective {
     }
 
     fn refuse(&self, caller: &Caller, missing: &Missing) -> Status {
-        let message = format!("{missing} not allowed {}", self.source());
+        let message = missing.message(&self.source());
         warn!(status = "permission_denied", caller = %caller.describe(), reason = %message, "allocate refused by capability");
         Status::permission_denied(message)
     }
@@ -64,12 +64,13 @@ pub fn effective(table: &AllocationTable, caller: &Caller) -> Result<Option<Effe
         return Ok(None);
     };
     let policy = table.policy_for(&identity.name, identity.role.as_str(), identity.namespace.as_deref());
-    let uri = match &identity.capability {
-        Some(uri) => Some(Capability::parse_uri(uri).map_err(|invalid| {
-            Status::permission_denied(format!("{identity}: the certificate's capability URI is refused: {invalid}"))
-        })?),
-        None => None,
-    };
+    let uri =
+        match &identity.capability {
+            Some(uri) => Some(Capability::parse_uri(uri).map_err(|invalid| {
+                Status::permission_denied(format!("{identity}: the certificate's capability URI is refused: {invalid}"))
+            })?),
+            None => None,
+        };
     if policy.is_none() && uri.is_none() {
         return Ok(None);
     }
@@ -96,27 +97,47 @@ pub fn check_allocate(table: &AllocationTable, caller: &Caller, request: &mut Al
     let refuse = |missing: Missing| effective.refuse(caller, &missing);
     capability.check_request(request).map_err(refuse)?;
     capability.scope_request(request).map_err(refuse)?;
+    // A provider named outright must match the selector now; placement
+    // holds it to the selector's labels from here on (they are in the
+    // request's constraints).
+    if let Some(named) = &request.constraints.provider_id {
+        if let Some(provider) = table.provider(named) {
+            if let Some((key, value)) = capability
+                .providers
+                .labels
+                .iter()
+                .find(|(key, value)| provider.labels.get(*key) != Some(*value))
+            {
+                return Err(refuse(Missing {
+                    capability: "providers",
+                    asked: format!("provider {named}"),
+                    limit: Some(format!("the selector is {key}={value}")),
+                }));
+            }
+        }
+    }
     if !capability.may_preempt && table.get(request.request_id).is_none() {
         if let Ok(preview) = table.preview(request) {
             if preview.outcome == PreviewOutcome::Allocated && !preview.victims.is_empty() {
                 return Err(refuse(Missing {
                     capability: "preempt",
-                    detail: format!("priority {} would preempt {} allocation(s)", request.priority, preview.victims.len()),
+                    asked: format!("preempting {} allocation(s)", preview.victims.len()),
+                    limit: Some(format!("priority {} would preempt; this identity may not", request.priority)),
                 }));
             }
         }
     }
     if table.get(request.request_id).is_none() {
         for requirement in &request.requirements {
-            let Some(&cap) = capability.max_held.get(&requirement.kind) else { continue };
+            let Some(&cap) = capability.max_held.get(&requirement.kind) else {
+                continue;
+            };
             let held = table.held_by(&effective.holder, &requirement.kind);
             if held.saturating_add(requirement.quantity) > cap {
                 return Err(refuse(Missing {
                     capability: "max_held",
-                    detail: format!(
-                        "{} holds {held} {} of at most {cap} and asks for {} more",
-                        effective.holder, requirement.kind, requirement.quantity
-                    ),
+                    asked: format!("{} holding {} {}", effective.holder, held + requirement.quantity, requirement.kind),
+                    limit: Some(format!("at most {cap}; it holds {held} and asks for {} more", requirement.quantity)),
                 }));
             }
         }

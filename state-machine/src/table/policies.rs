@@ -112,14 +112,19 @@ impl AllocationTable {
             }
         }
         for requirement in &request.requirements {
-            let Some(&cap) = grant.max_held.get(&requirement.kind) else { continue };
+            let Some(&cap) = grant.max_held.get(&requirement.kind) else {
+                continue;
+            };
             let held = self.held_by(&grant.holder, &requirement.kind);
             if held.saturating_add(requirement.quantity) > cap {
                 return Err(CommandError::CapabilityDenied {
                     capability: "max_held".to_owned(),
                     detail: format!(
-                        "{} holds {held} {} of at most {cap} and asks for {} more",
-                        grant.holder, requirement.kind, requirement.quantity
+                        "{} holding {} {} not allowed (at most {cap}; it holds {held} and asks for {} more)",
+                        grant.holder,
+                        held + requirement.quantity,
+                        requirement.kind,
+                        requirement.quantity
                     ),
                 });
             }
@@ -148,11 +153,15 @@ impl AllocationTable {
 
     /// A charged request finished: its holder's totals give it back.
     pub(super) fn uncharge_finished(&mut self, request: &AllocationRequest) {
-        let Some(holder) = self.policy_holders.remove(&request.request_id) else { return };
+        let Some(holder) = self.policy_holders.remove(&request.request_id) else {
+            return;
+        };
         let kinds = self.held_by_holder.get_mut(&holder).expect("a charged holder has totals");
         for requirement in &request.requirements {
             let held = kinds.get_mut(&requirement.kind).expect("a charged kind is counted");
-            *held = held.checked_sub(requirement.quantity).expect("a holder gives back only what it was charged");
+            *held = held
+                .checked_sub(requirement.quantity)
+                .expect("a holder gives back only what it was charged");
             if *held == 0 {
                 kinds.remove(&requirement.kind);
             }
