@@ -308,20 +308,43 @@ mod tests {
             name: "node_2".into(),
             namespace: None,
             hosts: Vec::new(),
+            capability: None,
             days: 1,
             out: None,
         })
         .unwrap();
         assert_eq!(certs.join("provider-node_2.crt"), issued.cert);
         let refused = issue(&IssueArgs {
-            dir: certs,
+            dir: certs.clone(),
             role: Role::ResourceConsumer,
             name: "agent".into(),
             namespace: None,
             hosts: Vec::new(),
+            capability: None,
             days: 1,
             out: None,
         });
         assert!(matches!(refused, Err(CertError::Identity(_))), "a consumer needs a namespace");
+
+        // --- a capability URI is written into the certificate, and a malformed one refused
+        let narrowed = |uri: &str| IssueArgs {
+            dir: certs.clone(),
+            role: Role::ResourceConsumer,
+            name: "batch".into(),
+            namespace: Some("team-a".into()),
+            hosts: Vec::new(),
+            capability: Some(uri.into()),
+            days: 1,
+            out: None,
+        };
+        let uri = "qm-capability:kinds=cpu_cores;max_per_request=cpu_cores:2";
+        let issued = issue(&narrowed(uri)).unwrap();
+        let identity = Identity::from_certificate_pem(&std::fs::read_to_string(issued.cert).unwrap()).unwrap();
+        assert_eq!(Some(uri), identity.capability.as_deref());
+        let malformed = issue(&narrowed("qm-capability:colour=red"));
+        assert!(
+            matches!(malformed, Err(CertError::Invalid { field: "capability", .. })),
+            "{malformed:?}"
+        );
     }
 }
