@@ -39,6 +39,7 @@
 //!   hinted leader, wait and try another replica, or give up): a pure step.
 //! * `leader_check`: while an attempt on the believed leader goes
 //!   unanswered, the other replicas are asked who leads (a paused leader).
+//! * [`policy`]: capability policies: set, get, list, delete.
 //! * [`quota`]: quotas, preemption settings and the allocate preview.
 //! * [`retry`]: [`Backoff`], exponential with full jitter.
 //! * `replicas`: the replicas' channels, the believed leader, and the
@@ -63,6 +64,7 @@ mod leader_check;
 pub mod lease;
 pub mod membership;
 mod pipeline;
+pub mod policy;
 pub mod quota;
 mod replicas;
 pub mod retry;

@@ -272,6 +272,13 @@ pub struct RunArgs {
     /// role (workers: consumer, providers: their own, membership: admin).
     #[arg(long, env = "QM_JEPSEN_TLS")]
     pub tls: bool,
+    /// (With --tls) put the workers under a capability policy before the
+    /// run, bound to their certificate's name, generous enough to refuse
+    /// nothing: every allocate then goes through the policy's checks and
+    /// apply's exact total (`AllocateUnderPolicy`), and the history must
+    /// stay valid.
+    #[arg(long, requires = "tls")]
+    pub policy: bool,
     /// Which replicas kill and pause hit: `mixed` (the leader half the
     /// time, else a random replica or minority) or `leader` (always the
     /// leader: every fault is a failover, as `scripts/failover.sh` uses).
@@ -313,6 +320,10 @@ pub struct RunConfig {
     /// runs made before the flag existed, which were all plain.
     #[serde(default)]
     pub tls: bool,
+    /// The workers under a capability policy (`--policy`). Absent from the
+    /// `test.json` of runs made before the flag existed, which had none.
+    #[serde(default)]
+    pub policy: bool,
     /// Absent from the `test.json` of runs made before the flag existed,
     /// which all used the mixed targets.
     #[serde(default)]
@@ -362,6 +373,7 @@ impl RunArgs {
             snapshot_every_commands: Some(self.snapshot_every_commands),
             node_args: self.node_args,
             tls: self.tls,
+            policy: self.policy,
             targets: self.targets,
         };
         config.validate()?;
@@ -508,6 +520,9 @@ impl RunConfig {
         }
         if self.tls {
             command.push_str(" --tls");
+        }
+        if self.policy {
+            command.push_str(" --policy");
         }
         if self.targets != ProcessTargets::Mixed {
             command.push_str(&format!(" --targets {}", self.targets.name()));

@@ -98,6 +98,14 @@ async fn drive(
             allocation::set_quota(&admin).await?;
         }
     }
+    if config.policy {
+        let admin = Client::new(ClientConfig {
+            tls: credentials.admin(),
+            ..ClientConfig::with_endpoints(endpoints.clone())
+        })
+        .map_err(JepsenError::cluster)?;
+        set_worker_policy(&admin).await?;
+    }
     let heartbeats: Vec<HeartbeatLoop> = providers.heartbeat_loops(Duration::from_millis(PROVIDER_HEARTBEAT_INTERVAL_MS));
     // The workers and the final read are consumers of namespace `default`.
     let consumer = |endpoints: Vec<String>| ClientConfig {
@@ -171,4 +179,27 @@ async fn drive(
     }
     drop(heartbeats);
     Ok(notes)
+}
+
+/// `--policy`: the workers' capability policy, bound to their certificate's
+/// name. Generous enough to refuse nothing the workloads ask (any kind, any
+/// provider, any priority, preemption allowed), with a total per kind so
+/// that apply charges and checks every allocate too.
+async fn set_worker_policy(admin: &Client) -> Result<(), JepsenError> {
+    use qm_state_machine::policy::{Binding, Capability, PolicySpec};
+    let spec = PolicySpec {
+        name: "jepsen-workers".to_owned(),
+        capability: Capability {
+            max_held: [("cpu_cores".to_owned(), qm_state_machine::limits::QUOTA_MAX)].into(),
+            ..Capability::unrestricted()
+        },
+        bindings: [Binding::CertName(crate::credentials::CONSUMER_NAME.to_owned())].into(),
+    };
+    crate::workload::with_final_retries(|| admin.set_policy(&spec))
+        .await
+        .map_err(|error| JepsenError::Setup {
+            reason: format!("setting the workers' policy: {error}"),
+        })?;
+    info!(policy = %spec.name, "the workers run under a capability policy");
+    Ok(())
 }

@@ -23,10 +23,14 @@ use support::*;
 /// Every fixture kept, oldest first: `v1` has backup 1, storage layout 1,
 /// snapshot 5 (written again in place when snapshot 4 became 5, before any
 /// release); `v2` snapshot 6 (quotas, preemption, cordons and live moves),
-/// with a quota set and a cordoned provider. Every build must open all of them.
-const FIXTURE_VERSIONS: &[&str] = &["v1", "v2"];
+/// with a quota set and a cordoned provider; `v3` snapshot 7 (capability
+/// policies), with a policy bound by certificate name and by role. Every
+/// build must open all of them.
+const FIXTURE_VERSIONS: &[&str] = &["v1", "v2", "v3"];
 /// The one `regenerate_fixtures` writes: this build's formats.
-const NEWEST_FIXTURE: &str = "v2";
+const NEWEST_FIXTURE: &str = "v3";
+/// The first fixture whose table holds capability policies.
+const FIRST_WITH_POLICIES: &str = "v3";
 
 fn fixtures(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
@@ -55,6 +59,34 @@ fn the_backup_fixture_of_every_version_opens() {
             "the fixture {version} holds allocations and a queue"
         );
         assert_eq!(backup.header.revision, table.revision(), "{version}");
+        if *version >= FIRST_WITH_POLICIES {
+            let policy = table.capability_policy("fixture-policy").expect("the fixture's policy");
+            assert_eq!(2, policy.bindings.len(), "{version}: {policy:?}");
+        }
+    }
+}
+
+/// The backup of every version restores (`qm-node restore`) into a new
+/// data dir that opens with the backup's table: a backup of format 6,
+/// taken before capability policies, restores with no policies.
+#[tokio::test]
+async fn the_backup_fixture_of_every_version_restores() {
+    for version in FIXTURE_VERSIONS {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let from = fixtures(version).join("backup.qmb");
+        let args = qm_raft_node::restore::RestoreArgs {
+            from: from.clone(),
+            data_dir: dir.path().join("data"),
+            id: 1,
+            peers: "1=127.0.0.1:1".to_owned(),
+        };
+        qm_raft_node::restore::restore(&args).await.expect("restores");
+        let (_, state_machine) = storage::open(&args.data_dir, TableConfig::default()).await.expect("opens");
+        let backup = read_backup(&from).expect("backup");
+        let expected = AllocationTable::from_snapshot_bytes(&backup.table).expect("table");
+        let opened = state_machine.reader().read().await.table().clone();
+        assert_eq!(expected, opened, "{version}");
+        assert_eq!(*version >= FIRST_WITH_POLICIES, opened.policies().next().is_some(), "{version}");
     }
 }
 
@@ -126,6 +158,32 @@ async fn regenerate_fixtures() {
     let cluster = start_cluster(1, &["--snapshot-every-entries", "20", "--log-kept-behind-snapshot-entries", "5"]).await;
     let (_, mut api) = leader_client(&cluster).await;
     api.register_provider(provider("node_1", 4)).await.expect("register");
+    // State that format 7 added: a capability policy with two bindings,
+    // early, so that the data dir's snapshot holds it.
+    let policy = api::CapabilityPolicy {
+        name: "fixture-policy".into(),
+        kinds_limited: true,
+        kinds: vec!["cpu_cores".into()],
+        max_per_request: [("cpu_cores".to_owned(), 2)].into_iter().collect(),
+        max_held: [("cpu_cores".to_owned(), 8)].into_iter().collect(),
+        priority_max: Some(10),
+        may_preempt: false,
+        bindings: vec![
+            api::PolicyBinding {
+                cert_name: "fixture-holder".into(),
+                ..Default::default()
+            },
+            api::PolicyBinding {
+                role: "resource_consumer".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    api.set_policy(api::SetPolicyRequest { policy: Some(policy) })
+        .await
+        .expect("policy");
     let mut previous = None;
     for round in 0..30 {
         let reply = api

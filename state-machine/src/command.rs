@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
+use crate::policy::{CapabilityPolicy, PolicyGrant, PolicySpec};
 use crate::provider::{ProviderRegistration, ProviderStatus, Scheduling};
 use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::{RequestRecord, UnitGrant};
@@ -145,6 +146,22 @@ pub enum Command {
         provider_id: String,
         deadline_after_ms: u64,
     },
+    /// An admin sets a capability policy (replacing one of the same name,
+    /// with a new revision). Appended last.
+    SetPolicy(PolicySpec),
+    /// An admin deletes a capability policy; deleting none is a no-op.
+    DeletePolicy {
+        name: String,
+    },
+    /// An allocate (plain, with its `on_preemption`, or movable) that the
+    /// API checked against the caller's capability: apply checks the
+    /// policy's revision and the holder's total again, exactly. Appended last.
+    AllocateUnderPolicy {
+        request: AllocationRequest,
+        on_preemption: OnPreemption,
+        movable: bool,
+        grant: PolicyGrant,
+    },
     /// [`Command::Allocate`] with every option a request may carry. Only
     /// for options no older variant expresses (movable and released on
     /// preemption together): [`Command::allocate`] picks the oldest
@@ -268,6 +285,9 @@ impl Command {
             Command::AllocateWithOptions { .. } => "allocate",
             Command::Optimize => "optimize",
             Command::DrainProvider { .. } => "drain_provider",
+            Command::SetPolicy(_) => "set_policy",
+            Command::DeletePolicy { .. } => "delete_policy",
+            Command::AllocateUnderPolicy { .. } => "allocate",
         }
     }
 }
@@ -342,6 +362,13 @@ pub enum CommandResponse {
     Scheduling {
         provider_id: String,
         scheduling: Scheduling,
+    },
+    /// A capability policy after it was set (with its new revision).
+    CapabilityPolicy(CapabilityPolicy),
+    /// A capability policy was deleted (`existed`: there was one to delete).
+    PolicyDeleted {
+        name: String,
+        existed: bool,
     },
 }
 

@@ -78,6 +78,19 @@ pub enum CommandError {
     /// those first). Appended last, so the other variants keep their encoding.
     #[error("allocation {allocation_id} preempted others whose release is not confirmed yet: {waiting_for:?}")]
     PreemptionUnconfirmed { allocation_id: Uuid, waiting_for: Vec<Uuid> },
+    /// The capability policy an allocate was checked against changed (or
+    /// was deleted) before the allocate was applied: it is refused, to be
+    /// checked again against the policy in force. Appended last.
+    #[error("policy {policy:?} changed since the call was checked (revision {checked_revision}, now {current_revision:?}); retry")]
+    PolicyChanged {
+        policy: String,
+        checked_revision: u64,
+        current_revision: Option<u64>,
+    },
+    /// The caller's capability does not allow the allocate; `capability`
+    /// names which (`max_held` is the one only apply checks exactly).
+    #[error("capability {capability}: {detail}")]
+    CapabilityDenied { capability: String, detail: String },
 }
 
 impl CommandError {

@@ -22,6 +22,8 @@
 //! * [`request`]: a validated [`AllocationRequest`], constraints, placement policy.
 //! * [`provider`]: providers, units, exclusive and divisible sharing.
 //! * [`quota`]: namespace quotas and preemption settings.
+//! * [`policy`]: capability policies per identity (kinds, providers,
+//!   amounts, priority, preemption), their bindings and capability URIs.
 //! * [`record`]: what the table keeps per request; the protocol's states.
 //! * [`command`]: [`Command`], [`StampedCommand`], [`CommandResponse`].
 //! * [`event`]: [`Event`]s with a revision that only grows.
@@ -63,6 +65,7 @@ pub mod command;
 pub mod error;
 pub mod event;
 pub mod limits;
+pub mod policy;
 pub mod protocol;
 pub mod provider;
 pub mod quota;
@@ -75,6 +78,7 @@ pub use command::{AllocateOptions, Applied, ApplyResult, Command, CommandRespons
 pub use error::{CommandError, InvalidArgument, SnapshotError};
 pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;
+pub use policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec, ProviderScope};
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};

@@ -20,6 +20,7 @@
 //! * [`backup`]: the backup file (`qm snapshot save`, `qm-node restore`):
 //!   its layout, version, checksum, and why a file is refused.
 //! * [`quota`]: quotas and preemption ⇄ their messages.
+//! * [`policy`]: capability policies ⇄ their messages.
 //! * [`proto`]: the generated wire types and stubs (client and server).
 //! * [`convert`]: wire types ⇄ the table's types (`qm_state_machine`), and
 //!   the protocol's JSON shapes.
@@ -31,6 +32,7 @@
 
 pub mod backup;
 pub mod convert;
+pub mod policy;
 pub mod proto;
 pub mod quota;
 pub mod tls;

@@ -214,7 +214,12 @@ impl From<&qm_state_machine::CommandError> for WireError {
             | CommandError::NotActive { .. }
             | CommandError::NoLease { .. }
             | CommandError::WrongProvider { .. }
-            | CommandError::PreemptionUnconfirmed { .. } => WireError::Conflict {
+            | CommandError::PreemptionUnconfirmed { .. }
+            // The API turns a refused capability into PERMISSION_DENIED
+            // itself; a policy that changed under a call is a precondition
+            // that failed, to be checked again.
+            | CommandError::PolicyChanged { .. }
+            | CommandError::CapabilityDenied { .. } => WireError::Conflict {
                 kind: ConflictKind::FailedPrecondition,
                 message,
             },

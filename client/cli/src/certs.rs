@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  qm certs init --dir DIR     ca.crt ca.key, replica-N, admin, provider-<id>, consumer-<namespace>
-//!  qm certs issue --dir DIR --role R --name N [--namespace NS] [--hosts H,..]
+//!  qm certs issue --dir DIR --role R --name N [--namespace NS] [--hosts H,..] [--capability URI]
 //!  qm certs show FILE          the role, name and namespace a certificate states
 //!  qm certs revoke --dir DIR FILE..   add certificates to DIR/ca.crl (replicas reload it)
 //! ```
@@ -91,6 +91,10 @@ pub struct IssueArgs {
     /// For a replica: DNS names and IP addresses it is dialled at.
     #[arg(long, value_delimiter = ',')]
     pub hosts: Vec<String>,
+    /// A capability URI that narrows the holder's policy, e.g.
+    /// `qm-capability:kinds=cpu_cores;max_per_request=cpu_cores:4` (SECURITY.md).
+    #[arg(long, value_name = "URI")]
+    pub capability: Option<String>,
     /// Validity in days.
     #[arg(long, default_value_t = CERT_VALIDITY_DAYS)]
     pub days: u64,
@@ -205,7 +209,15 @@ fn init(args: &InitArgs) -> Result<Vec<Written>, CertError> {
 
 /// `qm certs issue`: one certificate signed by the directory's CA.
 fn issue(args: &IssueArgs) -> Result<Written, CertError> {
-    let identity = Identity::new(args.role, args.name.as_str(), args.namespace.clone())?;
+    let mut identity = Identity::new(args.role, args.name.as_str(), args.namespace.clone())?;
+    if let Some(uri) = &args.capability {
+        // Refused here rather than at every call the certificate makes.
+        qm_state_machine::policy::Capability::parse_uri(uri).map_err(|invalid| CertError::Invalid {
+            field: "capability",
+            reason: invalid.reason,
+        })?;
+        identity = identity.with_capability(uri.clone());
+    }
     let authority = CertAuthority::load(&args.dir)?;
     let stem = args.out.clone().unwrap_or_else(|| file_stem(&identity));
     let spec = CertSpec::new(identity)
@@ -296,20 +308,43 @@ mod tests {
             name: "node_2".into(),
             namespace: None,
             hosts: Vec::new(),
+            capability: None,
             days: 1,
             out: None,
         })
         .unwrap();
         assert_eq!(certs.join("provider-node_2.crt"), issued.cert);
         let refused = issue(&IssueArgs {
-            dir: certs,
+            dir: certs.clone(),
             role: Role::ResourceConsumer,
             name: "agent".into(),
             namespace: None,
             hosts: Vec::new(),
+            capability: None,
             days: 1,
             out: None,
         });
         assert!(matches!(refused, Err(CertError::Identity(_))), "a consumer needs a namespace");
+
+        // --- a capability URI is written into the certificate, and a malformed one refused
+        let narrowed = |uri: &str| IssueArgs {
+            dir: certs.clone(),
+            role: Role::ResourceConsumer,
+            name: "batch".into(),
+            namespace: Some("team-a".into()),
+            hosts: Vec::new(),
+            capability: Some(uri.into()),
+            days: 1,
+            out: None,
+        };
+        let uri = "qm-capability:kinds=cpu_cores;max_per_request=cpu_cores:2";
+        let issued = issue(&narrowed(uri)).unwrap();
+        let identity = Identity::from_certificate_pem(&std::fs::read_to_string(issued.cert).unwrap()).unwrap();
+        assert_eq!(Some(uri), identity.capability.as_deref());
+        let malformed = issue(&narrowed("qm-capability:colour=red"));
+        assert!(
+            matches!(malformed, Err(CertError::Invalid { field: "capability", .. })),
+            "{malformed:?}"
+        );
     }
 }

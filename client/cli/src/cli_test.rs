@@ -496,3 +496,62 @@ fn a_leaving_provider_says_so_in_the_status_column() {
         crate::provider::status_cell(&info("failed", "cordoned", true))
     );
 }
+
+#[test]
+fn policy_set_reads_every_capability_and_binding() {
+    use qm_state_machine::policy::{Binding, Capability, PolicySpec, ProviderScope};
+    let Command::Policy(crate::policy::PolicyCommand::Set(args)) = parse(&[
+        "policy",
+        "set",
+        "team-a",
+        "--kinds",
+        "cpu_cores,gpu",
+        "--provider-label",
+        "zone=a",
+        "--max-per-request",
+        "cpu_cores=4",
+        "--max-held",
+        "gpu=2",
+        "--priority-max",
+        "-1",
+        "--preempt",
+        "no",
+        "--bind-cert",
+        "alice",
+        "--bind-role",
+        "resource_consumer:team-a",
+    ])
+    .command
+    else {
+        panic!("not policy set");
+    };
+    let expected = PolicySpec {
+        name: "team-a".into(),
+        capability: Capability {
+            kinds: Some(["cpu_cores".to_owned(), "gpu".to_owned()].into()),
+            providers: ProviderScope {
+                ids: None,
+                labels: [("zone".to_owned(), "a".to_owned())].into(),
+            },
+            max_per_request: [("cpu_cores".to_owned(), 4)].into(),
+            max_held: [("gpu".to_owned(), 2)].into(),
+            priority_max: Some(-1),
+            may_preempt: false,
+        },
+        bindings: [
+            Binding::CertName("alice".into()),
+            Binding::Role {
+                role: "resource_consumer".into(),
+                namespace: Some("team-a".into()),
+            },
+        ]
+        .into(),
+    };
+    assert_eq!(expected, crate::policy::spec_from_args(&args).unwrap());
+    assert_eq!(ErrorKind::InvalidValue, parse_error(&["policy", "set", "p", "--preempt", "maybe"]));
+    assert_eq!(
+        ErrorKind::MissingRequiredArgument,
+        parse_error(&["policy", "bind", "p"]),
+        "bind needs --cert-name or --role"
+    );
+}

@@ -37,6 +37,7 @@ mod input;
 mod load;
 mod optimize;
 mod output;
+mod policy;
 mod provider;
 mod quota;
 mod snapshot;
@@ -180,6 +181,9 @@ pub enum Command {
     /// Who may preempt, cluster-wide or per namespace (admin only under TLS).
     #[command(subcommand)]
     Preemption(quota::PreemptionCommand),
+    /// Capability policies: what an identity may allocate (admin only under TLS).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 impl Cli {
@@ -247,6 +251,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Bridge(command) => bridge::run(client, command, cli.tls_cert.as_ref(), out).await,
         Command::Quota(command) => quota::run(&client, command, format, out).await,
         Command::Preemption(command) => quota::run_preemption(&client, command, format, out).await,
+        Command::Policy(command) => policy::run(&client, command, format, out).await,
     }
 }
 

@@ -22,7 +22,7 @@
 //! | [`grpc_register`] | a protobuf `RegisterProviderRequest` | gRPC `RegisterProvider` |
 //! | [`snapshot`] | a table snapshot | a snapshot installed from the leader, or read from disk at start |
 //! | [`raft_message`] | a Raft RPC payload (bincode) | `AppendEntries`, `Vote`, `InstallSnapshot` from another replica |
-//! | [`http_body`] | the body of an HTTP write (its first byte picks which) | `POST /v1/release`, `/v1/release/matching`, `/v1/preemption`, `PUT /v1/quotas/{ns}` |
+//! | [`http_body`] | the body of an HTTP write (its first byte picks which) | `POST /v1/release`, `/v1/release/matching`, `/v1/preemption`, `PUT /v1/quotas/{ns}`, `PUT /v1/policies/{name}` |
 
 use qm_api::convert;
 use qm_api::proto::api;
@@ -126,7 +126,7 @@ pub fn http_body(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    let refusal = match which % 4 {
+    let refusal = match which % 5 {
         0 => http::requests::release_call(body).err(),
         1 => http::requests::release_matching_call(body)
             .map(|call| {
@@ -145,7 +145,15 @@ pub fn http_body(data: &[u8]) {
                 let _ = qm_state_machine::quota::check_quota(&call.namespace, &limits);
             })
             .err(),
-        _ => http::quotas::set_preemption_call(body).err(),
+        3 => http::quotas::set_preemption_call(body).err(),
+        _ => http::policies::set_policy_call("team".to_owned(), body)
+            .map(|call| {
+                let policy = call.policy.expect("the handler always sends a policy");
+                if let Ok(spec) = qm_api::policy::spec_from_proto(&policy) {
+                    let _ = spec.check();
+                }
+            })
+            .err(),
     };
     if let Some(refusal) = refusal {
         assert_eq!(400, refusal.status.as_u16(), "{}", refusal.body);

@@ -15,6 +15,9 @@ use qm_api::proto::api::{
     ReleaseRequest, RemoveReplicaRequest, RenewLeaseRequest, SetPreemptionRequest, SetProviderSchedulingRequest, SetQuotaRequest,
     SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
 };
+use qm_api::proto::api::{
+    DeletePolicyReply, DeletePolicyRequest, GetPolicyRequest, ListPoliciesReply, ListPoliciesRequest, PolicyReply, SetPolicyRequest,
+};
 use tonic::Status;
 
 use crate::security::audit::{bounded, AuditCaller, AuditIds, AuditLog, AuditRecord, Transport, AUDIT_ID_CHARS_MAX};
@@ -297,3 +300,45 @@ no_call_ids!(SnapshotSaveRequest, ClusterStatusRequest, SystemStateRequest, List
 impl AuditedReply for ListProvidersReply {}
 impl AuditedReply for SystemStateReply {}
 impl AuditedReply for HeartbeatReply {}
+
+impl CallIds for SetPolicyRequest {
+    fn call_ids(&self) -> AuditIds {
+        let Some(policy) = &self.policy else { return AuditIds::new() };
+        ids_of(&[("policy", &policy.name)])
+    }
+}
+
+impl CallIds for GetPolicyRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("policy", &self.name)])
+    }
+}
+
+impl CallIds for ListPoliciesRequest {
+    fn call_ids(&self) -> AuditIds {
+        AuditIds::new()
+    }
+}
+
+impl CallIds for DeletePolicyRequest {
+    fn call_ids(&self) -> AuditIds {
+        ids_of(&[("policy", &self.name)])
+    }
+}
+
+/// The revision a set made: which version of the policy the record is about.
+impl AuditedReply for PolicyReply {
+    fn add_ids(&self, ids: &mut AuditIds) {
+        if let Some(policy) = &self.policy {
+            put(ids, "revision", &policy.revision.to_string());
+        }
+    }
+}
+
+impl AuditedReply for ListPoliciesReply {}
+
+impl AuditedReply for DeletePolicyReply {
+    fn add_ids(&self, ids: &mut AuditIds) {
+        put(ids, "existed", if self.existed { "true" } else { "false" });
+    }
+}

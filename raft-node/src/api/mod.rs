@@ -9,6 +9,7 @@
 //! * [`watch`]: the event stream from a revision.
 //! * [`quotas`]: namespace quotas, preemption settings, the dry run of an allocate.
 //! * [`pipeline`]: allocate, release and renew multiplexed on one stream.
+//! * [`policies`]: capability policies: set, get, list, delete (admin).
 //! * [`status`]: how typed errors (the table's, the consensus layer's)
 //!   become gRPC statuses and leader redirects: the only place that does.
 //! * [`access`]: what a scoped caller may see of the table's records.
@@ -28,6 +29,7 @@ pub mod bulk_release;
 pub mod cluster;
 pub mod cursors;
 pub mod pipeline;
+pub mod policies;
 pub mod providers;
 pub mod quotas;
 pub mod requests;
@@ -364,6 +366,44 @@ impl Quartermaster for ApiService {
             Call::PreviewAllocate,
             admitted,
             quotas::preview_allocate(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn set_policy(&self, request: Request<SetPolicyRequest>) -> Reply<PolicyReply> {
+        let admitted = self.admit(&request, Call::SetPolicy)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::SetPolicy,
+            admitted,
+            policies::set_policy(&self.node, &caller, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn get_policy(&self, request: Request<GetPolicyRequest>) -> Reply<PolicyReply> {
+        let admitted = self.admit(&request, Call::GetPolicy)?;
+        self.audited(Call::GetPolicy, admitted, policies::get_policy(&self.node, request.into_inner()))
+            .await
+    }
+
+    async fn list_policies(&self, request: Request<ListPoliciesRequest>) -> Reply<ListPoliciesReply> {
+        let admitted = self.admit(&request, Call::ListPolicies)?;
+        self.audited(
+            Call::ListPolicies,
+            admitted,
+            policies::list_policies(&self.node, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn delete_policy(&self, request: Request<DeletePolicyRequest>) -> Reply<DeletePolicyReply> {
+        let admitted = self.admit(&request, Call::DeletePolicy)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::DeletePolicy,
+            admitted,
+            policies::delete_policy(&self.node, &caller, request.into_inner()),
         )
         .await
     }

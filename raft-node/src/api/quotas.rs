@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::status::invalid_argument;
 use crate::consensus::Node;
-use crate::security::Caller;
+use crate::security::{capability, Caller};
 
 pub async fn set_quota(node: &Node, caller: &Caller, call: SetQuotaRequest) -> Result<NamespacePolicyReply, Status> {
     let limits = quota::limits_from_proto(&call.limits);
@@ -79,15 +79,20 @@ pub async fn preview_allocate(node: &Node, caller: &Caller, call: AllocateReques
         .request
         .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
     wire.namespace = caller.namespace_for(&wire.namespace)?;
-    let request = convert::request_from_proto(&wire)
+    let mut request = convert::request_from_proto(&wire)
         .and_then(|request| request.validate())
         .map_err(|invalid| invalid_argument(&invalid))?;
     node.require_leader()?;
     node.read_barrier(false).await?;
-    node.with_table(|table| table.preview(&request))
-        .await
-        .map(|preview| quota::preview_to_proto(&preview))
-        .map_err(|invalid| invalid_argument(&invalid))
+    // A dry run is held to the caller's capability as the allocate would be.
+    node.with_table(|table| {
+        capability::check_preview(table, caller, &mut request)?;
+        table
+            .preview(&request)
+            .map(|preview| quota::preview_to_proto(&preview))
+            .map_err(|invalid| invalid_argument(&invalid))
+    })
+    .await
 }
 
 /// Every namespace's use against its quota (or only `wanted`'s).

@@ -11,14 +11,16 @@ use std::time::Instant;
 use qm_api::convert;
 use qm_api::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
 use qm_api::wire::LIST_LIMIT_MAX;
-use qm_state_machine::{AllocateOptions, AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
+use qm_state_machine::{
+    AllocateOptions, AllocationRequest, Command, CommandError, CommandResponse, InvalidArgument, ListFilter, RequestRecord,
+};
 use tonic::Status;
 use tracing::debug;
 
 use super::access::require_visible;
 use super::status::{invalid_argument, parse_uuid};
-use crate::consensus::Node;
-use crate::security::Caller;
+use crate::consensus::{Node, ProposeError};
+use crate::security::{capability, Caller};
 
 /// What the table answers for `request` without proposing it, if anything:
 /// the record of a known request, or the refusal of an unknown provider.
@@ -50,10 +52,15 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
         .request
         .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
     wire.namespace = caller.namespace_for(&wire.namespace)?;
-    let (request, options) = convert::request_from_proto(&wire)
+    let (mut request, options) = convert::request_from_proto(&wire)
         .and_then(|request| Ok((request.validate()?, request.options())))
         .map_err(|invalid| invalid_argument(&invalid))?;
     node.require_leader()?;
+    // The caller's capability first: a refusal proposes nothing. The
+    // request's constraints come back narrowed to the providers allowed.
+    let grant = node
+        .with_table(|table| capability::check_allocate(table, caller, &mut request))
+        .await?;
     // Answered from the table without a log entry: a retry of a known request
     // (its current record) and a constraint naming an unknown provider (the
     // refusal). Both are decided on this replica's applied table, which only
@@ -71,7 +78,16 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
     }
     let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
-    let record = expect_record(node.propose(Command::allocate(request, options)).await?)?;
+    let command = match grant {
+        Some(grant) => Command::AllocateUnderPolicy {
+            request,
+            on_preemption: options.on_preemption,
+            movable: options.movable,
+            grant,
+        },
+        None => Command::allocate(request, options),
+    };
+    let record = expect_record(node.propose(command).await.map_err(capability_refusal)?)?;
     let status = record.status.as_str();
     let reply = convert::reply_from_record(&record);
     node.metrics
@@ -175,6 +191,18 @@ fn list_filter(call: &ListRequest) -> Result<ListFilter, Status> {
         after,
         limit,
     })
+}
+
+/// A capability the table refused at apply (the holder's total) is a
+/// `PERMISSION_DENIED` like the API's own refusals; everything else keeps
+/// its usual form.
+fn capability_refusal(error: ProposeError) -> Status {
+    match error {
+        ProposeError::Rejected(CommandError::CapabilityDenied { capability, detail }) => {
+            Status::permission_denied(format!("capability {capability}: {detail} (checked when applied)"))
+        }
+        other => other.into(),
+    }
 }
 
 /// The record a request-level command answers with (shared with the table

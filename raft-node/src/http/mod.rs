@@ -28,6 +28,7 @@
 //! * [`requests`]: allocate, release, get, list.
 //! * [`providers`]: list, register, the monitor's system state, the cluster.
 //! * [`quotas`]: namespace quotas, preemption settings, the allocate preview.
+//! * [`policies`]: capability policies: list, set, get, delete (admin).
 //! * [`history`]: one request's way through the protocol's states, from the events.
 //! * [`events`]: the event stream as Server-Sent Events.
 //! * [`catalog`]: the Consul-compatible catalog, health and status endpoints.
@@ -44,6 +45,7 @@ pub mod events;
 pub mod history;
 pub mod openapi;
 pub mod params;
+pub mod policies;
 pub mod providers;
 pub mod quotas;
 pub mod replica_health;
@@ -104,6 +106,10 @@ pub fn routes() -> Vec<Route> {
         route(Method::PUT, "/v1/quotas/{namespace}", put(quotas::set)),
         route(Method::DELETE, "/v1/quotas/{namespace}", delete(quotas::delete)),
         route(Method::POST, "/v1/preemption", post(quotas::set_preemption)),
+        route(Method::GET, "/v1/policies", get(policies::list)),
+        route(Method::PUT, "/v1/policies/{name}", put(policies::set)),
+        route(Method::GET, "/v1/policies/{name}", get(policies::get)),
+        route(Method::DELETE, "/v1/policies/{name}", delete(policies::delete)),
         route(Method::GET, "/v1/providers", get(providers::list)),
         route(Method::POST, "/v1/providers", post(providers::register)),
         route(Method::POST, "/v1/providers/{id}/cordon", post(providers::cordon)),

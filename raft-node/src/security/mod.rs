@@ -18,6 +18,8 @@
 //! * [`audit`]: the audit trail: a JSON line per write, admin read and refusal.
 //! * [`guard`]: [`Guard`]: authentication and the role check, per call.
 //! * [`caller`]: [`Caller`]: namespace and provider scoping in the handlers.
+//! * [`capability`]: capability policies: the caller's effective capability
+//!   and the check of an allocate against it, before anything is proposed.
 //! * [`handshakes`]: the gRPC listener's TLS handshakes, refusals logged
 //!   with the peer's address (rate-limited).
 //! * [`reload`]: [`ReloadableTls`](reload::ReloadableTls): the certificate,
@@ -29,6 +31,7 @@
 
 pub mod audit;
 pub mod caller;
+pub mod capability;
 pub mod guard;
 pub mod handshakes;
 pub mod policy;

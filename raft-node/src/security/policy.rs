@@ -66,12 +66,17 @@ pub enum Call {
     SetProviderScheduling,
     /// An optimization plan, or its dry run: admin only.
     Optimize,
+    /// Capability policies: admin only (a tenant must not widen its own).
+    SetPolicy,
+    GetPolicy,
+    ListPolicies,
+    DeletePolicy,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 31] = [
+    pub const ALL: [Call; 35] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -103,6 +108,10 @@ impl Call {
         Call::PreviewAllocate,
         Call::SetProviderScheduling,
         Call::Optimize,
+        Call::SetPolicy,
+        Call::GetPolicy,
+        Call::ListPolicies,
+        Call::DeletePolicy,
     ];
 
     /// The roles that may make this call at all.
@@ -124,6 +133,7 @@ impl Call {
             Call::ReleaseMatching => &[Role::ResourceConsumer, Role::Admin],
             Call::SetQuota | Call::DeleteQuota | Call::SetPreemption => &[Role::Admin],
             Call::ListQuotas | Call::PreviewAllocate => &[Role::ResourceConsumer, Role::Admin],
+            Call::SetPolicy | Call::GetPolicy | Call::ListPolicies | Call::DeletePolicy => &[Role::Admin],
         }
     }
 
@@ -145,8 +155,11 @@ impl Call {
             | Call::SetPreemption
             | Call::SetProviderScheduling
             // A dry run included: an admin's plan of moves is worth a record.
-            | Call::Optimize => AuditClass::Write,
-            Call::Get | Call::List | Call::Watch | Call::SnapshotSave => AuditClass::RecordRead,
+            | Call::Optimize
+            | Call::SetPolicy
+            | Call::DeletePolicy => AuditClass::Write,
+            // Who may do what is worth a record of every admin who looked.
+            Call::Get | Call::List | Call::Watch | Call::SnapshotSave | Call::GetPolicy | Call::ListPolicies => AuditClass::RecordRead,
             // The stream itself is not a write: each call on it is recorded as itself.
             Call::Pipeline
             | Call::AppendEntries
@@ -201,6 +214,10 @@ impl Call {
             Call::PreviewAllocate => "PreviewAllocate",
             Call::SetProviderScheduling => "SetProviderScheduling",
             Call::Optimize => "Optimize",
+            Call::SetPolicy => "SetPolicy",
+            Call::GetPolicy => "GetPolicy",
+            Call::ListPolicies => "ListPolicies",
+            Call::DeletePolicy => "DeletePolicy",
         }
     }
 }
@@ -258,7 +275,11 @@ mod tests {
                 ListQuotas,
                 PreviewAllocate,
                 SetProviderScheduling,
-                Optimize
+                Optimize,
+                SetPolicy,
+                GetPolicy,
+                ListPolicies,
+                DeletePolicy
             ]),
             allowed(Role::Admin)
         );

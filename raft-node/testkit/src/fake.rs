@@ -481,6 +481,22 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn set_policy(&self, _: Request<api::SetPolicyRequest>) -> Result<Response<api::PolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_policy(&self, _: Request<api::GetPolicyRequest>) -> Result<Response<api::PolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_policies(&self, _: Request<api::ListPoliciesRequest>) -> Result<Response<api::ListPoliciesReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn delete_policy(&self, _: Request<api::DeletePolicyRequest>) -> Result<Response<api::DeletePolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
 
     async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {

@@ -32,6 +32,7 @@ mod lifecycle;
 mod moves;
 mod optimize;
 mod placement;
+mod policies;
 mod preemption;
 mod providers;
 mod queries;
@@ -40,6 +41,7 @@ mod record_map;
 mod scheduling;
 mod snapshot;
 mod snapshot_v5;
+mod snapshot_v6;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -51,6 +53,7 @@ use uuid::Uuid;
 use crate::command::{Applied, ApplyResult, Command, StampedCommand};
 use crate::event::{Event, EventKind};
 use crate::limits::TableConfig;
+use crate::policy::CapabilityPolicy;
 use crate::provider::Provider;
 use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::RequestRecord;
@@ -131,6 +134,22 @@ pub struct AllocationTable {
     last_plan_at_ms: Option<u64>,
     /// Moves by outcome, for the measures (`qm state`, metrics).
     move_counts: MoveCounts,
+    /// Capability policies by name, at most [`crate::policy::POLICIES_MAX`].
+    policies: BTreeMap<String, CapabilityPolicy>,
+    /// The revision of the newest policy set: each set takes the next, so
+    /// a policy deleted and set again never repeats a revision (an
+    /// allocate checked against the old one is refused at apply).
+    policy_revision: u64,
+    /// Live requests allocated under a grant with totals → their holder
+    /// (the certificate name): what the holders' totals count.
+    policy_holders: BTreeMap<Uuid, String>,
+    /// Holder → kind → what its charged live requests ask for. Derived
+    /// from `policy_holders`, rebuilt on restore; no zero entries.
+    #[serde(skip)]
+    held_by_holder: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Set only while an allocate whose grant forbids preemption runs.
+    #[serde(skip)]
+    preemption_withheld: bool,
     #[serde(skip)]
     index: Indexes,
     /// Events of the command being applied; drained at the end of `apply`.
@@ -164,6 +183,11 @@ impl AllocationTable {
             freed_namespaces: BTreeSet::new(),
             last_plan_at_ms: None,
             move_counts: MoveCounts::default(),
+            policies: BTreeMap::new(),
+            policy_revision: 0,
+            policy_holders: BTreeMap::new(),
+            held_by_holder: BTreeMap::new(),
+            preemption_withheld: false,
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -242,6 +266,12 @@ impl AllocationTable {
             Cow::Owned(Command::AllocateWithOptions { request, options }) => {
                 self.allocate(Cow::Owned(request), options.on_preemption, options.movable)
             }
+            Cow::Owned(Command::AllocateUnderPolicy {
+                request,
+                on_preemption,
+                movable,
+                grant,
+            }) => self.allocate_under_policy(Cow::Owned(request), on_preemption, movable, &grant),
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -290,6 +320,14 @@ impl AllocationTable {
             Command::AllocateWithOptions { request, options } => {
                 self.allocate(Cow::Borrowed(request), options.on_preemption, options.movable)
             }
+            Command::SetPolicy(spec) => self.set_policy(spec),
+            Command::DeletePolicy { name } => self.delete_policy(name),
+            Command::AllocateUnderPolicy {
+                request,
+                on_preemption,
+                movable,
+                grant,
+            } => self.allocate_under_policy(Cow::Borrowed(request), *on_preemption, *movable, grant),
         }
     }
 
@@ -321,6 +359,9 @@ impl AllocationTable {
         }
         if record.state.is_finished() && record.finished_at_ms.is_none() {
             record.finished_at_ms = Some(self.clock_ms);
+        }
+        if record.state.is_finished() && !self.policy_holders.is_empty() {
+            self.uncharge_finished(&record.request);
         }
         self.index.add_state(&record);
         let previous = self.requests.insert(record.request.request_id, Arc::new(record));
@@ -362,6 +403,7 @@ impl AllocationTable {
         }
         self.index = Indexes::build(self.providers.values().map(Arc::as_ref), self.requests.values());
         self.awaited_by = awaited_by(&self.release_awaited);
+        self.rebuild_held_by_holder();
     }
 }
 

@@ -91,7 +91,7 @@ impl AllocationTable {
         if let Some(placement) = self.find_placement(request) {
             return Decision::Place(placement);
         }
-        if self.may_preempt(request) {
+        if !self.preemption_withheld && self.may_preempt(request) {
             if let Some((placement, victims)) = self.find_preemption(request) {
                 return Decision::Preempt { placement, victims };
             }

@@ -301,6 +301,17 @@ impl AllocationTable {
         }
         assert!(self.freed_namespaces.is_empty(), "namespaces left to examine between commands");
         assert_eq!(rebuilt.awaited_by, self.awaited_by, "awaited releases drifted from their reverse");
+        assert_eq!(
+            rebuilt.held_by_holder, self.held_by_holder,
+            "holders' totals drifted from their charges"
+        );
+        assert!(!self.preemption_withheld, "preemption left withheld between commands");
+        for request_id in self.policy_holders.keys() {
+            assert!(
+                !self.requests[request_id].state.is_finished(),
+                "{request_id} is charged though finished"
+            );
+        }
         assert!(
             self.namespaces.len() <= crate::limits::NAMESPACE_POLICIES_MAX,
             "too many namespace rules"

@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{snapshot_v5, AllocationTable, Indexes};
+use super::{snapshot_v5, snapshot_v6, AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
 /// Bumped whenever the encoded layout changes. A build reads its own version
-/// and version 5 (through the frozen types of `snapshot_v5`), and refuses
+/// and versions 5 and 6 (through the frozen types of `snapshot_v5` and
+/// `snapshot_v6`), and refuses
 /// any other rather than misreading it.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
 /// table's named cursors; version 4 the providers' address and port;
@@ -20,8 +21,11 @@ use crate::error::SnapshotError;
 /// preemptors await, `RequestRecord::on_preemption`), and the providers'
 /// scheduling (cordon, drain), live moves (`RequestRecord::movable`,
 /// `moving`, `last_moved_at_ms`, the plan's clock and counts, their knobs
-/// in `TableConfig`) and the move's reason in `EventKind::AllocationMoved`.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
+/// in `TableConfig`) and the move's reason in `EventKind::AllocationMoved`;
+/// version 7 capability policies (the policies with their bindings, the
+/// policy revision counter, and the holders of live requests allocated
+/// under a grant), and `EventKind::OptimizationComplete` in the history.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
 
 /// The string contents one snapshot decode may claim, in total. bincode
 /// allocates a string's claimed length before reading it, so a corrupt
@@ -76,6 +80,11 @@ impl AllocationTable {
             freed_namespaces: BTreeSet::new(),
             last_plan_at_ms: self.last_plan_at_ms,
             move_counts: self.move_counts.clone(),
+            policies: self.policies.clone(),
+            policy_revision: self.policy_revision,
+            policy_holders: self.policy_holders.clone(),
+            held_by_holder: BTreeMap::new(),
+            preemption_withheld: false,
             index: Indexes::default(),
             pending_events: Vec::new(),
         }
@@ -111,6 +120,10 @@ impl AllocationTable {
             bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?
         } else if version == snapshot_v5::VERSION {
             let (old, len): (snapshot_v5::AllocationTableV5, usize) =
+                bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
+            (old.into(), len)
+        } else if version == snapshot_v6::VERSION {
+            let (old, len): (snapshot_v6::AllocationTableV6, usize) =
                 bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
             (old.into(), len)
         } else {

@@ -245,6 +245,12 @@ impl From<AllocationTableV5> for AllocationTable {
             release_awaited: BTreeMap::new(),
             awaited_by: BTreeMap::new(),
             freed_namespaces: BTreeSet::new(),
+            // Nor capability policies (version 7).
+            policies: BTreeMap::new(),
+            policy_revision: 0,
+            policy_holders: BTreeMap::new(),
+            held_by_holder: BTreeMap::new(),
+            preemption_withheld: false,
             index: Indexes::default(),
             pending_events: Vec::new(),
         }

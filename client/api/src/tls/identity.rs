@@ -5,6 +5,9 @@
 //!  qm://role/resource_consumer   exactly one: what the holder may call
 //!  qm://name/agent_123           exactly one: a provider's provider_id; informational for the others
 //!  qm://namespace/team-a         a consumer's namespace, required for consumers, refused for the others
+//!  qm-capability:kinds=cpu_cores;max_per_request=cpu_cores:4
+//!                                at most one: narrows the holder's capability policy (never widens it);
+//!                                read by the replica (`qm_state_machine::policy::Capability::parse_uri`)
 //! ```
 //!
 //! Replicas trust these URIs and nothing else about the caller: not the
@@ -22,6 +25,8 @@ pub const ROLE_URI_PREFIX: &str = "qm://role/";
 pub const NAME_URI_PREFIX: &str = "qm://name/";
 /// `qm://namespace/<namespace>`.
 pub const NAMESPACE_URI_PREFIX: &str = "qm://namespace/";
+/// `qm-capability:<fields>`: see `SECURITY.md`, *Capability policies*.
+pub const CAPABILITY_URI_PREFIX: &str = qm_state_machine::policy::CAPABILITY_URI_SCHEME;
 
 /// What a certificate's holder may do (see `SECURITY.md` for the table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,6 +74,11 @@ pub struct Identity {
     /// A consumer's namespace: everything it allocates, sees and releases is
     /// in it. `None` for every other role.
     pub namespace: Option<String>,
+    /// The certificate's capability URI, as written (`qm-capability:...`):
+    /// it narrows the policy bound to the holder. Parsed where it is
+    /// enforced, so that a malformed one refuses calls rather than the
+    /// certificate's other uses.
+    pub capability: Option<String>,
 }
 
 /// Why a certificate does not state a usable identity.
@@ -103,9 +113,18 @@ impl Identity {
             role,
             name: name.into(),
             namespace,
+            capability: None,
         };
         identity.validate()?;
         Ok(identity)
+    }
+
+    /// The same identity carrying a capability URI (`qm-capability:...`).
+    pub fn with_capability(self, uri: impl Into<String>) -> Identity {
+        Identity {
+            capability: Some(uri.into()),
+            ..self
+        }
     }
 
     /// A consumer needs a namespace and only a consumer has one; names are
@@ -126,6 +145,9 @@ impl Identity {
         if let Some(namespace) = &self.namespace {
             uris.push(format!("{NAMESPACE_URI_PREFIX}{namespace}"));
         }
+        if let Some(capability) = &self.capability {
+            uris.push(capability.clone());
+        }
         uris
     }
 
@@ -133,7 +155,7 @@ impl Identity {
     /// role, name or namespace is refused (a certificate must not be read
     /// two ways).
     pub fn from_san_uris<'a>(uris: impl IntoIterator<Item = &'a str>) -> Result<Identity, IdentityError> {
-        let (mut role, mut name, mut namespace) = (None, None, None);
+        let (mut role, mut name, mut namespace, mut capability) = (None, None, None, None);
         for uri in uris {
             let (slot, what, value) = if let Some(value) = uri.strip_prefix(ROLE_URI_PREFIX) {
                 (&mut role, "role", value)
@@ -141,6 +163,8 @@ impl Identity {
                 (&mut name, "name", value)
             } else if let Some(value) = uri.strip_prefix(NAMESPACE_URI_PREFIX) {
                 (&mut namespace, "namespace", value)
+            } else if uri.starts_with(CAPABILITY_URI_PREFIX) {
+                (&mut capability, "capability", uri)
             } else {
                 continue;
             };
@@ -150,7 +174,11 @@ impl Identity {
         }
         let role_text = role.ok_or(IdentityError::MissingRole)?;
         let role = Role::parse(&role_text).ok_or(IdentityError::UnknownRole { role: role_text })?;
-        Identity::new(role, name.ok_or(IdentityError::MissingName)?, namespace)
+        let identity = Identity::new(role, name.ok_or(IdentityError::MissingName)?, namespace)?;
+        Ok(match capability {
+            Some(uri) => identity.with_capability(uri),
+            None => identity,
+        })
     }
 
     /// Reads the identity from a DER certificate (the leaf a peer presented).

@@ -1,0 +1,71 @@
+//! Capability policies: [`Client`] calls to set, read and delete them
+//! (admin only under TLS). The wire conversions (`qm_api::policy`) are
+//! re-exported here.
+
+use qm_state_machine::policy::{CapabilityPolicy, PolicySpec};
+
+use crate::call_plan::CallKind;
+use crate::client::{Client, Consistency};
+use crate::error::Error;
+use crate::proto::api;
+pub use qm_api::policy::{policy_from_proto, policy_to_proto, spec_from_proto};
+
+impl Client {
+    /// Sets (creates or replaces) a policy; answers it with its new
+    /// revision. Retrying sets it again (a later revision, the same policy).
+    pub async fn set_policy(&self, spec: &PolicySpec) -> Result<api::PolicyReply, Error> {
+        spec.check()?;
+        let policy = CapabilityPolicy {
+            name: spec.name.clone(),
+            revision: 0,
+            capability: spec.capability.clone(),
+            bindings: spec.bindings.clone(),
+        };
+        let message = api::SetPolicyRequest {
+            policy: Some(policy_to_proto(&policy)),
+        };
+        self.inner
+            .call("set_policy", CallKind::Write, message, |replica, request| async move {
+                replica.client().set_policy(request).await
+            })
+            .await
+    }
+
+    /// One policy by name (`Error::NotFound` if there is none).
+    pub async fn get_policy(&self, name: &str, consistency: Consistency) -> Result<api::PolicyReply, Error> {
+        let message = api::GetPolicyRequest {
+            name: name.to_owned(),
+            stale: consistency.is_stale(),
+        };
+        self.inner
+            .call("get_policy", CallKind::Read(consistency), message, |replica, request| async move {
+                replica.client().get_policy(request).await
+            })
+            .await
+    }
+
+    /// Every policy, in name order.
+    pub async fn list_policies(&self, consistency: Consistency) -> Result<api::ListPoliciesReply, Error> {
+        let message = api::ListPoliciesRequest {
+            stale: consistency.is_stale(),
+        };
+        self.inner
+            .call(
+                "list_policies",
+                CallKind::Read(consistency),
+                message,
+                |replica, request| async move { replica.client().list_policies(request).await },
+            )
+            .await
+    }
+
+    /// Deletes a policy; safe to retry (`existed` tells whether there was one).
+    pub async fn delete_policy(&self, name: &str) -> Result<api::DeletePolicyReply, Error> {
+        let message = api::DeletePolicyRequest { name: name.to_owned() };
+        self.inner
+            .call("delete_policy", CallKind::Write, message, |replica, request| async move {
+                replica.client().delete_policy(request).await
+            })
+            .await
+    }
+}
