@@ -29,6 +29,7 @@
 //!   layout version) and the trees' names.
 //! * [`error`]: [`StorageError`] and openraft's storage error.
 //! * `codec`: bincode 2 (standard configuration) for every stored value.
+//! * [`identity`]: [`ClusterIdentity`], the cluster id in the meta tree.
 //!
 //! Imports go one way: `error` ← `codec`, `durable` ← `db`, `background`,
 //! `snapshot_store` ← `log_store`, `state_machine_store` ← this file.
@@ -99,6 +100,7 @@ pub mod error;
 pub mod log_store;
 mod snapshot_store;
 pub mod state_machine_store;
+pub mod identity;
 
 use std::path::Path;
 
@@ -108,6 +110,7 @@ pub use db::{DATA_DIR_LOCK_RETRIES, DATA_DIR_LOCK_RETRY_INTERVAL_MS, SLED_CACHE_
 pub use error::StorageError;
 pub use log_store::{LogReader, LogStore, TruncationCount};
 pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
+pub use identity::ClusterIdentity;
 
 /// Stores `table` (snapshot bytes) as the data dir's snapshot at `meta`,
 /// durably: how `qm-node restore` seeds a new replica.
