@@ -93,7 +93,7 @@ pub struct PeerJson {
     pub id: u64,
     /// Null when it announced none.
     pub cluster_id: Option<String>,
-    /// 0 when it announced none (a build from before announcements).
+    /// Both 0 when it announced none (a build from before announcements).
     pub log_format_version: u32,
     pub table_format_version: u32,
     /// Why traffic with it is refused; null when it is not.
@@ -198,9 +198,9 @@ fn print_status(
         writeln!(out, "peers, as this replica last heard from them:")?;
         let mut peers = Table::new(["ID", "CLUSTER_ID", "FORMATS", "REFUSED"]);
         for peer in &status.peers {
-            let formats = match peer.log_format_version {
+            let formats = match peer.table_format_version {
                 0 => "-".to_owned(),
-                log => format!("log={log},table={}", peer.table_format_version),
+                table => format!("log={},table={table}", peer.log_format_version),
             };
             peers.row([&peer.id.to_string(), or_dash(&peer.cluster_id), &formats, or_dash(&peer.refused)]);
         }

@@ -151,7 +151,8 @@ async fn check_joiner(node: &Node, call: &AddReplicaRequest) -> Result<(), Statu
     let said = Announcement {
         replica_id: Some(call.id),
         cluster_id: Some(joiner.cluster_id).filter(|id| !id.is_empty()),
-        formats: (joiner.log_format_version > 0).then_some(FormatVersions {
+        // A table format is never 0: both 0 is a build that announces none.
+        formats: (joiner.table_format_version > 0).then_some(FormatVersions {
             log: joiner.log_format_version,
             table: joiner.table_format_version,
         }),
