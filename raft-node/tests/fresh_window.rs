@@ -28,6 +28,11 @@ const DOWNTIME: Duration = Duration::from_millis(9_000);
 /// both): the allocation must expire and the provider fail within it.
 const RUN_OUT_TIMEOUT: Duration = Duration::from_secs(30);
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long after a leader is known the checks wait, so that its duties
+/// have run many rounds (every 100 ms): its take-over, and the ticks that
+/// would expire a lease or fail a provider without a fresh window. Well
+/// inside the lease.
+const DUTY_ROUNDS_SETTLE: Duration = Duration::from_millis(1_500);
 
 fn args() -> [&'static str; 2] {
     ["--provider-failure-window-ms", FAILURE_WINDOW_MS]
@@ -69,6 +74,7 @@ async fn leased_allocation(client: &Client) -> String {
 
 /// The allocation is held and the provider active: the fresh window.
 async fn assert_fresh_window(client: &Client, request_id: &str) {
+    tokio::time::sleep(DUTY_ROUNDS_SETTLE).await;
     let record = client.get(request_id, Consistency::Linearizable).await.expect("get");
     assert_eq!(
         api::RequestState::Monitoring,
