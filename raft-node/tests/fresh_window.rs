@@ -1,5 +1,6 @@
 //! After `qm-node restore` and after `qm-node recover`, leases and provider
-//! heartbeats get a fresh window, as on any leader change: an allocation
+//! heartbeats get a fresh window, as on any leader change (and a recovery
+//! keeps the cluster id): an allocation
 //! whose lease ran out while the cluster was down is not expired at once,
 //! and a provider silent through the downtime is not declared failed at
 //! once. Both still happen once the fresh window passes without renewals or
@@ -153,6 +154,8 @@ async fn after_a_majority_loss_recovery_leases_and_heartbeats_get_a_fresh_window
             .wait_for_applied(survivor, commit_index, Duration::from_secs(30))
             .await
             .expect("the survivor caught up");
+        let cluster_id = cluster.status_of(survivor).await.expect("status").cluster_id;
+        assert!(!cluster_id.is_empty(), "the survivor took the leader's cluster id");
 
         // --- kill -9 all three; the cluster is down for longer than the lease
         for id in 1..=3 {
@@ -171,6 +174,11 @@ async fn after_a_majority_loss_recovery_leases_and_heartbeats_get_a_fresh_window
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_fresh_window(&recovered, &request_id).await;
+        assert_eq!(
+            cluster_id,
+            cluster.status_of(survivor).await.expect("status").cluster_id,
+            "a recovery keeps the cluster id"
+        );
 
         // --- and both happen once the fresh window passes in silence
         assert_window_runs_out(&recovered, &request_id).await;
