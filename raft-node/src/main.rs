@@ -106,7 +106,11 @@ fn restore(args: RestoreArgs) -> ExitCode {
                 args.id,
                 members.join(","),
                 restored.cluster_id,
-                if restored.header.cluster_id.is_empty() { "-" } else { &restored.header.cluster_id }
+                if restored.header.cluster_id.is_empty() {
+                    "-"
+                } else {
+                    &restored.header.cluster_id
+                }
             );
             ExitCode::SUCCESS
         }

@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
 use crate::config::NodeConfig;
-use crate::consensus::raft_writer::RaftBatchWriter;
 use crate::consensus::announce::cluster_id_at_initialization;
+use crate::consensus::raft_writer::RaftBatchWriter;
 use crate::consensus::{duties, prompt_election};
 use crate::consensus::{HeartbeatBook, LeaderContact, Node, Proposer};
 use crate::http::{self, replica_health::ReplicaHealth, HttpApi};
@@ -264,7 +264,9 @@ async fn bootstrap(node: Arc<Node>, tls: Option<Arc<ReloadableTls>>) {
                     }
                 }
                 match node.raft.initialize(members).await {
-                    Ok(()) => info!(node_id = node.id, replicas = peers.len(), cluster_id = ?node.identity.get(), "initialised a new cluster"),
+                    Ok(()) => {
+                        info!(node_id = node.id, replicas = peers.len(), cluster_id = ?node.identity.get(), "initialised a new cluster")
+                    }
                     Err(error) => warn!(%error, "could not initialise the cluster"),
                 }
                 return;

@@ -127,7 +127,10 @@ async fn after_a_restore_leases_and_heartbeats_get_a_fresh_window() {
         let target = LocalCluster::configure(node_binary(), 1, &args()).expect("lay out");
         target.kill_after(TEST_TIMEOUT);
         let id = "1".to_owned();
-        run_node(&["restore", "--from", file.to_str().unwrap(), "--id", &id, "--peers", &target.peers()], &target.replicas[&1].data_dir);
+        run_node(
+            &["restore", "--from", file.to_str().unwrap(), "--id", &id, "--peers", &target.peers()],
+            &target.replicas[&1].data_dir,
+        );
         target.start_replica(1).expect("start");
         target.wait_for_leader(Duration::from_secs(30)).await.expect("a leader");
         let restored = client_of(&target);
@@ -165,11 +168,18 @@ async fn after_a_majority_loss_recovery_leases_and_heartbeats_get_a_fresh_window
 
         // --- the survivor recovered and started: nothing expires or fails at once
         let id = survivor.to_string();
-        run_node(&["recover", "--id", &id, "--accept-data-loss"], &cluster.replicas[&survivor].data_dir);
+        run_node(
+            &["recover", "--id", &id, "--accept-data-loss"],
+            &cluster.replicas[&survivor].data_dir,
+        );
         cluster.start_replica(survivor).expect("start");
         let recovered = Client::new(ClientConfig::with_endpoints([cluster.addr(survivor).to_owned()])).expect("client");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while cluster.status_of(survivor).await.map_or(true, |status| status.leader_id != Some(survivor)) {
+        while cluster
+            .status_of(survivor)
+            .await
+            .map_or(true, |status| status.leader_id != Some(survivor))
+        {
             assert!(tokio::time::Instant::now() < deadline, "the survivor never led");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -67,7 +67,10 @@ async fn agreed_cluster_id(cluster: &LocalCluster, ids: &[u64]) -> String {
         if !seen[0].is_empty() && seen.iter().all(|id| *id == seen[0]) {
             return seen[0].clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "replicas {ids:?} never agreed on a cluster id: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas {ids:?} never agreed on a cluster id: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -86,7 +89,10 @@ async fn leader_among(cluster: &LocalCluster, ids: &[u64]) -> u64 {
                 return leader;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "replicas {ids:?} never agreed on a leader: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas {ids:?} never agreed on a leader: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -96,7 +102,11 @@ async fn refusal_of(cluster: &LocalCluster, id: u64, peer: u64, reason: &str) ->
     let deadline = tokio::time::Instant::now() + AGREE_TIMEOUT;
     loop {
         let status = cluster.status_of(id).await.unwrap_or_default();
-        if let Some(record) = status.peers.iter().find(|record| record.id == peer && record.refused.contains(reason)) {
+        if let Some(record) = status
+            .peers
+            .iter()
+            .find(|record| record.id == peer && record.refused.contains(reason))
+        {
             return record.refused.clone();
         }
         assert!(
@@ -137,7 +147,9 @@ fn one_core(requester: &str) -> qm_state_machine::ResourceRequest {
 async fn a_cluster_keeps_its_id_its_backups_carry_it_and_restores_get_their_own() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let source = LocalCluster::start(&node_binary(), 3, &QUIET_PROVIDERS).await.expect("cluster starts");
+        let source = LocalCluster::start(&node_binary(), 3, &QUIET_PROVIDERS)
+            .await
+            .expect("cluster starts");
         source.kill_after(TEST_TIMEOUT);
         let endpoints = source.endpoints().join(",");
 
@@ -162,10 +174,26 @@ async fn a_cluster_keeps_its_id_its_backups_carry_it_and_restores_get_their_own(
         let client = Client::new(ClientConfig::with_endpoints(source.endpoints())).expect("client");
         client.register_provider(&one_provider()).await.expect("register");
         let first = dir.path().join("first.backup");
-        json_of(&qm(&["--endpoints", &endpoints, "--output", "json", "snapshot", "save", first.to_str().unwrap()]));
+        json_of(&qm(&[
+            "--endpoints",
+            &endpoints,
+            "--output",
+            "json",
+            "snapshot",
+            "save",
+            first.to_str().unwrap(),
+        ]));
         client.allocate(one_core("between_backups")).await.expect("allocate");
         let second = dir.path().join("second.backup");
-        json_of(&qm(&["--endpoints", &endpoints, "--output", "json", "snapshot", "save", second.to_str().unwrap()]));
+        json_of(&qm(&[
+            "--endpoints",
+            &endpoints,
+            "--output",
+            "json",
+            "snapshot",
+            "save",
+            second.to_str().unwrap(),
+        ]));
         let inspected = json_of(&qm(&["--output", "json", "snapshot", "inspect", first.to_str().unwrap()]));
         assert_eq!(Some(cluster_id.as_str()), inspected["cluster_id"].as_str());
         let inspected_text = qm(&["snapshot", "inspect", first.to_str().unwrap()]);
@@ -193,10 +221,15 @@ async fn a_cluster_keeps_its_id_its_backups_carry_it_and_restores_get_their_own(
         assert!(refused.starts_with("refused by this replica: "), "{refused}");
         refusal_of(&target, leader, 3, "refused this replica: cluster id mismatch").await;
         let restored_client = Client::new(ClientConfig::with_endpoints(target.endpoints())).expect("client");
-        restored_client.allocate(one_core("after_restore")).await.expect("the restored cluster serves");
+        restored_client
+            .allocate(one_core("after_restore"))
+            .await
+            .expect("the restored cluster serves");
 
         // --- a replica of another cluster is refused when asked to join
-        let other = LocalCluster::start(&node_binary(), 1, &QUIET_PROVIDERS).await.expect("another cluster");
+        let other = LocalCluster::start(&node_binary(), 1, &QUIET_PROVIDERS)
+            .await
+            .expect("another cluster");
         other.kill_after(TEST_TIMEOUT);
         let other_id = agreed_cluster_id(&other, &[1]).await;
         assert_ne!(cluster_id, other_id);
@@ -235,7 +268,11 @@ async fn builds_two_format_versions_apart_refuse_each_other_one_apart_join() {
         let claimed = cluster.status_of(3).await.expect("status");
         assert_eq!(own.log_format_version + 2, claimed.log_format_version);
         assert_eq!(own.table_format_version + 2, claimed.table_format_version);
-        assert!(claimed.cluster_id.is_empty(), "it never took the leader's id: {}", claimed.cluster_id);
+        assert!(
+            claimed.cluster_id.is_empty(),
+            "it never took the leader's id: {}",
+            claimed.cluster_id
+        );
         let text = String::from_utf8_lossy(&qm(&["--endpoints", cluster.addr(leader), "cluster", "status"]).stdout).into_owned();
         assert!(text.contains("format versions too far apart"), "{text}");
 
@@ -244,15 +281,22 @@ async fn builds_two_format_versions_apart_refuse_each_other_one_apart_join() {
         client.register_provider(&one_provider()).await.expect("a majority serves");
 
         // --- a blank replica two versions older is refused when asked to join, in one line
-        let older = cluster.add_blank_replica_with(5, &["--test-format-version-offset", "-2"]).expect("start 5");
+        let older = cluster
+            .add_blank_replica_with(5, &["--test-format-version-offset", "-2"])
+            .expect("start 5");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let refused = qm(&["--endpoints", &endpoints, "cluster", "add", "--id", "5", "--addr", &older]);
         assert_eq!(Some(1), refused.status.code());
         let line = stderr_line(&refused);
-        assert!(line.contains("cannot join") && line.contains("format versions too far apart"), "{line}");
+        assert!(
+            line.contains("cannot join") && line.contains("format versions too far apart"),
+            "{line}"
+        );
 
         // --- one version newer joins and catches up
-        let newer = cluster.add_blank_replica_with(4, &["--test-format-version-offset", "1"]).expect("start 4");
+        let newer = cluster
+            .add_blank_replica_with(4, &["--test-format-version-offset", "1"])
+            .expect("start 4");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let added = qm(&["--endpoints", &endpoints, "cluster", "add", "--id", "4", "--addr", &newer]);
         assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));

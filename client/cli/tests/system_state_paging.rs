@@ -43,7 +43,9 @@ async fn system_state_pages_provider_rows_and_clients_read_every_page() {
         let expected: Vec<String> = (0..PROVIDERS).map(|n| format!("node_{n:03}")).collect();
 
         // --- by hand: pages of 10, 10 and 5, each with the whole totals
-        let mut api = QuartermasterClient::connect(format!("http://{}", cluster.addr(1))).await.expect("connect");
+        let mut api = QuartermasterClient::connect(format!("http://{}", cluster.addr(1)))
+            .await
+            .expect("connect");
         let (mut seen, mut after, mut sizes, mut totals) = (Vec::new(), String::new(), Vec::new(), Vec::new());
         loop {
             let page = api
@@ -71,7 +73,10 @@ async fn system_state_pages_provider_rows_and_clients_read_every_page() {
 
         // --- the client and qm state read every page
         let whole = client.system_state(Consistency::Linearizable).await.expect("state");
-        assert_eq!(expected, whole.providers.iter().map(|row| row.provider_id.clone()).collect::<Vec<_>>());
+        assert_eq!(
+            expected,
+            whole.providers.iter().map(|row| row.provider_id.clone()).collect::<Vec<_>>()
+        );
         assert!(whole.providers_next_after.is_empty());
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_qm"))
             .args(["--endpoints", &cluster.endpoints().join(","), "--output", "json", "state"])

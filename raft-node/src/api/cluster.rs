@@ -7,9 +7,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use qm_api::proto::api::quartermaster_client::QuartermasterClient;
-use qm_api::proto::api::{
-    AddReplicaRequest, ClusterStatusReply, ClusterStatusRequest, Member, PeerAnnouncement, RemoveReplicaRequest,
-};
+use qm_api::proto::api::{AddReplicaRequest, ClusterStatusReply, ClusterStatusRequest, Member, PeerAnnouncement, RemoveReplicaRequest};
 use qm_state_machine::InvalidArgument;
 use tonic::Status;
 use tracing::info;

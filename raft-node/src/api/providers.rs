@@ -339,7 +339,9 @@ pub fn page_provider_rows(reply: &mut SystemStateReply, after: &str, limit: usiz
         limit => limit.min(PROVIDERS_PAGE_MAX),
     };
     debug_assert!(reply.providers.windows(2).all(|pair| pair[0].provider_id < pair[1].provider_id));
-    let first = reply.providers.partition_point(|row| !after.is_empty() && row.provider_id.as_str() <= after);
+    let first = reply
+        .providers
+        .partition_point(|row| !after.is_empty() && row.provider_id.as_str() <= after);
     let rest = reply.providers.len() - first;
     reply.providers.drain(..first);
     reply.providers.truncate(limit);
@@ -401,9 +403,17 @@ mod system_state_paging_tests {
         assert_eq!((vec!["a".to_owned(), "b".to_owned()], "b".to_owned()), page("", 2));
         assert_eq!((vec!["c".to_owned(), "d".to_owned()], "d".to_owned()), page("b", 2));
         assert_eq!((vec!["e".to_owned()], String::new()), page("d", 2));
-        assert_eq!((vec!["d".to_owned(), "e".to_owned()], String::new()), page("c", 2), "an exact last page has no token");
+        assert_eq!(
+            (vec!["d".to_owned(), "e".to_owned()], String::new()),
+            page("c", 2),
+            "an exact last page has no token"
+        );
         assert_eq!((Vec::<String>::new(), String::new()), page("e", 2));
-        assert_eq!((vec!["c".to_owned(), "d".to_owned(), "e".to_owned()], String::new()), page("bb", 0), "after an id that is gone");
+        assert_eq!(
+            (vec!["c".to_owned(), "d".to_owned(), "e".to_owned()], String::new()),
+            page("bb", 0),
+            "after an id that is gone"
+        );
     }
 
     #[test]

@@ -326,7 +326,10 @@ mod tests {
         let two_newer = FormatVersions { log: 5, table: 7 };
         let two_older_table = FormatVersions { log: 3, table: 5 };
         assert_eq!(Verdict::Accept, judge(Some("a"), &OWN, &peer(Some("a"), Some(one_newer)), true));
-        assert_eq!(Verdict::Accept, judge(Some("a"), &OWN, &peer(Some("a"), Some(one_older_table)), true));
+        assert_eq!(
+            Verdict::Accept,
+            judge(Some("a"), &OWN, &peer(Some("a"), Some(one_older_table)), true)
+        );
         assert_eq!(
             Verdict::Refuse(PeerRefusal::Formats { own: OWN, peer: two_newer }),
             judge(Some("a"), &OWN, &peer(Some("a"), Some(two_newer)), true)
@@ -398,7 +401,10 @@ mod tests {
         let mut metadata = tonic::metadata::MetadataMap::new();
         announcement.to_metadata(&mut metadata);
         assert_eq!(announcement, Announcement::from_metadata(&metadata));
-        assert_eq!(Announcement::default(), Announcement::from_metadata(&tonic::metadata::MetadataMap::new()));
+        assert_eq!(
+            Announcement::default(),
+            Announcement::from_metadata(&tonic::metadata::MetadataMap::new())
+        );
     }
 
     #[test]

@@ -18,10 +18,10 @@ use tonic::transport::Channel;
 
 use crate::codec;
 use crate::consensus::announce::{Announcement, FormatVersions, PeerBook, HEADER_REFUSED};
-use crate::storage::ClusterIdentity;
-use tracing::warn;
 use crate::security::reload::ReloadableTls;
+use crate::storage::ClusterIdentity;
 use crate::types::{NodeId, TypeConfig};
+use tracing::warn;
 
 /// How long a peer connection attempt may take before the peer counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
@@ -177,7 +177,11 @@ impl PeerClient {
                     let said = Announcement::from_metadata(status.metadata());
                     let refusal = format!("refused this replica: {}", status.message());
                     if announcing.peers.refused(self.target, &said, refusal) {
-                        warn!(peer = self.target, reason = status.message(), "a peer refuses this replica's Raft traffic");
+                        warn!(
+                            peer = self.target,
+                            reason = status.message(),
+                            "a peer refuses this replica's Raft traffic"
+                        );
                     }
                 }
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
@@ -192,7 +196,9 @@ impl PeerClient {
             }
             Ok(Ok(reply)) => {
                 if let Some(announcing) = &self.announcing {
-                    announcing.peers.accepted(self.target, &Announcement::from_metadata(reply.metadata()));
+                    announcing
+                        .peers
+                        .accepted(self.target, &Announcement::from_metadata(reply.metadata()));
                 }
                 reply.into_inner()
             }

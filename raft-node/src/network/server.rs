@@ -14,10 +14,10 @@ use openraft::raft::AppendEntriesResponse;
 use crate::codec;
 use crate::consensus::announce::{judge, Announcement, Verdict, HEADER_REFUSED};
 use crate::consensus::{LeaderContact, Node};
-use tonic::metadata::MetadataMap;
-use tracing::{info, warn};
 use crate::security::{Call, Guard};
 use crate::types::Raft;
+use tonic::metadata::MetadataMap;
+use tracing::{info, warn};
 
 /// Serves `quartermaster.raft.v1.Raft` for one replica.
 pub struct RaftRpcServer {

@@ -97,10 +97,10 @@ mod codec;
 pub mod db;
 pub mod durable;
 pub mod error;
+pub mod identity;
 pub mod log_store;
 mod snapshot_store;
 pub mod state_machine_store;
-pub mod identity;
 
 use std::path::Path;
 
@@ -108,9 +108,9 @@ use qm_state_machine::TableConfig;
 
 pub use db::{DATA_DIR_LOCK_RETRIES, DATA_DIR_LOCK_RETRY_INTERVAL_MS, SLED_CACHE_BYTES, STORAGE_LAYOUT_VERSION};
 pub use error::StorageError;
+pub use identity::ClusterIdentity;
 pub use log_store::{LogReader, LogStore, TruncationCount};
 pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
-pub use identity::ClusterIdentity;
 
 /// Stores `table` (snapshot bytes) as the data dir's snapshot at `meta`,
 /// durably: how `qm-node restore` seeds a new replica.
