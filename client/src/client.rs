@@ -71,6 +71,9 @@ pub struct Client {
 pub(crate) struct ClientInner {
     pub(crate) config: ClientConfig,
     pub(crate) replicas: ReplicaSet,
+    /// Who leads, asked of the replicas while an attempt goes unanswered
+    /// (`leader_check.rs`), shared by the client's calls.
+    pub(crate) leader_checks: leader_check::LeaderChecks,
     /// The membership refresh task (`membership.rs`), stopped with the client.
     refresh_task: OnceLock<tokio::task::AbortHandle>,
 }
@@ -111,6 +114,7 @@ impl Client {
         let inner = Arc::new(ClientInner {
             config,
             replicas,
+            leader_checks: leader_check::LeaderChecks::default(),
             refresh_task: OnceLock::new(),
         });
         if inner.config.follow_membership {

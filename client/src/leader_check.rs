@@ -14,9 +14,11 @@
 //!
 //! The wait is well above a healthy write's latency even on this machine's
 //! stalling disk (p99 under 300 ms), so checks only happen when something
-//! is wrong.
+//! is wrong. The calls of one client share the asking ([`LeaderChecks`]):
+//! 256 calls waiting on a paused leader cost one round of `ClusterStatus`
+//! per interval, not 256.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::ClientInner;
 use crate::proto::api;
@@ -27,22 +29,50 @@ pub const LEADER_CHECK_AFTER_MS: u64 = 500;
 /// Between two rounds of asking, and the deadline of each ask.
 pub const LEADER_CHECK_INTERVAL_MS: u64 = 100;
 
+/// The last round of asking, shared by every call of a client.
+#[derive(Debug, Default)]
+pub(crate) struct LeaderChecks {
+    last_round: tokio::sync::Mutex<Option<Round>>,
+}
+
+/// What the replicas answered in one round: each one's named leader.
+#[derive(Debug)]
+struct Round {
+    at: Instant,
+    named: Vec<(String, Option<u64>)>,
+}
+
+impl LeaderChecks {
+    /// The leaders the replicas name now: the last round's answers if it
+    /// ended within [`LEADER_CHECK_INTERVAL_MS`], else a new round. Calls
+    /// arriving while a round is under way wait for it and share it.
+    async fn named_leaders(&self, inner: &ClientInner) -> Vec<(String, Option<u64>)> {
+        let mut last = self.last_round.lock().await;
+        if let Some(round) = last.as_ref() {
+            if round.at.elapsed() < Duration::from_millis(LEADER_CHECK_INTERVAL_MS) {
+                return round.named.clone();
+            }
+        }
+        let asks = inner.replicas.refresh_candidates().into_iter().map(|index| ask(inner, index));
+        let named: Vec<(String, Option<u64>)> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+        *last = Some(Round {
+            at: Instant::now(),
+            named: named.clone(),
+        });
+        named
+    }
+}
+
 /// A leader other than the replica at `waited_on`, as another replica
-/// names it: its address and id. Never resolves while no other replica
-/// names one; the caller races it against the attempt.
+/// names it: its address and id. Never resolves while no replica names
+/// another; the caller races it against the attempt. Addresses compare as
+/// the replica set keys its members: as the replicas advertise them.
 pub(crate) async fn another_leader(inner: &ClientInner, waited_on: usize) -> (String, Option<u64>) {
     let waited_on_addr = inner.replicas.get(waited_on).addr;
     tokio::time::sleep(Duration::from_millis(LEADER_CHECK_AFTER_MS)).await;
     loop {
-        let mut others = inner.replicas.refresh_candidates();
-        others.retain(|index| *index != waited_on);
-        let asks = others.into_iter().map(|index| ask(inner, index));
-        let named = futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .find(|(addr, _)| *addr != waited_on_addr);
-        if let Some(leader) = named {
+        let named = inner.leader_checks.named_leaders(inner).await;
+        if let Some(leader) = named.into_iter().find(|(addr, _)| *addr != waited_on_addr) {
             return leader;
         }
         tokio::time::sleep(Duration::from_millis(LEADER_CHECK_INTERVAL_MS)).await;

@@ -61,10 +61,18 @@ async fn curl_sets_a_quota_previews_a_preemption_and_lifts_the_quota() {
             "{quotas}"
         );
 
-        // --- team-b fills the rest; preemption on from priority 9; the dry run names a victim
-        for _ in 0..2 {
-            assert_eq!("allocated", post(&url("/v1/allocate"), &one_core("team-b", 0)).json()["status"]);
-        }
+        // --- team-b fills the rest, its newest asking to be released if preempted; bad choices name the field
+        assert_eq!("allocated", post(&url("/v1/allocate"), &one_core("team-b", 0)).json()["status"]);
+        let mut releasable: Value = serde_json::from_str(&one_core("team-b", 0)).unwrap();
+        releasable["on_preemption"] = json!("evict");
+        let bad = post(&url("/v1/allocate"), &releasable.to_string());
+        assert_eq!(400, bad.status, "{bad:?}");
+        assert!(bad.body.contains("on_preemption") || bad.body.contains("evict"), "{}", bad.body);
+        releasable["on_preemption"] = json!("release");
+        let victim = post(&url("/v1/allocate"), &releasable.to_string()).json();
+        assert_eq!("allocated", victim["status"], "{victim}");
+
+        // --- preemption on from priority 9; the dry run names that victim
         let preemption = post(&url("/v1/preemption"), r#"{"setting": {"from_priority": 9}}"#);
         assert_eq!(200, preemption.status, "{preemption:?}");
         assert_eq!(json!({"from_priority": 9}), preemption.json()["cluster_preemption"]);
@@ -73,6 +81,7 @@ async fn curl_sets_a_quota_previews_a_preemption_and_lifts_the_quota() {
         let preview = preview.json();
         assert_eq!("allocated", preview["status"], "{preview}");
         assert_eq!(1, preview["would_preempt"].as_array().unwrap().len(), "{preview}");
+        assert_eq!(releasable["request_id"], preview["would_preempt"][0]["request_id"], "{preview}");
         let after = get(&url("/v1/quotas")).json();
         assert!(
             after["namespaces"]
@@ -81,6 +90,15 @@ async fn curl_sets_a_quota_previews_a_preemption_and_lifts_the_quota() {
                 .iter()
                 .all(|line| line["namespace"] != "ops"),
             "the dry run allocated: {after}"
+        );
+
+        // --- the real preemption: the victim is released for good, not queued again
+        assert_eq!("allocated", post(&url("/v1/allocate"), &one_core("ops", 9)).json()["status"]);
+        let victim_id = releasable["request_id"].as_str().unwrap();
+        let victim_now = get(&url(&format!("/v1/requests/{victim_id}"))).json();
+        assert!(
+            ["deallocation", "idle"].contains(&victim_now["state"].as_str().unwrap_or_default()),
+            "{victim_now}"
         );
 
         // --- lifted: the waiting request is examined (no core is free, so it still waits)

@@ -198,6 +198,15 @@ async fn the_ui_follows_a_live_cluster_through_agent_and_leader_failures() {
                         cluster.reaper.kill(&format!("agent-{provider}"));
                         json!({})
                     }
+                    "set_quota" => {
+                        let namespace = step["namespace"].as_str().expect("a namespace");
+                        let kind = step["kind"].as_str().expect("a kind");
+                        let limit = step["limit"].as_u64().expect("a limit");
+                        let limits = BTreeMap::from([(kind.to_owned(), limit)]);
+                        let reply = client.set_quota(namespace, &limits).await.expect("quota set");
+                        let usage = reply.namespace.expect("the namespace's use");
+                        json!({"held": usage.held.get(kind).copied().unwrap_or(0)})
+                    }
                     "kill_leader" => {
                         let leader = cluster.wait_for_leader().await;
                         cluster.kill_node(leader);

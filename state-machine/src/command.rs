@@ -145,6 +145,48 @@ pub enum Command {
         provider_id: String,
         deadline_after_ms: u64,
     },
+    /// [`Command::Allocate`] with every option a request may carry. Only
+    /// for options no older variant expresses (movable and released on
+    /// preemption together): [`Command::allocate`] picks the oldest
+    /// variant that carries them, so a log written during a rolling
+    /// upgrade stays readable by the replicas not yet upgraded where it
+    /// can. Appended last.
+    AllocateWithOptions {
+        request: AllocationRequest,
+        options: AllocateOptions,
+    },
+}
+
+/// What a request asks for beyond its [`AllocationRequest`]: kept on its
+/// record, not in the request, so that older log entries keep decoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocateOptions {
+    /// It may be moved to another provider make-before-break.
+    pub movable: bool,
+    /// What happens to it if a preemptor takes its units.
+    pub on_preemption: OnPreemption,
+}
+
+impl Command {
+    /// The allocate command for `request` with `options`, in the oldest
+    /// variant that carries them.
+    pub fn allocate(request: AllocationRequest, options: AllocateOptions) -> Command {
+        match options {
+            AllocateOptions {
+                movable: false,
+                on_preemption: OnPreemption::Requeue,
+            } => Command::Allocate(request),
+            AllocateOptions {
+                movable: true,
+                on_preemption: OnPreemption::Requeue,
+            } => Command::AllocateMovable(request),
+            AllocateOptions {
+                movable: false,
+                on_preemption,
+            } => Command::AllocateWith { request, on_preemption },
+            options => Command::AllocateWithOptions { request, options },
+        }
+    }
 }
 
 /// What a bulk release takes: every live (queued or active) request that
@@ -223,6 +265,7 @@ impl Command {
             Command::CordonProvider { cordon: true, .. } => "cordon_provider",
             Command::CordonProvider { cordon: false, .. } => "uncordon_provider",
             Command::AllocateMovable(_) => "allocate",
+            Command::AllocateWithOptions { .. } => "allocate",
             Command::Optimize => "optimize",
             Command::DrainProvider { .. } => "drain_provider",
         }

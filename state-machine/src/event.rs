@@ -124,6 +124,7 @@ impl Event {
             EventKind::AllocationMoving { .. } => "allocation_moving",
             EventKind::OptimizationFailed { .. } => "optimization_failed",
             EventKind::MoveTargetReady { .. } => "move_target_ready",
+            EventKind::OptimizationComplete { .. } => "optimization_complete",
         }
     }
 }
@@ -311,5 +312,13 @@ pub enum EventKind {
         namespace: String,
         from_provider: String,
         to_provider: String,
+    },
+    /// The protocol's `optimization → monitoring`: the moves under way
+    /// (of plans and drains) have all ended, completed or rolled back;
+    /// the counts are since the table began, as in `qm state`. Appended
+    /// last: histories already encoded keep their layout.
+    OptimizationComplete {
+        completed_total: u64,
+        rolled_back_total: u64,
     },
 }

@@ -71,7 +71,7 @@ pub mod request;
 pub mod table;
 pub mod time;
 
-pub use command::{Applied, ApplyResult, Command, CommandResponse, ReleaseFilter, StampedCommand};
+pub use command::{AllocateOptions, Applied, ApplyResult, Command, CommandResponse, ReleaseFilter, StampedCommand};
 pub use error::{CommandError, InvalidArgument, SnapshotError};
 pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;

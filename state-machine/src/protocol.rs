@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
 use uuid::Uuid;
 
+use crate::command::AllocateOptions;
 use crate::error::InvalidArgument;
 use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::REQUIREMENT_KINDS_MAX;
+use crate::quota::OnPreemption;
 use crate::record::{AllocationStatus, RequestRecord, RequestState, UnitGrant};
 use crate::request::{check_key, check_quantity, AllocationRequest, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE};
 use crate::time::{format_rfc3339, parse_rfc3339};
@@ -56,6 +58,11 @@ pub struct ResourceRequest {
     /// it is placed. Proposed as [`crate::Command::AllocateMovable`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub movable: Option<bool>,
+    /// Extension: what happens to the allocation if a preemptor of higher
+    /// priority takes its units: `requeue` (absent: back into the queue)
+    /// or `release` (released for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_preemption: Option<OnPreemption>,
 }
 
 /// `constraints` of a [`ResourceRequest`].
@@ -76,6 +83,15 @@ impl ResourceRequest {
     /// mistyped string in full, and an error must not echo megabytes back.
     pub fn from_json(text: &str) -> Result<ResourceRequest, InvalidArgument> {
         serde_json::from_str(text).map_err(|error| InvalidArgument::new("resource_request", bounded(error.to_string())))
+    }
+
+    /// The options beyond the request itself, to propose with it
+    /// ([`crate::Command::allocate`]).
+    pub fn options(&self) -> AllocateOptions {
+        AllocateOptions {
+            movable: self.movable.unwrap_or(false),
+            on_preemption: self.on_preemption.unwrap_or_default(),
+        }
     }
 
     /// Checks every field; the error names the first bad one.
@@ -168,8 +184,9 @@ impl From<&AllocationRequest> for ResourceRequest {
                 resource_ids: constraints.resource_ids.clone(),
             }),
             placement: (request.placement != PlacementPolicy::default()).then_some(request.placement),
-            // Not part of the request the table keeps (a record's `movable`).
+            // Not part of the request the table keeps (the record's).
             movable: None,
+            on_preemption: None,
         }
     }
 }

@@ -10,33 +10,13 @@ mod common;
 use common::*;
 use qm_state_machine::{
     AllocationRequest, AllocationTable, Command, CommandResponse, EventKind, ListFilter, ProviderStatus, RequestState,
-    ResourceState::Allocated, TableConfig,
+    ResourceState::Allocated,
 };
 
 const LEAVING: &str = "provider_deregistered";
 
-fn config(evacuations_per_command_max: usize) -> TableConfig {
-    TableConfig {
-        evacuations_per_command_max,
-        ..TableConfig::default()
-    }
-}
-
 fn one_core(n: u128) -> AllocationRequest {
     request(n, &[("cpu_cores", 1)])
-}
-
-/// `node_a` holds `held` one-core allocations (ids 1..=held); `node_b` has
-/// exactly room for all of them.
-fn loaded(evacuations_per_command_max: usize, held: usize) -> Table {
-    let mut t = Table::with_config(config(evacuations_per_command_max));
-    t.register(provider("node_a", cores("a", held)));
-    // Alone at first, so that it takes them all.
-    for n in 1..=held as u128 {
-        t.allocate(&one_core(n));
-    }
-    t.register(provider("node_b", cores("b", held)));
-    t
 }
 
 fn deregister(provider_id: &str) -> Command {
@@ -54,18 +34,9 @@ fn moved_to_b(n: u128, core_n: usize) -> Vec<EventKind> {
     ]
 }
 
-fn on(t: &Table, provider_id: &str) -> usize {
-    t.table
-        .list(&ListFilter {
-            provider_id: Some(provider_id.into()),
-            ..Default::default()
-        })
-        .len()
-}
-
 #[test]
 fn a_deregistration_moves_a_bounded_number_per_command_and_the_provider_goes_at_the_end() {
-    let mut t = loaded(2, 5);
+    let mut t = node_a_full(2, 5);
 
     // --- the deregistration moves 2 of 5 (oldest first); node_a stays, leaving
     let expected = t.expect([moved_to_b(1, 1), moved_to_b(2, 2)].concat());
@@ -105,7 +76,7 @@ fn a_deregistration_moves_a_bounded_number_per_command_and_the_provider_goes_at_
     assert_eq!((0, None), (t.table.evacuations_pending(), t.table.next_due_ms()));
     let node_b = t.table.provider("node_b").expect("registered");
     assert!(node_b.resources.values().all(|unit| unit.used() == unit.capacity));
-    assert_eq!(5, on(&t, "node_b"));
+    assert_eq!(5, placed_on(&t, "node_b"));
     assert!((1..=5).all(|n| t.record(id(n)).state == RequestState::Monitoring));
     assert_eq!(Vec::<EventKind>::new(), kinds(&t.apply(Command::Tick).events));
 }
@@ -123,9 +94,9 @@ fn a_provider_holding_nothing_is_forgotten_by_its_deregistration() {
 #[test]
 fn a_bounded_deregistration_ends_in_the_table_an_unbounded_one_gives_and_replicas_agree() {
     // --- 30 allocations to move: unbounded, and 7 per command on two replicas
-    let mut unbounded = loaded(usize::MAX, 30);
-    let mut replica_1 = loaded(7, 30);
-    let mut replica_2 = loaded(7, 30);
+    let mut unbounded = node_a_full(usize::MAX, 30);
+    let mut replica_1 = node_a_full(7, 30);
+    let mut replica_2 = node_a_full(7, 30);
     for table in [&mut unbounded, &mut replica_1, &mut replica_2] {
         table.apply(deregister("node_a"));
         for _ in 0..5 {
@@ -135,7 +106,7 @@ fn a_bounded_deregistration_ends_in_the_table_an_unbounded_one_gives_and_replica
 
     // --- all moved, node_a gone, the same table, the same bytes
     assert!(replica_1.table.provider("node_a").is_none());
-    assert_eq!(30, on(&replica_1, "node_b"));
+    assert_eq!(30, placed_on(&replica_1, "node_b"));
     let state_of = |t: &Table| {
         let records: Vec<_> = t.table.list(&ListFilter::default()).into_iter().cloned().collect();
         let providers: Vec<_> = t.table.providers().cloned().collect();
@@ -148,7 +119,7 @@ fn a_bounded_deregistration_ends_in_the_table_an_unbounded_one_gives_and_replica
 
 #[test]
 fn a_leaving_provider_does_not_come_back_on_a_heartbeat_but_does_on_a_registration() {
-    let mut t = loaded(2, 5);
+    let mut t = node_a_full(2, 5);
     t.apply(deregister("node_a"));
 
     // --- the leader's ProviderRecovered leaves it failed and leaving (the
@@ -168,7 +139,7 @@ fn a_leaving_provider_does_not_come_back_on_a_heartbeat_but_does_on_a_registrati
         .iter()
         .any(|kind| matches!(kind, EventKind::ProviderRecovered { .. })));
     assert!(t.table.deregistering("node_a"));
-    assert_eq!(1, on(&t, "node_a"));
+    assert_eq!(1, placed_on(&t, "node_a"));
 
     // --- deregistering again changes nothing but carries on
     assert_eq!(
@@ -180,14 +151,14 @@ fn a_leaving_provider_does_not_come_back_on_a_heartbeat_but_does_on_a_registrati
     assert!(t.table.provider("node_a").is_none());
 
     // --- registered again while leaving: it is back, keeping what has not moved
-    let mut t = loaded(2, 5);
+    let mut t = node_a_full(2, 5);
     t.apply(deregister("node_a"));
     let applied = t.register(provider("node_a", cores("a", 5)));
     assert!(kinds(&applied.events).contains(&EventKind::ProviderRecovered {
         provider_id: "node_a".into()
     }));
     assert!(!t.table.deregistering("node_a"));
-    assert_eq!((ProviderStatus::Active, 3), (t.provider_status("node_a"), on(&t, "node_a")));
+    assert_eq!((ProviderStatus::Active, 3), (t.provider_status("node_a"), placed_on(&t, "node_a")));
     assert_eq!(0, t.table.evacuations_pending());
 }
 
@@ -195,7 +166,7 @@ fn a_leaving_provider_does_not_come_back_on_a_heartbeat_but_does_on_a_registrati
 fn a_leaving_provider_emptied_by_a_release_goes_even_when_the_budget_is_spent_elsewhere() {
     // --- node_a (failed) has 7 to move at 2 per command; node_d, after it in
     // id order, leaves holding one pinned allocation the budget never reaches
-    let mut t = loaded(2, 7);
+    let mut t = node_a_full(2, 7);
     t.register(provider("node_d", cores("d", 1)));
     let pinned = AllocationRequest {
         constraints: on_provider("node_d"),
@@ -207,7 +178,7 @@ fn a_leaving_provider_emptied_by_a_release_goes_even_when_the_budget_is_spent_el
     });
     t.apply(deregister("node_d"));
     assert!(t.table.deregistering("node_d"));
-    assert_eq!((3, 1), (on(&t, "node_a"), on(&t, "node_d")));
+    assert_eq!((3, 1), (placed_on(&t, "node_a"), placed_on(&t, "node_d")));
 
     // --- its release: node_a's share of 2 moves, spending the budget, then
     // node_d, now empty, is forgotten all the same
@@ -245,7 +216,7 @@ fn a_leaving_provider_emptied_by_a_release_goes_even_when_the_budget_is_spent_el
 
 #[test]
 fn a_snapshot_taken_mid_deregistration_carries_on_identically() {
-    let mut t = loaded(2, 5);
+    let mut t = node_a_full(2, 5);
     t.apply(deregister("node_a"));
     let mut restored = Table {
         table: AllocationTable::from_snapshot_bytes(&t.table.to_snapshot_bytes()).expect("restores"),

@@ -63,6 +63,14 @@ fn needed(trigger: &str, moves: u64) -> EventKind {
     }
 }
 
+/// The protocol's `optimization_complete`: no move is under way any more.
+fn complete(completed_total: u64, rolled_back_total: u64) -> EventKind {
+    EventKind::OptimizationComplete {
+        completed_total,
+        rolled_back_total,
+    }
+}
+
 /// Two providers of two cores, one movable 1-core allocation on each (spread).
 fn two_halves(with_agents: bool) -> (Table, AllocationRequest, AllocationRequest) {
     let wrap = |registration| if with_agents { agent(registration) } else { registration };
@@ -96,6 +104,7 @@ fn a_plan_packs_the_less_loaded_provider_onto_the_more_loaded_one() {
         core("node_1", "acpu_1", Available),
         moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "optimization"),
         needed("operator", 1),
+        complete(1, 0),
     ]);
     let applied = t.apply(Command::Optimize);
     assert_eq!(expected, applied.events);
@@ -167,6 +176,7 @@ fn a_move_waits_for_the_target_then_the_source_agent() {
             provider_id: "node_1".into(),
         },
         moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "optimization"),
+        complete(1, 0),
     ]);
     let applied = t.apply(Command::ConfirmDeallocation {
         allocation_id,
@@ -201,6 +211,7 @@ fn a_target_that_does_not_confirm_in_time_is_rolled_back() {
             to_provider: "node_2".into(),
             reason: format!("target_unconfirmed: node_2 did not confirm within {timeout} ms"),
         },
+        complete(0, 1),
     ]);
     assert_eq!(expected, t.apply(Command::Tick).events);
     let record = t.record(first.request_id);

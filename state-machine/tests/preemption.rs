@@ -13,8 +13,8 @@ use common::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::ResourceState::{Allocated, Available};
 use qm_state_machine::{
-    AllocationRequest, Command, CommandError, EventKind, OnPreemption, PreemptionSetting, Preview, PreviewOutcome, ProviderRegistration,
-    RequestState, Victim,
+    AllocateOptions, AllocationRequest, Command, CommandError, EventKind, OnPreemption, PreemptionSetting, Preview, PreviewOutcome,
+    ProviderRegistration, RequestState, Victim,
 };
 
 fn at(priority: i64, namespace: &str, request: AllocationRequest) -> AllocationRequest {
@@ -336,4 +336,38 @@ fn the_provider_with_the_cheapest_victims_is_chosen_not_the_first() {
     for spared in [1, 2, 4] {
         assert_eq!(RequestState::Monitoring, t.record(id(spared)).state);
     }
+}
+
+#[test]
+fn allocate_options_go_in_the_oldest_command_that_carries_them_and_reach_the_record() {
+    let request = || request(1, &[("cpu_cores", 1)]);
+    let options = |movable, on_preemption| AllocateOptions { movable, on_preemption };
+    assert!(matches!(
+        Command::allocate(request(), options(false, OnPreemption::Requeue)),
+        Command::Allocate(_)
+    ));
+    assert!(matches!(
+        Command::allocate(request(), options(true, OnPreemption::Requeue)),
+        Command::AllocateMovable(_)
+    ));
+    assert!(matches!(
+        Command::allocate(request(), options(false, OnPreemption::Release)),
+        Command::AllocateWith {
+            on_preemption: OnPreemption::Release,
+            ..
+        }
+    ));
+    let both = Command::allocate(request(), options(true, OnPreemption::Release));
+    assert!(matches!(both, Command::AllocateWithOptions { .. }), "{both:?}");
+
+    // --- both options on one record; the same request with other options is another request
+    let mut t = Table::with_providers(vec![provider("node_1", cores("", 2))]);
+    let record = record_of(t.apply(both));
+    assert_eq!((true, OnPreemption::Release), (record.movable, record.on_preemption));
+    assert_eq!(
+        Err(CommandError::RequestIdReused {
+            request_id: request().request_id
+        }),
+        t.apply(Command::allocate(request(), options(true, OnPreemption::Requeue))).result
+    );
 }

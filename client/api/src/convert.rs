@@ -15,8 +15,9 @@ use qm_state_machine::protocol::ConstraintsDocument;
 use qm_state_machine::provider::Provider;
 use qm_state_machine::time::format_rfc3339;
 use qm_state_machine::{
-    event_to_json, AllocationResponse, AllocationStatus, Event, InvalidArgument, KindUsage, PlacementPolicy, ProviderRegistration,
-    ProviderStatus, ProviderUsage, RequestRecord, RequestState, ResourceRequest, ResourceSpec, Sharing, UnitGrant, Usage,
+    event_to_json, AllocationResponse, AllocationStatus, Event, InvalidArgument, KindUsage, OnPreemption, PlacementPolicy,
+    ProviderRegistration, ProviderStatus, ProviderUsage, RequestRecord, RequestState, ResourceRequest, ResourceSpec, Sharing, UnitGrant,
+    Usage,
 };
 use serde_json::{Number, Value};
 use uuid::Uuid;
@@ -75,6 +76,7 @@ pub fn request_to_proto(request: &ResourceRequest) -> api::ResourceRequest {
             .placement
             .map_or_else(String::new, |placement| placement_name(placement).to_owned()),
         movable: request.movable.unwrap_or(false),
+        on_preemption: request.on_preemption.map_or_else(String::new, |choice| choice.as_str().to_owned()),
     }
 }
 
@@ -105,7 +107,21 @@ pub fn request_from_proto(request: &api::ResourceRequest) -> Result<ResourceRequ
         constraints: constraints.filter(|constraints| constraints != &ConstraintsDocument::default()),
         placement: placement_from_name(&request.placement)?,
         movable: request.movable.then_some(true),
+        on_preemption: on_preemption_from_name(&request.on_preemption)?,
     })
+}
+
+/// `on_preemption` from its wire name; "" is the default (requeue).
+pub fn on_preemption_from_name(name: &str) -> Result<Option<OnPreemption>, InvalidArgument> {
+    match name {
+        "" => Ok(None),
+        "requeue" => Ok(Some(OnPreemption::Requeue)),
+        "release" => Ok(Some(OnPreemption::Release)),
+        other => Err(InvalidArgument::new(
+            "on_preemption",
+            format!("{other:?} is not \"requeue\" or \"release\""),
+        )),
+    }
 }
 
 /// The wire name of a placement policy.
@@ -378,6 +394,8 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         address: provider.address.clone().unwrap_or_default(),
         port: provider.port.map_or(0, u32::from),
         scheduling: provider.scheduling.as_str().to_owned(),
+        // Known to the table, not the provider: the server fills it.
+        leaving: false,
     }
 }
 

@@ -57,6 +57,7 @@ fn protocol_example_goes_to_the_wire_and_back_unchanged() {
         constraints: None,
         placement: String::new(),
         movable: false,
+        on_preemption: String::new(),
     };
     assert_eq!(expected, wire);
     assert_eq!(Ok(request), request_from_proto(&wire));
@@ -79,14 +80,28 @@ fn extensions_go_to_the_wire_and_back_unchanged() {
         }),
         placement: Some(PlacementPolicy::Spread),
         movable: Some(true),
+        on_preemption: Some(OnPreemption::Release),
     };
 
     let wire = request_to_proto(&request);
 
     assert!(wire.movable);
+    assert_eq!("release", wire.on_preemption);
     assert_eq!("spread", wire.placement);
     assert_eq!("team_a", wire.namespace);
     assert_eq!(Ok(request), request_from_proto(&wire));
+}
+
+#[test]
+fn an_unknown_on_preemption_is_refused_naming_the_field() {
+    let wire = api::ResourceRequest {
+        on_preemption: "evict".into(),
+        ..Default::default()
+    };
+
+    let refused = request_from_proto(&wire).unwrap_err();
+
+    assert_eq!("on_preemption", refused.field);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, ValueEnum};
 use qm_state_machine::protocol::ConstraintsDocument;
-use qm_state_machine::{InvalidArgument, PlacementPolicy, ResourceRequest};
+use qm_state_machine::{InvalidArgument, OnPreemption, PlacementPolicy, ResourceRequest};
 use serde_json::Number;
 
 use super::error::CliError;
@@ -102,6 +102,18 @@ pub struct AllocateArgs {
     /// (`qm optimize`); without it the allocation stays where it is placed.
     #[arg(long)]
     pub movable: bool,
+    /// What happens to the allocation if a request of higher priority
+    /// preempts it: back into the queue (the default) or released for good.
+    #[arg(long, value_enum)]
+    pub on_preemption: Option<OnPreemptionArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnPreemptionArg {
+    /// Back into the queue, placed again when capacity frees.
+    Requeue,
+    /// Released for good: cheaper to resubmit than to wait.
+    Release,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +166,10 @@ impl AllocateArgs {
                 PlacementArg::Spread => PlacementPolicy::Spread,
             }),
             movable: self.movable.then_some(true),
+            on_preemption: self.on_preemption.map(|choice| match choice {
+                OnPreemptionArg::Requeue => OnPreemption::Requeue,
+                OnPreemptionArg::Release => OnPreemption::Release,
+            }),
         })
     }
 }

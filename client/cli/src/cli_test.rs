@@ -279,6 +279,9 @@ fn flags_cover_the_extensions() {
             "zone=a",
             "--placement",
             "spread",
+            "--movable",
+            "--on-preemption",
+            "release",
         ],
         "",
     )
@@ -305,6 +308,10 @@ fn flags_cover_the_extensions() {
         )
     );
     assert_eq!(Some(PlacementPolicy::Spread), request.placement);
+    assert_eq!(
+        (Some(true), Some(qm_state_machine::OnPreemption::Release)),
+        (request.movable, request.on_preemption)
+    );
     let mut with_id = request;
     with_id.request_id = Some("550e8400-e29b-41d4-a716-446655440000".into());
     assert_eq!(Ok(()), with_id.validate().map(|_| ()));
@@ -485,4 +492,20 @@ fn tls_flags_make_the_client_config_tls() {
     assert_eq!(Some(TlsConfig::in_dir(std::path::Path::new("c"), "admin")), cli.client_config().tls);
     let partial = parse(&["--tls-cert", "c/admin.crt", "cluster", "status"]).client_config();
     assert_eq!("tls.ca", partial.validate().unwrap_err().field, "a missing file is named");
+}
+
+#[test]
+fn a_leaving_provider_says_so_in_the_status_column() {
+    let info = |status: &str, scheduling: &str, leaving| api::ProviderInfo {
+        status: status.into(),
+        scheduling: scheduling.into(),
+        leaving,
+        ..Default::default()
+    };
+    assert_eq!("active", crate::provider::status_cell(&info("active", "", false)));
+    assert_eq!("failed, leaving", crate::provider::status_cell(&info("failed", "open", true)));
+    assert_eq!(
+        "failed, leaving, cordoned",
+        crate::provider::status_cell(&info("failed", "cordoned", true))
+    );
 }

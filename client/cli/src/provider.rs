@@ -109,6 +109,9 @@ pub struct ProviderJson {
     pub allocations: u64,
     /// `open`, `cordoned` or `draining`.
     pub scheduling: String,
+    /// Deregistered, its allocations still moving off (status `failed`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms: Option<u64>,
     /// Where the provider is reached, as it registered.
@@ -140,6 +143,7 @@ impl From<&api::ProviderInfo> for ProviderJson {
             confirms_allocations: info.confirms_allocations,
             allocations: info.allocations,
             scheduling: scheduling_name(info).to_owned(),
+            leaving: info.leaving,
             last_heartbeat_ms: info.last_heartbeat_ms,
             address: Some(info.address.clone()).filter(|address| !address.is_empty()),
             port: Some(info.port).filter(|port| *port != 0),
@@ -246,12 +250,16 @@ fn scheduling_name(info: &api::ProviderInfo) -> &str {
     }
 }
 
-/// The STATUS column: the status, and the scheduling unless it is open
-/// (`active, cordoned`).
-fn status_cell(info: &api::ProviderInfo) -> String {
+/// The STATUS column: the status, `leaving` for a deregistered provider
+/// still emptying, and the scheduling unless it is open (`active, cordoned`).
+pub(crate) fn status_cell(info: &api::ProviderInfo) -> String {
+    let mut cell = info.status.clone();
+    if info.leaving {
+        cell.push_str(", leaving");
+    }
     match scheduling_name(info) {
-        "open" => info.status.clone(),
-        scheduling => format!("{}, {scheduling}", info.status),
+        "open" => cell,
+        scheduling => format!("{cell}, {scheduling}"),
     }
 }
 

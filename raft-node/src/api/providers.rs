@@ -212,6 +212,7 @@ pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvide
                         })
                         .len() as u64;
                     info.last_heartbeat_ms = book.last_seen_ms(&provider.provider_id);
+                    info.leaving = table.deregistering(&provider.provider_id);
                     if let Some(reported) = book.metrics(&provider.provider_id) {
                         for resource in &mut info.resources {
                             if let Some(metrics) = reported.get(&resource.resource_id) {

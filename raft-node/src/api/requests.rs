@@ -11,7 +11,7 @@ use std::time::Instant;
 use qm_api::convert;
 use qm_api::proto::api::{AllocateRequest, AllocationReply, GetRequest, ListReply, ListRequest, ReleaseRequest, RenewLeaseRequest};
 use qm_api::wire::LIST_LIMIT_MAX;
-use qm_state_machine::{AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
+use qm_state_machine::{AllocateOptions, AllocationRequest, Command, CommandResponse, InvalidArgument, ListFilter, RequestRecord};
 use tonic::Status;
 use tracing::debug;
 
@@ -22,7 +22,7 @@ use crate::security::Caller;
 
 /// What the table answers for `request` without proposing it, if anything:
 /// the record of a known request, or the refusal of an unknown provider.
-async fn answer_from_table(node: &Node, request: &AllocationRequest) -> Option<Result<AllocationReply, Status>> {
+async fn answer_from_table(node: &Node, request: &AllocationRequest, options: AllocateOptions) -> Option<Result<AllocationReply, Status>> {
     node.with_table(|table| {
         if let Some(provider_id) = &request.constraints.provider_id {
             if table.provider(provider_id).is_none() {
@@ -34,7 +34,11 @@ async fn answer_from_table(node: &Node, request: &AllocationRequest) -> Option<R
         }
         table
             .get(request.request_id)
-            .filter(|record| record.request == *request)
+            // A different request (or options) under a known id is left to
+            // the table, which refuses it (`RequestIdReused`).
+            .filter(|record| {
+                record.request == *request && record.movable == options.movable && record.on_preemption == options.on_preemption
+            })
             .map(|record| Ok(convert::reply_from_record(record)))
     })
     .await
@@ -46,9 +50,8 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
         .request
         .ok_or_else(|| invalid_argument(&InvalidArgument::new("request", "is required")))?;
     wire.namespace = caller.namespace_for(&wire.namespace)?;
-    let movable = wire.movable;
-    let request = convert::request_from_proto(&wire)
-        .and_then(|request| request.validate())
+    let (request, options) = convert::request_from_proto(&wire)
+        .and_then(|request| Ok((request.validate()?, request.options())))
         .map_err(|invalid| invalid_argument(&invalid))?;
     node.require_leader()?;
     // Answered from the table without a log entry: a retry of a known request
@@ -60,19 +63,15 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
     // jepsen-like-tests/tests/stale_resend.rs). A new request that names a
     // known provider is the common case and needs no barrier: the table
     // checks it again when the entry is applied.
-    if answer_from_table(node, &request).await.is_some() {
+    if answer_from_table(node, &request, options).await.is_some() {
         node.read_barrier(false).await?;
-        if let Some(answer) = answer_from_table(node, &request).await {
+        if let Some(answer) = answer_from_table(node, &request, options).await {
             return answer;
         }
     }
     let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
-    let command = match movable {
-        true => Command::AllocateMovable(request),
-        false => Command::Allocate(request),
-    };
-    let record = expect_record(node.propose(command).await?)?;
+    let record = expect_record(node.propose(Command::allocate(request, options)).await?)?;
     let status = record.status.as_str();
     let reply = convert::reply_from_record(&record);
     node.metrics

@@ -1,10 +1,11 @@
 //! Who makes an HTTP call: the identity in the client's certificate, checked
 //! by the same [`Guard`](crate::security::Guard) and [`Call`] table as gRPC.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::tls::{Identity, Role};
@@ -13,7 +14,7 @@ use tracing::warn;
 
 use super::error::HttpError;
 use super::{HttpApi, Shared};
-use crate::api::audited::{self, AuditedReply};
+use crate::api::audited::{self, AuditedReply, CallIds};
 use crate::security::audit::{AuditCaller, AuditIds, Transport};
 use crate::security::{Call, Caller};
 use qm_api::wire::CORRELATION_ID_HEADER;
@@ -93,6 +94,30 @@ pub fn audit<T: AuditedReply>(
         .and_then(|headers| headers.get(CORRELATION_ID_HEADER))
         .and_then(|value| value.to_str().ok());
     audited::record(&api.audit, Transport::Http, call, caller, correlation_id, ids, result);
+}
+
+/// Runs an admitted call's gRPC handler on `request` and records the
+/// outcome in the audit trail; a refusal becomes the HTTP error of its
+/// status (a follower's answer a redirect to the leader).
+#[allow(clippy::too_many_arguments)]
+pub async fn audited<Request, Reply, Answer>(
+    api: &HttpApi,
+    call: Call,
+    caller: &Caller,
+    headers: Option<&HeaderMap>,
+    uri: &Uri,
+    request: Request,
+    handler: impl FnOnce(Request) -> Answer,
+) -> Result<Reply, HttpError>
+where
+    Request: CallIds,
+    Reply: AuditedReply,
+    Answer: Future<Output = Result<Reply, tonic::Status>>,
+{
+    let ids = request.call_ids();
+    let result = handler(request).await;
+    audit(api, call, caller, headers, ids, &result);
+    result.map_err(|status| HttpError::from_status(api, &status, uri))
 }
 
 /// `GET /v1/identity`: who this replica takes the caller to be, from its

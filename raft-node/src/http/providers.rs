@@ -15,13 +15,12 @@ use qm_api::proto::api::{ListProvidersRequest, OptimizeRequest, ProviderInfo, Se
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
-use super::access::{admit, audit, PeerCertificate};
+use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
 use super::params::{read_body, utf8, Params};
 use super::replica_health::ReplicaView;
 use super::requests::bounded;
 use super::Shared;
-use crate::api::audited::CallIds;
 use crate::api::{cluster, providers};
 use crate::security::Call;
 
@@ -92,6 +91,7 @@ fn provider_json(provider: &ProviderInfo, now_ms: u64) -> Value {
         "provider_id": provider.provider_id,
         "status": provider.status,
         "scheduling": provider.scheduling,
+        "leaving": provider.leaving,
         "labels": sorted(&provider.labels),
         "resources": resources,
         "confirms_allocations": provider.confirms_allocations,
@@ -121,10 +121,10 @@ pub async fn register(
     // any leader check.
     document.clone().validate().map_err(HttpError::from_invalid)?;
     let call = convert::registration_to_proto(&document);
-    let ids = call.call_ids();
-    let result = providers::register(&api.node, &caller, call).await;
-    audit(&api, Call::RegisterProvider, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::RegisterProvider, &caller, Some(&headers), &uri, call, |call| {
+        providers::register(&api.node, &caller, call)
+    })
+    .await?;
     Ok(Json(json!({"provider_id": reply.provider_id, "status": reply.status, "resources": reply.resources})).into_response())
 }
 
@@ -195,10 +195,10 @@ async fn set_scheduling_to(
         scheduling: scheduling.to_owned(),
         drain_deadline_ms,
     };
-    let ids = call.call_ids();
-    let result = providers::set_scheduling(&api.node, call).await;
-    audit(api, Call::SetProviderScheduling, &caller, None, ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(api, &status, uri))?;
+    let reply = audited(api, Call::SetProviderScheduling, &caller, None, uri, call, |call| {
+        providers::set_scheduling(&api.node, call)
+    })
+    .await?;
     let moving: Vec<Value> = reply
         .moving
         .iter()
@@ -229,10 +229,10 @@ pub async fn optimize(
         dry_run: params.flag("dry_run"),
         stale: params.flag("stale"),
     };
-    let ids = call.call_ids();
-    let result = providers::optimize(&api.node, call).await;
-    audit(&api, Call::Optimize, &caller, None, ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::Optimize, &caller, None, &uri, call, |call| {
+        providers::optimize(&api.node, call)
+    })
+    .await?;
     let moves: Vec<Value> = reply
         .moves
         .iter()

@@ -16,12 +16,11 @@ use qm_api::{convert, quota};
 use qm_state_machine::{NamespaceUsage, PreemptionSetting, ResourceRequest};
 use serde::{Deserialize, Serialize};
 
-use super::access::{admit, audit, PeerCertificate};
+use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
 use super::params::{read_body, utf8, Params};
 use super::requests::bounded;
 use super::Shared;
-use crate::api::audited::CallIds;
 use crate::api::quotas;
 use crate::security::Call;
 
@@ -77,10 +76,10 @@ pub async fn set(
         namespace,
         limits: limits.into_iter().collect(),
     };
-    let ids = call.call_ids();
-    let result = quotas::set_quota(&api.node, &caller, call).await;
-    audit(&api, Call::SetQuota, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::SetQuota, &caller, Some(&headers), &uri, call, |call| {
+        quotas::set_quota(&api.node, &caller, call)
+    })
+    .await?;
     Ok(document(reply.namespace.as_slice(), reply.cluster_preemption.as_ref()))
 }
 
@@ -94,10 +93,10 @@ pub async fn delete(
 ) -> Result<Response, HttpError> {
     let caller = admit(&api, &peer, Call::DeleteQuota)?;
     let call = wire::DeleteQuotaRequest { namespace };
-    let ids = call.call_ids();
-    let result = quotas::delete_quota(&api.node, &caller, call).await;
-    audit(&api, Call::DeleteQuota, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::DeleteQuota, &caller, Some(&headers), &uri, call, |call| {
+        quotas::delete_quota(&api.node, &caller, call)
+    })
+    .await?;
     Ok(document(reply.namespace.as_slice(), reply.cluster_preemption.as_ref()))
 }
 
@@ -132,10 +131,10 @@ pub async fn set_preemption(
         setting: document_in.setting.map(quota::setting_to_proto),
         never_preempted: document_in.never_preempted,
     };
-    let ids = call.call_ids();
-    let result = quotas::set_preemption(&api.node, &caller, call).await;
-    audit(&api, Call::SetPreemption, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::SetPreemption, &caller, Some(&headers), &uri, call, |call| {
+        quotas::set_preemption(&api.node, &caller, call)
+    })
+    .await?;
     Ok(document(reply.namespace.as_slice(), reply.cluster_preemption.as_ref()))
 }
 

@@ -20,11 +20,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::access::{admit, audit, PeerCertificate};
+use super::access::{admit, audited, PeerCertificate};
 use super::error::HttpError;
 use super::params::{read_body, utf8, Params};
 use super::{HttpApi, Shared};
-use crate::api::audited::CallIds;
 use crate::api::requests;
 use crate::security::{Call, Caller};
 
@@ -54,10 +53,10 @@ pub async fn allocate(
         request: Some(convert::request_to_proto(&document)),
     };
     let status = |status| HttpError::from_status(&api, &status, &uri);
-    let ids = call.call_ids();
-    let result = requests::allocate(&api.node, &caller, call).await;
-    audit(&api, Call::Allocate, &caller, Some(&headers), ids, &result);
-    let mut reply = result.map_err(status)?;
+    let mut reply = audited(&api, Call::Allocate, &caller, Some(&headers), &uri, call, |call| {
+        requests::allocate(&api.node, &caller, call)
+    })
+    .await?;
     if let Some(wait) = wait {
         reply = wait_while_queued(&api, &caller, reply, wait).await.map_err(status)?;
     }
@@ -122,10 +121,10 @@ pub async fn release(
         return Err(HttpError::invalid(field, format!("{id:?} is not a uuid")));
     }
     let call = ReleaseRequest { id };
-    let ids = call.call_ids();
-    let result = requests::release(&api.node, &caller, call).await;
-    audit(&api, Call::Release, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::Release, &caller, Some(&headers), &uri, call, |call| {
+        requests::release(&api.node, &caller, call)
+    })
+    .await?;
     Ok(Json(response(&reply)?).into_response())
 }
 
@@ -165,10 +164,10 @@ pub async fn release_matching(
         after: document.after,
         entries_max: document.entries_max,
     };
-    let ids = call.call_ids();
-    let result = crate::api::bulk_release::release_matching(&api.node, &caller, call).await;
-    audit(&api, Call::ReleaseMatching, &caller, Some(&headers), ids, &result);
-    let reply = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?;
+    let reply = audited(&api, Call::ReleaseMatching, &caller, Some(&headers), &uri, call, |call| {
+        crate::api::bulk_release::release_matching(&api.node, &caller, call)
+    })
+    .await?;
     let next = (!reply.next.is_empty()).then_some(reply.next);
     Ok(Json(json!({"released": reply.released, "cancelled": reply.cancelled, "entries": reply.entries, "next": next})).into_response())
 }
@@ -197,10 +196,10 @@ pub(super) async fn get_record(
     let caller = admit(api, peer, Call::Get)?;
     let stale = Params::parse(query).flag("stale");
     let call = GetRequest { id, stale };
-    let ids = call.call_ids();
-    let result = requests::get(&api.node, &caller, call).await;
-    audit(api, Call::Get, &caller, None, ids, &result);
-    result.map_err(|status| HttpError::from_status(api, &status, uri))
+    audited(api, Call::Get, &caller, None, uri, call, |call| {
+        requests::get(&api.node, &caller, call)
+    })
+    .await
 }
 
 /// `GET /v1/requests?namespace=&requester=&provider=&state=&limit=&next=[&stale]`:
@@ -239,10 +238,11 @@ pub async fn list(
         limit: limit as u32,
         stale: params.flag("stale"),
     };
-    let ids = call.call_ids();
-    let result = requests::list(&api.node, &caller, call).await;
-    audit(&api, Call::List, &caller, None, ids, &result);
-    let records = result.map_err(|status| HttpError::from_status(&api, &status, &uri))?.records;
+    let records = audited(&api, Call::List, &caller, None, &uri, call, |call| {
+        requests::list(&api.node, &caller, call)
+    })
+    .await?
+    .records;
     let next = (records.len() == limit).then(|| records.last().map(|record| record.request_id.clone()));
     let requests = records.iter().map(record_json).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({"requests": requests, "next": next.flatten()})).into_response())

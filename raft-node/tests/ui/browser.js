@@ -187,8 +187,19 @@ async function clusterScenario(browser) {
   await until(page, 'node_3 failed', () => document.querySelector('[data-provider="node_3"] [data-testid="provider-status"]')?.textContent === 'failed');
   await shoot(page, 'providers');
 
+  // --- a quota set by an operator: on the overview against use, and as a live event
+  await open(page, `${leaderUrl}/ui/#/overview`, 'overview');
+  const quota = await step('set_quota', { namespace: 'default', kind: 'cpu_cores', limit: 8 });
+  await until(page, "default's cpu_cores quota against its use", (held) =>
+    document.querySelector('[data-testid="quota-row"][data-namespace="default"] [data-testid="quota-bar"][data-kind="cpu_cores"]')
+      ?.textContent.trim() === `cpu_cores ${held} / 8`, quota.held);
+  await shoot(page, 'overview-quotas');
+
   await open(page, `${leaderUrl}/ui/#/events`, 'events');
   await until(page, 'events listed', () => document.querySelectorAll('[data-testid="event-row"]').length > 5);
+  await until(page, 'the quota_set and provider_scheduling events listed', () =>
+    document.querySelector('[data-testid="event-row"][data-type="quota_set"]') &&
+    document.querySelector('[data-testid="event-row"][data-type="provider_scheduling"]'));
   await shoot(page, 'events');
 
   // --- a page on a follower: stale reads, said so; the leader killed, it goes on

@@ -19,8 +19,9 @@
 //! [`Command::Tick`] rejects), a tick handles at most
 //! [`TableConfig::expirations_per_tick_max`] expiries and rejections, and a
 //! command moves at most [`TableConfig::evacuations_per_command_max`]
-//! allocations off failed or deregistered providers (the rest in the
-//! commands after it; a deregistered provider is forgotten once empty).
+//! allocations off failed, deregistered or past-deadline drained providers
+//! (the rest in the commands after it; a deregistered provider is
+//! forgotten once empty).
 
 mod bulk_release;
 mod cursors;
@@ -98,7 +99,8 @@ pub struct AllocationTable {
     /// [`TableConfig::evacuations_per_command_max`] move per command, in
     /// provider-id order, each provider's oldest first. The reason
     /// `provider_deregistered` marks a provider that is leaving: it stays
-    /// (failed) only until it holds nothing, then it is forgotten.
+    /// (failed) only until it holds nothing, then it is forgotten;
+    /// `drain_deadline` one whose drain deadline passed (active, cordoned).
     evacuating: BTreeMap<String, String>,
     /// A new leader's lease refresh still under way: no lease expires
     /// until it is done.
@@ -200,6 +202,7 @@ impl AllocationTable {
         let clock_before = self.clock_ms;
         self.clock_ms = self.clock_ms.max(now_ms);
         let operation_type = command.operation_type();
+        let moves_before = (self.index.moves.len(), self.move_counts.started);
         let result = self.dispatch(command);
         self.freed_namespaces.clear();
         match &result {
@@ -208,6 +211,7 @@ impl AllocationTable {
                 // of a pending evacuation, after its own work.
                 self.continue_lease_refresh();
                 self.continue_evacuations();
+                self.note_moves_settled(moves_before);
                 self.evict_finished();
             }
             Err(_) => {
@@ -235,6 +239,9 @@ impl AllocationTable {
             Cow::Owned(Command::Allocate(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, false),
             Cow::Owned(Command::AllocateWith { request, on_preemption }) => self.allocate(Cow::Owned(request), on_preemption, false),
             Cow::Owned(Command::AllocateMovable(request)) => self.allocate(Cow::Owned(request), OnPreemption::Requeue, true),
+            Cow::Owned(Command::AllocateWithOptions { request, options }) => {
+                self.allocate(Cow::Owned(request), options.on_preemption, options.movable)
+            }
             command => self.dispatch_borrowed(&command),
         }
     }
@@ -280,6 +287,9 @@ impl AllocationTable {
                 provider_id,
                 deadline_after_ms,
             } => self.drain_provider(provider_id, *deadline_after_ms),
+            Command::AllocateWithOptions { request, options } => {
+                self.allocate(Cow::Borrowed(request), options.on_preemption, options.movable)
+            }
         }
     }
 

@@ -46,6 +46,20 @@ impl AllocationTable {
         self.index.moves.len()
     }
 
+    /// `optimization_complete` when the last move under way ended in this
+    /// command: moves were under way before it, or began in it, and none
+    /// is now. Once per command, so that a plan whose moves all end inside
+    /// the apply that began them (providers without agents) completes once.
+    pub(super) fn note_moves_settled(&mut self, (in_flight_before, started_before): (usize, u64)) {
+        let had_moves = in_flight_before > 0 || self.move_counts.started != started_before;
+        if had_moves && self.index.moves.is_empty() {
+            self.emit(EventKind::OptimizationComplete {
+                completed_total: self.move_counts.completed,
+                rolled_back_total: self.move_counts.rolled_back,
+            });
+        }
+    }
+
     /// Begins moving `request_id` (active, in `monitoring`) to `to`.
     pub(super) fn begin_move(&mut self, request_id: Uuid, to: Placement, reason: MoveReason) {
         let mut record = self.take_record(request_id);

@@ -179,7 +179,7 @@ impl AllocationTable {
         }
     }
 
-    fn holds_nothing(&self, provider_id: &str) -> bool {
+    pub(super) fn holds_nothing(&self, provider_id: &str) -> bool {
         self.index.by_provider.get(provider_id).is_none_or(|ids| ids.is_empty())
     }
 
@@ -203,7 +203,7 @@ impl AllocationTable {
         }
     }
 
-    /// Allocations still to move off failed providers.
+    /// Allocations still to move off failed, leaving or drained providers.
     pub fn evacuations_pending(&self) -> usize {
         self.evacuating
             .keys()
@@ -211,8 +211,9 @@ impl AllocationTable {
             .sum()
     }
 
-    /// Moves the `limit` oldest allocations off `provider_id` (already
-    /// marked failed) to other providers, or back into the queue where none
+    /// Moves the `limit` oldest allocations off `provider_id` (failed,
+    /// leaving, or cordoned past its drain deadline: out of the free index
+    /// either way) to other providers, or back into the queue where none
     /// fits; returns how many it moved. Evacuated requests enter the queue
     /// even past `queue_len_max`: an acknowledged allocation is never
     /// dropped for lack of queue room.
@@ -247,11 +248,20 @@ impl AllocationTable {
                         reason: reason.to_owned(),
                     },
                 ),
-                None => self.enqueue(&mut record, format!("{reason}: {provider_id} failed and no other provider fits")),
+                None => self.enqueue(&mut record, Self::evacuated_reason(reason, provider_id)),
             }
             self.put_record(record);
         }
         moved
+    }
+
+    /// Why an evacuated allocation waits in the queue.
+    fn evacuated_reason(reason: &str, provider_id: &str) -> String {
+        if reason == super::scheduling::DRAIN_DEADLINE {
+            format!("{reason}: {provider_id} was drained and no other provider fits")
+        } else {
+            format!("{reason}: {provider_id} failed and no other provider fits")
+        }
     }
 
     /// A `resource_status` event for each unit of the provider.

@@ -319,12 +319,22 @@ impl AllocationTable {
             );
         }
         for provider_id in self.evacuating.keys() {
-            let status = self.providers.get(provider_id).map(|provider| provider.status);
-            assert_eq!(
-                Some(ProviderStatus::Failed),
-                status,
-                "{provider_id} is evacuated but not a failed provider"
-            );
+            let provider = self.providers.get(provider_id);
+            let status = provider.map(|provider| provider.status);
+            if self.evacuating_for_drain(provider_id) {
+                // Past its drain deadline: still active, but closed to placements.
+                assert_eq!(
+                    Some(crate::provider::Scheduling::Cordoned),
+                    provider.map(|provider| provider.scheduling),
+                    "{provider_id} is evacuated for its drain but not cordoned"
+                );
+            } else {
+                assert_eq!(
+                    Some(ProviderStatus::Failed),
+                    status,
+                    "{provider_id} is evacuated but not a failed provider"
+                );
+            }
             assert!(
                 self.index.by_provider.get(provider_id).is_some_and(|ids| !ids.is_empty()),
                 "{provider_id} is evacuated but holds nothing"
@@ -430,7 +440,8 @@ impl AllocationTable {
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
                 let provider = &self.providers[&placement.provider_id];
-                let evacuating = self.evacuating.contains_key(&provider.provider_id);
+                // A provider evacuated for its drain deadline is active still.
+                let evacuating = self.evacuating.contains_key(&provider.provider_id) && !self.evacuating_for_drain(&provider.provider_id);
                 assert_eq!(
                     provider.status,
                     if evacuating {

@@ -15,6 +15,10 @@ use crate::limits::DRAIN_DEADLINE_MS_MAX;
 use crate::provider::Scheduling;
 use crate::record::{MoveReason, RequestState};
 
+/// The evacuation reason of a provider whose drain deadline passed (in
+/// `evacuating`, and the reason its allocations move or queue with).
+pub(super) const DRAIN_DEADLINE: &str = "drain_deadline";
+
 impl AllocationTable {
     /// Cordons (`cordon`) or opens a provider; doing it again is a no-op
     /// without an event. Uncordoning a draining provider ends the drain.
@@ -35,6 +39,11 @@ impl AllocationTable {
                 scheduling: wanted,
             });
             if wanted == Scheduling::Open {
+                if self.evacuating_for_drain(provider_id) {
+                    // Uncordoned while what its drain left was moving off:
+                    // what has not moved yet stays.
+                    self.evacuating.remove(provider_id);
+                }
                 self.examine_queue();
             }
         }
@@ -75,25 +84,50 @@ impl AllocationTable {
             .collect()
     }
 
-    /// The earliest drain deadline, for the leader's ticks.
+    /// When a drain is next due, for the leader's ticks: now for a drain
+    /// whose provider holds nothing any more (a release emptied it), else
+    /// the earliest deadline.
     pub(super) fn next_drain_deadline_ms(&self) -> Option<u64> {
-        self.draining().into_iter().map(|(_, deadline)| deadline).min()
+        self.draining()
+            .into_iter()
+            .map(|(provider_id, deadline)| {
+                if self.holds_nothing(&provider_id) {
+                    self.clock_ms
+                } else {
+                    deadline
+                }
+            })
+            .min()
     }
 
-    /// On every tick and after every move ends: each drain past its deadline
-    /// moves what is left as if the provider left, and is then cordoned;
-    /// the others begin the moves they have room and budget for.
+    /// On every tick and after every move ends: a drain whose provider holds
+    /// nothing any more is complete; one past its deadline moves what is
+    /// left as if the provider left; both end cordoned. The others begin the
+    /// moves they have room and budget for.
     pub(super) fn continue_drains(&mut self) {
         for (provider_id, deadline_ms) in self.draining() {
-            if deadline_ms <= self.clock_ms {
-                self.end_moves_touching(&provider_id, "drain_deadline");
-                self.evacuate(&provider_id, "drain_deadline", usize::MAX);
+            if self.holds_nothing(&provider_id) {
+                // Drained: what an operator waits for before maintenance.
                 self.set_scheduling(&provider_id, Scheduling::Cordoned)
                     .expect("a draining provider is registered");
+            } else if deadline_ms <= self.clock_ms {
+                self.end_moves_touching(&provider_id, DRAIN_DEADLINE);
+                self.set_scheduling(&provider_id, Scheduling::Cordoned)
+                    .expect("a draining provider is registered");
+                // Moved by `continue_evacuations`, a bounded number per
+                // command, as a failed provider's are. A provider failing
+                // meanwhile keeps its own reason.
+                self.evacuating.entry(provider_id).or_insert_with(|| DRAIN_DEADLINE.to_owned());
             } else {
                 self.continue_drain(&provider_id);
             }
         }
+    }
+
+    /// Whether `provider_id`'s allocations are being moved off because its
+    /// drain deadline passed.
+    pub(super) fn evacuating_for_drain(&self, provider_id: &str) -> bool {
+        self.evacuating.get(provider_id).is_some_and(|reason| reason == DRAIN_DEADLINE)
     }
 
     /// Begins moves off `provider_id` (draining) within the move budget;

@@ -283,3 +283,31 @@ pub fn record_of(applied: Applied) -> RequestRecord {
 pub fn kinds(events: &[Event]) -> Vec<EventKind> {
     events.iter().map(|event| event.kind.clone()).collect()
 }
+
+// --- a provider to empty
+
+/// `node_a` holds `held` one-core allocations (ids 1..=held, placed while it
+/// was alone); `node_b` has exactly room for all of them. A command moves
+/// at most `evacuations_per_command_max` of them off a leaving provider.
+pub fn node_a_full(evacuations_per_command_max: usize, held: usize) -> Table {
+    let mut t = Table::with_config(TableConfig {
+        evacuations_per_command_max,
+        ..TableConfig::default()
+    });
+    t.register(provider("node_a", cores("a", held)));
+    for n in 1..=held as u128 {
+        t.allocate(&request(n, &[("cpu_cores", 1)]));
+    }
+    t.register(provider("node_b", cores("b", held)));
+    t
+}
+
+/// How many requests the table has placed on `provider_id`.
+pub fn placed_on(t: &Table, provider_id: &str) -> usize {
+    t.table
+        .list(&qm_state_machine::ListFilter {
+            provider_id: Some(provider_id.into()),
+            ..Default::default()
+        })
+        .len()
+}

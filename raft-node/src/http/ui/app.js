@@ -140,6 +140,9 @@
 
   async function refreshUsage() {
     state.usage = await api('/v1/state');
+    // Shown on the overview; an identity that may not list quotas (a
+    // monitor, a provider) is told so there rather than failing the page.
+    state.quotas = await api('/v1/quotas').catch((error) => ({ error }));
     const sample = { t: Date.now(), kinds: {} };
     for (const [kind, usage] of Object.entries(state.usage.by_kind)) {
       sample.kinds[kind] = usage.capacity ? usage.used / usage.capacity : 0;
@@ -185,7 +188,9 @@
 
   const EVENT_TYPES = ['resource_status', 'provider_registered', 'provider_updated', 'provider_deregistered', 'provider_failed',
     'provider_recovered', 'allocation_granted', 'request_queued', 'request_rejected', 'request_cancelled', 'allocation_released',
-    'allocation_expired', 'allocation_moved', 'allocation_confirmed', 'deallocation_confirmed', 'lease_renewed', 'leases_refreshed'];
+    'allocation_expired', 'allocation_moved', 'allocation_confirmed', 'deallocation_confirmed', 'lease_renewed', 'leases_refreshed',
+    'released_matching', 'quota_set', 'quota_deleted', 'preemption_set', 'allocation_preempted', 'provider_scheduling',
+    'optimization_needed', 'allocation_moving', 'optimization_failed', 'move_target_ready', 'optimization_complete'];
 
   /** Opens /v1/events after the last revision seen. EventSource itself
    * reconnects with Last-Event-ID when the stream breaks; a stream refused
@@ -263,6 +268,34 @@
     return `<div class="card${bad ? ' bad' : ''}"><span class="n" data-testid="${testid}">${esc(value)}</span><span class="label">${esc(label)}</span></div>`;
   }
 
+  function preemptionText(setting) {
+    if (setting == null) return 'as the cluster';
+    if (setting === 'off') return 'off';
+    return `from priority ${setting.from_priority}`;
+  }
+
+  /** Use against quota per namespace (`/v1/quotas`), a bar per limited kind. */
+  function quotasTable(quotas) {
+    if (!quotas) return '';
+    if (quotas.error) return `<p class="muted" data-testid="quotas-hidden">Not shown: ${esc(quotas.error.message)}</p>`;
+    const rows = quotas.namespaces.filter((n) => Object.keys(n.quota).length || n.preemption != null || !n.preemptible).map((n) => {
+      const kinds = [...new Set([...Object.keys(n.quota), ...Object.keys(n.held)])].sort().map((kind) => {
+        const held = n.held[kind] || 0;
+        if (!(kind in n.quota)) return `<div>${esc(kind)}: ${esc(held)} held, no limit</div>`;
+        const limit = n.quota[kind];
+        const ratio = limit ? Math.min(1, held / limit) : 1;
+        return `<div class="bar${held >= limit ? ' full' : ''}" role="img" aria-label="${esc(kind)}: ${held} of ${limit} held" data-testid="quota-bar" data-kind="${esc(kind)}">
+          <span style="width:${(ratio * 100).toFixed(1)}%"></span><em>${esc(kind)} ${esc(held)} / ${esc(limit)}</em></div>`;
+      });
+      return `<tr data-testid="quota-row" data-namespace="${esc(n.namespace)}"><th scope="row">${esc(n.namespace)}</th><td>${kinds.join('')}</td>
+        <td class="num">${esc(n.queued)} queued</td><td>preemption ${esc(preemptionText(n.preemption))}${n.preemptible ? '' : ', never preempted'}</td></tr>`;
+    });
+    const cluster = `<p class="muted">Cluster preemption: ${esc(preemptionText(quotas.cluster_preemption))}.</p>`;
+    return rows.length
+      ? `<table class="kinds"><caption class="sr-only">Use against quota per namespace</caption><tbody>${rows.join('')}</tbody></table>${cluster}`
+      : `<p class="muted">No namespace has a quota.</p>${cluster}`;
+  }
+
   const overview = {
     view: 'overview',
     title: 'Overview',
@@ -271,6 +304,7 @@
         <section aria-labelledby="h-replicas"><h2 id="h-replicas">Replicas</h2><div id="replicas"></div></section>
         <section aria-labelledby="h-capacity"><h2 id="h-capacity">Capacity by kind</h2><div id="capacity"></div></section>
         <section aria-labelledby="h-chart"><h2 id="h-chart">Utilization over the last minutes</h2><div id="chart"></div></section>
+        <section aria-labelledby="h-quotas"><h2 id="h-quotas">Quotas by namespace</h2><div id="quotas"></div></section>
         <section aria-labelledby="h-failed"><h2 id="h-failed">Failed providers</h2><div id="failed"></div></section>`;
     },
     async update() {
@@ -300,6 +334,7 @@
       });
       $('#capacity').innerHTML = kinds.length ? `<table class="kinds"><tbody>${kinds.join('')}</tbody></table>` : '<p class="muted">No provider has registered.</p>';
       $('#chart').innerHTML = chart();
+      $('#quotas').innerHTML = quotasTable(state.quotas);
       $('#failed').innerHTML = usage.failed_providers.length
         ? `<ul data-testid="failed-list">${usage.failed_providers.map((id) => `<li>${providerLink(id)} — ${allocationsOf(id, 'its allocations')}</li>`).join('')}</ul>`
         : '<p class="muted">None.</p>';
@@ -416,7 +451,7 @@
         }).join('');
         const labelText = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(', ');
         return `<tr data-testid="provider-row" data-provider="${esc(p.provider_id)}"><th scope="row">${esc(p.provider_id)}</th>
-          <td>${statusSpan(p.status, 'provider-status')}${p.scheduling && p.scheduling !== 'open' ? ` ${statusSpan(p.scheduling, 'provider-scheduling')}` : ''}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
+          <td>${statusSpan(p.status, 'provider-status')}${p.leaving ? ` ${statusSpan('leaving', 'provider-leaving')}` : ''}${p.scheduling && p.scheduling !== 'open' ? ` ${statusSpan(p.scheduling, 'provider-scheduling')}` : ''}</td><td class="num"${heartbeatNote}>${age(p.heartbeat_age_ms)}</td>
           <td class="num">${allocationsOf(p.provider_id, p.allocations)}</td><td>${kinds}</td>
           <td>${esc(providerMetrics(p) || '—')}</td><td class="mono">${esc(labelText)}</td><td>${this.actions(p)}</td></tr>`;
       }).join('');
@@ -613,6 +648,7 @@
     if (e.resource_id) parts.push(`<code>${esc(e.resource_id)}</code> ${esc(e.status || '')}`);
     if (e.request_id) parts.push(reqLink(e.request_id));
     if (e.requester_id) parts.push(esc(e.requester_id));
+    if (e.namespace && !e.request_id) parts.push(`namespace ${esc(e.namespace)}`);
     if (e.from_provider) parts.push(`${providerLink(e.from_provider)} → ${providerLink(e.to_provider)}`);
     if (e.reason) parts.push(`<span class="muted">${esc(e.reason)}</span>`);
     return parts.join(' · ');
