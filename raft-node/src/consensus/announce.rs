@@ -50,8 +50,10 @@ use crate::types::NodeId;
 /// `log_format_version_counts_the_command_variants` pins the variant count
 /// of each version so that a new variant cannot go unnoticed.
 pub const LOG_FORMAT_VERSION: u32 = 1;
-/// How many `Command` variants [`LOG_FORMAT_VERSION`] decodes.
-pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 21;
+/// How many `Command` variants [`LOG_FORMAT_VERSION`] decodes. Version 1
+/// is the log of the first build that announces versions (through
+/// `AllocateWithOptions`); builds before it announce nothing.
+pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 22;
 /// How far apart (in each format version) two builds may be and still run
 /// in one cluster: one upgrade step.
 pub const FORMAT_VERSIONS_APART_MAX: u32 = 1;
