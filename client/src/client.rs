@@ -465,19 +465,39 @@ impl Client {
 
     // --- the monitor and operators
 
-    /// Capacity, use and free amount per kind and per provider.
+    /// Capacity, use and free amount per kind and per provider: every page
+    /// of provider rows (the server sends at most 10,000 a page), at most
+    /// [`LIST_PAGES_MAX`] pages. The rest of the reply is the first page's;
+    /// a linearizable read is linearizable per page, not across pages.
     pub async fn system_state(&self, consistency: Consistency) -> Result<api::SystemStateReply, Error> {
-        let message = api::SystemStateRequest {
+        let mut message = api::SystemStateRequest {
             stale: consistency.is_stale(),
+            ..Default::default()
         };
-        self.inner
-            .call(
-                "system_state",
-                CallKind::Read(consistency),
-                message,
-                |replica, request| async move { replica.client().system_state(request).await },
-            )
-            .await
+        let mut whole: Option<api::SystemStateReply> = None;
+        for _ in 0..LIST_PAGES_MAX {
+            let page = self
+                .inner
+                .call(
+                    "system_state",
+                    CallKind::Read(consistency),
+                    message.clone(),
+                    |replica, request| async move { replica.client().system_state(request).await },
+                )
+                .await?;
+            let next = page.providers_next_after.clone();
+            match &mut whole {
+                None => whole = Some(page),
+                Some(whole) => whole.providers.extend(page.providers),
+            }
+            if next.is_empty() {
+                let mut whole = whole.expect("a page was read");
+                whole.providers_next_after.clear();
+                return Ok(whole);
+            }
+            message.providers_after = next;
+        }
+        Err(too_many_pages())
     }
 
     /// Raft's view: leader, term, indexes, members. Also teaches the client

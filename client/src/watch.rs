@@ -143,7 +143,10 @@ impl Watcher {
             progressed: false,
         };
         if self.next_revision == 0 {
-            let mut request = tonic::Request::new(api::SystemStateRequest { stale: true });
+            let mut request = tonic::Request::new(api::SystemStateRequest {
+                stale: true,
+                ..Default::default()
+            });
             request.set_timeout(attempt_timeout);
             match tokio::time::timeout(attempt_timeout, client.system_state(request)).await {
                 Ok(Ok(state)) => self.next_revision = state.into_inner().revision + 1,

@@ -150,6 +150,12 @@ pub struct NodeArgs {
     #[arg(long, hide = true)]
     #[serde(default)]
     pub unsafe_stale_reads: bool,
+    /// TEST ONLY: announce format versions shifted by this much from this
+    /// build's, so that a test can show how replicas of builds too far
+    /// apart refuse each other (`consensus::announce`). Never in production.
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    #[serde(default)]
+    pub test_format_version_offset: Option<i32>,
 }
 
 /// How logs are printed.
@@ -198,6 +204,8 @@ pub struct NodeConfig {
     /// Runtime worker threads; `None`: one per core.
     pub worker_threads: Option<usize>,
     pub unsafe_stale_reads: bool,
+    /// TEST ONLY: see `NodeArgs::test_format_version_offset`; 0 normally.
+    pub test_format_version_offset: i32,
 }
 
 /// The PEM files of a replica with mutual TLS.
@@ -303,6 +311,7 @@ impl NodeArgs {
             audit_log_files_kept: self.audit_log_files_kept.or(file.audit_log_files_kept),
             worker_threads: self.worker_threads.or(file.worker_threads),
             unsafe_stale_reads: self.unsafe_stale_reads || file.unsafe_stale_reads,
+            test_format_version_offset: self.test_format_version_offset.or(file.test_format_version_offset),
         })
     }
 
@@ -352,6 +361,7 @@ impl NodeArgs {
             audit,
             worker_threads: self.worker_threads,
             unsafe_stale_reads: self.unsafe_stale_reads,
+            test_format_version_offset: self.test_format_version_offset.unwrap_or(0),
         };
         config.validate()?;
         Ok(config)

@@ -99,12 +99,18 @@ fn restore(args: RestoreArgs) -> ExitCode {
         Ok(restored) => {
             let members: Vec<String> = restored.members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
             println!(
-                "restored revision {} (applied index {}) into {} as replica {} of {}",
+                "restored revision {} (applied index {}) into {} as replica {} of {}, new cluster id {} (the backup's: {})",
                 restored.header.revision,
                 restored.header.applied_index,
                 args.data_dir.display(),
                 args.id,
-                members.join(",")
+                members.join(","),
+                restored.cluster_id,
+                if restored.header.cluster_id.is_empty() {
+                    "-"
+                } else {
+                    &restored.header.cluster_id
+                }
             );
             ExitCode::SUCCESS
         }
@@ -128,11 +134,12 @@ fn recover(args: RecoverArgs) -> ExitCode {
         Ok(recovered) => {
             let last = recovered.last_log_id.map_or("none".to_owned(), |log_id| log_id.to_string());
             println!(
-                "recovered revision {} (last log entry {last}) in {} as a one-replica cluster: {}={}; the old data dir is {}",
+                "recovered revision {} (last log entry {last}) in {} as a one-replica cluster: {}={}, cluster id {}; the old data dir is {}",
                 recovered.revision,
                 args.data_dir.display(),
                 args.id,
                 recovered.addr,
+                recovered.cluster_id,
                 recovered.kept.display()
             );
             ExitCode::SUCCESS

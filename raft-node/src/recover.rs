@@ -15,7 +15,8 @@
 //! with `--accept-data-loss`, that they accept this. The old data dir is
 //! kept beside the new one. The lost replicas must not come back with
 //! their old data dirs: wipe them and add them as new replicas
-//! (`qm cluster add`). As after any leader change, the new leader gives
+//! (`qm cluster add`). The cluster keeps its id, as etcd's
+//! `--force-new-cluster` does. As after any leader change, the new leader gives
 //! leases and provider heartbeats a fresh window.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::RaftLogReader;
 use qm_state_machine::TableConfig;
 
+use crate::consensus::announce::cluster_id_at_initialization;
 use crate::restore::seed;
 use crate::storage::StorageError;
 use crate::types::{LogId, NodeId};
@@ -56,6 +58,8 @@ pub struct Recovered {
     pub kept: PathBuf,
     /// The replica's address, its only member.
     pub addr: String,
+    /// The cluster's id, kept.
+    pub cluster_id: String,
 }
 
 /// Why a recovery refused; each message is one line.
@@ -104,12 +108,20 @@ pub async fn recover(args: &RecoverArgs) -> Result<Recovered, RecoverError> {
     })?;
     let log_id = survivor.last_log_id.unwrap_or_default();
     let members = BTreeMap::from([(args.id, addr.clone())]);
-    seed(&args.data_dir, log_id, &members, survivor.vote, survivor.table).await?;
+    // The same cluster, smaller: it keeps its id, as etcd's
+    // --force-new-cluster keeps its cluster id. One from before ids gets
+    // one now, derived as at initialisation.
+    let cluster_id = survivor
+        .cluster_id
+        .clone()
+        .unwrap_or_else(|| cluster_id_at_initialization(args.id, &members, crate::clock::now_ms()));
+    seed(&args.data_dir, log_id, &members, survivor.vote, &cluster_id, survivor.table).await?;
     Ok(Recovered {
         last_log_id: survivor.last_log_id,
         revision: survivor.revision,
         kept,
         addr,
+        cluster_id,
     })
 }
 
@@ -126,12 +138,14 @@ struct Survivor {
     last_log_id: Option<LogId>,
     members: BTreeMap<NodeId, String>,
     vote: Option<crate::types::Vote>,
+    cluster_id: Option<String>,
 }
 
 async fn read_survivor(data_dir: &Path) -> Result<Survivor, RecoverError> {
     let log_error = |error: openraft::StorageError<NodeId>| RecoverError::Log(error.to_string());
     let (mut log_store, mut state_machine) = crate::storage::open(data_dir, TableConfig::default()).await?;
     let vote = log_store.read_vote().await.map_err(log_error)?;
+    let cluster_id = log_store.cluster_identity()?.get();
     let log_state = log_store.get_log_state().await.map_err(log_error)?;
     let (applied, _) = state_machine.applied_state().await.map_err(log_error)?;
     let from = applied.map_or(0, |log_id| log_id.index + 1);
@@ -152,5 +166,6 @@ async fn read_survivor(data_dir: &Path) -> Result<Survivor, RecoverError> {
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect(),
         vote,
+        cluster_id,
     })
 }

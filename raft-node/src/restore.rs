@@ -16,6 +16,13 @@
 //! leases and provider heartbeats a fresh window (`consensus::duties`:
 //! `RefreshLeases`, an empty heartbeat book).
 //!
+//! The new cluster gets a new cluster id, as `etcdutl snapshot restore`
+//! gives one: derived from the file's checksum and `--peers`, so every
+//! replica restored from the same file with the same peers derives the
+//! same id on its own, and a replica restored from another file (or
+//! belonging to the old cluster) is refused by the new one's replicas
+//! (`consensus::announce`). The backup's own id stays in its header.
+//!
 //! The snapshot's log id has term 0 (the term `initialize` gives the first
 //! membership entry), so that the new cluster's first term, 1, is past it.
 
@@ -28,6 +35,7 @@ use qm_api::backup::{self, BackupError, BackupHeader, BACKUP_FILE_BYTES_MAX};
 use qm_state_machine::AllocationTable;
 
 use crate::config::{parse_peers, ConfigError};
+use crate::consensus::announce::cluster_id_for_restore;
 use openraft::storage::RaftLogStorage;
 
 use crate::storage::StorageError;
@@ -57,6 +65,8 @@ pub struct RestoreArgs {
 pub struct Restored {
     pub header: BackupHeader,
     pub members: BTreeMap<NodeId, String>,
+    /// The new cluster's id (the backup's is `header.cluster_id`).
+    pub cluster_id: String,
 }
 
 /// Why a restore refused; each message is one line.
@@ -90,15 +100,17 @@ pub async fn restore(args: &RestoreArgs) -> Result<Restored, RestoreError> {
     }
     require_empty(&args.data_dir)?;
     let log_id = LogId::new(CommittedLeaderId::new(0, 0), backup.header.applied_index);
-    seed(&args.data_dir, log_id, &members, None, backup.table).await?;
+    let cluster_id = cluster_id_for_restore(&backup.checksum, &members);
+    seed(&args.data_dir, log_id, &members, None, &cluster_id, backup.table).await?;
     Ok(Restored {
         header: backup.header,
         members,
+        cluster_id,
     })
 }
 
-/// Writes a new data dir: sled stamped with its layout version (and
-/// `vote`, if given), and `table` as the stored snapshot at `log_id` with
+/// Writes a new data dir: sled stamped with its layout version, its
+/// `cluster_id` (and `vote`, if given), and `table` as the stored snapshot at `log_id` with
 /// every one of `members` a voter. The log is empty: openraft starts from
 /// the snapshot.
 pub(crate) async fn seed(
@@ -106,6 +118,7 @@ pub(crate) async fn seed(
     log_id: LogId,
     members: &BTreeMap<NodeId, String>,
     vote: Option<Vote>,
+    cluster_id: &str,
     table: Vec<u8>,
 ) -> Result<(), StorageError> {
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
@@ -121,6 +134,7 @@ pub(crate) async fn seed(
     })?;
     crate::storage::save_restored_snapshot(data_dir, meta, table).await?;
     let (mut log_store, _) = crate::storage::open(data_dir, qm_state_machine::TableConfig::default()).await?;
+    log_store.cluster_identity()?.set(cluster_id).await?;
     if let Some(vote) = vote {
         log_store.save_vote(&vote).await.map_err(|error| StorageError::Decode {
             what: "vote",

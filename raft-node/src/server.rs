@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
 use crate::config::NodeConfig;
+use crate::consensus::announce::cluster_id_at_initialization;
 use crate::consensus::raft_writer::RaftBatchWriter;
 use crate::consensus::{duties, prompt_election};
 use crate::consensus::{HeartbeatBook, LeaderContact, Node, Proposer};
@@ -80,6 +81,12 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     )
     .await?;
     let truncations = log_store.truncations();
+    let identity = log_store.cluster_identity()?;
+    let formats = crate::consensus::announce::FormatVersions::claimed(config.test_format_version_offset);
+    if config.test_format_version_offset != 0 {
+        warn!(%formats, "TEST ONLY: announcing format versions other than this build's (--test-format-version-offset)");
+    }
+    let peers = Arc::new(crate::consensus::announce::PeerBook::default());
     let state = state_machine.reader();
     let snapshot_requests = state_machine.snapshot_requests(config.snapshot_every_commands);
     let raft_config = openraft::Config {
@@ -96,7 +103,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        PeerNetwork::new(config.listen, tls.clone()),
+        PeerNetwork::new(config.listen, tls.clone()).announcing(config.id, identity.clone(), formats, peers.clone()),
         log_store,
         state_machine,
     )
@@ -115,6 +122,10 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         heartbeats: Arc::new(Mutex::new(HeartbeatBook::default())),
         metrics: Metrics::default(),
         leader_contact: leader_contact.clone(),
+        identity: identity.clone(),
+        formats,
+        peers: peers.clone(),
+        tls: tls.clone(),
     });
     info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "replica starting");
 
@@ -144,7 +155,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     let api = QuartermasterServer::new(ApiService::new(node.clone(), guard.clone(), audit.clone()))
         .max_decoding_message_size(config.message_size_max_bytes)
         .max_encoding_message_size(usize::MAX);
-    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard.clone(), leader_contact))
+    let raft_service = RaftServer::new(RaftRpcServer::new(raft.clone(), guard.clone(), leader_contact).announcing(node.clone()))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let router = tonic::transport::Server::builder()
@@ -242,8 +253,20 @@ async fn bootstrap(node: Arc<Node>, tls: Option<Arc<ReloadableTls>>) {
         match probe_peers(&peers, node.id, peer_tls.as_ref()).await {
             PeerProbe::AllFresh => {
                 let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+                // The id is stored before the first entry, whose append's
+                // flush makes both durable; a crash before it leaves a
+                // replica that initialises again with the id it kept.
+                if node.identity.get().is_none() {
+                    let cluster_id = cluster_id_at_initialization(node.id, &peers, crate::clock::now_ms());
+                    if let Err(error) = node.identity.set(&cluster_id).await {
+                        warn!(%error, "could not store the new cluster's id; not initialising");
+                        return;
+                    }
+                }
                 match node.raft.initialize(members).await {
-                    Ok(()) => info!(node_id = node.id, replicas = peers.len(), "initialised a new cluster"),
+                    Ok(()) => {
+                        info!(node_id = node.id, replicas = peers.len(), cluster_id = ?node.identity.get(), "initialised a new cluster")
+                    }
                     Err(error) => warn!(%error, "could not initialise the cluster"),
                 }
                 return;

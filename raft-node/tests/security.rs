@@ -284,7 +284,10 @@ async fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
             .await
             .expect("consumer reads the cluster status");
         provider_a
-            .system_state(SystemStateRequest { stale: false })
+            .system_state(SystemStateRequest {
+                stale: false,
+                ..Default::default()
+            })
             .await
             .expect("provider reads the system state");
 

@@ -486,6 +486,7 @@ pub fn usage_to_proto(usage: &Usage) -> api::SystemStateReply {
         moves_started: usage.moves_started,
         moves_completed: usage.moves_completed,
         moves_rolled_back: usage.moves_rolled_back,
+        providers_next_after: String::new(),
     }
 }
 

@@ -428,13 +428,26 @@ fn cluster_status_json_has_the_documented_shape() {
         }],
         last_log_index: 40,
         snapshot_index: 0,
+        cluster_id: "0123456789abcdef".into(),
+        log_format_version: 1,
+        table_format_version: 6,
+        peers: vec![qm_client::proto::api::PeerAnnouncement {
+            id: 3,
+            cluster_id: "fedcba9876543210".into(),
+            log_format_version: 3,
+            table_format_version: 8,
+            refused: "refused by this replica: format versions too far apart".into(),
+        }],
     };
 
     let json = serde_json::to_value(cluster::ClusterStatusJson::from(&status)).unwrap();
 
     let expected = serde_json::json!({
         "leader_id": 1, "term": 3, "commit_index": 40, "applied_index": 39,
-        "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "leader"}]
+        "members": [{"id": 1, "addr": "127.0.0.1:7101", "role": "leader"}],
+        "cluster_id": "0123456789abcdef", "log_format_version": 1, "table_format_version": 6,
+        "peers": [{"id": 3, "cluster_id": "fedcba9876543210", "log_format_version": 3, "table_format_version": 8,
+                   "refused": "refused by this replica: format versions too far apart"}]
     });
     assert_eq!(expected, json);
 

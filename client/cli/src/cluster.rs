@@ -49,6 +49,13 @@ pub struct ClusterStatusJson {
     pub commit_index: u64,
     pub applied_index: u64,
     pub members: Vec<MemberJson>,
+    /// The cluster's id; null while the answering replica has none.
+    pub cluster_id: Option<String>,
+    /// The format versions the answering replica's build writes.
+    pub log_format_version: u32,
+    pub table_format_version: u32,
+    /// What the answering replica last heard from each peer.
+    pub peers: Vec<PeerJson>,
     /// With `--verbose`: the replicas this client knows, in the order it tries them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<Vec<KnownReplicaJson>>,
@@ -80,6 +87,35 @@ impl From<&KnownReplica> for KnownReplicaJson {
     }
 }
 
+/// A peer as the answering replica last heard from it.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct PeerJson {
+    pub id: u64,
+    /// Null when it announced none.
+    pub cluster_id: Option<String>,
+    /// Both 0 when it announced none (a build from before announcements).
+    pub log_format_version: u32,
+    pub table_format_version: u32,
+    /// Why traffic with it is refused; null when it is not.
+    pub refused: Option<String>,
+}
+
+impl From<&api::PeerAnnouncement> for PeerJson {
+    fn from(peer: &api::PeerAnnouncement) -> Self {
+        PeerJson {
+            id: peer.id,
+            cluster_id: non_empty(&peer.cluster_id),
+            log_format_version: peer.log_format_version,
+            table_format_version: peer.table_format_version,
+            refused: non_empty(&peer.refused),
+        }
+    }
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 #[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct MemberJson {
     pub id: u64,
@@ -103,6 +139,10 @@ impl From<&api::ClusterStatusReply> for ClusterStatusJson {
                     role: member.role.clone(),
                 })
                 .collect(),
+            cluster_id: non_empty(&status.cluster_id),
+            log_format_version: status.log_format_version,
+            table_format_version: status.table_format_version,
+            peers: status.peers.iter().map(PeerJson::from).collect(),
             client: None,
         }
     }
@@ -141,6 +181,11 @@ fn print_status(
     summary.row(["applied_index", &status.applied_index.to_string()]);
     summary.row(["last_log_index", &status.last_log_index.to_string()]);
     summary.row(["snapshot_index", &status.snapshot_index.to_string()]);
+    summary.row(["cluster_id", or_dash(&status.cluster_id)]);
+    summary.row([
+        "formats",
+        &format!("log={},table={}", status.log_format_version, status.table_format_version),
+    ]);
     summary.write(out)?;
     writeln!(out)?;
     let mut members = Table::new(["ID", "ADDR", "ROLE"]);
@@ -148,6 +193,19 @@ fn print_status(
         members.row([&member.id.to_string(), &member.addr, &member.role]);
     }
     members.write(out)?;
+    if !status.peers.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "peers, as this replica last heard from them:")?;
+        let mut peers = Table::new(["ID", "CLUSTER_ID", "FORMATS", "REFUSED"]);
+        for peer in &status.peers {
+            let formats = match peer.table_format_version {
+                0 => "-".to_owned(),
+                table => format!("log={},table={table}", peer.log_format_version),
+            };
+            peers.row([&peer.id.to_string(), or_dash(&peer.cluster_id), &formats, or_dash(&peer.refused)]);
+        }
+        peers.write(out)?;
+    }
     if let Some(view) = view {
         writeln!(out)?;
         writeln!(out, "this client's replicas, in the order it tries them:")?;

@@ -32,7 +32,7 @@ pub async fn save(node: &Node) -> Result<SnapshotSaveStream, Status> {
             applied_term: applied.map_or(0, |log_id| log_id.leader_id.term),
             created_by: node.id,
             created_at_ms: crate::clock::now_ms(),
-            cluster_id: String::new(),
+            cluster_id: node.identity.get().unwrap_or_default(),
             members: state
                 .last_membership()
                 .membership()

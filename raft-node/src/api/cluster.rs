@@ -6,16 +6,21 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
-use qm_api::proto::api::{AddReplicaRequest, ClusterStatusReply, Member, RemoveReplicaRequest};
+use qm_api::proto::api::quartermaster_client::QuartermasterClient;
+use qm_api::proto::api::{AddReplicaRequest, ClusterStatusReply, ClusterStatusRequest, Member, PeerAnnouncement, RemoveReplicaRequest};
 use qm_state_machine::InvalidArgument;
 use tonic::Status;
 use tracing::info;
 
 use super::status::{invalid_argument, not_leader};
+use crate::consensus::announce::{judge, Announcement, FormatVersions, Verdict};
 use crate::consensus::{Leader, Node};
 
 /// How long adding a replica may wait for the learner to catch up.
 pub const LEARNER_CATCH_UP_TIMEOUT_MS: u64 = 60_000;
+/// How long the leader waits for a replica being added to say which
+/// cluster it belongs to and which formats it writes.
+pub const JOINER_PROBE_TIMEOUT_MS: u64 = 2_000;
 
 pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
     let metrics = node.raft.metrics().borrow().clone();
@@ -53,6 +58,21 @@ pub async fn status(node: &Node) -> Result<ClusterStatusReply, Status> {
         members,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         snapshot_index: metrics.snapshot.map_or(0, |log_id| log_id.index),
+        cluster_id: node.identity.get().unwrap_or_default(),
+        log_format_version: node.formats.log,
+        table_format_version: node.formats.table,
+        peers: node
+            .peers
+            .list()
+            .into_iter()
+            .map(|(id, record)| PeerAnnouncement {
+                id,
+                cluster_id: record.cluster_id.unwrap_or_default(),
+                log_format_version: record.formats.map_or(0, |formats| formats.log),
+                table_format_version: record.formats.map_or(0, |formats| formats.table),
+                refused: record.refused.unwrap_or_default(),
+            })
+            .collect(),
     })
 }
 
@@ -63,6 +83,7 @@ pub async fn add_replica(node: &Node, call: AddReplicaRequest) -> Result<Cluster
     crate::config::parse_peers(&format!("{}={}", call.id, call.addr))
         .map_err(|e| invalid_argument(&InvalidArgument::new("addr", e.to_string())))?;
     node.require_leader()?;
+    check_joiner(node, &call).await?;
     info!(operation_type = "add_replica", replica = call.id, addr = %call.addr, "adding a learner");
     let add = node.raft.add_learner(call.id, BasicNode { addr: call.addr.clone() }, true);
     match tokio::time::timeout(Duration::from_millis(LEARNER_CATCH_UP_TIMEOUT_MS), add).await {
@@ -106,6 +127,41 @@ pub async fn remove_replica(node: &Node, call: RemoveReplicaRequest) -> Result<C
             .await;
     }
     status(node).await
+}
+
+/// Asks the replica to be added for its status and refuses, in one line, one
+/// that belongs to another cluster or whose build is too far from this
+/// one's. A replica that does not answer yet is added as before (a leader
+/// reaching it later is judged on its Raft traffic, `consensus::announce`).
+async fn check_joiner(node: &Node, call: &AddReplicaRequest) -> Result<(), Status> {
+    let tls = node.tls.as_ref().map(|tls| tls.current().peer.clone());
+    let probe = async {
+        let channel = qm_api::tls::endpoint(&call.addr, tls.as_ref()).ok()?.connect().await.ok()?;
+        QuartermasterClient::new(channel)
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    };
+    let Ok(Some(joiner)) = tokio::time::timeout(Duration::from_millis(JOINER_PROBE_TIMEOUT_MS), probe).await else {
+        return Ok(());
+    };
+    let said = Announcement {
+        replica_id: Some(call.id),
+        cluster_id: Some(joiner.cluster_id).filter(|id| !id.is_empty()),
+        // A table format is never 0: both 0 is a build that announces none.
+        formats: (joiner.table_format_version > 0).then_some(FormatVersions {
+            log: joiner.log_format_version,
+            table: joiner.table_format_version,
+        }),
+    };
+    match judge(node.identity.get().as_deref(), &node.formats, &said, false) {
+        Verdict::Refuse(refusal) => Err(Status::failed_precondition(format!(
+            "replica {} at {} cannot join: {refusal}",
+            call.id, call.addr
+        ))),
+        Verdict::Accept | Verdict::Adopt(_) => Ok(()),
+    }
 }
 
 fn membership_error(error: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {

@@ -316,9 +316,40 @@ fn confirm_outcome(table: &AllocationTable, allocation_id: Uuid, call: &ConfirmR
     (record.state == confirmed_state).then(|| Ok(convert::reply_from_record(record)))
 }
 
+/// The monitor's view, its provider rows a page at a time (at most
+/// [`PROVIDERS_PAGE_MAX`]); see [`page_provider_rows`].
 pub async fn system_state(node: &Node, call: SystemStateRequest) -> Result<SystemStateReply, Status> {
     node.read_barrier(call.stale).await?;
+    let mut reply = node.with_table(|table| convert::usage_to_proto(&table.usage())).await;
+    page_provider_rows(&mut reply, &call.providers_after, call.providers_limit as usize);
+    Ok(reply)
+}
+
+/// Every provider row at once, for the HTTP view.
+pub async fn system_state_whole(node: &Node, stale: bool) -> Result<SystemStateReply, Status> {
+    node.read_barrier(stale).await?;
     Ok(node.with_table(|table| convert::usage_to_proto(&table.usage())).await)
+}
+
+/// Keeps the provider rows after `after` (rows are in provider id order),
+/// at most `limit` of them (0, or past [`PROVIDERS_PAGE_MAX`]: that many),
+/// and sets the token when more follow.
+pub fn page_provider_rows(reply: &mut SystemStateReply, after: &str, limit: usize) {
+    let limit = match limit {
+        0 => PROVIDERS_PAGE_MAX,
+        limit => limit.min(PROVIDERS_PAGE_MAX),
+    };
+    debug_assert!(reply.providers.windows(2).all(|pair| pair[0].provider_id < pair[1].provider_id));
+    let first = reply
+        .providers
+        .partition_point(|row| !after.is_empty() && row.provider_id.as_str() <= after);
+    let rest = reply.providers.len() - first;
+    reply.providers.drain(..first);
+    reply.providers.truncate(limit);
+    reply.providers_next_after = match reply.providers.last() {
+        Some(last) if rest > limit => last.provider_id.clone(),
+        _ => String::new(),
+    };
 }
 
 fn provider_reply(response: CommandResponse) -> Result<ProviderReply, Status> {
@@ -338,5 +369,63 @@ fn provider_reply(response: CommandResponse) -> Result<ProviderReply, Status> {
             resources: 0,
         }),
         other => Err(Status::internal(format!("the table answered a provider command with {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod system_state_paging_tests {
+    use super::*;
+    use qm_api::proto::api::ProviderUsage;
+
+    fn reply_with(ids: &[&str]) -> SystemStateReply {
+        SystemStateReply {
+            providers: ids
+                .iter()
+                .map(|id| ProviderUsage {
+                    provider_id: (*id).to_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            queue_len: 7,
+            ..Default::default()
+        }
+    }
+
+    fn page(after: &str, limit: usize) -> (Vec<String>, String) {
+        let mut reply = reply_with(&["a", "b", "c", "d", "e"]);
+        page_provider_rows(&mut reply, after, limit);
+        assert_eq!(7, reply.queue_len, "the rest of the reply is whole");
+        let ids = reply.providers.into_iter().map(|row| row.provider_id).collect();
+        (ids, reply.providers_next_after)
+    }
+
+    #[test]
+    fn provider_rows_come_a_page_at_a_time_with_a_token_while_more_follow() {
+        assert_eq!((vec!["a".to_owned(), "b".to_owned()], "b".to_owned()), page("", 2));
+        assert_eq!((vec!["c".to_owned(), "d".to_owned()], "d".to_owned()), page("b", 2));
+        assert_eq!((vec!["e".to_owned()], String::new()), page("d", 2));
+        assert_eq!(
+            (vec!["d".to_owned(), "e".to_owned()], String::new()),
+            page("c", 2),
+            "an exact last page has no token"
+        );
+        assert_eq!((Vec::<String>::new(), String::new()), page("e", 2));
+        assert_eq!(
+            (vec!["c".to_owned(), "d".to_owned(), "e".to_owned()], String::new()),
+            page("bb", 0),
+            "after an id that is gone"
+        );
+    }
+
+    #[test]
+    fn no_page_is_larger_than_the_maximum() {
+        let ids: Vec<String> = (0..PROVIDERS_PAGE_MAX + 3).map(|n| format!("p{n:06}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for limit in [0, PROVIDERS_PAGE_MAX + 1, usize::MAX] {
+            let mut reply = reply_with(&refs);
+            page_provider_rows(&mut reply, "", limit);
+            assert_eq!(PROVIDERS_PAGE_MAX, reply.providers.len());
+            assert_eq!(ids[PROVIDERS_PAGE_MAX - 1], reply.providers_next_after);
+        }
     }
 }

@@ -27,10 +27,13 @@
 //! * [`prompt_election`]: a follower whose leader's process is gone
 //!   campaigns as soon as the leader lease runs out (pure [`prompt_election::decide`]).
 //! * [`error`]: the typed errors.
+//! * [`announce`]: the cluster id and format versions replicas announce
+//!   on Raft RPCs, the verdict on a peer's, and the [`announce::PeerBook`].
 //!
 //! Within the layer, imports go one way: `error`, `heartbeats`, `leader_contact` ←
 //! `proposer` ← `raft_writer`, `node` ← `duties`, `prompt_election`.
 
+pub mod announce;
 pub mod duties;
 pub mod error;
 pub mod heartbeats;

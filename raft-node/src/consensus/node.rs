@@ -26,6 +26,16 @@ pub struct Node {
     pub metrics: Metrics,
     /// Recorded by the Raft RPC server; see [`Node::leader`].
     pub leader_contact: Arc<LeaderContact>,
+    /// The cluster this replica belongs to (`consensus::announce`).
+    pub identity: crate::storage::ClusterIdentity,
+    /// The format versions this replica announces: its build's, unless a
+    /// test makes it claim others.
+    pub formats: super::announce::FormatVersions,
+    /// What peers announced, and refusals; shown by `ClusterStatus`.
+    pub peers: Arc<super::announce::PeerBook>,
+    /// With mutual TLS: this replica's certificate as last (re)loaded, for
+    /// calls it makes to another replica's API (a joiner's status).
+    pub tls: Option<Arc<crate::security::reload::ReloadableTls>>,
 }
 
 impl Node {

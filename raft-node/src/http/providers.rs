@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use qm_api::convert;
-use qm_api::proto::api::{ListProvidersRequest, OptimizeRequest, ProviderInfo, SetProviderSchedulingRequest, SystemStateRequest};
+use qm_api::proto::api::{ListProvidersRequest, OptimizeRequest, ProviderInfo, SetProviderSchedulingRequest};
 use qm_state_machine::ProviderRegistration;
 use serde_json::{json, Value};
 
@@ -258,7 +258,9 @@ pub async fn system_state(
 ) -> Result<Response, HttpError> {
     admit(&api, &peer, Call::SystemState)?;
     let stale = Params::parse(query.as_deref()).flag("stale");
-    let reply = providers::system_state(&api.node, SystemStateRequest { stale })
+    // The HTTP view stays whole (one JSON document, as the UI reads it):
+    // every page, taken together under one read barrier.
+    let reply = providers::system_state_whole(&api.node, stale)
         .await
         .map_err(|status| HttpError::from_status(&api, &status, &uri))?;
     let usage = convert::usage_from_proto(&reply).map_err(|error| HttpError::internal(error.to_string()))?;

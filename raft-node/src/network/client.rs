@@ -17,8 +17,11 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::codec;
+use crate::consensus::announce::{Announcement, FormatVersions, PeerBook, HEADER_REFUSED};
 use crate::security::reload::ReloadableTls;
+use crate::storage::ClusterIdentity;
 use crate::types::{NodeId, TypeConfig};
+use tracing::warn;
 
 /// How long a peer connection attempt may take before the peer counts as unreachable.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
@@ -35,6 +38,27 @@ pub struct PeerNetwork {
     /// the CA their certificates must chain to, as last (re)loaded. Peers
     /// are then dialled over https.
     tls: Option<Arc<ReloadableTls>>,
+    /// What this replica announces on every RPC, and where it records what
+    /// peers answer (`consensus::announce`); `None`: nothing announced.
+    announcing: Option<Arc<Announcing>>,
+}
+
+/// This replica's side of the announcement.
+pub struct Announcing {
+    own_id: NodeId,
+    identity: ClusterIdentity,
+    formats: FormatVersions,
+    peers: Arc<PeerBook>,
+}
+
+impl Announcing {
+    fn announcement(&self) -> Announcement {
+        Announcement {
+            replica_id: Some(self.own_id),
+            cluster_id: self.identity.get(),
+            formats: Some(self.formats),
+        }
+    }
 }
 
 impl PeerNetwork {
@@ -42,7 +66,20 @@ impl PeerNetwork {
         PeerNetwork {
             local_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()),
             tls,
+            announcing: None,
         }
+    }
+
+    /// Announces `own_id`'s cluster id and `formats` to peers and records
+    /// their answers and refusals in `peers`.
+    pub fn announcing(mut self, own_id: NodeId, identity: ClusterIdentity, formats: FormatVersions, peers: Arc<PeerBook>) -> Self {
+        self.announcing = Some(Arc::new(Announcing {
+            own_id,
+            identity,
+            formats,
+            peers,
+        }));
+        self
     }
 }
 
@@ -57,6 +94,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             tls: self.tls.clone(),
             channel: None,
             generation: 0,
+            announcing: self.announcing.clone(),
         }
     }
 }
@@ -72,6 +110,7 @@ pub struct PeerClient {
     /// peer is dialled again with the new certificate, so that one revoked
     /// or expired after a rotation is not presented for ever.
     generation: u64,
+    announcing: Option<Arc<Announcing>>,
 }
 
 /// Which RPC of the Raft service to call.
@@ -115,9 +154,12 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let message = RaftMessage {
+        let mut message = tonic::Request::new(RaftMessage {
             payload: codec::encode(request),
-        };
+        });
+        if let Some(announcing) = &self.announcing {
+            announcing.announcement().to_metadata(message.metadata_mut());
+        }
         let sent = async {
             match call {
                 RaftCall::AppendEntries => client.append_entries(message).await,
@@ -127,6 +169,23 @@ impl PeerClient {
         };
         let reply = match tokio::time::timeout(option.hard_ttl(), sent).await {
             Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(status)) if status.metadata().contains_key(HEADER_REFUSED) => {
+                // The peer refused this replica (another cluster, or a
+                // build too far apart): recorded and logged once; openraft
+                // backs off from an unreachable peer and tries again later.
+                if let Some(announcing) = &self.announcing {
+                    let said = Announcement::from_metadata(status.metadata());
+                    let refusal = format!("refused this replica: {}", status.message());
+                    if announcing.peers.refused(self.target, &said, refusal) {
+                        warn!(
+                            peer = self.target,
+                            reason = status.message(),
+                            "a peer refuses this replica's Raft traffic"
+                        );
+                    }
+                }
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
+            }
             Ok(Err(status)) => {
                 // A broken connection is re-established on the next call.
                 self.channel = None;
@@ -135,7 +194,14 @@ impl PeerClient {
                     _ => RPCError::Network(NetworkError::new(&status)),
                 });
             }
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => {
+                if let Some(announcing) = &self.announcing {
+                    announcing
+                        .peers
+                        .accepted(self.target, &Announcement::from_metadata(reply.metadata()));
+                }
+                reply.into_inner()
+            }
         };
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -115,3 +115,8 @@ fn check_layout_version(db: &sled::Db, path: &Path) -> Result<(), StorageError> 
     }
     Ok(())
 }
+
+/// Key of the meta tree: the cluster id this replica belongs to
+/// ([`ClusterIdentity`](super::identity::ClusterIdentity)); absent until it
+/// initialises a cluster or adopts a leader's id.
+pub(crate) const KEY_CLUSTER_ID: &[u8] = b"cluster_id";

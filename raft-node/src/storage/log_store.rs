@@ -144,6 +144,11 @@ impl LogStore {
         self.truncations.clone()
     }
 
+    /// The cluster id kept in this store's meta tree.
+    pub fn cluster_identity(&self) -> Result<super::identity::ClusterIdentity, StorageError> {
+        super::identity::ClusterIdentity::open(self.meta.clone(), self.flush.clone())
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>, StorageError> {
         match self.meta.get(key)? {
             Some(bytes) => Ok(Some(codec::decode(&bytes, what)?)),

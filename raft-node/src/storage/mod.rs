@@ -29,6 +29,7 @@
 //!   layout version) and the trees' names.
 //! * [`error`]: [`StorageError`] and openraft's storage error.
 //! * `codec`: bincode 2 (standard configuration) for every stored value.
+//! * [`identity`]: [`ClusterIdentity`], the cluster id in the meta tree.
 //!
 //! Imports go one way: `error` ← `codec`, `durable` ← `db`, `background`,
 //! `snapshot_store` ← `log_store`, `state_machine_store` ← this file.
@@ -96,6 +97,7 @@ mod codec;
 pub mod db;
 pub mod durable;
 pub mod error;
+pub mod identity;
 pub mod log_store;
 mod snapshot_store;
 pub mod state_machine_store;
@@ -106,6 +108,7 @@ use qm_state_machine::TableConfig;
 
 pub use db::{DATA_DIR_LOCK_RETRIES, DATA_DIR_LOCK_RETRY_INTERVAL_MS, SLED_CACHE_BYTES, STORAGE_LAYOUT_VERSION};
 pub use error::StorageError;
+pub use identity::ClusterIdentity;
 pub use log_store::{LogReader, LogStore, TruncationCount};
 pub use state_machine_store::{AppliedState, SnapshotRequests, StateMachineStore, StateReader};
 

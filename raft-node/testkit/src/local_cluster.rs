@@ -169,6 +169,12 @@ impl LocalCluster {
 
     /// Starts (or restarts) replica `id` with its data dir.
     pub fn start_replica(&self, id: u64) -> anyhow::Result<()> {
+        self.start_replica_with(id, &[])
+    }
+
+    /// [`LocalCluster::start_replica`] with flags of its own after the
+    /// shared ones (a replica that claims to be another build).
+    pub fn start_replica_with(&self, id: u64, own_args: &[&str]) -> anyhow::Result<()> {
         let replica = self.replicas.get(&id).ok_or_else(|| anyhow::anyhow!("no replica {id}"))?;
         let mut processes = self.processes();
         let process = processes.entry(id).or_default();
@@ -189,6 +195,7 @@ impl LocalCluster {
                     .iter()
                     .map(|arg| arg.replace(REPLICA_ID_PLACEHOLDER, &id.to_string())),
             )
+            .args(own_args)
             .env(
                 "QM_LOG",
                 std::env::var("QM_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into()),
@@ -218,6 +225,17 @@ impl LocalCluster {
         anyhow::ensure!(!self.replicas.contains_key(&id), "replica {id} exists");
         self.replicas.insert(id, LocalReplica::laid_out(id, addrs, self.dir.path()));
         self.start_replica(id)
+    }
+
+    /// [`LocalCluster::add_blank_replica`] with flags of its own
+    /// ([`LocalCluster::start_replica_with`]).
+    pub fn add_blank_replica_with(&mut self, id: u64, own_args: &[&str]) -> anyhow::Result<String> {
+        anyhow::ensure!(!self.replicas.contains_key(&id), "replica {id} exists");
+        let addrs = ReplicaAddrs::direct(free_loopback_addr()?);
+        let advertised = addrs.advertised.clone();
+        self.replicas.insert(id, LocalReplica::laid_out(id, addrs, self.dir.path()));
+        self.start_replica_with(id, own_args)?;
+        Ok(advertised)
     }
 
     /// kill -9, through the replica's own `Child` handle.

@@ -34,7 +34,10 @@ pub async fn served_by(addr: &str) -> TableView {
         .map(without_liveness)
         .collect();
     let state = api
-        .system_state(api::SystemStateRequest { stale: true })
+        .system_state(api::SystemStateRequest {
+            stale: true,
+            ..Default::default()
+        })
         .await
         .expect("state")
         .into_inner();
