@@ -53,7 +53,7 @@ pub const LOG_FORMAT_VERSION: u32 = 1;
 /// How many `Command` variants [`LOG_FORMAT_VERSION`] decodes. Version 1
 /// is the log of the first build that announces versions (through
 /// `AllocateWithOptions`); builds before it announce nothing.
-pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 22;
+pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 25;
 /// How far apart (in each format version) two builds may be and still run
 /// in one cluster: one upgrade step.
 pub const FORMAT_VERSIONS_APART_MAX: u32 = 1;
