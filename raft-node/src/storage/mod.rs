@@ -28,6 +28,8 @@
 //! * [`db`]: opening sled (explicit flushing, the data dir's lock, the
 //!   layout version) and the trees' names.
 //! * [`error`]: [`StorageError`] and openraft's storage error.
+//! * [`fault`]: what a replica does when its disk is full or fails writes
+//!   (stop acknowledging, say why, probe, resume).
 //! * `codec`: bincode 2 (standard configuration) for every stored value.
 //!
 //! Imports go one way: `error` ← `codec`, `durable` ← `db`, `background`,
@@ -96,6 +98,7 @@ mod codec;
 pub mod db;
 pub mod durable;
 pub mod error;
+pub mod fault;
 pub mod log_store;
 mod snapshot_store;
 pub mod state_machine_store;
