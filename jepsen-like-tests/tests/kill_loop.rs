@@ -1,6 +1,6 @@
 //! The kill loop in short (`scripts/kill-loop.sh` runs it with 1,000 kills):
 //! 3 replicas, the allocation workload, the kill nemesis alone with an exact
-//! count of kills (`--kills 15`), one every 3 s. Every acknowledged
+//! count of kills (`--kills 12`), one every 2.5 s. Every acknowledged
 //! allocation must exist once in the final table, nothing that failed for
 //! certain may be held, no unit may be in two allocations.
 
@@ -9,10 +9,10 @@ mod support;
 use qm_jepsen::history::{read_history, OpType, Payload};
 
 /// Kills in this short loop; the script's default campaign has 1,000.
-const KILLS: u64 = 15;
+const KILLS: u64 = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifteen_kills_under_allocation_load_lose_and_duplicate_nothing() {
+async fn twelve_kills_under_allocation_load_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("report");
     let kills = KILLS.to_string();
@@ -27,7 +27,7 @@ async fn fifteen_kills_under_allocation_load_lose_and_duplicate_nothing() {
             "--fault-secs",
             "1",
             "--heal-secs",
-            "2",
+            "1.5",
             "--rate",
             "20",
             "--seed",
@@ -35,7 +35,7 @@ async fn fifteen_kills_under_allocation_load_lose_and_duplicate_nothing() {
         ],
         &out,
     );
-    assert_eq!(2 + KILLS * 3 + 3, config.time_limit_secs, "the length follows from the kills");
+    assert_eq!(2 + KILLS * 5 / 2 + 3, config.time_limit_secs, "the length follows from the kills");
 
     // --- run it, bounded
     let finished = support::run_bounded(config).await;
