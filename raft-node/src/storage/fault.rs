@@ -87,7 +87,7 @@ impl std::fmt::Display for StorageFault {
         };
         write!(
             f,
-            "the disk of data dir {} {what} ({}; {}): this replica stopped acknowledging writes and serving reads, the others go on; it resumes by itself when the disk takes writes again",
+            "the disk of data dir {} {what} ({}; {}): this replica stopped acknowledging writes and linearizable reads, the others go on; it resumes by itself when the disk takes writes again",
             self.data_dir.display(),
             self.free_bytes.map_or("free space unknown".to_owned(), |free| format!("{free} bytes free")),
             self.error
