@@ -79,6 +79,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CliCommand {
     /// Start a cluster, run a workload under a nemesis, check the history, write a report.
     Run(RunArgs),

@@ -64,7 +64,7 @@ pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
 /// UNAVAILABLE and NOT_SERVING while its Raft core is stopped, probes the
 /// disk, and once the disk takes writes again stops that Raft instance and
 /// serves again on the same listener from what its data dir holds (see
-/// [`crate::storage::fault`]). Each such pass is one [`serve_replica`].
+/// [`crate::storage::fault`]). Each such pass is one `serve_replica`.
 pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (tls, guard) = secure(&config)?;
     let audit = Arc::new(match &config.audit {
