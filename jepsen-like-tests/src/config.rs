@@ -32,6 +32,10 @@ pub const REPLICA_ID_MAX: u64 = 250;
 /// luck (a kill that hit a follower); a run too short for two is refused.
 pub const NEMESIS_FIRINGS_MIN: u64 = 2;
 
+/// Kills one kill loop (`--kills`) injects at most: at a few seconds a
+/// kill, more would not fit in [`TIME_LIMIT_SECS_MAX`].
+pub const KILLS_MAX: u64 = 2_000;
+
 /// Defaults, in one place.
 pub mod defaults {
     pub const NODES: u64 = 3;
@@ -75,6 +79,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CliCommand {
     /// Start a cluster, run a workload under a nemesis, check the history, write a report.
     Run(RunArgs),
@@ -284,6 +290,12 @@ pub struct RunArgs {
     /// leader: every fault is a failover, as `scripts/failover.sh` uses).
     #[arg(long, value_enum, default_value_t = ProcessTargets::Mixed)]
     pub targets: ProcessTargets,
+    /// Kill loop: the kill nemesis alone (whatever --nemesis says), exactly
+    /// this many kill faults, one each --fault-secs + --heal-secs on
+    /// average; the time limit follows from it (--time-limit is ignored).
+    /// `scripts/kill-loop.sh` runs it.
+    #[arg(long, env = "QM_JEPSEN_KILLS")]
+    pub kills: Option<u64>,
 }
 
 /// Flags of `qm-jepsen check`.
@@ -328,12 +340,19 @@ pub struct RunConfig {
     /// which all used the mixed targets.
     #[serde(default)]
     pub targets: ProcessTargets,
+    /// A kill loop's exact number of kill faults (`--kills`); `None` for a
+    /// run of the time limit. Absent from older `test.json` files.
+    #[serde(default)]
+    pub kills: Option<u64>,
 }
 
 impl RunArgs {
     /// Applies the defaults that depend on other flags and validates.
     pub fn into_config(self, random_seed: u64) -> Result<RunConfig, JepsenError> {
-        let nemeses = parse_nemeses(&self.nemesis)?;
+        let nemeses = match self.kills {
+            Some(_) => vec![NemesisKind::Kill],
+            None => parse_nemeses(&self.nemesis)?,
+        };
         let partitions = parse_partitions(&self.partitions)?;
         let seed = self.seed.unwrap_or(random_seed);
         let nemesis_name = match nemeses.is_empty() {
@@ -354,9 +373,13 @@ impl RunArgs {
             Some(path) => path,
             None => default_node_binary(),
         };
+        let time_limit_secs = match self.kills {
+            Some(kills) => kill_loop_secs(kills, self.fault_secs, self.heal_secs).ceil() as u64,
+            None => self.time_limit,
+        };
         let config = RunConfig {
             nodes: self.nodes,
-            time_limit_secs: self.time_limit,
+            time_limit_secs,
             concurrency: self.concurrency,
             rate: self.rate,
             workload: self.workload,
@@ -375,10 +398,17 @@ impl RunArgs {
             tls: self.tls,
             policy: self.policy,
             targets: self.targets,
+            kills: self.kills,
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A kill loop's length: the quiet start, `kills` cycles of a fault and a
+/// heal at their means, the healed end.
+pub fn kill_loop_secs(kills: u64, fault_secs: f64, heal_secs: f64) -> f64 {
+    defaults::FIRST_FAULT_AFTER_SECS + kills as f64 * (fault_secs + heal_secs) + defaults::FINAL_HEALED_SECS
 }
 
 /// `qm-node` next to the running binary (`target/<profile>/`), or, for a test
@@ -398,6 +428,23 @@ impl RunConfig {
         let invalid = |flag, reason: String| Err(JepsenError::InvalidConfig { flag, reason });
         if self.nodes != 3 && self.nodes != 5 {
             return invalid("nodes", format!("is {}; runs use 3 or 5 replicas", self.nodes));
+        }
+        if let Some(kills) = self.kills {
+            if !(1..=KILLS_MAX).contains(&kills) || self.nemeses != [NemesisKind::Kill] {
+                return invalid(
+                    "kills",
+                    format!("is {kills}; must be between 1 and {KILLS_MAX}, with the kill nemesis alone"),
+                );
+            }
+            if self.time_limit_secs > TIME_LIMIT_SECS_MAX {
+                return invalid(
+                    "kills",
+                    format!(
+                        "{kills} kills at --fault-secs {} and --heal-secs {} take {} s, more than the {TIME_LIMIT_SECS_MAX} s a run may last; give fewer kills or shorter faults",
+                        self.fault_secs, self.heal_secs, self.time_limit_secs
+                    ),
+                );
+            }
         }
         if !(TIME_LIMIT_SECS_MIN..=TIME_LIMIT_SECS_MAX).contains(&self.time_limit_secs) {
             return invalid(
@@ -479,8 +526,17 @@ impl RunConfig {
         if self.nemeses.is_empty() {
             return 0.0;
         }
-        let cycles = (NEMESIS_FIRINGS_MIN * self.nemeses.len() as u64) as f64;
+        let cycles = self.faults_owed() as f64;
         defaults::FIRST_FAULT_AFTER_SECS + cycles * (self.fault_secs + self.heal_secs) + defaults::FINAL_HEALED_SECS
+    }
+
+    /// Fault cycles the schedule owes: [`NEMESIS_FIRINGS_MIN`] per nemesis,
+    /// or a kill loop's kills.
+    pub fn faults_owed(&self) -> u64 {
+        match self.kills {
+            Some(kills) => kills,
+            None => NEMESIS_FIRINGS_MIN * self.nemeses.len() as u64,
+        }
     }
 
     /// The nemeses as the command line spells them.
@@ -526,6 +582,9 @@ impl RunConfig {
         }
         if self.targets != ProcessTargets::Mixed {
             command.push_str(&format!(" --targets {}", self.targets.name()));
+        }
+        if let Some(kills) = self.kills {
+            command.push_str(&format!(" --kills {kills}"));
         }
         for arg in &self.node_args {
             command.push_str(&format!(" --node-arg={arg}"));
@@ -653,6 +712,21 @@ mod tests {
         assert!(config.reproduce_command().contains(" --tls"), "{}", config.reproduce_command());
         assert_eq!(PathBuf::from("jepsen-store/register-kill+pause+partition-3n-seed7-tls"), config.out);
         assert!(!args(&[]).into_config(1).expect("valid").reproduce_command().contains("--tls"));
+    }
+
+    #[test]
+    fn a_kill_loop_is_the_kill_nemesis_alone_and_its_length_follows_from_its_kills() {
+        let config = args(&["--kills", "10", "--fault-secs", "1", "--heal-secs", "2", "--nemesis", "pause"])
+            .into_config(1)
+            .expect("valid");
+        assert_eq!(vec![NemesisKind::Kill], config.nemeses);
+        // 2 s quiet + 10 × (1 + 2) s + 3 s healed.
+        assert_eq!(35, config.time_limit_secs);
+        assert_eq!(10, config.faults_owed());
+        assert!(config.reproduce_command().contains(" --kills 10"), "{}", config.reproduce_command());
+        let too_long = args(&["--kills", "2000"]).into_config(1).unwrap_err().to_string();
+        assert!(too_long.contains("--kills") && too_long.contains("fewer kills"), "{too_long}");
+        assert!(args(&["--kills", "0"]).into_config(1).is_err());
     }
 
     #[test]

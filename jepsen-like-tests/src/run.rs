@@ -142,6 +142,8 @@ async fn drive(
         fault_mean: Duration::from_secs_f64(config.fault_secs),
         heal_mean: Duration::from_secs_f64(config.heal_secs),
         final_healed: Duration::from_secs_f64(defaults::FINAL_HEALED_SECS),
+        faults_owed: config.faults_owed(),
+        faults_max: config.kills,
     };
     let mut nemesis = Nemesis::new(cluster.clone(), history.clone(), config.seed, config.nodes).with_targets(config.targets);
     let nemesis_task = tokio::spawn(async move {

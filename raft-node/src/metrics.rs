@@ -174,6 +174,10 @@ pub struct RaftSample {
     pub applied_index: u64,
     pub last_log_index: u64,
     pub snapshot_index: u64,
+    /// The Raft core stopped on a storage error (a full or failing disk):
+    /// the replica acknowledges nothing until the disk takes writes again
+    /// (`crate::storage::fault`).
+    pub storage_failed: bool,
 }
 
 impl Metrics {
@@ -288,7 +292,7 @@ impl Metrics {
         let node = NodeLabels {
             node_id: raft.node_id.to_string(),
         };
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 8] = [
             ("raft_term", "The current Raft term", raft.term),
             (
                 "raft_leader_id",
@@ -300,6 +304,11 @@ impl Metrics {
             ("raft_applied_index", "Highest log index applied to the table", raft.applied_index),
             ("raft_last_log_index", "Highest log index stored", raft.last_log_index),
             ("raft_snapshot_index", "Log index of the latest snapshot", raft.snapshot_index),
+            (
+                "raft_storage_failed",
+                "1 while this replica's disk is full or failing writes: it acknowledges nothing until the disk takes writes again",
+                u64::from(raft.storage_failed),
+            ),
         ];
         for (name, help, value) in gauges {
             let family = Family::<NodeLabels, Gauge>::default();
@@ -382,6 +391,7 @@ mod tests {
             applied_index: 9,
             last_log_index: 9,
             snapshot_index: 0,
+            storage_failed: false,
         };
         let utilization = [UtilizationSample {
             provider_id: "node_1".into(),

@@ -45,6 +45,7 @@ use crate::network::server::RaftRpcServer;
 use crate::security::audit::AuditLog;
 use crate::security::reload::ReloadableTls;
 use crate::security::{handshakes, Call, Guard};
+use crate::storage::fault::StorageFault;
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
 
@@ -59,6 +60,12 @@ pub const BOOTSTRAP_PROBE_INTERVAL_MS: u64 = 200;
 pub const BOOTSTRAP_PROBE_TIMEOUT_MS: u64 = 500;
 
 /// Runs a replica on `listener` until `shutdown` completes.
+///
+/// A replica whose disk fails (full, or failing writes) stays up answering
+/// UNAVAILABLE and NOT_SERVING while its Raft core is stopped, probes the
+/// disk, and once the disk takes writes again stops that Raft instance and
+/// serves again on the same listener from what its data dir holds (see
+/// [`crate::storage::fault`]). Each such pass is one `serve_replica`.
 pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let (tls, guard) = secure(&config)?;
     let audit = Arc::new(match &config.audit {
@@ -72,14 +79,88 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     if config.unsafe_stale_reads {
         warn!("--unsafe-stale-reads is on: reads skip the read index and may be stale. This switch exists only to prove the fault-injection checkers; never use it in production");
     }
-    let (log_store, state_machine) = storage::open(
-        &config.data_dir,
-        TableConfig {
-            event_history_max: config.event_history_max,
-            ..TableConfig::default()
-        },
-    )
-    .await?;
+    let (signalled, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = signalled.send(true);
+    });
+    // Kept open across passes (each pass serves a duplicate of it), so that
+    // the port stays this replica's while its storage is reopened.
+    let listener = listener.into_std().context("the listener")?;
+    let mut reopened = false;
+    loop {
+        let pass_listener = TcpListener::from_std(listener.try_clone().context("duplicating the listener")?).context("the listener")?;
+        let secured = Secured {
+            tls: tls.clone(),
+            guard: guard.clone(),
+            audit: audit.clone(),
+        };
+        match serve_replica(&config, pass_listener, &secured, stop.clone(), reopened).await? {
+            Served::Stopped => return Ok(()),
+            Served::DiskRecovered => {
+                info!(data_dir = %config.data_dir.display(), "the disk takes writes again: opening the data dir again");
+                reopened = true;
+            }
+        }
+    }
+}
+
+/// What every pass of [`serve_replica`] shares: TLS, the guard, the audit trail.
+struct Secured {
+    tls: Option<Arc<ReloadableTls>>,
+    guard: Guard,
+    audit: Arc<AuditLog>,
+}
+
+/// How one pass of [`serve_replica`] ended.
+enum Served {
+    /// `shutdown` completed.
+    Stopped,
+    /// The storage had failed and the disk takes writes again: serve anew.
+    DiskRecovered,
+}
+
+/// Opens the data dir, on a pass after a disk fault again and again until
+/// it opens or the replica is told to stop (the first pass reports a data
+/// dir that does not open, as before).
+async fn open_storage(
+    config: &NodeConfig,
+    reopened: bool,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<(storage::LogStore, storage::StateMachineStore)>> {
+    let table_config = TableConfig {
+        event_history_max: config.event_history_max,
+        ..TableConfig::default()
+    };
+    loop {
+        match storage::open(&config.data_dir, table_config.clone()).await {
+            Ok(opened) => return Ok(Some(opened)),
+            Err(error) if reopened => {
+                warn!(%error, data_dir = %config.data_dir.display(), "the data dir does not open again yet; retrying")
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(None),
+            () = tokio::time::sleep(Duration::from_millis(storage::fault::DISK_PROBE_INTERVAL_MS)) => {}
+        }
+    }
+}
+
+/// Serves one Raft instance on the data dir until `stop` or a disk fault
+/// the disk has recovered from.
+async fn serve_replica(
+    config: &NodeConfig,
+    listener: TcpListener,
+    secured: &Secured,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    reopened: bool,
+) -> anyhow::Result<Served> {
+    let Secured { tls, guard, audit } = secured;
+    let (tls, guard, audit) = (tls.clone(), guard.clone(), audit.clone());
+    let Some((log_store, state_machine)) = open_storage(config, reopened, &mut stop).await? else {
+        return Ok(Served::Stopped);
+    };
     let truncations = log_store.truncations();
     let identity = log_store.cluster_identity()?;
     let formats = crate::consensus::announce::FormatVersions::claimed(config.test_format_version_offset);
@@ -115,7 +196,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         config: config.clone(),
         raft: raft.clone(),
         proposer: Proposer::start(
-            RaftBatchWriter::new(raft.clone(), truncations),
+            RaftBatchWriter::new(raft.clone(), truncations, config.data_dir.clone()),
             Duration::from_millis(config.request_timeout_ms),
         ),
         state,
@@ -130,6 +211,7 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "replica starting");
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_reporter_for_faults = health_reporter.clone();
     // Both reflection versions: grpcurl and newer clients speak v1, Python's
     // grpcio-reflection and other older clients v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
@@ -147,10 +229,16 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
         tokio::spawn(report_health(node.clone(), health_reporter)),
         tokio::spawn(take_snapshots_when_asked(raft.clone(), snapshot_requests)),
     ];
+    let (storage_failed, mut disk_recovered) = tokio::sync::oneshot::channel();
+    background.push(tokio::spawn(watch_storage(
+        node.clone(),
+        health_reporter_for_faults,
+        storage_failed,
+    )));
     if let Some(tls) = &tls {
         background.push(tokio::spawn(tls.clone().reload_when_asked(config.tls_reload_interval_ms)));
     }
-    background.extend(start_http(&config, &node, &guard, &audit, tls.clone()).await?);
+    background.extend(start_http(config, &node, &guard, &audit, tls.clone()).await?);
 
     let api = QuartermasterServer::new(ApiService::new(node.clone(), guard.clone(), audit.clone()))
         .max_decoding_message_size(config.message_size_max_bytes)
@@ -171,10 +259,22 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     // Graceful, but bounded: a client's long-lived stream (the Pipeline, a
     // Watch) would otherwise hold a stopping replica up forever, and a
     // rolling restart waits for each replica to exit.
+    // The server stops on `shutdown`, or when a disk that failed takes
+    // writes again (this pass then ends, and the next one serves).
     let (signalled, mut signal_seen) = tokio::sync::watch::channel(false);
+    let (disk_recovered_seen, disk_recovered_flag) = tokio::sync::watch::channel(false);
+    let mut stop_seen = stop.clone();
     let signal = async move {
-        shutdown.await;
+        let recovered = tokio::select! {
+            _ = stop_seen.wait_for(|stopped| *stopped) => false,
+            // A watcher that ended without a recovery (the pass is
+            // ending anyway) disables this branch rather than stopping.
+            Ok(()) = &mut disk_recovered => true,
+        };
         let _ = signalled.send(true);
+        if recovered {
+            let _ = disk_recovered_seen.send(true);
+        }
     };
     let serve = async {
         match &tls {
@@ -201,9 +301,55 @@ pub async fn run(config: NodeConfig, listener: TcpListener, shutdown: impl Futur
     for task in background {
         task.abort();
     }
-    info!(node_id = config.id, "replica stopping");
     raft.shutdown().await.ok();
-    served.context("gRPC server")
+    served.context("gRPC server")?;
+    match *disk_recovered_flag.borrow() && !*stop.borrow() {
+        true => Ok(Served::DiskRecovered),
+        false => {
+            info!(node_id = config.id, "replica stopping");
+            Ok(Served::Stopped)
+        }
+    }
+}
+
+/// Waits for the Raft core to stop on a storage error; then marks the
+/// replica NOT_SERVING, says why, and probes the disk until it takes writes
+/// again, when it tells the pass to end through `recovered` (see
+/// [`crate::storage::fault`]). Ends quietly if the core stops otherwise.
+async fn watch_storage(node: Arc<Node>, reporter: tonic_health::server::HealthReporter, recovered: tokio::sync::oneshot::Sender<()>) {
+    let mut metrics = node.raft.metrics();
+    let fault = loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            match StorageFault::from_fatal(fatal, &node.config.data_dir) {
+                Some(fault) => break fault,
+                None => return,
+            }
+        }
+        if metrics.changed().await.is_err() {
+            // The core is gone; its last word is still in the channel.
+            match &metrics.borrow().running_state {
+                Err(fatal) => match StorageFault::from_fatal(fatal, &node.config.data_dir) {
+                    Some(fault) => break fault,
+                    None => return,
+                },
+                Ok(()) => return,
+            }
+        }
+    };
+    tracing::error!(node_id = node.id, data_dir = %fault.data_dir.display(), disk_full = fault.disk_full, free_bytes = fault.free_bytes, error = %fault.error, "storage failed: {fault}");
+    reporter.set_not_serving::<QuartermasterServer<ApiService>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(storage::fault::DISK_PROBE_INTERVAL_MS)).await;
+        let data_dir = fault.data_dir.clone();
+        match tokio::task::spawn_blocking(move || storage::fault::probe_disk(&data_dir)).await {
+            Ok(Ok(())) => break,
+            Ok(Err(error)) => debug!(%error, "the disk still refuses writes"),
+            Err(join_error) => debug!(%join_error, "the disk probe did not finish"),
+        }
+    }
+    info!(node_id = node.id, data_dir = %fault.data_dir.display(), "a probe wrote and fsynced {} bytes in the data dir", storage::fault::DISK_PROBE_BYTES);
+    let _ = recovered.send(());
 }
 
 /// Turns the state machine's requests ([`SnapshotRequests`]: enough commands
@@ -316,7 +462,9 @@ async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthRe
     // A leader that falls silent changes no metric: look again this often.
     let recheck = Duration::from_millis(node.config.heartbeat_interval_ms);
     loop {
-        let has_leader = node.leader().is_some();
+        // A core stopped (by a disk fault, say) serves nothing, whatever
+        // leader it last knew.
+        let has_leader = node.leader().is_some() && node.raft.metrics().borrow().running_state.is_ok();
         if serving != Some(has_leader) {
             serving = Some(has_leader);
             if has_leader {

@@ -9,7 +9,10 @@
 //! * a request acknowledged as queued, with no release attempted, must still
 //!   be live (queued, or granted since);
 //! * a request whose release was acknowledged (it found the record and
-//!   finished it) must not be live at the end.
+//!   finished it) must not be live at the end;
+//! * nothing unacknowledged is held: a request live at the end was sent at
+//!   least once with an outcome other than `fail` (`ok`, or `info`: it may
+//!   have taken effect), since a `fail` means it certainly did not.
 //!
 //! Without a successful final read the verdict is unknown.
 
@@ -54,6 +57,15 @@ pub enum LostAllocationViolation {
         release: Vec<u64>,
         final_read: Vec<u64>,
     },
+    /// Live at the end, though every send of it failed for certain (or it
+    /// was never sent): the table holds something nobody was told about.
+    UnacknowledgedHeld {
+        request_id: String,
+        final_state: String,
+        /// The failed sends.
+        failed: Vec<u64>,
+        final_read: Vec<u64>,
+    },
 }
 
 impl Violation for LostAllocationViolation {
@@ -85,6 +97,15 @@ impl Violation for LostAllocationViolation {
             LostAllocationViolation::ReleaseUndone {
                 request_id, final_state, ..
             } => format!("release of {request_id} was acknowledged, yet it is {final_state} at the end"),
+            LostAllocationViolation::UnacknowledgedHeld {
+                request_id,
+                final_state,
+                failed,
+                ..
+            } => format!(
+                "request {request_id} is {final_state} at the end, though its {} send(s) all failed for certain",
+                failed.len() / 2
+            ),
         }
     }
 
@@ -100,6 +121,7 @@ impl Violation for LostAllocationViolation {
                 acknowledged, final_read, ..
             } => acknowledged.iter().chain(final_read).copied().collect(),
             LostAllocationViolation::ReleaseUndone { release, final_read, .. } => release.iter().chain(final_read).copied().collect(),
+            LostAllocationViolation::UnacknowledgedHeld { failed, final_read, .. } => failed.iter().chain(final_read).copied().collect(),
         }
     }
 }
@@ -196,6 +218,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
             });
         }
     }
+    violations.extend(unacknowledged_held(history, &at_end, &final_ops));
     let notes = vec![format!(
         "{} acknowledged requests and {} acknowledged releases compared with the final read of {} records",
         acknowledged.len(),
@@ -203,6 +226,38 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         final_records.len()
     )];
     CheckerResult::from_violations("no-lost-allocation", &violations, notes, false)
+}
+
+/// Requests live at the end that no send may have created: each send of
+/// them ended `fail` (it certainly did not take effect), or none was made.
+fn unacknowledged_held(
+    history: &AllocationHistory,
+    at_end: &BTreeMap<&str, &RecordView>,
+    final_ops: &[u64],
+) -> Vec<LostAllocationViolation> {
+    let mut may_exist: BTreeSet<&str> = BTreeSet::new();
+    let mut failed: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for operation in history.operations {
+        let Payload::Allocate(value) = &operation.invoke.payload else {
+            continue;
+        };
+        match operation.kind() {
+            OpType::Fail => failed.entry(&value.request_id).or_default().extend(operation.indexes()),
+            _ => {
+                may_exist.insert(&value.request_id);
+            }
+        }
+    }
+    at_end
+        .iter()
+        .filter(|(request_id, record)| record.is_live() && !may_exist.contains(*request_id))
+        .map(|(request_id, record)| LostAllocationViolation::UnacknowledgedHeld {
+            request_id: request_id.to_string(),
+            final_state: record.state.clone(),
+            failed: failed.get(request_id).cloned().unwrap_or_default(),
+            final_read: final_ops.to_vec(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -266,6 +321,35 @@ mod tests {
         let result = allocation_verdict(&mut history, check);
         let kinds = anomaly_kinds(&result);
         assert_eq!(vec!["placement-changed", "release-undone"], kinds);
+    }
+
+    #[test]
+    fn a_request_held_though_every_send_failed_is_caught_and_an_unknown_one_is_not() {
+        let mut history = HistoryBuilder::default();
+        history
+            .fail(0, 0, 10, allocate("failed", false, None))
+            .info(1, 0, 10, allocate("unknown", false, None))
+            .fail(2, 0, 10, allocate("failed-then-resent", false, None))
+            .info(2, 20, 30, allocate("failed-then-resent", true, None))
+            .ok(
+                9,
+                100,
+                110,
+                read_records(
+                    vec![
+                        core("failed", "monitoring", "cpu-0"),
+                        core("unknown", "monitoring", "cpu-1"),
+                        core("failed-then-resent", "queued", "cpu-2"),
+                        core("never-sent", "monitoring", "cpu-3"),
+                    ],
+                    true,
+                ),
+            );
+        let result = allocation_verdict(&mut history, check);
+        assert_eq!(vec!["unacknowledged-held", "unacknowledged-held"], anomaly_kinds(&result));
+        let named: Vec<&str> = result.anomalies.iter().map(|anomaly| anomaly.description.as_str()).collect();
+        assert!(named[0].contains("request failed is monitoring"), "{named:?}");
+        assert!(named[1].contains("request never-sent is monitoring"), "{named:?}");
     }
 
     #[test]

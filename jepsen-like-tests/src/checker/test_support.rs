@@ -41,6 +41,10 @@ impl HistoryBuilder {
         self.op(process, from, to, OpType::Info, invoked.clone(), invoked)
     }
 
+    pub fn fail(&mut self, process: u64, from: u64, to: u64, invoked: Payload) -> &mut Self {
+        self.op(process, from, to, OpType::Fail, invoked.clone(), invoked)
+    }
+
     /// The events sorted by time (as a recorder would have written them).
     pub fn operations(&mut self) -> Vec<Operation> {
         self.ops.sort_by_key(|op| op.time_ns);

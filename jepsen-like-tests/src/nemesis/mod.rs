@@ -16,7 +16,7 @@
 //! | `membership` | add a blank replica as a voter (n+1)        | remove a voter: an original while any is left (the leader a third of the time, if it is one), so enough cycles replace them all (n) |
 //! | `optimize`   | an optimization plan (`Optimize`: live moves of movable allocations), then drain a random provider of the allocation workload | uncordon it (`open`), and note the moves completed so far |
 //!
-//! Every nemesis named fires at least [`NEMESIS_FIRINGS_MIN`] times: the
+//! Every nemesis named fires at least [`crate::config::NEMESIS_FIRINGS_MIN`] times: the
 //! run is refused when its time limit cannot hold that many cycles at the
 //! mean lengths ([`crate::config::RunConfig::schedule_secs_min`]), and the
 //! schedule shortens the cycles it still owes so that they fit whatever
@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::cluster::TestCluster;
-use crate::config::{NemesisKind, ProcessTargets, NEMESIS_FIRINGS_MIN};
+use crate::config::{NemesisKind, ProcessTargets};
 use crate::history::{HistoryRecorder, NemesisValue, OpType, Payload, Process};
 use crate::workload::{allocation, with_final_retries};
 use partition::PartitionShape;
@@ -67,6 +67,11 @@ pub struct NemesisSchedule {
     pub heal_mean: Duration,
     /// Healed time before the end that no fault may enter.
     pub final_healed: Duration,
+    /// Fault cycles owed: the schedule shrinks cycles so that this many
+    /// fit before the end ([`crate::config::RunConfig::faults_owed`]).
+    pub faults_owed: u64,
+    /// A kill loop's exact count: no fault cycle past this many.
+    pub faults_max: Option<u64>,
 }
 
 /// A fault in force, and so what its heal undoes.
@@ -127,9 +132,14 @@ impl Nemesis {
         tokio::time::sleep_until(started + schedule.first_fault_after).await;
         let mut order: Vec<NemesisKind> = Vec::new();
         // Cycles owed so that every kind fires NEMESIS_FIRINGS_MIN times
-        // (each round of `order` holds every kind once).
-        let mut owed = NEMESIS_FIRINGS_MIN as u32 * schedule.kinds.len() as u32;
+        // (each round of `order` holds every kind once), or a kill loop's kills.
+        let mut owed = schedule.faults_owed as u32;
+        let mut cycles = 0;
         loop {
+            if schedule.faults_max.is_some_and(|max| cycles >= max) {
+                return;
+            }
+            cycles += 1;
             // A fault cut short to leave the final healed stretch whole.
             let room = end.saturating_duration_since(Instant::now() + schedule.final_healed);
             let (fault_for, heal_for) = self.cycle(schedule, room, owed);

@@ -44,6 +44,11 @@ fn wire_leader(leader: Option<Leader>) -> Option<wire::Leader> {
 
 impl From<NotLeader> for Status {
     fn from(error: NotLeader) -> Status {
+        // Plain UNAVAILABLE, no leader hint: the client tries the other
+        // replicas, and whoever reads the error learns which disk failed.
+        if let Some(fault) = error.storage_fault {
+            return Status::unavailable(fault);
+        }
         not_leader(error.leader)
     }
 }
@@ -150,7 +155,10 @@ mod tests {
     #[test]
     fn a_stopping_replica_and_an_unconfirmed_read_are_plain_unavailable() {
         let statuses = [
-            Status::from(ProposeError::Stopping { operation_type: "release" }),
+            Status::from(ProposeError::Stopping {
+                operation_type: "release",
+                reason: "the proposer stopped".to_owned(),
+            }),
             Status::from(ReadError::QuorumUnconfirmed { timeout_ms: 5_000 }),
             Status::from(ReadError::Stopping {
                 reason: "fatal".to_owned(),

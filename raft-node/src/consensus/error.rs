@@ -22,6 +22,10 @@ pub struct Leader {
 pub struct NotLeader {
     /// The leader this replica knows of, if any.
     pub leader: Option<Leader>,
+    /// Set when this replica's Raft core stopped on a full or failing disk
+    /// ([`crate::storage::fault`]): it leads nothing until the disk takes
+    /// writes again, and every caller is told why.
+    pub storage_fault: Option<String>,
 }
 
 /// Why a proposed command has no answer from the table.
@@ -47,8 +51,8 @@ pub enum ProposeError {
     Timeout { timeout_ms: u64, operation_type: &'static str },
     /// This replica's proposer or Raft is shutting down; a command already
     /// queued or appended may or may not take effect.
-    #[error("this replica is stopping; the outcome of {operation_type} is unknown")]
-    Stopping { operation_type: &'static str },
+    #[error("this replica is stopping ({reason}); the outcome of {operation_type} is unknown")]
+    Stopping { operation_type: &'static str, reason: String },
     /// Committed and applied: the table refused it and changed nothing.
     #[error(transparent)]
     Rejected(CommandError),
@@ -74,6 +78,9 @@ pub enum ReadError {
 
 impl From<NotLeader> for ReadError {
     fn from(not_leader: NotLeader) -> ReadError {
+        if let Some(reason) = not_leader.storage_fault {
+            return ReadError::Stopping { reason };
+        }
         ReadError::NotLeader { leader: not_leader.leader }
     }
 }

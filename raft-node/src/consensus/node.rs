@@ -93,7 +93,9 @@ impl Node {
             return Err(ReadError::NotLeader { leader: self.live(leader) });
         }
         if let Some(fatal) = error.fatal() {
-            return Err(ReadError::Stopping { reason: fatal.to_string() });
+            return Err(ReadError::Stopping {
+                reason: crate::storage::fault::describe_fatal(fatal, &self.config.data_dir),
+            });
         }
         // Too few voters confirmed this leadership (QuorumNotEnough): send
         // the caller to whichever leader this replica knows now.
@@ -102,9 +104,29 @@ impl Node {
 
     /// Writes are only accepted by the leader; others redirect.
     pub fn require_leader(&self) -> Result<(), NotLeader> {
+        if let Some(fault) = self.storage_fault() {
+            // Its last metrics may still say it leads, or name a leader:
+            // neither holds for a core that stopped.
+            return Err(NotLeader {
+                leader: None,
+                storage_fault: Some(fault.to_string()),
+            });
+        }
         match self.leading_term() {
             Some(_) => Ok(()),
-            None => Err(NotLeader { leader: self.leader() }),
+            None => Err(NotLeader {
+                leader: self.leader(),
+                storage_fault: None,
+            }),
+        }
+    }
+
+    /// Why this replica's Raft core stopped, when it stopped on a storage
+    /// error (a full or failing disk); `None` while it runs.
+    pub fn storage_fault(&self) -> Option<crate::storage::fault::StorageFault> {
+        match &self.raft.metrics().borrow().running_state {
+            Err(fatal) => crate::storage::fault::StorageFault::from_fatal(fatal, &self.config.data_dir),
+            Ok(()) => None,
         }
     }
 
@@ -113,6 +135,11 @@ impl Node {
     /// ([`LeaderContact`]), never one that may be gone.
     pub fn leader(&self) -> Option<Leader> {
         let metrics = self.raft.metrics().borrow().clone();
+        // A core that stopped (a failed disk) knows no leader any more,
+        // whatever its last metrics said, itself included.
+        if metrics.running_state.is_err() {
+            return None;
+        }
         let id = metrics.current_leader?;
         let addr = metrics.membership_config.membership().get_node(&id).map(|node| node.addr.clone())?;
         self.live(Some(Leader { id, addr }))

@@ -44,6 +44,9 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 /// Commands waiting for a batch at most; past this, callers wait to enqueue.
 pub const PROPOSAL_QUEUE_COMMANDS_MAX: usize = 65_536;
 
+/// [`ProposeError::Stopping`]'s reason when the proposer itself stopped.
+pub const PROPOSER_STOPPED: &str = "the proposer stopped";
+
 /// Why a whole batch got no answers from the table: every command of it is
 /// answered with the same error.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +55,9 @@ pub enum BatchError {
     NotLeader { leader: Option<Leader> },
     /// Appended here, then truncated by a newer leader: it may still commit.
     OutcomeUnknown { leader: Option<Leader> },
-    /// Raft is shutting down.
-    Stopping,
+    /// Raft is shutting down, or stopped on a fatal error (a failed disk):
+    /// `reason` says which.
+    Stopping { reason: String },
     /// An answer a batch is never given (a bug).
     Internal { reason: String },
 }
@@ -64,7 +68,7 @@ impl BatchError {
         match self {
             BatchError::NotLeader { leader } => ProposeError::NotLeader { leader, operation_type },
             BatchError::OutcomeUnknown { leader } => ProposeError::OutcomeUnknown { leader, operation_type },
-            BatchError::Stopping => ProposeError::Stopping { operation_type },
+            BatchError::Stopping { reason } => ProposeError::Stopping { operation_type, reason },
             BatchError::Internal { reason } => ProposeError::Internal { operation_type, reason },
         }
     }
@@ -110,14 +114,20 @@ impl Proposer {
         self.queue
             .send(Proposal { command, reply })
             .await
-            .map_err(|_| ProposeError::Stopping { operation_type })?;
+            .map_err(|_| ProposeError::Stopping {
+                operation_type,
+                reason: PROPOSER_STOPPED.to_owned(),
+            })?;
         match tokio::time::timeout(self.request_timeout, answer).await {
             Err(_) => Err(ProposeError::Timeout {
                 timeout_ms: self.request_timeout.as_millis() as u64,
                 operation_type,
             }),
             // The batch's task ended without answering: Raft or the runtime stopped.
-            Ok(Err(_)) => Err(ProposeError::Stopping { operation_type }),
+            Ok(Err(_)) => Err(ProposeError::Stopping {
+                operation_type,
+                reason: PROPOSER_STOPPED.to_owned(),
+            }),
             Ok(Ok(answer)) => answer.map_err(|error| error.for_command(operation_type)),
         }
     }

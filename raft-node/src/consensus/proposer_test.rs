@@ -176,7 +176,15 @@ async fn a_batch_error_answers_every_caller_of_the_batch() {
                 operation_type: "release",
             },
         ),
-        (BatchError::Stopping, ProposeError::Stopping { operation_type: "release" }),
+        (
+            BatchError::Stopping {
+                reason: "disk full".to_owned(),
+            },
+            ProposeError::Stopping {
+                operation_type: "release",
+                reason: "disk full".to_owned(),
+            },
+        ),
     ];
     for (batch_error, expected) in errors {
         let first = propose(&harness.proposer, release(1)).await;
@@ -216,6 +224,9 @@ async fn a_stopped_proposer_answers_stopping() {
     harness.task.abort();
     assert!(harness.task.await.expect_err("aborted").is_cancelled());
 
-    let stopping = ProposeError::Stopping { operation_type: "release" };
+    let stopping = ProposeError::Stopping {
+        operation_type: "release",
+        reason: crate::consensus::proposer::PROPOSER_STOPPED.to_owned(),
+    };
     assert_eq!(Err(stopping), harness.proposer.propose(release(1)).await);
 }

@@ -38,11 +38,14 @@
 //! answers `Timeout`; a core that stops answers `Fatal`, which becomes
 //! `Stopping`.
 
+use std::path::PathBuf;
+
 use openraft::error::{ClientWriteError, RaftError};
 use qm_state_machine::ApplyResult;
 
 use crate::consensus::error::Leader;
 use crate::consensus::proposer::{BatchError, BatchWriter};
+use crate::storage::fault::describe_fatal;
 use crate::storage::TruncationCount;
 use crate::types::{CommandBatch, Raft};
 
@@ -51,11 +54,17 @@ pub struct RaftBatchWriter {
     raft: Raft,
     /// The log store's count of truncations, to classify `ForwardToLeader`.
     truncations: TruncationCount,
+    /// Named when a failed disk stopped Raft (`crate::storage::fault`).
+    data_dir: PathBuf,
 }
 
 impl RaftBatchWriter {
-    pub fn new(raft: Raft, truncations: TruncationCount) -> RaftBatchWriter {
-        RaftBatchWriter { raft, truncations }
+    pub fn new(raft: Raft, truncations: TruncationCount, data_dir: PathBuf) -> RaftBatchWriter {
+        RaftBatchWriter {
+            raft,
+            truncations,
+            data_dir,
+        }
     }
 }
 
@@ -85,7 +94,11 @@ impl BatchWriter for RaftBatchWriter {
             }),
             Err(RaftError::Fatal(fatal)) => {
                 tracing::warn!(%fatal, "a batch was not written: Raft is stopping");
-                Err(BatchError::Stopping)
+                // A storage error names the data dir and the disk's error
+                // (see storage::fault): the caller learns why.
+                Err(BatchError::Stopping {
+                    reason: describe_fatal(&fatal, &self.data_dir),
+                })
             }
         }
     }

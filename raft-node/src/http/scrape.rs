@@ -35,6 +35,7 @@ pub async fn render(node: &Node) -> String {
         applied_index: raft_metrics.last_applied.map_or(0, |log_id| log_id.index),
         last_log_index: raft_metrics.last_log_index.unwrap_or(0),
         snapshot_index: raft_metrics.snapshot.map_or(0, |log_id| log_id.index),
+        storage_failed: matches!(raft_metrics.running_state, Err(openraft::error::Fatal::StorageError(_))),
     };
     let utilization = node
         .with_table(|table| {

@@ -36,6 +36,8 @@ pub struct DurableFlush {
 
 struct Inner {
     db: sled::Db,
+    /// Named in every error, so that a full or failing disk is named too.
+    data_dir: PathBuf,
     data_file: File,
     blobs_dir: PathBuf,
     /// Blob file name → length when it was last fsynced. A blob is fsynced
@@ -52,6 +54,7 @@ impl DurableFlush {
         sync_dir(data_dir).map_err(StorageError::Sync)?;
         let inner = Inner {
             db,
+            data_dir: data_dir.to_path_buf(),
             data_file,
             blobs_dir: data_dir.join("blobs"),
             synced_blobs: Mutex::new(BTreeMap::new()),
@@ -68,8 +71,20 @@ impl DurableFlush {
             .map_err(|join_error| io::Error::other(format!("flush task failed: {join_error}")))?
     }
 
-    /// As [`Self::flush`], for callers already off the async runtime.
+    /// As [`Self::flush`], for callers already off the async runtime. An
+    /// error names the data dir, and keeps the disk's own error (its kind,
+    /// and its text with the OS error number) for the caller and
+    /// [`crate::storage::fault`].
     pub fn flush_blocking(&self) -> io::Result<()> {
+        self.flush_steps().map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("flushing data dir {}: {error}", self.inner.data_dir.display()),
+            )
+        })
+    }
+
+    fn flush_steps(&self) -> io::Result<()> {
         self.sync_new_blobs()?;
         self.inner.db.flush().map_err(io::Error::from)?;
         self.inner.data_file.sync_data()

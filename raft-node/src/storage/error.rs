@@ -45,4 +45,8 @@ pub enum StorageError {
     Snapshot(#[from] qm_state_machine::SnapshotError),
     #[error("storage task panicked or was cancelled: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A file of the data dir could not be written (a full disk, a failing
+    /// one): see [`crate::storage::fault`] for what the replica does then.
+    #[error("cannot write {}: {source}", .path.display())]
+    Write { path: PathBuf, source: std::io::Error },
 }

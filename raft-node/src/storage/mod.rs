@@ -28,6 +28,8 @@
 //! * [`db`]: opening sled (explicit flushing, the data dir's lock, the
 //!   layout version) and the trees' names.
 //! * [`error`]: [`StorageError`] and openraft's storage error.
+//! * [`fault`]: what a replica does when its disk is full or fails writes
+//!   (stop acknowledging, say why, probe, resume).
 //! * `codec`: bincode 2 (standard configuration) for every stored value.
 //! * [`identity`]: [`ClusterIdentity`], the cluster id in the meta tree.
 //!
@@ -97,6 +99,7 @@ mod codec;
 pub mod db;
 pub mod durable;
 pub mod error;
+pub mod fault;
 pub mod identity;
 pub mod log_store;
 mod snapshot_store;

@@ -157,7 +157,13 @@ impl SnapshotStore {
             std::fs::rename(&temp, self.dir.join(SNAPSHOT_FILE))?;
             File::open(&self.dir)?.sync_all()
         };
-        write().map_err(StorageError::Sync)?;
+        if let Err(source) = write() {
+            // A disk that filled up mid-write must not stay full of a
+            // snapshot that will never be used: the replica could not
+            // recover when space is freed elsewhere (storage::fault).
+            let _ = std::fs::remove_file(&temp);
+            return Err(StorageError::Write { path: temp, source });
+        }
         Ok(SaveOutcome::Saved)
     }
 
