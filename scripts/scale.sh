@@ -54,9 +54,13 @@ done
 export QM_CLUSTER_DIR=${QM_CLUSTER_DIR:-$ROOT/target/scale-cluster}
 export QM_BASE_PORT=${QM_BASE_PORT:-7600} QM_METRICS_BASE_PORT=${QM_METRICS_BASE_PORT:-7700}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-QM="$TARGET_DIR/release/qm"
-NODE="$TARGET_DIR/release/qm-node"
-LOADER="$TARGET_DIR/release/examples/scale_load"
+# Other binaries (an earlier build's, to compare) with QM_BIN, QM_NODE_BIN
+# and QM_SCALE_LOADER; QM_SCALE_SKIP_BUILD=1 then skips the build.
+export QM_BIN=${QM_BIN:-$TARGET_DIR/release/qm}
+export QM_NODE_BIN=${QM_NODE_BIN:-$TARGET_DIR/release/qm-node}
+QM=$QM_BIN
+NODE=$QM_NODE_BIN
+LOADER=${QM_SCALE_LOADER:-$TARGET_DIR/release/examples/scale_load}
 # How long each wait below may take before the run is given up.
 WAIT_S=${QM_SCALE_WAIT_S:-600}
 PROVIDER_FAILURE_WINDOW_MS=86400000
@@ -66,9 +70,11 @@ NEW_ADDR="127.0.0.1:$((QM_BASE_PORT + NEW_ID))"
 NEW_DIR="$QM_CLUSTER_DIR/$NEW_ID"
 NEW_PID=
 
-echo "building qm-node, qm and the loader (release)..." >&2
-cargo build --release -p qm-raft-node -p qm-cli --bins >&2
-cargo build --release -p qm-client --example scale_load >&2
+if [ -z "${QM_SCALE_SKIP_BUILD:-}" ]; then
+  echo "building qm-node, qm and the loader (release)..." >&2
+  cargo build --release -p qm-raft-node -p qm-cli --bins >&2
+  cargo build --release -p qm-client --example scale_load >&2
+fi
 
 stop_all() {
   if [ -n "$NEW_PID" ] && kill -0 "$NEW_PID" 2>/dev/null; then
