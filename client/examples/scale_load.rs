@@ -113,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         return Ok::<(), qm_client::Error>(());
                     }
                     let reply = client.allocate(request(n)).await?;
-                    if reply.status() != proto::AllocationStatus::Allocated {
+                    if reply.status() != proto::api::AllocationStatus::Allocated {
                         eprintln!("allocation {n} was not placed: {:?}", reply.status());
                     }
                     placed.fetch_add(1, Ordering::Relaxed);
