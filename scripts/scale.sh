@@ -178,7 +178,13 @@ mkdir -p "$NEW_DIR"
 NEW_PID=$!
 commit=$(metric "$leader" raft_commit_index)
 add_at=$(now_ms)
-"$QM" cluster add --id "$NEW_ID" --addr "$NEW_ADDR" >"$NEW_DIR/add.txt"
+# A retried add can find its own first attempt still under way (the
+# configuration change in progress): try again until it is done.
+for attempt in $(seq 30); do
+  if "$QM" cluster add --id "$NEW_ID" --addr "$NEW_ADDR" >"$NEW_DIR/add.txt" 2>&1; then break; fi
+  [ "$attempt" -lt 30 ] || { cat "$NEW_DIR/add.txt" >&2; exit 1; }
+  sleep 1
+done
 added_ms=$(($(now_ms) - add_at))
 wait_applied "$NEW_ID" "$commit"
 caught_up_ms=$(($(now_ms) - add_at))

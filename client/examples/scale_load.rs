@@ -55,6 +55,7 @@ fn request(n: u64) -> ResourceRequest {
     ResourceRequest {
         requester_id: Some(format!("scale-requester-{:03}", n % 100)),
         resource_requirements: Some(BTreeMap::from([("scale_slot".to_owned(), 1.into())])),
+        priority: Some(0.into()),
         namespace: Some("scale".to_owned()),
         ..Default::default()
     }
