@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use holders::Holders;
+
 use crate::error::InvalidArgument;
 use crate::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
 use crate::record::UnitGrant;
@@ -195,7 +197,7 @@ pub struct Resource {
     pub sharing: Sharing,
     /// Amount held by each allocation on this unit. An exclusive unit has at
     /// most one holder, holding its whole capacity.
-    pub holders: BTreeMap<Uuid, u64>,
+    pub holders: Holders,
 }
 
 impl Resource {
@@ -451,10 +453,13 @@ impl Resource {
             capacity: spec.capacity as u64,
             labels: spec.labels.clone(),
             sharing: spec.sharing.expect("validated registrations resolve sharing"),
-            holders: BTreeMap::new(),
+            holders: Holders::new(),
         }
     }
 }
+
+#[path = "holders.rs"]
+mod holders;
 
 #[cfg(test)]
 #[path = "provider_test.rs"]

@@ -29,6 +29,7 @@ mod id_hash_map;
 mod id_key;
 mod indexes;
 mod lifecycle;
+mod memory;
 mod moves;
 mod optimize;
 mod placement;

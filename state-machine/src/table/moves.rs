@@ -79,13 +79,13 @@ impl AllocationTable {
         self.move_counts.started += 1;
         let target_confirms = self.providers[&to.provider_id].confirms_allocations;
         record.state = RequestState::Optimization;
-        record.moving = Some(Move {
+        record.moving = Some(Box::new(Move {
             reason,
             from,
             to,
             deadline_ms: self.clock_ms + self.config.move_confirm_timeout_ms,
             target_confirmed: false,
-        });
+        }));
         if !target_confirms {
             self.target_confirmed(&mut record);
         }

@@ -134,6 +134,14 @@ impl RecordMap {
         self.iter().map(|(_, record)| record.as_ref())
     }
 
+    /// Every record, mutable, each copied first if shared (with a snapshot
+    /// copy or an answer). For the heap measurement (`memory`) only.
+    pub(super) fn records_mut(&mut self) -> impl Iterator<Item = &mut RequestRecord> + '_ {
+        self.shards
+            .iter_mut()
+            .flat_map(|shard| Arc::make_mut(shard).values_mut().map(Arc::make_mut))
+    }
+
     /// Builds the map from entries already in id order (as a snapshot holds
     /// them): each shard is built at once from its run of entries.
     pub(super) fn from_sorted(entries: Vec<(Uuid, Arc<RequestRecord>)>) -> RecordMap {

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# A local 3-replica release cluster at scale (issues 23 and 26): load it,
+# then print what an operator feels at that size.
+#
+#   scripts/scale.sh [--quick] [--providers N] [--allocations M] [--concurrency C] [--keep]
+#
+# 1. Starts 3 replicas (scripts/cluster.sh, release builds, its own ports and
+#    a cluster dir under target/, so it runs beside scripts/bench.sh and
+#    scripts/cluster.sh's default cluster). The replicas snapshot every
+#    (N + M) / 4 commands, so the last snapshot is built with the table
+#    about full, and declare a provider failed only after a day of silence:
+#    the loader's providers do not heartbeat (10,000 heartbeating providers
+#    would be a load of their own on this machine; the memory is the table's).
+# 2. Registers N providers (default 10,000) of one-unit slots and places M
+#    allocations (default 1,000,000) through the cluster with
+#    `client/examples/scale_load.rs`, C in flight (default 256).
+# 3. Prints, per replica: resident memory (VmRSS now, VmHWM the peak, from
+#    /proc/PID/status) and the last snapshot's build (its log line: copy,
+#    encode, save, bytes).
+# 4. Kills a follower with -9, starts it again on its data dir, and prints
+#    how long until it serves reads: it answers, knows the leader and has
+#    applied everything committed before the kill (what a linearizable read
+#    on it waits for).
+# 5. Starts a 4th replica on an empty data dir, adds it (`qm cluster add`:
+#    learner, caught up by snapshot, promoted), and prints how long that took
+#    and its resident memory.
+# Then stops every replica it started (by pid) and deletes the data, unless
+# --keep. --quick is 1,000 providers and 100,000 allocations, for a trial.
+# Figures: BENCHMARKS.md, "Memory and disk". The machine's cores are shared
+# by the replicas and the loader; the times are this machine's.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+PROVIDERS=10000
+ALLOCATIONS=1000000
+CONCURRENCY=256
+KEEP=no
+usage() { echo "usage: scripts/scale.sh [--quick] [--providers N] [--allocations M] [--concurrency C] [--keep]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) PROVIDERS=1000; ALLOCATIONS=100000; shift ;;
+    --providers) PROVIDERS=${2:?}; shift 2 ;;
+    --allocations) ALLOCATIONS=${2:?}; shift 2 ;;
+    --concurrency) CONCURRENCY=${2:?}; shift 2 ;;
+    --keep) KEEP=yes; shift ;;
+    *) usage ;;
+  esac
+done
+for value in "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY"; do
+  [[ "$value" =~ ^[1-9][0-9]*$ ]] || usage
+done
+
+export QM_CLUSTER_DIR=${QM_CLUSTER_DIR:-$ROOT/target/scale-cluster}
+export QM_BASE_PORT=${QM_BASE_PORT:-7600} QM_METRICS_BASE_PORT=${QM_METRICS_BASE_PORT:-7700}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# Other binaries (an earlier build's, to compare) with QM_BIN, QM_NODE_BIN
+# and QM_SCALE_LOADER; QM_SCALE_SKIP_BUILD=1 then skips the build.
+export QM_BIN=${QM_BIN:-$TARGET_DIR/release/qm}
+export QM_NODE_BIN=${QM_NODE_BIN:-$TARGET_DIR/release/qm-node}
+QM=$QM_BIN
+NODE=$QM_NODE_BIN
+LOADER=${QM_SCALE_LOADER:-$TARGET_DIR/release/examples/scale_load}
+# How long each wait below may take before the run is given up.
+WAIT_S=${QM_SCALE_WAIT_S:-600}
+SNAPSHOT_WAIT_S=${QM_SCALE_SNAPSHOT_WAIT_S:-120}
+PROVIDER_FAILURE_WINDOW_MS=86400000
+SNAPSHOT_EVERY_COMMANDS=$(((PROVIDERS + ALLOCATIONS) / 4))
+NEW_ID=4
+NEW_ADDR="127.0.0.1:$((QM_BASE_PORT + NEW_ID))"
+NEW_DIR="$QM_CLUSTER_DIR/$NEW_ID"
+NEW_PID=
+
+if [ -z "${QM_SCALE_SKIP_BUILD:-}" ]; then
+  echo "building qm-node, qm and the loader (release)..." >&2
+  cargo build --release -p qm-raft-node -p qm-cli --bins >&2
+  cargo build --release -p qm-client --example scale_load >&2
+fi
+
+stop_all() {
+  if [ -n "$NEW_PID" ] && kill -0 "$NEW_PID" 2>/dev/null; then
+    kill -TERM "$NEW_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$NEW_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$NEW_PID" 2>/dev/null || true
+  fi
+  if [ $KEEP = yes ]; then
+    scripts/cluster.sh down --keep-data >/dev/null 2>&1 || true
+  else
+    scripts/cluster.sh down >/dev/null 2>&1 || true
+  fi
+  rm -f "$QM_CLUSTER_DIR.up"
+}
+trap stop_all EXIT
+
+# GET one metric of replica $1 over bash's /dev/tcp (as scripts/cluster.sh does).
+metric() {
+  local port=$((QM_METRICS_BASE_PORT + $1)) name=$2 line
+  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  while IFS= read -r -t 2 line <&3; do
+    case "$line" in "$name{"*) echo "${line##* }" | tr -d '\r'; break ;; esac
+  done
+  exec 3<&- 3>&-
+}
+pid_of() { if [ "$1" = "$NEW_ID" ]; then echo "$NEW_PID"; else cat "$QM_CLUSTER_DIR/$1/pid"; fi; }
+status_kb() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$(pid_of "$1")/status"; }
+mb() { echo "$(($1 / 1024)) MB"; }
+now_ms() { date +%s%3N; }
+# Waits until replica $1 knows a leader and has applied at least $2.
+wait_applied() {
+  local i=$1 index=$2 deadline=$((SECONDS + WAIT_S)) applied leader
+  while [ $SECONDS -lt $deadline ]; do
+    applied=$(metric "$i" raft_applied_index || true)
+    leader=$(metric "$i" raft_leader_id || true)
+    if [ -n "$applied" ] && [ "$applied" -ge "$index" ] && [ -n "$leader" ] && [ "$leader" != 0 ]; then return 0; fi
+    sleep 0.1
+  done
+  echo "scale.sh: replica $i did not apply index $index within ${WAIT_S}s" >&2
+  return 1
+}
+# The fields of the last `snapshot built` line of replica $1's log.
+last_snapshot() {
+  grep 'snapshot built' "$QM_CLUSTER_DIR/$1/node.log" | tail -n 1 \
+    | grep -oE '(bytes|copy_ms|encode_ms|encode_cpu_ms|save_ms)=[0-9]+' | tr '\n' ' ' || true
+}
+snapshots_built() { grep -c 'snapshot built' "$QM_CLUSTER_DIR/$1/node.log" || true; }
+
+scripts/cluster.sh up --nodes 3 --same-session -- \
+  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" \
+  --snapshot-every-commands "$SNAPSHOT_EVERY_COMMANDS" >"$QM_CLUSTER_DIR.up" 2>&1 \
+  || { cat "$QM_CLUSTER_DIR.up" >&2; exit 1; }
+export QM_ENDPOINTS; QM_ENDPOINTS=$(scripts/cluster.sh endpoints)
+echo "cluster up: $QM_ENDPOINTS; loading $PROVIDERS providers and $ALLOCATIONS allocations ($CONCURRENCY in flight)"
+
+loaded_at_start=$(now_ms)
+"$LOADER" "$QM_ENDPOINTS" "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY"
+echo "load: $(((($(now_ms) - loaded_at_start)) / 1000)) s"
+
+leader=$(scripts/cluster.sh leader)
+commit=$(metric "$leader" raft_commit_index)
+for i in 1 2 3; do wait_applied "$i" "$commit"; done
+# The snapshot of the full table: the fourth of every replica's snapshots
+# (a request that comes while one is being built is dropped, so it may not
+# come: then the last one is reported, and the count says which it was).
+deadline=$((SECONDS + SNAPSHOT_WAIT_S))
+for i in 1 2 3; do
+  while [ "$(snapshots_built "$i")" -lt 4 ] && [ $SECONDS -lt $deadline ]; do sleep 1; done
+done
+
+echo
+echo "With $ALLOCATIONS allocations on $PROVIDERS providers (leader: replica $leader, commit index $commit):"
+printf '%-8s %-10s %-12s %-12s %s\n' REPLICA PID VMRSS VMHWM "SNAPSHOTS  THE LAST ONE"
+for i in 1 2 3; do
+  printf '%-8s %-10s %-12s %-12s %-10s %s\n' "$i" "$(pid_of "$i")" "$(mb "$(status_kb "$i" VmRSS)")" "$(mb "$(status_kb "$i" VmHWM)")" \
+    "$(snapshots_built "$i")" "$(last_snapshot "$i")"
+done
+du -sh "$QM_CLUSTER_DIR"/[123]/data | sed 's/^/data dir: /'
+
+# Restart: a follower killed with -9, started again on its data dir.
+victim=1
+[ "$victim" = "$leader" ] && victim=2
+commit=$(metric "$leader" raft_commit_index)
+scripts/cluster.sh kill "$victim" 2>/dev/null
+sleep 1
+restart_at=$(now_ms)
+scripts/cluster.sh start "$victim" 2>/dev/null
+wait_applied "$victim" "$commit"
+restarted_ms=$(($(now_ms) - restart_at))
+echo
+echo "restart: replica $victim killed -9 and started on its data: serving reads (leader known, index $commit applied) after $restarted_ms ms; VmRSS $(mb "$(status_kb "$victim" VmRSS)"), VmHWM $(mb "$(status_kb "$victim" VmHWM)")"
+
+# A new replica: empty data dir, added as a learner, caught up, promoted.
+mkdir -p "$NEW_DIR"
+"$NODE" --id "$NEW_ID" --listen "$NEW_ADDR" --data-dir "$NEW_DIR/data" --peers "$NEW_ID=$NEW_ADDR" \
+  --metrics-listen "127.0.0.1:$((QM_METRICS_BASE_PORT + NEW_ID))" --worker-threads 1 \
+  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" --snapshot-every-commands "$SNAPSHOT_EVERY_COMMANDS" \
+  >>"$NEW_DIR/node.log" 2>&1 </dev/null &
+NEW_PID=$!
+commit=$(metric "$leader" raft_commit_index)
+add_at=$(now_ms)
+# A retried add can find its own first attempt still under way (the
+# configuration change in progress): try again until it is done.
+for attempt in $(seq 30); do
+  if "$QM" cluster add --id "$NEW_ID" --addr "$NEW_ADDR" >"$NEW_DIR/add.txt" 2>&1; then break; fi
+  [ "$attempt" -lt 30 ] || { cat "$NEW_DIR/add.txt" >&2; exit 1; }
+  sleep 1
+done
+added_ms=$(($(now_ms) - add_at))
+wait_applied "$NEW_ID" "$commit"
+caught_up_ms=$(($(now_ms) - add_at))
+echo "new replica: $NEW_ID added (learner, caught up, voter) in $added_ms ms; applied index $commit after $caught_up_ms ms; VmRSS $(mb "$(status_kb "$NEW_ID" VmRSS)"), VmHWM $(mb "$(status_kb "$NEW_ID" VmHWM)")"
