@@ -135,6 +135,15 @@ fn latency_histogram() -> Histogram {
 
 /// What the API records as it serves calls. The families share their
 /// state with every registry they are registered in (they are `Arc`s inside).
+/// What this replica knows beside Raft and the table, sampled at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaSample {
+    /// On the leader: the longest silence of an active provider.
+    pub heartbeat_age_max_ms: Option<u64>,
+    /// With an audit trail: the records dropped so far.
+    pub audit_records_dropped: Option<u64>,
+}
+
 pub struct Metrics {
     /// (resource_type, priority) → latency of allocate calls answered by this replica.
     allocation_latency: LatencyFamily,
@@ -215,12 +224,22 @@ impl Metrics {
         quotas: &[qm_state_machine::NamespaceUsage],
         apply: &ApplyDurations,
         optimization: &OptimizationSample,
-        heartbeat_age_max_ms: Option<u64>,
+        replica: &ReplicaSample,
     ) -> String {
         let mut registry = Registry::default();
+        // Only with an audit trail: elsewhere absent rather than zero.
+        if let Some(dropped) = replica.audit_records_dropped {
+            let counter = Counter::<u64, AtomicU64>::default();
+            counter.inc_by(dropped);
+            registry.register(
+                "audit_records_dropped",
+                "Audit records this replica dropped because its audit writer was behind or had stopped (the calls were still answered)",
+                counter,
+            );
+        }
         // Only the leader hears heartbeats: elsewhere the gauge is absent
         // rather than a misleading zero.
-        if let Some(age_ms) = heartbeat_age_max_ms {
+        if let Some(age_ms) = replica.heartbeat_age_max_ms {
             let age = Gauge::<f64, AtomicU64>::default();
             age.set(age_ms as f64 / 1e3);
             registry.register(
@@ -412,10 +431,16 @@ mod tests {
             moves_completed: 3,
             ..OptimizationSample::default()
         };
-        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, Some(4_250));
+        let replica = ReplicaSample {
+            heartbeat_age_max_ms: Some(4_250),
+            audit_records_dropped: Some(3),
+        };
+        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &replica);
         for expected in [
             "# TYPE provider_heartbeat_age_max_seconds gauge",
             "provider_heartbeat_age_max_seconds 4.25",
+            "# TYPE audit_records_dropped counter",
+            "audit_records_dropped_total 3",
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
             "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
@@ -436,8 +461,9 @@ mod tests {
         }
 
         // --- a follower hears no heartbeat: no age at all
-        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, None);
+        let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &ReplicaSample::default());
         assert!(!text.contains("provider_heartbeat_age"), "{text}");
+        assert!(!text.contains("audit_records_dropped"), "{text}");
     }
 
     #[test]

@@ -11,19 +11,20 @@ use super::access::{admit, PeerCertificate};
 use super::error::HttpError;
 use super::Shared;
 use crate::consensus::Node;
-use crate::metrics::{self, RaftSample, UtilizationSample};
+use crate::metrics::{self, RaftSample, ReplicaSample, UtilizationSample};
+use crate::security::audit::AuditLog;
 use crate::security::Call;
 
 pub async fn metrics(State(api): State<Shared>, Extension(peer): Extension<PeerCertificate>) -> Result<Response, HttpError> {
     admit(&api, &peer, Call::ClusterStatus)?;
-    let text = render(&api.node).await;
+    let text = render(&api.node, &api.audit).await;
     Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// The exposition: Raft's state now, each unit's use now, each namespace's
 /// use against its quota now, the counters so far, and on the leader the
 /// longest silence of an active provider now.
-pub async fn render(node: &Node) -> String {
+pub async fn render(node: &Node, audit: &AuditLog) -> String {
     let raft_metrics = node.raft.metrics().borrow().clone();
     let commit_index = node.commit_index().await;
     let raft = RaftSample {
@@ -88,6 +89,9 @@ pub async fn render(node: &Node) -> String {
         &quotas,
         node.state.apply_durations(),
         &optimization,
-        heartbeat_age_max_ms,
+        &ReplicaSample {
+            heartbeat_age_max_ms,
+            audit_records_dropped: audit.is_on().then(|| audit.dropped()),
+        },
     )
 }
