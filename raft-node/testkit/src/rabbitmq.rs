@@ -31,8 +31,12 @@ const STARTED_LINE: &str = "Server startup complete";
 /// our picking it free and its binding it: any outgoing connection of any
 /// process may get that ephemeral port meanwhile.
 const DIST_PORT_TAKEN: &str = "dist_port_already_used";
-/// Starts tried with a fresh distribution port after [`DIST_PORT_TAKEN`].
+/// Starts tried with a fresh distribution port after [`DIST_PORT_TAKEN`]
+/// (or, at the first start, fresh client ports after [`LISTENER_PORT_TAKEN`]).
 const DIST_PORT_ATTEMPTS: u32 = 3;
+/// What the node logs when a client listener's port was taken between our
+/// picking it free and its binding it (`eaddrinuse`), the same race.
+const LISTENER_PORT_TAKEN: &str = "could_not_start_listener";
 
 /// PEM files for the broker's TLS listener (`amqps://`).
 pub struct BrokerTls {
@@ -145,7 +149,10 @@ impl Broker {
 
     /// Starts the node; if its distribution port was taken meanwhile (not
     /// a port clients use), again on a fresh one, a bounded number of times.
+    /// At the first start, before any client knows its ports, a taken
+    /// client port is picked afresh too; a restart keeps its ports.
     fn start_server(&mut self) -> anyhow::Result<()> {
+        let first_start = self.starts == 0;
         let mut attempt = 1;
         loop {
             match self.start_server_once() {
@@ -157,9 +164,30 @@ impl Broker {
                         self.dist_port
                     );
                 }
+                Err(_) if first_start && attempt < DIST_PORT_ATTEMPTS && self.last_log().contains(LISTENER_PORT_TAKEN) => {
+                    attempt += 1;
+                    self.amqp_port = port_of(&free_loopback_addr()?);
+                    if self.amqps_port.is_some() {
+                        self.rewrite_amqps_port(port_of(&free_loopback_addr()?))?;
+                    }
+                    eprintln!("rabbitmq: a listener's port was taken while starting; again on {}", self.amqp_port);
+                }
                 result => return result,
             }
         }
+    }
+
+    /// Moves the `amqps://` listener to `port` in the node's configuration.
+    fn rewrite_amqps_port(&mut self, port: u16) -> anyhow::Result<()> {
+        let path = self.dir.path().join("rabbitmq.conf");
+        let old = self.amqps_port.expect("a TLS listener");
+        let conf = std::fs::read_to_string(&path)?.replace(
+            &format!("listeners.ssl.default = 127.0.0.1:{old}\n"),
+            &format!("listeners.ssl.default = 127.0.0.1:{port}\n"),
+        );
+        std::fs::write(&path, conf)?;
+        self.amqps_port = Some(port);
+        Ok(())
     }
 
     /// The output of the latest start.
