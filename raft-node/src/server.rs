@@ -302,6 +302,9 @@ async fn serve_replica(
         task.abort();
     }
     raft.shutdown().await.ok();
+    // Connections still draining hold the node: its cluster id must not
+    // hold the data dir open for the next pass.
+    identity.release();
     served.context("gRPC server")?;
     match *disk_recovered_flag.borrow() && !*stop.borrow() {
         true => Ok(Served::DiskRecovered),

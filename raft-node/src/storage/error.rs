@@ -49,4 +49,7 @@ pub enum StorageError {
     /// one): see [`crate::storage::fault`] for what the replica does then.
     #[error("cannot write {}: {source}", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    /// The storage of a server pass that has ended, written to afterwards.
+    #[error("the data dir was closed (the replica is reopening or stopping)")]
+    Closed,
 }
