@@ -132,12 +132,13 @@ impl ResourceRequest {
             .as_ref()
             .ok_or_else(|| InvalidArgument::new("priority", "is required"))?;
         let priority = whole_number("priority", priority)?;
-        let deadline_ms = match &self.deadline {
-            None => None,
-            Some(text) => {
-                Some(parse_rfc3339(text).ok_or_else(|| InvalidArgument::new("deadline", format!("{text:?} is not an RFC 3339 datetime")))?)
-            }
-        };
+        let deadline_ms =
+            match &self.deadline {
+                None => None,
+                Some(text) => Some(parse_rfc3339(text).ok_or_else(|| {
+                    InvalidArgument::new("deadline", format!("{} is not an RFC 3339 datetime", crate::error::quoted(text)))
+                })?),
+            };
         let constraints = self.constraints.clone().unwrap_or_default();
         let request = AllocationRequest {
             request_id,

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use qm_state_machine::error::quoted;
 use qm_state_machine::protocol::ConstraintsDocument;
 use qm_state_machine::provider::Provider;
 use qm_state_machine::time::format_rfc3339;
@@ -119,7 +120,7 @@ pub fn on_preemption_from_name(name: &str) -> Result<Option<OnPreemption>, Inval
         "release" => Ok(Some(OnPreemption::Release)),
         other => Err(InvalidArgument::new(
             "on_preemption",
-            format!("{other:?} is not \"requeue\" or \"release\""),
+            format!("{} is not \"requeue\" or \"release\"", quoted(other)),
         )),
     }
 }
@@ -140,7 +141,7 @@ pub fn placement_from_name(name: &str) -> Result<Option<PlacementPolicy>, Invali
         "spread" => Ok(Some(PlacementPolicy::Spread)),
         other => Err(InvalidArgument::new(
             "placement",
-            format!("{other:?} is not a placement policy; use best_fit or spread"),
+            format!("{} is not a placement policy; use best_fit or spread", quoted(other)),
         )),
     }
 }
@@ -434,7 +435,7 @@ fn sharing_from_name(field: &str, name: &str) -> Result<Option<Sharing>, Invalid
         "divisible" => Ok(Some(Sharing::Divisible)),
         other => Err(InvalidArgument::new(
             field,
-            format!("{other:?} is not a sharing mode; use exclusive or divisible"),
+            format!("{} is not a sharing mode; use exclusive or divisible", quoted(other)),
         )),
     }
 }

@@ -133,7 +133,7 @@ pub async fn set_scheduling(node: &Node, call: SetProviderSchedulingRequest) -> 
         other => {
             return Err(invalid_argument(&InvalidArgument::new(
                 "scheduling",
-                format!("must be cordoned, draining or open, not {other:?}"),
+                format!("must be cordoned, draining or open, not {}", qm_state_machine::error::quoted(other)),
             )))
         }
     };

@@ -7,6 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::HeaderMap;
 
+use qm_state_machine::error::quoted;
 use qm_state_machine::protocol::PARSE_ERROR_LEN_MAX;
 use serde::de::DeserializeOwned;
 
@@ -51,7 +52,7 @@ impl Params {
         self.non_empty(name)
             .map(|text| {
                 text.parse()
-                    .map_err(|_| HttpError::invalid(name, format!("{text:?} is not a whole number")))
+                    .map_err(|_| HttpError::invalid(name, format!("{} is not a whole number", quoted(text))))
             })
             .transpose()
     }
@@ -66,7 +67,7 @@ impl Params {
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, HttpError> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let invalid = || HttpError::invalid(field, format!("{text:?} is not a duration like 30s, 500ms or 2m"));
+    let invalid = || HttpError::invalid(field, format!("{} is not a duration like 30s, 500ms or 2m", quoted(text)));
     let amount: u64 = digits.parse().map_err(|_| invalid())?;
     let per_unit_ms = match unit {
         "ms" => 1,

@@ -228,7 +228,10 @@ pub async fn list(
             let state: RequestState = serde_json::from_value(Value::String(name.to_owned())).map_err(|_| {
                 HttpError::invalid(
                     "state",
-                    format!("{name:?} is not a state; use queued, allocation, monitoring, deallocation, idle or error"),
+                    format!(
+                        "{} is not a state; use queued, allocation, monitoring, deallocation, idle or error",
+                        qm_state_machine::error::quoted(name)
+                    ),
                 )
             })?;
             convert::state_to_wire(state) as i32
