@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use disk_faults::{DiskCluster, Load, Snapshots, PHASE_TIMEOUT, TEST_TIMEOUT};
-use qm_client::proto::api::quartermaster_client::QuartermasterClient;
-use qm_client::proto::api::AllocateRequest;
 
 /// Allocations acknowledged in each phase, at least.
 const PER_PHASE: usize = 20;
@@ -71,21 +69,7 @@ async fn eio_on_the_leader() {
         log.contains("storage failed") && log.contains(&failing_dir.display().to_string()),
         "replica {failing}'s log does not name its failed disk:\n{log}"
     );
-    let mut direct = QuartermasterClient::connect(format!("http://{}", disk.cluster.addr(failing)))
-        .await
-        .expect("the stopped replica still answers");
-    let refused = direct
-        .allocate(AllocateRequest {
-            request: Some(disk_faults::proto_request()),
-        })
-        .await
-        .expect_err("a replica whose disk fails acknowledges nothing");
-    assert_eq!(tonic::Code::Unavailable, refused.code(), "{refused:?}");
-    assert!(
-        refused.message().contains(&failing_dir.display().to_string()),
-        "the error does not name the failed disk: {}",
-        refused.message()
-    );
+    disk.assert_refuses_naming(failing, &failing_dir, "").await;
 
     // --- the other two elect a leader and go on
     load.wait_for_more(PER_PHASE, "while the old leader's disk fails").await;

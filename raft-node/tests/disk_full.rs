@@ -8,8 +8,6 @@
 mod disk_faults;
 
 use disk_faults::{fill, free_space, DiskCluster, Load, Snapshots, TEST_TIMEOUT};
-use qm_client::proto::api::quartermaster_client::QuartermasterClient;
-use qm_client::proto::api::AllocateRequest;
 
 /// Allocations acknowledged in each phase, at least.
 const PER_PHASE: usize = 20;
@@ -50,21 +48,7 @@ async fn disk_full_then_space_returns(target: Target) {
     );
     if let Target::Leader = target {
         // Its own clients are told, naming the disk, not left to time out.
-        let mut direct = QuartermasterClient::connect(format!("http://{}", disk.cluster.addr(full)))
-            .await
-            .expect("the stopped replica still answers");
-        let refused = direct
-            .allocate(AllocateRequest {
-                request: Some(disk_faults::proto_request()),
-            })
-            .await
-            .expect_err("a replica with a full disk acknowledges nothing");
-        assert_eq!(tonic::Code::Unavailable, refused.code(), "{refused:?}");
-        assert!(
-            refused.message().contains(&full_dir.display().to_string()) && refused.message().contains("is full"),
-            "the error does not name the full disk: {}",
-            refused.message()
-        );
+        disk.assert_refuses_naming(full, &full_dir, "is full").await;
     }
 
     // --- the other two go on (a new leader if the leader's disk filled)

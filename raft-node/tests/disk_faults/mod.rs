@@ -185,6 +185,27 @@ impl DiskCluster {
         Some(reply.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
     }
 
+    /// An allocate sent straight to the stopped replica `id`: refused with
+    /// UNAVAILABLE, its message naming `dir` and containing `saying`.
+    pub async fn assert_refuses_naming(&self, id: u64, dir: &Path, saying: &str) {
+        let mut direct =
+            qm_client::proto::api::quartermaster_client::QuartermasterClient::connect(format!("http://{}", self.cluster.addr(id)))
+                .await
+                .expect("the stopped replica still answers");
+        let refused = direct
+            .allocate(qm_client::proto::api::AllocateRequest {
+                request: Some(proto_request()),
+            })
+            .await
+            .expect_err("a replica whose disk fails acknowledges nothing");
+        assert_eq!(tonic::Code::Unavailable, refused.code(), "{refused:?}");
+        assert!(
+            refused.message().contains(&dir.display().to_string()) && refused.message().contains(saying),
+            "the error does not name the disk ({saying:?}): {}",
+            refused.message()
+        );
+    }
+
     /// Waits (bounded) until replica `id`'s health is `serving`.
     pub async fn wait_until_serving(&self, id: u64, serving: bool) {
         let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
