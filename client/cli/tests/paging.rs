@@ -2,44 +2,21 @@
 //! exactly once, in id order, following the continuation tokens; `qm list`
 //! pages through all of them.
 
-use std::collections::{BTreeSet, HashMap};
+mod support;
+
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use qm_client::convert::{registration_from_proto, request_from_proto};
 use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::proto::api::{self, ListRequest};
 use qm_client::{Client, ClientConfig, Consistency};
 use qm_testkit::{node_binary, LocalCluster};
+use support::{memory_provider, one_gb};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PROVIDERS: usize = 23;
 const ALLOCATIONS: usize = 1_000;
 const WRITERS: usize = 8;
-
-fn memory_provider(n: usize) -> qm_state_machine::ProviderRegistration {
-    registration_from_proto(&api::RegisterProviderRequest {
-        provider_id: format!("node_{n:03}"),
-        resources: vec![api::ResourceSpec {
-            resource_id: "mem".into(),
-            kind: "memory_gb".into(),
-            capacity: 1_000,
-            ..Default::default()
-        }],
-        ..Default::default()
-    })
-    .expect("registration")
-}
-
-fn one_gb() -> qm_state_machine::ResourceRequest {
-    request_from_proto(&api::ResourceRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        requester_id: "pager".into(),
-        resource_requirements: HashMap::from([("memory_gb".to_owned(), 1)]),
-        priority: 1,
-        ..Default::default()
-    })
-    .expect("request")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_returns_every_allocation_and_provider_exactly_once() {
@@ -50,7 +27,7 @@ async fn paging_returns_every_allocation_and_provider_exactly_once() {
         cluster.kill_after(TEST_TIMEOUT);
         let client = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
         for n in 0..PROVIDERS {
-            client.register_provider(&memory_provider(n)).await.expect("register");
+            client.register_provider(&memory_provider(n, 1, 1_000)).await.expect("register");
         }
 
         // --- many allocations, from several writers at once

@@ -8,14 +8,16 @@
 //! at most 100 allocations a unit: what is measured is paging, not one
 //! unit's holder list growing to 100,000.
 
-use std::collections::{BTreeSet, HashMap};
+mod support;
+
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use qm_client::convert::{registration_from_proto, request_from_proto};
 use qm_client::proto::api::quartermaster_client::QuartermasterClient;
 use qm_client::proto::api::{self, ListRequest};
 use qm_client::{Client, ClientConfig};
 use qm_testkit::{node_binary, LocalCluster};
+use support::{memory_provider, one_gb};
 
 /// The whole-test bound (a debug build on two shared cores).
 const TEST_TIMEOUT: Duration = Duration::from_secs(900);
@@ -32,33 +34,6 @@ const ODD_PAGE: u32 = 7_777;
 /// The server's largest page (`qm_api::wire::LIST_LIMIT_MAX`).
 const LARGEST_PAGE: usize = 10_000;
 
-fn memory_provider(n: usize) -> qm_state_machine::ProviderRegistration {
-    registration_from_proto(&api::RegisterProviderRequest {
-        provider_id: format!("node_{n:03}"),
-        resources: (0..UNITS_PER_PROVIDER)
-            .map(|unit| api::ResourceSpec {
-                resource_id: format!("mem_{unit}"),
-                kind: "memory_gb".into(),
-                capacity: UNIT_CAPACITY_GB,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    })
-    .expect("registration")
-}
-
-fn one_gb() -> qm_state_machine::ResourceRequest {
-    request_from_proto(&api::ResourceRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        requester_id: "pager".into(),
-        resource_requirements: HashMap::from([("memory_gb".to_owned(), 1)]),
-        priority: 1,
-        ..Default::default()
-    })
-    .expect("request")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_over_100_000_allocations_returns_each_exactly_once_in_order() {
     tokio::time::timeout(TEST_TIMEOUT, async {
@@ -72,7 +47,10 @@ async fn paging_over_100_000_allocations_returns_each_exactly_once_in_order() {
         cluster.kill_after(TEST_TIMEOUT);
         let client = Client::new(ClientConfig::with_endpoints(cluster.endpoints())).expect("client");
         for n in 0..PROVIDERS {
-            client.register_provider(&memory_provider(n)).await.expect("register");
+            client
+                .register_provider(&memory_provider(n, UNITS_PER_PROVIDER, UNIT_CAPACITY_GB))
+                .await
+                .expect("register");
         }
 
         // --- 100,000 allocations from many writers at once, pipelined
