@@ -216,7 +216,9 @@ async fn a_cluster_keeps_its_id_its_backups_carry_it_and_restores_get_their_own(
         assert!(restored_line.contains(&restored_id), "names the new id: {restored_line}");
         let odd_one = target.status_of(3).await.expect("status").cluster_id;
         assert!(!odd_one.is_empty() && odd_one != restored_id, "{odd_one}");
-        let refused = refusal_of(&target, 3, leader, "cluster id mismatch").await;
+        // Both directions are refused, and a replica keeps the latest of
+        // them per peer: wait for the one where replica 3 is the refuser.
+        let refused = refusal_of(&target, 3, leader, "refused by this replica: cluster id mismatch").await;
         assert_eq!(1, refused.lines().count());
         assert!(refused.starts_with("refused by this replica: "), "{refused}");
         refusal_of(&target, leader, 3, "refused this replica: cluster id mismatch").await;
