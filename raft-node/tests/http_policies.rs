@@ -56,19 +56,30 @@ async fn policies_are_set_read_and_deleted_over_http_and_restrict_nobody_without
         let bound = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "bob"}"#);
         assert_eq!(200, bound.status, "{}", bound.body);
         let bound = bound.json();
-        assert_eq!((revision(&second) + 1, 3), (revision(&bound), bound["bindings"].as_array().unwrap().len()));
+        assert_eq!(
+            (revision(&second) + 1, 3),
+            (revision(&bound), bound["bindings"].as_array().unwrap().len())
+        );
         let again = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "bob"}"#).json();
         assert_eq!(bound, again);
         let unbound = post(&cluster.url(leader, "/v1/policies/team-a/unbind"), r#"{"cert_name": "alice"}"#).json();
         assert_eq!(
-            (revision(&bound) + 1, serde_json::json!([{"cert_name": "bob"}, {"role": {"role": "resource_consumer", "namespace": null}}])),
+            (
+                revision(&bound) + 1,
+                serde_json::json!([{"cert_name": "bob"}, {"role": {"role": "resource_consumer", "namespace": null}}])
+            ),
             (revision(&unbound), unbound["bindings"].clone())
         );
         post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "alice"}"#);
         let unknown = post(&cluster.url(leader, "/v1/policies/nobody/bind"), r#"{"cert_name": "carol"}"#);
         assert_eq!(404, unknown.status, "{}", unknown.body);
         let bad = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"colour": "red"}"#);
-        assert_eq!((400, "binding"), (bad.status, bad.json()["field"].as_str().unwrap_or_default()), "{}", bad.body);
+        assert_eq!(
+            (400, "binding"),
+            (bad.status, bad.json()["field"].as_str().unwrap_or_default()),
+            "{}",
+            bad.body
+        );
 
         // --- without TLS nobody is bound: a request the policy would refuse is granted
         assert_eq!(201, post(&cluster.url(leader, "/v1/allocate"), &protocol_example()).status);
