@@ -393,3 +393,27 @@ fn a_policy_full_of_bindings_takes_no_more() {
         .result
     );
 }
+
+#[test]
+fn an_allocate_checked_before_an_unbind_is_checked_again() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("", 8))]);
+    t.apply(Command::SetPolicy(spec("team-a", &[], vec![cert("alice")])))
+        .result
+        .unwrap();
+    // The API checked alice's allocate against revision 1; then an admin unbinds her.
+    let checked = grant(Some(("team-a", 1)), "alice", &[], true);
+    t.apply(Command::UnbindPolicy {
+        name: "team-a".into(),
+        binding: cert("alice"),
+    })
+    .result
+    .unwrap();
+    assert_eq!(
+        Err(CommandError::PolicyChanged {
+            policy: "team-a".to_owned(),
+            checked_revision: 1,
+            current_revision: Some(2),
+        }),
+        t.apply(under(&request(1, &[("cpu_cores", 1)]), &checked)).result
+    );
+}
