@@ -146,3 +146,76 @@ impl PeerConnector {
         Ok(tcp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use qm_api::tls::{Identity, Role};
+    use qm_ca::{CertAuthority, CertSpec, Validity};
+    use tower::Service;
+
+    use super::*;
+    use crate::config::TlsFiles;
+    use crate::security::rustls_server_config;
+
+    /// `<stem>.crt/.key` for replica `name` (serving 127.0.0.1), the CA and CRL of `dir`.
+    fn replica_files(dir: &Path, authority: &CertAuthority, stem: &str) -> TlsFiles {
+        let spec = CertSpec::new(Identity::new(Role::ResourceManager, stem, None).unwrap()).with_hosts(["127.0.0.1"]);
+        let (cert, key) = authority.issue(&spec).unwrap().save(dir, stem).unwrap();
+        TlsFiles {
+            cert,
+            key,
+            ca: dir.join("ca.crt"),
+            crl: Some(dir.join("ca.crl")),
+        }
+    }
+
+    /// Serves TLS handshakes with `files`' certificate on a loopback port, for ever.
+    async fn serve(files: &TlsFiles) -> SocketAddr {
+        let config = rustls_server_config(files, &[], b"h2").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _handshake = acceptor.accept(tcp).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn dial(dialler: &TlsFiles, addr: SocketAddr) -> io::Result<PeerStream> {
+        let tls = MutualTls::load(dialler).unwrap();
+        let mut connector = PeerConnector {
+            config: tls.peer.clone(),
+            local_ip: None,
+            connect_timeout: Duration::from_secs(5),
+        };
+        connector.call(format!("http://{addr}").parse().unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_certificate_the_crl_lists_is_refused_at_the_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = CertAuthority::generate("test CA", Validity::days_from_now(1)).unwrap();
+        authority.save(dir.path()).unwrap();
+        authority.revoke(&dir.path().join("ca.crl"), &[]).unwrap();
+        let dialler = replica_files(dir.path(), &authority, "replica-1");
+        let peer = replica_files(dir.path(), &authority, "replica-2");
+        let addr = serve(&peer).await;
+
+        // --- trusted: the handshake goes through and agrees on HTTP/2
+        let stream = dial(&dialler, addr).await.expect("a trusted peer");
+        assert_eq!(Some(ALPN_H2), stream.inner().get_ref().1.alpn_protocol());
+
+        // --- the peer's certificate revoked: the dialler refuses it
+        let peer_pem = std::fs::read_to_string(&peer.cert).unwrap();
+        authority.revoke(&dir.path().join("ca.crl"), &[peer_pem]).unwrap();
+        let refused = dial(&dialler, addr).await.expect_err("a revoked peer");
+        assert!(refused.to_string().contains("Revoked"), "{refused}");
+    }
+}
