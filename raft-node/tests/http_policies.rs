@@ -81,6 +81,21 @@ async fn policies_are_set_read_and_deleted_over_http_and_restrict_nobody_without
             bad.body
         );
 
+        // --- each change is on the HTTP event stream (curl ends it after 2 s; the leader has applied them all)
+        let streamed = curl(&["-N", "--max-time", "2", &cluster.url(leader, "/v1/events?from=1")]);
+        let policy_events: Vec<&str> = streamed
+            .body
+            .lines()
+            .filter_map(|line| line.strip_prefix("event: "))
+            .filter(|event| event.starts_with("policy_"))
+            .collect();
+        assert_eq!(
+            vec!["policy_set", "policy_set", "policy_bound", "policy_unbound", "policy_bound"],
+            policy_events,
+            "{}",
+            streamed.body
+        );
+
         // --- without TLS nobody is bound: a request the policy would refuse is granted
         assert_eq!(201, post(&cluster.url(leader, "/v1/allocate"), &protocol_example()).status);
 
