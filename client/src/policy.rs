@@ -1,14 +1,14 @@
-//! Capability policies: [`Client`] calls to set, read and delete them
+//! Capability policies: [`Client`] calls to set, bind, unbind, read and delete them
 //! (admin only under TLS). The wire conversions (`qm_api::policy`) are
 //! re-exported here.
 
-use qm_state_machine::policy::{CapabilityPolicy, PolicySpec};
+use qm_state_machine::policy::{Binding, CapabilityPolicy, PolicySpec};
 
 use crate::call_plan::CallKind;
 use crate::client::{Client, Consistency};
 use crate::error::Error;
 use crate::proto::api;
-pub use qm_api::policy::{policy_from_proto, policy_to_proto, spec_from_proto};
+pub use qm_api::policy::{binding_from_proto, binding_to_proto, policy_from_proto, policy_to_proto, spec_from_proto};
 
 impl Client {
     /// Sets (creates or replaces) a policy; answers it with its new
@@ -59,6 +59,28 @@ impl Client {
             .await
     }
 
+    /// Binds one identity to the policy `name`, in one log entry; safe to
+    /// retry (binding what it holds already changes nothing).
+    pub async fn bind_policy(&self, name: &str, binding: &Binding) -> Result<api::PolicyReply, Error> {
+        let message = binding_request(name, binding);
+        self.inner
+            .call("bind_policy", CallKind::Write, message, |replica, request| async move {
+                replica.client().bind_policy(request).await
+            })
+            .await
+    }
+
+    /// Unbinds one identity from the policy `name`, in one log entry; safe
+    /// to retry (unbinding what it does not hold changes nothing).
+    pub async fn unbind_policy(&self, name: &str, binding: &Binding) -> Result<api::PolicyReply, Error> {
+        let message = binding_request(name, binding);
+        self.inner
+            .call("unbind_policy", CallKind::Write, message, |replica, request| async move {
+                replica.client().unbind_policy(request).await
+            })
+            .await
+    }
+
     /// Deletes a policy; safe to retry (`existed` tells whether there was one).
     pub async fn delete_policy(&self, name: &str) -> Result<api::DeletePolicyReply, Error> {
         let message = api::DeletePolicyRequest { name: name.to_owned() };
@@ -67,5 +89,12 @@ impl Client {
                 replica.client().delete_policy(request).await
             })
             .await
+    }
+}
+
+fn binding_request(name: &str, binding: &Binding) -> api::PolicyBindingRequest {
+    api::PolicyBindingRequest {
+        name: name.to_owned(),
+        binding: Some(binding_to_proto(binding)),
     }
 }

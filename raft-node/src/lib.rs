@@ -49,7 +49,9 @@
 //!   redirect), the proposer's batching, the Raft batch writer, the
 //!   leader's duties and heartbeat book, and their typed errors.
 //! * [`storage`]: sled behind openraft's log and state-machine traits.
-//! * [`network`]: Raft RPC between replicas; [`proto`]: its generated service.
+//! * [`network`]: Raft RPC between replicas, and dialling a peer (over mutual
+//!   TLS whose peer certificate is checked against the CRL too); [`proto`]:
+//!   its generated service.
 //! * [`security`]: mutual TLS (reloaded on SIGHUP or a file change, with a
 //!   CRL), which certificate may make which call, and the audit trail.
 //! * [`config`]: flags, TOML file, defaults, validation.

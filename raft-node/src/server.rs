@@ -29,7 +29,6 @@ use qm_state_machine::TableConfig;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::ClientTlsConfig;
 use tracing::{debug, info, warn};
 
 use crate::api::ApiService;
@@ -44,7 +43,7 @@ use crate::network::client::PeerNetwork;
 use crate::network::server::RaftRpcServer;
 use crate::security::audit::AuditLog;
 use crate::security::reload::ReloadableTls;
-use crate::security::{handshakes, Call, Guard};
+use crate::security::{handshakes, Call, Guard, MutualTls};
 use crate::storage::fault::StorageFault;
 use crate::storage::{self, SnapshotRequests};
 use crate::types::Raft;
@@ -398,8 +397,8 @@ async fn bootstrap(node: Arc<Node>, tls: Option<Arc<ReloadableTls>>) {
             Ok(false) => {}
             _ => return,
         }
-        let peer_tls = tls.as_ref().map(|tls| tls.current().peer.clone());
-        match probe_peers(&peers, node.id, peer_tls.as_ref()).await {
+        let peer_tls = tls.as_ref().map(|tls| tls.current());
+        match probe_peers(&peers, node.id, peer_tls.as_deref()).await {
             PeerProbe::AllFresh => {
                 let members: BTreeMap<u64, BasicNode> = peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
                 // The id is stored before the first entry, whose append's
@@ -435,11 +434,11 @@ enum PeerProbe {
     Unreachable,
 }
 
-async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64, tls: Option<&ClientTlsConfig>) -> PeerProbe {
+async fn probe_peers(peers: &BTreeMap<u64, String>, own_id: u64, tls: Option<&MutualTls>) -> PeerProbe {
     for (id, addr) in peers.iter().filter(|(id, _)| **id != own_id) {
         let probe = async {
-            let channel = qm_api::tls::endpoint(addr, tls).ok()?.connect().await.ok()?;
-            let mut client = QuartermasterClient::new(channel);
+            let timeout = Duration::from_millis(BOOTSTRAP_PROBE_TIMEOUT_MS);
+            let mut client = QuartermasterClient::new(crate::network::dial::peer_channel(addr, tls, None, timeout).ok()?);
             client
                 .cluster_status(ClusterStatusRequest {})
                 .await

@@ -2,7 +2,8 @@
 //! calls. Each refusal is PERMISSION_DENIED naming the capability, leaves
 //! the applied index where it was and is in the audit trail; each allowed
 //! call succeeds (and is in the audit trail too). One cluster for the
-//! whole matrix.
+//! whole matrix; and `qm policy bind`/`unbind`, each one log entry, on
+//! another.
 
 mod support;
 
@@ -290,4 +291,207 @@ async fn every_capability_refuses_by_name_and_allows_within_it() {
 
 fn audit_file(dir: &Path, id: u64) -> std::path::PathBuf {
     dir.join(format!("audit-{id}.log"))
+}
+
+/// `qm <args>` (the real CLI) against `cluster` as `<stem>.crt`, started.
+fn spawn_qm_as(cluster: &qm_testkit::LocalCluster, pki: &Pki, stem: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(qm_testkit::cli_binary())
+        .arg("--endpoints")
+        .arg(cluster.endpoints().join(","))
+        .arg("--tls-cert")
+        .arg(pki.path(&format!("{stem}.crt")))
+        .arg("--tls-key")
+        .arg(pki.path(&format!("{stem}.key")))
+        .arg("--tls-ca")
+        .arg(pki.path("ca.crt"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qm starts")
+}
+
+/// `qm <args>` against `cluster` as `<stem>.crt`, to its end.
+fn qm_as(cluster: &qm_testkit::LocalCluster, pki: &Pki, stem: &str, args: &[&str]) -> std::process::Output {
+    spawn_qm_as(cluster, pki, stem, args).wait_with_output().expect("qm runs")
+}
+
+/// The policy events of a watch, as (type, binding or bindings count), until `count` arrived.
+async fn policy_events(stream: &mut tonic::Streaming<EventMessage>, count: usize) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let event = stream.message().await.expect("the watch goes on").expect("an event");
+        if event.r#type.starts_with("policy_") {
+            let json: Value = serde_json::from_str(&event.json).expect("JSON");
+            let detail = match event.r#type.as_str() {
+                "policy_set" => format!("bindings={}", json["bindings"]),
+                "policy_deleted" => String::new(),
+                _ => json["binding"].to_string(),
+            };
+            seen.push((event.r#type, detail));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qm_policy_bind_and_unbind_change_one_binding_each_even_at_once_and_are_events() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let pki = Pki::generate();
+        let consumer = |name: &str| Identity::new(Role::ResourceConsumer, name, Some("team-a".into())).unwrap();
+        pki.issue("alice", consumer("alice"));
+        pki.issue("bob", consumer("bob"));
+        let logs = tempfile::tempdir().expect("tempdir");
+        let audit_log = format!("{}/audit-{{id}}.log", logs.path().display());
+        let (cluster, leader) = start_tls_cluster(&pki, &["--audit-log", &audit_log]).await;
+        let mut admin = as_holder(&leader, &pki, "admin").await;
+        as_holder(&leader, &pki, "node_a")
+            .await
+            .register_provider(provider("node_a", "a", 4))
+            .await
+            .expect("node_a");
+        let mut watching = admin
+            .watch(WatchRequest {
+                from_revision: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("an admin watches")
+            .into_inner();
+
+        // --- a policy with no binding yet: CPU only
+        let team_a = CapabilityPolicy {
+            name: "team-a".into(),
+            kinds_limited: true,
+            kinds: vec!["cpu_cores".into()],
+            may_preempt: true,
+            ..Default::default()
+        };
+        admin.set_policy(SetPolicyRequest { policy: Some(team_a) }).await.expect("set");
+
+        // --- two admins bind at once, with qm: both bindings land
+        let binding_alice = spawn_qm_as(&cluster, &pki, "admin", &["policy", "bind", "team-a", "--cert-name", "alice"]);
+        let binding_bob = spawn_qm_as(&cluster, &pki, "admin", &["policy", "bind", "team-a", "--cert-name", "bob"]);
+        for binding in [binding_alice, binding_bob] {
+            let output = binding.wait_with_output().expect("qm runs");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let read = qm_as(&cluster, &pki, "admin", &["policy", "get", "team-a", "--output", "json"]);
+        let read: Value = serde_json::from_slice(&read.stdout).expect("JSON");
+        assert_eq!(
+            (
+                serde_json::json!([{"cert_name": "alice"}, {"cert_name": "bob"}]),
+                serde_json::json!(3)
+            ),
+            (read[0]["bindings"].clone(), read[0]["revision"].clone()),
+            "{read}"
+        );
+
+        // --- bound, alice may not ask for memory; unbound, she may
+        let mut alice = as_holder(&leader, &pki, "alice").await;
+        refused(
+            &mut admin,
+            &mut alice,
+            ask(&[("memory_gb", 1)], 0, None),
+            "capability kinds: memory_gb not allowed by policy \"team-a\" (allowed: cpu_cores)",
+        )
+        .await;
+        let unbound = qm_as(&cluster, &pki, "admin", &["policy", "unbind", "team-a", "--cert-name", "alice"]);
+        assert!(unbound.status.success(), "{}", String::from_utf8_lossy(&unbound.stderr));
+        let table = String::from_utf8_lossy(&unbound.stdout);
+        assert!(table.contains("cert-name bob") && !table.contains("cert-name alice"), "{table}");
+        granted(&mut alice, ask(&[("memory_gb", 1)], 0, None)).await;
+
+        // --- refusals: no such policy; not an admin (and nothing reaches the log)
+        let unknown = qm_as(&cluster, &pki, "admin", &["policy", "bind", "nobody", "--cert-name", "alice"]);
+        assert!(!unknown.status.success());
+        assert!(
+            String::from_utf8_lossy(&unknown.stderr).contains("no capability policy \"nobody\""),
+            "{unknown:?}"
+        );
+        let before = applied_index(&mut admin).await;
+        let mut bob = as_holder(&leader, &pki, "bob").await;
+        let denied = bob
+            .bind_policy(PolicyBindingRequest {
+                name: "team-a".into(),
+                binding: Some(binding_cert("bob-2")),
+            })
+            .await
+            .expect_err("a consumer may not bind");
+        assert_eq!(Code::PermissionDenied, denied.code(), "{denied:?}");
+        assert_eq!(before, applied_index(&mut admin).await);
+
+        // --- the admin's watch saw every change, in order; a consumer's sees none of them
+        let mut seen = policy_events(&mut watching, 4).await;
+        seen[1..3].sort();
+        assert_eq!(
+            vec![
+                ("policy_set".to_owned(), "bindings=0".to_owned()),
+                ("policy_bound".to_owned(), r#"{"cert_name":"alice"}"#.to_owned()),
+                ("policy_bound".to_owned(), r#"{"cert_name":"bob"}"#.to_owned()),
+                ("policy_unbound".to_owned(), r#"{"cert_name":"alice"}"#.to_owned()),
+            ],
+            seen
+        );
+        let mut bobs_watch = bob
+            .watch(WatchRequest {
+                from_revision: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("a consumer watches")
+            .into_inner();
+        loop {
+            let event = bobs_watch.message().await.expect("the watch goes on").expect("an event");
+            assert!(!event.r#type.starts_with("policy_"), "a consumer saw {event:?}");
+            // alice's grant (bob's namespace too) came after every policy change: reaching it, bob's watch passed them all
+            if event.r#type == "allocation_granted" {
+                break;
+            }
+        }
+
+        // --- the audit trail (of whichever replica qm reached; a follower's NotLeader left out):
+        // each bind and unbind with its binding, the refusals too
+        let binding_records = || {
+            let mut records: Vec<Value> = Vec::new();
+            for id in 1..=3 {
+                let text = std::fs::read_to_string(audit_file(logs.path(), id)).unwrap_or_default();
+                records.extend(text.lines().map(|line| serde_json::from_str::<Value>(line).expect("a JSON line")));
+            }
+            let mut bindings: Vec<(String, String, String)> = records
+                .iter()
+                .filter(|record| {
+                    ["BindPolicy", "UnbindPolicy"].contains(&record["call"].as_str().unwrap()) && record["code"] != "unavailable"
+                })
+                .map(|record| {
+                    let text = |value: &Value| value.as_str().unwrap_or("").to_owned();
+                    (text(&record["call"]), text(&record["outcome"]), text(&record["ids"]["cert_name"]))
+                })
+                .collect();
+            bindings.sort();
+            (bindings, records)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (bindings, records) = loop {
+            let (bindings, records) = binding_records();
+            if bindings.len() >= 5 || Instant::now() > deadline {
+                break (bindings, records);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let expected: Vec<(String, String, String)> = [
+            ("BindPolicy", "denied", "bob-2"),
+            ("BindPolicy", "error", "alice"),
+            ("BindPolicy", "ok", "alice"),
+            ("BindPolicy", "ok", "bob"),
+            ("UnbindPolicy", "ok", "alice"),
+        ]
+        .iter()
+        .map(|(call, outcome, name)| (call.to_string(), outcome.to_string(), name.to_string()))
+        .collect();
+        assert_eq!(expected, bindings, "{records:#?}");
+        drop(cluster);
+    })
+    .await
+    .expect("test timed out");
 }

@@ -24,13 +24,16 @@ use support::*;
 /// snapshot 5 (written again in place when snapshot 4 became 5, before any
 /// release); `v2` snapshot 6 (quotas, preemption, cordons and live moves),
 /// with a quota set and a cordoned provider; `v3` snapshot 7 (capability
-/// policies), with a policy bound by certificate name and by role. Every
-/// build must open all of them.
-const FIXTURE_VERSIONS: &[&str] = &["v1", "v2", "v3"];
+/// policies), with a policy bound by certificate name and by role; `v4`
+/// snapshot 8 (policy events in the history) and log format 2, the role
+/// binding added by a `BindPolicy` entry. Every build must open all of them.
+const FIXTURE_VERSIONS: &[&str] = &["v1", "v2", "v3", "v4"];
 /// The one `regenerate_fixtures` writes: this build's formats.
-const NEWEST_FIXTURE: &str = "v3";
+const NEWEST_FIXTURE: &str = "v4";
 /// The first fixture whose table holds capability policies.
 const FIRST_WITH_POLICIES: &str = "v3";
+/// The first fixture whose history holds policy events.
+const FIRST_WITH_POLICY_EVENTS: &str = "v4";
 
 fn fixtures(version: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
@@ -63,6 +66,21 @@ fn the_backup_fixture_of_every_version_opens() {
             let policy = table.capability_policy("fixture-policy").expect("the fixture's policy");
             assert_eq!(2, policy.bindings.len(), "{version}: {policy:?}");
         }
+        let oldest_kept = match table.events_from(1) {
+            Ok(_) => 1,
+            Err(qm_state_machine::EventsError::Compacted { oldest, .. }) => oldest,
+        };
+        let policy_events: Vec<&str> = table
+            .events_from(oldest_kept)
+            .expect("the history from its oldest event")
+            .map(|event| event.type_name())
+            .filter(|name| name.starts_with("policy_"))
+            .collect();
+        let expected: &[&str] = match *version >= FIRST_WITH_POLICY_EVENTS {
+            true => &["policy_set", "policy_bound"],
+            false => &[],
+        };
+        assert_eq!(expected, policy_events, "{version}");
     }
 }
 
@@ -159,7 +177,9 @@ async fn regenerate_fixtures() {
     let (_, mut api) = leader_client(&cluster).await;
     api.register_provider(provider("node_1", 4)).await.expect("register");
     // State that format 7 added: a capability policy with two bindings,
-    // early, so that the data dir's snapshot holds it.
+    // early, so that the data dir's snapshot holds it; the second is bound
+    // by a `BindPolicy` entry (log format 2), which format 8's history
+    // records as `policy_bound`, after the set's `policy_set`.
     let policy = api::CapabilityPolicy {
         name: "fixture-policy".into(),
         kinds_limited: true,
@@ -168,22 +188,25 @@ async fn regenerate_fixtures() {
         max_held: [("cpu_cores".to_owned(), 8)].into_iter().collect(),
         priority_max: Some(10),
         may_preempt: false,
-        bindings: vec![
-            api::PolicyBinding {
-                cert_name: "fixture-holder".into(),
-                ..Default::default()
-            },
-            api::PolicyBinding {
-                role: "resource_consumer".into(),
-                namespace: "default".into(),
-                ..Default::default()
-            },
-        ],
+        bindings: vec![api::PolicyBinding {
+            cert_name: "fixture-holder".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     api.set_policy(api::SetPolicyRequest { policy: Some(policy) })
         .await
         .expect("policy");
+    api.bind_policy(api::PolicyBindingRequest {
+        name: "fixture-policy".into(),
+        binding: Some(api::PolicyBinding {
+            role: "resource_consumer".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("bind");
     let mut previous = None;
     for round in 0..30 {
         let reply = api

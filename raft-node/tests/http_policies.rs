@@ -1,5 +1,5 @@
 //! Capability policies over HTTP (`/v1/policies`), on a cluster without
-//! TLS: set, read, list and delete answer as the gRPC calls do, and — the
+//! TLS: set, bind, unbind, read, list and delete answer as the gRPC calls do, and — the
 //! documented default without TLS — no policy restricts anyone: every
 //! caller is `anyone`, whom no certificate binds.
 
@@ -50,6 +50,51 @@ async fn policies_are_set_read_and_deleted_over_http_and_restrict_nobody_without
         assert_eq!(2, one.json()["bindings"].as_array().unwrap().len());
         let all = get(&cluster.url(leader, "/v1/policies")).json();
         assert_eq!(1, all.as_array().unwrap().len(), "{all}");
+
+        // --- bind and unbind one binding (one log entry each): a new revision; again, nothing changes
+        let revision = |answer: &serde_json::Value| answer["revision"].as_u64().unwrap();
+        let bound = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "bob"}"#);
+        assert_eq!(200, bound.status, "{}", bound.body);
+        let bound = bound.json();
+        assert_eq!(
+            (revision(&second) + 1, 3),
+            (revision(&bound), bound["bindings"].as_array().unwrap().len())
+        );
+        let again = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "bob"}"#).json();
+        assert_eq!(bound, again);
+        let unbound = post(&cluster.url(leader, "/v1/policies/team-a/unbind"), r#"{"cert_name": "alice"}"#).json();
+        assert_eq!(
+            (
+                revision(&bound) + 1,
+                serde_json::json!([{"cert_name": "bob"}, {"role": {"role": "resource_consumer", "namespace": null}}])
+            ),
+            (revision(&unbound), unbound["bindings"].clone())
+        );
+        post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"cert_name": "alice"}"#);
+        let unknown = post(&cluster.url(leader, "/v1/policies/nobody/bind"), r#"{"cert_name": "carol"}"#);
+        assert_eq!(404, unknown.status, "{}", unknown.body);
+        let bad = post(&cluster.url(leader, "/v1/policies/team-a/bind"), r#"{"colour": "red"}"#);
+        assert_eq!(
+            (400, "binding"),
+            (bad.status, bad.json()["field"].as_str().unwrap_or_default()),
+            "{}",
+            bad.body
+        );
+
+        // --- each change is on the HTTP event stream (curl ends it after 2 s; the leader has applied them all)
+        let streamed = curl(&["-N", "--max-time", "2", &cluster.url(leader, "/v1/events?from=1")]);
+        let policy_events: Vec<&str> = streamed
+            .body
+            .lines()
+            .filter_map(|line| line.strip_prefix("event: "))
+            .filter(|event| event.starts_with("policy_"))
+            .collect();
+        assert_eq!(
+            vec!["policy_set", "policy_set", "policy_bound", "policy_unbound", "policy_bound"],
+            policy_events,
+            "{}",
+            streamed.body
+        );
 
         // --- without TLS nobody is bound: a request the policy would refuse is granted
         assert_eq!(201, post(&cluster.url(leader, "/v1/allocate"), &protocol_example()).status);

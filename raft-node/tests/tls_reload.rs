@@ -340,3 +340,158 @@ async fn sighup_reloads_at_once_when_polling_is_off() {
     .await
     .expect("test timed out");
 }
+
+/// Cores of the provider the revoked-replica test allocates from, one per write.
+const CORES_FOR_WRITES: u32 = 64;
+/// Writes per phase of that test.
+const WRITES_PER_PHASE: usize = 10;
+
+/// Replica `id`'s applied index, asked with the admin's certificate.
+async fn applied_index(cluster: &qm_testkit::LocalCluster, pki: &Pki, id: u64) -> Option<u64> {
+    let mut client = connect(cluster.addr(id), &pki.client("admin")).await.ok()?;
+    let status = tokio::time::timeout(CALL_TIMEOUT, client.cluster_status(ClusterStatusRequest {}))
+        .await
+        .ok()?
+        .ok()?;
+    Some(status.into_inner().applied_index)
+}
+
+/// The address of the leader replicas 1 and 2 agree on, one of them.
+async fn leader_of_one_and_two(cluster: &qm_testkit::LocalCluster, pki: &Pki) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut views = Vec::new();
+        for id in [1, 2] {
+            let status = match connect(cluster.addr(id), &pki.client("admin")).await {
+                Ok(mut client) => client.cluster_status(ClusterStatusRequest {}).await.ok().map(|r| r.into_inner()),
+                Err(_) => None,
+            };
+            views.push(status.and_then(|status| status.leader_id.filter(|leader| *leader != 3)));
+        }
+        if let [Some(first), Some(second)] = views[..] {
+            if first == second {
+                return cluster.addr(first).to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas 1 and 2 agree on no leader:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Makes `count` allocations as team-b through the leader of 1 and 2 (found
+/// again if it changes), then waits until 1 and 2 have applied all of
+/// them; returns the leader's applied index after the last one.
+async fn write_through_one_and_two(cluster: &qm_testkit::LocalCluster, pki: &Pki, count: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut written = 0;
+    while written < count {
+        let leader = leader_of_one_and_two(cluster, pki).await;
+        let Ok(mut team_b) = connect(&leader, &pki.client("team-b")).await else {
+            continue;
+        };
+        let allocate = team_b.allocate(AllocateRequest {
+            request: Some(request("agent_2", 1)),
+        });
+        match tokio::time::timeout(CALL_TIMEOUT, allocate).await {
+            Ok(Ok(_)) => written += 1,
+            _ => assert!(Instant::now() < deadline, "writes through 1 and 2 fail:\n{}", cluster.logs()),
+        }
+    }
+    let leader = leader_of_one_and_two(cluster, pki).await;
+    let leader_id: u64 = cluster
+        .endpoints()
+        .iter()
+        .position(|addr| *addr == leader)
+        .map(|at| at as u64 + 1)
+        .expect("a replica's address");
+    let committed = applied_index(cluster, pki, leader_id).await.expect("the leader answers");
+    for id in [1, 2] {
+        while applied_index(cluster, pki, id).await.is_none_or(|applied| applied < committed) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {id} did not apply {committed}:\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    committed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_replica_gets_no_more_of_the_log_while_the_others_commit() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // --- each replica has its own certificate, so revoking one leaves the others trusted
+        let pki = Pki::generate();
+        for id in 1..=3 {
+            pki.issue(
+                &format!("replica-{id}"),
+                Identity::new(Role::ResourceManager, format!("replica-{id}"), None).unwrap(),
+            );
+        }
+        revoke_nothing(&pki);
+        let mut args: Vec<String> = support::QUIET_PROVIDERS.iter().map(|arg| arg.to_string()).collect();
+        for (flag, file) in [
+            ("--tls-cert", "replica-{id}.crt"),
+            ("--tls-key", "replica-{id}.key"),
+            ("--tls-ca", "ca.crt"),
+        ] {
+            args.extend([flag.to_owned(), path_arg(&pki.path(file))]);
+        }
+        args.extend(crl_args(&pki));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cluster = qm_testkit::LocalCluster::configure(support::node_binary(), 3, &args).expect("layout");
+        cluster.kill_after(Duration::from_secs(600));
+        for id in 1..=3 {
+            cluster.start_replica(id).expect("start");
+        }
+        let leader = support::pki::wait_for_leader(&cluster, &pki).await;
+        let mut node_a = as_holder(&leader, &pki, "node_a").await;
+        node_a
+            .register_provider(provider("node_a", CORES_FOR_WRITES))
+            .await
+            .expect("registers");
+
+        // --- before: replica 3 follows the log
+        let committed = write_through_one_and_two(&cluster, &pki, WRITES_PER_PHASE).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while applied_index(&cluster, &pki, 3).await.is_none_or(|applied| applied < committed) {
+            assert!(Instant::now() < deadline, "replica 3 did not follow:\n{}", cluster.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // --- qm certs revoke replica-3.crt; every replica reloads the CRL (each refuses it as a client)
+        let output = std::process::Command::new(qm_testkit::cli_binary())
+            .args(["certs", "revoke", "--dir"])
+            .arg(pki.dir.path())
+            .arg(pki.path("replica-3.crt"))
+            .output()
+            .expect("qm runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let deadline = Instant::now() + RELOAD_WAIT;
+        for addr in cluster.endpoints() {
+            while served_on_a_new_connection(&addr, &pki, "replica-3").await {
+                assert!(Instant::now() < deadline, "{addr} did not reload the CRL:\n{}", cluster.logs());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        // --- 1 and 2 commit writes; the leader refuses 3's certificate when it dials, so 3 gets none of them
+        let first_after = write_through_one_and_two(&cluster, &pki, WRITES_PER_PHASE).await;
+        let later = write_through_one_and_two(&cluster, &pki, WRITES_PER_PHASE).await;
+        assert!(later > first_after, "1 and 2 committed nothing: {first_after} then {later}");
+        let applied_by_3 = applied_index(&cluster, &pki, 3).await.expect("replica 3 still answers the admin");
+        assert!(
+            applied_by_3 < first_after,
+            "replica 3 applied {applied_by_3}, past the writes made after its revocation (up to {first_after}, then {later}): \
+             it was still sent the log\n{}",
+            cluster.logs()
+        );
+    })
+    .await
+    .expect("test timed out");
+}

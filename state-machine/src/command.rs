@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::error::{CommandError, InvalidArgument};
 use crate::event::Event;
 use crate::limits::ID_LEN_MAX;
-use crate::policy::{CapabilityPolicy, PolicyGrant, PolicySpec};
+use crate::policy::{Binding, CapabilityPolicy, PolicyGrant, PolicySpec};
 use crate::provider::{ProviderRegistration, ProviderStatus, Scheduling};
 use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::{RequestRecord, UnitGrant};
@@ -172,6 +172,20 @@ pub enum Command {
         request: AllocationRequest,
         options: AllocateOptions,
     },
+    /// An admin binds one identity to an existing policy, read and written
+    /// in one apply (not a `SetPolicy` of a copy read before, which loses
+    /// one of two binds made at once). Binding what the policy holds
+    /// already changes nothing. Appended last.
+    BindPolicy {
+        name: String,
+        binding: Binding,
+    },
+    /// An admin unbinds one identity from a policy; unbinding what it does
+    /// not hold changes nothing. Appended last.
+    UnbindPolicy {
+        name: String,
+        binding: Binding,
+    },
 }
 
 /// What a request asks for beyond its [`AllocationRequest`]: kept on its
@@ -288,6 +302,8 @@ impl Command {
             Command::SetPolicy(_) => "set_policy",
             Command::DeletePolicy { .. } => "delete_policy",
             Command::AllocateUnderPolicy { .. } => "allocate",
+            Command::BindPolicy { .. } => "bind_policy",
+            Command::UnbindPolicy { .. } => "unbind_policy",
         }
     }
 }

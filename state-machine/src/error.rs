@@ -91,6 +91,9 @@ pub enum CommandError {
     /// names which (`max_held` is the one only apply checks exactly).
     #[error("capability {capability}: {detail}")]
     CapabilityDenied { capability: String, detail: String },
+    /// A binding named a policy that does not exist. Appended last.
+    #[error("no capability policy {name:?}")]
+    UnknownPolicy { name: String },
 }
 
 impl CommandError {

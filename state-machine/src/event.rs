@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::policy::Binding;
 use crate::provider::Scheduling;
 use crate::quota::PreemptionSetting;
 use crate::record::{UnitGrant, EVENT_ID_PREFIX};
@@ -125,6 +126,10 @@ impl Event {
             EventKind::OptimizationFailed { .. } => "optimization_failed",
             EventKind::MoveTargetReady { .. } => "move_target_ready",
             EventKind::OptimizationComplete { .. } => "optimization_complete",
+            EventKind::PolicySet { .. } => "policy_set",
+            EventKind::PolicyDeleted { .. } => "policy_deleted",
+            EventKind::PolicyBound { .. } => "policy_bound",
+            EventKind::PolicyUnbound { .. } => "policy_unbound",
         }
     }
 }
@@ -321,4 +326,40 @@ pub enum EventKind {
         completed_total: u64,
         rolled_back_total: u64,
     },
+    /// A capability policy was set, created or replaced whole
+    /// (`Command::SetPolicy`), at `revision`, with this many bindings.
+    /// This and the policy events after it are appended last (snapshot
+    /// format 8); they are seen by admins only.
+    PolicySet {
+        name: String,
+        revision: u64,
+        bindings: u64,
+    },
+    /// A capability policy was deleted (deleting none emits nothing).
+    PolicyDeleted {
+        name: String,
+    },
+    /// `binding` was added to the policy (`Command::BindPolicy`), now at `revision`.
+    PolicyBound {
+        name: String,
+        revision: u64,
+        binding: Binding,
+    },
+    /// `binding` was taken from the policy (`Command::UnbindPolicy`), now at `revision`.
+    PolicyUnbound {
+        name: String,
+        revision: u64,
+        binding: Binding,
+    },
+}
+
+impl EventKind {
+    /// Whether the event is about capability policies, which only those
+    /// who may read policies (admins) see on the event stream.
+    pub fn is_about_policies(&self) -> bool {
+        matches!(
+            self,
+            EventKind::PolicySet { .. } | EventKind::PolicyDeleted { .. } | EventKind::PolicyBound { .. } | EventKind::PolicyUnbound { .. }
+        )
+    }
 }

@@ -419,23 +419,32 @@ impl PolicySpec {
         self.capability.check()?;
         check_count("bindings", self.bindings.len(), POLICY_BINDINGS_MAX)?;
         for binding in &self.bindings {
-            match binding {
-                Binding::CertName(name) => check_id("bindings.cert_name", name)?,
-                Binding::Role { role, namespace } => {
-                    if !BINDABLE_ROLES.contains(&role.as_str()) {
+            binding.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Binding {
+    /// Checks a binding's names: a role that may be bound, a namespace
+    /// only with the consumer role.
+    pub fn check(&self) -> Result<(), InvalidArgument> {
+        match self {
+            Binding::CertName(name) => check_id("bindings.cert_name", name)?,
+            Binding::Role { role, namespace } => {
+                if !BINDABLE_ROLES.contains(&role.as_str()) {
+                    return Err(InvalidArgument::new(
+                        "bindings.role",
+                        format!("{role:?} is not one of {}", BINDABLE_ROLES.join(", ")),
+                    ));
+                }
+                if let Some(namespace) = namespace {
+                    check_id("bindings.namespace", namespace)?;
+                    if role != "resource_consumer" {
                         return Err(InvalidArgument::new(
-                            "bindings.role",
-                            format!("{role:?} is not one of {}", BINDABLE_ROLES.join(", ")),
+                            "bindings.namespace",
+                            "only resource_consumer certificates have a namespace",
                         ));
-                    }
-                    if let Some(namespace) = namespace {
-                        check_id("bindings.namespace", namespace)?;
-                        if role != "resource_consumer" {
-                            return Err(InvalidArgument::new(
-                                "bindings.namespace",
-                                "only resource_consumer certificates have a namespace",
-                            ));
-                        }
                     }
                 }
             }

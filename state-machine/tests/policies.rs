@@ -8,10 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use qm_state_machine::policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec};
+use qm_state_machine::policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec, POLICY_BINDINGS_MAX};
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Command, CommandError, CommandResponse, InvalidArgument, OnPreemption, PreemptionSetting,
-    RequestState,
+    AllocationRequest, AllocationTable, Command, CommandError, CommandResponse, Event, EventKind, InvalidArgument, OnPreemption,
+    PreemptionSetting, RequestState,
 };
 
 fn spec(name: &str, max_held: &[(&str, u64)], bindings: Vec<Binding>) -> PolicySpec {
@@ -232,4 +232,188 @@ fn a_grant_without_preemption_queues_instead_of_preempting() {
     // (no agent confirms on this provider: the grant is active at once)
     assert_eq!(RequestState::Monitoring, record_of(t.apply(under(&urgent_too, &allowed))).state);
     assert_eq!(RequestState::Queued, t.record(id(1)).state, "preempted and requeued");
+}
+
+#[test]
+fn policy_changes_emit_events_and_a_delete_of_none_emits_nothing() {
+    let mut t = Table::new();
+    let team_a = spec("team-a", &[("cpu_cores", 4)], vec![cert("alice"), cert("bob")]);
+
+    let expected = t.expect(vec![EventKind::PolicySet {
+        name: "team-a".into(),
+        revision: 1,
+        bindings: 2,
+    }]);
+    assert_eq!(expected, t.apply(Command::SetPolicy(team_a)).events);
+
+    let expected = t.expect(vec![EventKind::PolicyDeleted { name: "team-a".into() }]);
+    assert_eq!(expected, t.apply(Command::DeletePolicy { name: "team-a".into() }).events);
+    assert_eq!(Vec::<Event>::new(), t.apply(Command::DeletePolicy { name: "team-a".into() }).events);
+}
+
+#[test]
+fn a_bind_and_an_unbind_change_one_binding_at_apply_with_a_new_revision() {
+    let mut t = Table::new();
+    let team_a = spec("team-a", &[("cpu_cores", 4)], vec![cert("alice")]);
+    t.apply(Command::SetPolicy(team_a.clone())).result.unwrap();
+    let bind = |binding: Binding| Command::BindPolicy {
+        name: "team-a".into(),
+        binding,
+    };
+    let unbind = |binding: Binding| Command::UnbindPolicy {
+        name: "team-a".into(),
+        binding,
+    };
+    let with_bindings = |revision: u64, bindings: Vec<Binding>| {
+        Ok(CommandResponse::CapabilityPolicy(CapabilityPolicy {
+            bindings: bindings.into_iter().collect(),
+            ..stored(&team_a, revision)
+        }))
+    };
+
+    // --- two binds, as two admins would make them at once: both kept, each a revision and an event
+    let expected = t.expect(vec![EventKind::PolicyBound {
+        name: "team-a".into(),
+        revision: 2,
+        binding: cert("bob"),
+    }]);
+    let applied = t.apply(bind(cert("bob")));
+    assert_eq!(
+        (with_bindings(2, vec![cert("alice"), cert("bob")]), expected),
+        (applied.result, applied.events)
+    );
+    let applied = t.apply(bind(cert("carol")));
+    assert_eq!(with_bindings(3, vec![cert("alice"), cert("bob"), cert("carol")]), applied.result);
+    assert_eq!(
+        vec![EventKind::PolicyBound {
+            name: "team-a".into(),
+            revision: 3,
+            binding: cert("carol"),
+        }],
+        kinds(&applied.events)
+    );
+
+    // --- binding what it holds already changes nothing: same revision, no event
+    let applied = t.apply(bind(cert("bob")));
+    assert_eq!(
+        (with_bindings(3, vec![cert("alice"), cert("bob"), cert("carol")]), Vec::new()),
+        (applied.result, applied.events)
+    );
+
+    // --- unbind: a new revision and an event; unbinding what it does not hold changes nothing
+    let expected = t.expect(vec![EventKind::PolicyUnbound {
+        name: "team-a".into(),
+        revision: 4,
+        binding: cert("alice"),
+    }]);
+    let applied = t.apply(unbind(cert("alice")));
+    assert_eq!(
+        (with_bindings(4, vec![cert("bob"), cert("carol")]), expected),
+        (applied.result, applied.events)
+    );
+    let applied = t.apply(unbind(cert("alice")));
+    assert_eq!(
+        (with_bindings(4, vec![cert("bob"), cert("carol")]), Vec::new()),
+        (applied.result, applied.events)
+    );
+    let policy_of = |name: &str| {
+        t.table
+            .policy_for(name, "resource_consumer", None)
+            .map(|policy| policy.name.clone())
+    };
+    assert_eq!((Some("team-a".to_owned()), None), (policy_of("carol"), policy_of("alice")));
+}
+
+#[test]
+fn a_bind_is_refused_for_an_unknown_policy_a_taken_binding_or_a_bad_name_and_changes_nothing() {
+    let mut t = Table::new();
+    t.apply(Command::SetPolicy(spec("team-a", &[], vec![cert("alice")])))
+        .result
+        .unwrap();
+    t.apply(Command::SetPolicy(spec("team-b", &[], vec![cert("bob")]))).result.unwrap();
+
+    // (Table::apply checks that each refusal leaves the table and its snapshot unchanged.)
+    assert_eq!(
+        Err(CommandError::UnknownPolicy { name: "nobody".into() }),
+        t.apply(Command::BindPolicy {
+            name: "nobody".into(),
+            binding: cert("carol"),
+        })
+        .result
+    );
+    assert_eq!(
+        Err(CommandError::UnknownPolicy { name: "nobody".into() }),
+        t.apply(Command::UnbindPolicy {
+            name: "nobody".into(),
+            binding: cert("carol"),
+        })
+        .result
+    );
+    assert_eq!(
+        Err(CommandError::InvalidArgument(InvalidArgument::new(
+            "bindings",
+            "cert-name bob is already bound to policy \"team-b\""
+        ))),
+        t.apply(Command::BindPolicy {
+            name: "team-a".into(),
+            binding: cert("bob"),
+        })
+        .result
+    );
+    assert_eq!(
+        Err(CommandError::InvalidArgument(InvalidArgument::new(
+            "bindings.role",
+            "\"root\" is not one of resource_manager, resource_provider, resource_consumer, admin"
+        ))),
+        t.apply(Command::BindPolicy {
+            name: "team-a".into(),
+            binding: Binding::Role {
+                role: "root".into(),
+                namespace: None,
+            },
+        })
+        .result
+    );
+}
+
+#[test]
+fn a_policy_full_of_bindings_takes_no_more() {
+    let mut t = Table::new();
+    let full: Vec<Binding> = (0..POLICY_BINDINGS_MAX).map(|n| cert(&format!("holder-{n}"))).collect();
+    t.apply(Command::SetPolicy(spec("team-a", &[], full))).result.unwrap();
+    assert_eq!(
+        Err(CommandError::InvalidArgument(InvalidArgument::new(
+            "bindings",
+            format!("policy \"team-a\" has {POLICY_BINDINGS_MAX} bindings already")
+        ))),
+        t.apply(Command::BindPolicy {
+            name: "team-a".into(),
+            binding: cert("one-more"),
+        })
+        .result
+    );
+}
+
+#[test]
+fn an_allocate_checked_before_an_unbind_is_checked_again() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("", 8))]);
+    t.apply(Command::SetPolicy(spec("team-a", &[], vec![cert("alice")])))
+        .result
+        .unwrap();
+    // The API checked alice's allocate against revision 1; then an admin unbinds her.
+    let checked = grant(Some(("team-a", 1)), "alice", &[], true);
+    t.apply(Command::UnbindPolicy {
+        name: "team-a".into(),
+        binding: cert("alice"),
+    })
+    .result
+    .unwrap();
+    assert_eq!(
+        Err(CommandError::PolicyChanged {
+            policy: "team-a".to_owned(),
+            checked_revision: 1,
+            current_revision: Some(2),
+        }),
+        t.apply(under(&request(1, &[("cpu_cores", 1)]), &checked)).result
+    );
 }

@@ -61,7 +61,8 @@ pub fn policy_from_proto(policy: &api::CapabilityPolicy) -> Result<CapabilityPol
     })
 }
 
-fn binding_to_proto(binding: &Binding) -> api::PolicyBinding {
+/// A binding on the wire.
+pub fn binding_to_proto(binding: &Binding) -> api::PolicyBinding {
     match binding {
         Binding::CertName(name) => api::PolicyBinding {
             cert_name: name.clone(),
@@ -75,7 +76,8 @@ fn binding_to_proto(binding: &Binding) -> api::PolicyBinding {
     }
 }
 
-fn binding_from_proto(binding: &api::PolicyBinding) -> Result<Binding, InvalidArgument> {
+/// A binding from the wire, its shape checked (names are checked by the table).
+pub fn binding_from_proto(binding: &api::PolicyBinding) -> Result<Binding, InvalidArgument> {
     match (binding.cert_name.is_empty(), binding.role.is_empty()) {
         (false, true) if binding.namespace.is_empty() => Ok(Binding::CertName(binding.cert_name.clone())),
         (true, false) => Ok(Binding::Role {

@@ -205,7 +205,9 @@ impl From<&qm_state_machine::CommandError> for WireError {
         let message = error.to_string();
         match error {
             CommandError::InvalidArgument(invalid) => WireError::invalid(invalid.field.clone(), invalid.reason.clone()),
-            CommandError::NotFound { .. } | CommandError::UnknownProvider { .. } => WireError::NotFound { message },
+            CommandError::NotFound { .. } | CommandError::UnknownProvider { .. } | CommandError::UnknownPolicy { .. } => {
+                WireError::NotFound { message }
+            }
             CommandError::RequestIdReused { .. } => WireError::Conflict {
                 kind: ConflictKind::AlreadyExists,
                 message,

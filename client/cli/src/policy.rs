@@ -1,4 +1,4 @@
-//! `qm policy` (set, bind, get, list, delete): capability policies, admin
+//! `qm policy` (set, bind, unbind, get, list, delete): capability policies, admin
 //! only under TLS (SECURITY.md, *Capability policies*).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,8 +22,12 @@ pub enum PolicyCommand {
     /// cpu_cores=16 --priority-max 5 --preempt no --bind-role
     /// resource_consumer:team-a`. A limit not given allows everything.
     Set(PolicySetArgs),
-    /// Bind an existing policy to one more identity (a new revision).
+    /// Bind an existing policy to one more identity (a new revision), in
+    /// one log entry: two admins binding at once both land.
     Bind(PolicyBindArgs),
+    /// Unbind one identity from a policy (a new revision); it falls back
+    /// to its next binding, else to its role's rules.
+    Unbind(PolicyBindArgs),
     /// One policy.
     Get {
         name: String,
@@ -74,7 +78,7 @@ pub struct PolicySetArgs {
     pub bind_role: Vec<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 #[command(group(ArgGroup::new("whom").required(true).args(["cert_name", "role"])))]
 pub struct PolicyBindArgs {
     pub name: String,
@@ -95,24 +99,11 @@ pub async fn run(client: &Client, command: PolicyCommand, format: OutputFormat, 
             print_policies(reply.policy.as_slice(), format, out)
         }
         PolicyCommand::Bind(args) => {
-            let current = client.get_policy(&args.name, Consistency::Linearizable).await?;
-            let current = policy_from_proto(&current.policy.unwrap_or_default())?;
-            let binding = match (args.cert_name, args.role) {
-                (Some(name), _) => Binding::CertName(name),
-                (None, Some(role)) => Binding::Role {
-                    role,
-                    namespace: args.namespace,
-                },
-                (None, None) => unreachable!("clap requires one"),
-            };
-            let mut bindings = current.bindings;
-            bindings.insert(binding);
-            let spec = PolicySpec {
-                name: current.name,
-                capability: current.capability,
-                bindings,
-            };
-            let reply = client.set_policy(&spec).await?;
+            let reply = client.bind_policy(&args.name, &binding_from_args(args.clone())).await?;
+            print_policies(reply.policy.as_slice(), format, out)
+        }
+        PolicyCommand::Unbind(args) => {
+            let reply = client.unbind_policy(&args.name, &binding_from_args(args.clone())).await?;
             print_policies(reply.policy.as_slice(), format, out)
         }
         PolicyCommand::Get { name, stale } => {
@@ -134,6 +125,18 @@ pub async fn run(client: &Client, command: PolicyCommand, format: OutputFormat, 
                 }
             }
         }
+    }
+}
+
+/// The binding `qm policy bind` or `unbind` names.
+fn binding_from_args(args: PolicyBindArgs) -> Binding {
+    match (args.cert_name, args.role) {
+        (Some(name), _) => Binding::CertName(name),
+        (None, Some(role)) => Binding::Role {
+            role,
+            namespace: args.namespace,
+        },
+        (None, None) => unreachable!("clap requires one"),
     }
 }
 

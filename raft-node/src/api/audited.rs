@@ -16,7 +16,8 @@ use qm_api::proto::api::{
     SnapshotSaveRequest, SystemStateReply, SystemStateRequest, WatchRequest,
 };
 use qm_api::proto::api::{
-    DeletePolicyReply, DeletePolicyRequest, GetPolicyRequest, ListPoliciesReply, ListPoliciesRequest, PolicyReply, SetPolicyRequest,
+    DeletePolicyReply, DeletePolicyRequest, GetPolicyRequest, ListPoliciesReply, ListPoliciesRequest, PolicyBindingRequest, PolicyReply,
+    SetPolicyRequest,
 };
 use tonic::Status;
 
@@ -323,6 +324,21 @@ impl CallIds for ListPoliciesRequest {
 impl CallIds for DeletePolicyRequest {
     fn call_ids(&self) -> AuditIds {
         ids_of(&[("policy", &self.name)])
+    }
+}
+
+/// The policy and the binding (a certificate name, or a role and namespace: no secret).
+impl CallIds for PolicyBindingRequest {
+    fn call_ids(&self) -> AuditIds {
+        let Some(binding) = &self.binding else {
+            return ids_of(&[("policy", &self.name)]);
+        };
+        ids_of(&[
+            ("policy", &self.name),
+            ("cert_name", &binding.cert_name),
+            ("role", &binding.role),
+            ("namespace", &binding.namespace),
+        ])
     }
 }
 

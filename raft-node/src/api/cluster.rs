@@ -134,9 +134,10 @@ pub async fn remove_replica(node: &Node, call: RemoveReplicaRequest) -> Result<C
 /// one's. A replica that does not answer yet is added as before (a leader
 /// reaching it later is judged on its Raft traffic, `consensus::announce`).
 async fn check_joiner(node: &Node, call: &AddReplicaRequest) -> Result<(), Status> {
-    let tls = node.tls.as_ref().map(|tls| tls.current().peer.clone());
+    let tls = node.tls.as_ref().map(|tls| tls.current());
+    let timeout = Duration::from_millis(JOINER_PROBE_TIMEOUT_MS);
     let probe = async {
-        let channel = qm_api::tls::endpoint(&call.addr, tls.as_ref()).ok()?.connect().await.ok()?;
+        let channel = crate::network::dial::peer_channel(&call.addr, tls.as_deref(), None, timeout).ok()?;
         QuartermasterClient::new(channel)
             .cluster_status(ClusterStatusRequest {})
             .await

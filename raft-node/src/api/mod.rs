@@ -407,4 +407,26 @@ impl Quartermaster for ApiService {
         )
         .await
     }
+
+    async fn bind_policy(&self, request: Request<PolicyBindingRequest>) -> Reply<PolicyReply> {
+        let admitted = self.admit(&request, Call::BindPolicy)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::BindPolicy,
+            admitted,
+            policies::change_binding(&self.node, &caller, request.into_inner(), true),
+        )
+        .await
+    }
+
+    async fn unbind_policy(&self, request: Request<PolicyBindingRequest>) -> Reply<PolicyReply> {
+        let admitted = self.admit(&request, Call::UnbindPolicy)?;
+        let caller = admitted.caller.clone();
+        self.audited(
+            Call::UnbindPolicy,
+            admitted,
+            policies::change_binding(&self.node, &caller, request.into_inner(), false),
+        )
+        .await
+    }
 }

@@ -49,11 +49,12 @@ use crate::types::NodeId;
 /// change: an older build cannot decode such an entry. The test
 /// `log_format_version_counts_the_command_variants` pins the variant count
 /// of each version so that a new variant cannot go unnoticed.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+pub const LOG_FORMAT_VERSION: u32 = 2;
 /// How many `Command` variants [`LOG_FORMAT_VERSION`] decodes. Version 1
 /// is the log of the first build that announces versions (through
-/// `AllocateWithOptions`); builds before it announce nothing.
-pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 25;
+/// `AllocateWithOptions`); builds before it announce nothing. Version 2
+/// added `BindPolicy` and `UnbindPolicy`.
+pub const LOG_FORMAT_COMMAND_VARIANTS: usize = 27;
 /// How far apart (in each format version) two builds may be and still run
 /// in one cluster: one upgrade step.
 pub const FORMAT_VERSIONS_APART_MAX: u32 = 1;

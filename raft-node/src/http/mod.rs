@@ -110,6 +110,8 @@ pub fn routes() -> Vec<Route> {
         route(Method::PUT, "/v1/policies/{name}", put(policies::set)),
         route(Method::GET, "/v1/policies/{name}", get(policies::get)),
         route(Method::DELETE, "/v1/policies/{name}", delete(policies::delete)),
+        route(Method::POST, "/v1/policies/{name}/bind", post(policies::bind)),
+        route(Method::POST, "/v1/policies/{name}/unbind", post(policies::unbind)),
         route(Method::GET, "/v1/providers", get(providers::list)),
         route(Method::POST, "/v1/providers", post(providers::register)),
         route(Method::POST, "/v1/providers/{id}/cordon", post(providers::cordon)),

@@ -1,5 +1,6 @@
-//! Capability policies over HTTP: `GET /v1/policies`, and `PUT`, `GET`,
-//! `DELETE /v1/policies/{name}`. Each runs the gRPC handler of the same
+//! Capability policies over HTTP: `GET /v1/policies`, `PUT`, `GET`,
+//! `DELETE /v1/policies/{name}`, and `POST /v1/policies/{name}/bind` and
+//! `/unbind` (one binding, atomically). Each runs the gRPC handler of the same
 //! call ([`crate::api::policies`]), so the admin-only rule, the audit
 //! record and the answers are the same.
 
@@ -10,7 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use qm_api::policy::{policy_from_proto, policy_to_proto};
+use qm_api::policy::{binding_to_proto, policy_from_proto, policy_to_proto};
 use qm_api::proto::api as wire;
 use qm_state_machine::policy::{Binding, Capability, CapabilityPolicy, ProviderScope};
 use serde::Deserialize;
@@ -159,4 +160,59 @@ pub async fn delete(
     })
     .await?;
     Ok(Json(serde_json::json!({"name": reply.name, "existed": reply.existed})).into_response())
+}
+
+/// `POST /v1/policies/{name}/bind`: adds the binding in the body, in one log entry.
+pub async fn bind(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    change_binding(api, peer, uri, name, headers, body, true).await
+}
+
+/// `POST /v1/policies/{name}/unbind`: takes the binding in the body, in one log entry.
+pub async fn unbind(
+    State(api): State<Shared>,
+    Extension(peer): Extension<PeerCertificate>,
+    uri: Uri,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    change_binding(api, peer, uri, name, headers, body, false).await
+}
+
+async fn change_binding(
+    api: Shared,
+    peer: PeerCertificate,
+    uri: Uri,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+    bound: bool,
+) -> Result<Response, HttpError> {
+    let call_kind = if bound { Call::BindPolicy } else { Call::UnbindPolicy };
+    let caller = admit(&api, &peer, call_kind)?;
+    let body = read_body(&headers, body, api.node.config.message_size_max_bytes).await?;
+    let call = binding_call(name, &body)?;
+    let reply = audited(&api, call_kind, &caller, Some(&headers), &uri, call, |call| {
+        policies::change_binding(&api.node, &caller, call, bound)
+    })
+    .await?;
+    let mut policies = answer(reply.policy.as_slice(), &uri, &api)?;
+    Ok(Json(policies.pop()).into_response())
+}
+
+/// The `PolicyBindingRequest` a bind or unbind body asks for (a binding as
+/// in a policy's `bindings`); bad JSON is a `400` naming `binding`.
+pub fn binding_call(name: String, body: &[u8]) -> Result<wire::PolicyBindingRequest, HttpError> {
+    let binding: Binding = json_document("binding", body)?;
+    Ok(wire::PolicyBindingRequest {
+        name,
+        binding: Some(binding_to_proto(&binding)),
+    })
 }

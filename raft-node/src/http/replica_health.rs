@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use qm_api::proto::api::quartermaster_client::QuartermasterClient;
 use qm_api::proto::api::ClusterStatusRequest;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 
+use crate::network::dial;
 use crate::security::reload::ReloadableTls;
+use crate::security::MutualTls;
 
 use crate::consensus::Node;
 use crate::types::NodeId;
@@ -60,13 +62,13 @@ impl ReplicaHealth {
     pub async fn probe_forever(self, node: Arc<Node>, reloadable: Option<Arc<ReloadableTls>>) {
         let mut clients: BTreeMap<String, QuartermasterClient<Channel>> = BTreeMap::new();
         let mut generation = None;
-        let mut tls: Option<ClientTlsConfig> = None;
+        let mut tls: Option<Arc<MutualTls>> = None;
         loop {
-            // After a reload, dial with the new certificate.
+            // After a reload, dial with the new certificate and CRL.
             let now = reloadable.as_ref().map(|reloadable| reloadable.generation());
             if now != generation {
                 generation = now;
-                tls = reloadable.as_ref().map(|reloadable| reloadable.current().peer.clone());
+                tls = reloadable.as_ref().map(|reloadable| reloadable.current());
                 clients.clear();
             }
             let members: Vec<(NodeId, String)> = {
@@ -82,14 +84,13 @@ impl ReplicaHealth {
             for (id, addr) in members {
                 let client = match clients.get(&addr) {
                     Some(client) => Some(client.clone()),
-                    None => qm_api::tls::endpoint(&addr, tls.as_ref()).ok().map(|endpoint| {
-                        let channel = endpoint
-                            .connect_timeout(Duration::from_millis(REPLICA_PROBE_TIMEOUT_MS))
-                            .connect_lazy();
-                        let client = QuartermasterClient::new(channel);
-                        clients.insert(addr.clone(), client.clone());
-                        client
-                    }),
+                    None => dial::peer_channel(&addr, tls.as_deref(), None, Duration::from_millis(REPLICA_PROBE_TIMEOUT_MS))
+                        .ok()
+                        .map(|channel| {
+                            let client = QuartermasterClient::new(channel);
+                            clients.insert(addr.clone(), client.clone());
+                            client
+                        }),
                 };
                 let view = match client {
                     None => None,

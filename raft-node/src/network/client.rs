@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 
 use crate::codec;
 use crate::consensus::announce::{Announcement, FormatVersions, PeerBook, HEADER_REFUSED};
+use crate::network::dial;
 use crate::security::reload::ReloadableTls;
 use crate::storage::ClusterIdentity;
 use crate::types::{NodeId, TypeConfig};
@@ -35,8 +36,8 @@ pub struct PeerNetwork {
     /// connection comes from, which is what lets a proxy cut single links.
     local_ip: Option<IpAddr>,
     /// With mutual TLS: this replica's certificate, presented to peers, and
-    /// the CA their certificates must chain to, as last (re)loaded. Peers
-    /// are then dialled over https.
+    /// the CA and CRL their certificates are checked against, as last
+    /// (re)loaded. Peers are then dialled over TLS (`network::dial`).
     tls: Option<Arc<ReloadableTls>>,
     /// What this replica announces on every RPC, and where it records what
     /// peers answer (`consensus::announce`); `None`: nothing announced.
@@ -108,7 +109,9 @@ pub struct PeerClient {
     channel: Option<RaftClient<Channel>>,
     /// The TLS generation `channel` was dialled with: after a reload the
     /// peer is dialled again with the new certificate, so that one revoked
-    /// or expired after a rotation is not presented for ever.
+    /// or expired after a rotation is not presented for ever, and checked
+    /// against the new CRL, so that a peer revoked meanwhile gets no more
+    /// of the log.
     generation: u64,
     announcing: Option<Arc<Announcing>>,
 }
@@ -122,19 +125,25 @@ enum RaftCall {
 }
 
 impl PeerClient {
+    /// The channel to the peer, dialled again when the TLS material was
+    /// reloaded: the new CRL then decides whether the peer is still trusted,
+    /// and the channel dialled before (with the connections it holds) is dropped.
     fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
         let generation = self.tls.as_ref().map_or(0, |tls| tls.generation());
         if let Some(client) = self.channel.as_ref().filter(|_| generation == self.generation) {
             return Ok(client.clone());
         }
-        let tls = self.tls.as_ref().map(|tls| tls.current().peer.clone());
+        self.channel = None;
+        let tls = self.tls.as_ref().map(|tls| tls.current());
         self.generation = generation;
-        let endpoint = qm_api::tls::endpoint(&self.addr, tls.as_ref())
-            .map_err(|e| Unreachable::new(&std::io::Error::other(e)))?
-            .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-            .local_address(self.local_ip)
-            .tcp_nodelay(true);
-        let client = RaftClient::new(endpoint.connect_lazy())
+        let channel = dial::peer_channel(
+            &self.addr,
+            tls.as_deref(),
+            self.local_ip,
+            Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+        )
+        .map_err(|e| Unreachable::new(&std::io::Error::other(e)))?;
+        let client = RaftClient::new(channel)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         self.channel = Some(client.clone());

@@ -81,7 +81,7 @@ fn every_call_has_an_audit_class() {
         .into_iter()
         .filter(|call| call.audit_class() == AuditClass::Write)
         .collect();
-    assert_eq!(17, writes.len(), "{writes:?}");
+    assert_eq!(19, writes.len(), "{writes:?}");
 }
 
 #[test]

@@ -82,8 +82,15 @@ impl Caller {
 
     /// Whether this caller may see `event`. Provider-level events (no
     /// namespace) are public, as `ListProviders` is; an event about a
-    /// request is seen in its namespace and by the providers it names.
+    /// request is seen in its namespace and by the providers it names;
+    /// an event about capability policies by those who may read policies.
     pub fn sees_event(&self, event: &Event) -> bool {
+        if event.kind.is_about_policies() {
+            return match self {
+                Caller::Anyone => true,
+                Caller::Authenticated(identity) => super::Call::ListPolicies.allows(identity.role),
+            };
+        }
         let Some(event_namespace) = event.namespace() else { return true };
         if let Some(namespace) = self.namespace() {
             return event_namespace == namespace;
@@ -237,6 +244,20 @@ mod tests {
         assert!(!provider("node_2").sees_event(&preempted));
         assert!(consumer("team-a").sees_event(&preempted));
         assert!(!consumer("ops").sees_event(&preempted));
+    }
+
+    #[test]
+    fn policy_events_are_seen_by_those_who_may_read_policies() {
+        let bound = event(EventKind::PolicyBound {
+            name: "team-a".into(),
+            revision: 2,
+            binding: qm_state_machine::policy::Binding::CertName("agent".into()),
+        });
+        let admin = Caller::Authenticated(Identity::new(Role::Admin, "ops", None).unwrap());
+        assert!(admin.sees_event(&bound));
+        assert!(Caller::Anyone.sees_event(&bound));
+        assert!(!consumer("team-a").sees_event(&bound));
+        assert!(!provider("node_1").sees_event(&bound));
     }
 
     /// A record moving from node_1 to node_2 (both with agents), in the table's own terms.

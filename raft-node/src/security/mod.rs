@@ -27,7 +27,8 @@
 //! * [`revocation`]: [`Revocations`](revocation::Revocations): the CRL's
 //!   certificates, refused per call too (connections opened before the list).
 //! * [`MutualTls`] (here): the replica's certificates, loaded and checked;
-//!   [`rustls_server_config`], the listeners' rustls configuration.
+//!   [`rustls_server_config`], the listeners' rustls configuration;
+//!   [`rustls_peer_config`], the one peers are dialled with (`network::dial`).
 
 pub mod audit;
 pub mod caller;
@@ -42,11 +43,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use qm_api::tls::{Identity, Role, TlsConfig};
+use qm_api::tls::{Identity, Role};
+use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use tonic::transport::ClientTlsConfig;
 
 pub use caller::Caller;
 pub use guard::Guard;
@@ -70,9 +71,10 @@ pub struct MutualTls {
     pub http_server: Arc<rustls::ServerConfig>,
     /// The certificates the CRL lists (empty without `--tls-crl`).
     pub revoked: RevokedSet,
-    /// Dialling peers (Raft and bootstrap probes): the same certificate
-    /// presented, peers' certificates checked against the CA.
-    pub peer: ClientTlsConfig,
+    /// Dialling peers (Raft, bootstrap and health probes, a joiner's
+    /// check; `network::dial`): the same certificate presented, peers'
+    /// certificates checked against the CA and the CRL, HTTP/2 (ALPN `h2`).
+    pub peer: Arc<rustls::ClientConfig>,
     /// What this replica's own certificate states.
     pub identity: Identity,
     /// When this replica's certificate expires.
@@ -140,16 +142,10 @@ impl MutualTls {
         };
         let server = server_config(b"h2")?;
         let http_server = server_config(b"http/1.1")?;
-        let peer = TlsConfig {
-            ca: files.ca.clone(),
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-        }
-        .load()
-        .map_err(|error| TlsSetupError::File {
+        let peer = rustls_peer_config(files, &crls).map_err(|error| TlsSetupError::File {
             flag: "cert",
             path: files.cert.display().to_string(),
-            reason: error.to_string(),
+            reason: format!("{error:#}"),
         })?;
         Ok(MutualTls {
             server,
@@ -181,17 +177,8 @@ pub fn rustls_server_config(
     alpn: &[u8],
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert {}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("--tls-key {}", files.key.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&files.ca).with_context(|| format!("--tls-ca {}", files.ca.display()))? {
-        roots
-            .add(ca.with_context(|| format!("--tls-ca {}", files.ca.display()))?)
-            .context("--tls-ca")?;
-    }
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let (chain, key, roots) = read_pem_files(files)?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if !crls.is_empty() {
         verifier = verifier
             .with_crls(crls.iter().cloned())
@@ -207,6 +194,48 @@ pub fn rustls_server_config(
         .context("the replica's certificate and key")?;
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The peers' rustls configuration (`network::dial`): this replica's
+/// certificate presented, the peer's checked against the CA and `crls` as
+/// [`rustls_server_config`] checks a client's (a revoked peer is refused at
+/// the handshake, one of a CA no CRL covers accepted), HTTP/2 (ALPN `h2`).
+pub fn rustls_peer_config(files: &TlsFiles, crls: &[CertificateRevocationListDer<'static>]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key, roots) = read_pem_files(files)?;
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        verifier = verifier
+            .with_crls(crls.iter().cloned())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = verifier.build().context("peer certificate verifier (--tls-ca, --tls-crl)")?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .context("the replica's certificate and key")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The replica's certificate chain, its key, and the CA bundle as roots.
+type PemFiles = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, Arc<rustls::RootCertStore>);
+
+fn read_pem_files(files: &TlsFiles) -> anyhow::Result<PemFiles> {
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--tls-cert {}", files.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("--tls-key {}", files.key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&files.ca).with_context(|| format!("--tls-ca {}", files.ca.display()))? {
+        roots
+            .add(ca.with_context(|| format!("--tls-ca {}", files.ca.display()))?)
+            .context("--tls-ca")?;
+    }
+    Ok((chain, key, Arc::new(roots)))
 }
 
 /// The identity and expiry of a PEM certificate.

@@ -71,12 +71,15 @@ pub enum Call {
     GetPolicy,
     ListPolicies,
     DeletePolicy,
+    /// Binding and unbinding one identity, atomically: admin only, as a set.
+    BindPolicy,
+    UnbindPolicy,
 }
 
 const EVERY_ROLE: &[Role] = &Role::ALL;
 
 impl Call {
-    pub const ALL: [Call; 35] = [
+    pub const ALL: [Call; 37] = [
         Call::AppendEntries,
         Call::Vote,
         Call::InstallSnapshot,
@@ -112,6 +115,8 @@ impl Call {
         Call::GetPolicy,
         Call::ListPolicies,
         Call::DeletePolicy,
+        Call::BindPolicy,
+        Call::UnbindPolicy,
     ];
 
     /// The roles that may make this call at all.
@@ -134,6 +139,7 @@ impl Call {
             Call::SetQuota | Call::DeleteQuota | Call::SetPreemption => &[Role::Admin],
             Call::ListQuotas | Call::PreviewAllocate => &[Role::ResourceConsumer, Role::Admin],
             Call::SetPolicy | Call::GetPolicy | Call::ListPolicies | Call::DeletePolicy => &[Role::Admin],
+            Call::BindPolicy | Call::UnbindPolicy => &[Role::Admin],
         }
     }
 
@@ -157,7 +163,9 @@ impl Call {
             // A dry run included: an admin's plan of moves is worth a record.
             | Call::Optimize
             | Call::SetPolicy
-            | Call::DeletePolicy => AuditClass::Write,
+            | Call::DeletePolicy
+            | Call::BindPolicy
+            | Call::UnbindPolicy => AuditClass::Write,
             // Who may do what is worth a record of every admin who looked.
             Call::Get | Call::List | Call::Watch | Call::SnapshotSave | Call::GetPolicy | Call::ListPolicies => AuditClass::RecordRead,
             // The stream itself is not a write: each call on it is recorded as itself.
@@ -218,6 +226,8 @@ impl Call {
             Call::GetPolicy => "GetPolicy",
             Call::ListPolicies => "ListPolicies",
             Call::DeletePolicy => "DeletePolicy",
+            Call::BindPolicy => "BindPolicy",
+            Call::UnbindPolicy => "UnbindPolicy",
         }
     }
 }
@@ -279,7 +289,9 @@ mod tests {
                 SetPolicy,
                 GetPolicy,
                 ListPolicies,
-                DeletePolicy
+                DeletePolicy,
+                BindPolicy,
+                UnbindPolicy
             ]),
             allowed(Role::Admin)
         );

@@ -9,7 +9,9 @@
 //!           ok     ─▶ current = new material, generation + 1, Revocations replaced
 //!           refused ─▶ warn once per change; the previous material stays in force
 //!  each handshake (gRPC, HTTP, metrics) ─▶ current().server / http_server
-//!  each peer channel ─▶ rebuilt with current().peer when the generation moved on
+//!  each peer channel ─▶ dropped and dialled again with current().peer when the generation
+//!                       moved on: a peer whose certificate the new CRL lists is refused
+//!                       at the handshake, so it gets no more of the log (network::dial)
 //! ```
 //!
 //! A rotation writes the new key and certificate (best each by a rename);

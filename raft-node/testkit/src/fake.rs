@@ -497,6 +497,14 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn bind_policy(&self, _: Request<api::PolicyBindingRequest>) -> Result<Response<api::PolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn unbind_policy(&self, _: Request<api::PolicyBindingRequest>) -> Result<Response<api::PolicyReply>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type SnapshotSaveStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<api::SnapshotChunk, Status>> + Send>>;
 
     async fn snapshot_save(&self, _: Request<api::SnapshotSaveRequest>) -> Result<Response<Self::SnapshotSaveStream>, Status> {

@@ -329,6 +329,8 @@ impl AllocationTable {
                 movable,
                 grant,
             } => self.allocate_under_policy(Cow::Borrowed(request), *on_preemption, *movable, grant),
+            Command::BindPolicy { name, binding } => self.bind_policy(name, binding),
+            Command::UnbindPolicy { name, binding } => self.unbind_policy(name, binding),
         }
     }
 

@@ -1,5 +1,7 @@
-//! Capability policies in the table: setting and deleting them, finding an
-//! identity's, and the allocate that carries a [`PolicyGrant`] — re-checked
+//! Capability policies in the table: setting and deleting them, binding
+//! and unbinding one identity at a time (atomically, at apply), each with
+//! its event (`policy_set`, `policy_deleted`, `policy_bound`,
+//! `policy_unbound`), finding an identity's, and the allocate that carries a [`PolicyGrant`] — re-checked
 //! here, at apply, where the total an identity holds is exact.
 //!
 //! An identity's total counts its **live** requests (queued or active)
@@ -17,7 +19,8 @@ use uuid::Uuid;
 use super::AllocationTable;
 use crate::command::{ApplyResult, CommandResponse};
 use crate::error::{CommandError, InvalidArgument};
-use crate::policy::{CapabilityPolicy, PolicyGrant, PolicySpec, POLICIES_MAX};
+use crate::event::EventKind;
+use crate::policy::{Binding, CapabilityPolicy, PolicyGrant, PolicySpec, POLICIES_MAX, POLICY_BINDINGS_MAX};
 use crate::quota::OnPreemption;
 use crate::request::{check_id, AllocationRequest};
 
@@ -42,16 +45,82 @@ impl AllocationTable {
             bindings: spec.bindings.clone(),
         };
         self.policies.insert(spec.name.clone(), policy.clone());
+        self.emit(EventKind::PolicySet {
+            name: policy.name.clone(),
+            revision: policy.revision,
+            bindings: policy.bindings.len() as u64,
+        });
         Ok(CommandResponse::CapabilityPolicy(policy))
     }
 
     pub(super) fn delete_policy(&mut self, name: &str) -> ApplyResult {
         check_id("name", name)?;
         let existed = self.policies.remove(name).is_some();
+        if existed {
+            self.emit(EventKind::PolicyDeleted { name: name.to_owned() });
+        }
         Ok(CommandResponse::PolicyDeleted {
             name: name.to_owned(),
             existed,
         })
+    }
+
+    /// Adds `binding` to the policy `name`, read and changed in this one
+    /// apply. Refused as `set_policy` refuses: a binding another policy
+    /// holds, more than [`POLICY_BINDINGS_MAX`]. One the policy holds
+    /// already changes nothing (no new revision, no event).
+    pub(super) fn bind_policy(&mut self, name: &str, binding: &Binding) -> ApplyResult {
+        check_id("name", name)?;
+        binding.check()?;
+        let Some(policy) = self.policies.get(name) else {
+            return Err(CommandError::UnknownPolicy { name: name.to_owned() });
+        };
+        if policy.bindings.contains(binding) {
+            return Ok(CommandResponse::CapabilityPolicy(policy.clone()));
+        }
+        if let Some(other) = self.policies.values().find(|other| other.bindings.contains(binding)) {
+            return Err(InvalidArgument::new("bindings", format!("{binding} is already bound to policy {:?}", other.name)).into());
+        }
+        if policy.bindings.len() >= POLICY_BINDINGS_MAX {
+            return Err(InvalidArgument::new("bindings", format!("policy {name:?} has {POLICY_BINDINGS_MAX} bindings already")).into());
+        }
+        self.change_bindings(name, binding, true)
+    }
+
+    /// Takes `binding` from the policy `name`; one it does not hold
+    /// changes nothing.
+    pub(super) fn unbind_policy(&mut self, name: &str, binding: &Binding) -> ApplyResult {
+        check_id("name", name)?;
+        binding.check()?;
+        let Some(policy) = self.policies.get(name) else {
+            return Err(CommandError::UnknownPolicy { name: name.to_owned() });
+        };
+        if !policy.bindings.contains(binding) {
+            return Ok(CommandResponse::CapabilityPolicy(policy.clone()));
+        }
+        self.change_bindings(name, binding, false)
+    }
+
+    /// Adds (`bound`) or takes `binding` from the existing policy `name`,
+    /// with a new revision: an allocate checked against the bindings
+    /// before is checked again (`CommandError::PolicyChanged`).
+    fn change_bindings(&mut self, name: &str, binding: &Binding, bound: bool) -> ApplyResult {
+        self.policy_revision += 1;
+        let revision = self.policy_revision;
+        let policy = self.policies.get_mut(name).expect("the caller found the policy");
+        policy.revision = revision;
+        if bound {
+            policy.bindings.insert(binding.clone());
+        } else {
+            policy.bindings.remove(binding);
+        }
+        let policy = policy.clone();
+        let (name, binding) = (name.to_owned(), binding.clone());
+        self.emit(match bound {
+            true => EventKind::PolicyBound { name, revision, binding },
+            false => EventKind::PolicyUnbound { name, revision, binding },
+        });
+        Ok(CommandResponse::CapabilityPolicy(policy))
     }
 
     /// Every policy, in name order.

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{snapshot_v5, snapshot_v6, AllocationTable, Indexes};
 use crate::error::SnapshotError;
 
-/// Bumped whenever the encoded layout changes. A build reads its own version
-/// and versions 5 and 6 (through the frozen types of `snapshot_v5` and
-/// `snapshot_v6`), and refuses
+/// Bumped whenever the encoded layout changes. A build reads its own version,
+/// version 7 (the same types), and versions 5 and 6 (through the frozen
+/// types of `snapshot_v5` and `snapshot_v6`), and refuses
 /// any other rather than misreading it.
 /// Version 2 added `RequestRecord::first_granted_at_ms`; version 3 the
 /// table's named cursors; version 4 the providers' address and port;
@@ -24,8 +24,22 @@ use crate::error::SnapshotError;
 /// in `TableConfig`) and the move's reason in `EventKind::AllocationMoved`;
 /// version 7 capability policies (the policies with their bindings, the
 /// policy revision counter, and the holders of live requests allocated
-/// under a grant), and `EventKind::OptimizationComplete` in the history.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
+/// under a grant), and `EventKind::OptimizationComplete` in the history;
+/// version 8 the policy events in the history (`EventKind::PolicySet`,
+/// `PolicyDeleted`, `PolicyBound`, `PolicyUnbound`).
+///
+/// Version 8 only appended variants to `EventKind`: every version 7 table
+/// encodes to the same bytes in version 8's types, so version 7 is read by
+/// them, with no frozen copy. The version still moved on because a
+/// version 8 history may hold an event a version 7 build cannot decode:
+/// with the number unchanged, that build would take the snapshot for its
+/// own and fail on it midway, instead of refusing it up front as newer
+/// (`SnapshotError::NewerVersion`), and replicas announcing the same
+/// table format would not be told apart during a rolling upgrade.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 8;
+
+/// The previous version, whose layout version 8's types read unchanged.
+const SNAPSHOT_FORMAT_VERSION_7: u32 = 7;
 
 /// The string contents one snapshot decode may claim, in total. bincode
 /// allocates a string's claimed length before reading it, so a corrupt
@@ -116,7 +130,8 @@ impl AllocationTable {
             });
         }
         let rest = &bytes[version_len..];
-        let (mut table, table_len): (AllocationTable, usize) = if version == SNAPSHOT_FORMAT_VERSION {
+        let (mut table, table_len): (AllocationTable, usize) = if version == SNAPSHOT_FORMAT_VERSION || version == SNAPSHOT_FORMAT_VERSION_7
+        {
             bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?
         } else if version == snapshot_v5::VERSION {
             let (old, len): (snapshot_v5::AllocationTableV5, usize) =

@@ -190,7 +190,8 @@
     'provider_recovered', 'allocation_granted', 'request_queued', 'request_rejected', 'request_cancelled', 'allocation_released',
     'allocation_expired', 'allocation_moved', 'allocation_confirmed', 'deallocation_confirmed', 'lease_renewed', 'leases_refreshed',
     'released_matching', 'quota_set', 'quota_deleted', 'preemption_set', 'allocation_preempted', 'provider_scheduling',
-    'optimization_needed', 'allocation_moving', 'optimization_failed', 'move_target_ready', 'optimization_complete'];
+    'optimization_needed', 'allocation_moving', 'optimization_failed', 'move_target_ready', 'optimization_complete',
+    'policy_set', 'policy_deleted', 'policy_bound', 'policy_unbound'];
 
   /** Opens /v1/events after the last revision seen. EventSource itself
    * reconnects with Last-Event-ID when the stream breaks; a stream refused
