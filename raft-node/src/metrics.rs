@@ -142,6 +142,9 @@ pub struct ReplicaSample {
     pub heartbeat_age_max_ms: Option<u64>,
     /// With an audit trail: the records dropped so far.
     pub audit_records_dropped: Option<u64>,
+    /// After two contacts from a leader: the longest interval between two
+    /// contacts of one term (`consensus::LeaderContact::longest_interval`).
+    pub leader_contact_age_max_ms: Option<u64>,
 }
 
 pub struct Metrics {
@@ -245,6 +248,16 @@ impl Metrics {
             registry.register(
                 "provider_heartbeat_age_max_seconds",
                 "On the leader: the longest time since an active provider's last heartbeat (or since this leadership began)",
+                age,
+            );
+        }
+        // Absent until a leader was heard from twice in one term.
+        if let Some(age_ms) = replica.leader_contact_age_max_ms {
+            let age = Gauge::<f64, AtomicU64>::default();
+            age.set(age_ms as f64 / 1e3);
+            registry.register(
+                "leader_contact_age_max_seconds",
+                "The longest this replica went without hearing from the leader of its term (between two accepted AppendEntries or InstallSnapshot of one term) since it started",
                 age,
             );
         }
@@ -434,6 +447,7 @@ mod tests {
         let replica = ReplicaSample {
             heartbeat_age_max_ms: Some(4_250),
             audit_records_dropped: Some(3),
+            leader_contact_age_max_ms: Some(1_500),
         };
         let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &replica);
         for expected in [
@@ -441,6 +455,8 @@ mod tests {
             "provider_heartbeat_age_max_seconds 4.25",
             "# TYPE audit_records_dropped counter",
             "audit_records_dropped_total 3",
+            "# TYPE leader_contact_age_max_seconds gauge",
+            "leader_contact_age_max_seconds 1.5",
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
             "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
@@ -464,6 +480,7 @@ mod tests {
         let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &ReplicaSample::default());
         assert!(!text.contains("provider_heartbeat_age"), "{text}");
         assert!(!text.contains("audit_records_dropped"), "{text}");
+        assert!(!text.contains("leader_contact_age"), "{text}");
     }
 
     #[test]
