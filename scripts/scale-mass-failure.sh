@@ -13,22 +13,35 @@ scrape() {
 }
 # The value of the line of $2 that starts with $1 (name and labels), or "-".
 value_of() { awk -v key="$1" 'index($0, key) == 1 { print $NF; found = 1; exit } END { if (!found) print "-" }' <<<"$2"; }
-# Replica $1's apply and leader-contact figures as one line of a table.
-apply_figures() {
-  local page count under_10ms under_100ms
-  page=$(scrape "$1") || { echo "(no answer)"; return; }
+# Replica $1's figures, one line: the longest apply, applies in all, over
+# 10 ms, over 100 ms; the longest interval between two contacts from the
+# leader, intervals in all, over 250 ms (the shortest election timeout),
+# over 500 ms; the term. Counts are since the replica started.
+figures() {
+  local page count
+  page=$(scrape "$1") || { echo "- 0 0 0 - 0 0 0 -"; return; }
   count=$(value_of 'apply_duration_seconds_count ' "$page")
-  under_10ms=$(value_of 'apply_duration_seconds_bucket{le="0.01"}' "$page")
-  under_100ms=$(value_of 'apply_duration_seconds_bucket{le="0.1"}' "$page")
-  [ "$count" != - ] || { echo "$1 (no apply_duration_seconds on its /metrics)"; return; }
-  printf '%-8s %-14s %-12s %-12s %-14s %s\n' "$1" "$(value_of 'apply_duration_max_seconds ' "$page")" \
-    "$((count - under_10ms))" "$((count - under_100ms))" "$(value_of 'leader_contact_age_max_seconds ' "$page")" \
+  gaps=$(value_of 'leader_contact_interval_seconds_count ' "$page")
+  [ "$gaps" != - ] || gaps=0
+  under() { local v; v=$(value_of "$1_bucket{le=\"$2\"}" "$page"); [ "$v" != - ] || v=0; echo "$v"; }
+  echo "$(value_of 'apply_duration_max_seconds ' "$page") $count $((count - $(under apply_duration_seconds 0.01))) $((count - $(under apply_duration_seconds 0.1)))" \
+    "$(value_of 'leader_contact_age_max_seconds ' "$page") $gaps $((gaps - $(under leader_contact_interval_seconds 0.25))) $((gaps - $(under leader_contact_interval_seconds 0.5)))" \
     "$(value_of 'raft_term{' "$page")"
 }
-apply_table() {
-  echo "$1"
-  printf '%-8s %-14s %-12s %-12s %-14s %s\n' REPLICA APPLY_MAX_S "OVER_10MS" "OVER_100MS" LEADER_GAP_S TERM
-  for i in 1 2 3; do apply_figures "$i"; done
+declare -A FIGURES
+# Samples every replica's figures as phase $1; with a previous phase $2,
+# prints them, the counts as what happened since $2.
+phase_figures() {
+  local i now prev
+  for i in 1 2 3; do FIGURES[$1,$i]=$(figures "$i"); done
+  echo "$3"
+  printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %s\n' REPLICA APPLY_MAX_S "APPLIES>10MS" "APPLIES>100MS" LEADER_GAP_MAX_S "GAPS>250MS" "GAPS>500MS" TERM
+  for i in 1 2 3; do
+    read -r -a now <<<"${FIGURES[$1,$i]}"
+    if [ -n "${2:-}" ]; then read -r -a prev <<<"${FIGURES[$2,$i]}"; else prev=(0 0 0 0 0 0 0 0 0); fi
+    printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %s\n' "$i" "${now[0]}" "$((now[2] - prev[2]))" "$((now[3] - prev[3]))" \
+      "${now[4]}" "$((now[6] - prev[6]))" "$((now[7] - prev[7]))" "${now[8]}"
+  done
 }
 # `qm state --output json`, the fields this phase follows, one line:
 # failed providers, evacuations pending, active allocations, queue length.
@@ -43,7 +56,7 @@ term_before=$(metric "$leader_before" raft_term)
 echo
 echo "mass failure: $FAILED of $PROVIDERS providers stop heartbeating at once (failure window ${PROVIDER_FAILURE_WINDOW_MS} ms);"
 echo "before: leader replica $leader_before, term $term_before; $active_before active, $queued_before queued, $failed_before failed providers, $pending_before evacuations pending"
-apply_table "before the failure (since each replica started):"
+phase_figures before "" "before the failure (maxima and counts since each replica started: the load):"
 
 # --- the mass failure
 stopped_at=$(now_ms)
@@ -66,7 +79,7 @@ term_after=$(metric "$leader_after" raft_term)
 echo
 echo "failure: all $FAILED declared failed $all_failed_ms ms after their heartbeats stopped; every evacuated allocation placed or queued (evacuations_pending 0) $done_ms ms after (largest evacuations_pending seen: $pending_max, $samples samples of qm state)"
 echo "after: leader replica $leader_after, term $term_after ($([ "$term_after" = "$term_before" ] && echo unchanged || echo CHANGED)); $active active, $queued queued, $failed failed providers"
-apply_table "after the failure:"
+phase_figures failure before "during the failure (maxima since start; counts since the line above):"
 
 # --- the bulk release
 released_at=$(now_ms)
@@ -78,4 +91,4 @@ read -r _ _ active queued <<<"$(state_line)"
 echo
 echo "bulk release (qm release --namespace scale): $release_line in $released_ms ms; now $active active, $queued queued"
 echo "leader replica $leader_released, term $term_released ($([ "$term_released" = "$term_before" ] && echo unchanged since before the failure || echo CHANGED))"
-apply_table "after the bulk release:"
+phase_figures release failure "during the bulk release (maxima since start; counts since the line above):"

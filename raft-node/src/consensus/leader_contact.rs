@@ -10,8 +10,9 @@
 //! longest election timeout has no reason to believe in its leader: it says
 //! "no leader known" instead.
 //!
-//! It also keeps the longest interval between two contacts of one term
-//! (`leader_contact_age_max_seconds` on `/metrics`): how long this replica
+//! It also measures the intervals between two contacts of one term
+//! (`leader_contact_interval_seconds` and `leader_contact_age_max_seconds`
+//! on `/metrics`, `crate::metrics::LeaderContactIntervals`): how long this replica
 //! went without hearing from a leader that was still leading, e.g. while a
 //! long apply held the leader's or this replica's runtime (issue 26's mass
 //! failure). An interval across terms (an election) is not counted: the
@@ -21,21 +22,19 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics::LeaderContactIntervals;
+
 /// The instant of the last AppendEntries or InstallSnapshot this replica
 /// accepted from a leader. Shared by the Raft RPC server (which records) and
 /// [`Node`](super::Node) (which asks).
 #[derive(Debug, Default)]
 pub struct LeaderContact {
     last: Mutex<Option<Instant>>,
-    /// The term of the last contact and the longest interval between two
-    /// contacts of one term so far.
-    intervals: Mutex<Intervals>,
-}
-
-#[derive(Debug, Default)]
-struct Intervals {
-    last: Option<(u64, Instant)>,
-    longest: Option<Duration>,
+    /// The term and instant of the last contact, to measure the next
+    /// interval from.
+    last_of_term: Mutex<Option<(u64, Instant)>>,
+    /// The intervals between two contacts of one term, for `/metrics`.
+    intervals: LeaderContactIntervals,
 }
 
 impl LeaderContact {
@@ -53,31 +52,30 @@ impl LeaderContact {
                 *last = Some(at);
             }
         }
-        let mut intervals = self.intervals.lock().expect("leader contact intervals lock");
-        match intervals.last {
+        let mut last_of_term = self.last_of_term.lock().expect("leader contact term lock");
+        match *last_of_term {
             // An older RPC finishing late says nothing new.
             Some((last_term, last_at)) if last_term == term && at <= last_at => {}
             Some((last_term, last_at)) if last_term == term => {
-                let interval = at - last_at;
-                intervals.longest = Some(intervals.longest.map_or(interval, |longest| longest.max(interval)));
-                intervals.last = Some((term, at));
+                self.intervals.observe(at - last_at);
+                *last_of_term = Some((term, at));
             }
             // A later term starts counting again; a stale one is ignored.
             Some((last_term, _)) if last_term > term => {}
-            Some(_) => intervals.last = Some((term, at)),
+            Some(_) => *last_of_term = Some((term, at)),
             None => {
                 // Where a restart's time goes (issue 23): from here on the
                 // replica knows its leader and learns what is committed.
                 tracing::info!(term, "first contact from a leader since this replica opened its data");
-                intervals.last = Some((term, at));
+                *last_of_term = Some((term, at));
             }
         }
     }
 
-    /// The longest interval between two accepted contacts of one leader
-    /// term since this replica started; `None` before a second contact.
-    pub fn longest_interval(&self) -> Option<Duration> {
-        self.intervals.lock().expect("leader contact intervals lock").longest
+    /// The intervals between two accepted contacts of one leader term
+    /// since this replica started (a histogram and the longest).
+    pub fn intervals(&self) -> &LeaderContactIntervals {
+        &self.intervals
     }
 
     /// Whether a leader was heard from within `window` before `now`.
@@ -123,28 +121,29 @@ mod tests {
         let contact = LeaderContact::default();
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
-        assert_eq!(None, contact.longest_interval(), "never heard");
+        let longest = || contact.intervals().max();
+        assert_eq!(None, longest(), "never heard");
         contact.heard_at(at(0), 3);
-        assert_eq!(None, contact.longest_interval(), "one contact is no interval");
+        assert_eq!(None, longest(), "one contact is no interval");
 
         // --- the leader of term 3 is heard at 0, 100, 1,300 and 1,400 ms
         contact.heard_at(at(100), 3);
         contact.heard_at(at(1_300), 3);
         contact.heard_at(at(1_400), 3);
-        assert_eq!(Some(Duration::from_millis(1_200)), contact.longest_interval());
+        assert_eq!(Some(Duration::from_millis(1_200)), longest());
 
         // --- an RPC finishing late, and one of an older term: nothing new
         contact.heard_at(at(50), 3);
         contact.heard_at(at(9_000), 2);
-        assert_eq!(Some(Duration::from_millis(1_200)), contact.longest_interval());
+        assert_eq!(Some(Duration::from_millis(1_200)), longest());
 
         // --- an election: 5 s until the leader of term 4 is heard, not counted
         contact.heard_at(at(6_400), 4);
         contact.heard_at(at(6_500), 4);
-        assert_eq!(Some(Duration::from_millis(1_200)), contact.longest_interval());
+        assert_eq!(Some(Duration::from_millis(1_200)), longest());
 
         // --- term 4's leader is silent for 2 s
         contact.heard_at(at(8_500), 4);
-        assert_eq!(Some(Duration::from_millis(2_000)), contact.longest_interval());
+        assert_eq!(Some(Duration::from_millis(2_000)), longest());
     }
 }

@@ -93,10 +93,7 @@ pub async fn render(node: &Node, audit: &AuditLog) -> String {
         &ReplicaSample {
             heartbeat_age_max_ms,
             audit_records_dropped: audit.is_on().then(|| audit.dropped()),
-            leader_contact_age_max_ms: node
-                .leader_contact
-                .longest_interval()
-                .map(|interval| u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)),
+            leader_contact: node.leader_contact.intervals().clone(),
         },
     )
 }
