@@ -35,6 +35,10 @@ use qm_state_machine::limits::RESOURCES_PER_PROVIDER_MAX;
 use qm_state_machine::provider::{ProviderRegistration, ResourceSpec, Sharing};
 use qm_state_machine::ResourceRequest;
 
+/// Times one allocation or registration is asked again when its outcome is
+/// unknown (no answer in time: on this shared machine a replica can stall
+/// for seconds).
+const UNKNOWN_OUTCOME_RETRIES_MAX: u32 = 10;
 /// Registrations in flight at once.
 const REGISTRATION_CONCURRENCY: usize = 32;
 /// How often progress is printed (to standard error).
@@ -96,6 +100,23 @@ fn request(n: u64) -> ResourceRequest {
     }
 }
 
+/// Allocates `request`, asking again with the same request id while the
+/// outcome is unknown: the table answers a repeat with the first outcome
+/// (its dedupe window), so nothing is placed twice.
+async fn allocate_surely(client: &Client, mut request: ResourceRequest) -> Result<proto::api::AllocationReply, qm_client::Error> {
+    request.request_id = Some(uuid::Uuid::new_v4().to_string());
+    let mut retries = 0;
+    loop {
+        match client.allocate(request.clone()).await {
+            Err(error) if error.is_unknown() && retries < UNKNOWN_OUTCOME_RETRIES_MAX => {
+                retries += 1;
+                eprintln!("outcome unknown ({error}); asking again ({retries})");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -120,7 +141,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let registered: Vec<_> = futures::stream::iter(0..providers)
         .map(|index| {
             let client = client.clone();
-            async move { client.register_provider(&registration(index, units)).await }
+            async move {
+                // Registering a provider again with the same resources changes nothing.
+                let registration = registration(index, units);
+                let mut retries = 0;
+                loop {
+                    match client.register_provider(&registration).await {
+                        Err(error) if error.is_unknown() && retries < UNKNOWN_OUTCOME_RETRIES_MAX => {
+                            retries += 1;
+                            eprintln!("registration outcome unknown ({error}); registering again ({retries})");
+                        }
+                        outcome => return outcome,
+                    }
+                }
+            }
         })
         .buffer_unordered(REGISTRATION_CONCURRENCY)
         .collect()
@@ -157,7 +191,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     if n >= allocations {
                         return Ok::<(), qm_client::Error>(());
                     }
-                    let reply = client.allocate(request(n)).await?;
+                    let reply = allocate_surely(&client, request(n)).await?;
                     if reply.status() != proto::api::AllocationStatus::Allocated {
                         eprintln!("allocation {n} was not placed: {:?}", reply.status());
                     }
