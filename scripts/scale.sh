@@ -3,6 +3,7 @@
 # then print what an operator feels at that size.
 #
 #   scripts/scale.sh [--quick] [--providers N] [--allocations M] [--concurrency C] [--keep]
+#   scripts/scale.sh --mass-failure [--quick] [--providers N] [--allocations M] [--failed F] [--concurrency C] [--keep]
 #
 # 1. Starts 3 replicas (scripts/cluster.sh, release builds, its own ports and
 #    a cluster dir under target/, so it runs beside scripts/bench.sh and
@@ -28,6 +29,29 @@
 # --keep. --quick is 1,000 providers and 100,000 allocations, for a trial.
 # Figures: BENCHMARKS.md, "Memory and disk". The machine's cores are shared
 # by the replicas and the loader; the times are this machine's.
+#
+# --mass-failure (issue 26) runs 1-3 with providers that heartbeat, then,
+# instead of 4-5, a mass failure and a bulk release:
+# 1. The replicas declare a provider failed after QM_SCALE_FAILURE_WINDOW_MS
+#    (default 5,000) of silence; the loader keeps every provider
+#    heartbeating every QM_SCALE_HEARTBEAT_MS (default 1,000) from its
+#    registration on, and stays up after the load. Default size: 600
+#    providers (2,084 slots each) for 1,000,000 allocations, so that the
+#    survivors have room for what the failed ones held; --quick: 60 and
+#    100,000.
+# 2. Stops the heartbeats of F providers at once (default a sixth of them:
+#    100 of 600; the loader's first ones, which placement filled first).
+# 3. Prints how long until all F are declared failed and every evacuated
+#    allocation is placed or queued (`evacuations_pending` 0 in `qm state
+#    --output json`), and per replica, before and after: the longest apply
+#    (`apply_duration_max_seconds`), the applies over 10 and 100 ms (the
+#    `apply_duration_seconds` histogram), and the longest interval without
+#    hearing from the leader (`leader_contact_age_max_seconds`); the leader
+#    and its term before and after.
+# 4. Releases the whole namespace (`qm release --namespace scale`: the
+#    million) and prints how long it took, the same apply figures, and the
+#    term again.
+# Figures: BENCHMARKS.md, "Mass provider failure and bulk release".
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -36,20 +60,40 @@ PROVIDERS=10000
 ALLOCATIONS=1000000
 CONCURRENCY=256
 KEEP=no
-usage() { echo "usage: scripts/scale.sh [--quick] [--providers N] [--allocations M] [--concurrency C] [--keep]" >&2; exit 2; }
+MASS_FAILURE=no
+QUICK=no
+FAILED=
+PROVIDERS_GIVEN=
+ALLOCATIONS_GIVEN=
+usage() {
+  echo "usage: scripts/scale.sh [--mass-failure [--failed F]] [--quick] [--providers N] [--allocations M] [--concurrency C] [--keep]" >&2
+  exit 2
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) PROVIDERS=1000; ALLOCATIONS=100000; shift ;;
-    --providers) PROVIDERS=${2:?}; shift 2 ;;
-    --allocations) ALLOCATIONS=${2:?}; shift 2 ;;
+    --quick) QUICK=yes; shift ;;
+    --mass-failure) MASS_FAILURE=yes; shift ;;
+    --failed) FAILED=${2:?}; shift 2 ;;
+    --providers) PROVIDERS_GIVEN=${2:?}; shift 2 ;;
+    --allocations) ALLOCATIONS_GIVEN=${2:?}; shift 2 ;;
     --concurrency) CONCURRENCY=${2:?}; shift 2 ;;
     --keep) KEEP=yes; shift ;;
     *) usage ;;
   esac
 done
-for value in "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY"; do
+if [ $MASS_FAILURE = yes ]; then
+  PROVIDERS=600
+  [ $QUICK = yes ] && { PROVIDERS=60; ALLOCATIONS=100000; }
+elif [ $QUICK = yes ]; then
+  PROVIDERS=1000; ALLOCATIONS=100000
+fi
+PROVIDERS=${PROVIDERS_GIVEN:-$PROVIDERS}
+ALLOCATIONS=${ALLOCATIONS_GIVEN:-$ALLOCATIONS}
+FAILED=${FAILED:-$(((PROVIDERS + 5) / 6))}
+for value in "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY" "$FAILED"; do
   [[ "$value" =~ ^[1-9][0-9]*$ ]] || usage
 done
+[ "$FAILED" -lt "$PROVIDERS" ] || usage
 
 export QM_CLUSTER_DIR=${QM_CLUSTER_DIR:-$ROOT/target/scale-cluster}
 export QM_BASE_PORT=${QM_BASE_PORT:-7600} QM_METRICS_BASE_PORT=${QM_METRICS_BASE_PORT:-7700}
@@ -65,6 +109,9 @@ LOADER=${QM_SCALE_LOADER:-$TARGET_DIR/release/examples/scale_load}
 WAIT_S=${QM_SCALE_WAIT_S:-600}
 SNAPSHOT_WAIT_S=${QM_SCALE_SNAPSHOT_WAIT_S:-120}
 PROVIDER_FAILURE_WINDOW_MS=86400000
+HEARTBEAT_MS=${QM_SCALE_HEARTBEAT_MS:-1000}
+if [ $MASS_FAILURE = yes ]; then PROVIDER_FAILURE_WINDOW_MS=${QM_SCALE_FAILURE_WINDOW_MS:-5000}; fi
+LOADER_PID=
 SNAPSHOT_EVERY_COMMANDS=$(((PROVIDERS + ALLOCATIONS) / 4))
 NEW_ID=4
 NEW_ADDR="127.0.0.1:$((QM_BASE_PORT + NEW_ID))"
@@ -78,6 +125,10 @@ if [ -z "${QM_SCALE_SKIP_BUILD:-}" ]; then
 fi
 
 stop_all() {
+  if [ -n "$LOADER_PID" ] && kill -0 "$LOADER_PID" 2>/dev/null; then
+    kill -TERM "$LOADER_PID" 2>/dev/null || true
+    wait "$LOADER_PID" 2>/dev/null || true
+  fi
   if [ -n "$NEW_PID" ] && kill -0 "$NEW_PID" 2>/dev/null; then
     kill -TERM "$NEW_PID" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$NEW_PID" 2>/dev/null || break; sleep 0.1; done
@@ -133,7 +184,20 @@ export QM_ENDPOINTS; QM_ENDPOINTS=$(scripts/cluster.sh endpoints)
 echo "cluster up: $QM_ENDPOINTS; loading $PROVIDERS providers and $ALLOCATIONS allocations ($CONCURRENCY in flight)"
 
 loaded_at_start=$(now_ms)
-"$LOADER" "$QM_ENDPOINTS" "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY"
+if [ $MASS_FAILURE = yes ]; then
+  # In the background, heartbeating until stop_all; its first line is the load's.
+  LOADER_OUT=$QM_CLUSTER_DIR/loader.out
+  "$LOADER" "$QM_ENDPOINTS" "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY" \
+    --heartbeat-ms "$HEARTBEAT_MS" --stop-on-usr1 "$FAILED" >"$LOADER_OUT" &
+  LOADER_PID=$!
+  until grep -q '^heartbeating' "$LOADER_OUT" 2>/dev/null; do
+    kill -0 "$LOADER_PID" 2>/dev/null || { wait "$LOADER_PID" || true; echo "scale.sh: the loader failed" >&2; exit 1; }
+    sleep 0.5
+  done
+  head -n 1 "$LOADER_OUT"
+else
+  "$LOADER" "$QM_ENDPOINTS" "$PROVIDERS" "$ALLOCATIONS" "$CONCURRENCY"
+fi
 echo "load: $(((($(now_ms) - loaded_at_start)) / 1000)) s"
 
 leader=$(scripts/cluster.sh leader)
@@ -156,6 +220,12 @@ for i in 1 2 3; do
 done
 du -sh "$QM_CLUSTER_DIR"/[123]/data | sed 's/^/data dir: /'
 
+if [ $MASS_FAILURE = yes ]; then
+  # shellcheck source=scripts/scale-mass-failure.sh
+  . scripts/scale-mass-failure.sh
+  exit 0
+fi
+
 # Restart: a follower killed with -9, started again on its data dir.
 victim=1
 [ "$victim" = "$leader" ] && victim=2
@@ -168,6 +238,16 @@ wait_applied "$victim" "$commit"
 restarted_ms=$(($(now_ms) - restart_at))
 echo
 echo "restart: replica $victim killed -9 and started on its data: serving reads (leader known, index $commit applied) after $restarted_ms ms; VmRSS $(mb "$(status_kb "$victim" VmRSS)"), VmHWM $(mb "$(status_kb "$victim" VmHWM)")"
+# Where that time went, from the restarted replica's log lines (issue 23):
+# ms since the start of each step's line, and the step's own figures.
+restart_step() {
+  local line at
+  line=$(grep "$1" "$QM_CLUSTER_DIR/$victim/node.log" | tail -n 1)
+  [ -n "$line" ] || { echo "  $1: (no line)"; return; }
+  at=$(date -d "$(awk '{print $1}' <<<"$line")" +%s%3N)
+  echo "  at $((at - restart_at)) ms: $1 $(grep -oE '(sled_open_ms|snapshot_load_ms|elapsed_ms|applied_index|term)=[0-9]+' <<<"$line" | tr '\n' ' ')"
+}
+for step in "storage opened" "raft started" "replica starting" "first contact from a leader"; do restart_step "$step"; done
 
 # A new replica: empty data dir, added as a learner, caught up, promoted.
 mkdir -p "$NEW_DIR"

@@ -30,6 +30,47 @@ const APPLY_BUCKETS_S: [f64; 14] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Upper bounds of the leader-contact histogram's buckets, in seconds: the
+/// leader sends every 100 ms (`heartbeat_interval_ms`), and a follower
+/// stands for election past 250-500 ms (`election_timeout_*_ms`).
+const LEADER_CONTACT_BUCKETS_S: [f64; 9] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0];
+
+/// The intervals between two contacts from the leader of one term on this
+/// replica (`consensus::LeaderContact` observes them): a histogram and the
+/// longest so far. Clones share their state.
+#[derive(Clone, Debug)]
+pub struct LeaderContactIntervals {
+    histogram: Histogram,
+    max_us: std::sync::Arc<AtomicU64>,
+    observed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for LeaderContactIntervals {
+    fn default() -> Self {
+        LeaderContactIntervals {
+            histogram: Histogram::new(LEADER_CONTACT_BUCKETS_S),
+            max_us: std::sync::Arc::default(),
+            observed: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl LeaderContactIntervals {
+    pub fn observe(&self, interval: std::time::Duration) {
+        self.histogram.observe(interval.as_secs_f64());
+        self.max_us
+            .fetch_max(u64::try_from(interval.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.observed.store(true, Ordering::Relaxed);
+    }
+
+    /// The longest interval since the replica started; `None` before the first.
+    pub fn max(&self) -> Option<std::time::Duration> {
+        self.observed
+            .load(Ordering::Relaxed)
+            .then(|| std::time::Duration::from_micros(self.max_us.load(Ordering::Relaxed)))
+    }
+}
+
 /// How long applying each command to the table took on this replica (every
 /// replica applies every command): a histogram and the longest so far.
 /// Clones share their state; the store observes, the scrape renders.
@@ -142,6 +183,9 @@ pub struct ReplicaSample {
     pub heartbeat_age_max_ms: Option<u64>,
     /// With an audit trail: the records dropped so far.
     pub audit_records_dropped: Option<u64>,
+    /// The intervals between two contacts from the leader of one term
+    /// (`consensus::LeaderContact::intervals`).
+    pub leader_contact: LeaderContactIntervals,
 }
 
 pub struct Metrics {
@@ -245,6 +289,21 @@ impl Metrics {
             registry.register(
                 "provider_heartbeat_age_max_seconds",
                 "On the leader: the longest time since an active provider's last heartbeat (or since this leadership began)",
+                age,
+            );
+        }
+        registry.register(
+            "leader_contact_interval_seconds",
+            "Time between two accepted AppendEntries or InstallSnapshot from the leader of one term on this replica",
+            replica.leader_contact.histogram.clone(),
+        );
+        // Absent until a leader was heard from twice in one term.
+        if let Some(longest) = replica.leader_contact.max() {
+            let age = Gauge::<f64, AtomicU64>::default();
+            age.set(longest.as_secs_f64());
+            registry.register(
+                "leader_contact_age_max_seconds",
+                "The longest this replica went without hearing from the leader of its term (between two accepted AppendEntries or InstallSnapshot of one term) since it started",
                 age,
             );
         }
@@ -434,13 +493,22 @@ mod tests {
         let replica = ReplicaSample {
             heartbeat_age_max_ms: Some(4_250),
             audit_records_dropped: Some(3),
+            leader_contact: LeaderContactIntervals::default(),
         };
+        replica.leader_contact.observe(std::time::Duration::from_millis(100));
+        replica.leader_contact.observe(std::time::Duration::from_millis(1_500));
         let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &replica);
         for expected in [
             "# TYPE provider_heartbeat_age_max_seconds gauge",
             "provider_heartbeat_age_max_seconds 4.25",
             "# TYPE audit_records_dropped counter",
             "audit_records_dropped_total 3",
+            "# TYPE leader_contact_age_max_seconds gauge",
+            "leader_contact_age_max_seconds 1.5",
+            "leader_contact_interval_seconds_bucket{le=\"0.1\"} 1",
+            "leader_contact_interval_seconds_bucket{le=\"1.0\"} 1",
+            "leader_contact_interval_seconds_bucket{le=\"2.0\"} 2",
+            "leader_contact_interval_seconds_count 2",
             "# TYPE allocation_latency histogram",
             "apply_duration_seconds_bucket{le=\"0.0005\"} 1",
             "apply_duration_seconds_bucket{le=\"0.0001\"} 0",
@@ -464,6 +532,7 @@ mod tests {
         let text = metrics.render(&raft, &utilization, &quotas, &apply, &optimization, &ReplicaSample::default());
         assert!(!text.contains("provider_heartbeat_age"), "{text}");
         assert!(!text.contains("audit_records_dropped"), "{text}");
+        assert!(!text.contains("leader_contact_age"), "{text}");
     }
 
     #[test]

@@ -180,6 +180,7 @@ async fn serve_replica(
     }
     .validate()
     .context("raft configuration")?;
+    let raft_started = std::time::Instant::now();
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
@@ -189,6 +190,12 @@ async fn serve_replica(
     )
     .await
     .context("starting raft")?;
+    // openraft applies the committed entries past the snapshot in `Raft::new`.
+    info!(
+        elapsed_ms = raft_started.elapsed().as_millis() as u64,
+        applied_index = raft.metrics().borrow().last_applied.map_or(0, |log_id| log_id.index),
+        "raft started"
+    );
     let leader_contact = Arc::new(LeaderContact::default());
     let node = Arc::new(Node {
         id: config.id,

@@ -22,8 +22,9 @@ pub async fn metrics(State(api): State<Shared>, Extension(peer): Extension<PeerC
 }
 
 /// The exposition: Raft's state now, each unit's use now, each namespace's
-/// use against its quota now, the counters so far, and on the leader the
-/// longest silence of an active provider now.
+/// use against its quota now, the counters so far, on the leader the
+/// longest silence of an active provider now, and the longest this replica
+/// went without hearing from its leader.
 pub async fn render(node: &Node, audit: &AuditLog) -> String {
     let raft_metrics = node.raft.metrics().borrow().clone();
     let commit_index = node.commit_index().await;
@@ -92,6 +93,7 @@ pub async fn render(node: &Node, audit: &AuditLog) -> String {
         &ReplicaSample {
             heartbeat_age_max_ms,
             audit_records_dropped: audit.is_on().then(|| audit.dropped()),
+            leader_contact: node.leader_contact.intervals().clone(),
         },
     )
 }

@@ -117,12 +117,14 @@ impl RaftService for RaftRpcServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.guard.admit(&request, Call::AppendEntries)?;
         self.admit_peer(request.metadata(), true).await?;
-        let result = self.raft.append_entries(decode_request(request)?).await;
+        let append: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode_request(request)?;
+        let term = append.vote.leader_id().term;
+        let result = self.raft.append_entries(append).await;
         if matches!(
             result,
             Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_) | AppendEntriesResponse::Conflict)
         ) {
-            self.leader_contact.heard();
+            self.leader_contact.heard(term);
         }
         self.answer(&result)
     }
@@ -142,7 +144,7 @@ impl RaftService for RaftRpcServer {
         let result = self.raft.install_snapshot(snapshot).await;
         // Accepted: this replica's vote is now the sender's.
         if result.as_ref().is_ok_and(|response| response.vote == leader_vote) {
-            self.leader_contact.heard();
+            self.leader_contact.heard(leader_vote.leader_id().term);
         }
         self.answer(&result)
     }
