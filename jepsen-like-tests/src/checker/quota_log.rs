@@ -14,9 +14,10 @@
 //!   `allocation_preempted` and `request_cancelled` take it away;
 //!
 //! and at every grant asserts that the namespace's total of each bounded
-//! kind is within its quota. A quota lowered below what is held is no
-//! violation by itself (nothing is evicted; lost-allocation checks that):
-//! only a grant made while over it is. A grant right after
+//! kind the grant takes is within its quota. A quota lowered below what is
+//! held is no violation by itself (nothing is evicted; lost-allocation
+//! checks that): only a grant of that kind made while over it is; grants
+//! of other kinds go on. A grant right after
 //! `allocation_preempted` events naming its request as the preemptor is a
 //! preemptor's, reported as such: a preemptor never passes its own quota.
 //!
@@ -133,9 +134,12 @@ pub fn replay(events: &[WatchedEvent], release_invoked: &BTreeSet<&str>) -> (Vec
             "quota_deleted" => state.quota.clear(),
             "allocation_granted" => {
                 grants += 1;
-                state.held.insert(request_id.clone(), amounts(event));
+                let granted = amounts(event);
                 let preemptor = preemptors.remove(&request_id);
-                for (kind, quota) in &state.quota {
+                state.held.insert(request_id.clone(), granted.clone());
+                // Only the kinds this grant takes: over a lowered quota,
+                // grants of other kinds go on.
+                for (kind, quota) in state.quota.iter().filter(|(kind, _)| granted.get(*kind).is_some_and(|amount| *amount > 0)) {
                     let held = state.total(kind);
                     if held <= *quota {
                         continue;
@@ -228,8 +232,9 @@ mod tests {
             quota_set(1, 4),
             granted(2, "a", 3),
             quota_set(3, 2), // below the 3 held: nothing is taken
-            released(4, "a"),
-            granted(5, "b", 2), // at the lowered quota
+            granted(4, "memory-only", 0), // no cores: not held back
+            released(5, "a"),
+            granted(6, "b", 2), // at the lowered quota
         ]);
         let mut history = HistoryBuilder::default();
         history.ok(0, 0, 10, free("a", Some("released")));
