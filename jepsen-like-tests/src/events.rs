@@ -201,12 +201,7 @@ impl EventWatcher {
             ));
         }
         let complete = caught_up && !seen.gap;
-        info!(
-            events = seen.events.len(),
-            final_revision,
-            complete,
-            "the watcher's event log"
-        );
+        info!(events = seen.events.len(), final_revision, complete, "the watcher's event log");
         EventLog {
             complete,
             final_revision,
@@ -242,7 +237,8 @@ async fn watch(admin: Client, seen: Arc<Mutex<Seen>>) {
                     let mut seen = lock();
                     if text.contains("compacted") {
                         seen.gap = true;
-                        seen.notes.push(format!("events were compacted before the watcher saw them: {text}"));
+                        seen.notes
+                            .push(format!("events were compacted before the watcher saw them: {text}"));
                         // Nothing older comes back: carry on from the oldest kept.
                         if let Some(oldest) = oldest_kept(&text) {
                             seen.last_revision = oldest.saturating_sub(1);
@@ -274,7 +270,10 @@ mod tests {
             "preemptor_request_id":"h","preemptor_namespace":"default","preemptor_priority":10,"requeued":true}"#;
         let kept = WatchedEvent::from_json(preempted).expect("parses").expect("kept");
         assert_eq!((7, "allocation_preempted"), (kept.revision, kept.kind.as_str()));
-        assert_eq!((Some(1), Some(10), Some(true)), (kept.priority, kept.preemptor_priority, kept.requeued));
+        assert_eq!(
+            (Some(1), Some(10), Some(true)),
+            (kept.priority, kept.preemptor_priority, kept.requeued)
+        );
         let status = r#"{"type":"resource_status","revision":8,"resource_id":"cpu-0","status":"allocated"}"#;
         assert_eq!(None, WatchedEvent::from_json(status).expect("parses"));
         assert_eq!(Some(42), oldest_kept("revision 3 is compacted; the oldest kept is 42"));

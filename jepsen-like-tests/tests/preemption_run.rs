@@ -64,16 +64,25 @@ async fn a_run_with_preemptions_and_quota_changes_under_faults_is_valid() {
     let preemptor_grants = history
         .iter()
         .filter(|op| op.kind == OpType::Ok)
-        .filter(|op| matches!(&op.payload, Payload::Allocate(value) if value.priority >= qm_jepsen::workload::allocation::PREEMPTOR_PRIORITY))
+        .filter(
+            |op| matches!(&op.payload, Payload::Allocate(value) if value.priority >= qm_jepsen::workload::allocation::PREEMPTOR_PRIORITY),
+        )
         .count();
     let events = EventLog::read(&out).expect("events.json").expect("the run kept its events");
     assert!(events.complete, "the watcher missed events: {:?}", events.notes);
     let preemptions: Vec<_> = events.events.iter().filter(|event| event.kind == "allocation_preempted").collect();
     let lowered_below_use = history.iter().any(|op| {
-        op.kind == OpType::Ok && matches!(&op.payload, Payload::SetQuota(value) if value.limit < qm_jepsen::workload::allocation::QUOTA_CPU_CORES)
+        op.kind == OpType::Ok
+            && matches!(&op.payload, Payload::SetQuota(value) if value.limit < qm_jepsen::workload::allocation::QUOTA_CPU_CORES)
     });
-    assert!(quota_changes > 0 && lowered_below_use, "quota changes: {quota_changes}; reproduce: {reproduce}\n{summary}");
-    assert!(preemptor_grants > 0, "no preemptor was acknowledged; reproduce: {reproduce}\n{summary}");
+    assert!(
+        quota_changes > 0 && lowered_below_use,
+        "quota changes: {quota_changes}; reproduce: {reproduce}\n{summary}"
+    );
+    assert!(
+        preemptor_grants > 0,
+        "no preemptor was acknowledged; reproduce: {reproduce}\n{summary}"
+    );
     assert!(!preemptions.is_empty(), "no preemption happened; reproduce: {reproduce}\n{summary}");
     let counts = results.preemption.as_ref().expect("a preemption run counts them");
     assert_eq!(preemptions.len() as u64, counts.preemptions);

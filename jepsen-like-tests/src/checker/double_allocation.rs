@@ -190,12 +190,19 @@ mod tests {
             let mut history = HistoryBuilder::default();
             let low = core("low", "monitoring", "cpu-0");
             let high = core("high", "monitoring", "cpu-0");
-            history
-                .ok(0, 0, 10, allocate_at("low", 0, false, Some(low)))
-                .ok(1, 20, 30, allocate_at("high", preemptor_priority, false, Some(high)));
+            history.ok(0, 0, 10, allocate_at("low", 0, false, Some(low))).ok(
+                1,
+                20,
+                30,
+                allocate_at("high", preemptor_priority, false, Some(high)),
+            );
             history
         };
-        let log = whole_log(vec![granted(1, "low", 1), preempted(2, "low", 0, "high", 10, true), granted(3, "high", 1)]);
+        let log = whole_log(vec![
+            granted(1, "low", 1),
+            preempted(2, "low", 0, "high", 10, true),
+            granted(3, "high", 1),
+        ]);
         let result = verdict_with_events(&mut build(10), &log, check);
         assert_eq!(Validity::VALID, result.valid, "{result:#?}");
         // Without the event log, a preemptor's arrival ends the certain holds below it.

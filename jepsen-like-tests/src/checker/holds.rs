@@ -128,7 +128,9 @@ pub fn preemptions<'a>(history: &AllocationHistory<'a>) -> BTreeMap<&'a str, Pre
     let mut priorities: BTreeMap<&str, i64> = BTreeMap::new();
     let mut first_preemptor: Option<(u64, Vec<u64>)> = None;
     for operation in history.operations {
-        let Payload::Allocate(value) = &operation.invoke.payload else { continue };
+        let Payload::Allocate(value) = &operation.invoke.payload else {
+            continue;
+        };
         first_allocate
             .entry(value.request_id.as_str())
             .or_insert_with(|| (operation.invoke_ns(), operation.indexes()));
@@ -197,11 +199,11 @@ pub fn certain_holds(history: &AllocationHistory) -> Vec<Hold> {
         if movable.contains(record.request_id.as_str()) {
             continue;
         }
-        let until_ns = released
-            .get(&record.request_id)
-            .copied()
-            .unwrap_or(u64::MAX)
-            .min(preempted.get(record.request_id.as_str()).map_or(u64::MAX, |preempted| preempted.from_ns));
+        let until_ns = released.get(&record.request_id).copied().unwrap_or(u64::MAX).min(
+            preempted
+                .get(record.request_id.as_str())
+                .map_or(u64::MAX, |preempted| preempted.from_ns),
+        );
         if until_ns <= from_ns {
             continue;
         }

@@ -227,8 +227,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         let final_state = found.map(|record| record.state.clone());
         if let Some(preempted) = preempted.get(request_id) {
             let live = found.is_some_and(RecordView::is_live);
-            let finished_as_preempted =
-                found.is_some_and(|end| !end.is_live() && end.reason.starts_with(PREEMPTED_REASON_PREFIX));
+            let finished_as_preempted = found.is_some_and(|end| !end.is_live() && end.reason.starts_with(PREEMPTED_REASON_PREFIX));
             let as_asked = match (preempted.certain, preempted.requeued) {
                 (true, true) => live,
                 (true, false) => finished_as_preempted,
@@ -437,8 +436,18 @@ mod tests {
             let mut end = vec![core("high", "monitoring", "cpu-0"), released_end];
             end.extend(requeued_end);
             history
-                .ok(0, 0, 10, allocate_at("requeued-victim", 0, false, Some(core("requeued-victim", "monitoring", "cpu-0"))))
-                .ok(1, 0, 10, allocate_at("released-victim", 1, true, Some(core("released-victim", "monitoring", "cpu-1"))))
+                .ok(
+                    0,
+                    0,
+                    10,
+                    allocate_at("requeued-victim", 0, false, Some(core("requeued-victim", "monitoring", "cpu-0"))),
+                )
+                .ok(
+                    1,
+                    0,
+                    10,
+                    allocate_at("released-victim", 1, true, Some(core("released-victim", "monitoring", "cpu-1"))),
+                )
                 .ok(2, 20, 30, allocate_at("high", 10, false, Some(core("high", "monitoring", "cpu-0"))))
                 .ok(9, 100, 110, read_records(end, true));
             history
@@ -460,7 +469,10 @@ mod tests {
         assert_eq!(Validity::VALID, result.valid, "{result:#?}");
         // The requeued victim gone, the released one still held: both caught.
         let result = verdict_with_events(&mut build(None, preempted_by_high("monitoring")), &log, check);
-        assert_eq!(vec!["preempted-victim-misplaced", "preempted-victim-misplaced"], anomaly_kinds(&result));
+        assert_eq!(
+            vec!["preempted-victim-misplaced", "preempted-victim-misplaced"],
+            anomaly_kinds(&result)
+        );
         // Finished, but not as preempted (evicted for some other reason): caught.
         let evicted = RecordView {
             reason: "released".into(),

@@ -179,7 +179,11 @@ pub fn replay(events: &[WatchedEvent], sent: &SentRequests) -> (Vec<PreemptionVi
                     });
                 }
                 let preemptor_namespace = event.preemptor_namespace.clone().unwrap_or_default();
-                let setting = namespace_setting.get(&preemptor_namespace).copied().flatten().unwrap_or(cluster_setting);
+                let setting = namespace_setting
+                    .get(&preemptor_namespace)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(cluster_setting);
                 if !setting.allows(preemptor_priority) {
                     violations.push(PreemptionViolation::PreemptorNotAllowed {
                         preemptor: preemptor.clone(),
@@ -313,7 +317,7 @@ mod tests {
         let log = whole_log(vec![
             allowed_from_10(1),
             preempted(2, "low", 0, "high", 10, true), // asked to be released
-            granted(3, "thief", 2),                    // not the preemptor
+            granted(3, "thief", 2),                   // not the preemptor
             granted(4, "high", 2),
         ]);
         let mut history = history_of(&[("low", 0, true), ("high", 10, false), ("thief", 1, false)]);

@@ -139,7 +139,11 @@ pub fn replay(events: &[WatchedEvent], release_invoked: &BTreeSet<&str>) -> (Vec
                 state.held.insert(request_id.clone(), granted.clone());
                 // Only the kinds this grant takes: over a lowered quota,
                 // grants of other kinds go on.
-                for (kind, quota) in state.quota.iter().filter(|(kind, _)| granted.get(*kind).is_some_and(|amount| *amount > 0)) {
+                for (kind, quota) in state
+                    .quota
+                    .iter()
+                    .filter(|(kind, _)| granted.get(*kind).is_some_and(|amount| *amount > 0))
+                {
                     let held = state.total(kind);
                     if held <= *quota {
                         continue;
@@ -231,7 +235,7 @@ mod tests {
         let log = whole_log(vec![
             quota_set(1, 4),
             granted(2, "a", 3),
-            quota_set(3, 2), // below the 3 held: nothing is taken
+            quota_set(3, 2),              // below the 3 held: nothing is taken
             granted(4, "memory-only", 0), // no cores: not held back
             released(5, "a"),
             granted(6, "b", 2), // at the lowered quota
@@ -252,7 +256,10 @@ mod tests {
         ]);
         let result = verdict_with_events(&mut HistoryBuilder::default(), &log, check);
         assert_eq!(vec!["grant-over-quota"], anomaly_kinds(&result));
-        assert!(result.anomalies[0].description.contains("holding 5 cpu_cores, over its quota of 4"), "{result:#?}");
+        assert!(
+            result.anomalies[0].description.contains("holding 5 cpu_cores, over its quota of 4"),
+            "{result:#?}"
+        );
     }
 
     #[test]
@@ -273,7 +280,10 @@ mod tests {
     fn without_a_whole_log_the_verdict_is_unknown() {
         let mut log = whole_log(vec![granted(2, "a", 30)]);
         log.complete = false;
-        assert_eq!(Validity::Unknown, verdict_with_events(&mut HistoryBuilder::default(), &log, check).valid);
+        assert_eq!(
+            Validity::Unknown,
+            verdict_with_events(&mut HistoryBuilder::default(), &log, check).valid
+        );
         assert_eq!(Validity::Unknown, allocation_verdict(&mut HistoryBuilder::default(), check).valid);
     }
 }

@@ -224,7 +224,11 @@ fn a_read_may_miss_a_preempted_allocation_but_not_one_no_preemptor_took() {
         })
         .0
     };
-    let taken = whole_log(vec![granted(1, "low", 1), preempted(2, "low", 0, "high", 10, true), granted(3, "high", 1)]);
+    let taken = whole_log(vec![
+        granted(1, "low", 1),
+        preempted(2, "low", 0, "high", 10, true),
+        granted(3, "high", 1),
+    ]);
     assert_eq!(0, judge(&mut build(), &taken).len());
     // The events show no preemption: the read missed it.
     let untouched = whole_log(vec![granted(1, "low", 1)]);

@@ -185,11 +185,7 @@ pub fn allocation_verdict(history: &mut HistoryBuilder, check: fn(&AllocationHis
 
 /// An allocation-workload checker's verdict on `history` with the table's
 /// events `log`.
-pub fn verdict_with_events(
-    history: &mut HistoryBuilder,
-    log: &EventLog,
-    check: fn(&AllocationHistory) -> CheckerResult,
-) -> CheckerResult {
+pub fn verdict_with_events(history: &mut HistoryBuilder, log: &EventLog, check: fn(&AllocationHistory) -> CheckerResult) -> CheckerResult {
     let operations = history.operations();
     check(&AllocationHistory {
         operations: &operations,

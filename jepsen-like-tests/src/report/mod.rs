@@ -24,12 +24,12 @@ use crate::checker::operations::{client_operations, fault_windows, leader_faults
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
 use crate::checker::{
-    capacity, double_allocation, idempotency, lost_allocation, preemption, quota, quota_log, stale_read, AllocationHistory,
-    CheckerResult, Validity,
+    capacity, double_allocation, idempotency, lost_allocation, preemption, quota, quota_log, stale_read, AllocationHistory, CheckerResult,
+    Validity,
 };
-use crate::events::EventLog;
 use crate::config::{RunConfig, WorkloadKind, NEMESIS_FIRINGS_MIN};
 use crate::error::JepsenError;
+use crate::events::EventLog;
 use crate::history::{Op, OpType, Payload};
 use crate::workload::allocation::{unit_specs, UnitSpec};
 
