@@ -118,22 +118,35 @@ fn amounts(event: &WatchedEvent) -> BTreeMap<String, u64> {
     amounts
 }
 
-/// The violations of `events` (in log order), with the number of grants checked.
-pub fn replay(events: &[WatchedEvent], release_invoked: &BTreeSet<&str>) -> (Vec<QuotaLogViolation>, usize) {
+/// What the replay went through, for the notes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayCounts {
+    pub grants: usize,
+    /// Quotas set below what their namespace held at that point of the log.
+    pub set_below_use: usize,
+}
+
+/// The violations of `events` (in log order), with what was replayed.
+pub fn replay(events: &[WatchedEvent], release_invoked: &BTreeSet<&str>) -> (Vec<QuotaLogViolation>, ReplayCounts) {
     let mut namespaces: BTreeMap<String, NamespaceState> = BTreeMap::new();
     let mut preemptors: BTreeSet<String> = BTreeSet::new();
     let mut violations = Vec::new();
-    let mut grants = 0;
+    let mut counts = ReplayCounts::default();
     for event in events {
         let (Some(namespace), request_id) = (event.namespace.clone(), event.request_id.clone().unwrap_or_default()) else {
             continue;
         };
         let state = namespaces.entry(namespace.clone()).or_default();
         match event.kind.as_str() {
-            "quota_set" => state.quota = event.limits.clone().unwrap_or_default(),
+            "quota_set" => {
+                state.quota = event.limits.clone().unwrap_or_default();
+                if state.quota.iter().any(|(kind, limit)| state.total(kind) > *limit) {
+                    counts.set_below_use += 1;
+                }
+            }
             "quota_deleted" => state.quota.clear(),
             "allocation_granted" => {
-                grants += 1;
+                counts.grants += 1;
                 let granted = amounts(event);
                 let preemptor = preemptors.remove(&request_id);
                 state.held.insert(request_id.clone(), granted.clone());
@@ -193,7 +206,7 @@ pub fn replay(events: &[WatchedEvent], release_invoked: &BTreeSet<&str>) -> (Vec
             _ => {}
         }
     }
-    (violations, grants)
+    (violations, counts)
 }
 
 pub fn check(history: &AllocationHistory) -> CheckerResult {
@@ -214,10 +227,12 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
             _ => None,
         })
         .collect();
-    let (violations, grants) = replay(&log.events, &release_invoked);
+    let (violations, counts) = replay(&log.events, &release_invoked);
     let quota_sets = log.events.iter().filter(|event| event.kind == "quota_set").count();
     let notes = vec![format!(
-        "{grants} grants replayed in log order against {quota_sets} quota settings ({} events up to revision {})",
+        "{} grants replayed in log order against {quota_sets} quota settings, {} of them below what was held ({} events up to revision {})",
+        counts.grants,
+        counts.set_below_use,
         log.events.len(),
         log.final_revision
     )];
@@ -244,6 +259,12 @@ mod tests {
         history.ok(0, 0, 10, free("a", Some("released")));
         let result = verdict_with_events(&mut history, &log, check);
         assert_eq!(Validity::VALID, result.valid, "{result:#?}");
+        assert!(result.notes[0].contains("3 grants replayed"), "{:?}", result.notes);
+        assert!(
+            result.notes[0].contains("2 quota settings, 1 of them below what was held"),
+            "{:?}",
+            result.notes
+        );
     }
 
     #[test]
