@@ -219,6 +219,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
     let movable = movable_requests(history.operations);
     let preempted = preemptions(history);
     let mut violations = Vec::new();
+    let mut preempted_judged = 0usize;
     for (request_id, (record, ops)) in &acknowledged {
         if release_attempted.contains(request_id) {
             continue;
@@ -226,6 +227,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         let found = at_end.get(request_id).copied();
         let final_state = found.map(|record| record.state.clone());
         if let Some(preempted) = preempted.get(request_id) {
+            preempted_judged += 1;
             let live = found.is_some_and(RecordView::is_live);
             let finished_as_preempted = found.is_some_and(|end| !end.is_live() && end.reason.starts_with(PREEMPTED_REASON_PREFIX));
             let as_asked = match (preempted.certain, preempted.requeued) {
@@ -284,12 +286,17 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         }
     }
     violations.extend(unacknowledged_held(history, &at_end, &final_ops));
-    let notes = vec![format!(
+    let mut notes = vec![format!(
         "{} acknowledged requests and {} acknowledged releases compared with the final read of {} records",
         acknowledged.len(),
         released.len(),
         final_records.len()
     )];
+    if !preempted.is_empty() {
+        notes.push(format!(
+            "{preempted_judged} unreleased requests that were (or may have been) preempted judged by their on_preemption"
+        ));
+    }
     CheckerResult::from_violations("no-lost-allocation", &violations, notes, false)
 }
 

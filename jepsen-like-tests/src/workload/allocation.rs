@@ -16,7 +16,10 @@
 //! units of lower-priority allocations when nothing fits (a provider's
 //! both GPUs, most of its memory, or most of its cores), about half of the
 //! ordinary requests say `on_preemption: release` and the rest are
-//! requeued when preempted, and an admin process ([`run_quota_admin`])
+//! requeued when preempted, each worker keeps its first ordinary request
+//! and never releases it (so that some victims are unreleased at the
+//! final read, where [`crate::checker::lost_allocation`] judges them), and
+//! an admin process ([`run_quota_admin`])
 //! sets the namespace's quota to one of [`QUOTA_CHANGE_LIMITS`] every
 //! [`QUOTA_CHANGE_MEAN_MS`] or so: raised past the providers' cores, and
 //! lowered, often below what the namespace holds (which must only hold new
@@ -165,6 +168,10 @@ struct OwnRequest {
     value: AllocateValue,
     /// Not known to be finished: acknowledged allocated or queued, or of unknown outcome.
     live: bool,
+    /// `--preemption`: never released by the worker (a long-running job), so
+    /// that preempted victims are still unreleased at the final read and
+    /// the lost-allocation checks judge them as their requests asked.
+    kept: bool,
 }
 
 /// Whether the worker mixes in preemptors (`--preemption`).
@@ -242,8 +249,9 @@ fn build_request(
 /// Runs one worker until the time limit.
 pub async fn run_worker(mut ctx: WorkerContext, mix: PreemptionMix) {
     let mut own: Vec<OwnRequest> = Vec::new();
+    let mut kept_chosen = false;
     while !ctx.done() {
-        let live: Vec<usize> = (0..own.len()).filter(|index| own[*index].live).collect();
+        let live: Vec<usize> = (0..own.len()).filter(|index| own[*index].live && !own[*index].kept).collect();
         let roll: f64 = ctx.rng.gen();
         if live.len() >= LIVE_REQUESTS_PER_WORKER_MAX || (roll < 0.3 && !live.is_empty()) {
             let index = *live.choose(&mut ctx.rng).expect("live requests");
@@ -253,10 +261,14 @@ pub async fn run_worker(mut ctx: WorkerContext, mix: PreemptionMix) {
             allocate(&mut ctx, &mut own[index], true).await;
         } else if roll < 0.75 {
             let (request, value) = random_request(&mut ctx, mix);
+            // The worker's first ordinary request of a preemption run is kept.
+            let kept = mix == PreemptionMix::On && !kept_chosen && value.priority < PREEMPTOR_PRIORITY;
+            kept_chosen |= kept;
             let mut fresh = OwnRequest {
                 request,
                 value,
                 live: false,
+                kept,
             };
             allocate(&mut ctx, &mut fresh, false).await;
             own.push(fresh);
