@@ -86,6 +86,8 @@ pub enum CliCommand {
     Run(RunArgs),
     /// Check a recorded run again (its test.json and history.jsonl) and rewrite its report.
     Check(CheckArgs),
+    /// Sum up a matrix of runs (`scripts/jepsen.sh`): one markdown table per nemesis, transport and workload.
+    Matrix(MatrixArgs),
 }
 
 /// The workload: what the clients do and which checkers judge it.
@@ -309,6 +311,13 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {
     /// A run's report directory (with test.json and history.jsonl).
+    pub dir: PathBuf,
+}
+
+/// Flags of `qm-jepsen matrix`.
+#[derive(Args, Debug, Clone)]
+pub struct MatrixArgs {
+    /// The matrix's directory: one run report directory per run directly under it.
     pub dir: PathBuf,
 }
 
@@ -666,7 +675,7 @@ mod tests {
         let cli = Cli::try_parse_from(["qm-jepsen", "run", "--node-binary", "/bin/sh"].iter().chain(extra)).expect("parses");
         match cli.command {
             CliCommand::Run(args) => args,
-            CliCommand::Check(_) => unreachable!(),
+            other => panic!("`qm-jepsen run` parsed as {other:?}"),
         }
     }
 

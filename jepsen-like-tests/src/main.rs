@@ -1,5 +1,5 @@
 //! `qm-jepsen`: parse the command line, run (or re-check) a test, print its
-//! summary and, last, the verdict line. Exit status: 0 valid, 1 invalid,
+//! summary and, last, the verdict line (or sum up a matrix of runs). Exit status: 0 valid, 1 invalid,
 //! 2 unknown, 3 the harness itself failed.
 
 use std::process::ExitCode;
@@ -21,7 +21,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match execute(cli.command) {
+    let command = match cli.command {
+        CliCommand::Matrix(args) => return sum_up_matrix(&args.dir),
+        command => command,
+    };
+    match execute(command) {
         Ok(results) => {
             print!("{}", report::summary(&results));
             match results.valid {
@@ -56,6 +60,22 @@ fn execute(command: CliCommand) -> anyhow::Result<Results> {
             let mut checked = report::check(&test, &history, events.as_ref(), notes);
             report::write(&args.dir, &history, &mut checked)?;
             Ok(checked.results)
+        }
+        CliCommand::Matrix(args) => anyhow::bail!("qm-jepsen matrix {} runs nothing", args.dir.display()),
+    }
+}
+
+/// `qm-jepsen matrix DIR`: prints the matrix's tables; exit status 0 unless
+/// the directory cannot be read (the verdicts are in the tables).
+fn sum_up_matrix(dir: &std::path::Path) -> ExitCode {
+    match report::matrix::read_runs(dir) {
+        Ok(runs) => {
+            print!("{}", report::matrix::summary(&runs));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("qm-jepsen: {error:#}");
+            ExitCode::from(3)
         }
     }
 }

@@ -37,6 +37,13 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Also append one JSON line per interval (its ops, errors and latency
+    /// percentiles alone) to this file, e.g. for a soak's p99 per minute.
+    #[arg(long, value_name = "PATH")]
+    pub intervals_to: Option<std::path::PathBuf>,
+    /// Seconds per interval of --intervals-to.
+    #[arg(long, default_value_t = 60, requires = "intervals_to")]
+    pub interval_s: u64,
 }
 
 pub async fn run(client: &Client, args: BenchArgs, format: OutputFormat, out: &mut dyn Write) -> Result<(), CliError> {
@@ -47,6 +54,10 @@ pub async fn run(client: &Client, args: BenchArgs, format: OutputFormat, out: &m
         rate: args.rate,
         units: args.units,
         workload: args.workload,
+        intervals: args.intervals_to.map(|path| load::IntervalReports {
+            path,
+            every: Duration::from_secs(args.interval_s),
+        }),
     };
     let progress = Arc::new(Progress::default());
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {

@@ -21,8 +21,15 @@
 //!
 //! Every acknowledged allocation is durable on a majority's disk before the
 //! server answers, so the figures include fsync and replication.
+//!
+//! A long run (`scripts/soak.sh`) also writes one JSON line per interval
+//! ([`IntervalReports`]): operations, errors and latency percentiles of that
+//! interval alone, so a p99 that drifts over an hour shows where the
+//! whole-run percentiles would average it away.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +64,8 @@ pub const TEARDOWN_CONCURRENCY: usize = 64;
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// The namespace of every bench request.
 pub const BENCH_NAMESPACE: &str = "qm-bench";
+/// The shortest interval of interval reports.
+pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
 
 /// What each operation does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -85,6 +94,28 @@ pub struct BenchConfig {
     /// Units to register for the bench.
     pub units: u64,
     pub workload: Workload,
+    /// One JSON line per interval of the measured window, appended to a file.
+    pub intervals: Option<IntervalReports>,
+}
+
+/// Where and how often a run reports each interval on its own.
+#[derive(Clone, Debug)]
+pub struct IntervalReports {
+    pub path: PathBuf,
+    pub every: Duration,
+}
+
+/// One line of the interval reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct IntervalReport {
+    /// End of the interval, seconds after the end of the warm-up.
+    pub at_s: f64,
+    pub seconds: f64,
+    /// Operations that finished in the interval (each call counts once).
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub latency: BTreeMap<&'static str, LatencySummary>,
+    pub errors: BTreeMap<String, u64>,
 }
 
 impl BenchConfig {
@@ -103,6 +134,11 @@ impl BenchConfig {
         }
         if self.rate.is_some_and(|rate| rate == 0 || rate > RATE_MAX) {
             return invalid("rate", format!("must be 1..={RATE_MAX}"));
+        }
+        if let Some(intervals) = &self.intervals {
+            if intervals.every < INTERVAL_MIN {
+                return invalid("interval-s", format!("must be at least {} s", INTERVAL_MIN.as_secs()));
+            }
         }
         if self.units == 0 || self.units > UNITS_MAX {
             return invalid("units", format!("must be 1..={UNITS_MAX}"));
@@ -167,6 +203,20 @@ struct Recorder {
     /// throughput is what it completed over that longer time.
     last_finished_us: AtomicU64,
     progress: Arc<Progress>,
+    /// The current interval, when interval reports are on.
+    interval: Option<Mutex<IntervalWindow>>,
+}
+
+/// What the current interval has seen so far.
+#[derive(Default)]
+struct IntervalWindow {
+    histograms: BTreeMap<&'static str, Histogram<u64>>,
+    errors: BTreeMap<String, u64>,
+    ops: u64,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_RECORDED_MAX_US, 3).expect("valid bounds")
 }
 
 impl Recorder {
@@ -178,18 +228,73 @@ impl Recorder {
         self.ops.fetch_add(1, Ordering::Relaxed);
         self.last_finished_us
             .fetch_max((finished - self.measuring_from).as_micros() as u64, Ordering::Relaxed);
+        let micros = (finished - started).as_micros().min(u128::from(LATENCY_RECORDED_MAX_US)) as u64;
         match outcome {
             Ok(()) => {
-                let micros = (finished - started).as_micros().min(u128::from(LATENCY_RECORDED_MAX_US)) as u64;
                 let mut histograms = self.histograms.lock().expect("histograms");
-                let histogram = histograms
+                histograms
                     .entry(operation)
-                    .or_insert_with(|| Histogram::new_with_bounds(1, LATENCY_RECORDED_MAX_US, 3).expect("valid bounds"));
-                histogram.saturating_record(micros.max(1));
+                    .or_insert_with(new_histogram)
+                    .saturating_record(micros.max(1));
             }
             Err(error) => *self.errors.lock().expect("errors").entry(error_kind(error)).or_default() += 1,
         }
+        if let Some(interval) = &self.interval {
+            let mut window = interval.lock().expect("interval");
+            window.ops += 1;
+            match outcome {
+                Ok(()) => window
+                    .histograms
+                    .entry(operation)
+                    .or_insert_with(new_histogram)
+                    .saturating_record(micros.max(1)),
+                Err(error) => *window.errors.entry(error_kind(error)).or_default() += 1,
+            }
+        }
     }
+
+    /// Ends the current interval: its report, and a fresh window.
+    fn take_interval(&self, at: Duration, seconds: f64) -> Option<IntervalReport> {
+        let window = std::mem::take(&mut *self.interval.as_ref()?.lock().expect("interval"));
+        Some(IntervalReport {
+            at_s: at.as_secs_f64(),
+            seconds,
+            ops: window.ops,
+            ops_per_s: window.ops as f64 / seconds.max(f64::EPSILON),
+            latency: window
+                .histograms
+                .iter()
+                .map(|(operation, histogram)| (*operation, summarize(histogram)))
+                .collect(),
+            errors: window.errors,
+        })
+    }
+}
+
+/// Writes an interval report every `reports.every` of the measured window,
+/// until aborted; the run writes the last, shorter one itself.
+fn report_intervals(recorder: Arc<Recorder>, reports: IntervalReports) -> tokio::task::JoinHandle<Result<(), Error>> {
+    tokio::spawn(async move {
+        // (The warm-up's operations never enter a window: `record` skips them.)
+        let mut ticks = tokio::time::interval_at((recorder.measuring_from + reports.every).into(), reports.every);
+        loop {
+            ticks.tick().await;
+            let at = recorder.measuring_from.elapsed();
+            if let Some(report) = recorder.take_interval(at, reports.every.as_secs_f64()) {
+                append_interval(&reports.path, &report)?;
+            }
+        }
+    })
+}
+
+fn append_interval(path: &std::path::Path, report: &IntervalReport) -> Result<(), Error> {
+    let cannot = |error: std::io::Error| Error::InvalidArgument {
+        field: "intervals-to".to_owned(),
+        reason: format!("cannot append to {}: {error}", path.display()),
+    };
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(cannot)?;
+    let line = serde_json::to_string(report).expect("interval reports serialize");
+    writeln!(file, "{line}").map_err(cannot)
 }
 
 fn error_kind(error: &Error) -> String {
@@ -222,7 +327,12 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         allocations: AtomicU64::new(0),
         last_finished_us: AtomicU64::new(0),
         progress,
+        interval: config.intervals.as_ref().map(|_| Mutex::default()),
     });
+    let interval_reporter = config
+        .intervals
+        .clone()
+        .map(|reports| (report_intervals(recorder.clone(), reports.clone()), reports));
     let deadline = started + config.warmup + config.duration;
     let requester = format!("qm-bench-{run_id}");
     match config.rate {
@@ -235,6 +345,23 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         .max(last_finished)
         .as_secs_f64()
         .max(f64::EPSILON);
+    if let Some((reporter, reports)) = interval_reporter {
+        let failed = match reporter.is_finished() {
+            true => reporter.await.ok().and_then(Result::err),
+            false => {
+                reporter.abort();
+                None
+            }
+        };
+        // The last interval, from the last report to the end of the window.
+        let at = recorder.measuring_from.elapsed();
+        let since = Duration::from_secs_f64(at.as_secs_f64() % reports.every.as_secs_f64());
+        match (failed, recorder.take_interval(at, since.as_secs_f64())) {
+            (Some(error), _) => return Err(error),
+            (None, Some(report)) if report.ops > 0 => append_interval(&reports.path, &report)?,
+            _ => {}
+        }
+    }
     let teardown_result = teardown(&client, &requester, &providers).await;
     // Only now: a provider that stopped heartbeating while its allocations
     // were still being released would be declared failed and evacuated.

@@ -223,6 +223,49 @@ async fn bench_leaves_the_cluster_as_it_found_it() {
         let endpoints = cluster.endpoints().join(",");
         let env = [("QM_ENDPOINTS", endpoints.as_str())];
 
+        let dir = tempfile::tempdir().unwrap();
+        let intervals = dir.path().join("intervals.jsonl");
+        let intervals_arg = intervals.to_str().unwrap();
+        let mut args = vec![
+            "bench",
+            "--rate",
+            "40",
+            "--concurrency",
+            "8",
+            "--units",
+            "100",
+            "--duration",
+            "3",
+            "--warmup",
+            "0",
+            "--quiet",
+            "--output",
+            "json",
+            "--intervals-to",
+            intervals_arg,
+            "--interval-s",
+        ];
+
+        // --- an interval under a second is refused by name, nothing run
+        args.push("0");
+        let refused = qm(&args, &env, "").await;
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("interval-s"), "{stderr}");
+        assert!(!intervals.exists());
+
+        // --- an alloc-release run with 1 s intervals: a line each, and together the run's operations
+        *args.last_mut().unwrap() = "1";
+        let report = stdout_json(&qm(&args, &env, "").await);
+        let text = std::fs::read_to_string(&intervals).unwrap();
+        let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+        assert!(lines.len() >= 3, "{text}");
+        let ops: u64 = lines.iter().map(|line| line["ops"].as_u64().unwrap()).sum();
+        assert_eq!(report["ops"].as_u64().unwrap(), ops, "{report}\n{text}");
+        let at: Vec<f64> = lines.iter().map(|line| line["at_s"].as_f64().unwrap()).collect();
+        assert!(at.windows(2).all(|pair| pair[0] < pair[1]), "{at:?}");
+        assert!(lines[0]["latency"]["allocate"]["p99_ms"].as_f64().unwrap() > 0.0, "{}", lines[0]);
+
         // --- an alloc-only run on two bench providers (2,000 + 500 units)
         let args = [
             "bench",
@@ -243,7 +286,9 @@ async fn bench_leaves_the_cluster_as_it_found_it() {
         let report = stdout_json(&qm(&args, &env, "").await);
         assert!(report["ops"].as_u64().unwrap_or_default() > 0, "{report}");
 
-        // --- afterwards: no bench provider, failed or not, and nothing of the run live
+        // --- afterwards: no bench provider, failed or not, and nothing of either run live
+        // (the bench runs are in this one test: another test's run on the shared cluster
+        // would be live here)
         let providers = stdout_json(&qm(&["provider", "list", "--output", "json"], &env, "").await);
         let text = providers.to_string();
         assert!(!text.contains("qm-bench-"), "bench providers left behind: {text}");

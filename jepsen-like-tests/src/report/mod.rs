@@ -9,7 +9,10 @@
 //! * `latency.png`, `rate.png`: [`plots`];
 //! * `linearizability-<unit>.html`: [`timeline`], for each unit that is not linearizable;
 //! * `nodes/replica-N.log`: every replica's log.
+//!
+//! [`matrix`] sums up a directory of such reports (`qm-jepsen matrix`).
 
+pub mod matrix;
 pub mod plots;
 pub mod timeline;
 
