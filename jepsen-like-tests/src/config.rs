@@ -298,6 +298,13 @@ pub struct RunArgs {
     /// `scripts/kill-loop.sh` runs it.
     #[arg(long, env = "QM_JEPSEN_KILLS")]
     pub kills: Option<u64>,
+    /// Allocation workload: turn preemption on for high priorities, mix in
+    /// high-priority allocates that preempt (victims requeued or released
+    /// as they asked) and admin quota changes (raised, and lowered even
+    /// below what the namespace holds), and watch the table's events so
+    /// that the quota and preemption checkers replay them in log order.
+    #[arg(long, env = "QM_JEPSEN_PREEMPTION")]
+    pub preemption: bool,
 }
 
 /// Flags of `qm-jepsen check`.
@@ -353,6 +360,10 @@ pub struct RunConfig {
     /// run of the time limit. Absent from older `test.json` files.
     #[serde(default)]
     pub kills: Option<u64>,
+    /// Preemption and quota changes in the allocation workload
+    /// (`--preemption`). Absent from older `test.json` files.
+    #[serde(default)]
+    pub preemption: bool,
 }
 
 impl RunArgs {
@@ -408,6 +419,7 @@ impl RunArgs {
             policy: self.policy,
             targets: self.targets,
             kills: self.kills,
+            preemption: self.preemption,
         };
         config.validate()?;
         Ok(config)
@@ -437,6 +449,9 @@ impl RunConfig {
         let invalid = |flag, reason: String| Err(JepsenError::InvalidConfig { flag, reason });
         if self.nodes != 3 && self.nodes != 5 {
             return invalid("nodes", format!("is {}; runs use 3 or 5 replicas", self.nodes));
+        }
+        if self.preemption && self.workload != WorkloadKind::Allocation {
+            return invalid("preemption", "is for the allocation workload only".to_owned());
         }
         if let Some(kills) = self.kills {
             if !(1..=KILLS_MAX).contains(&kills) || self.nemeses != [NemesisKind::Kill] {
@@ -595,6 +610,9 @@ impl RunConfig {
         if let Some(kills) = self.kills {
             command.push_str(&format!(" --kills {kills}"));
         }
+        if self.preemption {
+            command.push_str(" --preemption");
+        }
         for arg in &self.node_args {
             command.push_str(&format!(" --node-arg={arg}"));
         }
@@ -679,6 +697,7 @@ mod tests {
             (vec!["--units", "0"], "--units"),
             (vec!["--fault-secs", "0.1"], "--fault-secs"),
             (vec!["--snapshot-every-commands", "0"], "--snapshot-every-commands"),
+            (vec!["--preemption"], "--preemption"),
         ] {
             let error = args(&extra).into_config(1).unwrap_err().to_string();
             assert!(error.contains(flag), "{error}");

@@ -91,6 +91,9 @@ pub enum Payload {
     Optimize(NemesisValue),
     /// Its heal: the drained provider open again.
     Uncordon(NemesisValue),
+    /// Allocation workload with `--preemption`: the admin sets the
+    /// namespace's quota (raised, or lowered, even below what it holds).
+    SetQuota(QuotaValue),
 }
 
 impl Payload {
@@ -111,12 +114,16 @@ impl Payload {
             Payload::RemoveReplica(_) => "remove-replica",
             Payload::Optimize(_) => "optimize",
             Payload::Uncordon(_) => "uncordon",
+            Payload::SetQuota(_) => "set-quota",
         }
     }
 
     /// Changes the table (as opposed to reading it or being a fault).
     pub fn is_write(&self) -> bool {
-        matches!(self, Payload::Acquire(_) | Payload::Allocate(_) | Payload::Release(_))
+        matches!(
+            self,
+            Payload::Acquire(_) | Payload::Allocate(_) | Payload::Release(_) | Payload::SetQuota(_)
+        )
     }
 
     /// A deliberate resend of an acknowledged request: a write call that the
@@ -190,6 +197,10 @@ pub struct AllocateValue {
     /// checkers hold it to its units only at the instants they saw it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub movable: bool,
+    /// The request said `on_preemption: release`: a preemptor that takes
+    /// its units finishes it for good (the default requeues it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub release_on_preemption: bool,
     /// On `ok`: the record the reply carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<RecordView>,
@@ -218,6 +229,17 @@ pub struct ReleaseValue {
     /// leader counts); absent in histories recorded before it was kept. One
     /// attempt means the answer describes the moment the call took effect,
     /// so the checker may use the strict single-step model for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+/// `set-quota`: the namespace's whole quota becomes `limit` of `kind`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaValue {
+    pub namespace: String,
+    pub kind: String,
+    pub limit: u64,
+    /// Attempts the client sent for this call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
 }

@@ -53,10 +53,13 @@
 //! * [`workload`]: client processes; [`workload::register`], [`workload::allocation`],
 //!   [`workload::providers`].
 //! * [`history`]: operations, the recorder, `history.jsonl`.
+//! * [`events`]: `--preemption` runs: the table's events in log order, as a
+//!   watcher saw them across failovers (`events.json`).
 //! * [`checker`]: one file per checker (movable allocations may change
 //!   units: see [`checker::holds::movable_requests`]), each with its `Violation` enum: [`checker::linearizability`] (register;
 //!   [`checker::wgl`] is its search), [`checker::double_allocation`], [`checker::capacity`],
-//!   [`checker::lost_allocation`], [`checker::idempotency`], [`checker::stale_read`] (allocation), [`checker::stats`].
+//!   [`checker::lost_allocation`], [`checker::idempotency`], [`checker::stale_read`] (allocation), [`checker::quota`],
+//!   [`checker::quota_log`] and [`checker::preemption`] (`--preemption`: on the events), [`checker::stats`].
 //! * [`report`]: `results.json`, `summary.txt`, [`report::plots`], [`report::timeline`].
 //! * [`error`]: the harness's typed errors, [`JepsenError`].
 
@@ -65,6 +68,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use qm_jepsen::checker::Validity;
 use qm_jepsen::config::{Cli, CliCommand};
+use qm_jepsen::events::EventLog;
 use qm_jepsen::history::read_history;
 use qm_jepsen::report::{self, Results};
 
@@ -54,7 +55,9 @@ fn execute(command: CliCommand) -> anyhow::Result<Results> {
         CliCommand::Check(args) => {
             let test = report::read_test(&args.dir)?;
             let history = read_history(&args.dir.join("history.jsonl"))?;
-            let mut checked = report::check(&test, &history, vec!["checked again from the recorded history".to_owned()]);
+            let events = EventLog::read(&args.dir)?;
+            let notes = vec!["checked again from the recorded history".to_owned()];
+            let mut checked = report::check(&test, &history, events.as_ref(), notes);
             report::write(&args.dir, &history, &mut checked)?;
             Ok(checked.results)
         }

@@ -19,6 +19,7 @@ use crate::cluster::TestCluster;
 use crate::config::{defaults, RunConfig, WorkloadKind};
 use crate::credentials::Credentials;
 use crate::error::JepsenError;
+use crate::events::{EventLog, EventWatcher};
 use crate::history::HistoryRecorder;
 use crate::nemesis::{Nemesis, NemesisSchedule};
 use crate::report::{self, Results, TestDescription};
@@ -58,12 +59,15 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, JepsenError> {
 
     // --- stop everything this run started, whatever happened
     cluster.lock().await.stop(&out.join("nodes"))?;
-    let notes = driven?;
+    let (notes, events) = driven?;
 
     // --- check and report
     let ops = history.finish()?;
+    if let Some(events) = &events {
+        events.write(&out)?;
+    }
     info!(operations = ops.len(), "checking the history");
-    let mut checked = report::check(&test, &ops, notes);
+    let mut checked = report::check(&test, &ops, events.as_ref(), notes);
     report::write(&out, &ops, &mut checked)?;
     Ok(RunOutcome {
         results: checked.results,
@@ -72,14 +76,26 @@ pub async fn run(config: RunConfig) -> Result<RunOutcome, JepsenError> {
 }
 
 /// Sets the workload up, runs clients and nemesis, heals, reads the final
-/// state. Returns notes for the report.
+/// state. Returns notes for the report, and with `--preemption` the
+/// table's events as the watcher saw them.
 async fn drive(
     config: &RunConfig,
     credentials: &Credentials,
     cluster: &Arc<Mutex<TestCluster>>,
     history: &Arc<HistoryRecorder>,
-) -> Result<Vec<String>, JepsenError> {
+) -> Result<(Vec<String>, Option<EventLog>), JepsenError> {
     let endpoints = cluster.lock().await.endpoints();
+    let admin_config = |endpoints: Vec<String>| ClientConfig {
+        tls: credentials.admin(),
+        ..ClientConfig::with_endpoints(endpoints)
+    };
+    // --- the event watcher first, from revision 1: it sees every entry.
+    let watcher = match config.preemption {
+        true => Some(EventWatcher::start(
+            Client::new(admin_config(endpoints.clone())).map_err(JepsenError::cluster)?,
+        )),
+        false => None,
+    };
     // --- providers: each registers and heartbeats through its own client
     let providers = ProviderClients::new(
         &provider_ids(config.workload),
@@ -96,6 +112,9 @@ async fn drive(
             })
             .map_err(JepsenError::cluster)?;
             allocation::set_quota(&admin).await?;
+            if config.preemption {
+                allocation::set_preemption(&admin).await?;
+            }
         }
     }
     if config.policy {
@@ -118,7 +137,15 @@ async fn drive(
     let started = Instant::now();
     let end = started + config.time_limit();
     info!(seconds = config.time_limit_secs, workload = config.workload.name(), nemesis = %config.nemesis_flag(), "running");
+    let mix = match config.preemption {
+        true => allocation::PreemptionMix::On,
+        false => allocation::PreemptionMix::Off,
+    };
     let mut workers = Vec::new();
+    if config.preemption {
+        let admin = Client::new(admin_config(workers_config.endpoints.clone())).map_err(JepsenError::cluster)?;
+        workers.push(tokio::spawn(allocation::run_quota_admin(admin, history.clone(), config.seed, end)));
+    }
     for worker in 0..config.concurrency {
         let context = WorkerContext::new(
             worker,
@@ -132,7 +159,7 @@ async fn drive(
         .map_err(JepsenError::cluster)?;
         workers.push(match config.workload {
             WorkloadKind::Register => tokio::spawn(register::run_worker(context, config.units)),
-            WorkloadKind::Allocation => tokio::spawn(allocation::run_worker(context)),
+            WorkloadKind::Allocation => tokio::spawn(allocation::run_worker(context, mix)),
         });
     }
     let schedule = NemesisSchedule {
@@ -179,8 +206,16 @@ async fn drive(
         warn!("the final read failed");
         notes.push("the final read failed: the cluster did not serve a linearizable read after healing".to_owned());
     }
+    let events = match watcher {
+        Some(watcher) => {
+            let endpoints = cluster.lock().await.endpoints();
+            let admin = Client::new(admin_config(endpoints)).map_err(JepsenError::cluster)?;
+            Some(watcher.finish(&admin).await)
+        }
+        None => None,
+    };
     drop(heartbeats);
-    Ok(notes)
+    Ok((notes, events))
 }
 
 /// `--policy`: the workers' capability policy, bound to their certificate's

@@ -121,7 +121,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         }
     }
 
-    let holds = certain_holds(history.operations);
+    let holds = certain_holds(history);
     let mut by_unit: BTreeMap<&UnitKey, Vec<usize>> = BTreeMap::new();
     for (position, hold) in holds.iter().enumerate() {
         by_unit.entry(&hold.unit).or_default().push(position);

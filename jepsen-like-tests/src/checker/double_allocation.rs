@@ -104,7 +104,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         }
     }
 
-    let holds = certain_holds(history.operations);
+    let holds = certain_holds(history);
     let mut by_unit: BTreeMap<&UnitKey, Vec<usize>> = BTreeMap::new();
     for (position, hold) in holds.iter().enumerate().filter(|(_, hold)| is_exclusive(&hold.unit)) {
         by_unit.entry(&hold.unit).or_default().push(position);
@@ -181,5 +181,37 @@ mod tests {
         let b = record("b", "monitoring", "jepsen-p0", &[("mem", "memory_gb", 8)]);
         history.ok(2, 20, 30, read_records(vec![a, b], false));
         assert_eq!(Validity::VALID, allocation_verdict(&mut history, check).valid);
+    }
+
+    #[test]
+    fn a_unit_taken_by_a_preemptor_is_not_a_double_allocation_but_one_taken_by_an_equal_is() {
+        use crate::checker::test_support::{allocate_at, granted, preempted, verdict_with_events, whole_log};
+        let build = |preemptor_priority: i64| {
+            let mut history = HistoryBuilder::default();
+            let low = core("low", "monitoring", "cpu-0");
+            let high = core("high", "monitoring", "cpu-0");
+            history.ok(0, 0, 10, allocate_at("low", 0, false, Some(low))).ok(
+                1,
+                20,
+                30,
+                allocate_at("high", preemptor_priority, false, Some(high)),
+            );
+            history
+        };
+        let log = whole_log(vec![
+            granted(1, "low", 1),
+            preempted(2, "low", 0, "high", 10, true),
+            granted(3, "high", 1),
+        ]);
+        let result = verdict_with_events(&mut build(10), &log, check);
+        assert_eq!(Validity::VALID, result.valid, "{result:#?}");
+        // Without the event log, a preemptor's arrival ends the certain holds below it.
+        assert_eq!(Validity::VALID, allocation_verdict(&mut build(10), check).valid);
+        // The events name no preemption: the two holds overlap.
+        let log = whole_log(vec![granted(1, "low", 1), granted(3, "high", 1)]);
+        let result = verdict_with_events(&mut build(10), &log, check);
+        assert_eq!(vec!["overlapping-holds"], anomaly_kinds(&result));
+        // No preemptor at all, no events: as before.
+        assert_eq!(vec!["overlapping-holds"], anomaly_kinds(&allocation_verdict(&mut build(2), check)));
     }
 }

@@ -5,7 +5,9 @@
 //! * every answer for one `request_id` names the same allocation and response ids;
 //! * every active answer and every read of it shows the same units; a
 //!   `movable` request may be moved live to other units, so for it the same
-//!   amount of each kind (a move keeps the allocation and response ids too);
+//!   amount of each kind (a move keeps the allocation and response ids too),
+//!   and so for a request that was preempted and requeued: granted again,
+//!   it may be anywhere ([`super::holds::preemptions`]);
 //! * a resend after an acknowledged release does not allocate again;
 //! * no read lists one `request_id` twice, or one allocation under two requests.
 
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::holds::{held_amounts, movable_requests, reads};
+use super::holds::{held_amounts, movable_requests, preemptions, reads};
 use super::{AllocationHistory, CheckerResult, Violation};
 use crate::history::{GrantView, Payload, RecordView};
 
@@ -89,6 +91,7 @@ fn unique(values: impl Iterator<Item = String>) -> Vec<String> {
 pub fn check(history: &AllocationHistory) -> CheckerResult {
     let mut violations = Vec::new();
     let movable = movable_requests(history.operations);
+    let preempted = preemptions(history);
     // Every record seen per request, from answers and reads, with where it was seen.
     let mut seen: BTreeMap<&str, Vec<(&RecordView, Vec<u64>)>> = BTreeMap::new();
     let mut answers = 0usize;
@@ -139,7 +142,7 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
             });
         }
         // A movable request changes units when it moves, never its amounts.
-        let may_move = movable.contains(request_id);
+        let may_move = movable.contains(request_id) || preempted.contains_key(request_id);
         let differs = |first: &RecordView, second: &RecordView| match may_move {
             true => held_amounts(first) != held_amounts(second),
             false => sorted_grants(first) != sorted_grants(second),

@@ -14,13 +14,22 @@
 //!   least once with an outcome other than `fail` (`ok`, or `info`: it may
 //!   have taken effect), since a `fail` means it certainly did not.
 //!
+//! * a request that was preempted (`--preemption` runs; see
+//!   [`super::holds::preemptions`]) and never released by its worker is
+//!   judged by what its request asked instead: requeued, it must still be
+//!   live at the end (queued, or granted again anywhere); released on
+//!   preemption, it must be finished with a reason saying it was
+//!   preempted. An acknowledged allocation that was preempted is not lost.
+//!   Without a whole event log a request that merely may have been
+//!   preempted may end either way.
+//!
 //! Without a successful final read the verdict is unknown.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::holds::{held_amounts, movable_requests, reads};
+use super::holds::{held_amounts, movable_requests, preemptions, reads};
 use super::{AllocationHistory, CheckerResult, Violation};
 use crate::history::{GrantView, OpType, Payload, RecordView};
 
@@ -55,6 +64,18 @@ pub enum LostAllocationViolation {
         request_id: String,
         final_state: String,
         release: Vec<u64>,
+        final_read: Vec<u64>,
+    },
+    /// Preempted, and at the end not as its `on_preemption` says: a
+    /// requeued victim gone, or a victim released on preemption still live
+    /// (or finished for another reason).
+    PreemptedVictimMisplaced {
+        request_id: String,
+        /// What the events said (`None`: it only may have been preempted).
+        requeued: Option<bool>,
+        final_state: Option<String>,
+        final_reason: Option<String>,
+        acknowledged: Vec<u64>,
         final_read: Vec<u64>,
     },
     /// Live at the end, though every send of it failed for certain (or it
@@ -97,6 +118,22 @@ impl Violation for LostAllocationViolation {
             LostAllocationViolation::ReleaseUndone {
                 request_id, final_state, ..
             } => format!("release of {request_id} was acknowledged, yet it is {final_state} at the end"),
+            LostAllocationViolation::PreemptedVictimMisplaced {
+                request_id,
+                requeued,
+                final_state,
+                final_reason,
+                ..
+            } => format!(
+                "preempted request {request_id} ({}) is {} at the end (reason {:?})",
+                match requeued {
+                    Some(true) => "requeued: must stay live",
+                    Some(false) => "released on preemption: must be finished as preempted",
+                    None => "maybe preempted: live, or finished as preempted",
+                },
+                found(final_state),
+                final_reason.clone().unwrap_or_default()
+            ),
             LostAllocationViolation::UnacknowledgedHeld {
                 request_id,
                 final_state,
@@ -119,12 +156,19 @@ impl Violation for LostAllocationViolation {
             }
             | LostAllocationViolation::LostQueuedRequest {
                 acknowledged, final_read, ..
+            }
+            | LostAllocationViolation::PreemptedVictimMisplaced {
+                acknowledged, final_read, ..
             } => acknowledged.iter().chain(final_read).copied().collect(),
             LostAllocationViolation::ReleaseUndone { release, final_read, .. } => release.iter().chain(final_read).copied().collect(),
             LostAllocationViolation::UnacknowledgedHeld { failed, final_read, .. } => failed.iter().chain(final_read).copied().collect(),
         }
     }
 }
+
+/// How the table's reason for a preempted request begins
+/// (`preempted: by request <id>`).
+pub const PREEMPTED_REASON_PREFIX: &str = "preempted";
 
 fn sorted(grants: &[GrantView]) -> Vec<GrantView> {
     let mut grants = grants.to_vec();
@@ -173,13 +217,36 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
     }
 
     let movable = movable_requests(history.operations);
+    let preempted = preemptions(history);
     let mut violations = Vec::new();
+    let mut preempted_judged = 0usize;
     for (request_id, (record, ops)) in &acknowledged {
         if release_attempted.contains(request_id) {
             continue;
         }
         let found = at_end.get(request_id).copied();
         let final_state = found.map(|record| record.state.clone());
+        if let Some(preempted) = preempted.get(request_id) {
+            preempted_judged += 1;
+            let live = found.is_some_and(RecordView::is_live);
+            let finished_as_preempted = found.is_some_and(|end| !end.is_live() && end.reason.starts_with(PREEMPTED_REASON_PREFIX));
+            let as_asked = match (preempted.certain, preempted.requeued) {
+                (true, true) => live,
+                (true, false) => finished_as_preempted,
+                (false, _) => live || finished_as_preempted,
+            };
+            if !as_asked {
+                violations.push(LostAllocationViolation::PreemptedVictimMisplaced {
+                    request_id: request_id.to_string(),
+                    requeued: preempted.certain.then_some(preempted.requeued),
+                    final_state,
+                    final_reason: found.map(|end| end.reason.clone()),
+                    acknowledged: ops.clone(),
+                    final_read: final_ops.clone(),
+                });
+            }
+            continue;
+        }
         if record.is_active() {
             match found {
                 Some(end) if end.is_active() && !same_place(end, record, movable.contains(request_id)) => {
@@ -219,12 +286,17 @@ pub fn check(history: &AllocationHistory) -> CheckerResult {
         }
     }
     violations.extend(unacknowledged_held(history, &at_end, &final_ops));
-    let notes = vec![format!(
+    let mut notes = vec![format!(
         "{} acknowledged requests and {} acknowledged releases compared with the final read of {} records",
         acknowledged.len(),
         released.len(),
         final_records.len()
     )];
+    if !preempted.is_empty() {
+        notes.push(format!(
+            "{preempted_judged} unreleased requests that were (or may have been) preempted judged by their on_preemption"
+        ));
+    }
     CheckerResult::from_violations("no-lost-allocation", &violations, notes, false)
 }
 
@@ -357,5 +429,63 @@ mod tests {
         let mut history = HistoryBuilder::default();
         history.ok(0, 0, 10, allocate("a", false, Some(core("a", "monitoring", "cpu-0"))));
         assert_eq!(Validity::Unknown, allocation_verdict(&mut history, check).valid);
+    }
+
+    #[test]
+    fn preempted_victims_end_as_their_requests_asked() {
+        use crate::checker::test_support::{allocate_at, granted, preempted, verdict_with_events, whole_log};
+        let preempted_by_high = |state: &str| RecordView {
+            reason: "preempted: by request high".into(),
+            ..record("released-victim", state, "", &[])
+        };
+        let build = |requeued_end: Option<RecordView>, released_end: RecordView| {
+            let mut history = HistoryBuilder::default();
+            let mut end = vec![core("high", "monitoring", "cpu-0"), released_end];
+            end.extend(requeued_end);
+            history
+                .ok(
+                    0,
+                    0,
+                    10,
+                    allocate_at("requeued-victim", 0, false, Some(core("requeued-victim", "monitoring", "cpu-0"))),
+                )
+                .ok(
+                    1,
+                    0,
+                    10,
+                    allocate_at("released-victim", 1, true, Some(core("released-victim", "monitoring", "cpu-1"))),
+                )
+                .ok(2, 20, 30, allocate_at("high", 10, false, Some(core("high", "monitoring", "cpu-0"))))
+                .ok(9, 100, 110, read_records(end, true));
+            history
+        };
+        let log = whole_log(vec![
+            granted(1, "requeued-victim", 1),
+            granted(2, "released-victim", 1),
+            preempted(3, "requeued-victim", 0, "high", 10, true),
+            preempted(4, "released-victim", 1, "high", 10, false),
+            granted(5, "high", 2),
+        ]);
+        // Requeued and back in the queue; released for good as preempted: not lost.
+        let requeued = record("requeued-victim", "queued", "", &[]);
+        let result = verdict_with_events(&mut build(Some(requeued.clone()), preempted_by_high("idle")), &log, check);
+        assert_eq!(Validity::VALID, result.valid, "{result:#?}");
+        // Granted again elsewhere after the requeue: not lost either.
+        let elsewhere = core("requeued-victim", "monitoring", "cpu-7");
+        let result = verdict_with_events(&mut build(Some(elsewhere), preempted_by_high("idle")), &log, check);
+        assert_eq!(Validity::VALID, result.valid, "{result:#?}");
+        // The requeued victim gone, the released one still held: both caught.
+        let result = verdict_with_events(&mut build(None, preempted_by_high("monitoring")), &log, check);
+        assert_eq!(
+            vec!["preempted-victim-misplaced", "preempted-victim-misplaced"],
+            anomaly_kinds(&result)
+        );
+        // Finished, but not as preempted (evicted for some other reason): caught.
+        let evicted = RecordView {
+            reason: "released".into(),
+            ..preempted_by_high("idle")
+        };
+        let result = verdict_with_events(&mut build(Some(requeued), evicted), &log, check);
+        assert_eq!(vec!["preempted-victim-misplaced"], anomaly_kinds(&result));
     }
 }

@@ -6,13 +6,16 @@
 //!   then as a whole table when reads span several units ([`whole_read`]).
 //! * [`double_allocation`]: no exclusive unit held by two allocations at once.
 //! * [`capacity`]: no unit holds more than its capacity.
-//! * [`quota`]: the workload's namespace never holds more than its quota.
+//! * [`quota`]: no read shows the workload's namespace over a quota it may have had.
+//! * [`quota_log`]: replaying the table's events in log order, no grant takes a namespace past the quota then in force.
+//! * [`preemption`]: every preemption takes from strictly lower priority in a namespace that allows it.
 //! * [`lost_allocation`]: every acknowledged allocation not released survives; every acknowledged release sticks.
 //! * [`idempotency`]: one allocation per `request_id`, however often it is sent.
 //! * [`stale_read`]: no read misses an allocation, or lists a release, acknowledged before it began.
 //! * [`stats`]: counts, availability during faults, leader failover times (not a verdict).
 //! * [`operations`]: invocations paired with completions; fault windows.
-//! * [`holds`]: what the allocation checkers share: held units, certain holds, reads.
+//! * [`holds`]: what the allocation checkers share: held units, certain holds, reads,
+//!   and when a request may have been preempted ([`holds::preemptions`]).
 
 pub mod capacity;
 pub mod double_allocation;
@@ -21,7 +24,9 @@ pub mod idempotency;
 pub mod linearizability;
 pub mod lost_allocation;
 pub mod operations;
+pub mod preemption;
 pub mod quota;
+pub mod quota_log;
 pub mod stale_read;
 pub mod stats;
 pub mod wgl;
@@ -29,6 +34,7 @@ pub mod whole_read;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::events::EventLog;
 use crate::workload::allocation::UnitSpec;
 use operations::Operation;
 
@@ -152,10 +158,12 @@ impl CheckerResult {
     }
 }
 
-/// The allocation workload's history, as its five checkers need it.
+/// The allocation workload's history, as its checkers need it.
 pub struct AllocationHistory<'a> {
     pub operations: &'a [Operation],
     pub units: &'a [UnitSpec],
+    /// The table's events in log order (`--preemption` runs; `None` otherwise).
+    pub events: Option<&'a EventLog>,
 }
 
 #[cfg(test)]

@@ -36,6 +36,11 @@
 //! * Only `monitoring` counts as held, because it is what the workload's
 //!   reads ask for: an allocation in state `allocation` is not listed until
 //!   its provider confirms it (the workload's providers never need to).
+//! * A preemption (`--preemption` runs) ends an allocation without a
+//!   release of it: a certain hold ends at the invocation of its
+//!   preemptor's first allocate ([`super::holds::preemptions`]), as at a
+//!   release's. A victim released for good is finished, and a requeued one
+//!   is not, so the second rule needs nothing new.
 //! * Leases end allocations without a release: the workload's requests
 //!   carry no lease (`workload::allocation::random_request`), so nothing
 //!   expires. Deadlines reject only queued requests.
@@ -73,7 +78,7 @@ use qm_client::wire::LIST_LIMIT_MAX;
 use qm_state_machine::TableConfig;
 use serde::Serialize;
 
-use super::holds::reads;
+use super::holds::{preemptions, reads};
 use super::operations::Operation;
 use super::{AllocationHistory, CheckerResult, Violation};
 use crate::config::defaults;
@@ -282,6 +287,7 @@ fn read_op(operation: &Operation) -> ReadOp {
 /// id, then finished requests in the order listed), with notes.
 pub fn find_violations(history: &AllocationHistory) -> (Vec<StaleReadViolation>, Vec<String>) {
     let facts = gather_facts(history.operations);
+    let preempted = preemptions(history);
     let table = TableConfig::default();
     let dedupe_window_ns = table.dedupe_window_ms.saturating_mul(1_000_000);
     // Past the table's count of finished requests, one may have been forgotten at any time.
@@ -298,7 +304,9 @@ pub fn find_violations(history: &AllocationHistory) -> (Vec<StaleReadViolation>,
         .iter()
         .filter_map(|(request_id, request)| {
             let held = request.held.as_ref()?;
-            let until = request.first_release_ns.unwrap_or(u64::MAX);
+            // A preemption ends a hold as a release does (from its preemptor's invocation).
+            let preempted_ns = preempted.get(request_id).map_or(u64::MAX, |preempted| preempted.from_ns);
+            let until = request.first_release_ns.unwrap_or(u64::MAX).min(preempted_ns);
             (held.acknowledged_ns < until).then_some((held.acknowledged_ns, until, *request_id))
         })
         .collect();

@@ -14,6 +14,7 @@ fn violations(history: &mut HistoryBuilder) -> (Vec<StaleReadViolation>, Vec<Str
     find_violations(&AllocationHistory {
         operations: &operations,
         units: &unit_specs(),
+        events: None,
     })
 }
 
@@ -196,4 +197,40 @@ fn the_verdict_is_invalid_with_the_request_named() {
     );
     assert_eq!("showed-finished", result.anomalies[0].violation["kind"]);
     assert!(result.anomalies[0].description.contains(" listed a as monitoring"), "{result:#?}");
+}
+
+#[test]
+fn a_read_may_miss_a_preempted_allocation_but_not_one_no_preemptor_took() {
+    use crate::checker::test_support::{allocate_at, granted, preempted, whole_log};
+    let build = || {
+        let mut history = HistoryBuilder::default();
+        history
+            .ok(
+                0,
+                1_000_000_000,
+                1_200_000_000,
+                allocate_at("low", 0, false, Some(core("low", "monitoring", "cpu-0"))),
+            )
+            .info(2, 1_300_000_000, 1_400_000_000, allocate_at("high", 10, false, None))
+            .ok(1, 1_500_000_000, 1_510_000_000, read_records(vec![], false));
+        history
+    };
+    let judge = |history: &mut HistoryBuilder, log: &crate::events::EventLog| {
+        let operations = history.operations();
+        find_violations(&AllocationHistory {
+            operations: &operations,
+            units: &unit_specs(),
+            events: Some(log),
+        })
+        .0
+    };
+    let taken = whole_log(vec![
+        granted(1, "low", 1),
+        preempted(2, "low", 0, "high", 10, true),
+        granted(3, "high", 1),
+    ]);
+    assert_eq!(0, judge(&mut build(), &taken).len());
+    // The events show no preemption: the read missed it.
+    let untouched = whole_log(vec![granted(1, "low", 1)]);
+    assert_eq!(1, judge(&mut build(), &untouched).len());
 }

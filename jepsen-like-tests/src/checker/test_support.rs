@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::operations::{client_operations, Operation};
 use super::{AllocationHistory, CheckerResult};
+use crate::events::{EventLog, WatchedEvent};
 use crate::history::{AcquireValue, AllocateValue, GrantView, Op, OpType, Payload, Process, ReadValue, RecordView, ReleaseValue};
 use crate::workload::allocation::unit_specs;
 
@@ -140,6 +141,7 @@ pub fn allocate(request: &str, resend: bool, answer: Option<RecordView>) -> Payl
         priority: 0,
         resend,
         movable: false,
+        release_on_preemption: false,
         record: answer,
         attempts: None,
     })
@@ -177,7 +179,100 @@ pub fn allocation_verdict(history: &mut HistoryBuilder, check: fn(&AllocationHis
     check(&AllocationHistory {
         operations: &operations,
         units: &unit_specs(),
+        events: None,
     })
+}
+
+/// An allocation-workload checker's verdict on `history` with the table's
+/// events `log`.
+pub fn verdict_with_events(history: &mut HistoryBuilder, log: &EventLog, check: fn(&AllocationHistory) -> CheckerResult) -> CheckerResult {
+    let operations = history.operations();
+    check(&AllocationHistory {
+        operations: &operations,
+        units: &unit_specs(),
+        events: Some(log),
+    })
+}
+
+/// A whole event log of `events` (in log order, as given).
+pub fn whole_log(events: Vec<WatchedEvent>) -> EventLog {
+    EventLog {
+        complete: true,
+        final_revision: events.last().map_or(0, |event| event.revision),
+        notes: Vec::new(),
+        events,
+    }
+}
+
+fn event(revision: u64, kind: &str, request: &str) -> WatchedEvent {
+    WatchedEvent {
+        revision,
+        kind: kind.into(),
+        request_id: Some(request.into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    }
+}
+
+/// `quota_set`: namespace `default` may hold `limit` CPU cores.
+pub fn quota_set(revision: u64, limit: u64) -> WatchedEvent {
+    WatchedEvent {
+        request_id: None,
+        limits: Some(BTreeMap::from([("cpu_cores".to_owned(), limit)])),
+        ..event(revision, "quota_set", "")
+    }
+}
+
+/// `preemption_set`: namespace `namespace`'s allocations may (not) be preempted.
+pub fn preemption_set(revision: u64, namespace: &str, preemptible: bool) -> WatchedEvent {
+    WatchedEvent {
+        request_id: None,
+        namespace: Some(namespace.into()),
+        preemptible: Some(preemptible),
+        ..event(revision, "preemption_set", "")
+    }
+}
+
+/// `allocation_granted`: `request` gets `cores` CPU cores of `jepsen-p0`.
+pub fn granted(revision: u64, request: &str, cores: u64) -> WatchedEvent {
+    WatchedEvent {
+        grants: (0..cores)
+            .map(|core| GrantView {
+                resource_id: format!("cpu-{core}"),
+                kind: "cpu_cores".into(),
+                amount: 1,
+            })
+            .collect(),
+        ..event(revision, "allocation_granted", request)
+    }
+}
+
+pub fn released(revision: u64, request: &str) -> WatchedEvent {
+    event(revision, "allocation_released", request)
+}
+
+/// `allocation_preempted`: `victim` (of `priority`) taken by `preemptor`.
+pub fn preempted(revision: u64, victim: &str, priority: i64, preemptor: &str, preemptor_priority: i64, requeued: bool) -> WatchedEvent {
+    WatchedEvent {
+        priority: Some(priority),
+        preemptor_request_id: Some(preemptor.into()),
+        preemptor_namespace: Some("default".into()),
+        preemptor_priority: Some(preemptor_priority),
+        requeued: Some(requeued),
+        ..event(revision, "allocation_preempted", victim)
+    }
+}
+
+/// An allocate of `request` at `priority`, released on preemption if `release_on_preemption`.
+pub fn allocate_at(request: &str, priority: i64, release_on_preemption: bool, answer: Option<RecordView>) -> Payload {
+    match allocate(request, false, answer) {
+        Payload::Allocate(value) => Payload::Allocate(AllocateValue {
+            priority,
+            release_on_preemption,
+            ..value
+        }),
+        _ => unreachable!("allocate builds an allocate"),
+    }
 }
 
 /// A record holding one CPU core of provider `jepsen-p0`.

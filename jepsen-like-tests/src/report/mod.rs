@@ -27,10 +27,12 @@ use crate::checker::operations::{client_operations, fault_windows, leader_faults
 use crate::checker::stats::{self, Stats};
 use crate::checker::wgl::SearchLimits;
 use crate::checker::{
-    capacity, double_allocation, idempotency, lost_allocation, quota, stale_read, AllocationHistory, CheckerResult, Validity,
+    capacity, double_allocation, idempotency, lost_allocation, preemption, quota, quota_log, stale_read, AllocationHistory, CheckerResult,
+    Validity,
 };
 use crate::config::{RunConfig, WorkloadKind, NEMESIS_FIRINGS_MIN};
 use crate::error::JepsenError;
+use crate::events::EventLog;
 use crate::history::{Op, OpType, Payload};
 use crate::workload::allocation::{unit_specs, UnitSpec};
 
@@ -85,6 +87,9 @@ pub struct Results {
     /// Replicas the run started with that the membership nemesis removed.
     #[serde(default)]
     pub originals_removed: Vec<u64>,
+    /// `--preemption` runs: what the new operations did. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption: Option<PreemptionCounts>,
 }
 
 /// Faults per nemesis, and the original replicas removed, from the history.
@@ -113,6 +118,44 @@ fn nemesis_record(history: &[Op], config: &RunConfig) -> (BTreeMap<String, u64>,
     (fired, removed)
 }
 
+/// What a `--preemption` run's preemptors and quota changes did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreemptionCounts {
+    /// `allocation_preempted` events the watcher saw.
+    pub preemptions: u64,
+    /// ... of which the victim went back to the queue.
+    pub requeued: u64,
+    /// `set-quota` operations acknowledged (`ok`).
+    pub quota_changes: u64,
+    /// `quota_set` events the watcher saw (the setup's included).
+    pub quota_set_events: u64,
+    /// Events in the watcher's log, and whether it is whole.
+    pub events: u64,
+    pub events_complete: bool,
+}
+
+impl PreemptionCounts {
+    pub fn count(history: &[Op], events: Option<&EventLog>) -> PreemptionCounts {
+        let of_type = |kind: &str| events.map_or(0, |log| log.events.iter().filter(|event| event.kind == kind).count() as u64);
+        PreemptionCounts {
+            preemptions: of_type("allocation_preempted"),
+            requeued: events.map_or(0, |log| {
+                log.events
+                    .iter()
+                    .filter(|event| event.kind == "allocation_preempted" && event.requeued == Some(true))
+                    .count() as u64
+            }),
+            quota_changes: history
+                .iter()
+                .filter(|op| op.kind == OpType::Ok && matches!(op.payload, Payload::SetQuota(_)))
+                .count() as u64,
+            quota_set_events: of_type("quota_set"),
+            events: events.map_or(0, |log| log.events.len() as u64),
+            events_complete: events.is_some_and(|log| log.complete),
+        }
+    }
+}
+
 /// The verdict, and what the time-line pages need.
 pub struct Checked {
     pub results: Results,
@@ -120,7 +163,9 @@ pub struct Checked {
 }
 
 /// Runs the workload's checkers over `history`.
-pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Checked {
+/// `events`: the table's events as the watcher saw them (`--preemption`
+/// runs), for the checkers that replay the log.
+pub fn check(test: &TestDescription, history: &[Op], events: Option<&EventLog>, notes: Vec<String>) -> Checked {
     let operations = client_operations(history);
     let windows = fault_windows(history);
     let (checkers, failures) = match test.config.workload {
@@ -132,8 +177,9 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
             let input = AllocationHistory {
                 operations: &operations,
                 units: &test.units,
+                events,
             };
-            let checkers = vec![
+            let mut checkers = vec![
                 double_allocation::check(&input),
                 capacity::check(&input),
                 quota::check(&input),
@@ -141,6 +187,10 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
                 idempotency::check(&input),
                 stale_read::check(&input),
             ];
+            if test.config.preemption {
+                checkers.push(quota_log::check(&input));
+                checkers.push(preemption::check(&input));
+            }
             (checkers, Vec::new())
         }
     };
@@ -169,6 +219,7 @@ pub fn check(test: &TestDescription, history: &[Op], notes: Vec<String>) -> Chec
         notes,
         nemesis_fired,
         originals_removed,
+        preemption: config.preemption.then(|| PreemptionCounts::count(history, events)),
     };
     Checked { results, failures }
 }
@@ -219,6 +270,17 @@ pub fn summary(results: &Results) -> String {
         }
     );
     let _ = writeln!(text, "reproduce: {}", results.reproduce);
+    if let Some(counts) = &results.preemption {
+        let _ = writeln!(
+            text,
+            "preemption: {} preemptions ({} requeued), {} quota changes, {} events watched{}",
+            counts.preemptions,
+            counts.requeued,
+            counts.quota_changes,
+            counts.events,
+            if counts.events_complete { "" } else { " (log incomplete)" }
+        );
+    }
     let _ = writeln!(text);
     let _ = writeln!(
         text,
