@@ -371,3 +371,36 @@ fn allocate_options_go_in_the_oldest_command_that_carries_them_and_reach_the_rec
         t.apply(Command::allocate(request(), options(true, OnPreemption::Requeue))).result
     );
 }
+
+#[test]
+fn a_preempted_namespace_places_what_its_quota_held_back_in_the_same_command() {
+    let mut t = Table::with_providers(vec![provider("node_1", cores("", 2)), provider("node_2", cores("", 1))]);
+    cluster_preemption(&mut t, PreemptionSetting::FromPriority(10));
+    t.apply(Command::SetQuota {
+        namespace: "batch".to_owned(),
+        limits: BTreeMap::from([("cpu_cores".to_owned(), 2)]),
+    });
+    let victim = at(0, "batch", request(1, &[("cpu_cores", 2)]));
+    t.apply(Command::AllocateWith {
+        request: victim.clone(),
+        on_preemption: OnPreemption::Release,
+    });
+    assert_eq!(
+        Some("node_1".to_owned()),
+        t.record(victim.request_id).placement.map(|p| p.provider_id)
+    );
+    // node_2's core is free, but batch holds all of its quota.
+    let waiting = at(0, "batch", request(2, &[("cpu_cores", 1)]));
+    assert_eq!(RequestState::Queued, t.allocate_record(&waiting).state);
+
+    // --- the preemption gives batch its quota back: its waiting request takes node_2's core at once
+    let urgent = at(10, "ops", request(9, &[("cpu_cores", 2)]));
+    let events = kinds(&t.allocate(&urgent).events);
+    assert!(events.contains(&preempted(&victim, &urgent, "node_1", false)), "{events:?}");
+    assert!(
+        events.contains(&granted(&waiting, "node_2", vec![grant("cpu_1", "cpu_cores", 1)])),
+        "{events:?}"
+    );
+    assert_eq!(RequestState::Idle, t.record(victim.request_id).state);
+    assert!(t.record(waiting.request_id).state.is_active());
+}

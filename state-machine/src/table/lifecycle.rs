@@ -86,6 +86,11 @@ impl AllocationTable {
         let decision = self.decide(&record.request);
         self.carry_out(&mut record, decision);
         self.insert_new_record(record);
+        // A preemption gave its victims' namespaces quota back: what their
+        // quotas held back may fit now, as after a release.
+        if !self.freed_namespaces.is_empty() {
+            self.examine_queue();
+        }
         Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
     }
 

@@ -299,6 +299,9 @@ impl AllocationTable {
                 "a victim has strictly lower priority than its preemptor"
             );
             let placement = self.free_placement(&record);
+            // The victim's namespace holds less now: what its quota held
+            // back may fit, whether the victim is released or requeued.
+            self.note_quota_freed(&record.request.namespace);
             let confirms = self.providers[&placement.provider_id].confirms_allocations;
             let requeued = record.on_preemption == OnPreemption::Requeue;
             self.emit(EventKind::AllocationPreempted {
