@@ -30,6 +30,8 @@
 #                its report's certs/); replicas, workers, providers and the
 #                membership nemesis each present their role's certificate
 #   --policy     (with --tls) the workers under a capability policy
+#   --preemption the allocation runs also preempt and change the quota
+#                (qm-jepsen run --preemption; the register runs are unchanged)
 #   --campaign   the reliability campaign of the README (204 runs of 60 s on
 #                release builds, 3 at a time, ~1.5-2 h): both workloads x 3 and 5
 #                replicas x the six nemesis sets, seeds 1-5 in plain gRPC,
@@ -46,10 +48,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TLS=${TLS:-0}
 POLICY=0
 CAMPAIGN=0
+PREEMPTION=${PREEMPTION:-0}
 for arg in "$@"; do
   case "$arg" in
     --tls) TLS=1 ;;
     --policy) POLICY=1 ;;
+    --preemption) PREEMPTION=1 ;;
     --campaign) CAMPAIGN=1 ;;
     -h | --help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "jepsen.sh: unknown option $arg (see --help)" >&2; exit 3 ;;
@@ -107,6 +111,10 @@ one_run() {
   local workload=$1 nodes=$2 nemesis=$3 seed=$4 transport=$5 flags=$6
   local suffix=""
   [ "$transport" != plain ] && suffix="-${transport//+/-}"
+  if [ "$PREEMPTION" = 1 ] && [ "$workload" = allocation ]; then
+    flags="$flags --preemption"
+    suffix="$suffix-preemption"
+  fi
   local dir="$OUT/$workload-${nemesis//,/+}-${nodes}n-seed$seed$suffix"
   local started=$SECONDS
   # qm-jepsen refuses a run too short for every nemesis to fire twice

@@ -26,6 +26,7 @@ pub const MATRIX_RUNS_MAX: usize = 10_000;
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunFigures {
     pub dir: PathBuf,
+    /// The workload's name, `+preemption` with `--preemption`.
     pub workload: String,
     pub nodes: u64,
     pub nemesis: String,
@@ -44,7 +45,7 @@ pub struct RunFigures {
 }
 
 impl RunFigures {
-    fn from_results(dir: PathBuf, results: &Results, policy: bool) -> RunFigures {
+    fn from_results(dir: PathBuf, results: &Results, policy: bool, preemption: bool) -> RunFigures {
         let transport = match (results.tls, policy) {
             (false, _) => "plain",
             (true, false) => "tls",
@@ -53,7 +54,7 @@ impl RunFigures {
         let failovers = &results.stats.failovers;
         RunFigures {
             dir,
-            workload: results.workload.name().to_owned(),
+            workload: workload_name(results.workload.name(), preemption),
             nodes: results.nodes,
             nemesis: results.nemesis.clone(),
             transport: transport.to_owned(),
@@ -101,7 +102,7 @@ fn read_run(dir: PathBuf) -> Result<RunFigures, JepsenError> {
         let nemeses: Vec<&str> = config.nemeses.iter().map(|kind| kind.name()).collect();
         return Ok(RunFigures {
             dir,
-            workload: config.workload.name().to_owned(),
+            workload: workload_name(config.workload.name(), config.preemption),
             nodes: config.nodes,
             nemesis: match nemeses.is_empty() {
                 true => "none".to_owned(),
@@ -123,7 +124,15 @@ fn read_run(dir: PathBuf) -> Result<RunFigures, JepsenError> {
         line: error.line(),
         reason: error.to_string(),
     })?;
-    Ok(RunFigures::from_results(dir, &results, test.config.policy))
+    Ok(RunFigures::from_results(dir, &results, test.config.policy, test.config.preemption))
+}
+
+/// `allocation+preemption` for the allocation workload with `--preemption`.
+fn workload_name(workload: &str, preemption: bool) -> String {
+    match preemption {
+        true => format!("{workload}+preemption"),
+        false => workload.to_owned(),
+    }
 }
 
 /// Sums of a group of runs.
