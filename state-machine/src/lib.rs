@@ -83,7 +83,7 @@ pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceS
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
-pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
+pub use request::{AllocationRequest, ConstraintSet, Constraints, PlacementPolicy, Requirement};
 pub use table::{
     AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,
 };

@@ -20,7 +20,9 @@ use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::REQUIREMENT_KINDS_MAX;
 use crate::quota::OnPreemption;
 use crate::record::{AllocationStatus, RequestRecord, RequestState, UnitGrant};
-use crate::request::{check_key, check_quantity, AllocationRequest, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE};
+use crate::request::{
+    check_key, check_quantity, AllocationRequest, ConstraintSet, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE,
+};
 use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// The protocol's `resource_request`.
@@ -148,11 +150,11 @@ impl ResourceRequest {
             priority,
             deadline_ms,
             lease_ttl_ms: self.lease_ttl_ms,
-            constraints: Constraints {
+            constraints: Constraints::new(ConstraintSet {
                 provider_id: constraints.provider_id,
                 labels: constraints.labels,
                 resource_ids: constraints.resource_ids,
-            },
+            }),
             placement: self.placement.unwrap_or_default(),
         };
         request.check()?;

@@ -8,7 +8,8 @@ use std::fmt::Write;
 use common::*;
 use qm_state_machine::limits::{ID_LEN_MAX, QUANTITY_MAX, REQUIREMENT_KINDS_MAX};
 use qm_state_machine::{
-    AllocationRequest, Command, CommandError, Constraints, InvalidArgument, ProviderRegistration, Requirement, ResourceRequest,
+    AllocationRequest, Command, CommandError, ConstraintSet, Constraints, InvalidArgument, ProviderRegistration, Requirement,
+    ResourceRequest,
 };
 use serde_json::{json, Value};
 
@@ -247,10 +248,10 @@ fn an_unknown_provider_or_unit_in_a_constraint_is_refused() {
     assert_eq!("unknown provider ghost", invalid.reason);
 
     // --- a unit the named provider does not have
-    let constraints = Constraints {
+    let constraints = Constraints::new(ConstraintSet {
         resource_ids: vec!["cpu_9".into()],
         ..on_provider("node_1")
-    };
+    });
     let missing = AllocationRequest {
         constraints,
         ..request(9, &[("cpu_cores", 1)])

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use qm_state_machine::ResourceState::Allocated;
 use qm_state_machine::{
-    AllocationRequest, AllocationStatus, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant,
+    AllocationRequest, AllocationStatus, ConstraintSet, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant,
 };
 
 /// Where a record sits: its provider and grants.
@@ -269,20 +269,20 @@ fn label_constraints_select_providers_and_wait_for_one() {
 
     // --- only node_b carries zone=eu
     let in_eu = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             labels: labels(&[("zone", "eu")]),
-            ..Constraints::default()
-        },
+            ..ConstraintSet::default()
+        }),
         ..request(1, &[("cpu_cores", 1)])
     };
     assert_eq!("node_b", placed(&t.allocate_record(&in_eu)).0);
 
     // --- nobody carries zone=us: the request waits rather than being rejected
     let in_us = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             labels: labels(&[("zone", "us")]),
-            ..Constraints::default()
-        },
+            ..ConstraintSet::default()
+        }),
         ..request(2, &[("cpu_cores", 1)])
     };
     assert_eq!(t.expect(vec![queued(&in_us, INSUFFICIENT)]), t.allocate(&in_us).events);
@@ -298,10 +298,10 @@ fn label_constraints_select_providers_and_wait_for_one() {
 fn pinned_units_act_as_a_lock() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 4))]);
     let lock = |n: u128| AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_3".into()],
             ..on_provider("node_1")
-        },
+        }),
         ..request(n, &[("cpu_cores", 1)])
     };
 
@@ -352,10 +352,10 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
 
     // --- more than the pinned units hold
     let pinned = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_1".into()],
             ..on_provider("node_1")
-        },
+        }),
         ..request(4, &[("cpu_cores", 2)])
     };
     let reason = "insufficient_capacity: provider node_1 can never hold 2 cpu_cores (it has 1 in the allowed units)";

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, Constraints, Event, ListFilter, PlacementPolicy, ProviderRegistration,
-    ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
+    AllocationRequest, AllocationTable, Applied, Command, ConstraintSet, Constraints, Event, ListFilter, PlacementPolicy,
+    ProviderRegistration, ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
 };
 use uuid::Uuid;
 
@@ -186,14 +186,14 @@ impl Op {
                 }
                 let constraints = match pin {
                     None => Constraints::default(),
-                    Some(provider) if provider % 2 == 0 => Constraints {
+                    Some(provider) if provider % 2 == 0 => Constraints::new(ConstraintSet {
                         provider_id: Some(provider_id(provider)),
-                        ..Constraints::default()
-                    },
-                    Some(provider) => Constraints {
+                        ..ConstraintSet::default()
+                    }),
+                    Some(provider) => Constraints::new(ConstraintSet {
                         labels: BTreeMap::from([("parity".to_owned(), (provider % 2).to_string())]),
-                        ..Constraints::default()
-                    },
+                        ..ConstraintSet::default()
+                    }),
                 };
                 let request = AllocationRequest {
                     request_id: request_id(request),

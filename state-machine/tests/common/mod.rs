@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, Constraints, Event, EventKind, PlacementPolicy,
+    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, ConstraintSet, Constraints, Event, EventKind, PlacementPolicy,
     ProviderRegistration, ProviderStatus, RequestRecord, Requirement, ResourceSpec, ResourceState, Sharing, StampedCommand, TableConfig,
     UnitGrant,
 };
@@ -88,10 +88,10 @@ pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
 }
 
 pub fn on_provider(provider_id: &str) -> Constraints {
-    Constraints {
+    Constraints::new(ConstraintSet {
         provider_id: Some(provider_id.to_owned()),
-        ..Constraints::default()
-    }
+        ..ConstraintSet::default()
+    })
 }
 
 pub fn grant(resource_id: &str, kind: &str, amount: u64) -> UnitGrant {
