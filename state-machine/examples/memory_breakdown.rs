@@ -135,8 +135,8 @@ fn allocation(shape: Shape, n: u128) -> AllocationRequest {
     AllocationRequest {
         // Spread over the id space, as random ids are.
         request_id: Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
-        requester_id,
-        namespace,
+        requester_id: requester_id.into(),
+        namespace: namespace.into(),
         requirements,
         priority: 0,
         deadline_ms: None,
@@ -263,7 +263,13 @@ fn main() {
         size_of::<Resource>(),
     );
     let per_allocation = |bytes: usize| bytes as f64 / allocations.max(1) as f64;
+    let before_breakdown = live_bytes();
     let parts = table.heap_bytes_by_structure(&live_bytes);
+    println!(
+        "live before the breakdown {:.1} MiB, after {:.1} MiB",
+        mib(before_breakdown - empty),
+        mib(live_bytes() - empty)
+    );
     let total: usize = parts.iter().map(|(_, bytes)| bytes).sum();
     println!("{:<56} {:>10} {:>14}", "STRUCTURE", "MIB", "BYTES/ALLOC");
     for (name, bytes) in parts {

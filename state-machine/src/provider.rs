@@ -26,6 +26,7 @@ pub use holders::Holders;
 
 use crate::error::InvalidArgument;
 use crate::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
+use crate::name::Name;
 use crate::record::UnitGrant;
 use crate::request::{check_id, check_labels, check_quantity, PlacementPolicy};
 
@@ -190,8 +191,10 @@ impl Scheduling {
 /// One unit as the table tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
-    pub resource_id: String,
-    pub kind: String,
+    /// Shared with every grant on the unit (see [`Name`]).
+    pub resource_id: Name,
+    /// Shared with the provider's other units of the kind and their grants.
+    pub kind: Name,
     pub capacity: u64,
     pub labels: BTreeMap<String, String>,
     pub sharing: Sharing,
@@ -230,7 +233,8 @@ pub struct KindTotals {
 /// A registered provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provider {
-    pub provider_id: String,
+    /// Shared with every placement on the provider (see [`Name`]).
+    pub provider_id: Name,
     pub labels: BTreeMap<String, String>,
     pub status: ProviderStatus,
     pub confirms_allocations: bool,
@@ -245,7 +249,8 @@ pub struct Provider {
     pub scheduling: Scheduling,
     /// Derived from `resources`; rebuilt after a snapshot is restored.
     #[serde(skip)]
-    pub kinds: BTreeMap<String, KindTotals>,
+    /// Its keys are the one copy of each kind its units share.
+    pub kinds: BTreeMap<Name, KindTotals>,
 }
 
 /// Decodes a map by gathering its entries and building the tree from them
@@ -285,7 +290,7 @@ where
 impl Provider {
     pub fn new(registration: &ProviderRegistration, now_ms: u64) -> Provider {
         let mut provider = Provider {
-            provider_id: registration.provider_id.clone(),
+            provider_id: registration.provider_id.clone().into(),
             labels: registration.labels.clone(),
             status: ProviderStatus::Active,
             confirms_allocations: registration.confirms_allocations,
@@ -308,17 +313,21 @@ impl Provider {
     /// Recomputes [`Provider::kinds`] from the units.
     pub fn rebuild_kinds(&mut self) {
         self.kinds.clear();
-        for resource in self.resources.values() {
-            // Not `entry`: it would clone the kind for every unit.
-            let totals = match self.kinds.get_mut(&resource.kind) {
-                Some(totals) => totals,
+        for resource in self.resources.values_mut() {
+            // Not `entry`: it would take the kind for every unit. The units
+            // of a kind share the first one's copy of it.
+            let totals = match self.kinds.get_key_value(resource.kind.as_str()) {
+                Some((kind, _)) => {
+                    resource.kind = kind.clone();
+                    self.kinds.get_mut(resource.kind.as_str()).expect("just found")
+                }
                 None => self.kinds.entry(resource.kind.clone()).or_default(),
             };
             let free = resource.free();
             totals.capacity += resource.capacity;
             totals.free += free;
             if free > 0 {
-                totals.free_units.insert((free, resource.resource_id.clone()));
+                totals.free_units.insert((free, resource.resource_id.to_string()));
             }
         }
     }
@@ -455,19 +464,19 @@ impl Provider {
         let mut before: Vec<(String, u64)> = Vec::new();
         for grant in grants {
             if !before.iter().any(|(kind, _)| *kind == grant.kind) {
-                before.push((grant.kind.clone(), self.free_of(&grant.kind)));
+                before.push((grant.kind.to_string(), self.free_of(&grant.kind)));
             }
             let resource = self
                 .resources
-                .get_mut(&grant.resource_id)
+                .get_mut(&*grant.resource_id)
                 .expect("grant names a unit of this provider");
             let free_before = resource.free();
             change(resource, grant);
             let free_after = resource.free();
-            let totals = self.kinds.get_mut(&grant.kind).expect("kind totals exist for every unit");
+            let totals = self.kinds.get_mut(&*grant.kind).expect("kind totals exist for every unit");
             totals.free = totals.free + free_after - free_before;
             if free_before != free_after {
-                let mut entry = (free_before, grant.resource_id.clone());
+                let mut entry = (free_before, grant.resource_id.to_string());
                 if free_before > 0 {
                     totals.free_units.remove(&entry);
                 }
@@ -484,8 +493,8 @@ impl Provider {
 impl Resource {
     fn from_spec(spec: &ResourceSpec) -> Resource {
         Resource {
-            resource_id: spec.resource_id.clone(),
-            kind: spec.kind.clone(),
+            resource_id: spec.resource_id.clone().into(),
+            kind: spec.kind.clone().into(),
             capacity: spec.capacity as u64,
             labels: spec.labels.clone(),
             sharing: spec.sharing.expect("validated registrations resolve sharing"),

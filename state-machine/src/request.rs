@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::InvalidArgument;
 use crate::limits::*;
+use crate::name::Name;
 use crate::time::UnixMillis;
 
 /// The namespace a request lands in when it names none.
@@ -33,7 +34,7 @@ pub enum PlacementPolicy {
 /// One kind and how much of it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Requirement {
-    pub kind: String,
+    pub kind: Name,
     pub quantity: u64,
 }
 
@@ -133,8 +134,10 @@ pub struct ConstraintSet {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllocationRequest {
     pub request_id: Uuid,
-    pub requester_id: String,
-    pub namespace: String,
+    /// The table keeps one copy per owner, shared by the owner's records
+    /// (see [`Name`]).
+    pub requester_id: Name,
+    pub namespace: Name,
     pub requirements: Vec<Requirement>,
     /// Higher is more urgent.
     pub priority: i64,

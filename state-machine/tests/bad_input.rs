@@ -74,7 +74,7 @@ fn a_request_without_requester_id_is_refused_naming_it() {
     // --- the same in a log entry (empty, as the wire's proto3 would carry it)
     let mut t = busy_table();
     let command = Command::Allocate(AllocationRequest {
-        requester_id: String::new(),
+        requester_id: String::new().into(),
         ..request(9, &[("cpu_cores", 1)])
     });
     assert_refused(&mut t, command, "requester_id");
@@ -165,7 +165,7 @@ fn a_ten_megabyte_requirements_map_is_refused_without_echoing_it() {
     let mut t = busy_table();
     let requirements = (0..kinds)
         .map(|n| Requirement {
-            kind: format!("kind_{n:07}"),
+            kind: format!("kind_{n:07}").into(),
             quantity: 1,
         })
         .collect();
@@ -250,7 +250,7 @@ fn an_unknown_provider_or_unit_in_a_constraint_is_refused() {
     // --- a unit the named provider does not have
     let constraints = Constraints::new(ConstraintSet {
         resource_ids: vec!["cpu_9".into()],
-        ..on_provider("node_1")
+        ..ConstraintSet::clone(&on_provider("node_1"))
     });
     let missing = AllocationRequest {
         constraints,

@@ -15,7 +15,7 @@ fn placed(record: &RequestRecord) -> (String, Vec<UnitGrant>) {
         .placement
         .as_ref()
         .unwrap_or_else(|| panic!("{} is {:?}, not placed", record.request.request_id, record.state));
-    (placement.provider_id.clone(), placement.grants.clone())
+    (placement.provider_id.to_string(), placement.grants.clone())
 }
 
 fn spread(request: AllocationRequest) -> AllocationRequest {
@@ -149,7 +149,7 @@ fn spread_breaks_ties_between_units_towards_the_lower_id() {
     )]);
 
     // --- equal free amounts: vol_a, then vol_b (now the roomier), then vol_a again
-    let picks: Vec<String> = (1..=3)
+    let picks: Vec<qm_state_machine::Name> = (1..=3)
         .map(|n| {
             placed(&t.allocate_record(&spread(request(n, &[("storage_gb", 10)])))).1[0]
                 .resource_id
@@ -300,7 +300,7 @@ fn pinned_units_act_as_a_lock() {
     let lock = |n: u128| AllocationRequest {
         constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_3".into()],
-            ..on_provider("node_1")
+            ..ConstraintSet::clone(&on_provider("node_1"))
         }),
         ..request(n, &[("cpu_cores", 1)])
     };
@@ -354,7 +354,7 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
     let pinned = AllocationRequest {
         constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_1".into()],
-            ..on_provider("node_1")
+            ..ConstraintSet::clone(&on_provider("node_1"))
         }),
         ..request(4, &[("cpu_cores", 2)])
     };
