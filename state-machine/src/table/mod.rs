@@ -364,6 +364,7 @@ impl AllocationTable {
         if record.state.is_finished() && !self.policy_holders.is_empty() {
             self.uncharge_finished(&record.request);
         }
+        share_requirement_kinds(&mut record);
         self.index.add_state(&record);
         let previous = self.requests.insert(record.request.request_id, Arc::new(record));
         assert!(previous.is_none(), "put_record over a record that was not taken");
@@ -438,6 +439,22 @@ impl AllocationTable {
                         }
                     }
                 }
+            }
+            share_requirement_kinds(record);
+        }
+    }
+}
+
+/// Makes the kinds a placed record asks for the copies its grants hold (its
+/// units'), as a record's kinds arrive with the command, one copy each.
+fn share_requirement_kinds(record: &mut RequestRecord) {
+    let Some(placement) = &record.placement else {
+        return;
+    };
+    for requirement in &mut record.request.requirements {
+        if let Some(grant) = placement.grants.iter().find(|grant| grant.kind == requirement.kind) {
+            if !grant.kind.shares_with(&requirement.kind) {
+                requirement.kind = grant.kind.clone();
             }
         }
     }
