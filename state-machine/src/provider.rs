@@ -238,7 +238,7 @@ pub struct Provider {
     pub labels: BTreeMap<String, String>,
     pub status: ProviderStatus,
     pub confirms_allocations: bool,
-    /// Built at once when decoded (see [`decode_in_bulk`]).
+    /// Built at once when decoded (see `decode_in_bulk`).
     #[serde(deserialize_with = "decode_in_bulk")]
     pub resources: BTreeMap<String, Resource>,
     pub registered_at_ms: u64,

@@ -404,7 +404,6 @@ impl AllocationTable {
             provider.rebuild_kinds();
         }
         self.index = Indexes::build(self.providers.values().map(Arc::as_ref), self.requests.values());
-        self.share_names();
         self.awaited_by = awaited_by(&self.release_awaited);
         self.rebuild_held_by_holder();
     }
@@ -416,7 +415,7 @@ impl AllocationTable {
     /// units. Commands build records that way; a decoded snapshot gives each
     /// record copies of its own, a few million strings at a million
     /// allocations (BENCHMARKS.md, "Where a million allocations' bytes go").
-    /// After a restore, when nothing else holds the records.
+    /// After a restore's index rebuild, when nothing else holds the records.
     fn share_names(&mut self) {
         let (providers, by_owner) = (&self.providers, &self.index.by_owner);
         for record in self.requests.records_mut() {
