@@ -166,7 +166,11 @@ mod tests {
             assert_eq!(name, decoded);
             assert_eq!(serde_json::to_string(&owned).unwrap(), serde_json::to_string(&name).unwrap());
             assert_eq!(format!("{owned:?} {owned}"), format!("{name:?} {name}"));
-            assert!(name == owned && owned == name && name == text && text == name);
+            // Each side of each comparison, as call sites write them.
+            assert!(name == owned, "{name} == String");
+            assert!(owned == name, "String == {name}");
+            assert!(name == text, "{name} == &str");
+            assert!(text == name, "&str == {name}");
             for other in ["", "node_1", "node_10", "z"] {
                 assert_eq!(owned.cmp(&other.to_owned()), name.cmp(&Name::from(other)), "{text} against {other}");
             }
