@@ -64,8 +64,8 @@ fn registration(n: usize) -> ProviderRegistration {
 fn allocation(n: u128) -> AllocationRequest {
     AllocationRequest {
         request_id: Uuid::from_u128(n),
-        requester_id: format!("agent_{}", n % 1000),
-        namespace: DEFAULT_NAMESPACE.to_owned(),
+        requester_id: format!("agent_{}", n % 1000).into(),
+        namespace: DEFAULT_NAMESPACE.to_owned().into(),
         requirements: vec![
             Requirement {
                 kind: "cpu_cores".into(),

@@ -53,8 +53,8 @@ fn registration(n: usize) -> ProviderRegistration {
 fn one_core(n: u128, namespace: &str, priority: i64) -> AllocationRequest {
     AllocationRequest {
         request_id: Uuid::from_u128(n),
-        requester_id: format!("agent_{}", n % 1000),
-        namespace: namespace.to_owned(),
+        requester_id: format!("agent_{}", n % 1000).into(),
+        namespace: namespace.to_owned().into(),
         requirements: vec![Requirement {
             kind: "cpu_cores".into(),
             quantity: 1,

@@ -2,7 +2,7 @@
 //! (issue 23), in one process: no Raft, no network, no profiler.
 //!
 //! ```text
-//! cargo run --release -p qm-state-machine --example memory_breakdown -- [bench|slots] [PROVIDERS] [ALLOCATIONS]
+//! cargo run --release -p qm-state-machine --example memory_breakdown -- [bench|slots] [PROVIDERS] [ALLOCATIONS] [decoded]
 //! ```
 //!
 //! `bench` (the default) builds the criterion bench's table (`benches/apply.rs`):
@@ -14,7 +14,8 @@
 //!
 //! Prints the table's heap bytes per structure (from a counting allocator:
 //! the bytes asked for, before the allocator's size classes round them up),
-//! per allocation; the snapshot's size, encode and decode times and a hash
+//! per allocation (of the table decoded from its own snapshot with
+//! `decoded`: a restarted replica's); the snapshot's size, encode and decode times and a hash
 //! of its bytes (equal hashes before and after a change of the in-memory
 //! representation show the encoding did not change); and the process's
 //! resident memory (VmRSS, VmHWM). BENCHMARKS.md has the figures.
@@ -134,8 +135,8 @@ fn allocation(shape: Shape, n: u128) -> AllocationRequest {
     AllocationRequest {
         // Spread over the id space, as random ids are.
         request_id: Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
-        requester_id,
-        namespace,
+        requester_id: requester_id.into(),
+        namespace: namespace.into(),
         requirements,
         priority: 0,
         deadline_ms: None,
@@ -214,11 +215,29 @@ fn main() {
     let bytes = copy.to_snapshot_bytes();
     let encode_time = encode_started.elapsed();
     drop(copy);
+    let before_decode = live_bytes();
     let decode_started = Instant::now();
     let restored = AllocationTable::from_snapshot_bytes(&bytes).expect("own snapshot decodes");
     let decode_time = decode_started.elapsed();
+    // What a replica that restored a snapshot holds: as small as the built
+    // table only if decoding shares what building shares.
+    let decoded_bytes = live_bytes() - before_decode;
     assert!(restored == table, "the restored table equals the original");
-    drop(restored);
+    // `decoded` as the fourth argument breaks the restored table down
+    // instead of the built one.
+    let table = if args.get(3).map(String::as_str) == Some("decoded") {
+        drop(table);
+        restored
+    } else {
+        drop(restored);
+        table
+    };
+    println!(
+        "decoded from the snapshot: {:.1} MiB live, {:.1} bytes per allocation (built: {:.1})",
+        mib(decoded_bytes),
+        decoded_bytes as f64 / allocations.max(1) as f64,
+        (full - empty) as f64 / allocations.max(1) as f64,
+    );
     println!(
         "snapshot: {} bytes ({:.1} MiB), fingerprint {:016x}; copy {copy_time:.1?} ({:.1} MiB), encode {encode_time:.1?}, decode with indexes {decode_time:.1?}",
         bytes.len(),
@@ -244,7 +263,13 @@ fn main() {
         size_of::<Resource>(),
     );
     let per_allocation = |bytes: usize| bytes as f64 / allocations.max(1) as f64;
+    let before_breakdown = live_bytes();
     let parts = table.heap_bytes_by_structure(&live_bytes);
+    println!(
+        "live before the breakdown {:.1} MiB, after {:.1} MiB",
+        mib(before_breakdown - empty),
+        mib(live_bytes() - empty)
+    );
     let total: usize = parts.iter().map(|(_, bytes)| bytes).sum();
     println!("{:<56} {:>10} {:>14}", "STRUCTURE", "MIB", "BYTES/ALLOC");
     for (name, bytes) in parts {

@@ -32,6 +32,7 @@
 //!   encoded from).
 //! * [`error`]: typed errors; a failed command changes nothing.
 //! * [`limits`]: every bound, named.
+//! * [`name`]: [`Name`], the shared string of ids many records repeat.
 //! * [`time`]: RFC 3339 without a clock.
 //!
 //! # Rules of the table
@@ -65,6 +66,7 @@ pub mod command;
 pub mod error;
 pub mod event;
 pub mod limits;
+pub mod name;
 pub mod policy;
 pub mod protocol;
 pub mod provider;
@@ -78,12 +80,13 @@ pub use command::{AllocateOptions, Applied, ApplyResult, Command, CommandRespons
 pub use error::{CommandError, InvalidArgument, SnapshotError};
 pub use event::{Event, EventKind, ResourceState};
 pub use limits::TableConfig;
+pub use name::Name;
 pub use policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec, ProviderScope};
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
-pub use request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
+pub use request::{AllocationRequest, ConstraintSet, Constraints, PlacementPolicy, Requirement};
 pub use table::{
     AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,
 };

@@ -223,15 +223,15 @@ impl Capability {
     pub fn check_request(&self, request: &AllocationRequest) -> Result<(), Missing> {
         for requirement in &request.requirements {
             if let Some(kinds) = &self.kinds {
-                if !kinds.contains(&requirement.kind) {
+                if !kinds.contains(&*requirement.kind) {
                     return Err(Missing::new(
                         "kinds",
-                        requirement.kind.clone(),
+                        requirement.kind.to_string(),
                         Some(format!("allowed: {}", join(kinds))),
                     ));
                 }
             }
-            if let Some(&cap) = self.max_per_request.get(&requirement.kind) {
+            if let Some(&cap) = self.max_per_request.get(&*requirement.kind) {
                 if requirement.quantity > cap {
                     return Err(Missing::new(
                         "max_per_request",

@@ -20,7 +20,9 @@ use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::REQUIREMENT_KINDS_MAX;
 use crate::quota::OnPreemption;
 use crate::record::{AllocationStatus, RequestRecord, RequestState, UnitGrant};
-use crate::request::{check_key, check_quantity, AllocationRequest, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE};
+use crate::request::{
+    check_key, check_quantity, AllocationRequest, ConstraintSet, Constraints, PlacementPolicy, Requirement, DEFAULT_NAMESPACE,
+};
 use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// The protocol's `resource_request`.
@@ -122,7 +124,7 @@ impl ResourceRequest {
                 let field = check_key("resource_requirements", kind)?;
                 let whole = whole_number(&field, quantity)?;
                 Ok(Requirement {
-                    kind: kind.clone(),
+                    kind: kind.clone().into(),
                     quantity: check_quantity(&field, whole as i128)?,
                 })
             })
@@ -142,17 +144,17 @@ impl ResourceRequest {
         let constraints = self.constraints.clone().unwrap_or_default();
         let request = AllocationRequest {
             request_id,
-            requester_id,
-            namespace: self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            requester_id: requester_id.into(),
+            namespace: self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()).into(),
             requirements,
             priority,
             deadline_ms,
             lease_ttl_ms: self.lease_ttl_ms,
-            constraints: Constraints {
+            constraints: Constraints::new(ConstraintSet {
                 provider_id: constraints.provider_id,
                 labels: constraints.labels,
                 resource_ids: constraints.resource_ids,
-            },
+            }),
             placement: self.placement.unwrap_or_default(),
         };
         request.check()?;
@@ -166,17 +168,17 @@ impl From<&AllocationRequest> for ResourceRequest {
         let has_constraints = constraints != &Constraints::default();
         ResourceRequest {
             request_id: Some(request.request_id.to_string()),
-            requester_id: Some(request.requester_id.clone()),
+            requester_id: Some(request.requester_id.to_string()),
             resource_requirements: Some(
                 request
                     .requirements
                     .iter()
-                    .map(|r| (r.kind.clone(), Number::from(r.quantity)))
+                    .map(|r| (r.kind.to_string(), Number::from(r.quantity)))
                     .collect(),
             ),
             priority: Some(Number::from(request.priority)),
             deadline: request.deadline_ms.map(format_rfc3339),
-            namespace: (request.namespace != DEFAULT_NAMESPACE).then(|| request.namespace.clone()),
+            namespace: (request.namespace != DEFAULT_NAMESPACE).then(|| request.namespace.to_string()),
             lease_ttl_ms: request.lease_ttl_ms,
             constraints: has_constraints.then(|| ConstraintsDocument {
                 provider_id: constraints.provider_id.clone(),
@@ -250,17 +252,17 @@ impl From<&RequestRecord> for AllocationResponse {
             allocated_resources: active.map(|placement| {
                 let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
                 for grant in &placement.grants {
-                    let units = by_kind.entry(grant.kind.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                    let units = by_kind.entry(grant.kind.to_string()).or_insert_with(|| Value::Array(Vec::new()));
                     units
                         .as_array_mut()
                         .expect("built as arrays")
-                        .push(Value::String(grant.resource_id.clone()));
+                        .push(Value::String(grant.resource_id.to_string()));
                 }
                 by_kind
             }),
             state: Some(record.state),
             allocation_id: Some(record.allocation_id),
-            provider_id: active.map(|placement| placement.provider_id.clone()),
+            provider_id: active.map(|placement| placement.provider_id.to_string()),
             grants: active.map(|placement| placement.grants.clone()),
             reason: record.reason.clone(),
             lease_expires_at: record.lease_expires_at_ms.map(format_rfc3339),

@@ -26,6 +26,7 @@ pub use holders::Holders;
 
 use crate::error::InvalidArgument;
 use crate::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
+use crate::name::Name;
 use crate::record::UnitGrant;
 use crate::request::{check_id, check_labels, check_quantity, PlacementPolicy};
 
@@ -190,8 +191,10 @@ impl Scheduling {
 /// One unit as the table tracks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
-    pub resource_id: String,
-    pub kind: String,
+    /// Shared with every grant on the unit (see [`Name`]).
+    pub resource_id: Name,
+    /// Shared with the provider's other units of the kind and their grants.
+    pub kind: Name,
     pub capacity: u64,
     pub labels: BTreeMap<String, String>,
     pub sharing: Sharing,
@@ -230,10 +233,13 @@ pub struct KindTotals {
 /// A registered provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provider {
-    pub provider_id: String,
+    /// Shared with every placement on the provider (see [`Name`]).
+    pub provider_id: Name,
     pub labels: BTreeMap<String, String>,
     pub status: ProviderStatus,
     pub confirms_allocations: bool,
+    /// Built at once when decoded (see `decode_in_bulk`).
+    #[serde(deserialize_with = "decode_in_bulk")]
     pub resources: BTreeMap<String, Resource>,
     pub registered_at_ms: u64,
     /// As registered; see [`ProviderRegistration::address`].
@@ -243,13 +249,48 @@ pub struct Provider {
     pub scheduling: Scheduling,
     /// Derived from `resources`; rebuilt after a snapshot is restored.
     #[serde(skip)]
-    pub kinds: BTreeMap<String, KindTotals>,
+    /// Its keys are the one copy of each kind its units share.
+    pub kinds: BTreeMap<Name, KindTotals>,
+}
+
+/// Decodes a map by gathering its entries and building the tree from them
+/// at once, as a registration builds it: serde's own decoding inserts them
+/// one by one, and a B-tree filled in key order keeps its nodes half empty
+/// (a decoded provider of 2,000 one-unit slots took 297 bytes per unit
+/// where a registered one takes 175: BENCHMARKS.md, "Where a million
+/// allocations' bytes go"). A repeated key keeps its last value, as
+/// inserting would; the bytes read are the same.
+fn decode_in_bulk<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a map of resource ids to units")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // The length comes from the input: trust it only so far.
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(RESOURCES_PER_PROVIDER_MAX));
+            while let Some(entry) = map.next_entry()? {
+                entries.push(entry);
+            }
+            Ok(entries.into_iter().collect())
+        }
+    }
+
+    deserializer.deserialize_map(Entries(std::marker::PhantomData))
 }
 
 impl Provider {
     pub fn new(registration: &ProviderRegistration, now_ms: u64) -> Provider {
         let mut provider = Provider {
-            provider_id: registration.provider_id.clone(),
+            provider_id: registration.provider_id.clone().into(),
             labels: registration.labels.clone(),
             status: ProviderStatus::Active,
             confirms_allocations: registration.confirms_allocations,
@@ -272,17 +313,21 @@ impl Provider {
     /// Recomputes [`Provider::kinds`] from the units.
     pub fn rebuild_kinds(&mut self) {
         self.kinds.clear();
-        for resource in self.resources.values() {
-            // Not `entry`: it would clone the kind for every unit.
-            let totals = match self.kinds.get_mut(&resource.kind) {
-                Some(totals) => totals,
+        for resource in self.resources.values_mut() {
+            // Not `entry`: it would take the kind for every unit. The units
+            // of a kind share the first one's copy of it.
+            let totals = match self.kinds.get_key_value(resource.kind.as_str()) {
+                Some((kind, _)) => {
+                    resource.kind = kind.clone();
+                    self.kinds.get_mut(resource.kind.as_str()).expect("just found")
+                }
                 None => self.kinds.entry(resource.kind.clone()).or_default(),
             };
             let free = resource.free();
             totals.capacity += resource.capacity;
             totals.free += free;
             if free > 0 {
-                totals.free_units.insert((free, resource.resource_id.clone()));
+                totals.free_units.insert((free, resource.resource_id.to_string()));
             }
         }
     }
@@ -419,19 +464,19 @@ impl Provider {
         let mut before: Vec<(String, u64)> = Vec::new();
         for grant in grants {
             if !before.iter().any(|(kind, _)| *kind == grant.kind) {
-                before.push((grant.kind.clone(), self.free_of(&grant.kind)));
+                before.push((grant.kind.to_string(), self.free_of(&grant.kind)));
             }
             let resource = self
                 .resources
-                .get_mut(&grant.resource_id)
+                .get_mut(&*grant.resource_id)
                 .expect("grant names a unit of this provider");
             let free_before = resource.free();
             change(resource, grant);
             let free_after = resource.free();
-            let totals = self.kinds.get_mut(&grant.kind).expect("kind totals exist for every unit");
+            let totals = self.kinds.get_mut(&*grant.kind).expect("kind totals exist for every unit");
             totals.free = totals.free + free_after - free_before;
             if free_before != free_after {
-                let mut entry = (free_before, grant.resource_id.clone());
+                let mut entry = (free_before, grant.resource_id.to_string());
                 if free_before > 0 {
                     totals.free_units.remove(&entry);
                 }
@@ -448,8 +493,8 @@ impl Provider {
 impl Resource {
     fn from_spec(spec: &ResourceSpec) -> Resource {
         Resource {
-            resource_id: spec.resource_id.clone(),
-            kind: spec.kind.clone(),
+            resource_id: spec.resource_id.clone().into(),
+            kind: spec.kind.clone().into(),
             capacity: spec.capacity as u64,
             labels: spec.labels.clone(),
             sharing: spec.sharing.expect("validated registrations resolve sharing"),

@@ -32,7 +32,7 @@ fn picked(grants: Option<Vec<UnitGrant>>) -> Vec<(String, u64)> {
     grants
         .expect("fits")
         .into_iter()
-        .map(|grant| (grant.resource_id, grant.amount))
+        .map(|grant| (grant.resource_id.to_string(), grant.amount))
         .collect()
 }
 

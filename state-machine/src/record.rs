@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::name::Name;
 use crate::provider::{Resource, Sharing};
 use crate::quota::OnPreemption;
 use crate::request::AllocationRequest;
@@ -83,8 +84,10 @@ impl AllocationStatus {
 /// An amount of one unit held by an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UnitGrant {
-    pub resource_id: String,
-    pub kind: String,
+    /// The unit's own copy (shared, see [`Name`]).
+    pub resource_id: Name,
+    /// The unit's own copy.
+    pub kind: Name,
     pub amount: u64,
 }
 
@@ -107,7 +110,8 @@ impl UnitGrant {
 /// Where an allocation sits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Placement {
-    pub provider_id: String,
+    /// The provider's own copy (shared, see [`Name`]).
+    pub provider_id: Name,
     /// Sorted by resource id.
     pub grants: Vec<UnitGrant>,
     pub granted_at_ms: u64,

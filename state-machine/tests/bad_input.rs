@@ -8,7 +8,8 @@ use std::fmt::Write;
 use common::*;
 use qm_state_machine::limits::{ID_LEN_MAX, QUANTITY_MAX, REQUIREMENT_KINDS_MAX};
 use qm_state_machine::{
-    AllocationRequest, Command, CommandError, Constraints, InvalidArgument, ProviderRegistration, Requirement, ResourceRequest,
+    AllocationRequest, Command, CommandError, ConstraintSet, Constraints, InvalidArgument, ProviderRegistration, Requirement,
+    ResourceRequest,
 };
 use serde_json::{json, Value};
 
@@ -73,7 +74,7 @@ fn a_request_without_requester_id_is_refused_naming_it() {
     // --- the same in a log entry (empty, as the wire's proto3 would carry it)
     let mut t = busy_table();
     let command = Command::Allocate(AllocationRequest {
-        requester_id: String::new(),
+        requester_id: String::new().into(),
         ..request(9, &[("cpu_cores", 1)])
     });
     assert_refused(&mut t, command, "requester_id");
@@ -164,7 +165,7 @@ fn a_ten_megabyte_requirements_map_is_refused_without_echoing_it() {
     let mut t = busy_table();
     let requirements = (0..kinds)
         .map(|n| Requirement {
-            kind: format!("kind_{n:07}"),
+            kind: format!("kind_{n:07}").into(),
             quantity: 1,
         })
         .collect();
@@ -247,10 +248,10 @@ fn an_unknown_provider_or_unit_in_a_constraint_is_refused() {
     assert_eq!("unknown provider ghost", invalid.reason);
 
     // --- a unit the named provider does not have
-    let constraints = Constraints {
+    let constraints = Constraints::new(ConstraintSet {
         resource_ids: vec!["cpu_9".into()],
-        ..on_provider("node_1")
-    };
+        ..ConstraintSet::clone(&on_provider("node_1"))
+    });
     let missing = AllocationRequest {
         constraints,
         ..request(9, &[("cpu_cores", 1)])

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 fn owned(n: u128, namespace: &str, requester: &str) -> AllocationRequest {
     AllocationRequest {
-        namespace: namespace.to_owned(),
-        requester_id: requester.to_owned(),
+        namespace: namespace.to_owned().into(),
+        requester_id: requester.to_owned().into(),
         ..request(n, &[("cpu_cores", 1)])
     }
 }

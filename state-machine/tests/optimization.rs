@@ -27,7 +27,7 @@ fn moving(request: &AllocationRequest, from: &str, to: &str, grants: Vec<qm_stat
     EventKind::AllocationMoving {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         from_provider: from.into(),
         to_provider: to.into(),
         grants,
@@ -39,7 +39,7 @@ fn target_ready(request: &AllocationRequest, from: &str, to: &str) -> EventKind 
     EventKind::MoveTargetReady {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         from_provider: from.into(),
         to_provider: to.into(),
     }
@@ -49,7 +49,7 @@ fn planned(request: &AllocationRequest, from: &str, to: &str, grants: Vec<qm_sta
     PlannedMove {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         from_provider: from.into(),
         to_provider: to.into(),
         grants,
@@ -151,7 +151,7 @@ fn a_move_waits_for_the_target_then_the_source_agent() {
     let expected = t.expect(vec![
         EventKind::AllocationConfirmed {
             allocation_id,
-            namespace: first.namespace.clone(),
+            namespace: first.namespace.to_string(),
             provider_id: "node_2".into(),
         },
         target_ready(&first, "node_1", "node_2"),
@@ -172,7 +172,7 @@ fn a_move_waits_for_the_target_then_the_source_agent() {
     let expected = t.expect(vec![
         EventKind::DeallocationConfirmed {
             allocation_id,
-            namespace: first.namespace.clone(),
+            namespace: first.namespace.to_string(),
             provider_id: "node_1".into(),
         },
         moved(&first, "node_1", "node_2", vec![grant("bcpu_2", "cpu_cores", 1)], "optimization"),
@@ -206,7 +206,7 @@ fn a_target_that_does_not_confirm_in_time_is_rolled_back() {
         EventKind::OptimizationFailed {
             request_id: first.request_id,
             allocation_id: allocation_id_for(first.request_id),
-            namespace: first.namespace.clone(),
+            namespace: first.namespace.to_string(),
             from_provider: "node_1".into(),
             to_provider: "node_2".into(),
             reason: format!("target_unconfirmed: node_2 did not confirm within {timeout} ms"),
@@ -385,7 +385,7 @@ fn a_drain_on_a_full_cluster_answers_what_cannot_move_and_the_deadline_moves_the
         let provider_id = record.placement.unwrap().provider_id;
         t.apply(Command::ConfirmAllocation {
             allocation_id: record.allocation_id,
-            provider_id,
+            provider_id: provider_id.to_string(),
         });
     }
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use qm_state_machine::ResourceState::Allocated;
 use qm_state_machine::{
-    AllocationRequest, AllocationStatus, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant,
+    AllocationRequest, AllocationStatus, ConstraintSet, Constraints, PlacementPolicy, RequestRecord, RequestState, Sharing, UnitGrant,
 };
 
 /// Where a record sits: its provider and grants.
@@ -15,7 +15,7 @@ fn placed(record: &RequestRecord) -> (String, Vec<UnitGrant>) {
         .placement
         .as_ref()
         .unwrap_or_else(|| panic!("{} is {:?}, not placed", record.request.request_id, record.state));
-    (placement.provider_id.clone(), placement.grants.clone())
+    (placement.provider_id.to_string(), placement.grants.clone())
 }
 
 fn spread(request: AllocationRequest) -> AllocationRequest {
@@ -149,7 +149,7 @@ fn spread_breaks_ties_between_units_towards_the_lower_id() {
     )]);
 
     // --- equal free amounts: vol_a, then vol_b (now the roomier), then vol_a again
-    let picks: Vec<String> = (1..=3)
+    let picks: Vec<qm_state_machine::Name> = (1..=3)
         .map(|n| {
             placed(&t.allocate_record(&spread(request(n, &[("storage_gb", 10)])))).1[0]
                 .resource_id
@@ -269,20 +269,20 @@ fn label_constraints_select_providers_and_wait_for_one() {
 
     // --- only node_b carries zone=eu
     let in_eu = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             labels: labels(&[("zone", "eu")]),
-            ..Constraints::default()
-        },
+            ..ConstraintSet::default()
+        }),
         ..request(1, &[("cpu_cores", 1)])
     };
     assert_eq!("node_b", placed(&t.allocate_record(&in_eu)).0);
 
     // --- nobody carries zone=us: the request waits rather than being rejected
     let in_us = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             labels: labels(&[("zone", "us")]),
-            ..Constraints::default()
-        },
+            ..ConstraintSet::default()
+        }),
         ..request(2, &[("cpu_cores", 1)])
     };
     assert_eq!(t.expect(vec![queued(&in_us, INSUFFICIENT)]), t.allocate(&in_us).events);
@@ -298,10 +298,10 @@ fn label_constraints_select_providers_and_wait_for_one() {
 fn pinned_units_act_as_a_lock() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 4))]);
     let lock = |n: u128| AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_3".into()],
-            ..on_provider("node_1")
-        },
+            ..ConstraintSet::clone(&on_provider("node_1"))
+        }),
         ..request(n, &[("cpu_cores", 1)])
     };
 
@@ -352,10 +352,10 @@ fn requests_that_can_never_fit_are_rejected_at_once() {
 
     // --- more than the pinned units hold
     let pinned = AllocationRequest {
-        constraints: Constraints {
+        constraints: Constraints::new(ConstraintSet {
             resource_ids: vec!["cpu_1".into()],
-            ..on_provider("node_1")
-        },
+            ..ConstraintSet::clone(&on_provider("node_1"))
+        }),
         ..request(4, &[("cpu_cores", 2)])
     };
     let reason = "insufficient_capacity: provider node_1 can never hold 2 cpu_cores (it has 1 in the allowed units)";

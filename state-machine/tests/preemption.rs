@@ -20,7 +20,7 @@ use qm_state_machine::{
 fn at(priority: i64, namespace: &str, request: AllocationRequest) -> AllocationRequest {
     AllocationRequest {
         priority,
-        namespace: namespace.to_owned(),
+        namespace: namespace.to_owned().into(),
         ..request
     }
 }
@@ -38,11 +38,11 @@ fn preempted(victim: &AllocationRequest, preemptor: &AllocationRequest, provider
     EventKind::AllocationPreempted {
         request_id: victim.request_id,
         allocation_id: allocation_id_for(victim.request_id),
-        namespace: victim.namespace.clone(),
+        namespace: victim.namespace.to_string(),
         provider_id: provider_id.to_owned(),
         priority: victim.priority,
         preemptor_request_id: preemptor.request_id,
-        preemptor_namespace: preemptor.namespace.clone(),
+        preemptor_namespace: preemptor.namespace.to_string(),
         preemptor_priority: preemptor.priority,
         requeued,
     }
@@ -387,7 +387,7 @@ fn a_preempted_namespace_places_what_its_quota_held_back_in_the_same_command() {
     });
     assert_eq!(
         Some("node_1".to_owned()),
-        t.record(victim.request_id).placement.map(|p| p.provider_id)
+        t.record(victim.request_id).placement.map(|p| p.provider_id.to_string())
     );
     // node_2's core is free, but batch holds all of its quota.
     let waiting = at(0, "batch", request(2, &[("cpu_cores", 1)]));

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, Constraints, Event, ListFilter, PlacementPolicy, ProviderRegistration,
-    ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
+    AllocationRequest, AllocationTable, Applied, Command, ConstraintSet, Constraints, Event, ListFilter, PlacementPolicy,
+    ProviderRegistration, ReleaseFilter, RequestState, Requirement, ResourceSpec, Sharing, StampedCommand, TableConfig,
 };
 use uuid::Uuid;
 
@@ -173,32 +173,32 @@ impl Op {
                 for (kind, quantity) in [("cpu_cores", cores), ("gpu", gpus), ("memory_gb", memory_gb)] {
                     if quantity > 0 {
                         requirements.push(Requirement {
-                            kind: kind.to_owned(),
+                            kind: kind.to_owned().into(),
                             quantity: quantity as u64,
                         });
                     }
                 }
                 if requirements.is_empty() {
                     requirements.push(Requirement {
-                        kind: "cpu_cores".to_owned(),
+                        kind: "cpu_cores".to_owned().into(),
                         quantity: 1,
                     });
                 }
                 let constraints = match pin {
                     None => Constraints::default(),
-                    Some(provider) if provider % 2 == 0 => Constraints {
+                    Some(provider) if provider % 2 == 0 => Constraints::new(ConstraintSet {
                         provider_id: Some(provider_id(provider)),
-                        ..Constraints::default()
-                    },
-                    Some(provider) => Constraints {
+                        ..ConstraintSet::default()
+                    }),
+                    Some(provider) => Constraints::new(ConstraintSet {
                         labels: BTreeMap::from([("parity".to_owned(), (provider % 2).to_string())]),
-                        ..Constraints::default()
-                    },
+                        ..ConstraintSet::default()
+                    }),
                 };
                 let request = AllocationRequest {
                     request_id: request_id(request),
-                    requester_id: format!("agent_{}", request % 3),
-                    namespace: DEFAULT_NAMESPACE.to_owned(),
+                    requester_id: format!("agent_{}", request % 3).into(),
+                    namespace: DEFAULT_NAMESPACE.to_owned().into(),
                     requirements,
                     priority: priority as i64,
                     // Relative to T0, so some deadlines are already past when the request arrives.
@@ -238,17 +238,17 @@ impl Op {
                 let provider_id = match (moving, deallocation) {
                     (Some(moving), false) => moving.to.provider_id.clone(),
                     (Some(moving), true) => moving.from.provider_id.clone(),
-                    (None, _) => placed_on.unwrap_or_else(|| provider_id(target % PROVIDERS)),
+                    (None, _) => placed_on.unwrap_or_else(|| provider_id(target % PROVIDERS).into()),
                 };
                 let allocation_id = allocation_id_for(id);
                 match deallocation {
                     false => Command::ConfirmAllocation {
                         allocation_id,
-                        provider_id,
+                        provider_id: provider_id.to_string(),
                     },
                     true => Command::ConfirmDeallocation {
                         allocation_id,
-                        provider_id,
+                        provider_id: provider_id.to_string(),
                     },
                 }
             }
@@ -296,17 +296,17 @@ impl Op {
                     .map(|placement| placement.provider_id.clone());
                 let provider_id = match (right_provider, placed_on) {
                     (true, Some(provider_id)) => provider_id,
-                    _ => provider_id(target % PROVIDERS),
+                    _ => provider_id(target % PROVIDERS).into(),
                 };
                 let allocation_id = allocation_id_for(id);
                 match deallocation {
                     false => Command::ConfirmAllocation {
                         allocation_id,
-                        provider_id,
+                        provider_id: provider_id.to_string(),
                     },
                     true => Command::ConfirmDeallocation {
                         allocation_id,
-                        provider_id,
+                        provider_id: provider_id.to_string(),
                     },
                 }
             }

@@ -137,19 +137,19 @@ impl Op {
                 release_on_preemption,
             } => {
                 let mut requirements = vec![Requirement {
-                    kind: "cpu_cores".to_owned(),
+                    kind: "cpu_cores".to_owned().into(),
                     quantity: cores.max(1) as u64,
                 }];
                 if gpus > 0 {
                     requirements.push(Requirement {
-                        kind: "gpu".to_owned(),
+                        kind: "gpu".to_owned().into(),
                         quantity: gpus as u64,
                     });
                 }
                 let request = AllocationRequest {
                     request_id: Uuid::from_u128(request as u128 + 1),
-                    requester_id: "agent".to_owned(),
-                    namespace: namespace(ns),
+                    requester_id: "agent".to_owned().into(),
+                    namespace: namespace(ns).into(),
                     requirements,
                     priority: priority as i64,
                     deadline_ms: None,
@@ -210,7 +210,7 @@ impl Op {
                 let provider_id = table
                     .get(id)
                     .and_then(|record| record.placement.as_ref())
-                    .map_or_else(|| provider_id(target), |placement| placement.provider_id.clone());
+                    .map_or_else(|| provider_id(target), |placement| placement.provider_id.to_string());
                 let allocation_id = allocation_id_for(id);
                 match deallocation {
                     true => Command::ConfirmDeallocation {
@@ -338,7 +338,7 @@ impl QuotaModel {
                     // a quota lowered below its use, which holds only grants of that kind.
                     let quota = &table.policy(namespace).quota;
                     for ask in &record.request.requirements {
-                        let (kind, Some(limit)) = (&ask.kind, quota.get(&ask.kind)) else {
+                        let (kind, Some(limit)) = (&ask.kind, quota.get(ask.kind.as_str())) else {
                             continue;
                         };
                         let held = self.held(namespace, kind);

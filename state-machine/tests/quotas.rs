@@ -16,7 +16,7 @@ use qm_state_machine::{
 
 fn in_namespace(namespace: &str, request: AllocationRequest) -> AllocationRequest {
     AllocationRequest {
-        namespace: namespace.to_owned(),
+        namespace: namespace.to_owned().into(),
         ..request
     }
 }

@@ -85,6 +85,33 @@ fn a_snapshot_restores_an_equal_table() {
 }
 
 #[test]
+fn a_restored_table_shares_its_names_as_a_built_one_does() {
+    let t = rich_table();
+    let restored = AllocationTable::from_snapshot_bytes(&t.table.to_snapshot_bytes()).unwrap();
+    for table in [&t.table, &restored] {
+        let node_1 = table.providers().find(|provider| provider.provider_id == "node_1").unwrap();
+        let first = table.get(id(1)).unwrap();
+        let placement = first.placement.as_ref().expect("request 1 is placed");
+        assert!(placement.provider_id.shares_with(&node_1.provider_id));
+        for grant in &placement.grants {
+            let unit = &node_1.resources[grant.resource_id.as_str()];
+            assert!(grant.resource_id.shares_with(&unit.resource_id) && grant.kind.shares_with(&unit.kind));
+            let asked = first
+                .request
+                .requirements
+                .iter()
+                .find(|requirement| requirement.kind == grant.kind)
+                .unwrap();
+            assert!(asked.kind.shares_with(&grant.kind), "{} is the grant's copy", asked.kind);
+        }
+        // Every request of one owner holds the same copy of its names.
+        let second = table.get(id(2)).unwrap();
+        assert!(first.request.requester_id.shares_with(&second.request.requester_id));
+        assert!(first.request.namespace.shares_with(&second.request.namespace));
+    }
+}
+
+#[test]
 fn the_config_travels_inside_the_snapshot() {
     let config = TableConfig {
         dedupe_window_ms: 5,

@@ -73,7 +73,7 @@ impl Ledger {
     pub fn held_units(&self) -> BTreeMap<String, u64> {
         let mut units = BTreeMap::new();
         for grant in self.holdings.values().flat_map(|holding| &holding.grants) {
-            *units.entry(grant.resource_id.clone()).or_insert(0) += grant.amount;
+            *units.entry(grant.resource_id.to_string()).or_insert(0) += grant.amount;
         }
         units
     }
@@ -82,7 +82,7 @@ impl Ledger {
     pub fn holds(&self, capacity: &BTreeMap<String, u64>) -> Notice {
         let mut used = BTreeMap::new();
         for grant in self.holdings.values().flat_map(|holding| &holding.grants) {
-            *used.entry(grant.kind.clone()).or_insert(0) += grant.amount;
+            *used.entry(grant.kind.to_string()).or_insert(0) += grant.amount;
         }
         Notice::Holds {
             allocations: self.holdings.len(),
@@ -191,8 +191,8 @@ impl Ledger {
                     .grants
                     .iter()
                     .map(|grant| UnitGrant {
-                        resource_id: grant.resource_id.clone(),
-                        kind: grant.kind.clone(),
+                        resource_id: grant.resource_id.clone().into(),
+                        kind: grant.kind.clone().into(),
                         amount: grant.amount,
                     })
                     .collect(),

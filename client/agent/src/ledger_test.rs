@@ -12,8 +12,8 @@ fn id(n: u128) -> Uuid {
 
 fn cpu(n: u32) -> UnitGrant {
     UnitGrant {
-        resource_id: format!("cpu_{n}"),
-        kind: "cpu_cores".to_owned(),
+        resource_id: format!("cpu_{n}").into(),
+        kind: "cpu_cores".to_owned().into(),
         amount: 1,
     }
 }

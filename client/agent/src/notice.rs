@@ -163,7 +163,7 @@ fn units(grants: &[UnitGrant]) -> String {
     let mut kinds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for grant in grants {
         kinds.entry(&grant.kind).or_default().push(match grant.amount {
-            1 => grant.resource_id.clone(),
+            1 => grant.resource_id.to_string(),
             amount => format!("{}({amount})", grant.resource_id),
         });
     }
@@ -188,13 +188,13 @@ mod tests {
             namespace: "default".to_owned(),
             grants: vec![
                 UnitGrant {
-                    resource_id: "cpu_0".to_owned(),
-                    kind: "cpu_cores".to_owned(),
+                    resource_id: "cpu_0".to_owned().into(),
+                    kind: "cpu_cores".to_owned().into(),
                     amount: 1,
                 },
                 UnitGrant {
-                    resource_id: "vol_1".to_owned(),
-                    kind: "storage_gb".to_owned(),
+                    resource_id: "vol_1".to_owned().into(),
+                    kind: "storage_gb".to_owned().into(),
                     amount: 20,
                 },
             ],

@@ -175,7 +175,10 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         status: status_to_wire(record.status) as i32,
         state: state_to_wire(record.state) as i32,
         allocation_id: record.allocation_id.to_string(),
-        provider_id: provider.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
+        provider_id: provider
+            .map(|placement| placement.provider_id.clone())
+            .unwrap_or_default()
+            .to_string(),
         grants: active
             .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
             .unwrap_or_default(),
@@ -194,8 +197,8 @@ pub fn response_from_reply(reply: &api::AllocationReply) -> Result<AllocationRes
     let allocated_resources = (!grants.is_empty()).then(|| {
         let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
         for grant in &grants {
-            if let Value::Array(units) = by_kind.entry(grant.kind.clone()).or_insert_with(|| Value::Array(Vec::new())) {
-                units.push(Value::String(grant.resource_id.clone()));
+            if let Value::Array(units) = by_kind.entry(grant.kind.to_string()).or_insert_with(|| Value::Array(Vec::new())) {
+                units.push(Value::String(grant.resource_id.to_string()));
             }
         }
         by_kind
@@ -287,16 +290,16 @@ pub fn state_name(reply: &api::AllocationReply) -> &'static str {
 
 fn grant_to_proto(grant: &UnitGrant) -> api::UnitGrant {
     api::UnitGrant {
-        resource_id: grant.resource_id.clone(),
-        kind: grant.kind.clone(),
+        resource_id: grant.resource_id.to_string(),
+        kind: grant.kind.to_string(),
         amount: grant.amount,
     }
 }
 
 fn grant_from_proto(grant: &api::UnitGrant) -> UnitGrant {
     UnitGrant {
-        resource_id: grant.resource_id.clone(),
-        kind: grant.kind.clone(),
+        resource_id: grant.resource_id.clone().into(),
+        kind: grant.kind.clone().into(),
         amount: grant.amount,
     }
 }
@@ -373,15 +376,15 @@ pub fn provider_to_proto(provider: &Provider) -> api::ProviderInfo {
         .flat_map(|resource| resource.holders.keys().copied())
         .collect();
     api::ProviderInfo {
-        provider_id: provider.provider_id.clone(),
+        provider_id: provider.provider_id.to_string(),
         status: provider_status_name(provider.status).to_owned(),
         labels: to_hash_map(&provider.labels),
         resources: provider
             .resources
             .values()
             .map(|resource| api::ResourceInfo {
-                resource_id: resource.resource_id.clone(),
-                kind: resource.kind.clone(),
+                resource_id: resource.resource_id.to_string(),
+                kind: resource.kind.to_string(),
                 capacity: resource.capacity,
                 used: resource.used(),
                 sharing: sharing_name(resource.sharing).to_owned(),
@@ -412,8 +415,8 @@ pub fn planned_move_to_proto(planned: &qm_state_machine::command::PlannedMove) -
             .grants
             .iter()
             .map(|grant| api::UnitGrant {
-                resource_id: grant.resource_id.clone(),
-                kind: grant.kind.clone(),
+                resource_id: grant.resource_id.to_string(),
+                kind: grant.kind.to_string(),
                 amount: grant.amount,
             })
             .collect(),

@@ -89,15 +89,18 @@ pub fn preview_to_proto(preview: &Preview) -> api::PreviewReply {
     api::PreviewReply {
         status: status as i32,
         reason: preview.reason.clone().unwrap_or_default(),
-        provider_id: placement.map(|placement| placement.provider_id.clone()).unwrap_or_default(),
+        provider_id: placement
+            .map(|placement| placement.provider_id.clone())
+            .unwrap_or_default()
+            .to_string(),
         grants: placement
             .map(|placement| {
                 placement
                     .grants
                     .iter()
                     .map(|grant| api::UnitGrant {
-                        resource_id: grant.resource_id.clone(),
-                        kind: grant.kind.clone(),
+                        resource_id: grant.resource_id.to_string(),
+                        kind: grant.kind.to_string(),
                         amount: grant.amount,
                     })
                     .collect()

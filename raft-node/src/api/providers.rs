@@ -201,13 +201,13 @@ pub async fn list(node: &Node, call: ListProvidersRequest) -> Result<ListProvide
             let book = node.heartbeats.lock().expect("heartbeat book");
             table
                 .providers()
-                .filter(|provider| call.after.is_empty() || provider.provider_id > call.after)
+                .filter(|provider| call.after.is_empty() || provider.provider_id.as_str() > call.after.as_str())
                 .take(limit)
                 .map(|provider| {
                     let mut info = convert::provider_to_proto(provider);
                     info.allocations = table
                         .list(&qm_state_machine::ListFilter {
-                            provider_id: Some(provider.provider_id.clone()),
+                            provider_id: Some(provider.provider_id.to_string()),
                             ..Default::default()
                         })
                         .len() as u64;

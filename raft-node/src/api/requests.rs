@@ -76,7 +76,7 @@ pub async fn allocate(node: &Node, caller: &Caller, call: AllocateRequest) -> Re
             return answer;
         }
     }
-    let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.clone()).collect();
+    let kinds: Vec<String> = request.requirements.iter().map(|r| r.kind.to_string()).collect();
     let (priority, requester_id, request_id) = (request.priority, request.requester_id.clone(), request.request_id);
     let command = match grant {
         Some(grant) => Command::AllocateUnderPolicy {

@@ -115,7 +115,7 @@ pub fn due_work(table: &AllocationTable, heartbeats: &HeartbeatBook, now_ms: u64
             ProviderStatus::Active => {
                 let since = heartbeats.silent_since(provider_id).unwrap_or(now_ms);
                 if now_ms.saturating_sub(since) > window_ms {
-                    work.failed_providers.push(provider_id.clone());
+                    work.failed_providers.push(provider_id.to_string());
                 }
             }
             // Deregistered and still being evacuated: leaving, not coming back.
@@ -124,7 +124,7 @@ pub fn due_work(table: &AllocationTable, heartbeats: &HeartbeatBook, now_ms: u64
                 // Heard from after it was declared failed: it is back.
                 let heard = heartbeats.last_seen_ms(provider_id);
                 if heard.is_some_and(|at| now_ms.saturating_sub(at) <= window_ms) {
-                    work.recovered_providers.push(provider_id.clone());
+                    work.recovered_providers.push(provider_id.to_string());
                 }
             }
         }

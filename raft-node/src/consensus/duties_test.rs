@@ -34,10 +34,10 @@ fn registration(provider_id: &str) -> ProviderRegistration {
 fn leased_request() -> AllocationRequest {
     AllocationRequest {
         request_id: Uuid::from_u128(1),
-        requester_id: "agent_1".to_owned(),
-        namespace: "default".to_owned(),
+        requester_id: "agent_1".to_owned().into(),
+        namespace: "default".to_owned().into(),
         requirements: vec![Requirement {
-            kind: "cpu_cores".to_owned(),
+            kind: "cpu_cores".to_owned().into(),
             quantity: 1,
         }],
         priority: 0,

@@ -83,11 +83,11 @@ pub fn provider_entries(table: &AllocationTable) -> Vec<ServiceEntry> {
             let mut meta = provider.labels.clone();
             meta.insert("provider_status".into(), if active { "active" } else { "failed" }.into());
             ServiceEntry {
-                node: provider.provider_id.clone(),
-                service_id: provider.provider_id.clone(),
+                node: provider.provider_id.to_string(),
+                service_id: provider.provider_id.to_string(),
                 service: RESOURCE_PROVIDERS,
                 tags: provider.labels.iter().map(|(key, value)| format!("{key}={value}")).collect(),
-                address: provider.address.clone().unwrap_or_else(|| provider.provider_id.clone()),
+                address: provider.address.clone().unwrap_or_else(|| provider.provider_id.to_string()),
                 port: provider.port.unwrap_or(0),
                 meta,
                 status: if active { "passing" } else { "critical" },

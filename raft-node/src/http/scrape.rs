@@ -53,9 +53,9 @@ pub async fn render(node: &Node, audit: &AuditLog) -> String {
                             .map(|record| record.request.requester_id.clone())
                             .unwrap_or_default();
                         samples.push(UtilizationSample {
-                            provider_id: provider.provider_id.clone(),
-                            resource_id: resource.resource_id.clone(),
-                            consumer_id,
+                            provider_id: provider.provider_id.to_string(),
+                            resource_id: resource.resource_id.to_string(),
+                            consumer_id: consumer_id.to_string(),
                             utilization: *amount as f64 / resource.capacity as f64,
                         });
                     }

@@ -298,7 +298,7 @@ mod tests {
             allocation_ids.push(record.allocation_id);
             apply(Command::ConfirmAllocation {
                 allocation_id: record.allocation_id,
-                provider_id,
+                provider_id: provider_id.to_string(),
             });
         }
         apply(Command::Optimize);

@@ -129,7 +129,7 @@ pub fn check_allocate(table: &AllocationTable, caller: &Caller, request: &mut Al
     }
     if table.get(request.request_id).is_none() {
         for requirement in &request.requirements {
-            let Some(&cap) = capability.max_held.get(&requirement.kind) else {
+            let Some(&cap) = capability.max_held.get(&*requirement.kind) else {
                 continue;
             };
             let held = table.held_by(&effective.holder, &requirement.kind);

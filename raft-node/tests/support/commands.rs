@@ -30,10 +30,10 @@ pub fn provider(provider_id: &str, cores: usize) -> Command {
 pub fn allocate(request: u128, cores: u64) -> Command {
     Command::Allocate(AllocationRequest {
         request_id: Uuid::from_u128(request),
-        requester_id: "requester".to_string(),
-        namespace: "default".to_string(),
+        requester_id: "requester".to_string().into(),
+        namespace: "default".to_string().into(),
         requirements: vec![Requirement {
-            kind: "cpu_cores".to_string(),
+            kind: "cpu_cores".to_string().into(),
             quantity: cores,
         }],
         priority: 0,

@@ -65,8 +65,8 @@ impl AllocationTable {
                 Box::new(
                     self.index
                         .by_owner
-                        .get(namespace)
-                        .and_then(|requesters| requesters.get(requester_id))
+                        .get(namespace.as_str())
+                        .and_then(|requesters| requesters.get(requester_id.as_str()))
                         .into_iter()
                         .flat_map(move |ids| ids.range((lower, Bound::Unbounded)).map(|id| id.uuid())),
                 )

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::id_hash_map::IdHashMap;
 use super::id_key::IdKey;
+use crate::name::Name;
 use crate::provider::Provider;
 use crate::record::{RequestRecord, RequestState};
 use crate::request::AllocationRequest;
@@ -36,7 +37,9 @@ pub(crate) struct Indexes {
     /// so that heap strings are compared in two small maps and the ids
     /// inline; the ids in a B-tree because `list` walks them, keyed by
     /// [`IdKey`] (BENCHMARKS.md, "The table's indexes").
-    pub by_owner: BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>,
+    /// Its keys are the one copy of each owner's names that the owner's
+    /// records share (see [`Name`]).
+    pub by_owner: BTreeMap<Name, BTreeMap<Name, BTreeSet<IdKey>>>,
     /// Provider → requests actively placed on it.
     pub by_provider: BTreeMap<String, BTreeSet<Uuid>>,
     /// Namespace → kind → what its active allocations asked for in total:
@@ -110,7 +113,7 @@ impl Indexes {
         index.deadlines = deadlines.into_iter().collect();
         index.leases = leases.into_iter().collect();
         index.finished = finished.into_iter().collect();
-        let owned = |key: GroupKey| key.text.to_owned();
+        let owned = |key: GroupKey| Name::from(key.text);
         index.by_owner = owners
             .into_iter()
             .map(|(namespace, requesters)| {
@@ -125,17 +128,18 @@ impl Indexes {
             .collect();
         index.by_provider = placed
             .into_iter()
-            .map(|(provider_id, ids)| (owned(provider_id), ids.into_iter().collect()))
+            .map(|(provider_id, ids)| (provider_id.text.to_owned(), ids.into_iter().collect()))
             .collect();
         index
     }
 
     /// Indexes what never changes in a record: its ids and its owner. Once,
     /// when the table first takes the request in.
-    pub fn add_identity(&mut self, record: &RequestRecord) {
-        let request = &record.request;
+    /// The record's owner names become the index's copies.
+    pub fn add_identity(&mut self, record: &mut RequestRecord) {
+        let request = &mut record.request;
         self.allocation_to_request.insert(record.allocation_id, request.request_id);
-        owned_by(&mut self.by_owner, &request.namespace, &request.requester_id).insert(request.request_id.into());
+        owned_by(&mut self.by_owner, &mut request.namespace, &mut request.requester_id).insert(request.request_id.into());
     }
 
     /// Undoes [`Self::add_identity`], when the table forgets the request.
@@ -167,9 +171,9 @@ impl Indexes {
                     self.leases.insert((expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
-                match self.by_provider.get_mut(&placement.provider_id) {
+                match self.by_provider.get_mut(&*placement.provider_id) {
                     Some(ids) => ids.insert(id),
-                    None => self.by_provider.entry(placement.provider_id.clone()).or_default().insert(id),
+                    None => self.by_provider.entry(placement.provider_id.to_string()).or_default().insert(id),
                 };
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
@@ -213,11 +217,11 @@ impl Indexes {
                 let placement = record.placement.as_ref().expect("an active request has a placement");
                 let on_provider = self
                     .by_provider
-                    .get_mut(&placement.provider_id)
+                    .get_mut(&*placement.provider_id)
                     .expect("placed requests are indexed by provider");
                 on_provider.remove(&id);
                 if on_provider.is_empty() {
-                    self.by_provider.remove(&placement.provider_id);
+                    self.by_provider.remove(&*placement.provider_id);
                 }
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
@@ -229,15 +233,15 @@ impl Indexes {
 
     /// Counts an active request's asks against its namespace.
     fn add_held(&mut self, request: &AllocationRequest) {
-        if !self.held.contains_key(&request.namespace) {
-            self.held.insert(request.namespace.clone(), BTreeMap::new());
+        if !self.held.contains_key(&*request.namespace) {
+            self.held.insert(request.namespace.to_string(), BTreeMap::new());
         }
-        let kinds = self.held.get_mut(&request.namespace).expect("just ensured");
+        let kinds = self.held.get_mut(&*request.namespace).expect("just ensured");
         for requirement in &request.requirements {
-            match kinds.get_mut(&requirement.kind) {
+            match kinds.get_mut(&*requirement.kind) {
                 Some(held) => *held += requirement.quantity,
                 None => {
-                    kinds.insert(requirement.kind.clone(), requirement.quantity);
+                    kinds.insert(requirement.kind.to_string(), requirement.quantity);
                 }
             }
         }
@@ -247,28 +251,32 @@ impl Indexes {
     fn remove_held(&mut self, request: &AllocationRequest) {
         let kinds = self
             .held
-            .get_mut(&request.namespace)
+            .get_mut(&*request.namespace)
             .expect("active requests are counted by namespace");
         for requirement in &request.requirements {
-            let held = kinds.get_mut(&requirement.kind).expect("active requests are counted by kind");
+            let held = kinds.get_mut(&*requirement.kind).expect("active requests are counted by kind");
             *held = held
                 .checked_sub(requirement.quantity)
                 .expect("a namespace never holds less than one of its allocations asked");
             if *held == 0 {
-                kinds.remove(&requirement.kind);
+                kinds.remove(&*requirement.kind);
             }
         }
         if kinds.is_empty() {
-            self.held.remove(&request.namespace);
+            self.held.remove(&*request.namespace);
         }
     }
 
     fn add_namespace_queued(&mut self, record: &RequestRecord) {
         let request = &record.request;
         let entry = (Reverse(request.priority), record.arrival_seq, request.request_id);
-        match self.queue_by_namespace.get_mut(&request.namespace) {
+        match self.queue_by_namespace.get_mut(&*request.namespace) {
             Some(queue) => queue.insert(entry),
-            None => self.queue_by_namespace.entry(request.namespace.clone()).or_default().insert(entry),
+            None => self
+                .queue_by_namespace
+                .entry(request.namespace.to_string())
+                .or_default()
+                .insert(entry),
         };
     }
 
@@ -276,11 +284,11 @@ impl Indexes {
         let request = &record.request;
         let queue = self
             .queue_by_namespace
-            .get_mut(&request.namespace)
+            .get_mut(&*request.namespace)
             .expect("queued requests are indexed by namespace");
         queue.remove(&(Reverse(request.priority), record.arrival_seq, request.request_id));
         if queue.is_empty() {
-            self.queue_by_namespace.remove(&request.namespace);
+            self.queue_by_namespace.remove(&*request.namespace);
         }
     }
 
@@ -298,16 +306,20 @@ impl Indexes {
     pub fn add_provider(&mut self, provider: &Provider) {
         for (kind, totals) in &provider.kinds {
             self.capacity_by_kind
-                .entry(kind.clone())
+                .entry(kind.to_string())
                 .or_default()
-                .insert((totals.capacity, provider.provider_id.clone()));
+                .insert((totals.capacity, provider.provider_id.to_string()));
         }
         self.add_free(provider);
     }
 
     pub fn remove_provider(&mut self, provider: &Provider) {
         for (kind, totals) in &provider.kinds {
-            remove_entry(&mut self.capacity_by_kind, kind, &(totals.capacity, provider.provider_id.clone()));
+            remove_entry(
+                &mut self.capacity_by_kind,
+                kind,
+                &(totals.capacity, provider.provider_id.to_string()),
+            );
         }
         self.remove_free(provider);
     }
@@ -320,16 +332,16 @@ impl Indexes {
         for (kind, totals) in &provider.kinds {
             if totals.free > 0 {
                 self.free_by_kind
-                    .entry(kind.clone())
+                    .entry(kind.to_string())
                     .or_default()
-                    .insert((totals.free, provider.provider_id.clone()));
+                    .insert((totals.free, provider.provider_id.to_string()));
             }
         }
     }
 
     pub fn remove_free(&mut self, provider: &Provider) {
         for (kind, totals) in &provider.kinds {
-            remove_entry(&mut self.free_by_kind, kind, &(totals.free, provider.provider_id.clone()));
+            remove_entry(&mut self.free_by_kind, kind, &(totals.free, provider.provider_id.to_string()));
         }
     }
 
@@ -342,12 +354,12 @@ impl Indexes {
         if now == before {
             return;
         }
-        remove_entry(&mut self.free_by_kind, kind, &(before, provider.provider_id.clone()));
+        remove_entry(&mut self.free_by_kind, kind, &(before, provider.provider_id.to_string()));
         if now > 0 {
             self.free_by_kind
                 .entry(kind.to_owned())
                 .or_default()
-                .insert((now, provider.provider_id.clone()));
+                .insert((now, provider.provider_id.to_string()));
         }
     }
 }
@@ -380,23 +392,34 @@ impl<'a> GroupKey<'a> {
 /// The set of `requester`'s requests in `namespace`, created if new; keys
 /// are cloned only when a namespace or requester first appears.
 fn owned_by<'a>(
-    by_owner: &'a mut BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>,
-    namespace: &str,
-    requester: &str,
+    by_owner: &'a mut BTreeMap<Name, BTreeMap<Name, BTreeSet<IdKey>>>,
+    namespace: &mut Name,
+    requester: &mut Name,
 ) -> &'a mut BTreeSet<IdKey> {
-    if !by_owner.contains_key(namespace) {
-        by_owner.insert(namespace.to_owned(), BTreeMap::new());
+    if !by_owner.contains_key(namespace.as_str()) {
+        by_owner.insert(namespace.clone(), BTreeMap::new());
     }
-    let requesters = by_owner.get_mut(namespace).expect("just ensured");
-    if !requesters.contains_key(requester) {
-        requesters.insert(requester.to_owned(), BTreeSet::new());
+    share(by_owner, namespace);
+    let requesters = by_owner.get_mut(namespace.as_str()).expect("just ensured");
+    if !requesters.contains_key(requester.as_str()) {
+        requesters.insert(requester.clone(), BTreeSet::new());
     }
-    requesters.get_mut(requester).expect("just ensured")
+    share(requesters, requester);
+    requesters.get_mut(requester.as_str()).expect("just ensured")
+}
+
+/// Makes `name` the copy `map` holds as a key, if it holds one.
+pub(crate) fn share<V>(map: &BTreeMap<Name, V>, name: &mut Name) {
+    if let Some((key, _)) = map.get_key_value(name.as_str()) {
+        if !key.shares_with(name) {
+            *name = key.clone();
+        }
+    }
 }
 
 /// Removes `id` from its owner's set, dropping sets and maps left empty so the
 /// index equals one rebuilt from scratch.
-fn disown(by_owner: &mut BTreeMap<String, BTreeMap<String, BTreeSet<IdKey>>>, namespace: &str, requester: &str, id: Uuid) {
+fn disown(by_owner: &mut BTreeMap<Name, BTreeMap<Name, BTreeSet<IdKey>>>, namespace: &str, requester: &str, id: Uuid) {
     let requesters = by_owner.get_mut(namespace).expect("remembered requests are indexed by namespace");
     let ids = requesters.get_mut(requester).expect("remembered requests are indexed by requester");
     assert!(ids.remove(&id.into()), "request {id} was not indexed under its owner");

@@ -120,20 +120,20 @@ impl AllocationTable {
         let released = if record.state == RequestState::Queued {
             self.emit(EventKind::RequestCancelled {
                 request_id,
-                namespace: request.namespace.clone(),
+                namespace: request.namespace.to_string(),
             });
             record.state = RequestState::Idle;
             record.reason = Some("cancelled".to_owned());
             Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
-            let confirms = self.providers[&placement.provider_id].confirms_allocations;
+            let confirms = self.providers[&*placement.provider_id].confirms_allocations;
             self.note_quota_freed(&request.namespace);
             self.emit(EventKind::AllocationReleased {
                 request_id,
                 allocation_id: record.allocation_id,
-                namespace: request.namespace.clone(),
-                provider_id: placement.provider_id,
+                namespace: request.namespace.to_string(),
+                provider_id: placement.provider_id.to_string(),
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
             record.reason = Some("released".to_owned());
@@ -163,7 +163,7 @@ impl AllocationTable {
         record.lease_expires_at_ms = Some(expires_at_ms);
         self.emit(EventKind::LeaseRenewed {
             allocation_id: record.allocation_id,
-            namespace: record.request.namespace.clone(),
+            namespace: record.request.namespace.to_string(),
             expires_at_ms,
         });
         self.put_record(record);
@@ -192,8 +192,8 @@ impl AllocationTable {
             self.emit(EventKind::AllocationExpired {
                 request_id,
                 allocation_id: record.allocation_id,
-                namespace: record.request.namespace.clone(),
-                provider_id: placement.provider_id,
+                namespace: record.request.namespace.to_string(),
+                provider_id: placement.provider_id.to_string(),
             });
             record.state = RequestState::Idle;
             record.reason = Some("lease_expired".to_owned());
@@ -303,7 +303,7 @@ impl AllocationTable {
         } else {
             self.emit(EventKind::DeallocationConfirmed {
                 allocation_id,
-                namespace: record.request.namespace.clone(),
+                namespace: record.request.namespace.to_string(),
                 provider_id: provider_id.to_owned(),
             });
             Ok(CommandResponse::Request(Arc::clone(&self.requests[&request_id])))
@@ -339,12 +339,12 @@ impl AllocationTable {
         self.emit(match to {
             RequestState::Monitoring => EventKind::AllocationConfirmed {
                 allocation_id,
-                namespace,
+                namespace: namespace.to_string(),
                 provider_id,
             },
             _ => EventKind::DeallocationConfirmed {
                 allocation_id,
-                namespace,
+                namespace: namespace.to_string(),
                 provider_id,
             },
         });
@@ -420,7 +420,7 @@ impl AllocationTable {
         let changed = provider.hold(record.allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
         for (kind, before) in changed {
-            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+            self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(&placement);
         let request = &record.request;
@@ -433,17 +433,17 @@ impl AllocationTable {
             GrantCause::New => EventKind::AllocationGranted {
                 request_id,
                 allocation_id,
-                requester_id: request.requester_id.clone(),
-                namespace,
-                provider_id: placement.provider_id.clone(),
+                requester_id: request.requester_id.to_string(),
+                namespace: namespace.to_string(),
+                provider_id: placement.provider_id.to_string(),
                 grants: placement.grants.clone(),
             },
             GrantCause::MovedFrom { from_provider, reason } => EventKind::AllocationMoved {
                 request_id,
                 allocation_id,
-                namespace,
+                namespace: namespace.to_string(),
                 from_provider,
-                to_provider: placement.provider_id.clone(),
+                to_provider: placement.provider_id.to_string(),
                 grants: placement.grants.clone(),
                 reason,
             },
@@ -466,8 +466,8 @@ impl AllocationTable {
         let request = &record.request;
         self.emit(EventKind::RequestQueued {
             request_id: request.request_id,
-            requester_id: request.requester_id.clone(),
-            namespace: request.namespace.clone(),
+            requester_id: request.requester_id.to_string(),
+            namespace: request.namespace.to_string(),
             reason: reason.clone(),
         });
         record.state = RequestState::Queued;
@@ -480,8 +480,8 @@ impl AllocationTable {
         let request = &record.request;
         self.emit(EventKind::RequestRejected {
             request_id: request.request_id,
-            requester_id: request.requester_id.clone(),
-            namespace: request.namespace.clone(),
+            requester_id: request.requester_id.to_string(),
+            namespace: request.namespace.to_string(),
             reason: reason.clone(),
         });
         record.state = RequestState::Error;
@@ -498,7 +498,7 @@ impl AllocationTable {
             .expect("placements name registered providers");
         let changed = provider.unhold(record.allocation_id, &placement.grants);
         for (kind, before) in changed {
-            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+            self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(&placement);
         placement
@@ -506,17 +506,17 @@ impl AllocationTable {
 
     /// A `resource_status` event for each unit of `placement` as it is now.
     pub(super) fn emit_unit_statuses(&mut self, placement: &Placement) {
-        let provider = &self.providers[&placement.provider_id];
+        let provider = &self.providers[&*placement.provider_id];
         let statuses: Vec<EventKind> = placement
             .grants
             .iter()
             .map(|grant| {
-                let resource = &provider.resources[&grant.resource_id];
+                let resource = &provider.resources[&*grant.resource_id];
                 let used = resource.used();
                 EventKind::ResourceStatus {
-                    provider_id: provider.provider_id.clone(),
-                    resource_id: resource.resource_id.clone(),
-                    kind: resource.kind.clone(),
+                    provider_id: provider.provider_id.to_string(),
+                    resource_id: resource.resource_id.to_string(),
+                    kind: resource.kind.to_string(),
                     status: if used == 0 {
                         ResourceState::Available
                     } else {

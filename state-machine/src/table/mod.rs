@@ -366,14 +366,15 @@ impl AllocationTable {
         if record.state.is_finished() && !self.policy_holders.is_empty() {
             self.uncharge_finished(&record.request);
         }
+        share_requirement_kinds(&mut record);
         self.index.add_state(&record);
         let previous = self.requests.insert(record.request.request_id, Arc::new(record));
         assert!(previous.is_none(), "put_record over a record that was not taken");
     }
 
     /// Takes in a request the table has not seen.
-    fn insert_new_record(&mut self, record: RequestRecord) {
-        self.index.add_identity(&record);
+    fn insert_new_record(&mut self, mut record: RequestRecord) {
+        self.index.add_identity(&mut record);
         self.put_record(record);
     }
 
@@ -407,6 +408,56 @@ impl AllocationTable {
         self.index = Indexes::build(self.providers.values().map(Arc::as_ref), self.requests.values());
         self.awaited_by = awaited_by(&self.release_awaited);
         self.rebuild_held_by_holder();
+    }
+}
+
+impl AllocationTable {
+    /// Makes every record's names the copies the table already holds: its
+    /// owner's from the owner index, its placements' from their provider and
+    /// units. Commands build records that way; a decoded snapshot gives each
+    /// record copies of its own, a few million strings at a million
+    /// allocations (BENCHMARKS.md, "Where a million allocations' bytes go").
+    /// After a restore's index rebuild, when nothing else holds the records.
+    fn share_names(&mut self) {
+        let (providers, by_owner) = (&self.providers, &self.index.by_owner);
+        for record in self.requests.records_mut() {
+            let request = &mut record.request;
+            if let Some(requesters) = by_owner.get(request.namespace.as_str()) {
+                indexes::share(requesters, &mut request.requester_id);
+            }
+            indexes::share(by_owner, &mut request.namespace);
+            let moves = record.moving.iter_mut().flat_map(|moving| [&mut moving.from, &mut moving.to]);
+            for placement in record.placement.iter_mut().chain(moves) {
+                let Some(provider) = providers.get(placement.provider_id.as_str()) else {
+                    continue;
+                };
+                placement.provider_id = provider.provider_id.clone();
+                for grant in &mut placement.grants {
+                    if let Some(unit) = provider.resources.get(grant.resource_id.as_str()) {
+                        grant.resource_id = unit.resource_id.clone();
+                        if unit.kind == grant.kind {
+                            grant.kind = unit.kind.clone();
+                        }
+                    }
+                }
+            }
+            share_requirement_kinds(record);
+        }
+    }
+}
+
+/// Makes the kinds a placed record asks for the copies its grants hold (its
+/// units'), as a record's kinds arrive with the command, one copy each.
+fn share_requirement_kinds(record: &mut RequestRecord) {
+    let Some(placement) = &record.placement else {
+        return;
+    };
+    for requirement in &mut record.request.requirements {
+        if let Some(grant) = placement.grants.iter().find(|grant| grant.kind == requirement.kind) {
+            if !grant.kind.shares_with(&requirement.kind) {
+                requirement.kind = grant.kind.clone();
+            }
+        }
     }
 }
 

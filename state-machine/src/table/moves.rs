@@ -70,14 +70,14 @@ impl AllocationTable {
         self.emit(EventKind::AllocationMoving {
             request_id,
             allocation_id: record.allocation_id,
-            namespace: record.request.namespace.clone(),
-            from_provider: from.provider_id.clone(),
-            to_provider: to.provider_id.clone(),
+            namespace: record.request.namespace.to_string(),
+            from_provider: from.provider_id.to_string(),
+            to_provider: to.provider_id.to_string(),
             grants: to.grants.clone(),
             reason: reason.as_str().to_owned(),
         });
         self.move_counts.started += 1;
-        let target_confirms = self.providers[&to.provider_id].confirms_allocations;
+        let target_confirms = self.providers[&*to.provider_id].confirms_allocations;
         record.state = RequestState::Optimization;
         record.moving = Some(Box::new(Move {
             reason,
@@ -102,15 +102,15 @@ impl AllocationTable {
         self.emit(EventKind::MoveTargetReady {
             request_id: record.request.request_id,
             allocation_id: record.allocation_id,
-            namespace: record.request.namespace.clone(),
-            from_provider: from.provider_id.clone(),
-            to_provider: to.provider_id.clone(),
+            namespace: record.request.namespace.to_string(),
+            from_provider: from.provider_id.to_string(),
+            to_provider: to.provider_id.to_string(),
         });
         self.unhold_units(record.allocation_id, &from);
         record.placement = Some(to);
         let source_confirms = self
             .providers
-            .get(&from.provider_id)
+            .get(&*from.provider_id)
             .is_some_and(|provider| provider.confirms_allocations);
         if !source_confirms {
             self.finish_move(record);
@@ -124,9 +124,9 @@ impl AllocationTable {
         self.emit(EventKind::AllocationMoved {
             request_id: record.request.request_id,
             allocation_id: record.allocation_id,
-            namespace: record.request.namespace.clone(),
-            from_provider: moving.from.provider_id,
-            to_provider: moving.to.provider_id,
+            namespace: record.request.namespace.to_string(),
+            from_provider: moving.from.provider_id.to_string(),
+            to_provider: moving.to.provider_id.to_string(),
             grants: moving.to.grants,
             reason: moving.reason.as_str().to_owned(),
         });
@@ -144,9 +144,9 @@ impl AllocationTable {
         self.emit(EventKind::OptimizationFailed {
             request_id: record.request.request_id,
             allocation_id: record.allocation_id,
-            namespace: record.request.namespace.clone(),
-            from_provider: moving.from.provider_id,
-            to_provider: moving.to.provider_id,
+            namespace: record.request.namespace.to_string(),
+            from_provider: moving.from.provider_id.to_string(),
+            to_provider: moving.to.provider_id.to_string(),
             reason: why.to_owned(),
         });
         record.state = RequestState::Monitoring;
@@ -224,7 +224,7 @@ impl AllocationTable {
                 let mut record = self.take_record(request_id);
                 self.emit(EventKind::AllocationConfirmed {
                     allocation_id: record.allocation_id,
-                    namespace: record.request.namespace.clone(),
+                    namespace: record.request.namespace.to_string(),
                     provider_id: provider_id.to_owned(),
                 });
                 self.target_confirmed(&mut record);
@@ -238,7 +238,7 @@ impl AllocationTable {
                 let mut record = self.take_record(request_id);
                 self.emit(EventKind::DeallocationConfirmed {
                     allocation_id: record.allocation_id,
-                    namespace: record.request.namespace.clone(),
+                    namespace: record.request.namespace.to_string(),
                     provider_id: provider_id.to_owned(),
                 });
                 self.finish_move(&mut record);
@@ -258,7 +258,7 @@ impl AllocationTable {
             .expect("placements name registered providers");
         let changed = provider.hold(allocation_id, &placement.grants);
         for (kind, before) in changed {
-            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+            self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(placement);
     }
@@ -270,7 +270,7 @@ impl AllocationTable {
             .expect("placements name registered providers");
         let changed = provider.unhold(allocation_id, &placement.grants);
         for (kind, before) in changed {
-            self.index.update_free(&self.providers[&placement.provider_id], &kind, before);
+            self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(placement);
     }

@@ -187,19 +187,19 @@ impl AllocationTable {
                 };
                 let record = &self.requests[&request_id];
                 for grant in &placement.grants {
-                    *loads.entry(source.clone()).or_default().entry(grant.kind.clone()).or_default() -= i128::from(grant.amount);
+                    *loads.entry(source.clone()).or_default().entry(grant.kind.to_string()).or_default() -= i128::from(grant.amount);
                     *loads
-                        .entry(placement.provider_id.clone())
+                        .entry(placement.provider_id.to_string())
                         .or_default()
-                        .entry(grant.kind.clone())
+                        .entry(grant.kind.to_string())
                         .or_default() += i128::from(grant.amount);
                 }
                 planned.push(PlannedMove {
                     request_id,
                     allocation_id: record.allocation_id,
-                    namespace: record.request.namespace.clone(),
+                    namespace: record.request.namespace.to_string(),
                     from_provider: source.clone(),
-                    to_provider: placement.provider_id.clone(),
+                    to_provider: placement.provider_id.to_string(),
                     grants: placement.grants.clone(),
                 });
                 self.begin_move(request_id, placement, MoveReason::Optimization);
@@ -218,7 +218,7 @@ impl AllocationTable {
         record.movable
             && record.state == RequestState::Monitoring
             // One on a failed provider is evacuated instead.
-            && self.providers[placed_on].status == crate::provider::ProviderStatus::Active
+            && self.providers[&**placed_on].status == crate::provider::ProviderStatus::Active
             && constraints.provider_id.is_none()
             && constraints.resource_ids.is_empty()
             && record
@@ -276,22 +276,27 @@ impl AllocationTable {
                 .filter(|moving| !moving.target_confirmed)
         };
         // Targets of moves under way hold reserved units, placed or not.
-        let holding = self.index.by_provider.keys().chain(moving().map(|moving| &moving.to.provider_id));
+        let holding = self
+            .index
+            .by_provider
+            .keys()
+            .map(String::as_str)
+            .chain(moving().map(|moving| moving.to.provider_id.as_str()));
         for provider_id in holding {
             if loads.contains_key(provider_id) {
                 continue;
             }
-            let load = loads.entry(provider_id.clone()).or_default();
+            let load = loads.entry(provider_id.to_owned()).or_default();
             for resource in self.providers[provider_id].resources.values() {
-                *load.entry(resource.kind.clone()).or_default() += i128::from(resource.used());
+                *load.entry(resource.kind.to_string()).or_default() += i128::from(resource.used());
             }
         }
         for moving in moving() {
             for grant in &moving.from.grants {
                 *loads
-                    .entry(moving.from.provider_id.clone())
+                    .entry(moving.from.provider_id.to_string())
                     .or_default()
-                    .entry(grant.kind.clone())
+                    .entry(grant.kind.to_string())
                     .or_default() -= i128::from(grant.amount);
             }
         }

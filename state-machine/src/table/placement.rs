@@ -24,8 +24,8 @@ impl AllocationTable {
         let anchor = request
             .requirements
             .iter()
-            .min_by_key(|requirement| self.index.free_by_kind.get(&requirement.kind).map_or(0, |set| set.len()))?;
-        let free = self.index.free_by_kind.get(&anchor.kind)?;
+            .min_by_key(|requirement| self.index.free_by_kind.get(&*requirement.kind).map_or(0, |set| set.len()))?;
+        let free = self.index.free_by_kind.get(&*anchor.kind)?;
         let candidates: Box<dyn Iterator<Item = &(u64, String)>> = match request.placement {
             PlacementPolicy::BestFit => Box::new(free.range((anchor.quantity, String::new())..)),
             PlacementPolicy::Spread => Box::new(most_free_first(free, anchor.quantity)),
@@ -105,7 +105,7 @@ impl AllocationTable {
             return None;
         }
         for requirement in &request.requirements {
-            match self.index.capacity_by_kind.get(&requirement.kind).and_then(|set| set.last()) {
+            match self.index.capacity_by_kind.get(&*requirement.kind).and_then(|set| set.last()) {
                 None => return Some(format!("unknown_kind: no provider offers {}", requirement.kind)),
                 Some((largest, _)) if *largest < requirement.quantity => {
                     return Some(format!(

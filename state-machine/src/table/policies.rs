@@ -181,7 +181,7 @@ impl AllocationTable {
             }
         }
         for requirement in &request.requirements {
-            let Some(&cap) = grant.max_held.get(&requirement.kind) else {
+            let Some(&cap) = grant.max_held.get(&*requirement.kind) else {
                 continue;
             };
             let held = self.held_by(&grant.holder, &requirement.kind);
@@ -216,7 +216,7 @@ impl AllocationTable {
     fn charge(&mut self, holder: &str, request: &AllocationRequest) {
         let kinds = self.held_by_holder.entry(holder.to_owned()).or_default();
         for requirement in &request.requirements {
-            *kinds.entry(requirement.kind.clone()).or_insert(0) += requirement.quantity;
+            *kinds.entry(requirement.kind.to_string()).or_insert(0) += requirement.quantity;
         }
     }
 
@@ -227,12 +227,12 @@ impl AllocationTable {
         };
         let kinds = self.held_by_holder.get_mut(&holder).expect("a charged holder has totals");
         for requirement in &request.requirements {
-            let held = kinds.get_mut(&requirement.kind).expect("a charged kind is counted");
+            let held = kinds.get_mut(&*requirement.kind).expect("a charged kind is counted");
             *held = held
                 .checked_sub(requirement.quantity)
                 .expect("a holder gives back only what it was charged");
             if *held == 0 {
-                kinds.remove(&requirement.kind);
+                kinds.remove(&*requirement.kind);
             }
         }
         if kinds.is_empty() {

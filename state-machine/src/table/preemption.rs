@@ -76,7 +76,7 @@ type VictimKey = (i64, usize, Reverse<u64>, Uuid);
 /// Where a preemption would happen and what it costs, compared to choose
 /// among providers: the victims' highest priority, their count, the units
 /// taken, the provider.
-type PreemptionCost = (i64, usize, usize, String);
+type PreemptionCost = (i64, usize, usize, crate::name::Name);
 
 impl AllocationTable {
     /// The decision on `request`, which the table has not seen, without
@@ -137,9 +137,9 @@ impl AllocationTable {
                 Victim {
                     request_id,
                     allocation_id: record.allocation_id,
-                    namespace: record.request.namespace.clone(),
+                    namespace: record.request.namespace.to_string(),
                     priority: record.request.priority,
-                    provider_id: placement.provider_id.clone(),
+                    provider_id: placement.provider_id.to_string(),
                     units: placement.grants.len() as u64,
                 }
             })
@@ -198,7 +198,7 @@ impl AllocationTable {
         let mut eligible: Vec<(VictimKey, Uuid)> = self
             .index
             .by_provider
-            .get(&provider.provider_id)?
+            .get(&*provider.provider_id)?
             .iter()
             .map(|id| &self.requests[id])
             // A moving allocation holds units on two providers until its
@@ -302,16 +302,16 @@ impl AllocationTable {
             // The victim's namespace holds less now: what its quota held
             // back may fit, whether the victim is released or requeued.
             self.note_quota_freed(&record.request.namespace);
-            let confirms = self.providers[&placement.provider_id].confirms_allocations;
+            let confirms = self.providers[&*placement.provider_id].confirms_allocations;
             let requeued = record.on_preemption == OnPreemption::Requeue;
             self.emit(EventKind::AllocationPreempted {
                 request_id,
                 allocation_id: record.allocation_id,
-                namespace: record.request.namespace.clone(),
-                provider_id: placement.provider_id.clone(),
+                namespace: record.request.namespace.to_string(),
+                provider_id: placement.provider_id.to_string(),
                 priority: record.request.priority,
                 preemptor_request_id: preemptor.request.request_id,
-                preemptor_namespace: preemptor.request.namespace.clone(),
+                preemptor_namespace: preemptor.request.namespace.to_string(),
                 preemptor_priority: preemptor.request.priority,
                 requeued,
             });
@@ -328,7 +328,7 @@ impl AllocationTable {
                 record.reason = Some(reason);
             }
             if confirms {
-                awaited.push((record.allocation_id, placement.provider_id));
+                awaited.push((record.allocation_id, placement.provider_id.to_string()));
             }
             self.put_record(record);
         }
@@ -399,7 +399,7 @@ impl AllocationTable {
             Decision::Place(placement) => self.grant(record, placement, GrantCause::New),
             Decision::Preempt { placement, victims } => {
                 let awaited = self.preempt(record, &victims);
-                let provider = &self.providers[&placement.provider_id];
+                let provider = &self.providers[&*placement.provider_id];
                 let replaced = self.fit_on(provider, &record.request).expect("the victims made room");
                 assert_eq!(placement.grants, replaced.grants, "preemption placed where it previewed");
                 self.grant(record, replaced, GrantCause::New);

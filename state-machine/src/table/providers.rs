@@ -279,8 +279,8 @@ impl AllocationTable {
                 };
                 EventKind::ResourceStatus {
                     provider_id: provider_id.to_owned(),
-                    resource_id: resource.resource_id.clone(),
-                    kind: resource.kind.clone(),
+                    resource_id: resource.resource_id.to_string(),
+                    kind: resource.kind.to_string(),
                     status,
                     used,
                     capacity: resource.capacity,
@@ -311,7 +311,7 @@ fn updated_provider(existing: &Provider, registration: &ProviderRegistration) ->
     updated.scheduling = existing.scheduling;
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
         let in_use = |change: &str| CommandError::ResourceInUse {
-            provider_id: existing.provider_id.clone(),
+            provider_id: existing.provider_id.to_string(),
             resource_id: resource_id.clone(),
             change: change.to_owned(),
         };

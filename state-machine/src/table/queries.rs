@@ -107,7 +107,7 @@ impl AllocationTable {
         let ids: Box<dyn Iterator<Item = Uuid> + '_> = match (&filter.provider_id, &filter.namespace) {
             (Some(provider_id), _) => Box::new(self.index.by_provider.get(provider_id).into_iter().flatten().copied()),
             (None, Some(namespace)) => {
-                let requesters = self.index.by_owner.get(namespace).into_iter().flatten();
+                let requesters = self.index.by_owner.get(namespace.as_str()).into_iter().flatten();
                 let wanted = filter.requester_id.as_ref();
                 Box::new(
                     requesters
@@ -155,7 +155,7 @@ impl AllocationTable {
         for provider in self.providers.values() {
             let mut kinds = BTreeMap::new();
             for resource in provider.resources.values() {
-                let usage: &mut KindUsage = kinds.entry(resource.kind.clone()).or_default();
+                let usage: &mut KindUsage = kinds.entry(resource.kind.to_string()).or_default();
                 match provider.status {
                     ProviderStatus::Active => {
                         usage.capacity += resource.capacity;
@@ -166,15 +166,15 @@ impl AllocationTable {
                 }
             }
             for (kind, usage) in &kinds {
-                let total = by_kind.entry(kind.clone()).or_default();
+                let total = by_kind.entry(kind.to_string()).or_default();
                 total.capacity += usage.capacity;
                 total.used += usage.used;
                 total.free += usage.free;
                 total.failed_capacity += usage.failed_capacity;
             }
-            let allocations = self.index.by_provider.get(&provider.provider_id).map_or(0, |ids| ids.len() as u64);
+            let allocations = self.index.by_provider.get(&*provider.provider_id).map_or(0, |ids| ids.len() as u64);
             providers.push(ProviderUsage {
-                provider_id: provider.provider_id.clone(),
+                provider_id: provider.provider_id.to_string(),
                 status: provider.status,
                 allocations,
                 kinds,
@@ -191,7 +191,7 @@ impl AllocationTable {
                 .providers
                 .values()
                 .filter(|p| p.scheduling != crate::provider::Scheduling::Open)
-                .map(|p| p.provider_id.clone())
+                .map(|p| p.provider_id.to_string())
                 .collect(),
             by_kind,
             providers,
@@ -201,7 +201,7 @@ impl AllocationTable {
                 .providers
                 .values()
                 .filter(|p| p.status == ProviderStatus::Failed)
-                .map(|p| p.provider_id.clone())
+                .map(|p| p.provider_id.to_string())
                 .collect(),
             revision: self.revision,
         }
@@ -405,7 +405,7 @@ impl AllocationTable {
                     );
                 }
                 // Only while its evacuation goes on, a bounded share per command.
-                if provider.status == ProviderStatus::Failed && !self.evacuating.contains_key(&provider.provider_id) {
+                if provider.status == ProviderStatus::Failed && !self.evacuating.contains_key(&*provider.provider_id) {
                     assert!(
                         resource.holders.is_empty(),
                         "failed provider {} still holds allocations and is not being evacuated",
@@ -438,10 +438,10 @@ impl AllocationTable {
                 record.moving
             );
             if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
-                let target = &self.providers[&moving.to.provider_id];
+                let target = &self.providers[&*moving.to.provider_id];
                 for grant in &moving.to.grants {
                     assert_eq!(
-                        target.resources[&grant.resource_id].holders.get(&record.allocation_id),
+                        target.resources[&*grant.resource_id].holders.get(&record.allocation_id),
                         Some(&grant.amount),
                         "move target of {} does not hold its units",
                         record.request.request_id
@@ -450,9 +450,9 @@ impl AllocationTable {
             }
             if record.state.is_active() {
                 let placement = record.placement.as_ref().expect("active requests are placed");
-                let provider = &self.providers[&placement.provider_id];
+                let provider = &self.providers[&*placement.provider_id];
                 // A provider evacuated for its drain deadline is active still.
-                let evacuating = self.evacuating.contains_key(&provider.provider_id) && !self.evacuating_for_drain(&provider.provider_id);
+                let evacuating = self.evacuating.contains_key(&*provider.provider_id) && !self.evacuating_for_drain(&provider.provider_id);
                 assert_eq!(
                     provider.status,
                     if evacuating {
@@ -466,7 +466,7 @@ impl AllocationTable {
                 );
                 for grant in &placement.grants {
                     assert_eq!(
-                        provider.resources[&grant.resource_id].holders.get(&record.allocation_id),
+                        provider.resources[&*grant.resource_id].holders.get(&record.allocation_id),
                         Some(&grant.amount)
                     );
                 }

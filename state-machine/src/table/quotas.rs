@@ -137,7 +137,7 @@ impl AllocationTable {
     pub(super) fn quota_never_fits(&self, request: &AllocationRequest) -> Option<String> {
         let quota = &self.policy(&request.namespace).quota;
         request.requirements.iter().find_map(|requirement| {
-            let limit = *quota.get(&requirement.kind)?;
+            let limit = *quota.get(&*requirement.kind)?;
             (requirement.quantity > limit).then(|| {
                 format!(
                     "quota_exceeded: asks for {} {}, more than namespace {}'s whole quota of {limit}",
@@ -154,7 +154,7 @@ impl AllocationTable {
             return None;
         }
         request.requirements.iter().find_map(|requirement| {
-            let limit = *quota.get(&requirement.kind)?;
+            let limit = *quota.get(&*requirement.kind)?;
             let held = self.held(&request.namespace, &requirement.kind);
             (held + requirement.quantity > limit).then(|| {
                 format!(

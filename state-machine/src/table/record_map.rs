@@ -135,7 +135,8 @@ impl RecordMap {
     }
 
     /// Every record, mutable, each copied first if shared (with a snapshot
-    /// copy or an answer). For the heap measurement (`memory`) only.
+    /// copy or an answer). For sharing names after a restore and for the
+    /// heap measurement (`memory`).
     pub(super) fn records_mut(&mut self) -> impl Iterator<Item = &mut RequestRecord> + '_ {
         self.shards
             .iter_mut()

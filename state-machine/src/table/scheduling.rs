@@ -78,7 +78,7 @@ impl AllocationTable {
         self.providers
             .values()
             .filter_map(|provider| match provider.scheduling {
-                Scheduling::Draining { deadline_ms } => Some((provider.provider_id.clone(), deadline_ms)),
+                Scheduling::Draining { deadline_ms } => Some((provider.provider_id.to_string(), deadline_ms)),
                 _ => None,
             })
             .collect()
@@ -172,9 +172,9 @@ impl AllocationTable {
                 (moving.from.provider_id == provider_id).then(|| PlannedMove {
                     request_id: record.request.request_id,
                     allocation_id: record.allocation_id,
-                    namespace: record.request.namespace.clone(),
-                    from_provider: moving.from.provider_id.clone(),
-                    to_provider: moving.to.provider_id.clone(),
+                    namespace: record.request.namespace.to_string(),
+                    from_provider: moving.from.provider_id.to_string(),
+                    to_provider: moving.to.provider_id.to_string(),
                     grants: moving.to.grants.clone(),
                 })
             })

@@ -152,6 +152,7 @@ impl AllocationTable {
             return Err(SnapshotError::Trailing { trailing });
         }
         table.rebuild_indexes();
+        table.share_names();
         Ok(table)
     }
 }

@@ -285,7 +285,7 @@ impl From<TableConfigV5> for TableConfig {
 impl From<ProviderV5> for Provider {
     fn from(old: ProviderV5) -> Provider {
         Provider {
-            provider_id: old.provider_id,
+            provider_id: old.provider_id.into(),
             labels: old.labels,
             status: old.status,
             confirms_allocations: old.confirms_allocations,
@@ -330,8 +330,8 @@ impl From<AllocationRequestV5> for AllocationRequest {
     fn from(old: AllocationRequestV5) -> AllocationRequest {
         AllocationRequest {
             request_id: old.request_id,
-            requester_id: old.requester_id,
-            namespace: old.namespace,
+            requester_id: old.requester_id.into(),
+            namespace: old.namespace.into(),
             requirements: old.requirements,
             priority: old.priority,
             deadline_ms: old.deadline_ms,

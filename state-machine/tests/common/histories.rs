@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use qm_state_machine::{AllocationTable, ListFilter, ProviderStatus, RequestState, ResourceSpec, Sharing};
+use qm_state_machine::{AllocationTable, ListFilter, Name, ProviderStatus, RequestState, ResourceSpec, Sharing};
 use uuid::Uuid;
 
 /// A unit of `capacity` of `kind`.
@@ -23,7 +23,7 @@ pub fn spec(resource_id: &str, kind: &str, capacity: i64, sharing: Option<Sharin
 /// move's target too, until it confirms); nothing else holds units.
 pub fn check_units(table: &AllocationTable) {
     let records = table.list(&ListFilter::default());
-    let mut holdings: BTreeMap<Uuid, Vec<(String, String, u64)>> = BTreeMap::new();
+    let mut holdings: BTreeMap<Uuid, Vec<(Name, Name, u64)>> = BTreeMap::new();
     for provider in table.providers() {
         for resource in provider.resources.values() {
             let used: u64 = resource.holders.values().sum();
@@ -66,7 +66,7 @@ pub fn check_units(table: &AllocationTable) {
                     record.request.request_id,
                     provider.provider_id
                 );
-                let mut granted: Vec<(String, String, u64)> = placement
+                let mut granted: Vec<(Name, Name, u64)> = placement
                     .grants
                     .iter()
                     .map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount))

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use qm_state_machine::record::allocation_id_for;
 use qm_state_machine::request::DEFAULT_NAMESPACE;
 use qm_state_machine::{
-    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, Constraints, Event, EventKind, PlacementPolicy,
+    AllocationRequest, AllocationTable, Applied, Command, CommandResponse, ConstraintSet, Constraints, Event, EventKind, PlacementPolicy,
     ProviderRegistration, ProviderStatus, RequestRecord, Requirement, ResourceSpec, ResourceState, Sharing, StampedCommand, TableConfig,
     UnitGrant,
 };
@@ -70,12 +70,12 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
     AllocationRequest {
         request_id: id(n),
-        requester_id: "agent_1".to_owned(),
-        namespace: DEFAULT_NAMESPACE.to_owned(),
+        requester_id: "agent_1".to_owned().into(),
+        namespace: DEFAULT_NAMESPACE.to_owned().into(),
         requirements: requirements
             .iter()
             .map(|(kind, quantity)| Requirement {
-                kind: kind.to_string(),
+                kind: kind.to_string().into(),
                 quantity: *quantity,
             })
             .collect(),
@@ -88,16 +88,16 @@ pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
 }
 
 pub fn on_provider(provider_id: &str) -> Constraints {
-    Constraints {
+    Constraints::new(ConstraintSet {
         provider_id: Some(provider_id.to_owned()),
-        ..Constraints::default()
-    }
+        ..ConstraintSet::default()
+    })
 }
 
 pub fn grant(resource_id: &str, kind: &str, amount: u64) -> UnitGrant {
     UnitGrant {
-        resource_id: resource_id.to_owned(),
-        kind: kind.to_owned(),
+        resource_id: resource_id.to_owned().into(),
+        kind: kind.to_owned().into(),
         amount,
     }
 }
@@ -125,8 +125,8 @@ pub fn granted(request: &AllocationRequest, provider_id: &str, grants: Vec<UnitG
     EventKind::AllocationGranted {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        requester_id: request.requester_id.clone(),
-        namespace: request.namespace.clone(),
+        requester_id: request.requester_id.to_string(),
+        namespace: request.namespace.to_string(),
         provider_id: provider_id.to_owned(),
         grants,
     }
@@ -136,7 +136,7 @@ pub fn moved(request: &AllocationRequest, from: &str, to: &str, grants: Vec<Unit
     EventKind::AllocationMoved {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         from_provider: from.to_owned(),
         to_provider: to.to_owned(),
         grants,
@@ -147,8 +147,8 @@ pub fn moved(request: &AllocationRequest, from: &str, to: &str, grants: Vec<Unit
 pub fn queued(request: &AllocationRequest, reason: &str) -> EventKind {
     EventKind::RequestQueued {
         request_id: request.request_id,
-        requester_id: request.requester_id.clone(),
-        namespace: request.namespace.clone(),
+        requester_id: request.requester_id.to_string(),
+        namespace: request.namespace.to_string(),
         reason: reason.to_owned(),
     }
 }
@@ -156,8 +156,8 @@ pub fn queued(request: &AllocationRequest, reason: &str) -> EventKind {
 pub fn rejected(request: &AllocationRequest, reason: &str) -> EventKind {
     EventKind::RequestRejected {
         request_id: request.request_id,
-        requester_id: request.requester_id.clone(),
-        namespace: request.namespace.clone(),
+        requester_id: request.requester_id.to_string(),
+        namespace: request.namespace.to_string(),
         reason: reason.to_owned(),
     }
 }
@@ -166,7 +166,7 @@ pub fn released(request: &AllocationRequest, provider_id: &str) -> EventKind {
     EventKind::AllocationReleased {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         provider_id: provider_id.to_owned(),
     }
 }
@@ -175,7 +175,7 @@ pub fn expired(request: &AllocationRequest, provider_id: &str) -> EventKind {
     EventKind::AllocationExpired {
         request_id: request.request_id,
         allocation_id: allocation_id_for(request.request_id),
-        namespace: request.namespace.clone(),
+        namespace: request.namespace.to_string(),
         provider_id: provider_id.to_owned(),
     }
 }

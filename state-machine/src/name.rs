@@ -1,0 +1,182 @@
+//! [`Name`]: an identifier many records repeat, held once.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An immutable string shared by reference count: a provider id, a unit's
+/// id and kind, a requester, a namespace. A million allocations repeat a
+/// few thousand of these; as `String`s each record paid for its own copies
+/// (about 140 bytes per allocation, BENCHMARKS.md, "Where a million
+/// allocations' bytes go"). The table hands out the copy it already holds
+/// (a grant takes its unit's, a placement its provider's, a record its
+/// owner's from the owner index), so a clone is a count, not a copy.
+///
+/// Compares, orders, hashes, prints and encodes exactly as the `String` it
+/// replaced (a string in serde), so the log and the snapshot are unchanged
+/// and which copy is shared never shows.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both are the same copy (for the tests of the sharing).
+    pub fn shares_with(&self, other: &Name) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Default for Name {
+    fn default() -> Name {
+        Name::from("")
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Ordered and hashed as `str` is, so a map keyed by names is searched by `&str`.
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Name {
+        Name(Arc::from(text))
+    }
+}
+
+impl From<String> for Name {
+    fn from(text: String) -> Name {
+        Name(Arc::from(text))
+    }
+}
+
+impl From<&String> for Name {
+    fn from(text: &String) -> Name {
+        Name::from(text.as_str())
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> String {
+        name.0.as_ref().to_owned()
+    }
+}
+
+impl From<&Name> for String {
+    fn from(name: &Name) -> String {
+        name.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+/// As the string (quoted), as a `String` prints.
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        String::deserialize(deserializer).map(Name::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_compares_and_prints_as_a_string() {
+        let config = bincode::config::standard();
+        for text in ["", "node_1", "qm-bench-0123456789abcdef", "ünïcödé"] {
+            let name = Name::from(text);
+            let owned = text.to_owned();
+            let bytes = bincode::serde::encode_to_vec(&name, config).unwrap();
+            assert_eq!(bincode::serde::encode_to_vec(&owned, config).unwrap(), bytes);
+            let (decoded, _): (Name, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+            assert_eq!(name, decoded);
+            assert_eq!(serde_json::to_string(&owned).unwrap(), serde_json::to_string(&name).unwrap());
+            assert_eq!(format!("{owned:?} {owned}"), format!("{name:?} {name}"));
+            // Each side of each comparison, as call sites write them.
+            assert!(name == owned, "{name} == String");
+            assert!(owned == name, "String == {name}");
+            assert!(name == text, "{name} == &str");
+            assert!(text == name, "&str == {name}");
+            for other in ["", "node_1", "node_10", "z"] {
+                assert_eq!(owned.cmp(&other.to_owned()), name.cmp(&Name::from(other)), "{text} against {other}");
+            }
+        }
+        let name = Name::from("gpu");
+        assert!(name.shares_with(&name.clone()));
+        assert!(!name.shares_with(&Name::from("gpu")));
+    }
+}
