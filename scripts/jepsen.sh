@@ -43,6 +43,9 @@
 #   scripts/jepsen.sh --tls                               # the whole matrix on TLS clusters
 #   scripts/jepsen.sh --campaign                          # the README's reliability figures
 set -uo pipefail
+# The whole script is read before it runs (the braces up to the last
+# line): an edit made while a long run goes on cannot change it half-way.
+{
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TLS=${TLS:-0}
@@ -198,3 +201,5 @@ echo "runs in $OUT: $runs, valid: $valid, invalid: $invalid, unknown or failed: 
 echo "tables: $OUT/summary.md (per nemesis, transport, workload), $table (per run)"
 cat "$OUT/summary.md"
 [ "$runs" -gt 0 ] && [ "$valid" -eq "$runs" ]
+exit
+}

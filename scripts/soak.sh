@@ -28,6 +28,9 @@
 # Figures: BENCHMARKS.md, "The soak". The machine's cores are shared by the
 # replicas, the agents, the watcher and the load: the times are this machine's.
 set -euo pipefail
+# The whole script is read before it runs (the braces up to the last
+# line): an edit made while a long run goes on cannot change it half-way.
+{
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
@@ -277,3 +280,5 @@ bench_status=0
 echo "$died" > "$OUT/died"
 echo "$bench_status" > "$OUT/bench.status"
 report
+exit
+}
