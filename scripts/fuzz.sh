@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     *) TARGETS+=("$1"); shift ;;
   esac
 done
-[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(protocol_request registration grpc_allocate grpc_register snapshot raft_message)
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(protocol_request registration grpc_allocate grpc_register snapshot raft_message http_body)
 
 rustup toolchain list | grep -q '^nightly' ||
   { echo "fuzz.sh: needs the nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
