@@ -287,6 +287,27 @@ fn report_intervals(recorder: Arc<Recorder>, reports: IntervalReports) -> tokio:
     })
 }
 
+/// Stops the interval reporter and writes the last, shorter interval (from
+/// the last report to the end of the window); the reporter's own failure
+/// to write, if any, is the result.
+async fn finish_intervals(
+    recorder: &Recorder,
+    reporter: tokio::task::JoinHandle<Result<(), Error>>,
+    reports: &IntervalReports,
+) -> Result<(), Error> {
+    if reporter.is_finished() {
+        reporter.await.unwrap_or(Ok(()))?;
+    } else {
+        reporter.abort();
+    }
+    let at = recorder.measuring_from.elapsed();
+    let since = Duration::from_secs_f64(at.as_secs_f64() % reports.every.as_secs_f64());
+    match recorder.take_interval(at, since.as_secs_f64()) {
+        Some(report) if report.ops > 0 => append_interval(&reports.path, &report),
+        _ => Ok(()),
+    }
+}
+
 fn append_interval(path: &std::path::Path, report: &IntervalReport) -> Result<(), Error> {
     let cannot = |error: std::io::Error| Error::InvalidArgument {
         field: "intervals-to".to_owned(),
@@ -345,28 +366,18 @@ pub async fn run(client: Client, config: BenchConfig, progress: Arc<Progress>) -
         .max(last_finished)
         .as_secs_f64()
         .max(f64::EPSILON);
-    if let Some((reporter, reports)) = interval_reporter {
-        let failed = match reporter.is_finished() {
-            true => reporter.await.ok().and_then(Result::err),
-            false => {
-                reporter.abort();
-                None
-            }
-        };
-        // The last interval, from the last report to the end of the window.
-        let at = recorder.measuring_from.elapsed();
-        let since = Duration::from_secs_f64(at.as_secs_f64() % reports.every.as_secs_f64());
-        match (failed, recorder.take_interval(at, since.as_secs_f64())) {
-            (Some(error), _) => return Err(error),
-            (None, Some(report)) if report.ops > 0 => append_interval(&reports.path, &report)?,
-            _ => {}
-        }
-    }
+    let intervals_result = match interval_reporter {
+        Some((reporter, reports)) => finish_intervals(&recorder, reporter, &reports).await,
+        None => Ok(()),
+    };
+    // The teardown runs whatever became of the interval reports: the
+    // cluster is left as the bench found it.
     let teardown_result = teardown(&client, &requester, &providers).await;
     // Only now: a provider that stopped heartbeating while its allocations
     // were still being released would be declared failed and evacuated.
     heartbeats.abort();
     teardown_result?;
+    intervals_result?;
     let latency = recorder
         .histograms
         .lock()
