@@ -119,6 +119,10 @@ pub enum SnapshotError {
     NewerVersion { found: u32, expected: u32 },
     #[error("snapshot has {trailing} trailing bytes")]
     Trailing { trailing: usize },
+    /// Decoded, but its parts contradict each other (what no table this
+    /// build wrote can hold): refused rather than served.
+    #[error("snapshot is inconsistent: {reason}")]
+    Inconsistent { reason: String },
 }
 
 #[cfg(test)]

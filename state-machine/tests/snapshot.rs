@@ -226,3 +226,15 @@ fn a_snapshot_claiming_a_string_past_the_limit_is_refused_not_allocated() {
         Err(SnapshotError::Decode(_))
     ));
 }
+
+/// Found by the `snapshot` fuzz target (session 11): a decodable snapshot
+/// whose policy holders name a request the table does not hold. The index
+/// rebuild looked the request up and panicked; it is refused now.
+#[test]
+fn a_snapshot_charging_a_policy_holder_for_an_unknown_request_is_refused() {
+    let bytes = include_bytes!("../../fuzz/corpus/snapshot/policy_holder_of_an_unknown_request");
+    match AllocationTable::from_snapshot_bytes(bytes) {
+        Err(SnapshotError::Inconsistent { reason }) => assert!(reason.contains("does not hold"), "{reason}"),
+        other => panic!("expected an inconsistent snapshot, got {:?}", other.map(|_| "a table")),
+    }
+}

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::AllocationTable;
 use crate::command::{ApplyResult, CommandResponse};
-use crate::error::{CommandError, InvalidArgument};
+use crate::error::{CommandError, InvalidArgument, SnapshotError};
 use crate::event::EventKind;
 use crate::policy::{Binding, CapabilityPolicy, PolicyGrant, PolicySpec, POLICIES_MAX, POLICY_BINDINGS_MAX};
 use crate::quota::OnPreemption;
@@ -216,7 +216,9 @@ impl AllocationTable {
     fn charge(&mut self, holder: &str, request: &AllocationRequest) {
         let kinds = self.held_by_holder.entry(holder.to_owned()).or_default();
         for requirement in &request.requirements {
-            *kinds.entry(requirement.kind.to_string()).or_insert(0) += requirement.quantity;
+            // Saturating: a restored table's quantities are not trusted.
+            let held = kinds.entry(requirement.kind.to_string()).or_insert(0);
+            *held = held.saturating_add(requirement.quantity);
         }
     }
 
@@ -237,6 +239,21 @@ impl AllocationTable {
         }
         if kinds.is_empty() {
             self.held_by_holder.remove(&holder);
+        }
+    }
+
+    /// A restored table's `policy_holders` name only requests it holds (the
+    /// totals are rebuilt from those requests).
+    pub(super) fn check_policy_holders(&self) -> Result<(), SnapshotError> {
+        match self
+            .policy_holders
+            .keys()
+            .find(|request_id| !self.requests.contains_key(request_id))
+        {
+            Some(request_id) => Err(SnapshotError::Inconsistent {
+                reason: format!("a policy holder is charged for request {request_id}, which the table does not hold"),
+            }),
+            None => Ok(()),
         }
     }
 
