@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{read_test, Results};
-use crate::checker::stats::{Counts, Spread};
+use crate::checker::stats::Counts;
 use crate::checker::Validity;
 use crate::error::JepsenError;
 
@@ -166,26 +166,21 @@ impl Group {
     fn row(&self, name: &str) -> String {
         let percent = |counts: &Counts| counts.ok_fraction().map_or("-".to_owned(), |f| format!("{:.1}%", f * 100.0));
         let failovers = self.failover_ms.len() + self.failovers_without_write;
-        let spread = Spread::of(self.failover_ms.clone());
-        let at = |pick: fn(&Spread) -> f64| spread.as_ref().map_or("-".to_owned(), |spread| format!("{:.0}", pick(spread)));
-        let p90 = match self.failover_ms.is_empty() {
+        let mut sorted = self.failover_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |quantile: f64| match sorted.is_empty() {
             true => "-".to_owned(),
-            false => {
-                let mut sorted = self.failover_ms.clone();
-                sorted.sort_by(f64::total_cmp);
-                format!("{:.0}", sorted[((sorted.len() - 1) as f64 * 0.9).round() as usize])
-            }
+            false => format!("{:.0}", sorted[((sorted.len() - 1) as f64 * quantile).round() as usize]),
         };
+        let (p50, p90, max) = (at(0.5), at(0.9), at(1.0));
         format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {failovers} | {} | {p90} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {failovers} | {p50} | {p90} | {max} | {} |",
             self.runs,
             self.valid,
             self.operations,
             self.anomalies,
             percent(&self.during_faults),
             percent(&self.healthy),
-            at(|spread| spread.median),
-            at(|spread| spread.max),
             self.failovers_without_write,
         )
     }
