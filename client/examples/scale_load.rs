@@ -138,6 +138,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(ClientConfig::with_endpoints(endpoints))?;
     let started = Instant::now();
 
+    // Each provider heartbeats from its own registration on: registering
+    // hundreds of large providers takes longer than a short failure window,
+    // so a loop started after the last one would come too late for the
+    // first. `buffered` keeps the loops in provider order (SIGUSR1 stops
+    // the first ones).
+    let heartbeat_every = heartbeats.every;
     let registered: Vec<_> = futures::stream::iter(0..providers)
         .map(|index| {
             let client = client.clone();
@@ -151,25 +157,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             retries += 1;
                             eprintln!("registration outcome unknown ({error}); registering again ({retries})");
                         }
-                        outcome => return outcome,
+                        Err(error) => return Err(error),
+                        Ok(_) => {
+                            return Ok(heartbeat_every.map(|every| client.heartbeat_loop(&registration.provider_id, every)))
+                        }
                     }
                 }
             }
         })
-        .buffer_unordered(REGISTRATION_CONCURRENCY)
+        .buffered(REGISTRATION_CONCURRENCY)
         .collect()
         .await;
+    // Dropping a loop stops its heartbeats.
+    let mut beating = Vec::with_capacity(providers);
     for outcome in registered {
-        outcome?;
+        beating.extend(outcome?);
     }
     eprintln!("registered {providers} providers of {units} units in {:.1?}", started.elapsed());
-    // Dropping a loop stops its heartbeats.
-    let mut beating: Vec<_> = match heartbeats.every {
-        Some(every) => (0..providers)
-            .map(|index| client.heartbeat_loop(&registration(index, 0).provider_id, every))
-            .collect(),
-        None => Vec::new(),
-    };
 
     let next = Arc::new(AtomicU64::new(0));
     let placed = Arc::new(AtomicU64::new(0));
