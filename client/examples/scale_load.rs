@@ -158,9 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             eprintln!("registration outcome unknown ({error}); registering again ({retries})");
                         }
                         Err(error) => return Err(error),
-                        Ok(_) => {
-                            return Ok(heartbeat_every.map(|every| client.heartbeat_loop(&registration.provider_id, every)))
-                        }
+                        Ok(_) => return Ok(heartbeat_every.map(|every| client.heartbeat_loop(&registration.provider_id, every))),
                     }
                 }
             }
