@@ -49,6 +49,11 @@ pub const RELEASE_MATCHING_ENTRIES_PER_CALL: u32 = 32;
 /// namespace that keeps filling as fast as it is emptied (some four billion
 /// releases).
 pub const RELEASE_MATCHING_CALLS_MAX: usize = 131_072;
+/// Times [`Client::release_matching`] asks again, from where the last
+/// answered call stopped, after a call whose outcome is unknown (cut off by
+/// a timeout or a failover): a repeat releases only what is left, so asking
+/// again is safe. Counted over the whole release.
+pub const RELEASE_MATCHING_UNKNOWN_RETRIES_MAX: u32 = 16;
 
 /// Which confirmation a provider's agent sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,7 +236,10 @@ impl Client {
     /// matching all the non-empty fields (a requester needs its namespace),
     /// in calls of [`RELEASE_MATCHING_ENTRIES_PER_CALL`] log entries, each
     /// continuing where the last stopped, until none is left. Safe to retry:
-    /// a repeat releases what is left. Answers the totals.
+    /// a repeat releases what is left, so a call whose outcome is unknown is
+    /// asked again (at most [`RELEASE_MATCHING_UNKNOWN_RETRIES_MAX`] times).
+    /// Answers the totals (a call cut off after some of its entries
+    /// committed leaves their releases out of them).
     pub async fn release_matching(
         &self,
         namespace: &str,
@@ -240,6 +248,7 @@ impl Client {
     ) -> Result<api::ReleaseMatchingReply, Error> {
         let mut total = api::ReleaseMatchingReply::default();
         let mut after = String::new();
+        let mut unknown_retries = 0;
         for _ in 0..RELEASE_MATCHING_CALLS_MAX {
             let message = api::ReleaseMatchingRequest {
                 namespace: namespace.to_owned(),
@@ -248,12 +257,20 @@ impl Client {
                 after: after.clone(),
                 entries_max: RELEASE_MATCHING_ENTRIES_PER_CALL,
             };
-            let reply = self
+            let reply = match self
                 .inner
                 .call("release_matching", CallKind::Write, message, |replica, request| async move {
                     replica.client().release_matching(request).await
                 })
-                .await?;
+                .await
+            {
+                Err(error) if error.is_unknown() && unknown_retries < RELEASE_MATCHING_UNKNOWN_RETRIES_MAX => {
+                    unknown_retries += 1;
+                    tracing::warn!(%error, unknown_retries, "bulk release: outcome of a call unknown; asking again from where the last one stopped");
+                    continue;
+                }
+                outcome => outcome?,
+            };
             total.released += reply.released;
             total.cancelled += reply.cancelled;
             total.entries += reply.entries;

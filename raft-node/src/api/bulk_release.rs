@@ -14,6 +14,8 @@
 //! not); an admin's may name any; providers may not make this call (the
 //! role table, [`Call::ReleaseMatching`](crate::security::Call)).
 
+use std::time::{Duration, Instant};
+
 use qm_api::proto::api::{ReleaseMatchingReply, ReleaseMatchingRequest};
 use qm_api::wire::BULK_RELEASE_ENTRIES_PER_CALL_MAX;
 use qm_state_machine::{Command, CommandResponse, ReleaseFilter};
@@ -23,6 +25,21 @@ use tracing::info;
 use super::status::{invalid_argument, parse_uuid};
 use crate::consensus::Node;
 use crate::security::Caller;
+
+/// How long one call goes on proposing entries before it answers with
+/// `next`: half a client's default attempt timeout (2 s). Entries of 1,024
+/// releases commit in tens of milliseconds on a quiet replica, but in a
+/// table of a million on a loaded machine 32 of them took longer than the
+/// attempt timeout, and the call was cut off with its outcome unknown. With
+/// the budget a slow call answers its progress instead.
+pub const BULK_RELEASE_CALL_BUDGET: Duration = Duration::from_millis(1_000);
+
+/// Whether a call that has proposed `entries` entries over `elapsed` answers
+/// now (the table not done yet): at `entries_max`, or once the budget is
+/// spent; never before its first entry, so every call moves forward.
+fn answers_now(entries: u64, entries_max: u64, elapsed: Duration) -> bool {
+    entries >= entries_max || (entries > 0 && elapsed >= BULK_RELEASE_CALL_BUDGET)
+}
 
 pub async fn release_matching(node: &Node, caller: &Caller, call: ReleaseMatchingRequest) -> Result<ReleaseMatchingReply, Status> {
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
@@ -46,8 +63,9 @@ pub async fn release_matching(node: &Node, caller: &Caller, call: ReleaseMatchin
         entries => entries.min(BULK_RELEASE_ENTRIES_PER_CALL_MAX),
     };
     node.require_leader()?;
+    let started = Instant::now();
     let mut reply = ReleaseMatchingReply::default();
-    while reply.entries < entries_max {
+    while !answers_now(reply.entries, entries_max, started.elapsed()) {
         let command = Command::ReleaseMatching {
             filter: filter.clone(),
             after,
@@ -75,4 +93,20 @@ pub async fn release_matching(node: &Node, caller: &Caller, call: ReleaseMatchin
         "bulk release answered"
     );
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_answers_at_its_entry_bound_or_once_its_budget_is_spent_but_never_before_its_first_entry() {
+        let quick = Duration::from_millis(1);
+        assert!(!answers_now(0, 32, quick));
+        assert!(!answers_now(31, 32, quick));
+        assert!(answers_now(32, 32, quick));
+        assert!(!answers_now(0, 32, BULK_RELEASE_CALL_BUDGET * 10));
+        assert!(answers_now(1, 32, BULK_RELEASE_CALL_BUDGET));
+        assert!(!answers_now(1, 32, BULK_RELEASE_CALL_BUDGET - quick));
+    }
 }
