@@ -16,17 +16,30 @@ value_of() { awk -v key="$1" 'index($0, key) == 1 { print $NF; found = 1; exit }
 # Replica $1's figures, one line: the longest apply, applies in all, over
 # 10 ms, over 100 ms; the longest interval between two contacts from the
 # leader, intervals in all, over 250 ms (the shortest election timeout),
-# over 500 ms; the term. Counts are since the replica started.
+# over 500 ms; the term; the apply histogram's cumulative buckets
+# (`bound:count,...`, ascending). Counts are since the replica started.
 figures() {
   local page count
-  page=$(scrape "$1") || { echo "- 0 0 0 - 0 0 0 -"; return; }
+  page=$(scrape "$1") || { echo "- 0 0 0 - 0 0 0 - -"; return; }
   count=$(value_of 'apply_duration_seconds_count ' "$page")
   gaps=$(value_of 'leader_contact_interval_seconds_count ' "$page")
   [ "$gaps" != - ] || gaps=0
   under() { local v; v=$(value_of "$1_bucket{le=\"$2\"}" "$page"); [ "$v" != - ] || v=0; echo "$v"; }
   echo "$(value_of 'apply_duration_max_seconds ' "$page") $count $((count - $(under apply_duration_seconds 0.01))) $((count - $(under apply_duration_seconds 0.1)))" \
     "$(value_of 'leader_contact_age_max_seconds ' "$page") $gaps $((gaps - $(under leader_contact_interval_seconds 0.25))) $((gaps - $(under leader_contact_interval_seconds 0.5)))" \
-    "$(value_of 'raft_term{' "$page")"
+    "$(value_of 'raft_term{' "$page")" \
+    "$(awk -F'"' '/^apply_duration_seconds_bucket\{le="/ { split($3, rest, " "); printf "%s%s:%s", sep, $2, rest[2]; sep = "," }' <<<"$page")"
+}
+# The bucket bound the longest apply between two samples of the histogram
+# ($1 earlier, $2 later, as figures() prints them) is under: the smallest
+# bound whose count grew by as much as all applies did. "-" if none.
+phase_apply_bound() {
+  awk -v before="$1" -v after="$2" 'BEGIN {
+    n = split(after, now, ","); split(before, then, ",")
+    for (i = 1; i <= n; i++) { split(now[i], b, ":"); split(then[i], a, ":"); bound[i] = b[1]; grew[i] = b[2] - a[2] }
+    if (n == 0 || grew[n] == 0) { print "-"; exit }
+    for (i = 1; i <= n; i++) if (grew[i] == grew[n]) { print (bound[i] == "+Inf" ? "over the last bound" : "<= " bound[i] " s"); exit }
+  }'
 }
 declare -A FIGURES
 # Samples every replica's figures as phase $1; with a previous phase $2,
@@ -35,12 +48,12 @@ phase_figures() {
   local i now prev
   for i in 1 2 3; do FIGURES[$1,$i]=$(figures "$i"); done
   echo "$3"
-  printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %s\n' REPLICA APPLY_MAX_S "APPLIES>10MS" "APPLIES>100MS" LEADER_GAP_MAX_S "GAPS>250MS" "GAPS>500MS" TERM
+  printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %-5s %s\n' REPLICA APPLY_MAX_S "APPLIES>10MS" "APPLIES>100MS" LEADER_GAP_MAX_S "GAPS>250MS" "GAPS>500MS" TERM "LONGEST_APPLY_IN_PHASE"
   for i in 1 2 3; do
     read -r -a now <<<"${FIGURES[$1,$i]}"
-    if [ -n "${2:-}" ]; then read -r -a prev <<<"${FIGURES[$2,$i]}"; else prev=(0 0 0 0 0 0 0 0 0); fi
-    printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %s\n' "$i" "${now[0]}" "$((now[2] - prev[2]))" "$((now[3] - prev[3]))" \
-      "${now[4]}" "$((now[6] - prev[6]))" "$((now[7] - prev[7]))" "${now[8]}"
+    if [ -n "${2:-}" ]; then read -r -a prev <<<"${FIGURES[$2,$i]}"; else prev=(0 0 0 0 0 0 0 0 0 ""); fi
+    printf '%-8s %-13s %-11s %-12s %-15s %-12s %-12s %-5s %s\n' "$i" "${now[0]}" "$((now[2] - prev[2]))" "$((now[3] - prev[3]))" \
+      "${now[4]}" "$((now[6] - prev[6]))" "$((now[7] - prev[7]))" "${now[8]}" "$(phase_apply_bound "${prev[9]:-}" "${now[9]}")"
   done
 }
 # `qm state --output json`, the fields this phase follows, one line:
