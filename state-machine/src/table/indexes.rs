@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use super::id_hash_map::IdHashMap;
+use super::allocation_index::AllocationIndex;
 use super::id_key::IdKey;
 use crate::name::Name;
 use crate::provider::Provider;
@@ -17,8 +17,8 @@ use crate::request::AllocationRequest;
 pub(crate) struct Indexes {
     /// Allocation id → request id, to resolve a command that names an
     /// allocation. Only ever looked up by one id, never walked, so a hash
-    /// table: see [`IdHashMap`] for what it saves and what it risks.
-    pub allocation_to_request: IdHashMap<Uuid>,
+    /// table: see [`AllocationIndex`] for what it saves and what it risks.
+    pub allocation_to_request: AllocationIndex,
     /// Kind → (free amount, provider) for active providers with some free:
     /// the best-fit search walks this upwards from the wanted amount.
     pub free_by_kind: BTreeMap<String, BTreeSet<(u64, String)>>,

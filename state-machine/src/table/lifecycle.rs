@@ -537,10 +537,6 @@ impl AllocationTable {
         if self.requests.contains_key(&id) {
             return Ok(id);
         }
-        self.index
-            .allocation_to_request
-            .get(id)
-            .copied()
-            .ok_or(CommandError::NotFound { id })
+        self.index.allocation_to_request.get(id).ok_or(CommandError::NotFound { id })
     }
 }

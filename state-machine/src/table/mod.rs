@@ -23,9 +23,9 @@
 //! (the rest in the commands after it; a deregistered provider is
 //! forgotten once empty).
 
+mod allocation_index;
 mod bulk_release;
 mod cursors;
-mod id_hash_map;
 mod id_key;
 mod indexes;
 mod lifecycle;
