@@ -246,7 +246,7 @@ impl From<&RequestRecord> for AllocationResponse {
     fn from(record: &RequestRecord) -> Self {
         let active = record.placement.as_ref().filter(|_| record.state.is_active());
         AllocationResponse {
-            response_id: record.response_id,
+            response_id: record.response_id(),
             request_id: record.request.request_id,
             status: record.status,
             allocated_resources: active.map(|placement| {
@@ -261,7 +261,7 @@ impl From<&RequestRecord> for AllocationResponse {
                 by_kind
             }),
             state: Some(record.state),
-            allocation_id: Some(record.allocation_id),
+            allocation_id: Some(record.allocation_id()),
             provider_id: active.map(|placement| placement.provider_id.to_string()),
             grants: active.map(|placement| placement.grants.clone()),
             reason: record.reason.clone(),

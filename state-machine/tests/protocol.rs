@@ -168,7 +168,7 @@ fn a_registration_in_the_issue_shape_registers_a_provider() {
     let expected_resources = json!({ "cpu_cores": ["cpu_1", "cpu_2"], "memory_gb": ["block_1", "block_2"], "storage_gb": ["vol_1"] });
     assert_eq!(
         (
-            &json!(record.response_id.to_string()),
+            &json!(record.response_id().to_string()),
             &json!("550e8400-e29b-41d4-a716-446655440000"),
             &json!("allocated"),
             &expected_resources

@@ -170,11 +170,11 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         .as_ref()
         .filter(|_| record.state.is_active() || record.state == RequestState::Deallocation);
     api::AllocationReply {
-        response_id: record.response_id.to_string(),
+        response_id: record.response_id().to_string(),
         request_id: record.request.request_id.to_string(),
         status: status_to_wire(record.status) as i32,
         state: state_to_wire(record.state) as i32,
-        allocation_id: record.allocation_id.to_string(),
+        allocation_id: record.allocation_id().to_string(),
         provider_id: provider
             .map(|placement| placement.provider_id.clone())
             .unwrap_or_default()

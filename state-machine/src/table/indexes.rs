@@ -81,7 +81,7 @@ impl Indexes {
         for record in records {
             let request = &record.request;
             let id = request.request_id;
-            allocation_to_request.push((record.allocation_id, id));
+            allocation_to_request.push((record.allocation_id(), id));
             let requesters = owners.entry(GroupKey::new(&request.namespace)).or_default();
             requesters.entry(GroupKey::new(&request.requester_id)).or_default().push(id.into());
             match record.state {
@@ -137,15 +137,15 @@ impl Indexes {
     /// when the table first takes the request in.
     /// The record's owner names become the index's copies.
     pub fn add_identity(&mut self, record: &mut RequestRecord) {
+        self.allocation_to_request.insert(record.allocation_id(), record.request.request_id);
         let request = &mut record.request;
-        self.allocation_to_request.insert(record.allocation_id, request.request_id);
         owned_by(&mut self.by_owner, &mut request.namespace, &mut request.requester_id).insert(request.request_id.into());
     }
 
     /// Undoes [`Self::add_identity`], when the table forgets the request.
     pub fn remove_identity(&mut self, record: &RequestRecord) {
         let request = &record.request;
-        self.allocation_to_request.remove(record.allocation_id);
+        self.allocation_to_request.remove(record.allocation_id());
         disown(&mut self.by_owner, &request.namespace, &request.requester_id, request.request_id);
     }
 

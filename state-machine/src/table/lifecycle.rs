@@ -12,7 +12,7 @@ use crate::error::{CommandError, InvalidArgument};
 use crate::event::{EventKind, ResourceState};
 use crate::limits::NAMESPACES_EXAMINED_PER_FREE_MAX;
 use crate::quota::OnPreemption;
-use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
+use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
 
 /// What releasing a live request did.
@@ -65,8 +65,6 @@ impl AllocationTable {
         let mut record = RequestRecord {
             // The command's own request when the caller gave it up, else a copy.
             request: request.into_owned(),
-            response_id: response_id_for(request_id),
-            allocation_id: allocation_id_for(request_id),
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,
@@ -131,7 +129,7 @@ impl AllocationTable {
             self.note_quota_freed(&request.namespace);
             self.emit(EventKind::AllocationReleased {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
             });
@@ -149,20 +147,20 @@ impl AllocationTable {
         let record = &self.requests[&request_id];
         if !record.state.is_active() {
             return Err(CommandError::NotActive {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 state: record.state.as_str().to_owned(),
             });
         }
         let Some(ttl) = record.request.lease_ttl_ms else {
             return Err(CommandError::NoLease {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
             });
         };
         let mut record = self.take_record(request_id);
         let expires_at_ms = self.clock_ms + ttl;
         record.lease_expires_at_ms = Some(expires_at_ms);
         self.emit(EventKind::LeaseRenewed {
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             expires_at_ms,
         });
@@ -191,7 +189,7 @@ impl AllocationTable {
             self.note_quota_freed(&record.request.namespace);
             self.emit(EventKind::AllocationExpired {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: record.request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
             });
@@ -277,7 +275,7 @@ impl AllocationTable {
         let waiting_for = self.releases_awaited(request_id);
         if !waiting_for.is_empty() && self.requests[&request_id].state == RequestState::Allocation {
             return Err(CommandError::PreemptionUnconfirmed {
-                allocation_id: self.requests[&request_id].allocation_id,
+                allocation_id: self.requests[&request_id].allocation_id(),
                 waiting_for,
             });
         }
@@ -293,7 +291,7 @@ impl AllocationTable {
         }
         let request_id = self.resolve(id)?;
         let record = &self.requests[&request_id];
-        let allocation_id = record.allocation_id;
+        let allocation_id = record.allocation_id();
         if !self.is_awaited(allocation_id, provider_id) {
             return self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle);
         }
@@ -319,7 +317,7 @@ impl AllocationTable {
         let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
         if placed_on != Some(provider_id) {
             return Err(CommandError::WrongProvider {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 claimed: provider_id.to_owned(),
                 actual: placed_on.unwrap_or("no provider").to_owned(),
             });
@@ -329,13 +327,13 @@ impl AllocationTable {
         }
         if record.state != from {
             return Err(CommandError::NotActive {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 state: record.state.as_str().to_owned(),
             });
         }
         let mut record = self.take_record(request_id);
         record.state = to;
-        let (allocation_id, namespace, provider_id) = (record.allocation_id, record.request.namespace.clone(), provider_id.to_owned());
+        let (allocation_id, namespace, provider_id) = (record.allocation_id(), record.request.namespace.clone(), provider_id.to_owned());
         self.emit(match to {
             RequestState::Monitoring => EventKind::AllocationConfirmed {
                 allocation_id,
@@ -417,14 +415,14 @@ impl AllocationTable {
         let provider = self
             .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
-        let changed = provider.hold(record.allocation_id, &placement.grants);
+        let changed = provider.hold(record.allocation_id(), &placement.grants);
         let confirms = provider.confirms_allocations;
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(&placement);
         let request = &record.request;
-        let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id, request.namespace.clone());
+        let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id(), request.namespace.clone());
         if matches!(cause, GrantCause::MovedFrom { .. }) {
             // Off its provider, a preemptor waits for no release there.
             self.stop_awaiting(request_id);
@@ -496,7 +494,7 @@ impl AllocationTable {
         let provider = self
             .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
-        let changed = provider.unhold(record.allocation_id, &placement.grants);
+        let changed = provider.unhold(record.allocation_id(), &placement.grants);
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }

@@ -196,7 +196,7 @@ impl AllocationTable {
                 }
                 planned.push(PlannedMove {
                     request_id,
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     from_provider: source.clone(),
                     to_provider: placement.provider_id.to_string(),

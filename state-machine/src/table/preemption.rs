@@ -136,7 +136,7 @@ impl AllocationTable {
                 let placement = record.placement.as_ref().expect("victims are placed");
                 Victim {
                     request_id,
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     priority: record.request.priority,
                     provider_id: placement.provider_id.to_string(),
@@ -283,7 +283,7 @@ impl AllocationTable {
     fn unhold_on(&self, provider: &mut Provider, request_id: &Uuid) {
         let record = &self.requests[request_id];
         let placement = record.placement.as_ref().expect("victims are placed");
-        provider.unhold(record.allocation_id, &placement.grants);
+        provider.unhold(record.allocation_id(), &placement.grants);
     }
 
     /// Takes `victims`' units for `preemptor` (taken out of the table):
@@ -306,7 +306,7 @@ impl AllocationTable {
             let requeued = record.on_preemption == OnPreemption::Requeue;
             self.emit(EventKind::AllocationPreempted {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: record.request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
                 priority: record.request.priority,
@@ -328,7 +328,7 @@ impl AllocationTable {
                 record.reason = Some(reason);
             }
             if confirms {
-                awaited.push((record.allocation_id, placement.provider_id.to_string()));
+                awaited.push((record.allocation_id(), placement.provider_id.to_string()));
             }
             self.put_record(record);
         }

@@ -238,7 +238,7 @@ impl AllocationTable {
             assert!(record.moving.is_none(), "evacuating {request_id} in the middle of a move");
             let old = record.placement.take().expect("an active request has a placement");
             let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
-            provider.unhold(record.allocation_id, &old.grants);
+            provider.unhold(record.allocation_id(), &old.grants);
             match self.find_placement(&record.request) {
                 Some(placement) => self.grant(
                     &mut record,

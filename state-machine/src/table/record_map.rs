@@ -238,8 +238,6 @@ mod tests {
                 constraints: Constraints::default(),
                 placement: PlacementPolicy::BestFit,
             },
-            response_id: Uuid::from_u128(n + 1),
-            allocation_id: Uuid::from_u128(n + 2),
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,

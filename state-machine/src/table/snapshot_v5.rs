@@ -23,11 +23,12 @@ use super::cursors::Cursor;
 use super::moves::MoveCounts;
 use super::record_map::RecordMap;
 use super::{AllocationTable, Indexes, LeaseRefresh};
+use crate::error::SnapshotError;
 use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::TableConfig;
 use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
 use crate::quota::{OnPreemption, PreemptionSetting};
-use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
+use crate::record::{check_derived_ids, AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
 use crate::time::UnixMillis;
 
@@ -213,6 +214,19 @@ struct AllocationRequestV5 {
     placement: PlacementPolicy,
 }
 
+impl AllocationTableV5 {
+    /// Refuses records whose response or allocation ids are not those
+    /// their request ids derive: the current record keeps neither and
+    /// derives both (`RequestRecord::allocation_id`).
+    pub(super) fn check_derived_ids(&self) -> Result<(), SnapshotError> {
+        for record in self.requests.values() {
+            check_derived_ids(record.request.request_id, record.response_id, record.allocation_id)
+                .map_err(|reason| SnapshotError::Inconsistent { reason })?;
+        }
+        Ok(())
+    }
+}
+
 impl From<AllocationTableV5> for AllocationTable {
     fn from(old: AllocationTableV5) -> AllocationTable {
         // In id order already: a BTreeMap's.
@@ -304,8 +318,6 @@ impl From<RequestRecordV5> for RequestRecord {
     fn from(old: RequestRecordV5) -> RequestRecord {
         RequestRecord {
             request: old.request.into(),
-            response_id: old.response_id,
-            allocation_id: old.allocation_id,
             state: old.state,
             status: old.status,
             placement: old.placement,
