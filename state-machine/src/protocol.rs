@@ -265,7 +265,7 @@ impl From<&RequestRecord> for AllocationResponse {
             provider_id: active.map(|placement| placement.provider_id.to_string()),
             grants: active.map(|placement| placement.grants.clone()),
             reason: record.reason.clone(),
-            lease_expires_at: record.lease_expires_at_ms.map(format_rfc3339),
+            lease_expires_at: record.lease_expires_at_ms.get().map(format_rfc3339),
         }
     }
 }

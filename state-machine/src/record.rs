@@ -7,6 +7,7 @@ use crate::name::Name;
 use crate::provider::{Resource, Sharing};
 use crate::quota::OnPreemption;
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// The protocol's request states. `request_processing` is passed through
 /// inside a single apply, so a request is never seen in it; the others are
@@ -170,7 +171,7 @@ pub struct RequestRecord {
     pub status: AllocationStatus,
     /// Current placement while active; the last one after release or expiry.
     pub placement: Option<Placement>,
-    pub lease_expires_at_ms: Option<u64>,
+    pub lease_expires_at_ms: OptionalMillis,
     /// Why it was queued, rejected, or ended (`released`, `lease_expired`, ...).
     pub reason: Option<String>,
     /// Order among requests of the same priority in the queue.
@@ -178,11 +179,11 @@ pub struct RequestRecord {
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
     /// Set once the request is finished; the dedupe window counts from here.
-    pub finished_at_ms: Option<u64>,
+    pub finished_at_ms: OptionalMillis,
     /// When the request was first granted. Its deadline binds only before
     /// this: an allocation queued again because its provider failed met its
     /// deadline already and waits to be re-placed, never rejected for it.
-    pub first_granted_at_ms: Option<u64>,
+    pub first_granted_at_ms: OptionalMillis,
     /// What happens to the allocation if a preemptor takes its units.
     pub on_preemption: OnPreemption,
     /// The requester allows it to be moved to another provider
@@ -194,7 +195,7 @@ pub struct RequestRecord {
     pub moving: Option<Box<Move>>,
     /// When its last move ended: it is not moved again within
     /// [`crate::TableConfig::move_cooldown_ms`].
-    pub last_moved_at_ms: Option<u64>,
+    pub last_moved_at_ms: OptionalMillis,
 }
 
 /// A [`RequestRecord`] as it is encoded: its fields in their order, with
@@ -211,14 +212,14 @@ struct EncodedRecord {
     state: RequestState,
     status: AllocationStatus,
     placement: Option<Placement>,
-    lease_expires_at_ms: Option<u64>,
+    lease_expires_at_ms: OptionalMillis,
     reason: Option<String>,
     arrival_seq: u64,
     submitted_at_ms: u64,
     updated_at_ms: u64,
-    finished_at_ms: Option<u64>,
+    finished_at_ms: OptionalMillis,
     #[serde(default)]
-    first_granted_at_ms: Option<u64>,
+    first_granted_at_ms: OptionalMillis,
     #[serde(default)]
     on_preemption: OnPreemption,
     #[serde(default)]
@@ -226,7 +227,7 @@ struct EncodedRecord {
     #[serde(default)]
     moving: Option<Box<Move>>,
     #[serde(default)]
-    last_moved_at_ms: Option<u64>,
+    last_moved_at_ms: OptionalMillis,
 }
 
 /// [`EncodedRecord`], borrowed from a record to encode it.
@@ -239,17 +240,17 @@ struct EncodedRecordRef<'a> {
     state: RequestState,
     status: AllocationStatus,
     placement: &'a Option<Placement>,
-    lease_expires_at_ms: Option<u64>,
+    lease_expires_at_ms: OptionalMillis,
     reason: &'a Option<String>,
     arrival_seq: u64,
     submitted_at_ms: u64,
     updated_at_ms: u64,
-    finished_at_ms: Option<u64>,
-    first_granted_at_ms: Option<u64>,
+    finished_at_ms: OptionalMillis,
+    first_granted_at_ms: OptionalMillis,
     on_preemption: OnPreemption,
     movable: bool,
     moving: &'a Option<Box<Move>>,
-    last_moved_at_ms: Option<u64>,
+    last_moved_at_ms: OptionalMillis,
 }
 
 impl Serialize for RequestRecord {
@@ -409,13 +410,13 @@ mod tests {
             state: RequestState::Optimization,
             status: AllocationStatus::Allocated,
             placement: Some(placement.clone()),
-            lease_expires_at_ms: Some(60_007),
+            lease_expires_at_ms: Some(60_007).into(),
             reason: Some("moved".into()),
             arrival_seq: 5,
             submitted_at_ms: 6,
             updated_at_ms: 8,
-            finished_at_ms: None,
-            first_granted_at_ms: Some(7),
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::some(7),
             on_preemption: OnPreemption::Release,
             movable: true,
             moving: Some(Box::new(Move {
@@ -425,7 +426,7 @@ mod tests {
                 deadline_ms: 11,
                 target_confirmed: false,
             })),
-            last_moved_at_ms: Some(4),
+            last_moved_at_ms: OptionalMillis::some(4),
         }
     }
 
@@ -438,17 +439,17 @@ mod tests {
             state: record.state,
             status: record.status,
             placement: record.placement,
-            lease_expires_at_ms: record.lease_expires_at_ms,
+            lease_expires_at_ms: record.lease_expires_at_ms.get(),
             reason: record.reason,
             arrival_seq: record.arrival_seq,
             submitted_at_ms: record.submitted_at_ms,
             updated_at_ms: record.updated_at_ms,
-            finished_at_ms: record.finished_at_ms,
-            first_granted_at_ms: record.first_granted_at_ms,
+            finished_at_ms: record.finished_at_ms.get(),
+            first_granted_at_ms: record.first_granted_at_ms.get(),
             on_preemption: record.on_preemption,
             movable: record.movable,
             moving: record.moving,
-            last_moved_at_ms: record.last_moved_at_ms,
+            last_moved_at_ms: record.last_moved_at_ms.get(),
         }
     }
 

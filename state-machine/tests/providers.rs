@@ -402,7 +402,7 @@ fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
         deadline_ms: Some(T0 + 1_000),
         ..request(1, &[("cpu_cores", 1)])
     };
-    assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms);
+    assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms.get());
 
     // --- long after the deadline, node_1 fails: the allocation waits in the queue
     t.now_ms = T0 + 5_000;
@@ -420,5 +420,8 @@ fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
     // --- a new provider takes it
     t.register(provider("node_2", cores("b", 1)));
     let record = t.record(id(1));
-    assert_eq!((RequestState::Monitoring, Some(T0)), (record.state, record.first_granted_at_ms));
+    assert_eq!(
+        (RequestState::Monitoring, Some(T0)),
+        (record.state, record.first_granted_at_ms.get())
+    );
 }

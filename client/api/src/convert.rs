@@ -183,7 +183,7 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
             .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
             .unwrap_or_default(),
         reason: record.reason.clone().unwrap_or_default(),
-        lease_expires_at_ms: record.lease_expires_at_ms,
+        lease_expires_at_ms: record.lease_expires_at_ms.get(),
         request: Some(request_to_proto(&ResourceRequest::from(&record.request))),
         submitted_at_ms: record.submitted_at_ms,
         updated_at_ms: record.updated_at_ms,

@@ -94,12 +94,12 @@ impl Indexes {
                     index.add_held(request);
                     *index.active_priorities.entry(request.priority).or_insert(0) += 1;
                     index.add_move_state(record);
-                    leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
+                    leases.extend(record.lease_expires_at_ms.get().map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
                 }
                 RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                    finished.push((record.finished_at_ms.expect("a finished request has a finish time"), id));
+                    finished.push((record.finished_at_ms.get().expect("a finished request has a finish time"), id));
                 }
             }
         }
@@ -167,7 +167,7 @@ impl Indexes {
                 self.add_held(request);
                 *self.active_priorities.entry(request.priority).or_insert(0) += 1;
                 self.add_move_state(record);
-                if let Some(expires) = record.lease_expires_at_ms {
+                if let Some(expires) = record.lease_expires_at_ms.get() {
                     self.leases.insert((expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
@@ -177,7 +177,7 @@ impl Indexes {
                 };
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                let finished_at = record.finished_at_ms.expect("a finished request has a finish time");
+                let finished_at = record.finished_at_ms.get().expect("a finished request has a finish time");
                 self.finished.insert((finished_at, id));
             }
         }
@@ -211,7 +211,7 @@ impl Indexes {
                 if let Some(moving) = &record.moving {
                     self.moves.remove(&(moving.deadline_ms, id));
                 }
-                if let Some(expires) = record.lease_expires_at_ms {
+                if let Some(expires) = record.lease_expires_at_ms.get() {
                     self.leases.remove(&(expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
@@ -226,7 +226,7 @@ impl Indexes {
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
                 self.finished
-                    .remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
+                    .remove(&(record.finished_at_ms.get().expect("a finished request has a finish time"), id));
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::limits::NAMESPACES_EXAMINED_PER_FREE_MAX;
 use crate::quota::OnPreemption;
 use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// What releasing a live request did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,17 +69,17 @@ impl AllocationTable {
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,
-            lease_expires_at_ms: None,
+            lease_expires_at_ms: OptionalMillis::NONE,
             reason: None,
             arrival_seq: self.next_arrival_seq,
             submitted_at_ms: self.clock_ms,
             updated_at_ms: self.clock_ms,
-            finished_at_ms: None,
-            first_granted_at_ms: None,
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::NONE,
             on_preemption,
             movable,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         };
         self.next_arrival_seq += 1;
         let decision = self.decide(&record.request);
@@ -135,7 +136,7 @@ impl AllocationTable {
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
             record.reason = Some("released".to_owned());
-            record.lease_expires_at_ms = None;
+            record.lease_expires_at_ms = OptionalMillis::NONE;
             Released::Released
         };
         self.put_record(record);
@@ -158,7 +159,7 @@ impl AllocationTable {
         };
         let mut record = self.take_record(request_id);
         let expires_at_ms = self.clock_ms + ttl;
-        record.lease_expires_at_ms = Some(expires_at_ms);
+        record.lease_expires_at_ms = OptionalMillis::some(expires_at_ms);
         self.emit(EventKind::LeaseRenewed {
             allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
@@ -195,7 +196,7 @@ impl AllocationTable {
             });
             record.state = RequestState::Idle;
             record.reason = Some("lease_expired".to_owned());
-            record.lease_expires_at_ms = None;
+            record.lease_expires_at_ms = OptionalMillis::NONE;
             self.put_record(record);
         }
         let overdue: Vec<Uuid> = self
@@ -250,7 +251,7 @@ impl AllocationTable {
             let fresh = expires.max(refresh.from_ms + ttl);
             if fresh != expires {
                 let mut record = self.take_record(request_id);
-                record.lease_expires_at_ms = Some(fresh);
+                record.lease_expires_at_ms = OptionalMillis::some(fresh);
                 self.put_record(record);
             }
         }
@@ -447,7 +448,7 @@ impl AllocationTable {
             },
         });
         if record.lease_expires_at_ms.is_none() {
-            record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl);
+            record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl).into();
         }
         record.first_granted_at_ms.get_or_insert(self.clock_ms);
         record.state = if confirms {
@@ -470,7 +471,7 @@ impl AllocationTable {
         });
         record.state = RequestState::Queued;
         record.status = AllocationStatus::Queued;
-        record.lease_expires_at_ms = None;
+        record.lease_expires_at_ms = OptionalMillis::NONE;
         record.reason = Some(reason);
     }
 

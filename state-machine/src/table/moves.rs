@@ -26,6 +26,7 @@ use crate::command::ApplyResult;
 use crate::command::CommandResponse;
 use crate::event::EventKind;
 use crate::record::{Move, MoveReason, Placement, RequestRecord, RequestState};
+use crate::time::OptionalMillis;
 
 /// Moves by outcome since the table began (carried in snapshots).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +132,7 @@ impl AllocationTable {
             reason: moving.reason.as_str().to_owned(),
         });
         record.state = RequestState::Monitoring;
-        record.last_moved_at_ms = Some(self.clock_ms);
+        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.completed += 1;
     }
 
@@ -152,7 +153,7 @@ impl AllocationTable {
         record.state = RequestState::Monitoring;
         // The cooldown holds after a failure too, so that a target that
         // never confirms is not tried again and again.
-        record.last_moved_at_ms = Some(self.clock_ms);
+        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.rolled_back += 1;
     }
 

@@ -223,7 +223,7 @@ impl AllocationTable {
             && constraints.resource_ids.is_empty()
             && record
                 .last_moved_at_ms
-                .is_none_or(|at| at.saturating_add(self.config.move_cooldown_ms) <= self.clock_ms)
+                .get().is_none_or(|at| at.saturating_add(self.config.move_cooldown_ms) <= self.clock_ms)
     }
 
     /// The most loaded provider `request_id` fits on whose load makes the

@@ -25,6 +25,7 @@ use crate::provider::Provider;
 use crate::quota::OnPreemption;
 use crate::record::{Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// What the table decides for a new request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,7 +325,7 @@ impl AllocationTable {
                 self.enqueue(&mut record, reason);
             } else {
                 record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-                record.lease_expires_at_ms = None;
+                record.lease_expires_at_ms = OptionalMillis::NONE;
                 record.reason = Some(reason);
             }
             if confirms {

@@ -224,6 +224,7 @@ mod tests {
     use super::*;
     use crate::record::{AllocationStatus, RequestState};
     use crate::request::{AllocationRequest, Constraints, PlacementPolicy};
+    use crate::time::OptionalMillis;
 
     fn record(n: u128) -> Arc<RequestRecord> {
         Arc::new(RequestRecord {
@@ -241,17 +242,17 @@ mod tests {
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,
-            lease_expires_at_ms: None,
+            lease_expires_at_ms: OptionalMillis::NONE,
             reason: None,
             arrival_seq: n as u64,
             submitted_at_ms: 0,
             updated_at_ms: 0,
-            finished_at_ms: None,
-            first_granted_at_ms: None,
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::NONE,
             on_preemption: Default::default(),
             movable: false,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         })
     }
 

@@ -30,7 +30,7 @@ use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
 use crate::quota::{OnPreemption, PreemptionSetting};
 use crate::record::{check_derived_ids, AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-use crate::time::UnixMillis;
+use crate::time::{OptionalMillis, UnixMillis};
 
 /// The snapshot format version this module reads.
 pub(super) const VERSION: u32 = 5;
@@ -192,13 +192,13 @@ struct RequestRecordV5 {
     state: RequestState,
     status: AllocationStatus,
     placement: Option<Placement>,
-    lease_expires_at_ms: Option<u64>,
+    lease_expires_at_ms: OptionalMillis,
     reason: Option<String>,
     arrival_seq: u64,
     submitted_at_ms: u64,
     updated_at_ms: u64,
-    finished_at_ms: Option<u64>,
-    first_granted_at_ms: Option<u64>,
+    finished_at_ms: OptionalMillis,
+    first_granted_at_ms: OptionalMillis,
 }
 
 #[derive(Deserialize)]
@@ -333,7 +333,7 @@ impl From<RequestRecordV5> for RequestRecord {
             // Version 5 moved nothing: every allocation pinned, none moving.
             movable: false,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         }
     }
 }
