@@ -53,7 +53,7 @@ impl AllocationTable {
                 .constraints
                 .resource_ids
                 .iter()
-                .find(|id| !provider.resources.contains_key(*id))
+                .find(|id| !provider.resources.contains_key(id.as_str()))
             {
                 return Err(InvalidArgument::new(
                     "constraints.resource_ids",

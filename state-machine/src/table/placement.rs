@@ -90,7 +90,7 @@ impl AllocationTable {
                         .constraints
                         .resource_ids
                         .iter()
-                        .filter_map(|id| provider.resources.get(id))
+                        .filter_map(|id| provider.resources.get(id.as_str()))
                         .filter(|resource| resource.kind == requirement.kind)
                         .map(|resource| resource.capacity)
                         .sum(),

@@ -312,7 +312,7 @@ fn updated_provider(existing: &Provider, registration: &ProviderRegistration) ->
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
         let in_use = |change: &str| CommandError::ResourceInUse {
             provider_id: existing.provider_id.to_string(),
-            resource_id: resource_id.clone(),
+            resource_id: resource_id.to_string(),
             change: change.to_owned(),
         };
         let Some(next) = updated.resources.get_mut(resource_id) else {

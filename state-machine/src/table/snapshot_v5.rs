@@ -303,7 +303,19 @@ impl From<ProviderV5> for Provider {
             labels: old.labels,
             status: old.status,
             confirms_allocations: old.confirms_allocations,
-            resources: old.resources,
+            // Each key the unit's own copy of its id, as a registration makes it.
+            resources: old
+                .resources
+                .into_iter()
+                .map(|(id, resource)| {
+                    let key = if resource.resource_id == id {
+                        resource.resource_id.clone()
+                    } else {
+                        id.into()
+                    };
+                    (key, resource)
+                })
+                .collect(),
             registered_at_ms: old.registered_at_ms,
             address: old.address,
             port: old.port,
