@@ -77,8 +77,8 @@ fn allocation(n: u128) -> AllocationRequest {
             },
         ],
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: Some(3_600_000),
+        deadline_ms: None.into(),
+        lease_ttl_ms: Some(3_600_000).into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

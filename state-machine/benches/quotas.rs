@@ -60,8 +60,8 @@ fn one_core(n: u128, namespace: &str, priority: i64) -> AllocationRequest {
             quantity: 1,
         }],
         priority,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

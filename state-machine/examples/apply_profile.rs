@@ -93,8 +93,8 @@ fn allocation(request_id: Uuid) -> AllocationRequest {
             quantity: 1,
         }],
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

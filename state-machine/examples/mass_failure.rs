@@ -60,8 +60,8 @@ fn allocation(n: u128) -> AllocationRequest {
             quantity: 1,
         }],
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

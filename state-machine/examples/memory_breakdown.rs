@@ -139,8 +139,8 @@ fn allocation(shape: Shape, n: u128) -> AllocationRequest {
         namespace: namespace.into(),
         requirements,
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms,
+        deadline_ms: None.into(),
+        lease_ttl_ms: lease_ttl_ms.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

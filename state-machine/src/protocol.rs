@@ -148,8 +148,8 @@ impl ResourceRequest {
             namespace: self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()).into(),
             requirements,
             priority,
-            deadline_ms,
-            lease_ttl_ms: self.lease_ttl_ms,
+            deadline_ms: deadline_ms.into(),
+            lease_ttl_ms: self.lease_ttl_ms.into(),
             constraints: Constraints::new(ConstraintSet {
                 provider_id: constraints.provider_id,
                 labels: constraints.labels,
@@ -177,9 +177,9 @@ impl From<&AllocationRequest> for ResourceRequest {
                     .collect(),
             ),
             priority: Some(Number::from(request.priority)),
-            deadline: request.deadline_ms.map(format_rfc3339),
+            deadline: request.deadline_ms.get().map(format_rfc3339),
             namespace: (request.namespace != DEFAULT_NAMESPACE).then(|| request.namespace.to_string()),
-            lease_ttl_ms: request.lease_ttl_ms,
+            lease_ttl_ms: request.lease_ttl_ms.get(),
             constraints: has_constraints.then(|| ConstraintsDocument {
                 provider_id: constraints.provider_id.clone(),
                 labels: constraints.labels.clone(),

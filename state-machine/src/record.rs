@@ -351,7 +351,7 @@ impl RequestRecord {
 
     /// The deadline that still binds: the request's, until it is first granted.
     pub fn pending_deadline_ms(&self) -> Option<u64> {
-        self.request.deadline_ms.filter(|_| self.first_granted_at_ms.is_none())
+        self.request.deadline_ms.get().filter(|_| self.first_granted_at_ms.is_none())
     }
 }
 
@@ -402,8 +402,8 @@ mod tests {
                     quantity: 1,
                 }],
                 priority: 3,
-                deadline_ms: Some(9),
-                lease_ttl_ms: Some(60_000),
+                deadline_ms: OptionalMillis::some(9),
+                lease_ttl_ms: OptionalMillis::some(60_000),
                 constraints: Constraints::default(),
                 placement: PlacementPolicy::Spread,
             },

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::error::InvalidArgument;
 use crate::limits::*;
 use crate::name::Name;
-use crate::time::UnixMillis;
+use crate::time::OptionalMillis;
 
 /// The namespace a request lands in when it names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -141,10 +141,12 @@ pub struct AllocationRequest {
     pub requirements: Vec<Requirement>,
     /// Higher is more urgent.
     pub priority: i64,
-    /// A queued request still waiting at this time is rejected.
-    pub deadline_ms: Option<UnixMillis>,
+    /// A queued request still waiting at this time is rejected. (Both times
+    /// an [`OptionalMillis`]: 8 bytes of every record where an `Option<u64>`
+    /// took 16, encoded as the `Option<u64>`.)
+    pub deadline_ms: OptionalMillis,
     /// An allocation not renewed within this many milliseconds expires.
-    pub lease_ttl_ms: Option<u64>,
+    pub lease_ttl_ms: OptionalMillis,
     pub constraints: Constraints,
     pub placement: PlacementPolicy,
 }
@@ -173,7 +175,7 @@ impl AllocationRequest {
             let field = check_key("resource_requirements", &requirement.kind)?;
             check_quantity(&field, requirement.quantity as i128)?;
         }
-        if let Some(ttl) = self.lease_ttl_ms {
+        if let Some(ttl) = self.lease_ttl_ms.get() {
             if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&ttl) {
                 return Err(InvalidArgument::new(
                     "lease_ttl_ms",

@@ -160,7 +160,7 @@ fn a_lease_refresh_goes_on_across_commands_and_nothing_expires_meanwhile() {
     t.register(provider("node_a", cores("a", 5)));
     for n in 1..=5 {
         t.allocate(&qm_state_machine::AllocationRequest {
-            lease_ttl_ms: Some(5_000),
+            lease_ttl_ms: Some(5_000).into(),
             ..request(n, &[("cpu_cores", 1)])
         });
     }

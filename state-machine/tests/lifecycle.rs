@@ -10,7 +10,7 @@ use qm_state_machine::{AllocationRequest, AllocationStatus, Command, CommandErro
 
 fn leased(n: u128, ttl_ms: u64) -> AllocationRequest {
     AllocationRequest {
-        lease_ttl_ms: Some(ttl_ms),
+        lease_ttl_ms: Some(ttl_ms).into(),
         ..request(n, &[("cpu_cores", 1)])
     }
 }

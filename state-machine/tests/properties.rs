@@ -202,8 +202,8 @@ impl Op {
                     requirements,
                     priority: priority as i64,
                     // Relative to T0, so some deadlines are already past when the request arrives.
-                    deadline_ms: deadline_ms.map(|offset| T0 + offset as u64 * 10),
-                    lease_ttl_ms: lease.then_some(2_000),
+                    deadline_ms: deadline_ms.map(|offset| T0 + offset as u64 * 10).into(),
+                    lease_ttl_ms: lease.then_some(2_000).into(),
                     constraints,
                     placement: if spread {
                         PlacementPolicy::Spread

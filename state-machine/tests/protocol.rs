@@ -70,8 +70,8 @@ fn the_resource_request_example_validates() {
             },
         ],
         priority: 1,
-        deadline_ms: Some(1_711_017_000_000),
-        lease_ttl_ms: None,
+        deadline_ms: Some(1_711_017_000_000).into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     };
@@ -202,7 +202,7 @@ fn extensions_round_trip_through_the_protocol_shape() {
         (
             validated.priority,
             validated.namespace.as_str(),
-            validated.lease_ttl_ms,
+            validated.lease_ttl_ms.get(),
             validated.placement
         )
     );

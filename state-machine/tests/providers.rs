@@ -399,7 +399,7 @@ impl WithUsed for EventKind {
 fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("a", 1))]);
     let timed = qm_state_machine::AllocationRequest {
-        deadline_ms: Some(T0 + 1_000),
+        deadline_ms: Some(T0 + 1_000).into(),
         ..request(1, &[("cpu_cores", 1)])
     };
     assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms.get());

@@ -152,8 +152,8 @@ impl Op {
                     namespace: namespace(ns).into(),
                     requirements,
                     priority: priority as i64,
-                    deadline_ms: None,
-                    lease_ttl_ms: lease.then_some(2_000),
+                    deadline_ms: None.into(),
+                    lease_ttl_ms: lease.then_some(2_000).into(),
                     constraints: Constraints::default(),
                     placement: PlacementPolicy::BestFit,
                 };

@@ -37,8 +37,8 @@ pub fn allocate(request: u128, cores: u64) -> Command {
             quantity: cores,
         }],
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     })

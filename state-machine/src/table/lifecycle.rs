@@ -152,7 +152,7 @@ impl AllocationTable {
                 state: record.state.as_str().to_owned(),
             });
         }
-        let Some(ttl) = record.request.lease_ttl_ms else {
+        let Some(ttl) = record.request.lease_ttl_ms.get() else {
             return Err(CommandError::NoLease {
                 allocation_id: record.allocation_id(),
             });
@@ -247,7 +247,11 @@ impl AllocationTable {
         let lower = refresh.after.map_or(Bound::Unbounded, Bound::Excluded);
         let batch: Vec<(u64, Uuid)> = self.index.leases.range((lower, Bound::Unbounded)).take(budget).copied().collect();
         for &(expires, request_id) in &batch {
-            let ttl = self.requests[&request_id].request.lease_ttl_ms.expect("indexed leases have a ttl");
+            let ttl = self.requests[&request_id]
+                .request
+                .lease_ttl_ms
+                .get()
+                .expect("indexed leases have a ttl");
             let fresh = expires.max(refresh.from_ms + ttl);
             if fresh != expires {
                 let mut record = self.take_record(request_id);
@@ -448,7 +452,7 @@ impl AllocationTable {
             },
         });
         if record.lease_expires_at_ms.is_none() {
-            record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl).into();
+            record.lease_expires_at_ms = request.lease_ttl_ms.get().map(|ttl| self.clock_ms + ttl).into();
         }
         record.first_granted_at_ms.get_or_insert(self.clock_ms);
         record.state = if confirms {

@@ -73,7 +73,7 @@ impl AllocationTable {
     /// in total. Labels are not considered: a provider with the labels may
     /// register later, and the request waits for it (or for its deadline).
     pub(super) fn never_placeable(&self, request: &AllocationRequest) -> Option<String> {
-        if let Some(deadline) = request.deadline_ms {
+        if let Some(deadline) = request.deadline_ms.get() {
             if deadline <= self.clock_ms {
                 return Some(format!(
                     "deadline_exceeded: the deadline {} has already passed",

@@ -30,7 +30,7 @@ use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
 use crate::quota::{OnPreemption, PreemptionSetting};
 use crate::record::{check_derived_ids, AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-use crate::time::{OptionalMillis, UnixMillis};
+use crate::time::OptionalMillis;
 
 /// The snapshot format version this module reads.
 pub(super) const VERSION: u32 = 5;
@@ -208,8 +208,8 @@ struct AllocationRequestV5 {
     namespace: String,
     requirements: Vec<Requirement>,
     priority: i64,
-    deadline_ms: Option<UnixMillis>,
-    lease_ttl_ms: Option<u64>,
+    deadline_ms: OptionalMillis,
+    lease_ttl_ms: OptionalMillis,
     constraints: Constraints,
     placement: PlacementPolicy,
 }
