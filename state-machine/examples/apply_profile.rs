@@ -91,7 +91,8 @@ fn allocation(request_id: Uuid) -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "bench_slot".into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
         deadline_ms: None.into(),
         lease_ttl_ms: None.into(),

@@ -58,7 +58,8 @@ fn allocation(n: u128) -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "bench_slot".into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
         deadline_ms: None.into(),
         lease_ttl_ms: None.into(),

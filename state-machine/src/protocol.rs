@@ -146,7 +146,7 @@ impl ResourceRequest {
             request_id,
             requester_id: requester_id.into(),
             namespace: self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()).into(),
-            requirements,
+            requirements: requirements.into(),
             priority,
             deadline_ms: deadline_ms.into(),
             lease_ttl_ms: self.lease_ttl_ms.into(),

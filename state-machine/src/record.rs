@@ -400,7 +400,8 @@ mod tests {
                 requirements: vec![Requirement {
                     kind: "gpu".into(),
                     quantity: 1,
-                }],
+                }]
+                .into(),
                 priority: 3,
                 deadline_ms: OptionalMillis::some(9),
                 lease_ttl_ms: OptionalMillis::some(60_000),

@@ -68,7 +68,8 @@ fn the_resource_request_example_validates() {
                 kind: "storage_gb".into(),
                 quantity: 100,
             },
-        ],
+        ]
+        .into(),
         priority: 1,
         deadline_ms: Some(1_711_017_000_000).into(),
         lease_ttl_ms: None.into(),

@@ -39,7 +39,8 @@ fn leased_request() -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "cpu_cores".to_owned().into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
         deadline_ms: None.into(),
         lease_ttl_ms: Some(LEASE_TTL_MS).into(),

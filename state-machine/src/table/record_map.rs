@@ -232,7 +232,7 @@ mod tests {
                 request_id: Uuid::from_u128(n),
                 requester_id: "requester".into(),
                 namespace: "default".into(),
-                requirements: Vec::new(),
+                requirements: Default::default(),
                 priority: 0,
                 deadline_ms: OptionalMillis::NONE,
                 lease_ttl_ms: OptionalMillis::NONE,

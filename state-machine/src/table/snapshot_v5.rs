@@ -356,7 +356,7 @@ impl From<AllocationRequestV5> for AllocationRequest {
             request_id: old.request_id,
             requester_id: old.requester_id.into(),
             namespace: old.namespace.into(),
-            requirements: old.requirements,
+            requirements: old.requirements.into(),
             priority: old.priority,
             deadline_ms: old.deadline_ms,
             lease_ttl_ms: old.lease_ttl_ms,
