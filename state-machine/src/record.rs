@@ -113,8 +113,10 @@ impl UnitGrant {
 pub struct Placement {
     /// The provider's own copy (shared, see [`Name`]).
     pub provider_id: Name,
-    /// Sorted by resource id.
-    pub grants: Vec<UnitGrant>,
+    /// Sorted by resource id. A boxed slice: a placement's grants never
+    /// change, and the vector's capacity field was 8 bytes of every record
+    /// (encoded as the vector was, a sequence).
+    pub grants: Box<[UnitGrant]>,
     pub granted_at_ms: u64,
 }
 
@@ -389,7 +391,8 @@ mod tests {
                 resource_id: "gpu_0".into(),
                 kind: "gpu".into(),
                 amount: 1,
-            }],
+            }]
+            .into(),
             granted_at_ms: 7,
         };
         RequestRecord {

@@ -301,7 +301,7 @@ fn a_dry_run_shows_the_victims_and_changes_nothing() {
     assert_eq!(vec![victim(&c), victim(&a)], preview.victims);
     assert_eq!(
         vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_4", "cpu_cores", 1)],
-        preview.placement.expect("placed").grants
+        preview.placement.expect("placed").grants.to_vec()
     );
     assert_eq!(before, t.table.to_snapshot_bytes());
 

@@ -159,8 +159,8 @@ fn deregistering_moves_allocations_to_another_provider() {
     let record = t.record(id(1));
     assert_eq!(RequestState::Monitoring, record.state);
     assert_eq!(
-        ("node_2", &grants),
-        record.placement.as_ref().map(|p| (p.provider_id.as_str(), &p.grants)).unwrap()
+        ("node_2", grants.as_slice()),
+        record.placement.as_ref().map(|p| (p.provider_id.as_str(), &*p.grants)).unwrap()
     );
     assert!(t.table.provider("node_1").is_none());
     assert_eq!(1, t.table.active_allocations());

@@ -439,7 +439,7 @@ impl AllocationTable {
                 requester_id: request.requester_id.to_string(),
                 namespace: namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
-                grants: placement.grants.clone(),
+                grants: placement.grants.to_vec(),
             },
             GrantCause::MovedFrom { from_provider, reason } => EventKind::AllocationMoved {
                 request_id,
@@ -447,7 +447,7 @@ impl AllocationTable {
                 namespace: namespace.to_string(),
                 from_provider,
                 to_provider: placement.provider_id.to_string(),
-                grants: placement.grants.clone(),
+                grants: placement.grants.to_vec(),
                 reason,
             },
         });

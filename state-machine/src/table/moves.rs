@@ -74,7 +74,7 @@ impl AllocationTable {
             namespace: record.request.namespace.to_string(),
             from_provider: from.provider_id.to_string(),
             to_provider: to.provider_id.to_string(),
-            grants: to.grants.clone(),
+            grants: to.grants.to_vec(),
             reason: reason.as_str().to_owned(),
         });
         self.move_counts.started += 1;
@@ -128,7 +128,7 @@ impl AllocationTable {
             namespace: record.request.namespace.to_string(),
             from_provider: moving.from.provider_id.to_string(),
             to_provider: moving.to.provider_id.to_string(),
-            grants: moving.to.grants,
+            grants: moving.to.grants.into_vec(),
             reason: moving.reason.as_str().to_owned(),
         });
         record.state = RequestState::Monitoring;

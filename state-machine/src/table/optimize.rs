@@ -200,7 +200,7 @@ impl AllocationTable {
                     namespace: record.request.namespace.to_string(),
                     from_provider: source.clone(),
                     to_provider: placement.provider_id.to_string(),
-                    grants: placement.grants.clone(),
+                    grants: placement.grants.to_vec(),
                 });
                 self.begin_move(request_id, placement, MoveReason::Optimization);
                 budget -= 1;

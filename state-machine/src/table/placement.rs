@@ -59,11 +59,10 @@ impl AllocationTable {
         grants.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
         // Kept for as long as the allocation lives: without the slack that
         // growing left (room for four grants where most hold one, 168 bytes
-        // per allocation; BENCHMARKS.md, "Memory and disk").
-        grants.shrink_to_fit();
+        // per allocation; BENCHMARKS.md, "Memory and disk"), as a boxed slice.
         Some(Placement {
             provider_id: provider.provider_id.clone(),
-            grants,
+            grants: grants.into_boxed_slice(),
             granted_at_ms: self.clock_ms,
         })
     }

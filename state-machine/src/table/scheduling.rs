@@ -175,7 +175,7 @@ impl AllocationTable {
                     namespace: record.request.namespace.to_string(),
                     from_provider: moving.from.provider_id.to_string(),
                     to_provider: moving.to.provider_id.to_string(),
-                    grants: moving.to.grants.clone(),
+                    grants: moving.to.grants.to_vec(),
                 })
             })
             .collect();
