@@ -122,7 +122,7 @@ impl AllocationTable {
                 namespace: request.namespace.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("cancelled".to_owned());
+            record.reason = Some("cancelled".into());
             Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
@@ -135,7 +135,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-            record.reason = Some("released".to_owned());
+            record.reason = Some("released".into());
             record.lease_expires_at_ms = OptionalMillis::NONE;
             Released::Released
         };
@@ -195,7 +195,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("lease_expired".to_owned());
+            record.reason = Some("lease_expired".into());
             record.lease_expires_at_ms = OptionalMillis::NONE;
             self.put_record(record);
         }
@@ -476,7 +476,7 @@ impl AllocationTable {
         record.state = RequestState::Queued;
         record.status = AllocationStatus::Queued;
         record.lease_expires_at_ms = OptionalMillis::NONE;
-        record.reason = Some(reason);
+        record.reason = Some(reason.into());
     }
 
     pub(super) fn reject(&mut self, record: &mut RequestRecord, reason: String) {
@@ -489,7 +489,7 @@ impl AllocationTable {
         });
         record.state = RequestState::Error;
         record.status = AllocationStatus::Rejected;
-        record.reason = Some(reason);
+        record.reason = Some(reason.into());
     }
 
     /// Lets go of the units an active `record` (taken out of the table) holds;

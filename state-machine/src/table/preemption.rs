@@ -111,7 +111,7 @@ impl AllocationTable {
                     crate::record::AllocationStatus::Queued => PreviewOutcome::Queued,
                     crate::record::AllocationStatus::Rejected => PreviewOutcome::Rejected,
                 },
-                reason: record.reason.clone(),
+                reason: record.reason.as_deref().map(str::to_owned),
                 placement: record.placement.clone(),
                 victims: Vec::new(),
             });
@@ -326,7 +326,7 @@ impl AllocationTable {
             } else {
                 record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
                 record.lease_expires_at_ms = OptionalMillis::NONE;
-                record.reason = Some(reason);
+                record.reason = Some(reason.into());
             }
             if confirms {
                 awaited.push((record.allocation_id(), placement.provider_id.to_string()));

@@ -334,7 +334,7 @@ impl From<RequestRecordV5> for RequestRecord {
             status: old.status,
             placement: old.placement,
             lease_expires_at_ms: old.lease_expires_at_ms,
-            reason: old.reason,
+            reason: old.reason.map(String::into_boxed_str),
             arrival_seq: old.arrival_seq,
             submitted_at_ms: old.submitted_at_ms,
             updated_at_ms: old.updated_at_ms,
