@@ -88,13 +88,20 @@ impl AllocationIndex {
         }
     }
 
-    /// Forgets `allocation_id`, if it is indexed.
-    pub(crate) fn remove(&mut self, allocation_id: Uuid) {
+    /// Forgets `allocation_id`, `request_id`'s (which it must derive
+    /// from), if it is indexed.
+    pub(crate) fn remove(&mut self, allocation_id: Uuid, request_id: Uuid) {
+        debug_assert_eq!(
+            allocation_id_for(request_id),
+            allocation_id,
+            "an allocation id is derived from its request id"
+        );
         let prefix = prefix_of(allocation_id);
         let Some(&held) = self.by_prefix.get(&prefix) else {
             return;
         };
-        if allocation_id_for(held) != allocation_id {
+        // The request ids compared, not the allocation ids: no SHA-1.
+        if held != request_id {
             self.overflow.remove(&allocation_id);
             return;
         }
@@ -221,7 +228,7 @@ mod tests {
             let allocation_id = allocation_id_for(*request_id);
             if n % 3 == 0 {
                 tree.remove(&allocation_id);
-                index.remove(allocation_id);
+                index.remove(allocation_id, *request_id);
             } else {
                 tree.insert(allocation_id, *request_id);
                 index.insert(allocation_id, *request_id);

@@ -145,7 +145,7 @@ impl Indexes {
     /// Undoes [`Self::add_identity`], when the table forgets the request.
     pub fn remove_identity(&mut self, record: &RequestRecord) {
         let request = &record.request;
-        self.allocation_to_request.remove(record.allocation_id());
+        self.allocation_to_request.remove(record.allocation_id(), request.request_id);
         disown(&mut self.by_owner, &request.namespace, &request.requester_id, request.request_id);
     }
 

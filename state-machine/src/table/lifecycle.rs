@@ -420,14 +420,16 @@ impl AllocationTable {
         let provider = self
             .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
-        let changed = provider.hold(record.allocation_id(), &placement.grants);
+        // Derived from the request id (a SHA-1): once per grant.
+        let allocation_id = record.allocation_id();
+        let changed = provider.hold(allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(&placement);
         let request = &record.request;
-        let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id(), request.namespace.clone());
+        let (request_id, namespace) = (request.request_id, request.namespace.clone());
         if matches!(cause, GrantCause::MovedFrom { .. }) {
             // Off its provider, a preemptor waits for no release there.
             self.stop_awaiting(request_id);
