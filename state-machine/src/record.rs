@@ -163,7 +163,7 @@ pub struct Move {
 /// Its response and allocation ids are derived from the request id
 /// ([`Self::response_id`], [`Self::allocation_id`]), not kept: 32 bytes of
 /// every record a table holds (BENCHMARKS.md, "Fewer bytes per record").
-/// The encoding still carries them, as it always did ([`EncodedRecord`]),
+/// The encoding still carries them, as it always did (`EncodedRecord`),
 /// and decoding refuses a record whose ids are not its request id's.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "EncodedRecord")]
