@@ -75,10 +75,11 @@ fn allocation(n: u128) -> AllocationRequest {
                 kind: "memory_gb".into(),
                 quantity: 4,
             },
-        ],
+        ]
+        .into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: Some(3_600_000),
+        deadline_ms: None.into(),
+        lease_ttl_ms: Some(3_600_000).into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

@@ -58,10 +58,11 @@ fn one_core(n: u128, namespace: &str, priority: i64) -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "cpu_cores".into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

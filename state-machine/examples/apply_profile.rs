@@ -91,10 +91,11 @@ fn allocation(request_id: Uuid) -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "bench_slot".into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

@@ -58,10 +58,11 @@ fn allocation(n: u128) -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "bench_slot".into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

@@ -137,10 +137,10 @@ fn allocation(shape: Shape, n: u128) -> AllocationRequest {
         request_id: Uuid::from_u128(n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
         requester_id: requester_id.into(),
         namespace: namespace.into(),
-        requirements,
+        requirements: requirements.into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms,
+        deadline_ms: None.into(),
+        lease_ttl_ms: lease_ttl_ms.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }

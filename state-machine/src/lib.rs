@@ -33,7 +33,8 @@
 //! * [`error`]: typed errors; a failed command changes nothing.
 //! * [`limits`]: every bound, named.
 //! * [`name`]: [`Name`], the shared string of ids many records repeat.
-//! * [`time`]: RFC 3339 without a clock.
+//! * [`time`]: RFC 3339 without a clock; [`OptionalMillis`], an optional
+//!   time in 8 bytes.
 //!
 //! # Rules of the table
 //!
@@ -90,3 +91,4 @@ pub use request::{AllocationRequest, ConstraintSet, Constraints, PlacementPolicy
 pub use table::{
     AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,
 };
+pub use time::OptionalMillis;

@@ -505,6 +505,7 @@ const _: () = assert!(CAPABILITY_URI_LEN_MAX > ID_LEN_MAX);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::OptionalMillis;
 
     fn request(kinds: &[(&str, u64)], priority: i64) -> AllocationRequest {
         AllocationRequest {
@@ -519,8 +520,8 @@ mod tests {
                 })
                 .collect(),
             priority,
-            deadline_ms: None,
-            lease_ttl_ms: None,
+            deadline_ms: OptionalMillis::NONE,
+            lease_ttl_ms: OptionalMillis::NONE,
             constraints: Default::default(),
             placement: Default::default(),
         }

@@ -146,10 +146,10 @@ impl ResourceRequest {
             request_id,
             requester_id: requester_id.into(),
             namespace: self.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()).into(),
-            requirements,
+            requirements: requirements.into(),
             priority,
-            deadline_ms,
-            lease_ttl_ms: self.lease_ttl_ms,
+            deadline_ms: deadline_ms.into(),
+            lease_ttl_ms: self.lease_ttl_ms.into(),
             constraints: Constraints::new(ConstraintSet {
                 provider_id: constraints.provider_id,
                 labels: constraints.labels,
@@ -177,9 +177,9 @@ impl From<&AllocationRequest> for ResourceRequest {
                     .collect(),
             ),
             priority: Some(Number::from(request.priority)),
-            deadline: request.deadline_ms.map(format_rfc3339),
+            deadline: request.deadline_ms.get().map(format_rfc3339),
             namespace: (request.namespace != DEFAULT_NAMESPACE).then(|| request.namespace.to_string()),
-            lease_ttl_ms: request.lease_ttl_ms,
+            lease_ttl_ms: request.lease_ttl_ms.get(),
             constraints: has_constraints.then(|| ConstraintsDocument {
                 provider_id: constraints.provider_id.clone(),
                 labels: constraints.labels.clone(),
@@ -246,7 +246,7 @@ impl From<&RequestRecord> for AllocationResponse {
     fn from(record: &RequestRecord) -> Self {
         let active = record.placement.as_ref().filter(|_| record.state.is_active());
         AllocationResponse {
-            response_id: record.response_id,
+            response_id: record.response_id(),
             request_id: record.request.request_id,
             status: record.status,
             allocated_resources: active.map(|placement| {
@@ -261,11 +261,11 @@ impl From<&RequestRecord> for AllocationResponse {
                 by_kind
             }),
             state: Some(record.state),
-            allocation_id: Some(record.allocation_id),
+            allocation_id: Some(record.allocation_id()),
             provider_id: active.map(|placement| placement.provider_id.to_string()),
-            grants: active.map(|placement| placement.grants.clone()),
-            reason: record.reason.clone(),
-            lease_expires_at: record.lease_expires_at_ms.map(format_rfc3339),
+            grants: active.map(|placement| placement.grants.to_vec()),
+            reason: record.reason.as_deref().map(str::to_owned),
+            lease_expires_at: record.lease_expires_at_ms.get().map(format_rfc3339),
         }
     }
 }

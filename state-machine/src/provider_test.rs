@@ -176,7 +176,7 @@ proptest::proptest! {
             capacities.iter().enumerate().map(|(n, capacity)| spec(&format!("unit_{n:02}"), "slot", *capacity)).collect(),
         );
         for (n, (unit, wanted)) in holds.into_iter().enumerate() {
-            let Some(resource) = provider.resources.get(&format!("unit_{:02}", unit % capacities.len())) else { continue };
+            let Some(resource) = provider.resources.get(format!("unit_{:02}", unit % capacities.len()).as_str()) else { continue };
             if resource.free() == 0 {
                 continue;
             }
@@ -184,7 +184,7 @@ proptest::proptest! {
             provider.hold(Uuid::from_u128(n as u128 + 1), &[grant]);
         }
         let policy = if spread { PlacementPolicy::Spread } else { PlacementPolicy::BestFit };
-        let every_unit: Vec<String> = provider.resources.keys().cloned().collect();
+        let every_unit: Vec<String> = provider.resources.keys().map(String::from).collect();
 
         proptest::prop_assert_eq!(
             provider.pick_pinned_units("slot", quantity, &every_unit, policy),
@@ -194,4 +194,62 @@ proptest::proptest! {
         rebuilt.rebuild_kinds();
         proptest::prop_assert_eq!(&rebuilt.kinds, &provider.kinds);
     }
+}
+
+#[test]
+fn units_encode_as_before_and_decode_sharing_their_ids_with_their_keys() {
+    // --- a provider with an unlabelled unit, a labelled one and a holder
+    let mut labelled = spec("gpu_0", "gpu", 1);
+    labelled.labels = BTreeMap::from([("model".to_owned(), "a100".to_owned())]);
+    let mut provider = provider_with(vec![spec("cpu_1", "cpu_cores", 1), labelled]);
+    let grant = provider.pick_units("gpu", 1, &[], PlacementPolicy::BestFit).unwrap();
+    provider.hold(Uuid::from_u128(7), &grant);
+    assert!(provider.resources.iter().all(|(key, unit)| key.shares_with(&unit.resource_id)));
+
+    // --- encoded as the map of strings to units with a map of labels was
+    #[derive(Serialize)]
+    struct UnitAsItWas {
+        resource_id: String,
+        kind: String,
+        capacity: u64,
+        labels: BTreeMap<String, String>,
+        sharing: Sharing,
+        holders: BTreeMap<Uuid, u64>,
+    }
+    let as_it_was: BTreeMap<String, UnitAsItWas> = provider
+        .resources
+        .iter()
+        .map(|(key, unit)| {
+            let unit_as_it_was = UnitAsItWas {
+                resource_id: unit.resource_id.to_string(),
+                kind: unit.kind.to_string(),
+                capacity: unit.capacity,
+                labels: (*unit.labels).clone(),
+                sharing: unit.sharing,
+                holders: unit.holders.iter().map(|(id, amount)| (*id, *amount)).collect(),
+            };
+            (key.to_string(), unit_as_it_was)
+        })
+        .collect();
+    let config = bincode::config::standard();
+    let units = bincode::serde::encode_to_vec(&provider.resources, config).unwrap();
+    assert_eq!(bincode::serde::encode_to_vec(&as_it_was, config).unwrap(), units);
+    assert_eq!(
+        serde_json::to_string(&as_it_was).unwrap(),
+        serde_json::to_string(&provider.resources).unwrap()
+    );
+    assert_eq!(Some(&"a100".to_owned()), provider.resources["gpu_0"].labels.get("model"));
+
+    // --- decoded: each key is its unit's own copy of the id
+    let bytes = bincode::serde::encode_to_vec(&provider, config).unwrap();
+    let (decoded, _): (Provider, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+    let decoded_units: Vec<_> = decoded
+        .resources
+        .iter()
+        .map(|(key, unit)| (key.shares_with(&unit.resource_id), unit))
+        .collect();
+    assert_eq!(
+        provider.resources.values().map(|unit| (true, unit)).collect::<Vec<_>>(),
+        decoded_units
+    );
 }

@@ -7,6 +7,7 @@ use crate::name::Name;
 use crate::provider::{Resource, Sharing};
 use crate::quota::OnPreemption;
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// The protocol's request states. `request_processing` is passed through
 /// inside a single apply, so a request is never seen in it; the others are
@@ -112,8 +113,10 @@ impl UnitGrant {
 pub struct Placement {
     /// The provider's own copy (shared, see [`Name`]).
     pub provider_id: Name,
-    /// Sorted by resource id.
-    pub grants: Vec<UnitGrant>,
+    /// Sorted by resource id. A boxed slice: a placement's grants never
+    /// change, and the vector's capacity field was 8 bytes of every record
+    /// (encoded as the vector was, a sequence).
+    pub grants: Box<[UnitGrant]>,
     pub granted_at_ms: u64,
 }
 
@@ -156,47 +159,170 @@ pub struct Move {
 }
 
 /// Everything known about one request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its response and allocation ids are derived from the request id
+/// ([`Self::response_id`], [`Self::allocation_id`]), not kept: 32 bytes of
+/// every record a table holds (BENCHMARKS.md, "Fewer bytes per record").
+/// The encoding still carries them, as it always did (`EncodedRecord`),
+/// and decoding refuses a record whose ids are not its request id's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "EncodedRecord")]
 pub struct RequestRecord {
     pub request: AllocationRequest,
-    /// Derived from the request id, so every replica answers with the same id.
-    pub response_id: Uuid,
-    /// Derived from the request id; release and renew accept either id.
-    pub allocation_id: Uuid,
     pub state: RequestState,
     pub status: AllocationStatus,
     /// Current placement while active; the last one after release or expiry.
     pub placement: Option<Placement>,
-    pub lease_expires_at_ms: Option<u64>,
+    pub lease_expires_at_ms: OptionalMillis,
     /// Why it was queued, rejected, or ended (`released`, `lease_expired`, ...).
-    pub reason: Option<String>,
+    /// Never changed in place, so a boxed `str` (16 bytes inline against a
+    /// `String`'s 24; encoded as the string).
+    pub reason: Option<Box<str>>,
     /// Order among requests of the same priority in the queue.
     pub arrival_seq: u64,
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
     /// Set once the request is finished; the dedupe window counts from here.
-    pub finished_at_ms: Option<u64>,
+    pub finished_at_ms: OptionalMillis,
     /// When the request was first granted. Its deadline binds only before
     /// this: an allocation queued again because its provider failed met its
     /// deadline already and waits to be re-placed, never rejected for it.
-    #[serde(default)]
-    pub first_granted_at_ms: Option<u64>,
+    pub first_granted_at_ms: OptionalMillis,
     /// What happens to the allocation if a preemptor takes its units.
-    #[serde(default)]
     pub on_preemption: OnPreemption,
     /// The requester allows it to be moved to another provider
     /// make-before-break (optimization, drain). Pinned (false) by default.
-    #[serde(default)]
     pub movable: bool,
     /// The move under way, in state `optimization`. Boxed: few records
     /// move at a time, and inline it made every record 120 bytes larger
     /// (a box encodes as what it holds, so the snapshot is unchanged).
-    #[serde(default)]
     pub moving: Option<Box<Move>>,
     /// When its last move ended: it is not moved again within
     /// [`crate::TableConfig::move_cooldown_ms`].
+    pub last_moved_at_ms: OptionalMillis,
+}
+
+/// A [`RequestRecord`] as it is encoded: its fields in their order, with
+/// the two derived ids after the request. Decoded into, then checked and
+/// turned into a record; a record encodes through [`EncodedRecordRef`],
+/// the same fields borrowed, so the bytes are those of the record that kept
+/// the ids (snapshot format 8 and before).
+#[derive(Deserialize)]
+#[serde(rename = "RequestRecord")]
+struct EncodedRecord {
+    request: AllocationRequest,
+    response_id: Uuid,
+    allocation_id: Uuid,
+    state: RequestState,
+    status: AllocationStatus,
+    placement: Option<Placement>,
+    lease_expires_at_ms: OptionalMillis,
+    reason: Option<Box<str>>,
+    arrival_seq: u64,
+    submitted_at_ms: u64,
+    updated_at_ms: u64,
+    finished_at_ms: OptionalMillis,
     #[serde(default)]
-    pub last_moved_at_ms: Option<u64>,
+    first_granted_at_ms: OptionalMillis,
+    #[serde(default)]
+    on_preemption: OnPreemption,
+    #[serde(default)]
+    movable: bool,
+    #[serde(default)]
+    moving: Option<Box<Move>>,
+    #[serde(default)]
+    last_moved_at_ms: OptionalMillis,
+}
+
+/// [`EncodedRecord`], borrowed from a record to encode it.
+#[derive(Serialize)]
+#[serde(rename = "RequestRecord")]
+struct EncodedRecordRef<'a> {
+    request: &'a AllocationRequest,
+    response_id: Uuid,
+    allocation_id: Uuid,
+    state: RequestState,
+    status: AllocationStatus,
+    placement: &'a Option<Placement>,
+    lease_expires_at_ms: OptionalMillis,
+    reason: &'a Option<Box<str>>,
+    arrival_seq: u64,
+    submitted_at_ms: u64,
+    updated_at_ms: u64,
+    finished_at_ms: OptionalMillis,
+    first_granted_at_ms: OptionalMillis,
+    on_preemption: OnPreemption,
+    movable: bool,
+    moving: &'a Option<Box<Move>>,
+    last_moved_at_ms: OptionalMillis,
+}
+
+impl Serialize for RequestRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        EncodedRecordRef {
+            request: &self.request,
+            response_id: self.response_id(),
+            allocation_id: self.allocation_id(),
+            state: self.state,
+            status: self.status,
+            placement: &self.placement,
+            lease_expires_at_ms: self.lease_expires_at_ms,
+            reason: &self.reason,
+            arrival_seq: self.arrival_seq,
+            submitted_at_ms: self.submitted_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            finished_at_ms: self.finished_at_ms,
+            first_granted_at_ms: self.first_granted_at_ms,
+            on_preemption: self.on_preemption,
+            movable: self.movable,
+            moving: &self.moving,
+            last_moved_at_ms: self.last_moved_at_ms,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl TryFrom<EncodedRecord> for RequestRecord {
+    type Error = String;
+
+    /// Refuses ids that are not the request id's: this build would answer
+    /// with the derived ones, and every build derived them the same way.
+    fn try_from(encoded: EncodedRecord) -> Result<RequestRecord, String> {
+        check_derived_ids(encoded.request.request_id, encoded.response_id, encoded.allocation_id)?;
+        Ok(RequestRecord {
+            request: encoded.request,
+            state: encoded.state,
+            status: encoded.status,
+            placement: encoded.placement,
+            lease_expires_at_ms: encoded.lease_expires_at_ms,
+            reason: encoded.reason,
+            arrival_seq: encoded.arrival_seq,
+            submitted_at_ms: encoded.submitted_at_ms,
+            updated_at_ms: encoded.updated_at_ms,
+            finished_at_ms: encoded.finished_at_ms,
+            first_granted_at_ms: encoded.first_granted_at_ms,
+            on_preemption: encoded.on_preemption,
+            movable: encoded.movable,
+            moving: encoded.moving,
+            last_moved_at_ms: encoded.last_moved_at_ms,
+        })
+    }
+}
+
+/// Whether an encoded record's response and allocation ids are those its
+/// request id derives (the error says which is not).
+pub(crate) fn check_derived_ids(request_id: Uuid, response_id: Uuid, allocation_id: Uuid) -> Result<(), String> {
+    if response_id != response_id_for(request_id) {
+        return Err(format!(
+            "request {request_id} has response id {response_id}, not the one derived from it"
+        ));
+    }
+    if allocation_id != allocation_id_for(request_id) {
+        return Err(format!(
+            "request {request_id} has allocation id {allocation_id}, not the one derived from it"
+        ));
+    }
+    Ok(())
 }
 
 /// Namespaces for deriving ids: fixed, so ids agree across replicas and builds.
@@ -216,8 +342,152 @@ pub fn response_id_for(request_id: Uuid) -> Uuid {
 }
 
 impl RequestRecord {
+    /// The id of the answer to this request, the same on every replica.
+    pub fn response_id(&self) -> Uuid {
+        response_id_for(self.request.request_id)
+    }
+
+    /// The allocation's id (release and renew accept it or the request
+    /// id), the same on every replica.
+    pub fn allocation_id(&self) -> Uuid {
+        allocation_id_for(self.request.request_id)
+    }
+
     /// The deadline that still binds: the request's, until it is first granted.
     pub fn pending_deadline_ms(&self) -> Option<u64> {
-        self.request.deadline_ms.filter(|_| self.first_granted_at_ms.is_none())
+        self.request.deadline_ms.get().filter(|_| self.first_granted_at_ms.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{Constraints, PlacementPolicy, Requirement};
+
+    /// The record as snapshot format 8 and before declared it: the ids kept.
+    #[derive(Serialize)]
+    struct RecordThatKeptItsIds {
+        request: AllocationRequest,
+        response_id: Uuid,
+        allocation_id: Uuid,
+        state: RequestState,
+        status: AllocationStatus,
+        placement: Option<Placement>,
+        lease_expires_at_ms: Option<u64>,
+        reason: Option<String>,
+        arrival_seq: u64,
+        submitted_at_ms: u64,
+        updated_at_ms: u64,
+        finished_at_ms: Option<u64>,
+        first_granted_at_ms: Option<u64>,
+        on_preemption: OnPreemption,
+        movable: bool,
+        moving: Option<Box<Move>>,
+        last_moved_at_ms: Option<u64>,
+    }
+
+    fn record() -> RequestRecord {
+        let placement = Placement {
+            provider_id: "node_1".into(),
+            grants: vec![UnitGrant {
+                resource_id: "gpu_0".into(),
+                kind: "gpu".into(),
+                amount: 1,
+            }]
+            .into(),
+            granted_at_ms: 7,
+        };
+        RequestRecord {
+            request: AllocationRequest {
+                request_id: Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0),
+                requester_id: "agent_1".into(),
+                namespace: "default".into(),
+                requirements: vec![Requirement {
+                    kind: "gpu".into(),
+                    quantity: 1,
+                }]
+                .into(),
+                priority: 3,
+                deadline_ms: OptionalMillis::some(9),
+                lease_ttl_ms: OptionalMillis::some(60_000),
+                constraints: Constraints::default(),
+                placement: PlacementPolicy::Spread,
+            },
+            state: RequestState::Optimization,
+            status: AllocationStatus::Allocated,
+            placement: Some(placement.clone()),
+            lease_expires_at_ms: Some(60_007).into(),
+            reason: Some("moved".into()),
+            arrival_seq: 5,
+            submitted_at_ms: 6,
+            updated_at_ms: 8,
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::some(7),
+            on_preemption: OnPreemption::Release,
+            movable: true,
+            moving: Some(Box::new(Move {
+                reason: MoveReason::Drain,
+                from: placement.clone(),
+                to: placement,
+                deadline_ms: 11,
+                target_confirmed: false,
+            })),
+            last_moved_at_ms: OptionalMillis::some(4),
+        }
+    }
+
+    fn kept(record: &RequestRecord, response_id: Uuid, allocation_id: Uuid) -> RecordThatKeptItsIds {
+        let record = record.clone();
+        RecordThatKeptItsIds {
+            request: record.request,
+            response_id,
+            allocation_id,
+            state: record.state,
+            status: record.status,
+            placement: record.placement,
+            lease_expires_at_ms: record.lease_expires_at_ms.get(),
+            reason: record.reason.map(String::from),
+            arrival_seq: record.arrival_seq,
+            submitted_at_ms: record.submitted_at_ms,
+            updated_at_ms: record.updated_at_ms,
+            finished_at_ms: record.finished_at_ms.get(),
+            first_granted_at_ms: record.first_granted_at_ms.get(),
+            on_preemption: record.on_preemption,
+            movable: record.movable,
+            moving: record.moving,
+            last_moved_at_ms: record.last_moved_at_ms.get(),
+        }
+    }
+
+    #[test]
+    fn encodes_as_the_record_that_kept_its_derived_ids() {
+        let config = bincode::config::standard();
+        let record = record();
+        let request_id = record.request.request_id;
+        let old = kept(&record, response_id_for(request_id), allocation_id_for(request_id));
+
+        let bytes = bincode::serde::encode_to_vec(&record, config).unwrap();
+        assert_eq!(bincode::serde::encode_to_vec(&old, config).unwrap(), bytes);
+        assert_eq!(serde_json::to_string(&old).unwrap(), serde_json::to_string(&record).unwrap());
+        let (decoded, _): (RequestRecord, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(record, decoded);
+        assert_eq!(allocation_id_for(request_id), decoded.allocation_id());
+        assert_eq!(response_id_for(request_id), decoded.response_id());
+    }
+
+    #[test]
+    fn ids_not_derived_from_the_request_id_are_refused() {
+        let config = bincode::config::standard();
+        let record = record();
+        let request_id = record.request.request_id;
+        let other = Uuid::from_u128(42);
+        for (response_id, allocation_id, named) in [
+            (other, allocation_id_for(request_id), "response id"),
+            (response_id_for(request_id), other, "allocation id"),
+        ] {
+            let bytes = bincode::serde::encode_to_vec(kept(&record, response_id, allocation_id), config).unwrap();
+            let error = bincode::serde::decode_from_slice::<RequestRecord, _>(&bytes, config).unwrap_err();
+            assert!(error.to_string().contains(named), "{error}");
+        }
     }
 }

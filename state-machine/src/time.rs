@@ -4,6 +4,8 @@
 //! milliseconds stamped by the leader. Converting here, with plain integer
 //! calendar arithmetic, keeps the crate free of `std::time` and of any
 //! dependency that could read the wall clock.
+//!
+//! [`OptionalMillis`] is the record's optional times, 8 bytes each.
 
 /// Milliseconds since 1970-01-01T00:00:00Z.
 pub type UnixMillis = u64;
@@ -127,6 +129,106 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// A time in milliseconds, or none: an `Option<u64>` in 8 bytes instead of
+/// 16. A record keeps four (its lease's expiry, when it finished, was first
+/// granted, last moved), 32 bytes of every record a table holds
+/// (BENCHMARKS.md, "Fewer bytes per record").
+///
+/// `u64::MAX` stands for none, so a time is at most [`Self::MAX_MS`],
+/// 584 million years past the epoch: a time set past it is held there
+/// (only a clock that far off could ask for it). Encodes exactly as
+/// `Option<u64>` does, and decoding refuses `Some(u64::MAX)`, which no
+/// table can hold, rather than read it as none.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OptionalMillis(u64);
+
+/// The value that stands for none.
+const NO_MILLIS: u64 = u64::MAX;
+
+impl OptionalMillis {
+    pub const NONE: OptionalMillis = OptionalMillis(NO_MILLIS);
+    /// The latest time one can hold.
+    pub const MAX_MS: UnixMillis = NO_MILLIS - 1;
+
+    /// `ms`, held at [`Self::MAX_MS`] if past it.
+    pub const fn some(ms: UnixMillis) -> OptionalMillis {
+        OptionalMillis(if ms > Self::MAX_MS { Self::MAX_MS } else { ms })
+    }
+
+    pub const fn get(self) -> Option<UnixMillis> {
+        if self.0 == NO_MILLIS {
+            None
+        } else {
+            Some(self.0)
+        }
+    }
+
+    pub const fn is_some(self) -> bool {
+        self.0 != NO_MILLIS
+    }
+
+    pub const fn is_none(self) -> bool {
+        self.0 == NO_MILLIS
+    }
+
+    /// Sets the time to `ms` if there is none yet.
+    pub fn get_or_insert(&mut self, ms: UnixMillis) -> UnixMillis {
+        if self.is_none() {
+            *self = OptionalMillis::some(ms);
+        }
+        self.0
+    }
+}
+
+impl Default for OptionalMillis {
+    fn default() -> OptionalMillis {
+        OptionalMillis::NONE
+    }
+}
+
+impl From<Option<UnixMillis>> for OptionalMillis {
+    fn from(ms: Option<UnixMillis>) -> OptionalMillis {
+        ms.map_or(OptionalMillis::NONE, OptionalMillis::some)
+    }
+}
+
+impl From<OptionalMillis> for Option<UnixMillis> {
+    fn from(ms: OptionalMillis) -> Option<UnixMillis> {
+        ms.get()
+    }
+}
+
+impl PartialEq<Option<UnixMillis>> for OptionalMillis {
+    fn eq(&self, other: &Option<UnixMillis>) -> bool {
+        self.get() == *other
+    }
+}
+
+/// As the `Option<u64>` it stands for.
+impl std::fmt::Debug for OptionalMillis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl serde::Serialize for OptionalMillis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OptionalMillis {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<OptionalMillis, D::Error> {
+        match Option::<UnixMillis>::deserialize(deserializer)? {
+            Some(NO_MILLIS) => Err(serde::de::Error::custom(format!(
+                "a time of {NO_MILLIS} ms, past the latest a table holds ({})",
+                OptionalMillis::MAX_MS
+            ))),
+            ms => Ok(OptionalMillis::from(ms)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +277,35 @@ mod tests {
         for millis in [0, 1_711_017_000_000, 951_782_400_123, 4_102_444_799_999] {
             assert_eq!(parse_rfc3339(&format_rfc3339(millis)), Some(millis));
         }
+    }
+
+    #[test]
+    fn optional_millis_encodes_and_compares_as_an_option() {
+        let config = bincode::config::standard();
+        for ms in [None, Some(0), Some(1), Some(1_711_017_000_000), Some(OptionalMillis::MAX_MS)] {
+            let optional = OptionalMillis::from(ms);
+            assert_eq!(ms, optional.get());
+            assert_eq!(optional, ms);
+            assert_eq!((ms.is_some(), ms.is_none()), (optional.is_some(), optional.is_none()));
+            assert_eq!(format!("{ms:?}"), format!("{optional:?}"));
+            let bytes = bincode::serde::encode_to_vec(optional, config).unwrap();
+            assert_eq!(bincode::serde::encode_to_vec(ms, config).unwrap(), bytes);
+            assert_eq!(serde_json::to_string(&ms).unwrap(), serde_json::to_string(&optional).unwrap());
+            let (decoded, _): (OptionalMillis, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+            assert_eq!(optional, decoded);
+        }
+        assert_eq!(OptionalMillis::NONE, OptionalMillis::default());
+        let mut first = OptionalMillis::NONE;
+        assert_eq!(5, first.get_or_insert(5));
+        assert_eq!(5, first.get_or_insert(6), "set once");
+    }
+
+    #[test]
+    fn the_value_that_stands_for_none_is_held_back_and_refused_when_decoded() {
+        assert_eq!(Some(OptionalMillis::MAX_MS), OptionalMillis::some(u64::MAX).get());
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(Some(u64::MAX), config).unwrap();
+        assert!(bincode::serde::decode_from_slice::<OptionalMillis, _>(&bytes, config).is_err());
+        assert!(serde_json::from_str::<OptionalMillis>(&u64::MAX.to_string()).is_err());
     }
 }

@@ -160,7 +160,7 @@ fn a_lease_refresh_goes_on_across_commands_and_nothing_expires_meanwhile() {
     t.register(provider("node_a", cores("a", 5)));
     for n in 1..=5 {
         t.allocate(&qm_state_machine::AllocationRequest {
-            lease_ttl_ms: Some(5_000),
+            lease_ttl_ms: Some(5_000).into(),
             ..request(n, &[("cpu_cores", 1)])
         });
     }
@@ -189,7 +189,7 @@ fn a_lease_refresh_goes_on_across_commands_and_nothing_expires_meanwhile() {
         ticks += 1;
     }
     assert_eq!(5, ticks, "each lease met at most twice, two a command");
-    let expiries: Vec<Option<u64>> = (1..=5).map(|n| t.record(id(n)).lease_expires_at_ms).collect();
+    let expiries: Vec<Option<u64>> = (1..=5).map(|n| t.record(id(n)).lease_expires_at_ms.get()).collect();
     assert_eq!(vec![Some(T0 + 9_000); 5], expiries, "every lease a full TTL from the refresh");
     assert!((1..=5).all(|n| t.record(id(n)).state == RequestState::Monitoring));
 }

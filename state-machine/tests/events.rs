@@ -16,7 +16,7 @@ fn busy_table(config: TableConfig) -> Table {
     t.register(provider("node_2", cores("b", 1)));
     t.allocate(&request(1, &[("cpu_cores", 2)]));
     t.allocate(&AllocationRequest {
-        lease_ttl_ms: Some(1_000),
+        lease_ttl_ms: Some(1_000).into(),
         ..request(2, &[("cpu_cores", 1)])
     });
     t.allocate(&request(3, &[("cpu_cores", 1)]));

@@ -10,7 +10,7 @@ use qm_state_machine::{AllocationRequest, AllocationStatus, Command, CommandErro
 
 fn leased(n: u128, ttl_ms: u64) -> AllocationRequest {
     AllocationRequest {
-        lease_ttl_ms: Some(ttl_ms),
+        lease_ttl_ms: Some(ttl_ms).into(),
         ..request(n, &[("cpu_cores", 1)])
     }
 }
@@ -19,7 +19,7 @@ fn leased(n: u128, ttl_ms: u64) -> AllocationRequest {
 fn a_lease_expires_on_the_first_tick_at_or_past_it() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     let held = leased(1, 5_000);
-    assert_eq!(Some(T0 + 5_000), t.allocate_record(&held).lease_expires_at_ms);
+    assert_eq!(Some(T0 + 5_000), t.allocate_record(&held).lease_expires_at_ms.get());
     assert_eq!(Some(T0 + 5_000), t.table.next_due_ms());
 
     // --- one millisecond early: nothing
@@ -36,7 +36,7 @@ fn a_lease_expires_on_the_first_tick_at_or_past_it() {
     let record = t.record(id(1));
     assert_eq!(
         (RequestState::Idle, Some("lease_expired"), None),
-        (record.state, record.reason.as_deref(), record.lease_expires_at_ms)
+        (record.state, record.reason.as_deref(), record.lease_expires_at_ms.get())
     );
     assert_eq!(
         Some("node_1"),
@@ -59,7 +59,7 @@ fn renewing_extends_a_lease_by_its_ttl_from_now() {
     }]);
     let applied = t.apply(Command::RenewLease { id: id(1) });
     assert_eq!(expected, applied.events);
-    assert_eq!(Some(T0 + 9_000), record_of(applied).lease_expires_at_ms);
+    assert_eq!(Some(T0 + 9_000), record_of(applied).lease_expires_at_ms.get());
 
     // --- the old expiry passes harmlessly
     assert_eq!(
@@ -75,6 +75,7 @@ fn renewing_extends_a_lease_by_its_ttl_from_now() {
             id: allocation_id_for(id(1))
         }))
         .lease_expires_at_ms
+        .get()
     );
     assert_eq!(
         Ok(CommandResponse::Ticked { expired: 1, rejected: 0 }),
@@ -122,8 +123,8 @@ fn a_new_leader_gives_every_lease_a_fresh_window() {
         (Ok(CommandResponse::LeasesRefreshed { leases: 2 }), expected),
         (applied.result, applied.events)
     );
-    assert_eq!(Some(T0 + 9_000), t.record(id(1)).lease_expires_at_ms);
-    assert_eq!(Some(T0 + 64_000), t.record(id(2)).lease_expires_at_ms);
+    assert_eq!(Some(T0 + 9_000), t.record(id(1)).lease_expires_at_ms.get());
+    assert_eq!(Some(T0 + 64_000), t.record(id(2)).lease_expires_at_ms.get());
     assert_eq!(
         Ok(CommandResponse::Ticked { expired: 0, rejected: 0 }),
         t.tick_at(T0 + 5_000).result
@@ -139,7 +140,7 @@ fn the_table_clock_never_goes_backwards() {
     // --- a new leader with a slower clock cannot un-expire or shorten anything
     t.now_ms = T0 + 1_000;
     let applied = t.apply(Command::RenewLease { id: id(1) });
-    assert_eq!(Some(T0 + 9_000), record_of(applied).lease_expires_at_ms);
+    assert_eq!(Some(T0 + 9_000), record_of(applied).lease_expires_at_ms.get());
     assert_eq!(T0 + 4_000, t.table.clock_ms());
 }
 

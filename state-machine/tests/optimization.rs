@@ -81,10 +81,10 @@ fn two_halves(with_agents: bool) -> (Table, AllocationRequest, AllocationRequest
     let (first, second) = (movable(1, 1), movable(2, 1));
     for (request, on) in [(&first, "node_1"), (&second, "node_2")] {
         let record = record_of(t.apply(Command::AllocateMovable(request.clone())));
-        assert_eq!(on, record.placement.unwrap().provider_id);
+        assert_eq!(on, record.placement.clone().unwrap().provider_id);
         if with_agents {
             t.apply(Command::ConfirmAllocation {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 provider_id: on.into(),
             });
         }
@@ -382,9 +382,9 @@ fn a_drain_on_a_full_cluster_answers_what_cannot_move_and_the_deadline_moves_the
     let (first, second) = (movable(1, 1), movable(2, 1));
     for request in [&first, &second] {
         let record = record_of(t.apply(Command::AllocateMovable(request.clone())));
-        let provider_id = record.placement.unwrap().provider_id;
+        let provider_id = record.placement.clone().unwrap().provider_id;
         t.apply(Command::ConfirmAllocation {
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             provider_id: provider_id.to_string(),
         });
     }

@@ -15,7 +15,7 @@ fn placed(record: &RequestRecord) -> (String, Vec<UnitGrant>) {
         .placement
         .as_ref()
         .unwrap_or_else(|| panic!("{} is {:?}, not placed", record.request.request_id, record.state));
-    (placement.provider_id.to_string(), placement.grants.clone())
+    (placement.provider_id.to_string(), placement.grants.to_vec())
 }
 
 fn spread(request: AllocationRequest) -> AllocationRequest {

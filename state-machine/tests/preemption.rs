@@ -219,7 +219,7 @@ fn a_victim_asking_to_be_released_is_released_and_the_preemptor_waits_for_its_ag
             RequestState::Deallocation,
             Some(format!("preempted: by request {}", urgent.request_id))
         ),
-        (victim_record.state, victim_record.reason)
+        (victim_record.state, victim_record.reason.map(String::from))
     );
     assert_eq!(RequestState::Allocation, t.record(urgent.request_id).state);
 
@@ -301,7 +301,7 @@ fn a_dry_run_shows_the_victims_and_changes_nothing() {
     assert_eq!(vec![victim(&c), victim(&a)], preview.victims);
     assert_eq!(
         vec![grant("cpu_1", "cpu_cores", 1), grant("cpu_4", "cpu_cores", 1)],
-        preview.placement.expect("placed").grants
+        preview.placement.expect("placed").grants.to_vec()
     );
     assert_eq!(before, t.table.to_snapshot_bytes());
 

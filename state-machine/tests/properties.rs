@@ -199,11 +199,11 @@ impl Op {
                     request_id: request_id(request),
                     requester_id: format!("agent_{}", request % 3).into(),
                     namespace: DEFAULT_NAMESPACE.to_owned().into(),
-                    requirements,
+                    requirements: requirements.into(),
                     priority: priority as i64,
                     // Relative to T0, so some deadlines are already past when the request arrives.
-                    deadline_ms: deadline_ms.map(|offset| T0 + offset as u64 * 10),
-                    lease_ttl_ms: lease.then_some(2_000),
+                    deadline_ms: deadline_ms.map(|offset| T0 + offset as u64 * 10).into(),
+                    lease_ttl_ms: lease.then_some(2_000).into(),
                     constraints,
                     placement: if spread {
                         PlacementPolicy::Spread

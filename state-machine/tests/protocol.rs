@@ -68,10 +68,11 @@ fn the_resource_request_example_validates() {
                 kind: "storage_gb".into(),
                 quantity: 100,
             },
-        ],
+        ]
+        .into(),
         priority: 1,
-        deadline_ms: Some(1_711_017_000_000),
-        lease_ttl_ms: None,
+        deadline_ms: Some(1_711_017_000_000).into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     };
@@ -168,7 +169,7 @@ fn a_registration_in_the_issue_shape_registers_a_provider() {
     let expected_resources = json!({ "cpu_cores": ["cpu_1", "cpu_2"], "memory_gb": ["block_1", "block_2"], "storage_gb": ["vol_1"] });
     assert_eq!(
         (
-            &json!(record.response_id.to_string()),
+            &json!(record.response_id().to_string()),
             &json!("550e8400-e29b-41d4-a716-446655440000"),
             &json!("allocated"),
             &expected_resources
@@ -202,7 +203,7 @@ fn extensions_round_trip_through_the_protocol_shape() {
         (
             validated.priority,
             validated.namespace.as_str(),
-            validated.lease_ttl_ms,
+            validated.lease_ttl_ms.get(),
             validated.placement
         )
     );

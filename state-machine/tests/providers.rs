@@ -159,8 +159,8 @@ fn deregistering_moves_allocations_to_another_provider() {
     let record = t.record(id(1));
     assert_eq!(RequestState::Monitoring, record.state);
     assert_eq!(
-        ("node_2", &grants),
-        record.placement.as_ref().map(|p| (p.provider_id.as_str(), &p.grants)).unwrap()
+        ("node_2", grants.as_slice()),
+        record.placement.as_ref().map(|p| (p.provider_id.as_str(), &*p.grants)).unwrap()
     );
     assert!(t.table.provider("node_1").is_none());
     assert_eq!(1, t.table.active_allocations());
@@ -399,10 +399,10 @@ impl WithUsed for EventKind {
 fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("a", 1))]);
     let timed = qm_state_machine::AllocationRequest {
-        deadline_ms: Some(T0 + 1_000),
+        deadline_ms: Some(T0 + 1_000).into(),
         ..request(1, &[("cpu_cores", 1)])
     };
-    assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms);
+    assert_eq!(Some(T0), t.allocate_record(&timed).first_granted_at_ms.get());
 
     // --- long after the deadline, node_1 fails: the allocation waits in the queue
     t.now_ms = T0 + 5_000;
@@ -420,5 +420,8 @@ fn an_allocation_queued_by_a_failure_is_not_held_to_its_deadline_again() {
     // --- a new provider takes it
     t.register(provider("node_2", cores("b", 1)));
     let record = t.record(id(1));
-    assert_eq!((RequestState::Monitoring, Some(T0)), (record.state, record.first_granted_at_ms));
+    assert_eq!(
+        (RequestState::Monitoring, Some(T0)),
+        (record.state, record.first_granted_at_ms.get())
+    );
 }

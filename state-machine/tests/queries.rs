@@ -26,7 +26,7 @@ fn listed_table() -> Table {
         t.allocate(&request);
     }
     t.allocate(&AllocationRequest {
-        deadline_ms: Some(T0 + 9_000),
+        deadline_ms: Some(T0 + 9_000).into(),
         ..in_team(3, "agent_1")
     });
     t
@@ -121,7 +121,7 @@ fn the_queue_and_the_next_due_time_are_visible() {
     );
     t.register(provider("node_4", cores("d", 1)));
     t.allocate(&AllocationRequest {
-        lease_ttl_ms: Some(2_000),
+        lease_ttl_ms: Some(2_000).into(),
         ..request(6, &[("cpu_cores", 1)])
     });
     assert_eq!(Some(T0 + 2_000), t.table.next_due_ms());

@@ -102,7 +102,7 @@ fn new_capacity_from_an_updated_provider_is_offered_to_the_queue() {
 fn a_lease_expiry_frees_capacity_for_the_queue() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     let leased = AllocationRequest {
-        lease_ttl_ms: Some(5_000),
+        lease_ttl_ms: Some(5_000).into(),
         ..request(1, &[("cpu_cores", 1)])
     };
     t.allocate(&leased);
@@ -127,7 +127,7 @@ fn a_queued_request_is_rejected_by_the_first_tick_past_its_deadline() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     t.allocate(&request(1, &[("cpu_cores", 1)]));
     let hurried = AllocationRequest {
-        deadline_ms: Some(T0 + 1_000),
+        deadline_ms: Some(T0 + 1_000).into(),
         ..request(2, &[("cpu_cores", 1)])
     };
     t.allocate(&hurried);
@@ -164,7 +164,7 @@ fn a_request_whose_deadline_has_passed_is_not_granted_before_the_tick_rejects_it
     let hurried = with_priority(
         9,
         AllocationRequest {
-            deadline_ms: Some(T0 + 1_000),
+            deadline_ms: Some(T0 + 1_000).into(),
             ..request(2, &[("cpu_cores", 1)])
         },
     );
@@ -192,7 +192,7 @@ fn a_request_whose_deadline_has_passed_is_not_granted_before_the_tick_rejects_it
 fn a_request_arriving_past_its_deadline_is_rejected_at_once() {
     let mut t = Table::with_providers(vec![provider("node_1", cores("", 1))]);
     let late = AllocationRequest {
-        deadline_ms: Some(T0),
+        deadline_ms: Some(T0).into(),
         ..request(1, &[("cpu_cores", 1)])
     };
 
@@ -214,7 +214,7 @@ fn one_tick_handles_a_bounded_number_of_expirations() {
     t.register(provider("node_1", cores("", 3)));
     for n in 1..=3 {
         t.allocate(&AllocationRequest {
-            lease_ttl_ms: Some(1_000),
+            lease_ttl_ms: Some(1_000).into(),
             ..request(n, &[("cpu_cores", 1)])
         });
     }

@@ -150,10 +150,10 @@ impl Op {
                     request_id: Uuid::from_u128(request as u128 + 1),
                     requester_id: "agent".to_owned().into(),
                     namespace: namespace(ns).into(),
-                    requirements,
+                    requirements: requirements.into(),
                     priority: priority as i64,
-                    deadline_ms: None,
-                    lease_ttl_ms: lease.then_some(2_000),
+                    deadline_ms: None.into(),
+                    lease_ttl_ms: lease.then_some(2_000).into(),
                     constraints: Constraints::default(),
                     placement: PlacementPolicy::BestFit,
                 };
@@ -331,7 +331,7 @@ impl QuotaModel {
                         Held {
                             namespace: namespace.clone(),
                             priority: record.request.priority,
-                            asks: record.request.requirements.clone(),
+                            asks: record.request.requirements.to_vec(),
                         },
                     );
                     // Only the kinds it asks for: another kind may be over

@@ -34,12 +34,12 @@ fn rich_table() -> Table {
         vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 100)],
     ));
     t.allocate(&AllocationRequest {
-        lease_ttl_ms: Some(60_000),
+        lease_ttl_ms: Some(60_000).into(),
         ..request(1, &[("cpu_cores", 1), ("memory_gb", 4)])
     });
     t.allocate(&request(2, &[("storage_gb", 30)]));
     t.allocate(&AllocationRequest {
-        deadline_ms: Some(T0 + 30_000),
+        deadline_ms: Some(T0 + 30_000).into(),
         priority: 2,
         ..request(3, &[("cpu_cores", 2)])
     });

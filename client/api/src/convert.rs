@@ -170,11 +170,11 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         .as_ref()
         .filter(|_| record.state.is_active() || record.state == RequestState::Deallocation);
     api::AllocationReply {
-        response_id: record.response_id.to_string(),
+        response_id: record.response_id().to_string(),
         request_id: record.request.request_id.to_string(),
         status: status_to_wire(record.status) as i32,
         state: state_to_wire(record.state) as i32,
-        allocation_id: record.allocation_id.to_string(),
+        allocation_id: record.allocation_id().to_string(),
         provider_id: provider
             .map(|placement| placement.provider_id.clone())
             .unwrap_or_default()
@@ -182,8 +182,8 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         grants: active
             .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
             .unwrap_or_default(),
-        reason: record.reason.clone().unwrap_or_default(),
-        lease_expires_at_ms: record.lease_expires_at_ms,
+        reason: record.reason.as_deref().unwrap_or_default().to_owned(),
+        lease_expires_at_ms: record.lease_expires_at_ms.get(),
         request: Some(request_to_proto(&ResourceRequest::from(&record.request))),
         submitted_at_ms: record.submitted_at_ms,
         updated_at_ms: record.updated_at_ms,

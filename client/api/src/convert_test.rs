@@ -179,11 +179,11 @@ fn an_active_record_replies_with_its_provider_and_grants() {
     let reply = reply_from_record(&record);
 
     let expected = api::AllocationReply {
-        response_id: record.response_id.to_string(),
+        response_id: record.response_id().to_string(),
         request_id: "550e8400-e29b-41d4-a716-446655440000".into(),
         status: api::AllocationStatus::Allocated as i32,
         state: api::RequestState::Monitoring as i32,
-        allocation_id: record.allocation_id.to_string(),
+        allocation_id: record.allocation_id().to_string(),
         provider_id: "node_1".into(),
         grants: vec![
             api::UnitGrant {
@@ -239,7 +239,12 @@ fn a_reply_converts_to_the_protocols_allocation_response() {
 #[test]
 fn a_released_record_replies_without_provider_or_grants() {
     let (mut table, record) = table_with_allocation();
-    let applied = table.apply(&StampedCommand::new(NOW_MS + 2, Command::Release { id: record.allocation_id }));
+    let applied = table.apply(&StampedCommand::new(
+        NOW_MS + 2,
+        Command::Release {
+            id: record.allocation_id(),
+        },
+    ));
     let released = applied.result.unwrap().request().unwrap().clone();
 
     let reply = reply_from_record(&released);

@@ -186,7 +186,7 @@ fn the_protocol_example_parses_from_stdin_exactly() {
     let validated = request.validate().unwrap();
     assert_eq!("agent_123", validated.requester_id);
     assert_eq!(3, validated.requirements.len());
-    assert_eq!(Some(1_711_017_000_000), validated.deadline_ms);
+    assert_eq!(Some(1_711_017_000_000), validated.deadline_ms.get());
 }
 
 #[test]

@@ -303,7 +303,7 @@ fn confirm_outcome(table: &AllocationTable, allocation_id: Uuid, call: &ConfirmR
     let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
     if placed_on != Some(call.provider_id.as_str()) {
         return Some(Err(CommandError::WrongProvider {
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             claimed: call.provider_id.clone(),
             actual: placed_on.unwrap_or("no provider").to_owned(),
         }));

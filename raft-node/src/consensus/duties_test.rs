@@ -39,10 +39,11 @@ fn leased_request() -> AllocationRequest {
         requirements: vec![Requirement {
             kind: "cpu_cores".to_owned().into(),
             quantity: 1,
-        }],
+        }]
+        .into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: Some(LEASE_TTL_MS),
+        deadline_ms: None.into(),
+        lease_ttl_ms: Some(LEASE_TTL_MS).into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }
@@ -128,7 +129,7 @@ fn a_deregistered_provider_still_being_evacuated_is_not_recovered_by_a_heartbeat
     let allocations = (1..=2).map(|n| {
         Command::Allocate(AllocationRequest {
             request_id: Uuid::from_u128(n),
-            lease_ttl_ms: None,
+            lease_ttl_ms: None.into(),
             ..leased_request()
         })
     });

@@ -295,9 +295,9 @@ mod tests {
             let record = apply(Command::AllocateMovable(request));
             let record = record.request().unwrap();
             let provider_id = record.placement.as_ref().unwrap().provider_id.clone();
-            allocation_ids.push(record.allocation_id);
+            allocation_ids.push(record.allocation_id());
             apply(Command::ConfirmAllocation {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 provider_id: provider_id.to_string(),
             });
         }

@@ -35,10 +35,11 @@ pub fn allocate(request: u128, cores: u64) -> Command {
         requirements: vec![Requirement {
             kind: "cpu_cores".to_string().into(),
             quantity: cores,
-        }],
+        }]
+        .into(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     })

@@ -12,8 +12,7 @@ use uuid::Uuid;
 ///
 /// The key of the trees that hold as many ids as the table remembers
 /// requests and are searched by id on every command (the request map's
-/// shards, the owner sets), and of [`IdHashMap`](super::id_hash_map::IdHashMap);
-/// the time- and priority-ordered sets keep `Uuid`, where it measured no
+/// shards, the owner sets); the time- and priority-ordered sets keep `Uuid`, where it measured no
 /// worse (BENCHMARKS.md, "The table's indexes").
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct IdKey(u128);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use super::id_hash_map::IdHashMap;
+use super::allocation_index::AllocationIndex;
 use super::id_key::IdKey;
 use crate::name::Name;
 use crate::provider::Provider;
@@ -17,8 +17,8 @@ use crate::request::AllocationRequest;
 pub(crate) struct Indexes {
     /// Allocation id → request id, to resolve a command that names an
     /// allocation. Only ever looked up by one id, never walked, so a hash
-    /// table: see [`IdHashMap`] for what it saves and what it risks.
-    pub allocation_to_request: IdHashMap<Uuid>,
+    /// table: see [`AllocationIndex`] for what it saves and what it risks.
+    pub allocation_to_request: AllocationIndex,
     /// Kind → (free amount, provider) for active providers with some free:
     /// the best-fit search walks this upwards from the wanted amount.
     pub free_by_kind: BTreeMap<String, BTreeSet<(u64, String)>>,
@@ -81,7 +81,7 @@ impl Indexes {
         for record in records {
             let request = &record.request;
             let id = request.request_id;
-            allocation_to_request.push((record.allocation_id, id));
+            allocation_to_request.push((record.allocation_id(), id));
             let requesters = owners.entry(GroupKey::new(&request.namespace)).or_default();
             requesters.entry(GroupKey::new(&request.requester_id)).or_default().push(id.into());
             match record.state {
@@ -94,12 +94,12 @@ impl Indexes {
                     index.add_held(request);
                     *index.active_priorities.entry(request.priority).or_insert(0) += 1;
                     index.add_move_state(record);
-                    leases.extend(record.lease_expires_at_ms.map(|expires| (expires, id)));
+                    leases.extend(record.lease_expires_at_ms.get().map(|expires| (expires, id)));
                     let placement = record.placement.as_ref().expect("an active request has a placement");
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
                 }
                 RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                    finished.push((record.finished_at_ms.expect("a finished request has a finish time"), id));
+                    finished.push((record.finished_at_ms.get().expect("a finished request has a finish time"), id));
                 }
             }
         }
@@ -137,15 +137,15 @@ impl Indexes {
     /// when the table first takes the request in.
     /// The record's owner names become the index's copies.
     pub fn add_identity(&mut self, record: &mut RequestRecord) {
+        self.allocation_to_request.insert(record.allocation_id(), record.request.request_id);
         let request = &mut record.request;
-        self.allocation_to_request.insert(record.allocation_id, request.request_id);
         owned_by(&mut self.by_owner, &mut request.namespace, &mut request.requester_id).insert(request.request_id.into());
     }
 
     /// Undoes [`Self::add_identity`], when the table forgets the request.
     pub fn remove_identity(&mut self, record: &RequestRecord) {
         let request = &record.request;
-        self.allocation_to_request.remove(record.allocation_id);
+        self.allocation_to_request.remove(record.allocation_id(), request.request_id);
         disown(&mut self.by_owner, &request.namespace, &request.requester_id, request.request_id);
     }
 
@@ -167,7 +167,7 @@ impl Indexes {
                 self.add_held(request);
                 *self.active_priorities.entry(request.priority).or_insert(0) += 1;
                 self.add_move_state(record);
-                if let Some(expires) = record.lease_expires_at_ms {
+                if let Some(expires) = record.lease_expires_at_ms.get() {
                     self.leases.insert((expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
@@ -177,7 +177,7 @@ impl Indexes {
                 };
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                let finished_at = record.finished_at_ms.expect("a finished request has a finish time");
+                let finished_at = record.finished_at_ms.get().expect("a finished request has a finish time");
                 self.finished.insert((finished_at, id));
             }
         }
@@ -211,7 +211,7 @@ impl Indexes {
                 if let Some(moving) = &record.moving {
                     self.moves.remove(&(moving.deadline_ms, id));
                 }
-                if let Some(expires) = record.lease_expires_at_ms {
+                if let Some(expires) = record.lease_expires_at_ms.get() {
                     self.leases.remove(&(expires, id));
                 }
                 let placement = record.placement.as_ref().expect("an active request has a placement");
@@ -226,7 +226,7 @@ impl Indexes {
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
                 self.finished
-                    .remove(&(record.finished_at_ms.expect("a finished request has a finish time"), id));
+                    .remove(&(record.finished_at_ms.get().expect("a finished request has a finish time"), id));
             }
         }
     }

@@ -12,8 +12,9 @@ use crate::error::{CommandError, InvalidArgument};
 use crate::event::{EventKind, ResourceState};
 use crate::limits::NAMESPACES_EXAMINED_PER_FREE_MAX;
 use crate::quota::OnPreemption;
-use crate::record::{allocation_id_for, response_id_for, AllocationStatus, Placement, RequestRecord, RequestState};
+use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// What releasing a live request did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +53,7 @@ impl AllocationTable {
                 .constraints
                 .resource_ids
                 .iter()
-                .find(|id| !provider.resources.contains_key(*id))
+                .find(|id| !provider.resources.contains_key(id.as_str()))
             {
                 return Err(InvalidArgument::new(
                     "constraints.resource_ids",
@@ -65,22 +66,20 @@ impl AllocationTable {
         let mut record = RequestRecord {
             // The command's own request when the caller gave it up, else a copy.
             request: request.into_owned(),
-            response_id: response_id_for(request_id),
-            allocation_id: allocation_id_for(request_id),
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,
-            lease_expires_at_ms: None,
+            lease_expires_at_ms: OptionalMillis::NONE,
             reason: None,
             arrival_seq: self.next_arrival_seq,
             submitted_at_ms: self.clock_ms,
             updated_at_ms: self.clock_ms,
-            finished_at_ms: None,
-            first_granted_at_ms: None,
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::NONE,
             on_preemption,
             movable,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         };
         self.next_arrival_seq += 1;
         let decision = self.decide(&record.request);
@@ -123,7 +122,7 @@ impl AllocationTable {
                 namespace: request.namespace.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("cancelled".to_owned());
+            record.reason = Some("cancelled".into());
             Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
@@ -131,13 +130,13 @@ impl AllocationTable {
             self.note_quota_freed(&request.namespace);
             self.emit(EventKind::AllocationReleased {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-            record.reason = Some("released".to_owned());
-            record.lease_expires_at_ms = None;
+            record.reason = Some("released".into());
+            record.lease_expires_at_ms = OptionalMillis::NONE;
             Released::Released
         };
         self.put_record(record);
@@ -149,20 +148,20 @@ impl AllocationTable {
         let record = &self.requests[&request_id];
         if !record.state.is_active() {
             return Err(CommandError::NotActive {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 state: record.state.as_str().to_owned(),
             });
         }
-        let Some(ttl) = record.request.lease_ttl_ms else {
+        let Some(ttl) = record.request.lease_ttl_ms.get() else {
             return Err(CommandError::NoLease {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
             });
         };
         let mut record = self.take_record(request_id);
         let expires_at_ms = self.clock_ms + ttl;
-        record.lease_expires_at_ms = Some(expires_at_ms);
+        record.lease_expires_at_ms = OptionalMillis::some(expires_at_ms);
         self.emit(EventKind::LeaseRenewed {
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             expires_at_ms,
         });
@@ -191,13 +190,13 @@ impl AllocationTable {
             self.note_quota_freed(&record.request.namespace);
             self.emit(EventKind::AllocationExpired {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: record.request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("lease_expired".to_owned());
-            record.lease_expires_at_ms = None;
+            record.reason = Some("lease_expired".into());
+            record.lease_expires_at_ms = OptionalMillis::NONE;
             self.put_record(record);
         }
         let overdue: Vec<Uuid> = self
@@ -248,11 +247,15 @@ impl AllocationTable {
         let lower = refresh.after.map_or(Bound::Unbounded, Bound::Excluded);
         let batch: Vec<(u64, Uuid)> = self.index.leases.range((lower, Bound::Unbounded)).take(budget).copied().collect();
         for &(expires, request_id) in &batch {
-            let ttl = self.requests[&request_id].request.lease_ttl_ms.expect("indexed leases have a ttl");
+            let ttl = self.requests[&request_id]
+                .request
+                .lease_ttl_ms
+                .get()
+                .expect("indexed leases have a ttl");
             let fresh = expires.max(refresh.from_ms + ttl);
             if fresh != expires {
                 let mut record = self.take_record(request_id);
-                record.lease_expires_at_ms = Some(fresh);
+                record.lease_expires_at_ms = OptionalMillis::some(fresh);
                 self.put_record(record);
             }
         }
@@ -277,7 +280,7 @@ impl AllocationTable {
         let waiting_for = self.releases_awaited(request_id);
         if !waiting_for.is_empty() && self.requests[&request_id].state == RequestState::Allocation {
             return Err(CommandError::PreemptionUnconfirmed {
-                allocation_id: self.requests[&request_id].allocation_id,
+                allocation_id: self.requests[&request_id].allocation_id(),
                 waiting_for,
             });
         }
@@ -293,7 +296,7 @@ impl AllocationTable {
         }
         let request_id = self.resolve(id)?;
         let record = &self.requests[&request_id];
-        let allocation_id = record.allocation_id;
+        let allocation_id = record.allocation_id();
         if !self.is_awaited(allocation_id, provider_id) {
             return self.confirm(id, provider_id, RequestState::Deallocation, RequestState::Idle);
         }
@@ -319,7 +322,7 @@ impl AllocationTable {
         let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
         if placed_on != Some(provider_id) {
             return Err(CommandError::WrongProvider {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 claimed: provider_id.to_owned(),
                 actual: placed_on.unwrap_or("no provider").to_owned(),
             });
@@ -329,13 +332,13 @@ impl AllocationTable {
         }
         if record.state != from {
             return Err(CommandError::NotActive {
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 state: record.state.as_str().to_owned(),
             });
         }
         let mut record = self.take_record(request_id);
         record.state = to;
-        let (allocation_id, namespace, provider_id) = (record.allocation_id, record.request.namespace.clone(), provider_id.to_owned());
+        let (allocation_id, namespace, provider_id) = (record.allocation_id(), record.request.namespace.clone(), provider_id.to_owned());
         self.emit(match to {
             RequestState::Monitoring => EventKind::AllocationConfirmed {
                 allocation_id,
@@ -417,14 +420,16 @@ impl AllocationTable {
         let provider = self
             .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
-        let changed = provider.hold(record.allocation_id, &placement.grants);
+        // Derived from the request id (a SHA-1): once per grant.
+        let allocation_id = record.allocation_id();
+        let changed = provider.hold(allocation_id, &placement.grants);
         let confirms = provider.confirms_allocations;
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
         self.emit_unit_statuses(&placement);
         let request = &record.request;
-        let (request_id, allocation_id, namespace) = (request.request_id, record.allocation_id, request.namespace.clone());
+        let (request_id, namespace) = (request.request_id, request.namespace.clone());
         if matches!(cause, GrantCause::MovedFrom { .. }) {
             // Off its provider, a preemptor waits for no release there.
             self.stop_awaiting(request_id);
@@ -436,7 +441,7 @@ impl AllocationTable {
                 requester_id: request.requester_id.to_string(),
                 namespace: namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
-                grants: placement.grants.clone(),
+                grants: placement.grants.to_vec(),
             },
             GrantCause::MovedFrom { from_provider, reason } => EventKind::AllocationMoved {
                 request_id,
@@ -444,12 +449,12 @@ impl AllocationTable {
                 namespace: namespace.to_string(),
                 from_provider,
                 to_provider: placement.provider_id.to_string(),
-                grants: placement.grants.clone(),
+                grants: placement.grants.to_vec(),
                 reason,
             },
         });
         if record.lease_expires_at_ms.is_none() {
-            record.lease_expires_at_ms = request.lease_ttl_ms.map(|ttl| self.clock_ms + ttl);
+            record.lease_expires_at_ms = request.lease_ttl_ms.get().map(|ttl| self.clock_ms + ttl).into();
         }
         record.first_granted_at_ms.get_or_insert(self.clock_ms);
         record.state = if confirms {
@@ -472,8 +477,8 @@ impl AllocationTable {
         });
         record.state = RequestState::Queued;
         record.status = AllocationStatus::Queued;
-        record.lease_expires_at_ms = None;
-        record.reason = Some(reason);
+        record.lease_expires_at_ms = OptionalMillis::NONE;
+        record.reason = Some(reason.into());
     }
 
     pub(super) fn reject(&mut self, record: &mut RequestRecord, reason: String) {
@@ -486,7 +491,7 @@ impl AllocationTable {
         });
         record.state = RequestState::Error;
         record.status = AllocationStatus::Rejected;
-        record.reason = Some(reason);
+        record.reason = Some(reason.into());
     }
 
     /// Lets go of the units an active `record` (taken out of the table) holds;
@@ -496,7 +501,7 @@ impl AllocationTable {
         let provider = self
             .provider_mut(&placement.provider_id)
             .expect("placements name registered providers");
-        let changed = provider.unhold(record.allocation_id, &placement.grants);
+        let changed = provider.unhold(record.allocation_id(), &placement.grants);
         for (kind, before) in changed {
             self.index.update_free(&self.providers[&*placement.provider_id], &kind, before);
         }
@@ -537,10 +542,6 @@ impl AllocationTable {
         if self.requests.contains_key(&id) {
             return Ok(id);
         }
-        self.index
-            .allocation_to_request
-            .get(id)
-            .copied()
-            .ok_or(CommandError::NotFound { id })
+        self.index.allocation_to_request.get(id).ok_or(CommandError::NotFound { id })
     }
 }

@@ -23,9 +23,9 @@
 //! (the rest in the commands after it; a deregistered provider is
 //! forgotten once empty).
 
+mod allocation_index;
 mod bulk_release;
 mod cursors;
-mod id_hash_map;
 mod id_key;
 mod indexes;
 mod lifecycle;
@@ -58,6 +58,7 @@ use crate::policy::CapabilityPolicy;
 use crate::provider::Provider;
 use crate::quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
 use crate::record::RequestRecord;
+use crate::time::OptionalMillis;
 use record_map::RecordMap;
 
 pub use cursors::Cursor;
@@ -361,7 +362,7 @@ impl AllocationTable {
             self.stop_awaiting(record.request.request_id);
         }
         if record.state.is_finished() && record.finished_at_ms.is_none() {
-            record.finished_at_ms = Some(self.clock_ms);
+            record.finished_at_ms = OptionalMillis::some(self.clock_ms);
         }
         if record.state.is_finished() && !self.policy_holders.is_empty() {
             self.uncharge_finished(&record.request);

@@ -26,6 +26,7 @@ use crate::command::ApplyResult;
 use crate::command::CommandResponse;
 use crate::event::EventKind;
 use crate::record::{Move, MoveReason, Placement, RequestRecord, RequestState};
+use crate::time::OptionalMillis;
 
 /// Moves by outcome since the table began (carried in snapshots).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,14 +67,14 @@ impl AllocationTable {
         assert_eq!(RequestState::Monitoring, record.state, "only a settled allocation moves");
         let from = record.placement.clone().expect("an active request has a placement");
         assert_ne!(from.provider_id, to.provider_id, "a move changes provider");
-        self.hold_units(record.allocation_id, &to);
+        self.hold_units(record.allocation_id(), &to);
         self.emit(EventKind::AllocationMoving {
             request_id,
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             from_provider: from.provider_id.to_string(),
             to_provider: to.provider_id.to_string(),
-            grants: to.grants.clone(),
+            grants: to.grants.to_vec(),
             reason: reason.as_str().to_owned(),
         });
         self.move_counts.started += 1;
@@ -101,12 +102,12 @@ impl AllocationTable {
         let (from, to) = (moving.from.clone(), moving.to.clone());
         self.emit(EventKind::MoveTargetReady {
             request_id: record.request.request_id,
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             from_provider: from.provider_id.to_string(),
             to_provider: to.provider_id.to_string(),
         });
-        self.unhold_units(record.allocation_id, &from);
+        self.unhold_units(record.allocation_id(), &from);
         record.placement = Some(to);
         let source_confirms = self
             .providers
@@ -123,15 +124,15 @@ impl AllocationTable {
         assert!(moving.target_confirmed, "a move finishes only after its target confirmed");
         self.emit(EventKind::AllocationMoved {
             request_id: record.request.request_id,
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             from_provider: moving.from.provider_id.to_string(),
             to_provider: moving.to.provider_id.to_string(),
-            grants: moving.to.grants,
+            grants: moving.to.grants.into_vec(),
             reason: moving.reason.as_str().to_owned(),
         });
         record.state = RequestState::Monitoring;
-        record.last_moved_at_ms = Some(self.clock_ms);
+        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.completed += 1;
     }
 
@@ -140,10 +141,10 @@ impl AllocationTable {
     fn roll_back_move(&mut self, record: &mut RequestRecord, why: &str) {
         let moving = record.moving.take().expect("a move is under way");
         assert!(!moving.target_confirmed, "a move is rolled back only before its target confirmed");
-        self.unhold_units(record.allocation_id, &moving.to);
+        self.unhold_units(record.allocation_id(), &moving.to);
         self.emit(EventKind::OptimizationFailed {
             request_id: record.request.request_id,
-            allocation_id: record.allocation_id,
+            allocation_id: record.allocation_id(),
             namespace: record.request.namespace.to_string(),
             from_provider: moving.from.provider_id.to_string(),
             to_provider: moving.to.provider_id.to_string(),
@@ -152,7 +153,7 @@ impl AllocationTable {
         record.state = RequestState::Monitoring;
         // The cooldown holds after a failure too, so that a target that
         // never confirms is not tried again and again.
-        record.last_moved_at_ms = Some(self.clock_ms);
+        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.rolled_back += 1;
     }
 
@@ -223,7 +224,7 @@ impl AllocationTable {
             (false, false) if moving.to.provider_id == provider_id => {
                 let mut record = self.take_record(request_id);
                 self.emit(EventKind::AllocationConfirmed {
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     provider_id: provider_id.to_owned(),
                 });
@@ -237,7 +238,7 @@ impl AllocationTable {
             (true, true) if moving.from.provider_id == provider_id => {
                 let mut record = self.take_record(request_id);
                 self.emit(EventKind::DeallocationConfirmed {
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     provider_id: provider_id.to_owned(),
                 });

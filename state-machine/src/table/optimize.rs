@@ -196,11 +196,11 @@ impl AllocationTable {
                 }
                 planned.push(PlannedMove {
                     request_id,
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     from_provider: source.clone(),
                     to_provider: placement.provider_id.to_string(),
-                    grants: placement.grants.clone(),
+                    grants: placement.grants.to_vec(),
                 });
                 self.begin_move(request_id, placement, MoveReason::Optimization);
                 budget -= 1;
@@ -223,7 +223,7 @@ impl AllocationTable {
             && constraints.resource_ids.is_empty()
             && record
                 .last_moved_at_ms
-                .is_none_or(|at| at.saturating_add(self.config.move_cooldown_ms) <= self.clock_ms)
+                .get().is_none_or(|at| at.saturating_add(self.config.move_cooldown_ms) <= self.clock_ms)
     }
 
     /// The most loaded provider `request_id` fits on whose load makes the

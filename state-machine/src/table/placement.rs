@@ -59,11 +59,10 @@ impl AllocationTable {
         grants.sort_by(|a, b| a.resource_id.cmp(&b.resource_id));
         // Kept for as long as the allocation lives: without the slack that
         // growing left (room for four grants where most hold one, 168 bytes
-        // per allocation; BENCHMARKS.md, "Memory and disk").
-        grants.shrink_to_fit();
+        // per allocation; BENCHMARKS.md, "Memory and disk"), as a boxed slice.
         Some(Placement {
             provider_id: provider.provider_id.clone(),
-            grants,
+            grants: grants.into_boxed_slice(),
             granted_at_ms: self.clock_ms,
         })
     }
@@ -73,7 +72,7 @@ impl AllocationTable {
     /// in total. Labels are not considered: a provider with the labels may
     /// register later, and the request waits for it (or for its deadline).
     pub(super) fn never_placeable(&self, request: &AllocationRequest) -> Option<String> {
-        if let Some(deadline) = request.deadline_ms {
+        if let Some(deadline) = request.deadline_ms.get() {
             if deadline <= self.clock_ms {
                 return Some(format!(
                     "deadline_exceeded: the deadline {} has already passed",
@@ -90,7 +89,7 @@ impl AllocationTable {
                         .constraints
                         .resource_ids
                         .iter()
-                        .filter_map(|id| provider.resources.get(id))
+                        .filter_map(|id| provider.resources.get(id.as_str()))
                         .filter(|resource| resource.kind == requirement.kind)
                         .map(|resource| resource.capacity)
                         .sum(),

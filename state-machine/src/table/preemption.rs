@@ -25,6 +25,7 @@ use crate::provider::Provider;
 use crate::quota::OnPreemption;
 use crate::record::{Placement, RequestRecord, RequestState};
 use crate::request::AllocationRequest;
+use crate::time::OptionalMillis;
 
 /// What the table decides for a new request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +111,7 @@ impl AllocationTable {
                     crate::record::AllocationStatus::Queued => PreviewOutcome::Queued,
                     crate::record::AllocationStatus::Rejected => PreviewOutcome::Rejected,
                 },
-                reason: record.reason.clone(),
+                reason: record.reason.as_deref().map(str::to_owned),
                 placement: record.placement.clone(),
                 victims: Vec::new(),
             });
@@ -136,7 +137,7 @@ impl AllocationTable {
                 let placement = record.placement.as_ref().expect("victims are placed");
                 Victim {
                     request_id,
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     priority: record.request.priority,
                     provider_id: placement.provider_id.to_string(),
@@ -283,7 +284,7 @@ impl AllocationTable {
     fn unhold_on(&self, provider: &mut Provider, request_id: &Uuid) {
         let record = &self.requests[request_id];
         let placement = record.placement.as_ref().expect("victims are placed");
-        provider.unhold(record.allocation_id, &placement.grants);
+        provider.unhold(record.allocation_id(), &placement.grants);
     }
 
     /// Takes `victims`' units for `preemptor` (taken out of the table):
@@ -306,7 +307,7 @@ impl AllocationTable {
             let requeued = record.on_preemption == OnPreemption::Requeue;
             self.emit(EventKind::AllocationPreempted {
                 request_id,
-                allocation_id: record.allocation_id,
+                allocation_id: record.allocation_id(),
                 namespace: record.request.namespace.to_string(),
                 provider_id: placement.provider_id.to_string(),
                 priority: record.request.priority,
@@ -324,11 +325,11 @@ impl AllocationTable {
                 self.enqueue(&mut record, reason);
             } else {
                 record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-                record.lease_expires_at_ms = None;
-                record.reason = Some(reason);
+                record.lease_expires_at_ms = OptionalMillis::NONE;
+                record.reason = Some(reason.into());
             }
             if confirms {
-                awaited.push((record.allocation_id, placement.provider_id.to_string()));
+                awaited.push((record.allocation_id(), placement.provider_id.to_string()));
             }
             self.put_record(record);
         }

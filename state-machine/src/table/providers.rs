@@ -238,7 +238,7 @@ impl AllocationTable {
             assert!(record.moving.is_none(), "evacuating {request_id} in the middle of a move");
             let old = record.placement.take().expect("an active request has a placement");
             let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
-            provider.unhold(record.allocation_id, &old.grants);
+            provider.unhold(record.allocation_id(), &old.grants);
             match self.find_placement(&record.request) {
                 Some(placement) => self.grant(
                     &mut record,
@@ -312,7 +312,7 @@ fn updated_provider(existing: &Provider, registration: &ProviderRegistration) ->
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
         let in_use = |change: &str| CommandError::ResourceInUse {
             provider_id: existing.provider_id.to_string(),
-            resource_id: resource_id.clone(),
+            resource_id: resource_id.to_string(),
             change: change.to_owned(),
         };
         let Some(next) = updated.resources.get_mut(resource_id) else {

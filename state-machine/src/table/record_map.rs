@@ -224,6 +224,7 @@ mod tests {
     use super::*;
     use crate::record::{AllocationStatus, RequestState};
     use crate::request::{AllocationRequest, Constraints, PlacementPolicy};
+    use crate::time::OptionalMillis;
 
     fn record(n: u128) -> Arc<RequestRecord> {
         Arc::new(RequestRecord {
@@ -231,29 +232,27 @@ mod tests {
                 request_id: Uuid::from_u128(n),
                 requester_id: "requester".into(),
                 namespace: "default".into(),
-                requirements: Vec::new(),
+                requirements: Default::default(),
                 priority: 0,
-                deadline_ms: None,
-                lease_ttl_ms: None,
+                deadline_ms: OptionalMillis::NONE,
+                lease_ttl_ms: OptionalMillis::NONE,
                 constraints: Constraints::default(),
                 placement: PlacementPolicy::BestFit,
             },
-            response_id: Uuid::from_u128(n + 1),
-            allocation_id: Uuid::from_u128(n + 2),
             state: RequestState::Queued,
             status: AllocationStatus::Queued,
             placement: None,
-            lease_expires_at_ms: None,
+            lease_expires_at_ms: OptionalMillis::NONE,
             reason: None,
             arrival_seq: n as u64,
             submitted_at_ms: 0,
             updated_at_ms: 0,
-            finished_at_ms: None,
-            first_granted_at_ms: None,
+            finished_at_ms: OptionalMillis::NONE,
+            first_granted_at_ms: OptionalMillis::NONE,
             on_preemption: Default::default(),
             movable: false,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         })
     }
 

@@ -157,7 +157,7 @@ impl AllocationTable {
             };
             if let Some(reason) = reason {
                 cannot_move.push(Unmovable {
-                    allocation_id: self.requests[&request_id].allocation_id,
+                    allocation_id: self.requests[&request_id].allocation_id(),
                     reason,
                 });
             }
@@ -171,11 +171,11 @@ impl AllocationTable {
                 let moving = record.moving.as_ref()?;
                 (moving.from.provider_id == provider_id).then(|| PlannedMove {
                     request_id: record.request.request_id,
-                    allocation_id: record.allocation_id,
+                    allocation_id: record.allocation_id(),
                     namespace: record.request.namespace.to_string(),
                     from_provider: moving.from.provider_id.to_string(),
                     to_provider: moving.to.provider_id.to_string(),
-                    grants: moving.to.grants.clone(),
+                    grants: moving.to.grants.to_vec(),
                 })
             })
             .collect();

@@ -136,6 +136,7 @@ impl AllocationTable {
         } else if version == snapshot_v5::VERSION {
             let (old, len): (snapshot_v5::AllocationTableV5, usize) =
                 bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
+            old.check_derived_ids()?;
             (old.into(), len)
         } else if version == snapshot_v6::VERSION {
             let (old, len): (snapshot_v6::AllocationTableV6, usize) =

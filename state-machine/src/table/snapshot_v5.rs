@@ -23,13 +23,14 @@ use super::cursors::Cursor;
 use super::moves::MoveCounts;
 use super::record_map::RecordMap;
 use super::{AllocationTable, Indexes, LeaseRefresh};
+use crate::error::SnapshotError;
 use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::TableConfig;
 use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
 use crate::quota::{OnPreemption, PreemptionSetting};
-use crate::record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
+use crate::record::{check_derived_ids, AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
-use crate::time::UnixMillis;
+use crate::time::OptionalMillis;
 
 /// The snapshot format version this module reads.
 pub(super) const VERSION: u32 = 5;
@@ -191,13 +192,13 @@ struct RequestRecordV5 {
     state: RequestState,
     status: AllocationStatus,
     placement: Option<Placement>,
-    lease_expires_at_ms: Option<u64>,
+    lease_expires_at_ms: OptionalMillis,
     reason: Option<String>,
     arrival_seq: u64,
     submitted_at_ms: u64,
     updated_at_ms: u64,
-    finished_at_ms: Option<u64>,
-    first_granted_at_ms: Option<u64>,
+    finished_at_ms: OptionalMillis,
+    first_granted_at_ms: OptionalMillis,
 }
 
 #[derive(Deserialize)]
@@ -207,10 +208,23 @@ struct AllocationRequestV5 {
     namespace: String,
     requirements: Vec<Requirement>,
     priority: i64,
-    deadline_ms: Option<UnixMillis>,
-    lease_ttl_ms: Option<u64>,
+    deadline_ms: OptionalMillis,
+    lease_ttl_ms: OptionalMillis,
     constraints: Constraints,
     placement: PlacementPolicy,
+}
+
+impl AllocationTableV5 {
+    /// Refuses records whose response or allocation ids are not those
+    /// their request ids derive: the current record keeps neither and
+    /// derives both (`RequestRecord::allocation_id`).
+    pub(super) fn check_derived_ids(&self) -> Result<(), SnapshotError> {
+        for record in self.requests.values() {
+            check_derived_ids(record.request.request_id, record.response_id, record.allocation_id)
+                .map_err(|reason| SnapshotError::Inconsistent { reason })?;
+        }
+        Ok(())
+    }
 }
 
 impl From<AllocationTableV5> for AllocationTable {
@@ -289,7 +303,19 @@ impl From<ProviderV5> for Provider {
             labels: old.labels,
             status: old.status,
             confirms_allocations: old.confirms_allocations,
-            resources: old.resources,
+            // Each key the unit's own copy of its id, as a registration makes it.
+            resources: old
+                .resources
+                .into_iter()
+                .map(|(id, resource)| {
+                    let key = if resource.resource_id == id {
+                        resource.resource_id.clone()
+                    } else {
+                        id.into()
+                    };
+                    (key, resource)
+                })
+                .collect(),
             registered_at_ms: old.registered_at_ms,
             address: old.address,
             port: old.port,
@@ -304,13 +330,11 @@ impl From<RequestRecordV5> for RequestRecord {
     fn from(old: RequestRecordV5) -> RequestRecord {
         RequestRecord {
             request: old.request.into(),
-            response_id: old.response_id,
-            allocation_id: old.allocation_id,
             state: old.state,
             status: old.status,
             placement: old.placement,
             lease_expires_at_ms: old.lease_expires_at_ms,
-            reason: old.reason,
+            reason: old.reason.map(String::into_boxed_str),
             arrival_seq: old.arrival_seq,
             submitted_at_ms: old.submitted_at_ms,
             updated_at_ms: old.updated_at_ms,
@@ -321,7 +345,7 @@ impl From<RequestRecordV5> for RequestRecord {
             // Version 5 moved nothing: every allocation pinned, none moving.
             movable: false,
             moving: None,
-            last_moved_at_ms: None,
+            last_moved_at_ms: OptionalMillis::NONE,
         }
     }
 }
@@ -332,7 +356,7 @@ impl From<AllocationRequestV5> for AllocationRequest {
             request_id: old.request_id,
             requester_id: old.requester_id.into(),
             namespace: old.namespace.into(),
-            requirements: old.requirements,
+            requirements: old.requirements.into(),
             priority: old.priority,
             deadline_ms: old.deadline_ms,
             lease_ttl_ms: old.lease_ttl_ms,

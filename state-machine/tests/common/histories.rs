@@ -53,7 +53,7 @@ pub fn check_units(table: &AllocationTable) {
     }
     let mut active = 0;
     for record in &records {
-        let held = holdings.remove(&record.allocation_id).unwrap_or_default();
+        let held = holdings.remove(&record.allocation_id()).unwrap_or_default();
         match record.state {
             RequestState::Allocation | RequestState::Monitoring | RequestState::Optimization => {
                 active += 1;

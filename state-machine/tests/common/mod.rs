@@ -80,8 +80,8 @@ pub fn request(n: u128, requirements: &[(&str, u64)]) -> AllocationRequest {
             })
             .collect(),
         priority: 0,
-        deadline_ms: None,
-        lease_ttl_ms: None,
+        deadline_ms: None.into(),
+        lease_ttl_ms: None.into(),
         constraints: Constraints::default(),
         placement: PlacementPolicy::BestFit,
     }
