@@ -250,8 +250,12 @@ restart_step() {
 for step in "storage opened" "raft started" "replica starting" "first contact from a leader"; do restart_step "$step"; done
 
 # A new replica: empty data dir, added as a learner, caught up, promoted.
+# Its --peers name the running replicas too: a replica that finds itself
+# first in its --peers and no peer in a cluster initialises a new one (with
+# itself alone, a cluster of one, whose id `qm cluster add` then refuses).
 mkdir -p "$NEW_DIR"
-"$NODE" --id "$NEW_ID" --listen "$NEW_ADDR" --data-dir "$NEW_DIR/data" --peers "$NEW_ID=$NEW_ADDR" \
+NEW_PEERS="$(scripts/cluster.sh endpoints | tr ',' '\n' | awk '{ printf "%s%d=%s", (NR > 1 ? "," : ""), NR, $0 }'),$NEW_ID=$NEW_ADDR"
+"$NODE" --id "$NEW_ID" --listen "$NEW_ADDR" --data-dir "$NEW_DIR/data" --peers "$NEW_PEERS" \
   --metrics-listen "127.0.0.1:$((QM_METRICS_BASE_PORT + NEW_ID))" --worker-threads 1 \
   --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" --snapshot-every-commands "$SNAPSHOT_EVERY_COMMANDS" \
   >>"$NEW_DIR/node.log" 2>&1 </dev/null &
