@@ -5,10 +5,11 @@
 
 # The whole /metrics page of replica $1 (over bash's /dev/tcp, as metric() does).
 scrape() {
-  local port=$((QM_METRICS_BASE_PORT + $1)) line
+  local port=$((QM_METRICS_BASE_PORT + $1))
   { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
   printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  while IFS= read -r -t 5 line <&3; do printf '%s\n' "${line%$'\r'}"; done
+  # tr reads in blocks; a `read` loop takes the socket a byte at a time.
+  timeout 5 tr -d '\r' <&3 || true
   exec 3<&- 3>&-
 }
 # The value of the line of $2 that starts with $1 (name and labels), or "-".
