@@ -12,6 +12,11 @@ use qm_raft_node::restore::RestoreArgs;
 /// grants created and dropped per command, across threads) fragmented glibc's
 /// arenas, so resident memory crept up under steady load, and malloc/free were
 /// a quarter of a replica's CPU in the profile (BENCHMARKS.md).
+///
+/// `--features system-allocator` builds with the system's malloc instead, for
+/// heap profilers that interpose malloc (heaptrack, `scripts/heap-profile.sh`);
+/// mimalloc's own entry points are invisible to them.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,10 +1,13 @@
 //! [`Name`]: an identifier many records repeat, held once.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use serde::de::{Error, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An immutable string shared by reference count: a provider id, a unit's
@@ -144,9 +147,67 @@ impl Serialize for Name {
     }
 }
 
+thread_local! {
+    /// The names decoded so far by [`decode_sharing`] on this thread, while
+    /// it runs; `None` otherwise.
+    static DECODED_NAMES: RefCell<Option<HashSet<Name>>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` with every [`Name`] it decodes made the one copy of that
+/// name decoded so far, as commands build a table: a unit's id and every
+/// grant of it, a provider's id and every placement on it, a requester and
+/// its records. A snapshot of a million allocations repeats a few thousand
+/// names millions of times; decoding a copy of each and sharing them
+/// afterwards (a pass over every record, looking up its owner, provider and
+/// units) took half of a restart's decode (3.0 of 5.8 s, BENCHMARKS.md).
+/// The set is bounded by the input's distinct names and dropped at the end.
+pub(crate) fn decode_sharing<T>(decode: impl FnOnce() -> T) -> T {
+    /// Puts back what was there before, also when `decode` unwinds.
+    struct Restore(Option<HashSet<Name>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DECODED_NAMES.with(|names| *names.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(DECODED_NAMES.with(|names| names.borrow_mut().replace(HashSet::new())));
+    decode()
+}
+
+impl Name {
+    /// The copy decoded earlier in this [`decode_sharing`], or a new one
+    /// (remembered there).
+    fn decoded(text: &str) -> Name {
+        DECODED_NAMES.with(|names| match names.borrow_mut().as_mut() {
+            None => Name::from(text),
+            Some(names) => match names.get(text) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = Name::from(text);
+                    names.insert(name.clone());
+                    name
+                }
+            },
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
-        String::deserialize(deserializer).map(Name::from)
+        /// Takes the string where the format lends it (a snapshot decoded
+        /// from a slice), so a name seen before costs no allocation.
+        struct NameVisitor;
+        impl Visitor<'_> for NameVisitor {
+            type Value = Name;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_str<E: Error>(self, text: &str) -> Result<Name, E> {
+                Ok(Name::decoded(text))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
     }
 }
 
@@ -178,5 +239,25 @@ mod tests {
         let name = Name::from("gpu");
         assert!(name.shares_with(&name.clone()));
         assert!(!name.shares_with(&Name::from("gpu")));
+    }
+
+    #[test]
+    fn names_decoded_while_sharing_are_one_copy_and_only_then() {
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(["gpu", "node_1", "gpu"], config).unwrap();
+        let decode = || bincode::serde::borrow_decode_from_slice::<[Name; 3], _>(&bytes, config).unwrap().0;
+        let [first, _, second] = decode_sharing(decode);
+        assert!(first.shares_with(&second));
+        assert_eq!((first.as_str(), second.as_str()), ("gpu", "gpu"));
+        // The scope ended: a later decode makes copies, also after a decode
+        // that panicked inside the scope.
+        let [first, _, second] = decode();
+        assert!(!first.shares_with(&second));
+        assert!(std::panic::catch_unwind(|| decode_sharing(|| panic!("a decode that fails"))).is_err());
+        let [first, _, second] = decode();
+        assert!(!first.shares_with(&second));
+        // An owned decode (no borrowing) decodes the same names.
+        let (owned, _): ([Name; 3], usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(owned, decode());
     }
 }

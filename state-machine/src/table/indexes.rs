@@ -113,7 +113,7 @@ impl Indexes {
         index.deadlines = deadlines.into_iter().collect();
         index.leases = leases.into_iter().collect();
         index.finished = finished.into_iter().collect();
-        let owned = |key: GroupKey| Name::from(key.text);
+        let owned = |key: GroupKey| key.name.clone();
         index.by_owner = owners
             .into_iter()
             .map(|(namespace, requesters)| {
@@ -128,7 +128,7 @@ impl Indexes {
             .collect();
         index.by_provider = placed
             .into_iter()
-            .map(|(provider_id, ids)| (provider_id.text.to_owned(), ids.into_iter().collect()))
+            .map(|(provider_id, ids)| (provider_id.name.to_string(), ids.into_iter().collect()))
             .collect();
         index
     }
@@ -364,27 +364,28 @@ impl Indexes {
     }
 }
 
-/// A borrowed string as a grouping key: its length and first 16 bytes
+/// A borrowed name as a grouping key: its length and first 16 bytes
 /// compare as integers, the text itself only on a tie, so grouping a million
 /// records makes integer comparisons instead of `memcmp` calls. Its order is
 /// not string order, which does not matter: the groups are collected into the
-/// index's `String`-keyed maps, which sort them.
+/// index's `String`-keyed maps, which sort them. The index keeps a clone of
+/// the name, the copy its records hold.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct GroupKey<'a> {
     len: usize,
     prefix: u128,
-    text: &'a str,
+    name: &'a Name,
 }
 
 impl<'a> GroupKey<'a> {
-    fn new(text: &'a str) -> GroupKey<'a> {
+    fn new(name: &'a Name) -> GroupKey<'a> {
         let mut prefix = [0u8; 16];
-        let kept = text.len().min(prefix.len());
-        prefix[..kept].copy_from_slice(&text.as_bytes()[..kept]);
+        let kept = name.len().min(prefix.len());
+        prefix[..kept].copy_from_slice(&name.as_bytes()[..kept]);
         GroupKey {
-            len: text.len(),
+            len: name.len(),
             prefix: u128::from_be_bytes(prefix),
-            text,
+            name,
         }
     }
 }

@@ -130,31 +130,39 @@ impl AllocationTable {
             });
         }
         let rest = &bytes[version_len..];
-        let (mut table, table_len): (AllocationTable, usize) = if version == SNAPSHOT_FORMAT_VERSION || version == SNAPSHOT_FORMAT_VERSION_7
-        {
-            bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?
-        } else if version == snapshot_v5::VERSION {
-            let (old, len): (snapshot_v5::AllocationTableV5, usize) =
-                bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
-            old.check_derived_ids()?;
-            (old.into(), len)
-        } else if version == snapshot_v6::VERSION {
-            let (old, len): (snapshot_v6::AllocationTableV6, usize) =
-                bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
-            (old.into(), len)
-        } else {
-            return Err(SnapshotError::Version {
-                found: version,
-                expected: SNAPSHOT_FORMAT_VERSION,
-            });
-        };
+        // Whether every name is already the one copy of it (decoded by
+        // `decode_sharing`); an older layout's conversion makes copies.
+        let (mut table, table_len, names_shared): (AllocationTable, usize, bool) =
+            if version == SNAPSHOT_FORMAT_VERSION || version == SNAPSHOT_FORMAT_VERSION_7 {
+                // Borrowed from the slice: each name is looked up as it lies
+                // in the bytes, and only a name not seen before is allocated.
+                let (table, len) =
+                    crate::name::decode_sharing(|| bincode::serde::borrow_decode_from_slice(rest, config)).map_err(decode_error)?;
+                (table, len, true)
+            } else if version == snapshot_v5::VERSION {
+                let (old, len): (snapshot_v5::AllocationTableV5, usize) =
+                    bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
+                old.check_derived_ids()?;
+                (old.into(), len, false)
+            } else if version == snapshot_v6::VERSION {
+                let (old, len): (snapshot_v6::AllocationTableV6, usize) =
+                    bincode::serde::decode_from_slice(rest, config).map_err(decode_error)?;
+                (old.into(), len, false)
+            } else {
+                return Err(SnapshotError::Version {
+                    found: version,
+                    expected: SNAPSHOT_FORMAT_VERSION,
+                });
+            };
         let trailing = bytes.len() - version_len - table_len;
         if trailing != 0 {
             return Err(SnapshotError::Trailing { trailing });
         }
         table.check_references()?;
         table.rebuild_indexes();
-        table.share_names();
+        if !names_shared {
+            table.share_names();
+        }
         Ok(table)
     }
 
