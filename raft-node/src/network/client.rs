@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::proto::raft_client::RaftClient;
 use crate::proto::RaftMessage;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -224,7 +224,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         request: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(RaftCall::AppendEntries, &request, &option).await
+        let entries = request.entries.len() as u64;
+        if entries <= 1 {
+            return self.call(RaftCall::AppendEntries, &request, &option).await;
+        }
+        // openraft drops an AppendEntries at its deadline (the heartbeat
+        // interval) and sends the same batch again. A follower that needs
+        // longer for a batch (up to REPLICATION_BATCH_BYTES_MAX: a busy
+        // core, a slow disk, a profiler) then never catches up: one under
+        // heaptrack stayed at the same index for minutes while its leader
+        // timed out 13,000 times. At the soft deadline, ask for half the
+        // batch instead; openraft retries at once with that many entries
+        // for its next ten batches, then tries full ones again.
+        match tokio::time::timeout(option.soft_ttl(), self.call(RaftCall::AppendEntries, &request, &option)).await {
+            Ok(result) => result,
+            Err(_) => Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2))),
+        }
     }
 
     async fn install_snapshot(
@@ -241,5 +256,87 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(RaftCall::Vote, &request, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+    use crate::proto::raft_server::{Raft as RaftService, RaftServer};
+    use crate::types::{Entry, LogId};
+
+    /// A peer that takes `PER_ENTRY` per entry of an AppendEntries, as a
+    /// follower on a slow core or disk does, then accepts it.
+    struct SlowPeer;
+
+    const PER_ENTRY: Duration = Duration::from_millis(50);
+
+    #[tonic::async_trait]
+    impl RaftService for SlowPeer {
+        async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            let append: AppendEntriesRequest<TypeConfig> = codec::decode(&request.into_inner().payload).unwrap();
+            tokio::time::sleep(PER_ENTRY * append.entries.len() as u32).await;
+            let accepted: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(RaftMessage {
+                payload: codec::encode(&accepted),
+            }))
+        }
+
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn install_snapshot(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn append(entries: u64) -> AppendEntriesRequest<TypeConfig> {
+        let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=entries)
+                .map(|index| Entry {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_outlasts_the_soft_deadline_is_asked_again_in_half() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(SlowPeer))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut client = PeerNetwork::new("127.0.0.1:0".parse().unwrap(), None)
+            .new_client(2, &BasicNode::new(addr.to_string()))
+            .await;
+        // openraft's deadline for an AppendEntries is the heartbeat interval;
+        // its soft part is three quarters of it (300 ms here).
+        let option = || RPCOption::new(Duration::from_millis(400));
+
+        // --- 10 entries take 500 ms: half of them are asked for instead
+        match client.append_entries(append(10), option()).await {
+            Err(RPCError::PayloadTooLarge(too_large)) => assert_eq!(5, too_large.entries_hint()),
+            other => panic!("expected a smaller batch to be asked for, got {other:?}"),
+        }
+        // --- 2 entries take 100 ms: accepted
+        let accepted = client.append_entries(append(2), option()).await.expect("a batch inside the deadline");
+        assert!(matches!(accepted, AppendEntriesResponse::Success));
+        // --- one entry cannot be split: past the deadline it fails as
+        // before (openraft sends it again later)
+        let late = client.append_entries(append(1), RPCOption::new(Duration::from_millis(20))).await;
+        assert!(matches!(late, Err(RPCError::Network(_))), "{late:?}");
     }
 }
