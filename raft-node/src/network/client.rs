@@ -332,7 +332,10 @@ mod tests {
             other => panic!("expected a smaller batch to be asked for, got {other:?}"),
         }
         // --- 2 entries take 100 ms: accepted
-        let accepted = client.append_entries(append(2), option()).await.expect("a batch inside the deadline");
+        let accepted = client
+            .append_entries(append(2), option())
+            .await
+            .expect("a batch inside the deadline");
         assert!(matches!(accepted, AppendEntriesResponse::Success));
         // --- one entry cannot be split: past the deadline it fails as
         // before (openraft sends it again later)
