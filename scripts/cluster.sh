@@ -99,17 +99,10 @@ check_id() {
   [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$n" ] || die "replica id must be 1..$n, got '${1:-}'"
 }
 
-# GET a metrics page over bash's /dev/tcp (no curl needed).
-metric() {
-  local port=$((METRICS_BASE_PORT + $1)) name=$2
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  # grep, not a `read` loop: bash reads a socket a byte at a time, and the
-  # raft series come after up to 10,000 utilization series (1.2 MB), which
-  # took 3.5 s a call and made a restart look seconds slower than it was.
-  timeout 2 grep -a -m 1 "^$name{" <&3 | awk '{ sub(/\r$/, ""); print $NF }' || true
-  exec 3<&- 3>&-
-}
+# shellcheck source=scripts/lib/metrics.sh
+. "$ROOT/scripts/lib/metrics.sh"
+# The value of metric $2 on replica $1.
+metric() { metric_at "$((METRICS_BASE_PORT + $1))" "$2"; }
 
 build() {
   if [ -x "$NODE_BIN" ] && [ -x "$QM_BIN" ] && [ -z "${QM_REBUILD:-}" ]; then return; fi

@@ -82,13 +82,10 @@ stop_all() {
 }
 trap stop_all EXIT
 
-metric() {
-  local port=$((QM_METRICS_BASE_PORT + $1)) name=$2
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  timeout 2 grep -a -m 1 "^$name{" <&3 | awk '{ sub(/\r$/, ""); print $NF }' || true
-  exec 3<&- 3>&-
-}
+# shellcheck source=scripts/lib/metrics.sh
+. "$ROOT/scripts/lib/metrics.sh"
+# The value of metric $2 on replica $1.
+metric() { metric_at "$((QM_METRICS_BASE_PORT + $1))" "$2"; }
 
 scripts/cluster.sh up --nodes 3 --same-session -- --provider-failure-window-ms 86400000 \
   --log-kept-behind-snapshot-entries 100000000 >"$OUT/up.txt" 2>&1 \

@@ -3,15 +3,8 @@
 # every provider heartbeating: uses its variables (LOADER_PID, LOADER_OUT,
 # FAILED, PROVIDER_FAILURE_WINDOW_MS, QM, WAIT_S) and functions.
 
-# The whole /metrics page of replica $1 (over bash's /dev/tcp, as metric() does).
-scrape() {
-  local port=$((QM_METRICS_BASE_PORT + $1))
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  # tr reads in blocks; a `read` loop takes the socket a byte at a time.
-  timeout 5 tr -d '\r' <&3 || true
-  exec 3<&- 3>&-
-}
+# The whole /metrics page of replica $1 (scripts/lib/metrics.sh, which scale.sh sources).
+scrape() { metrics_page "$((QM_METRICS_BASE_PORT + $1))"; }
 # The value of the line of $2 that starts with $1 (name and labels), or "-".
 value_of() { awk -v key="$1" 'index($0, key) == 1 { print $NF; found = 1; exit } END { if (!found) print "-" }' <<<"$2"; }
 # Replica $1's figures, one line: the longest apply, applies in all, over

@@ -148,17 +148,10 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# GET one metric of replica $1 over bash's /dev/tcp (as scripts/cluster.sh does).
-metric() {
-  local port=$((QM_METRICS_BASE_PORT + $1)) name=$2
-  { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || return 1
-  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
-  # grep, not a `read` loop: bash reads a socket a byte at a time, and the
-  # raft series come after up to 10,000 utilization series (1.2 MB), which
-  # took 3.5 s a call and made a restart look seconds slower than it was.
-  timeout 2 grep -a -m 1 "^$name{" <&3 | awk '{ sub(/\r$/, ""); print $NF }' || true
-  exec 3<&- 3>&-
-}
+# shellcheck source=scripts/lib/metrics.sh
+. "$ROOT/scripts/lib/metrics.sh"
+# The value of metric $2 on replica $1.
+metric() { metric_at "$((QM_METRICS_BASE_PORT + $1))" "$2"; }
 pid_of() { if [ "$1" = "$NEW_ID" ]; then echo "$NEW_PID"; else cat "$QM_CLUSTER_DIR/$1/pid"; fi; }
 status_kb() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$(pid_of "$1")/status"; }
 mb() { echo "$(($1 / 1024)) MB"; }
