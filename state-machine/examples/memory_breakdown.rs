@@ -2,7 +2,7 @@
 //! (issue 23), in one process: no Raft, no network, no profiler.
 //!
 //! ```text
-//! cargo run --release -p qm-state-machine --example memory_breakdown -- [bench|slots] [PROVIDERS] [ALLOCATIONS] [decoded]
+//! cargo run --release -p qm-state-machine --example memory_breakdown -- [bench|slots|scale] [PROVIDERS] [ALLOCATIONS] [decoded]
 //! ```
 //!
 //! `bench` (the default) builds the criterion bench's table (`benches/apply.rs`):
@@ -10,7 +10,11 @@
 //! 1,024 GB, and allocations (default 1,000,000) of one core and 4 GB, with a
 //! lease, from 1,000 requesters. `slots` builds what `qm bench --workload
 //! alloc-only` leaves in a replica: providers (default 500) of 2,000 one-unit
-//! `bench_slot`s, one unit per allocation, one requester.
+//! `bench_slot`s, one unit per allocation, one requester. `scale` builds what
+//! `scripts/scale.sh` loads (`client/examples/scale_load.rs`): providers
+//! (default 10,000) of `ceil(1.25 × ALLOCATIONS / PROVIDERS)` one-unit
+//! `scale_slot`s, allocations of one slot from 100 requesters in namespace
+//! `scale`, without a lease.
 //!
 //! Prints the table's heap bytes per structure (from a counting allocator:
 //! the bytes asked for, before the allocator's size classes round them up),
@@ -78,6 +82,8 @@ enum Shape {
     Bench,
     /// `qm bench --workload alloc-only`'s.
     Slots,
+    /// `scripts/scale.sh`'s, with this many slots per provider.
+    Scale { slots: usize },
 }
 
 fn unit(resource_id: String, kind: &str, capacity: i64) -> ResourceSpec {
@@ -101,6 +107,10 @@ fn registration(shape: Shape, n: usize) -> ProviderRegistration {
         Shape::Slots => {
             let resources = (0..2_000).map(|slot| unit(format!("slot-{slot}"), "bench_slot", 1)).collect();
             (format!("qm-bench-0123456789abcdef-{n}"), resources, BTreeMap::new())
+        }
+        Shape::Scale { slots } => {
+            let resources = (0..slots).map(|slot| unit(format!("slot-{slot:04}"), "scale_slot", 1)).collect();
+            (format!("scale-provider-{n:05}"), resources, BTreeMap::new())
         }
     };
     ProviderRegistration {
@@ -129,6 +139,12 @@ fn allocation(shape: Shape, n: u128) -> AllocationRequest {
             "qm-bench-0123456789abcdef".to_owned(),
             "qm-bench".to_owned(),
             vec![requirement("bench_slot", 1)],
+            None,
+        ),
+        Shape::Scale { .. } => (
+            format!("scale-requester-{:03}", n % 100),
+            "scale".to_owned(),
+            vec![requirement("scale_slot", 1)],
             None,
         ),
     };
@@ -174,11 +190,19 @@ fn main() {
     let shape = match args.first().map(String::as_str) {
         None | Some("bench") => Shape::Bench,
         Some("slots") => Shape::Slots,
-        Some(other) => panic!("unknown shape {other:?}: bench or slots"),
+        Some("scale") => Shape::Scale { slots: 0 },
+        Some(other) => panic!("unknown shape {other:?}: bench, slots or scale"),
     };
     let number = |position: usize, default: usize| args.get(position).map_or(default, |arg| arg.parse().expect("a count"));
-    let providers = number(1, if shape == Shape::Bench { 10_000 } else { 500 });
+    let providers = number(1, if shape == Shape::Slots { 500 } else { 10_000 });
     let allocations = number(2, 1_000_000);
+    // As scale_load sizes them: the table ends about 80 % full.
+    let shape = match shape {
+        Shape::Scale { .. } => Shape::Scale {
+            slots: (allocations * 5 / 4).div_ceil(providers.max(1)),
+        },
+        other => other,
+    };
 
     let started = Instant::now();
     let empty = live_bytes();
