@@ -86,7 +86,7 @@ pub use policy::{Binding, Capability, CapabilityPolicy, PolicyGrant, PolicySpec,
 pub use protocol::{event_to_json, AllocationResponse, ResourceRequest, ResourceStatusEvent};
 pub use provider::{ProviderRegistration, ProviderStatus, ResourceSpec, Scheduling, Sharing};
 pub use quota::{NamespacePolicy, OnPreemption, PreemptionSetting};
-pub use record::{AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
+pub use record::{AllocationStatus, Placement, Rare, RequestRecord, RequestState, UnitGrant};
 pub use request::{AllocationRequest, ConstraintSet, Constraints, PlacementPolicy, Requirement};
 pub use table::{
     AllocationTable, Cursor, EventsError, KindUsage, ListFilter, NamespaceUsage, Preview, PreviewOutcome, ProviderUsage, Usage, Victim,

@@ -264,7 +264,7 @@ impl From<&RequestRecord> for AllocationResponse {
             allocation_id: Some(record.allocation_id()),
             provider_id: active.map(|placement| placement.provider_id.to_string()),
             grants: active.map(|placement| placement.grants.to_vec()),
-            reason: record.reason.as_deref().map(str::to_owned),
+            reason: record.reason().map(str::to_owned),
             lease_expires_at: record.lease_expires_at_ms.get().map(format_rfc3339),
         }
     }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use holders::Holders;
+pub use units::{Units, UnitsIter};
 
 use crate::error::InvalidArgument;
 use crate::limits::{PROVIDER_ADDRESS_LEN_MAX, RESOURCES_PER_PROVIDER_MAX};
@@ -288,7 +289,9 @@ pub struct KindTotals {
     /// `(free amount, resource id)` of every unit of the kind with something
     /// free, so picking a unit is a range query instead of a walk over all of
     /// the provider's units (a provider may offer thousands of one kind).
-    pub free_units: BTreeSet<(u64, String)>,
+    /// The id is the unit's own copy (see [`Name`]): a `String` here was a
+    /// copy of the id per free unit and an allocation per placement.
+    pub free_units: BTreeSet<(u64, Name)>,
 }
 
 /// A registered provider.
@@ -299,10 +302,8 @@ pub struct Provider {
     pub labels: BTreeMap<String, String>,
     pub status: ProviderStatus,
     pub confirms_allocations: bool,
-    /// Built at once when decoded (see `decode_in_bulk`). Each key is its
-    /// unit's own `resource_id` (shared, see [`Name`]).
-    #[serde(deserialize_with = "decode_in_bulk")]
-    pub resources: BTreeMap<Name, Resource>,
+    /// By id (see [`Units`]).
+    pub resources: Units,
     pub registered_at_ms: u64,
     /// As registered; see [`ProviderRegistration::address`].
     pub address: Option<String>,
@@ -315,45 +316,6 @@ pub struct Provider {
     pub kinds: BTreeMap<Name, KindTotals>,
 }
 
-/// Decodes a map by gathering its entries and building the tree from them
-/// at once, as a registration builds it: serde's own decoding inserts them
-/// one by one, and a B-tree filled in key order keeps its nodes half empty
-/// (a decoded provider of 2,000 one-unit slots took 297 bytes per unit
-/// where a registered one takes 175: BENCHMARKS.md, "Where a million
-/// allocations' bytes go"). A repeated key keeps its last value, as
-/// inserting would; the bytes read are the same. A key equal to its unit's
-/// id becomes the unit's copy of it, as a registration makes it.
-fn decode_in_bulk<'de, D>(deserializer: D) -> Result<BTreeMap<Name, Resource>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    struct Entries;
-
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = BTreeMap<Name, Resource>;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-            formatter.write_str("a map of resource ids to units")
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            // The length comes from the input: trust it only so far.
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(RESOURCES_PER_PROVIDER_MAX));
-            while let Some((key, resource)) = map.next_entry::<Name, Resource>()? {
-                let key = if key == resource.resource_id {
-                    resource.resource_id.clone()
-                } else {
-                    key
-                };
-                entries.push((key, resource));
-            }
-            Ok(entries.into_iter().collect())
-        }
-    }
-
-    deserializer.deserialize_map(Entries)
-}
-
 impl Provider {
     pub fn new(registration: &ProviderRegistration, now_ms: u64) -> Provider {
         let mut provider = Provider {
@@ -361,21 +323,14 @@ impl Provider {
             labels: registration.labels.clone(),
             status: ProviderStatus::Active,
             confirms_allocations: registration.confirms_allocations,
-            resources: BTreeMap::new(),
+            resources: Units::default(),
             registered_at_ms: now_ms,
             address: registration.address.clone(),
             port: registration.port,
             scheduling: Scheduling::Open,
             kinds: BTreeMap::new(),
         };
-        provider.resources = registration
-            .resources
-            .iter()
-            .map(|spec| {
-                let resource = Resource::from_spec(spec);
-                (resource.resource_id.clone(), resource)
-            })
-            .collect();
+        provider.resources = Units::from_units(registration.resources.iter().map(Resource::from_spec));
         provider.rebuild_kinds();
         provider
     }
@@ -397,7 +352,7 @@ impl Provider {
             totals.capacity += resource.capacity;
             totals.free += free;
             if free > 0 {
-                totals.free_units.insert((free, resource.resource_id.to_string()));
+                totals.free_units.insert((free, resource.resource_id.clone()));
             }
         }
     }
@@ -433,12 +388,12 @@ impl Provider {
         // or above `quantity` is the tightest fit with the lowest id among
         // equals; for spread, the lowest id among the units with the most free.
         let single = match policy {
-            PlacementPolicy::BestFit => totals.free_units.range((quantity, String::new())..).next(),
+            PlacementPolicy::BestFit => totals.free_units.range((quantity, Name::default())..).next(),
             PlacementPolicy::Spread => totals
                 .free_units
                 .last()
                 .filter(|(most_free, _)| *most_free >= quantity)
-                .and_then(|(most_free, _)| totals.free_units.range((*most_free, String::new())..).next()),
+                .and_then(|(most_free, _)| totals.free_units.range((*most_free, Name::default())..).next()),
         };
         if let Some((_, resource_id)) = single {
             return Some(vec![UnitGrant::take(&self.resources[resource_id.as_str()], quantity)]);
@@ -538,7 +493,7 @@ impl Provider {
             }
             let resource = self
                 .resources
-                .get_mut(&*grant.resource_id)
+                .get_mut(&grant.resource_id)
                 .expect("grant names a unit of this provider");
             let free_before = resource.free();
             change(resource, grant);
@@ -546,7 +501,7 @@ impl Provider {
             let totals = self.kinds.get_mut(&*grant.kind).expect("kind totals exist for every unit");
             totals.free = totals.free + free_after - free_before;
             if free_before != free_after {
-                let mut entry = (free_before, grant.resource_id.to_string());
+                let mut entry = (free_before, grant.resource_id.clone());
                 if free_before > 0 {
                     totals.free_units.remove(&entry);
                 }
@@ -575,6 +530,8 @@ impl Resource {
 
 #[path = "holders.rs"]
 mod holders;
+#[path = "units.rs"]
+mod units;
 
 #[cfg(test)]
 #[path = "provider_test.rs"]

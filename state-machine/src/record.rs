@@ -174,16 +174,10 @@ pub struct RequestRecord {
     /// Current placement while active; the last one after release or expiry.
     pub placement: Option<Placement>,
     pub lease_expires_at_ms: OptionalMillis,
-    /// Why it was queued, rejected, or ended (`released`, `lease_expired`, ...).
-    /// Never changed in place, so a boxed `str` (16 bytes inline against a
-    /// `String`'s 24; encoded as the string).
-    pub reason: Option<Box<str>>,
     /// Order among requests of the same priority in the queue.
     pub arrival_seq: u64,
     pub submitted_at_ms: u64,
     pub updated_at_ms: u64,
-    /// Set once the request is finished; the dedupe window counts from here.
-    pub finished_at_ms: OptionalMillis,
     /// When the request was first granted. Its deadline binds only before
     /// this: an allocation queued again because its provider failed met its
     /// deadline already and waits to be re-placed, never rejected for it.
@@ -193,13 +187,75 @@ pub struct RequestRecord {
     /// The requester allows it to be moved to another provider
     /// make-before-break (optimization, drain). Pinned (false) by default.
     pub movable: bool,
+    /// The fields few live records set (see [`Rare`]): read through
+    /// [`Self::rare`] and its shorthands, changed through [`Self::rare_mut`].
+    /// `None` exactly when they are all unset, so equal records compare equal.
+    pub(crate) rare: Option<Box<Rare>>,
+}
+
+/// What a live allocation almost never carries, kept apart: a record of
+/// the million a table may hold is a fixed part, and this box only for the
+/// records that were queued with a reason, have finished, or move. Inline,
+/// these took 40 of every record's bytes (BENCHMARKS.md, "Where a million
+/// allocations' bytes go"); their place in the encoding is unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rare {
+    /// Why it was queued, rejected, or ended (`released`, `lease_expired`, ...).
+    /// Never changed in place, so a boxed `str` (encoded as the string).
+    pub reason: Option<Box<str>>,
+    /// Set once the request is finished; the dedupe window counts from here.
+    pub finished_at_ms: OptionalMillis,
     /// The move under way, in state `optimization`. Boxed: few records
-    /// move at a time, and inline it made every record 120 bytes larger
-    /// (a box encodes as what it holds, so the snapshot is unchanged).
+    /// move at a time (a box encodes as what it holds).
     pub moving: Option<Box<Move>>,
     /// When its last move ended: it is not moved again within
     /// [`crate::TableConfig::move_cooldown_ms`].
     pub last_moved_at_ms: OptionalMillis,
+}
+
+/// What [`RequestRecord::rare`] reads when the record has none of it.
+static NOTHING_RARE: Rare = Rare {
+    reason: None,
+    finished_at_ms: OptionalMillis::NONE,
+    moving: None,
+    last_moved_at_ms: OptionalMillis::NONE,
+};
+
+impl Rare {
+    fn is_unset(&self) -> bool {
+        *self == NOTHING_RARE
+    }
+
+    /// Boxed, or `None` when nothing is set: the record's canonical form.
+    pub(crate) fn boxed(self) -> Option<Box<Rare>> {
+        (!self.is_unset()).then(|| Box::new(self))
+    }
+}
+
+/// [`RequestRecord::rare_mut`]'s handle: on drop, drops the box again if
+/// everything in it is unset.
+pub struct RareMut<'a>(&'a mut Option<Box<Rare>>);
+
+impl std::ops::Deref for RareMut<'_> {
+    type Target = Rare;
+
+    fn deref(&self) -> &Rare {
+        self.0.as_deref().expect("made when the handle was")
+    }
+}
+
+impl std::ops::DerefMut for RareMut<'_> {
+    fn deref_mut(&mut self) -> &mut Rare {
+        self.0.as_deref_mut().expect("made when the handle was")
+    }
+}
+
+impl Drop for RareMut<'_> {
+    fn drop(&mut self) {
+        if self.0.as_deref().is_some_and(Rare::is_unset) {
+            *self.0 = None;
+        }
+    }
 }
 
 /// A [`RequestRecord`] as it is encoded: its fields in their order, with
@@ -267,16 +323,16 @@ impl Serialize for RequestRecord {
             status: self.status,
             placement: &self.placement,
             lease_expires_at_ms: self.lease_expires_at_ms,
-            reason: &self.reason,
+            reason: &self.rare().reason,
             arrival_seq: self.arrival_seq,
             submitted_at_ms: self.submitted_at_ms,
             updated_at_ms: self.updated_at_ms,
-            finished_at_ms: self.finished_at_ms,
+            finished_at_ms: self.finished_at_ms(),
             first_granted_at_ms: self.first_granted_at_ms,
             on_preemption: self.on_preemption,
             movable: self.movable,
-            moving: &self.moving,
-            last_moved_at_ms: self.last_moved_at_ms,
+            moving: &self.rare().moving,
+            last_moved_at_ms: self.rare().last_moved_at_ms,
         }
         .serialize(serializer)
     }
@@ -295,16 +351,19 @@ impl TryFrom<EncodedRecord> for RequestRecord {
             status: encoded.status,
             placement: encoded.placement,
             lease_expires_at_ms: encoded.lease_expires_at_ms,
-            reason: encoded.reason,
             arrival_seq: encoded.arrival_seq,
             submitted_at_ms: encoded.submitted_at_ms,
             updated_at_ms: encoded.updated_at_ms,
-            finished_at_ms: encoded.finished_at_ms,
             first_granted_at_ms: encoded.first_granted_at_ms,
             on_preemption: encoded.on_preemption,
             movable: encoded.movable,
-            moving: encoded.moving,
-            last_moved_at_ms: encoded.last_moved_at_ms,
+            rare: Rare {
+                reason: encoded.reason,
+                finished_at_ms: encoded.finished_at_ms,
+                moving: encoded.moving,
+                last_moved_at_ms: encoded.last_moved_at_ms,
+            }
+            .boxed(),
         })
     }
 }
@@ -351,6 +410,32 @@ impl RequestRecord {
     /// id), the same on every replica.
     pub fn allocation_id(&self) -> Uuid {
         allocation_id_for(self.request.request_id)
+    }
+
+    /// The fields few records set (all unset for most).
+    pub fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NOTHING_RARE)
+    }
+
+    /// To change [`Self::rare`]'s fields: `record.rare_mut().reason = ...`.
+    pub fn rare_mut(&mut self) -> RareMut<'_> {
+        self.rare.get_or_insert_with(Box::default);
+        RareMut(&mut self.rare)
+    }
+
+    /// Why it was queued, rejected, or ended.
+    pub fn reason(&self) -> Option<&str> {
+        self.rare().reason.as_deref()
+    }
+
+    /// When it finished, once it has.
+    pub fn finished_at_ms(&self) -> OptionalMillis {
+        self.rare().finished_at_ms
+    }
+
+    /// The move under way, if any.
+    pub fn moving(&self) -> Option<&Move> {
+        self.rare().moving.as_deref()
     }
 
     /// The deadline that still binds: the request's, until it is first granted.
@@ -417,26 +502,30 @@ mod tests {
             status: AllocationStatus::Allocated,
             placement: Some(placement.clone()),
             lease_expires_at_ms: Some(60_007).into(),
-            reason: Some("moved".into()),
             arrival_seq: 5,
             submitted_at_ms: 6,
             updated_at_ms: 8,
-            finished_at_ms: OptionalMillis::NONE,
             first_granted_at_ms: OptionalMillis::some(7),
             on_preemption: OnPreemption::Release,
             movable: true,
-            moving: Some(Box::new(Move {
-                reason: MoveReason::Drain,
-                from: placement.clone(),
-                to: placement,
-                deadline_ms: 11,
-                target_confirmed: false,
-            })),
-            last_moved_at_ms: OptionalMillis::some(4),
+            rare: Rare {
+                reason: Some("moved".into()),
+                finished_at_ms: OptionalMillis::NONE,
+                moving: Some(Box::new(Move {
+                    reason: MoveReason::Drain,
+                    from: placement.clone(),
+                    to: placement,
+                    deadline_ms: 11,
+                    target_confirmed: false,
+                })),
+                last_moved_at_ms: OptionalMillis::some(4),
+            }
+            .boxed(),
         }
     }
 
     fn kept(record: &RequestRecord, response_id: Uuid, allocation_id: Uuid) -> RecordThatKeptItsIds {
+        let rare = record.rare().clone();
         let record = record.clone();
         RecordThatKeptItsIds {
             request: record.request,
@@ -446,16 +535,16 @@ mod tests {
             status: record.status,
             placement: record.placement,
             lease_expires_at_ms: record.lease_expires_at_ms.get(),
-            reason: record.reason.map(String::from),
+            reason: rare.reason.map(String::from),
             arrival_seq: record.arrival_seq,
             submitted_at_ms: record.submitted_at_ms,
             updated_at_ms: record.updated_at_ms,
-            finished_at_ms: record.finished_at_ms.get(),
+            finished_at_ms: rare.finished_at_ms.get(),
             first_granted_at_ms: record.first_granted_at_ms.get(),
             on_preemption: record.on_preemption,
             movable: record.movable,
-            moving: record.moving,
-            last_moved_at_ms: record.last_moved_at_ms.get(),
+            moving: rare.moving,
+            last_moved_at_ms: rare.last_moved_at_ms.get(),
         }
     }
 
@@ -473,6 +562,36 @@ mod tests {
         assert_eq!(record, decoded);
         assert_eq!(allocation_id_for(request_id), decoded.allocation_id());
         assert_eq!(response_id_for(request_id), decoded.response_id());
+    }
+
+    #[test]
+    fn rare_fields_unset_again_leave_no_box() {
+        let mut record = record();
+        let plain = {
+            let mut plain = record.clone();
+            let mut rare = plain.rare_mut();
+            *rare = Rare::default();
+            drop(rare);
+            plain
+        };
+        assert!(plain.rare.is_none(), "all unset: no box");
+        assert_eq!(None, plain.reason());
+        // Set and unset one by one: equal to the record that never had them.
+        let mut again = plain.clone();
+        again.rare_mut().reason = Some("queued".into());
+        assert_eq!(Some("queued"), again.reason());
+        assert_ne!(plain, again);
+        again.rare_mut().reason = None;
+        assert_eq!(plain, again);
+        assert!(again.rare.is_none());
+        // A read through the handle keeps what is set.
+        let moving = record.rare_mut().moving.clone();
+        assert_eq!(moving.as_deref(), record.moving());
+        assert!(record.rare.is_some());
+        // Most records carry no box: a fixed part of at most 176 bytes on
+        // 64-bit targets, with its `Arc` counts a 192-byte allocation.
+        #[cfg(target_pointer_width = "64")]
+        assert!(size_of::<RequestRecord>() <= 176, "{}", size_of::<RequestRecord>());
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn a_finished_request_is_remembered_for_the_dedupe_window() {
     t.allocate(&wanted);
     t.now_ms = T0 + 1_000;
     let released = record_of(t.release(id(1)));
-    assert_eq!(Some(T0 + 1_000), released.finished_at_ms.get());
+    assert_eq!(Some(T0 + 1_000), released.finished_at_ms().get());
 
     // --- a retry inside the window answers the released record; nothing is allocated again
     t.now_ms = T0 + 10_999;

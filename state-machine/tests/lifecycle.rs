@@ -36,7 +36,7 @@ fn a_lease_expires_on_the_first_tick_at_or_past_it() {
     let record = t.record(id(1));
     assert_eq!(
         (RequestState::Idle, Some("lease_expired"), None),
-        (record.state, record.reason.as_deref(), record.lease_expires_at_ms.get())
+        (record.state, record.reason(), record.lease_expires_at_ms.get())
     );
     assert_eq!(
         Some("node_1"),
@@ -158,7 +158,7 @@ fn release_by_either_id_is_idempotent() {
     let record = record_of(applied);
     assert_eq!(
         (RequestState::Idle, AllocationStatus::Allocated, Some("released")),
-        (record.state, record.status, record.reason.as_deref())
+        (record.state, record.status, record.reason())
     );
 
     // --- again, by either id: the same record, no events

@@ -219,7 +219,7 @@ fn a_victim_asking_to_be_released_is_released_and_the_preemptor_waits_for_its_ag
             RequestState::Deallocation,
             Some(format!("preempted: by request {}", urgent.request_id))
         ),
-        (victim_record.state, victim_record.reason.map(String::from))
+        (victim_record.state, victim_record.reason().map(String::from))
     );
     assert_eq!(RequestState::Allocation, t.record(urgent.request_id).state);
 

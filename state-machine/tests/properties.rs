@@ -233,7 +233,7 @@ impl Op {
             Op::ConfirmMove { target, deallocation } => {
                 let id = target_id(table, target);
                 let record = table.get(id);
-                let moving = record.and_then(|record| record.moving.as_ref());
+                let moving = record.and_then(|record| record.moving());
                 let placed_on = record.and_then(|record| record.placement.as_ref()).map(|p| p.provider_id.clone());
                 let provider_id = match (moving, deallocation) {
                     (Some(moving), false) => moving.to.provider_id.clone(),
@@ -508,7 +508,7 @@ proptest! {
         prop_assert!(moving.len() <= config.moves_per_plan_max, "{} moves under way", moving.len());
         for record in moving {
             // Only a plan begun by the last tick may still be under way.
-            prop_assert!(record.moving.as_ref().unwrap().deadline_ms > now_ms - config.move_confirm_timeout_ms - 1);
+            prop_assert!(record.moving().unwrap().deadline_ms > now_ms - config.move_confirm_timeout_ms - 1);
         }
     }
 

@@ -222,7 +222,7 @@ fn a_failed_provider_has_its_allocations_moved_or_queued() {
     let record = t.record(id(1));
     assert_eq!(
         (RequestState::Queued, None, Some(reason)),
-        (record.state, record.placement.as_ref(), record.reason.as_deref())
+        (record.state, record.placement.as_ref(), record.reason())
     );
     assert_eq!(ProviderStatus::Failed, t.provider_status("node_1"));
 

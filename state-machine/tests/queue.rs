@@ -22,7 +22,7 @@ fn the_queue_is_ordered_by_priority_then_arrival() {
         let record = t.allocate_record(&with_priority(priority, request(n, &[("cpu_cores", 1)])));
         assert_eq!(
             (RequestState::Queued, AllocationStatus::Queued, Some(INSUFFICIENT)),
-            (record.state, record.status, record.reason.as_deref())
+            (record.state, record.status, record.reason())
         );
     }
     assert_eq!(vec![id(3), id(4), id(5), id(2)], t.table.queue().collect::<Vec<_>>());
@@ -152,7 +152,7 @@ fn a_queued_request_is_rejected_by_the_first_tick_past_its_deadline() {
     let record = t.record(id(2));
     assert_eq!(
         (RequestState::Error, AllocationStatus::Rejected, Some(reason)),
-        (record.state, record.status, record.reason.as_deref())
+        (record.state, record.status, record.reason())
     );
     assert_eq!((0, None), (t.table.queue_len(), t.table.next_due_ms()));
 }
@@ -265,7 +265,7 @@ fn releasing_a_queued_request_cancels_it() {
     let record = record_of(applied);
     assert_eq!(
         (RequestState::Idle, None, Some("cancelled")),
-        (record.state, record.placement, record.reason.as_deref())
+        (record.state, record.placement.as_ref(), record.reason())
     );
     assert_eq!(0, t.table.queue_len());
 }

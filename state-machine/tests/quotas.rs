@@ -71,7 +71,7 @@ fn a_quota_is_reached_exactly_and_never_passed() {
     let record = record_of(applied);
     assert_eq!(
         (RequestState::Queued, AllocationStatus::Queued, Some(reason)),
-        (record.state, record.status, record.reason.as_deref())
+        (record.state, record.status, record.reason())
     );
 
     // --- five cores could never fit the quota: rejected at once
@@ -223,7 +223,7 @@ fn a_quota_bounds_what_is_asked_kind_by_kind() {
     let second = in_namespace("team_a", request(2, &[("gpu", 1)]));
     assert_eq!(
         Some("quota_exceeded: namespace team_a holds 1 of its 1 gpu and asks for 1 more"),
-        t.allocate_record(&second).reason.as_deref()
+        t.allocate_record(&second).reason()
     );
     let memory = in_namespace("team_a", request(3, &[("memory_gb", 24)]));
     assert_eq!(RequestState::Monitoring, t.allocate_record(&memory).state);

@@ -182,7 +182,7 @@ pub fn reply_from_record(record: &RequestRecord) -> api::AllocationReply {
         grants: active
             .map(|placement| placement.grants.iter().map(grant_to_proto).collect())
             .unwrap_or_default(),
-        reason: record.reason.as_deref().unwrap_or_default().to_owned(),
+        reason: record.reason().unwrap_or_default().to_owned(),
         lease_expires_at_ms: record.lease_expires_at_ms.get(),
         request: Some(request_to_proto(&ResourceRequest::from(&record.request))),
         submitted_at_ms: record.submitted_at_ms,

@@ -72,8 +72,7 @@ impl Caller {
         }
         if let Some(provider) = self.provider() {
             let moving = record
-                .moving
-                .as_ref()
+                .moving()
                 .is_some_and(|moving| moving.from.provider_id == provider || moving.to.provider_id == provider);
             return moving || record.placement.as_ref().is_some_and(|placement| placement.provider_id == provider);
         }

@@ -99,7 +99,7 @@ impl Indexes {
                     placed.entry(GroupKey::new(&placement.provider_id)).or_default().push(id);
                 }
                 RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                    finished.push((record.finished_at_ms.get().expect("a finished request has a finish time"), id));
+                    finished.push((record.finished_at_ms().get().expect("a finished request has a finish time"), id));
                 }
             }
         }
@@ -177,7 +177,7 @@ impl Indexes {
                 };
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
-                let finished_at = record.finished_at_ms.get().expect("a finished request has a finish time");
+                let finished_at = record.finished_at_ms().get().expect("a finished request has a finish time");
                 self.finished.insert((finished_at, id));
             }
         }
@@ -208,7 +208,7 @@ impl Indexes {
                 if record.movable {
                     self.movable_active -= 1;
                 }
-                if let Some(moving) = &record.moving {
+                if let Some(moving) = record.moving() {
                     self.moves.remove(&(moving.deadline_ms, id));
                 }
                 if let Some(expires) = record.lease_expires_at_ms.get() {
@@ -226,7 +226,7 @@ impl Indexes {
             }
             RequestState::Deallocation | RequestState::Idle | RequestState::Error => {
                 self.finished
-                    .remove(&(record.finished_at_ms.get().expect("a finished request has a finish time"), id));
+                    .remove(&(record.finished_at_ms().get().expect("a finished request has a finish time"), id));
             }
         }
     }
@@ -297,7 +297,7 @@ impl Indexes {
         if record.movable {
             self.movable_active += 1;
         }
-        if let Some(moving) = &record.moving {
+        if let Some(moving) = record.moving() {
             self.moves.insert((moving.deadline_ms, record.request.request_id));
         }
     }

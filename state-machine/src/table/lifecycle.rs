@@ -70,16 +70,13 @@ impl AllocationTable {
             status: AllocationStatus::Queued,
             placement: None,
             lease_expires_at_ms: OptionalMillis::NONE,
-            reason: None,
             arrival_seq: self.next_arrival_seq,
             submitted_at_ms: self.clock_ms,
             updated_at_ms: self.clock_ms,
-            finished_at_ms: OptionalMillis::NONE,
             first_granted_at_ms: OptionalMillis::NONE,
             on_preemption,
             movable,
-            moving: None,
-            last_moved_at_ms: OptionalMillis::NONE,
+            rare: None,
         };
         self.next_arrival_seq += 1;
         let decision = self.decide(&record.request);
@@ -122,7 +119,7 @@ impl AllocationTable {
                 namespace: request.namespace.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("cancelled".into());
+            record.rare_mut().reason = Some("cancelled".into());
             Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
@@ -135,7 +132,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-            record.reason = Some("released".into());
+            record.rare_mut().reason = Some("released".into());
             record.lease_expires_at_ms = OptionalMillis::NONE;
             Released::Released
         };
@@ -195,7 +192,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = RequestState::Idle;
-            record.reason = Some("lease_expired".into());
+            record.rare_mut().reason = Some("lease_expired".into());
             record.lease_expires_at_ms = OptionalMillis::NONE;
             self.put_record(record);
         }
@@ -464,7 +461,7 @@ impl AllocationTable {
         };
         record.status = AllocationStatus::Allocated;
         record.placement = Some(placement);
-        record.reason = None;
+        record.rare_mut().reason = None;
     }
 
     pub(super) fn enqueue(&mut self, record: &mut RequestRecord, reason: String) {
@@ -478,7 +475,7 @@ impl AllocationTable {
         record.state = RequestState::Queued;
         record.status = AllocationStatus::Queued;
         record.lease_expires_at_ms = OptionalMillis::NONE;
-        record.reason = Some(reason.into());
+        record.rare_mut().reason = Some(reason.into());
     }
 
     pub(super) fn reject(&mut self, record: &mut RequestRecord, reason: String) {
@@ -491,7 +488,7 @@ impl AllocationTable {
         });
         record.state = RequestState::Error;
         record.status = AllocationStatus::Rejected;
-        record.reason = Some(reason.into());
+        record.rare_mut().reason = Some(reason.into());
     }
 
     /// Lets go of the units an active `record` (taken out of the table) holds;

@@ -81,9 +81,9 @@ impl AllocationTable {
         meter.freed("providers: units, labels, the rest");
 
         for record in self.requests.records_mut() {
-            drop(record.moving.take());
+            drop(record.rare.take());
         }
-        meter.freed("records: moves under way");
+        meter.freed("records: rare fields (reason, finish time, move)");
         for record in self.requests.records_mut() {
             if let Some(placement) = &mut record.placement {
                 drop(mem::take(&mut placement.grants));
@@ -108,9 +108,8 @@ impl AllocationTable {
         meter.freed("records: requirements (vector, kind)");
         for record in self.requests.records_mut() {
             drop(mem::take(&mut record.request.constraints));
-            drop(record.reason.take());
         }
-        meter.freed("records: constraints and reason");
+        meter.freed("records: constraints");
         drop(mem::take(&mut self.requests));
         meter.freed("records: inline (Arc'd) and the request map's nodes");
 

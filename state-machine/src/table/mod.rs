@@ -361,8 +361,8 @@ impl AllocationTable {
         if !self.release_awaited.is_empty() && record.state != crate::record::RequestState::Allocation {
             self.stop_awaiting(record.request.request_id);
         }
-        if record.state.is_finished() && record.finished_at_ms.is_none() {
-            record.finished_at_ms = OptionalMillis::some(self.clock_ms);
+        if record.state.is_finished() && record.finished_at_ms().is_none() {
+            record.rare_mut().finished_at_ms = OptionalMillis::some(self.clock_ms);
         }
         if record.state.is_finished() && !self.policy_holders.is_empty() {
             self.uncharge_finished(&record.request);
@@ -427,7 +427,11 @@ impl AllocationTable {
                 indexes::share(requesters, &mut request.requester_id);
             }
             indexes::share(by_owner, &mut request.namespace);
-            let moves = record.moving.iter_mut().flat_map(|moving| [&mut moving.from, &mut moving.to]);
+            let moves = record
+                .rare
+                .iter_mut()
+                .flat_map(|rare| rare.moving.iter_mut())
+                .flat_map(|moving| [&mut moving.from, &mut moving.to]);
             for placement in record.placement.iter_mut().chain(moves) {
                 let Some(provider) = providers.get(placement.provider_id.as_str()) else {
                     continue;

@@ -80,7 +80,7 @@ impl AllocationTable {
         self.move_counts.started += 1;
         let target_confirms = self.providers[&*to.provider_id].confirms_allocations;
         record.state = RequestState::Optimization;
-        record.moving = Some(Box::new(Move {
+        record.rare_mut().moving = Some(Box::new(Move {
             reason,
             from,
             to,
@@ -96,10 +96,13 @@ impl AllocationTable {
     /// The target holds the allocation: the source's units are let go, and
     /// the move ends unless the source's agent has to confirm the release.
     fn target_confirmed(&mut self, record: &mut RequestRecord) {
-        let moving = record.moving.as_mut().expect("a move is under way");
-        moving.target_confirmed = true;
-        moving.deadline_ms = self.clock_ms + self.config.move_confirm_timeout_ms;
-        let (from, to) = (moving.from.clone(), moving.to.clone());
+        let (from, to) = {
+            let mut rare = record.rare_mut();
+            let moving = rare.moving.as_mut().expect("a move is under way");
+            moving.target_confirmed = true;
+            moving.deadline_ms = self.clock_ms + self.config.move_confirm_timeout_ms;
+            (moving.from.clone(), moving.to.clone())
+        };
         self.emit(EventKind::MoveTargetReady {
             request_id: record.request.request_id,
             allocation_id: record.allocation_id(),
@@ -120,7 +123,7 @@ impl AllocationTable {
 
     /// The move is over: `allocation_moved`, back in `monitoring`.
     fn finish_move(&mut self, record: &mut RequestRecord) {
-        let moving = record.moving.take().expect("a move is under way");
+        let moving = record.rare_mut().moving.take().expect("a move is under way");
         assert!(moving.target_confirmed, "a move finishes only after its target confirmed");
         self.emit(EventKind::AllocationMoved {
             request_id: record.request.request_id,
@@ -132,14 +135,14 @@ impl AllocationTable {
             reason: moving.reason.as_str().to_owned(),
         });
         record.state = RequestState::Monitoring;
-        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
+        record.rare_mut().last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.completed += 1;
     }
 
     /// Gives up a move whose target has not confirmed: the target's units
     /// are let go, the allocation stays where it was.
     fn roll_back_move(&mut self, record: &mut RequestRecord, why: &str) {
-        let moving = record.moving.take().expect("a move is under way");
+        let moving = record.rare_mut().moving.take().expect("a move is under way");
         assert!(!moving.target_confirmed, "a move is rolled back only before its target confirmed");
         self.unhold_units(record.allocation_id(), &moving.to);
         self.emit(EventKind::OptimizationFailed {
@@ -153,7 +156,7 @@ impl AllocationTable {
         record.state = RequestState::Monitoring;
         // The cooldown holds after a failure too, so that a target that
         // never confirms is not tried again and again.
-        record.last_moved_at_ms = OptionalMillis::some(self.clock_ms);
+        record.rare_mut().last_moved_at_ms = OptionalMillis::some(self.clock_ms);
         self.move_counts.rolled_back += 1;
     }
 
@@ -161,7 +164,7 @@ impl AllocationTable {
     /// is released or expires: rolled back before the target confirmed,
     /// finished after. The caller frees what it holds then.
     pub(super) fn abandon_move(&mut self, record: &mut RequestRecord, why: &str) {
-        match &record.moving {
+        match record.moving() {
             None => {}
             Some(moving) if moving.target_confirmed => self.finish_move(record),
             Some(_) => self.roll_back_move(record, why),
@@ -180,7 +183,7 @@ impl AllocationTable {
             .collect();
         for &request_id in &overdue {
             let mut record = self.take_record(request_id);
-            let moving = record.moving.as_ref().expect("indexed moves are under way");
+            let moving = record.moving().expect("indexed moves are under way");
             let why = format!(
                 "target_unconfirmed: {} did not confirm within {} ms",
                 moving.to.provider_id, self.config.move_confirm_timeout_ms
@@ -201,7 +204,7 @@ impl AllocationTable {
             .iter()
             .map(|(_, id)| *id)
             .filter(|id| {
-                let moving = self.requests[id].moving.as_ref().expect("indexed moves are under way");
+                let moving = self.requests[id].moving().expect("indexed moves are under way");
                 moving.from.provider_id == provider_id || moving.to.provider_id == provider_id
             })
             .collect();
@@ -218,7 +221,7 @@ impl AllocationTable {
     pub(super) fn confirm_move(&mut self, id: Uuid, provider_id: &str, deallocation: bool) -> Option<ApplyResult> {
         let request_id = self.resolve(id).ok()?;
         let record = &self.requests[&request_id];
-        let moving = record.moving.as_ref()?;
+        let moving = record.moving()?;
         let placed_on = record.placement.as_ref().map(|placement| placement.provider_id.as_str());
         match (deallocation, moving.target_confirmed) {
             (false, false) if moving.to.provider_id == provider_id => {

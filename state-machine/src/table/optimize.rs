@@ -222,6 +222,7 @@ impl AllocationTable {
             && constraints.provider_id.is_none()
             && constraints.resource_ids.is_empty()
             && record
+                .rare()
                 .last_moved_at_ms
                 .get().is_none_or(|at| at.saturating_add(self.config.move_cooldown_ms) <= self.clock_ms)
     }
@@ -272,7 +273,7 @@ impl AllocationTable {
             self.index
                 .moves
                 .iter()
-                .map(|(_, request_id)| self.requests[request_id].moving.as_ref().expect("indexed moves are under way"))
+                .map(|(_, request_id)| self.requests[request_id].moving().expect("indexed moves are under way"))
                 .filter(|moving| !moving.target_confirmed)
         };
         // Targets of moves under way hold reserved units, placed or not.

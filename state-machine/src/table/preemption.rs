@@ -111,7 +111,7 @@ impl AllocationTable {
                     crate::record::AllocationStatus::Queued => PreviewOutcome::Queued,
                     crate::record::AllocationStatus::Rejected => PreviewOutcome::Rejected,
                 },
-                reason: record.reason.as_deref().map(str::to_owned),
+                reason: record.reason().map(str::to_owned),
                 placement: record.placement.clone(),
                 victims: Vec::new(),
             });
@@ -205,7 +205,9 @@ impl AllocationTable {
             // A moving allocation holds units on two providers until its
             // agents confirm; it is preempted neither half-way nor twice.
             .filter(|record| {
-                record.request.priority < request.priority && record.moving.is_none() && self.policy(&record.request.namespace).preemptible
+                record.request.priority < request.priority
+                    && record.moving().is_none()
+                    && self.policy(&record.request.namespace).preemptible
             })
             .map(|record| (self.victim_key(record), record.request.request_id))
             .collect();
@@ -326,7 +328,7 @@ impl AllocationTable {
             } else {
                 record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
                 record.lease_expires_at_ms = OptionalMillis::NONE;
-                record.reason = Some(reason.into());
+                record.rare_mut().reason = Some(reason.into());
             }
             if confirms {
                 awaited.push((record.allocation_id(), placement.provider_id.to_string()));

@@ -235,7 +235,7 @@ impl AllocationTable {
             let mut record = self.take_record(request_id);
             // Moves touching a failed or leaving provider ended first
             // (`end_moves_touching`), so none is under way here.
-            assert!(record.moving.is_none(), "evacuating {request_id} in the middle of a move");
+            assert!(record.moving().is_none(), "evacuating {request_id} in the middle of a move");
             let old = record.placement.take().expect("an active request has a placement");
             let provider = self.provider_mut(provider_id).expect("evacuated provider is registered");
             provider.unhold(record.allocation_id(), &old.grants);

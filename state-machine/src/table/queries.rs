@@ -393,8 +393,7 @@ impl AllocationTable {
                     );
                     // A move's target before it confirms holds units too.
                     let reserved_for_move = record
-                        .moving
-                        .as_ref()
+                        .moving()
                         .filter(|moving| !moving.target_confirmed)
                         .map(|moving| moving.to.provider_id.as_str());
                     assert!(
@@ -425,19 +424,19 @@ impl AllocationTable {
             }
             assert_eq!(
                 record.state.is_finished(),
-                record.finished_at_ms.is_some(),
+                record.finished_at_ms().is_some(),
                 "{} finish time vs state",
                 record.request.request_id
             );
             assert_eq!(
                 record.state == RequestState::Optimization,
-                record.moving.is_some(),
+                record.moving().is_some(),
                 "{} is {} with move {:?}",
                 record.request.request_id,
                 record.state.as_str(),
-                record.moving
+                record.moving()
             );
-            if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
+            if let Some(moving) = record.moving().filter(|moving| !moving.target_confirmed) {
                 let target = &self.providers[&*moving.to.provider_id];
                 for grant in &moving.to.grants {
                     assert_eq!(

@@ -243,16 +243,13 @@ mod tests {
             status: AllocationStatus::Queued,
             placement: None,
             lease_expires_at_ms: OptionalMillis::NONE,
-            reason: None,
             arrival_seq: n as u64,
             submitted_at_ms: 0,
             updated_at_ms: 0,
-            finished_at_ms: OptionalMillis::NONE,
             first_granted_at_ms: OptionalMillis::NONE,
             on_preemption: Default::default(),
             movable: false,
-            moving: None,
-            last_moved_at_ms: OptionalMillis::NONE,
+            rare: None,
         })
     }
 

@@ -168,7 +168,7 @@ impl AllocationTable {
             .iter()
             .map(|(_, id)| &self.requests[id])
             .filter_map(|record| {
-                let moving = record.moving.as_ref()?;
+                let moving = record.moving()?;
                 (moving.from.provider_id == provider_id).then(|| PlannedMove {
                     request_id: record.request.request_id,
                     allocation_id: record.allocation_id(),

@@ -26,9 +26,9 @@ use super::{AllocationTable, Indexes, LeaseRefresh};
 use crate::error::SnapshotError;
 use crate::event::{Event, EventKind, ResourceState};
 use crate::limits::TableConfig;
-use crate::provider::{Provider, ProviderStatus, Resource, Scheduling};
+use crate::provider::{Provider, ProviderStatus, Scheduling, Units};
 use crate::quota::{OnPreemption, PreemptionSetting};
-use crate::record::{check_derived_ids, AllocationStatus, Placement, RequestRecord, RequestState, UnitGrant};
+use crate::record::{check_derived_ids, AllocationStatus, Placement, Rare, RequestRecord, RequestState, UnitGrant};
 use crate::request::{AllocationRequest, Constraints, PlacementPolicy, Requirement};
 use crate::time::OptionalMillis;
 
@@ -178,7 +178,8 @@ struct ProviderV5 {
     labels: BTreeMap<String, String>,
     status: ProviderStatus,
     confirms_allocations: bool,
-    resources: BTreeMap<String, Resource>,
+    /// Encoded as today's units (a map of ids to units).
+    resources: Units,
     registered_at_ms: u64,
     address: Option<String>,
     port: Option<u16>,
@@ -303,19 +304,7 @@ impl From<ProviderV5> for Provider {
             labels: old.labels,
             status: old.status,
             confirms_allocations: old.confirms_allocations,
-            // Each key the unit's own copy of its id, as a registration makes it.
-            resources: old
-                .resources
-                .into_iter()
-                .map(|(id, resource)| {
-                    let key = if resource.resource_id == id {
-                        resource.resource_id.clone()
-                    } else {
-                        id.into()
-                    };
-                    (key, resource)
-                })
-                .collect(),
+            resources: old.resources,
             registered_at_ms: old.registered_at_ms,
             address: old.address,
             port: old.port,
@@ -334,18 +323,21 @@ impl From<RequestRecordV5> for RequestRecord {
             status: old.status,
             placement: old.placement,
             lease_expires_at_ms: old.lease_expires_at_ms,
-            reason: old.reason.map(String::into_boxed_str),
             arrival_seq: old.arrival_seq,
             submitted_at_ms: old.submitted_at_ms,
             updated_at_ms: old.updated_at_ms,
-            finished_at_ms: old.finished_at_ms,
             first_granted_at_ms: old.first_granted_at_ms,
             // What every allocation did before it could choose: back to the queue.
             on_preemption: OnPreemption::Requeue,
             // Version 5 moved nothing: every allocation pinned, none moving.
             movable: false,
-            moving: None,
-            last_moved_at_ms: OptionalMillis::NONE,
+            rare: Rare {
+                reason: old.reason.map(String::into_boxed_str),
+                finished_at_ms: old.finished_at_ms,
+                moving: None,
+                last_moved_at_ms: OptionalMillis::NONE,
+            }
+            .boxed(),
         }
     }
 }

@@ -72,7 +72,7 @@ pub fn check_units(table: &AllocationTable) {
                     .map(|g| (placement.provider_id.clone(), g.resource_id.clone(), g.amount))
                     .collect();
                 // A move's target holds its units too until it confirms.
-                if let Some(moving) = record.moving.as_ref().filter(|moving| !moving.target_confirmed) {
+                if let Some(moving) = record.moving().filter(|moving| !moving.target_confirmed) {
                     granted.extend(
                         moving
                             .to
