@@ -10,8 +10,12 @@ use super::error::StorageError;
 
 /// sled's cache for hot pages. The log tail and the vote are what a replica
 /// reads; the table itself lives in memory, so sled's default of 1 GiB would
-/// mostly cache nothing useful.
-pub const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// mostly cache nothing useful. The log is written once and read soon after
+/// (by the leader's replication, within a heartbeat or so: a few MB at full
+/// load), if at all; at 64 MiB the cache held ~53 MB of old entries in a
+/// loaded replica's heap (BENCHMARKS.md, "Where a million allocations' bytes
+/// go"). A follower far behind reads from the OS's page cache instead.
+pub const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How often, and how far apart, opening retries a data dir whose lock is
 /// held, before reporting [`StorageError::DataDirInUse`]. A Db dropped in this
