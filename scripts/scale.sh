@@ -25,6 +25,8 @@
 # 5. Starts a 4th replica on an empty data dir, adds it (`qm cluster add`:
 #    learner, caught up by snapshot, promoted), and prints how long that took
 #    and its resident memory.
+# 6. Prints every replica's resident memory again, QM_SCALE_SETTLE_S
+#    (default 10) later: settled, once the last snapshot's buffers are freed.
 # Then stops every replica it started (by pid) and deletes the data, unless
 # --keep. --quick is 1,000 providers and 100,000 allocations, for a trial.
 # Figures: BENCHMARKS.md, "Memory and disk". The machine's cores are shared
@@ -108,6 +110,8 @@ LOADER=${QM_SCALE_LOADER:-$TARGET_DIR/release/examples/scale_load}
 # How long each wait below may take before the run is given up.
 WAIT_S=${QM_SCALE_WAIT_S:-600}
 SNAPSHOT_WAIT_S=${QM_SCALE_SNAPSHOT_WAIT_S:-120}
+# How long after the new replica the replicas' memory is sampled again, settled.
+SETTLE_S=${QM_SCALE_SETTLE_S:-10}
 PROVIDER_FAILURE_WINDOW_MS=86400000
 HEARTBEAT_MS=${QM_SCALE_HEARTBEAT_MS:-1000}
 if [ $MASS_FAILURE = yes ]; then PROVIDER_FAILURE_WINDOW_MS=${QM_SCALE_FAILURE_WINDOW_MS:-5000}; fi
@@ -274,3 +278,10 @@ added_ms=$(($(now_ms) - add_at))
 wait_applied "$NEW_ID" "$commit"
 caught_up_ms=$(($(now_ms) - add_at))
 echo "new replica: $NEW_ID added (learner, caught up, voter) in $added_ms ms; applied index $commit after $caught_up_ms ms; VmRSS $(mb "$(status_kb "$NEW_ID" VmRSS)"), VmHWM $(mb "$(status_kb "$NEW_ID" VmHWM)")"
+
+# The same replicas once the last snapshot's buffers are let go (qm-node
+# hands freed memory back to the OS every 2 s: raft-node/src/main.rs).
+sleep "$SETTLE_S"
+settled=""
+for i in 1 2 3 "$NEW_ID"; do settled="$settled replica $i $(mb "$(status_kb "$i" VmRSS)");"; done
+echo "settled, $SETTLE_S s later: VmRSS$settled"

@@ -317,7 +317,14 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn new(registration: &ProviderRegistration, now_ms: u64) -> Provider {
+    /// The provider `registration` describes. Its units take their ids'
+    /// and kinds' copies from `names_from`'s units of the same names (see
+    /// [`Name`]): a fleet's providers mostly name their units alike
+    /// (`cpu_0`..., `slot-0000`...), and a copy per provider was a string
+    /// per unit, 25 bytes of every allocation of `scripts/scale.sh`'s table
+    /// (BENCHMARKS.md, "Where a million allocations' bytes go"). Which copy
+    /// is shared never shows.
+    pub fn new(registration: &ProviderRegistration, now_ms: u64, names_from: Option<&Provider>) -> Provider {
         let mut provider = Provider {
             provider_id: registration.provider_id.clone().into(),
             labels: registration.labels.clone(),
@@ -330,7 +337,13 @@ impl Provider {
             scheduling: Scheduling::Open,
             kinds: BTreeMap::new(),
         };
-        provider.resources = Units::from_units(registration.resources.iter().map(Resource::from_spec));
+        provider.resources = Units::from_units(registration.resources.iter().map(|spec| {
+            let mut unit = Resource::from_spec(spec);
+            if let Some(other) = names_from {
+                unit.share_names_with(other);
+            }
+            unit
+        }));
         provider.rebuild_kinds();
         provider
     }
@@ -516,6 +529,16 @@ impl Provider {
 }
 
 impl Resource {
+    /// Takes `other`'s copies of this unit's id and kind, where it has them.
+    fn share_names_with(&mut self, other: &Provider) {
+        if let Some(theirs) = other.resources.get(&self.resource_id) {
+            self.resource_id = theirs.resource_id.clone();
+        }
+        if let Some((kind, _)) = other.kinds.get_key_value(self.kind.as_str()) {
+            self.kind = kind.clone();
+        }
+    }
+
     fn from_spec(spec: &ResourceSpec) -> Resource {
         Resource {
             resource_id: spec.resource_id.clone().into(),

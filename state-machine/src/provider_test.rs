@@ -25,7 +25,7 @@ fn provider_with(resources: Vec<ResourceSpec>) -> Provider {
         address: None,
         port: None,
     };
-    Provider::new(&registration.validate().unwrap(), 0)
+    Provider::new(&registration.validate().unwrap(), 0, None)
 }
 
 fn picked(grants: Option<Vec<UnitGrant>>) -> Vec<(String, u64)> {

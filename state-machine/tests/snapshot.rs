@@ -111,6 +111,38 @@ fn a_restored_table_shares_its_names_as_a_built_one_does() {
     }
 }
 
+/// Providers that name their units alike hold one copy of each name, as
+/// the restored table does (its decode shares every equal name).
+#[test]
+fn providers_registered_alike_share_their_units_names() {
+    let t = rich_table();
+    let restored = AllocationTable::from_snapshot_bytes(&t.table.to_snapshot_bytes()).unwrap();
+    for table in [&t.table, &restored] {
+        let node = |id: &str| table.providers().find(|provider| provider.provider_id == id).unwrap();
+        let (node_1, node_2) = (node("node_1"), node("node_2"));
+        let (cpu_1, other_cpu_1) = (&node_1.resources["cpu_1"], &node_2.resources["cpu_1"]);
+        assert!(cpu_1.resource_id.shares_with(&other_cpu_1.resource_id));
+        assert!(cpu_1.kind.shares_with(&other_cpu_1.kind));
+    }
+    // A registration again (an update) keeps the names it had.
+    let mut t = t;
+    let before = t
+        .table
+        .providers()
+        .find(|provider| provider.provider_id == "node_2")
+        .unwrap()
+        .resources["vol_1"]
+        .resource_id
+        .clone();
+    t.register(provider(
+        "node_2",
+        vec![unit("cpu_1", "cpu_cores", 1), unit("vol_1", "storage_gb", 200)],
+    ));
+    let node_2 = t.table.providers().find(|provider| provider.provider_id == "node_2").unwrap();
+    assert_eq!(200, node_2.resources["vol_1"].capacity);
+    assert!(node_2.resources["vol_1"].resource_id.shares_with(&before));
+}
+
 #[test]
 fn the_config_travels_inside_the_snapshot() {
     let config = TableConfig {

@@ -47,7 +47,8 @@ impl AllocationTable {
         {
             return None;
         }
-        let mut grants = Vec::new();
+        // One unit per requirement is the common case: then no slack to shrink.
+        let mut grants = Vec::with_capacity(request.requirements.len());
         for requirement in &request.requirements {
             grants.extend(provider.pick_units(
                 &requirement.kind,

@@ -44,7 +44,11 @@ impl AllocationTable {
         let resources = registration.resources.len() as u64;
         match self.providers.get(&provider_id) {
             None => {
-                let provider = Provider::new(&registration, self.clock_ms);
+                // The neighbour by id, for its units' names.
+                let neighbour = (self.providers.range::<String, _>(..&provider_id).next_back())
+                    .or_else(|| self.providers.range::<String, _>(&provider_id..).next())
+                    .map(|(_, provider)| &**provider);
+                let provider = Provider::new(&registration, self.clock_ms, neighbour);
                 self.index.add_provider(&provider);
                 self.providers.insert(provider_id.clone(), Arc::new(provider));
                 self.emit(EventKind::ProviderRegistered {
@@ -306,7 +310,7 @@ impl AllocationTable {
 /// by an allocation must stay, with the same kind and sharing, and at least
 /// the capacity already held.
 fn updated_provider(existing: &Provider, registration: &ProviderRegistration) -> Result<Provider, CommandError> {
-    let mut updated = Provider::new(registration, existing.registered_at_ms);
+    let mut updated = Provider::new(registration, existing.registered_at_ms, Some(existing));
     // A registration changes units and labels, never an operator's cordon.
     updated.scheduling = existing.scheduling;
     for (resource_id, held) in existing.resources.iter().filter(|(_, resource)| !resource.holders.is_empty()) {
