@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use qm_client::{Client, ClientConfig, Consistency, Error};
-use qm_state_machine::Command;
+use qm_state_machine::{Command, EventKind};
 use qm_testkit::fake::FakeCluster;
 use qm_testkit::test_cluster::{bounded, registration, request};
 
@@ -60,6 +60,48 @@ async fn a_retry_after_a_lost_answer_allocates_once() {
             "one allocation, not three"
         );
         assert_eq!(2, cluster.with_table(|table| table.usage().by_kind["cpu_cores"].used));
+    })
+    .await
+}
+
+/// A bulk release is safe to repeat (a repeat releases what is left), so
+/// `release_matching` asks again when a call's outcome is unknown, which
+/// a call whose answers are lost more often than the call plan retries
+/// ends in. More allocations than one entry releases, so that the entries
+/// that applied unanswered did part of the work each.
+#[tokio::test]
+async fn a_bulk_release_whose_answers_are_lost_is_asked_again_and_releases_once() {
+    bounded(async {
+        const ALLOCATIONS: usize = 1_500;
+        let cluster = with_provider(ALLOCATIONS as u32);
+        let client = client(&cluster);
+        for _ in 0..ALLOCATIONS {
+            cluster.apply(Command::Allocate(request(1).validate().unwrap()));
+        }
+        assert_eq!(ALLOCATIONS, cluster.with_table(|table| table.active_allocations()));
+
+        // --- five answers lost: the call plan's attempt and its 3 retries
+        // (outcome unknown), then release_matching's own first retry
+        cluster.lose_answers(0, 5);
+        let reply = client.release_matching("default", "", "").await.unwrap();
+
+        assert_eq!(6, cluster.calls(0), "five lost answers, then the one that came back");
+        assert_eq!(0, cluster.with_table(|table| table.active_allocations()));
+        // Each allocation released once: the entries that applied unanswered
+        // released 1,024 and then the other 476; the answered one found none.
+        let released = cluster.with_table(|table| {
+            // Every event since revision 1: 1,500 grants and releases fit the
+            // history's 10,000.
+            (table.events_from(1).expect("nothing compacted"))
+                .filter(|event| matches!(event.kind, EventKind::AllocationReleased { .. }))
+                .count()
+        });
+        assert_eq!(ALLOCATIONS, released);
+        assert_eq!(
+            (0, 1, ""),
+            (reply.released, reply.entries, reply.next.as_str()),
+            "the totals of the answered call"
+        );
     })
     .await
 }

@@ -17,6 +17,12 @@
 //!   deregistration must apply, its answer be lost, and the retry reach a
 //!   leader that applied it, so the retry is refused with NotFound; with real
 //!   replicas whether the first attempt commits is a race.
+//! * `a_bulk_release_whose_answers_are_lost_is_asked_again_and_releases_once`:
+//!   bulk-release entries must apply and their answers be lost, more times
+//!   than the call plan's own retries, so that `release_matching` has to
+//!   ask again itself; as for the first test, a real replica loses an
+//!   answer after applying only by accident of timing. The fake applies one
+//!   `ReleaseMatching` entry per call (a real replica up to `entries_max`).
 //! * `a_watch_drops_events_a_replica_replays_after_a_failover`: `qm-node`
 //!   always resumes a watch exactly at the asked revision, so only a fake
 //!   can replay older revisions to show the client drops them.
@@ -43,7 +49,7 @@ use qm_client::convert::{event_to_proto, reply_from_record, request_from_proto};
 use qm_client::proto::api;
 use qm_client::proto::api::quartermaster_server::{Quartermaster, QuartermasterServer};
 use qm_client::wire::{Leader, WireError};
-use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, Event, StampedCommand};
+use qm_state_machine::{AllocationTable, Command, CommandError, CommandResponse, Event, ReleaseFilter, StampedCommand};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -446,8 +452,31 @@ impl Quartermaster for FakeReplica {
         Err(Status::unimplemented("not faked"))
     }
 
-    async fn release_matching(&self, _: Request<api::ReleaseMatchingRequest>) -> Result<Response<api::ReleaseMatchingReply>, Status> {
-        Err(Status::unimplemented("not faked"))
+    async fn release_matching(&self, request: Request<api::ReleaseMatchingRequest>) -> Result<Response<api::ReleaseMatchingReply>, Status> {
+        self.admit(false).await?;
+        let call = request.into_inner();
+        let non_empty = |text: String| (!text.is_empty()).then_some(text);
+        let after = match call.after.as_str() {
+            "" => None,
+            text => Some(parse_id(text)?),
+        };
+        let command = Command::ReleaseMatching {
+            filter: ReleaseFilter {
+                namespace: non_empty(call.namespace),
+                requester_id: non_empty(call.requester_id),
+                provider_id: non_empty(call.provider_id),
+            },
+            after,
+        };
+        match self.write(command)? {
+            CommandResponse::ReleasedMatching { released, cancelled, next } => Ok(Response::new(api::ReleaseMatchingReply {
+                released,
+                cancelled,
+                entries: 1,
+                next: next.map(|id| id.to_string()).unwrap_or_default(),
+            })),
+            other => Err(Status::internal(format!("the table answered a bulk release with {other:?}"))),
+        }
     }
 
     async fn set_quota(&self, _: Request<api::SetQuotaRequest>) -> Result<Response<api::NamespacePolicyReply>, Status> {
