@@ -53,6 +53,19 @@ fn shard_of(id: IdKey) -> usize {
     id.leading_bits(SHARD_BITS)
 }
 
+/// `shard`, to change, copied first if a snapshot copy still shares it.
+/// The copy is built at once from the entries in order, so its nodes are
+/// full where the shard's, filled by inserts at random places, are about a
+/// third empty: the records of a table that took its load compact, shard
+/// by shard, as snapshots are taken (BENCHMARKS.md, "Where a million
+/// allocations' bytes go"). Costs what the node-by-node copy did: one pass.
+fn unshared(shard: &mut Arc<Shard>) -> &mut Shard {
+    if Arc::get_mut(shard).is_none() {
+        *shard = Arc::new(shard.iter().map(|(id, record)| (*id, Arc::clone(record))).collect());
+    }
+    Arc::get_mut(shard).expect("the shard is its own now")
+}
+
 impl Default for RecordMap {
     /// Every shard starts as the same empty one; a shard gets its own on its
     /// first insert (copy on write), so an empty map is one allocation.
@@ -82,7 +95,7 @@ impl RecordMap {
 
     /// The shard of `key`, copied first if a snapshot copy still shares it.
     fn shard_mut(&mut self, key: IdKey) -> &mut Shard {
-        Arc::make_mut(&mut self.shards[shard_of(key)])
+        unshared(&mut self.shards[shard_of(key)])
     }
 
     pub(crate) fn insert(&mut self, id: Uuid, record: Arc<RequestRecord>) -> Option<Arc<RequestRecord>> {
@@ -101,7 +114,7 @@ impl RecordMap {
         if Arc::get_mut(shard).is_none() && !shard.contains_key(&key) {
             return None;
         }
-        let removed = Arc::make_mut(shard).remove(&key);
+        let removed = unshared(shard).remove(&key);
         if removed.is_some() {
             self.len -= 1;
         }
@@ -140,7 +153,7 @@ impl RecordMap {
     pub(super) fn records_mut(&mut self) -> impl Iterator<Item = &mut RequestRecord> + '_ {
         self.shards
             .iter_mut()
-            .flat_map(|shard| Arc::make_mut(shard).values_mut().map(Arc::make_mut))
+            .flat_map(|shard| unshared(shard).values_mut().map(Arc::make_mut))
     }
 
     /// Builds the map from entries already in id order (as a snapshot holds
