@@ -15,7 +15,7 @@ use crate::name::Name;
 /// `BTreeMap<Name, Resource>` in everything but its memory. A unit set
 /// changes only as a whole (a registration replaces it), so a boxed slice
 /// is enough, and it keeps neither the map's copy of each id as a key nor
-/// its nodes' slack: 16-24 bytes of each of the 1.25 million units of
+/// its nodes' slack: ~15 bytes of each of the 1.25 million units of
 /// `scripts/scale.sh`'s table (BENCHMARKS.md, "Where a million allocations'
 /// bytes go"). Encodes as the map did (the units by id, each under its own
 /// id), so the snapshot is unchanged.
