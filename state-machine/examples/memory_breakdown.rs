@@ -187,21 +187,18 @@ fn mib(bytes: usize) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let shape = match args.first().map(String::as_str) {
-        None | Some("bench") => Shape::Bench,
-        Some("slots") => Shape::Slots,
-        Some("scale") => Shape::Scale { slots: 0 },
-        Some(other) => panic!("unknown shape {other:?}: bench, slots or scale"),
-    };
+    let shape_name = args.first().map_or("bench", String::as_str);
     let number = |position: usize, default: usize| args.get(position).map_or(default, |arg| arg.parse().expect("a count"));
-    let providers = number(1, if shape == Shape::Slots { 500 } else { 10_000 });
+    let providers = number(1, if shape_name == "slots" { 500 } else { 10_000 });
     let allocations = number(2, 1_000_000);
-    // As scale_load sizes them: the table ends about 80 % full.
-    let shape = match shape {
-        Shape::Scale { .. } => Shape::Scale {
+    let shape = match shape_name {
+        "bench" => Shape::Bench,
+        "slots" => Shape::Slots,
+        // As scale_load sizes them: the table ends about 80 % full.
+        "scale" => Shape::Scale {
             slots: (allocations * 5 / 4).div_ceil(providers.max(1)),
         },
-        other => other,
+        other => panic!("unknown shape {other:?}: bench, slots or scale"),
     };
 
     let started = Instant::now();

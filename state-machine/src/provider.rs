@@ -325,25 +325,19 @@ impl Provider {
     /// (BENCHMARKS.md, "Where a million allocations' bytes go"). Which copy
     /// is shared never shows.
     pub fn new(registration: &ProviderRegistration, now_ms: u64, names_from: Option<&Provider>) -> Provider {
+        let units = registration.resources.iter().map(|spec| Resource::from_spec(spec, names_from));
         let mut provider = Provider {
             provider_id: registration.provider_id.clone().into(),
             labels: registration.labels.clone(),
             status: ProviderStatus::Active,
             confirms_allocations: registration.confirms_allocations,
-            resources: Units::default(),
+            resources: Units::from_units(units),
             registered_at_ms: now_ms,
             address: registration.address.clone(),
             port: registration.port,
             scheduling: Scheduling::Open,
             kinds: BTreeMap::new(),
         };
-        provider.resources = Units::from_units(registration.resources.iter().map(|spec| {
-            let mut unit = Resource::from_spec(spec);
-            if let Some(other) = names_from {
-                unit.share_names_with(other);
-            }
-            unit
-        }));
         provider.rebuild_kinds();
         provider
     }
@@ -529,20 +523,18 @@ impl Provider {
 }
 
 impl Resource {
-    /// Takes `other`'s copies of this unit's id and kind, where it has them.
-    fn share_names_with(&mut self, other: &Provider) {
-        if let Some(theirs) = other.resources.get(&self.resource_id) {
-            self.resource_id = theirs.resource_id.clone();
-        }
-        if let Some((kind, _)) = other.kinds.get_key_value(self.kind.as_str()) {
-            self.kind = kind.clone();
-        }
-    }
-
-    fn from_spec(spec: &ResourceSpec) -> Resource {
+    /// The unit `spec` registers, with `names_from`'s copies of its id and
+    /// kind where that provider has them (a new copy otherwise).
+    fn from_spec(spec: &ResourceSpec, names_from: Option<&Provider>) -> Resource {
+        let resource_id = names_from
+            .and_then(|other| other.resources.get(&spec.resource_id))
+            .map_or_else(|| Name::from(spec.resource_id.as_str()), |theirs| theirs.resource_id.clone());
+        let kind = names_from
+            .and_then(|other| other.kinds.get_key_value(spec.kind.as_str()))
+            .map_or_else(|| Name::from(spec.kind.as_str()), |(kind, _)| kind.clone());
         Resource {
-            resource_id: spec.resource_id.clone().into(),
-            kind: spec.kind.clone().into(),
+            resource_id,
+            kind,
             capacity: spec.capacity as u64,
             labels: UnitLabels::new(spec.labels.clone()),
             sharing: spec.sharing.expect("validated registrations resolve sharing"),

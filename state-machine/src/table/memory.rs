@@ -94,8 +94,8 @@ impl AllocationTable {
             drop(record.placement.take());
         }
         meter.freed("records: placement's provider id");
-        // One empty name for all: `Name::default()` allocates, and taking
-        // each record's would book the empty ones as negative frees.
+        // The empty name allocates nothing, so each record's is swapped for
+        // it and only the names themselves are booked as freed.
         let empty = Name::default();
         for record in self.requests.records_mut() {
             drop(mem::replace(&mut record.request.requester_id, empty.clone()));
