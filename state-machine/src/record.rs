@@ -417,10 +417,19 @@ impl RequestRecord {
         self.rare.as_deref().unwrap_or(&NOTHING_RARE)
     }
 
-    /// To change [`Self::rare`]'s fields: `record.rare_mut().reason = ...`.
+    /// To change [`Self::rare`]'s fields: `record.rare_mut().moving = ...`.
     pub fn rare_mut(&mut self) -> RareMut<'_> {
         self.rare.get_or_insert_with(Box::default);
         RareMut(&mut self.rare)
+    }
+
+    /// Sets why it was queued, rejected, or ended. Clearing it on a record
+    /// without rare fields makes no box: a grant clears it on every
+    /// allocation.
+    pub fn set_reason(&mut self, reason: Option<Box<str>>) {
+        if reason.is_some() || self.rare.is_some() {
+            self.rare_mut().reason = reason;
+        }
     }
 
     /// Why it was queued, rejected, or ended.
@@ -584,6 +593,13 @@ mod tests {
         again.rare_mut().reason = None;
         assert_eq!(plain, again);
         assert!(again.rare.is_none());
+        // The same through `set_reason`, which makes no box to clear none.
+        again.set_reason(None);
+        assert!(again.rare.is_none());
+        again.set_reason(Some("released".into()));
+        assert_eq!(Some("released"), again.reason());
+        again.set_reason(None);
+        assert_eq!(plain, again);
         // A read through the handle keeps what is set.
         let moving = record.rare_mut().moving.clone();
         assert_eq!(moving.as_deref(), record.moving());

@@ -119,7 +119,7 @@ impl AllocationTable {
                 namespace: request.namespace.to_string(),
             });
             record.state = RequestState::Idle;
-            record.rare_mut().reason = Some("cancelled".into());
+            record.set_reason(Some("cancelled".into()));
             Released::Cancelled
         } else {
             let placement = self.free_placement(&record);
@@ -132,7 +132,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
-            record.rare_mut().reason = Some("released".into());
+            record.set_reason(Some("released".into()));
             record.lease_expires_at_ms = OptionalMillis::NONE;
             Released::Released
         };
@@ -192,7 +192,7 @@ impl AllocationTable {
                 provider_id: placement.provider_id.to_string(),
             });
             record.state = RequestState::Idle;
-            record.rare_mut().reason = Some("lease_expired".into());
+            record.set_reason(Some("lease_expired".into()));
             record.lease_expires_at_ms = OptionalMillis::NONE;
             self.put_record(record);
         }
@@ -461,7 +461,7 @@ impl AllocationTable {
         };
         record.status = AllocationStatus::Allocated;
         record.placement = Some(placement);
-        record.rare_mut().reason = None;
+        record.set_reason(None);
     }
 
     pub(super) fn enqueue(&mut self, record: &mut RequestRecord, reason: String) {
@@ -475,7 +475,7 @@ impl AllocationTable {
         record.state = RequestState::Queued;
         record.status = AllocationStatus::Queued;
         record.lease_expires_at_ms = OptionalMillis::NONE;
-        record.rare_mut().reason = Some(reason.into());
+        record.set_reason(Some(reason.into()));
     }
 
     pub(super) fn reject(&mut self, record: &mut RequestRecord, reason: String) {
@@ -488,7 +488,7 @@ impl AllocationTable {
         });
         record.state = RequestState::Error;
         record.status = AllocationStatus::Rejected;
-        record.rare_mut().reason = Some(reason.into());
+        record.set_reason(Some(reason.into()));
     }
 
     /// Lets go of the units an active `record` (taken out of the table) holds;

@@ -328,7 +328,7 @@ impl AllocationTable {
             } else {
                 record.state = if confirms { RequestState::Deallocation } else { RequestState::Idle };
                 record.lease_expires_at_ms = OptionalMillis::NONE;
-                record.rare_mut().reason = Some(reason.into());
+                record.set_reason(Some(reason.into()));
             }
             if confirms {
                 awaited.push((record.allocation_id(), placement.provider_id.to_string()));
