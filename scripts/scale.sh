@@ -7,21 +7,24 @@
 #
 # 1. Starts 3 replicas (scripts/cluster.sh, release builds, its own ports and
 #    a cluster dir under target/, so it runs beside scripts/bench.sh and
-#    scripts/cluster.sh's default cluster). The replicas snapshot every
-#    M * 24 / 100 commands, so the last snapshot is built with the table
-#    about full, and declare a provider failed only after a day of silence:
+#    scripts/cluster.sh's default cluster). The replicas snapshot as their
+#    defaults say (every 1,000,000 commands or 2 s of apply time, whichever
+#    comes first: several times during the load, and the last one with the
+#    table about full), and declare a provider failed only after a day of silence:
 #    the loader's providers do not heartbeat (10,000 heartbeating providers
 #    would be a load of their own on this machine; the memory is the table's).
 # 2. Registers N providers (default 10,000) of one-unit slots and places M
 #    allocations (default 1,000,000) through the cluster with
 #    `client/examples/scale_load.rs`, C in flight (default 256).
-# 3. Prints, per replica: resident memory (VmRSS now, VmHWM the peak, from
-#    /proc/PID/status) and the last snapshot's build (its log line: copy,
-#    encode, save, bytes).
+# 3. Once no replica has built a snapshot for QM_SCALE_SNAPSHOT_QUIET_S
+#    (default 8), prints, per replica: resident memory (VmRSS now, VmHWM the
+#    peak, from /proc/PID/status), how many snapshots it built and the last
+#    one's build (its log line: copy, encode, save, bytes).
 # 4. Kills a follower with -9, starts it again on its data dir, and prints
 #    how long until it serves reads: it answers, knows the leader and has
 #    applied everything committed before the kill (what a linearizable read
-#    on it waits for).
+#    on it waits for); and how many entries it applied again after its
+#    snapshot, in how long.
 # 5. Starts a 4th replica on an empty data dir, adds it (`qm cluster add`:
 #    learner, caught up by snapshot, promoted), and prints how long that took
 #    and its resident memory.
@@ -110,18 +113,15 @@ LOADER=${QM_SCALE_LOADER:-$TARGET_DIR/release/examples/scale_load}
 # How long each wait below may take before the run is given up.
 WAIT_S=${QM_SCALE_WAIT_S:-600}
 SNAPSHOT_WAIT_S=${QM_SCALE_SNAPSHOT_WAIT_S:-120}
+# The snapshots are done once none was built for this long (longer than a
+# build takes at a million allocations: ~5 s of wall clock).
+SNAPSHOT_QUIET_S=${QM_SCALE_SNAPSHOT_QUIET_S:-8}
 # How long after the new replica the replicas' memory is sampled again, settled.
 SETTLE_S=${QM_SCALE_SETTLE_S:-10}
 PROVIDER_FAILURE_WINDOW_MS=86400000
 HEARTBEAT_MS=${QM_SCALE_HEARTBEAT_MS:-1000}
 if [ $MASS_FAILURE = yes ]; then PROVIDER_FAILURE_WINDOW_MS=${QM_SCALE_FAILURE_WINDOW_MS:-5000}; fi
 LOADER_PID=
-# 24 % of the allocations: the fourth snapshot comes near the load's end
-# whatever the registrations count and however late each copy is taken (a
-# snapshot's count starts at its copy, after the commands applied while it
-# waited: at (N + M) / 4 the fourth never came, and a restart replayed a
-# quarter of the table).
-SNAPSHOT_EVERY_COMMANDS=$((ALLOCATIONS * 24 / 100))
 NEW_ID=4
 NEW_ADDR="127.0.0.1:$((QM_BASE_PORT + NEW_ID))"
 NEW_DIR="$QM_CLUSTER_DIR/$NEW_ID"
@@ -180,8 +180,7 @@ last_snapshot() {
 snapshots_built() { grep -c 'snapshot built' "$QM_CLUSTER_DIR/$1/node.log" || true; }
 
 scripts/cluster.sh up --nodes 3 --same-session -- \
-  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" \
-  --snapshot-every-commands "$SNAPSHOT_EVERY_COMMANDS" >"$QM_CLUSTER_DIR.up" 2>&1 \
+  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" >"$QM_CLUSTER_DIR.up" 2>&1 \
   || { cat "$QM_CLUSTER_DIR.up" >&2; exit 1; }
 export QM_ENDPOINTS; QM_ENDPOINTS=$(scripts/cluster.sh endpoints)
 echo "cluster up: $QM_ENDPOINTS; loading $PROVIDERS providers and $ALLOCATIONS allocations ($CONCURRENCY in flight)"
@@ -206,12 +205,15 @@ echo "load: $(((($(now_ms) - loaded_at_start)) / 1000)) s"
 leader=$(scripts/cluster.sh leader)
 commit=$(metric "$leader" raft_commit_index)
 for i in 1 2 3; do wait_applied "$i" "$commit"; done
-# The snapshot of the full table: the fourth of every replica's snapshots
-# (a request that comes while one is being built is dropped, so it may not
-# come: then the last one is reported, and the count says which it was).
+# The snapshots asked for during the load: done once no replica has built
+# one for SNAPSHOT_QUIET_S (applying nothing more, they ask for no more).
 deadline=$((SECONDS + SNAPSHOT_WAIT_S))
-for i in 1 2 3; do
-  while [ "$(snapshots_built "$i")" -lt 4 ] && [ $SECONDS -lt $deadline ]; do sleep 1; done
+built_before=""
+quiet_since=$SECONDS
+while [ $SECONDS -lt $deadline ] && [ $((SECONDS - quiet_since)) -lt "$SNAPSHOT_QUIET_S" ]; do
+  built="$(snapshots_built 1) $(snapshots_built 2) $(snapshots_built 3)"
+  if [ "$built" != "$built_before" ]; then built_before=$built; quiet_since=$SECONDS; fi
+  sleep 1
 done
 
 echo
@@ -262,7 +264,7 @@ mkdir -p "$NEW_DIR"
 NEW_PEERS="$(scripts/cluster.sh endpoints | tr ',' '\n' | awk '{ printf "%s%d=%s", (NR > 1 ? "," : ""), NR, $0 }'),$NEW_ID=$NEW_ADDR"
 "$NODE" --id "$NEW_ID" --listen "$NEW_ADDR" --data-dir "$NEW_DIR/data" --peers "$NEW_PEERS" \
   --metrics-listen "127.0.0.1:$((QM_METRICS_BASE_PORT + NEW_ID))" --worker-threads 1 \
-  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" --snapshot-every-commands "$SNAPSHOT_EVERY_COMMANDS" \
+  --provider-failure-window-ms "$PROVIDER_FAILURE_WINDOW_MS" \
   >>"$NEW_DIR/node.log" 2>&1 </dev/null &
 NEW_PID=$!
 commit=$(metric "$leader" raft_commit_index)
@@ -285,3 +287,8 @@ sleep "$SETTLE_S"
 settled=""
 for i in 1 2 3 "$NEW_ID"; do settled="$settled replica $i $(mb "$(status_kb "$i" VmRSS)");"; done
 echo "settled, $SETTLE_S s later: VmRSS$settled"
+# What the resident memory is: the heap (anonymous), the binary and files
+# mapped (file), and how much of the heap is in transparent huge pages.
+for i in 1 2 3 "$NEW_ID"; do
+  echo "  replica $i: $(awk '$1 ~ /^(Rss|Anonymous|AnonHugePages|Private_Dirty):$/ { printf "%s %d MB  ", $1, $2 / 1024 }' "/proc/$(pid_of "$i")/smaps_rollup")"
+done

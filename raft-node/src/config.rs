@@ -90,6 +90,10 @@ pub struct NodeArgs {
     /// Take a snapshot every this many applied log entries (each a batch of commands), whatever their commands.
     #[arg(long)]
     pub snapshot_every_entries: Option<u64>,
+    /// Take a snapshot once this many milliseconds were spent applying commands since the last one
+    /// (or as long as the last snapshot took to build, if longer): bounds what a restart applies again.
+    #[arg(long)]
+    pub snapshot_every_apply_ms: Option<u64>,
     /// Entries kept behind a snapshot so a slow follower can catch up from the log.
     #[arg(long)]
     pub log_kept_behind_snapshot_entries: Option<u64>,
@@ -189,6 +193,7 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     pub snapshot_every_commands: u64,
     pub snapshot_every_entries: u64,
+    pub snapshot_every_apply_ms: u64,
     pub log_kept_behind_snapshot_entries: u64,
     pub tick_interval_ms: u64,
     pub provider_failure_window_ms: u64,
@@ -243,6 +248,17 @@ pub mod defaults {
     /// busy case, this is etcd's `--snapshot-count` for the light one: at
     /// 1,000 pairs/s a snapshot every ~3 minutes.
     pub const SNAPSHOT_EVERY_ENTRIES: u64 = 100_000;
+    /// A restart applies again every command after the stored snapshot,
+    /// as fast as they were first applied, so a snapshot after this much
+    /// apply time bounds that replay to about this long, whatever the
+    /// table's size. The command count alone let it grow with the table:
+    /// at a million allocations a command took ~9 µs, and the last
+    /// 1,000,000 commands ~9 s to apply again, on top of the snapshot's 2 s
+    /// decode (BENCHMARKS.md, "Session 15"). With a small table (a few µs a
+    /// command) the command count still comes first. A snapshot is never
+    /// asked for sooner than the last one took to build, so building them
+    /// takes at most about as much CPU as applying.
+    pub const SNAPSHOT_EVERY_APPLY_MS: u64 = 2_000;
     pub const LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES: u64 = 5_000;
     pub const TICK_INTERVAL_MS: u64 = 100;
     pub const PROVIDER_FAILURE_WINDOW_MS: u64 = 5_000;
@@ -295,6 +311,7 @@ impl NodeArgs {
             election_timeout_max_ms: self.election_timeout_max_ms.or(file.election_timeout_max_ms),
             snapshot_every_commands: self.snapshot_every_commands.or(file.snapshot_every_commands),
             snapshot_every_entries: self.snapshot_every_entries.or(file.snapshot_every_entries),
+            snapshot_every_apply_ms: self.snapshot_every_apply_ms.or(file.snapshot_every_apply_ms),
             log_kept_behind_snapshot_entries: self.log_kept_behind_snapshot_entries.or(file.log_kept_behind_snapshot_entries),
             tick_interval_ms: self.tick_interval_ms.or(file.tick_interval_ms),
             provider_failure_window_ms: self.provider_failure_window_ms.or(file.provider_failure_window_ms),
@@ -350,6 +367,7 @@ impl NodeArgs {
             election_timeout_max_ms: self.election_timeout_max_ms.unwrap_or(ELECTION_TIMEOUT_MAX_MS),
             snapshot_every_commands: self.snapshot_every_commands.unwrap_or(SNAPSHOT_EVERY_COMMANDS),
             snapshot_every_entries: self.snapshot_every_entries.unwrap_or(SNAPSHOT_EVERY_ENTRIES),
+            snapshot_every_apply_ms: self.snapshot_every_apply_ms.unwrap_or(SNAPSHOT_EVERY_APPLY_MS),
             log_kept_behind_snapshot_entries: self.log_kept_behind_snapshot_entries.unwrap_or(LOG_KEPT_BEHIND_SNAPSHOT_ENTRIES),
             tick_interval_ms: self.tick_interval_ms.unwrap_or(TICK_INTERVAL_MS),
             provider_failure_window_ms: self.provider_failure_window_ms.unwrap_or(PROVIDER_FAILURE_WINDOW_MS),
@@ -391,6 +409,9 @@ impl NodeConfig {
         }
         if self.snapshot_every_entries == 0 {
             return invalid("snapshot-every-entries", "must be positive".into());
+        }
+        if self.snapshot_every_apply_ms == 0 {
+            return invalid("snapshot-every-apply-ms", "must be positive".into());
         }
         if self.tick_interval_ms == 0 || self.tick_interval_ms * 2 > self.provider_failure_window_ms {
             return invalid("provider-failure-window-ms", "must be at least two tick intervals".into());

@@ -168,7 +168,10 @@ async fn serve_replica(
     }
     let peers = Arc::new(crate::consensus::announce::PeerBook::default());
     let state = state_machine.reader();
-    let snapshot_requests = state_machine.snapshot_requests(config.snapshot_every_commands);
+    let snapshot_requests = state_machine.snapshot_requests(
+        config.snapshot_every_commands,
+        std::time::Duration::from_millis(config.snapshot_every_apply_ms),
+    );
     let raft_config = openraft::Config {
         cluster_name: "quartermaster".to_owned(),
         heartbeat_interval: config.heartbeat_interval_ms,

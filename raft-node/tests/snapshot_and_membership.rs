@@ -95,6 +95,48 @@ async fn every_replica_snapshots_after_enough_commands_whatever_the_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_snapshots_after_enough_apply_time_whatever_the_counts() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // Neither count would snapshot: only the time spent applying does.
+        let cluster = start_cluster(
+            3,
+            &[
+                "--snapshot-every-entries",
+                "100000",
+                "--snapshot-every-commands",
+                "1000000",
+                "--snapshot-every-apply-ms",
+                "1",
+            ],
+        )
+        .await;
+        let (_leader, mut api) = leader_client(&cluster).await;
+        api.register_provider(provider("node_1", 8)).await.expect("register");
+        // 241 commands: well over a millisecond of apply in any build.
+        for round in 0..120 {
+            let reply = allocate_anywhere(&cluster, &request("agent_t", 1), Duration::from_secs(10))
+                .await
+                .expect("allocate");
+            assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
+            api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
+        }
+        for id in cluster.replicas.keys().copied().collect::<Vec<_>>() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let status = cluster.status_of(id).await.expect("status");
+                if status.snapshot_index > 0 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "replica {id} took no snapshot: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_are_added_and_removed_under_load() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut cluster = start_cluster(3, &[]).await;

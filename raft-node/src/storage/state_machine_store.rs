@@ -90,65 +90,115 @@ impl StateReader {
     }
 }
 
-/// Asks for a snapshot once enough commands were applied since the last one.
+/// Asks for a snapshot once enough work was applied since the last one:
+/// enough commands, or enough time spent applying them.
 ///
 /// openraft's own policy counts entries, and an entry is a batch of 1 to 512
 /// commands (`proposer`): counted in entries, a lightly loaded replica
 /// snapshots hundreds of times as often as a busy one for the same work, and
 /// a busy one lets its log and its restart grow that much longer. Counted in
 /// commands, the log behind the latest snapshot holds about the same work
-/// whatever the load. openraft still snapshots every
+/// whatever the load. Counted in apply time as well, what a restart applies
+/// again takes about as long whatever the table's size (a command costs
+/// more in a larger table). openraft still snapshots every
 /// `--snapshot-every-entries` as well; this asks through
 /// [`SnapshotRequests`], which the replica turns into
 /// `raft.trigger().snapshot()`.
 ///
 /// Only the sm worker applies, so the counters have one writer each: apply
-/// moves `applied` (under the table's write lock), a snapshot build sets
-/// `applied_at_snapshot` to the count its copy reflects (under the read lock).
+/// adds to them (under the table's write lock), a snapshot build marks
+/// where they stood at its copy (under the read lock).
 #[derive(Debug)]
 struct SnapshotDue {
-    /// Commands per snapshot; `u64::MAX` until [`StateMachineStore::snapshot_requests`].
-    every_commands: AtomicU64,
-    /// Commands applied since the store was opened.
-    applied: AtomicU64,
-    /// `applied` as of the latest snapshot's copy (or install).
-    applied_at_snapshot: AtomicU64,
-    /// `applied` when a snapshot was last asked for.
-    asked_at: AtomicU64,
+    /// Commands applied.
+    commands: WorkSinceSnapshot,
+    /// Nanoseconds spent applying commands.
+    apply_nanos: WorkSinceSnapshot,
+    /// How long the latest snapshot took to copy and encode, in CPU
+    /// nanoseconds: the apply-time interval is never shorter, so building
+    /// snapshots costs at most about as much CPU as applying does.
+    last_build_nanos: AtomicU64,
     wanted: Notify,
+}
+
+/// One measure of the work applied since the latest snapshot.
+#[derive(Debug)]
+struct WorkSinceSnapshot {
+    /// A snapshot is due after this much; `u64::MAX` until
+    /// [`StateMachineStore::snapshot_requests`].
+    every: AtomicU64,
+    /// Counted since the store was opened.
+    total: AtomicU64,
+    /// `total` as of the latest snapshot's copy (or install).
+    at_snapshot: AtomicU64,
+    /// `total` when this measure last asked for a snapshot.
+    asked_at: AtomicU64,
+}
+
+impl WorkSinceSnapshot {
+    fn new() -> WorkSinceSnapshot {
+        WorkSinceSnapshot {
+            every: AtomicU64::new(u64::MAX),
+            total: AtomicU64::new(0),
+            at_snapshot: AtomicU64::new(0),
+            asked_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `amount`; whether a snapshot is to be asked for now: due
+    /// after `every` (or `at_least`, if more) since the latest one. A
+    /// request openraft ignores (one is being built already) is repeated
+    /// after another quarter of the interval, if still due then.
+    fn add(&self, amount: u64, at_least: u64) -> bool {
+        let total = self.total.load(Ordering::Relaxed).saturating_add(amount);
+        self.total.store(total, Ordering::Relaxed);
+        let every = self.every.load(Ordering::Relaxed).max(at_least);
+        if every == u64::MAX {
+            // Not set (or a build so long it cannot be measured): never.
+            return false;
+        }
+        let at_snapshot = self.at_snapshot.load(Ordering::Relaxed);
+        let asked_at = self.asked_at.load(Ordering::Relaxed);
+        let due = total - at_snapshot >= every;
+        let asked_since_snapshot = asked_at > at_snapshot;
+        if due && (!asked_since_snapshot || total - asked_at >= (every / 4).max(1)) {
+            self.asked_at.store(total, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// The table now reflects everything counted so far.
+    fn snapshot_taken(&self) {
+        self.at_snapshot.store(self.total.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl SnapshotDue {
     fn new() -> SnapshotDue {
         SnapshotDue {
-            every_commands: AtomicU64::new(u64::MAX),
-            applied: AtomicU64::new(0),
-            applied_at_snapshot: AtomicU64::new(0),
-            asked_at: AtomicU64::new(0),
+            commands: WorkSinceSnapshot::new(),
+            apply_nanos: WorkSinceSnapshot::new(),
+            last_build_nanos: AtomicU64::new(0),
             wanted: Notify::new(),
         }
     }
 
-    /// Counts applied commands and asks for a snapshot when they are due.
-    /// A request openraft ignores (one is being built already) is repeated
-    /// after another quarter of the interval, if the count is still due then.
-    fn count_applied(&self, commands: u64) {
-        let applied = self.applied.fetch_add(commands, Ordering::Relaxed) + commands;
-        let every = self.every_commands.load(Ordering::Relaxed);
-        let at_snapshot = self.applied_at_snapshot.load(Ordering::Relaxed);
-        let asked_at = self.asked_at.load(Ordering::Relaxed);
-        let due = applied - at_snapshot >= every;
-        let asked_since_snapshot = asked_at > at_snapshot;
-        if due && (!asked_since_snapshot || applied - asked_at >= (every / 4).max(1)) {
-            self.asked_at.store(applied, Ordering::Relaxed);
+    /// Counts an entry's applied commands and the time they took, and asks
+    /// for a snapshot when one is due by either.
+    fn count_applied(&self, commands: u64, took: std::time::Duration) {
+        let by_commands = self.commands.add(commands, 0);
+        let apply_nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let by_apply_time = self.apply_nanos.add(apply_nanos, self.last_build_nanos.load(Ordering::Relaxed));
+        if by_commands || by_apply_time {
             self.wanted.notify_one();
         }
     }
 
     /// The table now reflects every command counted so far.
     fn snapshot_taken(&self) {
-        self.applied_at_snapshot
-            .store(self.applied.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.commands.snapshot_taken();
+        self.apply_nanos.snapshot_taken();
     }
 }
 
@@ -223,11 +273,17 @@ impl StateMachineStore {
     }
 
     /// From now on, asks for a snapshot after every `every_commands` applied
-    /// commands (counted since the last snapshot); the caller turns each
+    /// commands, or `every_apply` spent applying them, whichever comes
+    /// first (counted since the last snapshot); the caller turns each
     /// request into `raft.trigger().snapshot()`. Take it before handing the
     /// store to `Raft::new`.
-    pub fn snapshot_requests(&self, every_commands: u64) -> SnapshotRequests {
-        self.snapshot_due.every_commands.store(every_commands.max(1), Ordering::Relaxed);
+    pub fn snapshot_requests(&self, every_commands: u64, every_apply: std::time::Duration) -> SnapshotRequests {
+        let every_apply_nanos = u64::try_from(every_apply.as_nanos()).unwrap_or(u64::MAX);
+        self.snapshot_due.commands.every.store(every_commands.max(1), Ordering::Relaxed);
+        self.snapshot_due
+            .apply_nanos
+            .every
+            .store(every_apply_nanos.max(1), Ordering::Relaxed);
         SnapshotRequests(Arc::clone(&self.snapshot_due))
     }
 
@@ -258,32 +314,36 @@ impl StateMachineStore {
     /// Applies one entry and says what it answers.
     fn apply_entry(&self, state: &mut AppliedState, entry: Entry) -> AppResponse {
         state.last_applied = Some(entry.log_id);
-        let commands = match &entry.payload {
-            EntryPayload::Normal(batch) => batch.commands.len() as u64,
-            EntryPayload::Blank | EntryPayload::Membership(_) => 1,
-        };
-        self.snapshot_due.count_applied(commands);
-        match entry.payload {
+        let mut commands = 1;
+        let mut took = std::time::Duration::ZERO;
+        let response = match entry.payload {
             EntryPayload::Blank => AppResponse::Blank,
-            EntryPayload::Normal(batch) => AppResponse::Commands(
-                batch
-                    .commands
-                    .into_iter()
-                    .map(|command| {
-                        // One clock reading per command: a few tens of
-                        // nanoseconds against microseconds of apply.
-                        let started = std::time::Instant::now();
-                        let result = state.table.apply_into_history(command);
-                        self.apply_durations.observe(started.elapsed());
-                        result
-                    })
-                    .collect(),
-            ),
+            EntryPayload::Normal(batch) => {
+                commands = batch.commands.len() as u64;
+                AppResponse::Commands(
+                    batch
+                        .commands
+                        .into_iter()
+                        .map(|command| {
+                            // One clock reading per command: a few tens of
+                            // nanoseconds against microseconds of apply.
+                            let started = std::time::Instant::now();
+                            let result = state.table.apply_into_history(command);
+                            let elapsed = started.elapsed();
+                            self.apply_durations.observe(elapsed);
+                            took += elapsed;
+                            result
+                        })
+                        .collect(),
+                )
+            }
             EntryPayload::Membership(membership) => {
                 state.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                 AppResponse::Membership
             }
-        }
+        };
+        self.snapshot_due.count_applied(commands, took);
+        response
     }
 }
 
@@ -321,12 +381,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             };
             let copy = state.table.snapshot_copy();
             drop(state);
-            let copy_ms = copy_started.elapsed().as_millis() as u64;
+            let copy_took = copy_started.elapsed();
             background::lower_this_thread_priority();
             let cpu_before = background::this_thread_cpu_time();
             let data = copy.to_snapshot_bytes();
-            let encode_cpu_ms = (background::this_thread_cpu_time().saturating_sub(cpu_before)).as_millis() as u64;
-            (meta, data, copy_ms, encode_cpu_ms)
+            let encode_cpu = background::this_thread_cpu_time().saturating_sub(cpu_before);
+            let build_nanos = u64::try_from((copy_took + encode_cpu).as_nanos()).unwrap_or(u64::MAX);
+            snapshot_due.last_build_nanos.store(build_nanos, Ordering::Relaxed);
+            (meta, data, copy_took.as_millis() as u64, encode_cpu.as_millis() as u64)
         })
         .await
         .map_err(|error| raft_error(StorageIOError::read_state_machine, &error))?;
@@ -427,12 +489,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn due_every(commands: u64) -> SnapshotDue {
         let due = SnapshotDue::new();
-        due.every_commands.store(commands, Ordering::Relaxed);
+        due.commands.every.store(commands, Ordering::Relaxed);
         due
+    }
+
+    fn due_every_apply_ms(ms: u64) -> SnapshotDue {
+        let due = SnapshotDue::new();
+        due.apply_nanos.every.store(ms * 1_000_000, Ordering::Relaxed);
+        due
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
     }
 
     /// Whether a request is waiting (takes it).
@@ -447,28 +521,58 @@ mod tests {
     #[test]
     fn a_snapshot_is_asked_for_once_enough_commands_were_applied() {
         let due = due_every(100);
-        due.count_applied(60);
+        due.count_applied(60, Duration::ZERO);
         assert!(!asked(&due), "60 of 100");
-        due.count_applied(60);
+        due.count_applied(60, Duration::ZERO);
         assert!(asked(&due), "120 of 100");
         // Not asked again for every batch while the snapshot is on its way...
-        due.count_applied(10);
+        due.count_applied(10, Duration::ZERO);
         assert!(!asked(&due), "asked at 120, now 130");
         // ...but again if none came a quarter of the interval later.
-        due.count_applied(20);
+        due.count_applied(20, Duration::ZERO);
         assert!(asked(&due), "asked at 120, now 150");
         // A snapshot starts the count again.
         due.snapshot_taken();
-        due.count_applied(99);
+        due.count_applied(99, Duration::ZERO);
         assert!(!asked(&due), "99 since the snapshot");
-        due.count_applied(1);
+        due.count_applied(1, Duration::ZERO);
         assert!(asked(&due), "100 since the snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_is_asked_for_once_enough_time_was_spent_applying() {
+        let due = due_every_apply_ms(2_000);
+        due.count_applied(1, ms(1_500));
+        assert!(!asked(&due), "1.5 s of 2 s");
+        due.count_applied(1, ms(600));
+        assert!(asked(&due), "2.1 s of 2 s, in two commands");
+        due.count_applied(1, ms(100));
+        assert!(!asked(&due), "asked at 2.1 s, now 2.2 s");
+        due.count_applied(1, ms(500));
+        assert!(asked(&due), "asked at 2.1 s, now 2.7 s");
+        due.snapshot_taken();
+        due.count_applied(1, ms(1_999));
+        assert!(!asked(&due), "1.999 s since the snapshot");
+        due.count_applied(1, ms(1));
+        assert!(asked(&due), "2 s since the snapshot");
+    }
+
+    #[test]
+    fn a_snapshot_that_takes_longer_to_build_than_the_interval_stretches_it() {
+        let due = due_every_apply_ms(2_000);
+        due.last_build_nanos.store(3_000_000_000, Ordering::Relaxed);
+        due.count_applied(1, ms(2_500));
+        assert!(!asked(&due), "2.5 s applied, but the last build took 3 s");
+        due.count_applied(1, ms(500));
+        assert!(asked(&due), "3 s applied");
     }
 
     #[test]
     fn without_an_interval_nothing_is_asked_for() {
         let due = SnapshotDue::new();
-        due.count_applied(u64::MAX / 2);
+        due.count_applied(u64::MAX / 2, Duration::MAX);
         assert!(!asked(&due));
+        due.count_applied(u64::MAX / 2, Duration::MAX);
+        assert!(!asked(&due), "the counts saturate");
     }
 }
