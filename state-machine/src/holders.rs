@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroU64;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -13,19 +14,45 @@ use uuid::Uuid;
 /// allocation at most, and a B-tree with one entry allocates a whole leaf of
 /// eleven (280 bytes per held unit, a quarter of a million-allocation
 /// table: BENCHMARKS.md, "Memory and disk"); one holder is kept inline, and
-/// a map is made only for a second. Always in its canonical form (a map only
-/// with two entries or more), so that equal contents compare equal; encodes
-/// as the map did, so the snapshot is unchanged.
+/// a map is made only for a second. 24 bytes: the one holder's amount is a
+/// `NonZeroU64`, whose zero tells the other case (none, or a map) apart, a
+/// unit's 8 bytes of every million (BENCHMARKS.md, "Session 15"). Always in
+/// its canonical form (inline exactly when there is one holder and its
+/// amount is not zero, which no grant is), so that equal contents compare
+/// equal; encodes as the map did, so the snapshot is unchanged.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Holders(Inner);
 
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Inner {
-    #[default]
-    Empty,
-    One(Uuid, u64),
-    /// Two entries or more.
-    Many(BTreeMap<Uuid, u64>),
+    /// One holder, of a positive amount.
+    One(Uuid, NonZeroU64),
+    /// None (`None`), or a map: of two holders or more, or of one that holds
+    /// zero.
+    Other(Option<Box<BTreeMap<Uuid, u64>>>),
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner::Other(None)
+    }
+}
+
+impl Inner {
+    /// The canonical form of `map`'s entries.
+    fn of_map(mut map: BTreeMap<Uuid, u64>) -> Inner {
+        match map.len() {
+            0 => Inner::Other(None),
+            1 => {
+                let (held_by, held) = map.pop_first().expect("one entry");
+                match NonZeroU64::new(held) {
+                    Some(held) => Inner::One(held_by, held),
+                    None => Inner::Other(Some(Box::new(BTreeMap::from([(held_by, held)])))),
+                }
+            }
+            _ => Inner::Other(Some(Box::new(map))),
+        }
+    }
 }
 
 impl Holders {
@@ -35,21 +62,21 @@ impl Holders {
 
     pub fn len(&self) -> usize {
         match &self.0 {
-            Inner::Empty => 0,
             Inner::One(..) => 1,
-            Inner::Many(map) => map.len(),
+            Inner::Other(None) => 0,
+            Inner::Other(Some(map)) => map.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        matches!(self.0, Inner::Empty)
+        matches!(self.0, Inner::Other(None))
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<&u64> {
+    pub fn get(&self, id: &Uuid) -> Option<u64> {
         match &self.0 {
-            Inner::Empty => None,
-            Inner::One(held_by, amount) => (held_by == id).then_some(amount),
-            Inner::Many(map) => map.get(id),
+            Inner::One(held_by, amount) => (held_by == id).then_some(amount.get()),
+            Inner::Other(None) => None,
+            Inner::Other(Some(map)) => map.get(id).copied(),
         }
     }
 
@@ -59,35 +86,46 @@ impl Holders {
 
     /// As `BTreeMap::insert`: the amount `id` held before, if any.
     pub fn insert(&mut self, id: Uuid, amount: u64) -> Option<u64> {
-        match &mut self.0 {
-            Inner::Empty => {
+        match (&mut self.0, NonZeroU64::new(amount)) {
+            (Inner::Other(None), Some(amount)) => {
                 self.0 = Inner::One(id, amount);
                 None
             }
-            Inner::One(held_by, held) if *held_by == id => Some(std::mem::replace(held, amount)),
-            Inner::One(held_by, held) => {
-                self.0 = Inner::Many(BTreeMap::from([(*held_by, *held), (id, amount)]));
+            (Inner::One(held_by, held), Some(amount)) if *held_by == id => Some(std::mem::replace(held, amount).get()),
+            (Inner::Other(Some(map)), _) => {
+                let previous = map.insert(id, amount);
+                // Replacing a lone zero with an amount makes it one holder.
+                if map.len() == 1 {
+                    self.0 = Inner::of_map(std::mem::take(map));
+                }
+                previous
+            }
+            (Inner::One(held_by, held), _) => {
+                let mut map = BTreeMap::from([(*held_by, held.get())]);
+                let previous = map.insert(id, amount);
+                self.0 = Inner::of_map(map);
+                previous
+            }
+            (Inner::Other(None), None) => {
+                self.0 = Inner::of_map(BTreeMap::from([(id, amount)]));
                 None
             }
-            Inner::Many(map) => map.insert(id, amount),
         }
     }
 
     /// As `BTreeMap::remove`.
     pub fn remove(&mut self, id: &Uuid) -> Option<u64> {
         match &mut self.0 {
-            Inner::Empty => None,
             Inner::One(held_by, held) if held_by == id => {
-                let held = *held;
-                self.0 = Inner::Empty;
+                let held = held.get();
+                self.0 = Inner::Other(None);
                 Some(held)
             }
-            Inner::One(..) => None,
-            Inner::Many(map) => {
+            Inner::One(..) | Inner::Other(None) => None,
+            Inner::Other(Some(map)) => {
                 let removed = map.remove(id);
-                if map.len() == 1 {
-                    let (held_by, held) = map.pop_first().expect("one entry left");
-                    self.0 = Inner::One(held_by, held);
+                if map.len() <= 1 {
+                    self.0 = Inner::of_map(std::mem::take(map));
                 }
                 removed
             }
@@ -95,11 +133,11 @@ impl Holders {
     }
 
     /// Every holder with its amount, in id order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, &u64)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&Uuid, u64)> + '_ {
         let (one, many) = match &self.0 {
-            Inner::Empty => (None, None),
-            Inner::One(held_by, held) => (Some((held_by, held)), None),
-            Inner::Many(map) => (None, Some(map.iter())),
+            Inner::One(held_by, held) => (Some((held_by, held.get())), None),
+            Inner::Other(None) => (None, None),
+            Inner::Other(Some(map)) => (None, Some(map.iter().map(|(id, amount)| (id, *amount)))),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -108,14 +146,14 @@ impl Holders {
         self.iter().map(|(id, _)| id)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &u64> + '_ {
+    pub fn values(&self) -> impl Iterator<Item = u64> + '_ {
         self.iter().map(|(_, amount)| amount)
     }
 }
 
 impl<'a> IntoIterator for &'a Holders {
-    type Item = (&'a Uuid, &'a u64);
-    type IntoIter = Box<dyn Iterator<Item = (&'a Uuid, &'a u64)> + 'a>;
+    type Item = (&'a Uuid, u64);
+    type IntoIter = Box<dyn Iterator<Item = (&'a Uuid, u64)> + 'a>;
 
     fn into_iter(self) -> Self::IntoIter {
         Box::new(self.iter())
@@ -144,7 +182,7 @@ impl Serialize for Holders {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.len()))?;
         for (id, amount) in self.iter() {
-            map.serialize_entry(id, amount)?;
+            map.serialize_entry(id, &amount)?;
         }
         map.end()
     }
@@ -188,12 +226,24 @@ mod tests {
         let config = bincode::config::standard();
         let mut holders = Holders::new();
         let mut map = BTreeMap::new();
-        // Grows to many, shrinks back through one to none, with repeats.
+        // Grows to many, shrinks back through one to none, with repeats;
+        // then zero amounts (which no grant holds, but a map can), alone
+        // and beside others.
         let steps: Vec<(bool, u128, u64)> = (0..6)
             .map(|n| (true, n, n as u64 + 1))
             .chain([(true, 2, 9), (false, 7, 0)])
             .chain((0..6).map(|n| (false, (n * 5) % 6, 0)))
             .chain([(false, 1, 0), (true, 3, 4), (true, 3, 5)])
+            .chain([(true, 3, 0), (true, 3, 6), (true, 3, 0), (true, 4, 2), (false, 4, 0), (false, 3, 0)])
+            .chain([
+                (true, 5, 0),
+                (true, 6, 1),
+                (false, 6, 0),
+                (true, 5, 3),
+                (true, 6, 0),
+                (false, 5, 0),
+                (false, 6, 0),
+            ])
             .collect();
         for (insert, n, amount) in steps {
             if insert {
@@ -203,9 +253,12 @@ mod tests {
             }
             assert_eq!(map.len(), holders.len());
             assert_eq!(map.is_empty(), holders.is_empty());
-            assert_eq!(map.iter().collect::<Vec<_>>(), holders.iter().collect::<Vec<_>>());
+            assert_eq!(
+                map.iter().map(|(id, amount)| (id, *amount)).collect::<Vec<_>>(),
+                holders.iter().collect::<Vec<_>>()
+            );
             for probe in 0..8 {
-                assert_eq!(map.get(&id(probe)), holders.get(&id(probe)));
+                assert_eq!(map.get(&id(probe)).copied(), holders.get(&id(probe)));
             }
             let bytes = bincode::serde::encode_to_vec(&holders, config).unwrap();
             assert_eq!(bincode::serde::encode_to_vec(&map, config).unwrap(), bytes);
@@ -214,5 +267,11 @@ mod tests {
             assert_eq!(holders, map.iter().map(|(id, amount)| (*id, *amount)).collect::<Holders>());
             assert_eq!(format!("{map:?}"), format!("{holders:?}"));
         }
+        assert!(holders.is_empty(), "every step undone: {holders:?}");
+    }
+
+    #[test]
+    fn one_holder_fits_in_24_bytes() {
+        assert_eq!(24, std::mem::size_of::<Holders>());
     }
 }

@@ -226,7 +226,7 @@ fn units_encode_as_before_and_decode_sharing_their_ids_with_their_keys() {
                 capacity: unit.capacity,
                 labels: (*unit.labels).clone(),
                 sharing: unit.sharing,
-                holders: unit.holders.iter().map(|(id, amount)| (*id, *amount)).collect(),
+                holders: unit.holders.iter().map(|(id, amount)| (*id, amount)).collect(),
             };
             (key.to_string(), unit_as_it_was)
         })

@@ -441,7 +441,7 @@ impl AllocationTable {
                 for grant in &moving.to.grants {
                     assert_eq!(
                         target.resources[&*grant.resource_id].holders.get(&record.allocation_id()),
-                        Some(&grant.amount),
+                        Some(grant.amount),
                         "move target of {} does not hold its units",
                         record.request.request_id
                     );
@@ -466,7 +466,7 @@ impl AllocationTable {
                 for grant in &placement.grants {
                     assert_eq!(
                         provider.resources[&*grant.resource_id].holders.get(&record.allocation_id()),
-                        Some(&grant.amount)
+                        Some(grant.amount)
                     );
                 }
                 for requirement in &record.request.requirements {

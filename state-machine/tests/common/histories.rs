@@ -47,7 +47,7 @@ pub fn check_units(table: &AllocationTable) {
                 holdings
                     .entry(*allocation_id)
                     .or_default()
-                    .push((provider.provider_id.clone(), resource.resource_id.clone(), *amount));
+                    .push((provider.provider_id.clone(), resource.resource_id.clone(), amount));
             }
         }
     }
