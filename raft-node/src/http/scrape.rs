@@ -56,7 +56,7 @@ pub async fn render(node: &Node, audit: &AuditLog) -> String {
                             provider_id: provider.provider_id.to_string(),
                             resource_id: resource.resource_id.to_string(),
                             consumer_id: consumer_id.to_string(),
-                            utilization: *amount as f64 / resource.capacity as f64,
+                            utilization: amount as f64 / resource.capacity as f64,
                         });
                     }
                 }
