@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::allocation_index::AllocationIndex;
 use super::id_key::IdKey;
+use super::id_set::IdSet;
 use crate::name::Name;
 use crate::provider::Provider;
 use crate::record::{RequestRecord, RequestState};
@@ -40,8 +41,9 @@ pub(crate) struct Indexes {
     /// Its keys are the one copy of each owner's names that the owner's
     /// records share (see [`Name`]).
     pub by_owner: BTreeMap<Name, BTreeMap<Name, BTreeSet<IdKey>>>,
-    /// Provider → requests actively placed on it.
-    pub by_provider: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Provider → requests actively placed on it (an [`IdSet`]: a sorted
+    /// slice for the few hundred a provider usually holds).
+    pub by_provider: BTreeMap<String, IdSet>,
     /// Namespace → kind → what its active allocations asked for in total:
     /// what its quota bounds. No zero entries, so a rebuild compares equal.
     pub held: BTreeMap<String, BTreeMap<String, u64>>,

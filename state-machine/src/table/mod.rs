@@ -27,6 +27,7 @@ mod allocation_index;
 mod bulk_release;
 mod cursors;
 mod id_key;
+mod id_set;
 mod indexes;
 mod lifecycle;
 mod memory;
