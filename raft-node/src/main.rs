@@ -52,15 +52,19 @@ fn return_freed_memory() {
 }
 
 /// Backs the replica's memory with 4 KiB pages only, never the kernel's
-/// transparent huge pages (2 MiB). mimalloc asks for huge pages for its
-/// arenas (`madvise`), and a huge page is resident whole as soon as one
-/// byte of it is used and stays so until all of it is free: after a
-/// million allocations, the replicas held 55-70 MB more with them (VmRSS
-/// 592-609 MB restarted or new, 721-728 MB loaded, against 541 and
-/// 658-663 MB without; BENCHMARKS.md, "Session 15"). mimalloc's own
-/// switch (`MIMALLOC_ALLOW_THP=0`) is read before `main`; the kernel's
-/// per-process one, set here, covers every mapping from now on, and also
-/// a machine whose THP setting is `always` rather than `madvise`. Only
+/// transparent huge pages (2 MiB), unless `--transparent-huge-pages`.
+/// mimalloc asks for huge pages for its arenas (`madvise`), and a huge page
+/// is resident whole as soon as one byte of it is used and stays so until
+/// all of it is free: after a million allocations, the replicas held 55-70
+/// MB more with them (VmRSS 592-609 MB restarted or new, 721-728 MB loaded,
+/// against 541 and 658-663 MB without). Huge pages are faster under heavy
+/// load (fewer TLB misses over a large table): p99 at 5,000 pairs/s 7-8 ms
+/// with them against 10-13 ms without, the same build interleaved; at
+/// 1,000 pairs/s no difference shows (BENCHMARKS.md, "Session 15"). The
+/// memory is the default's side. mimalloc's own switch
+/// (`MIMALLOC_ALLOW_THP=0`) is read before `main`; the kernel's
+/// per-process one, set here, covers every mapping from now on, and also a
+/// machine whose THP setting is `always` rather than `madvise`. Only
 /// memory is at stake: if the call fails, the replica runs as before.
 fn keep_memory_in_small_pages() {
     #[cfg(target_os = "linux")]
@@ -72,7 +76,6 @@ fn keep_memory_in_small_pages() {
 }
 
 fn main() -> ExitCode {
-    keep_memory_in_small_pages();
     // `qm-node restore ...`: seed a data dir from a backup, then exit. The
     // replica's own flags take no subcommand, so the word is looked at first.
     if std::env::args().nth(1).as_deref() == Some("restore") {
@@ -88,6 +91,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !config.transparent_huge_pages {
+        keep_memory_in_small_pages();
+    }
     return_freed_memory();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
