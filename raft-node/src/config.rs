@@ -259,8 +259,8 @@ pub mod defaults {
     /// as fast as they were first applied, so a snapshot after this much
     /// apply time bounds that replay to about this long, whatever the
     /// table's size. The command count alone let it grow with the table:
-    /// at a million allocations a command took ~9 µs, and the last
-    /// 1,000,000 commands ~9 s to apply again, on top of the snapshot's 2 s
+    /// at a million allocations a command took 5-9 µs to apply again, and
+    /// the last 1,000,000 commands 5-9 s, on top of the snapshot's 2-3 s
     /// decode (BENCHMARKS.md, "Session 15"). With a small table (a few µs a
     /// command) the command count still comes first. A snapshot is never
     /// asked for sooner than the last one took to build, so building them

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use qm_client::proto::api::*;
+use qm_testkit::LocalCluster;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,32 +63,47 @@ async fn paused_follower_catches_up_by_snapshot_install() {
     .expect("test finished in time");
 }
 
+/// A provider of 8 cores, then 120 rounds of allocate and release: 241
+/// commands, in at most 241 entries.
+async fn register_then_allocate_and_release(cluster: &LocalCluster, requester: &str) {
+    let (_leader, mut api) = leader_client(cluster).await;
+    api.register_provider(provider("node_1", 8)).await.expect("register");
+    for round in 0..120 {
+        let reply = allocate_anywhere(cluster, &request(requester, 1), Duration::from_secs(10))
+            .await
+            .expect("allocate");
+        assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
+        api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
+    }
+}
+
+/// Waits until every replica has taken a snapshot; its status then.
+async fn every_replica_snapshotted(cluster: &LocalCluster) -> Vec<ClusterStatusReply> {
+    let mut statuses = Vec::new();
+    for id in cluster.replicas.keys().copied().collect::<Vec<_>>() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = cluster.status_of(id).await.expect("status");
+            if status.snapshot_index > 0 {
+                statuses.push(status);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "replica {id} took no snapshot: {status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    statuses
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_snapshots_after_enough_commands_whatever_the_entries() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         // The entry count alone would not snapshot for 100,000 entries.
         let cluster = start_cluster(3, &["--snapshot-every-entries", "100000", "--snapshot-every-commands", "200"]).await;
-        let (_leader, mut api) = leader_client(&cluster).await;
-        api.register_provider(provider("node_1", 8)).await.expect("register");
-        for round in 0..120 {
-            let reply = allocate_anywhere(&cluster, &request("agent_c", 1), Duration::from_secs(10))
-                .await
-                .expect("allocate");
-            assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
-            api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
-        }
-        // 241 commands in at most 241 entries: past 200 commands, far below the entries' bound.
-        for id in cluster.replicas.keys().copied().collect::<Vec<_>>() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let status = cluster.status_of(id).await.expect("status");
-                if status.snapshot_index > 0 {
-                    assert!(status.snapshot_index < 100_000, "{status:?}");
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "replica {id} took no snapshot: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        register_then_allocate_and_release(&cluster, "agent_c").await;
+        // Past 200 commands, far below the entries' bound.
+        for status in every_replica_snapshotted(&cluster).await {
+            assert!(status.snapshot_index < 100_000, "{status:?}");
         }
     })
     .await
@@ -97,7 +113,8 @@ async fn every_replica_snapshots_after_enough_commands_whatever_the_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_snapshots_after_enough_apply_time_whatever_the_counts() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        // Neither count would snapshot: only the time spent applying does.
+        // Neither count would snapshot: only the time spent applying does
+        // (241 commands take well over a millisecond in any build).
         let cluster = start_cluster(
             3,
             &[
@@ -110,27 +127,8 @@ async fn every_replica_snapshots_after_enough_apply_time_whatever_the_counts() {
             ],
         )
         .await;
-        let (_leader, mut api) = leader_client(&cluster).await;
-        api.register_provider(provider("node_1", 8)).await.expect("register");
-        // 241 commands: well over a millisecond of apply in any build.
-        for round in 0..120 {
-            let reply = allocate_anywhere(&cluster, &request("agent_t", 1), Duration::from_secs(10))
-                .await
-                .expect("allocate");
-            assert_eq!(reply.status(), AllocationStatus::Allocated, "round {round}: {reply:?}");
-            api.release(ReleaseRequest { id: reply.allocation_id }).await.expect("release");
-        }
-        for id in cluster.replicas.keys().copied().collect::<Vec<_>>() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let status = cluster.status_of(id).await.expect("status");
-                if status.snapshot_index > 0 {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "replica {id} took no snapshot: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        register_then_allocate_and_release(&cluster, "agent_t").await;
+        every_replica_snapshotted(&cluster).await;
     })
     .await
     .expect("test finished in time");
