@@ -188,11 +188,17 @@ impl SnapshotDue {
     /// for a snapshot when one is due by either.
     fn count_applied(&self, commands: u64, took: std::time::Duration) {
         let by_commands = self.commands.add(commands, 0);
-        let apply_nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let by_apply_time = self.apply_nanos.add(apply_nanos, self.last_build_nanos.load(Ordering::Relaxed));
+        let by_apply_time = self.apply_nanos.add(nanos(took), self.last_build_nanos.load(Ordering::Relaxed));
         if by_commands || by_apply_time {
             self.wanted.notify_one();
         }
+    }
+
+    /// A snapshot after every `every_commands` applied commands, or
+    /// `every_apply` spent applying them, whichever comes first.
+    fn set_intervals(&self, every_commands: u64, every_apply: std::time::Duration) {
+        self.commands.every.store(every_commands.max(1), Ordering::Relaxed);
+        self.apply_nanos.every.store(nanos(every_apply).max(1), Ordering::Relaxed);
     }
 
     /// The table now reflects every command counted so far.
@@ -200,6 +206,11 @@ impl SnapshotDue {
         self.commands.snapshot_taken();
         self.apply_nanos.snapshot_taken();
     }
+}
+
+/// `duration` in nanoseconds, `u64::MAX` past what that holds (584 years).
+fn nanos(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Waits for the state machine to want a snapshot: enough commands applied
@@ -278,12 +289,7 @@ impl StateMachineStore {
     /// request into `raft.trigger().snapshot()`. Take it before handing the
     /// store to `Raft::new`.
     pub fn snapshot_requests(&self, every_commands: u64, every_apply: std::time::Duration) -> SnapshotRequests {
-        let every_apply_nanos = u64::try_from(every_apply.as_nanos()).unwrap_or(u64::MAX);
-        self.snapshot_due.commands.every.store(every_commands.max(1), Ordering::Relaxed);
-        self.snapshot_due
-            .apply_nanos
-            .every
-            .store(every_apply_nanos.max(1), Ordering::Relaxed);
+        self.snapshot_due.set_intervals(every_commands, every_apply);
         SnapshotRequests(Arc::clone(&self.snapshot_due))
     }
 
@@ -386,8 +392,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let cpu_before = background::this_thread_cpu_time();
             let data = copy.to_snapshot_bytes();
             let encode_cpu = background::this_thread_cpu_time().saturating_sub(cpu_before);
-            let build_nanos = u64::try_from((copy_took + encode_cpu).as_nanos()).unwrap_or(u64::MAX);
-            snapshot_due.last_build_nanos.store(build_nanos, Ordering::Relaxed);
+            snapshot_due
+                .last_build_nanos
+                .store(nanos(copy_took + encode_cpu), Ordering::Relaxed);
             (meta, data, copy_took.as_millis() as u64, encode_cpu.as_millis() as u64)
         })
         .await
@@ -493,15 +500,9 @@ mod tests {
 
     use super::*;
 
-    fn due_every(commands: u64) -> SnapshotDue {
+    fn due_every(commands: u64, apply: Duration) -> SnapshotDue {
         let due = SnapshotDue::new();
-        due.commands.every.store(commands, Ordering::Relaxed);
-        due
-    }
-
-    fn due_every_apply_ms(ms: u64) -> SnapshotDue {
-        let due = SnapshotDue::new();
-        due.apply_nanos.every.store(ms * 1_000_000, Ordering::Relaxed);
+        due.set_intervals(commands, apply);
         due
     }
 
@@ -520,7 +521,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_asked_for_once_enough_commands_were_applied() {
-        let due = due_every(100);
+        let due = due_every(100, Duration::MAX);
         due.count_applied(60, Duration::ZERO);
         assert!(!asked(&due), "60 of 100");
         due.count_applied(60, Duration::ZERO);
@@ -541,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_asked_for_once_enough_time_was_spent_applying() {
-        let due = due_every_apply_ms(2_000);
+        let due = due_every(u64::MAX, ms(2_000));
         due.count_applied(1, ms(1_500));
         assert!(!asked(&due), "1.5 s of 2 s");
         due.count_applied(1, ms(600));
@@ -559,7 +560,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_that_takes_longer_to_build_than_the_interval_stretches_it() {
-        let due = due_every_apply_ms(2_000);
+        let due = due_every(u64::MAX, ms(2_000));
         due.last_build_nanos.store(3_000_000_000, Ordering::Relaxed);
         due.count_applied(1, ms(2_500));
         assert!(!asked(&due), "2.5 s applied, but the last build took 3 s");
