@@ -287,8 +287,9 @@ sleep "$SETTLE_S"
 settled=""
 for i in 1 2 3 "$NEW_ID"; do settled="$settled replica $i $(mb "$(status_kb "$i" VmRSS)");"; done
 echo "settled, $SETTLE_S s later: VmRSS$settled"
-# What the resident memory is: the heap (anonymous), the binary and files
-# mapped (file), and how much of the heap is in transparent huge pages.
+# What the resident memory is: all of it (Rss), the heap and other private
+# memory (Anonymous, Private_Dirty), and how much of the heap is in
+# transparent huge pages (AnonHugePages).
 for i in 1 2 3 "$NEW_ID"; do
   echo "  replica $i: $(awk '$1 ~ /^(Rss|Anonymous|AnonHugePages|Private_Dirty):$/ { printf "%s %d MB  ", $1, $2 / 1024 }' "/proc/$(pid_of "$i")/smaps_rollup")"
 done
